@@ -1,0 +1,127 @@
+//! Decoding of raw event records from the events buffer into typed records. Pure: no IO. A record with
+//! an unknown type or version, or shorter than its type requires, is rejected with a typed error; the
+//! decoder never continues with a zeroed or partial struct.
+
+use flowgate_common::{
+    RecordHeader, TraceRecord,
+    record::{RECORD_VERSION, record_type},
+};
+
+/// A record decoded from the events buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Record {
+    Trace(TraceRecord),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {len} bytes is shorter than the {need}-byte {what}")]
+    Truncated { what: &'static str, len: usize, need: usize },
+    #[error("record type {record_type} has version {version}; this agent reads version {supported}")]
+    UnknownVersion { record_type: u8, version: u8, supported: u8 },
+    #[error("unknown record type {record_type}")]
+    UnknownType { record_type: u8 },
+}
+
+fn read<T: Copy>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
+    let need = size_of::<T>();
+    if bytes.len() < need {
+        return Err(DecodeError::Truncated { what, len: bytes.len(), need });
+    }
+    // SAFETY: length checked above; T is a plain-old-data record type (repr(C), no invalid bit
+    // patterns), read unaligned because the buffer gives no alignment guarantee.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+/// Decodes one record.
+pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
+    let header: RecordHeader = read(bytes, "record header")?;
+    match header.record_type {
+        record_type::TRACE => {
+            if header.version != RECORD_VERSION {
+                return Err(DecodeError::UnknownVersion {
+                    record_type: header.record_type,
+                    version: header.version,
+                    supported: RECORD_VERSION,
+                });
+            }
+            Ok(Record::Trace(read(bytes, "trace record")?))
+        }
+        record_type => Err(DecodeError::UnknownType { record_type }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use flowgate_common::{FlowTuple, record::observation_point};
+
+    use super::*;
+
+    fn trace_bytes(version: u8) -> Vec<u8> {
+        let record = TraceRecord {
+            header: RecordHeader {
+                record_type: record_type::TRACE,
+                version,
+                len: TraceRecord::LEN,
+                cpu: 1,
+                ktime_ns: 42,
+            },
+            flow: FlowTuple {
+                saddr: u32::from_ne_bytes([10, 0, 0, 1]),
+                daddr: u32::from_ne_bytes([10, 0, 0, 2]),
+                sport: 40000,
+                dport: 80,
+                protocol: 6,
+                tcp_flags: 0x02,
+                _pad: [0; 2],
+            },
+            endpoint_id: 3,
+            observation_point: observation_point::FROM_ENDPOINT,
+            ifindex: 7,
+            pkt_len: 74,
+            ..TraceRecord::default()
+        };
+        // SAFETY: TraceRecord is repr(C) plain data.
+        unsafe {
+            std::slice::from_raw_parts((&raw const record).cast::<u8>(), size_of::<TraceRecord>())
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn decodes_a_trace_record() {
+        let Record::Trace(t) = decode(&trace_bytes(RECORD_VERSION)).unwrap();
+        assert_eq!(t.endpoint_id, 3);
+        assert_eq!(t.flow.dport, 80);
+        assert_eq!(t.header.ktime_ns, 42);
+    }
+
+    #[test]
+    fn rejects_unknown_version() {
+        assert_eq!(
+            decode(&trace_bytes(RECORD_VERSION + 1)),
+            Err(DecodeError::UnknownVersion {
+                record_type: record_type::TRACE,
+                version: RECORD_VERSION + 1,
+                supported: RECORD_VERSION
+            })
+        );
+    }
+
+    #[test]
+    fn rejects_truncated_record() {
+        let bytes = trace_bytes(RECORD_VERSION);
+        assert!(matches!(
+            decode(&bytes[..20]),
+            Err(DecodeError::Truncated { what: "trace record", len: 20, need: 48 })
+        ));
+        assert!(matches!(decode(&bytes[..3]), Err(DecodeError::Truncated { what: "record header", .. })));
+    }
+
+    #[test]
+    fn rejects_unknown_type() {
+        let mut bytes = trace_bytes(RECORD_VERSION);
+        bytes[0] = 200;
+        assert_eq!(decode(&bytes), Err(DecodeError::UnknownType { record_type: 200 }));
+    }
+}

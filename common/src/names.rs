@@ -1,0 +1,16 @@
+//! Names of the kernel programs and maps, used by the eBPF crate's `#[map(name = ...)]` attributes and by
+//! the agent when it looks them up. No string literals at call sites.
+
+/// TC program on the ingress hook of an endpoint's node-side veth: traffic leaving the pod.
+pub const PROG_FROM_ENDPOINT: &str = "from_endpoint";
+/// TC program on the egress hook of an endpoint's node-side veth: traffic entering the pod.
+pub const PROG_TO_ENDPOINT: &str = "to_endpoint";
+
+/// Hash map: node-side ifindex -> [`crate::EndpointInfo`].
+pub const MAP_ENDPOINTS: &str = "FG_ENDPOINTS";
+/// BPF ring buffer carrying event records to the agent.
+pub const MAP_EVENTS_RINGBUF: &str = "FG_EVENTS";
+/// Per-CPU array of `u64` counters indexed by [`crate::Counter`].
+pub const MAP_COUNTERS: &str = "FG_COUNTERS";
+/// Array of `u64` runtime settings indexed by [`crate::counters::Config`].
+pub const MAP_CONFIG: &str = "FG_CONFIG";

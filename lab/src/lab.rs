@@ -1,0 +1,301 @@
+//! Bringing a lab up and down. `up` carries out a [`crate::plan`]: namespaces, veths created directly inside the
+//! node namespace, addresses, routes and sysctls only inside lab namespaces (the machine's own namespace is never
+//! touched), then the pods' server. `down` removes everything named `fg-<lab>-*`, with or without state.
+
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use nix::{
+    sys::{
+        signal::{Signal, kill},
+        wait::{WaitPidFlag, waitpid},
+    },
+    unistd::Pid,
+};
+
+use crate::{
+    naming::{self, POD_IFNAME},
+    netns::{self, NetnsError},
+    plan,
+    server::{self, PID_FILE, SERVE_ENV, ServerError},
+    state::{self, LabState, StateError},
+    topology::{self, Problem, Topology},
+};
+
+/// How long `up` waits for the server to bind every port.
+const SERVER_READY_WITHIN: Duration = Duration::from_secs(10);
+/// How long `down` waits after SIGTERM before SIGKILL.
+const SERVER_STOP_WITHIN: Duration = Duration::from_secs(2);
+
+/// Errors bringing a lab up or down.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error("cannot plan lab {lab}: {problem}")]
+    Plan { lab: String, problem: Problem },
+    #[error(
+        "lab {lab} already exists{}; run `flowgate lab down {lab}` first or pick another name with --name",
+        from.as_deref().map(|p| format!(" (from {})", p.display())).unwrap_or_default()
+    )]
+    Exists { lab: String, from: Option<std::path::PathBuf> },
+    #[error("cannot create lab directory {path}")]
+    Dir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("lab {lab}: {step}")]
+    Netns {
+        lab: String,
+        step: String,
+        #[source]
+        source: NetnsError,
+    },
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    #[error("lab {lab} is not fully down: {}", problems.join("; "))]
+    Down { lab: String, problems: Vec<String> },
+}
+
+/// What `down` did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DownReport {
+    pub name: String,
+    /// False when nothing of that lab was found (down is idempotent).
+    pub existed: bool,
+    /// Pid of the server that was stopped, if one was running.
+    pub server_stopped: Option<u32>,
+    pub netns_deleted: Vec<String>,
+    pub dir_removed: bool,
+}
+
+/// Brings lab `name` up from `topology` and returns its state (also saved as `state.json`).
+///
+/// An existing lab of that name is returned as is when it was brought up from an identical topology and is
+/// healthy; otherwise this fails. On a failure halfway, everything created so far is removed.
+pub fn up(topology: &Topology, name: &str, source_path: Option<&Path>) -> Result<LabState, LabError> {
+    let mut planned = plan::plan(topology, name).map_err(|problem| LabError::Plan { lab: name.to_owned(), problem })?;
+    planned.topology_path = source_path.map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned()));
+
+    let labs_dir = state::labs_dir();
+    std::fs::create_dir_all(&labs_dir).map_err(|source| LabError::Dir { path: labs_dir.clone(), source })?;
+    let dir = state::lab_dir(name);
+    // Creating the directory claims the name, also against another `up` running at the same time.
+    if let Err(source) = std::fs::create_dir(&dir) {
+        if source.kind() == std::io::ErrorKind::AlreadyExists {
+            return reuse_if_identical(&planned);
+        }
+        return Err(LabError::Dir { path: dir, source });
+    }
+    let mut cleanup = CleanupOnError { lab: name.to_owned(), armed: true };
+
+    // Leftovers of an earlier lab of this name whose directory is gone (e.g. /run was cleared).
+    let others: Vec<String> = state::list().into_iter().filter(|l| l != name).collect();
+    for ns in netns::list().into_iter().filter(|ns| naming::netns_belongs_to(ns, name, &others)) {
+        log::warn!("lab {name}: removing leftover network namespace {ns}");
+        netns::delete(&ns).map_err(|source| netns_err(name, format!("remove leftover {ns}"), source))?;
+    }
+
+    let state = build(planned)?;
+    cleanup.armed = false;
+    Ok(state)
+}
+
+fn netns_err(lab: &str, step: String, source: NetnsError) -> LabError {
+    LabError::Netns { lab: lab.to_owned(), step, source }
+}
+
+fn build(mut state: LabState) -> Result<LabState, LabError> {
+    let lab = state.name.clone();
+    for ns in state.netns_names() {
+        netns::add(&ns).map_err(|source| netns_err(&lab, format!("create network namespace {ns}"), source))?;
+    }
+
+    // No IPv6 in the lab: no router solicitations or DAD in the flows the agent reports.
+    const COMMON: [(&str, &str); 4] = [
+        ("net.ipv4.conf.all.rp_filter", "0"),
+        ("net.ipv4.conf.default.rp_filter", "0"),
+        ("net.ipv6.conf.all.disable_ipv6", "1"),
+        ("net.ipv6.conf.default.disable_ipv6", "1"),
+    ];
+    let mut node_sysctls = COMMON.to_vec();
+    node_sysctls.push(("net.ipv4.ip_forward", "1"));
+    netns::sysctls(&state.node_netns, &node_sysctls)
+        .map_err(|source| netns_err(&lab, "configure the node namespace".to_owned(), source))?;
+    let hosts: Vec<(String, String, std::net::Ipv4Addr)> = state
+        .pods
+        .iter()
+        .map(|p| (p.netns.clone(), p.host_ifname.clone(), p.ip))
+        .chain(state.externals.iter().map(|e| (e.netns.clone(), e.host_ifname.clone(), e.ip)))
+        .collect();
+    for (ns, _, _) in &hosts {
+        netns::sysctls(ns, &COMMON).map_err(|source| netns_err(&lab, format!("configure {ns}"), source))?;
+    }
+
+    // The veths are created inside the node namespace with their pod end moved straight into the pod's
+    // namespace: no link ever exists in the machine's own namespace.
+    let gateway = state.gateway;
+    let mut node = vec!["link set lo up".to_owned()];
+    for (ns, ifname, ip) in &hosts {
+        node.push(format!("link add {ifname} type veth peer name {POD_IFNAME} netns {ns}"));
+        node.push(format!("addr add {gateway}/32 dev {ifname}"));
+        node.push(format!("link set {ifname} up"));
+        node.push(format!("route add {ip}/32 dev {ifname}"));
+    }
+    netns::batch(&state.node_netns, &node)
+        .map_err(|source| netns_err(&lab, "wire the node namespace".to_owned(), source))?;
+    for (ns, _, ip) in &hosts {
+        let pod = [
+            "link set lo up".to_owned(),
+            format!("addr add {ip}/32 dev {POD_IFNAME}"),
+            format!("link set {POD_IFNAME} up"),
+            format!("route add {gateway} dev {POD_IFNAME} scope link"),
+            format!("route add default via {gateway} dev {POD_IFNAME}"),
+        ];
+        netns::batch(ns, &pod).map_err(|source| netns_err(&lab, format!("wire {ns}"), source))?;
+    }
+
+    let ifnames: Vec<String> = hosts.iter().map(|(_, ifname, _)| ifname.clone()).collect();
+    let indexes = netns::ifindexes(&state.node_netns, ifnames)
+        .map_err(|source| netns_err(&lab, "look up node-side interfaces".to_owned(), source))?;
+    let (pod_idx, ext_idx) = indexes.split_at(state.pods.len());
+    for (pod, &i) in state.pods.iter_mut().zip(pod_idx) {
+        pod.host_ifindex = i;
+    }
+    for (ext, &i) in state.externals.iter_mut().zip(ext_idx) {
+        ext.host_ifindex = i;
+    }
+
+    // The server reads the state to know what to serve.
+    state::save(&state)?;
+    state.server_pid = Some(server::start(&state, SERVER_READY_WITHIN)?);
+    state::save(&state)?;
+    Ok(state)
+}
+
+/// `up` of a name that exists: fine when it is the same lab and it is healthy.
+fn reuse_if_identical(planned: &LabState) -> Result<LabState, LabError> {
+    let exists = |from| LabError::Exists { lab: planned.name.clone(), from };
+    let Ok(current) = state::load(&planned.name) else { return Err(exists(None)) };
+    let comparable = |s: &LabState| {
+        let mut s = s.clone();
+        s.server_pid = None;
+        s.topology_path = None;
+        for p in &mut s.pods {
+            p.host_ifindex = 0;
+        }
+        for e in &mut s.externals {
+            e.host_ifindex = 0;
+        }
+        s
+    };
+    let healthy = current.server_pid.is_some_and(|pid| is_lab_server(pid, &planned.name))
+        && current.netns_names().iter().all(|ns| netns::exists(ns));
+    if healthy && comparable(&current) == comparable(planned) {
+        Ok(current)
+    } else {
+        Err(exists(current.topology_path))
+    }
+}
+
+/// Removes a half-built lab when `up` fails.
+struct CleanupOnError {
+    lab: String,
+    armed: bool,
+}
+
+impl Drop for CleanupOnError {
+    fn drop(&mut self) {
+        if self.armed
+            && let Err(e) = down(&self.lab)
+        {
+            log::warn!("cleaning up after a failed `up`: {e}");
+        }
+    }
+}
+
+/// Removes lab `name`: stops its server (SIGTERM, then SIGKILL after 2 s), deletes every network namespace named
+/// `fg-<name>-*` (even without a state file) and the lab directory. Down of a lab that does not exist is fine.
+pub fn down(name: &str) -> Result<DownReport, LabError> {
+    topology::validate_lab_name(name).map_err(|problem| LabError::Plan { lab: name.to_owned(), problem })?;
+    let mut report = DownReport { name: name.to_owned(), ..DownReport::default() };
+    let mut problems = Vec::new();
+    let dir = state::lab_dir(name);
+
+    let mut pids: Vec<u32> = Vec::new();
+    if let Ok(s) = state::load(name) {
+        pids.extend(s.server_pid);
+    }
+    if let Some(pid) = std::fs::read_to_string(dir.join(PID_FILE)).ok().and_then(|t| t.trim().parse().ok()) {
+        pids.push(pid);
+    }
+    pids.dedup();
+    for pid in pids {
+        // Only a process that is this lab's server: pids get reused.
+        if is_lab_server(pid, name) {
+            match stop(pid) {
+                Ok(()) => report.server_stopped = Some(pid),
+                Err(e) => problems.push(format!("server {pid}: {e}")),
+            }
+        }
+    }
+
+    let others: Vec<String> = state::list().into_iter().filter(|l| l != name).collect();
+    for ns in netns::list().into_iter().filter(|ns| naming::netns_belongs_to(ns, name, &others)) {
+        match netns::delete(&ns) {
+            Ok(()) => report.netns_deleted.push(ns),
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+
+    if dir.exists() {
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => report.dir_removed = true,
+            Err(e) => problems.push(format!("remove {}: {e}", dir.display())),
+        }
+    }
+    report.existed = report.dir_removed || report.server_stopped.is_some() || !report.netns_deleted.is_empty();
+    if problems.is_empty() { Ok(report) } else { Err(LabError::Down { lab: name.to_owned(), problems }) }
+}
+
+/// Whether `pid` is a live process started as lab `lab`'s server.
+pub fn is_lab_server(pid: u32, lab: &str) -> bool {
+    if !is_alive(pid) {
+        return false;
+    }
+    let wanted = format!("{SERVE_ENV}={lab}");
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .is_ok_and(|env| env.split(|&b| b == 0).any(|var| var == wanted.as_bytes()))
+}
+
+/// Alive and not a zombie.
+pub fn is_alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    // "pid (comm) S ...": the state follows the last ')'.
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+    !matches!(state, None | Some('Z' | 'X'))
+}
+
+fn stop(pid: u32) -> Result<(), nix::Error> {
+    let target = Pid::from_raw(i32::try_from(pid).map_err(|_| nix::Error::EINVAL)?);
+    for (signal, within) in [(Signal::SIGTERM, SERVER_STOP_WITHIN), (Signal::SIGKILL, Duration::from_secs(1))] {
+        match kill(target, signal) {
+            Ok(()) => {}
+            Err(nix::Error::ESRCH) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            // Reap it when it is our child (a lab brought up by this process); ECHILD otherwise.
+            let _ = waitpid(target, Some(WaitPidFlag::WNOHANG));
+            if !is_alive(pid) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    if is_alive(pid) { Err(nix::Error::ETIMEDOUT) } else { Ok(()) }
+}

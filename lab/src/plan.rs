@@ -1,0 +1,226 @@
+//! From a validated topology and a lab name to the lab's intended state: addresses (fixed ones first, then
+//! `.10`, `.11`, ... in file order), namespace and interface names. Pure; [`crate::lab::up`] carries it out.
+
+use std::{collections::HashMap, net::Ipv4Addr};
+
+use crate::{
+    naming,
+    state::{ExternalState, LabState, NamespaceState, PodState, STATE_VERSION},
+    topology::{self, Problem, Topology},
+};
+
+/// First host number handed out automatically (`.1` is the gateway; `.2`-`.9` are left for people).
+pub const FIRST_AUTO_HOST: u32 = 10;
+
+/// Plans a lab. `host_ifindex` is 0 and `server_pid` is `None` until the lab is up.
+pub fn plan(topology: &Topology, lab: &str) -> Result<LabState, Problem> {
+    topology::validate_lab_name(lab)?;
+    topology.validate()?;
+    let cidr = topology.cidr;
+
+    // Fixed addresses first, so automatic ones go around them.
+    let mut taken: HashMap<Ipv4Addr, String> = HashMap::new();
+    let claim = |owner: String, ip: Ipv4Addr, taken: &mut HashMap<Ipv4Addr, String>| {
+        if !cidr.contains(ip) {
+            return Err(Problem::IpOutsideCidr { owner, ip, cidr });
+        }
+        if cidr.is_reserved(ip) {
+            return Err(Problem::IpReserved { owner, ip, cidr });
+        }
+        if let Some(other) = taken.get(&ip) {
+            return Err(Problem::DuplicateIp { owner, ip, other: other.clone() });
+        }
+        taken.insert(ip, owner);
+        Ok(())
+    };
+    for pod in &topology.pods {
+        if let Some(ip) = pod.ip {
+            claim(format!("pod {}/{}", pod.namespace, pod.name), ip, &mut taken)?;
+        }
+    }
+    for ext in &topology.externals {
+        if let Some(ip) = ext.ip {
+            claim(format!("external {}", ext.name), ip, &mut taken)?;
+        }
+    }
+    let mut next = FIRST_AUTO_HOST;
+    let mut assign = |owner: String, fixed: Option<Ipv4Addr>, taken: &mut HashMap<Ipv4Addr, String>| {
+        if let Some(ip) = fixed {
+            return Ok(ip);
+        }
+        loop {
+            let ip = cidr.nth(next);
+            if !cidr.contains(ip) || ip == cidr.broadcast() {
+                return Err(Problem::RangeExhausted { owner, cidr });
+            }
+            next += 1;
+            if !taken.contains_key(&ip) {
+                taken.insert(ip, owner);
+                return Ok(ip);
+            }
+        }
+    };
+
+    let mut pods = Vec::with_capacity(topology.pods.len());
+    for pod in &topology.pods {
+        let owner = format!("pod {}/{}", pod.namespace, pod.name);
+        pods.push(PodState {
+            namespace: pod.namespace.clone(),
+            name: pod.name.clone(),
+            labels: pod.labels.clone(),
+            ports: topology::container_ports(&owner, &pod.ports)?,
+            ip: assign(owner, pod.ip, &mut taken)?,
+            netns: naming::pod_netns(lab, &pod.namespace, &pod.name),
+            host_ifname: naming::pod_host_ifname(&pod.namespace, &pod.name),
+            host_ifindex: 0,
+        });
+    }
+    let mut externals = Vec::with_capacity(topology.externals.len());
+    for ext in &topology.externals {
+        let owner = format!("external {}", ext.name);
+        externals.push(ExternalState {
+            name: ext.name.clone(),
+            ports: topology::container_ports(&owner, &ext.ports)?,
+            ip: assign(owner, ext.ip, &mut taken)?,
+            netns: naming::external_netns(lab, &ext.name),
+            host_ifname: naming::external_host_ifname(&ext.name),
+            host_ifindex: 0,
+        });
+    }
+
+    let state = LabState {
+        version: STATE_VERSION,
+        name: lab.to_owned(),
+        cidr,
+        gateway: cidr.gateway(),
+        node_netns: naming::node_netns(lab),
+        namespaces: topology
+            .namespaces
+            .iter()
+            .map(|ns| NamespaceState { name: ns.name.clone(), labels: Topology::namespace_labels(ns) })
+            .collect(),
+        pods,
+        externals,
+        server_pid: None,
+        topology_path: None,
+    };
+    check_name_clashes(&state)?;
+    Ok(state)
+}
+
+/// Names are built from parts that may contain '-', so two hosts can end up with one namespace or (rarely)
+/// one interface name; say so instead of failing halfway through `up`.
+fn check_name_clashes(state: &LabState) -> Result<(), Problem> {
+    let hosts = std::iter::once(("the node".to_owned(), state.node_netns.clone(), String::new()))
+        .chain(state.pods.iter().map(|p| {
+            (format!("pod {}/{}", p.namespace, p.name), p.netns.clone(), p.host_ifname.clone())
+        }))
+        .chain(state.externals.iter().map(|e| (format!("external {}", e.name), e.netns.clone(), e.host_ifname.clone())));
+    let mut netns: HashMap<String, String> = HashMap::new();
+    let mut ifnames: HashMap<String, String> = HashMap::new();
+    for (owner, ns, ifname) in hosts {
+        if let Some(other) = netns.insert(ns.clone(), owner.clone()) {
+            return Err(Problem::NameClash { owner, other, what: "network namespace", name: ns });
+        }
+        if !ifname.is_empty()
+            && let Some(other) = ifnames.insert(ifname.clone(), owner.clone())
+        {
+            return Err(Problem::NameClash { owner, other, what: "interface name", name: ifname });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topo(text: &str) -> Topology {
+        Topology::parse(text, "t.yaml").unwrap()
+    }
+
+    const NS: &str = "namespaces:\n  - name: x\n";
+
+    #[test]
+    fn pods_get_addresses_from_dot_ten_in_file_order() {
+        let state = plan(&topo(include_str!("../../examples/lab-netpol.yaml")), "netpol").unwrap();
+        let ips: Vec<String> = state.pods.iter().map(|p| p.ip.to_string()).collect();
+        assert_eq!(ips[0], "10.200.0.10");
+        assert_eq!(ips[8], "10.200.0.18");
+        assert_eq!(state.gateway.to_string(), "10.200.0.1");
+        assert_eq!(state.node_netns, "fg-netpol-node");
+        assert_eq!(state.pods[0].netns, "fg-netpol-x-a");
+        assert_eq!(state.pods[4].netns, "fg-netpol-y-b");
+        assert_eq!(state.namespaces[1].labels["kubernetes.io/metadata.name"], "y");
+    }
+
+    #[test]
+    fn automatic_addresses_skip_fixed_ones() {
+        let state = plan(
+            &topo(&format!(
+                "{NS}pods:\n  - {{namespace: x, name: a}}\n  - {{namespace: x, name: b, ip: 10.200.0.10}}\n\
+                 externals:\n  - {{name: outside}}\n"
+            )),
+            "lab",
+        )
+        .unwrap();
+        assert_eq!(state.pods[0].ip.to_string(), "10.200.0.11");
+        assert_eq!(state.pods[1].ip.to_string(), "10.200.0.10");
+        assert_eq!(state.externals[0].ip.to_string(), "10.200.0.12");
+        assert_eq!(state.externals[0].netns, "fg-lab-ext-outside");
+    }
+
+    #[test]
+    fn fixed_address_outside_the_range_is_rejected() {
+        let err = plan(&topo(&format!("{NS}pods:\n  - {{namespace: x, name: a, ip: 10.9.0.5}}\n")), "lab").unwrap_err();
+        assert!(matches!(err, Problem::IpOutsideCidr { .. }), "{err}");
+        assert_eq!(err.to_string(), "pod x/a: address 10.9.0.5 is outside the lab range 10.200.0.0/24");
+    }
+
+    #[test]
+    fn gateway_network_and_broadcast_cannot_be_given_to_pods() {
+        for ip in ["10.200.0.0", "10.200.0.1", "10.200.0.255"] {
+            let err = plan(&topo(&format!("{NS}pods:\n  - {{namespace: x, name: a, ip: {ip}}}\n")), "lab").unwrap_err();
+            assert!(matches!(err, Problem::IpReserved { .. }), "{ip}: {err}");
+        }
+    }
+
+    #[test]
+    fn duplicate_address_is_rejected_naming_both_owners() {
+        let err = plan(
+            &topo(&format!(
+                "{NS}pods:\n  - {{namespace: x, name: a, ip: 10.200.0.50}}\nexternals:\n  - {{name: o, ip: 10.200.0.50}}\n"
+            )),
+            "lab",
+        )
+        .unwrap_err();
+        assert_eq!(err.to_string(), "external o: address 10.200.0.50 is already used by pod x/a");
+    }
+
+    #[test]
+    fn a_full_range_is_reported() {
+        // /29: .0 network, .1 gateway, .7 broadcast; automatic addresses start at .10, outside the range.
+        let err = plan(&topo(&format!("cidr: 10.1.0.0/29\n{NS}pods:\n  - {{namespace: x, name: a}}\n")), "lab")
+            .unwrap_err();
+        assert!(matches!(err, Problem::RangeExhausted { .. }), "{err}");
+    }
+
+    #[test]
+    fn namespace_name_clash_between_hosts_is_rejected() {
+        let err = plan(
+            &topo("namespaces:\n  - name: x-y\n  - name: x\npods:\n  - {namespace: x-y, name: z}\n  - {namespace: x, name: y-z}\n"),
+            "lab",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "pod x/y-z and pod x-y/z would get the same network namespace \"fg-lab-x-y-z\"; rename one of them"
+        );
+    }
+
+    #[test]
+    fn bad_lab_name_is_rejected_before_anything_else() {
+        let err = plan(&topo(NS), "Bad_Name").unwrap_err();
+        assert!(matches!(err, Problem::BadLabName { .. }));
+    }
+}

@@ -1,0 +1,3 @@
+//! One module per `flowgate` subcommand.
+
+pub mod lab;

@@ -1,0 +1,15 @@
+//! The contract between the agent and its clients (the `flowgate` command, exporters): length-delimited
+//! frames of MessagePack-encoded messages, a hello with the protocol version first, then requests or a
+//! subscription. The enriched [`flow::Flow`] and the [`filter`]s over it live here too, so the agent,
+//! the monitor and the verdict-log exporter agree on them. See `docs/protocol.md`.
+
+pub mod codec;
+pub mod filter;
+pub mod flow;
+pub mod message;
+pub mod version;
+
+pub use flow::Flow;
+pub use message::{ClientMessage, ServerMessage};
+pub use version::{PROTOCOL_VERSION, ProtocolVersion};
+pub mod endpoint;

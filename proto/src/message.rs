@@ -1,0 +1,169 @@
+//! Messages of the socket protocol. A connection starts with a [`Hello`] each way; then the client sends
+//! [`Request`]s (one [`Response`] each) or one [`Subscription`], after which the server sends
+//! [`ServerMessage::Events`] batches until either side closes.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    ProtocolVersion,
+    endpoint::{Endpoint, Identity},
+    filter::FlowFilter,
+    flow::Flow,
+};
+
+/// First frame in each direction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol: ProtocolVersion,
+    /// The sender's software, e.g. `flowgate 0.1.0` or `flowgate-agent 0.1.0`.
+    pub software: String,
+}
+
+/// Client -> agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientMessage {
+    Hello(Hello),
+    Request(Request),
+    Subscribe(Subscription),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    Status,
+    EndpointList,
+    EndpointGet { id: u16 },
+    IdentityList,
+}
+
+/// What a subscriber wants: flows matching any `allow` filter (all flows when empty) and no `deny`
+/// filter, starting with up to `last` events from the agent's history, then live ones if `follow`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscription {
+    #[serde(default)]
+    pub allow: Vec<FlowFilter>,
+    #[serde(default)]
+    pub deny: Vec<FlowFilter>,
+    #[serde(default)]
+    pub last: u32,
+    #[serde(default = "yes")]
+    pub follow: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Agent -> client.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ServerMessage {
+    Hello(Hello),
+    /// The agent will not serve this client; the connection is closed after this frame.
+    Refused { reason: Refusal, message: String },
+    /// The client sent something the agent could not use; the connection is closed after this frame.
+    Error { message: String },
+    Response(Response),
+    /// A batch of events for a subscription, in order.
+    Events(Vec<Event>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Refusal {
+    /// The peer is neither root nor a member of the socket's group.
+    PermissionDenied,
+    /// The client's protocol major version differs from the agent's.
+    VersionMismatch,
+    /// The agent already serves its maximum number of clients.
+    TooManyClients,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    Status(Box<Status>),
+    Endpoints(Vec<Endpoint>),
+    Endpoint(Endpoint),
+    Identities(Vec<Identity>),
+    /// The thing asked for does not exist (e.g. an unknown endpoint id); `known` lists what does.
+    NotFound { what: String, known: Vec<String> },
+}
+
+/// One event of a subscription.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    Flow(Box<Flow>),
+    /// Events this client did not get, and why. Sent in order, where the gap is.
+    Lost(LostEvents),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LostEvents {
+    pub source: LossSource,
+    pub count: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LossSource {
+    /// The kernel could not write records into the events buffer (it was full).
+    KernelBuffer,
+    /// This client's queue in the agent was full: the client read too slowly.
+    ClientQueue,
+    /// Records the agent could not decode.
+    DecodeError,
+}
+
+impl LossSource {
+    pub fn describe(self) -> &'static str {
+        match self {
+            LossSource::KernelBuffer => "kernel buffer",
+            LossSource::ClientQueue => "this client's queue",
+            LossSource::DecodeError => "decode error",
+        }
+    }
+}
+
+/// Answer to [`Request::Status`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub agent_version: String,
+    pub protocol: Option<ProtocolVersion>,
+    pub uptime_seconds: f64,
+    pub kernel: String,
+    pub events_buffer: EventsBufferInfo,
+    pub endpoints: usize,
+    pub identities: usize,
+    pub policy_revision: u64,
+    pub counters: Counters,
+    pub clients: Vec<ClientInfo>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventsBufferInfo {
+    /// `ringbuf` or `perf`.
+    pub kind: String,
+    pub size_bytes: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Records read from the events buffer.
+    pub records_read: u64,
+    /// Records the kernel could not write (lost before the agent saw them).
+    pub records_lost_kernel: u64,
+    pub decode_errors: u64,
+    /// Events dropped from client queues, all clients together.
+    pub client_queue_losses: u64,
+    /// Packets seen by the kernel programs.
+    pub packets: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientInfo {
+    pub id: u64,
+    pub uid: u32,
+    pub pid: i32,
+    pub software: String,
+    pub subscribed: bool,
+    pub events_sent: u64,
+    pub events_lost: u64,
+}

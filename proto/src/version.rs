@@ -1,0 +1,28 @@
+//! Protocol versioning. The major version changes only when a message can no longer be read by the
+//! other side; everything else is additive (new optional fields, new message variants) under a minor
+//! bump. Peers with different majors refuse each other with an error that names both versions.
+
+use serde::{Deserialize, Serialize};
+
+/// A protocol version, `major.minor`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProtocolVersion {
+    pub major: u16,
+    pub minor: u16,
+}
+
+/// The version this build speaks.
+pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion { major: 1, minor: 0 };
+
+impl ProtocolVersion {
+    /// Whether a peer speaking `other` can talk to us.
+    pub fn compatible_with(self, other: ProtocolVersion) -> bool {
+        self.major == other.major
+    }
+}
+
+impl std::fmt::Display for ProtocolVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}

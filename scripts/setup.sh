@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# One idempotent set-up for a fresh Debian 12 machine, as root: system packages, the nightly rust-src,
+# bpf-linker built against LLVM 22, and bpffs. Steps already done are skipped, so a second run takes
+# seconds. Called by `make build`, `make test` and `make demo`.
+set -euo pipefail
+
+say() { printf '\033[1msetup:\033[0m %s\n' "$*"; }
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: run as root (the lab creates network namespaces, the agent loads eBPF programs)" >&2
+    exit 1
+fi
+
+# --- Debian packages -------------------------------------------------------------------------------
+# llvm-22-dev: bpf-linker links against it. iproute2: `ip netns` / veth for the lab. tmux: the monitor's
+# end-to-end test drives the TUI in it. prometheus: the metrics test scrapes a real agent with it.
+# procps (pgrep/pkill), util-linux (nsenter), kmod, psmisc for the tests and the demo.
+PACKAGES=(llvm-22-dev iproute2 tmux procps util-linux psmisc ca-certificates curl pkg-config build-essential)
+missing=()
+for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    say "apt-get install ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${missing[@]}" >/dev/null
+else
+    say "Debian packages present"
+fi
+
+# --- Rust toolchains ----------------------------------------------------------------------------------
+if ! command -v rustup >/dev/null 2>&1; then
+    [ -x "$HOME/.cargo/bin/rustup" ] && export PATH="$HOME/.cargo/bin:$PATH"
+fi
+command -v rustup >/dev/null 2>&1 || { echo "setup: rustup not found; install Rust with rustup first" >&2; exit 1; }
+if ! rustup toolchain list | grep -q '^nightly'; then
+    say "rustup toolchain install nightly"
+    rustup toolchain install nightly --profile minimal
+fi
+if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then
+    say "rustup component add rust-src --toolchain nightly"
+    rustup component add rust-src --toolchain nightly
+else
+    say "nightly rust-src present"
+fi
+
+# --- bpf-linker ---------------------------------------------------------------------------------------
+if ! bpf-linker --version 2>/dev/null | grep -q '0\.13\.0'; then
+    say "cargo install bpf-linker@0.13.0 (LLVM 22), about a minute"
+    LLVM_PREFIX=/usr/lib/llvm-22 cargo install bpf-linker@0.13.0 --locked --no-default-features --features llvm-22
+else
+    say "bpf-linker 0.13.0 present"
+fi
+
+# --- bpffs ----------------------------------------------------------------------------------------------
+if ! mountpoint -q /sys/fs/bpf; then
+    say "mount -t bpf bpf /sys/fs/bpf"
+    mount -t bpf bpf /sys/fs/bpf
+else
+    say "bpffs mounted"
+fi
+
+# The socket's default group, as `--socket-group` expects when it exists.
+getent group flowgate >/dev/null || groupadd --system flowgate
