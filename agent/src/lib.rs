@@ -6,7 +6,12 @@
 
 pub mod datapath;
 pub mod decode;
+pub mod enrich;
 pub mod format;
+pub mod history;
+pub mod hub;
+pub mod identity;
 pub mod netns;
 pub mod reader;
+pub mod state;
 pub mod time;

@@ -17,6 +17,11 @@ impl KtimeClock {
         Self { offset_ns: wall - i128::from(monotonic_ns()) }
     }
 
+    /// Nanoseconds since the Unix epoch of a kernel timestamp.
+    pub fn to_unix_ns(&self, ktime_ns: u64) -> u64 {
+        u64::try_from(i128::from(ktime_ns) + self.offset_ns).unwrap_or(0)
+    }
+
     /// Wall-clock time of a kernel timestamp.
     pub fn to_wall(&self, ktime_ns: u64) -> SystemTime {
         let ns = i128::from(ktime_ns) + self.offset_ns;

@@ -260,3 +260,50 @@ impl Flow {
                 || self.destination.endpoint_id == endpoint_id)
     }
 }
+
+/// Flows for tests and examples, with fixed, recognisable values.
+pub mod fixtures {
+    use std::{net::Ipv4Addr, sync::Arc};
+
+    use super::*;
+
+    /// An endpoint peer `default/pod-<id>` with labels `app=pod-<id>`.
+    pub fn endpoint_peer(id: u16) -> Arc<Peer> {
+        Arc::new(Peer {
+            endpoint_id: id,
+            identity: 1000 + u32::from(id),
+            namespace: "default".into(),
+            pod_name: format!("pod-{id}"),
+            labels: vec![format!("app=pod-{id}")],
+        })
+    }
+
+    /// A forwarded TCP SYN trace from endpoint `src` to endpoint `dst` port 80, from `source_port`.
+    pub fn flow_between(src: u16, dst: u16, source_port: u16) -> Flow {
+        Flow {
+            time_ns: 1_700_000_000_000_000_000,
+            ktime_ns: 1_000,
+            event_type: EventType::Trace,
+            verdict: Verdict::Forwarded,
+            drop_reason: 0,
+            source_ip: Ipv4Addr::new(10, 0, 0, src as u8),
+            destination_ip: Ipv4Addr::new(10, 0, 0, dst as u8),
+            protocol: Protocol::Tcp,
+            source_port,
+            destination_port: 80,
+            tcp_flags: TcpFlags(TcpFlags::SYN),
+            icmp_type: 0,
+            icmp_code: 0,
+            source: endpoint_peer(src),
+            destination: endpoint_peer(dst),
+            endpoint_id: src,
+            traffic_direction: TrafficDirection::Egress,
+            ifindex: 2,
+            packet_len: 74,
+            is_reply: Some(false),
+            match_type: None,
+            policy: None,
+            cpu: 0,
+        }
+    }
+}

@@ -2,6 +2,8 @@
 //! [`Request`]s (one [`Response`] each) or one [`Subscription`], after which the server sends
 //! [`ServerMessage::Events`] batches until either side closes.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -37,7 +39,7 @@ pub enum Request {
 
 /// What a subscriber wants: flows matching any `allow` filter (all flows when empty) and no `deny`
 /// filter, starting with up to `last` events from the agent's history, then live ones if `follow`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Subscription {
     #[serde(default)]
     pub allow: Vec<FlowFilter>,
@@ -47,6 +49,13 @@ pub struct Subscription {
     pub last: u32,
     #[serde(default = "yes")]
     pub follow: bool,
+}
+
+impl Default for Subscription {
+    /// Everything, live, no history.
+    fn default() -> Self {
+        Self { allow: Vec::new(), deny: Vec::new(), last: 0, follow: true }
+    }
 }
 
 fn yes() -> bool {
@@ -90,7 +99,7 @@ pub enum Response {
 /// One event of a subscription.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {
-    Flow(Box<Flow>),
+    Flow(Arc<Flow>),
     /// Events this client did not get, and why. Sent in order, where the gap is.
     Lost(LostEvents),
 }

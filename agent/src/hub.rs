@@ -1,0 +1,311 @@
+//! Fan-out of flows to subscribers. Each subscriber has its own filters and a bounded queue; the hub
+//! never waits for a subscriber. When a queue is full the batch is dropped for that subscriber only,
+//! counted, and the count is delivered to it, in order, as a lost-events record ahead of the next batch
+//! that fits. Kernel-side losses reach every subscriber the same way.
+
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicU64, Ordering},
+};
+
+use flowgate_proto::{
+    Flow,
+    filter::{self, FlowFilter},
+    message::{Event, LossSource, LostEvents, Subscription},
+};
+use tokio::sync::mpsc;
+
+use crate::history::History;
+
+/// Sizes of the hub's buffers.
+#[derive(Clone, Copy, Debug)]
+pub struct HubConfig {
+    /// Flows kept for `--last N`.
+    pub history: usize,
+    /// Batches a subscriber's queue holds before the hub drops for it.
+    pub queue_batches: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self { history: 4096, queue_batches: 256 }
+    }
+}
+
+/// Per-subscriber counters, shared with the session that serves it (for `status`).
+#[derive(Debug, Default)]
+pub struct SubscriberStats {
+    /// Events handed to the subscriber's queue.
+    pub events_queued: AtomicU64,
+    /// Events the subscriber missed because its queue was full.
+    pub events_lost: AtomicU64,
+}
+
+struct Slot {
+    id: u64,
+    allow: Vec<FlowFilter>,
+    deny: Vec<FlowFilter>,
+    tx: mpsc::Sender<Vec<Event>>,
+    /// Losses not yet delivered, by source, in the order they happened.
+    undelivered: Vec<LostEvents>,
+    stats: Arc<SubscriberStats>,
+}
+
+impl Slot {
+    fn note_loss(&mut self, source: LossSource, count: u64) {
+        match self.undelivered.last_mut() {
+            Some(last) if last.source == source => last.count += count,
+            _ => self.undelivered.push(LostEvents { source, count }),
+        }
+    }
+
+    /// Queues `events`, preceded by any undelivered loss. Returns false when the subscriber is gone.
+    fn deliver(&mut self, events: Vec<Event>) -> bool {
+        if events.is_empty() && self.undelivered.is_empty() {
+            return true;
+        }
+        let flows = events.len() as u64;
+        let mut batch = Vec::with_capacity(self.undelivered.len() + events.len());
+        batch.extend(self.undelivered.iter().copied().map(Event::Lost));
+        batch.extend(events);
+        match self.tx.try_send(batch) {
+            Ok(()) => {
+                self.undelivered.clear();
+                self.stats.events_queued.fetch_add(flows, Ordering::Relaxed);
+                true
+            }
+            Err(mpsc::error::TrySendError::Full(batch)) => {
+                // Losses already in `undelivered` stay there; the flows of this batch join them.
+                let dropped = batch.iter().filter(|e| matches!(e, Event::Flow(_))).count() as u64;
+                if dropped > 0 {
+                    self.note_loss(LossSource::ClientQueue, dropped);
+                    self.stats.events_lost.fetch_add(dropped, Ordering::Relaxed);
+                }
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+struct Inner {
+    history: History,
+    slots: Vec<Slot>,
+    next_id: u64,
+}
+
+/// The fan-out point between the event pipeline and the subscribers.
+pub struct Hub {
+    inner: Mutex<Inner>,
+    config: HubConfig,
+    queue_losses: AtomicU64,
+}
+
+/// A live subscription. Dropping it unsubscribes.
+pub struct Subscriber {
+    pub id: u64,
+    /// Matching flows from history, sent before anything from `rx`.
+    pub initial: Vec<Event>,
+    /// Live batches; `None` when the subscription did not ask to follow.
+    pub rx: Option<mpsc::Receiver<Vec<Event>>>,
+    pub stats: Arc<SubscriberStats>,
+    hub: Arc<Hub>,
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.hub.unsubscribe(self.id);
+    }
+}
+
+impl Hub {
+    pub fn new(config: HubConfig) -> Arc<Self> {
+        Arc::new(Self {
+            inner: Mutex::new(Inner { history: History::new(config.history), slots: Vec::new(), next_id: 1 }),
+            config,
+            queue_losses: AtomicU64::new(0),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Registers a subscriber. History and registration happen under one lock, so the subscriber sees
+    /// no gap and no duplicate between its history and its live flows.
+    pub fn subscribe(self: &Arc<Self>, subscription: &Subscription) -> Subscriber {
+        let mut inner = self.lock();
+        let id = inner.next_id;
+        inner.next_id += 1;
+        let initial = inner
+            .history
+            .last_matching(subscription.last as usize, &subscription.allow, &subscription.deny)
+            .into_iter()
+            .map(Event::Flow)
+            .collect();
+        let stats = Arc::new(SubscriberStats::default());
+        let rx = subscription.follow.then(|| {
+            let (tx, rx) = mpsc::channel(self.config.queue_batches.max(1));
+            inner.slots.push(Slot {
+                id,
+                allow: subscription.allow.clone(),
+                deny: subscription.deny.clone(),
+                tx,
+                undelivered: Vec::new(),
+                stats: Arc::clone(&stats),
+            });
+            rx
+        });
+        Subscriber { id, initial, rx, stats, hub: Arc::clone(self) }
+    }
+
+    fn unsubscribe(&self, id: u64) {
+        self.lock().slots.retain(|s| s.id != id);
+    }
+
+    /// Publishes one batch of flows from the pipeline: into history, and to every subscriber whose
+    /// filters they pass, as one queued batch per subscriber.
+    pub fn publish(&self, flows: &[Arc<Flow>]) {
+        if flows.is_empty() {
+            return;
+        }
+        let mut inner = self.lock();
+        for flow in flows {
+            inner.history.push(Arc::clone(flow));
+        }
+        let mut gone = Vec::new();
+        for slot in &mut inner.slots {
+            let events: Vec<Event> = flows
+                .iter()
+                .filter(|f| filter::passes(&slot.allow, &slot.deny, f))
+                .map(|f| Event::Flow(Arc::clone(f)))
+                .collect();
+            let before = slot.stats.events_lost.load(Ordering::Relaxed);
+            if !slot.deliver(events) {
+                gone.push(slot.id);
+            }
+            let lost = slot.stats.events_lost.load(Ordering::Relaxed) - before;
+            self.queue_losses.fetch_add(lost, Ordering::Relaxed);
+        }
+        inner.slots.retain(|s| !gone.contains(&s.id));
+    }
+
+    /// Tells every subscriber that `count` events were lost before reaching the hub.
+    pub fn publish_loss(&self, source: LossSource, count: u64) {
+        if count == 0 {
+            return;
+        }
+        let mut inner = self.lock();
+        let mut gone = Vec::new();
+        for slot in &mut inner.slots {
+            slot.note_loss(source, count);
+            if !slot.deliver(Vec::new()) {
+                gone.push(slot.id);
+            }
+        }
+        inner.slots.retain(|s| !gone.contains(&s.id));
+    }
+
+    /// Number of live subscribers.
+    pub fn subscribers(&self) -> usize {
+        self.lock().slots.len()
+    }
+
+    /// Events dropped from subscriber queues, all subscribers together, since start.
+    pub fn queue_losses(&self) -> u64 {
+        self.queue_losses.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use flowgate_proto::{filter::FlowFilter, flow::fixtures::flow_between};
+
+    use super::*;
+
+    fn flows(n: u16, src: u16, dst: u16) -> Vec<Arc<Flow>> {
+        (0..n).map(|i| Arc::new(flow_between(src, dst, 1000 + i))).collect()
+    }
+
+    fn drain(rx: &mut mpsc::Receiver<Vec<Event>>) -> Vec<Event> {
+        let mut out = Vec::new();
+        while let Ok(batch) = rx.try_recv() {
+            out.extend(batch);
+        }
+        out
+    }
+
+    #[test]
+    fn each_subscriber_gets_only_its_flows() {
+        let hub = Hub::new(HubConfig::default());
+        let only = |id| Subscription {
+            allow: vec![FlowFilter { related_to: vec![id], ..Default::default() }],
+            ..Default::default()
+        };
+        let mut a = hub.subscribe(&only(1));
+        let mut b = hub.subscribe(&only(3));
+        hub.publish(&flows(5, 1, 2));
+        hub.publish(&flows(2, 3, 4));
+        assert_eq!(drain(a.rx.as_mut().unwrap()).len(), 5);
+        assert_eq!(drain(b.rx.as_mut().unwrap()).len(), 2);
+    }
+
+    #[test]
+    fn a_full_queue_loses_only_its_own_events_and_is_told_in_order() {
+        let hub = Hub::new(HubConfig { history: 16, queue_batches: 2 });
+        let mut slow = hub.subscribe(&Subscription::default());
+        let mut fast = hub.subscribe(&Subscription::default());
+        for _ in 0..5 {
+            hub.publish(&flows(10, 1, 2));
+            drain(fast.rx.as_mut().unwrap());
+        }
+        // slow took 2 batches (20 flows), lost 3 batches (30 flows).
+        assert_eq!(slow.stats.events_lost.load(Ordering::Relaxed), 30);
+        assert_eq!(fast.stats.events_lost.load(Ordering::Relaxed), 0);
+        let first = drain(slow.rx.as_mut().unwrap());
+        assert_eq!(first.len(), 20);
+        // Once it reads again, the loss arrives before the next flows.
+        hub.publish(&flows(1, 1, 2));
+        let next = drain(slow.rx.as_mut().unwrap());
+        assert_eq!(next[0], Event::Lost(LostEvents { source: LossSource::ClientQueue, count: 30 }));
+        assert!(matches!(next[1], Event::Flow(_)));
+        assert_eq!(hub.queue_losses(), 30);
+    }
+
+    #[test]
+    fn kernel_loss_reaches_every_subscriber() {
+        let hub = Hub::new(HubConfig::default());
+        let mut a = hub.subscribe(&Subscription::default());
+        let mut b = hub.subscribe(&Subscription::default());
+        hub.publish_loss(LossSource::KernelBuffer, 7);
+        let lost = Event::Lost(LostEvents { source: LossSource::KernelBuffer, count: 7 });
+        assert_eq!(drain(a.rx.as_mut().unwrap()), vec![lost.clone()]);
+        assert_eq!(drain(b.rx.as_mut().unwrap()), vec![lost]);
+    }
+
+    #[test]
+    fn history_then_live_without_gap() {
+        let hub = Hub::new(HubConfig { history: 4, queue_batches: 8 });
+        hub.publish(&flows(6, 1, 2));
+        let mut sub = hub.subscribe(&Subscription { last: 3, ..Default::default() });
+        assert_eq!(sub.initial.len(), 3);
+        let Event::Flow(last) = &sub.initial[2] else { panic!() };
+        assert_eq!(last.source_port, 1005);
+        hub.publish(&flows(1, 1, 2));
+        assert_eq!(drain(sub.rx.as_mut().unwrap()).len(), 1);
+    }
+
+    #[test]
+    fn dropped_subscriber_is_removed() {
+        let hub = Hub::new(HubConfig::default());
+        let sub = hub.subscribe(&Subscription::default());
+        assert_eq!(hub.subscribers(), 1);
+        drop(sub);
+        assert_eq!(hub.subscribers(), 0);
+        let mut sub = hub.subscribe(&Subscription::default());
+        drop(sub.rx.take());
+        hub.publish(&flows(1, 1, 2));
+        assert_eq!(hub.subscribers(), 0, "a closed queue is noticed on the next publish");
+        drop(sub);
+    }
+}

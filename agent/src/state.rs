@@ -1,0 +1,291 @@
+//! The agent's shared state: endpoints and identities, pipeline counters, connected clients. Requests
+//! from the socket are answered from here ([`AgentState::handle`]); the event pipeline reads the peer
+//! snapshot from here once per batch.
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Instant,
+};
+
+use flowgate_proto::{
+    endpoint::{Endpoint, EndpointRegistry, EndpointState, Identity, NewEndpoint},
+    flow::Peer,
+    message::{ClientInfo, Counters, EventsBufferInfo, Request, Response, Status},
+    version::PROTOCOL_VERSION,
+};
+
+use crate::{
+    enrich::PeerSnapshot,
+    hub::{Hub, SubscriberStats},
+    identity::{IdentityAllocator, security_labels},
+};
+
+/// Counters of the event pipeline, updated lock-free by the reader.
+#[derive(Debug, Default)]
+pub struct PipelineCounters {
+    pub records_read: AtomicU64,
+    pub decode_errors: AtomicU64,
+    /// Last value read from the kernel's lost-records counter.
+    pub kernel_lost: AtomicU64,
+    /// Last value read from the kernel's packet counters.
+    pub packets: AtomicU64,
+}
+
+/// Facts about the agent fixed at start.
+#[derive(Clone, Debug, Default)]
+pub struct AgentInfo {
+    pub version: String,
+    pub kernel: String,
+    pub events_buffer: EventsBufferInfo,
+}
+
+#[derive(Default)]
+struct Endpoints {
+    registry: EndpointRegistry,
+    identities: IdentityAllocator,
+    /// Security labels of each identity's endpoints, for `identity list`.
+    snapshot: Arc<PeerSnapshot>,
+}
+
+struct ClientEntry {
+    info: ClientInfo,
+    stats: Option<Arc<SubscriberStats>>,
+}
+
+pub struct AgentState {
+    started: Instant,
+    info: AgentInfo,
+    pub counters: PipelineCounters,
+    endpoints: RwLock<Endpoints>,
+    hub: Arc<Hub>,
+    clients: Mutex<BTreeMap<u64, ClientEntry>>,
+    next_client: AtomicU64,
+}
+
+/// Keeps a client listed in `status` until dropped.
+pub struct ClientGuard {
+    state: Arc<AgentState>,
+    pub id: u64,
+}
+
+impl Drop for ClientGuard {
+    fn drop(&mut self) {
+        self.state.clients_lock().remove(&self.id);
+    }
+}
+
+impl ClientGuard {
+    /// Records what the client said in its hello.
+    pub fn set_software(&self, software: &str) {
+        if let Some(c) = self.state.clients_lock().get_mut(&self.id) {
+            c.info.software = software.to_owned();
+        }
+    }
+
+    /// Marks the client as a subscriber whose queue counters `status` reports.
+    pub fn set_subscription(&self, stats: Arc<SubscriberStats>) {
+        if let Some(c) = self.state.clients_lock().get_mut(&self.id) {
+            c.info.subscribed = true;
+            c.stats = Some(stats);
+        }
+    }
+}
+
+impl AgentState {
+    pub fn new(info: AgentInfo, hub: Arc<Hub>) -> Arc<Self> {
+        Arc::new(Self {
+            started: Instant::now(),
+            info,
+            counters: PipelineCounters::default(),
+            endpoints: RwLock::new(Endpoints {
+                registry: EndpointRegistry::new(),
+                identities: IdentityAllocator::new(),
+                snapshot: Arc::default(),
+            }),
+            hub,
+            clients: Mutex::new(BTreeMap::new()),
+            next_client: AtomicU64::new(1),
+        })
+    }
+
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    fn clients_lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, ClientEntry>> {
+        self.clients.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn endpoints_read(&self) -> std::sync::RwLockReadGuard<'_, Endpoints> {
+        self.endpoints.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn endpoints_write(&self) -> std::sync::RwLockWriteGuard<'_, Endpoints> {
+        self.endpoints.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Lists a connected client (peer credentials) for `status`.
+    pub fn register_client(self: &Arc<Self>, uid: u32, pid: i32) -> ClientGuard {
+        let id = self.next_client.fetch_add(1, Ordering::Relaxed);
+        let info = ClientInfo { id, uid, pid, ..ClientInfo::default() };
+        self.clients_lock().insert(id, ClientEntry { info, stats: None });
+        ClientGuard { state: Arc::clone(self), id }
+    }
+
+    /// Registers (or refreshes) a pod as an endpoint, with its identity from its security labels.
+    pub fn upsert_endpoint(&self, new: NewEndpoint, namespace_labels: &BTreeMap<String, String>) -> Endpoint {
+        let mut eps = self.endpoints_write();
+        let labels = security_labels(&new.namespace, namespace_labels, &new.labels);
+        let identity = eps.identities.identity_for(&labels);
+        let id = eps.registry.upsert(new).id;
+        let endpoint = eps.registry.get_mut(id).expect("just inserted");
+        endpoint.identity = identity;
+        endpoint.state = EndpointState::Regenerating;
+        let endpoint = endpoint.clone();
+        Self::rebuild_snapshot(&mut eps);
+        endpoint
+    }
+
+    pub fn set_endpoint_state(&self, id: u16, state: EndpointState) {
+        if let Some(ep) = self.endpoints_write().registry.get_mut(id) {
+            ep.state = state;
+        }
+    }
+
+    fn rebuild_snapshot(eps: &mut Endpoints) {
+        let mut snapshot = PeerSnapshot::default();
+        for ep in eps.registry.iter() {
+            let peer = Arc::new(Peer {
+                endpoint_id: ep.id,
+                identity: ep.identity,
+                namespace: ep.namespace.clone(),
+                pod_name: ep.pod_name.clone(),
+                labels: ep.label_list(),
+            });
+            snapshot.by_ip.insert(ep.ipv4, Arc::clone(&peer));
+            snapshot.by_id.insert(ep.id, peer);
+        }
+        eps.snapshot = Arc::new(snapshot);
+    }
+
+    /// The current endpoints as the pipeline sees them.
+    pub fn peers(&self) -> Arc<PeerSnapshot> {
+        Arc::clone(&self.endpoints_read().snapshot)
+    }
+
+    pub fn endpoints(&self) -> Vec<Endpoint> {
+        self.endpoints_read().registry.iter().cloned().collect()
+    }
+
+    pub fn identities(&self) -> Vec<Identity> {
+        let eps = self.endpoints_read();
+        eps.identities
+            .iter()
+            .map(|(id, labels)| Identity {
+                id,
+                labels: labels.to_vec(),
+                endpoints: eps.registry.iter().filter(|e| e.identity == id).map(|e| e.id).collect(),
+            })
+            .collect()
+    }
+
+    pub fn status(&self) -> Status {
+        let eps = self.endpoints_read();
+        let clients: Vec<ClientInfo> = self
+            .clients_lock()
+            .values()
+            .map(|c| {
+                let mut info = c.info.clone();
+                if let Some(stats) = &c.stats {
+                    info.events_sent = stats.events_queued.load(Ordering::Relaxed);
+                    info.events_lost = stats.events_lost.load(Ordering::Relaxed);
+                }
+                info
+            })
+            .collect();
+        Status {
+            agent_version: self.info.version.clone(),
+            protocol: Some(PROTOCOL_VERSION),
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            kernel: self.info.kernel.clone(),
+            events_buffer: self.info.events_buffer.clone(),
+            endpoints: eps.registry.len(),
+            identities: eps.identities.iter().count(),
+            policy_revision: 0,
+            counters: Counters {
+                records_read: self.counters.records_read.load(Ordering::Relaxed),
+                records_lost_kernel: self.counters.kernel_lost.load(Ordering::Relaxed),
+                decode_errors: self.counters.decode_errors.load(Ordering::Relaxed),
+                client_queue_losses: self.hub.queue_losses(),
+                packets: self.counters.packets.load(Ordering::Relaxed),
+            },
+            clients,
+        }
+    }
+
+    /// Answers a request.
+    pub fn handle(&self, request: &Request) -> Response {
+        match request {
+            Request::Status => Response::Status(Box::new(self.status())),
+            Request::EndpointList => Response::Endpoints(self.endpoints()),
+            Request::EndpointGet { id } => match self.endpoints_read().registry.get(*id) {
+                Some(ep) => Response::Endpoint(ep.clone()),
+                None => Response::NotFound {
+                    what: format!("endpoint {id}"),
+                    known: self.endpoints().iter().map(|e| format!("{} ({})", e.id, e.pod_ref())).collect(),
+                },
+            },
+            Request::IdentityList => Response::Identities(self.identities()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::hub::HubConfig;
+
+    fn state() -> Arc<AgentState> {
+        AgentState::new(AgentInfo::default(), Hub::new(HubConfig::default()))
+    }
+
+    fn pod(ns: &str, name: &str, app: &str, ip: u8) -> NewEndpoint {
+        NewEndpoint {
+            namespace: ns.into(),
+            pod_name: name.into(),
+            labels: [("app".to_string(), app.to_string())].into(),
+            ipv4: Ipv4Addr::new(10, 0, 0, ip),
+            interface: format!("lxc{ip}"),
+            ifindex: u32::from(ip),
+        }
+    }
+
+    #[test]
+    fn endpoints_get_identities_and_requests_answer() {
+        let s = state();
+        let ns = BTreeMap::new();
+        let a = s.upsert_endpoint(pod("x", "a1", "a", 1), &ns);
+        let a2 = s.upsert_endpoint(pod("x", "a2", "a", 2), &ns);
+        let b = s.upsert_endpoint(pod("x", "b", "b", 3), &ns);
+        assert_eq!(a.identity, a2.identity, "same labels, same identity");
+        assert_ne!(a.identity, b.identity);
+        assert_eq!(s.peers().by_ip[&Ipv4Addr::new(10, 0, 0, 3)].pod_name, "b");
+        let Response::Identities(ids) = s.handle(&Request::IdentityList) else { panic!() };
+        assert_eq!(ids.len(), 2);
+        assert_eq!(ids.iter().find(|i| i.id == a.identity).unwrap().endpoints, vec![a.id, a2.id]);
+        let Response::NotFound { known, .. } = s.handle(&Request::EndpointGet { id: 99 }) else { panic!() };
+        assert_eq!(known.len(), 3);
+        let Response::Status(status) = s.handle(&Request::Status) else { panic!() };
+        assert_eq!(status.endpoints, 3);
+        let guard = s.register_client(0, 1);
+        assert_eq!(s.status().clients.len(), 1);
+        drop(guard);
+        assert!(s.status().clients.is_empty());
+    }
+}
