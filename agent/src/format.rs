@@ -1,93 +1,72 @@
-//! Text rendering of decoded records, one line per event.
+//! Text rendering of flows, one line per event, in the style of Cilium's monitor.
 
-use std::net::Ipv4Addr;
-
-use flowgate_common::{
-    FlowTuple, TraceRecord,
-    record::{observation_point, tcp_flags},
-};
-
-/// Protocol name as Cilium prints it.
-pub fn protocol_name(protocol: u8) -> &'static str {
-    match protocol {
-        1 => "icmp",
-        6 => "tcp",
-        17 => "udp",
-        132 => "sctp",
-        _ => "ip",
-    }
-}
-
-/// TCP flags in Cilium's order, e.g. `SYN, ACK`.
-pub fn tcp_flags_text(flags: u8) -> String {
-    const NAMES: [(u8, &str); 8] = [
-        (tcp_flags::SYN, "SYN"),
-        (tcp_flags::FIN, "FIN"),
-        (tcp_flags::RST, "RST"),
-        (tcp_flags::PSH, "PSH"),
-        (tcp_flags::ACK, "ACK"),
-        (tcp_flags::URG, "URG"),
-        (tcp_flags::ECE, "ECE"),
-        (tcp_flags::CWR, "CWR"),
-    ];
-    NAMES.iter().filter(|(bit, _)| flags & bit != 0).map(|(_, n)| *n).collect::<Vec<_>>().join(", ")
-}
+use flowgate_proto::flow::{Flow, Peer, Protocol, TrafficDirection};
 
 /// `10.0.0.1:40000 -> 10.0.0.2:80 tcp SYN`.
-pub fn flow_text(flow: &FlowTuple) -> String {
-    let src = Ipv4Addr::from(flow.saddr.to_ne_bytes());
-    let dst = Ipv4Addr::from(flow.daddr.to_ne_bytes());
-    let proto = protocol_name(flow.protocol);
+pub fn flow_text(flow: &Flow) -> String {
+    let (src, dst) = (flow.source_ip, flow.destination_ip);
+    let proto = flow.protocol.name();
     match flow.protocol {
-        6 => format!("{src}:{} -> {dst}:{} {proto} {}", flow.sport, flow.dport, tcp_flags_text(flow.tcp_flags)),
-        17 | 132 => format!("{src}:{} -> {dst}:{} {proto}", flow.sport, flow.dport),
-        1 => format!("{src} -> {dst} {proto} type {} code {}", flow.sport, flow.dport),
-        _ => format!("{src} -> {dst} {proto} {}", flow.protocol),
+        Protocol::Tcp => format!(
+            "{src}:{} -> {dst}:{} {proto} {}",
+            flow.source_port,
+            flow.destination_port,
+            flow.tcp_flags.names().join(", ")
+        ),
+        Protocol::Udp | Protocol::Sctp => {
+            format!("{src}:{} -> {dst}:{} {proto}", flow.source_port, flow.destination_port)
+        }
+        Protocol::Icmp => format!("{src} -> {dst} {proto} type {} code {}", flow.icmp_type, flow.icmp_code),
+        Protocol::Other(_) => format!("{src} -> {dst} {proto}"),
     }
 }
 
-/// One line for a trace record; `endpoint` is `namespace/pod` when known.
-pub fn trace_line(record: &TraceRecord, endpoint: Option<&str>) -> String {
-    let arrow = match record.observation_point {
-        observation_point::FROM_ENDPOINT => "<- endpoint",
-        observation_point::TO_ENDPOINT => "-> endpoint",
-        _ => "-- endpoint",
+fn peer_text(peer: &Peer) -> String {
+    if peer.endpoint_id != 0 {
+        format!("{} ({}/{})", peer.endpoint_id, peer.namespace, peer.pod_name)
+    } else {
+        format!("identity {}", peer.identity)
+    }
+}
+
+/// One line for a trace: `-> endpoint 12 (default/web) ...` when entering the endpoint, `<- endpoint`
+/// when leaving it, as Cilium's monitor prints.
+pub fn trace_line(flow: &Flow) -> String {
+    let (arrow, local) = match flow.traffic_direction {
+        TrafficDirection::Ingress => ("-> endpoint", &flow.destination),
+        TrafficDirection::Egress => ("<- endpoint", &flow.source),
+        TrafficDirection::Unknown => ("-- endpoint", &flow.source),
     };
-    let who = endpoint.map(|e| format!(" ({e})")).unwrap_or_default();
+    let remote = match flow.traffic_direction {
+        TrafficDirection::Ingress => &flow.source,
+        _ => &flow.destination,
+    };
     format!(
-        "{arrow} {}{who} ifindex {} len {}: {}",
-        record.endpoint_id,
-        record.ifindex,
-        record.pkt_len,
-        flow_text(&record.flow)
+        "{arrow} {}, remote {}, identity {}->{} ifindex {} len {}: {}",
+        peer_text(local),
+        peer_text(remote),
+        flow.source.identity,
+        flow.destination.identity,
+        flow.ifindex,
+        flow.packet_len,
+        flow_text(flow)
     )
 }
 
 #[cfg(test)]
 mod tests {
+    use flowgate_proto::flow::{TcpFlags, fixtures::flow_between};
+
     use super::*;
 
     #[test]
     fn trace_line_reads_like_cilium() {
-        let record = TraceRecord {
-            flow: FlowTuple {
-                saddr: u32::from_ne_bytes([10, 0, 0, 5]),
-                daddr: u32::from_ne_bytes([10, 0, 0, 7]),
-                sport: 43210,
-                dport: 5432,
-                protocol: 6,
-                tcp_flags: tcp_flags::SYN | tcp_flags::ACK,
-                _pad: [0; 2],
-            },
-            endpoint_id: 12,
-            observation_point: observation_point::FROM_ENDPOINT,
-            ifindex: 4,
-            pkt_len: 74,
-            ..TraceRecord::default()
-        };
+        let mut flow = flow_between(12, 7, 43210);
+        flow.tcp_flags = TcpFlags(TcpFlags::SYN | TcpFlags::ACK);
         assert_eq!(
-            trace_line(&record, Some("default/backend")),
-            "<- endpoint 12 (default/backend) ifindex 4 len 74: 10.0.0.5:43210 -> 10.0.0.7:5432 tcp SYN, ACK"
+            trace_line(&flow),
+            "<- endpoint 12 (default/pod-12), remote 7 (default/pod-7), identity 1012->1007 ifindex 2 len 74: \
+             10.0.0.12:43210 -> 10.0.0.7:80 tcp SYN, ACK"
         );
     }
 }

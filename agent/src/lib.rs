@@ -1,8 +1,10 @@
 //! flowgate's node agent as a library: the binary in `main.rs` wires these modules together, tests and
 //! benchmarks use them directly.
 //!
-//! Event path: [`reader`] drains the kernel's events buffer -> [`decode`] turns bytes into typed records
-//! -> [`format`] renders them. The datapath itself (loading, attaching, maps) is in [`datapath`].
+//! Event path: [`reader`] drains the kernel's events buffer -> [`pipeline`]: [`decode`] turns bytes into
+//! typed records, [`enrich`] resolves endpoints and identities into a flow, [`hub`] keeps [`history`] and
+//! fans flows out to subscribers. [`state`] holds endpoints, identities and counters and answers
+//! requests. The datapath itself (loading, attaching, maps) is in [`datapath`].
 
 pub mod datapath;
 pub mod decode;
@@ -12,6 +14,7 @@ pub mod history;
 pub mod hub;
 pub mod identity;
 pub mod netns;
+pub mod pipeline;
 pub mod reader;
 pub mod state;
 pub mod time;

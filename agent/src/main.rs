@@ -1,20 +1,27 @@
 //! `flowgate-agent`: loads the kernel programs, attaches them to every endpoint of the node (for now the
-//! pods of a lab), and prints one line per event read from the kernel's events buffer.
+//! pods of a lab), reads the kernel's events, enriches them and serves them over a unix socket.
 
 use std::{
     path::{Path, PathBuf},
+    sync::{Arc, Mutex, atomic::Ordering},
     time::Duration,
 };
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
 use flowgate_agent::{
-    datapath::{Datapath, DatapathOptions},
-    decode::{self, Record},
+    datapath::{self, Datapath, DatapathOptions},
     format,
+    hub::{Hub, HubConfig},
+    pipeline::Pipeline,
+    state::{AgentInfo, AgentState},
 };
-use flowgate_proto::endpoint::{EndpointRegistry, EndpointState, NewEndpoint};
+use flowgate_common::Counter;
 use flowgate_lab::state::LabState;
+use flowgate_proto::{
+    endpoint::{EndpointState, NewEndpoint},
+    message::{EventsBufferInfo, LossSource},
+};
 use log::{info, warn};
 
 #[derive(Parser, Debug)]
@@ -29,12 +36,21 @@ struct Args {
     /// Name of the lab brought up with --lab-topology (default: the name in the file).
     #[arg(long, requires = "lab_topology")]
     lab_name: Option<String>,
-    /// Size of the kernel's events ring buffer in bytes (power of two).
+    /// Size of the kernel's events ring buffer in bytes (power of two, at least the page size).
     #[arg(long, default_value_t = 8 << 20)]
     events_buffer_bytes: u32,
     /// How often the reader drains the events buffer when the kernel has not woken it, in milliseconds.
     #[arg(long, default_value_t = 5)]
     drain_interval_ms: u64,
+    /// Flows kept in memory for subscribers asking for the last N.
+    #[arg(long, default_value_t = 4096)]
+    history_size: usize,
+    /// Batches a client's queue holds before the agent drops events for that client (and tells it).
+    #[arg(long, default_value_t = 256)]
+    client_queue_batches: usize,
+    /// Print every event as a text line on stdout.
+    #[arg(long)]
+    print_events: bool,
 }
 
 /// A lab this agent brought up and must take down again, whatever happens.
@@ -57,6 +73,10 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(run(args))
 }
 
+fn kernel_release() -> String {
+    nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default()
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
     let (lab, _owned) = match (&args.lab, &args.lab_topology) {
         (Some(name), None) => {
@@ -75,41 +95,96 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ..DatapathOptions::default()
     })
     .context("loading the eBPF datapath")?;
-    let registry = attach_lab(&mut datapath, &lab)?;
-    info!("attached to {} endpoints of lab {}", registry.len(), lab.name);
+
+    let hub = Hub::new(HubConfig { history: args.history_size, queue_batches: args.client_queue_batches });
+    let state = AgentState::new(
+        AgentInfo {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            kernel: kernel_release(),
+            events_buffer: EventsBufferInfo {
+                kind: "ringbuf".into(),
+                size_bytes: u64::from(args.events_buffer_bytes),
+            },
+        },
+        Arc::clone(&hub),
+    );
+    attach_lab(&mut datapath, &state, &lab)?;
+    info!("attached to {} endpoints of lab {}", lab.pods.len(), lab.name);
 
     let events = datapath.take_events().context("opening the events buffer")?;
-    let names: std::collections::HashMap<u16, String> =
-        registry.iter().map(|e| (e.id, e.pod_ref())).collect();
-    let mut decode_errors = 0u64;
+    let datapath = Arc::new(Mutex::new(datapath));
+
+    let pipeline = Pipeline::new(Arc::clone(&state));
+    let print_events = args.print_events;
+    let print_sub = print_events.then(|| hub.subscribe(&Default::default()));
     let reader = flowgate_agent::reader::run(
         events,
         Duration::from_millis(args.drain_interval_ms),
-        move |bytes| match decode::decode(bytes) {
-            Ok(Record::Trace(trace)) => {
-                let who = names.get(&trace.endpoint_id).map(String::as_str);
-                println!("{}", format::trace_line(&trace, who));
-            }
-            Err(e) => {
-                decode_errors += 1;
-                warn!("decode error #{decode_errors}: {e}");
-            }
-        },
-        || {},
+        pipeline,
     );
+    let reader = tokio::spawn(reader);
+    let losses = tokio::spawn(poll_kernel_counters(Arc::clone(&datapath), Arc::clone(&state)));
+    let printer = print_sub.map(|mut sub| {
+        tokio::spawn(async move {
+            let Some(rx) = sub.rx.as_mut() else { return };
+            while let Some(batch) = rx.recv().await {
+                for event in batch {
+                    match event {
+                        flowgate_proto::message::Event::Flow(flow) => println!("{}", format::trace_line(&flow)),
+                        flowgate_proto::message::Event::Lost(lost) => {
+                            println!("Lost {} events ({})", lost.count, lost.source.describe());
+                        }
+                    }
+                }
+            }
+        })
+    });
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     tokio::select! {
-        res = reader => res.context("reading the events buffer")?,
+        res = reader => res.context("reader task")?.context("reading the events buffer")?,
         _ = tokio::signal::ctrl_c() => info!("interrupted, shutting down"),
         _ = sigterm.recv() => info!("terminated, shutting down"),
     }
+    losses.abort();
+    if let Some(p) = printer {
+        p.abort();
+    }
+    let datapath = datapath.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Ok(counters) = datapath.counters() {
         info!("kernel counters: {counters:?}");
     }
-    drop(datapath);
     Ok(())
+}
+
+/// Every 100 ms: kernel counters into the state, and new kernel-side losses to every subscriber.
+async fn poll_kernel_counters(datapath: Arc<Mutex<Datapath>>, state: Arc<AgentState>) {
+    let mut interval = tokio::time::interval(Duration::from_millis(100));
+    let mut last_lost = 0;
+    loop {
+        interval.tick().await;
+        let counters = {
+            let dp = datapath.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match dp.counters() {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!("reading kernel counters: {e}");
+                    continue;
+                }
+            }
+        };
+        let lost = counters.get(Counter::RecordsLost);
+        state.counters.kernel_lost.store(lost, Ordering::Relaxed);
+        state.counters.packets.store(
+            counters.get(Counter::PacketsFromEndpoint) + counters.get(Counter::PacketsToEndpoint),
+            Ordering::Relaxed,
+        );
+        if lost > last_lost {
+            state.hub().publish_loss(LossSource::KernelBuffer, lost - last_lost);
+            last_lost = lost;
+        }
+    }
 }
 
 fn bring_up_lab(path: &Path, name: Option<&str>) -> anyhow::Result<LabState> {
@@ -122,28 +197,34 @@ fn bring_up_lab(path: &Path, name: Option<&str>) -> anyhow::Result<LabState> {
 }
 
 /// Registers every pod of the lab as an endpoint and attaches the programs to its node-side veth.
-fn attach_lab(datapath: &mut Datapath, lab: &LabState) -> anyhow::Result<EndpointRegistry> {
+fn attach_lab(datapath: &mut Datapath, state: &AgentState, lab: &LabState) -> anyhow::Result<()> {
     let node_netns = Path::new("/run/netns").join(&lab.node_netns);
-    let mut registry = EndpointRegistry::new();
     for pod in &lab.pods {
-        let endpoint = registry.upsert(NewEndpoint {
-            namespace: pod.namespace.clone(),
-            pod_name: pod.name.clone(),
-            labels: pod.labels.clone(),
-            ipv4: pod.ip,
-            interface: pod.host_ifname.clone(),
-            ifindex: pod.host_ifindex,
-        });
-        let (id, ifindex, info) = (endpoint.id, endpoint.ifindex, flowgate_agent::datapath::endpoint_info(endpoint));
+        let namespace_labels = lab
+            .namespaces
+            .iter()
+            .find(|ns| ns.name == pod.namespace)
+            .map(|ns| ns.labels.clone())
+            .unwrap_or_default();
+        let endpoint = state.upsert_endpoint(
+            NewEndpoint {
+                namespace: pod.namespace.clone(),
+                pod_name: pod.name.clone(),
+                labels: pod.labels.clone(),
+                ipv4: pod.ip,
+                interface: pod.host_ifname.clone(),
+                ifindex: pod.host_ifindex,
+            },
+            &namespace_labels,
+        );
+        let what = || format!("endpoint {} ({})", endpoint.id, endpoint.pod_ref());
         datapath
-            .set_endpoint(ifindex, info)
-            .with_context(|| format!("registering endpoint {id} ({}/{})", pod.namespace, pod.name))?;
+            .set_endpoint(endpoint.ifindex, datapath::endpoint_info(&endpoint))
+            .with_context(|| format!("registering {}", what()))?;
         datapath
             .attach_endpoint(&node_netns, &pod.host_ifname)
-            .with_context(|| format!("attaching to endpoint {id} ({}/{})", pod.namespace, pod.name))?;
-        if let Some(ep) = registry.get_mut(id) {
-            ep.state = EndpointState::Ready;
-        }
+            .with_context(|| format!("attaching to {}", what()))?;
+        state.set_endpoint_state(endpoint.id, EndpointState::Ready);
     }
-    Ok(registry)
+    Ok(())
 }

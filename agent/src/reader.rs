@@ -7,14 +7,16 @@ use std::time::Duration;
 use aya::maps::{MapData, RingBuf};
 use tokio::io::{Interest, unix::AsyncFd};
 
-/// Reads records until the task is cancelled, handing each to `on_record` and then calling
-/// `on_batch_end` once per drained batch.
-pub async fn run(
-    ring: RingBuf<MapData>,
-    tick: Duration,
-    mut on_record: impl FnMut(&[u8]),
-    mut on_batch_end: impl FnMut(),
-) -> std::io::Result<()> {
+/// Where drained records go.
+pub trait RecordSink {
+    /// One raw record.
+    fn on_record(&mut self, bytes: &[u8]);
+    /// The buffer is empty for now: the end of a batch.
+    fn on_batch_end(&mut self);
+}
+
+/// Reads records until the task is cancelled, handing each to the sink and ending each drained batch.
+pub async fn run(ring: RingBuf<MapData>, tick: Duration, mut sink: impl RecordSink) -> std::io::Result<()> {
     // SAFETY: the ring buffer owns its map fd and keeps it open for as long as the AsyncFd lives.
     let mut fd = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(std::io::Error::from)?;
@@ -24,19 +26,19 @@ pub async fn run(
         tokio::select! {
             guard = fd.readable_mut() => {
                 let mut guard = guard?;
-                drain(guard.get_inner_mut(), &mut on_record);
+                drain(guard.get_inner_mut(), &mut sink);
                 guard.clear_ready();
             }
             _ = interval.tick() => {
-                drain(fd.get_mut(), &mut on_record);
+                drain(fd.get_mut(), &mut sink);
             }
         }
-        on_batch_end();
+        sink.on_batch_end();
     }
 }
 
-fn drain(ring: &mut RingBuf<MapData>, on_record: &mut impl FnMut(&[u8])) {
+fn drain(ring: &mut RingBuf<MapData>, sink: &mut impl RecordSink) {
     while let Some(item) = ring.next() {
-        on_record(&item);
+        sink.on_record(&item);
     }
 }
