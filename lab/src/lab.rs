@@ -32,13 +32,23 @@ const SERVER_STOP_WITHIN: Duration = Duration::from_secs(2);
 /// Errors bringing a lab up or down.
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
-    #[error("cannot plan lab {lab}: {problem}")]
-    Plan { lab: String, problem: Problem },
+    #[error(
+        "cannot plan lab {lab}{}: {problem}",
+        file.as_deref().map(|p| format!(" from {}", p.display())).unwrap_or_default()
+    )]
+    Plan {
+        lab: String,
+        file: Option<std::path::PathBuf>,
+        problem: Box<Problem>,
+    },
     #[error(
         "lab {lab} already exists{}; run `flowgate lab down {lab}` first or pick another name with --name",
         from.as_deref().map(|p| format!(" (from {})", p.display())).unwrap_or_default()
     )]
-    Exists { lab: String, from: Option<std::path::PathBuf> },
+    Exists {
+        lab: String,
+        from: Option<std::path::PathBuf>,
+    },
     #[error("cannot create lab directory {path}")]
     Dir {
         path: std::path::PathBuf,
@@ -76,12 +86,24 @@ pub struct DownReport {
 ///
 /// An existing lab of that name is returned as is when it was brought up from an identical topology and is
 /// healthy; otherwise this fails. On a failure halfway, everything created so far is removed.
-pub fn up(topology: &Topology, name: &str, source_path: Option<&Path>) -> Result<LabState, LabError> {
-    let mut planned = plan::plan(topology, name).map_err(|problem| LabError::Plan { lab: name.to_owned(), problem })?;
-    planned.topology_path = source_path.map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned()));
+pub fn up(
+    topology: &Topology,
+    name: &str,
+    source_path: Option<&Path>,
+) -> Result<LabState, LabError> {
+    let mut planned = plan::plan(topology, name).map_err(|problem| LabError::Plan {
+        lab: name.to_owned(),
+        file: source_path.map(Path::to_owned),
+        problem: Box::new(problem),
+    })?;
+    planned.topology_path =
+        source_path.map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned()));
 
     let labs_dir = state::labs_dir();
-    std::fs::create_dir_all(&labs_dir).map_err(|source| LabError::Dir { path: labs_dir.clone(), source })?;
+    std::fs::create_dir_all(&labs_dir).map_err(|source| LabError::Dir {
+        path: labs_dir.clone(),
+        source,
+    })?;
     let dir = state::lab_dir(name);
     // Creating the directory claims the name, also against another `up` running at the same time.
     if let Err(source) = std::fs::create_dir(&dir) {
@@ -90,13 +112,20 @@ pub fn up(topology: &Topology, name: &str, source_path: Option<&Path>) -> Result
         }
         return Err(LabError::Dir { path: dir, source });
     }
-    let mut cleanup = CleanupOnError { lab: name.to_owned(), armed: true };
+    let mut cleanup = CleanupOnError {
+        lab: name.to_owned(),
+        armed: true,
+    };
 
     // Leftovers of an earlier lab of this name whose directory is gone (e.g. /run was cleared).
     let others: Vec<String> = state::list().into_iter().filter(|l| l != name).collect();
-    for ns in netns::list().into_iter().filter(|ns| naming::netns_belongs_to(ns, name, &others)) {
+    for ns in netns::list()
+        .into_iter()
+        .filter(|ns| naming::netns_belongs_to(ns, name, &others))
+    {
         log::warn!("lab {name}: removing leftover network namespace {ns}");
-        netns::delete(&ns).map_err(|source| netns_err(name, format!("remove leftover {ns}"), source))?;
+        netns::delete(&ns)
+            .map_err(|source| netns_err(name, format!("remove leftover {ns}"), source))?;
     }
 
     let state = build(planned)?;
@@ -105,13 +134,18 @@ pub fn up(topology: &Topology, name: &str, source_path: Option<&Path>) -> Result
 }
 
 fn netns_err(lab: &str, step: String, source: NetnsError) -> LabError {
-    LabError::Netns { lab: lab.to_owned(), step, source }
+    LabError::Netns {
+        lab: lab.to_owned(),
+        step,
+        source,
+    }
 }
 
 fn build(mut state: LabState) -> Result<LabState, LabError> {
     let lab = state.name.clone();
     for ns in state.netns_names() {
-        netns::add(&ns).map_err(|source| netns_err(&lab, format!("create network namespace {ns}"), source))?;
+        netns::add(&ns)
+            .map_err(|source| netns_err(&lab, format!("create network namespace {ns}"), source))?;
     }
 
     // No IPv6 in the lab: no router solicitations or DAD in the flows the agent reports.
@@ -129,10 +163,16 @@ fn build(mut state: LabState) -> Result<LabState, LabError> {
         .pods
         .iter()
         .map(|p| (p.netns.clone(), p.host_ifname.clone(), p.ip))
-        .chain(state.externals.iter().map(|e| (e.netns.clone(), e.host_ifname.clone(), e.ip)))
+        .chain(
+            state
+                .externals
+                .iter()
+                .map(|e| (e.netns.clone(), e.host_ifname.clone(), e.ip)),
+        )
         .collect();
     for (ns, _, _) in &hosts {
-        netns::sysctls(ns, &COMMON).map_err(|source| netns_err(&lab, format!("configure {ns}"), source))?;
+        netns::sysctls(ns, &COMMON)
+            .map_err(|source| netns_err(&lab, format!("configure {ns}"), source))?;
     }
 
     // The veths are created inside the node namespace with their pod end moved straight into the pod's
@@ -140,7 +180,9 @@ fn build(mut state: LabState) -> Result<LabState, LabError> {
     let gateway = state.gateway;
     let mut node = vec!["link set lo up".to_owned()];
     for (ns, ifname, ip) in &hosts {
-        node.push(format!("link add {ifname} type veth peer name {POD_IFNAME} netns {ns}"));
+        node.push(format!(
+            "link add {ifname} type veth peer name {POD_IFNAME} netns {ns}"
+        ));
         node.push(format!("addr add {gateway}/32 dev {ifname}"));
         node.push(format!("link set {ifname} up"));
         node.push(format!("route add {ip}/32 dev {ifname}"));
@@ -178,8 +220,13 @@ fn build(mut state: LabState) -> Result<LabState, LabError> {
 
 /// `up` of a name that exists: fine when it is the same lab and it is healthy.
 fn reuse_if_identical(planned: &LabState) -> Result<LabState, LabError> {
-    let exists = |from| LabError::Exists { lab: planned.name.clone(), from };
-    let Ok(current) = state::load(&planned.name) else { return Err(exists(None)) };
+    let exists = |from| LabError::Exists {
+        lab: planned.name.clone(),
+        from,
+    };
+    let Ok(current) = state::load(&planned.name) else {
+        return Err(exists(None));
+    };
     let comparable = |s: &LabState| {
         let mut s = s.clone();
         s.server_pid = None;
@@ -192,7 +239,9 @@ fn reuse_if_identical(planned: &LabState) -> Result<LabState, LabError> {
         }
         s
     };
-    let healthy = current.server_pid.is_some_and(|pid| is_lab_server(pid, &planned.name))
+    let healthy = current
+        .server_pid
+        .is_some_and(|pid| is_lab_server(pid, &planned.name))
         && current.netns_names().iter().all(|ns| netns::exists(ns));
     if healthy && comparable(&current) == comparable(planned) {
         Ok(current)
@@ -220,8 +269,15 @@ impl Drop for CleanupOnError {
 /// Removes lab `name`: stops its server (SIGTERM, then SIGKILL after 2 s), deletes every network namespace named
 /// `fg-<name>-*` (even without a state file) and the lab directory. Down of a lab that does not exist is fine.
 pub fn down(name: &str) -> Result<DownReport, LabError> {
-    topology::validate_lab_name(name).map_err(|problem| LabError::Plan { lab: name.to_owned(), problem })?;
-    let mut report = DownReport { name: name.to_owned(), ..DownReport::default() };
+    topology::validate_lab_name(name).map_err(|problem| LabError::Plan {
+        lab: name.to_owned(),
+        file: None,
+        problem: Box::new(problem),
+    })?;
+    let mut report = DownReport {
+        name: name.to_owned(),
+        ..DownReport::default()
+    };
     let mut problems = Vec::new();
     let dir = state::lab_dir(name);
 
@@ -229,7 +285,10 @@ pub fn down(name: &str) -> Result<DownReport, LabError> {
     if let Ok(s) = state::load(name) {
         pids.extend(s.server_pid);
     }
-    if let Some(pid) = std::fs::read_to_string(dir.join(PID_FILE)).ok().and_then(|t| t.trim().parse().ok()) {
+    if let Some(pid) = std::fs::read_to_string(dir.join(PID_FILE))
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+    {
         pids.push(pid);
     }
     pids.dedup();
@@ -244,7 +303,10 @@ pub fn down(name: &str) -> Result<DownReport, LabError> {
     }
 
     let others: Vec<String> = state::list().into_iter().filter(|l| l != name).collect();
-    for ns in netns::list().into_iter().filter(|ns| naming::netns_belongs_to(ns, name, &others)) {
+    for ns in netns::list()
+        .into_iter()
+        .filter(|ns| naming::netns_belongs_to(ns, name, &others))
+    {
         match netns::delete(&ns) {
             Ok(()) => report.netns_deleted.push(ns),
             Err(e) => problems.push(e.to_string()),
@@ -257,8 +319,16 @@ pub fn down(name: &str) -> Result<DownReport, LabError> {
             Err(e) => problems.push(format!("remove {}: {e}", dir.display())),
         }
     }
-    report.existed = report.dir_removed || report.server_stopped.is_some() || !report.netns_deleted.is_empty();
-    if problems.is_empty() { Ok(report) } else { Err(LabError::Down { lab: name.to_owned(), problems }) }
+    report.existed =
+        report.dir_removed || report.server_stopped.is_some() || !report.netns_deleted.is_empty();
+    if problems.is_empty() {
+        Ok(report)
+    } else {
+        Err(LabError::Down {
+            lab: name.to_owned(),
+            problems,
+        })
+    }
 }
 
 /// Whether `pid` is a live process started as lab `lab`'s server.
@@ -273,15 +343,22 @@ pub fn is_lab_server(pid: u32, lab: &str) -> bool {
 
 /// Alive and not a zombie.
 pub fn is_alive(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
     // "pid (comm) S ...": the state follows the last ')'.
-    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
     !matches!(state, None | Some('Z' | 'X'))
 }
 
 fn stop(pid: u32) -> Result<(), nix::Error> {
     let target = Pid::from_raw(i32::try_from(pid).map_err(|_| nix::Error::EINVAL)?);
-    for (signal, within) in [(Signal::SIGTERM, SERVER_STOP_WITHIN), (Signal::SIGKILL, Duration::from_secs(1))] {
+    for (signal, within) in [
+        (Signal::SIGTERM, SERVER_STOP_WITHIN),
+        (Signal::SIGKILL, Duration::from_secs(1)),
+    ] {
         match kill(target, signal) {
             Ok(()) => {}
             Err(nix::Error::ESRCH) => return Ok(()),
@@ -297,5 +374,9 @@ fn stop(pid: u32) -> Result<(), nix::Error> {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
-    if is_alive(pid) { Err(nix::Error::ETIMEDOUT) } else { Ok(()) }
+    if is_alive(pid) {
+        Err(nix::Error::ETIMEDOUT)
+    } else {
+        Ok(())
+    }
 }

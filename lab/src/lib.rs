@@ -21,5 +21,5 @@ pub mod topology;
 pub use lab::{DownReport, LabError, down, up};
 pub use netns::in_netns;
 pub use probe::{PortArg, ProbeMatrix, probe};
-pub use state::{LabState, PodRef, PodState, load, list};
+pub use state::{LabState, PodRef, PodState, list, load};
 pub use topology::{Protocol, Topology};

@@ -38,6 +38,12 @@ pub enum NetnsError {
         #[source]
         source: nix::Error,
     },
+    #[error("cannot start a thread to enter network namespace {netns}")]
+    Thread {
+        netns: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the thread running inside network namespace {netns} panicked")]
     Panicked { netns: String },
     #[error("cannot set sysctl {key} in network namespace {netns}")]
@@ -64,35 +70,60 @@ pub fn netns_path(netns: &str) -> PathBuf {
 /// Runs `f` on a fresh thread that has entered network namespace `netns` (by name, `/run/netns/NAME`) and
 /// returns its value. Only that thread changes namespace; sockets it creates stay in `netns` wherever they are
 /// used afterwards.
-pub fn in_netns<T: Send + 'static>(netns: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T, NetnsError> {
+pub fn in_netns<T: Send + 'static>(
+    netns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, NetnsError> {
     let path = netns_path(netns);
-    let file = File::open(&path)
-        .map_err(|source| NetnsError::Open { netns: netns.to_owned(), path: path.clone(), source })?;
+    let file = File::open(&path).map_err(|source| NetnsError::Open {
+        netns: netns.to_owned(),
+        path: path.clone(),
+        source,
+    })?;
     let name = netns.to_owned();
     let handle = std::thread::Builder::new()
         .name(format!("netns-{netns}"))
         .spawn(move || -> Result<T, NetnsError> {
-            setns(&file, CloneFlags::CLONE_NEWNET).map_err(|source| NetnsError::Enter { netns: name, source })?;
+            setns(&file, CloneFlags::CLONE_NEWNET).map_err(|source| NetnsError::Enter {
+                netns: name,
+                source,
+            })?;
             drop(file);
             Ok(f())
         })
-        .map_err(|source| NetnsError::Spawn { command: format!("thread for {netns}"), source })?;
-    handle.join().map_err(|_| NetnsError::Panicked { netns: netns.to_owned() })?
+        .map_err(|source| NetnsError::Thread {
+            netns: netns.to_owned(),
+            source,
+        })?;
+    handle.join().map_err(|_| NetnsError::Panicked {
+        netns: netns.to_owned(),
+    })?
 }
 
 /// Moves the calling thread into `netns` for good. Meant for a process about to `exec` a command there
 /// (`flowgate lab exec`); everything else should use [`in_netns`].
 pub fn enter_current_thread(netns: &str) -> Result<(), NetnsError> {
     let path = netns_path(netns);
-    let file = File::open(&path)
-        .map_err(|source| NetnsError::Open { netns: netns.to_owned(), path: path.clone(), source })?;
-    setns(&file, CloneFlags::CLONE_NEWNET).map_err(|source| NetnsError::Enter { netns: netns.to_owned(), source })
+    let file = File::open(&path).map_err(|source| NetnsError::Open {
+        netns: netns.to_owned(),
+        path: path.clone(),
+        source,
+    })?;
+    setns(&file, CloneFlags::CLONE_NEWNET).map_err(|source| NetnsError::Enter {
+        netns: netns.to_owned(),
+        source,
+    })
 }
 
 /// Names of every network namespace on the machine (`/run/netns`).
 pub fn list() -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(NETNS_RUN_DIR) else { return Vec::new() };
-    let mut names: Vec<String> = entries.filter_map(Result::ok).filter_map(|e| e.file_name().into_string().ok()).collect();
+    let Ok(entries) = std::fs::read_dir(NETNS_RUN_DIR) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
     names.sort();
     names
 }
@@ -121,22 +152,41 @@ fn ip(args: &[&str], stdin: Option<&str>) -> Result<(), NetnsError> {
     let command = format!("ip {}", args.join(" "));
     let mut child = Command::new("ip")
         .args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|source| NetnsError::Spawn { command: command.clone(), source })?;
+        .map_err(|source| NetnsError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
     if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(text.as_bytes()).map_err(|source| NetnsError::Spawn { command: command.clone(), source })?;
+        pipe.write_all(text.as_bytes())
+            .map_err(|source| NetnsError::Spawn {
+                command: command.clone(),
+                source,
+            })?;
     }
-    let output = child.wait_with_output().map_err(|source| NetnsError::Spawn { command: command.clone(), source })?;
+    let output = child
+        .wait_with_output()
+        .map_err(|source| NetnsError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
     if output.status.success() {
         Ok(())
     } else {
         let mut stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
         if let Some(script) = stdin {
             // `ip -batch` says "Command failed -:LINE"; show the line.
-            stderr = format!("{stderr}\n  batch was:\n    {}", script.trim_end().replace('\n', "\n    "));
+            stderr = format!(
+                "{stderr}\n  batch was:\n    {}",
+                script.trim_end().replace('\n', "\n    ")
+            );
         }
         Err(NetnsError::Command { command, stderr })
     }
@@ -145,12 +195,19 @@ fn ip(args: &[&str], stdin: Option<&str>) -> Result<(), NetnsError> {
 /// Sets sysctls (`net.ipv4.ip_forward` style keys) inside `netns`. `/proc/sys/net` shows the namespace of the
 /// thread that opens it, so this goes through [`in_netns`].
 pub fn sysctls(netns: &str, settings: &[(&str, &str)]) -> Result<(), NetnsError> {
-    let settings: Vec<(String, String)> = settings.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    let settings: Vec<(String, String)> = settings
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
     let name = netns.to_owned();
     in_netns(netns, move || {
         for (key, value) in settings {
             let path = Path::new("/proc/sys").join(key.replace('.', "/"));
-            std::fs::write(&path, &value).map_err(|source| NetnsError::Sysctl { netns: name.clone(), key, source })?;
+            std::fs::write(&path, &value).map_err(|source| NetnsError::Sysctl {
+                netns: name.clone(),
+                key,
+                source,
+            })?;
         }
         Ok(())
     })?
@@ -163,8 +220,13 @@ pub fn ifindexes(netns: &str, ifnames: Vec<String>) -> Result<Vec<u32>, NetnsErr
         ifnames
             .into_iter()
             .map(|ifname| {
-                nix::net::if_::if_nametoindex(ifname.as_str())
-                    .map_err(|source| NetnsError::NoInterface { netns: name.clone(), ifname, source })
+                nix::net::if_::if_nametoindex(ifname.as_str()).map_err(|source| {
+                    NetnsError::NoInterface {
+                        netns: name.clone(),
+                        ifname,
+                        source,
+                    }
+                })
             })
             .collect()
     })?
