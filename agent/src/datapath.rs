@@ -6,7 +6,7 @@ use std::path::Path;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{SchedClassifier, TcAttachType},
+    programs::{SchedClassifier, TcAttachType, TestRun as _, TestRunOptions, TestRunResult},
 };
 use flowgate_common::{
     Counter, EndpointInfo,
@@ -145,6 +145,21 @@ impl Datapath {
         let name = MAP_EVENTS_RINGBUF;
         let map = self.ebpf.take_map(name).ok_or(DatapathError::MissingMap { name })?;
         RingBuf::try_from(map).map_err(|source| DatapathError::Map { name, source })
+    }
+
+    /// Runs one of the programs on a crafted packet with BPF_PROG_TEST_RUN, `repeat` times. The
+    /// result's `duration` is the kernel's average per run.
+    pub fn test_run(&self, name: &'static str, packet: &[u8], repeat: u32) -> Result<TestRunResult, DatapathError> {
+        let program: &SchedClassifier = self
+            .ebpf
+            .program(name)
+            .ok_or(DatapathError::MissingProgram { name })?
+            .try_into()
+            .map_err(|source| DatapathError::Program { name, source })?;
+        let mut options = TestRunOptions::new();
+        options.data_in = Some(packet);
+        options.repeat = repeat;
+        program.test_run(options).map_err(|source| DatapathError::Program { name, source })
     }
 
     /// Kernel counters summed across CPUs.

@@ -78,6 +78,11 @@ fn kernel_release() -> String {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    // Handlers first: a signal during start-up must still tear down what was brought up.
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("installing the SIGINT handler")?;
     let (lab, _owned) = match (&args.lab, &args.lab_topology) {
         (Some(name), None) => {
             (flowgate_lab::state::load(name).with_context(|| format!("reading lab {name}"))?, None)
@@ -140,11 +145,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         })
     });
 
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
     tokio::select! {
         res = reader => res.context("reader task")?.context("reading the events buffer")?,
-        _ = tokio::signal::ctrl_c() => info!("interrupted, shutting down"),
+        _ = sigint.recv() => info!("interrupted, shutting down"),
         _ = sigterm.recv() => info!("terminated, shutting down"),
     }
     losses.abort();
