@@ -16,7 +16,7 @@ test: build
 	$(CARGO) test --workspace --exclude flowgate-ebpf --locked --no-fail-fast
 
 demo: build
-	./target/debug/flowgate demo
+	bash scripts/demo.sh
 
 bench: setup
 	$(CARGO) build --workspace --exclude flowgate-ebpf --release --locked
