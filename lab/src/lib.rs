@@ -17,6 +17,7 @@ pub mod probe;
 pub mod server;
 pub mod state;
 pub mod topology;
+pub mod traffic;
 
 pub use lab::{DownReport, LabError, down, up};
 pub use netns::in_netns;

@@ -55,6 +55,9 @@ enum LabCommand {
     },
     /// Try connections between lab hosts from inside the source pod, in parallel.
     Probe(ProbeArgs),
+    /// Send bounded traffic from one host to another: a burst of UDP datagrams or a series of TCP
+    /// connections, from inside the source's namespace. Stops after --count sends or --time-limit.
+    Traffic(TrafficArgs),
     /// Run a command inside a pod's (or external's) network namespace.
     Exec {
         name: String,
@@ -87,6 +90,34 @@ struct ProbeArgs {
     /// Per-probe timeout, e.g. 1s, 500ms.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     timeout: Duration,
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    output: Output,
+}
+
+#[derive(Args)]
+struct TrafficArgs {
+    /// The lab (default: the only lab that exists).
+    #[arg(long)]
+    lab: Option<String>,
+    /// Source: NAMESPACE/POD, or an external's name.
+    #[arg(long)]
+    from: PodRef,
+    /// Destination: NAMESPACE/POD, or an external's name.
+    #[arg(long)]
+    to: PodRef,
+    #[arg(long)]
+    port: u16,
+    #[arg(long, default_value = "UDP")]
+    protocol: Protocol,
+    /// UDP datagrams, or TCP connections.
+    #[arg(long, default_value_t = 1000)]
+    count: u64,
+    /// Upper bound on the run, e.g. 10s.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    time_limit: Duration,
+    /// Pause between sends, e.g. 1ms (default: none).
+    #[arg(long, value_parser = parse_duration)]
+    interval: Option<Duration>,
     #[arg(short, long, value_enum, default_value_t = Output::Table)]
     output: Output,
 }
@@ -129,6 +160,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
             Ok(())
         }
         LabCommand::Probe(args) => probe_cmd(args),
+        LabCommand::Traffic(args) => traffic_cmd(args),
         LabCommand::Exec {
             name,
             target,
@@ -310,6 +342,29 @@ fn pick_lab(lab: Option<String>) -> anyhow::Result<String> {
             many.join(", ")
         ),
     }
+}
+
+fn traffic_cmd(args: TrafficArgs) -> anyhow::Result<()> {
+    let lab = pick_lab(args.lab)?;
+    let state = state::load(&lab)?;
+    let spec = flowgate_lab::traffic::TrafficSpec {
+        from: args.from,
+        to: args.to,
+        port: args.port,
+        protocol: args.protocol,
+        count: args.count,
+        time_limit: args.time_limit,
+        interval: args.interval.unwrap_or_default(),
+    };
+    let report = flowgate_lab::traffic::run(&state, &spec).with_context(|| format!("traffic in lab {lab}"))?;
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string(&report)?),
+        Output::Table => println!(
+            "{} -> {} {}/{}: {} sent, {} answered in {} ms",
+            spec.from, spec.to, spec.port, spec.protocol, report.sent, report.answered, report.elapsed_ms
+        ),
+    }
+    Ok(())
 }
 
 fn probe_cmd(args: ProbeArgs) -> anyhow::Result<()> {
