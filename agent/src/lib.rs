@@ -6,6 +6,7 @@
 //! fans flows out to subscribers. [`state`] holds endpoints, identities and counters and answers
 //! requests. The datapath itself (loading, attaching, maps) is in [`datapath`].
 
+pub mod craft;
 pub mod datapath;
 pub mod decode;
 pub mod enrich;
