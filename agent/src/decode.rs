@@ -3,7 +3,7 @@
 //! decoder never continues with a zeroed or partial struct.
 
 use flowgate_common::{
-    RecordHeader, TraceRecord,
+    DropRecord, PolicyVerdictRecord, RecordHeader, TraceRecord,
     record::{RECORD_VERSION, record_type},
 };
 
@@ -11,6 +11,8 @@ use flowgate_common::{
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Record {
     Trace(TraceRecord),
+    PolicyVerdict(PolicyVerdictRecord),
+    Drop(DropRecord),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -36,19 +38,22 @@ fn read<T: Copy>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
 /// Decodes one record.
 pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
     let header: RecordHeader = read(bytes, "record header")?;
-    match header.record_type {
-        record_type::TRACE => {
-            if header.version != RECORD_VERSION {
-                return Err(DecodeError::UnknownVersion {
-                    record_type: header.record_type,
-                    version: header.version,
-                    supported: RECORD_VERSION,
-                });
-            }
-            Ok(Record::Trace(read(bytes, "trace record")?))
-        }
-        record_type => Err(DecodeError::UnknownType { record_type }),
+    let known = matches!(header.record_type, record_type::TRACE | record_type::POLICY_VERDICT | record_type::DROP);
+    if !known {
+        return Err(DecodeError::UnknownType { record_type: header.record_type });
     }
+    if header.version != RECORD_VERSION {
+        return Err(DecodeError::UnknownVersion {
+            record_type: header.record_type,
+            version: header.version,
+            supported: RECORD_VERSION,
+        });
+    }
+    Ok(match header.record_type {
+        record_type::TRACE => Record::Trace(read(bytes, "trace record")?),
+        record_type::POLICY_VERDICT => Record::PolicyVerdict(read(bytes, "policy-verdict record")?),
+        _ => Record::Drop(read(bytes, "drop record")?),
+    })
 }
 
 #[cfg(test)]
@@ -90,7 +95,7 @@ mod tests {
 
     #[test]
     fn decodes_a_trace_record() {
-        let Record::Trace(t) = decode(&trace_bytes(RECORD_VERSION)).unwrap();
+        let Ok(Record::Trace(t)) = decode(&trace_bytes(RECORD_VERSION)) else { panic!("not a trace") };
         assert_eq!(t.endpoint_id, 3);
         assert_eq!(t.flow.dport, 80);
         assert_eq!(t.header.ktime_ns, 42);
@@ -116,6 +121,17 @@ mod tests {
             Err(DecodeError::Truncated { what: "trace record", len: 20, need: 48 })
         ));
         assert!(matches!(decode(&bytes[..3]), Err(DecodeError::Truncated { what: "record header", .. })));
+    }
+
+    #[test]
+    fn decodes_policy_verdict_and_drop_records() {
+        let mut bytes = trace_bytes(RECORD_VERSION);
+        bytes[0] = record_type::POLICY_VERDICT;
+        assert!(matches!(decode(&bytes), Err(DecodeError::Truncated { what: "policy-verdict record", .. })));
+        bytes.resize(size_of::<PolicyVerdictRecord>(), 0);
+        assert!(matches!(decode(&bytes), Ok(Record::PolicyVerdict(v)) if v.endpoint_id == 3));
+        bytes[0] = record_type::DROP;
+        assert!(matches!(decode(&bytes), Ok(Record::Drop(d)) if d.endpoint_id == 3));
     }
 
     #[test]

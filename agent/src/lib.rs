@@ -17,5 +17,6 @@ pub mod identity;
 pub mod netns;
 pub mod pipeline;
 pub mod reader;
+pub mod server;
 pub mod state;
 pub mod time;

@@ -14,6 +14,7 @@ use flowgate_agent::{
     format,
     hub::{Hub, HubConfig},
     pipeline::Pipeline,
+    server::{self, ServerConfig},
     state::{AgentInfo, AgentState},
 };
 use flowgate_common::Counter;
@@ -51,6 +52,18 @@ struct Args {
     /// Print every event as a text line on stdout.
     #[arg(long)]
     print_events: bool,
+    /// The unix socket clients connect to.
+    #[arg(long, default_value = server::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Group allowed on the socket besides root (default: `flowgate` when that group exists).
+    #[arg(long)]
+    socket_group: Option<String>,
+    /// Mode of the socket file, octal.
+    #[arg(long, default_value = "0660", value_parser = server::parse_mode)]
+    socket_mode: u32,
+    /// Clients served at once; more are refused.
+    #[arg(long, default_value_t = server::DEFAULT_MAX_CLIENTS)]
+    max_clients: usize,
 }
 
 /// A lab this agent brought up and must take down again, whatever happens.
@@ -83,6 +96,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .context("installing the SIGTERM handler")?;
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .context("installing the SIGINT handler")?;
+    // The socket first: a second agent on the same path stops here, before touching anything.
+    let listener = server::bind(&ServerConfig {
+        path: args.socket.clone(),
+        group: args.socket_group.clone(),
+        mode: args.socket_mode,
+        max_clients: args.max_clients,
+        ..Default::default()
+    })
+    .context("opening the agent's socket")?;
+
     let (lab, _owned) = match (&args.lab, &args.lab_topology) {
         (Some(name), None) => {
             (flowgate_lab::state::load(name).with_context(|| format!("reading lab {name}"))?, None)
@@ -119,6 +142,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let events = datapath.take_events().context("opening the events buffer")?;
     let datapath = Arc::new(Mutex::new(datapath));
 
+    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server_task = tokio::spawn(server::serve(listener, Arc::clone(&state), async move {
+        let _ = server_stopped.await;
+    }));
+    info!("serving clients on {}", args.socket.display());
+
     let pipeline = Pipeline::new(Arc::clone(&state));
     let print_events = args.print_events;
     let print_sub = print_events.then(|| hub.subscribe(&Default::default()));
@@ -150,6 +179,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         _ = sigint.recv() => info!("interrupted, shutting down"),
         _ = sigterm.recv() => info!("terminated, shutting down"),
     }
+    let _ = stop_server.send(());
+    server_task.await.context("server task")?.context("serving the socket")?;
     losses.abort();
     if let Some(p) = printer {
         p.abort();

@@ -9,7 +9,7 @@ use log::debug;
 
 use crate::{
     decode,
-    enrich::{Enricher, PeerSnapshot},
+    enrich::{Enricher, NoPolicy, PeerSnapshot},
     reader::RecordSink,
     state::AgentState,
     time::KtimeClock,
@@ -45,7 +45,7 @@ impl RecordSink for Pipeline {
         self.state.counters.records_read.fetch_add(1, Ordering::Relaxed);
         match decode::decode(bytes) {
             Ok(record) => {
-                self.batch.push(Arc::new(self.enricher.enrich(&record, self.peers.as_ref())));
+                self.batch.push(Arc::new(self.enricher.enrich(&record, self.peers.as_ref(), &NoPolicy)));
                 if self.batch.len() >= MAX_BATCH {
                     self.publish();
                 }

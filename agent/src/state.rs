@@ -215,7 +215,7 @@ impl AgentState {
             events_buffer: self.info.events_buffer.clone(),
             endpoints: eps.registry.len(),
             identities: eps.identities.iter().count(),
-            policy_revision: 0,
+            policy: Default::default(),
             counters: Counters {
                 records_read: self.counters.records_read.load(Ordering::Relaxed),
                 records_lost_kernel: self.counters.kernel_lost.load(Ordering::Relaxed),
@@ -240,6 +240,10 @@ impl AgentState {
                 },
             },
             Request::IdentityList => Response::Identities(self.identities()),
+            Request::EndpointConfig { .. } | Request::PolicyGet { .. } => Response::NotFound {
+                what: "policy support in this agent".into(),
+                known: Vec::new(),
+            },
         }
     }
 }

@@ -14,18 +14,30 @@ pub enum Counter {
     RecordsLost = 3,
     /// Packets on an interface that is not a registered endpoint.
     UnknownEndpoint = 4,
+    /// New connections a policy allowed.
+    PolicyAllowed = 5,
+    /// New connections no policy allowed (dropped).
+    PolicyDenied = 6,
+    /// New connections no policy allowed that passed because of audit mode.
+    PolicyAudit = 7,
+    /// Packets dropped.
+    Drops = 8,
 }
 
 impl Counter {
     /// Number of counter slots; the map's `max_entries`.
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 16;
 
-    pub const ALL: [Counter; 5] = [
+    pub const ALL: [Counter; 9] = [
         Counter::PacketsFromEndpoint,
         Counter::PacketsToEndpoint,
         Counter::RecordsWritten,
         Counter::RecordsLost,
         Counter::UnknownEndpoint,
+        Counter::PolicyAllowed,
+        Counter::PolicyDenied,
+        Counter::PolicyAudit,
+        Counter::Drops,
     ];
 
     pub const fn index(self) -> u32 {
@@ -39,6 +51,10 @@ impl Counter {
             Counter::RecordsWritten => "records_written",
             Counter::RecordsLost => "records_lost",
             Counter::UnknownEndpoint => "unknown_endpoint",
+            Counter::PolicyAllowed => "policy_allowed",
+            Counter::PolicyDenied => "policy_denied",
+            Counter::PolicyAudit => "policy_audit",
+            Counter::Drops => "drops",
         }
     }
 }
@@ -50,6 +66,28 @@ pub enum Config {
     /// Bytes of unread data in the ring buffer above which a record wakes the reader; below it, records
     /// are submitted without a wake-up and the reader's periodic drain picks them up (batching).
     WakeupBytes = 0,
+    /// Which policy generation (0 or 1) the programs read.
+    ActiveGeneration = 1,
+    /// Trace aggregation level, see [`aggregation`].
+    Aggregation = 2,
+    /// Which events buffer the programs write to, see [`events_kind`].
+    EventsKind = 3,
+}
+
+/// Trace aggregation levels (`Config::Aggregation`), as Cilium's monitor aggregation.
+pub mod aggregation {
+    /// A trace record for every packet.
+    pub const NONE: u64 = 0;
+    /// Every packet leaving an endpoint; entering packets as with `MEDIUM`.
+    pub const LOW: u64 = 1;
+    /// New connections, and packets whose TCP flags were not yet seen in their direction.
+    pub const MEDIUM: u64 = 2;
+}
+
+/// Events buffers (`Config::EventsKind`).
+pub mod events_kind {
+    pub const RINGBUF: u64 = 0;
+    pub const PERF: u64 = 1;
 }
 
 impl Config {

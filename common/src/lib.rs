@@ -3,11 +3,13 @@
 //! with explicit padding and pinned sizes, so both sides agree on every byte.
 #![no_std]
 
+pub mod conntrack;
 pub mod counters;
 pub mod endpoint;
 pub mod names;
+pub mod policy;
 pub mod record;
 
 pub use counters::Counter;
 pub use endpoint::EndpointInfo;
-pub use record::{FlowTuple, RecordHeader, TraceRecord};
+pub use record::{DropRecord, FlowTuple, PolicyVerdictRecord, RecordHeader, TraceRecord};

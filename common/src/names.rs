@@ -14,3 +14,13 @@ pub const MAP_EVENTS_RINGBUF: &str = "FG_EVENTS";
 pub const MAP_COUNTERS: &str = "FG_COUNTERS";
 /// Array of `u64` runtime settings indexed by [`crate::counters::Config`].
 pub const MAP_CONFIG: &str = "FG_CONFIG";
+/// Perf event array carrying event records when the agent runs with `--events-buffer perf`.
+pub const MAP_EVENTS_PERF: &str = "FG_EVENTS_PERF";
+/// LRU hash: `CtKey` -> `CtEntry`.
+pub const MAP_CONNTRACK: &str = "FG_CONNTRACK";
+/// Policy generations: LPM tries `PolicyKey` -> `PolicyValue`.
+pub const MAP_POLICY: [&str; 2] = ["FG_POLICY_0", "FG_POLICY_1"];
+/// ipcache generations: LPM tries IPv4 prefix -> `IpcacheValue`.
+pub const MAP_IPCACHE: [&str; 2] = ["FG_IPCACHE_0", "FG_IPCACHE_1"];
+/// Enforcement generations: hash maps endpoint id -> `enforcement` flags.
+pub const MAP_ENFORCEMENT: [&str; 2] = ["FG_ENFORCE_0", "FG_ENFORCE_1"];

@@ -23,6 +23,16 @@ pub mod observation_point {
     pub const TO_ENDPOINT: u8 = 2;
 }
 
+/// Connection-tracking state of a traced packet (`TraceRecord::ct_state`).
+pub mod ct_state {
+    /// The packet opened a connection.
+    pub const NEW: u8 = 1;
+    /// A packet of a tracked connection, in its opening direction.
+    pub const ESTABLISHED: u8 = 2;
+    /// A packet of a tracked connection, in the reply direction.
+    pub const REPLY: u8 = 3;
+}
+
 /// TCP flag bits as they appear in byte 13 of the TCP header (`FlowTuple::tcp_flags`).
 pub mod tcp_flags {
     pub const FIN: u8 = 0x01;
@@ -81,12 +91,14 @@ pub struct TraceRecord {
     pub endpoint_id: u16,
     /// One of [`observation_point`].
     pub observation_point: u8,
-    pub _pad0: u8,
+    /// One of [`ct_state`].
+    pub ct_state: u8,
     /// ifindex of the node-side interface.
     pub ifindex: u32,
     /// Length of the packet in bytes.
     pub pkt_len: u32,
-    pub _pad1: u32,
+    /// Identity of the other side as the ipcache resolves it (0 when no lookup was needed).
+    pub remote_identity: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<TraceRecord>() == 48);
@@ -95,8 +107,62 @@ impl TraceRecord {
     pub const LEN: u16 = core::mem::size_of::<TraceRecord>() as u16;
 }
 
+/// A policy decision on a new connection at an endpoint (record type [`record_type::POLICY_VERDICT`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PolicyVerdictRecord {
+    pub header: RecordHeader,
+    pub flow: FlowTuple,
+    pub endpoint_id: u16,
+    /// `policy::direction`.
+    pub direction: u8,
+    /// `policy::verdict`.
+    pub verdict: u8,
+    /// `policy::match_type`.
+    pub match_type: u8,
+    pub _pad: [u8; 3],
+    /// Identity the decision was taken for (pod, CIDR or world identity).
+    pub remote_identity: u32,
+    /// Rule that allowed it (0: none matched; the endpoint's default deny applied).
+    pub rule_id: u32,
+    pub ifindex: u32,
+    pub pkt_len: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<PolicyVerdictRecord>() == 56);
+
+impl PolicyVerdictRecord {
+    pub const LEN: u16 = core::mem::size_of::<PolicyVerdictRecord>() as u16;
+}
+
+/// A dropped packet (record type [`record_type::DROP`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DropRecord {
+    pub header: RecordHeader,
+    pub flow: FlowTuple,
+    pub endpoint_id: u16,
+    /// `policy::direction`.
+    pub direction: u8,
+    /// `policy::drop_reason`.
+    pub reason: u8,
+    pub remote_identity: u32,
+    pub ifindex: u32,
+    pub pkt_len: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<DropRecord>() == 48);
+
+impl DropRecord {
+    pub const LEN: u16 = core::mem::size_of::<DropRecord>() as u16;
+}
+
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for TraceRecord {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for PolicyVerdictRecord {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for DropRecord {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for RecordHeader {}
 #[cfg(feature = "user")]

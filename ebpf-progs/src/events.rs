@@ -1,21 +1,25 @@
-//! Writing records into the events buffer, with batched wake-ups: a record wakes the reader only when
-//! enough unread data has piled up; otherwise the reader's periodic drain collects it. A record that
-//! cannot be written is counted as lost, never silently dropped.
+//! Writing records into the events buffer chosen at agent start: the BPF ring buffer (default), with
+//! batched wake-ups (a record wakes the reader only when enough unread data has piled up; the reader's
+//! periodic drain collects the rest), or the perf event array. A record that cannot be written is
+//! counted as lost, never silently dropped.
 
 use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    EbpfContext,
+    bindings::{BPF_F_CURRENT_CPU, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_perf_event_output},
+    programs::TcContext,
 };
 use flowgate_common::{
-    Counter, FlowTuple, RecordHeader, TraceRecord, counters::Config,
-    record::{RECORD_VERSION, record_type},
+    Counter, RecordHeader,
+    counters::{Config, events_kind},
+    record::RECORD_VERSION,
 };
 
-use crate::maps::{self, FG_EVENTS};
+use crate::maps::{self, FG_EVENTS, FG_EVENTS_PERF};
 
 /// Header for a record of `record_type` and `len` bytes, stamped now.
 #[inline(always)]
-fn header(record_type: u8, len: u16) -> RecordHeader {
+pub fn header(record_type: u8, len: u16) -> RecordHeader {
     RecordHeader {
         record_type,
         version: RECORD_VERSION,
@@ -25,8 +29,8 @@ fn header(record_type: u8, len: u16) -> RecordHeader {
     }
 }
 
-/// Wake-up flag for the next record: wake the reader once `WakeupBytes` are waiting (or always, when
-/// the agent left the setting at 0).
+/// Wake-up flag for the next ring-buffer record: wake the reader once `WakeupBytes` are waiting (or
+/// always, when the agent left the setting at 0).
 #[inline(always)]
 fn wakeup_flag() -> u64 {
     let threshold = maps::config(Config::WakeupBytes);
@@ -37,25 +41,24 @@ fn wakeup_flag() -> u64 {
     }
 }
 
-/// Emits a trace record for a forwarded packet.
+/// Emits one record (a `#[repr(C)]` record struct starting with a [`RecordHeader`]).
 #[inline(always)]
-pub fn trace(flow: &FlowTuple, endpoint_id: u16, observation_point: u8, ifindex: u32, pkt_len: u32) {
-    let flags = wakeup_flag();
-    match FG_EVENTS.reserve::<TraceRecord>(0) {
-        Some(mut entry) => {
-            entry.write(TraceRecord {
-                header: header(record_type::TRACE, TraceRecord::LEN),
-                flow: *flow,
-                endpoint_id,
-                observation_point,
-                _pad0: 0,
-                ifindex,
-                pkt_len,
-                _pad1: 0,
-            });
-            entry.submit(flags);
-            maps::count(Counter::RecordsWritten);
-        }
-        None => maps::count(Counter::RecordsLost),
-    }
+pub fn emit<T>(ctx: &TcContext, record: &T) {
+    let written = if maps::config(Config::EventsKind) == events_kind::PERF {
+        // Called directly: aya-ebpf's PerfEventArray::output discards the helper's return code,
+        // and a failed write must be counted.
+        let ret = unsafe {
+            bpf_perf_event_output(
+                ctx.as_ptr(),
+                core::ptr::from_ref(&FG_EVENTS_PERF).cast_mut().cast(),
+                BPF_F_CURRENT_CPU,
+                core::ptr::from_ref(record).cast_mut().cast(),
+                size_of::<T>() as u64,
+            )
+        };
+        ret == 0
+    } else {
+        FG_EVENTS.output::<T>(record, wakeup_flag()).is_ok()
+    };
+    maps::count(if written { Counter::RecordsWritten } else { Counter::RecordsLost });
 }

@@ -1,48 +1,165 @@
 //! flowgate's TC programs. `from_endpoint` runs on the ingress hook of an endpoint's node-side veth
-//! (packets leaving the pod), `to_endpoint` on its egress hook (packets entering the pod). Both parse the
-//! packet, look up the endpoint, emit a record into the events buffer and let the packet continue with
-//! `TC_ACT_UNSPEC`, so later TCX programs on the same device still run.
+//! (packets leaving the pod: the endpoint's egress), `to_endpoint` on its egress hook (packets entering
+//! the pod: its ingress). Each packet is matched against connection tracking; a packet that opens a
+//! connection in a direction where policy is enforced gets a policy decision, a policy-verdict record,
+//! and either passes (`TC_ACT_UNSPEC`, so later TCX programs still run) or is dropped with a drop record.
+//! Forwarded packets get trace records according to the aggregation level.
 #![no_std]
 #![no_main]
 
+mod conntrack;
 mod events;
 mod maps;
 mod packet;
+mod policy;
 
-use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
+    macros::classifier,
+    programs::TcContext,
+};
 use flowgate_common::{
-    Counter,
-    record::observation_point::{FROM_ENDPOINT, TO_ENDPOINT},
+    Counter, DropRecord, EndpointInfo, FlowTuple, PolicyVerdictRecord, TraceRecord,
+    conntrack::ct_flag,
+    counters::Config,
+    policy::{direction, drop_reason, enforcement, verdict},
+    record::{
+        ct_state,
+        observation_point::{FROM_ENDPOINT, TO_ENDPOINT},
+        record_type,
+    },
 };
 
 #[classifier]
 pub fn from_endpoint(ctx: TcContext) -> i32 {
-    try_observe(&ctx, FROM_ENDPOINT, Counter::PacketsFromEndpoint).unwrap_or(TC_ACT_UNSPEC)
+    try_endpoint(&ctx, FROM_ENDPOINT).unwrap_or(TC_ACT_UNSPEC)
 }
 
 #[classifier]
 pub fn to_endpoint(ctx: TcContext) -> i32 {
-    try_observe(&ctx, TO_ENDPOINT, Counter::PacketsToEndpoint).unwrap_or(TC_ACT_UNSPEC)
+    try_endpoint(&ctx, TO_ENDPOINT).unwrap_or(TC_ACT_UNSPEC)
 }
 
-/// Shared body of both programs: count, parse, trace, pass.
+/// What the programs know about the packet at hand.
+struct Packet {
+    flow: FlowTuple,
+    endpoint: EndpointInfo,
+    point: u8,
+    dir: u8,
+    ifindex: u32,
+    len: u32,
+}
+
 #[inline(always)]
-fn try_observe(ctx: &TcContext, point: u8, packets: Counter) -> Result<i32, i32> {
+fn try_endpoint(ctx: &TcContext, point: u8) -> Result<i32, i32> {
+    let (dir, packets) = if point == FROM_ENDPOINT {
+        (direction::EGRESS, Counter::PacketsFromEndpoint)
+    } else {
+        (direction::INGRESS, Counter::PacketsToEndpoint)
+    };
     maps::count(packets);
     let Some(flow) = packet::parse_ipv4(ctx) else {
-        // Not IPv4 (ARP, IPv6, ...): nothing to trace yet.
+        // Not IPv4 (ARP, IPv6, ...): not policed, not traced.
         return Ok(TC_ACT_UNSPEC);
     };
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let endpoint_id = match maps::endpoint(ifindex) {
-        Some(ep) => ep.endpoint_id,
-        None => {
-            maps::count(Counter::UnknownEndpoint);
-            0
-        }
+    let Some(endpoint) = maps::endpoint(ifindex) else {
+        maps::count(Counter::UnknownEndpoint);
+        return Ok(TC_ACT_UNSPEC);
     };
-    events::trace(&flow, endpoint_id, point, ifindex, ctx.len());
-    Ok(TC_ACT_UNSPEC)
+    let pkt = Packet { flow, endpoint, point, dir, ifindex, len: ctx.len() };
+    let level = maps::config(Config::Aggregation);
+
+    if let Some(tracked) = conntrack::track(&pkt.flow, endpoint.endpoint_id, dir, pkt.len, level) {
+        if tracked.trace {
+            trace(ctx, &pkt, tracked.state, 0);
+        }
+        return Ok(TC_ACT_UNSPEC);
+    }
+
+    // A new connection.
+    let generation = maps::config(Config::ActiveGeneration);
+    let flags = maps::enforcement(generation, endpoint.endpoint_id);
+    let (enforced, audit) = if dir == direction::INGRESS {
+        (flags & enforcement::INGRESS != 0, flags & enforcement::INGRESS_AUDIT != 0)
+    } else {
+        (flags & enforcement::EGRESS != 0, flags & enforcement::EGRESS_AUDIT != 0)
+    };
+    if !enforced {
+        conntrack::create(&pkt.flow, endpoint.endpoint_id, dir, pkt.len, 0, 0);
+        trace(ctx, &pkt, ct_state::NEW, 0);
+        return Ok(TC_ACT_UNSPEC);
+    }
+
+    let remote_addr = if dir == direction::EGRESS { pkt.flow.daddr } else { pkt.flow.saddr };
+    let remote = policy::remote(generation, remote_addr);
+    match policy::decide(generation, endpoint.endpoint_id, dir, remote, pkt.flow.protocol, pkt.flow.dport) {
+        Some(allowed) => {
+            maps::count(Counter::PolicyAllowed);
+            allowed.account(pkt.len);
+            verdict_record(ctx, &pkt, verdict::ALLOWED, allowed.match_type, remote.identity, allowed.rule_id);
+            conntrack::create(&pkt.flow, endpoint.endpoint_id, dir, pkt.len, allowed.rule_id, ct_flag::ENFORCED);
+            trace(ctx, &pkt, ct_state::NEW, remote.identity);
+            Ok(TC_ACT_UNSPEC)
+        }
+        None if audit => {
+            maps::count(Counter::PolicyAudit);
+            verdict_record(ctx, &pkt, verdict::AUDIT, 0, remote.identity, 0);
+            conntrack::create(&pkt.flow, endpoint.endpoint_id, dir, pkt.len, 0, ct_flag::ENFORCED | ct_flag::AUDIT);
+            trace(ctx, &pkt, ct_state::NEW, remote.identity);
+            Ok(TC_ACT_UNSPEC)
+        }
+        None => {
+            maps::count(Counter::PolicyDenied);
+            maps::count(Counter::Drops);
+            verdict_record(ctx, &pkt, verdict::DENIED, 0, remote.identity, 0);
+            let drop = DropRecord {
+                header: events::header(record_type::DROP, DropRecord::LEN),
+                flow: pkt.flow,
+                endpoint_id: pkt.endpoint.endpoint_id,
+                direction: pkt.dir,
+                reason: drop_reason::POLICY_DENIED,
+                remote_identity: remote.identity,
+                ifindex: pkt.ifindex,
+                pkt_len: pkt.len,
+            };
+            events::emit(ctx, &drop);
+            Ok(TC_ACT_SHOT as i32)
+        }
+    }
+}
+
+#[inline(always)]
+fn trace(ctx: &TcContext, pkt: &Packet, ct_state: u8, remote_identity: u32) {
+    let record = TraceRecord {
+        header: events::header(record_type::TRACE, TraceRecord::LEN),
+        flow: pkt.flow,
+        endpoint_id: pkt.endpoint.endpoint_id,
+        observation_point: pkt.point,
+        ct_state,
+        ifindex: pkt.ifindex,
+        pkt_len: pkt.len,
+        remote_identity,
+    };
+    events::emit(ctx, &record);
+}
+
+#[inline(always)]
+fn verdict_record(ctx: &TcContext, pkt: &Packet, verdict: u8, match_type: u8, remote_identity: u32, rule_id: u32) {
+    let record = PolicyVerdictRecord {
+        header: events::header(record_type::POLICY_VERDICT, PolicyVerdictRecord::LEN),
+        flow: pkt.flow,
+        endpoint_id: pkt.endpoint.endpoint_id,
+        direction: pkt.dir,
+        verdict,
+        match_type,
+        _pad: [0; 3],
+        remote_identity,
+        rule_id,
+        ifindex: pkt.ifindex,
+        pkt_len: pkt.len,
+    };
+    events::emit(ctx, &record);
 }
 
 #[cfg(not(test))]

@@ -3,13 +3,21 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerfEventArray, RingBuf, lpm_trie::Key},
 };
-use flowgate_common::{Counter, EndpointInfo, counters::Config};
+use flowgate_common::{
+    Counter, EndpointInfo,
+    conntrack::{CtEntry, CtKey},
+    counters::Config,
+    policy::{IpcacheValue, POLICY_PREFIX_FULL, PolicyKey, PolicyValue},
+};
 
 /// Default size of the events ring buffer; the agent overrides it at load time.
 const EVENTS_BYTES: u32 = 4 << 20;
 const MAX_ENDPOINTS: u32 = 4096;
+const MAX_POLICY_ENTRIES: u32 = 65536;
+const MAX_IPCACHE_ENTRIES: u32 = 16384;
+const MAX_CONNECTIONS: u32 = 262144;
 
 #[map]
 pub static FG_ENDPOINTS: HashMap<u32, EndpointInfo> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
@@ -18,10 +26,31 @@ pub static FG_ENDPOINTS: HashMap<u32, EndpointInfo> = HashMap::with_max_entries(
 pub static FG_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
 #[map]
+pub static FG_EVENTS_PERF: PerfEventArray<u8> = PerfEventArray::new(0);
+
+#[map]
 pub static FG_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
 #[map]
 pub static FG_CONFIG: Array<u64> = Array::with_max_entries(Config::COUNT, 0);
+
+#[map]
+pub static FG_CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(MAX_CONNECTIONS, 0);
+
+#[map]
+pub static FG_POLICY_0: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::with_max_entries(MAX_POLICY_ENTRIES, 0);
+#[map]
+pub static FG_POLICY_1: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::with_max_entries(MAX_POLICY_ENTRIES, 0);
+
+#[map]
+pub static FG_IPCACHE_0: LpmTrie<[u8; 4], IpcacheValue> = LpmTrie::with_max_entries(MAX_IPCACHE_ENTRIES, 0);
+#[map]
+pub static FG_IPCACHE_1: LpmTrie<[u8; 4], IpcacheValue> = LpmTrie::with_max_entries(MAX_IPCACHE_ENTRIES, 0);
+
+#[map]
+pub static FG_ENFORCE_0: HashMap<u16, u32> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
+#[map]
+pub static FG_ENFORCE_1: HashMap<u16, u32> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
 
 /// Adds one to a per-CPU counter.
 #[inline(always)]
@@ -42,4 +71,30 @@ pub fn endpoint(ifindex: u32) -> Option<EndpointInfo> {
 #[inline(always)]
 pub fn config(key: Config) -> u64 {
     FG_CONFIG.get(key.index()).copied().unwrap_or(0)
+}
+
+/// Enforcement flags of an endpoint in the active policy generation.
+#[inline(always)]
+pub fn enforcement(generation: u64, endpoint_id: u16) -> u32 {
+    let flags = if generation == 0 {
+        unsafe { FG_ENFORCE_0.get(&endpoint_id) }
+    } else {
+        unsafe { FG_ENFORCE_1.get(&endpoint_id) }
+    };
+    flags.copied().unwrap_or(0)
+}
+
+/// Identities of an IPv4 address (network byte order) in the active generation.
+#[inline(always)]
+pub fn ipcache(generation: u64, addr: u32) -> Option<IpcacheValue> {
+    let key = Key::new(32, addr.to_ne_bytes());
+    if generation == 0 { FG_IPCACHE_0.get(&key) } else { FG_IPCACHE_1.get(&key) }.copied()
+}
+
+/// The longest policy entry matching the key, as a pointer so its counters can be updated.
+#[inline(always)]
+pub fn policy(generation: u64, key: &PolicyKey) -> Option<*mut PolicyValue> {
+    let key = Key::new(POLICY_PREFIX_FULL, *key);
+    let value = if generation == 0 { FG_POLICY_0.get(&key) } else { FG_POLICY_1.get(&key) };
+    value.map(|v| core::ptr::from_ref(v).cast_mut())
 }

@@ -1,6 +1,7 @@
 //! `flowgate`: the command a person uses. It never touches the datapath directly: it speaks the agent's
 //! socket protocol, or manages the lab (network namespaces that stand in for a node's pods).
 
+mod client_cmd;
 mod cmd;
 
 use clap::{Parser, Subcommand};
@@ -16,6 +17,12 @@ struct Cli {
 enum Command {
     /// Build, inspect and tear down a lab node of namespace pods.
     Lab(cmd::lab::LabArgs),
+    /// The agent's state: version, uptime, events buffer, counters, clients.
+    Status(client_cmd::status::StatusArgs),
+    /// The endpoints (pods) the agent enforces for.
+    Endpoint(client_cmd::endpoint::EndpointArgs),
+    /// The security identities the agent derived from labels.
+    Identity(client_cmd::identity::IdentityArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -25,5 +32,8 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Lab(args) => cmd::lab::run(args),
+        Command::Status(args) => client_cmd::exit_on_error(client_cmd::status::run(&args)),
+        Command::Endpoint(args) => client_cmd::exit_on_error(client_cmd::endpoint::run(&args)),
+        Command::Identity(args) => client_cmd::exit_on_error(client_cmd::identity::run(&args)),
     }
 }

@@ -224,6 +224,7 @@ mod tests {
             is_reply: Some(false),
             match_type: None,
             policy: None,
+            ct_state: None,
             cpu: 0,
         }
     }

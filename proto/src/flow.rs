@@ -184,13 +184,36 @@ pub struct Peer {
     pub labels: Vec<String>,
 }
 
-/// The policy that decided a verdict.
+/// A NetworkPolicy, `namespace/name`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PolicyName {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for PolicyName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// What decided a verdict.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PolicyAttribution {
-    /// A NetworkPolicy, `namespace/name`.
-    Policy { namespace: String, name: String },
-    /// The endpoint is isolated for this direction and no policy allowed the flow.
-    DefaultDeny,
+    /// These policies allow the flow (every policy whose rules produced the matching entry).
+    AllowedBy(Vec<PolicyName>),
+    /// The endpoint is isolated for this direction by these policies and none of them allows the
+    /// flow: the default deny applied.
+    DefaultDeny { isolated_by: Vec<PolicyName> },
+}
+
+/// Where a traced packet stands in its connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CtState {
+    New,
+    Established,
+    Reply,
 }
 
 /// How the policy entry that decided matched (Cilium's match types).
@@ -213,7 +236,7 @@ pub struct Flow {
     pub ktime_ns: u64,
     pub event_type: EventType,
     pub verdict: Verdict,
-    /// Drop reason code (0 when not dropped).
+    /// Drop reason code (0 when not dropped), Cilium's numbering (133: policy denied).
     #[serde(default)]
     pub drop_reason: u8,
     pub source_ip: Ipv4Addr,
@@ -244,8 +267,12 @@ pub struct Flow {
     pub is_reply: Option<bool>,
     #[serde(default)]
     pub match_type: Option<MatchType>,
+    /// For policy verdicts and policy drops: what decided.
     #[serde(default)]
     pub policy: Option<PolicyAttribution>,
+    /// Connection-tracking state of a traced packet: new, established or reply.
+    #[serde(default)]
+    pub ct_state: Option<CtState>,
     /// CPU that wrote the record.
     #[serde(default)]
     pub cpu: u32,
@@ -303,6 +330,7 @@ pub mod fixtures {
             is_reply: Some(false),
             match_type: None,
             policy: None,
+            ct_state: None,
             cpu: 0,
         }
     }

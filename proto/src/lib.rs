@@ -3,6 +3,7 @@
 //! subscription. The enriched [`flow::Flow`] and the [`filter`]s over it live here too, so the agent,
 //! the monitor and the verdict-log exporter agree on them. See `docs/protocol.md`.
 
+pub mod client;
 pub mod codec;
 pub mod filter;
 pub mod flow;

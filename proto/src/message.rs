@@ -8,9 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     ProtocolVersion,
-    endpoint::{Endpoint, Identity},
+    endpoint::{Endpoint, Enforcement, Identity},
     filter::FlowFilter,
-    flow::Flow,
+    flow::{Flow, PolicyName, Protocol},
 };
 
 /// First frame in each direction.
@@ -35,6 +35,10 @@ pub enum Request {
     EndpointList,
     EndpointGet { id: u16 },
     IdentityList,
+    /// Changes an endpoint's configuration; `audit: Some(true)` puts both directions in audit mode.
+    EndpointConfig { id: u16, audit: Option<bool> },
+    /// The realized policy entries of one endpoint, or of all.
+    PolicyGet { endpoint: Option<u16> },
 }
 
 /// What a subscriber wants: flows matching any `allow` filter (all flows when empty) and no `deny`
@@ -92,6 +96,9 @@ pub enum Response {
     Endpoints(Vec<Endpoint>),
     Endpoint(Endpoint),
     Identities(Vec<Identity>),
+    /// The endpoint after a configuration change.
+    EndpointConfigured(Endpoint),
+    Policy(Vec<EndpointPolicy>),
     /// The thing asked for does not exist (e.g. an unknown endpoint id); `known` lists what does.
     NotFound { what: String, known: Vec<String> },
 }
@@ -141,7 +148,7 @@ pub struct Status {
     pub events_buffer: EventsBufferInfo,
     pub endpoints: usize,
     pub identities: usize,
-    pub policy_revision: u64,
+    pub policy: PolicyStatus,
     pub counters: Counters,
     pub clients: Vec<ClientInfo>,
 }
@@ -175,4 +182,51 @@ pub struct ClientInfo {
     pub subscribed: bool,
     pub events_sent: u64,
     pub events_lost: u64,
+}
+
+/// Where policy stands, so a script can wait until a change is in effect.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyStatus {
+    /// Increases each time a new set of policies is in effect in the datapath.
+    pub revision: u64,
+    /// Policies in effect, `namespace/name`.
+    pub loaded: Vec<String>,
+    /// Why the latest change of the policy sources was not applied (the last good set stays in
+    /// effect), e.g. `policies/db.yaml: document 2: spec.ingress[0].ports[1].endPort: must be >= port`.
+    pub errors: Vec<String>,
+    /// Agent-wide audit mode.
+    pub audit_mode: bool,
+}
+
+/// The realized policy of one endpoint, as `cilium bpf policy get` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointPolicy {
+    pub endpoint_id: u16,
+    /// `namespace/pod`.
+    pub pod: String,
+    pub ingress: Enforcement,
+    pub egress: Enforcement,
+    /// Policies that select the endpoint, per direction.
+    pub ingress_selected_by: Vec<PolicyName>,
+    pub egress_selected_by: Vec<PolicyName>,
+    pub entries: Vec<PolicyEntryView>,
+}
+
+/// One allow entry of an endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyEntryView {
+    /// `ingress` or `egress`.
+    pub direction: String,
+    /// Peer identity; 0 for any peer.
+    pub identity: u32,
+    /// The peer's labels (`reserved:any` for any peer, `cidr:...` for CIDR identities).
+    pub labels: Vec<String>,
+    /// `None`: any protocol.
+    pub protocol: Option<Protocol>,
+    /// Inclusive port range; `None`: any port.
+    pub ports: Option<(u16, u16)>,
+    pub policies: Vec<PolicyName>,
+    /// New connections this entry allowed, and their first packets' bytes.
+    pub packets: u64,
+    pub bytes: u64,
 }

@@ -5,6 +5,8 @@
 //! Labs made by tests live in their own lab directory ([`LAB_DIR`] under the temp dir), so `flowgate lab list`
 //! on the machine does not show them; their network namespaces are the usual `fg-<lab>-*`.
 
+pub mod agent;
+
 use std::{
     path::{Path, PathBuf},
     process::{Command, Output},

@@ -9,18 +9,22 @@ use std::{
     time::{Duration, Instant},
 };
 
-use flowgate_tests::{LAB_DIR_ENV, LabGuard, assert_nothing_left, bin_dir, example, lab_dir, probe_results, require_root};
+use flowgate_tests::{agent::SocketDir, LAB_DIR_ENV, LabGuard, assert_nothing_left, bin_dir, example, lab_dir, probe_results, require_root};
 
 /// A running `flowgate-agent`, stopped (SIGTERM, then SIGKILL) when dropped.
 struct Agent {
     child: Child,
     stderr_lines: mpsc::Receiver<String>,
+    _sockets: SocketDir,
 }
 
 impl Agent {
-    fn start(args: &[&str]) -> Self {
+    fn start(tag: &str, args: &[&str]) -> Self {
+        let sockets = SocketDir::new(tag);
         let mut child = Command::new(bin_dir().join("flowgate-agent"))
             .args(args)
+            .arg("--socket")
+            .arg(sockets.socket("agent.sock"))
             .env(LAB_DIR_ENV, lab_dir())
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
@@ -35,7 +39,7 @@ impl Agent {
                 let _ = tx.send(line);
             }
         });
-        let agent = Self { child, stderr_lines: rx };
+        let agent = Self { child, stderr_lines: rx, _sockets: sockets };
         agent.wait_for_log("attached to", Duration::from_secs(30));
         agent
     }
@@ -89,7 +93,7 @@ fn real_tcp_and_udp_produce_kernel_trace_events_with_addresses_ports_and_directi
     let lab = LabGuard::up("evt", &example("lab-small.yaml"));
     let client = lab.state.pods.iter().find(|p| p.name == "client").unwrap().ip.to_string();
     let web = lab.state.pods.iter().find(|p| p.name == "web").unwrap().ip.to_string();
-    let agent = Agent::start(&["--lab", &lab.name, "--print-events"]);
+    let agent = Agent::start("evt", &["--lab", &lab.name, "--print-events"]);
 
     let (tcp, _) = lab.probe(&["--from", "default/client", "--to", "default/web", "--port", "80", "--protocol", "TCP"]);
     let (udp, _) = lab.probe(&["--from", "default/client", "--to", "default/web", "--port", "53", "--protocol", "UDP"]);
@@ -119,7 +123,7 @@ fn real_tcp_and_udp_produce_kernel_trace_events_with_addresses_ports_and_directi
 fn agent_takes_down_its_lab_on(signal: libc::c_int, tag: &str) {
     require_root();
     let name = format!("{tag}-{}", std::process::id());
-    let agent = Agent::start(&["--lab-topology", example("lab-small.yaml").to_str().unwrap(), "--lab-name", &name]);
+    let agent = Agent::start(tag, &["--lab-topology", example("lab-small.yaml").to_str().unwrap(), "--lab-name", &name]);
     let path = lab_dir().join(&name).join("state.json");
     let state: flowgate_tests::LabState =
         serde_json::from_str(&std::fs::read_to_string(&path).expect("the agent brought the lab up")).unwrap();

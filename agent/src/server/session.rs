@@ -1,0 +1,387 @@
+//! One client session: peer check and client limit, the hello (with a timeout), then requests answered
+//! from the agent state, or one subscription streamed as event batches until either side ends it. A
+//! client that sends something unusable gets an error frame and is disconnected; nothing it does
+//! reaches other sessions.
+
+use std::{sync::Arc, time::Duration};
+
+use flowgate_proto::{
+    PROTOCOL_VERSION,
+    codec::{self, MAX_FRAME_BYTES},
+    message::{ClientMessage, Event, Hello, Refusal, ServerMessage, Subscription},
+};
+use log::{debug, info};
+use tokio::{net::UnixStream, sync::OwnedSemaphorePermit};
+
+use super::{
+    Shared,
+    frames::{FrameError, FrameReader, FrameWriter},
+    peer::{self, PeerCred},
+};
+use crate::{hub::Subscriber, state::ClientGuard};
+
+/// Events per frame at most; batches from the hub are cut to this and small ones are joined up to it.
+pub const EVENTS_PER_FRAME: usize = 1024;
+/// Encoded size a frame of events aims to stay under (a quarter of the cap).
+pub const FRAME_BUDGET_BYTES: usize = MAX_FRAME_BYTES / 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("reading the peer credentials")]
+    PeerCred {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+}
+
+/// Why a session ended, for the log.
+enum End {
+    /// The client closed the connection, or the subscription without `follow` is complete.
+    Done,
+    /// We refused or rejected the client, after telling it why.
+    Rejected(String),
+}
+
+/// Serves one connection; `slot` is `None` when the agent already serves its maximum of clients.
+pub(super) async fn run(
+    stream: UnixStream,
+    shared: Arc<Shared>,
+    slot: Option<OwnedSemaphorePermit>,
+) {
+    let cred = stream.peer_cred().map(|c| PeerCred {
+        uid: c.uid(),
+        gid: c.gid(),
+        pid: c.pid().unwrap_or(0),
+    });
+    let (read, write) = stream.into_split();
+    let mut session = Session {
+        shared,
+        reader: FrameReader::new(read),
+        writer: FrameWriter::new(write),
+    };
+    let who = cred.as_ref().map_or_else(
+        |_| "client".to_owned(),
+        |c| format!("client uid {} pid {}", c.uid, c.pid),
+    );
+    match session
+        .serve(
+            cred.map_err(|source| SessionError::PeerCred { source }),
+            slot,
+        )
+        .await
+    {
+        Ok(End::Done) => debug!("{who}: session ended"),
+        Ok(End::Rejected(why)) => info!("{who}: {why}"),
+        Err(e) => debug!("{who}: {}", error_chain(&e)),
+    }
+    session.writer.close().await;
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+struct Session {
+    shared: Arc<Shared>,
+    reader: FrameReader,
+    writer: FrameWriter,
+}
+
+impl Session {
+    async fn serve(
+        &mut self,
+        cred: Result<PeerCred, SessionError>,
+        slot: Option<OwnedSemaphorePermit>,
+    ) -> Result<End, SessionError> {
+        let cred = cred?;
+        let group = self.shared.group.as_ref();
+        if !peer::check(&cred, self.shared.own_uid, group) {
+            let message = peer::refusal_message(&cred, group, &self.shared.path);
+            return self.refuse(Refusal::PermissionDenied, message).await;
+        }
+        let Some(_slot) = slot else {
+            let message = format!(
+                "too many clients: the agent already serves {} (its --max-clients); try again later",
+                self.shared.max_clients
+            );
+            return self.refuse(Refusal::TooManyClients, message).await;
+        };
+        let guard = self.shared.state.register_client(cred.uid, cred.pid);
+
+        let timeout = self.shared.handshake_timeout;
+        let hello = match tokio::time::timeout(timeout, self.reader.next()).await {
+            Err(_) => {
+                return self
+                    .reject(format!("no hello within {}", seconds(timeout)))
+                    .await;
+            }
+            Ok(Ok(None)) => return Ok(End::Done),
+            Ok(Err(e)) => return self.reject_frame(e, "the hello").await,
+            Ok(Ok(Some(frame))) => match codec::decode::<ClientMessage>("client hello", &frame) {
+                Ok(ClientMessage::Hello(hello)) => hello,
+                Ok(other) => {
+                    return self
+                        .reject(format!(
+                            "the first frame must be a hello, got {}",
+                            kind(&other)
+                        ))
+                        .await;
+                }
+                Err(e) => {
+                    return self
+                        .reject(format!(
+                            "the first frame is not a hello: {}",
+                            error_chain(&e)
+                        ))
+                        .await;
+                }
+            },
+        };
+        if !PROTOCOL_VERSION.compatible_with(hello.protocol) {
+            let message = format!(
+                "protocol version mismatch: agent speaks {PROTOCOL_VERSION}, client speaks {}",
+                hello.protocol
+            );
+            return self.refuse(Refusal::VersionMismatch, message).await;
+        }
+        guard.set_software(&hello.software);
+        let ours = Hello {
+            protocol: PROTOCOL_VERSION,
+            software: self.shared.software.clone(),
+        };
+        self.writer.send(&ServerMessage::Hello(ours)).await?;
+
+        loop {
+            let frame = match self.reader.next().await {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return Ok(End::Done),
+                Err(e) => return self.reject_frame(e, "a request").await,
+            };
+            match codec::decode::<ClientMessage>("client", &frame) {
+                Ok(ClientMessage::Request(request)) => {
+                    let response = self.shared.state.handle(&request);
+                    self.writer.send(&ServerMessage::Response(response)).await?;
+                }
+                Ok(ClientMessage::Subscribe(subscription)) => {
+                    return self.stream(&subscription, &guard).await;
+                }
+                Ok(ClientMessage::Hello(_)) => {
+                    return self
+                        .reject("a second hello; hellos are exchanged once".into())
+                        .await;
+                }
+                Err(e) => {
+                    return self
+                        .reject(format!("could not decode a request: {}", error_chain(&e)))
+                        .await;
+                }
+            }
+        }
+    }
+
+    async fn refuse(&mut self, reason: Refusal, message: String) -> Result<End, SessionError> {
+        self.writer
+            .send(&ServerMessage::Refused {
+                reason,
+                message: message.clone(),
+            })
+            .await?;
+        Ok(End::Rejected(message))
+    }
+
+    async fn reject(&mut self, message: String) -> Result<End, SessionError> {
+        self.writer
+            .send(&ServerMessage::Error {
+                message: message.clone(),
+            })
+            .await?;
+        Ok(End::Rejected(message))
+    }
+
+    /// Turns a failure to read a frame into an error frame where the client can still hear it.
+    async fn reject_frame(
+        &mut self,
+        error: FrameError,
+        waiting_for: &str,
+    ) -> Result<End, SessionError> {
+        match error {
+            FrameError::TooLarge { .. } | FrameError::Truncated | FrameError::Codec(_) => {
+                self.reject(format!(
+                    "{} (while waiting for {waiting_for})",
+                    error_chain(&error)
+                ))
+                .await
+            }
+            FrameError::Read { .. } | FrameError::Write { .. } => Err(error.into()),
+        }
+    }
+
+    /// Sends the subscription's history, then (with `follow`) live batches until the client goes away.
+    async fn stream(
+        &mut self,
+        subscription: &Subscription,
+        guard: &ClientGuard,
+    ) -> Result<End, SessionError> {
+        let mut subscriber: Subscriber = self.shared.state.hub().subscribe(subscription);
+        guard.set_subscription(Arc::clone(&subscriber.stats));
+        let initial = std::mem::take(&mut subscriber.initial);
+        self.send_events(initial).await?;
+        let Some(mut rx) = subscriber.rx.take() else {
+            return Ok(End::Done);
+        };
+        loop {
+            tokio::select! {
+                batch = rx.recv() => {
+                    let Some(mut batch) = batch else { return Ok(End::Done) };
+                    // Join what else is queued, so a busy subscriber costs fewer frames and syscalls.
+                    while batch.len() < EVENTS_PER_FRAME {
+                        match rx.try_recv() {
+                            Ok(more) => batch.extend(more),
+                            Err(_) => break,
+                        }
+                    }
+                    self.send_events(batch).await?;
+                }
+                () = self.reader.closed() => return Ok(End::Done),
+            }
+        }
+    }
+
+    /// Sends events in frames of at most [`EVENTS_PER_FRAME`] events and about [`FRAME_BUDGET_BYTES`].
+    async fn send_events(&mut self, events: Vec<Event>) -> Result<(), SessionError> {
+        for body in event_frames(events)? {
+            self.writer.send_body(body).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Encodes `events` into frame bodies: cut by count, then halved until each fits the byte budget. An
+/// event that alone exceeds the frame cap cannot be sent and is left out (it cannot happen with flows).
+fn event_frames(events: Vec<Event>) -> Result<Vec<bytes::Bytes>, FrameError> {
+    let mut bodies = Vec::new();
+    let mut pending: Vec<Vec<Event>> = Vec::new();
+    let mut events = events;
+    while !events.is_empty() {
+        let rest = events.split_off(events.len().min(EVENTS_PER_FRAME));
+        pending.push(events);
+        events = rest;
+    }
+    pending.reverse();
+    while let Some(chunk) = pending.pop() {
+        let message = ServerMessage::Events(chunk);
+        let body = FrameWriter::encode(&message)?;
+        let ServerMessage::Events(mut chunk) = message else {
+            unreachable!("built above as events")
+        };
+        if body.len() <= FRAME_BUDGET_BYTES {
+            bodies.push(body);
+        } else if chunk.len() == 1 {
+            if body.len() <= MAX_FRAME_BYTES {
+                bodies.push(body);
+            } else {
+                log::warn!(
+                    "dropping an event of {} bytes: over the frame cap",
+                    body.len()
+                );
+            }
+        } else {
+            let second = chunk.split_off(chunk.len() / 2);
+            pending.push(second);
+            pending.push(chunk);
+        }
+    }
+    Ok(bodies)
+}
+
+fn kind(message: &ClientMessage) -> &'static str {
+    match message {
+        ClientMessage::Hello(_) => "a hello",
+        ClientMessage::Request(_) => "a request",
+        ClientMessage::Subscribe(_) => "a subscription",
+    }
+}
+
+fn seconds(d: Duration) -> String {
+    format!("{}s", d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use flowgate_proto::{
+        flow::fixtures::flow_between,
+        message::{LossSource, LostEvents},
+    };
+
+    use super::*;
+
+    fn flows(n: u16) -> Vec<Event> {
+        (0..n)
+            .map(|i| Event::Flow(Arc::new(flow_between(1, 2, i))))
+            .collect()
+    }
+
+    fn decode_all(bodies: &[bytes::Bytes]) -> Vec<Vec<Event>> {
+        bodies
+            .iter()
+            .map(
+                |b| match codec::decode("server", &bytes::BytesMut::from(b.as_ref())).unwrap() {
+                    ServerMessage::Events(e) => e,
+                    other => panic!("{other:?}"),
+                },
+            )
+            .collect()
+    }
+
+    #[test]
+    fn events_are_cut_by_count_in_order() {
+        let events = flows(2500);
+        let frames = decode_all(&event_frames(events.clone()).unwrap());
+        assert_eq!(
+            frames.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![1024, 1024, 452]
+        );
+        assert_eq!(frames.concat(), events);
+    }
+
+    #[test]
+    fn events_over_the_byte_budget_are_halved_in_order() {
+        // A flow with a long label list is big: 1024 of them are over the budget.
+        let mut big = flow_between(1, 2, 0);
+        Arc::make_mut(&mut big.source).labels = (0..100)
+            .map(|i| format!("label-{i}=some-value-{i}"))
+            .collect();
+        let mut events: Vec<Event> = (0..1024u16)
+            .map(|i| {
+                let mut f = big.clone();
+                f.source_port = i;
+                Event::Flow(Arc::new(f))
+            })
+            .collect();
+        events.insert(
+            10,
+            Event::Lost(LostEvents {
+                source: LossSource::KernelBuffer,
+                count: 9,
+            }),
+        );
+        let bodies = event_frames(events.clone()).unwrap();
+        assert!(bodies.len() > 1, "cut into several frames");
+        assert!(bodies.iter().all(|b| b.len() <= FRAME_BUDGET_BYTES));
+        assert_eq!(decode_all(&bodies).concat(), events);
+    }
+
+    #[test]
+    fn nothing_to_send_is_no_frame() {
+        assert!(event_frames(Vec::new()).unwrap().is_empty());
+    }
+}

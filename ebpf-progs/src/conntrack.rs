@@ -1,0 +1,102 @@
+//! Connection tracking in the datapath: finds the connection a packet belongs to (forward or reply),
+//! records new connections, and decides which packets are worth a trace record under the configured
+//! aggregation level.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use flowgate_common::{
+    FlowTuple,
+    conntrack::{CtEntry, CtKey, ct_flag},
+    counters::aggregation,
+    policy::direction,
+    record::{ct_state, tcp_flags},
+};
+
+use crate::maps::FG_CONNTRACK;
+
+const IPPROTO_TCP: u8 = 6;
+
+#[inline(always)]
+fn opposite(dir: u8) -> u8 {
+    if dir == direction::INGRESS { direction::EGRESS } else { direction::INGRESS }
+}
+
+#[inline(always)]
+fn forward_key(flow: &FlowTuple, endpoint_id: u16, dir: u8) -> CtKey {
+    CtKey {
+        saddr: flow.saddr,
+        daddr: flow.daddr,
+        sport: flow.sport,
+        dport: flow.dport,
+        protocol: flow.protocol,
+        direction: dir,
+        endpoint_id,
+    }
+}
+
+/// A packet of a tracked connection.
+pub struct Tracked {
+    /// `ct_state::ESTABLISHED` or `ct_state::REPLY`.
+    pub state: u8,
+    /// Whether the packet deserves a trace record under the aggregation level.
+    pub trace: bool,
+    /// Rule that allowed the connection.
+    pub rule_id: u32,
+}
+
+/// Looks the packet up as part of an existing connection and updates that connection.
+#[inline(always)]
+pub fn track(flow: &FlowTuple, endpoint_id: u16, dir: u8, pkt_len: u32, level: u64) -> Option<Tracked> {
+    let forward = forward_key(flow, endpoint_id, dir);
+    let (entry, state) = match FG_CONNTRACK.get_ptr_mut(&forward) {
+        Some(e) => (e, ct_state::ESTABLISHED),
+        None => {
+            let reverse = CtKey {
+                saddr: flow.daddr,
+                daddr: flow.saddr,
+                sport: flow.dport,
+                dport: flow.sport,
+                protocol: flow.protocol,
+                direction: opposite(dir),
+                endpoint_id,
+            };
+            (FG_CONNTRACK.get_ptr_mut(&reverse)?, ct_state::REPLY)
+        }
+    };
+    // SAFETY: a pointer into the map value returned by the lookup; concurrent updates of these
+    // statistics from two CPUs may lose an increment, which is acceptable for counters.
+    let entry = unsafe { &mut *entry };
+    entry.last_seen_ns = unsafe { bpf_ktime_get_ns() };
+    entry.packets += 1;
+    entry.bytes += u64::from(pkt_len);
+    let seen = if state == ct_state::ESTABLISHED { &mut entry.flags_seen_orig } else { &mut entry.flags_seen_reply };
+    let new_flags = flow.protocol == IPPROTO_TCP && (flow.tcp_flags & !*seen) != 0;
+    *seen |= flow.tcp_flags;
+    if flow.tcp_flags & (tcp_flags::FIN | tcp_flags::RST) != 0 {
+        entry.flags |= ct_flag::CLOSING;
+    }
+    let trace = match level {
+        aggregation::NONE => true,
+        aggregation::LOW => dir == direction::EGRESS || new_flags,
+        _ => new_flags,
+    };
+    Some(Tracked { state, trace, rule_id: entry.rule_id })
+}
+
+/// Records a new connection opened by this packet.
+#[inline(always)]
+pub fn create(flow: &FlowTuple, endpoint_id: u16, dir: u8, pkt_len: u32, rule_id: u32, flags: u8) {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let entry = CtEntry {
+        created_ns: now,
+        last_seen_ns: now,
+        rule_id,
+        flags_seen_orig: flow.tcp_flags,
+        flags_seen_reply: 0,
+        flags,
+        _pad: 0,
+        packets: 1,
+        bytes: u64::from(pkt_len),
+    };
+    // A full LRU map evicts its oldest entry; an error here only costs a later re-evaluation.
+    let _ = FG_CONNTRACK.insert(&forward_key(flow, endpoint_id, dir), &entry, 0);
+}

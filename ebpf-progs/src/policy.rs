@@ -1,0 +1,87 @@
+//! The policy decision for a new connection at an endpoint: resolve the peer's identities through the
+//! ipcache, look the (endpoint, direction, identity, protocol, port) up in the policy trie for the peer's
+//! identity, its CIDR identity and the wildcard identity, and pick the match in Cilium's precedence:
+//! L3-L4, then L4-only, then L3-only, then allow-all. Every lookup is a hash or LPM lookup, so the cost
+//! does not grow with the number of policies.
+
+use flowgate_common::policy::{IDENTITY_ANY, IDENTITY_WORLD, POLICY_FLAG_L4, PolicyKey, PolicyValue, match_type};
+
+use crate::maps;
+
+/// Identities of the remote side of a connection.
+#[derive(Clone, Copy)]
+pub struct Remote {
+    pub identity: u32,
+    pub cidr_identity: u32,
+}
+
+/// Resolves a remote address (network byte order) to its identities; unknown addresses are the world.
+#[inline(always)]
+pub fn remote(generation: u64, addr: u32) -> Remote {
+    match maps::ipcache(generation, addr) {
+        Some(v) => Remote { identity: v.identity, cidr_identity: v.cidr_identity },
+        None => Remote { identity: IDENTITY_WORLD, cidr_identity: 0 },
+    }
+}
+
+/// An allowing policy entry and how it matched.
+pub struct Allowed {
+    pub rule_id: u32,
+    pub match_type: u8,
+    entry: *mut PolicyValue,
+}
+
+impl Allowed {
+    /// Counts the connection's first packet on the entry that allowed it.
+    #[inline(always)]
+    pub fn account(&self, pkt_len: u32) {
+        // SAFETY: points into the policy map's value; counters tolerate lost increments.
+        unsafe {
+            (*self.entry).packets += 1;
+            (*self.entry).bytes += u64::from(pkt_len);
+        }
+    }
+}
+
+#[inline(always)]
+fn is_l4(entry: *mut PolicyValue) -> bool {
+    unsafe { (*entry).flags & POLICY_FLAG_L4 != 0 }
+}
+
+#[inline(always)]
+fn allowed(entry: *mut PolicyValue, match_type: u8) -> Allowed {
+    Allowed { rule_id: unsafe { (*entry).rule_id }, match_type, entry }
+}
+
+/// Decides a new connection; `None` means no entry allows it.
+#[inline(always)]
+pub fn decide(
+    generation: u64,
+    endpoint_id: u16,
+    dir: u8,
+    remote: Remote,
+    protocol: u8,
+    port: u16,
+) -> Option<Allowed> {
+    let by_identity = maps::policy(generation, &PolicyKey::new(endpoint_id, dir, remote.identity, protocol, port));
+    let by_cidr = if remote.cidr_identity != 0 && remote.cidr_identity != remote.identity {
+        maps::policy(generation, &PolicyKey::new(endpoint_id, dir, remote.cidr_identity, protocol, port))
+    } else {
+        None
+    };
+    let by_any = maps::policy(generation, &PolicyKey::new(endpoint_id, dir, IDENTITY_ANY, protocol, port));
+
+    if let Some(e) = by_identity.filter(|e| is_l4(*e)) {
+        return Some(allowed(e, match_type::L3_L4));
+    }
+    if let Some(e) = by_cidr.filter(|e| is_l4(*e)) {
+        return Some(allowed(e, match_type::L3_L4));
+    }
+    if let Some(e) = by_any.filter(|e| is_l4(*e)) {
+        return Some(allowed(e, match_type::L4_ONLY));
+    }
+    if let Some(e) = by_identity.or(by_cidr) {
+        return Some(allowed(e, match_type::L3_ONLY));
+    }
+    by_any.map(|e| allowed(e, match_type::ALL))
+}

@@ -1,0 +1,200 @@
+//! A `flowgate-agent` process for end-to-end tests: started on a lab with its socket in a fresh
+//! temporary directory, ready once its socket answers a hello, and stopped (SIGTERM, then SIGKILL) and
+//! reaped when the [`AgentGuard`] is dropped, also while a test panics.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use flowgate_proto::client::{Client, ClientError};
+
+use crate::{LAB_DIR_ENV, bin_dir, lab_dir};
+
+/// How long an agent may take to load its programs and open its socket.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The `flowgate-agent` binary; panics with what to do when it has not been built.
+pub fn agent_bin() -> PathBuf {
+    let bin = bin_dir().join("flowgate-agent");
+    assert!(
+        bin.is_file(),
+        "{} not found: build it first (`cargo build`; `make test` does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A fresh directory for sockets, readable by everyone (tests connect as other users), removed on drop.
+pub struct SocketDir(PathBuf);
+
+impl SocketDir {
+    pub fn new(tag: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("flowgate-test-sock-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create the socket directory");
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod the socket dir");
+        Self(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// `<dir>/<name>.sock`.
+    pub fn socket(&self, name: &str) -> PathBuf {
+        self.0.join(format!("{name}.sock"))
+    }
+}
+
+impl Drop for SocketDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `flowgate-agent --lab LAB --socket SOCKET EXTRA...`, its output going to `log`.
+pub fn spawn_agent(lab: &str, socket: &Path, extra: &[&str], log: &Path) -> Child {
+    let out =
+        std::fs::File::create(log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
+    let err = out.try_clone().expect("clone the log file");
+    Command::new(agent_bin())
+        .arg("--lab")
+        .arg(lab)
+        .arg("--socket")
+        .arg(socket)
+        .args(extra)
+        .env(LAB_DIR_ENV, lab_dir())
+        .env("RUST_LOG", "info")
+        .env("RUST_BACKTRACE", "0")
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .expect("start flowgate-agent")
+}
+
+/// Where an [`AgentGuard`] on `socket` writes its output.
+pub fn log_path(socket: &Path) -> PathBuf {
+    let mut name = socket.as_os_str().to_owned();
+    name.push(".log");
+    PathBuf::from(name)
+}
+
+/// An agent's output so far.
+pub fn read_log(log: &Path) -> String {
+    std::fs::read_to_string(log).unwrap_or_default()
+}
+
+/// Whether a client can connect and exchange hellos (the connection is closed again).
+pub fn hello(socket: &Path) -> Result<(), ClientError> {
+    runtime()
+        .block_on(Client::connect(socket, "flowgate-tests"))
+        .map(drop)
+}
+
+/// A single-threaded runtime for one client call.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// A running agent, stopped when dropped.
+pub struct AgentGuard {
+    child: Option<Child>,
+    pub socket: PathBuf,
+    /// The agent's stdout and stderr.
+    pub log: PathBuf,
+}
+
+impl AgentGuard {
+    /// Starts an agent on `lab` with its socket at `socket` and waits until it answers a hello.
+    pub fn start(lab: &str, socket: &Path, extra: &[&str]) -> Self {
+        let log = log_path(socket);
+        let child = spawn_agent(lab, socket, extra, &log);
+        let mut guard = Self {
+            child: Some(child),
+            socket: socket.to_owned(),
+            log,
+        };
+        guard.wait_ready();
+        guard
+    }
+
+    /// The agent's output so far.
+    pub fn output(&self) -> String {
+        read_log(&self.log)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
+    }
+
+    fn wait_ready(&mut self) {
+        let started = Instant::now();
+        loop {
+            match hello(&self.socket) {
+                Ok(_) => return,
+                Err(e) => {
+                    if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                        self.child = None;
+                        panic!(
+                            "flowgate-agent exited ({status}) before serving:\n{}",
+                            read_log(&self.log)
+                        );
+                    }
+                    assert!(
+                        started.elapsed() < READY_TIMEOUT,
+                        "flowgate-agent did not answer on {} within {READY_TIMEOUT:?} ({e}):\n{}",
+                        self.socket.display(),
+                        read_log(&self.log)
+                    );
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+
+    /// SIGKILLs the agent and reaps it, leaving whatever it left behind (its socket file).
+    pub fn kill_hard(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`; reaps the process.
+    fn stop(&mut self, grace: Duration) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // SAFETY: kill(2) on our own child's pid; it has not been reaped, so the pid is still ours.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for AgentGuard {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(10));
+    }
+}
