@@ -5,7 +5,7 @@
 
 use std::sync::{
     Arc, Mutex,
-    atomic::{AtomicU64, Ordering},
+    atomic::{AtomicU64, AtomicUsize, Ordering},
 };
 
 use flowgate_proto::{
@@ -22,13 +22,39 @@ use crate::history::History;
 pub struct HubConfig {
     /// Flows kept for `--last N`.
     pub history: usize,
-    /// Batches a subscriber's queue holds before the hub drops for it.
-    pub queue_batches: usize,
+    /// Events a subscriber's queue holds before the hub drops for it.
+    pub queue_events: usize,
 }
 
 impl Default for HubConfig {
     fn default() -> Self {
-        Self { history: 4096, queue_batches: 256 }
+        Self { history: 4096, queue_events: 65536 }
+    }
+}
+
+/// The receiving end of a subscriber's queue; it gives the queue's room back as batches are taken.
+pub struct LiveEvents {
+    rx: mpsc::UnboundedReceiver<Vec<Event>>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl LiveEvents {
+    fn taken(&self, batch: &[Event]) {
+        self.queued.fetch_sub(batch.len(), Ordering::Relaxed);
+    }
+
+    /// The next batch; `None` once the hub dropped the subscription.
+    pub async fn recv(&mut self) -> Option<Vec<Event>> {
+        let batch = self.rx.recv().await?;
+        self.taken(&batch);
+        Some(batch)
+    }
+
+    /// A batch if one is queued.
+    pub fn try_recv(&mut self) -> Result<Vec<Event>, mpsc::error::TryRecvError> {
+        let batch = self.rx.try_recv()?;
+        self.taken(&batch);
+        Ok(batch)
     }
 }
 
@@ -45,7 +71,10 @@ struct Slot {
     id: u64,
     allow: Vec<FlowFilter>,
     deny: Vec<FlowFilter>,
-    tx: mpsc::Sender<Vec<Event>>,
+    tx: mpsc::UnboundedSender<Vec<Event>>,
+    /// Events in the queue now, and how many it may hold.
+    queued: Arc<AtomicUsize>,
+    limit: usize,
     /// Losses not yet delivered, by source, in the order they happened.
     undelivered: Vec<LostEvents>,
     stats: Arc<SubscriberStats>,
@@ -64,27 +93,25 @@ impl Slot {
         if events.is_empty() && self.undelivered.is_empty() {
             return true;
         }
-        let flows = events.len() as u64;
-        let mut batch = Vec::with_capacity(self.undelivered.len() + events.len());
-        batch.extend(self.undelivered.iter().copied().map(Event::Lost));
-        batch.extend(events);
-        match self.tx.try_send(batch) {
-            Ok(()) => {
-                self.undelivered.clear();
-                self.stats.events_queued.fetch_add(flows, Ordering::Relaxed);
-                true
-            }
-            Err(mpsc::error::TrySendError::Full(batch)) => {
-                // Losses already in `undelivered` stay there; the flows of this batch join them.
-                let dropped = batch.iter().filter(|e| matches!(e, Event::Flow(_))).count() as u64;
-                if dropped > 0 {
-                    self.note_loss(LossSource::ClientQueue, dropped);
-                    self.stats.events_lost.fetch_add(dropped, Ordering::Relaxed);
-                }
-                true
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        if self.tx.is_closed() {
+            return false;
         }
+        let flows = events.len();
+        let size = self.undelivered.len() + flows;
+        if self.queued.load(Ordering::Relaxed) + size > self.limit {
+            // No room: losses already in `undelivered` stay there; these flows join them.
+            if flows > 0 {
+                self.note_loss(LossSource::ClientQueue, flows as u64);
+                self.stats.events_lost.fetch_add(flows as u64, Ordering::Relaxed);
+            }
+            return true;
+        }
+        let mut batch = Vec::with_capacity(size);
+        batch.extend(self.undelivered.drain(..).map(Event::Lost));
+        batch.extend(events);
+        self.queued.fetch_add(size, Ordering::Relaxed);
+        self.stats.events_queued.fetch_add(flows as u64, Ordering::Relaxed);
+        self.tx.send(batch).is_ok()
     }
 }
 
@@ -107,7 +134,7 @@ pub struct Subscriber {
     /// Matching flows from history, sent before anything from `rx`.
     pub initial: Vec<Event>,
     /// Live batches; `None` when the subscription did not ask to follow.
-    pub rx: Option<mpsc::Receiver<Vec<Event>>>,
+    pub rx: Option<LiveEvents>,
     pub stats: Arc<SubscriberStats>,
     hub: Arc<Hub>,
 }
@@ -145,16 +172,19 @@ impl Hub {
             .collect();
         let stats = Arc::new(SubscriberStats::default());
         let rx = subscription.follow.then(|| {
-            let (tx, rx) = mpsc::channel(self.config.queue_batches.max(1));
+            let (tx, rx) = mpsc::unbounded_channel();
+            let queued = Arc::new(AtomicUsize::new(0));
             inner.slots.push(Slot {
                 id,
                 allow: subscription.allow.clone(),
                 deny: subscription.deny.clone(),
                 tx,
+                queued: Arc::clone(&queued),
+                limit: self.config.queue_events.max(1),
                 undelivered: Vec::new(),
                 stats: Arc::clone(&stats),
             });
-            rx
+            LiveEvents { rx, queued }
         });
         Subscriber { id, initial, rx, stats, hub: Arc::clone(self) }
     }
@@ -206,6 +236,22 @@ impl Hub {
         inner.slots.retain(|s| !gone.contains(&s.id));
     }
 
+    /// Delivers losses still waiting for room in their subscriber's queue (called when no new flows
+    /// arrived, so a loss is not held back until the next flow).
+    pub fn flush_losses(&self) {
+        let mut inner = self.lock();
+        if inner.slots.iter().all(|s| s.undelivered.is_empty()) {
+            return;
+        }
+        let mut gone = Vec::new();
+        for slot in inner.slots.iter_mut().filter(|s| !s.undelivered.is_empty()) {
+            if !slot.deliver(Vec::new()) {
+                gone.push(slot.id);
+            }
+        }
+        inner.slots.retain(|s| !gone.contains(&s.id));
+    }
+
     /// Number of live subscribers.
     pub fn subscribers(&self) -> usize {
         self.lock().slots.len()
@@ -227,7 +273,7 @@ mod tests {
         (0..n).map(|i| Arc::new(flow_between(src, dst, 1000 + i))).collect()
     }
 
-    fn drain(rx: &mut mpsc::Receiver<Vec<Event>>) -> Vec<Event> {
+    fn drain(rx: &mut LiveEvents) -> Vec<Event> {
         let mut out = Vec::new();
         while let Ok(batch) = rx.try_recv() {
             out.extend(batch);
@@ -252,14 +298,14 @@ mod tests {
 
     #[test]
     fn a_full_queue_loses_only_its_own_events_and_is_told_in_order() {
-        let hub = Hub::new(HubConfig { history: 16, queue_batches: 2 });
+        let hub = Hub::new(HubConfig { history: 16, queue_events: 20 });
         let mut slow = hub.subscribe(&Subscription::default());
         let mut fast = hub.subscribe(&Subscription::default());
         for _ in 0..5 {
             hub.publish(&flows(10, 1, 2));
             drain(fast.rx.as_mut().unwrap());
         }
-        // slow took 2 batches (20 flows), lost 3 batches (30 flows).
+        // slow's queue took 20 flows and lost the other 30.
         assert_eq!(slow.stats.events_lost.load(Ordering::Relaxed), 30);
         assert_eq!(fast.stats.events_lost.load(Ordering::Relaxed), 0);
         let first = drain(slow.rx.as_mut().unwrap());
@@ -270,6 +316,22 @@ mod tests {
         assert_eq!(next[0], Event::Lost(LostEvents { source: LossSource::ClientQueue, count: 30 }));
         assert!(matches!(next[1], Event::Flow(_)));
         assert_eq!(hub.queue_losses(), 30);
+    }
+
+    #[test]
+    fn a_pending_loss_is_delivered_without_waiting_for_new_flows() {
+        let hub = Hub::new(HubConfig { history: 16, queue_events: 3 });
+        let mut slow = hub.subscribe(&Subscription::default());
+        hub.publish(&flows(3, 1, 2));
+        hub.publish(&flows(4, 1, 2));
+        assert_eq!(drain(slow.rx.as_mut().unwrap()).len(), 3);
+        hub.flush_losses();
+        assert_eq!(
+            drain(slow.rx.as_mut().unwrap()),
+            vec![Event::Lost(LostEvents { source: LossSource::ClientQueue, count: 4 })]
+        );
+        hub.flush_losses();
+        assert!(drain(slow.rx.as_mut().unwrap()).is_empty(), "told once");
     }
 
     #[test]
@@ -285,7 +347,7 @@ mod tests {
 
     #[test]
     fn history_then_live_without_gap() {
-        let hub = Hub::new(HubConfig { history: 4, queue_batches: 8 });
+        let hub = Hub::new(HubConfig { history: 4, queue_events: 8 });
         hub.publish(&flows(6, 1, 2));
         let mut sub = hub.subscribe(&Subscription { last: 3, ..Default::default() });
         assert_eq!(sub.initial.len(), 3);

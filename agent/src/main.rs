@@ -46,9 +46,9 @@ struct Args {
     /// Flows kept in memory for subscribers asking for the last N.
     #[arg(long, default_value_t = 4096)]
     history_size: usize,
-    /// Batches a client's queue holds before the agent drops events for that client (and tells it).
-    #[arg(long, default_value_t = 256)]
-    client_queue_batches: usize,
+    /// Events a client's queue holds before the agent drops events for that client (and tells it).
+    #[arg(long, default_value_t = 65536)]
+    client_queue_events: usize,
     /// Print every event as a text line on stdout.
     #[arg(long)]
     print_events: bool,
@@ -124,7 +124,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     })
     .context("loading the eBPF datapath")?;
 
-    let hub = Hub::new(HubConfig { history: args.history_size, queue_batches: args.client_queue_batches });
+    let hub = Hub::new(HubConfig { history: args.history_size, queue_events: args.client_queue_events });
     let state = AgentState::new(
         AgentInfo {
             version: env!("CARGO_PKG_VERSION").to_owned(),

@@ -33,7 +33,9 @@ impl Pipeline {
     }
 
     fn publish(&mut self) {
-        if !self.batch.is_empty() {
+        if self.batch.is_empty() {
+            self.state.hub().flush_losses();
+        } else {
             self.state.hub().publish(&self.batch);
             self.batch.clear();
         }

@@ -76,7 +76,7 @@ impl TestServer {
             AgentInfo::default(),
             Hub::new(HubConfig {
                 history: 64,
-                queue_batches: 4,
+                queue_events: 2048,
             }),
         );
         let ns = BTreeMap::new();
