@@ -3,20 +3,39 @@
 
 use std::path::Path;
 
+use std::{
+    collections::HashMap as StdHashMap,
+    time::{Duration, Instant},
+};
+
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{
+        Array, HashMap, MapData, PerCpuArray, RingBuf,
+        lpm_trie::{Key, LpmTrie},
+    },
     programs::{SchedClassifier, TcAttachType, TestRun as _, TestRunOptions, TestRunResult},
 };
 use flowgate_common::{
     Counter, EndpointInfo,
-    counters::Config,
-    names::{MAP_CONFIG, MAP_COUNTERS, MAP_ENDPOINTS, MAP_EVENTS_RINGBUF, PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT},
+    counters::{Config, aggregation, events_kind},
+    names::{
+        MAP_CONFIG, MAP_COUNTERS, MAP_ENDPOINTS, MAP_ENFORCEMENT, MAP_EVENTS_RINGBUF, MAP_IPCACHE, MAP_POLICY,
+        PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT,
+    },
+    policy::{IpcacheValue, PolicyKey, PolicyValue},
 };
 
 use flowgate_proto::endpoint::Endpoint;
 
-use crate::netns::{self, NetnsError};
+use crate::{
+    netns::{self, NetnsError},
+    policy::realize::MapContents,
+};
+
+/// How long a generation that was just switched away from stays untouched, so packets that read the
+/// old generation number finish with the old maps.
+const GENERATION_GRACE: Duration = Duration::from_millis(50);
 
 /// The eBPF object built by build.rs from `ebpf-progs/`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowgate-ebpf"));
@@ -60,11 +79,20 @@ pub struct DatapathOptions {
     pub events_buffer_bytes: u32,
     /// Unread bytes in the ring buffer above which the kernel wakes the reader.
     pub wakeup_bytes: u64,
+    /// `counters::events_kind`: ring buffer or perf event array.
+    pub events_kind: u64,
+    /// `counters::aggregation` level of trace records.
+    pub aggregation: u64,
 }
 
 impl Default for DatapathOptions {
     fn default() -> Self {
-        Self { events_buffer_bytes: 8 << 20, wakeup_bytes: 256 << 10 }
+        Self {
+            events_buffer_bytes: 8 << 20,
+            wakeup_bytes: 256 << 10,
+            events_kind: events_kind::RINGBUF,
+            aggregation: aggregation::MEDIUM,
+        }
     }
 }
 
@@ -72,6 +100,9 @@ impl Default for DatapathOptions {
 pub struct Datapath {
     ebpf: Ebpf,
     options: DatapathOptions,
+    /// Policy generation the programs read.
+    generation: u8,
+    last_switch: Option<Instant>,
 }
 
 const PROGRAMS: [(&str, TcAttachType); 2] =
@@ -92,8 +123,11 @@ impl Datapath {
                 .map_err(|source| DatapathError::Program { name, source })?;
             program.load().map_err(|source| DatapathError::Program { name, source })?;
         }
-        let mut datapath = Self { ebpf, options };
-        datapath.set_config(Config::WakeupBytes, datapath.options.wakeup_bytes)?;
+        let mut datapath = Self { ebpf, options, generation: 0, last_switch: None };
+        let options = datapath.options.clone();
+        datapath.set_config(Config::WakeupBytes, options.wakeup_bytes)?;
+        datapath.set_config(Config::EventsKind, options.events_kind)?;
+        datapath.set_config(Config::Aggregation, options.aggregation)?;
         Ok(datapath)
     }
 
@@ -130,6 +164,85 @@ impl Datapath {
         )
         .map_err(|source| DatapathError::Map { name, source })?;
         map.insert(ifindex, info, 0).map_err(|source| DatapathError::Map { name, source })
+    }
+
+    /// Writes a complete policy generation into the inactive maps, then switches the programs to it in
+    /// one write, so no packet sees a half-written policy. Counters of entries that stay are carried over.
+    pub fn apply_policy(&mut self, contents: &MapContents) -> Result<(), DatapathError> {
+        if let Some(elapsed) = self.last_switch.map(|t| t.elapsed()) {
+            if elapsed < GENERATION_GRACE {
+                std::thread::sleep(GENERATION_GRACE - elapsed);
+            }
+        }
+        let next = usize::from(1 - self.generation);
+        let current = self.policy_values(self.generation)?;
+
+        let name = MAP_POLICY[next];
+        let mut trie: LpmTrie<_, PolicyKey, PolicyValue> =
+            LpmTrie::try_from(self.ebpf.map_mut(name).ok_or(DatapathError::MissingMap { name })?)
+                .map_err(|source| DatapathError::Map { name, source })?;
+        let old: Vec<Key<PolicyKey>> = trie.keys().filter_map(Result::ok).collect();
+        for key in old {
+            trie.remove(&key).map_err(|source| DatapathError::Map { name, source })?;
+        }
+        for (prefix, key, value) in &contents.policy {
+            let mut value = *value;
+            if let Some(before) = current.get(&(*prefix, *key)) {
+                value.packets = before.packets;
+                value.bytes = before.bytes;
+            }
+            trie.insert(&Key::new(*prefix, *key), value, 0).map_err(|source| DatapathError::Map { name, source })?;
+        }
+
+        let name = MAP_IPCACHE[next];
+        let mut ipcache: LpmTrie<_, [u8; 4], IpcacheValue> =
+            LpmTrie::try_from(self.ebpf.map_mut(name).ok_or(DatapathError::MissingMap { name })?)
+                .map_err(|source| DatapathError::Map { name, source })?;
+        let old: Vec<Key<[u8; 4]>> = ipcache.keys().filter_map(Result::ok).collect();
+        for key in old {
+            ipcache.remove(&key).map_err(|source| DatapathError::Map { name, source })?;
+        }
+        for (prefix, addr, value) in &contents.ipcache {
+            ipcache
+                .insert(&Key::new(*prefix, addr.octets()), *value, 0)
+                .map_err(|source| DatapathError::Map { name, source })?;
+        }
+
+        let name = MAP_ENFORCEMENT[next];
+        let mut enforce: HashMap<_, u16, u32> =
+            HashMap::try_from(self.ebpf.map_mut(name).ok_or(DatapathError::MissingMap { name })?)
+                .map_err(|source| DatapathError::Map { name, source })?;
+        let old: Vec<u16> = enforce.keys().filter_map(Result::ok).collect();
+        for key in old {
+            enforce.remove(&key).map_err(|source| DatapathError::Map { name, source })?;
+        }
+        for (endpoint_id, flags) in &contents.enforcement {
+            enforce.insert(endpoint_id, flags, 0).map_err(|source| DatapathError::Map { name, source })?;
+        }
+
+        self.set_config(Config::ActiveGeneration, next as u64)?;
+        self.generation = next as u8;
+        self.last_switch = Some(Instant::now());
+        Ok(())
+    }
+
+    /// The entries of a policy generation with their counters, by (prefix length, key).
+    pub fn policy_values(&self, generation: u8) -> Result<StdHashMap<(u32, PolicyKey), PolicyValue>, DatapathError> {
+        let name = MAP_POLICY[usize::from(generation)];
+        let trie: LpmTrie<_, PolicyKey, PolicyValue> =
+            LpmTrie::try_from(self.ebpf.map(name).ok_or(DatapathError::MissingMap { name })?)
+                .map_err(|source| DatapathError::Map { name, source })?;
+        let mut out = StdHashMap::new();
+        for item in trie.iter() {
+            let (key, value) = item.map_err(|source| DatapathError::Map { name, source })?;
+            out.insert((key.prefix_len(), key.data()), value);
+        }
+        Ok(out)
+    }
+
+    /// The active policy generation.
+    pub fn generation(&self) -> u8 {
+        self.generation
     }
 
     fn set_config(&mut self, key: Config, value: u64) -> Result<(), DatapathError> {

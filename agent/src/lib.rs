@@ -6,6 +6,7 @@
 //! fans flows out to subscribers. [`state`] holds endpoints, identities and counters and answers
 //! requests. The datapath itself (loading, attaching, maps) is in [`datapath`].
 
+pub mod controller;
 pub mod craft;
 pub mod datapath;
 pub mod decode;
@@ -16,6 +17,7 @@ pub mod hub;
 pub mod identity;
 pub mod netns;
 pub mod pipeline;
+pub mod policy;
 pub mod reader;
 pub mod server;
 pub mod state;

@@ -10,19 +10,21 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::Parser;
 use flowgate_agent::{
-    datapath::{self, Datapath, DatapathOptions},
+    controller::{Controller, SharedController},
+    datapath::{Datapath, DatapathOptions},
     format,
     hub::{Hub, HubConfig},
     pipeline::Pipeline,
+    policy::PolicyEngine,
     server::{self, ServerConfig},
-    state::{AgentInfo, AgentState},
+    state::{AgentInfo, AgentState, PolicyControl},
 };
-use flowgate_common::Counter;
+use flowgate_common::{
+    Counter,
+    counters::{aggregation, events_kind},
+};
 use flowgate_lab::state::LabState;
-use flowgate_proto::{
-    endpoint::{EndpointState, NewEndpoint},
-    message::{EventsBufferInfo, LossSource},
-};
+use flowgate_proto::message::{EventsBufferInfo, LossSource};
 use log::{info, warn};
 
 #[derive(Parser, Debug)]
@@ -64,6 +66,35 @@ struct Args {
     /// Clients served at once; more are refused.
     #[arg(long, default_value_t = server::DEFAULT_MAX_CLIENTS)]
     max_clients: usize,
+    /// Directory of NetworkPolicy manifests (YAML, several documents per file); followed for changes.
+    #[arg(long, value_name = "DIR")]
+    policies: Option<PathBuf>,
+    /// Would-be drops pass and are reported as AUDIT, on every endpoint.
+    #[arg(long)]
+    policy_audit_mode: bool,
+    /// Which kernel buffer carries events to the agent.
+    #[arg(long, value_enum, default_value_t = EventsBuffer::Ringbuf)]
+    events_buffer: EventsBuffer,
+    /// Which forwarded packets get trace records: none (every packet), low (every packet leaving a
+    /// pod, plus medium), medium (new connections, first replies and new TCP flags).
+    #[arg(long, value_enum, default_value_t = Aggregation::Medium)]
+    monitor_aggregation: Aggregation,
+    /// How often the policy directory and the topology file are checked for changes, in milliseconds.
+    #[arg(long, default_value_t = 250)]
+    watch_interval_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum EventsBuffer {
+    Ringbuf,
+    Perf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Aggregation {
+    None,
+    Low,
+    Medium,
 }
 
 /// A lab this agent brought up and must take down again, whatever happens.
@@ -118,8 +149,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         _ => bail!("nothing to enforce for: pass --lab NAME or --lab-topology FILE"),
     };
 
-    let mut datapath = Datapath::load(DatapathOptions {
+    let datapath = Datapath::load(DatapathOptions {
         events_buffer_bytes: args.events_buffer_bytes,
+        events_kind: match args.events_buffer {
+            EventsBuffer::Ringbuf => events_kind::RINGBUF,
+            EventsBuffer::Perf => events_kind::PERF,
+        },
+        aggregation: match args.monitor_aggregation {
+            Aggregation::None => aggregation::NONE,
+            Aggregation::Low => aggregation::LOW,
+            Aggregation::Medium => aggregation::MEDIUM,
+        },
         ..DatapathOptions::default()
     })
     .context("loading the eBPF datapath")?;
@@ -130,17 +170,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             kernel: kernel_release(),
             events_buffer: EventsBufferInfo {
-                kind: "ringbuf".into(),
+                kind: match args.events_buffer {
+                    EventsBuffer::Ringbuf => "ringbuf".into(),
+                    EventsBuffer::Perf => "perf".into(),
+                },
                 size_bytes: u64::from(args.events_buffer_bytes),
             },
         },
         Arc::clone(&hub),
     );
-    attach_lab(&mut datapath, &state, &lab)?;
+    let engine = PolicyEngine::new(args.policies.clone(), args.policy_audit_mode);
+    let mut controller = Controller::new(datapath, engine, Arc::clone(&state), lab.clone(), args.policies.clone());
+    controller.start().with_context(|| format!("starting on lab {}", lab.name))?;
     info!("attached to {} endpoints of lab {}", lab.pods.len(), lab.name);
-
-    let events = datapath.take_events().context("opening the events buffer")?;
-    let datapath = Arc::new(Mutex::new(datapath));
+    let events = controller.datapath().take_events().context("opening the events buffer")?;
+    let controller = Arc::new(Mutex::new(controller));
+    let control: Arc<dyn PolicyControl> = Arc::new(SharedController(Arc::clone(&controller)));
+    state.set_control(Arc::downgrade(&control));
 
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
     let server_task = tokio::spawn(server::serve(listener, Arc::clone(&state), async move {
@@ -157,7 +203,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         pipeline,
     );
     let reader = tokio::spawn(reader);
-    let losses = tokio::spawn(poll_kernel_counters(Arc::clone(&datapath), Arc::clone(&state)));
+    let losses = tokio::spawn(poll_kernel_counters(Arc::clone(&controller), Arc::clone(&state)));
+    let watcher = tokio::spawn(watch(Arc::clone(&controller), Duration::from_millis(args.watch_interval_ms)));
     let printer = print_sub.map(|mut sub| {
         tokio::spawn(async move {
             let Some(rx) = sub.rx.as_mut() else { return };
@@ -182,25 +229,39 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let _ = stop_server.send(());
     server_task.await.context("server task")?.context("serving the socket")?;
     losses.abort();
+    watcher.abort();
     if let Some(p) = printer {
         p.abort();
     }
-    let datapath = datapath.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Ok(counters) = datapath.counters() {
+    let controller = controller.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Ok(counters) = controller.counters() {
         info!("kernel counters: {counters:?}");
     }
     Ok(())
 }
 
+/// Follows the policy directory and the topology file.
+async fn watch(controller: Arc<Mutex<Controller>>, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    loop {
+        ticker.tick().await;
+        let controller = Arc::clone(&controller);
+        let _ = tokio::task::spawn_blocking(move || {
+            controller.lock().unwrap_or_else(std::sync::PoisonError::into_inner).tick();
+        })
+        .await;
+    }
+}
+
 /// Every 100 ms: kernel counters into the state, and new kernel-side losses to every subscriber.
-async fn poll_kernel_counters(datapath: Arc<Mutex<Datapath>>, state: Arc<AgentState>) {
+async fn poll_kernel_counters(controller: Arc<Mutex<Controller>>, state: Arc<AgentState>) {
     let mut interval = tokio::time::interval(Duration::from_millis(100));
     let mut last_lost = 0;
     loop {
         interval.tick().await;
         let counters = {
-            let dp = datapath.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            match dp.counters() {
+            let c = controller.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match c.counters() {
                 Ok(c) => c,
                 Err(e) => {
                     warn!("reading kernel counters: {e}");
@@ -228,37 +289,4 @@ fn bring_up_lab(path: &Path, name: Option<&str>) -> anyhow::Result<LabState> {
         bail!("{}: the topology has no `name:`; pass --lab-name", path.display());
     };
     flowgate_lab::lab::up(&topology, &name, Some(path)).with_context(|| format!("bringing up lab {name}"))
-}
-
-/// Registers every pod of the lab as an endpoint and attaches the programs to its node-side veth.
-fn attach_lab(datapath: &mut Datapath, state: &AgentState, lab: &LabState) -> anyhow::Result<()> {
-    let node_netns = Path::new("/run/netns").join(&lab.node_netns);
-    for pod in &lab.pods {
-        let namespace_labels = lab
-            .namespaces
-            .iter()
-            .find(|ns| ns.name == pod.namespace)
-            .map(|ns| ns.labels.clone())
-            .unwrap_or_default();
-        let endpoint = state.upsert_endpoint(
-            NewEndpoint {
-                namespace: pod.namespace.clone(),
-                pod_name: pod.name.clone(),
-                labels: pod.labels.clone(),
-                ipv4: pod.ip,
-                interface: pod.host_ifname.clone(),
-                ifindex: pod.host_ifindex,
-            },
-            &namespace_labels,
-        );
-        let what = || format!("endpoint {} ({})", endpoint.id, endpoint.pod_ref());
-        datapath
-            .set_endpoint(endpoint.ifindex, datapath::endpoint_info(&endpoint))
-            .with_context(|| format!("registering {}", what()))?;
-        datapath
-            .attach_endpoint(&node_netns, &pod.host_ifname)
-            .with_context(|| format!("attaching to {}", what()))?;
-        state.set_endpoint_state(endpoint.id, EndpointState::Ready);
-    }
-    Ok(())
 }

@@ -9,7 +9,8 @@ use log::debug;
 
 use crate::{
     decode,
-    enrich::{Enricher, NoPolicy, PeerSnapshot},
+    enrich::{Enricher, PeerSnapshot},
+    policy::PolicySnapshot,
     reader::RecordSink,
     state::AgentState,
     time::KtimeClock,
@@ -22,14 +23,15 @@ pub struct Pipeline {
     state: Arc<AgentState>,
     enricher: Enricher,
     peers: Arc<PeerSnapshot>,
+    policy: Arc<PolicySnapshot>,
     batch: Vec<Arc<Flow>>,
     decode_errors: u64,
 }
 
 impl Pipeline {
     pub fn new(state: Arc<AgentState>) -> Self {
-        let peers = state.peers();
-        Self { state, enricher: Enricher::new(KtimeClock::new()), peers, batch: Vec::new(), decode_errors: 0 }
+        let (peers, policy) = (state.peers(), state.policy());
+        Self { state, enricher: Enricher::new(KtimeClock::new()), peers, policy, batch: Vec::new(), decode_errors: 0 }
     }
 
     fn publish(&mut self) {
@@ -47,7 +49,7 @@ impl RecordSink for Pipeline {
         self.state.counters.records_read.fetch_add(1, Ordering::Relaxed);
         match decode::decode(bytes) {
             Ok(record) => {
-                self.batch.push(Arc::new(self.enricher.enrich(&record, self.peers.as_ref(), &NoPolicy)));
+                self.batch.push(Arc::new(self.enricher.enrich(&record, self.peers.as_ref(), self.policy.as_ref())));
                 if self.batch.len() >= MAX_BATCH {
                     self.publish();
                 }
@@ -68,5 +70,6 @@ impl RecordSink for Pipeline {
             self.decode_errors = 0;
         }
         self.peers = self.state.peers();
+        self.policy = self.state.policy();
     }
 }

@@ -5,16 +5,16 @@
 use std::{
     collections::BTreeMap,
     sync::{
-        Arc, Mutex, RwLock,
+        Arc, Mutex, RwLock, Weak,
         atomic::{AtomicU64, Ordering},
     },
     time::Instant,
 };
 
 use flowgate_proto::{
-    endpoint::{Endpoint, EndpointRegistry, EndpointState, Identity, NewEndpoint},
+    endpoint::{Endpoint, EndpointRegistry, EndpointState, Enforcement, Identity, NewEndpoint},
     flow::Peer,
-    message::{ClientInfo, Counters, EventsBufferInfo, Request, Response, Status},
+    message::{ClientInfo, Counters, EventsBufferInfo, PolicyStatus, Request, Response, Status},
     version::PROTOCOL_VERSION,
 };
 
@@ -22,7 +22,15 @@ use crate::{
     enrich::PeerSnapshot,
     hub::{Hub, SubscriberStats},
     identity::{IdentityAllocator, security_labels},
+    policy::PolicySnapshot,
 };
+
+/// Requests that need the datapath and the policy engine (served by the controller).
+pub trait PolicyControl: Send + Sync {
+    fn policy_get(&self, endpoint: Option<u16>) -> Response;
+    fn endpoint_config(&self, id: u16, audit: Option<bool>) -> Response;
+    fn policy_status(&self) -> PolicyStatus;
+}
 
 /// Counters of the event pipeline, updated lock-free by the reader.
 #[derive(Debug, Default)]
@@ -47,7 +55,9 @@ pub struct AgentInfo {
 struct Endpoints {
     registry: EndpointRegistry,
     identities: IdentityAllocator,
-    /// Security labels of each identity's endpoints, for `identity list`.
+    /// Labels of the CIDR identities of the policy in effect (`cidr:10.0.0.0/8`).
+    cidr_labels: BTreeMap<u32, String>,
+    /// What the pipeline resolves peers with.
     snapshot: Arc<PeerSnapshot>,
 }
 
@@ -64,6 +74,9 @@ pub struct AgentState {
     hub: Arc<Hub>,
     clients: Mutex<BTreeMap<u64, ClientEntry>>,
     next_client: AtomicU64,
+    policy: RwLock<Arc<PolicySnapshot>>,
+    policy_status: RwLock<PolicyStatus>,
+    control: RwLock<Option<Weak<dyn PolicyControl>>>,
 }
 
 /// Keeps a client listed in `status` until dropped.
@@ -104,12 +117,72 @@ impl AgentState {
             endpoints: RwLock::new(Endpoints {
                 registry: EndpointRegistry::new(),
                 identities: IdentityAllocator::new(),
+                cidr_labels: BTreeMap::new(),
                 snapshot: Arc::default(),
             }),
             hub,
             clients: Mutex::new(BTreeMap::new()),
             next_client: AtomicU64::new(1),
+            policy: RwLock::new(Arc::default()),
+            policy_status: RwLock::new(PolicyStatus::default()),
+            control: RwLock::new(None),
         })
+    }
+
+    /// Connects the requests that need the datapath to whoever serves them.
+    pub fn set_control(&self, control: Weak<dyn PolicyControl>) {
+        *self.control.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(control);
+    }
+
+    fn control(&self) -> Option<Arc<dyn PolicyControl>> {
+        self.control.read().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref().and_then(Weak::upgrade)
+    }
+
+    /// Installs what enrichment needs for a new policy generation.
+    pub fn set_policy(&self, snapshot: Arc<PolicySnapshot>, cidr_labels: BTreeMap<u32, String>) {
+        *self.policy.write().unwrap_or_else(std::sync::PoisonError::into_inner) = snapshot;
+        let mut eps = self.endpoints_write();
+        eps.cidr_labels = cidr_labels;
+        Self::rebuild_snapshot(&mut eps);
+    }
+
+    /// The policy names behind rule ids, for the pipeline.
+    pub fn policy(&self) -> Arc<PolicySnapshot> {
+        Arc::clone(&self.policy.read().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    pub fn set_policy_status(&self, status: PolicyStatus) {
+        *self.policy_status.write().unwrap_or_else(std::sync::PoisonError::into_inner) = status;
+    }
+
+    pub fn set_enforcement(&self, id: u16, ingress: Enforcement, egress: Enforcement) {
+        if let Some(ep) = self.endpoints_write().registry.get_mut(id) {
+            ep.ingress_enforcement = ingress;
+            ep.egress_enforcement = egress;
+        }
+    }
+
+    pub fn endpoint(&self, id: u16) -> Option<Endpoint> {
+        self.endpoints_read().registry.get(id).cloned()
+    }
+
+    /// The answer for an unknown endpoint id: what exists instead.
+    pub fn not_found_endpoint(&self, id: u16) -> Response {
+        Response::NotFound {
+            what: format!("endpoint {id}"),
+            known: self.endpoints().iter().map(|e| format!("{} ({})", e.id, e.pod_ref())).collect(),
+        }
+    }
+
+    /// Labels of every identity: pods' security labels and CIDR identities.
+    pub fn identity_labels(&self) -> BTreeMap<u32, Vec<String>> {
+        let eps = self.endpoints_read();
+        let mut out: BTreeMap<u32, Vec<String>> =
+            eps.identities.iter().map(|(id, labels)| (id, labels.to_vec())).collect();
+        for (id, label) in &eps.cidr_labels {
+            out.insert(*id, vec![label.clone()]);
+        }
+        out
     }
 
     pub fn hub(&self) -> &Arc<Hub> {
@@ -169,6 +242,9 @@ impl AgentState {
             snapshot.by_ip.insert(ep.ipv4, Arc::clone(&peer));
             snapshot.by_id.insert(ep.id, peer);
         }
+        for (id, label) in &eps.cidr_labels {
+            snapshot.identities.insert(*id, Arc::new(Peer { identity: *id, labels: vec![label.clone()], ..Peer::default() }));
+        }
         eps.snapshot = Arc::new(snapshot);
     }
 
@@ -215,7 +291,7 @@ impl AgentState {
             events_buffer: self.info.events_buffer.clone(),
             endpoints: eps.registry.len(),
             identities: eps.identities.iter().count(),
-            policy: Default::default(),
+            policy: self.policy_status.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
             counters: Counters {
                 records_read: self.counters.records_read.load(Ordering::Relaxed),
                 records_lost_kernel: self.counters.kernel_lost.load(Ordering::Relaxed),
@@ -232,17 +308,18 @@ impl AgentState {
         match request {
             Request::Status => Response::Status(Box::new(self.status())),
             Request::EndpointList => Response::Endpoints(self.endpoints()),
-            Request::EndpointGet { id } => match self.endpoints_read().registry.get(*id) {
-                Some(ep) => Response::Endpoint(ep.clone()),
-                None => Response::NotFound {
-                    what: format!("endpoint {id}"),
-                    known: self.endpoints().iter().map(|e| format!("{} ({})", e.id, e.pod_ref())).collect(),
-                },
+            Request::EndpointGet { id } => match self.endpoint(*id) {
+                Some(ep) => Response::Endpoint(ep),
+                None => self.not_found_endpoint(*id),
             },
             Request::IdentityList => Response::Identities(self.identities()),
-            Request::EndpointConfig { .. } | Request::PolicyGet { .. } => Response::NotFound {
-                what: "policy support in this agent".into(),
-                known: Vec::new(),
+            Request::EndpointConfig { id, audit } => match self.control() {
+                Some(control) => control.endpoint_config(*id, *audit),
+                None => Response::NotFound { what: "a datapath to configure".into(), known: Vec::new() },
+            },
+            Request::PolicyGet { endpoint } => match self.control() {
+                Some(control) => control.policy_get(*endpoint),
+                None => Response::NotFound { what: "a datapath with policy".into(), known: Vec::new() },
             },
         }
     }

@@ -27,6 +27,8 @@ pub mod ct_flag {
     pub const ENFORCED: u8 = 2;
     /// A FIN or RST was seen.
     pub const CLOSING: u8 = 4;
+    /// A packet in the reply direction was seen (the connection's first state change).
+    pub const REPLY_SEEN: u8 = 8;
 }
 
 /// Conntrack value.

@@ -27,7 +27,7 @@ pub const POLICY_PREFIX_FULL: u32 = 88;
 /// Data of a policy LPM key, in big-endian bit order so prefixes work: `endpoint_id` (2 bytes),
 /// `direction` (1), zero (1), peer identity (4), protocol (1), port (2), zero (1).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default, Hash)]
 pub struct PolicyKey {
     pub bytes: [u8; 12],
 }

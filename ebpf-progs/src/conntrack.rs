@@ -71,13 +71,18 @@ pub fn track(flow: &FlowTuple, endpoint_id: u16, dir: u8, pkt_len: u32, level: u
     let seen = if state == ct_state::ESTABLISHED { &mut entry.flags_seen_orig } else { &mut entry.flags_seen_reply };
     let new_flags = flow.protocol == IPPROTO_TCP && (flow.tcp_flags & !*seen) != 0;
     *seen |= flow.tcp_flags;
+    // The first reply is a state change worth reporting for every protocol.
+    let first_reply = state == ct_state::REPLY && entry.flags & ct_flag::REPLY_SEEN == 0;
+    if first_reply {
+        entry.flags |= ct_flag::REPLY_SEEN;
+    }
     if flow.tcp_flags & (tcp_flags::FIN | tcp_flags::RST) != 0 {
         entry.flags |= ct_flag::CLOSING;
     }
     let trace = match level {
         aggregation::NONE => true,
-        aggregation::LOW => dir == direction::EGRESS || new_flags,
-        _ => new_flags,
+        aggregation::LOW => dir == direction::EGRESS || new_flags || first_reply,
+        _ => new_flags || first_reply,
     };
     Some(Tracked { state, trace, rule_id: entry.rule_id })
 }

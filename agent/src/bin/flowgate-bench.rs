@@ -24,7 +24,7 @@ use flowgate_agent::{
     pipeline::Pipeline,
     state::{AgentInfo, AgentState},
 };
-use flowgate_common::{Counter, names::PROG_FROM_ENDPOINT};
+use flowgate_common::{Counter, counters::aggregation, names::PROG_FROM_ENDPOINT};
 use flowgate_proto::{
     endpoint::NewEndpoint,
     message::{Event, Subscription},
@@ -47,7 +47,13 @@ fn syn() -> Vec<u8> {
 }
 
 fn load(wakeup_bytes: u64) -> anyhow::Result<(Datapath, Arc<AgentState>)> {
-    let mut dp = Datapath::load(DatapathOptions { events_buffer_bytes: 8 << 20, wakeup_bytes })
+    // Every packet produces a record: the drain measurements need a steady stream of them.
+    let mut dp = Datapath::load(DatapathOptions {
+        events_buffer_bytes: 8 << 20,
+        wakeup_bytes,
+        aggregation: aggregation::NONE,
+        ..DatapathOptions::default()
+    })
         .context("loading the datapath (run as root)")?;
     let state = AgentState::new(AgentInfo::default(), Hub::new(HubConfig::default()));
     let ep = state.upsert_endpoint(

@@ -1,0 +1,856 @@
+//! Compiles validated NetworkPolicies against a view of the cluster (namespaces, pods, identities) into a
+//! [`PolicyPlan`]: per endpoint and direction, whether the direction is isolated and which
+//! (peer identity, protocol, port range) entries are allowed, by which policies; plus the CIDR prefixes
+//! (with stable identities) that `ipBlock` peers need in the ipcache.
+//!
+//! [`PolicyPlan::evaluate`] is a test oracle that applies a plan the way the datapath does; enforcement
+//! never calls it.
+//!
+//! Named ports are resolved against the destination pod's container ports of the same protocol: for
+//! ingress the selected pod itself, for egress each peer pod (a wildcard peer expands to every pod that
+//! declares the name). An `ipBlock` peer with a named port matches nothing, since an address outside the
+//! cluster has no named ports (upstream leaves this undefined). IPv6 `ipBlock`s are accepted but never
+//! match (the datapath is IPv4).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::Ipv4Addr,
+};
+
+use k8s_openapi::{
+    api::networking::v1::{NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec},
+    apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    cidr::{Cidr, CidrIdentities, Ipv4Prefix, parse_cidr},
+    selector::Selector,
+    source::LoadedPolicy,
+};
+
+/// The label the API server puts on every namespace, holding its name.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// An L4 protocol a NetworkPolicy port can name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    /// The API spelling (`TCP`, `UDP`, `SCTP`), exactly; anything else is `None`.
+    #[must_use]
+    pub fn from_api(name: &str) -> Option<Self> {
+        match name {
+            "TCP" => Some(Protocol::Tcp),
+            "UDP" => Some(Protocol::Udp),
+            "SCTP" => Some(Protocol::Sctp),
+            _ => None,
+        }
+    }
+
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+        }
+    }
+
+    /// The IP protocol number (6, 17, 132).
+    #[must_use]
+    pub fn ip_protocol(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+            Protocol::Sctp => 132,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A policy by namespace and name; displays as `namespace/name`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PolicyRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl PolicyRef {
+    #[must_use]
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for PolicyRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A namespace and its labels. [`NAMESPACE_NAME_LABEL`] is added when missing, as the API server does.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamespaceInfo {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A named or unnamed container port of a pod.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerPort {
+    pub name: Option<String>,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+/// A pod (endpoint) as the compiler needs it. Pods with identical security labels share an identity.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodInfo {
+    pub endpoint_id: u16,
+    pub namespace: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub ip: Ipv4Addr,
+    pub identity: u32,
+    pub ports: Vec<ContainerPort>,
+}
+
+/// Everything policy selection depends on. A pod whose namespace is not listed gets a namespace with only
+/// the [`NAMESPACE_NAME_LABEL`] label.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterView {
+    pub namespaces: Vec<NamespaceInfo>,
+    pub pods: Vec<PodInfo>,
+}
+
+/// Which peers an entry allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerMatch {
+    /// A pod identity, or a CIDR identity (from [`CidrIdentities`]).
+    Identity(u32),
+    /// Every peer, inside the cluster or outside (a rule with no or empty `from`/`to`).
+    Any,
+}
+
+/// How an allowing entry matched, in datapath precedence order (first wins).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum MatchKind {
+    /// Peer identity and protocol/port.
+    #[serde(rename = "L3-L4")]
+    L3L4,
+    /// Any peer, protocol/port.
+    #[serde(rename = "L4-only")]
+    L4Only,
+    /// Peer identity, any protocol and port.
+    #[serde(rename = "L3-only")]
+    L3Only,
+    /// Any peer, any protocol and port.
+    #[serde(rename = "all")]
+    All,
+}
+
+impl fmt::Display for MatchKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MatchKind::L3L4 => "L3-L4",
+            MatchKind::L4Only => "L4-only",
+            MatchKind::L3Only => "L3-only",
+            MatchKind::All => "all",
+        })
+    }
+}
+
+/// One allow entry of an endpoint's direction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyEntry {
+    pub peer: PeerMatch,
+    /// `None`: any protocol (a rule without ports).
+    pub protocol: Option<Protocol>,
+    /// Inclusive port range; `None`: any port (of `protocol`, when set).
+    pub ports: Option<(u16, u16)>,
+    /// Sorted, deduplicated.
+    pub allowed_by: Vec<PolicyRef>,
+}
+
+impl PolicyEntry {
+    /// L3 when the peer is an identity, L4 when a protocol is constrained.
+    #[must_use]
+    pub fn match_kind(&self) -> MatchKind {
+        match (self.peer, self.protocol.is_some()) {
+            (PeerMatch::Identity(_), true) => MatchKind::L3L4,
+            (PeerMatch::Any, true) => MatchKind::L4Only,
+            (PeerMatch::Identity(_), false) => MatchKind::L3Only,
+            (PeerMatch::Any, false) => MatchKind::All,
+        }
+    }
+
+    /// Whether a connection to/from a peer carrying any of `peer_identities` matches this entry.
+    #[must_use]
+    pub fn matches(&self, peer_identities: &[u32], protocol: Protocol, port: u16) -> bool {
+        let peer = match self.peer {
+            PeerMatch::Any => true,
+            PeerMatch::Identity(id) => peer_identities.contains(&id),
+        };
+        peer && self.protocol.is_none_or(|p| p == protocol)
+            && self.ports.is_none_or(|(lo, hi)| (lo..=hi).contains(&port))
+    }
+}
+
+/// One direction of one endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectionPolicy {
+    /// Some policy in the pod's namespace selects the pod for this direction: what no entry allows is denied.
+    pub enforced: bool,
+    /// The policies that select the pod for this direction, sorted.
+    pub selected_by: Vec<PolicyRef>,
+    /// Allow entries, sorted by (peer, protocol, ports), merged across rules and policies.
+    pub entries: Vec<PolicyEntry>,
+}
+
+/// A direction's decision for one connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "verdict")]
+pub enum DirectionVerdict {
+    /// No policy selects the endpoint for this direction (or the address is not an endpoint).
+    NotEnforced,
+    /// Allowed by the entries of the best `match_kind`; `allowed_by` unites their policies.
+    Allowed {
+        match_kind: MatchKind,
+        allowed_by: Vec<PolicyRef>,
+    },
+    /// Isolated and nothing allows it; `selected_by` are the isolating policies.
+    DefaultDeny { selected_by: Vec<PolicyRef> },
+}
+
+impl DirectionVerdict {
+    #[must_use]
+    pub fn allows(&self) -> bool {
+        !matches!(self, DirectionVerdict::DefaultDeny { .. })
+    }
+}
+
+impl DirectionPolicy {
+    /// Decides one connection whose peer carries `peer_identities` (its pod identity and/or CIDR identity).
+    #[must_use]
+    pub fn decide(
+        &self,
+        peer_identities: &[u32],
+        protocol: Protocol,
+        port: u16,
+    ) -> DirectionVerdict {
+        if !self.enforced {
+            return DirectionVerdict::NotEnforced;
+        }
+        let matching: Vec<&PolicyEntry> = self
+            .entries
+            .iter()
+            .filter(|e| e.matches(peer_identities, protocol, port))
+            .collect();
+        let Some(best) = matching.iter().map(|e| e.match_kind()).min() else {
+            return DirectionVerdict::DefaultDeny {
+                selected_by: self.selected_by.clone(),
+            };
+        };
+        let allowed_by: BTreeSet<PolicyRef> = matching
+            .iter()
+            .filter(|e| e.match_kind() == best)
+            .flat_map(|e| e.allowed_by.iter().cloned())
+            .collect();
+        DirectionVerdict::Allowed {
+            match_kind: best,
+            allowed_by: allowed_by.into_iter().collect(),
+        }
+    }
+}
+
+/// The compiled policy of one endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointPolicy {
+    pub namespace: String,
+    pub pod: String,
+    pub identity: u32,
+    pub ip: Ipv4Addr,
+    pub ingress: DirectionPolicy,
+    pub egress: DirectionPolicy,
+}
+
+/// A CIDR prefix used by some `ipBlock` (or `0.0.0.0/0`) and its identity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CidrEntry {
+    pub prefix: Ipv4Prefix,
+    pub identity: u32,
+}
+
+/// The compiled form of all policies: what the agent writes into the maps.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyPlan {
+    /// Every prefix used by an `ipBlock` `cidr` or `except`, plus `0.0.0.0/0`, sorted by prefix.
+    pub cidrs: Vec<CidrEntry>,
+    /// Every pod of the cluster view, by endpoint id (unselected pods have nothing enforced).
+    pub endpoints: BTreeMap<u16, EndpointPolicy>,
+}
+
+/// One side of a connection, for [`PolicyPlan::evaluate`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Addr {
+    /// A pod of the node.
+    Endpoint {
+        endpoint_id: u16,
+        identity: u32,
+        ip: Ipv4Addr,
+    },
+    /// Any other address (another node's pod, a host outside the cluster).
+    Outside { ip: Ipv4Addr },
+}
+
+impl Addr {
+    #[must_use]
+    pub fn endpoint(pod: &PodInfo) -> Self {
+        Addr::Endpoint {
+            endpoint_id: pod.endpoint_id,
+            identity: pod.identity,
+            ip: pod.ip,
+        }
+    }
+}
+
+/// The oracle's decision on one new connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verdict {
+    /// Both directions allow it.
+    pub allowed: bool,
+    /// The source endpoint's egress.
+    pub egress: DirectionVerdict,
+    /// The destination endpoint's ingress.
+    pub ingress: DirectionVerdict,
+}
+
+impl PolicyPlan {
+    /// The identity of the longest prefix in [`PolicyPlan::cidrs`] containing `ip` (the ipcache's LPM answer);
+    /// 0 only for a plan without prefixes (a default plan; compiled plans always hold `0.0.0.0/0`).
+    #[must_use]
+    pub fn cidr_identity_of(&self, ip: Ipv4Addr) -> u32 {
+        self.cidrs
+            .iter()
+            .filter(|c| c.prefix.contains_addr(ip))
+            .max_by_key(|c| c.prefix.prefix_len())
+            .map_or(0, |c| c.identity)
+    }
+
+    /// The identities a peer is known by: a pod's own identity and the CIDR identity of its IP (so `ipBlock`
+    /// rules match pod IPs too), or an outside address's CIDR identity.
+    #[must_use]
+    pub fn peer_identities(&self, addr: Addr) -> Vec<u32> {
+        match addr {
+            Addr::Endpoint { identity, ip, .. } => vec![identity, self.cidr_identity_of(ip)],
+            Addr::Outside { ip } => vec![self.cidr_identity_of(ip)],
+        }
+    }
+
+    /// Test oracle: applies the plan to a new connection the way the datapath does. Allowed when the
+    /// source's egress allows it (if the source is an endpoint with egress enforced) and the destination's
+    /// ingress allows it (if enforced). A pod talking to itself is judged like any other pair.
+    #[must_use]
+    pub fn evaluate(&self, from: Addr, to: Addr, protocol: Protocol, port: u16) -> Verdict {
+        let direction =
+            |addr: Addr, pick: fn(&EndpointPolicy) -> &DirectionPolicy, peer: Addr| match addr {
+                Addr::Endpoint { endpoint_id, .. } => self
+                    .endpoints
+                    .get(&endpoint_id)
+                    .map_or(DirectionVerdict::NotEnforced, |endpoint| {
+                        pick(endpoint).decide(&self.peer_identities(peer), protocol, port)
+                    }),
+                Addr::Outside { .. } => DirectionVerdict::NotEnforced,
+            };
+        let egress = direction(from, |e| &e.egress, to);
+        let ingress = direction(to, |e| &e.ingress, from);
+        Verdict {
+            allowed: egress.allows() && ingress.allows(),
+            egress,
+            ingress,
+        }
+    }
+}
+
+/// Whether a spec isolates ingress and egress: explicit non-empty `policyTypes` are honored; otherwise
+/// Ingress always, plus Egress when the spec has egress rules (the API server's defaulting).
+#[must_use]
+pub fn policy_types(spec: &NetworkPolicySpec) -> (bool, bool) {
+    match spec.policy_types.as_deref() {
+        Some(types) if !types.is_empty() => (
+            types.iter().any(|t| t == "Ingress"),
+            types.iter().any(|t| t == "Egress"),
+        ),
+        _ => (
+            true,
+            spec.egress.as_ref().is_some_and(|rules| !rules.is_empty()),
+        ),
+    }
+}
+
+/// Compiles `policies` (already validated; anything invalid left in them allows nothing) against
+/// `cluster`. CIDR identities come from `cidr_identities`, which keeps them stable across compilations.
+#[must_use]
+pub fn compile(
+    policies: &[LoadedPolicy],
+    cluster: &ClusterView,
+    cidr_identities: &mut CidrIdentities,
+) -> PolicyPlan {
+    let cidrs = collect_cidrs(policies, cidr_identities);
+    let view = View::new(cluster, &cidrs);
+    let mut builders: BTreeMap<u16, (&PodInfo, DirectionBuilder, DirectionBuilder)> = cluster
+        .pods
+        .iter()
+        .map(|pod| {
+            (
+                pod.endpoint_id,
+                (
+                    pod,
+                    DirectionBuilder::default(),
+                    DirectionBuilder::default(),
+                ),
+            )
+        })
+        .collect();
+
+    for loaded in policies {
+        let policy_ref = loaded.policy_ref();
+        let namespace = loaded.namespace();
+        let default_spec = NetworkPolicySpec::default();
+        let spec = loaded.policy.spec.as_ref().unwrap_or(&default_spec);
+        let (isolates_ingress, isolates_egress) = policy_types(spec);
+        let Ok(pod_selector) = Selector::from_label_selector(
+            spec.pod_selector
+                .as_ref()
+                .unwrap_or(&LabelSelector::default()),
+        ) else {
+            continue;
+        };
+        let selected: Vec<&PodInfo> = cluster
+            .pods
+            .iter()
+            .filter(|pod| pod.namespace == namespace && pod_selector.matches(&pod.labels))
+            .collect();
+        if selected.is_empty() {
+            continue;
+        }
+        let ingress_rules: Vec<Rule> = spec
+            .ingress
+            .iter()
+            .flatten()
+            .map(|rule| {
+                Rule::resolve(
+                    rule.from.as_deref(),
+                    rule.ports.as_deref(),
+                    namespace,
+                    &view,
+                )
+            })
+            .collect();
+        let egress_rules: Vec<Rule> = spec
+            .egress
+            .iter()
+            .flatten()
+            .map(|rule| Rule::resolve(rule.to.as_deref(), rule.ports.as_deref(), namespace, &view))
+            .collect();
+
+        for pod in selected {
+            let Some((_, ingress, egress)) = builders.get_mut(&pod.endpoint_id) else {
+                continue;
+            };
+            if isolates_ingress {
+                ingress.select(&policy_ref);
+                for rule in &ingress_rules {
+                    rule.add_ingress_entries(pod, &policy_ref, ingress);
+                }
+            }
+            if isolates_egress {
+                egress.select(&policy_ref);
+                for rule in &egress_rules {
+                    rule.add_egress_entries(&view, &policy_ref, egress);
+                }
+            }
+        }
+    }
+
+    PolicyPlan {
+        cidrs,
+        endpoints: builders
+            .into_iter()
+            .map(|(id, (pod, ingress, egress))| {
+                (
+                    id,
+                    EndpointPolicy {
+                        namespace: pod.namespace.clone(),
+                        pod: pod.name.clone(),
+                        identity: pod.identity,
+                        ip: pod.ip,
+                        ingress: ingress.finish(),
+                        egress: egress.finish(),
+                    },
+                )
+            })
+            .collect(),
+    }
+}
+
+/// Every IPv4 prefix of every `ipBlock` (`cidr` and `except`), plus `0.0.0.0/0`, with identities.
+fn collect_cidrs(policies: &[LoadedPolicy], identities: &mut CidrIdentities) -> Vec<CidrEntry> {
+    let mut prefixes = BTreeSet::from([Ipv4Prefix::ANY]);
+    for loaded in policies {
+        let Some(spec) = &loaded.policy.spec else {
+            continue;
+        };
+        let peers = spec
+            .ingress
+            .iter()
+            .flatten()
+            .flat_map(|r| r.from.iter().flatten())
+            .chain(
+                spec.egress
+                    .iter()
+                    .flatten()
+                    .flat_map(|r| r.to.iter().flatten()),
+            );
+        for block in peers.filter_map(|peer| peer.ip_block.as_ref()) {
+            for text in std::iter::once(&block.cidr).chain(block.except.iter().flatten()) {
+                if let Ok(Cidr::V4(prefix)) = parse_cidr(text) {
+                    prefixes.insert(prefix);
+                }
+            }
+        }
+    }
+    prefixes
+        .into_iter()
+        .map(|prefix| CidrEntry {
+            prefix,
+            identity: identities.identity_for(prefix),
+        })
+        .collect()
+}
+
+/// The cluster indexed for selection.
+struct View<'a> {
+    pods: &'a [PodInfo],
+    namespace_labels: BTreeMap<&'a str, BTreeMap<String, String>>,
+    cidrs: &'a [CidrEntry],
+}
+
+impl<'a> View<'a> {
+    fn new(cluster: &'a ClusterView, cidrs: &'a [CidrEntry]) -> Self {
+        let mut namespace_labels: BTreeMap<&str, BTreeMap<String, String>> = BTreeMap::new();
+        for namespace in &cluster.namespaces {
+            namespace_labels.insert(namespace.name.as_str(), namespace.labels.clone());
+        }
+        for pod in &cluster.pods {
+            namespace_labels.entry(pod.namespace.as_str()).or_default();
+        }
+        for (name, labels) in &mut namespace_labels {
+            labels
+                .entry(NAMESPACE_NAME_LABEL.to_owned())
+                .or_insert_with(|| (*name).to_owned());
+        }
+        Self {
+            pods: &cluster.pods,
+            namespace_labels,
+            cidrs,
+        }
+    }
+
+    fn namespace_matches(&self, namespace: &str, selector: &Selector) -> bool {
+        self.namespace_labels
+            .get(namespace)
+            .is_some_and(|labels| selector.matches(labels))
+    }
+}
+
+/// A peer resolved against the cluster.
+enum Peer<'a> {
+    /// No `from`/`to`, or an empty list: everyone.
+    Any,
+    /// Pods selected by podSelector and/or namespaceSelector.
+    Pods(Vec<&'a PodInfo>),
+    /// CIDR identities whose prefix lies inside the block and outside every except.
+    Cidrs(Vec<u32>),
+}
+
+impl<'a> Peer<'a> {
+    fn resolve(peer: &NetworkPolicyPeer, policy_namespace: &str, view: &View<'a>) -> Self {
+        if let Some(block) = &peer.ip_block {
+            let Ok(Cidr::V4(cidr)) = parse_cidr(&block.cidr) else {
+                return Peer::Cidrs(Vec::new());
+            };
+            let excepts: Vec<Ipv4Prefix> = block
+                .except
+                .iter()
+                .flatten()
+                .filter_map(|text| match parse_cidr(text) {
+                    Ok(Cidr::V4(prefix)) => Some(prefix),
+                    _ => None,
+                })
+                .collect();
+            return Peer::Cidrs(
+                view.cidrs
+                    .iter()
+                    .filter(|c| {
+                        cidr.contains(&c.prefix) && !excepts.iter().any(|e| e.contains(&c.prefix))
+                    })
+                    .map(|c| c.identity)
+                    .collect(),
+            );
+        }
+        let selector = |s: &LabelSelector| Selector::from_label_selector(s).ok();
+        let pod_selector = match &peer.pod_selector {
+            Some(s) => match selector(s) {
+                Some(s) => Some(s),
+                None => return Peer::Pods(Vec::new()),
+            },
+            None => None,
+        };
+        let pods = match &peer.namespace_selector {
+            // podSelector alone: pods of the policy's own namespace.
+            None => match pod_selector {
+                Some(pod_selector) => view
+                    .pods
+                    .iter()
+                    .filter(|pod| {
+                        pod.namespace == policy_namespace && pod_selector.matches(&pod.labels)
+                    })
+                    .collect(),
+                None => Vec::new(),
+            },
+            // namespaceSelector (with podSelector AND-ed when present).
+            Some(namespace_selector) => {
+                let Some(namespace_selector) = selector(namespace_selector) else {
+                    return Peer::Pods(Vec::new());
+                };
+                let pod_selector = pod_selector.unwrap_or_default();
+                view.pods
+                    .iter()
+                    .filter(|pod| {
+                        view.namespace_matches(&pod.namespace, &namespace_selector)
+                            && pod_selector.matches(&pod.labels)
+                    })
+                    .collect()
+            }
+        };
+        Peer::Pods(pods)
+    }
+}
+
+/// A rule's port item.
+enum Port {
+    /// No `ports`, or an empty list: every protocol and port.
+    All,
+    /// A protocol with a port range, or every port when `None`.
+    Numeric(Protocol, Option<(u16, u16)>),
+    /// A named container port, resolved against the destination pod.
+    Named(Protocol, String),
+    /// Invalid (unvalidated input): matches nothing.
+    Nothing,
+}
+
+impl Port {
+    fn resolve(port: &NetworkPolicyPort) -> Self {
+        let Some(protocol) = Protocol::from_api(port.protocol.as_deref().unwrap_or("TCP")) else {
+            return Port::Nothing;
+        };
+        match &port.port {
+            None => Port::Numeric(protocol, None),
+            Some(IntOrString::Int(number)) => {
+                let end = port.end_port.unwrap_or(*number);
+                match (u16::try_from(*number), u16::try_from(end)) {
+                    (Ok(lo), Ok(hi)) if lo >= 1 && hi >= lo => {
+                        Port::Numeric(protocol, Some((lo, hi)))
+                    }
+                    _ => Port::Nothing,
+                }
+            }
+            Some(IntOrString::String(name)) => Port::Named(protocol, name.clone()),
+        }
+    }
+}
+
+/// The numbers `pod` declares for the port `name` over `protocol`.
+fn named_port_numbers<'p>(
+    pod: &'p PodInfo,
+    protocol: Protocol,
+    name: &'p str,
+) -> impl Iterator<Item = u16> + 'p {
+    pod.ports
+        .iter()
+        .filter(move |p| p.protocol == protocol && p.name.as_deref() == Some(name))
+        .map(|p| p.port)
+}
+
+/// One rule with its peers and ports resolved (once per policy, shared by every selected pod).
+struct Rule<'a> {
+    peers: Vec<Peer<'a>>,
+    ports: Vec<Port>,
+}
+
+/// The L4 part of an entry: protocol (`None` = any) and port range (`None` = any).
+type L4 = (Option<Protocol>, Option<(u16, u16)>);
+
+type EntryKey = (PeerMatch, Option<Protocol>, Option<(u16, u16)>);
+
+impl<'a> Rule<'a> {
+    fn resolve(
+        peers: Option<&[NetworkPolicyPeer]>,
+        ports: Option<&[NetworkPolicyPort]>,
+        policy_namespace: &str,
+        view: &View<'a>,
+    ) -> Self {
+        let peers = match peers {
+            None | Some([]) => vec![Peer::Any],
+            Some(peers) => peers
+                .iter()
+                .map(|p| Peer::resolve(p, policy_namespace, view))
+                .collect(),
+        };
+        let ports = match ports {
+            None | Some([]) => vec![Port::All],
+            Some(ports) => ports.iter().map(Port::resolve).collect(),
+        };
+        Self { peers, ports }
+    }
+
+    /// The peers' identities, ignoring named ports.
+    fn peer_matches(&self) -> BTreeSet<PeerMatch> {
+        let mut matches = BTreeSet::new();
+        for peer in &self.peers {
+            match peer {
+                Peer::Any => {
+                    matches.insert(PeerMatch::Any);
+                }
+                Peer::Pods(pods) => {
+                    matches.extend(pods.iter().map(|p| PeerMatch::Identity(p.identity)))
+                }
+                Peer::Cidrs(ids) => matches.extend(ids.iter().map(|id| PeerMatch::Identity(*id))),
+            }
+        }
+        matches
+    }
+
+    /// Ingress: the destination is the selected pod, so named ports resolve against it.
+    fn add_ingress_entries(
+        &self,
+        destination: &PodInfo,
+        policy: &PolicyRef,
+        out: &mut DirectionBuilder,
+    ) {
+        let peers = self.peer_matches();
+        for port in &self.ports {
+            let l4: Vec<L4> = match port {
+                Port::All => vec![(None, None)],
+                Port::Numeric(protocol, range) => vec![(Some(*protocol), *range)],
+                Port::Named(protocol, name) => named_port_numbers(destination, *protocol, name)
+                    .map(|n| (Some(*protocol), Some((n, n))))
+                    .collect(),
+                Port::Nothing => Vec::new(),
+            };
+            for (protocol, ports) in l4 {
+                for peer in &peers {
+                    out.allow((*peer, protocol, ports), policy);
+                }
+            }
+        }
+    }
+
+    /// Egress: the destinations are the peers, so named ports resolve against each peer pod.
+    fn add_egress_entries(&self, view: &View<'_>, policy: &PolicyRef, out: &mut DirectionBuilder) {
+        let peers = self.peer_matches();
+        for port in &self.ports {
+            match port {
+                Port::All => peers
+                    .iter()
+                    .for_each(|peer| out.allow((*peer, None, None), policy)),
+                Port::Numeric(protocol, range) => {
+                    peers
+                        .iter()
+                        .for_each(|peer| out.allow((*peer, Some(*protocol), *range), policy));
+                }
+                Port::Named(protocol, name) => {
+                    for peer in &self.peers {
+                        let pods: &[&PodInfo] = match peer {
+                            Peer::Pods(pods) => pods,
+                            // A wildcard peer: every pod that declares the name.
+                            Peer::Any => &view.pods.iter().collect::<Vec<_>>(),
+                            // Addresses outside the cluster have no named ports.
+                            Peer::Cidrs(_) => &[],
+                        };
+                        for pod in pods {
+                            for number in named_port_numbers(pod, *protocol, name) {
+                                out.allow(
+                                    (
+                                        PeerMatch::Identity(pod.identity),
+                                        Some(*protocol),
+                                        Some((number, number)),
+                                    ),
+                                    policy,
+                                );
+                            }
+                        }
+                    }
+                }
+                Port::Nothing => {}
+            }
+        }
+    }
+}
+
+/// Accumulates one direction of one endpoint.
+#[derive(Default)]
+struct DirectionBuilder {
+    enforced: bool,
+    selected_by: BTreeSet<PolicyRef>,
+    entries: BTreeMap<EntryKey, BTreeSet<PolicyRef>>,
+}
+
+impl DirectionBuilder {
+    fn select(&mut self, policy: &PolicyRef) {
+        self.enforced = true;
+        self.selected_by.insert(policy.clone());
+    }
+
+    fn allow(&mut self, key: EntryKey, policy: &PolicyRef) {
+        self.entries.entry(key).or_default().insert(policy.clone());
+    }
+
+    fn finish(self) -> DirectionPolicy {
+        DirectionPolicy {
+            enforced: self.enforced,
+            selected_by: self.selected_by.into_iter().collect(),
+            entries: self
+                .entries
+                .into_iter()
+                .map(|((peer, protocol, ports), by)| PolicyEntry {
+                    peer,
+                    protocol,
+                    ports,
+                    allowed_by: by.into_iter().collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
