@@ -11,7 +11,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
-        Array, HashMap, MapData, PerCpuArray, RingBuf,
+        Array, HashMap, MapData, PerCpuArray, PerfEventArray, RingBuf,
         lpm_trie::{Key, LpmTrie},
     },
     programs::{SchedClassifier, TcAttachType, TestRun as _, TestRunOptions, TestRunResult},
@@ -20,7 +20,7 @@ use flowgate_common::{
     Counter, EndpointInfo,
     counters::{Config, aggregation, events_kind},
     names::{
-        MAP_CONFIG, MAP_COUNTERS, MAP_ENDPOINTS, MAP_ENFORCEMENT, MAP_EVENTS_RINGBUF, MAP_IPCACHE, MAP_POLICY,
+        MAP_CONFIG, MAP_COUNTERS, MAP_ENDPOINTS, MAP_ENFORCEMENT, MAP_EVENTS_PERF, MAP_EVENTS_RINGBUF, MAP_IPCACHE, MAP_POLICY,
         PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT,
     },
     policy::{IpcacheValue, PolicyKey, PolicyValue},
@@ -273,6 +273,13 @@ impl Datapath {
         options.data_in = Some(packet);
         options.repeat = repeat;
         program.test_run(options).map_err(|source| DatapathError::Program { name, source })
+    }
+
+    /// Takes the perf event array out of the object (for `--events-buffer perf`).
+    pub fn take_perf_events(&mut self) -> Result<PerfEventArray<MapData>, DatapathError> {
+        let name = MAP_EVENTS_PERF;
+        let map = self.ebpf.take_map(name).ok_or(DatapathError::MissingMap { name })?;
+        PerfEventArray::try_from(map).map_err(|source| DatapathError::Map { name, source })
     }
 
     /// Kernel counters summed across CPUs.

@@ -11,7 +11,6 @@ pub mod craft;
 pub mod datapath;
 pub mod decode;
 pub mod enrich;
-pub mod format;
 pub mod history;
 pub mod hub;
 pub mod identity;

@@ -12,7 +12,6 @@ use clap::Parser;
 use flowgate_agent::{
     controller::{Controller, SharedController},
     datapath::{Datapath, DatapathOptions},
-    format,
     hub::{Hub, HubConfig},
     pipeline::Pipeline,
     policy::PolicyEngine,
@@ -24,7 +23,10 @@ use flowgate_common::{
     counters::{aggregation, events_kind},
 };
 use flowgate_lab::state::LabState;
-use flowgate_proto::message::{EventsBufferInfo, LossSource};
+use flowgate_proto::{
+    format,
+    message::{Event, EventsBufferInfo, LossSource},
+};
 use log::{info, warn};
 
 #[derive(Parser, Debug)]
@@ -183,7 +185,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut controller = Controller::new(datapath, engine, Arc::clone(&state), lab.clone(), args.policies.clone());
     controller.start().with_context(|| format!("starting on lab {}", lab.name))?;
     info!("attached to {} endpoints of lab {}", lab.pods.len(), lab.name);
-    let events = controller.datapath().take_events().context("opening the events buffer")?;
+    let drain_interval = Duration::from_millis(args.drain_interval_ms);
+    let readers = match args.events_buffer {
+        EventsBuffer::Ringbuf => {
+            let ring = controller.datapath().take_events().context("opening the events ring buffer")?;
+            vec![tokio::spawn(flowgate_agent::reader::run(ring, drain_interval, Pipeline::new(Arc::clone(&state))))]
+        }
+        EventsBuffer::Perf => {
+            let mut array = controller.datapath().take_perf_events().context("opening the perf event array")?;
+            flowgate_agent::reader::open_perf(&mut array, flowgate_agent::reader::PERF_PAGES)
+                .context("opening the per-CPU perf buffers")?
+                .into_iter()
+                .map(|buffer| {
+                    tokio::spawn(flowgate_agent::reader::run_perf(buffer, drain_interval, Pipeline::new(Arc::clone(&state))))
+                })
+                .collect()
+        }
+    };
     let controller = Arc::new(Mutex::new(controller));
     let control: Arc<dyn PolicyControl> = Arc::new(SharedController(Arc::clone(&controller)));
     state.set_control(Arc::downgrade(&control));
@@ -194,15 +212,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }));
     info!("serving clients on {}", args.socket.display());
 
-    let pipeline = Pipeline::new(Arc::clone(&state));
     let print_events = args.print_events;
     let print_sub = print_events.then(|| hub.subscribe(&Default::default()));
-    let reader = flowgate_agent::reader::run(
-        events,
-        Duration::from_millis(args.drain_interval_ms),
-        pipeline,
-    );
-    let reader = tokio::spawn(reader);
+    let reader = futures::future::select_all(readers);
     let losses = tokio::spawn(poll_kernel_counters(Arc::clone(&controller), Arc::clone(&state)));
     let watcher = tokio::spawn(watch(Arc::clone(&controller), Duration::from_millis(args.watch_interval_ms)));
     let printer = print_sub.map(|mut sub| {
@@ -211,10 +223,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             while let Some(batch) = rx.recv().await {
                 for event in batch {
                     match event {
-                        flowgate_proto::message::Event::Flow(flow) => println!("{}", format::trace_line(&flow)),
-                        flowgate_proto::message::Event::Lost(lost) => {
-                            println!("Lost {} events ({})", lost.count, lost.source.describe());
-                        }
+                        Event::Flow(flow) => println!("{}", format::flow_line(&flow)),
+                        Event::Lost(lost) => println!("{}", format::lost_line(&lost)),
                     }
                 }
             }
@@ -222,7 +232,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     });
 
     tokio::select! {
-        res = reader => res.context("reader task")?.context("reading the events buffer")?,
+        (res, _, _) = reader => res.context("reader task")?.context("reading the events buffer")?,
         _ = sigint.recv() => info!("interrupted, shutting down"),
         _ = sigterm.recv() => info!("terminated, shutting down"),
     }

@@ -61,6 +61,13 @@ impl RecordSink for Pipeline {
         }
     }
 
+    fn on_lost(&mut self, count: u64) {
+        // Flows decoded before the loss go out first, so the loss lands where the gap is.
+        self.publish();
+        self.state.counters.perf_lost.fetch_add(count, Ordering::Relaxed);
+        self.state.hub().publish_loss(LossSource::KernelBuffer, count);
+    }
+
     /// End of a drained batch: publish, report decode errors, pick up endpoint changes.
     fn on_batch_end(&mut self) {
         self.publish();

@@ -1,10 +1,15 @@
-//! Drains the kernel's events ring buffer. The kernel only wakes us once enough data is waiting
-//! (batched wake-ups, see `ebpf-progs/src/events.rs`); a periodic tick drains whatever arrived below
-//! that threshold, so latency stays bounded by the tick when traffic is light.
+//! Drains the kernel's events buffer. With the ring buffer (default) the kernel only wakes us once
+//! enough data is waiting (batched wake-ups, see `ebpf-progs/src/events.rs`); a periodic tick drains
+//! whatever arrived below that threshold, so latency stays bounded by the tick when traffic is light.
+//! With the perf event array there is one buffer per CPU, each drained by its own task, and the
+//! kernel's lost-record notices are passed on as losses.
 
 use std::time::Duration;
 
-use aya::maps::{MapData, RingBuf};
+use aya::maps::{
+    MapData, PerfEventArray, RingBuf,
+    perf::{PerfEvent, PerfEventArrayBuffer},
+};
 use tokio::io::{Interest, unix::AsyncFd};
 
 /// Where drained records go.
@@ -13,6 +18,8 @@ pub trait RecordSink {
     fn on_record(&mut self, bytes: &[u8]);
     /// The buffer is empty for now: the end of a batch.
     fn on_batch_end(&mut self);
+    /// The kernel reported `count` records it could not write (perf buffers only).
+    fn on_lost(&mut self, count: u64);
 }
 
 /// Reads records until the task is cancelled, handing each to the sink and ending each drained batch.
@@ -41,4 +48,52 @@ fn drain(ring: &mut RingBuf<MapData>, sink: &mut impl RecordSink) {
     while let Some(item) = ring.next() {
         sink.on_record(&item);
     }
+}
+
+/// Pages of each per-CPU perf buffer (a power of two).
+pub const PERF_PAGES: usize = 256;
+
+/// Opens the perf buffer of every online CPU.
+pub fn open_perf(
+    array: &mut PerfEventArray<MapData>,
+    pages: usize,
+) -> std::io::Result<Vec<PerfEventArrayBuffer<MapData>>> {
+    let cpus = aya::util::online_cpus().map_err(|(what, e)| std::io::Error::new(e.kind(), format!("{what}: {e}")))?;
+    cpus.into_iter()
+        .map(|cpu| array.open(cpu, Some(pages)).map_err(|e| std::io::Error::other(format!("perf buffer of CPU {cpu}: {e}"))))
+        .collect()
+}
+
+/// Drains one CPU's perf buffer until cancelled. Samples may be split at the buffer's end; they are
+/// put back together before the sink sees them.
+pub async fn run_perf(buffer: PerfEventArrayBuffer<MapData>, tick: Duration, mut sink: impl RecordSink) -> std::io::Result<()> {
+    // SAFETY: the buffer owns its perf fd and keeps it open for as long as the AsyncFd lives.
+    let mut fd = unsafe { AsyncFd::register_with_interest(buffer, Interest::READABLE) }.map_err(std::io::Error::from)?;
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut joined = Vec::new();
+    loop {
+        tokio::select! {
+            guard = fd.readable_mut() => {
+                let mut guard = guard?;
+                drain_perf(guard.get_inner_mut(), &mut sink, &mut joined);
+                guard.clear_ready();
+            }
+            _ = interval.tick() => drain_perf(fd.get_mut(), &mut sink, &mut joined),
+        }
+        sink.on_batch_end();
+    }
+}
+
+fn drain_perf(buffer: &mut PerfEventArrayBuffer<MapData>, sink: &mut impl RecordSink, joined: &mut Vec<u8>) {
+    buffer.for_each(|event| match event {
+        PerfEvent::Sample { head, tail } if tail.is_empty() => sink.on_record(head),
+        PerfEvent::Sample { head, tail } => {
+            joined.clear();
+            joined.extend_from_slice(head);
+            joined.extend_from_slice(tail);
+            sink.on_record(joined);
+        }
+        PerfEvent::Lost { count } => sink.on_lost(count),
+    });
 }

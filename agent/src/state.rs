@@ -39,6 +39,8 @@ pub struct PipelineCounters {
     pub decode_errors: AtomicU64,
     /// Last value read from the kernel's lost-records counter.
     pub kernel_lost: AtomicU64,
+    /// Records the perf buffers reported lost (perf event array only).
+    pub perf_lost: AtomicU64,
     /// Last value read from the kernel's packet counters.
     pub packets: AtomicU64,
 }
@@ -294,7 +296,8 @@ impl AgentState {
             policy: self.policy_status.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
             counters: Counters {
                 records_read: self.counters.records_read.load(Ordering::Relaxed),
-                records_lost_kernel: self.counters.kernel_lost.load(Ordering::Relaxed),
+                records_lost_kernel: self.counters.kernel_lost.load(Ordering::Relaxed)
+                    + self.counters.perf_lost.load(Ordering::Relaxed),
                 decode_errors: self.counters.decode_errors.load(Ordering::Relaxed),
                 client_queue_losses: self.hub.queue_losses(),
                 packets: self.counters.packets.load(Ordering::Relaxed),

@@ -22,13 +22,16 @@ pub enum Counter {
     PolicyAudit = 7,
     /// Packets dropped.
     Drops = 8,
+    /// Perf-buffer writes refused because the buffer was full; the kernel reports these to the
+    /// agent as lost-record notices, so they are not part of `RecordsLost`.
+    PerfBufferFull = 9,
 }
 
 impl Counter {
     /// Number of counter slots; the map's `max_entries`.
     pub const COUNT: u32 = 16;
 
-    pub const ALL: [Counter; 9] = [
+    pub const ALL: [Counter; 10] = [
         Counter::PacketsFromEndpoint,
         Counter::PacketsToEndpoint,
         Counter::RecordsWritten,
@@ -38,6 +41,7 @@ impl Counter {
         Counter::PolicyDenied,
         Counter::PolicyAudit,
         Counter::Drops,
+        Counter::PerfBufferFull,
     ];
 
     pub const fn index(self) -> u32 {
@@ -55,6 +59,7 @@ impl Counter {
             Counter::PolicyDenied => "policy_denied",
             Counter::PolicyAudit => "policy_audit",
             Counter::Drops => "drops",
+            Counter::PerfBufferFull => "perf_buffer_full",
         }
     }
 }

@@ -41,10 +41,14 @@ fn wakeup_flag() -> u64 {
     }
 }
 
+/// `-ENOSPC`: the perf buffer was full. The kernel then also sends a lost-records notice that the
+/// agent counts, so this case is counted apart to keep the total exact.
+const ENOSPC: i64 = -28;
+
 /// Emits one record (a `#[repr(C)]` record struct starting with a [`RecordHeader`]).
 #[inline(always)]
 pub fn emit<T>(ctx: &TcContext, record: &T) {
-    let written = if maps::config(Config::EventsKind) == events_kind::PERF {
+    let outcome = if maps::config(Config::EventsKind) == events_kind::PERF {
         // Called directly: aya-ebpf's PerfEventArray::output discards the helper's return code,
         // and a failed write must be counted.
         let ret = unsafe {
@@ -56,9 +60,15 @@ pub fn emit<T>(ctx: &TcContext, record: &T) {
                 size_of::<T>() as u64,
             )
         };
-        ret == 0
+        match ret {
+            0 => Counter::RecordsWritten,
+            ENOSPC => Counter::PerfBufferFull,
+            _ => Counter::RecordsLost,
+        }
+    } else if FG_EVENTS.output::<T>(record, wakeup_flag()).is_ok() {
+        Counter::RecordsWritten
     } else {
-        FG_EVENTS.output::<T>(record, wakeup_flag()).is_ok()
+        Counter::RecordsLost
     };
-    maps::count(if written { Counter::RecordsWritten } else { Counter::RecordsLost });
+    maps::count(outcome);
 }

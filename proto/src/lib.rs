@@ -7,6 +7,7 @@ pub mod client;
 pub mod codec;
 pub mod filter;
 pub mod flow;
+pub mod format;
 pub mod message;
 pub mod version;
 

@@ -1,0 +1,277 @@
+//! Text rendering of events, one line each, in the style of Cilium's monitor, with what Cilium's lines
+//! lack (pod names, the policy that decided). Pure; used by `flowgate monitor -o text`, the agent's
+//! `--print-events` and `flowgate verdicts export -o text`.
+
+use crate::{
+    flow::{EventType, Flow, MatchType, Peer, PolicyAttribution, Protocol, TrafficDirection, Verdict},
+    message::LostEvents,
+};
+
+/// A stable id of the flow's 5-tuple (both directions give different ids, as in Cilium).
+pub fn flow_id(flow: &Flow) -> u32 {
+    // FNV-1a over the tuple.
+    let mut h: u32 = 0x811c_9dc5;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= u32::from(*b);
+            h = h.wrapping_mul(0x0100_0193);
+        }
+    };
+    eat(&flow.source_ip.octets());
+    eat(&flow.destination_ip.octets());
+    eat(&flow.source_port.to_be_bytes());
+    eat(&flow.destination_port.to_be_bytes());
+    eat(&[protocol_number(flow.protocol)]);
+    h
+}
+
+fn protocol_number(p: Protocol) -> u8 {
+    match p {
+        Protocol::Tcp => 6,
+        Protocol::Udp => 17,
+        Protocol::Sctp => 132,
+        Protocol::Icmp => 1,
+        Protocol::Other(n) => n,
+    }
+}
+
+/// `10.0.0.1:40000 -> 10.0.0.2:80 tcp SYN`.
+pub fn tuple_text(flow: &Flow) -> String {
+    let (src, dst) = (flow.source_ip, flow.destination_ip);
+    let proto = flow.protocol.name();
+    match flow.protocol {
+        Protocol::Tcp => format!(
+            "{src}:{} -> {dst}:{} {proto} {}",
+            flow.source_port,
+            flow.destination_port,
+            flow.tcp_flags.names().join(", ")
+        ),
+        Protocol::Udp | Protocol::Sctp => format!("{src}:{} -> {dst}:{} {proto}", flow.source_port, flow.destination_port),
+        Protocol::Icmp => format!("{src} -> {dst} {proto} type {} code {}", flow.icmp_type, flow.icmp_code),
+        Protocol::Other(_) => format!("{src} -> {dst} {proto}"),
+    }
+}
+
+/// `12 (default/backend)` for an endpoint, else nothing useful.
+fn endpoint_text(peer: &Peer) -> String {
+    if peer.pod_name.is_empty() {
+        peer.endpoint_id.to_string()
+    } else {
+        format!("{} ({}/{})", peer.endpoint_id, peer.namespace, peer.pod_name)
+    }
+}
+
+/// `identity 5123 component=database`: the identity and its most telling labels.
+fn identity_text(peer: &Peer) -> String {
+    let labels: Vec<&str> = peer
+        .labels
+        .iter()
+        .map(String::as_str)
+        .filter(|l| !l.starts_with("io.kubernetes") && !l.starts_with("kubernetes.io/"))
+        .collect();
+    if labels.is_empty() {
+        format!("identity {}", peer.identity)
+    } else {
+        format!("identity {} {}", peer.identity, labels.join(","))
+    }
+}
+
+fn local_remote(flow: &Flow) -> (&Peer, &Peer) {
+    match flow.traffic_direction {
+        TrafficDirection::Ingress => (&flow.destination, &flow.source),
+        _ => (&flow.source, &flow.destination),
+    }
+}
+
+fn direction_text(flow: &Flow) -> &'static str {
+    match flow.traffic_direction {
+        TrafficDirection::Ingress => "ingress",
+        TrafficDirection::Egress => "egress",
+        TrafficDirection::Unknown => "unknown",
+    }
+}
+
+/// `L3-L4`, `L3-Only`, `L4-Only`, `all`, `none`, as Cilium prints match types.
+pub fn match_text(m: Option<MatchType>) -> &'static str {
+    match m {
+        Some(MatchType::L3L4) => "L3-L4",
+        Some(MatchType::L3Only) => "L3-Only",
+        Some(MatchType::L4Only) => "L4-Only",
+        Some(MatchType::All) => "all",
+        Some(MatchType::None) | None => "none",
+    }
+}
+
+/// The policy that decided, e.g. `default/allow-db` or `default deny (isolated by default/deny-all)`.
+pub fn policy_text(p: Option<&PolicyAttribution>) -> String {
+    match p {
+        Some(PolicyAttribution::AllowedBy(names)) if !names.is_empty() => {
+            names.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+        }
+        Some(PolicyAttribution::AllowedBy(_)) => "unknown".into(),
+        Some(PolicyAttribution::DefaultDeny { isolated_by }) if !isolated_by.is_empty() => format!(
+            "default deny (isolated by {})",
+            isolated_by.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+        ),
+        Some(PolicyAttribution::DefaultDeny { .. }) => "default deny".into(),
+        None => "-".into(),
+    }
+}
+
+/// Drop reason text as Cilium names it.
+pub fn drop_reason_text(code: u8) -> String {
+    match code {
+        133 => "Policy denied".into(),
+        0 => "none".into(),
+        n => format!("reason {n}"),
+    }
+}
+
+/// Hubble's drop_reason_desc for a code.
+pub fn drop_reason_desc(code: u8) -> &'static str {
+    match code {
+        133 => "POLICY_DENIED",
+        _ => "DROP_REASON_UNKNOWN",
+    }
+}
+
+/// One line for a flow.
+pub fn flow_line(flow: &Flow) -> String {
+    let (local, remote) = local_remote(flow);
+    let id = flow_id(flow);
+    match flow.event_type {
+        EventType::PolicyVerdict => {
+            let action = match flow.verdict {
+                Verdict::Forwarded => "allow",
+                Verdict::Dropped => "deny",
+                Verdict::Audit => "audit",
+            };
+            format!(
+                "Policy verdict: flow {id:#010x} local EP ID {}, remote ID {} ({}), {}, action {action}, match {}, policy {}, {}",
+                endpoint_text(local),
+                if remote.endpoint_id != 0 { remote.endpoint_id.to_string() } else { "-".into() },
+                identity_text(remote),
+                direction_text(flow),
+                match_text(flow.match_type),
+                policy_text(flow.policy.as_ref()),
+                tuple_text(flow)
+            )
+        }
+        EventType::Drop => format!(
+            "xx drop ({}) flow {id:#010x} {} endpoint {}, ifindex {}, identity {}->{}, policy {}: {}",
+            drop_reason_text(flow.drop_reason),
+            if flow.traffic_direction == TrafficDirection::Ingress { "to" } else { "from" },
+            endpoint_text(local),
+            flow.ifindex,
+            flow.source.identity,
+            flow.destination.identity,
+            policy_text(flow.policy.as_ref()),
+            tuple_text(flow)
+        ),
+        _ => {
+            let arrow = match flow.traffic_direction {
+                TrafficDirection::Ingress => "-> endpoint",
+                TrafficDirection::Egress => "<- endpoint",
+                TrafficDirection::Unknown => "-- endpoint",
+            };
+            let state = match flow.ct_state {
+                Some(crate::flow::CtState::New) => "new",
+                Some(crate::flow::CtState::Established) => "established",
+                Some(crate::flow::CtState::Reply) => "reply",
+                None => "unknown",
+            };
+            format!(
+                "{arrow} {} flow {id:#010x}, remote {}, identity {}->{} state {state} ifindex {} len {}: {}",
+                endpoint_text(local),
+                if remote.endpoint_id != 0 { endpoint_text(remote) } else { identity_text(remote) },
+                flow.source.identity,
+                flow.destination.identity,
+                flow.ifindex,
+                flow.packet_len,
+                tuple_text(flow)
+            )
+        }
+    }
+}
+
+/// `Lost 312 events (kernel buffer)`.
+pub fn lost_line(lost: &LostEvents) -> String {
+    format!("Lost {} events ({})", lost.count, lost.source.describe())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::{
+        flow::{PolicyName, TcpFlags, fixtures::flow_between},
+        message::LossSource,
+    };
+
+    fn verdict_flow() -> Flow {
+        let mut f = flow_between(12, 7, 43210);
+        f.event_type = EventType::PolicyVerdict;
+        f.verdict = Verdict::Dropped;
+        f.destination_port = 5432;
+        f.match_type = Some(MatchType::None);
+        f.destination = Arc::new(Peer {
+            endpoint_id: 7,
+            identity: 5123,
+            namespace: "default".into(),
+            pod_name: "database".into(),
+            labels: vec!["component=database".into()],
+        });
+        f.policy = Some(PolicyAttribution::DefaultDeny {
+            isolated_by: vec![PolicyName { namespace: "default".into(), name: "default-deny-ingress-policy".into() }],
+        });
+        f
+    }
+
+    #[test]
+    fn policy_verdict_line() {
+        let f = verdict_flow();
+        let line = flow_line(&f);
+        assert_eq!(
+            line,
+            format!(
+                "Policy verdict: flow {:#010x} local EP ID 12 (default/pod-12), remote ID 7 (identity 5123 component=database), egress, action deny, match none, policy default deny (isolated by default/default-deny-ingress-policy), 10.0.0.12:43210 -> 10.0.0.7:5432 tcp SYN",
+                flow_id(&f)
+            )
+        );
+    }
+
+    #[test]
+    fn allowed_verdict_names_its_policy() {
+        let mut f = verdict_flow();
+        f.verdict = Verdict::Forwarded;
+        f.match_type = Some(MatchType::L3L4);
+        f.policy = Some(PolicyAttribution::AllowedBy(vec![PolicyName {
+            namespace: "default".into(),
+            name: "network-policy-walkthrough-db".into(),
+        }]));
+        let line = flow_line(&f);
+        assert!(line.contains("action allow, match L3-L4, policy default/network-policy-walkthrough-db,"), "{line}");
+    }
+
+    #[test]
+    fn drop_and_trace_and_lost_lines() {
+        let mut f = verdict_flow();
+        f.event_type = EventType::Drop;
+        f.drop_reason = 133;
+        let line = flow_line(&f);
+        assert!(line.starts_with("xx drop (Policy denied) flow 0x"), "{line}");
+        assert!(line.ends_with(": 10.0.0.12:43210 -> 10.0.0.7:5432 tcp SYN"), "{line}");
+        let mut t = flow_between(3, 4, 1000);
+        t.tcp_flags = TcpFlags(TcpFlags::SYN | TcpFlags::ACK);
+        t.ct_state = Some(crate::flow::CtState::Reply);
+        let line = flow_line(&t);
+        assert!(line.starts_with("<- endpoint 3 (default/pod-3) flow 0x"), "{line}");
+        assert!(line.contains("state reply"), "{line}");
+        assert_eq!(lost_line(&LostEvents { source: LossSource::KernelBuffer, count: 312 }), "Lost 312 events (kernel buffer)");
+        assert_eq!(
+            lost_line(&LostEvents { source: LossSource::ClientQueue, count: 5 }),
+            "Lost 5 events (this client's queue)"
+        );
+    }
+}
