@@ -23,6 +23,8 @@ enum Command {
     Endpoint(client_cmd::endpoint::EndpointArgs),
     /// The security identities the agent derived from labels.
     Identity(client_cmd::identity::IdentityArgs),
+    /// The policy realized in the datapath, per endpoint.
+    Policy(client_cmd::policy::PolicyArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -35,5 +37,6 @@ fn main() -> anyhow::Result<()> {
         Command::Status(args) => client_cmd::exit_on_error(client_cmd::status::run(&args)),
         Command::Endpoint(args) => client_cmd::exit_on_error(client_cmd::endpoint::run(&args)),
         Command::Identity(args) => client_cmd::exit_on_error(client_cmd::identity::run(&args)),
+        Command::Policy(args) => client_cmd::exit_on_error(client_cmd::policy::run(&args)),
     }
 }

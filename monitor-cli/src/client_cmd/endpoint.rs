@@ -36,6 +36,39 @@ enum EndpointCommand {
         #[arg(short, long, value_enum, default_value_t = GetOutput::Json)]
         output: GetOutput,
     },
+    /// Change an endpoint's configuration, e.g. `flowgate endpoint config 12 audit=on`.
+    Config {
+        /// Endpoint id, as `endpoint list` shows it.
+        id: u16,
+        /// Settings: `audit=on|off`.
+        #[arg(required = true)]
+        settings: Vec<Setting>,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+}
+
+/// A `KEY=VALUE` setting of `endpoint config`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Setting {
+    /// `audit=on|off`: would-be drops pass and are reported as AUDIT.
+    Audit(bool),
+}
+
+impl std::str::FromStr for Setting {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (key, value) = s.split_once('=').ok_or_else(|| format!("{s:?}: expected KEY=VALUE, e.g. audit=on"))?;
+        let on = match value {
+            "on" | "true" | "enabled" => true,
+            "off" | "false" | "disabled" => false,
+            _ => return Err(format!("{s:?}: {key} takes on or off")),
+        };
+        match key {
+            "audit" | "PolicyAuditMode" => Ok(Setting::Audit(on)),
+            _ => Err(format!("{s:?}: unknown setting {key:?} (known: audit)")),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -75,6 +108,20 @@ pub fn run(args: &EndpointArgs) -> anyhow::Result<()> {
                 GetOutput::Yaml => Structured::Yaml,
             };
             print!("{}", render_structured(&endpoint, format)?);
+        }
+        EndpointCommand::Config { id, settings, socket } => {
+            let audit = settings.iter().map(|Setting::Audit(on)| *on).last();
+            match request(socket, Request::EndpointConfig { id: *id, audit })? {
+                Response::EndpointConfigured(ep) => println!(
+                    "endpoint {} ({}): policy enforcement ingress {}, egress {}",
+                    ep.id,
+                    ep.pod_ref(),
+                    enforcement(ep.ingress_enforcement),
+                    enforcement(ep.egress_enforcement)
+                ),
+                Response::NotFound { what, known } => anyhow::bail!("{}", not_found(&what, &known)),
+                other => anyhow::bail!("the agent answered `endpoint config` with something else: {other:?}"),
+            }
         }
     }
     Ok(())

@@ -4,6 +4,7 @@
 
 pub mod endpoint;
 pub mod identity;
+pub mod policy;
 pub mod status;
 pub mod table;
 
