@@ -14,8 +14,10 @@ fi
 # --- Debian packages -------------------------------------------------------------------------------
 # llvm-22-dev: bpf-linker links against it. iproute2: `ip netns` / veth for the lab. tmux: the monitor's
 # end-to-end test drives the TUI in it. prometheus: the metrics test scrapes a real agent with it.
-# procps (pgrep/pkill), util-linux (nsenter), kmod, psmisc for the tests and the demo.
-PACKAGES=(llvm-22-dev iproute2 tmux procps util-linux psmisc ca-certificates curl pkg-config build-essential)
+# procps (pgrep/pkill), util-linux (nsenter), psmisc for the tests and the demo. protobuf-compiler and
+# python3-protobuf: the JSON output is checked against Hubble's flow.proto. prometheus: the metrics test.
+PACKAGES=(llvm-22-dev iproute2 tmux procps util-linux psmisc ca-certificates curl pkg-config build-essential
+          protobuf-compiler python3-protobuf prometheus)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
