@@ -1,0 +1,241 @@
+//! The kernel programs on crafted packets (BPF_PROG_TEST_RUN): the way to exercise SCTP, which this
+//! kernel cannot carry on a socket, and to check verdicts, drop records and return codes exactly. Real
+//! policies go through the agent's own loading, compiling and map-writing path; only the packets are
+//! crafted. Nothing is transmitted: test runs execute the program on a buffer.
+
+use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc, time::Duration};
+
+use aya::maps::{MapData, RingBuf};
+use flowgate_agent::{
+    craft::{Transport, ipv4_packet},
+    datapath::{self, Datapath, DatapathOptions},
+    decode::{Record, decode},
+    hub::{Hub, HubConfig},
+    policy::PolicyEngine,
+    state::{AgentInfo, AgentState},
+};
+use flowgate_common::{
+    counters::aggregation,
+    names::{PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT},
+    policy::{match_type, verdict},
+};
+use flowgate_policy::{ClusterView, ContainerPort, NamespaceInfo, PodInfo, Protocol as PolicyProtocol};
+use flowgate_proto::endpoint::NewEndpoint;
+use flowgate_tests::require_root;
+
+/// skb->ifindex under BPF_PROG_TEST_RUN: the loopback device of the caller's namespace.
+const TEST_RUN_IFINDEX: u32 = 1;
+const TC_ACT_UNSPEC: u32 = u32::MAX;
+const TC_ACT_SHOT: u32 = 2;
+
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 10);
+const SERVER: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 11);
+const OUTSIDE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 7);
+
+struct Fixture {
+    datapath: Datapath,
+    ring: RingBuf<MapData>,
+    _dir: tempdir::Dir,
+}
+
+mod tempdir {
+    pub struct Dir(pub std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// The server pod is the endpoint behind loopback (where test runs happen); the client pod exists in
+/// the cluster view (for selectors and the ipcache) but not on this interface.
+fn fixture(policy_yaml: &str, tag: &str) -> Fixture {
+    fixture_with(policy_yaml, tag, |_| {})
+}
+
+fn fixture_with(policy_yaml: &str, tag: &str, tweak: impl FnOnce(&mut PolicyEngine)) -> Fixture {
+    require_root();
+    let dir = std::env::temp_dir().join(format!("fg-datapath-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("policy.yaml"), policy_yaml).unwrap();
+
+    let mut datapath = Datapath::load(DatapathOptions { aggregation: aggregation::NONE, ..DatapathOptions::default() })
+        .expect("load the datapath (root, BPF)");
+    let state = AgentState::new(AgentInfo::default(), Hub::new(HubConfig::default()));
+    let ns: BTreeMap<String, String> = [("kubernetes.io/metadata.name".to_string(), "default".to_string())].into();
+    let pod = |name: &str, ip: Ipv4Addr, ifindex: u32| {
+        state.upsert_endpoint(
+            NewEndpoint {
+                namespace: "default".into(),
+                pod_name: name.into(),
+                labels: [("app".to_string(), name.to_string())].into(),
+                ipv4: ip,
+                interface: format!("lxc-{name}"),
+                ifindex,
+            },
+            &ns,
+        )
+    };
+    let client = pod("client", CLIENT, 1000);
+    let server = pod("server", SERVER, TEST_RUN_IFINDEX);
+    datapath.set_endpoint(TEST_RUN_IFINDEX, datapath::endpoint_info(&server)).unwrap();
+
+    let ports = vec![
+        ContainerPort { name: Some("sctp-80".into()), port: 80, protocol: PolicyProtocol::Sctp },
+        ContainerPort { name: Some("tcp-80".into()), port: 80, protocol: PolicyProtocol::Tcp },
+    ];
+    let info = |ep: &flowgate_proto::endpoint::Endpoint| PodInfo {
+        endpoint_id: ep.id,
+        namespace: ep.namespace.clone(),
+        name: ep.pod_name.clone(),
+        labels: ep.labels.clone(),
+        ip: ep.ipv4,
+        identity: ep.identity,
+        ports: ports.clone(),
+    };
+    let cluster = ClusterView {
+        namespaces: vec![NamespaceInfo { name: "default".into(), labels: ns.clone() }],
+        pods: vec![info(&client), info(&server)],
+    };
+    let mut engine = PolicyEngine::new(Some(dir.clone()), false);
+    assert!(engine.reload(), "policy loads: {:?}", engine.status().errors);
+    tweak(&mut engine);
+    let (contents, snapshot) = engine.prepare(&cluster);
+    state.set_policy(Arc::new(snapshot), engine.cidr_labels());
+    datapath.apply_policy(&contents).expect("write the policy maps");
+    let ring = datapath.take_events().unwrap();
+    Fixture { datapath, ring, _dir: tempdir::Dir(dir) }
+}
+
+impl Fixture {
+    /// Runs a program once on a packet; returns its verdict and the records it wrote.
+    fn run(&mut self, program: &'static str, src: Ipv4Addr, dst: Ipv4Addr, transport: Transport) -> (u32, Vec<Record>) {
+        while self.ring.next().is_some() {}
+        let packet = ipv4_packet(src, dst, transport);
+        let result = self.datapath.test_run(program, &packet, 1).expect("BPF_PROG_TEST_RUN");
+        std::thread::sleep(Duration::from_millis(1));
+        let mut records = Vec::new();
+        while let Some(item) = self.ring.next() {
+            records.push(decode(&item).expect("a record the agent can decode"));
+        }
+        (result.return_value, records)
+    }
+}
+
+fn verdicts(records: &[Record]) -> Vec<(u8, u8, u16)> {
+    records
+        .iter()
+        .filter_map(|r| match r {
+            Record::PolicyVerdict(v) => Some((v.verdict, v.match_type, v.flow.dport)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn drops(records: &[Record]) -> usize {
+    records.iter().filter(|r| matches!(r, Record::Drop(_))).count()
+}
+
+const SCTP_POLICY: &str = "
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: server-sctp, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: server}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: client}}}]
+    ports: [{protocol: SCTP, port: 80}]
+";
+
+#[test]
+fn sctp_is_allowed_only_on_the_allowed_port_from_the_allowed_peer() {
+    let mut f = fixture(SCTP_POLICY, "sctp");
+    let init = |dport| Transport::SctpInit { sport: 5000, dport };
+
+    let (ret, records) = f.run(PROG_TO_ENDPOINT, CLIENT, SERVER, init(80));
+    assert_eq!(ret, TC_ACT_UNSPEC, "allowed SCTP passes on to the next program");
+    assert_eq!(verdicts(&records), vec![(verdict::ALLOWED, match_type::L3_L4, 80)]);
+    assert_eq!(drops(&records), 0);
+
+    let (ret, records) = f.run(PROG_TO_ENDPOINT, CLIENT, SERVER, init(81));
+    assert_eq!(ret, TC_ACT_SHOT, "SCTP to another port is dropped");
+    assert_eq!(verdicts(&records), vec![(verdict::DENIED, match_type::NONE, 81)]);
+    assert_eq!(drops(&records), 1, "a drop record for the dropped packet");
+
+    let (ret, _) = f.run(PROG_TO_ENDPOINT, OUTSIDE, SERVER, init(80));
+    assert_eq!(ret, TC_ACT_SHOT, "SCTP from a peer the rule does not select is dropped");
+
+    let (ret, records) = f.run(PROG_TO_ENDPOINT, CLIENT, SERVER, Transport::Tcp { sport: 5001, dport: 80, flags: 0x02 });
+    assert_eq!(ret, TC_ACT_SHOT, "TCP on the SCTP-only port is dropped");
+    assert_eq!(verdicts(&records), vec![(verdict::DENIED, match_type::NONE, 80)]);
+}
+
+#[test]
+fn sctp_replies_of_an_allowed_association_pass_without_a_new_verdict() {
+    let mut f = fixture(SCTP_POLICY, "sctpct");
+    let (ret, _) = f.run(PROG_TO_ENDPOINT, CLIENT, SERVER, Transport::SctpInit { sport: 6000, dport: 80 });
+    assert_eq!(ret, TC_ACT_UNSPEC);
+    // The server's answer leaves through from_endpoint: egress is not enforced, and conntrack knows it.
+    let (ret, records) = f.run(PROG_FROM_ENDPOINT, SERVER, CLIENT, Transport::SctpInit { sport: 80, dport: 6000 });
+    assert_eq!(ret, TC_ACT_UNSPEC);
+    assert!(verdicts(&records).is_empty(), "a reply is not a new connection: {records:?}");
+    // The next packet of the association in the opening direction is established.
+    let (ret, records) = f.run(PROG_TO_ENDPOINT, CLIENT, SERVER, Transport::SctpInit { sport: 6000, dport: 80 });
+    assert_eq!(ret, TC_ACT_UNSPEC);
+    assert!(verdicts(&records).is_empty());
+}
+
+#[test]
+fn sctp_port_ranges_and_protocol_wildcards() {
+    let mut f = fixture(
+        "
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: server-ranges, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: server}}
+  ingress:
+  - ports: [{protocol: SCTP, port: 7000, endPort: 7010}]
+",
+        "range",
+    );
+    for (dport, ok) in [(6999, false), (7000, true), (7005, true), (7010, true), (7011, false)] {
+        let (ret, records) = f.run(PROG_TO_ENDPOINT, OUTSIDE, SERVER, Transport::SctpInit { sport: 9000 + dport, dport });
+        assert_eq!(ret == TC_ACT_UNSPEC, ok, "port {dport}");
+        if ok {
+            assert_eq!(verdicts(&records), vec![(verdict::ALLOWED, match_type::L4_ONLY, dport)], "any peer + port: L4-only");
+        }
+    }
+}
+
+#[test]
+fn audit_mode_lets_would_be_drops_pass_and_reports_them_as_audit() {
+    let mut f = fixture_with(SCTP_POLICY, "audit", |engine| engine.audit.all = true);
+    let (ret, records) = f.run(PROG_TO_ENDPOINT, OUTSIDE, SERVER, Transport::Tcp { sport: 7001, dport: 80, flags: 0x02 });
+    assert_eq!(ret, TC_ACT_UNSPEC, "audit: the would-be drop passes");
+    assert_eq!(verdicts(&records), vec![(verdict::AUDIT, match_type::NONE, 80)]);
+    assert_eq!(drops(&records), 0, "nothing is dropped in audit mode");
+    // What the policy allows is still reported as allowed.
+    let (ret, records) = f.run(PROG_TO_ENDPOINT, CLIENT, SERVER, Transport::SctpInit { sport: 7002, dport: 80 });
+    assert_eq!(ret, TC_ACT_UNSPEC);
+    assert_eq!(verdicts(&records), vec![(verdict::ALLOWED, match_type::L3_L4, 80)]);
+}
+
+#[test]
+fn per_endpoint_audit_applies_to_that_endpoint_only() {
+    let mut f = fixture_with(SCTP_POLICY, "epaudit", |engine| {
+        engine.audit.endpoints.insert(1);
+    });
+    // Endpoint 1 is the client (registered first); the server behind loopback is not audited.
+    let (ret, records) = f.run(PROG_TO_ENDPOINT, OUTSIDE, SERVER, Transport::Tcp { sport: 7003, dport: 80, flags: 0x02 });
+    assert_eq!(ret, TC_ACT_SHOT);
+    assert_eq!(verdicts(&records), vec![(verdict::DENIED, match_type::NONE, 80)]);
+    drop(f);
+    let mut f = fixture_with(SCTP_POLICY, "epaudit2", |engine| {
+        engine.audit.endpoints.insert(2);
+    });
+    let (ret, records) = f.run(PROG_TO_ENDPOINT, OUTSIDE, SERVER, Transport::Tcp { sport: 7004, dport: 80, flags: 0x02 });
+    assert_eq!(ret, TC_ACT_UNSPEC, "the audited server lets it pass");
+    assert_eq!(verdicts(&records), vec![(verdict::AUDIT, match_type::NONE, 80)]);
+}
