@@ -1,10 +1,16 @@
 //! The kernel side as the agent sees it: loads the embedded eBPF object, attaches the TC programs to
-//! endpoints' node-side veths (TCX), writes the endpoints and config maps, reads the kernel counters.
-
-use std::path::Path;
+//! endpoints' node-side veths (TCX), writes the endpoints, config and policy maps, reads the kernel
+//! counters.
+//!
+//! With a pin directory (the default for the agent: `/sys/fs/bpf/flowgate/<lab>`), maps and TCX links
+//! are pinned there. They outlive the agent, so enforcement goes on while it is down, and a restarted
+//! agent (also after kill -9) adopts the maps and swaps its programs into the existing links atomically
+//! (`bpf_link_update`): no packet passes unchecked during a restart.
 
 use std::{
     collections::HashMap as StdHashMap,
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant},
 };
 
@@ -14,8 +20,13 @@ use aya::{
         Array, HashMap, MapData, PerCpuArray, PerfEventArray, RingBuf,
         lpm_trie::{Key, LpmTrie},
     },
-    programs::{SchedClassifier, TcAttachType, TestRun as _, TestRunOptions, TestRunResult},
+    programs::{
+        SchedClassifier, TcAttachType, TestRun as _, TestRunOptions, TestRunResult,
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
+    },
 };
+use log::{info, warn};
 use flowgate_common::{
     Counter, EndpointInfo,
     counters::{Config, aggregation, events_kind},
@@ -68,6 +79,13 @@ pub enum DatapathError {
         #[source]
         source: aya::programs::ProgramError,
     },
+    #[error("pinning {what} at {}", path.display())]
+    Pin {
+        what: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Netns(#[from] NetnsError),
 }
@@ -83,6 +101,8 @@ pub struct DatapathOptions {
     pub events_kind: u64,
     /// `counters::aggregation` level of trace records.
     pub aggregation: u64,
+    /// Where maps and links are pinned (on bpffs); `None`: nothing outlives this process.
+    pub pin_dir: Option<PathBuf>,
 }
 
 impl Default for DatapathOptions {
@@ -92,14 +112,29 @@ impl Default for DatapathOptions {
             wakeup_bytes: 256 << 10,
             events_kind: events_kind::RINGBUF,
             aggregation: aggregation::MEDIUM,
+            pin_dir: None,
         }
     }
 }
 
-/// Loaded programs and maps. Dropping it detaches every program it attached.
+/// Default root of the agent's pins.
+pub const BPF_ROOT: &str = "/sys/fs/bpf/flowgate";
+
+/// A fresh directory on bpffs for a datapath that pins nothing: maps are pinned by name in the object,
+/// so they need somewhere to go while loading; the pins are removed right after. (bpffs allows no `.`
+/// in names.)
+fn ephemeral_pin_dir() -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    Path::new(BPF_ROOT).join(format!("_load-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)))
+}
+
+/// Loaded programs and maps. Dropping it detaches every program it attached, unless the links are
+/// pinned.
 pub struct Datapath {
     ebpf: Ebpf,
     options: DatapathOptions,
+    /// Pinned links, kept open while the agent runs.
+    pinned_links: Vec<PinnedLink>,
     /// Policy generation the programs read.
     generation: u8,
     last_switch: Option<Instant>,
@@ -111,10 +146,22 @@ const PROGRAMS: [(&str, TcAttachType); 2] =
 impl Datapath {
     /// Loads the object into the kernel (programs verified, maps created); nothing is attached yet.
     pub fn load(options: DatapathOptions) -> Result<Self, DatapathError> {
-        let mut ebpf = EbpfLoader::new()
+        let pin_dir = options.pin_dir.clone().unwrap_or_else(ephemeral_pin_dir);
+        std::fs::create_dir_all(&pin_dir).map_err(|source| DatapathError::Pin {
+            what: "the pin directory (is bpffs mounted at /sys/fs/bpf?)".into(),
+            path: pin_dir.clone(),
+            source,
+        })?;
+        let adopted = pin_dir.join(MAP_CONFIG).exists();
+        let loaded = EbpfLoader::new()
             .map_max_entries(MAP_EVENTS_RINGBUF, options.events_buffer_bytes)
-            .load(EBPF_OBJECT)
-            .map_err(DatapathError::Load)?;
+            .default_map_pin_directory(&pin_dir)
+            .load(EBPF_OBJECT);
+        if options.pin_dir.is_none() {
+            // Nothing should outlive this process: the open maps keep working without their pins.
+            let _ = std::fs::remove_dir_all(&pin_dir);
+        }
+        let mut ebpf = loaded.map_err(DatapathError::Load)?;
         for (name, _) in PROGRAMS {
             let program: &mut SchedClassifier = ebpf
                 .program_mut(name)
@@ -123,7 +170,12 @@ impl Datapath {
                 .map_err(|source| DatapathError::Program { name, source })?;
             program.load().map_err(|source| DatapathError::Program { name, source })?;
         }
-        let mut datapath = Self { ebpf, options, generation: 0, last_switch: None };
+        let mut datapath = Self { ebpf, options, pinned_links: Vec::new(), generation: 0, last_switch: None };
+        if adopted {
+            // The programs of the previous agent read this generation; write the other one next.
+            datapath.generation = (datapath.config(Config::ActiveGeneration)? & 1) as u8;
+            info!("adopted the pinned maps in {} (policy generation {})", pin_dir.display(), datapath.generation);
+        }
         let options = datapath.options.clone();
         datapath.set_config(Config::WakeupBytes, options.wakeup_bytes)?;
         datapath.set_config(Config::EventsKind, options.events_kind)?;
@@ -136,7 +188,10 @@ impl Datapath {
     }
 
     /// Attaches both programs to `interface`, looked up inside the network namespace at `netns_path`.
+    /// With a pin directory, a link pinned by a previous agent is taken over atomically (the new program
+    /// replaces the old one in place), and new links are pinned.
     pub fn attach_endpoint(&mut self, netns_path: &Path, interface: &str) -> Result<(), DatapathError> {
+        let pin_dir = self.options.pin_dir.clone();
         for (name, attach_type) in PROGRAMS {
             let program: &mut SchedClassifier = self
                 .ebpf
@@ -144,14 +199,49 @@ impl Datapath {
                 .ok_or(DatapathError::MissingProgram { name })?
                 .try_into()
                 .map_err(|source| DatapathError::Program { name, source })?;
-            netns::run_in(netns_path, || program.attach(interface, attach_type))?.map_err(|source| {
-                DatapathError::Attach {
-                    program: name,
-                    interface: interface.to_owned(),
-                    netns: netns_path.display().to_string(),
-                    source,
+            let attach_error = |source| DatapathError::Attach {
+                program: name,
+                interface: interface.to_owned(),
+                netns: netns_path.display().to_string(),
+                source,
+            };
+            let Some(dir) = &pin_dir else {
+                netns::run_in(netns_path, || program.attach(interface, attach_type))?.map_err(attach_error)?;
+                continue;
+            };
+            let link_path = dir.join("links").join(format!("{interface}_{name}"));
+            if link_path.exists() {
+                match adopt(program, &link_path) {
+                    Ok(pinned) => {
+                        self.pinned_links.push(pinned);
+                        continue;
+                    }
+                    Err(e) => {
+                        warn!("{}: cannot take over the pinned link ({e}); attaching anew", link_path.display());
+                        let _ = std::fs::remove_file(&link_path);
+                    }
                 }
+            }
+            let id = netns::run_in(netns_path, || program.attach(interface, attach_type))?.map_err(attach_error)?;
+            let link = program.take_link(id).map_err(|source| DatapathError::Program { name, source })?;
+            let fd_link = FdLink::try_from(link).map_err(|e| DatapathError::Pin {
+                what: format!("the {name} link of {interface}"),
+                path: link_path.clone(),
+                source: std::io::Error::other(e.to_string()),
             })?;
+            if let Some(parent) = link_path.parent() {
+                std::fs::create_dir_all(parent).map_err(|source| DatapathError::Pin {
+                    what: "the links directory".into(),
+                    path: parent.to_owned(),
+                    source,
+                })?;
+            }
+            let pinned = fd_link.pin(&link_path).map_err(|e| DatapathError::Pin {
+                what: format!("the {name} link of {interface}"),
+                path: link_path.clone(),
+                source: std::io::Error::other(error_chain(&e)),
+            })?;
+            self.pinned_links.push(pinned);
         }
         Ok(())
     }
@@ -245,6 +335,13 @@ impl Datapath {
         self.generation
     }
 
+    fn config(&self, key: Config) -> Result<u64, DatapathError> {
+        let name = MAP_CONFIG;
+        let map: Array<_, u64> = Array::try_from(self.ebpf.map(name).ok_or(DatapathError::MissingMap { name })?)
+            .map_err(|source| DatapathError::Map { name, source })?;
+        map.get(&key.index(), 0).map_err(|source| DatapathError::Map { name, source })
+    }
+
     fn set_config(&mut self, key: Config, value: u64) -> Result<(), DatapathError> {
         let name = MAP_CONFIG;
         let mut map: Array<_, u64> =
@@ -296,6 +393,27 @@ impl Datapath {
         }
         Ok(KernelCounters { values })
     }
+}
+
+/// An error and its causes on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Swaps `program` into the link pinned at `path` (bpf_link_update) and keeps the pin.
+fn adopt(program: &mut SchedClassifier, path: &Path) -> Result<PinnedLink, String> {
+    let pinned = PinnedLink::from_pin(path).map_err(|e| error_chain(&e))?;
+    let link = SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|e| error_chain(&e))?;
+    program.attach_to_link(link).map_err(|e| error_chain(&e))?;
+    // The program now owns the link's fd; reopen the pin so the agent keeps its own handle too.
+    PinnedLink::from_pin(path).map_err(|e| error_chain(&e))
 }
 
 /// What the datapath's endpoints map holds for an endpoint.

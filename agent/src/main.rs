@@ -81,6 +81,13 @@ struct Args {
     /// pod, plus medium), medium (new connections, first replies and new TCP flags).
     #[arg(long, value_enum, default_value_t = Aggregation::Medium)]
     monitor_aggregation: Aggregation,
+    /// Where maps and TCX links are pinned so enforcement outlives the agent and a restarted agent
+    /// takes over (default: /sys/fs/bpf/flowgate/<lab>).
+    #[arg(long, value_name = "DIR", conflicts_with = "no_pin")]
+    bpf_dir: Option<PathBuf>,
+    /// Pin nothing: enforcement stops when the agent stops.
+    #[arg(long)]
+    no_pin: bool,
     /// How often the policy directory and the topology file are checked for changes, in milliseconds.
     #[arg(long, default_value_t = 250)]
     watch_interval_ms: u64,
@@ -162,6 +169,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Aggregation::Low => aggregation::LOW,
             Aggregation::Medium => aggregation::MEDIUM,
         },
+        pin_dir: (!args.no_pin).then(|| args.bpf_dir.clone().unwrap_or_else(|| flowgate_lab::naming::bpf_pin_dir(&lab.name))),
         ..DatapathOptions::default()
     })
     .context("loading the eBPF datapath")?;
@@ -266,7 +274,13 @@ async fn watch(controller: Arc<Mutex<Controller>>, interval: Duration) {
 /// Every 100 ms: kernel counters into the state, and new kernel-side losses to every subscriber.
 async fn poll_kernel_counters(controller: Arc<Mutex<Controller>>, state: Arc<AgentState>) {
     let mut interval = tokio::time::interval(Duration::from_millis(100));
-    let mut last_lost = 0;
+    // Pinned counters survive restarts: only losses from now on are news.
+    let mut last_lost = controller
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .counters()
+        .map(|c| c.get(Counter::RecordsLost))
+        .unwrap_or(0);
     loop {
         interval.tick().await;
         let counters = {

@@ -1,5 +1,7 @@
 //! The maps of the datapath and small accessors over them. Map statics are named exactly as the
-//! constants in `flowgate_common::names`, which is what user space looks them up by.
+//! constants in `flowgate_common::names`, which is what user space looks them up by. Every map but the
+//! perf event array is pinned by name, so a restarted agent adopts the state (policy, conntrack,
+//! counters, unread events) that kept enforcing while it was away.
 
 use aya_ebpf::{
     macros::map,
@@ -20,37 +22,37 @@ const MAX_IPCACHE_ENTRIES: u32 = 16384;
 const MAX_CONNECTIONS: u32 = 262144;
 
 #[map]
-pub static FG_ENDPOINTS: HashMap<u32, EndpointInfo> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
+pub static FG_ENDPOINTS: HashMap<u32, EndpointInfo> = HashMap::pinned(MAX_ENDPOINTS, 0);
 
 #[map]
-pub static FG_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+pub static FG_EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
 
 #[map]
 pub static FG_EVENTS_PERF: PerfEventArray<u8> = PerfEventArray::new(0);
 
 #[map]
-pub static FG_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+pub static FG_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Counter::COUNT, 0);
 
 #[map]
-pub static FG_CONFIG: Array<u64> = Array::with_max_entries(Config::COUNT, 0);
+pub static FG_CONFIG: Array<u64> = Array::pinned(Config::COUNT, 0);
 
 #[map]
-pub static FG_CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(MAX_CONNECTIONS, 0);
+pub static FG_CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(MAX_CONNECTIONS, 0);
 
 #[map]
-pub static FG_POLICY_0: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::with_max_entries(MAX_POLICY_ENTRIES, 0);
+pub static FG_POLICY_0: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::pinned(MAX_POLICY_ENTRIES, 0);
 #[map]
-pub static FG_POLICY_1: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::with_max_entries(MAX_POLICY_ENTRIES, 0);
+pub static FG_POLICY_1: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::pinned(MAX_POLICY_ENTRIES, 0);
 
 #[map]
-pub static FG_IPCACHE_0: LpmTrie<[u8; 4], IpcacheValue> = LpmTrie::with_max_entries(MAX_IPCACHE_ENTRIES, 0);
+pub static FG_IPCACHE_0: LpmTrie<[u8; 4], IpcacheValue> = LpmTrie::pinned(MAX_IPCACHE_ENTRIES, 0);
 #[map]
-pub static FG_IPCACHE_1: LpmTrie<[u8; 4], IpcacheValue> = LpmTrie::with_max_entries(MAX_IPCACHE_ENTRIES, 0);
+pub static FG_IPCACHE_1: LpmTrie<[u8; 4], IpcacheValue> = LpmTrie::pinned(MAX_IPCACHE_ENTRIES, 0);
 
 #[map]
-pub static FG_ENFORCE_0: HashMap<u16, u32> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
+pub static FG_ENFORCE_0: HashMap<u16, u32> = HashMap::pinned(MAX_ENDPOINTS, 0);
 #[map]
-pub static FG_ENFORCE_1: HashMap<u16, u32> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
+pub static FG_ENFORCE_1: HashMap<u16, u32> = HashMap::pinned(MAX_ENDPOINTS, 0);
 
 /// Adds one to a per-CPU counter.
 #[inline(always)]

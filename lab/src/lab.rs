@@ -80,6 +80,8 @@ pub struct DownReport {
     pub server_stopped: Option<u32>,
     pub netns_deleted: Vec<String>,
     pub dir_removed: bool,
+    /// Whether the agent's pins for this lab were removed.
+    pub pins_removed: bool,
 }
 
 /// Brings lab `name` up from `topology` and returns its state (also saved as `state.json`).
@@ -317,6 +319,14 @@ pub fn down(name: &str) -> Result<DownReport, LabError> {
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => report.dir_removed = true,
             Err(e) => problems.push(format!("remove {}: {e}", dir.display())),
+        }
+    }
+    // The agent's pins for this lab (maps, links of interfaces that are gone now).
+    let pins = naming::bpf_pin_dir(name);
+    if pins.exists() {
+        match std::fs::remove_dir_all(&pins) {
+            Ok(()) => report.pins_removed = true,
+            Err(e) => problems.push(format!("remove {}: {e}", pins.display())),
         }
     }
     report.existed =

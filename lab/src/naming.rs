@@ -101,3 +101,11 @@ mod tests {
         assert!(netns_belongs_to("fg-a-b-node", "a", &["a".to_owned()]));
     }
 }
+
+/// Root of the agent's pins on bpffs; each lab's maps and links are pinned under `<root>/<lab>`.
+pub const BPF_PIN_ROOT: &str = "/sys/fs/bpf/flowgate";
+
+/// Where the agent pins the maps and TCX links it uses for a lab.
+pub fn bpf_pin_dir(lab: &str) -> std::path::PathBuf {
+    std::path::Path::new(BPF_PIN_ROOT).join(lab)
+}

@@ -1,0 +1,437 @@
+//! The log file on disk. Whole lines only: each write is one `write(2)` of complete lines to an
+//! `O_APPEND` file, a failed or short write is truncated back to where it started, and a torn tail
+//! left by a crash (SIGKILL in the middle of a write) is cut back to the last newline when the file is
+//! opened again. Rotation happens between writes: the current file is renamed to a timestamped backup
+//! (`verdicts-2024-05-01T10-20-30.123456.jsonl`, UTC, as Hubble's exporter names them), optionally
+//! gzip-compressed by a background thread (`...jsonl.gz`), and backups beyond the limit are removed.
+
+use std::{
+    fs::{File, OpenOptions},
+    io::{self, Read as _, Seek as _, SeekFrom, Write as _},
+    os::unix::fs::OpenOptionsExt as _,
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        mpsc,
+    },
+    thread::JoinHandle,
+};
+
+use log::{info, warn};
+
+use super::config::Rotation;
+
+/// Length of the timestamp in backup names: `2024-05-01T10-20-30.123456`.
+pub const STAMP_LEN: usize = 26;
+
+/// How the current file's name splits around a backup's timestamp: `verdicts` + `.jsonl`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Naming {
+    dir: PathBuf,
+    stem: String,
+    ext: String,
+}
+
+/// A rotated file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backup {
+    pub path: PathBuf,
+    /// `2024-05-01T10-20-30.123456`: sorts in rotation order.
+    pub stamp: String,
+    pub compressed: bool,
+}
+
+impl Naming {
+    pub fn new(current: &Path) -> Self {
+        let dir = current.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_owned();
+        let name = current.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let (stem, ext) = match name.split_once('.') {
+            Some((stem, ext)) if !stem.is_empty() => (stem.to_owned(), format!(".{ext}")),
+            _ => (name, String::new()),
+        };
+        Self { dir, stem, ext }
+    }
+
+    /// The backup name for a rotation at `unix_micros`.
+    pub fn backup_path(&self, unix_micros: i64) -> (PathBuf, String) {
+        let stamp = stamp(unix_micros);
+        (self.dir.join(format!("{}-{stamp}{}", self.stem, self.ext)), stamp)
+    }
+
+    /// Whether `name` is a backup of this log; its stamp and whether it is compressed.
+    pub fn parse_backup(&self, name: &str) -> Option<(String, bool)> {
+        let rest = name.strip_prefix(&self.stem)?.strip_prefix('-')?;
+        let (rest, compressed) = match rest.strip_suffix(".gz") {
+            Some(r) => (r, true),
+            None => (rest, false),
+        };
+        let stamp = rest.strip_suffix(self.ext.as_str())?;
+        let ok = stamp.len() == STAMP_LEN
+            && stamp.bytes().enumerate().all(|(i, b)| match i {
+                4 | 7 | 13 | 16 => b == b'-',
+                10 => b == b'T',
+                19 => b == b'.',
+                _ => b.is_ascii_digit(),
+            });
+        ok.then(|| (stamp.to_owned(), compressed))
+    }
+
+    /// Backups in rotation order, oldest first. A backup present both plain and compressed (a crash
+    /// between compressing and removing the plain file) is listed once, compressed.
+    pub fn backups(&self) -> Vec<Backup> {
+        let mut out: Vec<Backup> = Vec::new();
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return out };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some((stamp, compressed)) = self.parse_backup(&name) {
+                out.push(Backup { path: entry.path(), stamp, compressed });
+            }
+        }
+        out.sort_by(|a, b| (&a.stamp, !a.compressed).cmp(&(&b.stamp, !b.compressed)));
+        out.dedup_by(|later, earlier| later.stamp == earlier.stamp);
+        out
+    }
+
+    fn temp_files(&self) -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return Vec::new() };
+        entries
+            .flatten()
+            .filter(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.strip_suffix(".tmp").is_some_and(|n| self.parse_backup(n).is_some())
+            })
+            .map(|e| e.path())
+            .collect()
+    }
+}
+
+/// `2024-05-01T10-20-30.123456` (UTC) for microseconds since the epoch.
+pub fn stamp(unix_micros: i64) -> String {
+    let ts = jiff::Timestamp::from_microsecond(unix_micros).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    ts.strftime("%Y-%m-%dT%H-%M-%S.%6f").to_string()
+}
+
+fn now_micros() -> i64 {
+    jiff::Timestamp::now().as_microsecond()
+}
+
+/// Compresses rotated files one after another on its own thread, then prunes old backups.
+struct Compressor {
+    tx: Option<mpsc::Sender<PathBuf>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Compressor {
+    fn start(naming: Naming, max_backups: Arc<AtomicUsize>, busy: Arc<AtomicBool>) -> io::Result<Self> {
+        let (tx, rx) = mpsc::channel::<PathBuf>();
+        let thread = std::thread::Builder::new().name("verdict-log-gzip".into()).spawn(move || {
+            for path in rx {
+                busy.store(true, Ordering::Release);
+                if let Err(e) = compress(&path) {
+                    warn!("compressing {}: {e}; leaving it uncompressed", path.display());
+                }
+                prune(&naming, max_backups.load(Ordering::Relaxed));
+                busy.store(false, Ordering::Release);
+            }
+        })?;
+        Ok(Self { tx: Some(tx), thread: Some(thread) })
+    }
+}
+
+impl Drop for Compressor {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `X` -> `X.gz` through `X.gz.tmp`; `X` is removed once `X.gz` is complete.
+pub fn compress(path: &Path) -> io::Result<()> {
+    let mut gz_name = path.as_os_str().to_owned();
+    gz_name.push(".gz");
+    let gz = PathBuf::from(gz_name);
+    let mut tmp_name = gz.as_os_str().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = PathBuf::from(tmp_name);
+    let mut input = io::BufReader::with_capacity(1 << 16, File::open(path)?);
+    let out = File::create(&tmp)?;
+    let mut encoder = flate2::write::GzEncoder::new(io::BufWriter::with_capacity(1 << 16, out), flate2::Compression::fast());
+    io::copy(&mut input, &mut encoder)?;
+    encoder.finish()?.into_inner().map_err(io::IntoInnerError::into_error)?.sync_all()?;
+    std::fs::rename(&tmp, &gz)?;
+    std::fs::remove_file(path)?;
+    Ok(())
+}
+
+/// Removes the oldest backups beyond `keep`.
+fn prune(naming: &Naming, keep: usize) {
+    let backups = naming.backups();
+    let excess = backups.len().saturating_sub(keep);
+    for old in &backups[..excess] {
+        // The plain file of a compressed backup may exist too (crash between steps): remove both.
+        let plain = naming.dir.join(format!("{}-{}{}", naming.stem, old.stamp, naming.ext));
+        let mut gz_name = plain.as_os_str().to_owned();
+        gz_name.push(".gz");
+        for p in [plain, PathBuf::from(gz_name)] {
+            match std::fs::remove_file(&p) {
+                Ok(()) => info!("removed old verdict log {}", p.display()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => warn!("removing old verdict log {}: {e}", p.display()),
+            }
+        }
+    }
+}
+
+/// Cuts a torn last line (no trailing newline) off `file`; returns the bytes removed.
+fn repair_tail(file: &mut File, len: u64) -> io::Result<u64> {
+    if len == 0 {
+        return Ok(0);
+    }
+    let mut end = len;
+    let mut buf = vec![0u8; 64 << 10];
+    let mut first = true;
+    while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let chunk = &mut buf[..(end - start) as usize];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(chunk)?;
+        if first && chunk.last() == Some(&b'\n') {
+            return Ok(0);
+        }
+        first = false;
+        if let Some(pos) = chunk.iter().rposition(|b| *b == b'\n') {
+            let keep = start + pos as u64 + 1;
+            file.set_len(keep)?;
+            return Ok(len - keep);
+        }
+        end = start;
+    }
+    file.set_len(0)?;
+    Ok(len)
+}
+
+/// Why a write did not land; the caller counts its records as lost.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("writing {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("writing {path}: only {written} of {wanted} bytes were written (disk full?)")]
+    Short { path: PathBuf, written: usize, wanted: usize },
+}
+
+pub struct LogFile {
+    path: PathBuf,
+    naming: Naming,
+    file: File,
+    /// Bytes in the current file: everything up to here is whole lines.
+    size: u64,
+    rotation: Rotation,
+    max_backups: Arc<AtomicUsize>,
+    compressor: Option<Compressor>,
+    compressing: Arc<AtomicBool>,
+    last_stamp: i64,
+    pub rotations: u64,
+}
+
+fn open_append(path: &Path) -> io::Result<File> {
+    OpenOptions::new().create(true).append(true).read(true).mode(0o640).open(path)
+}
+
+impl LogFile {
+    /// Opens (creating it and its directory) the current file, repairs a torn tail, finishes what a
+    /// previous run left half done (temporary files, uncompressed backups) and prunes.
+    pub fn open(path: &Path, rotation: Rotation) -> io::Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut file = open_append(path)?;
+        let len = file.metadata()?.len();
+        let cut = repair_tail(&mut file, len)?;
+        if cut > 0 {
+            warn!("{}: removed a torn last line of {cut} bytes (the previous writer was killed mid-write)", path.display());
+        }
+        let size = len - cut;
+        let naming = Naming::new(path);
+        for tmp in naming.temp_files() {
+            let _ = std::fs::remove_file(tmp);
+        }
+        let mut log = Self {
+            path: path.to_owned(),
+            naming,
+            file,
+            size,
+            rotation,
+            max_backups: Arc::new(AtomicUsize::new(rotation.max_backups)),
+            compressor: None,
+            compressing: Arc::new(AtomicBool::new(false)),
+            last_stamp: 0,
+            rotations: 0,
+        };
+        // Plain backups whose compressed twin is complete, and plain ones waiting for compression.
+        for backup in log.naming.backups() {
+            let plain = log.naming.dir.join(format!("{}-{}{}", log.naming.stem, backup.stamp, log.naming.ext));
+            if backup.compressed {
+                let _ = std::fs::remove_file(plain);
+            } else if rotation.compress {
+                log.compress_later(plain)?;
+            }
+        }
+        prune(&log.naming, rotation.max_backups);
+        Ok(log)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn rotation(&self) -> Rotation {
+        self.rotation
+    }
+
+    pub fn set_rotation(&mut self, rotation: Rotation) {
+        self.rotation = rotation;
+        self.max_backups.store(rotation.max_backups, Ordering::Relaxed);
+    }
+
+    /// Whether the background compressor is idle (for tests and shutdown).
+    pub fn compression_idle(&self) -> bool {
+        !self.compressing.load(Ordering::Acquire)
+    }
+
+    fn compress_later(&mut self, path: PathBuf) -> io::Result<()> {
+        if self.compressor.is_none() {
+            self.compressor =
+                Some(Compressor::start(self.naming.clone(), Arc::clone(&self.max_backups), Arc::clone(&self.compressing))?);
+        }
+        self.compressing.store(true, Ordering::Release);
+        if let Some(tx) = self.compressor.as_ref().and_then(|c| c.tx.as_ref()) {
+            let _ = tx.send(path);
+        }
+        Ok(())
+    }
+
+    /// Whether writing `len` more bytes calls for a rotation first.
+    pub fn needs_rotation(&self, len: usize) -> bool {
+        self.size > 0 && self.size + len as u64 > self.rotation.max_size
+    }
+
+    /// Renames the current file to a timestamped backup and starts a new one.
+    pub fn rotate(&mut self) -> io::Result<()> {
+        // Strictly increasing stamps, so backups sort in rotation order even within a microsecond.
+        let micros = now_micros().max(self.last_stamp + 1);
+        self.last_stamp = micros;
+        let (backup, _) = self.naming.backup_path(micros);
+        std::fs::rename(&self.path, &backup)?;
+        self.file = open_append(&self.path)?;
+        self.size = 0;
+        self.rotations += 1;
+        if self.rotation.compress {
+            self.compress_later(backup)?;
+        } else {
+            prune(&self.naming, self.rotation.max_backups);
+        }
+        Ok(())
+    }
+
+    /// Appends `lines` (complete lines) with one write. On failure the file is cut back to where it
+    /// was, so it never holds part of a line.
+    pub fn append(&mut self, lines: &[u8]) -> Result<(), WriteError> {
+        debug_assert!(lines.is_empty() || lines.ends_with(b"\n"));
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let result = self.file.write(lines);
+        let error = match result {
+            Ok(n) if n == lines.len() => {
+                self.size += n as u64;
+                return Ok(());
+            }
+            Ok(n) => WriteError::Short { path: self.path.clone(), written: n, wanted: lines.len() },
+            Err(source) => WriteError::Io { path: self.path.clone(), source },
+        };
+        if let Err(e) = self.file.set_len(self.size) {
+            // Cannot cut back: find the last whole line the slow way.
+            warn!("{}: truncating after a failed write: {e}", self.path.display());
+            let len = self.file.metadata().map(|m| m.len()).unwrap_or(self.size);
+            if let Ok(cut) = repair_tail(&mut self.file, len) {
+                self.size = len - cut;
+            }
+        }
+        Err(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("fg-vlog-file-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn names_of_backups_round_trip_and_sort() {
+        let n = Naming::new(Path::new("/var/log/flowgate/verdicts.jsonl"));
+        let (p, s) = n.backup_path(1_714_558_830_123_456);
+        assert_eq!(p, Path::new("/var/log/flowgate/verdicts-2024-05-01T10-20-30.123456.jsonl"));
+        assert_eq!(n.parse_backup("verdicts-2024-05-01T10-20-30.123456.jsonl"), Some((s.clone(), false)));
+        assert_eq!(n.parse_backup("verdicts-2024-05-01T10-20-30.123456.jsonl.gz"), Some((s, true)));
+        assert_eq!(n.parse_backup("verdicts.jsonl"), None);
+        assert_eq!(n.parse_backup("verdicts-2024-05-01.jsonl"), None);
+        assert_eq!(n.parse_backup("other-2024-05-01T10-20-30.123456.jsonl"), None);
+    }
+
+    #[test]
+    fn torn_tail_is_cut_on_open() {
+        let d = dir("torn");
+        let path = d.join("v.jsonl");
+        std::fs::write(&path, b"{\"a\":1}\n{\"a\":2}\n{\"a\":").unwrap();
+        let log = LogFile::open(&path, Rotation::default()).unwrap();
+        assert_eq!(log.size(), 16);
+        assert_eq!(std::fs::read(&path).unwrap(), b"{\"a\":1}\n{\"a\":2}\n");
+        std::fs::write(&path, b"no newline at all").unwrap();
+        drop(LogFile::open(&path, Rotation::default()).unwrap());
+        assert_eq!(std::fs::read(&path).unwrap(), b"");
+    }
+
+    #[test]
+    fn rotates_keeps_n_backups_and_compresses() {
+        let d = dir("rot");
+        let path = d.join("v.jsonl");
+        let rotation = Rotation { max_size: 100, max_backups: 3, compress: true };
+        let mut log = LogFile::open(&path, rotation).unwrap();
+        let line = format!("{}\n", "x".repeat(39));
+        for _ in 0..20 {
+            if log.needs_rotation(line.len()) {
+                log.rotate().unwrap();
+            }
+            log.append(line.as_bytes()).unwrap();
+        }
+        drop(log); // waits for the compressor
+        let naming = Naming::new(&path);
+        let backups = naming.backups();
+        assert_eq!(backups.len(), 3, "{backups:?}");
+        assert!(backups.iter().all(|b| b.compressed));
+        for b in &backups {
+            let mut text = String::new();
+            flate2::read::GzDecoder::new(File::open(&b.path).unwrap()).read_to_string(&mut text).unwrap();
+            assert_eq!(text, line.repeat(2));
+        }
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), line.repeat(2));
+        assert!(naming.temp_files().is_empty());
+    }
+}
