@@ -249,11 +249,10 @@ impl Datapath {
     /// Writes (or replaces) the endpoints-map entry of a node-side interface.
     pub fn set_endpoint(&mut self, ifindex: u32, info: EndpointInfo) -> Result<(), DatapathError> {
         let name = MAP_ENDPOINTS;
-        let mut map: HashMap<_, u32, EndpointInfo> = HashMap::try_from(
-            self.ebpf.map_mut(name).ok_or(DatapathError::MissingMap { name })?,
-        )
-        .map_err(|source| DatapathError::Map { name, source })?;
-        map.insert(ifindex, info, 0).map_err(|source| DatapathError::Map { name, source })
+        let mut map: Array<_, EndpointInfo> =
+            Array::try_from(self.ebpf.map_mut(name).ok_or(DatapathError::MissingMap { name })?)
+                .map_err(|source| DatapathError::Map { name, source })?;
+        map.set(ifindex, info, 0).map_err(|source| DatapathError::Map { name, source })
     }
 
     /// Writes a complete policy generation into the inactive maps, then switches the programs to it in

@@ -1,6 +1,9 @@
 //! The endpoints map: what the datapath knows about the endpoint behind a node-side interface.
 
-/// Value of the endpoints map, keyed by the ifindex of the endpoint's node-side veth.
+/// Size of the endpoints array: node-side interfaces with a smaller ifindex can be endpoints.
+pub const MAX_IFINDEX: u32 = 16384;
+
+/// Value of the endpoints map, indexed by the ifindex of the endpoint's node-side veth.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct EndpointInfo {

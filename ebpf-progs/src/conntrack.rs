@@ -2,7 +2,7 @@
 //! records new connections, and decides which packets are worth a trace record under the configured
 //! aggregation level.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
 use flowgate_common::{
     FlowTuple,
     conntrack::{CtEntry, CtKey, ct_flag},
@@ -65,7 +65,8 @@ pub fn track(flow: &FlowTuple, endpoint_id: u16, dir: u8, pkt_len: u32, level: u
     // SAFETY: a pointer into the map value returned by the lookup; concurrent updates of these
     // statistics from two CPUs may lose an increment, which is acceptable for counters.
     let entry = unsafe { &mut *entry };
-    entry.last_seen_ns = unsafe { bpf_ktime_get_ns() };
+    // Coarse time is enough for idle timeouts and cheaper on every packet.
+    entry.last_seen_ns = unsafe { bpf_ktime_get_coarse_ns() };
     entry.packets += 1;
     entry.bytes += u64::from(pkt_len);
     let seen = if state == ct_state::ESTABLISHED { &mut entry.flags_seen_orig } else { &mut entry.flags_seen_reply };

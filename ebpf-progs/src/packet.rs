@@ -1,5 +1,7 @@
-//! Packet parsing: Ethernet -> IPv4 -> TCP/UDP/ICMP/SCTP into a [`FlowTuple`]. Loads go through
-//! `bpf_skb_load_bytes`, which the verifier accepts without pointer arithmetic checks.
+//! Packet parsing: Ethernet -> IPv4 -> TCP/UDP/ICMP/SCTP into a [`FlowTuple`]. Headers are read with
+//! direct packet access when they sit in the linear part of the skb (the common case, a few
+//! nanoseconds); otherwise through `bpf_skb_load_bytes`, so a packet with non-linear headers is never
+//! mistaken for a non-IPv4 packet and let through unpoliced.
 
 use aya_ebpf::programs::TcContext;
 use flowgate_common::FlowTuple;
@@ -10,10 +12,86 @@ const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const IPPROTO_SCTP: u8 = 132;
+/// Bytes of L4 header we read: ports (4) and, for TCP, up to the flags byte (14).
+const L4_BYTES: usize = 14;
 
 /// The IPv4 flow of this packet, or `None` when it is not IPv4.
 #[inline(always)]
 pub fn parse_ipv4(ctx: &TcContext) -> Option<FlowTuple> {
+    match parse_direct(ctx) {
+        Parsed::Flow(flow) => Some(flow),
+        Parsed::NotIpv4 => None,
+        Parsed::NotLinear => parse_loads(ctx),
+    }
+}
+
+enum Parsed {
+    Flow(FlowTuple),
+    NotIpv4,
+    NotLinear,
+}
+
+#[inline(always)]
+fn l4_fields(flow: &mut FlowTuple, l4: &[u8]) {
+    match flow.protocol {
+        IPPROTO_TCP => {
+            flow.sport = u16::from_be_bytes([l4[0], l4[1]]);
+            flow.dport = u16::from_be_bytes([l4[2], l4[3]]);
+            flow.tcp_flags = l4[13];
+        }
+        IPPROTO_UDP | IPPROTO_SCTP => {
+            flow.sport = u16::from_be_bytes([l4[0], l4[1]]);
+            flow.dport = u16::from_be_bytes([l4[2], l4[3]]);
+        }
+        IPPROTO_ICMP => {
+            flow.sport = u16::from(l4[0]);
+            flow.dport = u16::from(l4[1]);
+        }
+        _ => {}
+    }
+}
+
+/// Direct packet access with the bounds checks the verifier wants.
+#[inline(always)]
+fn parse_direct(ctx: &TcContext) -> Parsed {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + ETH_HLEN + 20 > end {
+        return Parsed::NotLinear;
+    }
+    // SAFETY: bounds checked above against data_end.
+    let eth = unsafe { core::slice::from_raw_parts(start as *const u8, ETH_HLEN + 20) };
+    if u16::from_be_bytes([eth[12], eth[13]]) != ETH_P_IP || eth[ETH_HLEN] >> 4 != 4 {
+        return Parsed::NotIpv4;
+    }
+    let ip = &eth[ETH_HLEN..];
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    if ihl < 20 {
+        return Parsed::NotIpv4;
+    }
+    let mut flow = FlowTuple {
+        saddr: u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]),
+        daddr: u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]),
+        protocol: ip[9],
+        ..FlowTuple::default()
+    };
+    // Non-first fragments carry no L4 header.
+    if u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0 {
+        return Parsed::Flow(flow);
+    }
+    let l4_start = start + ETH_HLEN + ihl;
+    if l4_start + L4_BYTES > end {
+        // Short packets (e.g. ICMP or UDP without 14 bytes of L4) take the slow path.
+        return Parsed::NotLinear;
+    }
+    // SAFETY: bounds checked above against data_end.
+    let l4 = unsafe { core::slice::from_raw_parts(l4_start as *const u8, L4_BYTES) };
+    l4_fields(&mut flow, l4);
+    Parsed::Flow(flow)
+}
+
+/// The slow path: every field through `bpf_skb_load_bytes`.
+#[inline(never)]
+fn parse_loads(ctx: &TcContext) -> Option<FlowTuple> {
     let ethertype = u16::from_be(ctx.load::<u16>(12).ok()?);
     if ethertype != ETH_P_IP {
         return None;
@@ -34,28 +112,19 @@ pub fn parse_ipv4(ctx: &TcContext) -> Option<FlowTuple> {
         protocol,
         ..FlowTuple::default()
     };
-    // Non-first fragments carry no L4 header.
     if frag & 0x1fff != 0 {
         return Some(flow);
     }
     let l4 = ETH_HLEN + ihl;
+    let mut bytes = [0u8; L4_BYTES];
+    // TCP needs all 14 bytes; the others need the first 4 (ports) or 2 (ICMP type and code).
+    // Fixed-size loads: the verifier rejects a read whose length may be zero.
     match protocol {
-        IPPROTO_TCP => {
-            flow.sport = u16::from_be(ctx.load(l4).ok()?);
-            flow.dport = u16::from_be(ctx.load(l4 + 2).ok()?);
-            flow.tcp_flags = ctx.load(l4 + 13).ok()?;
-        }
-        IPPROTO_UDP | IPPROTO_SCTP => {
-            flow.sport = u16::from_be(ctx.load(l4).ok()?);
-            flow.dport = u16::from_be(ctx.load(l4 + 2).ok()?);
-        }
-        IPPROTO_ICMP => {
-            let icmp_type: u8 = ctx.load(l4).ok()?;
-            let icmp_code: u8 = ctx.load(l4 + 1).ok()?;
-            flow.sport = u16::from(icmp_type);
-            flow.dport = u16::from(icmp_code);
-        }
+        IPPROTO_TCP => bytes = ctx.load::<[u8; L4_BYTES]>(l4).ok()?,
+        IPPROTO_UDP | IPPROTO_SCTP => bytes[..4].copy_from_slice(&ctx.load::<[u8; 4]>(l4).ok()?),
+        IPPROTO_ICMP => bytes[..2].copy_from_slice(&ctx.load::<[u8; 2]>(l4).ok()?),
         _ => {}
     }
+    l4_fields(&mut flow, &bytes);
     Some(flow)
 }

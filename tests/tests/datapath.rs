@@ -54,13 +54,17 @@ fn fixture(policy_yaml: &str, tag: &str) -> Fixture {
 }
 
 fn fixture_with(policy_yaml: &str, tag: &str, tweak: impl FnOnce(&mut PolicyEngine)) -> Fixture {
+    fixture_full(policy_yaml, tag, aggregation::NONE, tweak)
+}
+
+fn fixture_full(policy_yaml: &str, tag: &str, level: u64, tweak: impl FnOnce(&mut PolicyEngine)) -> Fixture {
     require_root();
     let dir = std::env::temp_dir().join(format!("fg-datapath-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("policy.yaml"), policy_yaml).unwrap();
 
-    let mut datapath = Datapath::load(DatapathOptions { aggregation: aggregation::NONE, ..DatapathOptions::default() })
+    let mut datapath = Datapath::load(DatapathOptions { aggregation: level, ..DatapathOptions::default() })
         .expect("load the datapath (root, BPF)");
     let state = AgentState::new(AgentInfo::default(), Hub::new(HubConfig::default()));
     let ns: BTreeMap<String, String> = [("kubernetes.io/metadata.name".to_string(), "default".to_string())].into();
@@ -238,4 +242,48 @@ fn per_endpoint_audit_applies_to_that_endpoint_only() {
     let (ret, records) = f.run(PROG_TO_ENDPOINT, OUTSIDE, SERVER, Transport::Tcp { sport: 7004, dport: 80, flags: 0x02 });
     assert_eq!(ret, TC_ACT_UNSPEC, "the audited server lets it pass");
     assert_eq!(verdicts(&records), vec![(verdict::AUDIT, match_type::NONE, 80)]);
+}
+
+fn traces(records: &[Record]) -> usize {
+    records.iter().filter(|r| matches!(r, Record::Trace(_))).count()
+}
+
+const ALLOW_ALL: &str = "
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-all, namespace: default}
+spec:
+  podSelector: {}
+  ingress: [{}]
+";
+
+/// (program, src, dst, sport, dport, flags) -> trace records written, for a sequence of packets.
+fn trace_counts(level: u64, tag: &str) -> Vec<usize> {
+    let mut f = fixture_full(ALLOW_ALL, tag, level, |_| {});
+    let tcp = |sport, dport, flags| Transport::Tcp { sport, dport, flags };
+    let steps = [
+        (PROG_TO_ENDPOINT, CLIENT, SERVER, tcp(8000, 80, 0x02)),   // SYN: new connection
+        (PROG_TO_ENDPOINT, CLIENT, SERVER, tcp(8000, 80, 0x02)),   // SYN again: nothing new
+        (PROG_FROM_ENDPOINT, SERVER, CLIENT, tcp(80, 8000, 0x12)), // SYN-ACK: first reply
+        (PROG_TO_ENDPOINT, CLIENT, SERVER, tcp(8000, 80, 0x10)),   // ACK: new flag
+        (PROG_TO_ENDPOINT, CLIENT, SERVER, tcp(8000, 80, 0x10)),   // ACK: bulk
+        (PROG_FROM_ENDPOINT, SERVER, CLIENT, tcp(80, 8000, 0x11)), // FIN from the server: a state change
+        (PROG_FROM_ENDPOINT, SERVER, CLIENT, tcp(80, 8000, 0x10)), // ACK from the server: bulk, leaving the pod
+    ];
+    steps.iter().map(|(prog, src, dst, t)| traces(&f.run(prog, *src, *dst, *t).1)).collect()
+}
+
+#[test]
+fn trace_aggregation_levels() {
+    assert_eq!(trace_counts(aggregation::NONE, "aggnone"), vec![1, 1, 1, 1, 1, 1, 1], "none: every packet");
+    assert_eq!(
+        trace_counts(aggregation::MEDIUM, "aggmed"),
+        vec![1, 0, 1, 1, 0, 1, 0],
+        "medium: new connections, first replies and new TCP flags only"
+    );
+    assert_eq!(
+        trace_counts(aggregation::LOW, "agglow"),
+        vec![1, 0, 1, 1, 0, 1, 1],
+        "low: medium plus every packet leaving the pod"
+    );
 }

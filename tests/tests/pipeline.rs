@@ -129,7 +129,7 @@ fn a_stalled_subscriber_is_told_its_loss_while_another_misses_nothing() {
     let lab = LabGuard::up("stall", &example("lab-netpol.yaml"));
     let dir = SocketDir::new("stall");
     // Small per-client queues so the stalled client overflows quickly.
-    let agent = AgentGuard::start(&lab.name, &dir.socket("agent.sock"), &["--client-queue-events", "4096"]);
+    let agent = AgentGuard::start(&lab.name, &dir.socket("agent.sock"), &["--client-queue-events", "4096", "--monitor-aggregation", "none"]);
     let rt = runtime();
     let socket = agent.socket.clone();
 

@@ -2,7 +2,10 @@
 //! Figures are medians of several runs, because the machine is shared and noisy; compare ratios
 //! within one run rather than absolute numbers across runs.
 //!
-//! - datapath: ns per packet of `from_endpoint` on a crafted TCP SYN (BPF_PROG_TEST_RUN, kernel-timed);
+//! - datapath: ns per packet (BPF_PROG_TEST_RUN, kernel-timed) of a packet of an established
+//!   connection (conntrack hit) and of a new connection that policy denies (ipcache + three policy
+//!   lookups + verdict and drop records), with 1, 100 and 1000 policies on the endpoint: the policy
+//!   lookups are hash/LPM lookups, so the cost should stay flat as policies grow;
 //! - drain: records per second that the agent's reader + pipeline (decode, enrich, hub, one subscriber)
 //!   takes out of the ring buffer while the kernel programs write as fast as they can, with batched
 //!   wake-ups versus a wake-up per record, and the loss the kernel counted.
@@ -24,7 +27,11 @@ use flowgate_agent::{
     pipeline::Pipeline,
     state::{AgentInfo, AgentState},
 };
-use flowgate_common::{Counter, counters::aggregation, names::PROG_FROM_ENDPOINT};
+use flowgate_common::{
+    Counter,
+    counters::aggregation,
+    names::{PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT},
+};
 use flowgate_proto::{
     endpoint::NewEndpoint,
     message::{Event, Subscription},
@@ -146,12 +153,109 @@ struct DrainStats {
     secs: f64,
 }
 
+/// A datapath with `policies` NetworkPolicies on the server endpoint (behind loopback), each allowing
+/// its own client identity on its own port, with a reader draining the events.
+fn policy_cost(policies: usize, runs: usize, repeat: u32) -> anyhow::Result<(f64, f64)> {
+    use flowgate_agent::policy::PolicyEngine;
+    use flowgate_policy::{ClusterView, NamespaceInfo, PodInfo};
+    use std::fmt::Write as _;
+
+    // The reader drains on its tick only: wake-ups would be measured, not the policy decision.
+    let mut dp = Datapath::load(DatapathOptions { wakeup_bytes: u64::MAX, ..DatapathOptions::default() })
+        .context("loading the datapath (run as root)")?;
+    let state = AgentState::new(AgentInfo::default(), Hub::new(HubConfig::default()));
+    let ns: std::collections::BTreeMap<String, String> =
+        [("kubernetes.io/metadata.name".to_string(), "bench".to_string())].into();
+    let mut pods = Vec::new();
+    let mut add = |name: String, ip: Ipv4Addr, ifindex: u32| {
+        let ep = state.upsert_endpoint(
+            NewEndpoint {
+                namespace: "bench".into(),
+                pod_name: name.clone(),
+                labels: [("app".to_string(), name.clone())].into(),
+                ipv4: ip,
+                interface: format!("if{ifindex}"),
+                ifindex,
+            },
+            &ns,
+        );
+        pods.push(PodInfo {
+            endpoint_id: ep.id,
+            namespace: "bench".into(),
+            name,
+            labels: ep.labels.clone(),
+            ip,
+            identity: ep.identity,
+            ports: Vec::new(),
+        });
+        ep
+    };
+    let server = add("server".into(), Ipv4Addr::new(10, 200, 0, 11), TEST_RUN_IFINDEX);
+    dp.set_endpoint(TEST_RUN_IFINDEX, datapath::endpoint_info(&server))?;
+    let mut yaml = String::new();
+    for i in 0..policies {
+        let client = format!("client-{i}");
+        add(client.clone(), Ipv4Addr::from(0x0ac9_0000u32 + i as u32), 10_000 + i as u32);
+        write!(
+            yaml,
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: allow-{i}, namespace: bench}}\n\
+             spec:\n  podSelector: {{matchLabels: {{app: server}}}}\n  ingress:\n  - from: [{{podSelector: {{matchLabels: {{app: {client}}}}}}}]\n    ports: [{{port: {}}}]\n---\n",
+            1000 + i
+        )?;
+    }
+    let dir = std::env::temp_dir().join(format!("fg-bench-policies-{}-{policies}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("policies.yaml"), yaml)?;
+    let mut engine = PolicyEngine::new(Some(dir.clone()), false);
+    engine.reload();
+    anyhow::ensure!(engine.status().errors.is_empty(), "bench policies: {:?}", engine.status().errors);
+    let cluster =
+        ClusterView { namespaces: vec![NamespaceInfo { name: "bench".into(), labels: ns.clone() }], pods };
+    let (contents, snapshot) = engine.prepare(&cluster);
+    state.set_policy(Arc::new(snapshot), engine.cidr_labels());
+    dp.apply_policy(&contents)?;
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let ring = dp.take_events()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let reader = runtime.spawn(flowgate_agent::reader::run(ring, Duration::from_millis(5), Pipeline::new(Arc::clone(&state))));
+    // From the first client, allowed: the first run opens the connection, the rest hit conntrack.
+    let allowed = ipv4_packet(
+        Ipv4Addr::from(0x0ac9_0000u32),
+        Ipv4Addr::new(10, 200, 0, 11),
+        Transport::Tcp { sport: 40000, dport: 1000, flags: 0x10 },
+    );
+    // From outside, denied: no conntrack entry is ever made, so every run takes the full decision.
+    let denied = ipv4_packet(
+        Ipv4Addr::new(192, 0, 2, 1),
+        Ipv4Addr::new(10, 200, 0, 11),
+        Transport::Tcp { sport: 40001, dport: 1000, flags: 0x02 },
+    );
+    let mut established = Vec::new();
+    let mut decided = Vec::new();
+    for _ in 0..runs {
+        established.push(dp.test_run(PROG_TO_ENDPOINT, &allowed, repeat)?.duration.as_nanos() as f64);
+        decided.push(dp.test_run(PROG_TO_ENDPOINT, &denied, repeat / 10)?.duration.as_nanos() as f64);
+    }
+    reader.abort();
+    Ok((median(established), median(decided)))
+}
+
 fn main() -> anyhow::Result<()> {
     let runs = 5;
     println!("flowgate-bench (medians of {runs} runs; kernel: BPF_PROG_TEST_RUN)\n");
 
+    println!("{:<44} {:>14} {:>22}", "datapath (to_endpoint, ns/packet)", "established", "new, denied by policy");
+    let mut denied_costs = Vec::new();
+    for policies in [1, 100, 1000] {
+        let (established, denied) = policy_cost(policies, runs, 200_000)?;
+        denied_costs.push(denied);
+        println!("{:<44} {:>14.1} {:>22.1}", format!("{policies} policies on the endpoint"), established, denied);
+    }
+    println!("cost with 1000 policies / with 1 policy (new connection): {:.2}x", denied_costs[2] / denied_costs[0]);
+
     let ns = datapath_ns(runs, 200_000)?;
-    println!("{:<58} {:>12}", "datapath: from_endpoint, TCP SYN, endpoint hit", format!("{ns:.1} ns/pkt"));
+    println!("{:<44} {:>14.1}", "a trace record for every packet (aggregation none)", ns);
 
     println!();
     println!(
