@@ -16,7 +16,7 @@ test: build
 	$(CARGO) test --workspace --exclude flowgate-ebpf --locked --no-fail-fast
 
 demo: build
-	bash scripts/demo.sh
+	./target/debug/flowgate demo
 
 bench: setup
 	$(CARGO) build --workspace --exclude flowgate-ebpf --release --locked

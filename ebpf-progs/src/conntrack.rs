@@ -39,8 +39,6 @@ pub struct Tracked {
     pub state: u8,
     /// Whether the packet deserves a trace record under the aggregation level.
     pub trace: bool,
-    /// Rule that allowed the connection.
-    pub rule_id: u32,
 }
 
 /// Looks the packet up as part of an existing connection and updates that connection.
@@ -85,7 +83,7 @@ pub fn track(flow: &FlowTuple, endpoint_id: u16, dir: u8, pkt_len: u32, level: u
         aggregation::LOW => dir == direction::EGRESS || new_flags || first_reply,
         _ => new_flags || first_reply,
     };
-    Some(Tracked { state, trace, rule_id: entry.rule_id })
+    Some(Tracked { state, trace })
 }
 
 /// Records a new connection opened by this packet.

@@ -3,6 +3,7 @@
 
 mod client_cmd;
 mod cmd;
+mod monitor;
 
 use clap::{Parser, Subcommand};
 
@@ -17,6 +18,8 @@ struct Cli {
 enum Command {
     /// Build, inspect and tear down a lab node of namespace pods.
     Lab(cmd::lab::LabArgs),
+    /// The main job on a lab: the NetworkPolicy walkthrough, its policies, live traffic and the monitor.
+    Demo(cmd::demo::DemoArgs),
     /// The agent's state: version, uptime, events buffer, counters, clients.
     Status(client_cmd::status::StatusArgs),
     /// The endpoints (pods) the agent enforces for.
@@ -25,6 +28,8 @@ enum Command {
     Identity(client_cmd::identity::IdentityArgs),
     /// The policy realized in the datapath, per endpoint.
     Policy(client_cmd::policy::PolicyArgs),
+    /// Verdicts, drops and traces, live: a TUI on a terminal, text or Hubble-shaped JSON lines otherwise.
+    Monitor(monitor::MonitorArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -34,9 +39,11 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Lab(args) => cmd::lab::run(args),
+        Command::Demo(args) => cmd::demo::run(args),
         Command::Status(args) => client_cmd::exit_on_error(client_cmd::status::run(&args)),
         Command::Endpoint(args) => client_cmd::exit_on_error(client_cmd::endpoint::run(&args)),
         Command::Identity(args) => client_cmd::exit_on_error(client_cmd::identity::run(&args)),
         Command::Policy(args) => client_cmd::exit_on_error(client_cmd::policy::run(&args)),
+        Command::Monitor(args) => client_cmd::exit_on_error(monitor::run(&args)),
     }
 }

@@ -8,6 +8,7 @@ pub mod codec;
 pub mod filter;
 pub mod flow;
 pub mod format;
+pub mod hubble;
 pub mod message;
 pub mod version;
 

@@ -1,3 +1,4 @@
 //! One module per `flowgate` subcommand.
 
+pub mod demo;
 pub mod lab;

@@ -1,0 +1,211 @@
+//! `flowgate demo`: the whole product in one command. Brings up the NetworkPolicy walkthrough as a lab
+//! node (examples/demo-lab.yaml), starts the agent on it with the example policies
+//! (examples/policies/), drives allowed and denied connections every second from inside the pods, and
+//! opens the monitor on the database endpoint. Quitting (or the end of `--duration`) tears it all down.
+
+use std::{
+    io::IsTerminal as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use flowgate_lab::{LabState, PodRef, Protocol, Topology, lab, traffic};
+use flowgate_proto::{client::Client, message::Request};
+
+use crate::{
+    client_cmd::{SocketArg, software},
+    monitor::{self, MonitorArgs, MonitorOutput},
+};
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// The lab topology.
+    #[arg(long, default_value = "examples/demo-lab.yaml")]
+    topology: PathBuf,
+    /// The NetworkPolicy directory the agent follows (edit it while the demo runs).
+    #[arg(long, default_value = "examples/policies")]
+    policies: PathBuf,
+    /// Lab name.
+    #[arg(long, default_value = "demo")]
+    name: String,
+    /// Monitor output: the TUI on a terminal, text lines otherwise.
+    #[arg(short, long, value_enum)]
+    output: Option<MonitorOutput>,
+    /// Without a terminal: how long to run, in seconds, before tearing down.
+    #[arg(long, default_value_t = 15)]
+    duration: u64,
+}
+
+/// Connections the traffic generator makes every second: (from, to, port, expected by the policies).
+const TRAFFIC: &[(&str, &str, u16, &str)] = &[
+    ("default/backend", "default/database", 5432, "allowed: component=backend"),
+    ("dba-tools/dba-console", "default/database", 5432, "allowed: namespace team=dba"),
+    ("outside", "default/database", 5432, "allowed: ipBlock 10.200.0.250/32"),
+    ("default/frontend", "default/database", 5432, "denied: default deny"),
+    ("monitoring/debug", "default/app", 8080, "allowed: allow-debug"),
+    ("default/frontend", "default/app", 8080, "denied: default deny"),
+];
+
+/// Everything the demo started, stopped in reverse order on drop (also on error or panic).
+struct Running {
+    lab: String,
+    agent: Option<Child>,
+    stop: Arc<AtomicBool>,
+    traffic: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.traffic.take() {
+            let _ = t.join();
+        }
+        if let Some(mut agent) = self.agent.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline && matches!(agent.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = agent.kill();
+            let _ = agent.wait();
+        }
+        match lab::down(&self.lab) {
+            Ok(_) => eprintln!("demo: lab {} is down", self.lab),
+            Err(e) => eprintln!("demo: tearing down lab {}: {e:#}", self.lab),
+        }
+    }
+}
+
+fn sibling(binary: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the flowgate binary")?;
+    let path = exe.with_file_name(binary);
+    if !path.is_file() {
+        bail!("{} not found next to {}: build it with `cargo build`", binary, exe.display());
+    }
+    Ok(path)
+}
+
+fn wait_for_agent(socket: &Path, agent: &mut Child) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(mut client) = runtime.block_on(Client::connect(socket, &software())) {
+            if runtime.block_on(client.request(Request::Status)).is_ok() {
+                return Ok(());
+            }
+        }
+        if let Some(status) = agent.try_wait()? {
+            bail!("flowgate-agent exited ({status}) before serving; see its log");
+        }
+        if Instant::now() > deadline {
+            bail!("flowgate-agent did not answer on {} within a minute", socket.display());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn drive_traffic(state: LabState, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        let started = Instant::now();
+        std::thread::scope(|s| {
+            for (from, to, port, _) in TRAFFIC {
+                let state = &state;
+                s.spawn(move || {
+                    let spec = traffic::TrafficSpec {
+                        from: from.parse::<PodRef>().expect("demo host"),
+                        to: to.parse::<PodRef>().expect("demo host"),
+                        port: *port,
+                        protocol: Protocol::Tcp,
+                        count: 1,
+                        time_limit: Duration::from_millis(800),
+                        interval: Duration::ZERO,
+                    };
+                    let _ = traffic::run(state, &spec);
+                });
+            }
+        });
+        let pause = Duration::from_secs(1).saturating_sub(started.elapsed());
+        std::thread::sleep(pause);
+    }
+}
+
+pub fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let topology = Topology::load(&args.topology).with_context(|| format!("reading {}", args.topology.display()))?;
+    let _ = lab::down(&args.name);
+    let state = lab::up(&topology, &args.name, Some(&args.topology)).with_context(|| format!("bringing lab {} up", args.name))?;
+    let mut running = Running { lab: args.name.clone(), agent: None, stop: Arc::new(AtomicBool::new(false)), traffic: None };
+    eprintln!("demo: lab {} is up: {} pods and an outside host", state.name, state.pods.len());
+
+    let socket = PathBuf::from(format!("/run/flowgate/{}.sock", args.name));
+    let log = flowgate_lab::state::lab_dir(&args.name).join("agent.log");
+    let log_file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+    let mut agent = Command::new(sibling("flowgate-agent")?)
+        .args(["--lab", &args.name, "--socket"])
+        .arg(&socket)
+        .arg("--policies")
+        .arg(&args.policies)
+        .stdout(Stdio::null())
+        .stderr(log_file)
+        .spawn()
+        .context("starting flowgate-agent")?;
+    let ready = wait_for_agent(&socket, &mut agent);
+    running.agent = Some(agent);
+    ready?;
+    eprintln!("demo: agent is up (log: {}); policies from {}", log.display(), args.policies.display());
+    for (from, to, port, expect) in TRAFFIC {
+        eprintln!("demo: every second {from} -> {to}:{port} ({expect})");
+    }
+    let stop = Arc::clone(&running.stop);
+    running.traffic = Some(std::thread::spawn(move || drive_traffic(state, stop)));
+
+    let socket_arg = SocketArg { socket: socket.clone() };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let endpoints = runtime.block_on(monitor::fetch_endpoints(&socket))?;
+    let database = endpoints
+        .iter()
+        .find(|e| e.pod_ref() == "default/database")
+        .context("the demo topology has no default/database pod")?
+        .id;
+    let output = args.output.unwrap_or(if std::io::stdout().is_terminal() { MonitorOutput::Tui } else { MonitorOutput::Text });
+    eprintln!("demo: monitoring endpoint {database} (default/database)");
+    if output == MonitorOutput::Tui {
+        let monitor_args = MonitorArgs {
+            related_to: vec![database],
+            from: Vec::new(),
+            to: Vec::new(),
+            types: Vec::new(),
+            verdict: Vec::new(),
+            namespace: Vec::new(),
+            pod: Vec::new(),
+            port: Vec::new(),
+            protocol: Vec::new(),
+            last: 0,
+            output: Some(MonitorOutput::Tui),
+            verbose: false,
+            socket: socket_arg,
+        };
+        monitor::run(&monitor_args)?;
+    } else {
+        // Without a terminal: the text monitor for a while, as a child process, then tear down.
+        let mut child = Command::new(std::env::current_exe()?)
+            .args(["monitor", "--related-to", &database.to_string(), "-o"])
+            .arg(if output == MonitorOutput::Json { "json" } else { "text" })
+            .arg("--socket")
+            .arg(&socket)
+            .spawn()
+            .context("starting flowgate monitor")?;
+        std::thread::sleep(Duration::from_secs(args.duration));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    drop(running);
+    Ok(())
+}

@@ -1,0 +1,857 @@
+//! A small NetworkPolicy conformance framework shaped like the upstream Kubernetes e2e suite
+//! (`test/e2e/network/netpol`): a [`Reachability`] truth table of what should connect, built from
+//! "all connected" or "all blocked" plus exceptions; a [`Conformance`] case that owns one lab (the
+//! x/y/z × a/b/c model of `examples/lab-netpol.yaml`) and one agent following a policy directory and
+//! the lab's topology file; and [`Conformance::validate`], which probes the full 9×9 matrix with real
+//! traffic through the real datapath and, on any difference, fails with both truth tables, the
+//! differences, and every manifest in effect.
+//!
+//! Policies are written atomically (staged outside the watched directory, then renamed in) and every
+//! change waits until the agent reports a new policy revision with exactly the expected policy names
+//! loaded and no errors, so a probe never races a half-applied set. No sleeps.
+//!
+//! The diagonal (a pod probing itself) is **not checked**: such a probe goes over the pod's loopback
+//! and never crosses the datapath, so it always connects in the lab. Upstream ignores loopback too
+//! (`ignoreLoopback`); the tables print it as `-` (expected) and as observed.
+//!
+//! Set `FLOWGATE_CONFORMANCE_KEEP_GOING=1` to record mismatches and go on probing the remaining steps
+//! of a case (the test still fails at its end, with every mismatch), and
+//! `FLOWGATE_CONFORMANCE_PROBE_TIMEOUT` (default `1s`) to change the per-probe timeout.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use flowgate_lab::topology::Topology;
+use flowgate_tests::{
+    LabGuard,
+    agent::{AgentGuard, SocketDir},
+    example, flowgate, require_root,
+};
+use serde_json::{Value, json};
+
+/// The pods of the model, in the lab's file order.
+pub const PODS: [&str; 9] = [
+    "x/a", "x/b", "x/c", "y/a", "y/b", "y/c", "z/a", "z/b", "z/c",
+];
+/// The namespaces of the model.
+pub const NAMESPACES: [&str; 3] = ["x", "y", "z"];
+
+/// How long the agent may take to put a changed policy set or changed labels in effect.
+pub const POLICY_WAIT: Duration = Duration::from_secs(10);
+/// How often the agent checks its policy directory and topology file (its default is 250 ms).
+const WATCH_INTERVAL_MS: &str = "50";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+pub use Protocol::{Tcp, Udp};
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tcp => "TCP",
+            Udp => "UDP",
+        }
+    }
+}
+
+fn index(pod: &str) -> usize {
+    PODS.iter()
+        .position(|p| *p == pod)
+        .unwrap_or_else(|| panic!("{pod:?} is not a pod of the model (one of {PODS:?})"))
+}
+
+/// Whether `pod` ("ns/name") matches a peer pattern: `*` (every pod), `x/*` (every pod of a
+/// namespace), `*/a` (pod a of every namespace) or `x/a`.
+fn matches(pattern: &str, pod: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    let (pns, pname) = pattern
+        .split_once('/')
+        .unwrap_or_else(|| panic!("peer pattern {pattern:?}: expected *, ns/*, */pod or ns/pod"));
+    assert!(
+        pns == "*" || NAMESPACES.contains(&pns),
+        "peer pattern {pattern:?}: unknown namespace"
+    );
+    assert!(
+        pname == "*" || ["a", "b", "c"].contains(&pname),
+        "peer pattern {pattern:?}: unknown pod"
+    );
+    let (ns, name) = pod.split_once('/').expect("ns/name");
+    (pns == "*" || pns == ns) && (pname == "*" || pname == name)
+}
+
+/// The expected connectivity of every pod to every pod, like upstream's `Reachability`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reachability {
+    /// `connected[from][to]`, indexed like [`PODS`].
+    connected: [[bool; 9]; 9],
+}
+
+impl Reachability {
+    /// Every pair connected (`true`) or every pair blocked (`false`).
+    pub fn new(connected: bool) -> Self {
+        Self {
+            connected: [[connected; 9]; 9],
+        }
+    }
+
+    /// One pair.
+    pub fn expect(mut self, from: &str, to: &str, connected: bool) -> Self {
+        self.connected[index(from)][index(to)] = connected;
+        self
+    }
+
+    /// Every pair whose source matches `from` and destination matches `to` (patterns: `*`, `x/*`,
+    /// `*/a`, `x/a`), like upstream's `ExpectPeer(&Peer{..}, &Peer{..}, ..)`.
+    pub fn expect_peer(mut self, from: &str, to: &str, connected: bool) -> Self {
+        for (i, f) in PODS.iter().enumerate() {
+            for (j, t) in PODS.iter().enumerate() {
+                if matches(from, f) && matches(to, t) {
+                    self.connected[i][j] = connected;
+                }
+            }
+        }
+        self
+    }
+
+    /// Everything into `pod`.
+    pub fn expect_all_ingress(self, pod: &str, connected: bool) -> Self {
+        index(pod);
+        self.expect_peer("*", pod, connected)
+    }
+
+    /// Everything out of `pod`.
+    pub fn expect_all_egress(self, pod: &str, connected: bool) -> Self {
+        index(pod);
+        self.expect_peer(pod, "*", connected)
+    }
+
+    pub fn get(&self, from: &str, to: &str) -> bool {
+        self.connected[index(from)][index(to)]
+    }
+}
+
+/// A `.`/`X` grid like the e2e suite's: rows are sources, columns destinations.
+fn grid(title: &str, cell: impl Fn(usize, usize) -> char) -> String {
+    let mut out = format!("{title}\n  from\\to");
+    for to in PODS {
+        let _ = write!(out, " {to:>4}");
+    }
+    out.push('\n');
+    for (i, from) in PODS.iter().enumerate() {
+        let _ = write!(out, "  {from:<7}");
+        for j in 0..PODS.len() {
+            let _ = write!(out, " {:>4}", cell(i, j));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn dot_x(connected: bool) -> char {
+    if connected { '.' } else { 'X' }
+}
+
+/// A NetworkPolicy (networking.k8s.io/v1) as written into the agent's policy directory.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub namespace: String,
+    pub name: String,
+    pub spec: Value,
+}
+
+/// `NetworkPolicy` `namespace/name` with `spec` (JSON built with `json!`, written as YAML).
+pub fn policy(namespace: &str, name: &str, spec: Value) -> Policy {
+    assert!(spec.is_object(), "a spec is an object");
+    Policy {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        spec,
+    }
+}
+
+impl Policy {
+    pub fn manifest(&self) -> Value {
+        json!({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {"name": self.name, "namespace": self.namespace},
+            "spec": self.spec,
+        })
+    }
+
+    pub fn yaml(&self) -> String {
+        to_yaml(&self.manifest())
+    }
+
+    fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Block-style YAML of a JSON value: strings double-quoted (valid YAML, never re-typed), keys plain
+/// when that cannot be misread, empty maps and lists as `{}` and `[]`, lists of scalars in flow style.
+pub fn to_yaml(value: &Value) -> String {
+    let mut out = String::new();
+    write_yaml(value, 0, &mut out);
+    out
+}
+
+fn is_block(v: &Value) -> bool {
+    match v {
+        Value::Object(m) => !m.is_empty(),
+        Value::Array(a) => a.iter().any(is_block),
+        _ => false,
+    }
+}
+
+fn scalar(v: &Value) -> String {
+    match v {
+        Value::Object(_) => "{}".to_owned(),
+        Value::Array(a) => format!("[{}]", a.iter().map(scalar).collect::<Vec<_>>().join(", ")),
+        Value::String(s) => serde_json::to_string(s).expect("a string serializes"),
+        other => other.to_string(),
+    }
+}
+
+fn yaml_key(k: &str) -> String {
+    let plain = k.len() > 1
+        && k.starts_with(|c: char| c.is_ascii_alphabetic())
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._/-".contains(c))
+        && !["true", "false", "yes", "no", "on", "off", "null"]
+            .contains(&k.to_ascii_lowercase().as_str());
+    if plain {
+        k.to_owned()
+    } else {
+        serde_json::to_string(k).expect("a string serializes")
+    }
+}
+
+fn write_yaml(v: &Value, indent: usize, out: &mut String) {
+    let pad = " ".repeat(indent);
+    match v {
+        Value::Object(map) if !map.is_empty() => {
+            for (k, val) in map {
+                let _ = write!(out, "{pad}{}:", yaml_key(k));
+                if is_block(val) {
+                    out.push('\n');
+                    write_yaml(val, indent + 2, out);
+                } else {
+                    let _ = writeln!(out, " {}", scalar(val));
+                }
+            }
+        }
+        Value::Array(items) if is_block(v) => {
+            for item in items {
+                if is_block(item) {
+                    let mut inner = String::new();
+                    write_yaml(item, indent + 2, &mut inner);
+                    let _ = write!(out, "{pad}- {}", &inner[indent + 2..]);
+                } else {
+                    let _ = writeln!(out, "{pad}- {}", scalar(item));
+                }
+            }
+        }
+        other => {
+            let _ = writeln!(out, "{pad}{}", scalar(other));
+        }
+    }
+}
+
+/// The `policy` part of `flowgate status -o json`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PolicyStatus {
+    pub revision: u64,
+    pub loaded: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+/// A directory of the test's own (policies, the topology copy, staging), removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("flowgate-conformance-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create the case directory");
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Writes `text` to `path` atomically: staged in `staging` (same filesystem, not watched), renamed.
+fn write_atomically(staging: &Path, path: &Path, text: &str) {
+    let name = path.file_name().expect("a file name");
+    let staged = staging.join(name);
+    std::fs::write(&staged, text).unwrap_or_else(|e| panic!("write {}: {e}", staged.display()));
+    std::fs::rename(&staged, path)
+        .unwrap_or_else(|e| panic!("rename {} to {}: {e}", staged.display(), path.display()));
+}
+
+/// One conformance case: a lab of the x/y/z model and an agent enforcing the policies the case writes.
+/// Dropping it stops the agent and brings the lab down (also when the test panics).
+pub struct Conformance {
+    // Field order is drop order: the agent stops before its lab goes down.
+    agent: AgentGuard,
+    lab: LabGuard,
+    _sockets: SocketDir,
+    dir: TempDir,
+    policies_dir: PathBuf,
+    staging: PathBuf,
+    topology_path: PathBuf,
+    topology: Topology,
+    /// Policy files in the directory and what they hold.
+    files: BTreeMap<String, Vec<Policy>>,
+    /// Files holding invalid manifests, as written.
+    invalid: BTreeMap<String, String>,
+    /// The policy revision in effect.
+    revision: u64,
+    /// Label changes made so far, for failure reports.
+    relabels: Vec<String>,
+    /// What the case did so far, for failure reports.
+    steps: Vec<String>,
+    /// Mismatches recorded in keep-going mode.
+    failures: Vec<String>,
+    keep_going: bool,
+    probe_timeout: String,
+}
+
+impl Conformance {
+    /// Brings up lab `<tag>-<pid>` from a private copy of `examples/lab-netpol.yaml` and starts an agent on
+    /// it with an empty policy directory. `tag` must be unique among the tests (at most 12 characters).
+    pub fn start(tag: &str) -> Self {
+        require_root();
+        let dir = TempDir::new(tag);
+        let policies_dir = dir.0.join("policies");
+        let staging = dir.0.join("staging");
+        for d in [&policies_dir, &staging] {
+            std::fs::create_dir_all(d).expect("create a case directory");
+        }
+        let topology_path = dir.0.join("topology.yaml");
+        std::fs::copy(example("lab-netpol.yaml"), &topology_path)
+            .expect("copy the netpol topology");
+        let topology = Topology::load(&topology_path).expect("the netpol topology loads");
+        let lab = LabGuard::up(tag, &topology_path);
+        let pods: Vec<String> = lab
+            .state
+            .pods
+            .iter()
+            .map(|p| format!("{}/{}", p.namespace, p.name))
+            .collect();
+        assert_eq!(pods, PODS, "the lab has the pods of the model, in order");
+        let sockets = SocketDir::new(tag);
+        let socket = sockets.socket("agent");
+        let agent = AgentGuard::start(
+            &lab.name,
+            &socket,
+            &[
+                "--policies",
+                policies_dir.to_str().expect("utf-8 path"),
+                "--watch-interval-ms",
+                WATCH_INTERVAL_MS,
+            ],
+        );
+        let mut case = Self {
+            agent,
+            lab,
+            _sockets: sockets,
+            dir,
+            policies_dir,
+            staging,
+            topology_path,
+            topology,
+            files: BTreeMap::new(),
+            invalid: BTreeMap::new(),
+            revision: 0,
+            relabels: Vec::new(),
+            steps: Vec::new(),
+            failures: Vec::new(),
+            keep_going: std::env::var_os("FLOWGATE_CONFORMANCE_KEEP_GOING")
+                .is_some_and(|v| v != "0"),
+            probe_timeout: std::env::var("FLOWGATE_CONFORMANCE_PROBE_TIMEOUT")
+                .unwrap_or_else(|_| "1s".to_owned()),
+        };
+        let status = case.policy_status();
+        assert!(
+            status.loaded.is_empty() && status.errors.is_empty() && status.revision >= 1,
+            "a fresh agent with an empty policy directory: {status:?}"
+        );
+        case.revision = status.revision;
+        case
+    }
+
+    /// The address of `pod` ("ns/name").
+    pub fn ip(&self, pod: &str) -> Ipv4Addr {
+        self.lab
+            .state
+            .pods
+            .iter()
+            .find(|p| format!("{}/{}", p.namespace, p.name) == pod)
+            .unwrap_or_else(|| panic!("no pod {pod}"))
+            .ip
+    }
+
+    /// `ip/32` of `pod`.
+    pub fn cidr32(&self, pod: &str) -> String {
+        format!("{}/32", self.ip(pod))
+    }
+
+    /// The lab's pod range, e.g. `10.200.0.0/24`.
+    pub fn lab_cidr(&self) -> String {
+        let c = self.lab.state.cidr;
+        format!("{}/{}", c.network, c.prefix_len)
+    }
+
+    /// The agent's policy status now.
+    pub fn policy_status(&self) -> PolicyStatus {
+        let socket = self.agent.socket.to_str().expect("utf-8 path");
+        let out = flowgate(&["status", "--socket", socket, "-o", "json"]);
+        assert!(
+            out.status.success(),
+            "flowgate status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).expect("status -o json prints JSON");
+        let p = &v["policy"];
+        let strings = |v: &Value| -> Vec<String> {
+            v.as_array()
+                .unwrap_or_else(|| panic!("status policy: a list expected, got {v}"))
+                .iter()
+                .map(|s| s.as_str().expect("a string").to_owned())
+                .collect()
+        };
+        PolicyStatus {
+            revision: p["revision"].as_u64().expect("status has policy.revision"),
+            loaded: strings(&p["loaded"]),
+            errors: strings(&p["errors"]),
+        }
+    }
+
+    fn expected_loaded(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.files.values().flatten().map(Policy::key).collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// Waits until the agent reports a revision above the last one, no errors, and `expected_loaded`.
+    fn wait_for_new_revision(&mut self, what: &str) {
+        let expected = self.expected_loaded();
+        let started = Instant::now();
+        let mut last;
+        loop {
+            last = self.policy_status();
+            if last.revision > self.revision && last.errors.is_empty() && last.loaded == expected {
+                self.revision = last.revision;
+                self.steps
+                    .push(format!("{what} (revision {})", last.revision));
+                return;
+            }
+            if started.elapsed() > POLICY_WAIT {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!(
+            "{what}: the agent did not put it in effect within {POLICY_WAIT:?}: wanted a revision above {} with \
+             loaded {expected:?} and no errors, last status {last:#?}\n{}\nagent log (tail):\n{}",
+            self.revision,
+            self.context(),
+            tail(&self.agent.output(), 30)
+        );
+    }
+
+    /// Creates or replaces policy file `file` (several documents separated by `---`) and waits until
+    /// the agent has the resulting set in effect. The resulting set must differ from the current one.
+    pub fn apply(&mut self, file: &str, policies: &[Policy]) {
+        let text = policies
+            .iter()
+            .map(Policy::yaml)
+            .collect::<Vec<_>>()
+            .join("---\n");
+        self.files.insert(file.to_owned(), policies.to_vec());
+        write_atomically(&self.staging, &self.policies_dir.join(file), &text);
+        let names: Vec<String> = policies.iter().map(Policy::key).collect();
+        self.wait_for_new_revision(&format!("applied {file} [{}]", names.join(", ")));
+    }
+
+    /// Removes policy file `file` and waits until the agent has the resulting set in effect.
+    pub fn delete(&mut self, file: &str) {
+        assert!(self.files.remove(file).is_some(), "no policy file {file}");
+        std::fs::remove_file(self.policies_dir.join(file)).expect("remove a policy file");
+        self.wait_for_new_revision(&format!("deleted {file}"));
+    }
+
+    /// Writes an invalid manifest as `file` and waits until the agent reports errors; the policy in
+    /// effect must not change (same revision, same names). Returns the errors.
+    pub fn apply_invalid(&mut self, file: &str, text: &str) -> Vec<String> {
+        self.invalid.insert(file.to_owned(), text.to_owned());
+        write_atomically(&self.staging, &self.policies_dir.join(file), text);
+        let expected = self.expected_loaded();
+        let started = Instant::now();
+        loop {
+            let status = self.policy_status();
+            assert_eq!(
+                (status.revision, &status.loaded),
+                (self.revision, &expected),
+                "an invalid manifest ({file}) changed the policy in effect: {status:#?}\n{}",
+                self.context()
+            );
+            if !status.errors.is_empty() {
+                self.steps
+                    .push(format!("wrote invalid {file}: errors {:?}", status.errors));
+                return status.errors;
+            }
+            assert!(
+                started.elapsed() < POLICY_WAIT,
+                "the agent did not report an error for the invalid manifest {file} within {POLICY_WAIT:?}:\n{}",
+                self.context()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Writes `text` (a manifest the API server rejects) as `file`, sees what the agent does, and removes
+    /// the file again (waiting until the agent is back to the set before). `Ok(errors)`: rejected, with
+    /// the policy in effect unchanged. `Err(what happened)`: taken, or neither within [`POLICY_WAIT`].
+    pub fn try_invalid(&mut self, file: &str, text: &str) -> Result<Vec<String>, String> {
+        let path = self.policies_dir.join(file);
+        write_atomically(&self.staging, &path, text);
+        let expected = self.expected_loaded();
+        let started = Instant::now();
+        let outcome = loop {
+            let status = self.policy_status();
+            if status.revision != self.revision || status.loaded != expected {
+                break Err(format!("taken: {status:?}"));
+            }
+            if !status.errors.is_empty() {
+                break Ok(status.errors);
+            }
+            if started.elapsed() > POLICY_WAIT {
+                break Err(format!(
+                    "neither rejected nor applied within {POLICY_WAIT:?}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        };
+        std::fs::remove_file(&path).expect("remove a policy file");
+        let taken = outcome.is_err();
+        let started = Instant::now();
+        loop {
+            let status = self.policy_status();
+            let back = status.errors.is_empty()
+                && status.loaded == expected
+                && (status.revision == self.revision || taken);
+            if back {
+                self.revision = status.revision;
+                break;
+            }
+            assert!(
+                started.elapsed() < POLICY_WAIT,
+                "the agent did not return to the previous policy set after {file} was removed: {status:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        self.steps
+            .push(format!("tried invalid {file}: {outcome:?}"));
+        outcome
+    }
+
+    /// Removes the invalid `file` and waits until the errors are gone (the good set was in effect all
+    /// along, so the revision stays).
+    pub fn delete_invalid(&mut self, file: &str) {
+        assert!(
+            self.invalid.remove(file).is_some(),
+            "no invalid file {file}"
+        );
+        std::fs::remove_file(self.policies_dir.join(file)).expect("remove a policy file");
+        let started = Instant::now();
+        loop {
+            let status = self.policy_status();
+            if status.errors.is_empty() {
+                assert_eq!(
+                    (status.revision, &status.loaded),
+                    (self.revision, &self.expected_loaded()),
+                    "removing an invalid manifest changed the policy in effect"
+                );
+                self.steps.push(format!("deleted invalid {file}"));
+                return;
+            }
+            assert!(
+                started.elapsed() < POLICY_WAIT,
+                "errors still reported {POLICY_WAIT:?} after removing {file}: {status:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    fn write_topology(&mut self, what: String) {
+        let text = serde_json::to_string_pretty(&self.topology).expect("the topology serializes");
+        // JSON is YAML: the agent reads it with the same loader.
+        Topology::parse(&text, "edited topology").expect("the edited topology is valid");
+        write_atomically(&self.staging, &self.topology_path, &text);
+        self.relabels.push(what.clone());
+        self.wait_for_new_revision(&what);
+    }
+
+    /// Replaces the labels of `pod` ("ns/name") in the lab's topology file and waits until the agent has
+    /// re-derived identities and policy (a new revision).
+    pub fn set_pod_labels(&mut self, pod: &str, labels: &[(&str, &str)]) {
+        let (ns, name) = pod.split_once('/').expect("ns/name");
+        let spec = self
+            .topology
+            .pods
+            .iter_mut()
+            .find(|p| p.namespace == ns && p.name == name)
+            .unwrap_or_else(|| panic!("no pod {pod} in the topology"));
+        spec.labels = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let what = format!("labels of pod {pod} set to {:?}", spec.labels);
+        self.write_topology(what);
+    }
+
+    /// Replaces the labels of namespace `ns` (`kubernetes.io/metadata.name` stays, it is automatic) and
+    /// waits until the agent has re-derived identities and policy.
+    pub fn set_namespace_labels(&mut self, ns: &str, labels: &[(&str, &str)]) {
+        let spec = self
+            .topology
+            .namespaces
+            .iter_mut()
+            .find(|n| n.name == ns)
+            .unwrap_or_else(|| panic!("no namespace {ns} in the topology"));
+        spec.labels = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let what = format!("labels of namespace {ns} set to {:?}", spec.labels);
+        self.write_topology(what);
+    }
+
+    /// Probes every pod to every pod on `port` (a number or a container port name, resolved on each
+    /// destination) over `protocol` with real traffic.
+    pub fn observe(&self, port: &str, protocol: Protocol) -> Reachability {
+        let (report, _) = self.lab.probe(&[
+            "--all",
+            "--port",
+            port,
+            "--protocol",
+            protocol.as_str(),
+            "--timeout",
+            &self.probe_timeout,
+        ]);
+        let mut observed = Reachability::new(false);
+        let mut seen = 0;
+        for (from, row) in report["results"].as_object().expect("results is an object") {
+            for (to, ok) in row.as_object().expect("a row is an object") {
+                observed.connected[index(from)][index(to)] =
+                    ok.as_bool().expect("a result is a bool");
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, 81, "the probe reports the full 9x9 matrix: {report}");
+        observed
+    }
+
+    /// Probes `port`/`protocol` and compares with `expected` (the diagonal is not checked). On a
+    /// difference: fails (or records, in keep-going mode) with both truth tables, the differences, the
+    /// manifests in effect and the label changes made.
+    pub fn validate(
+        &mut self,
+        step: &str,
+        port: impl std::fmt::Display,
+        protocol: Protocol,
+        expected: &Reachability,
+    ) {
+        let port = port.to_string();
+        let observed = self.observe(&port, protocol);
+        let mut wrong = Vec::new();
+        for (i, from) in PODS.iter().enumerate() {
+            for (j, to) in PODS.iter().enumerate() {
+                let (e, o) = (expected.connected[i][j], observed.connected[i][j]);
+                if i != j && e != o {
+                    let word = |c: bool| if c { "connected" } else { "blocked" };
+                    wrong.push(format!(
+                        "{from} -> {to}: expected {}, observed {}",
+                        word(e),
+                        word(o)
+                    ));
+                }
+            }
+        }
+        let probe = format!("{}/{port}", protocol.as_str());
+        self.steps.push(format!(
+            "probed {probe} ({step}): {} mismatches",
+            wrong.len()
+        ));
+        if wrong.is_empty() {
+            return;
+        }
+        let mut msg = format!(
+            "NetworkPolicy conformance: {step}: probing {probe} gave {} unexpected results\n\n",
+            wrong.len()
+        );
+        msg.push_str(&grid(
+            "expected (. connected, X blocked, - not checked):",
+            |i, j| {
+                if i == j {
+                    '-'
+                } else {
+                    dot_x(expected.connected[i][j])
+                }
+            },
+        ));
+        msg.push('\n');
+        msg.push_str(&grid("observed:", |i, j| dot_x(observed.connected[i][j])));
+        msg.push('\n');
+        msg.push_str(&grid("comparison (. as expected, X differs):", |i, j| {
+            if i == j {
+                '-'
+            } else {
+                dot_x(expected.connected[i][j] == observed.connected[i][j])
+            }
+        }));
+        msg.push('\n');
+        for w in &wrong {
+            let _ = writeln!(msg, "  {w}");
+        }
+        msg.push('\n');
+        msg.push_str(&self.context());
+        if self.keep_going {
+            eprintln!("{msg}");
+            self.failures.push(msg);
+        } else {
+            panic!("{msg}");
+        }
+    }
+
+    /// The manifests in effect, the label changes, and the steps so far.
+    pub fn context(&self) -> String {
+        let mut out = String::from("policies in effect:\n");
+        if self.files.values().all(Vec::is_empty) {
+            out.push_str("  (none)\n");
+        }
+        for (file, policies) in &self.files {
+            let _ = writeln!(out, "# {file}");
+            out.push_str(
+                &policies
+                    .iter()
+                    .map(Policy::yaml)
+                    .collect::<Vec<_>>()
+                    .join("---\n"),
+            );
+        }
+        for (file, text) in &self.invalid {
+            let _ = writeln!(out, "# {file} (invalid, not applied)\n{text}");
+        }
+        if !self.relabels.is_empty() {
+            out.push_str("label changes:\n");
+            for r in &self.relabels {
+                let _ = writeln!(out, "  {r}");
+            }
+        }
+        out.push_str("steps:\n");
+        for s in &self.steps {
+            let _ = writeln!(out, "  {s}");
+        }
+        let _ = writeln!(
+            out,
+            "(lab {}, case directory {})",
+            self.lab.name,
+            self.dir.0.display()
+        );
+        out
+    }
+}
+
+impl Drop for Conformance {
+    fn drop(&mut self) {
+        if !self.failures.is_empty() && !std::thread::panicking() {
+            panic!(
+                "{} conformance mismatch(es) recorded (keep-going mode):\n\n{}",
+                self.failures.len(),
+                self.failures.join("\n====\n\n")
+            );
+        }
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod self_tests {
+    use super::*;
+
+    #[test]
+    fn reachability_builders_follow_upstream_semantics() {
+        let r = Reachability::new(true)
+            .expect_all_ingress("x/a", false)
+            .expect("x/b", "x/a", true)
+            .expect_peer("z/*", "*/b", false);
+        assert!(!r.get("y/a", "x/a"));
+        assert!(r.get("x/b", "x/a"));
+        assert!(r.get("x/a", "y/a"));
+        assert!(!r.get("z/c", "y/b"));
+        assert!(r.get("z/c", "y/c"));
+        let e = Reachability::new(true).expect_all_egress("x/a", false);
+        assert!(!e.get("x/a", "z/c") && e.get("z/c", "x/a"));
+    }
+
+    #[test]
+    fn yaml_is_what_the_json_says() {
+        let p = policy(
+            "x",
+            "p",
+            json!({
+                "podSelector": {},
+                "policyTypes": ["Ingress", "Egress"],
+                "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "b", "y": "n"}}}],
+                             "ports": [{"port": "serve-80-tcp"}, {"port": 81, "endPort": 82}]}],
+                "egress": [{}],
+            }),
+        );
+        let text = p.yaml();
+        let expected = "\
+apiVersion: \"networking.k8s.io/v1\"
+kind: \"NetworkPolicy\"
+metadata:
+  name: \"p\"
+  namespace: \"x\"
+spec:
+  egress: [{}]
+  ingress:
+    - from:
+        - podSelector:
+            matchLabels:
+              pod: \"b\"
+              \"y\": \"n\"
+      ports:
+        - port: \"serve-80-tcp\"
+        - endPort: 82
+          port: 81
+  podSelector: {}
+  policyTypes: [\"Ingress\", \"Egress\"]
+";
+        assert_eq!(text, expected);
+    }
+}
