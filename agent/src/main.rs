@@ -44,6 +44,9 @@ struct Args {
     /// Size of the kernel's events ring buffer in bytes (power of two, at least the page size).
     #[arg(long, default_value_t = 8 << 20)]
     events_buffer_bytes: u32,
+    /// Pages of each per-CPU perf buffer (`--events-buffer perf`; a power of two).
+    #[arg(long, default_value_t = flowgate_agent::reader::PERF_PAGES)]
+    perf_pages: usize,
     /// How often the reader drains the events buffer when the kernel has not woken it, in milliseconds.
     #[arg(long, default_value_t = 5)]
     drain_interval_ms: u64,
@@ -201,7 +204,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         EventsBuffer::Perf => {
             let mut array = controller.datapath().take_perf_events().context("opening the perf event array")?;
-            flowgate_agent::reader::open_perf(&mut array, flowgate_agent::reader::PERF_PAGES)
+            flowgate_agent::reader::open_perf(&mut array, args.perf_pages)
                 .context("opening the per-CPU perf buffers")?
                 .into_iter()
                 .map(|buffer| {
@@ -295,6 +298,8 @@ async fn poll_kernel_counters(controller: Arc<Mutex<Controller>>, state: Arc<Age
         };
         let lost = counters.get(Counter::RecordsLost);
         state.counters.kernel_lost.store(lost, Ordering::Relaxed);
+        *state.counters.kernel.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Counter::ALL.iter().map(|c| (c.name().to_owned(), counters.get(*c))).collect();
         state.counters.packets.store(
             counters.get(Counter::PacketsFromEndpoint) + counters.get(Counter::PacketsToEndpoint),
             Ordering::Relaxed,

@@ -41,6 +41,8 @@ pub struct PipelineCounters {
     pub kernel_lost: AtomicU64,
     /// Records the perf buffers reported lost (perf event array only).
     pub perf_lost: AtomicU64,
+    /// The kernel's counters by name, as last read.
+    pub kernel: Mutex<BTreeMap<String, u64>>,
     /// Last value read from the kernel's packet counters.
     pub packets: AtomicU64,
 }
@@ -301,6 +303,8 @@ impl AgentState {
                 decode_errors: self.counters.decode_errors.load(Ordering::Relaxed),
                 client_queue_losses: self.hub.queue_losses(),
                 packets: self.counters.packets.load(Ordering::Relaxed),
+                kernel: self.counters.kernel.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
+                perf_lost: self.counters.perf_lost.load(Ordering::Relaxed),
             },
             clients,
         }

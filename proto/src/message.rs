@@ -160,7 +160,7 @@ pub struct EventsBufferInfo {
     pub size_bytes: u64,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
     /// Records read from the events buffer.
     pub records_read: u64,
@@ -171,6 +171,13 @@ pub struct Counters {
     pub client_queue_losses: u64,
     /// Packets seen by the kernel programs.
     pub packets: u64,
+    /// Every kernel counter by name (summed over CPUs; pinned, so they count across agent restarts):
+    /// `records_written`, `records_lost`, `perf_buffer_full`, `policy_allowed`, `policy_denied`, ...
+    #[serde(default)]
+    pub kernel: std::collections::BTreeMap<String, u64>,
+    /// Losses the perf buffers reported (lost-record notices), since this agent started.
+    #[serde(default)]
+    pub perf_lost: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,0 +1,113 @@
+//! Losses are counted exactly, for both kinds of events buffer: with a buffer far too small for a burst
+//! of real traffic, every record the kernel wrote is read, every record it could not write is counted
+//! (failed ring-buffer reservations and perf-output failures in the kernel, perf lost-record notices in
+//! the agent), and a subscriber receives every read record plus lost-events records adding up to every
+//! loss.
+
+use std::{path::Path, time::Duration};
+
+use flowgate_proto::{
+    client::{Client, EventStream},
+    message::{Event, LossSource, Request, Response, Status, Subscription},
+};
+use flowgate_tests::{
+    LabGuard,
+    agent::{AgentGuard, SocketDir, runtime},
+    example, flowgate_ok, require_root,
+};
+
+async fn status(socket: &Path) -> Status {
+    let mut c = Client::connect(socket, "losses-test").await.unwrap();
+    let Response::Status(s) = c.request(Request::Status).await.unwrap() else { panic!() };
+    *s
+}
+
+/// Reads until quiet; returns (flows, kernel-buffer losses told, other losses told).
+async fn drain(stream: &mut EventStream) -> (u64, u64, u64) {
+    let (mut flows, mut kernel, mut other) = (0, 0, 0);
+    while let Ok(Some(Ok(batch))) = tokio::time::timeout(Duration::from_secs(2), stream.next_batch()).await {
+        for e in batch {
+            match e {
+                Event::Flow(_) => flows += 1,
+                Event::Lost(l) if l.source == LossSource::KernelBuffer => kernel += l.count,
+                Event::Lost(l) => other += l.count,
+            }
+        }
+    }
+    (flows, kernel, other)
+}
+
+fn burst(lab: &str) {
+    flowgate_ok(&[
+        "lab", "traffic", "--lab", lab, "--from", "default/client", "--to", "default/web", "--port", "53", "--protocol",
+        "UDP", "--count", "20000",
+    ]);
+}
+
+fn kernel(s: &Status, name: &str) -> u64 {
+    *s.counters.kernel.get(name).unwrap_or_else(|| panic!("kernel counter {name} in {:?}", s.counters.kernel))
+}
+
+fn run(tag: &str, agent_args: &[&str]) -> (Status, (u64, u64, u64)) {
+    require_root();
+    let lab = LabGuard::up(tag, &example("lab-small.yaml"));
+    let dir = SocketDir::new(tag);
+    let mut args = vec!["--monitor-aggregation", "none"];
+    args.extend_from_slice(agent_args);
+    let agent = AgentGuard::start(&lab.name, &dir.socket("agent.sock"), &args);
+    let socket = agent.socket.clone();
+    let rt = runtime();
+    rt.block_on(async {
+        let client = Client::connect(&socket, "losses-test").await.unwrap();
+        let mut stream = client.subscribe(Subscription::default()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let name = lab.name.clone();
+        let reading = tokio::spawn(async move { drain(&mut stream).await });
+        tokio::task::spawn_blocking(move || {
+            burst(&name);
+            // A few more records after the burst: a perf buffer reports a loss in front of the next
+            // record it can write.
+            flowgate_ok(&[
+                "lab", "traffic", "--lab", &name, "--from", "default/client", "--to", "default/web", "--port", "53",
+                "--protocol", "UDP", "--count", "5", "--interval", "50ms",
+            ]);
+        })
+        .await
+        .unwrap();
+        // The kernel counters are polled every 100 ms.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let told = reading.await.unwrap();
+        (status(&socket).await, told)
+    })
+}
+
+#[test]
+fn ring_buffer_losses_are_counted_exactly() {
+    let (s, (flows, kernel_told, other)) = run("lossrb", &["--events-buffer-bytes", "4096"]);
+    let (written, lost) = (kernel(&s, "records_written"), kernel(&s, "records_lost"));
+    println!("ringbuf: written {written}, lost {lost}, read {}, told flows {flows} kernel-lost {kernel_told}", s.counters.records_read);
+    assert!(lost > 0, "the 4 KiB ring buffer overflowed");
+    assert_eq!(s.counters.records_read, written, "every record written was read");
+    assert_eq!(s.counters.records_lost_kernel, lost);
+    assert_eq!(other, 0, "the subscriber kept up");
+    assert_eq!(flows, s.counters.records_read, "the subscriber got every record read");
+    assert_eq!(kernel_told, lost, "and was told of every record lost");
+}
+
+#[test]
+fn perf_buffer_losses_are_counted_exactly() {
+    let (s, (flows, kernel_told, other)) = run("lossperf", &["--events-buffer", "perf", "--perf-pages", "1"]);
+    let (written, failed, full) =
+        (kernel(&s, "records_written"), kernel(&s, "records_lost"), kernel(&s, "perf_buffer_full"));
+    println!(
+        "perf: written {written}, full {full}, other failures {failed}, read {}, notices {}, told flows {flows} kernel-lost {kernel_told}",
+        s.counters.records_read, s.counters.perf_lost
+    );
+    assert!(full > 0, "the one-page perf buffers overflowed");
+    assert_eq!(s.counters.records_read, written, "every record written was read");
+    assert_eq!(s.counters.perf_lost, full, "every full-buffer refusal came back as a lost-records notice");
+    assert_eq!(s.counters.records_lost_kernel, failed + full, "status counts each loss once");
+    assert_eq!(other, 0, "the subscriber kept up");
+    assert_eq!(flows, s.counters.records_read, "the subscriber got every record read");
+    assert_eq!(kernel_told, failed + full, "and was told of every record lost");
+}
