@@ -164,6 +164,7 @@ mod tests {
                 decode_errors: 0,
                 client_queue_losses: 2,
                 packets: 40,
+                ..Counters::default()
             },
             clients: vec![ClientInfo {
                 id: 4,
