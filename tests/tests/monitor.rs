@@ -421,6 +421,64 @@ fn tui_in_tmux_shows_the_denied_verdict_only_for_the_endpoint_and_quits_cleanly(
 }
 
 #[test]
+fn tui_shows_the_agent_going_away_and_reconnects_when_it_is_back() {
+    let setup = Setup::new("monrec");
+    let b = setup.id("x/b");
+    let tmux = Tmux {
+        socket: std::env::temp_dir().join(format!("flowgate-test-tmux-rec-{}", std::process::id())),
+    };
+    let started = tmux.cmd(&["new-session", "-d", "-s", "mon", "-x", "200", "-y", "50", "bash --norc --noprofile"]);
+    assert!(started.status.success(), "tmux new-session: {}", String::from_utf8_lossy(&started.stderr));
+    let command =
+        format!("{} monitor --socket {} --related-to {b}", flowgate_bin().display(), setup.socket().display());
+    tmux.cmd(&["send-keys", "-t", "mon", &command, "Enter"]);
+    let Setup { lab, _sockets, _policies, agent, endpoints: _ } = setup;
+    let probe = || {
+        let (report, _) =
+            lab.probe(&["--from", "x/a", "--to", "x/b", "--port", "80", "--protocol", "TCP", "--timeout", "300ms"]);
+        report
+    };
+    let wait_for = |what: &str, check: &dyn Fn(&str) -> bool, with_traffic: bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if with_traffic {
+                probe();
+            }
+            std::thread::sleep(Duration::from_millis(300));
+            let screen = tmux.capture();
+            if check(&screen) {
+                return screen;
+            }
+            assert!(Instant::now() < deadline, "no {what} within 30s:\n{screen}");
+        }
+    };
+    wait_for("DENIED row", &|s| table_rows(s).iter().any(|r| r.contains("DENIED")), true);
+
+    // The agent goes away: the monitor says so and keeps what it showed.
+    let socket = agent.socket.clone();
+    agent.kill_hard();
+    let screen = wait_for("disconnected banner", &|s| s.contains("disconnected"), false);
+    assert!(table_rows(&screen).iter().any(|r| r.contains("DENIED")), "rows from before stay:\n{screen}");
+
+    // A new agent on the same socket: the monitor reconnects by itself and shows new verdicts.
+    let agent = AgentGuard::start(&lab.name, &socket, &["--policies", _policies.0.to_str().unwrap()]);
+    let denied_before = table_rows(&screen).iter().filter(|r| r.contains("DENIED")).count();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        probe();
+        std::thread::sleep(Duration::from_millis(300));
+        let screen = tmux.capture();
+        let denied = table_rows(&screen).iter().filter(|r| r.contains("DENIED")).count();
+        if !screen.contains("disconnected") && denied > denied_before {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the monitor did not reconnect and show new verdicts:\n{screen}");
+    }
+    tmux.cmd(&["send-keys", "-t", "mon", "q"]);
+    drop(agent);
+}
+
+#[test]
 fn unknown_endpoint_is_one_line_listing_the_known_ones() {
     let setup = Setup::new("monunk");
     let socket = setup.socket().to_str().unwrap().to_owned();
