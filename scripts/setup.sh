@@ -16,8 +16,9 @@ fi
 # end-to-end test drives the TUI in it. prometheus: the metrics test scrapes a real agent with it.
 # procps (pgrep/pkill), util-linux (nsenter), psmisc for the tests and the demo. protobuf-compiler and
 # python3-protobuf: the JSON output is checked against Hubble's flow.proto. prometheus: the metrics test.
+# time (GNU time): the export test measures the exporter's peak memory with it.
 PACKAGES=(llvm-22-dev iproute2 tmux procps util-linux psmisc ca-certificates curl pkg-config build-essential
-          protobuf-compiler python3-protobuf prometheus)
+          protobuf-compiler python3-protobuf prometheus time)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

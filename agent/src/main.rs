@@ -13,10 +13,12 @@ use flowgate_agent::{
     controller::{Controller, SharedController},
     datapath::{Datapath, DatapathOptions},
     hub::{Hub, HubConfig},
+    metrics,
     pipeline::Pipeline,
     policy::PolicyEngine,
     server::{self, ServerConfig},
     state::{AgentInfo, AgentState, PolicyControl},
+    verdict_log::{self, VerdictLog, VerdictLogOptions, config::{LogSettings, Rotation}},
 };
 use flowgate_common::{
     Counter,
@@ -94,6 +96,31 @@ struct Args {
     /// How often the policy directory and the topology file are checked for changes, in milliseconds.
     #[arg(long, default_value_t = 250)]
     watch_interval_ms: u64,
+    /// Append every policy verdict and drop to this JSON-lines file (Hubble-shaped flow JSON, as
+    /// `flowgate monitor -o json`); `none` turns the log off.
+    #[arg(long, value_name = "PATH|none", default_value = verdict_log::DEFAULT_PATH)]
+    verdict_log: String,
+    /// Also log trace records (forwarded packets); off by default.
+    #[arg(long)]
+    verdict_log_traces: bool,
+    /// Rotate the verdict log before it grows past this size (e.g. 100MiB, 10MB, 65536).
+    #[arg(long, value_name = "SIZE", default_value = "100MiB", value_parser = verdict_log::config::parse_size)]
+    verdict_log_max_size: u64,
+    /// Rotated verdict logs kept; older ones are removed.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    verdict_log_max_backups: usize,
+    /// Gzip rotated verdict logs.
+    #[arg(long)]
+    verdict_log_compress: bool,
+    /// YAML with include/exclude filters and rotation settings for the verdict log; re-read on change.
+    #[arg(long, value_name = "FILE")]
+    verdict_log_config: Option<PathBuf>,
+    /// `node_name` of the verdict log's records (default: this host's name).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics; `none` turns them off.
+    #[arg(long, value_name = "ADDR|none", default_value = metrics::DEFAULT_ADDR)]
+    metrics_addr: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -127,6 +154,15 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(run(args))
+}
+
+/// This host's name, as `flowgate monitor` puts it in `node_name`.
+fn node_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 fn kernel_release() -> String {
@@ -214,6 +250,54 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     let controller = Arc::new(Mutex::new(controller));
+    // Enforcement does not depend on the observability outputs: when one cannot start, the agent says
+    // so and runs without it.
+    let verdict_log = match args.verdict_log.as_str() {
+        "none" => None,
+        path => match VerdictLog::start(
+            &hub,
+            tokio::runtime::Handle::current(),
+            VerdictLogOptions {
+                path: PathBuf::from(path),
+                settings: LogSettings {
+                    include: Vec::new(),
+                    exclude: Vec::new(),
+                    rotation: Rotation {
+                        max_size: args.verdict_log_max_size,
+                        max_backups: args.verdict_log_max_backups,
+                        compress: args.verdict_log_compress,
+                    },
+                },
+                config_file: args.verdict_log_config.clone(),
+                traces: args.verdict_log_traces,
+                node_name: args.node_name.clone().unwrap_or_else(node_name),
+                reload_interval: Duration::from_secs(1),
+            },
+            flowgate_proto::hubble::flow_json,
+        ) {
+            Ok(log) => Some(log),
+            Err(e) => {
+                warn!("{:#}; running without a verdict log (--verdict-log none silences this)", anyhow::Error::from(e));
+                None
+            }
+        },
+    };
+    if let Some(log) = &verdict_log {
+        state.set_verdict_log(log.stats());
+    }
+    let _metrics = match args.metrics_addr.as_str() {
+        "none" => None,
+        addr => {
+            let addr = addr.parse().with_context(|| format!("--metrics-addr {addr}: expected IP:PORT, e.g. 127.0.0.1:9965"))?;
+            match metrics::start(addr, Arc::clone(&state), verdict_log.as_ref().map(VerdictLog::stats)).await {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    warn!("{:#}; running without metrics (--metrics-addr none silences this)", anyhow::Error::from(e));
+                    None
+                }
+            }
+        }
+    };
     let control: Arc<dyn PolicyControl> = Arc::new(SharedController(Arc::clone(&controller)));
     state.set_control(Arc::downgrade(&control));
 
@@ -253,6 +337,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     watcher.abort();
     if let Some(p) = printer {
         p.abort();
+    }
+    if let Some(log) = verdict_log {
+        // Writes what is queued; blocking, so off the runtime's worker.
+        let _ = tokio::task::spawn_blocking(move || log.stop()).await;
     }
     let controller = controller.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Ok(counters) = controller.counters() {

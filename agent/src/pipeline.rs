@@ -38,6 +38,7 @@ impl Pipeline {
         if self.batch.is_empty() {
             self.state.hub().flush_losses();
         } else {
+            crate::metrics::instruments().latency.decoded(&self.batch);
             self.state.hub().publish(&self.batch);
             self.batch.clear();
         }

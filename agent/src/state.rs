@@ -81,6 +81,7 @@ pub struct AgentState {
     policy: RwLock<Arc<PolicySnapshot>>,
     policy_status: RwLock<PolicyStatus>,
     control: RwLock<Option<Weak<dyn PolicyControl>>>,
+    verdict_log: std::sync::OnceLock<Arc<crate::verdict_log::VerdictLogStats>>,
 }
 
 /// Keeps a client listed in `status` until dropped.
@@ -130,7 +131,13 @@ impl AgentState {
             policy: RwLock::new(Arc::default()),
             policy_status: RwLock::new(PolicyStatus::default()),
             control: RwLock::new(None),
+            verdict_log: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Reports the verdict log's counters in `status`.
+    pub fn set_verdict_log(&self, stats: Arc<crate::verdict_log::VerdictLogStats>) {
+        let _ = self.verdict_log.set(stats);
     }
 
     /// Connects the requests that need the datapath to whoever serves them.
@@ -305,6 +312,8 @@ impl AgentState {
                 packets: self.counters.packets.load(Ordering::Relaxed),
                 kernel: self.counters.kernel.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
                 perf_lost: self.counters.perf_lost.load(Ordering::Relaxed),
+                verdict_log_written: self.verdict_log.get().map_or(0, |l| l.records_written.load(Ordering::Relaxed)),
+                verdict_log_lost: self.verdict_log.get().map_or(0, |l| l.records_lost.load(Ordering::Relaxed)),
             },
             clients,
         }

@@ -3,6 +3,7 @@
 
 mod client_cmd;
 mod cmd;
+mod export;
 mod monitor;
 
 use clap::{Parser, Subcommand};
@@ -30,6 +31,8 @@ enum Command {
     Policy(client_cmd::policy::PolicyArgs),
     /// Verdicts, drops and traces, live: a TUI on a terminal, text or Hubble-shaped JSON lines otherwise.
     Monitor(monitor::MonitorArgs),
+    /// The agent's verdict log: `verdicts export` reads it without the agent.
+    Verdicts(export::VerdictsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,6 +47,7 @@ fn main() -> anyhow::Result<()> {
         Command::Endpoint(args) => client_cmd::exit_on_error(client_cmd::endpoint::run(&args)),
         Command::Identity(args) => client_cmd::exit_on_error(client_cmd::identity::run(&args)),
         Command::Policy(args) => client_cmd::exit_on_error(client_cmd::policy::run(&args)),
+        Command::Verdicts(args) => export::run(args),
         Command::Monitor(args) => client_cmd::exit_on_error(monitor::run(&args)),
     }
 }

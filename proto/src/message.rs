@@ -178,6 +178,12 @@ pub struct Counters {
     /// Losses the perf buffers reported (lost-record notices), since this agent started.
     #[serde(default)]
     pub perf_lost: u64,
+    /// Flow records written whole to the verdict log (0 when it is off).
+    #[serde(default)]
+    pub verdict_log_written: u64,
+    /// Flow records meant for the verdict log that are not in it: its queue was full or a write failed.
+    #[serde(default)]
+    pub verdict_log_lost: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

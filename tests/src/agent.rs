@@ -62,11 +62,20 @@ pub fn spawn_agent(lab: &str, socket: &Path, extra: &[&str], log: &Path) -> Chil
     let out =
         std::fs::File::create(log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
     let err = out.try_clone().expect("clone the log file");
+    // Tests run agents side by side: none writes the machine's verdict log or takes the metrics port
+    // unless the test asks for it.
+    let mut defaults = Vec::new();
+    for (flag, off) in [("--verdict-log", "none"), ("--metrics-addr", "none")] {
+        if !extra.contains(&flag) {
+            defaults.extend([flag, off]);
+        }
+    }
     Command::new(agent_bin())
         .arg("--lab")
         .arg(lab)
         .arg("--socket")
         .arg(socket)
+        .args(defaults)
         .args(extra)
         .env(LAB_DIR_ENV, lab_dir())
         .env("RUST_LOG", "info")

@@ -25,6 +25,7 @@ impl Agent {
             .args(args)
             .arg("--socket")
             .arg(sockets.socket("agent.sock"))
+            .args(["--verdict-log", "none", "--metrics-addr", "none"])
             .env(LAB_DIR_ENV, lab_dir())
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())

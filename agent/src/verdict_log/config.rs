@@ -33,7 +33,11 @@ pub struct Rotation {
 
 impl Default for Rotation {
     fn default() -> Self {
-        Self { max_size: 100 << 20, max_backups: 5, compress: false }
+        Self {
+            max_size: 100 << 20,
+            max_backups: 5,
+            compress: false,
+        }
     }
 }
 
@@ -52,7 +56,11 @@ pub enum ConfigError {
         source: serde_yaml::Error,
     },
     #[error("{path}: {field}: {problem}")]
-    Invalid { path: PathBuf, field: String, problem: String },
+    Invalid {
+        path: PathBuf,
+        field: String,
+        problem: String,
+    },
 }
 
 /// The file as written by a person.
@@ -106,7 +114,11 @@ struct FilterSpec {
 }
 
 fn invalid(path: &Path, field: String, problem: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { path: path.to_owned(), field, problem: problem.into() }
+    ConfigError::Invalid {
+        path: path.to_owned(),
+        field,
+        problem: problem.into(),
+    }
 }
 
 impl FilterSpec {
@@ -117,12 +129,22 @@ impl FilterSpec {
             }
             Ok::<(), ConfigError>(())
         };
-        parse_all("event_types", &self.event_types, &|v| v.parse::<EventType>().map(drop))?;
-        parse_all("verdicts", &self.verdicts, &|v| v.parse::<Verdict>().map(drop))?;
-        parse_all("protocols", &self.protocols, &|v| v.parse::<Protocol>().map(drop))?;
-        parse_all("labels", &self.labels, &|v| LabelSelector::parse(v).map(drop).map_err(|e| e.to_string()))?;
+        parse_all("event_types", &self.event_types, &|v| {
+            v.parse::<EventType>().map(drop)
+        })?;
+        parse_all("verdicts", &self.verdicts, &|v| {
+            v.parse::<Verdict>().map(drop)
+        })?;
+        parse_all("protocols", &self.protocols, &|v| {
+            v.parse::<Protocol>().map(drop)
+        })?;
+        parse_all("labels", &self.labels, &|v| {
+            LabelSelector::parse(v).map(drop).map_err(|e| e.to_string())
+        })?;
         parse_all("pods", &self.pods, &|v| {
-            if v.split_once('/').is_some_and(|(ns, name)| !ns.is_empty() && !name.is_empty()) {
+            if v.split_once('/')
+                .is_some_and(|(ns, name)| !ns.is_empty() && !name.is_empty())
+            {
                 Ok(())
             } else {
                 Err(format!("{v:?}: write pods as namespace/name"))
@@ -132,13 +154,29 @@ impl FilterSpec {
             related_to: self.related_to,
             from_endpoint: self.from_endpoint,
             to_endpoint: self.to_endpoint,
-            event_types: self.event_types.iter().filter_map(|v| v.parse().ok()).collect(),
-            verdicts: self.verdicts.iter().filter_map(|v| v.parse().ok()).collect(),
+            event_types: self
+                .event_types
+                .iter()
+                .filter_map(|v| v.parse().ok())
+                .collect(),
+            verdicts: self
+                .verdicts
+                .iter()
+                .filter_map(|v| v.parse().ok())
+                .collect(),
             namespaces: self.namespaces,
             pods: self.pods,
-            labels: self.labels.iter().filter_map(|v| LabelSelector::parse(v).ok()).collect(),
+            labels: self
+                .labels
+                .iter()
+                .filter_map(|v| LabelSelector::parse(v).ok())
+                .collect(),
             ports: self.ports,
-            protocols: self.protocols.iter().filter_map(|v| v.parse().ok()).collect(),
+            protocols: self
+                .protocols
+                .iter()
+                .filter_map(|v| v.parse().ok())
+                .collect(),
         })
     }
 }
@@ -146,9 +184,13 @@ impl FilterSpec {
 /// Parses a size: a number of bytes, or a number with a unit (`100MiB`, `10MB`, `512KiB`, `1GiB`, `64k`).
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
-    let number: f64 = number.parse().map_err(|_| format!("{text:?} is not a size (e.g. 100MiB, 10MB, 65536)"))?;
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (e.g. 100MiB, 10MB, 65536)"))?;
     let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kib" => 1 << 10,
@@ -157,7 +199,11 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "mb" => 1_000_000,
         "g" | "gib" => 1 << 30,
         "gb" => 1_000_000_000,
-        other => return Err(format!("{text:?}: unknown unit {other:?} (use B, KiB, MiB, GiB, KB, MB or GB)")),
+        other => {
+            return Err(format!(
+                "{text:?}: unknown unit {other:?} (use B, KiB, MiB, GiB, KB, MB or GB)"
+            ));
+        }
     };
     let bytes = (number * factor as f64).round();
     if !(1.0..=1e15).contains(&bytes) {
@@ -168,7 +214,10 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 
 /// Reads `path` and applies it over `base` (the command line's settings).
 pub fn load(path: &Path, base: &LogSettings) -> Result<LogSettings, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
     parse(path, &text, base)
 }
 
@@ -177,7 +226,10 @@ pub fn parse(path: &Path, text: &str, base: &LogSettings) -> Result<LogSettings,
     let file: ConfigFile = if text.trim().is_empty() {
         ConfigFile::default()
     } else {
-        serde_yaml::from_str(text).map_err(|source| ConfigError::Yaml { path: path.to_owned(), source })?
+        serde_yaml::from_str(text).map_err(|source| ConfigError::Yaml {
+            path: path.to_owned(),
+            source,
+        })?
     };
     let mut settings = base.clone();
     settings.include = file
@@ -194,9 +246,17 @@ pub fn parse(path: &Path, text: &str, base: &LogSettings) -> Result<LogSettings,
         .collect::<Result<_, _>>()?;
     if let Some(size) = file.max_size {
         settings.rotation.max_size = match size {
-            SizeValue::Bytes(0) => return Err(invalid(path, "max_size".into(), "must be at least one byte")),
+            SizeValue::Bytes(0) => {
+                return Err(invalid(
+                    path,
+                    "max_size".into(),
+                    "must be at least one byte",
+                ));
+            }
             SizeValue::Bytes(n) => n,
-            SizeValue::Text(t) => parse_size(&t).map_err(|e| invalid(path, "max_size".into(), e))?,
+            SizeValue::Text(t) => {
+                parse_size(&t).map_err(|e| invalid(path, "max_size".into(), e))?
+            }
         };
     }
     if let Some(n) = file.max_backups {
@@ -213,7 +273,11 @@ mod tests {
     use super::*;
 
     fn base() -> LogSettings {
-        LogSettings { include: Vec::new(), exclude: Vec::new(), rotation: Rotation::default() }
+        LogSettings {
+            include: Vec::new(),
+            exclude: Vec::new(),
+            rotation: Rotation::default(),
+        }
     }
 
     #[test]
@@ -223,7 +287,11 @@ mod tests {
         assert_eq!(parse_size("4096"), Ok(4096));
         assert_eq!(parse_size("1.5 KiB"), Ok(1536));
         assert!(parse_size("0").is_err());
-        assert!(parse_size("12 parsecs").unwrap_err().contains("unknown unit"));
+        assert!(
+            parse_size("12 parsecs")
+                .unwrap_err()
+                .contains("unknown unit")
+        );
     }
 
     #[test]
@@ -244,13 +312,29 @@ compress: true
         assert_eq!(s.include[0].verdicts, vec![Verdict::Dropped]);
         assert_eq!(s.include[1].event_types, vec![EventType::Drop]);
         assert_eq!(s.exclude[0].protocols, vec![Protocol::Udp]);
-        assert_eq!(s.rotation, Rotation { max_size: 1 << 20, max_backups: 5, compress: true });
+        assert_eq!(
+            s.rotation,
+            Rotation {
+                max_size: 1 << 20,
+                max_backups: 5,
+                compress: true
+            }
+        );
     }
 
     #[test]
     fn errors_say_where() {
-        let e = parse(Path::new("c.yaml"), "include:\n  - verdicts: [maybe]\n", &base()).unwrap_err();
-        assert!(e.to_string().starts_with("c.yaml: include[0].verdicts[0]: unknown verdict"), "{e}");
+        let e = parse(
+            Path::new("c.yaml"),
+            "include:\n  - verdicts: [maybe]\n",
+            &base(),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("c.yaml: include[0].verdicts[0]: unknown verdict"),
+            "{e}"
+        );
         let e = parse(Path::new("c.yaml"), "include:\n  - colour: red\n", &base()).unwrap_err();
         assert!(e.to_string().contains("unknown field `colour`"), "{e}");
         assert!(e.to_string().contains("line 2"), "{e}");

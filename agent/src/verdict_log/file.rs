@@ -44,8 +44,15 @@ pub struct Backup {
 
 impl Naming {
     pub fn new(current: &Path) -> Self {
-        let dir = current.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_owned();
-        let name = current.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let dir = current
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_owned();
+        let name = current
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let (stem, ext) = match name.split_once('.') {
             Some((stem, ext)) if !stem.is_empty() => (stem.to_owned(), format!(".{ext}")),
             _ => (name, String::new()),
@@ -56,7 +63,10 @@ impl Naming {
     /// The backup name for a rotation at `unix_micros`.
     pub fn backup_path(&self, unix_micros: i64) -> (PathBuf, String) {
         let stamp = stamp(unix_micros);
-        (self.dir.join(format!("{}-{stamp}{}", self.stem, self.ext)), stamp)
+        (
+            self.dir.join(format!("{}-{stamp}{}", self.stem, self.ext)),
+            stamp,
+        )
     }
 
     /// Whether `name` is a backup of this log; its stamp and whether it is compressed.
@@ -81,11 +91,17 @@ impl Naming {
     /// between compressing and removing the plain file) is listed once, compressed.
     pub fn backups(&self) -> Vec<Backup> {
         let mut out: Vec<Backup> = Vec::new();
-        let Ok(entries) = std::fs::read_dir(&self.dir) else { return out };
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return out;
+        };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if let Some((stamp, compressed)) = self.parse_backup(&name) {
-                out.push(Backup { path: entry.path(), stamp, compressed });
+                out.push(Backup {
+                    path: entry.path(),
+                    stamp,
+                    compressed,
+                });
             }
         }
         out.sort_by(|a, b| (&a.stamp, !a.compressed).cmp(&(&b.stamp, !b.compressed)));
@@ -94,12 +110,15 @@ impl Naming {
     }
 
     fn temp_files(&self) -> Vec<PathBuf> {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else { return Vec::new() };
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
         entries
             .flatten()
             .filter(|e| {
                 let name = e.file_name().to_string_lossy().into_owned();
-                name.strip_suffix(".tmp").is_some_and(|n| self.parse_backup(n).is_some())
+                name.strip_suffix(".tmp")
+                    .is_some_and(|n| self.parse_backup(n).is_some())
             })
             .map(|e| e.path())
             .collect()
@@ -123,19 +142,31 @@ struct Compressor {
 }
 
 impl Compressor {
-    fn start(naming: Naming, max_backups: Arc<AtomicUsize>, busy: Arc<AtomicBool>) -> io::Result<Self> {
+    fn start(
+        naming: Naming,
+        max_backups: Arc<AtomicUsize>,
+        busy: Arc<AtomicBool>,
+    ) -> io::Result<Self> {
         let (tx, rx) = mpsc::channel::<PathBuf>();
-        let thread = std::thread::Builder::new().name("verdict-log-gzip".into()).spawn(move || {
-            for path in rx {
-                busy.store(true, Ordering::Release);
-                if let Err(e) = compress(&path) {
-                    warn!("compressing {}: {e}; leaving it uncompressed", path.display());
+        let thread = std::thread::Builder::new()
+            .name("verdict-log-gzip".into())
+            .spawn(move || {
+                for path in rx {
+                    busy.store(true, Ordering::Release);
+                    if let Err(e) = compress(&path) {
+                        warn!(
+                            "compressing {}: {e}; leaving it uncompressed",
+                            path.display()
+                        );
+                    }
+                    prune(&naming, max_backups.load(Ordering::Relaxed));
+                    busy.store(false, Ordering::Release);
                 }
-                prune(&naming, max_backups.load(Ordering::Relaxed));
-                busy.store(false, Ordering::Release);
-            }
-        })?;
-        Ok(Self { tx: Some(tx), thread: Some(thread) })
+            })?;
+        Ok(Self {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
     }
 }
 
@@ -158,9 +189,16 @@ pub fn compress(path: &Path) -> io::Result<()> {
     let tmp = PathBuf::from(tmp_name);
     let mut input = io::BufReader::with_capacity(1 << 16, File::open(path)?);
     let out = File::create(&tmp)?;
-    let mut encoder = flate2::write::GzEncoder::new(io::BufWriter::with_capacity(1 << 16, out), flate2::Compression::fast());
+    let mut encoder = flate2::write::GzEncoder::new(
+        io::BufWriter::with_capacity(1 << 16, out),
+        flate2::Compression::fast(),
+    );
     io::copy(&mut input, &mut encoder)?;
-    encoder.finish()?.into_inner().map_err(io::IntoInnerError::into_error)?.sync_all()?;
+    encoder
+        .finish()?
+        .into_inner()
+        .map_err(io::IntoInnerError::into_error)?
+        .sync_all()?;
     std::fs::rename(&tmp, &gz)?;
     std::fs::remove_file(path)?;
     Ok(())
@@ -172,7 +210,9 @@ fn prune(naming: &Naming, keep: usize) {
     let excess = backups.len().saturating_sub(keep);
     for old in &backups[..excess] {
         // The plain file of a compressed backup may exist too (crash between steps): remove both.
-        let plain = naming.dir.join(format!("{}-{}{}", naming.stem, old.stamp, naming.ext));
+        let plain = naming
+            .dir
+            .join(format!("{}-{}{}", naming.stem, old.stamp, naming.ext));
         let mut gz_name = plain.as_os_str().to_owned();
         gz_name.push(".gz");
         for p in [plain, PathBuf::from(gz_name)] {
@@ -223,7 +263,11 @@ pub enum WriteError {
         source: io::Error,
     },
     #[error("writing {path}: only {written} of {wanted} bytes were written (disk full?)")]
-    Short { path: PathBuf, written: usize, wanted: usize },
+    Short {
+        path: PathBuf,
+        written: usize,
+        wanted: usize,
+    },
 }
 
 pub struct LogFile {
@@ -241,7 +285,12 @@ pub struct LogFile {
 }
 
 fn open_append(path: &Path) -> io::Result<File> {
-    OpenOptions::new().create(true).append(true).read(true).mode(0o640).open(path)
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .read(true)
+        .mode(0o640)
+        .open(path)
 }
 
 impl LogFile {
@@ -255,7 +304,10 @@ impl LogFile {
         let len = file.metadata()?.len();
         let cut = repair_tail(&mut file, len)?;
         if cut > 0 {
-            warn!("{}: removed a torn last line of {cut} bytes (the previous writer was killed mid-write)", path.display());
+            warn!(
+                "{}: removed a torn last line of {cut} bytes (the previous writer was killed mid-write)",
+                path.display()
+            );
         }
         let size = len - cut;
         let naming = Naming::new(path);
@@ -276,7 +328,10 @@ impl LogFile {
         };
         // Plain backups whose compressed twin is complete, and plain ones waiting for compression.
         for backup in log.naming.backups() {
-            let plain = log.naming.dir.join(format!("{}-{}{}", log.naming.stem, backup.stamp, log.naming.ext));
+            let plain = log.naming.dir.join(format!(
+                "{}-{}{}",
+                log.naming.stem, backup.stamp, log.naming.ext
+            ));
             if backup.compressed {
                 let _ = std::fs::remove_file(plain);
             } else if rotation.compress {
@@ -301,7 +356,8 @@ impl LogFile {
 
     pub fn set_rotation(&mut self, rotation: Rotation) {
         self.rotation = rotation;
-        self.max_backups.store(rotation.max_backups, Ordering::Relaxed);
+        self.max_backups
+            .store(rotation.max_backups, Ordering::Relaxed);
     }
 
     /// Whether the background compressor is idle (for tests and shutdown).
@@ -311,8 +367,11 @@ impl LogFile {
 
     fn compress_later(&mut self, path: PathBuf) -> io::Result<()> {
         if self.compressor.is_none() {
-            self.compressor =
-                Some(Compressor::start(self.naming.clone(), Arc::clone(&self.max_backups), Arc::clone(&self.compressing))?);
+            self.compressor = Some(Compressor::start(
+                self.naming.clone(),
+                Arc::clone(&self.max_backups),
+                Arc::clone(&self.compressing),
+            )?);
         }
         self.compressing.store(true, Ordering::Release);
         if let Some(tx) = self.compressor.as_ref().and_then(|c| c.tx.as_ref()) {
@@ -357,12 +416,22 @@ impl LogFile {
                 self.size += n as u64;
                 return Ok(());
             }
-            Ok(n) => WriteError::Short { path: self.path.clone(), written: n, wanted: lines.len() },
-            Err(source) => WriteError::Io { path: self.path.clone(), source },
+            Ok(n) => WriteError::Short {
+                path: self.path.clone(),
+                written: n,
+                wanted: lines.len(),
+            },
+            Err(source) => WriteError::Io {
+                path: self.path.clone(),
+                source,
+            },
         };
         if let Err(e) = self.file.set_len(self.size) {
             // Cannot cut back: find the last whole line the slow way.
-            warn!("{}: truncating after a failed write: {e}", self.path.display());
+            warn!(
+                "{}: truncating after a failed write: {e}",
+                self.path.display()
+            );
             let len = self.file.metadata().map(|m| m.len()).unwrap_or(self.size);
             if let Ok(cut) = repair_tail(&mut self.file, len) {
                 self.size = len - cut;
@@ -387,12 +456,24 @@ mod tests {
     fn names_of_backups_round_trip_and_sort() {
         let n = Naming::new(Path::new("/var/log/flowgate/verdicts.jsonl"));
         let (p, s) = n.backup_path(1_714_558_830_123_456);
-        assert_eq!(p, Path::new("/var/log/flowgate/verdicts-2024-05-01T10-20-30.123456.jsonl"));
-        assert_eq!(n.parse_backup("verdicts-2024-05-01T10-20-30.123456.jsonl"), Some((s.clone(), false)));
-        assert_eq!(n.parse_backup("verdicts-2024-05-01T10-20-30.123456.jsonl.gz"), Some((s, true)));
+        assert_eq!(
+            p,
+            Path::new("/var/log/flowgate/verdicts-2024-05-01T10-20-30.123456.jsonl")
+        );
+        assert_eq!(
+            n.parse_backup("verdicts-2024-05-01T10-20-30.123456.jsonl"),
+            Some((s.clone(), false))
+        );
+        assert_eq!(
+            n.parse_backup("verdicts-2024-05-01T10-20-30.123456.jsonl.gz"),
+            Some((s, true))
+        );
         assert_eq!(n.parse_backup("verdicts.jsonl"), None);
         assert_eq!(n.parse_backup("verdicts-2024-05-01.jsonl"), None);
-        assert_eq!(n.parse_backup("other-2024-05-01T10-20-30.123456.jsonl"), None);
+        assert_eq!(
+            n.parse_backup("other-2024-05-01T10-20-30.123456.jsonl"),
+            None
+        );
     }
 
     #[test]
@@ -412,7 +493,11 @@ mod tests {
     fn rotates_keeps_n_backups_and_compresses() {
         let d = dir("rot");
         let path = d.join("v.jsonl");
-        let rotation = Rotation { max_size: 100, max_backups: 3, compress: true };
+        let rotation = Rotation {
+            max_size: 100,
+            max_backups: 3,
+            compress: true,
+        };
         let mut log = LogFile::open(&path, rotation).unwrap();
         let line = format!("{}\n", "x".repeat(39));
         for _ in 0..20 {
@@ -428,7 +513,9 @@ mod tests {
         assert!(backups.iter().all(|b| b.compressed));
         for b in &backups {
             let mut text = String::new();
-            flate2::read::GzDecoder::new(File::open(&b.path).unwrap()).read_to_string(&mut text).unwrap();
+            flate2::read::GzDecoder::new(File::open(&b.path).unwrap())
+                .read_to_string(&mut text)
+                .unwrap();
             assert_eq!(text, line.repeat(2));
         }
         assert_eq!(std::fs::read_to_string(&path).unwrap(), line.repeat(2));

@@ -90,6 +90,11 @@ pub fn render(status: &Status) -> String {
             "Client queues",
             format!("{} events lost", c.client_queue_losses),
         ),
+        (
+            "Verdict log",
+            format!("{} written, {} lost", c.verdict_log_written, c.verdict_log_lost),
+        ),
+        ("Policies", format!("{} loaded, {} errors", status.policy.loaded.len(), status.policy.errors.len())),
         ("Clients", status.clients.len().to_string()),
     ];
     let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
@@ -190,6 +195,8 @@ Policy revision:   3
 Packets:           40
 Records:           10 read, 1 lost in the kernel, 0 undecodable
 Client queues:     2 events lost
+Verdict log:       0 written, 0 lost
+Policies:          0 loaded, 0 errors
 Clients:           1
   ID   UID   PID   SOFTWARE         SUBSCRIBED   EVENTS SENT   EVENTS LOST
   4    0     99    flowgate 0.1.0   yes          8             2

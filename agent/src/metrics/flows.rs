@@ -1,0 +1,304 @@
+//! Flow counts for the metrics, kept by a hub subscriber (never by the reader): flows by type and
+//! verdict, policy verdicts by direction, match and action, drops by reason and protocol, and the
+//! label-bounded families (per endpoint, per policy, per denied pair), each capped at a number of
+//! distinct label sets beyond which counts go to `other`.
+
+use std::collections::{BTreeMap, HashMap};
+
+use flowgate_proto::{
+    Flow,
+    flow::{EventType, MatchType, Peer, PolicyAttribution, Protocol, TrafficDirection, Verdict},
+    format,
+};
+
+/// Label value that collects what is over a cap.
+pub const OTHER: &str = "other";
+
+/// Caps on the families whose labels come from the data.
+#[derive(Clone, Copy, Debug)]
+pub struct Caps {
+    pub endpoints: usize,
+    pub policies: usize,
+    pub denied_pairs: usize,
+}
+
+impl Default for Caps {
+    fn default() -> Self {
+        Self {
+            endpoints: 256,
+            policies: 256,
+            denied_pairs: 256,
+        }
+    }
+}
+
+pub fn verdict_label(v: Verdict) -> &'static str {
+    v.hubble_name()
+}
+
+/// Hubble's `action` label: `forwarded`, `dropped`, `audit`.
+pub fn action_label(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Forwarded => "forwarded",
+        Verdict::Dropped => "dropped",
+        Verdict::Audit => "audit",
+    }
+}
+
+pub fn direction_label(d: TrafficDirection) -> &'static str {
+    match d {
+        TrafficDirection::Ingress => "ingress",
+        TrafficDirection::Egress => "egress",
+        TrafficDirection::Unknown => "unknown",
+    }
+}
+
+pub fn match_label(m: Option<MatchType>) -> &'static str {
+    match m {
+        Some(MatchType::L3L4) => "l3-l4",
+        Some(MatchType::L3Only) => "l3-only",
+        Some(MatchType::L4Only) => "l4-only",
+        Some(MatchType::All) => "all",
+        Some(MatchType::None) | None => "none",
+    }
+}
+
+pub fn protocol_label(p: Protocol) -> String {
+    match p {
+        Protocol::Icmp => "ICMPv4".into(),
+        other => other.name().to_ascii_uppercase(),
+    }
+}
+
+/// `namespace/pod` for an endpoint, else its first label (`cidr:...`, `reserved:world`), else its IP.
+fn peer_label(peer: &Peer, ip: std::net::Ipv4Addr) -> String {
+    if !peer.pod_name.is_empty() {
+        format!("{}/{}", peer.namespace, peer.pod_name)
+    } else if let Some(l) = peer.labels.first() {
+        l.clone()
+    } else {
+        ip.to_string()
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct FlowCounts {
+    /// `[event type][verdict]`.
+    pub processed: BTreeMap<(&'static str, &'static str), u64>,
+    /// `(direction, match, action)`.
+    pub policy_verdicts: BTreeMap<(&'static str, &'static str, &'static str), u64>,
+    /// `(reason, protocol)`.
+    pub drops: BTreeMap<(&'static str, String), u64>,
+    /// `(endpoint, namespace, pod, direction, action)`.
+    pub endpoint_verdicts: BTreeMap<(String, String, String, &'static str, &'static str), u64>,
+    endpoint_seen: HashMap<u16, (String, String, String)>,
+    /// `(policy, direction, action)`.
+    pub policy_decisions: BTreeMap<(String, &'static str, &'static str), u64>,
+    policies_seen: usize,
+    /// `(source, destination)` of denied connections.
+    pub denied_pairs: BTreeMap<(String, String), u64>,
+    caps: Caps,
+}
+
+impl FlowCounts {
+    pub fn new(caps: Caps) -> Self {
+        Self {
+            caps,
+            ..Self::default()
+        }
+    }
+
+    pub fn count(&mut self, flow: &Flow) {
+        *self
+            .processed
+            .entry((flow.event_type.as_str(), verdict_label(flow.verdict)))
+            .or_default() += 1;
+        match flow.event_type {
+            EventType::PolicyVerdict => self.policy_verdict(flow),
+            EventType::Drop => {
+                let reason = format::drop_reason_desc(flow.drop_reason);
+                *self
+                    .drops
+                    .entry((reason, protocol_label(flow.protocol)))
+                    .or_default() += 1;
+            }
+            _ => {}
+        }
+    }
+
+    fn policy_verdict(&mut self, flow: &Flow) {
+        let direction = direction_label(flow.traffic_direction);
+        let action = action_label(flow.verdict);
+        *self
+            .policy_verdicts
+            .entry((direction, match_label(flow.match_type), action))
+            .or_default() += 1;
+
+        // Per local endpoint, the first `caps.endpoints` endpoints by id.
+        let local = if flow.traffic_direction == TrafficDirection::Ingress {
+            &flow.destination
+        } else {
+            &flow.source
+        };
+        let endpoint_cap = self.caps.endpoints;
+        let seen = self.endpoint_seen.len();
+        let labels = match self.endpoint_seen.get(&flow.endpoint_id) {
+            Some(l) => l.clone(),
+            None if seen < endpoint_cap => {
+                let l = (
+                    flow.endpoint_id.to_string(),
+                    local.namespace.clone(),
+                    local.pod_name.clone(),
+                );
+                self.endpoint_seen.insert(flow.endpoint_id, l.clone());
+                l
+            }
+            None => (OTHER.to_owned(), String::new(), String::new()),
+        };
+        *self
+            .endpoint_verdicts
+            .entry((labels.0, labels.1, labels.2, direction, action))
+            .or_default() += 1;
+
+        // Per policy that decided: the allowing policies, or the isolating ones of a default deny.
+        let names: Vec<String> = match &flow.policy {
+            Some(PolicyAttribution::AllowedBy(names)) => {
+                names.iter().map(ToString::to_string).collect()
+            }
+            Some(PolicyAttribution::DefaultDeny { isolated_by }) => {
+                isolated_by.iter().map(ToString::to_string).collect()
+            }
+            None => Vec::new(),
+        };
+        let names = if names.is_empty() {
+            vec![
+                if flow.verdict == Verdict::Forwarded {
+                    "none"
+                } else {
+                    "default-deny"
+                }
+                .to_owned(),
+            ]
+        } else {
+            names
+        };
+        for name in names {
+            let known = self.policy_decisions.keys().any(|(p, _, _)| *p == name);
+            let policy = if known || self.policies_seen < self.caps.policies {
+                if !known {
+                    self.policies_seen += 1;
+                }
+                name
+            } else {
+                OTHER.to_owned()
+            };
+            *self
+                .policy_decisions
+                .entry((policy, direction, action))
+                .or_default() += 1;
+        }
+
+        if flow.verdict == Verdict::Dropped {
+            let pair = (
+                peer_label(&flow.source, flow.source_ip),
+                peer_label(&flow.destination, flow.destination_ip),
+            );
+            let key = if self.denied_pairs.contains_key(&pair)
+                || self.denied_pairs.len() < self.caps.denied_pairs
+            {
+                pair
+            } else {
+                (OTHER.to_owned(), OTHER.to_owned())
+            };
+            *self.denied_pairs.entry(key).or_default() += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use flowgate_proto::flow::{PolicyName, fixtures::flow_between};
+
+    use super::*;
+
+    fn verdict(src: u16, dst: u16, v: Verdict) -> Flow {
+        let mut f = flow_between(src, dst, 1000);
+        f.event_type = EventType::PolicyVerdict;
+        f.verdict = v;
+        f.traffic_direction = TrafficDirection::Ingress;
+        f.endpoint_id = dst;
+        f.match_type = Some(MatchType::None);
+        f.policy = Some(PolicyAttribution::DefaultDeny {
+            isolated_by: vec![PolicyName {
+                namespace: "default".into(),
+                name: "deny".into(),
+            }],
+        });
+        f
+    }
+
+    #[test]
+    fn counts_by_labels() {
+        let mut c = FlowCounts::new(Caps::default());
+        c.count(&verdict(1, 2, Verdict::Dropped));
+        c.count(&verdict(1, 2, Verdict::Dropped));
+        let mut drop = verdict(1, 2, Verdict::Dropped);
+        drop.event_type = EventType::Drop;
+        drop.drop_reason = 133;
+        c.count(&drop);
+        c.count(&flow_between(1, 2, 5));
+        assert_eq!(c.processed[&("policy-verdict", "DROPPED")], 2);
+        assert_eq!(c.processed[&("trace", "FORWARDED")], 1);
+        assert_eq!(c.policy_verdicts[&("ingress", "none", "dropped")], 2);
+        assert_eq!(c.drops[&("POLICY_DENIED", "TCP".to_owned())], 1);
+        assert_eq!(
+            c.endpoint_verdicts[&(
+                "2".into(),
+                "default".into(),
+                "pod-2".into(),
+                "ingress",
+                "dropped"
+            )],
+            2
+        );
+        assert_eq!(
+            c.policy_decisions[&("default/deny".into(), "ingress", "dropped")],
+            2
+        );
+        assert_eq!(
+            c.denied_pairs[&("default/pod-1".into(), "default/pod-2".into())],
+            2
+        );
+    }
+
+    #[test]
+    fn cardinality_is_capped() {
+        let mut c = FlowCounts::new(Caps {
+            endpoints: 3,
+            policies: 2,
+            denied_pairs: 4,
+        });
+        for dst in 1..=10 {
+            c.count(&verdict(100, dst, Verdict::Dropped));
+        }
+        let endpoints: std::collections::BTreeSet<_> =
+            c.endpoint_verdicts.keys().map(|k| k.0.clone()).collect();
+        assert_eq!(
+            endpoints.len(),
+            4,
+            "three endpoints and other: {endpoints:?}"
+        );
+        assert_eq!(
+            c.endpoint_verdicts[&(
+                OTHER.into(),
+                String::new(),
+                String::new(),
+                "ingress",
+                "dropped"
+            )],
+            7
+        );
+        assert_eq!(c.denied_pairs.len(), 5);
+        assert_eq!(c.denied_pairs[&(OTHER.into(), OTHER.into())], 6);
+    }
+}
