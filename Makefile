@@ -21,6 +21,7 @@ demo: build
 bench: setup
 	$(CARGO) build --workspace --exclude flowgate-ebpf --release --locked
 	$(CARGO) run --release --locked -p flowgate-agent --bin flowgate-bench
+	$(CARGO) run --release --locked -p flowgate-cli --bin flowgate-tui-bench
 
 # Removes every lab left on this machine (after an interrupted run).
 clean-labs:

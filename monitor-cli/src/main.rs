@@ -1,12 +1,8 @@
 //! `flowgate`: the command a person uses. It never touches the datapath directly: it speaks the agent's
 //! socket protocol, or manages the lab (network namespaces that stand in for a node's pods).
 
-mod client_cmd;
-mod cmd;
-mod export;
-mod monitor;
-
 use clap::{Parser, Subcommand};
+use flowgate_cli::{client_cmd, cmd, export, monitor};
 
 #[derive(Parser)]
 #[command(name = "flowgate", version, about = "eBPF NetworkPolicy enforcer and flow monitor")]

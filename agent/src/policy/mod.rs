@@ -92,8 +92,7 @@ impl PolicyEngine {
         let pods: Vec<(Ipv4Addr, u32)> = cluster.pods.iter().map(|p| (p.ip, p.identity)).collect();
         let contents = realize::realize(&plan, &pods, &self.audit, &mut self.rules);
         let mut snapshot = PolicySnapshot::default();
-        for (_, key, value) in &contents.policy {
-            let _ = key;
+        for (_, _, value) in &contents.policy {
             if let Some(names) = self.rules.names(value.rule_id) {
                 snapshot.rules.insert(value.rule_id, names.to_vec());
             }
