@@ -20,27 +20,25 @@ use flowgate_proto::{
 const SHARED_ENV: &str = "FLOWGATE_SHARED_DIR";
 const PYTHON: &str = "/usr/bin/python3";
 
-/// `shared/hubble-flow`: `$FLOWGATE_SHARED_DIR/hubble-flow`, else `../shared/hubble-flow` from the
-/// workspace root (the repository is cloned with a copy of `shared/` beside it).
+/// `shared/hubble-flow`: `$FLOWGATE_SHARED_DIR/hubble-flow`, else the first `shared/hubble-flow` found
+/// beside the repository or one of its parents (CI clones the repository with a copy of `shared/`
+/// beside it; the developers' checkout has it one level up).
 fn hubble_flow_dir() -> PathBuf {
-    let shared = std::env::var_os(SHARED_ENV).map_or_else(
-        || {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("..")
-                .join("..")
-                .join("shared")
-        },
-        PathBuf::from,
-    );
-    let dir = shared.join("hubble-flow");
-    assert!(
-        dir.join("proto/flow/flow.proto").is_file()
-            && dir.join("proto/observer/observer.proto").is_file(),
-        "Hubble's protos not found at {}: this test needs the project's shared/ directory beside the \
-         repository (or ${SHARED_ENV} pointing at it)",
-        dir.join("proto").display()
-    );
-    dir
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let candidates: Vec<PathBuf> = match std::env::var_os(SHARED_ENV) {
+        Some(dir) => vec![PathBuf::from(dir)],
+        None => repo.ancestors().map(|a| a.join("shared")).collect(),
+    };
+    let found = candidates.iter().map(|s| s.join("hubble-flow")).find(|dir| {
+        dir.join("proto/flow/flow.proto").is_file() && dir.join("proto/observer/observer.proto").is_file()
+    });
+    found.unwrap_or_else(|| {
+        panic!(
+            "Hubble's protos (shared/hubble-flow/proto) not found beside {} or its parents: this test needs the \
+             project's shared/ directory beside the repository (or ${SHARED_ENV} pointing at it)",
+            repo.display()
+        )
+    })
 }
 
 /// A temporary directory removed on drop.
