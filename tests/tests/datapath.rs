@@ -21,7 +21,7 @@ use flowgate_common::{
 };
 use flowgate_policy::{ClusterView, ContainerPort, NamespaceInfo, PodInfo, Protocol as PolicyProtocol};
 use flowgate_proto::endpoint::NewEndpoint;
-use flowgate_tests::require_root;
+use flowgate_tests::{TempDir, require_root};
 
 /// skb->ifindex under BPF_PROG_TEST_RUN: the loopback device of the caller's namespace.
 const TEST_RUN_IFINDEX: u32 = 1;
@@ -35,16 +35,7 @@ const OUTSIDE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 7);
 struct Fixture {
     datapath: Datapath,
     ring: RingBuf<MapData>,
-    _dir: tempdir::Dir,
-}
-
-mod tempdir {
-    pub struct Dir(pub std::path::PathBuf);
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    _dir: TempDir,
 }
 
 /// The server pod is the endpoint behind loopback (where test runs happen); the client pod exists in
@@ -59,10 +50,8 @@ fn fixture_with(policy_yaml: &str, tag: &str, tweak: impl FnOnce(&mut PolicyEngi
 
 fn fixture_full(policy_yaml: &str, tag: &str, level: u64, tweak: impl FnOnce(&mut PolicyEngine)) -> Fixture {
     require_root();
-    let dir = std::env::temp_dir().join(format!("fg-datapath-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("policy.yaml"), policy_yaml).unwrap();
+    let dir = TempDir::new(&format!("datapath-{tag}"));
+    std::fs::write(dir.path().join("policy.yaml"), policy_yaml).unwrap();
 
     let mut datapath = Datapath::load(DatapathOptions { aggregation: level, ..DatapathOptions::default() })
         .expect("load the datapath (root, BPF)");
@@ -102,14 +91,14 @@ fn fixture_full(policy_yaml: &str, tag: &str, level: u64, tweak: impl FnOnce(&mu
         namespaces: vec![NamespaceInfo { name: "default".into(), labels: ns.clone() }],
         pods: vec![info(&client), info(&server)],
     };
-    let mut engine = PolicyEngine::new(Some(dir.clone()), false);
+    let mut engine = PolicyEngine::new(Some(dir.path().to_owned()), false);
     assert!(engine.reload(), "policy loads: {:?}", engine.status().errors);
     tweak(&mut engine);
     let (contents, snapshot) = engine.prepare(&cluster);
     state.set_policy(Arc::new(snapshot), engine.cidr_labels());
     datapath.apply_policy(&contents).expect("write the policy maps");
     let ring = datapath.take_events().unwrap();
-    Fixture { datapath, ring, _dir: tempdir::Dir(dir) }
+    Fixture { datapath, ring, _dir: dir }
 }
 
 impl Fixture {

@@ -18,7 +18,7 @@ use std::{
 
 use flowgate_proto::{client::Client, message::Subscription};
 use flowgate_tests::{
-    LabGuard,
+    LabGuard, TempDir,
     agent::{AgentGuard, SocketDir, runtime},
     example, flowgate_ok, require_root,
 };
@@ -47,24 +47,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// A temporary directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let d = std::env::temp_dir().join(format!("flowgate-test-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        Self(d)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// A Prometheus server, killed and reaped on drop.

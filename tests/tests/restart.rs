@@ -14,7 +14,7 @@ use std::{
 };
 
 use flowgate_tests::{
-    LabGuard,
+    LabGuard, TempDir,
     agent::{AgentGuard, SocketDir},
     example, require_root,
 };
@@ -52,9 +52,8 @@ fn enforcement_holds_through_a_kill_9_restart() {
     let (xa, ya, yb, za) = (pod("x/a"), pod("y/a"), pod("y/b"), pod("z/a"));
     let target = SocketAddr::from((xa.ip, 80));
 
-    let policies = std::env::temp_dir().join(format!("fg-restart-policies-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&policies);
-    std::fs::create_dir_all(&policies).unwrap();
+    let policy_dir = TempDir::new("restart-policies");
+    let policies = policy_dir.path();
     std::fs::write(policies.join("policy.yaml"), POLICY).unwrap();
     let dir = SocketDir::new("restart");
     let socket = dir.socket("agent.sock");
@@ -124,5 +123,4 @@ fn enforcement_holds_through_a_kill_9_restart() {
     assert_eq!(allowed.successes, allowed.attempts, "every new allowed connection worked: {allowed:?}");
     assert!(allowed.while_down > 0, "allowed attempts were made while no agent ran: {allowed:?}");
     drop(second);
-    let _ = std::fs::remove_dir_all(&policies);
 }

@@ -14,7 +14,7 @@ use std::{
 };
 
 use flowgate_tests::{
-    LAB_DIR_ENV, LabGuard,
+    LAB_DIR_ENV, LabGuard, TempDir,
     agent::{AgentGuard, SocketDir},
     example, flowgate_bin, lab_dir, require_root,
 };
@@ -35,23 +35,6 @@ spec:
       ports:
         - {protocol: TCP, port: 80}
 ";
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let d = std::env::temp_dir().join(format!("flowgate-test-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        Self(d)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -206,12 +189,26 @@ fn export(args: &[&str]) -> (String, String, i64, Duration) {
     let mut stdout = String::new();
     out.read_to_string(&mut stdout).unwrap();
     let stderr = err_reader.join().unwrap();
-    let rss_line = stderr.lines().rev().find(|l| l.starts_with("FLOWGATE-MAXRSS-KIB=")).unwrap_or_else(|| {
-        panic!("export {args:?} failed:\n{stderr}")
-    });
-    let rss: i64 = rss_line.trim_start_matches("FLOWGATE-MAXRSS-KIB=").trim().parse().unwrap();
-    assert!(!stderr.contains("Command exited with non-zero status"), "export {args:?} failed:\n{stderr}");
-    let stderr = stderr.lines().filter(|l| !l.starts_with("FLOWGATE-MAXRSS-KIB=")).collect::<Vec<_>>().join("\n") + "\n";
+    let rss_line = stderr
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("FLOWGATE-MAXRSS-KIB="))
+        .unwrap_or_else(|| panic!("export {args:?} failed:\n{stderr}"));
+    let rss: i64 = rss_line
+        .trim_start_matches("FLOWGATE-MAXRSS-KIB=")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        !stderr.contains("Command exited with non-zero status"),
+        "export {args:?} failed:\n{stderr}"
+    );
+    let stderr = stderr
+        .lines()
+        .filter(|l| !l.starts_with("FLOWGATE-MAXRSS-KIB="))
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n";
     (stdout, stderr, rss, started.elapsed())
 }
 

@@ -13,7 +13,7 @@ use flowgate_proto::{
     message::{Event, Request, Response, Subscription},
 };
 use flowgate_tests::{
-    LabGuard,
+    LabGuard, TempDir,
     agent::{AgentGuard, SocketDir, runtime},
     example, flowgate_ok, probe_results, require_root,
 };
@@ -61,9 +61,8 @@ async fn collect(stream: &mut flowgate_proto::client::EventStream) -> Vec<Arc<Fl
 fn every_verdict_names_its_policy_or_the_default_deny() {
     require_root();
     let lab = LabGuard::up("verdicts", &example("lab-netpol.yaml"));
-    let policies = std::env::temp_dir().join(format!("fg-verdicts-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&policies);
-    std::fs::create_dir_all(&policies).unwrap();
+    let policy_dir = TempDir::new("verdicts-policies");
+    let policies = policy_dir.path();
     std::fs::write(policies.join("x.yaml"), POLICIES).unwrap();
     let dir = SocketDir::new("verdicts");
     let agent = AgentGuard::start(&lab.name, &dir.socket("agent.sock"), &["--policies", policies.to_str().unwrap()]);
@@ -145,5 +144,4 @@ fn every_verdict_names_its_policy_or_the_default_deny() {
     assert!(!entries.is_empty());
     assert!(entries.iter().all(|e| e["labels"].as_array().unwrap().iter().any(|l| l.as_str().unwrap().contains("ns=y"))), "{json}");
     assert!(entries.iter().map(|e| e["packets"].as_u64().unwrap()).sum::<u64>() >= 1, "the allowed connection was counted: {json}");
-    let _ = std::fs::remove_dir_all(&policies);
 }
