@@ -33,6 +33,34 @@ fn parse_stamp(stamp: &str) -> Option<Timestamp> {
         .ok()
 }
 
+/// One directory scan: (stamp, compressed, path) of every backup named `<stem>-<stamp><ext>[.gz]`.
+fn scan_backups(dir: &Path, stem: &str, ext: &str) -> io::Result<Vec<(String, bool, PathBuf)>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut backups = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = file_name.strip_prefix(stem).and_then(|r| r.strip_prefix('-')) else {
+            continue;
+        };
+        let (rest, compressed) = match rest.strip_suffix(".gz") {
+            Some(r) => (r, true),
+            None => (rest, false),
+        };
+        let Some(stamp) = rest.strip_suffix(ext) else {
+            continue;
+        };
+        if parse_stamp(stamp).is_some() {
+            backups.push((stamp.to_owned(), compressed, entry.path()));
+        }
+    }
+    Ok(backups)
+}
+
 /// Backups of `current` in rotation order, then `current` itself if it exists. A backup present both
 /// plain and compressed (the agent was stopped between the two steps) is read once, compressed.
 pub fn parts(current: &Path) -> io::Result<Vec<LogPart>> {
@@ -48,32 +76,11 @@ pub fn parts(current: &Path) -> io::Result<Vec<LogPart>> {
         Some((stem, ext)) if !stem.is_empty() => (stem.to_owned(), format!(".{ext}")),
         _ => (name.clone(), String::new()),
     };
-    let mut backups: Vec<(String, bool, PathBuf)> = Vec::new();
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    for entry in entries {
-        let entry = entry?;
-        let file_name = entry.file_name().to_string_lossy().into_owned();
-        let Some(rest) = file_name
-            .strip_prefix(&stem)
-            .and_then(|r| r.strip_prefix('-'))
-        else {
-            continue;
-        };
-        let (rest, compressed) = match rest.strip_suffix(".gz") {
-            Some(r) => (r, true),
-            None => (rest, false),
-        };
-        let Some(stamp) = rest.strip_suffix(ext.as_str()) else {
-            continue;
-        };
-        if parse_stamp(stamp).is_some() {
-            backups.push((stamp.to_owned(), compressed, entry.path()));
-        }
-    }
+    // Two scans, united: while the agent compresses a backup (`X.gz` appears, then `X` goes), a single
+    // directory scan can miss both names. Once `X` is gone `X.gz` is complete and stays, so a second
+    // scan after the first sees it.
+    let mut backups = scan_backups(dir, &stem, &ext)?;
+    backups.extend(scan_backups(dir, &stem, &ext)?);
     backups.sort_by(|a, b| (&a.0, !a.1).cmp(&(&b.0, !b.1)));
     backups.dedup_by(|later, earlier| later.0 == earlier.0);
     let mut out: Vec<LogPart> = backups
