@@ -1,8 +1,8 @@
 //! The verdict log and `flowgate verdicts export` end to end: a real agent on a real lab with a deny
 //! policy writes its log under heavy traffic with a small rotation size (every line of every file,
 //! gzip too, parses, and the flow lines are exactly what the agent counted as written; `export
-//! --follow` run alongside gets every one of them across rotations); a kill -9 mid-write leaves only
-//! whole records; and exports of generated logs of a million records select exact time ranges and
+//! --follow` run alongside gets every one of them across rotations); a full disk and a kill -9
+//! mid-write leave only whole records, and what a full disk cost is counted and marked; and exports of generated logs of a million records select exact time ranges and
 //! filters in constant memory, reporting corrupt lines with file and line number.
 
 use std::{
@@ -364,6 +364,111 @@ fn rotation_under_load_keeps_every_record_whole_and_export_follow_gets_them_all(
         .filter(|l| l.starts_with("{\"flow\""))
         .count() as u64;
     assert_eq!(followed_flows, written, "export --follow: {err}");
+    drop(agent);
+}
+
+/// A small tmpfs mounted for the test, unmounted on drop.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(path: &Path, size: &str) -> Self {
+        std::fs::create_dir_all(path).unwrap();
+        let ok = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "flowgate-test",
+            ])
+            .arg(path)
+            .status()
+            .expect("run mount");
+        assert!(ok.success(), "mount a tmpfs at {}", path.display());
+        Self(path.to_owned())
+    }
+
+    fn grow(&self, size: &str) {
+        let ok = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .expect("run mount");
+        assert!(ok.success(), "remount {}", self.0.display());
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_leaves_only_whole_records_and_every_unwritten_one_is_counted_and_marked() {
+    require_root();
+    let lab = LabGuard::up("vfull", &example("lab-netpol.yaml"));
+    let tmp = TempDir::new("vlog-full");
+    let disk = SmallDisk::mount(&tmp.0.join("log"), "256k");
+    let sockets = SocketDir::new("vfull");
+    let port = free_port();
+    let agent = start_agent(
+        &lab,
+        &sockets,
+        &tmp.0,
+        port,
+        &["--verdict-log-max-size", "100MiB"],
+    );
+    let log = tmp.0.join("log").join("verdicts.jsonl");
+
+    // Far more than 256 KiB of records: the disk fills up while the agent writes.
+    assert!(
+        flood(&lab.name, "z/c", "y/a", "10000")
+            .wait()
+            .unwrap()
+            .success()
+    );
+    let written = settled(
+        port,
+        "flowgate_verdict_log_records_total",
+        Duration::from_secs(1),
+    ) as u64;
+    let lost = metric(port, "flowgate_lost_events_total{source=\"verdict_log\"}") as u64;
+    let (flows, _, _) = check_files(&log);
+    println!("disk full: written {written}, lost {lost}, on disk {flows}");
+    assert!(
+        lost > 0,
+        "the full disk cost records, and they were counted"
+    );
+    assert_eq!(
+        flows, written,
+        "every line on disk is whole and is one the agent counted as written"
+    );
+
+    // Room again: the next write marks the loss in the log, then goes on.
+    disk.grow("64m");
+    assert!(
+        flood(&lab.name, "z/c", "y/b", "50")
+            .wait()
+            .unwrap()
+            .success()
+    );
+    settled(
+        port,
+        "flowgate_verdict_log_records_total",
+        Duration::from_secs(1),
+    );
+    let lost_after = metric(port, "flowgate_lost_events_total{source=\"verdict_log\"}") as u64;
+    let (flows, marked, _) = check_files(&log);
+    assert!(flows > written, "writing went on once there was room");
+    assert!(
+        marked >= lost,
+        "the loss is marked in the log: {marked} marked, {lost} lost"
+    );
+    assert_eq!(
+        lost_after, lost,
+        "nothing more was lost once there was room"
+    );
     drop(agent);
 }
 
