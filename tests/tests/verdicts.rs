@@ -145,3 +145,40 @@ fn every_verdict_names_its_policy_or_the_default_deny() {
     assert!(entries.iter().all(|e| e["labels"].as_array().unwrap().iter().any(|l| l.as_str().unwrap().contains("ns=y"))), "{json}");
     assert!(entries.iter().map(|e| e["packets"].as_u64().unwrap()).sum::<u64>() >= 1, "the allowed connection was counted: {json}");
 }
+
+#[test]
+fn agent_wide_audit_mode_lets_would_be_drops_pass_and_says_so_everywhere() {
+    require_root();
+    let lab = LabGuard::up("auditall", &example("lab-netpol.yaml"));
+    let policy_dir = TempDir::new("auditall-policies");
+    std::fs::write(policy_dir.path().join("x.yaml"), POLICIES).unwrap();
+    let dir = SocketDir::new("auditall");
+    let agent = AgentGuard::start(
+        &lab.name,
+        &dir.socket("agent.sock"),
+        &["--policies", policy_dir.path().to_str().unwrap(), "--policy-audit-mode"],
+    );
+    let sock = agent.socket.to_str().unwrap().to_owned();
+    let rt = runtime();
+    let flows = rt.block_on(async {
+        let mut stream = verdict_stream(&agent.socket).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (report, _) =
+            lab.probe(&["--from", "z/a", "--to", "x/a", "--port", "80", "--protocol", "TCP", "--timeout", "500ms"]);
+        assert!(probe_results(&report)[0].2, "audit mode: the connection the policy denies goes through");
+        collect(&mut stream).await
+    });
+    let audit: Vec<_> = flows.iter().filter(|f| f.verdict == Verdict::Audit).collect();
+    assert!(!audit.is_empty(), "reported as AUDIT: {flows:#?}");
+    assert!(
+        matches!(&audit[0].policy, Some(PolicyAttribution::DefaultDeny { isolated_by }) if !isolated_by.is_empty()),
+        "the audit verdict says which default deny it stood in for: {:?}",
+        audit[0].policy
+    );
+    assert!(flows.iter().all(|f| f.event_type != EventType::Drop), "nothing dropped");
+    let status: serde_json::Value =
+        serde_json::from_str(&flowgate_ok(&["status", "--socket", &sock, "-o", "json"])).unwrap();
+    assert_eq!(status["policy"]["audit_mode"], true);
+    let list = flowgate_ok(&["endpoint", "list", "--socket", &sock]);
+    assert!(list.lines().any(|l| l.contains("x/a") && l.contains("Audit")), "{list}");
+}
