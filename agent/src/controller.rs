@@ -230,11 +230,10 @@ impl Controller {
                 self.state.set_policy_status(status);
             }
         }
-        if reapply {
-            if let Err(e) = self.apply_policy() {
+        if reapply
+            && let Err(e) = self.apply_policy() {
                 warn!("{e:#}");
             }
-        }
     }
 
     fn endpoint_config(&mut self, id: u16, audit: Option<bool>) -> Response {

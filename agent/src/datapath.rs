@@ -258,11 +258,10 @@ impl Datapath {
     /// Writes a complete policy generation into the inactive maps, then switches the programs to it in
     /// one write, so no packet sees a half-written policy. Counters of entries that stay are carried over.
     pub fn apply_policy(&mut self, contents: &MapContents) -> Result<(), DatapathError> {
-        if let Some(elapsed) = self.last_switch.map(|t| t.elapsed()) {
-            if elapsed < GENERATION_GRACE {
+        if let Some(elapsed) = self.last_switch.map(|t| t.elapsed())
+            && elapsed < GENERATION_GRACE {
                 std::thread::sleep(GENERATION_GRACE - elapsed);
             }
-        }
         let next = usize::from(1 - self.generation);
         let current = self.policy_values(self.generation)?;
 

@@ -63,6 +63,14 @@ fn fnv1a32(bytes: &[u8]) -> u32 {
     })
 }
 
+/// Root of the agent's pins on bpffs; each lab's maps and links are pinned under `<root>/<lab>`.
+pub const BPF_PIN_ROOT: &str = "/sys/fs/bpf/flowgate";
+
+/// Where the agent pins the maps and TCX links it uses for a lab.
+pub fn bpf_pin_dir(lab: &str) -> std::path::PathBuf {
+    std::path::Path::new(BPF_PIN_ROOT).join(lab)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,12 +108,4 @@ mod tests {
         // Without lab a-b existing, its leftovers are lab a's to clean (they cannot be told apart).
         assert!(netns_belongs_to("fg-a-b-node", "a", &["a".to_owned()]));
     }
-}
-
-/// Root of the agent's pins on bpffs; each lab's maps and links are pinned under `<root>/<lab>`.
-pub const BPF_PIN_ROOT: &str = "/sys/fs/bpf/flowgate";
-
-/// Where the agent pins the maps and TCX links it uses for a lab.
-pub fn bpf_pin_dir(lab: &str) -> std::path::PathBuf {
-    std::path::Path::new(BPF_PIN_ROOT).join(lab)
 }

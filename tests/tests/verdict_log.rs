@@ -312,9 +312,8 @@ fn rotation_under_load_keeps_every_record_whole_and_export_follow_gets_them_all(
         flows, written,
         "the files hold exactly the records the agent counted as written"
     );
-    assert_eq!(
+    assert!(
         marked >= lost,
-        true,
         "every loss of the log is marked in it ({marked} marked, {lost} lost)"
     );
     assert!(

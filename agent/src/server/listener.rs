@@ -67,11 +67,10 @@ impl Drop for Listener {
     fn drop(&mut self) {
         drop(self.std.take());
         let path = &self.config.path;
-        if std::fs::symlink_metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == self.inode) {
-            if let Err(e) = std::fs::remove_file(path) {
+        if std::fs::symlink_metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == self.inode)
+            && let Err(e) = std::fs::remove_file(path) {
                 log::warn!("removing the socket {}: {e}", path.display());
             }
-        }
     }
 }
 

@@ -172,11 +172,10 @@ pub async fn serve(
         tokio::select! {
             () = &mut shutdown => break,
             Some(done) = sessions.join_next(), if !sessions.is_empty() => {
-                if let Err(e) = done {
-                    if e.is_panic() {
+                if let Err(e) = done
+                    && e.is_panic() {
                         warn!("a client session panicked: {e}");
                     }
-                }
             }
             accepted = accept.accept() => match accepted {
                 Ok((stream, _)) => {

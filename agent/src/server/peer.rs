@@ -27,15 +27,14 @@ pub fn parse_status_groups(status: &str) -> Option<Vec<u32>> {
 
 /// The peer's supplementary groups, from its process, else from its user's entry in the group database.
 fn supplementary_groups(peer: &PeerCred) -> Vec<u32> {
-    if peer.pid > 0 {
-        if let Some(groups) = std::fs::read_to_string(format!("/proc/{}/status", peer.pid))
+    if peer.pid > 0
+        && let Some(groups) = std::fs::read_to_string(format!("/proc/{}/status", peer.pid))
             .ok()
             .as_deref()
             .and_then(parse_status_groups)
         {
             return groups;
         }
-    }
     let Ok(Some(user)) = User::from_uid(Uid::from_raw(peer.uid)) else {
         return Vec::new();
     };

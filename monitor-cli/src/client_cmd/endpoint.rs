@@ -110,7 +110,7 @@ pub fn run(args: &EndpointArgs) -> anyhow::Result<()> {
             print!("{}", render_structured(&endpoint, format)?);
         }
         EndpointCommand::Config { id, settings, socket } => {
-            let audit = settings.iter().map(|Setting::Audit(on)| *on).last();
+            let audit = settings.iter().map(|Setting::Audit(on)| *on).next_back();
             match request(socket, Request::EndpointConfig { id: *id, audit })? {
                 Response::EndpointConfigured(ep) => println!(
                     "endpoint {} ({}): policy enforcement ingress {}, egress {}",

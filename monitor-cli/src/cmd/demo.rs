@@ -97,11 +97,10 @@ fn wait_for_agent(socket: &Path, agent: &mut Child) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Ok(mut client) = runtime.block_on(Client::connect(socket, &software())) {
-            if runtime.block_on(client.request(Request::Status)).is_ok() {
+        if let Ok(mut client) = runtime.block_on(Client::connect(socket, &software()))
+            && runtime.block_on(client.request(Request::Status)).is_ok() {
                 return Ok(());
             }
-        }
         if let Some(status) = agent.try_wait()? {
             bail!("flowgate-agent exited ({status}) before serving; see its log");
         }

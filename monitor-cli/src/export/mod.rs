@@ -313,11 +313,10 @@ fn selection(args: &ExportArgs) -> anyhow::Result<Selection> {
             .transpose()
     };
     let (since, until) = (time("since", &args.since)?, time("until", &args.until)?);
-    if let (Some(s), Some(u)) = (since, until) {
-        if s > u {
+    if let (Some(s), Some(u)) = (since, until)
+        && s > u {
             bail!("--since ({s}) is after --until ({u}): nothing can match");
         }
-    }
     Ok(Selection {
         since,
         until,
