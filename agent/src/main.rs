@@ -136,6 +136,12 @@ enum Aggregation {
     Medium,
 }
 
+/// The kernel's events buffer, opened and waiting for its readers.
+enum EventsSource {
+    Ring(aya::maps::RingBuf<aya::maps::MapData>),
+    Perf(Vec<aya::maps::perf::PerfEventArrayBuffer<aya::maps::MapData>>),
+}
+
 /// A lab this agent brought up and must take down again, whatever happens.
 struct OwnedLab(String);
 
@@ -233,20 +239,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
     controller.start().with_context(|| format!("starting on lab {}", lab.name))?;
     info!("attached to {} endpoints of lab {}", lab.pods.len(), lab.name);
     let drain_interval = Duration::from_millis(args.drain_interval_ms);
-    let readers = match args.events_buffer {
+    // The events buffer is taken now and read once every subscriber that must see every event from
+    // the start (verdict log, metrics, --print-events) is in place.
+    let source = match args.events_buffer {
         EventsBuffer::Ringbuf => {
-            let ring = controller.datapath().take_events().context("opening the events ring buffer")?;
-            vec![tokio::spawn(flowgate_agent::reader::run(ring, drain_interval, Pipeline::new(Arc::clone(&state))))]
+            EventsSource::Ring(controller.datapath().take_events().context("opening the events ring buffer")?)
         }
         EventsBuffer::Perf => {
             let mut array = controller.datapath().take_perf_events().context("opening the perf event array")?;
-            flowgate_agent::reader::open_perf(&mut array, args.perf_pages)
-                .context("opening the per-CPU perf buffers")?
-                .into_iter()
-                .map(|buffer| {
-                    tokio::spawn(flowgate_agent::reader::run_perf(buffer, drain_interval, Pipeline::new(Arc::clone(&state))))
-                })
-                .collect()
+            EventsSource::Perf(
+                flowgate_agent::reader::open_perf(&mut array, args.perf_pages)
+                    .context("opening the per-CPU perf buffers")?,
+            )
         }
     };
     let controller = Arc::new(Mutex::new(controller));
@@ -309,6 +313,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let print_events = args.print_events;
     let print_sub = print_events.then(|| hub.subscribe(&Default::default()));
+    let readers = match source {
+        EventsSource::Ring(ring) => {
+            vec![tokio::spawn(flowgate_agent::reader::run(ring, drain_interval, Pipeline::new(Arc::clone(&state))))]
+        }
+        EventsSource::Perf(buffers) => buffers
+            .into_iter()
+            .map(|buffer| {
+                tokio::spawn(flowgate_agent::reader::run_perf(buffer, drain_interval, Pipeline::new(Arc::clone(&state))))
+            })
+            .collect(),
+    };
     let reader = futures::future::select_all(readers);
     let losses = tokio::spawn(poll_kernel_counters(Arc::clone(&controller), Arc::clone(&state)));
     let watcher = tokio::spawn(watch(Arc::clone(&controller), Duration::from_millis(args.watch_interval_ms)));
