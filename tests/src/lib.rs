@@ -218,3 +218,29 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// A policy for the netpol lab: namespace y accepts only x/a, on TCP 80; everything else into y is denied.
+pub const DENY_INTO_Y: &str = "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: only-x-a-into-y
+  namespace: y
+spec:
+  podSelector: {}
+  policyTypes: [Ingress]
+  ingress:
+    - from:
+        - namespaceSelector: {matchLabels: {ns: x}}
+          podSelector: {matchLabels: {pod: a}}
+      ports:
+        - {protocol: TCP, port: 80}
+";
+
+/// A TCP port on loopback that is free right now (for a metrics endpoint or a Prometheus).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind a loopback port")
+        .local_addr()
+        .expect("its address")
+        .port()
+}

@@ -6,7 +6,7 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
@@ -18,36 +18,11 @@ use std::{
 
 use flowgate_proto::{client::Client, message::Subscription};
 use flowgate_tests::{
-    LabGuard, TempDir,
+    DENY_INTO_Y, LabGuard, TempDir,
     agent::{AgentGuard, SocketDir, runtime},
-    example, flowgate_ok, require_root,
+    example, flowgate_ok, free_port, require_root,
 };
 use serde_json::Value;
-
-/// A policy for the netpol lab: namespace y accepts only x/a, on TCP 80; everything else into y is denied.
-pub const DENY_INTO_Y: &str = "apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata:
-  name: only-x-a-into-y
-  namespace: y
-spec:
-  podSelector: {}
-  policyTypes: [Ingress]
-  ingress:
-    - from:
-        - namespaceSelector: {matchLabels: {ns: x}}
-          podSelector: {matchLabels: {pod: a}}
-      ports:
-        - {protocol: TCP, port: 80}
-";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A Prometheus server, killed and reaped on drop.
 struct Prometheus {

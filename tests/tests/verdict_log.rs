@@ -14,35 +14,11 @@ use std::{
 };
 
 use flowgate_tests::{
-    LAB_DIR_ENV, LabGuard, TempDir,
+    DENY_INTO_Y, LAB_DIR_ENV, LabGuard, TempDir,
     agent::{AgentGuard, SocketDir},
-    example, flowgate_bin, lab_dir, require_root,
+    example, flowgate_bin, free_port, lab_dir, require_root,
 };
 use serde_json::Value;
-
-const DENY_INTO_Y: &str = "apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata:
-  name: only-x-a-into-y
-  namespace: y
-spec:
-  podSelector: {}
-  policyTypes: [Ingress]
-  ingress:
-    - from:
-        - namespaceSelector: {matchLabels: {ns: x}}
-          podSelector: {matchLabels: {pod: a}}
-      ports:
-        - {protocol: TCP, port: 80}
-";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// One sample of the agent's metrics.
 fn metric(port: u16, name: &str) -> f64 {
