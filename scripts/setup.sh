@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One idempotent set-up for a fresh Debian 12 machine, as root: system packages, the nightly rust-src,
+# One idempotent set-up for a fresh Debian 12 machine, as root: system packages, the pinned nightly (eBPF build) with rust-src,
 # bpf-linker built against LLVM 22, and bpffs. Steps already done are skipped, so a second run takes
 # seconds. Called by `make build`, `make test` and `make demo`.
 set -euo pipefail
@@ -37,15 +37,19 @@ if ! command -v rustup >/dev/null 2>&1; then
     [ -x "$HOME/.cargo/bin/rustup" ] && export PATH="$HOME/.cargo/bin:$PATH"
 fi
 command -v rustup >/dev/null 2>&1 || { echo "setup: rustup not found; install Rust with rustup first" >&2; exit 1; }
-if ! rustup toolchain list | grep -q '^nightly'; then
-    say "rustup toolchain install nightly"
-    rustup toolchain install nightly --profile minimal
+# The eBPF crate builds with one pinned nightly: its LLVM major must be the one bpf-linker links against
+# (Debian 12's newest is llvm-22). A floating `nightly` moved to LLVM 23 and can no longer be linked.
+# Keep in step with EBPF_TOOLCHAIN in agent/build.rs.
+EBPF_TOOLCHAIN=nightly-2026-05-20
+if ! rustup toolchain list | grep -q "^${EBPF_TOOLCHAIN}"; then
+    say "rustup toolchain install ${EBPF_TOOLCHAIN}"
+    rustup toolchain install "${EBPF_TOOLCHAIN}" --profile minimal
 fi
-if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then
-    say "rustup component add rust-src --toolchain nightly"
-    rustup component add rust-src --toolchain nightly
+if ! rustup component list --toolchain "${EBPF_TOOLCHAIN}" --installed 2>/dev/null | grep -q '^rust-src'; then
+    say "rustup component add rust-src --toolchain ${EBPF_TOOLCHAIN}"
+    rustup component add rust-src --toolchain "${EBPF_TOOLCHAIN}"
 else
-    say "nightly rust-src present"
+    say "${EBPF_TOOLCHAIN} rust-src present"
 fi
 
 # --- bpf-linker ---------------------------------------------------------------------------------------
