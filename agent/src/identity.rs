@@ -4,10 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-/// Reserved identity of addresses outside the cluster.
-pub const IDENTITY_WORLD: u32 = 2;
-/// First allocated identity.
-pub const FIRST_IDENTITY: u32 = 256;
+pub use flowgate_common::policy::{FIRST_IDENTITY, IDENTITY_WORLD};
 
 /// The security-relevant labels of a pod, rendered as Cilium renders them:
 /// `k8s:<key>=<value>` for pod labels, `k8s:io.kubernetes.pod.namespace=<ns>` and
@@ -37,7 +34,10 @@ pub struct IdentityAllocator {
 
 impl IdentityAllocator {
     pub fn new() -> Self {
-        Self { by_labels: BTreeMap::new(), next: FIRST_IDENTITY }
+        Self {
+            by_labels: BTreeMap::new(),
+            next: FIRST_IDENTITY,
+        }
     }
 
     /// The identity of a (sorted) label set, allocating one the first time it is seen.
@@ -53,7 +53,10 @@ impl IdentityAllocator {
 
     /// Labels of an identity.
     pub fn labels_of(&self, identity: u32) -> Option<&[String]> {
-        self.by_labels.iter().find(|(_, id)| **id == identity).map(|(l, _)| l.as_slice())
+        self.by_labels
+            .iter()
+            .find(|(_, id)| **id == identity)
+            .map(|(l, _)| l.as_slice())
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (u32, &[String])> {
@@ -66,7 +69,10 @@ mod tests {
     use super::*;
 
     fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]

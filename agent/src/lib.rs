@@ -1,25 +1,20 @@
 //! flowgate's node agent as a library: the binary in `main.rs` wires these modules together, tests and
 //! benchmarks use them directly.
 //!
-//! Event path: [`reader`] drains the kernel's events buffer -> [`pipeline`]: [`decode`] turns bytes into
-//! typed records, [`enrich`] resolves endpoints and identities into a flow, [`hub`] keeps [`history`] and
-//! fans flows out to subscribers. [`state`] holds endpoints, identities and counters and answers
-//! requests. The datapath itself (loading, attaching, maps) is in [`datapath`].
+//! The agent owns everything that needs the kernel: [`datapath`] loads, attaches and pins the programs
+//! and maps, [`controller`] keeps endpoints and policy generations in step with them, [`reader`] drains
+//! the events buffer into the event path (crate `flowgate_events`: decode -> enrich -> hub). The
+//! consumers of that path live here too: [`server`] (the unix socket), [`verdict_log`] and [`metrics`].
+//! [`state`] holds endpoints, identities and counters and answers requests.
 
 pub mod controller;
 pub mod craft;
 pub mod datapath;
-pub mod decode;
-pub mod enrich;
-pub mod history;
-pub mod hub;
 pub mod identity;
 pub mod metrics;
 pub mod netns;
-pub mod pipeline;
 pub mod policy;
 pub mod reader;
 pub mod server;
 pub mod state;
-pub mod time;
 pub mod verdict_log;

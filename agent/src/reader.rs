@@ -10,20 +10,15 @@ use aya::maps::{
     MapData, PerfEventArray, RingBuf,
     perf::{PerfEvent, PerfEventArrayBuffer},
 };
+use flowgate_events::RecordSink;
 use tokio::io::{Interest, unix::AsyncFd};
 
-/// Where drained records go.
-pub trait RecordSink {
-    /// One raw record.
-    fn on_record(&mut self, bytes: &[u8]);
-    /// The buffer is empty for now: the end of a batch.
-    fn on_batch_end(&mut self);
-    /// The kernel reported `count` records it could not write (perf buffers only).
-    fn on_lost(&mut self, count: u64);
-}
-
 /// Reads records until the task is cancelled, handing each to the sink and ending each drained batch.
-pub async fn run(ring: RingBuf<MapData>, tick: Duration, mut sink: impl RecordSink) -> std::io::Result<()> {
+pub async fn run(
+    ring: RingBuf<MapData>,
+    tick: Duration,
+    mut sink: impl RecordSink,
+) -> std::io::Result<()> {
     // SAFETY: the ring buffer owns its map fd and keeps it open for as long as the AsyncFd lives.
     let mut fd = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(std::io::Error::from)?;
@@ -58,17 +53,27 @@ pub fn open_perf(
     array: &mut PerfEventArray<MapData>,
     pages: usize,
 ) -> std::io::Result<Vec<PerfEventArrayBuffer<MapData>>> {
-    let cpus = aya::util::online_cpus().map_err(|(what, e)| std::io::Error::new(e.kind(), format!("{what}: {e}")))?;
+    let cpus = aya::util::online_cpus()
+        .map_err(|(what, e)| std::io::Error::new(e.kind(), format!("{what}: {e}")))?;
     cpus.into_iter()
-        .map(|cpu| array.open(cpu, Some(pages)).map_err(|e| std::io::Error::other(format!("perf buffer of CPU {cpu}: {e}"))))
+        .map(|cpu| {
+            array
+                .open(cpu, Some(pages))
+                .map_err(|e| std::io::Error::other(format!("perf buffer of CPU {cpu}: {e}")))
+        })
         .collect()
 }
 
 /// Drains one CPU's perf buffer until cancelled. Samples may be split at the buffer's end; they are
 /// put back together before the sink sees them.
-pub async fn run_perf(buffer: PerfEventArrayBuffer<MapData>, tick: Duration, mut sink: impl RecordSink) -> std::io::Result<()> {
+pub async fn run_perf(
+    buffer: PerfEventArrayBuffer<MapData>,
+    tick: Duration,
+    mut sink: impl RecordSink,
+) -> std::io::Result<()> {
     // SAFETY: the buffer owns its perf fd and keeps it open for as long as the AsyncFd lives.
-    let mut fd = unsafe { AsyncFd::register_with_interest(buffer, Interest::READABLE) }.map_err(std::io::Error::from)?;
+    let mut fd = unsafe { AsyncFd::register_with_interest(buffer, Interest::READABLE) }
+        .map_err(std::io::Error::from)?;
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut joined = Vec::new();
@@ -85,7 +90,11 @@ pub async fn run_perf(buffer: PerfEventArrayBuffer<MapData>, tick: Duration, mut
     }
 }
 
-fn drain_perf(buffer: &mut PerfEventArrayBuffer<MapData>, sink: &mut impl RecordSink, joined: &mut Vec<u8>) {
+fn drain_perf(
+    buffer: &mut PerfEventArrayBuffer<MapData>,
+    sink: &mut impl RecordSink,
+    joined: &mut Vec<u8>,
+) {
     buffer.for_each(|event| match event {
         PerfEvent::Sample { head, tail } if tail.is_empty() => sink.on_record(head),
         PerfEvent::Sample { head, tail } => {

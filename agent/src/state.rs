@@ -18,9 +18,13 @@ use flowgate_proto::{
     version::PROTOCOL_VERSION,
 };
 
-use crate::{
+use flowgate_events::{
     enrich::PeerSnapshot,
     hub::{Hub, SubscriberStats},
+    pipeline::{PipelineContext, PipelineCounters},
+};
+
+use crate::{
     identity::{IdentityAllocator, security_labels},
     policy::PolicySnapshot,
 };
@@ -30,21 +34,6 @@ pub trait PolicyControl: Send + Sync {
     fn policy_get(&self, endpoint: Option<u16>) -> Response;
     fn endpoint_config(&self, id: u16, audit: Option<bool>) -> Response;
     fn policy_status(&self) -> PolicyStatus;
-}
-
-/// Counters of the event pipeline, updated lock-free by the reader.
-#[derive(Debug, Default)]
-pub struct PipelineCounters {
-    pub records_read: AtomicU64,
-    pub decode_errors: AtomicU64,
-    /// Last value read from the kernel's lost-records counter.
-    pub kernel_lost: AtomicU64,
-    /// Records the perf buffers reported lost (perf event array only).
-    pub perf_lost: AtomicU64,
-    /// The kernel's counters by name, as last read.
-    pub kernel: Mutex<BTreeMap<String, u64>>,
-    /// Last value read from the kernel's packet counters.
-    pub packets: AtomicU64,
 }
 
 /// Facts about the agent fixed at start.
@@ -142,16 +131,26 @@ impl AgentState {
 
     /// Connects the requests that need the datapath to whoever serves them.
     pub fn set_control(&self, control: Weak<dyn PolicyControl>) {
-        *self.control.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(control);
+        *self
+            .control
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(control);
     }
 
     fn control(&self) -> Option<Arc<dyn PolicyControl>> {
-        self.control.read().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref().and_then(Weak::upgrade)
+        self.control
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .and_then(Weak::upgrade)
     }
 
     /// Installs what enrichment needs for a new policy generation.
     pub fn set_policy(&self, snapshot: Arc<PolicySnapshot>, cidr_labels: BTreeMap<u32, String>) {
-        *self.policy.write().unwrap_or_else(std::sync::PoisonError::into_inner) = snapshot;
+        *self
+            .policy
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = snapshot;
         let mut eps = self.endpoints_write();
         eps.cidr_labels = cidr_labels;
         Self::rebuild_snapshot(&mut eps);
@@ -159,11 +158,19 @@ impl AgentState {
 
     /// The policy names behind rule ids, for the pipeline.
     pub fn policy(&self) -> Arc<PolicySnapshot> {
-        Arc::clone(&self.policy.read().unwrap_or_else(std::sync::PoisonError::into_inner))
+        Arc::clone(
+            &self
+                .policy
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 
     pub fn set_policy_status(&self, status: PolicyStatus) {
-        *self.policy_status.write().unwrap_or_else(std::sync::PoisonError::into_inner) = status;
+        *self
+            .policy_status
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = status;
     }
 
     pub fn set_enforcement(&self, id: u16, ingress: Enforcement, egress: Enforcement) {
@@ -181,15 +188,22 @@ impl AgentState {
     pub fn not_found_endpoint(&self, id: u16) -> Response {
         Response::NotFound {
             what: format!("endpoint {id}"),
-            known: self.endpoints().iter().map(|e| format!("{} ({})", e.id, e.pod_ref())).collect(),
+            known: self
+                .endpoints()
+                .iter()
+                .map(|e| format!("{} ({})", e.id, e.pod_ref()))
+                .collect(),
         }
     }
 
     /// Labels of every identity: pods' security labels and CIDR identities.
     pub fn identity_labels(&self) -> BTreeMap<u32, Vec<String>> {
         let eps = self.endpoints_read();
-        let mut out: BTreeMap<u32, Vec<String>> =
-            eps.identities.iter().map(|(id, labels)| (id, labels.to_vec())).collect();
+        let mut out: BTreeMap<u32, Vec<String>> = eps
+            .identities
+            .iter()
+            .map(|(id, labels)| (id, labels.to_vec()))
+            .collect();
         for (id, label) in &eps.cidr_labels {
             out.insert(*id, vec![label.clone()]);
         }
@@ -201,27 +215,46 @@ impl AgentState {
     }
 
     fn clients_lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, ClientEntry>> {
-        self.clients.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn endpoints_read(&self) -> std::sync::RwLockReadGuard<'_, Endpoints> {
-        self.endpoints.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.endpoints
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn endpoints_write(&self) -> std::sync::RwLockWriteGuard<'_, Endpoints> {
-        self.endpoints.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.endpoints
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Lists a connected client (peer credentials) for `status`.
     pub fn register_client(self: &Arc<Self>, uid: u32, pid: i32) -> ClientGuard {
         let id = self.next_client.fetch_add(1, Ordering::Relaxed);
-        let info = ClientInfo { id, uid, pid, ..ClientInfo::default() };
-        self.clients_lock().insert(id, ClientEntry { info, stats: None });
-        ClientGuard { state: Arc::clone(self), id }
+        let info = ClientInfo {
+            id,
+            uid,
+            pid,
+            ..ClientInfo::default()
+        };
+        self.clients_lock()
+            .insert(id, ClientEntry { info, stats: None });
+        ClientGuard {
+            state: Arc::clone(self),
+            id,
+        }
     }
 
     /// Registers (or refreshes) a pod as an endpoint, with its identity from its security labels.
-    pub fn upsert_endpoint(&self, new: NewEndpoint, namespace_labels: &BTreeMap<String, String>) -> Endpoint {
+    pub fn upsert_endpoint(
+        &self,
+        new: NewEndpoint,
+        namespace_labels: &BTreeMap<String, String>,
+    ) -> Endpoint {
         let mut eps = self.endpoints_write();
         let labels = security_labels(&new.namespace, namespace_labels, &new.labels);
         let identity = eps.identities.identity_for(&labels);
@@ -254,7 +287,14 @@ impl AgentState {
             snapshot.by_id.insert(ep.id, peer);
         }
         for (id, label) in &eps.cidr_labels {
-            snapshot.identities.insert(*id, Arc::new(Peer { identity: *id, labels: vec![label.clone()], ..Peer::default() }));
+            snapshot.identities.insert(
+                *id,
+                Arc::new(Peer {
+                    identity: *id,
+                    labels: vec![label.clone()],
+                    ..Peer::default()
+                }),
+            );
         }
         eps.snapshot = Arc::new(snapshot);
     }
@@ -275,7 +315,12 @@ impl AgentState {
             .map(|(id, labels)| Identity {
                 id,
                 labels: labels.to_vec(),
-                endpoints: eps.registry.iter().filter(|e| e.identity == id).map(|e| e.id).collect(),
+                endpoints: eps
+                    .registry
+                    .iter()
+                    .filter(|e| e.identity == id)
+                    .map(|e| e.id)
+                    .collect(),
             })
             .collect()
     }
@@ -302,7 +347,11 @@ impl AgentState {
             events_buffer: self.info.events_buffer.clone(),
             endpoints: eps.registry.len(),
             identities: eps.identities.iter().count(),
-            policy: self.policy_status.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
+            policy: self
+                .policy_status
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
             counters: Counters {
                 records_read: self.counters.records_read.load(Ordering::Relaxed),
                 records_lost_kernel: self.counters.kernel_lost.load(Ordering::Relaxed)
@@ -310,10 +359,21 @@ impl AgentState {
                 decode_errors: self.counters.decode_errors.load(Ordering::Relaxed),
                 client_queue_losses: self.hub.queue_losses(),
                 packets: self.counters.packets.load(Ordering::Relaxed),
-                kernel: self.counters.kernel.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
+                kernel: self
+                    .counters
+                    .kernel
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone(),
                 perf_lost: self.counters.perf_lost.load(Ordering::Relaxed),
-                verdict_log_written: self.verdict_log.get().map_or(0, |l| l.records_written.load(Ordering::Relaxed)),
-                verdict_log_lost: self.verdict_log.get().map_or(0, |l| l.records_lost.load(Ordering::Relaxed)),
+                verdict_log_written: self
+                    .verdict_log
+                    .get()
+                    .map_or(0, |l| l.records_written.load(Ordering::Relaxed)),
+                verdict_log_lost: self
+                    .verdict_log
+                    .get()
+                    .map_or(0, |l| l.records_lost.load(Ordering::Relaxed)),
             },
             clients,
         }
@@ -331,13 +391,44 @@ impl AgentState {
             Request::IdentityList => Response::Identities(self.identities()),
             Request::EndpointConfig { id, audit } => match self.control() {
                 Some(control) => control.endpoint_config(*id, *audit),
-                None => Response::NotFound { what: "a datapath to configure".into(), known: Vec::new() },
+                None => Response::NotFound {
+                    what: "a datapath to configure".into(),
+                    known: Vec::new(),
+                },
             },
             Request::PolicyGet { endpoint } => match self.control() {
                 Some(control) => control.policy_get(*endpoint),
-                None => Response::NotFound { what: "a datapath with policy".into(), known: Vec::new() },
+                None => Response::NotFound {
+                    what: "a datapath with policy".into(),
+                    known: Vec::new(),
+                },
             },
         }
+    }
+}
+
+/// The event pipeline reads the hub, its counters and the snapshots from here.
+impl PipelineContext for AgentState {
+    type Policy = PolicySnapshot;
+
+    fn hub(&self) -> &Arc<Hub> {
+        AgentState::hub(self)
+    }
+
+    fn counters(&self) -> &PipelineCounters {
+        &self.counters
+    }
+
+    fn peers(&self) -> Arc<PeerSnapshot> {
+        AgentState::peers(self)
+    }
+
+    fn policy(&self) -> Arc<PolicySnapshot> {
+        AgentState::policy(self)
+    }
+
+    fn decoded(&self, batch: &[Arc<flowgate_proto::Flow>]) {
+        crate::metrics::instruments().latency.decoded(batch);
     }
 }
 
@@ -346,7 +437,7 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
-    use crate::hub::HubConfig;
+    use flowgate_events::hub::HubConfig;
 
     fn state() -> Arc<AgentState> {
         AgentState::new(AgentInfo::default(), Hub::new(HubConfig::default()))
@@ -373,12 +464,21 @@ mod tests {
         assert_eq!(a.identity, a2.identity, "same labels, same identity");
         assert_ne!(a.identity, b.identity);
         assert_eq!(s.peers().by_ip[&Ipv4Addr::new(10, 0, 0, 3)].pod_name, "b");
-        let Response::Identities(ids) = s.handle(&Request::IdentityList) else { panic!() };
+        let Response::Identities(ids) = s.handle(&Request::IdentityList) else {
+            panic!()
+        };
         assert_eq!(ids.len(), 2);
-        assert_eq!(ids.iter().find(|i| i.id == a.identity).unwrap().endpoints, vec![a.id, a2.id]);
-        let Response::NotFound { known, .. } = s.handle(&Request::EndpointGet { id: 99 }) else { panic!() };
+        assert_eq!(
+            ids.iter().find(|i| i.id == a.identity).unwrap().endpoints,
+            vec![a.id, a2.id]
+        );
+        let Response::NotFound { known, .. } = s.handle(&Request::EndpointGet { id: 99 }) else {
+            panic!()
+        };
         assert_eq!(known.len(), 3);
-        let Response::Status(status) = s.handle(&Request::Status) else { panic!() };
+        let Response::Status(status) = s.handle(&Request::Status) else {
+            panic!()
+        };
         assert_eq!(status.endpoints, 3);
         let guard = s.register_client(0, 1);
         assert_eq!(s.status().clients.len(), 1);

@@ -16,6 +16,8 @@ pub mod direction {
 pub const IDENTITY_ANY: u32 = 0;
 /// Reserved identity of addresses outside the cluster.
 pub const IDENTITY_WORLD: u32 = 2;
+/// First identity allocated for a set of labels; those below are reserved.
+pub const FIRST_IDENTITY: u32 = 256;
 
 /// Bits of a `PolicyKey` that are always part of the prefix: endpoint id, direction, padding, identity.
 pub const POLICY_PREFIX_PEER: u32 = 64;
@@ -35,11 +37,21 @@ pub struct PolicyKey {
 const _: () = assert!(core::mem::size_of::<PolicyKey>() == 12);
 
 impl PolicyKey {
-    pub const fn new(endpoint_id: u16, direction: u8, identity: u32, protocol: u8, port: u16) -> Self {
+    pub const fn new(
+        endpoint_id: u16,
+        direction: u8,
+        identity: u32,
+        protocol: u8,
+        port: u16,
+    ) -> Self {
         let e = endpoint_id.to_be_bytes();
         let i = identity.to_be_bytes();
         let p = port.to_be_bytes();
-        Self { bytes: [e[0], e[1], direction, 0, i[0], i[1], i[2], i[3], protocol, p[0], p[1], 0] }
+        Self {
+            bytes: [
+                e[0], e[1], direction, 0, i[0], i[1], i[2], i[3], protocol, p[0], p[1], 0,
+            ],
+        }
     }
 
     pub const fn endpoint_id(&self) -> u16 {
@@ -138,6 +150,15 @@ mod tests {
     fn key_fields_round_trip_in_prefix_order() {
         let k = PolicyKey::new(0x0102, direction::EGRESS, 0x0a0b_0c0d, 6, 8080);
         assert_eq!(k.bytes[..8], [1, 2, 1, 0, 0x0a, 0x0b, 0x0c, 0x0d]);
-        assert_eq!((k.endpoint_id(), k.direction(), k.identity(), k.protocol(), k.port()), (0x0102, 1, 0x0a0b_0c0d, 6, 8080));
+        assert_eq!(
+            (
+                k.endpoint_id(),
+                k.direction(),
+                k.identity(),
+                k.protocol(),
+                k.port()
+            ),
+            (0x0102, 1, 0x0a0b_0c0d, 6, 8080)
+        );
     }
 }

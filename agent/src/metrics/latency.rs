@@ -17,7 +17,7 @@ use std::{
 use flowgate_proto::{Flow, message::Event};
 use hdrhistogram::Histogram;
 
-use crate::time::monotonic_ns;
+use flowgate_events::clock::monotonic_ns;
 
 /// Longest latency kept exactly; longer ones are recorded as this.
 const MAX_NS: u64 = 60_000_000_000;

@@ -451,10 +451,9 @@ mod tests {
     use flowgate_proto::flow::{EventType, Verdict, fixtures::flow_between};
 
     use super::*;
-    use crate::{
-        hub::{Hub, HubConfig},
-        state::AgentInfo,
-    };
+    use flowgate_events::hub::{Hub, HubConfig};
+
+    use crate::state::AgentInfo;
 
     #[tokio::test]
     async fn scrape_shows_counts_losses_and_latency() {

@@ -18,7 +18,9 @@ use super::{
     frames::{FrameError, FrameReader, FrameWriter},
     peer::{self, PeerCred},
 };
-use crate::{hub::Subscriber, state::ClientGuard};
+use flowgate_events::hub::Subscriber;
+
+use crate::state::ClientGuard;
 
 /// Events per frame at most; batches from the hub are cut to this and small ones are joined up to it.
 pub const EVENTS_PER_FRAME: usize = 1024;

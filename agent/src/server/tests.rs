@@ -27,10 +27,9 @@ use tokio::{
 use tokio_util::codec::Decoder as _;
 
 use super::*;
-use crate::{
-    hub::{Hub, HubConfig},
-    state::AgentInfo,
-};
+use flowgate_events::hub::{Hub, HubConfig};
+
+use crate::state::AgentInfo;
 
 /// A temporary directory, removed on drop.
 struct TempDir(PathBuf);

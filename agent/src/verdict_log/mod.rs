@@ -31,7 +31,7 @@ use self::{
     config::{ConfigError, LogSettings},
     file::LogFile,
 };
-use crate::hub::{Hub, LiveEvents, Subscriber};
+use flowgate_events::hub::{Hub, LiveEvents, Subscriber};
 
 /// Default path of the log.
 pub const DEFAULT_PATH: &str = "/var/log/flowgate/verdicts.jsonl";
@@ -520,7 +520,7 @@ mod tests {
     };
 
     use super::{config::Rotation, *};
-    use crate::hub::HubConfig;
+    use flowgate_events::hub::HubConfig;
 
     fn encode(flow: &Flow, node: &str) -> serde_json::Value {
         json!({"flow": {"source_port": flow.source_port, "verdict": flow.verdict.hubble_name()}, "node_name": node})

@@ -13,7 +13,10 @@ pub struct History {
 
 impl History {
     pub fn new(capacity: usize) -> Self {
-        Self { flows: VecDeque::with_capacity(capacity.min(1 << 16)), capacity }
+        Self {
+            flows: VecDeque::with_capacity(capacity.min(1 << 16)),
+            capacity,
+        }
     }
 
     pub fn push(&mut self, flow: Arc<Flow>) {
@@ -33,8 +36,14 @@ impl History {
         allow: &[filter::FlowFilter],
         deny: &[filter::FlowFilter],
     ) -> Vec<Arc<Flow>> {
-        let mut out: Vec<Arc<Flow>> =
-            self.flows.iter().rev().filter(|f| filter::passes(allow, deny, f)).take(n).cloned().collect();
+        let mut out: Vec<Arc<Flow>> = self
+            .flows
+            .iter()
+            .rev()
+            .filter(|f| filter::passes(allow, deny, f))
+            .take(n)
+            .cloned()
+            .collect();
         out.reverse();
         out
     }
