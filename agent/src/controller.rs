@@ -7,6 +7,7 @@ use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use anyhow::Context as _;
@@ -22,8 +23,10 @@ use log::{info, warn};
 
 use crate::{
     datapath::{self, Datapath, DatapathError, KernelCounters},
-    policy::{PolicyEngine, watch::Watched},
-    state::{AgentState, PolicyControl},
+    policy::PolicyEngine,
+    api::PolicyControl,
+    state::AgentState,
+    watch::Watched,
 };
 
 /// Mutable core of the agent, shared behind a mutex.
@@ -347,5 +350,21 @@ impl PolicyControl for SharedController {
 
     fn policy_status(&self) -> PolicyStatus {
         self.lock().engine.status()
+    }
+}
+
+/// Follows the policy directory and the topology file.
+pub async fn follow_changes(controller: Arc<Mutex<Controller>>, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    loop {
+        ticker.tick().await;
+        let controller = Arc::clone(&controller);
+        let _ = tokio::task::spawn_blocking(move || {
+            controller
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .tick();
+        })
+        .await;
     }
 }

@@ -3,28 +3,27 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, atomic::Ordering},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
 use flowgate_agent::{
-    controller::{Controller, SharedController},
+    api::{Api, PolicyControl},
+    controller::{self, Controller, SharedController},
     datapath::{Datapath, DatapathOptions},
     metrics,
     policy::PolicyEngine,
     server::{self, ServerConfig},
-    state::{AgentInfo, AgentState, PolicyControl},
+    kernel_counters,
+    state::{AgentInfo, AgentState},
     verdict_log::{
         self, VerdictLog, VerdictLogOptions,
         config::{LogSettings, Rotation},
     },
 };
-use flowgate_common::{
-    Counter,
-    counters::{aggregation, events_kind},
-};
+use flowgate_common::counters::{aggregation, events_kind};
 use flowgate_events::{
     hub::{Hub, HubConfig},
     pipeline::Pipeline,
@@ -32,7 +31,7 @@ use flowgate_events::{
 use flowgate_lab::state::LabState;
 use flowgate_proto::{
     format,
-    message::{Event, EventsBufferInfo, LossSource},
+    message::{Event, EventsBufferInfo},
 };
 use log::{info, warn};
 
@@ -322,9 +321,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
         },
     };
-    if let Some(log) = &verdict_log {
-        state.set_verdict_log(log.stats());
-    }
     let _metrics = match args.metrics_addr.as_str() {
         "none" => None,
         addr => {
@@ -350,10 +346,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     let control: Arc<dyn PolicyControl> = Arc::new(SharedController(Arc::clone(&controller)));
-    state.set_control(Arc::downgrade(&control));
+    let api = Api::new(Arc::clone(&state), Some(control), verdict_log.as_ref().map(VerdictLog::stats));
 
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server_task = tokio::spawn(server::serve(listener, Arc::clone(&state), async move {
+    let server_task = tokio::spawn(server::serve(listener, api, async move {
         let _ = server_stopped.await;
     }));
     info!("serving clients on {}", args.socket.display());
@@ -380,11 +376,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .collect(),
     };
     let reader = futures::future::select_all(readers);
-    let losses = tokio::spawn(poll_kernel_counters(
+    let losses = tokio::spawn(kernel_counters::poll(
         Arc::clone(&controller),
         Arc::clone(&state),
     ));
-    let watcher = tokio::spawn(watch(
+    let watcher = tokio::spawn(controller::follow_changes(
         Arc::clone(&controller),
         Duration::from_millis(args.watch_interval_ms),
     ));
@@ -428,69 +424,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         info!("kernel counters: {counters:?}");
     }
     Ok(())
-}
-
-/// Follows the policy directory and the topology file.
-async fn watch(controller: Arc<Mutex<Controller>>, interval: Duration) {
-    let mut ticker = tokio::time::interval(interval);
-    loop {
-        ticker.tick().await;
-        let controller = Arc::clone(&controller);
-        let _ = tokio::task::spawn_blocking(move || {
-            controller
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .tick();
-        })
-        .await;
-    }
-}
-
-/// Every 100 ms: kernel counters into the state, and new kernel-side losses to every subscriber.
-async fn poll_kernel_counters(controller: Arc<Mutex<Controller>>, state: Arc<AgentState>) {
-    let mut interval = tokio::time::interval(Duration::from_millis(100));
-    // Pinned counters survive restarts: only losses from now on are news.
-    let mut last_lost = controller
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .counters()
-        .map(|c| c.get(Counter::RecordsLost))
-        .unwrap_or(0);
-    loop {
-        interval.tick().await;
-        let counters = {
-            let c = controller
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            match c.counters() {
-                Ok(c) => c,
-                Err(e) => {
-                    warn!("reading kernel counters: {e}");
-                    continue;
-                }
-            }
-        };
-        let lost = counters.get(Counter::RecordsLost);
-        state.counters.kernel_lost.store(lost, Ordering::Relaxed);
-        *state
-            .counters
-            .kernel
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Counter::ALL
-            .iter()
-            .map(|c| (c.name().to_owned(), counters.get(*c)))
-            .collect();
-        state.counters.packets.store(
-            counters.get(Counter::PacketsFromEndpoint) + counters.get(Counter::PacketsToEndpoint),
-            Ordering::Relaxed,
-        );
-        if lost > last_lost {
-            state
-                .hub()
-                .publish_loss(LossSource::KernelBuffer, lost - last_lost);
-            last_lost = lost;
-        }
-    }
 }
 
 fn bring_up_lab(path: &Path, name: Option<&str>) -> anyhow::Result<LabState> {

@@ -5,7 +5,7 @@
 use std::{
     collections::BTreeMap,
     sync::{
-        Arc, Mutex, RwLock, Weak,
+        Arc, Mutex, RwLock,
         atomic::{AtomicU64, Ordering},
     },
     time::Instant,
@@ -14,7 +14,7 @@ use std::{
 use flowgate_proto::{
     endpoint::{Endpoint, EndpointRegistry, EndpointState, Enforcement, Identity, NewEndpoint},
     flow::Peer,
-    message::{ClientInfo, Counters, EventsBufferInfo, PolicyStatus, Request, Response, Status},
+    message::{ClientInfo, Counters, EventsBufferInfo, PolicyStatus, Response, Status},
     version::PROTOCOL_VERSION,
 };
 
@@ -28,13 +28,6 @@ use crate::{
     identity::{IdentityAllocator, security_labels},
     policy::PolicySnapshot,
 };
-
-/// Requests that need the datapath and the policy engine (served by the controller).
-pub trait PolicyControl: Send + Sync {
-    fn policy_get(&self, endpoint: Option<u16>) -> Response;
-    fn endpoint_config(&self, id: u16, audit: Option<bool>) -> Response;
-    fn policy_status(&self) -> PolicyStatus;
-}
 
 /// Facts about the agent fixed at start.
 #[derive(Clone, Debug, Default)]
@@ -69,8 +62,6 @@ pub struct AgentState {
     next_client: AtomicU64,
     policy: RwLock<Arc<PolicySnapshot>>,
     policy_status: RwLock<PolicyStatus>,
-    control: RwLock<Option<Weak<dyn PolicyControl>>>,
-    verdict_log: std::sync::OnceLock<Arc<crate::verdict_log::VerdictLogStats>>,
 }
 
 /// Keeps a client listed in `status` until dropped.
@@ -119,30 +110,7 @@ impl AgentState {
             next_client: AtomicU64::new(1),
             policy: RwLock::new(Arc::default()),
             policy_status: RwLock::new(PolicyStatus::default()),
-            control: RwLock::new(None),
-            verdict_log: std::sync::OnceLock::new(),
         })
-    }
-
-    /// Reports the verdict log's counters in `status`.
-    pub fn set_verdict_log(&self, stats: Arc<crate::verdict_log::VerdictLogStats>) {
-        let _ = self.verdict_log.set(stats);
-    }
-
-    /// Connects the requests that need the datapath to whoever serves them.
-    pub fn set_control(&self, control: Weak<dyn PolicyControl>) {
-        *self
-            .control
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(control);
-    }
-
-    fn control(&self) -> Option<Arc<dyn PolicyControl>> {
-        self.control
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .as_ref()
-            .and_then(Weak::upgrade)
     }
 
     /// Installs what enrichment needs for a new policy generation.
@@ -366,43 +334,10 @@ impl AgentState {
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .clone(),
                 perf_lost: self.counters.perf_lost.load(Ordering::Relaxed),
-                verdict_log_written: self
-                    .verdict_log
-                    .get()
-                    .map_or(0, |l| l.records_written.load(Ordering::Relaxed)),
-                verdict_log_lost: self
-                    .verdict_log
-                    .get()
-                    .map_or(0, |l| l.records_lost.load(Ordering::Relaxed)),
+                verdict_log_written: 0,
+                verdict_log_lost: 0,
             },
             clients,
-        }
-    }
-
-    /// Answers a request.
-    pub fn handle(&self, request: &Request) -> Response {
-        match request {
-            Request::Status => Response::Status(Box::new(self.status())),
-            Request::EndpointList => Response::Endpoints(self.endpoints()),
-            Request::EndpointGet { id } => match self.endpoint(*id) {
-                Some(ep) => Response::Endpoint(ep),
-                None => self.not_found_endpoint(*id),
-            },
-            Request::IdentityList => Response::Identities(self.identities()),
-            Request::EndpointConfig { id, audit } => match self.control() {
-                Some(control) => control.endpoint_config(*id, *audit),
-                None => Response::NotFound {
-                    what: "a datapath to configure".into(),
-                    known: Vec::new(),
-                },
-            },
-            Request::PolicyGet { endpoint } => match self.control() {
-                Some(control) => control.policy_get(*endpoint),
-                None => Response::NotFound {
-                    what: "a datapath with policy".into(),
-                    known: Vec::new(),
-                },
-            },
         }
     }
 }
@@ -464,22 +399,8 @@ mod tests {
         assert_eq!(a.identity, a2.identity, "same labels, same identity");
         assert_ne!(a.identity, b.identity);
         assert_eq!(s.peers().by_ip[&Ipv4Addr::new(10, 0, 0, 3)].pod_name, "b");
-        let Response::Identities(ids) = s.handle(&Request::IdentityList) else {
-            panic!()
-        };
-        assert_eq!(ids.len(), 2);
-        assert_eq!(
-            ids.iter().find(|i| i.id == a.identity).unwrap().endpoints,
-            vec![a.id, a2.id]
-        );
-        let Response::NotFound { known, .. } = s.handle(&Request::EndpointGet { id: 99 }) else {
-            panic!()
-        };
-        assert_eq!(known.len(), 3);
-        let Response::Status(status) = s.handle(&Request::Status) else {
-            panic!()
-        };
-        assert_eq!(status.endpoints, 3);
+        assert_eq!(s.identities().len(), 2);
+        assert_eq!(s.status().endpoints, 3);
         let guard = s.register_client(0, 1);
         assert_eq!(s.status().clients.len(), 1);
         drop(guard);

@@ -4,7 +4,6 @@
 //! to attribute verdicts ([`PolicySnapshot`]).
 
 pub mod realize;
-pub mod watch;
 
 use std::{
     collections::{BTreeMap, HashMap},

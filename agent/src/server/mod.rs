@@ -14,7 +14,7 @@ use log::{debug, info, warn};
 use tokio::{sync::Semaphore, task::JoinSet};
 
 pub use self::listener::{Listener, SocketGroup};
-use crate::state::AgentState;
+use crate::api::Api;
 
 /// Where the agent listens unless told otherwise.
 pub const DEFAULT_SOCKET: &str = flowgate_proto::client::DEFAULT_SOCKET;
@@ -135,7 +135,7 @@ pub fn bind(config: &ServerConfig) -> Result<Listener, ServerError> {
 
 /// What every session needs.
 struct Shared {
-    state: Arc<AgentState>,
+    api: Arc<Api>,
     path: PathBuf,
     group: Option<SocketGroup>,
     /// The agent's own uid: a client running as the same user is let in (an unprivileged agent).
@@ -151,12 +151,12 @@ struct Shared {
 /// removes the socket. Errors of one client end that client's session only.
 pub async fn serve(
     listener: Listener,
-    state: Arc<AgentState>,
+    api: Arc<Api>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     let accept = listener.tokio()?;
     let shared = Arc::new(Shared {
-        state,
+        api,
         path: listener.path().to_owned(),
         group: listener.group().cloned(),
         own_uid: nix::unistd::geteuid().as_raw(),

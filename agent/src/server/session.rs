@@ -117,7 +117,7 @@ impl Session {
             );
             return self.refuse(Refusal::TooManyClients, message).await;
         };
-        let guard = self.shared.state.register_client(cred.uid, cred.pid);
+        let guard = self.shared.api.state().register_client(cred.uid, cred.pid);
 
         let timeout = self.shared.handshake_timeout;
         let hello = match tokio::time::timeout(timeout, self.reader.next()).await {
@@ -170,7 +170,7 @@ impl Session {
             };
             match codec::decode::<ClientMessage>("client", &frame) {
                 Ok(ClientMessage::Request(request)) => {
-                    let response = self.shared.state.handle(&request);
+                    let response = self.shared.api.handle(&request);
                     self.writer.send(&ServerMessage::Response(response)).await?;
                 }
                 Ok(ClientMessage::Subscribe(subscription)) => {
@@ -233,7 +233,7 @@ impl Session {
         subscription: &Subscription,
         guard: &ClientGuard,
     ) -> Result<End, SessionError> {
-        let mut subscriber: Subscriber = self.shared.state.hub().subscribe(subscription);
+        let mut subscriber: Subscriber = self.shared.api.state().hub().subscribe(subscription);
         guard.set_subscription(Arc::clone(&subscriber.stats));
         let initial = std::mem::take(&mut subscriber.initial);
         self.send_events(initial).await?;

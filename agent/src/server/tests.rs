@@ -29,7 +29,7 @@ use tokio_util::codec::Decoder as _;
 use super::*;
 use flowgate_events::hub::{Hub, HubConfig};
 
-use crate::state::AgentInfo;
+use crate::state::{AgentInfo, AgentState};
 
 /// A temporary directory, removed on drop.
 struct TempDir(PathBuf);
@@ -94,7 +94,8 @@ impl TestServer {
             state.set_endpoint_state(ep.id, EndpointState::Ready);
         }
         let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(serve(listener, Arc::clone(&state), async move {
+        let api = crate::api::Api::new(Arc::clone(&state), None, None);
+        let task = tokio::spawn(serve(listener, api, async move {
             let _ = stopped.await;
         }));
         Self {

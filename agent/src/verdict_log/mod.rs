@@ -2,11 +2,14 @@
 //! the Hubble-shaped flow JSON of `flowgate monitor -o json`, rotated by size. It is a hub subscriber on
 //! its own thread: the hub's bounded queue for it is the only thing between the event pipeline and the
 //! disk, so a slow disk costs the log records (counted, and marked in the log with a `lost_events`
-//! line as Hubble's exporter does), never the pipeline's time. See [`file`] for what reaches the disk
-//! and how, [`config`] for the include/exclude filters and the reloadable settings.
+//! line as Hubble's exporter does), never the pipeline's time. [`writer`] is that thread, [`file`] what
+//! reaches the disk and how, [`config`] the include/exclude filters and rotation settings, [`reload`]
+//! follows the configuration file.
 
 pub mod config;
 pub mod file;
+mod reload;
+mod writer;
 
 use std::{
     path::{Path, PathBuf},
@@ -15,23 +18,25 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::JoinHandle,
-    time::{Duration, Instant, SystemTime},
+    time::Duration,
 };
 
 use flowgate_proto::{
     Flow,
-    filter::{self, FlowFilter},
+    filter::FlowFilter,
     flow::EventType,
     hubble,
     message::{Event, LossSource, LostEvents, Subscription},
 };
-use log::{info, warn};
+use log::info;
 
 use self::{
     config::{ConfigError, LogSettings},
     file::LogFile,
+    reload::ConfigFollower,
+    writer::Writer,
 };
-use flowgate_events::hub::{Hub, LiveEvents, Subscriber};
+use flowgate_events::hub::Hub;
 
 /// Default path of the log.
 pub const DEFAULT_PATH: &str = "/var/log/flowgate/verdicts.jsonl";
@@ -118,12 +123,12 @@ impl VerdictLog {
         options: VerdictLogOptions,
         encoder: FlowEncoder,
     ) -> Result<Self, VerdictLogError> {
-        let mut watch = options.config_file.clone().map(ConfigWatch::new);
-        let settings = match &mut watch {
-            Some(w) => {
-                w.changed();
-                config::load(&w.path, &options.settings)?
-            }
+        let follower = options
+            .config_file
+            .clone()
+            .map(|path| ConfigFollower::new(path, options.settings.clone(), options.reload_interval));
+        let settings = match &follower {
+            Some(f) => f.load()?,
             None => options.settings.clone(),
         };
         let file = LogFile::open(&options.path, settings.rotation).map_err(|source| {
@@ -162,9 +167,8 @@ impl VerdictLog {
         let writer = Writer {
             file,
             settings,
-            base: options.settings.clone(),
-            watch,
-            reload_interval: options.reload_interval,
+            follower,
+            tick: options.reload_interval.min(Duration::from_millis(200)),
             node: options.node_name,
             encoder,
             stats: Arc::clone(&stats),
@@ -206,275 +210,11 @@ impl Drop for VerdictLog {
     }
 }
 
-/// Follows the configuration file by modification time, size and inode.
-struct ConfigWatch {
-    path: PathBuf,
-    seen: Option<(SystemTime, u64, u64)>,
-    checked: Instant,
-}
-
-impl ConfigWatch {
-    fn new(path: PathBuf) -> Self {
-        Self {
-            path,
-            seen: None,
-            checked: Instant::now(),
-        }
-    }
-
-    fn changed(&mut self) -> bool {
-        use std::os::unix::fs::MetadataExt as _;
-        self.checked = Instant::now();
-        let now = std::fs::metadata(&self.path).ok().map(|m| {
-            (
-                m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                m.len(),
-                m.ino(),
-            )
-        });
-        let changed = now != self.seen;
-        self.seen = now;
-        changed
-    }
-}
-
 /// `{"lost_events":{...},"node_name":..,"time":..}` as Hubble's exporter writes it (the same JSON as
 /// `flowgate monitor -o json` writes for a loss).
 pub fn lost_line(source: LossSource, count: u64, node_name: &str) -> serde_json::Value {
     let now = u64::try_from(jiff::Timestamp::now().as_nanosecond()).unwrap_or(0);
     hubble::lost_json(&LostEvents { source, count }, node_name, now)
-}
-
-fn add_loss(losses: &mut Vec<(LossSource, u64)>, source: LossSource, count: u64) {
-    match losses.iter_mut().find(|(s, _)| *s == source) {
-        Some((_, n)) => *n += count,
-        None => losses.push((source, count)),
-    }
-}
-
-struct Writer {
-    file: LogFile,
-    settings: LogSettings,
-    /// The command line's settings, under the configuration file.
-    base: LogSettings,
-    watch: Option<ConfigWatch>,
-    reload_interval: Duration,
-    node: String,
-    encoder: FlowEncoder,
-    stats: Arc<VerdictLogStats>,
-    /// Whole lines waiting for one write.
-    buf: Vec<u8>,
-    buf_records: u64,
-    /// Loss markers in `buf`, to mark again if the write fails.
-    buf_markers: Vec<(LossSource, u64)>,
-    line: Vec<u8>,
-    /// Losses not yet marked in the file, by Hubble source.
-    unmarked: Vec<(LossSource, u64)>,
-    failing: bool,
-}
-
-impl Writer {
-    fn run(
-        mut self,
-        subscriber: Subscriber,
-        mut rx: LiveEvents,
-        runtime: &tokio::runtime::Handle,
-        stop: &AtomicBool,
-    ) {
-        let tick = self.reload_interval.min(Duration::from_millis(200));
-        loop {
-            if stop.load(Ordering::Acquire) {
-                while let Ok(batch) = rx.try_recv() {
-                    self.take(batch);
-                }
-                self.flush();
-                break;
-            }
-            match runtime.block_on(async { tokio::time::timeout(tick, rx.recv()).await }) {
-                Ok(Some(batch)) => {
-                    self.take(batch);
-                    // Join what else is queued into as few writes as possible.
-                    while self.buf.len() < MAX_WRITE_BYTES {
-                        match rx.try_recv() {
-                            Ok(more) => self.take(more),
-                            Err(_) => break,
-                        }
-                    }
-                    self.flush();
-                }
-                Ok(None) => {
-                    self.flush();
-                    break;
-                }
-                Err(_) => {
-                    // Idle: mark losses of failed writes once the disk takes writes again.
-                    if !self.unmarked.is_empty() {
-                        self.line.clear();
-                        self.push_line(0);
-                        self.flush();
-                    }
-                }
-            }
-            self.maybe_reload();
-        }
-        drop(subscriber);
-        let rotations = self.file.rotations;
-        self.stats.rotations.store(rotations, Ordering::Relaxed);
-        // Dropping the file waits for the compressor to finish.
-    }
-
-    fn maybe_reload(&mut self) {
-        let Some(watch) = self.watch.as_mut() else {
-            return;
-        };
-        if watch.checked.elapsed() < self.reload_interval || !watch.changed() {
-            return;
-        }
-        match config::load(&watch.path, &self.base) {
-            Ok(settings) => {
-                info!(
-                    "verdict log: reloaded {} ({} include, {} exclude filters, rotated at {} bytes, {} backups{})",
-                    watch.path.display(),
-                    settings.include.len(),
-                    settings.exclude.len(),
-                    settings.rotation.max_size,
-                    settings.rotation.max_backups,
-                    if settings.rotation.compress {
-                        ", compressed"
-                    } else {
-                        ""
-                    }
-                );
-                self.file.set_rotation(settings.rotation);
-                self.settings = settings;
-                self.stats.config_reloads.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => warn!("verdict log: {e}; keeping the previous configuration"),
-        }
-    }
-
-    fn take(&mut self, batch: Vec<Event>) {
-        for event in batch {
-            match event {
-                Event::Flow(flow) => {
-                    if !filter::passes(&self.settings.include, &self.settings.exclude, &flow) {
-                        continue;
-                    }
-                    self.line.clear();
-                    let value = (self.encoder)(&flow, &self.node);
-                    serde_json::to_writer(&mut self.line, &value).expect("a JSON value serializes");
-                    self.line.push(b'\n');
-                    self.push_line(1);
-                }
-                Event::Lost(lost) => {
-                    if lost.source == LossSource::ClientQueue {
-                        self.stats
-                            .queue_lost
-                            .fetch_add(lost.count, Ordering::Relaxed);
-                        self.stats
-                            .records_lost
-                            .fetch_add(lost.count, Ordering::Relaxed);
-                    }
-                    add_loss(&mut self.unmarked, lost.source, lost.count);
-                    // Written where the gap is: ahead of the next line.
-                    self.line.clear();
-                    self.push_line(0);
-                }
-            }
-        }
-    }
-
-    /// Adds `self.line` (holding `records` flow records; may be empty) to the pending write, preceded
-    /// by a marker line for each unmarked loss.
-    fn push_line(&mut self, records: u64) {
-        if !self.unmarked.is_empty() {
-            let line = std::mem::take(&mut self.line);
-            for (source, count) in std::mem::take(&mut self.unmarked) {
-                self.line.clear();
-                serde_json::to_writer(&mut self.line, &lost_line(source, count, &self.node))
-                    .expect("serializes");
-                self.line.push(b'\n');
-                self.append_line(0, Some((source, count)));
-            }
-            self.line = line;
-        }
-        if !self.line.is_empty() {
-            self.append_line(records, None);
-        }
-    }
-
-    /// Adds one line to the pending write; writes first when the line would not fit in the current
-    /// file or in one write, and rotates between writes.
-    fn append_line(&mut self, records: u64, marker: Option<(LossSource, u64)>) {
-        let len = self.line.len();
-        let max = self.file.rotation().max_size;
-        if !self.buf.is_empty()
-            && (self.file.size() + (self.buf.len() + len) as u64 > max
-                || self.buf.len() + len > MAX_WRITE_BYTES)
-        {
-            self.flush();
-        }
-        if self.buf.is_empty() && self.file.needs_rotation(len) {
-            match self.file.rotate() {
-                Ok(()) => self
-                    .stats
-                    .rotations
-                    .store(self.file.rotations, Ordering::Relaxed),
-                Err(e) => warn!(
-                    "verdict log: rotating {}: {e}; writing on",
-                    self.file.path().display()
-                ),
-            }
-        }
-        self.buf.extend_from_slice(&self.line);
-        self.buf_records += records;
-        self.buf_markers.extend(marker);
-    }
-
-    fn flush(&mut self) {
-        if self.buf.is_empty() {
-            return;
-        }
-        let records = std::mem::take(&mut self.buf_records);
-        let markers = std::mem::take(&mut self.buf_markers);
-        match self.file.append(&self.buf) {
-            Ok(()) => {
-                self.stats
-                    .records_written
-                    .fetch_add(records, Ordering::Relaxed);
-                self.stats
-                    .bytes_written
-                    .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
-                self.stats
-                    .lost_markers
-                    .fetch_add(markers.len() as u64, Ordering::Relaxed);
-                if self.failing {
-                    info!(
-                        "verdict log: writing to {} again",
-                        self.file.path().display()
-                    );
-                    self.failing = false;
-                }
-            }
-            Err(e) => {
-                if !self.failing {
-                    warn!(
-                        "verdict log: {e}; records are counted as lost until writes succeed again"
-                    );
-                    self.failing = true;
-                }
-                self.stats.write_failures.fetch_add(1, Ordering::Relaxed);
-                self.stats
-                    .records_lost
-                    .fetch_add(records, Ordering::Relaxed);
-                add_loss(&mut self.unmarked, LOST_SOURCE_LOG, records);
-                for (source, count) in markers {
-                    add_loss(&mut self.unmarked, source, count);
-                }
-            }
-        }
-        self.buf.clear();
-    }
 }
 
 /// Writes `flows` to a log at `path` the way the agent does (no hub), for tests and tools.
@@ -489,10 +229,9 @@ pub fn write_all(
     let stats = Arc::new(VerdictLogStats::default());
     let mut writer = Writer {
         file,
-        base: settings.clone(),
         settings,
-        watch: None,
-        reload_interval: Duration::from_secs(1),
+        follower: None,
+        tick: Duration::from_millis(200),
         node: node.to_owned(),
         encoder,
         stats: Arc::clone(&stats),
@@ -510,7 +249,7 @@ pub fn write_all(
 
 #[cfg(test)]
 mod tests {
-    use std::io::BufRead as _;
+    use std::{io::BufRead as _, time::Instant};
 
     use serde_json::json;
 

@@ -1,22 +1,24 @@
-//! Change detection for files the agent follows (the policy directory, the lab topology): a cheap
-//! fingerprint of names, sizes and modification times, compared on a short interval. No inotify: it
-//! works the same on bind mounts and ConfigMap symlink swaps.
+//! Change detection for every file the agent follows (the policy directory, the lab topology, the
+//! verdict log's configuration): a cheap fingerprint of names, sizes, modification times and inodes,
+//! compared on a short interval. No inotify: it works the same on bind mounts and on ConfigMap symlink
+//! swaps (a swap changes the inode even when size and time happen to agree).
 
 use std::{
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     time::SystemTime,
 };
 
 /// Fingerprint of a file or of the YAML files in a directory.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Fingerprint(Vec<(PathBuf, u64, Option<SystemTime>)>);
+pub struct Fingerprint(Vec<(PathBuf, u64, Option<SystemTime>, u64)>);
 
 impl Fingerprint {
     pub fn of(path: &Path) -> Self {
         let mut items = Vec::new();
         let mut add = |p: &Path| {
             if let Ok(m) = std::fs::metadata(p) {
-                items.push((p.to_owned(), m.len(), m.modified().ok()));
+                items.push((p.to_owned(), m.len(), m.modified().ok(), m.ino()));
             }
         };
         if path.is_dir() {

@@ -1,0 +1,61 @@
+//! The kernel's counters, polled: copied into the agent state for `status` and the metrics, and the
+//! records the kernel could not write into the events buffer published to every subscriber as a loss,
+//! in order with the flows around it.
+
+use std::{
+    sync::{Arc, Mutex, atomic::Ordering},
+    time::Duration,
+};
+
+use flowgate_common::Counter;
+use flowgate_proto::message::LossSource;
+use log::warn;
+
+use crate::{controller::Controller, state::AgentState};
+
+/// Every 100 ms: kernel counters into the state, and new kernel-side losses to every subscriber.
+pub async fn poll(controller: Arc<Mutex<Controller>>, state: Arc<AgentState>) {
+    let mut interval = tokio::time::interval(Duration::from_millis(100));
+    // Pinned counters survive restarts: only losses from now on are news.
+    let mut last_lost = controller
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .counters()
+        .map(|c| c.get(Counter::RecordsLost))
+        .unwrap_or(0);
+    loop {
+        interval.tick().await;
+        let counters = {
+            let c = controller
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match c.counters() {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!("reading kernel counters: {e}");
+                    continue;
+                }
+            }
+        };
+        let lost = counters.get(Counter::RecordsLost);
+        state.counters.kernel_lost.store(lost, Ordering::Relaxed);
+        *state
+            .counters
+            .kernel
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Counter::ALL
+            .iter()
+            .map(|c| (c.name().to_owned(), counters.get(*c)))
+            .collect();
+        state.counters.packets.store(
+            counters.get(Counter::PacketsFromEndpoint) + counters.get(Counter::PacketsToEndpoint),
+            Ordering::Relaxed,
+        );
+        if lost > last_lost {
+            state
+                .hub()
+                .publish_loss(LossSource::KernelBuffer, lost - last_lost);
+            last_lost = lost;
+        }
+    }
+}
