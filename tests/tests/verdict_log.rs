@@ -538,7 +538,9 @@ fn kill_9_while_writing_leaves_only_whole_records() {
             "100000",
         ],
     );
-    std::thread::sleep(Duration::from_millis(500));
+    // Records still in the pinned events buffer from before the kill are written by the new agent: wait
+    // until it is quiet, so no write is in progress while the file is read.
+    settled(port, "flowgate_verdict_log_records_total", Duration::from_secs(1));
     let (lines, torn) = file_lines(&log);
     assert!(
         !torn
