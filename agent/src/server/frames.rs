@@ -10,7 +10,7 @@ use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::unix::{OwnedReadHalf, OwnedWriteHalf},
 };
-use tokio_util::codec::{Decoder as _, Encoder as _, LengthDelimitedCodec};
+use tokio_util::codec::{Encoder as _, LengthDelimitedCodec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
@@ -32,54 +32,50 @@ pub enum FrameError {
     Codec(#[from] CodecError),
 }
 
+/// Bytes of the big-endian length prefix of every frame.
+const PREFIX_BYTES: usize = 4;
+
+/// Takes one whole frame's body off the front of `buf`, or leaves `buf` as it is when the frame is not
+/// complete yet.
+fn take_frame(buf: &mut BytesMut) -> Result<Option<BytesMut>, FrameError> {
+    let Some(prefix) = buf.get(..PREFIX_BYTES) else { return Ok(None) };
+    let len = u32::from_be_bytes(prefix.try_into().expect("four bytes")) as usize;
+    if len > MAX_FRAME_BYTES {
+        return Err(FrameError::TooLarge { len });
+    }
+    if buf.len() < PREFIX_BYTES + len {
+        return Ok(None);
+    }
+    buf.advance(PREFIX_BYTES);
+    Ok(Some(buf.split_to(len)))
+}
+
 /// Reads whole frames.
 pub struct FrameReader {
     half: OwnedReadHalf,
-    codec: LengthDelimitedCodec,
     buf: BytesMut,
 }
 
 impl FrameReader {
     pub fn new(half: OwnedReadHalf) -> Self {
-        Self {
-            half,
-            codec: codec::framing(),
-            buf: BytesMut::with_capacity(8 << 10),
-        }
+        Self { half, buf: BytesMut::with_capacity(8 << 10) }
     }
 
     /// The next frame's body; `None` when the client closed the connection between frames.
+    ///
+    /// The length prefix is only peeked at until the whole body is buffered, so a frame that arrives in
+    /// any number of pieces (split inside the prefix or the body) is read the same as one that arrives
+    /// whole, and an oversized prefix is refused before any of its body is buffered.
     pub async fn next(&mut self) -> Result<Option<BytesMut>, FrameError> {
         loop {
-            if self.buf.len() >= 4 {
-                let len = self.buf.as_ref().get_u32() as usize;
-                if len > MAX_FRAME_BYTES {
-                    return Err(FrameError::TooLarge { len });
-                }
-            }
-            // The length was checked above, so the codec can only fail on what it also checks: nothing.
-            if let Some(frame) = self
-                .codec
-                .decode(&mut self.buf)
-                .map_err(|source| FrameError::Read { source })?
-            {
+            if let Some(frame) = take_frame(&mut self.buf)? {
                 return Ok(Some(frame));
             }
             if self.buf.capacity() - self.buf.len() < 4 << 10 {
                 self.buf.reserve(16 << 10);
             }
-            if self
-                .half
-                .read_buf(&mut self.buf)
-                .await
-                .map_err(|source| FrameError::Read { source })?
-                == 0
-            {
-                return if self.buf.is_empty() {
-                    Ok(None)
-                } else {
-                    Err(FrameError::Truncated)
-                };
+            if self.half.read_buf(&mut self.buf).await.map_err(|source| FrameError::Read { source })? == 0 {
+                return if self.buf.is_empty() { Ok(None) } else { Err(FrameError::Truncated) };
             }
         }
     }
@@ -145,5 +141,42 @@ impl FrameWriter {
     /// Flushes and closes the write side, so the client reads everything sent and then the end.
     pub async fn close(mut self) {
         let _ = self.half.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(body: &[u8]) -> Vec<u8> {
+        let mut out = u32::try_from(body.len()).unwrap().to_be_bytes().to_vec();
+        out.extend_from_slice(body);
+        out
+    }
+
+    #[test]
+    fn frames_split_anywhere_are_taken_whole_and_in_order() {
+        let bodies: Vec<Vec<u8>> = vec![b"hello".to_vec(), vec![7; 20_000], Vec::new(), vec![1; 3]];
+        let stream: Vec<u8> = bodies.iter().flat_map(|b| frame(b)).collect();
+        for piece in [1, 2, 3, 5, 4096, stream.len()] {
+            let mut buf = BytesMut::new();
+            let mut got = Vec::new();
+            for chunk in stream.chunks(piece) {
+                buf.extend_from_slice(chunk);
+                while let Some(f) = take_frame(&mut buf).unwrap() {
+                    got.push(f.to_vec());
+                }
+            }
+            assert_eq!(got, bodies, "pieces of {piece} bytes");
+            assert!(buf.is_empty());
+        }
+    }
+
+    #[test]
+    fn an_oversized_prefix_is_refused_before_its_body() {
+        let mut buf = BytesMut::from(&((MAX_FRAME_BYTES as u32) + 1).to_be_bytes()[..]);
+        assert!(matches!(take_frame(&mut buf), Err(FrameError::TooLarge { len }) if len == MAX_FRAME_BYTES + 1));
+        let mut buf = BytesMut::from(&frame(&vec![0; MAX_FRAME_BYTES])[..]);
+        assert_eq!(take_frame(&mut buf).unwrap().unwrap().len(), MAX_FRAME_BYTES, "a frame of the cap is read");
     }
 }

@@ -255,6 +255,65 @@ async fn oversized_length_prefix_gets_an_error_frame() {
     server.stop().await;
 }
 
+/// A client whose frames reach the agent in pieces: byte by byte, and in chunks of pseudo-random sizes,
+/// with a pause between writes so every piece arrives as its own read. Requests larger than the
+/// agent's read buffer are in the stream too (a subscription naming many pods).
+#[tokio::test]
+async fn frames_written_in_pieces_are_read_whole() {
+    let server = TestServer::start("pieces", |_| {}).await;
+    let hello = framed(&flowgate_proto::ClientMessage::Hello(Hello {
+        protocol: flowgate_proto::version::PROTOCOL_VERSION,
+        software: "pieces".into(),
+    }));
+    let status = framed(&flowgate_proto::ClientMessage::Request(Request::Status));
+    let big = framed(&flowgate_proto::ClientMessage::Request(Request::EndpointGet { id: 2 }));
+    let mut stream = hello.clone();
+    for _ in 0..3 {
+        stream.extend_from_slice(&status);
+    }
+    stream.extend_from_slice(&big);
+    for chunking in ["bytes", "random"] {
+        let mut sock = UnixStream::connect(server.sock()).await.unwrap();
+        let mut seed = 0x9e37_79b9_u32;
+        let mut at = 0;
+        while at < stream.len() {
+            let n = if chunking == "bytes" {
+                1
+            } else {
+                seed ^= seed << 13;
+                seed ^= seed >> 17;
+                seed ^= seed << 5;
+                1 + (seed as usize % 37)
+            };
+            let end = (at + n).min(stream.len());
+            sock.write_all(&stream[at..end]).await.unwrap();
+            sock.flush().await.unwrap();
+            tokio::time::sleep(Duration::from_micros(200)).await;
+            at = end;
+        }
+        sock.shutdown().await.unwrap();
+        let mut buf = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), sock.read_to_end(&mut buf)).await.expect("replies").unwrap();
+        let mut buf = BytesMut::from(&buf[..]);
+        let mut framing = codec::framing();
+        let mut replies = Vec::new();
+        while let Some(frame) = framing.decode(&mut buf).unwrap() {
+            replies.push(codec::decode::<ServerMessage>("server", &frame).unwrap());
+        }
+        assert_eq!(replies.len(), 5, "{chunking}: hello + 3 status + endpoint: {replies:?}");
+        assert!(matches!(replies[0], ServerMessage::Hello(_)), "{chunking}: {:?}", replies[0]);
+        for r in &replies[1..4] {
+            assert!(matches!(r, ServerMessage::Response(Response::Status(_))), "{chunking}: {r:?}");
+        }
+        assert!(
+            matches!(&replies[4], ServerMessage::Response(Response::Endpoint(ep)) if ep.pod_name == "b"),
+            "{chunking}: {:?}",
+            replies[4]
+        );
+    }
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn a_request_before_the_hello_is_an_error() {
     let server = TestServer::start("nohello", |_| {}).await;
