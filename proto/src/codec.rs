@@ -2,12 +2,18 @@
 //! maps, so fields can be added without breaking older peers). Frames above [`MAX_FRAME_BYTES`] are
 //! refused by both sides.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use serde::{Serialize, de::DeserializeOwned};
 use tokio_util::codec::LengthDelimitedCodec;
 
 /// Largest frame either side accepts. Event batches are cut well below it.
 pub const MAX_FRAME_BYTES: usize = 4 << 20;
+
+/// Deepest nesting of arrays and maps a message may have. The deepest real message (a subscription's
+/// label selectors) nests about 8 levels; MessagePack decoding would otherwise allow 1024, and each
+/// level is a few stack frames of recursion: a 0.7 KB frame nested 700 deep overflowed a worker
+/// thread's stack in a debug build. Too deep is a decode error, for that one peer.
+pub const MAX_DEPTH: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
@@ -36,7 +42,34 @@ pub fn encode<T: Serialize>(what: &'static str, message: &T) -> Result<Bytes, Co
     rmp_serde::to_vec_named(message).map(Bytes::from).map_err(|source| CodecError::Encode { what, source })
 }
 
-/// Decodes a message body.
-pub fn decode<T: DeserializeOwned>(what: &'static str, frame: &BytesMut) -> Result<T, CodecError> {
-    rmp_serde::from_slice(frame).map_err(|source| CodecError::Decode { what, len: frame.len(), source })
+/// Decodes a message body, nested at most [`MAX_DEPTH`] deep.
+pub fn decode<T: DeserializeOwned>(what: &'static str, frame: &[u8]) -> Result<T, CodecError> {
+    let mut de = rmp_serde::Deserializer::from_read_ref(frame);
+    de.set_max_depth(MAX_DEPTH);
+    T::deserialize(&mut de).map_err(|source| CodecError::Decode { what, len: frame.len(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::ClientMessage;
+
+    /// `n` nested one-element arrays around a nil.
+    fn nested(n: usize) -> Vec<u8> {
+        let mut out = vec![0x91; n];
+        out.push(0xc0);
+        out
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        for depth in [MAX_DEPTH + 1, 700, 100_000] {
+            let body = nested(depth);
+            let err = decode::<ClientMessage>("client", &body).unwrap_err();
+            assert!(err.to_string().contains("decoding a client message"), "{err}");
+            // Also where a value of any shape is accepted.
+            assert!(decode::<serde_json::Value>("client", &body).is_err(), "{depth} levels");
+        }
+        assert!(decode::<serde_json::Value>("client", &nested(MAX_DEPTH - 1)).is_ok());
+    }
 }

@@ -224,6 +224,27 @@ async fn garbage_gets_an_error_frame_and_others_are_still_served() {
     server.stop().await;
 }
 
+/// A hello nested 700 levels deep (about 0.7 KB) once overflowed a worker thread's stack: now it is a
+/// decode error for that client, in a debug build too, and the agent goes on serving.
+#[tokio::test]
+async fn a_deeply_nested_frame_gets_an_error_and_others_are_still_served() {
+    let server = TestServer::start("deep", |_| {}).await;
+    for depth in [700usize, 100_000] {
+        let mut body = vec![0x81, 0xa5]; // {"Hello": ...
+        body.extend_from_slice(b"Hello");
+        body.extend_from_slice(&[0x81, 0xa1, b'x']); // ... {"x": an unknown field, skipped by recursing
+        body.extend(std::iter::repeat_n(0x91, depth)); // into arrays in arrays ...
+        body.push(0xc0);
+        let mut bytes = u32::try_from(body.len()).unwrap().to_be_bytes().to_vec();
+        bytes.extend_from_slice(&body);
+        let replies = raw_exchange(&server.sock(), &bytes).await;
+        let [ServerMessage::Error { message }] = &replies[..] else { panic!("{replies:?}") };
+        assert!(message.contains("depth limit exceeded"), "{message}");
+    }
+    status_works(&server).await;
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn oversized_length_prefix_gets_an_error_frame() {
     let server = TestServer::start("big", |_| {}).await;
