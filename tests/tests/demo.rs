@@ -10,6 +10,8 @@ use flowgate_tests::{assert_nothing_left, flowgate, require_root};
 fn demo_shows_allowed_and_denied_verdicts_for_the_database_and_cleans_up() {
     require_root();
     let name = format!("demo-{}", std::process::id());
+    let machine_log = Path::new("/var/log/flowgate/verdicts.jsonl");
+    let machine_log_before = std::fs::metadata(machine_log).ok().map(|m| (m.len(), m.modified().ok()));
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
     let out = flowgate(&[
         "demo",
@@ -45,5 +47,12 @@ fn demo_shows_allowed_and_denied_verdicts_for_the_database_and_cleans_up() {
         stdout.lines().all(|l| l.contains("default/database") || l.contains("10.200.0.10") || l.starts_with("Lost")),
         "the monitor shows only the database's events:\n{stdout}"
     );
+    // The demo's agent kept its files in the lab's directory and its metrics off the default port.
+    let lab_dir = format!("/{name}/");
+    let said = |what: &str| stderr.lines().any(|l| l.contains(&format!("{what} /")) && l.contains(&lab_dir));
+    assert!(said("verdict log") && said("socket"), "the demo says where its files are, in its lab:\n{stderr}");
+    assert!(!stderr.contains(":9965/"), "the demo's metrics take a free port, not the default:\n{stderr}");
+    let machine_log_after = std::fs::metadata(machine_log).ok().map(|m| (m.len(), m.modified().ok()));
+    assert_eq!(machine_log_before, machine_log_after, "the machine's verdict log is untouched");
     assert_nothing_left(&name, None);
 }

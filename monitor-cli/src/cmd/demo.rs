@@ -93,6 +93,12 @@ fn sibling(binary: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// A loopback port nothing listens on now (the kernel's pick for port 0).
+fn free_loopback_port() -> anyhow::Result<u16> {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free loopback port")?;
+    Ok(probe.local_addr().context("reading the free port")?.port())
+}
+
 fn wait_for_agent(socket: &Path, agent: &mut Child) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -143,14 +149,22 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut running = Running { lab: args.name.clone(), agent: None, stop: Arc::new(AtomicBool::new(false)), traffic: None };
     eprintln!("demo: lab {} is up: {} pods and an outside host", state.name, state.pods.len());
 
-    let socket = PathBuf::from(format!("/run/flowgate/{}.sock", args.name));
-    let log = flowgate_lab::state::lab_dir(&args.name).join("agent.log");
+    // Everything the demo's agent writes stays in the lab's own directory, and its metrics take a free
+    // loopback port: a demo never touches the machine's verdict log or the default metrics port.
+    let lab_dir = flowgate_lab::state::lab_dir(&args.name);
+    let socket = lab_dir.join("agent.sock");
+    let log = lab_dir.join("agent.log");
+    let verdicts = lab_dir.join("verdicts.jsonl");
+    let metrics = free_loopback_port().map(|port| format!("127.0.0.1:{port}"))?;
     let log_file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
     let mut agent = Command::new(sibling("flowgate-agent")?)
         .args(["--lab", &args.name, "--socket"])
         .arg(&socket)
         .arg("--policies")
         .arg(&args.policies)
+        .arg("--verdict-log")
+        .arg(&verdicts)
+        .args(["--metrics-addr", &metrics])
         .stdout(Stdio::null())
         .stderr(log_file)
         .spawn()
@@ -159,6 +173,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     running.agent = Some(agent);
     ready?;
     eprintln!("demo: agent is up (log: {}); policies from {}", log.display(), args.policies.display());
+    eprintln!(
+        "demo: socket {}, verdict log {}, metrics http://{metrics}/metrics",
+        socket.display(),
+        verdicts.display()
+    );
     for (from, to, port, expect) in TRAFFIC {
         eprintln!("demo: every second {from} -> {to}:{port} ({expect})");
     }
