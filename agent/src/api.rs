@@ -3,7 +3,10 @@
 //! configuration) goes to a [`PolicyControl`], served by the controller. An [`Api`] is built once,
 //! after everything it reports on exists, so nothing in it is set after construction.
 
-use std::sync::{Arc, atomic::Ordering};
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
 
 use flowgate_proto::message::{PolicyStatus, Request, Response, Status};
 
@@ -23,6 +26,8 @@ pub struct Api {
     control: Option<Arc<dyn PolicyControl>>,
     /// None when the verdict log is off.
     verdict_log: Option<Arc<VerdictLogStats>>,
+    /// Requests refused to clients that may read but not change the agent.
+    refused: AtomicU64,
 }
 
 impl Api {
@@ -31,7 +36,7 @@ impl Api {
         control: Option<Arc<dyn PolicyControl>>,
         verdict_log: Option<Arc<VerdictLogStats>>,
     ) -> Arc<Self> {
-        Arc::new(Self { state, control, verdict_log })
+        Arc::new(Self { state, control, verdict_log, refused: AtomicU64::new(0) })
     }
 
     pub fn state(&self) -> &Arc<AgentState> {
@@ -45,7 +50,14 @@ impl Api {
             status.counters.verdict_log_written = log.records_written.load(Ordering::Relaxed);
             status.counters.verdict_log_lost = log.records_lost.load(Ordering::Relaxed);
         }
+        status.counters.requests_refused = self.refused.load(Ordering::Relaxed);
         status
+    }
+
+    /// Refuses a request that changes the agent to a client that may only read; counted in `status`.
+    pub fn forbid(&self, message: String) -> Response {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        Response::Forbidden { message }
     }
 
     /// Answers a request.

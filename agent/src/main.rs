@@ -71,6 +71,10 @@ struct Args {
     /// Group allowed on the socket besides root (default: `flowgate` when that group exists).
     #[arg(long)]
     socket_group: Option<String>,
+    /// Group whose members may change the agent (`endpoint config`), besides root; without it only root
+    /// may. Every member of the socket group may read (status, lists, monitor).
+    #[arg(long)]
+    admin_group: Option<String>,
     /// Mode of the socket file, octal.
     #[arg(long, default_value = "0660", value_parser = server::parse_mode)]
     socket_mode: u32,
@@ -193,6 +197,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         group: args.socket_group.clone(),
         mode: args.socket_mode,
         max_clients: args.max_clients,
+        admin_group: args.admin_group.clone(),
         ..Default::default()
     })
     .context("opening the agent's socket")?;

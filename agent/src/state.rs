@@ -336,6 +336,7 @@ impl AgentState {
                 perf_lost: self.counters.perf_lost.load(Ordering::Relaxed),
                 verdict_log_written: 0,
                 verdict_log_lost: 0,
+                requests_refused: 0,
             },
             clients,
         }

@@ -71,6 +71,9 @@ pub enum ClientError {
         agent: ProtocolVersion,
         client: ProtocolVersion,
     },
+    /// The agent serves this client but will not let it change anything (`Response::Forbidden`).
+    #[error("{message}")]
+    Forbidden { message: String },
     #[error("the agent reported an error: {message}")]
     Agent { message: String },
     #[error("the agent on {} closed the connection while {doing}", path.display())]
@@ -128,6 +131,7 @@ fn response_kind(response: &Response) -> &'static str {
         Response::EndpointConfigured(_) => "endpoint configured",
         Response::Policy(_) => "policy",
         Response::NotFound { .. } => "not found",
+        Response::Forbidden { .. } => "forbidden",
     }
 }
 
@@ -299,6 +303,7 @@ impl Client {
             .send(&ClientMessage::Request(request), "sending a request")
             .await?;
         match self.conn.expect("waiting for a response").await? {
+            ServerMessage::Response(Response::Forbidden { message }) => Err(ClientError::Forbidden { message }),
             ServerMessage::Response(response) => Ok(response),
             other => Err(ClientError::Unexpected {
                 expected: "a response",

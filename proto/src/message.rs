@@ -41,6 +41,21 @@ pub enum Request {
     PolicyGet { endpoint: Option<u16> },
 }
 
+impl Request {
+    /// Whether the request changes what the agent does (and so needs root or the admin group), rather
+    /// than reading what it does. New requests that change anything belong here.
+    pub fn changes_agent(&self) -> bool {
+        match self {
+            Request::EndpointConfig { audit, .. } => audit.is_some(),
+            Request::Status
+            | Request::EndpointList
+            | Request::EndpointGet { .. }
+            | Request::IdentityList
+            | Request::PolicyGet { .. } => false,
+        }
+    }
+}
+
 /// What a subscriber wants: flows matching any `allow` filter (all flows when empty) and no `deny`
 /// filter, starting with up to `last` events from the agent's history, then live ones if `follow`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,6 +116,9 @@ pub enum Response {
     Policy(Vec<EndpointPolicy>),
     /// The thing asked for does not exist (e.g. an unknown endpoint id); `known` lists what does.
     NotFound { what: String, known: Vec<String> },
+    /// The client may read but not change the agent: the request needs root or the agent's admin group.
+    /// `message` says who may. The connection stays open.
+    Forbidden { message: String },
 }
 
 /// One event of a subscription.
@@ -184,6 +202,9 @@ pub struct Counters {
     /// Flow records meant for the verdict log that are not in it: its queue was full or a write failed.
     #[serde(default)]
     pub verdict_log_lost: u64,
+    /// Requests refused because the client may read but not change the agent.
+    #[serde(default)]
+    pub requests_refused: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

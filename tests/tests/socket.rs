@@ -206,6 +206,93 @@ fn peers_outside_the_socket_group_are_refused() {
     status_json(&closed.socket);
 }
 
+/// A group made for one test, removed when it ends (also when it fails).
+struct TestGroup {
+    name: String,
+    gid: u32,
+}
+
+impl TestGroup {
+    fn new(name: &str) -> Self {
+        let _ = Command::new("groupdel").arg(name).output();
+        let out = Command::new("groupadd").args(["--system", name]).output().expect("run groupadd");
+        assert!(out.status.success(), "groupadd {name}: {out:?}");
+        let gid = nix::unistd::Group::from_name(name).unwrap().expect("the group just made").gid.as_raw();
+        Self { name: name.to_owned(), gid }
+    }
+}
+
+impl Drop for TestGroup {
+    fn drop(&mut self) {
+        let _ = Command::new("groupdel").arg(&self.name).output();
+    }
+}
+
+/// Reading is for the socket group; changing the agent (endpoint config) is for root or `--admin-group`.
+/// Real processes under other users and groups (setpriv), a real agent.
+#[test]
+fn members_of_the_socket_group_read_and_only_admins_change() {
+    require_root();
+    let lab = LabGuard::up("sockadm", &example("lab-small.yaml"));
+    let dir = SocketDir::new("adm");
+    let readers = TestGroup::new("fgtest-readers");
+    let admins = TestGroup::new("fgtest-admins");
+    // uid 65534 with the given supplementary groups, running `flowgate ARGS`.
+    let as_user = |groups: &[u32], args: &[&str]| -> Output {
+        let groups: Vec<String> = groups.iter().map(u32::to_string).collect();
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", &format!("--groups={}", groups.join(","))])
+            .arg("--")
+            .arg(flowgate_bin())
+            .args(args)
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .expect("run setpriv (util-linux)")
+    };
+    let agent = AgentGuard::start(
+        &lab.name,
+        &dir.socket("agent"),
+        &["--socket-group", &readers.name, "--admin-group", &admins.name],
+    );
+    let socket = sock_arg(&agent.socket);
+    let config = |on: &'static str| vec!["endpoint", "config", "1", on, "--socket", socket.as_str()];
+
+    // A reader reads ...
+    let out = as_user(&[readers.gid], &["status", "--socket", &socket, "-o", "json"]);
+    assert!(out.status.success(), "a member of the socket group reads: {out:?}");
+    let out = as_user(&[readers.gid], &["endpoint", "list", "--socket", &socket]);
+    assert!(out.status.success(), "{out:?}");
+    // ... but cannot switch enforcement off.
+    let out = as_user(&[readers.gid], &config("audit=on"));
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = stderr_line(&out);
+    assert!(
+        err.contains("permission denied: changing the agent needs root or group `fgtest-admins`")
+            && err.contains("uid 65534"),
+        "{err}"
+    );
+    let status = status_json(&agent.socket);
+    assert_eq!(status["counters"]["requests_refused"], 1, "the refusal is counted: {status}");
+    // An admin (also in the socket group) may.
+    let out = as_user(&[readers.gid, admins.gid], &config("audit=on"));
+    assert!(out.status.success(), "a member of the admin group changes the agent: {out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("endpoint 1"), "{out:?}");
+    let out = as_user(&[readers.gid, admins.gid], &config("audit=off"));
+    assert!(out.status.success(), "{out:?}");
+    // Root always may.
+    flowgate_ok(&config("audit=on"));
+    flowgate_ok(&config("audit=off"));
+    assert_eq!(status_json(&agent.socket)["counters"]["requests_refused"], 1);
+    drop(agent);
+
+    // Without --admin-group, only root changes the agent.
+    let agent = AgentGuard::start(&lab.name, &dir.socket("rootonly"), &["--socket-group", &readers.name]);
+    let socket = sock_arg(&agent.socket);
+    let out = as_user(&[readers.gid, admins.gid], &["endpoint", "config", "1", "audit=on", "--socket", &socket]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(stderr_line(&out).contains("changing the agent needs root (the agent has no --admin-group)"), "{out:?}");
+}
+
 #[test]
 fn a_second_agent_on_the_same_socket_refuses_and_a_stale_socket_is_replaced() {
     require_root();

@@ -29,6 +29,7 @@ pub struct Listener {
     std: Option<StdUnixListener>,
     config: ServerConfig,
     group: Option<SocketGroup>,
+    admin_group: Option<SocketGroup>,
     /// Device and inode of the socket file we created, so we never remove another agent's socket.
     inode: (u64, u64),
     _lock: Flock<File>,
@@ -41,6 +42,11 @@ impl Listener {
 
     pub fn group(&self) -> Option<&SocketGroup> {
         self.group.as_ref()
+    }
+
+    /// The group whose members may change the agent, besides root.
+    pub fn admin_group(&self) -> Option<&SocketGroup> {
+        self.admin_group.as_ref()
     }
 
     pub fn config(&self) -> &ServerConfig {
@@ -82,10 +88,14 @@ fn lock_path(socket: &Path) -> PathBuf {
 
 /// Resolves the configured group: an explicit one must exist; by default `flowgate` if it exists.
 fn resolve_group(config: &ServerConfig) -> Result<Option<SocketGroup>, ServerError> {
-    let (name, explicit) = match &config.group {
-        Some(name) => (name.as_str(), true),
-        None => (DEFAULT_SOCKET_GROUP, false),
-    };
+    match &config.group {
+        Some(name) => lookup_group(name, true),
+        None => lookup_group(DEFAULT_SOCKET_GROUP, false),
+    }
+}
+
+/// A group by name; one named explicitly must exist.
+fn lookup_group(name: &str, explicit: bool) -> Result<Option<SocketGroup>, ServerError> {
     let group = nix::unistd::Group::from_name(name).map_err(|source| ServerError::GroupLookup {
         group: name.to_owned(),
         source,
@@ -142,6 +152,10 @@ fn take_lock(socket: &Path) -> Result<Flock<File>, ServerError> {
 pub(super) fn bind(config: &ServerConfig) -> Result<Listener, ServerError> {
     let path = &config.path;
     let group = resolve_group(config)?;
+    let admin_group = match &config.admin_group {
+        Some(name) => lookup_group(name, true)?,
+        None => None,
+    };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|source| ServerError::CreateDir {
             dir: dir.to_owned(),
@@ -174,6 +188,7 @@ pub(super) fn bind(config: &ServerConfig) -> Result<Listener, ServerError> {
         std: Some(socket),
         config: config.clone(),
         group,
+        admin_group,
         inode: (meta.dev(), meta.ino()),
         _lock: lock,
     };

@@ -38,6 +38,9 @@ pub struct ServerConfig {
     pub mode: u32,
     pub max_clients: usize,
     pub handshake_timeout: Duration,
+    /// Group whose members may change the agent (endpoint configuration), besides root. `None`: root
+    /// only. Every socket client may read.
+    pub admin_group: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -48,6 +51,7 @@ impl Default for ServerConfig {
             mode: DEFAULT_SOCKET_MODE,
             max_clients: DEFAULT_MAX_CLIENTS,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            admin_group: None,
         }
     }
 }
@@ -138,6 +142,8 @@ struct Shared {
     api: Arc<Api>,
     path: PathBuf,
     group: Option<SocketGroup>,
+    /// Who besides root may change the agent.
+    admin_group: Option<SocketGroup>,
     /// The agent's own uid: a client running as the same user is let in (an unprivileged agent).
     own_uid: u32,
     handshake_timeout: Duration,
@@ -159,6 +165,7 @@ pub async fn serve(
         api,
         path: listener.path().to_owned(),
         group: listener.group().cloned(),
+        admin_group: listener.admin_group().cloned(),
         own_uid: nix::unistd::geteuid().as_raw(),
         handshake_timeout: listener.config().handshake_timeout,
         max_clients: listener.config().max_clients,

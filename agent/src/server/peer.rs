@@ -65,6 +65,25 @@ pub fn check(peer: &PeerCred, own_uid: u32, group: Option<&SocketGroup>) -> bool
     allowed(peer, own_uid, group, || supplementary_groups(peer))
 }
 
+/// The answer to a peer that may read but asked to change the agent: who it is, who may, what to do.
+pub fn forbidden_message(peer: &PeerCred, admin: Option<&SocketGroup>) -> String {
+    let who = match User::from_uid(Uid::from_raw(peer.uid)) {
+        Ok(Some(user)) => format!("uid {} ({})", peer.uid, user.name),
+        _ => format!("uid {}", peer.uid),
+    };
+    match admin {
+        Some(g) => format!(
+            "permission denied: changing the agent needs root or group `{}` (gid {}), and {who} is in neither: \
+             run as root or join that group",
+            g.name, g.gid
+        ),
+        None => format!(
+            "permission denied: changing the agent needs root (the agent has no --admin-group), and {who} is not \
+             root: run as root"
+        ),
+    }
+}
+
 /// The refusal a peer that is not allowed gets: who it is, what it lacks, what to do.
 pub fn refusal_message(
     peer: &PeerCred,

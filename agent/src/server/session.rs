@@ -10,7 +10,7 @@ use flowgate_proto::{
     codec::{self, MAX_FRAME_BYTES},
     message::{ClientMessage, Event, Hello, Refusal, ServerMessage, Subscription},
 };
-use log::{debug, info};
+use log::{debug, info, warn};
 use tokio::{net::UnixStream, sync::OwnedSemaphorePermit};
 
 use super::{
@@ -170,7 +170,13 @@ impl Session {
             };
             match codec::decode::<ClientMessage>("client", &frame) {
                 Ok(ClientMessage::Request(request)) => {
-                    let response = self.shared.api.handle(&request);
+                    let response = if request.changes_agent() && !self.may_change(&cred) {
+                        let message = peer::forbidden_message(&cred, self.shared.admin_group.as_ref());
+                        warn!("refused {request:?} from pid {} uid {}: {message}", cred.pid, cred.uid);
+                        self.shared.api.forbid(message)
+                    } else {
+                        self.shared.api.handle(&request)
+                    };
                     self.writer.send(&ServerMessage::Response(response)).await?;
                 }
                 Ok(ClientMessage::Subscribe(subscription)) => {
@@ -187,6 +193,14 @@ impl Session {
                         .await;
                 }
             }
+        }
+    }
+
+    /// Whether this peer may change the agent: root, the agent's own user, or the admin group.
+    fn may_change(&self, cred: &PeerCred) -> bool {
+        match &self.shared.admin_group {
+            Some(group) => peer::check(cred, self.shared.own_uid, Some(group)),
+            None => cred.uid == 0 || cred.uid == self.shared.own_uid,
         }
     }
 

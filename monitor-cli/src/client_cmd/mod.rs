@@ -46,7 +46,8 @@ pub fn describe(error: &ClientError) -> String {
         | ClientError::PermissionDenied { .. }
         | ClientError::Refused { .. }
         | ClientError::VersionMismatch { .. }
-        | ClientError::Agent { .. } => error.to_string(),
+        | ClientError::Agent { .. }
+        | ClientError::Forbidden { .. } => error.to_string(),
         _ => {
             let mut text = error.to_string();
             let mut source = std::error::Error::source(error);
