@@ -71,6 +71,9 @@ struct Args {
     /// Group allowed on the socket besides root (default: `flowgate` when that group exists).
     #[arg(long)]
     socket_group: Option<String>,
+    /// Seconds a client may say nothing between requests while client slots run short; then it is closed.
+    #[arg(long, value_name = "SECONDS", default_value_t = server::DEFAULT_IDLE_TIMEOUT.as_secs())]
+    client_idle_timeout: u64,
     /// Group whose members may change the agent (`endpoint config`), besides root; without it only root
     /// may. Every member of the socket group may read (status, lists, monitor).
     #[arg(long)]
@@ -198,6 +201,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         mode: args.socket_mode,
         max_clients: args.max_clients,
         admin_group: args.admin_group.clone(),
+        idle_timeout: Duration::from_secs(args.client_idle_timeout),
         ..Default::default()
     })
     .context("opening the agent's socket")?;

@@ -1,5 +1,6 @@
 //! A minimal HTTP/1.1 server for scrapes: `GET /metrics` (and `/` pointing to it), one request per
-//! connection, a bounded request head and a timeout, so a misbehaving client costs little.
+//! connection, a bounded request head, a read and a write timeout and a cap on connections served at
+//! once, so a misbehaving client (one that never sends, or never reads) costs little and not for long.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -15,6 +16,8 @@ use super::{Metrics, text::CONTENT_TYPE};
 const MAX_HEAD: usize = 8 << 10;
 /// How long a client has to send its request.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client has to take the answer.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Scrapes served at once; more wait for the accept loop.
 const MAX_CONNECTIONS: usize = 16;
 
@@ -92,11 +95,16 @@ async fn handle(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()>
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    stream.write_all(header.as_bytes()).await?;
-    if method != "HEAD" {
-        stream.write_all(body.as_bytes()).await?;
-    }
-    stream.shutdown().await
+    let answer = async {
+        stream.write_all(header.as_bytes()).await?;
+        if method != "HEAD" {
+            stream.write_all(body.as_bytes()).await?;
+        }
+        stream.shutdown().await
+    };
+    tokio::time::timeout(WRITE_TIMEOUT, answer)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "the answer was not taken in time"))?
 }
 
 /// `GET path` on `addr`: the body of a 200 answer, else an error with the status line (for tests).

@@ -26,6 +26,8 @@ pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
 pub const DEFAULT_MAX_CLIENTS: usize = 64;
 /// How long a client has to send its hello.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client may stay silent between requests while client slots run short.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How the socket is set up and what it accepts.
 #[derive(Clone, Debug)]
@@ -38,6 +40,8 @@ pub struct ServerConfig {
     pub mode: u32,
     pub max_clients: usize,
     pub handshake_timeout: Duration,
+    /// How long a client may say nothing between requests while the agent is short of client slots.
+    pub idle_timeout: Duration,
     /// Group whose members may change the agent (endpoint configuration), besides root. `None`: root
     /// only. Every socket client may read.
     pub admin_group: Option<String>,
@@ -51,6 +55,7 @@ impl Default for ServerConfig {
             mode: DEFAULT_SOCKET_MODE,
             max_clients: DEFAULT_MAX_CLIENTS,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
             admin_group: None,
         }
     }
@@ -147,6 +152,7 @@ struct Shared {
     /// The agent's own uid: a client running as the same user is let in (an unprivileged agent).
     own_uid: u32,
     handshake_timeout: Duration,
+    idle_timeout: Duration,
     max_clients: usize,
     slots: Arc<Semaphore>,
     /// What the agent says it is in its hello.
@@ -168,6 +174,7 @@ pub async fn serve(
         admin_group: listener.admin_group().cloned(),
         own_uid: nix::unistd::geteuid().as_raw(),
         handshake_timeout: listener.config().handshake_timeout,
+        idle_timeout: listener.config().idle_timeout,
         max_clients: listener.config().max_clients,
         slots: Arc::new(Semaphore::new(listener.config().max_clients)),
         software: format!("flowgate-agent {}", env!("CARGO_PKG_VERSION")),

@@ -163,10 +163,16 @@ impl Session {
         self.writer.send(&ServerMessage::Hello(ours)).await?;
 
         loop {
-            let frame = match self.reader.next().await {
-                Ok(Some(frame)) => frame,
-                Ok(None) => return Ok(End::Done),
-                Err(e) => return self.reject_frame(e, "a request").await,
+            let frame = match self.next_request().await {
+                Some(Ok(Some(frame))) => frame,
+                Some(Ok(None)) => return Ok(End::Done),
+                Some(Err(e)) => return self.reject_frame(e, "a request").await,
+                None => {
+                    let idle = seconds(self.shared.idle_timeout);
+                    return self
+                        .reject(format!("idle for {idle} while the agent is short of client slots; closed"))
+                        .await;
+                }
             };
             match codec::decode::<ClientMessage>("client", &frame) {
                 Ok(ClientMessage::Request(request)) => {
@@ -201,6 +207,20 @@ impl Session {
         match &self.shared.admin_group {
             Some(group) => peer::check(cred, self.shared.own_uid, Some(group)),
             None => cred.uid == 0 || cred.uid == self.shared.own_uid,
+        }
+    }
+
+    /// The next frame between requests, or `None` when the client has been idle for the idle timeout
+    /// while the agent is short of client slots (a quarter or fewer free): idle clients cannot hold the
+    /// slots others need. With slots to spare an idle client may stay. (`FrameReader::next` keeps what it
+    /// read in its buffer, so giving up on it at the timeout loses nothing.)
+    async fn next_request(&mut self) -> Option<Result<Option<bytes::BytesMut>, FrameError>> {
+        loop {
+            match tokio::time::timeout(self.shared.idle_timeout, self.reader.next()).await {
+                Ok(frame) => return Some(frame),
+                Err(_) if self.shared.slots.available_permits() <= self.shared.max_clients / 4 => return None,
+                Err(_) => {}
+            }
         }
     }
 

@@ -402,6 +402,41 @@ async fn silent_client_times_out_in_the_handshake() {
     server.stop().await;
 }
 
+/// Clients that say hello and then nothing cannot hold the slots: once slots run short, a client idle
+/// for the idle timeout is closed (and told why) and a newcomer gets in. With slots to spare, idle
+/// clients stay.
+#[tokio::test]
+async fn idle_clients_give_their_slots_up_when_slots_run_short() {
+    let server = TestServer::start("idle", |c| {
+        c.max_clients = 8;
+        c.idle_timeout = Duration::from_millis(300);
+    })
+    .await;
+    // Two idle clients of eight slots: plenty left, they stay.
+    let mut idle: Vec<Client> = Vec::new();
+    for _ in 0..2 {
+        idle.push(server.client().await);
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    for c in &mut idle {
+        assert!(c.request(Request::Status).await.is_ok(), "an idle client stays while slots are free");
+    }
+    // Six more: every slot taken; the next client is refused ...
+    for _ in 0..6 {
+        idle.push(server.client().await);
+    }
+    let err = Client::connect(server.sock(), "late").await.err().expect("refused while full");
+    assert!(matches!(err, ClientError::Refused { reason: Refusal::TooManyClients, .. }), "{err:?}");
+    // ... until the idle ones are closed at their timeout.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let mut late = Client::connect(server.sock(), "late").await.expect("a slot freed by an idle client");
+    assert!(late.request(Request::Status).await.is_ok());
+    // The idle clients were told why and closed (the client sees the error frame, or the closed pipe
+    // when its next request is written after the close).
+    assert!(idle[0].request(Request::Status).await.is_err(), "the idle client was closed");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn clients_over_the_limit_are_refused_until_a_slot_frees() {
     let server = TestServer::start("limit", |c| c.max_clients = 1).await;
