@@ -6,7 +6,7 @@ use std::{
     fs::{File, OpenOptions},
     io::{Read as _, Seek as _, Write as _},
     os::unix::{
-        fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _},
+        fs::{FileTypeExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _},
         net::UnixListener as StdUnixListener,
     },
     path::{Path, PathBuf},
@@ -119,11 +119,15 @@ fn take_lock(socket: &Path) -> Result<Flock<File>, ServerError> {
         path: path.clone(),
         source,
     };
+    // Never through a symlink: a link planted at the lock's path would have the agent (root) write its
+    // pid into whatever file the link names.
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o644)
         .open(&path)
         .map_err(lock_err)?;
     let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {

@@ -483,6 +483,21 @@ async fn clients_over_the_limit_are_refused_until_a_slot_frees() {
     server.stop().await;
 }
 
+/// A symlink planted where the socket's lock file goes is not followed: the agent refuses to start and
+/// the file the link names is left as it was.
+#[tokio::test]
+async fn a_symlink_at_the_lock_path_is_not_followed() {
+    let dir = TempDir::new("locklink");
+    let victim = dir.0.join("victim");
+    std::fs::write(&victim, "precious\n").unwrap();
+    let mut lock = dir.sock().into_os_string();
+    lock.push(".lock");
+    std::os::unix::fs::symlink(&victim, &lock).unwrap();
+    let err = bind(&ServerConfig { path: dir.sock(), ..ServerConfig::default() }).err().expect("refused");
+    assert!(matches!(&err, ServerError::Lock { source, .. } if source.raw_os_error() == Some(libc::ELOOP)), "{err:?}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+}
+
 #[tokio::test]
 async fn a_second_server_on_the_same_path_is_refused_and_a_stale_socket_replaced() {
     let server = TestServer::start("twice", |_| {}).await;
