@@ -76,8 +76,10 @@ pub enum DatapathError {
         program: &'static str,
         interface: String,
         netns: String,
+        /// Boxed: inline, beside the interface and netns names, it made `DatapathError` (and so every
+        /// `Result` of the datapath) at least 144 bytes.
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     #[error("pinning {what} at {}", path.display())]
     Pin {
@@ -203,7 +205,7 @@ impl Datapath {
                 program: name,
                 interface: interface.to_owned(),
                 netns: netns_path.display().to_string(),
-                source,
+                source: Box::new(source),
             };
             let Some(dir) = &pin_dir else {
                 netns::run_in(netns_path, || program.attach(interface, attach_type))?.map_err(attach_error)?;

@@ -96,7 +96,7 @@ fn drain_perf(
     joined: &mut Vec<u8>,
 ) {
     buffer.for_each(|event| match event {
-        PerfEvent::Sample { head, tail } if tail.is_empty() => sink.on_record(head),
+        PerfEvent::Sample { head, tail: [] } => sink.on_record(head),
         PerfEvent::Sample { head, tail } => {
             joined.clear();
             joined.extend_from_slice(head);

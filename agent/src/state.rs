@@ -12,7 +12,7 @@ use std::{
 };
 
 use flowgate_proto::{
-    endpoint::{Endpoint, EndpointRegistry, EndpointState, Enforcement, Identity, NewEndpoint},
+    endpoint::{Endpoint, EndpointState, Enforcement, Identity, NewEndpoint},
     flow::Peer,
     message::{ClientInfo, Counters, EventsBufferInfo, PolicyStatus, Response, Status},
     version::PROTOCOL_VERSION,
@@ -25,6 +25,7 @@ use flowgate_events::{
 };
 
 use crate::{
+    endpoints::EndpointRegistry,
     identity::{IdentityAllocator, security_labels},
     policy::PolicySnapshot,
 };

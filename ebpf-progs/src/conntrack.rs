@@ -60,10 +60,13 @@ pub fn track(flow: &FlowTuple, endpoint_id: u16, dir: u8, pkt_len: u32, level: u
             (FG_CONNTRACK.get_ptr_mut(&reverse)?, ct_state::REPLY)
         }
     };
-    // SAFETY: a pointer into the map value returned by the lookup; concurrent updates of these
-    // statistics from two CPUs may lose an increment, which is acceptable for counters.
+    // SAFETY: `entry` is the non-null, aligned address of the map value the lookup just returned; the
+    // kernel keeps the element alive until this program returns (an LRU eviction frees it only after an
+    // RCU grace period). The same connection's packets on another CPU may update it concurrently and
+    // lose an increment of these statistics, which is acceptable for counters.
     let entry = unsafe { &mut *entry };
     // Coarse time is enough for idle timeouts and cheaper on every packet.
+    // SAFETY: a helper without arguments that only reads a clock; callable from any program type.
     entry.last_seen_ns = unsafe { bpf_ktime_get_coarse_ns() };
     entry.packets += 1;
     entry.bytes += u64::from(pkt_len);
@@ -89,6 +92,7 @@ pub fn track(flow: &FlowTuple, endpoint_id: u16, dir: u8, pkt_len: u32, level: u
 /// Records a new connection opened by this packet.
 #[inline(always)]
 pub fn create(flow: &FlowTuple, endpoint_id: u16, dir: u8, pkt_len: u32, rule_id: u32, flags: u8) {
+    // SAFETY: a helper without arguments that only reads the monotonic clock.
     let now = unsafe { bpf_ktime_get_ns() };
     let entry = CtEntry {
         created_ns: now,

@@ -24,7 +24,10 @@ pub fn header(record_type: u8, len: u16) -> RecordHeader {
         record_type,
         version: RECORD_VERSION,
         len,
+        // SAFETY: a helper without arguments that touches no memory; the program cannot migrate to
+        // another CPU while it runs, so the id is the CPU that writes the record.
         cpu: unsafe { bpf_get_smp_processor_id() },
+        // SAFETY: a helper without arguments that only reads the monotonic clock.
         ktime_ns: unsafe { bpf_ktime_get_ns() },
     }
 }
@@ -51,6 +54,11 @@ pub fn emit<T>(ctx: &TcContext, record: &T) {
     let outcome = if maps::config(Config::EventsKind) == events_kind::PERF {
         // Called directly: aya-ebpf's PerfEventArray::output discards the helper's return code,
         // and a failed write must be counted.
+        // SAFETY: `ctx` is this program's own skb context; the map argument is the address of the perf
+        // event array's definition, which the loader relocates to the map (as PerfEventArray::output
+        // passes it); `record` is a live `&T` of exactly `size_of::<T>()` bytes that the helper only
+        // reads (the `*mut` is the binding's signature, nothing writes through it). The verifier checks
+        // the size against the pointed-to stack or map memory as well.
         let ret = unsafe {
             bpf_perf_event_output(
                 ctx.as_ptr(),

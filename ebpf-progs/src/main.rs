@@ -62,6 +62,8 @@ fn try_endpoint(ctx: &TcContext, point: u8) -> Result<i32, i32> {
         // Not IPv4 (ARP, IPv6, ...): not policed, not traced.
         return Ok(TC_ACT_UNSPEC);
     };
+    // SAFETY: `ctx.skb.skb` is the `__sk_buff` the kernel passed to this program, valid for the whole
+    // run; `ifindex` is one of its readable fields (the verifier rewrites the access and checks it).
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let Some(endpoint) = maps::endpoint(ifindex) else {
         maps::count(Counter::UnknownEndpoint);
@@ -168,6 +170,8 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 
+// SAFETY: `license` is the ELF section the loader reads the program's license from, and no other symbol
+// in the object is named `LICENSE`, so neither attribute can clash with another definition.
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 4] = *b"GPL\0";

@@ -62,7 +62,10 @@ pub static FG_ENFORCE_1: HashMap<u16, u32> = HashMap::pinned(MAX_ENDPOINTS, 0);
 #[inline(always)]
 pub fn count(counter: Counter) {
     if let Some(slot) = FG_COUNTERS.get_ptr_mut(counter.index()) {
-        // Per-CPU slot: no other writer on this CPU while we run.
+        // SAFETY: `slot` is the non-null, aligned address of this CPU's copy of the counter, returned by
+        // the lookup; the array is preallocated, so it stays valid. TC programs run with bottom halves
+        // disabled, so no other program on this CPU writes this copy in the middle of the increment (the
+        // agent only reads it).
         unsafe { *slot += 1 };
     }
 }
@@ -82,9 +85,14 @@ pub fn config(key: Config) -> u64 {
 /// Enforcement flags of an endpoint in the active policy generation.
 #[inline(always)]
 pub fn enforcement(generation: u64, endpoint_id: u16) -> u32 {
+    // `HashMap::get` is unsafe because an element of a preallocated hash map that is removed concurrently
+    // may be reused for another key. The maps of the active generation are not written: the agent rewrites
+    // only the inactive generation, and waits `GENERATION_GRACE` after a switch before rewriting the old one.
     let flags = if generation == 0 {
+        // SAFETY: generation 0 is active, so nobody removes from this map; the `u32` is copied out at once.
         unsafe { FG_ENFORCE_0.get(&endpoint_id) }
     } else {
+        // SAFETY: generation 1 is active, so nobody removes from this map; the `u32` is copied out at once.
         unsafe { FG_ENFORCE_1.get(&endpoint_id) }
     };
     flags.copied().unwrap_or(0)

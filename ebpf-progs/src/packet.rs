@@ -58,7 +58,8 @@ fn parse_direct(ctx: &TcContext) -> Parsed {
     if start + ETH_HLEN + 20 > end {
         return Parsed::NotLinear;
     }
-    // SAFETY: bounds checked above against data_end.
+    // SAFETY: `start + ETH_HLEN + 20 <= end` was checked above, so the bytes lie in the linear packet
+    // data; the slice is read only and dropped before any helper that could move the data is called.
     let eth = unsafe { core::slice::from_raw_parts(start as *const u8, ETH_HLEN + 20) };
     if u16::from_be_bytes([eth[12], eth[13]]) != ETH_P_IP || eth[ETH_HLEN] >> 4 != 4 {
         return Parsed::NotIpv4;
@@ -83,7 +84,7 @@ fn parse_direct(ctx: &TcContext) -> Parsed {
         // Short packets (e.g. ICMP or UDP without 14 bytes of L4) take the slow path.
         return Parsed::NotLinear;
     }
-    // SAFETY: bounds checked above against data_end.
+    // SAFETY: `l4_start + L4_BYTES <= end` was checked above; read only, and no helper runs in between.
     let l4 = unsafe { core::slice::from_raw_parts(l4_start as *const u8, L4_BYTES) };
     l4_fields(&mut flow, l4);
     Parsed::Flow(flow)

@@ -35,7 +35,11 @@ impl Allowed {
     /// Counts the connection's first packet on the entry that allowed it.
     #[inline(always)]
     pub fn account(&self, pkt_len: u32) {
-        // SAFETY: points into the policy map's value; counters tolerate lost increments.
+        // SAFETY: `entry` is the non-null, aligned address of the policy value a trie lookup returned
+        // in this run (see `maps::policy`); trie elements are freed only after an RCU grace period, so
+        // it stays valid until the program returns. Another CPU may count the same entry at once and
+        // lose an increment, which counters tolerate; the agent only reads these fields in the active
+        // generation (it carries them over by writing the inactive one).
         unsafe {
             (*self.entry).packets += 1;
             (*self.entry).bytes += u64::from(pkt_len);
@@ -45,11 +49,15 @@ impl Allowed {
 
 #[inline(always)]
 fn is_l4(entry: *mut PolicyValue) -> bool {
+    // SAFETY: `entry` comes from `maps::policy` in this run: a valid, aligned policy value (see
+    // `Allowed::account`); `flags` is written only by the agent, and only in the inactive generation.
     unsafe { (*entry).flags & POLICY_FLAG_L4 != 0 }
 }
 
 #[inline(always)]
 fn allowed(entry: *mut PolicyValue, match_type: u8) -> Allowed {
+    // SAFETY: as in `is_l4`: a valid policy value from this run's lookup, whose `rule_id` only the agent
+    // writes, and only in the inactive generation.
     Allowed { rule_id: unsafe { (*entry).rule_id }, match_type, entry }
 }
 

@@ -1,10 +1,6 @@
 //! Compiles validated NetworkPolicies against a view of the cluster (namespaces, pods, identities) into a
-//! [`PolicyPlan`]: per endpoint and direction, whether the direction is isolated and which
-//! (peer identity, protocol, port range) entries are allowed, by which policies; plus the CIDR prefixes
-//! (with stable identities) that `ipBlock` peers need in the ipcache.
-//!
-//! [`PolicyPlan::evaluate`] is a test oracle that applies a plan the way the datapath does; enforcement
-//! never calls it.
+//! [`PolicyPlan`] (the model is in [`crate::plan`]). The cluster view is defined here because it is the
+//! compiler's input and nothing else's: the agent builds one from its endpoints and hands it over.
 //!
 //! Named ports are resolved against the destination pod's container ports of the same protocol: for
 //! ingress the selected pod itself, for egress each peer pod (a wildcard peer expands to every pod that
@@ -14,7 +10,6 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    fmt,
     net::Ipv4Addr,
 };
 
@@ -26,82 +21,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     cidr::{Cidr, CidrIdentities, Ipv4Prefix, parse_cidr},
+    plan::{Addr, CidrEntry, DirectionPolicy, EndpointPolicy, PeerMatch, PolicyEntry, PolicyPlan, PolicyRef, Protocol},
     selector::Selector,
     source::LoadedPolicy,
 };
 
 /// The label the API server puts on every namespace, holding its name.
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
-
-/// An L4 protocol a NetworkPolicy port can name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum Protocol {
-    Tcp,
-    Udp,
-    Sctp,
-}
-
-impl Protocol {
-    /// The API spelling (`TCP`, `UDP`, `SCTP`), exactly; anything else is `None`.
-    #[must_use]
-    pub fn from_api(name: &str) -> Option<Self> {
-        match name {
-            "TCP" => Some(Protocol::Tcp),
-            "UDP" => Some(Protocol::Udp),
-            "SCTP" => Some(Protocol::Sctp),
-            _ => None,
-        }
-    }
-
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Tcp => "TCP",
-            Protocol::Udp => "UDP",
-            Protocol::Sctp => "SCTP",
-        }
-    }
-
-    /// The IP protocol number (6, 17, 132).
-    #[must_use]
-    pub fn ip_protocol(self) -> u8 {
-        match self {
-            Protocol::Tcp => 6,
-            Protocol::Udp => 17,
-            Protocol::Sctp => 132,
-        }
-    }
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A policy by namespace and name; displays as `namespace/name`.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct PolicyRef {
-    pub namespace: String,
-    pub name: String,
-}
-
-impl PolicyRef {
-    #[must_use]
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        Self {
-            namespace: namespace.into(),
-            name: name.into(),
-        }
-    }
-}
-
-impl fmt::Display for PolicyRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
 
 /// A namespace and its labels. [`NAMESPACE_NAME_LABEL`] is added when missing, as the API server does.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,189 +64,9 @@ pub struct ClusterView {
     pub pods: Vec<PodInfo>,
 }
 
-/// Which peers an entry allows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PeerMatch {
-    /// A pod identity, or a CIDR identity (from [`CidrIdentities`]).
-    Identity(u32),
-    /// Every peer, inside the cluster or outside (a rule with no or empty `from`/`to`).
-    Any,
-}
-
-/// How an allowing entry matched, in datapath precedence order (first wins).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum MatchKind {
-    /// Peer identity and protocol/port.
-    #[serde(rename = "L3-L4")]
-    L3L4,
-    /// Any peer, protocol/port.
-    #[serde(rename = "L4-only")]
-    L4Only,
-    /// Peer identity, any protocol and port.
-    #[serde(rename = "L3-only")]
-    L3Only,
-    /// Any peer, any protocol and port.
-    #[serde(rename = "all")]
-    All,
-}
-
-impl fmt::Display for MatchKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            MatchKind::L3L4 => "L3-L4",
-            MatchKind::L4Only => "L4-only",
-            MatchKind::L3Only => "L3-only",
-            MatchKind::All => "all",
-        })
-    }
-}
-
-/// One allow entry of an endpoint's direction.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PolicyEntry {
-    pub peer: PeerMatch,
-    /// `None`: any protocol (a rule without ports).
-    pub protocol: Option<Protocol>,
-    /// Inclusive port range; `None`: any port (of `protocol`, when set).
-    pub ports: Option<(u16, u16)>,
-    /// Sorted, deduplicated.
-    pub allowed_by: Vec<PolicyRef>,
-}
-
-impl PolicyEntry {
-    /// L3 when the peer is an identity, L4 when a protocol is constrained.
-    #[must_use]
-    pub fn match_kind(&self) -> MatchKind {
-        match (self.peer, self.protocol.is_some()) {
-            (PeerMatch::Identity(_), true) => MatchKind::L3L4,
-            (PeerMatch::Any, true) => MatchKind::L4Only,
-            (PeerMatch::Identity(_), false) => MatchKind::L3Only,
-            (PeerMatch::Any, false) => MatchKind::All,
-        }
-    }
-
-    /// Whether a connection to/from a peer carrying any of `peer_identities` matches this entry.
-    #[must_use]
-    pub fn matches(&self, peer_identities: &[u32], protocol: Protocol, port: u16) -> bool {
-        let peer = match self.peer {
-            PeerMatch::Any => true,
-            PeerMatch::Identity(id) => peer_identities.contains(&id),
-        };
-        peer && self.protocol.is_none_or(|p| p == protocol)
-            && self.ports.is_none_or(|(lo, hi)| (lo..=hi).contains(&port))
-    }
-}
-
-/// One direction of one endpoint.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DirectionPolicy {
-    /// Some policy in the pod's namespace selects the pod for this direction: what no entry allows is denied.
-    pub enforced: bool,
-    /// The policies that select the pod for this direction, sorted.
-    pub selected_by: Vec<PolicyRef>,
-    /// Allow entries, sorted by (peer, protocol, ports), merged across rules and policies.
-    pub entries: Vec<PolicyEntry>,
-}
-
-/// A direction's decision for one connection.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "verdict")]
-pub enum DirectionVerdict {
-    /// No policy selects the endpoint for this direction (or the address is not an endpoint).
-    NotEnforced,
-    /// Allowed by the entries of the best `match_kind`; `allowed_by` unites their policies.
-    Allowed {
-        match_kind: MatchKind,
-        allowed_by: Vec<PolicyRef>,
-    },
-    /// Isolated and nothing allows it; `selected_by` are the isolating policies.
-    DefaultDeny { selected_by: Vec<PolicyRef> },
-}
-
-impl DirectionVerdict {
-    #[must_use]
-    pub fn allows(&self) -> bool {
-        !matches!(self, DirectionVerdict::DefaultDeny { .. })
-    }
-}
-
-impl DirectionPolicy {
-    /// Decides one connection whose peer carries `peer_identities` (its pod identity and/or CIDR identity).
-    #[must_use]
-    pub fn decide(
-        &self,
-        peer_identities: &[u32],
-        protocol: Protocol,
-        port: u16,
-    ) -> DirectionVerdict {
-        if !self.enforced {
-            return DirectionVerdict::NotEnforced;
-        }
-        let matching: Vec<&PolicyEntry> = self
-            .entries
-            .iter()
-            .filter(|e| e.matches(peer_identities, protocol, port))
-            .collect();
-        let Some(best) = matching.iter().map(|e| e.match_kind()).min() else {
-            return DirectionVerdict::DefaultDeny {
-                selected_by: self.selected_by.clone(),
-            };
-        };
-        let allowed_by: BTreeSet<PolicyRef> = matching
-            .iter()
-            .filter(|e| e.match_kind() == best)
-            .flat_map(|e| e.allowed_by.iter().cloned())
-            .collect();
-        DirectionVerdict::Allowed {
-            match_kind: best,
-            allowed_by: allowed_by.into_iter().collect(),
-        }
-    }
-}
-
-/// The compiled policy of one endpoint.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EndpointPolicy {
-    pub namespace: String,
-    pub pod: String,
-    pub identity: u32,
-    pub ip: Ipv4Addr,
-    pub ingress: DirectionPolicy,
-    pub egress: DirectionPolicy,
-}
-
-/// A CIDR prefix used by some `ipBlock` (or `0.0.0.0/0`) and its identity.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CidrEntry {
-    pub prefix: Ipv4Prefix,
-    pub identity: u32,
-}
-
-/// The compiled form of all policies: what the agent writes into the maps.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PolicyPlan {
-    /// Every prefix used by an `ipBlock` `cidr` or `except`, plus `0.0.0.0/0`, sorted by prefix.
-    pub cidrs: Vec<CidrEntry>,
-    /// Every pod of the cluster view, by endpoint id (unselected pods have nothing enforced).
-    pub endpoints: BTreeMap<u16, EndpointPolicy>,
-}
-
-/// One side of a connection, for [`PolicyPlan::evaluate`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Addr {
-    /// A pod of the node.
-    Endpoint {
-        endpoint_id: u16,
-        identity: u32,
-        ip: Ipv4Addr,
-    },
-    /// Any other address (another node's pod, a host outside the cluster).
-    Outside { ip: Ipv4Addr },
-}
-
+// Beside `PodInfo` rather than in `plan`, so the plan model does not depend on the compiler's input.
 impl Addr {
+    /// A pod of the cluster view as one side of a connection, for [`PolicyPlan::evaluate`].
     #[must_use]
     pub fn endpoint(pod: &PodInfo) -> Self {
         Addr::Endpoint {
@@ -331,63 +77,6 @@ impl Addr {
     }
 }
 
-/// The oracle's decision on one new connection.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Verdict {
-    /// Both directions allow it.
-    pub allowed: bool,
-    /// The source endpoint's egress.
-    pub egress: DirectionVerdict,
-    /// The destination endpoint's ingress.
-    pub ingress: DirectionVerdict,
-}
-
-impl PolicyPlan {
-    /// The identity of the longest prefix in [`PolicyPlan::cidrs`] containing `ip` (the ipcache's LPM answer);
-    /// 0 only for a plan without prefixes (a default plan; compiled plans always hold `0.0.0.0/0`).
-    #[must_use]
-    pub fn cidr_identity_of(&self, ip: Ipv4Addr) -> u32 {
-        self.cidrs
-            .iter()
-            .filter(|c| c.prefix.contains_addr(ip))
-            .max_by_key(|c| c.prefix.prefix_len())
-            .map_or(0, |c| c.identity)
-    }
-
-    /// The identities a peer is known by: a pod's own identity and the CIDR identity of its IP (so `ipBlock`
-    /// rules match pod IPs too), or an outside address's CIDR identity.
-    #[must_use]
-    pub fn peer_identities(&self, addr: Addr) -> Vec<u32> {
-        match addr {
-            Addr::Endpoint { identity, ip, .. } => vec![identity, self.cidr_identity_of(ip)],
-            Addr::Outside { ip } => vec![self.cidr_identity_of(ip)],
-        }
-    }
-
-    /// Test oracle: applies the plan to a new connection the way the datapath does. Allowed when the
-    /// source's egress allows it (if the source is an endpoint with egress enforced) and the destination's
-    /// ingress allows it (if enforced). A pod talking to itself is judged like any other pair.
-    #[must_use]
-    pub fn evaluate(&self, from: Addr, to: Addr, protocol: Protocol, port: u16) -> Verdict {
-        let direction =
-            |addr: Addr, pick: fn(&EndpointPolicy) -> &DirectionPolicy, peer: Addr| match addr {
-                Addr::Endpoint { endpoint_id, .. } => self
-                    .endpoints
-                    .get(&endpoint_id)
-                    .map_or(DirectionVerdict::NotEnforced, |endpoint| {
-                        pick(endpoint).decide(&self.peer_identities(peer), protocol, port)
-                    }),
-                Addr::Outside { .. } => DirectionVerdict::NotEnforced,
-            };
-        let egress = direction(from, |e| &e.egress, to);
-        let ingress = direction(to, |e| &e.ingress, from);
-        Verdict {
-            allowed: egress.allows() && ingress.allows(),
-            egress,
-            ingress,
-        }
-    }
-}
 
 /// Whether a spec isolates ingress and egress: explicit non-empty `policyTypes` are honored; otherwise
 /// Ingress always, plus Egress when the spec has egress rules (the API server's defaulting).

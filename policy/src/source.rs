@@ -13,7 +13,7 @@ use std::{
 use k8s_openapi::{Resource, api::networking::v1::NetworkPolicy};
 use serde::{Deserialize, Serialize};
 
-use crate::{compile::PolicyRef, validate::FieldError};
+use crate::{plan::PolicyRef, validate::FieldError};
 
 /// The namespace a policy without `metadata.namespace` lands in (as `kubectl apply` would put it).
 pub const DEFAULT_NAMESPACE: &str = "default";

@@ -147,7 +147,7 @@ fn export(args: &[&str]) -> (String, String, i64, Duration) {
     // Peak RSS through GNU time, which forks the export from its own small process: the rusage of a
     // child spawned straight from this (large, multi-threaded) test process would carry the test
     // process's own peak, which the kernel records into the child at exec.
-    let child = Command::new("/usr/bin/time")
+    let mut child = Command::new("/usr/bin/time")
         .args(["-f", "FLOWGATE-MAXRSS-KIB=%M"])
         .arg(flowgate_bin())
         .args(["verdicts", "export"])
@@ -156,7 +156,7 @@ fn export(args: &[&str]) -> (String, String, i64, Duration) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run /usr/bin/time (Debian package `time`, installed by scripts/setup.sh)");
-    let (mut out, mut err) = (child.stdout.unwrap(), child.stderr.unwrap());
+    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
     let err_reader = std::thread::spawn(move || {
         let mut s = String::new();
         err.read_to_string(&mut s).unwrap();
@@ -165,6 +165,8 @@ fn export(args: &[&str]) -> (String, String, i64, Duration) {
     let mut stdout = String::new();
     out.read_to_string(&mut stdout).unwrap();
     let stderr = err_reader.join().unwrap();
+    // Reaped, not left a zombie; its outcome is judged from the `time` lines on stderr below.
+    child.wait().unwrap();
     let rss_line = stderr
         .lines()
         .rev()

@@ -11,7 +11,7 @@ use flowgate_common::policy::{
     IDENTITY_ANY, IDENTITY_WORLD, IpcacheValue, POLICY_FLAG_L4, POLICY_PREFIX_PEER, POLICY_PREFIX_PROTOCOL,
     PolicyKey, PolicyValue, direction, enforcement,
 };
-use flowgate_policy::compile::{DirectionPolicy, PeerMatch, PolicyPlan, PolicyRef};
+use flowgate_policy::{DirectionPolicy, PeerMatch, PolicyPlan, PolicyRef};
 use flowgate_proto::flow::PolicyName;
 
 /// Interns sets of policy names as small rule ids (never 0, never reused), so a record's rule id can be

@@ -47,8 +47,9 @@ pub enum NetEvent {
 /// From the UI to the connection.
 #[derive(Debug)]
 pub enum Command {
-    /// Subscribe again with this filter (no history).
-    Subscribe(FlowFilter),
+    /// Subscribe again with this filter (no history). Boxed: a filter takes a few hundred bytes, and the
+    /// other command carries nothing.
+    Subscribe(Box<FlowFilter>),
     FetchEndpoints,
 }
 
@@ -122,7 +123,7 @@ pub async fn run(
                         },
                         command = commands.recv() => match command {
                             None => return,
-                            Some(Command::Subscribe(f)) => { filter = f; break None },
+                            Some(Command::Subscribe(f)) => { filter = *f; break None },
                             Some(Command::FetchEndpoints) => spawn_fetch(socket.clone(), tx.clone()),
                         },
                     }
@@ -151,7 +152,7 @@ pub async fn run(
                 () = &mut wake => break,
                 command = commands.recv() => match command {
                     None => return,
-                    Some(Command::Subscribe(f)) => filter = f,
+                    Some(Command::Subscribe(f)) => filter = *f,
                     Some(Command::FetchEndpoints) => spawn_fetch(socket.clone(), tx.clone()),
                 },
             }

@@ -1,7 +1,10 @@
 use std::{net::Ipv4Addr, path::Path};
 
 use super::*;
-use crate::source::parse_str;
+use crate::{
+    plan::{DirectionVerdict, MatchKind},
+    source::parse_str,
+};
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs

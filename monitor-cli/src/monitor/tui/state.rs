@@ -59,8 +59,9 @@ pub enum Mode {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Effect {
     Quit,
-    /// Subscribe again with this filter.
-    Subscribe(FlowFilter),
+    /// Subscribe again with this filter. Boxed, as in the session's `Command` it is passed on in: a filter
+    /// takes a few hundred bytes, and the other effects carry nothing.
+    Subscribe(Box<FlowFilter>),
     FetchEndpoints,
 }
 
@@ -290,7 +291,7 @@ impl State {
 
     fn filter_changed(&mut self) -> Option<Effect> {
         self.follow();
-        Some(Effect::Subscribe(self.filter.clone()))
+        Some(Effect::Subscribe(Box::new(self.filter.clone())))
     }
 
     /// Applies a key's action; returns what the caller must do.
