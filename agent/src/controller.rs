@@ -158,7 +158,7 @@ impl Controller {
         self.state.set_policy(Arc::new(snapshot), self.engine.cidr_labels());
         self.datapath.apply_policy(&contents).context("writing the policy maps")?;
         self.engine.applied();
-        crate::metrics::instruments().policy_apply.observe(started.elapsed());
+        crate::instruments::instruments().policy_apply.observe(started.elapsed());
         let plan = self.engine.plan().expect("prepared above");
         for (id, ep) in &plan.endpoints {
             let audited = self.engine.audit.all || self.engine.audit.endpoints.contains(id);

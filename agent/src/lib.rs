@@ -14,6 +14,7 @@ pub mod craft;
 pub mod datapath;
 pub mod endpoints;
 pub mod identity;
+pub mod instruments;
 pub mod kernel_counters;
 pub mod metrics;
 pub mod netns;

@@ -365,7 +365,7 @@ impl PipelineContext for AgentState {
     }
 
     fn decoded(&self, batch: &[Arc<flowgate_proto::Flow>]) {
-        crate::metrics::instruments().latency.decoded(batch);
+        crate::instruments::instruments().latency.decoded(batch);
     }
 }
 

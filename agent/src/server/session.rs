@@ -285,7 +285,7 @@ impl Session {
                             Err(_) => break,
                         }
                     }
-                    crate::metrics::instruments().latency.sent(&batch);
+                    crate::instruments::instruments().latency.sent(&batch);
                     self.send_events(batch).await?;
                 }
                 () = self.reader.closed() => return Ok(End::Done),
