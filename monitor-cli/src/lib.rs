@@ -5,4 +5,5 @@
 pub mod client_cmd;
 pub mod cmd;
 pub mod export;
+pub mod filter_args;
 pub mod monitor;

@@ -5,8 +5,9 @@ use std::{net::Ipv4Addr, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 
-/// What kind of record the kernel (or the agent) produced.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+/// What kind of record the kernel (or the agent) produced. Read from its name (`FromStr`,
+/// `Deserialize`) in [`crate::filter`], with every spelling a filter accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
 #[serde(rename_all = "kebab-case")]
 pub enum EventType {
     Trace,
@@ -31,19 +32,9 @@ impl EventType {
     }
 }
 
-impl std::str::FromStr for EventType {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        EventType::ALL
-            .into_iter()
-            .find(|t| t.as_str() == s)
-            .ok_or_else(|| format!("unknown event type {s:?} (expected drop, trace, policy-verdict, capture or agent)"))
-    }
-}
-
 /// The outcome for the flow, as Hubble names it (FORWARDED / DROPPED / AUDIT); on the command line
-/// `allowed`, `denied` and `audit`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// `allowed`, `denied` and `audit` (read in [`crate::filter`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Verdict {
     /// Allowed / forwarded.
@@ -65,18 +56,6 @@ impl Verdict {
     }
 }
 
-impl std::str::FromStr for Verdict {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "allowed" | "allow" | "forwarded" => Ok(Verdict::Forwarded),
-            "denied" | "deny" | "dropped" => Ok(Verdict::Dropped),
-            "audit" => Ok(Verdict::Audit),
-            _ => Err(format!("unknown verdict {s:?} (expected allowed, denied or audit)")),
-        }
-    }
-}
-
 /// Direction of the traffic relative to the local endpoint where it was observed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -88,8 +67,8 @@ pub enum TrafficDirection {
     Unknown,
 }
 
-/// Transport protocol.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// Transport protocol (read from its name in [`crate::filter`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Protocol {
     Tcp,
@@ -119,19 +98,6 @@ impl Protocol {
             Protocol::Sctp => "sctp".into(),
             Protocol::Icmp => "icmp".into(),
             Protocol::Other(n) => format!("proto-{n}"),
-        }
-    }
-}
-
-impl std::str::FromStr for Protocol {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "tcp" => Ok(Protocol::Tcp),
-            "udp" => Ok(Protocol::Udp),
-            "sctp" => Ok(Protocol::Sctp),
-            "icmp" => Ok(Protocol::Icmp),
-            _ => Err(format!("unknown protocol {s:?} (expected TCP, UDP, SCTP or ICMP)")),
         }
     }
 }
@@ -182,6 +148,18 @@ pub struct Peer {
     /// Labels as `key=value`, sorted.
     #[serde(default)]
     pub labels: Vec<String>,
+}
+
+impl Peer {
+    /// The key of the label Cilium gives every pod, with its namespace as the value
+    /// (`k8s:io.kubernetes.pod.namespace=default`). The agent leaves it out of `labels`; the Hubble JSON
+    /// writes it, and label filters see it, for every pod.
+    pub const NAMESPACE_LABEL: &'static str = "io.kubernetes.pod.namespace";
+
+    /// Whether this side is a pod (a namespace and a name), not an address outside the node's pods.
+    pub fn is_pod(&self) -> bool {
+        !self.namespace.is_empty() && !self.pod_name.is_empty()
+    }
 }
 
 /// A NetworkPolicy, `namespace/name`.

@@ -1,13 +1,12 @@
 //! The verdict log's configuration file (`--verdict-log-config`): include and exclude filters as in
 //! Hubble's flow exporter, and the rotation settings. Every key is optional; what the file leaves out
-//! comes from the command line. Pure: parsing and validation only.
+//! comes from the command line. The filters are `flowgate_proto::filter`'s model, read straight from
+//! the YAML (the keys and value spellings of `flowgate monitor`'s flags, an unknown key refused), so a
+//! filter here means what it means on the command line. Pure: parsing and validation only.
 
 use std::path::{Path, PathBuf};
 
-use flowgate_proto::{
-    filter::{FlowFilter, LabelSelector},
-    flow::{EventType, Protocol, Verdict},
-};
+use flowgate_proto::filter::{FlowFilter, StrictFilter};
 use serde::Deserialize;
 
 /// What goes into the log and how the file rotates.
@@ -68,9 +67,9 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 struct ConfigFile {
     #[serde(default)]
-    include: Vec<FilterSpec>,
+    include: Vec<StrictFilter>,
     #[serde(default)]
-    exclude: Vec<FilterSpec>,
+    exclude: Vec<StrictFilter>,
     max_size: Option<SizeValue>,
     max_backups: Option<usize>,
     compress: Option<bool>,
@@ -83,101 +82,11 @@ enum SizeValue {
     Text(String),
 }
 
-/// One filter, with the names `flowgate monitor` uses on its command line.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "snake_case")]
-struct FilterSpec {
-    #[serde(default)]
-    related_to: Vec<u16>,
-    #[serde(default)]
-    from_endpoint: Vec<u16>,
-    #[serde(default)]
-    to_endpoint: Vec<u16>,
-    /// `policy-verdict`, `drop`, `trace`.
-    #[serde(default, alias = "type")]
-    event_types: Vec<String>,
-    /// `allowed`, `denied`, `audit` (or Hubble's `FORWARDED`, `DROPPED`, `AUDIT`).
-    #[serde(default, alias = "verdict")]
-    verdicts: Vec<String>,
-    #[serde(default, alias = "namespace")]
-    namespaces: Vec<String>,
-    /// `namespace/name`.
-    #[serde(default, alias = "pod")]
-    pods: Vec<String>,
-    /// Kubernetes label selectors, e.g. `app=db,tier in (a,b)`.
-    #[serde(default, alias = "label")]
-    labels: Vec<String>,
-    #[serde(default, alias = "port")]
-    ports: Vec<u16>,
-    #[serde(default, alias = "protocol")]
-    protocols: Vec<String>,
-}
-
 fn invalid(path: &Path, field: String, problem: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         path: path.to_owned(),
         field,
         problem: problem.into(),
-    }
-}
-
-impl FilterSpec {
-    fn into_filter(self, path: &Path, at: &str) -> Result<FlowFilter, ConfigError> {
-        let parse_all = |field: &str, values: &[String], f: &dyn Fn(&str) -> Result<(), String>| {
-            for (i, v) in values.iter().enumerate() {
-                f(v).map_err(|e| invalid(path, format!("{at}.{field}[{i}]"), e))?;
-            }
-            Ok::<(), ConfigError>(())
-        };
-        parse_all("event_types", &self.event_types, &|v| {
-            v.parse::<EventType>().map(drop)
-        })?;
-        parse_all("verdicts", &self.verdicts, &|v| {
-            v.parse::<Verdict>().map(drop)
-        })?;
-        parse_all("protocols", &self.protocols, &|v| {
-            v.parse::<Protocol>().map(drop)
-        })?;
-        parse_all("labels", &self.labels, &|v| {
-            LabelSelector::parse(v).map(drop).map_err(|e| e.to_string())
-        })?;
-        parse_all("pods", &self.pods, &|v| {
-            if v.split_once('/')
-                .is_some_and(|(ns, name)| !ns.is_empty() && !name.is_empty())
-            {
-                Ok(())
-            } else {
-                Err(format!("{v:?}: write pods as namespace/name"))
-            }
-        })?;
-        Ok(FlowFilter {
-            related_to: self.related_to,
-            from_endpoint: self.from_endpoint,
-            to_endpoint: self.to_endpoint,
-            event_types: self
-                .event_types
-                .iter()
-                .filter_map(|v| v.parse().ok())
-                .collect(),
-            verdicts: self
-                .verdicts
-                .iter()
-                .filter_map(|v| v.parse().ok())
-                .collect(),
-            namespaces: self.namespaces,
-            pods: self.pods,
-            labels: self
-                .labels
-                .iter()
-                .filter_map(|v| LabelSelector::parse(v).ok())
-                .collect(),
-            ports: self.ports,
-            protocols: self
-                .protocols
-                .iter()
-                .filter_map(|v| v.parse().ok())
-                .collect(),
-        })
     }
 }
 
@@ -232,18 +141,8 @@ pub fn parse(path: &Path, text: &str, base: &LogSettings) -> Result<LogSettings,
         })?
     };
     let mut settings = base.clone();
-    settings.include = file
-        .include
-        .into_iter()
-        .enumerate()
-        .map(|(i, f)| f.into_filter(path, &format!("include[{i}]")))
-        .collect::<Result<_, _>>()?;
-    settings.exclude = file
-        .exclude
-        .into_iter()
-        .enumerate()
-        .map(|(i, f)| f.into_filter(path, &format!("exclude[{i}]")))
-        .collect::<Result<_, _>>()?;
+    settings.include = file.include.into_iter().map(|f| f.0).collect();
+    settings.exclude = file.exclude.into_iter().map(|f| f.0).collect();
     if let Some(size) = file.max_size {
         settings.rotation.max_size = match size {
             SizeValue::Bytes(0) => {
@@ -270,6 +169,8 @@ pub fn parse(path: &Path, text: &str, base: &LogSettings) -> Result<LogSettings,
 
 #[cfg(test)]
 mod tests {
+    use flowgate_proto::flow::{EventType, Protocol, Verdict};
+
     use super::*;
 
     fn base() -> LogSettings {
@@ -341,5 +242,94 @@ compress: true
         let e = parse(Path::new("c.yaml"), "max_size: lots\n", &base()).unwrap_err();
         assert!(e.to_string().starts_with("c.yaml: max_size:"), "{e}");
         assert_eq!(parse(Path::new("c.yaml"), "", &base()).unwrap(), base());
+    }
+
+    #[test]
+    fn aliases_and_hubble_spellings_read_into_the_filter_model() {
+        let text = "
+include:
+  - type: [policy-verdict, DROP]
+    verdict: [FORWARDED, denied, AUDIT]
+    namespace: [x]
+    pod: [web, y/db-]
+    label: ['k8s:app in (web, db)']
+    port: [80]
+    protocol: [TCP, ICMPv4]
+    policy: [x/deny-all, allow-dns]
+    from: [1]
+    to: [2]
+    related_to: [3]
+";
+        let s = parse(Path::new("c.yaml"), text, &base()).unwrap();
+        let text = "
+include:
+  - event_types: [policy-verdict, drop]
+    verdicts: [allowed, dropped, audit]
+    namespaces: [x]
+    pods: [/web, y/db-]
+    labels: ['k8s:app in (web,db)']
+    ports: [80]
+    protocols: [tcp, icmp]
+    policies: [x/deny-all, /allow-dns]
+    from_endpoint: [1]
+    to_endpoint: [2]
+    related_to: [3]
+";
+        let canonical = parse(Path::new("c.yaml"), text, &base()).unwrap();
+        assert_eq!(s, canonical);
+        let f = &s.include[0];
+        assert_eq!(
+            f.verdicts,
+            [Verdict::Forwarded, Verdict::Dropped, Verdict::Audit]
+        );
+        assert_eq!(f.event_types, [EventType::PolicyVerdict, EventType::Drop]);
+        assert_eq!(f.protocols, [Protocol::Tcp, Protocol::Icmp]);
+        assert_eq!(
+            f.pods.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["web", "y/db-"]
+        );
+        assert_eq!(f.policies[1].to_string(), "allow-dns");
+    }
+
+    #[test]
+    fn a_bad_value_names_its_field_and_line() {
+        for (text, field, problem) in [
+            (
+                "exclude:\n  - protocol: [gre]\n",
+                "exclude[0].protocol[0]",
+                "unknown protocol \"gre\"",
+            ),
+            (
+                "include:\n  - {}\n  - type: [packet]\n",
+                "include[1].type[0]",
+                "unknown event type \"packet\"",
+            ),
+            (
+                "include:\n  - pods: [a/b/c]\n",
+                "include[0].pods[0]",
+                "pod \"a/b/c\": more than one `/`",
+            ),
+            (
+                "include:\n  - policies: [x/]\n",
+                "include[0].policies[0]",
+                "policy \"x/\": no name",
+            ),
+            (
+                "include:\n  - labels: ['a in b']\n",
+                "include[0].labels[0]",
+                "label selector \"a in b\"",
+            ),
+            (
+                "include:\n  - ports: [http]\n",
+                "include[0].ports[0]",
+                "invalid type: string \"http\"",
+            ),
+        ] {
+            let e = parse(Path::new("c.yaml"), text, &base())
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(&format!("c.yaml: {field}: {problem}")), "{e}");
+            assert!(e.contains(" at line "), "{e}");
+        }
     }
 }

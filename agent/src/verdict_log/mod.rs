@@ -23,7 +23,7 @@ use std::{
 
 use flowgate_proto::{
     Flow,
-    filter::FlowFilter,
+    filter::{FilterSet, FlowFilter},
     flow::EventType,
     hubble,
     message::{Event, LossSource, LostEvents, Subscription},
@@ -166,6 +166,7 @@ impl VerdictLog {
         );
         let writer = Writer {
             file,
+            filters: FilterSet::compile(&settings.include, &settings.exclude),
             settings,
             follower,
             tick: options.reload_interval.min(Duration::from_millis(200)),
@@ -229,6 +230,7 @@ pub fn write_all(
     let stats = Arc::new(VerdictLogStats::default());
     let mut writer = Writer {
         file,
+        filters: FilterSet::compile(&settings.include, &settings.exclude),
         settings,
         follower: None,
         tick: Duration::from_millis(200),

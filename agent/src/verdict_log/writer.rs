@@ -13,7 +13,7 @@ use std::{
 
 use flowgate_events::hub::{LiveEvents, Subscriber};
 use flowgate_proto::{
-    filter,
+    filter::FilterSet,
     message::{Event, LossSource},
 };
 use log::{info, warn};
@@ -32,6 +32,8 @@ fn add_loss(losses: &mut Vec<(LossSource, u64)>, source: LossSource, count: u64)
 
 pub(super) struct Writer {
     pub(super) file: LogFile,
+    /// `settings`' include and exclude lists, compiled.
+    pub(super) filters: FilterSet,
     pub(super) settings: LogSettings,
     /// Follows the configuration file, when there is one.
     pub(super) follower: Option<ConfigFollower>,
@@ -107,6 +109,7 @@ impl Writer {
             return;
         };
         self.file.set_rotation(settings.rotation);
+        self.filters = FilterSet::compile(&settings.include, &settings.exclude);
         self.settings = settings;
         self.stats.config_reloads.fetch_add(1, Ordering::Relaxed);
     }
@@ -115,7 +118,7 @@ impl Writer {
         for event in batch {
             match event {
                 Event::Flow(flow) => {
-                    if !filter::passes(&self.settings.include, &self.settings.exclude, &flow) {
+                    if !self.filters.matches(&flow) {
                         continue;
                     }
                     self.line.clear();

@@ -21,6 +21,7 @@ use flowgate_proto::{client::Client, message::Request};
 
 use crate::{
     client_cmd::{SocketArg, software},
+    filter_args::FilterArgs,
     monitor::{self, MonitorArgs, MonitorOutput},
 };
 
@@ -196,15 +197,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     eprintln!("demo: monitoring endpoint {database} (default/database)");
     if output == MonitorOutput::Tui {
         let monitor_args = MonitorArgs {
-            related_to: vec![database],
-            from: Vec::new(),
-            to: Vec::new(),
-            types: Vec::new(),
-            verdict: Vec::new(),
-            namespace: Vec::new(),
-            pod: Vec::new(),
-            port: Vec::new(),
-            protocol: Vec::new(),
+            filter: FilterArgs { related_to: vec![database], ..FilterArgs::default() },
             last: 0,
             output: Some(MonitorOutput::Tui),
             verbose: false,

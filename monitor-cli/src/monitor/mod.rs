@@ -1,6 +1,7 @@
 //! `flowgate monitor`: the agent's events, live, as `cilium monitor` shows them: a TUI on a terminal,
-//! Cilium-style text lines or Hubble-shaped JSON lines otherwise. The command-line filters become one
-//! [`FlowFilter`] of the subscription, so the agent does the filtering.
+//! Cilium-style text lines or Hubble-shaped JSON lines otherwise. The command-line filters
+//! ([`FilterArgs`], shared with `verdicts export`) become one [`FlowFilter`] of the subscription, so
+//! the agent does the filtering.
 
 pub mod lines;
 pub mod session;
@@ -14,41 +15,18 @@ use flowgate_proto::{
     client::Client,
     endpoint::Endpoint,
     filter::FlowFilter,
-    flow::{EventType, Protocol, Verdict},
     message::{Request, Response, Subscription},
 };
 
-use crate::client_cmd::{SocketArg, describe, endpoint::not_found, software};
+use crate::{
+    client_cmd::{SocketArg, describe, endpoint::not_found, software},
+    filter_args::FilterArgs,
+};
 
 #[derive(Args, Debug, Clone)]
 pub struct MonitorArgs {
-    /// Only events involving this endpoint (either side, or where observed); repeatable.
-    #[arg(long, value_name = "ID")]
-    pub related_to: Vec<u16>,
-    /// Only events whose source is this endpoint; repeatable.
-    #[arg(long, value_name = "ID")]
-    pub from: Vec<u16>,
-    /// Only events whose destination is this endpoint; repeatable.
-    #[arg(long, value_name = "ID")]
-    pub to: Vec<u16>,
-    /// Only events of this type: drop, trace, policy-verdict, capture, agent; repeatable.
-    #[arg(short = 't', long = "type", value_name = "TYPE")]
-    pub types: Vec<EventType>,
-    /// Only events with this verdict: allowed, denied, audit; repeatable.
-    #[arg(long, value_name = "VERDICT")]
-    pub verdict: Vec<Verdict>,
-    /// Only events with a side in this namespace; repeatable.
-    #[arg(short = 'n', long, value_name = "NS")]
-    pub namespace: Vec<String>,
-    /// Only events with this pod on a side, `namespace/name`; repeatable.
-    #[arg(long, value_name = "NS/NAME", value_parser = parse_pod)]
-    pub pod: Vec<String>,
-    /// Only events with this source or destination port; repeatable.
-    #[arg(long)]
-    pub port: Vec<u16>,
-    /// Only events of this protocol: TCP, UDP, SCTP, ICMP; repeatable.
-    #[arg(long)]
-    pub protocol: Vec<Protocol>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
     /// Start with up to N past events from the agent's history.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub last: u32,
@@ -69,30 +47,10 @@ pub enum MonitorOutput {
     Json,
 }
 
-fn parse_pod(s: &str) -> Result<String, String> {
-    match s.split_once('/') {
-        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
-            Ok(s.to_owned())
-        }
-        _ => Err(format!("{s:?}: expected NAMESPACE/NAME, e.g. default/web")),
-    }
-}
-
 impl MonitorArgs {
     /// The one filter the agent applies: every criterion given must hold.
     pub fn filter(&self) -> FlowFilter {
-        FlowFilter {
-            related_to: self.related_to.clone(),
-            from_endpoint: self.from.clone(),
-            to_endpoint: self.to.clone(),
-            event_types: self.types.clone(),
-            verdicts: self.verdict.clone(),
-            namespaces: self.namespace.clone(),
-            pods: self.pod.clone(),
-            labels: Vec::new(),
-            ports: self.port.clone(),
-            protocols: self.protocol.clone(),
-        }
+        self.filter.filter()
     }
 
     /// The subscription for `filter`, starting with `last` past events.
@@ -186,7 +144,10 @@ mod tests {
     use std::{collections::BTreeMap, net::Ipv4Addr};
 
     use clap::Parser;
-    use flowgate_proto::endpoint::{EndpointState, Enforcement};
+    use flowgate_proto::{
+        endpoint::{EndpointState, Enforcement},
+        flow::{EventType, Protocol, Verdict},
+    };
 
     use super::*;
 
@@ -263,7 +224,10 @@ mod tests {
         assert_eq!(f.verdicts, vec![Verdict::Dropped]);
         assert_eq!(
             (f.namespaces.clone(), f.pods.clone()),
-            (vec!["default".to_owned()], vec!["default/web".to_owned()])
+            (
+                vec!["default".to_owned()],
+                vec!["default/web".parse().unwrap()]
+            )
         );
         assert_eq!(
             (f.ports.clone(), f.protocols.clone()),
@@ -285,7 +249,11 @@ mod tests {
         let bad = |a: &[&str]| {
             Cli::try_parse_from(std::iter::once("monitor").chain(a.iter().copied())).is_err()
         };
-        assert!(bad(&["--pod", "web"]));
+        assert!(bad(&["--pod", "a/b/c"]));
+        assert!(
+            !bad(&["--pod", "web"]),
+            "a name prefix in any namespace, as Hubble's --pod"
+        );
         assert!(bad(&["--verdict", "maybe"]));
         assert!(bad(&["-t", "packet"]));
         assert!(bad(&["--protocol", "gre"]));

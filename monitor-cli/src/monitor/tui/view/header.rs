@@ -52,7 +52,20 @@ fn other_filters(state: &State) -> String {
         parts.push(format!("namespace={}", join(f.namespaces.clone())));
     }
     if !f.pods.is_empty() {
-        parts.push(format!("pod={}", join(f.pods.clone())));
+        parts.push(format!(
+            "pod={}",
+            join(f.pods.iter().map(ToString::to_string).collect())
+        ));
+    }
+    if !f.labels.is_empty() {
+        parts.push(format!(
+            "label={}",
+            f.labels
+                .iter()
+                .map(|l| format!("{:?}", l.to_string()))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
     }
     if !f.ports.is_empty() {
         parts.push(format!(
@@ -64,6 +77,12 @@ fn other_filters(state: &State) -> String {
         parts.push(format!(
             "protocol={}",
             join(f.protocols.iter().map(|p| p.name()).collect())
+        ));
+    }
+    if !f.policies.is_empty() {
+        parts.push(format!(
+            "policy={}",
+            join(f.policies.iter().map(ToString::to_string).collect())
         ));
     }
     if !state.search.is_empty() {
