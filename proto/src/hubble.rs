@@ -2,14 +2,17 @@
 //! `hubble observe -o json` prints it (protobuf's JSON mapping of `flow.proto` / `observer.proto` with
 //! the proto field names, default values left out). Pure functions, shared by `flowgate monitor -o json`
 //! and the agent's verdict log so both write exactly the same JSON. Every field is described in
-//! `docs/flow-json.md`.
+//! `docs/flow-json.md`. [`read_flow`] reads a flow back, so `flowgate verdicts export` decides what it
+//! exports with the same filter code as live flows.
+
+use std::{net::Ipv4Addr, sync::Arc};
 
 use serde_json::{Map, Value, json};
 
 use crate::{
     flow::{
-        CtState, EventType, Flow, MatchType, Peer, PolicyAttribution, PolicyName, Protocol,
-        TrafficDirection, Verdict,
+        CtState, EventType, Flow, MatchType, Peer, PolicyAttribution, PolicyName, Protocol, TcpFlags, TrafficDirection,
+        Verdict,
     },
     message::{LossSource, LostEvents},
 };
@@ -125,11 +128,7 @@ pub fn event_type(flow: &Flow) -> (i32, i32) {
 /// a source (`reserved:world`, `cidr:10.0.0.0/8`) are kept.
 pub fn cilium_label(label: &str) -> String {
     let key = label.split_once('=').map_or(label, |(k, _)| k);
-    if key.contains(':') {
-        label.to_owned()
-    } else {
-        format!("k8s:{label}")
-    }
+    if key.contains(':') { label.to_owned() } else { format!("k8s:{label}") }
 }
 
 /// `TCP Flags: SYN`, `UDP`, `ICMPv4 EchoRequest`, as Hubble's summary.
@@ -177,8 +176,8 @@ fn endpoint_json(peer: &Peer) -> Value {
     put(&mut o, "identity", json!(peer.identity));
     put(&mut o, "namespace", json!(peer.namespace));
     let mut labels: Vec<String> = peer.labels.iter().map(|l| cilium_label(l)).collect();
-    if !peer.namespace.is_empty() && !peer.pod_name.is_empty() {
-        let ns = format!("k8s:io.kubernetes.pod.namespace={}", peer.namespace);
+    if peer.is_pod() {
+        let ns = format!("k8s:{}={}", Peer::NAMESPACE_LABEL, peer.namespace);
         if !labels.contains(&ns) {
             labels.push(ns);
             labels.sort();
@@ -199,12 +198,8 @@ fn l4_json(flow: &Flow) -> Value {
     let (name, body) = match flow.protocol {
         Protocol::Tcp => {
             let (name, mut p) = ports("TCP");
-            let flags: Map<String, Value> = flow
-                .tcp_flags
-                .names()
-                .into_iter()
-                .map(|f| (f.to_owned(), Value::Bool(true)))
-                .collect();
+            let flags: Map<String, Value> =
+                flow.tcp_flags.names().into_iter().map(|f| (f.to_owned(), Value::Bool(true))).collect();
             put(&mut p, "flags", Value::Object(flags));
             (name, p)
         }
@@ -264,11 +259,7 @@ pub fn flow_object(flow: &Flow, node_name: &str) -> Value {
         TrafficDirection::Unknown => None,
     };
     if flow.event_type == EventType::PolicyVerdict {
-        put(
-            &mut o,
-            "policy_match_type",
-            json!(match_type_number(flow.match_type)),
-        );
+        put(&mut o, "policy_match_type", json!(match_type_number(flow.match_type)));
     }
     if flow.event_type == EventType::Trace {
         let point = match flow.traffic_direction {
@@ -285,11 +276,7 @@ pub fn flow_object(flow: &Flow, node_name: &str) -> Value {
         put(&mut o, "trace_reason", json!(reason));
     }
     if flow.verdict == Verdict::Dropped {
-        let code = if flow.drop_reason == 0 && flow.policy.is_some() {
-            133
-        } else {
-            flow.drop_reason
-        };
+        let code = if flow.drop_reason == 0 && flow.policy.is_some() { 133 } else { flow.drop_reason };
         o.insert("drop_reason_desc".into(), json!(drop_reason_name(code)));
     }
     if let Some(reply) = flow.is_reply {
@@ -301,9 +288,7 @@ pub fn flow_object(flow: &Flow, node_name: &str) -> Value {
     o.insert("Summary".into(), json!(summary(flow)));
     let (allowed, denied, names) = match &flow.policy {
         Some(PolicyAttribution::AllowedBy(names)) => (true, false, names.as_slice()),
-        Some(PolicyAttribution::DefaultDeny { isolated_by }) => {
-            (false, true, isolated_by.as_slice())
-        }
+        Some(PolicyAttribution::DefaultDeny { isolated_by }) => (false, true, isolated_by.as_slice()),
         None => (false, false, &[][..]),
     };
     let prefix = match flow.traffic_direction {
@@ -311,11 +296,7 @@ pub fn flow_object(flow: &Flow, node_name: &str) -> Value {
         _ => "egress",
     };
     if allowed {
-        put(
-            &mut o,
-            &format!("{prefix}_allowed_by"),
-            policies_json(names),
-        );
+        put(&mut o, &format!("{prefix}_allowed_by"), policies_json(names));
     }
     if denied {
         put(&mut o, &format!("{prefix}_denied_by"), policies_json(names));
@@ -346,13 +327,341 @@ pub fn lost_source_name(source: LossSource) -> &'static str {
 /// `{"lost_events":{"source":"PERF_EVENT_RING_BUFFER","num_events_lost":312},"node_name":..,"time":..}`.
 pub fn lost_json(lost: &LostEvents, node_name: &str, time_ns: u64) -> Value {
     let mut o = Map::new();
-    o.insert(
-        "lost_events".into(),
-        json!({ "source": lost_source_name(lost.source), "num_events_lost": lost.count }),
-    );
+    o.insert("lost_events".into(), json!({ "source": lost_source_name(lost.source), "num_events_lost": lost.count }));
     put(&mut o, "node_name", json!(node_name));
     o.insert("time".into(), json!(timestamp(time_ns)));
     Value::Object(o)
+}
+
+/// Why a JSON object is not a flow [`read_flow`] can read back.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    #[error("no `{field}`")]
+    Missing { field: String },
+    #[error("`{field}` is {value}, expected {expected}")]
+    Invalid {
+        field: String,
+        /// The value as JSON text.
+        value: String,
+        expected: &'static str,
+    },
+}
+
+fn invalid(field: &str, value: &Value, expected: &'static str) -> ReadError {
+    ReadError::Invalid { field: field.to_owned(), value: value.to_string(), expected }
+}
+
+/// The name of field `key` of the object at `parent` (`""`: the flow itself), for errors only.
+fn field_name(parent: &str, key: &str) -> String {
+    if parent.is_empty() { key.to_owned() } else { format!("{parent}.{key}") }
+}
+
+/// `object[key]` as a string; `None` when absent (protobuf leaves defaults out).
+fn text_at<'a>(object: &'a Value, parent: &str, key: &str) -> Result<Option<&'a str>, ReadError> {
+    match object.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(invalid(&field_name(parent, key), other, "a string")),
+    }
+}
+
+/// `object[key]` as a number of type `T`; 0 when absent.
+fn number_at<T: TryFrom<i64> + Default>(
+    object: Option<&Value>,
+    parent: &str,
+    key: &str,
+    expected: &'static str,
+) -> Result<T, ReadError> {
+    match object.and_then(|o| o.get(key)) {
+        None | Some(Value::Null) => Ok(T::default()),
+        Some(v) => {
+            v.as_i64().and_then(|n| T::try_from(n).ok()).ok_or_else(|| invalid(&field_name(parent, key), v, expected))
+        }
+    }
+}
+
+/// A Unix time in nanoseconds from RFC 3339 (`2021-11-10T10:41:26.095357Z`, or with an offset such as
+/// `+02:00`), the inverse of [`timestamp`]; `None` when the text is not such a time or is before 1970.
+pub fn parse_timestamp(text: &str) -> Option<u64> {
+    let digits = |range: std::ops::Range<usize>| -> Option<i64> {
+        let part = text.get(range)?;
+        part.bytes().all(|b| b.is_ascii_digit()).then(|| part.parse().ok())?
+    };
+    let separators = [(4, b'-'), (7, b'-'), (13, b':'), (16, b':')];
+    let bytes = text.as_bytes();
+    if bytes.len() < 20 || !separators.iter().all(|(i, c)| bytes[*i] == *c) || !matches!(bytes[10], b'T' | b't' | b' ')
+    {
+        return None;
+    }
+    let (year, month, day) = (digits(0..4)?, digits(5..7)?, digits(8..10)?);
+    let (hour, minute, second) = (digits(11..13)?, digits(14..16)?, digits(17..19)?);
+    let mut rest = &text[19..];
+    let mut nanos = 0i64;
+    if let Some(fraction) = rest.strip_prefix('.') {
+        let len = fraction.bytes().take_while(u8::is_ascii_digit).count();
+        if !(1..=9).contains(&len) {
+            return None;
+        }
+        nanos = fraction[..len].parse::<i64>().ok()? * 10i64.pow(9 - len as u32);
+        rest = &fraction[len..];
+    }
+    let offset = match rest.as_bytes() {
+        [b'Z' | b'z'] => 0,
+        [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
+            let hours: i64 = rest[1..3].parse().ok()?;
+            let minutes: i64 = rest[4..6].parse().ok()?;
+            (hours * 60 + minutes) * 60 * if *sign == b'-' { -1 } else { 1 }
+        }
+        _ => return None,
+    };
+    let (m, d) = (u32::try_from(month).ok()?, u32::try_from(day).ok()?);
+    let days = days_from_civil(year, m, d);
+    if civil_from_days(days) != (year, m, d) || hour > 23 || minute > 59 || second > 59 {
+        return None;
+    }
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset;
+    u64::try_from(secs * 1_000_000_000 + nanos).ok()
+}
+
+/// (year, month, day) to days since 1970-01-01, the inverse of [`civil_from_days`].
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = i64::from((month + 9) % 12);
+    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// A label as the agent keeps it: [`cilium_label`]'s `k8s:` source taken off again.
+fn agent_label(label: &str) -> &str {
+    label.strip_prefix("k8s:").unwrap_or(label)
+}
+
+/// `flow.Endpoint` back into a [`Peer`]: the inverse of `endpoint_json`, which also drops the
+/// namespace label the writer adds for pods.
+fn read_peer(value: Option<&Value>, side: &'static str) -> Result<Peer, ReadError> {
+    let Some(object) = value else {
+        return Ok(Peer::default());
+    };
+    let namespace = text_at(object, side, "namespace")?.unwrap_or_default();
+    let pod_name = text_at(object, side, "pod_name")?.unwrap_or_default();
+    let is_pod = !namespace.is_empty() && !pod_name.is_empty();
+    let mut labels = Vec::new();
+    if let Some(list) = object.get("labels").filter(|l| !l.is_null()) {
+        let items = list.as_array().ok_or_else(|| invalid(&field_name(side, "labels"), list, "a list of labels"))?;
+        for item in items {
+            let label =
+                agent_label(item.as_str().ok_or_else(|| invalid(&field_name(side, "labels"), item, "a label string"))?);
+            let added = is_pod
+                && label.strip_prefix(Peer::NAMESPACE_LABEL).and_then(|rest| rest.strip_prefix('=')) == Some(namespace);
+            if !added {
+                labels.push(label.to_owned());
+            }
+        }
+    }
+    Ok(Peer {
+        endpoint_id: number_at(Some(object), side, "ID", "an endpoint id (0 to 65535)")?,
+        identity: number_at(Some(object), side, "identity", "an identity (a 32-bit number)")?,
+        namespace: namespace.to_owned(),
+        pod_name: pod_name.to_owned(),
+        labels,
+    })
+}
+
+fn read_policies(object: &Value, key: &str) -> Result<Vec<PolicyName>, ReadError> {
+    let Some(list) = object.get(key).filter(|l| !l.is_null()) else {
+        return Ok(Vec::new());
+    };
+    let items = list.as_array().ok_or_else(|| invalid(key, list, "a list of policies"))?;
+    items
+        .iter()
+        .map(|p| {
+            Ok(PolicyName {
+                namespace: text_at(p, key, "namespace")?.unwrap_or_default().to_owned(),
+                name: text_at(p, key, "name")?.unwrap_or_default().to_owned(),
+            })
+        })
+        .collect()
+}
+
+/// Reads back a `GetFlowsResponse` line holding a flow, as [`flow_json`] writes it.
+pub fn read_flow_json(line: &Value) -> Result<Flow, ReadError> {
+    read_flow(line.get("flow").ok_or_else(|| ReadError::Missing { field: "flow".into() })?)
+}
+
+/// Reads back a `flow.Flow` object, as [`flow_object`] writes it, so what was exported is decided by
+/// the same code as live flows (`flowgate verdicts export` filters with [`crate::filter`]). Absent
+/// fields are protobuf's defaults; a present value of the wrong kind is an error naming the field.
+/// What the JSON does not carry comes back as zero or unknown: `ktime_ns`, `packet_len`, `cpu`, the
+/// match type of events other than policy verdicts, and the number of an IP protocol other than
+/// TCP, UDP, SCTP and ICMP unless the `Summary` names it. The endpoint where the flow was observed is
+/// the destination for ingress and the source for egress, as the writer's direction says.
+pub fn read_flow(object: &Value) -> Result<Flow, ReadError> {
+    let missing = |field: &str| ReadError::Missing { field: field.to_owned() };
+    let time_ns = match text_at(object, "", "time")? {
+        Some(t) => parse_timestamp(t).ok_or_else(|| invalid("time", &object["time"], "an RFC 3339 time"))?,
+        None => 0,
+    };
+    let verdict_text = text_at(object, "", "verdict")?.ok_or_else(|| missing("verdict"))?;
+    let verdict: Verdict =
+        verdict_text.parse().map_err(|_| invalid("verdict", &object["verdict"], "FORWARDED, DROPPED or AUDIT"))?;
+    let event = object.get("event_type");
+    let message: i32 = number_at(event, "event_type", "type", "a monitor message type")?;
+    let sub_type: i32 = number_at(event, "event_type", "sub_type", "a number")?;
+    let event_type = match message {
+        message_type::DROP => EventType::Drop,
+        message_type::TRACE => EventType::Trace,
+        message_type::POLICY_VERDICT => EventType::PolicyVerdict,
+        message_type::DEBUG_CAPTURE => EventType::Capture,
+        message_type::AGENT => EventType::Agent,
+        0 => return Err(missing("event_type.type")),
+        _ => {
+            return Err(invalid(
+                "event_type.type",
+                &object["event_type"]["type"],
+                "1 (drop), 3 (capture), 4 (trace), 5 (policy verdict) or 130 (agent)",
+            ));
+        }
+    };
+    let ip = object.get("IP").ok_or_else(|| missing("IP"))?;
+    let address = |key: &str| -> Result<Ipv4Addr, ReadError> {
+        let text = text_at(ip, "IP", key)?.ok_or_else(|| missing(&field_name("IP", key)))?;
+        text.parse().map_err(|_| invalid(&field_name("IP", key), &ip[key], "an IPv4 address"))
+    };
+    let (source_ip, destination_ip) = (address("source")?, address("destination")?);
+
+    let mut l4 = L4 { protocol: Protocol::Other(0), ports: (0, 0), tcp_flags: TcpFlags(0), icmp: (0, 0) };
+    let transport = object.get("l4").and_then(Value::as_object).and_then(|m| m.iter().next());
+    match transport.map(|(name, body)| (name.as_str(), body)) {
+        Some((name @ ("TCP" | "UDP" | "SCTP"), body)) => {
+            let parent = match name {
+                "TCP" => "l4.TCP",
+                "UDP" => "l4.UDP",
+                _ => "l4.SCTP",
+            };
+            let port = |key: &str| number_at::<u16>(Some(body), parent, key, "a port");
+            l4.ports = (port("source_port")?, port("destination_port")?);
+            l4.protocol = match name {
+                "TCP" => Protocol::Tcp,
+                "UDP" => Protocol::Udp,
+                _ => Protocol::Sctp,
+            };
+            if let Some(flags) = body.get("flags").and_then(Value::as_object) {
+                for (flag, set) in flags {
+                    let bit = (0..8).map(|i| 1u8 << i).find(|bit| TcpFlags(*bit).names() == [flag.as_str()]);
+                    if let (Some(bit), Some(true)) = (bit, set.as_bool()) {
+                        l4.tcp_flags.0 |= bit;
+                    }
+                }
+            }
+        }
+        Some(("ICMPv4", body)) => {
+            l4.protocol = Protocol::Icmp;
+            l4.icmp = (
+                number_at(Some(body), "l4.ICMPv4", "type", "an ICMP type")?,
+                number_at(Some(body), "l4.ICMPv4", "code", "an ICMP code")?,
+            );
+        }
+        Some((name, _)) => return Err(invalid("l4", &json!(name), "TCP, UDP, SCTP or ICMPv4")),
+        None => {
+            let summary = text_at(object, "", "Summary")?.unwrap_or_default();
+            let number = summary.strip_prefix("IP protocol ").and_then(|n| n.parse().ok());
+            l4.protocol = Protocol::Other(number.unwrap_or(0));
+        }
+    }
+
+    let traffic_direction = match text_at(object, "", "traffic_direction")? {
+        Some("INGRESS") => TrafficDirection::Ingress,
+        Some("EGRESS") => TrafficDirection::Egress,
+        _ => TrafficDirection::Unknown,
+    };
+    let source = read_peer(object.get("source"), "source")?;
+    let destination = read_peer(object.get("destination"), "destination")?;
+    let endpoint_id = match traffic_direction {
+        TrafficDirection::Ingress => destination.endpoint_id,
+        TrafficDirection::Egress => source.endpoint_id,
+        TrafficDirection::Unknown => 0,
+    };
+
+    let drop_reason = if event_type == EventType::Drop {
+        u8::try_from(sub_type).map_err(|_| {
+            invalid("event_type.sub_type", &object["event_type"]["sub_type"], "a drop reason (0 to 255)")
+        })?
+    } else {
+        match text_at(object, "", "drop_reason_desc")? {
+            Some(name) => (0..=u8::MAX).find(|code| drop_reason_name(*code) == name).unwrap_or(0),
+            None => 0,
+        }
+    };
+    let match_type = if event_type == EventType::PolicyVerdict {
+        let number: u32 = number_at(Some(object), "", "policy_match_type", "a match type")?;
+        let known = [MatchType::None, MatchType::L3Only, MatchType::L3L4, MatchType::L4Only, MatchType::All];
+        let found = known.into_iter().find(|m| match_type_number(Some(*m)) == number);
+        Some(found.ok_or_else(|| invalid("policy_match_type", &object["policy_match_type"], "0 to 4"))?)
+    } else {
+        None
+    };
+    let ct_state = match text_at(object, "", "trace_reason")? {
+        Some("NEW") => Some(CtState::New),
+        Some("ESTABLISHED") => Some(CtState::Established),
+        Some("REPLY") => Some(CtState::Reply),
+        _ => None,
+    };
+    let is_reply = match object.get("is_reply") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(v.as_bool().ok_or_else(|| invalid("is_reply", v, "true or false"))?),
+    };
+    let mut allowed = Vec::new();
+    let mut denied = Vec::new();
+    for key in ["ingress_allowed_by", "egress_allowed_by"] {
+        allowed.extend(read_policies(object, key)?);
+    }
+    for key in ["ingress_denied_by", "egress_denied_by"] {
+        denied.extend(read_policies(object, key)?);
+    }
+    let policy = if !allowed.is_empty() {
+        Some(PolicyAttribution::AllowedBy(allowed))
+    } else if !denied.is_empty() {
+        Some(PolicyAttribution::DefaultDeny { isolated_by: denied })
+    } else {
+        None
+    };
+    Ok(Flow {
+        time_ns,
+        ktime_ns: 0,
+        event_type,
+        verdict,
+        drop_reason,
+        source_ip,
+        destination_ip,
+        protocol: l4.protocol,
+        source_port: l4.ports.0,
+        destination_port: l4.ports.1,
+        tcp_flags: l4.tcp_flags,
+        icmp_type: l4.icmp.0,
+        icmp_code: l4.icmp.1,
+        source: Arc::new(source),
+        destination: Arc::new(destination),
+        endpoint_id,
+        traffic_direction,
+        ifindex: number_at(object.get("interface"), "interface", "index", "an interface index")?,
+        packet_len: 0,
+        is_reply,
+        match_type,
+        policy,
+        ct_state,
+        cpu: 0,
+    })
+}
+
+/// The transport part of a flow being read.
+struct L4 {
+    protocol: Protocol,
+    ports: (u16, u16),
+    tcp_flags: TcpFlags,
+    icmp: (u8, u8),
 }
 
 /// Fixture flows of every kind, for golden tests and the schema check.
@@ -360,8 +669,8 @@ pub mod fixtures {
     use std::{net::Ipv4Addr, sync::Arc};
 
     use crate::flow::{
-        CtState, EventType, Flow, MatchType, Peer, PolicyAttribution, PolicyName, Protocol,
-        TcpFlags, TrafficDirection, Verdict,
+        CtState, EventType, Flow, MatchType, Peer, PolicyAttribution, PolicyName, Protocol, TcpFlags, TrafficDirection,
+        Verdict,
     };
 
     /// 2023-08-21T12:12:18.510175415Z.
@@ -388,10 +697,7 @@ pub mod fixtures {
     }
 
     fn policy(name: &str) -> PolicyName {
-        PolicyName {
-            namespace: "default".into(),
-            name: name.into(),
-        }
+        PolicyName { namespace: "default".into(), name: name.into() }
     }
 
     fn base() -> Flow {
@@ -427,9 +733,7 @@ pub mod fixtures {
     pub fn verdict_allowed() -> Flow {
         Flow {
             match_type: Some(MatchType::L3L4),
-            policy: Some(PolicyAttribution::AllowedBy(vec![policy(
-                "network-policy-walkthrough-db",
-            )])),
+            policy: Some(PolicyAttribution::AllowedBy(vec![policy("network-policy-walkthrough-db")])),
             ..base()
         }
     }
@@ -440,28 +744,19 @@ pub mod fixtures {
             verdict: Verdict::Dropped,
             drop_reason: 133,
             match_type: Some(MatchType::None),
-            policy: Some(PolicyAttribution::DefaultDeny {
-                isolated_by: vec![policy("default-deny-ingress-policy")],
-            }),
+            policy: Some(PolicyAttribution::DefaultDeny { isolated_by: vec![policy("default-deny-ingress-policy")] }),
             ..base()
         }
     }
 
     /// As [`verdict_denied`], in audit mode.
     pub fn verdict_audit() -> Flow {
-        Flow {
-            verdict: Verdict::Audit,
-            drop_reason: 0,
-            ..verdict_denied()
-        }
+        Flow { verdict: Verdict::Audit, drop_reason: 0, ..verdict_denied() }
     }
 
     /// The drop record of the denied SYN.
     pub fn drop() -> Flow {
-        Flow {
-            event_type: EventType::Drop,
-            ..verdict_denied()
-        }
+        Flow { event_type: EventType::Drop, ..verdict_denied() }
     }
 
     /// The backend's SYN leaving it (egress trace, new connection).
@@ -504,11 +799,7 @@ pub mod fixtures {
             destination_ip: Ipv4Addr::new(192, 0, 2, 53),
             source_port: 53001,
             destination_port: 53,
-            destination: Arc::new(Peer {
-                identity: 2,
-                labels: vec!["reserved:world".into()],
-                ..Peer::default()
-            }),
+            destination: Arc::new(Peer { identity: 2, labels: vec!["reserved:world".into()], ..Peer::default() }),
             endpoint_id: 12,
             traffic_direction: TrafficDirection::Egress,
             match_type: Some(MatchType::L4Only),
@@ -569,18 +860,9 @@ mod tests {
     fn timestamps_use_as_few_fraction_digits_as_protobuf() {
         assert_eq!(timestamp(0), "1970-01-01T00:00:00Z");
         assert_eq!(timestamp(1_000_000_000), "1970-01-01T00:00:01Z");
-        assert_eq!(
-            timestamp(fixtures::TIME_NS),
-            "2023-08-21T12:12:18.510175415Z"
-        );
-        assert_eq!(
-            timestamp(1_636_540_886_095_357_000),
-            "2021-11-10T10:41:26.095357Z"
-        );
-        assert_eq!(
-            timestamp(1_636_540_886_095_000_000),
-            "2021-11-10T10:41:26.095Z"
-        );
+        assert_eq!(timestamp(fixtures::TIME_NS), "2023-08-21T12:12:18.510175415Z");
+        assert_eq!(timestamp(1_636_540_886_095_357_000), "2021-11-10T10:41:26.095357Z");
+        assert_eq!(timestamp(1_636_540_886_095_000_000), "2021-11-10T10:41:26.095Z");
         assert_eq!(timestamp(951_782_400_000_000_000), "2000-02-29T00:00:00Z");
     }
 
@@ -633,48 +915,123 @@ mod tests {
         assert_eq!(r["flow"]["Summary"], "TCP Flags: SYN, ACK");
         let a = flow_json(&fixtures::verdict_allowed(), "n");
         assert_eq!(a["flow"]["policy_match_type"], 2);
-        assert_eq!(
-            a["flow"]["ingress_allowed_by"][0]["name"],
-            "network-policy-walkthrough-db"
-        );
+        assert_eq!(a["flow"]["ingress_allowed_by"][0]["name"], "network-policy-walkthrough-db");
         let u = flow_json(&fixtures::udp_to_world(), "n");
-        assert_eq!(
-            u["flow"]["destination"],
-            json!({"identity": 2, "labels": ["reserved:world"]})
-        );
+        assert_eq!(u["flow"]["destination"], json!({"identity": 2, "labels": ["reserved:world"]}));
         assert_eq!(u["flow"]["egress_allowed_by"][0]["name"], "allow-dns");
         assert_eq!(u["flow"]["policy_match_type"], 3);
         let i = flow_json(&fixtures::icmp_trace(), "n");
         assert_eq!(i["flow"]["l4"], json!({"ICMPv4": {"type": 8}}));
         assert_eq!(i["flow"]["Summary"], "ICMPv4 EchoRequest");
-        assert_eq!(
-            flow_json(&fixtures::verdict_audit(), "n")["flow"]["verdict"],
-            "AUDIT"
-        );
-        assert_eq!(
-            flow_json(&fixtures::sctp_allowed(), "n")["flow"]["policy_match_type"],
-            4
-        );
+        assert_eq!(flow_json(&fixtures::verdict_audit(), "n")["flow"]["verdict"], "AUDIT");
+        assert_eq!(flow_json(&fixtures::sctp_allowed(), "n")["flow"]["policy_match_type"], 4);
     }
 
     #[test]
     fn lost_events() {
-        let lost = LostEvents {
-            source: LossSource::KernelBuffer,
-            count: 312,
-        };
+        let lost = LostEvents { source: LossSource::KernelBuffer, count: 312 };
         assert_eq!(
             lost_json(&lost, "node-1", 4_000_000_000),
             json!({"lost_events": {"source": "PERF_EVENT_RING_BUFFER", "num_events_lost": 312},
                    "node_name": "node-1", "time": "1970-01-01T00:00:04Z"})
         );
-        let queue = LostEvents {
-            source: LossSource::ClientQueue,
-            count: 5,
+        let queue = LostEvents { source: LossSource::ClientQueue, count: 5 };
+        assert_eq!(lost_json(&queue, "n", 0)["lost_events"]["source"], "OBSERVER_EVENTS_QUEUE");
+    }
+
+    /// What the JSON does not carry, zeroed as the reader leaves it.
+    fn carried(flow: &Flow) -> Flow {
+        Flow {
+            ktime_ns: 0,
+            packet_len: 0,
+            cpu: 0,
+            match_type: if flow.event_type == EventType::PolicyVerdict { flow.match_type } else { None },
+            ..flow.clone()
+        }
+    }
+
+    #[test]
+    fn flows_read_back_as_they_were_written() {
+        let mut flows = fixtures::all();
+        flows.push(("between endpoints", crate::flow::fixtures::flow_between(3, 4, 41000)));
+        let gre = Flow {
+            protocol: Protocol::Other(47),
+            source_port: 0,
+            destination_port: 0,
+            tcp_flags: TcpFlags(0),
+            ..fixtures::verdict_allowed()
+        };
+        flows.push(("GRE", gre));
+        for (name, flow) in flows {
+            let line = flow_json(&flow, "node-1");
+            let text = line.to_string();
+            let parsed: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(read_flow_json(&parsed), Ok(carried(&flow)), "{name}: {text}");
+        }
+    }
+
+    #[test]
+    fn timestamps_read_back() {
+        for ns in [
+            0,
+            1_000_000_000,
+            fixtures::TIME_NS,
+            1_636_540_886_095_357_000,
+            951_782_400_000_000_000,
+            4_102_444_799_999_999_999,
+        ] {
+            assert_eq!(parse_timestamp(&timestamp(ns)), Some(ns), "{}", timestamp(ns));
+        }
+        assert_eq!(parse_timestamp("2021-11-10T12:41:26.5+02:00"), parse_timestamp("2021-11-10T10:41:26.500Z"));
+        for bad in [
+            "",
+            "2021-11-10",
+            "2021-11-10T10:41:26",
+            "2021-02-30T00:00:00Z",
+            "2021-11-10T24:00:00Z",
+            "2021-11-10T10:41:26.Z",
+            "2021-11-10T10:41:26.0123456789Z",
+            "1969-12-31T23:59:59Z",
+            "2021-11-10T10:41:26+0200",
+            "+021-11-10T10:41:26Z",
+        ] {
+            assert_eq!(parse_timestamp(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn defaults_left_out_read_as_defaults_and_bad_values_name_their_field() {
+        let minimal = json!({"verdict": "FORWARDED", "event_type": {"type": 4},
+            "IP": {"source": "10.0.0.1", "destination": "10.0.0.2"}});
+        let flow = read_flow(&minimal).unwrap();
+        assert_eq!(
+            (flow.time_ns, flow.event_type, flow.protocol, flow.endpoint_id),
+            (0, EventType::Trace, Protocol::Other(0), 0)
+        );
+        assert_eq!(*flow.source, Peer::default());
+        let with = |key: &str, value: Value| {
+            let mut object = minimal.clone();
+            object[key] = value;
+            read_flow(&object).unwrap_err().to_string()
         };
         assert_eq!(
-            lost_json(&queue, "n", 0)["lost_events"]["source"],
-            "OBSERVER_EVENTS_QUEUE"
+            with("verdict", json!("TRANSLATED")),
+            "`verdict` is \"TRANSLATED\", expected FORWARDED, DROPPED or AUDIT"
+        );
+        assert_eq!(
+            with("IP", json!({"source": "10.0.0.300", "destination": "10.0.0.2"})),
+            "`IP.source` is \"10.0.0.300\", expected an IPv4 address"
+        );
+        assert_eq!(with("source", json!({"ID": 70000})), "`source.ID` is 70000, expected an endpoint id (0 to 65535)");
+        assert_eq!(
+            with("l4", json!({"UDP": {"destination_port": "53"}})),
+            "`l4.UDP.destination_port` is \"53\", expected a port"
+        );
+        assert_eq!(with("event_type", json!({"type": 129})).split(',').next(), Some("`event_type.type` is 129"));
+        assert_eq!(with("time", json!("yesterday")), "`time` is \"yesterday\", expected an RFC 3339 time");
+        assert_eq!(
+            read_flow(&json!({"verdict": "DROPPED", "event_type": {"type": 1}})).unwrap_err().to_string(),
+            "no `IP`"
         );
     }
 }
