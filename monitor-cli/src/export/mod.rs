@@ -1,9 +1,9 @@
 //! `flowgate verdicts export`: reads the agent's verdict log (the current file and its rotated
 //! backups, gzip too) without the agent, in the order it was written, and writes the records in a
-//! time range that pass the filters as JSON lines, CSV or text; `--follow` goes on with live records,
-//! following rotation. Streams line by line, so memory stays constant for logs of any size. A line
-//! that is not a record is reported on stderr with its file and line number and skipped; a summary
-//! line on stderr closes every export.
+//! time range that pass the filters (the same flags, and the same filter code, as `flowgate monitor`)
+//! as JSON lines, CSV or text; `--follow` goes on with live records, following rotation. Streams line
+//! by line, so memory stays constant for logs of any size. A line that is not a record is reported on
+//! stderr with its file and line number and skipped; a summary line on stderr closes every export.
 
 mod files;
 mod render;
@@ -23,6 +23,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand, ValueEnum};
+use flowgate_proto::filter::FilterSet;
 use jiff::{SignedDuration, Timestamp};
 use serde_json::Value;
 
@@ -30,6 +31,7 @@ use self::{
     files::{LineReader, LogPart},
     select::{Record, Selection},
 };
+use crate::filter_args::FilterArgs;
 
 /// Where the agent writes its verdict log by default.
 pub const DEFAULT_LOG: &str = "/var/log/flowgate/verdicts.jsonl";
@@ -71,27 +73,8 @@ pub struct ExportArgs {
     /// Records up to this time: RFC 3339 or an age.
     #[arg(long, value_name = "TIME")]
     until: Option<String>,
-    /// Flows with this endpoint id on either side (repeatable).
-    #[arg(long, value_name = "ID")]
-    related_to: Vec<u64>,
-    /// Flows with either side in this namespace (repeatable).
-    #[arg(long)]
-    namespace: Vec<String>,
-    /// Flows with this pod on either side: NAMESPACE/NAME, or NAME in any namespace (repeatable).
-    #[arg(long)]
-    pod: Vec<String>,
-    /// allowed, denied or audit (repeatable).
-    #[arg(long, value_parser = parse_verdict)]
-    verdict: Vec<String>,
-    /// Flows a policy allowed or denied: NAMESPACE/NAME (repeatable).
-    #[arg(long, value_name = "NS/NAME", value_parser = parse_policy)]
-    policy: Vec<(String, String)>,
-    /// Source or destination port (repeatable).
-    #[arg(long)]
-    port: Vec<u64>,
-    /// TCP, UDP, SCTP or ICMP (repeatable).
-    #[arg(long, value_parser = parse_protocol)]
-    protocol: Vec<String>,
+    #[command(flatten)]
+    filter: FilterArgs,
     #[arg(short, long, value_enum, default_value_t = Format::Jsonl)]
     output: Format,
     /// Write here instead of standard output.
@@ -101,35 +84,6 @@ pub struct ExportArgs {
     /// interrupted or past --until.
     #[arg(short, long)]
     follow: bool,
-}
-
-fn parse_verdict(s: &str) -> Result<String, String> {
-    match s.to_ascii_lowercase().as_str() {
-        "allowed" | "allow" | "forwarded" => Ok("FORWARDED".into()),
-        "denied" | "deny" | "dropped" => Ok("DROPPED".into()),
-        "audit" => Ok("AUDIT".into()),
-        _ => Err(format!(
-            "unknown verdict {s:?} (expected allowed, denied or audit)"
-        )),
-    }
-}
-
-fn parse_policy(s: &str) -> Result<(String, String), String> {
-    match s.split_once('/') {
-        Some((ns, name)) if !ns.is_empty() && !name.is_empty() => {
-            Ok((ns.to_owned(), name.to_owned()))
-        }
-        _ => Err(format!("{s:?}: write the policy as NAMESPACE/NAME")),
-    }
-}
-
-fn parse_protocol(s: &str) -> Result<String, String> {
-    match s.to_ascii_uppercase().as_str() {
-        p @ ("TCP" | "UDP" | "SCTP" | "ICMP") => Ok(p.to_owned()),
-        _ => Err(format!(
-            "unknown protocol {s:?} (expected TCP, UDP, SCTP or ICMP)"
-        )),
-    }
 }
 
 /// Counts for the closing summary.
@@ -169,8 +123,16 @@ impl<W: Write> Export<W> {
         let in_range = self.selection.in_range(select::time_of(&value));
         match select::classify(&value) {
             Record::Flow(flow) => {
-                if !in_range || !self.selection.matches(flow) {
+                if !in_range {
                     return Ok(());
+                }
+                match self.selection.keeps(flow) {
+                    Ok(true) => {}
+                    Ok(false) => return Ok(()),
+                    Err(e) => {
+                        self.corrupt(file, number, &format!("a flow that cannot be read ({e})"));
+                        return Ok(());
+                    }
                 }
                 self.tally.flows_exported += 1;
                 match self.format {
@@ -314,19 +276,20 @@ fn selection(args: &ExportArgs) -> anyhow::Result<Selection> {
     };
     let (since, until) = (time("since", &args.since)?, time("until", &args.until)?);
     if let (Some(s), Some(u)) = (since, until)
-        && s > u {
-            bail!("--since ({s}) is after --until ({u}): nothing can match");
-        }
+        && s > u
+    {
+        bail!("--since ({s}) is after --until ({u}): nothing can match");
+    }
+    let filter = args.filter.filter();
+    let filters = if filter.is_empty() {
+        FilterSet::default()
+    } else {
+        FilterSet::compile(&[filter], &[])
+    };
     Ok(Selection {
         since,
         until,
-        related_to: args.related_to.clone(),
-        namespaces: args.namespace.clone(),
-        pods: args.pod.clone(),
-        verdicts: args.verdict.clone(),
-        policies: args.policy.clone(),
-        ports: args.port.clone(),
-        protocols: args.protocol.clone(),
+        filters,
     })
 }
 

@@ -1,14 +1,59 @@
 //! Output formats of an export: the JSON lines as they are in the log, CSV with one row per flow, or
-//! a compact one-line text summary per record. Pure.
+//! a compact one-line text summary per record, taken from the JSON as written (fields a reader of
+//! Hubble's JSON would see). Pure.
 
 use std::io::{self, Write};
 
 use serde_json::Value;
 
-use super::select::{field, l4, policies, ports};
-
 /// CSV columns, in order.
 pub const CSV_HEADER: &str = "time,node_name,verdict,event_type,traffic_direction,drop_reason,source_ip,source_port,source_namespace,source_pod,source_identity,destination_ip,destination_port,destination_namespace,destination_pod,destination_identity,protocol,policies";
+
+/// A field under either spelling (Hubble's JSON keeps proto names such as `ID` and `IP`).
+fn field<'a>(v: &'a Value, names: &[&str]) -> Option<&'a Value> {
+    names.iter().find_map(|n| v.get(*n))
+}
+
+/// `(protocol, l4 object)`: `("TCP", {...})`.
+fn l4(flow: &Value) -> Option<(&str, &Value)> {
+    flow.get("l4")?
+        .as_object()?
+        .iter()
+        .next()
+        .map(|(k, v)| (k.as_str(), v))
+}
+
+fn ports(flow: &Value) -> (Option<u64>, Option<u64>) {
+    match l4(flow) {
+        Some((_, v)) => (
+            v.get("source_port").and_then(Value::as_u64),
+            v.get("destination_port").and_then(Value::as_u64),
+        ),
+        None => (None, None),
+    }
+}
+
+/// Policies named on the flow: `(namespace, name)` for every `*_allowed_by` / `*_denied_by`.
+fn policies(flow: &Value) -> impl Iterator<Item = (&str, &str)> {
+    const LISTS: [&str; 4] = [
+        "ingress_allowed_by",
+        "egress_allowed_by",
+        "ingress_denied_by",
+        "egress_denied_by",
+    ];
+    LISTS.into_iter().flat_map(move |list| {
+        flow.get(list)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                (
+                    p.get("namespace").and_then(Value::as_str).unwrap_or(""),
+                    p.get("name").and_then(Value::as_str).unwrap_or(""),
+                )
+            })
+    })
+}
 
 fn s<'a>(v: Option<&'a Value>, names: &[&str]) -> &'a str {
     v.and_then(|v| field(v, names))
@@ -44,7 +89,7 @@ pub fn event_name(flow: &Value) -> String {
 /// `x/deny-all,y/allow-db` (each once).
 pub fn policy_list(flow: &Value) -> String {
     let mut names: Vec<String> = policies(flow)
-        .map(|(ns, name, _)| format!("{ns}/{name}"))
+        .map(|(ns, name)| format!("{ns}/{name}"))
         .collect();
     names.dedup();
     names.join(",")

@@ -1,7 +1,12 @@
-//! Which records an export keeps: a time range and flow filters, applied to the Hubble-shaped JSON of
-//! each line directly (no agent, no `Flow` needed). Within one criterion any value matches; all the
-//! criteria given must match. Pure.
+//! Which records an export keeps: a time range, and the flow filters of `flowgate_proto::filter`.
+//! Each flow line is read back into the flow it was written from (`hubble::read_flow`) and decided by
+//! the same code as `flowgate monitor` and the verdict log's include/exclude, so a flag means the same
+//! live and in an export. Pure.
 
+use flowgate_proto::{
+    filter::FilterSet,
+    hubble::{self, ReadError},
+};
 use jiff::{SignedDuration, Timestamp};
 use serde_json::Value;
 
@@ -70,83 +75,13 @@ pub fn time_of(line: &Value) -> Option<Timestamp> {
         .ok()
 }
 
-/// A field under either spelling (Hubble's JSON keeps proto names such as `ID` and `IP`).
-pub fn field<'a>(v: &'a Value, names: &[&str]) -> Option<&'a Value> {
-    names.iter().find_map(|n| v.get(*n))
-}
-
-pub fn sides(flow: &Value) -> [Option<&Value>; 2] {
-    [flow.get("source"), flow.get("destination")]
-}
-
-/// `(protocol, l4 object)`: `("TCP", {...})`.
-pub fn l4(flow: &Value) -> Option<(&str, &Value)> {
-    flow.get("l4")?
-        .as_object()?
-        .iter()
-        .next()
-        .map(|(k, v)| (k.as_str(), v))
-}
-
-pub fn ports(flow: &Value) -> (Option<u64>, Option<u64>) {
-    match l4(flow) {
-        Some((_, v)) => (
-            v.get("source_port").and_then(Value::as_u64),
-            v.get("destination_port").and_then(Value::as_u64),
-        ),
-        None => (None, None),
-    }
-}
-
-/// Policies named on the flow: `(namespace, name, list)` for every `*_allowed_by` / `*_denied_by`.
-pub fn policies(flow: &Value) -> impl Iterator<Item = (&str, &str, &'static str)> {
-    const LISTS: [&str; 4] = [
-        "ingress_allowed_by",
-        "egress_allowed_by",
-        "ingress_denied_by",
-        "egress_denied_by",
-    ];
-    LISTS.into_iter().flat_map(move |list| {
-        flow.get(list)
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .map(move |p| {
-                (
-                    p.get("namespace").and_then(Value::as_str).unwrap_or(""),
-                    p.get("name").and_then(Value::as_str).unwrap_or(""),
-                    list,
-                )
-            })
-    })
-}
-
-fn str_at<'a>(v: Option<&'a Value>, names: &[&str]) -> &'a str {
-    v.and_then(|v| field(v, names))
-        .and_then(Value::as_str)
-        .unwrap_or("")
-}
-
-/// The filters of `flowgate verdicts export`.
+/// Which records an export keeps: those in the time range whose flow passes the filters.
 #[derive(Clone, Debug, Default)]
 pub struct Selection {
     pub since: Option<Timestamp>,
     pub until: Option<Timestamp>,
-    pub related_to: Vec<u64>,
-    pub namespaces: Vec<String>,
-    /// `namespace/name`, or `name` in any namespace.
-    pub pods: Vec<String>,
-    /// Hubble's names: FORWARDED, DROPPED, AUDIT.
-    pub verdicts: Vec<String>,
-    /// `(namespace, name)`.
-    pub policies: Vec<(String, String)>,
-    pub ports: Vec<u64>,
-    /// Upper case: TCP, UDP, SCTP, ICMP.
-    pub protocols: Vec<String>,
-}
-
-fn any_or<T>(values: &[T], pred: impl Fn(&T) -> bool) -> bool {
-    values.is_empty() || values.iter().any(pred)
+    /// The command line's filter, compiled; empty when no filter flag was given.
+    pub filters: FilterSet,
 }
 
 impl Selection {
@@ -158,40 +93,20 @@ impl Selection {
         }
     }
 
-    /// Whether the flow (the object under `flow`) meets every filter.
-    pub fn matches(&self, flow: &Value) -> bool {
-        let sides = sides(flow);
-        any_or(&self.related_to, |id| {
-            sides.iter().any(|s| {
-                s.and_then(|s| field(s, &["ID", "id"]))
-                    .and_then(Value::as_u64)
-                    == Some(*id)
-            })
-        }) && any_or(&self.namespaces, |ns| {
-            sides.iter().any(|s| str_at(*s, &["namespace"]) == ns)
-        }) && any_or(&self.pods, |pod| {
-            sides.iter().any(|s| {
-                let (ns, name) = (str_at(*s, &["namespace"]), str_at(*s, &["pod_name"]));
-                match pod.split_once('/') {
-                    Some((want_ns, want)) => ns == want_ns && name == want,
-                    None => !name.is_empty() && name == pod,
-                }
-            })
-        }) && any_or(&self.verdicts, |v| {
-            flow.get("verdict").and_then(Value::as_str) == Some(v)
-        }) && any_or(&self.policies, |(ns, name)| {
-            policies(flow).any(|(n, m, _)| n == ns && m == name)
-        }) && any_or(&self.ports, |port| {
-            let (s, d) = ports(flow);
-            s == Some(*port) || d == Some(*port)
-        }) && any_or(&self.protocols, |p| {
-            l4(flow).is_some_and(|(proto, _)| proto.to_ascii_uppercase().starts_with(p.as_str()))
-        })
+    /// Whether the flow (the object under `flow`) passes the filters: read back into a `Flow` and
+    /// decided by the filter model's own code. Without filters nothing needs reading; a flow that
+    /// cannot be read when there are is an error, for the caller to report.
+    pub fn keeps(&self, flow: &Value) -> Result<bool, ReadError> {
+        if self.filters.is_empty() {
+            return Ok(true);
+        }
+        Ok(self.filters.matches(&hubble::read_flow(flow)?))
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use flowgate_proto::filter::FlowFilter;
     use serde_json::json;
 
     use super::*;
@@ -201,6 +116,8 @@ mod tests {
             "flow": {
                 "time": "2024-05-01T10:00:00.5Z",
                 "verdict": "DROPPED",
+                "event_type": {"type": 5},
+                "traffic_direction": "INGRESS",
                 "IP": {"source": "10.0.0.1", "destination": "10.0.0.2"},
                 "l4": {"TCP": {"source_port": 40000, "destination_port": 80}},
                 "source": {"ID": 12, "identity": 5000, "namespace": "x", "pod_name": "a"},
@@ -237,38 +154,75 @@ mod tests {
         );
     }
 
+    /// The same filter as the flags would build, as text.
+    fn selection(filter: &str) -> Selection {
+        let filter: FlowFilter = serde_json::from_str(filter).unwrap();
+        Selection {
+            filters: FilterSet::compile(&[filter], &[]),
+            ..Selection::default()
+        }
+    }
+
     #[test]
     fn filters() {
         let l = line();
         let Record::Flow(f) = classify(&l) else {
             panic!()
         };
-        let sel = |f: &dyn Fn(&mut Selection)| {
-            let mut s = Selection::default();
-            f(&mut s);
-            s
+        let keeps = |filter: &str| selection(filter).keeps(f).unwrap();
+        assert!(Selection::default().keeps(f).unwrap());
+        assert!(keeps(r#"{"related_to": [7, 99]}"#));
+        assert!(!keeps(r#"{"related_to": [99]}"#));
+        assert!(keeps(r#"{"pods": ["y/b"]}"#));
+        assert!(keeps(r#"{"pods": ["a"]}"#));
+        assert!(!keeps(r#"{"pods": ["x/b"]}"#));
+        assert!(keeps(r#"{"namespaces": ["y"]}"#));
+        assert!(keeps(r#"{"verdicts": ["DROPPED"]}"#));
+        assert!(!keeps(r#"{"verdicts": ["FORWARDED"]}"#));
+        assert!(keeps(r#"{"policies": ["y/deny-all"]}"#));
+        assert!(!keeps(r#"{"policies": ["x/deny-all"]}"#));
+        assert!(keeps(r#"{"ports": [80]}"#));
+        assert!(keeps(r#"{"protocols": ["TCP"]}"#));
+        assert!(!keeps(r#"{"protocols": ["UDP"], "ports": [80]}"#));
+        let range = Selection {
+            since: Some("2024-05-01T10:00:01Z".parse().unwrap()),
+            ..Selection::default()
         };
-        assert!(Selection::default().matches(f));
-        assert!(sel(&|s| s.related_to = vec![7, 99]).matches(f));
-        assert!(!sel(&|s| s.related_to = vec![99]).matches(f));
-        assert!(sel(&|s| s.pods = vec!["y/b".into()]).matches(f));
-        assert!(sel(&|s| s.pods = vec!["a".into()]).matches(f));
-        assert!(!sel(&|s| s.pods = vec!["x/b".into()]).matches(f));
-        assert!(sel(&|s| s.namespaces = vec!["y".into()]).matches(f));
-        assert!(sel(&|s| s.verdicts = vec!["DROPPED".into()]).matches(f));
-        assert!(!sel(&|s| s.verdicts = vec!["FORWARDED".into()]).matches(f));
-        assert!(sel(&|s| s.policies = vec![("y".into(), "deny-all".into())]).matches(f));
-        assert!(!sel(&|s| s.policies = vec![("x".into(), "deny-all".into())]).matches(f));
-        assert!(sel(&|s| s.ports = vec![80]).matches(f));
-        assert!(sel(&|s| s.protocols = vec!["TCP".into()]).matches(f));
-        assert!(
-            !sel(&|s| {
-                s.protocols = vec!["UDP".into()];
-                s.ports = vec![80];
-            })
-            .matches(f)
-        );
-        let range = sel(&|s| s.since = Some("2024-05-01T10:00:01Z".parse().unwrap()));
         assert!(!range.in_range(time_of(&l)));
+    }
+
+    #[test]
+    fn pods_are_name_prefixes_in_any_namespace_as_in_the_monitor() {
+        let l = line();
+        let Record::Flow(f) = classify(&l) else {
+            panic!()
+        };
+        let mut longer = f.clone();
+        longer["destination"]["pod_name"] = "b-7d9f".into();
+        for (filter, keeps) in [
+            (r#"{"pods": ["y/b"]}"#, true),
+            (r#"{"pods": ["b-"]}"#, true),
+            (r#"{"pods": ["y/c"]}"#, false),
+        ] {
+            assert_eq!(selection(filter).keeps(&longer).unwrap(), keeps, "{filter}");
+        }
+    }
+
+    #[test]
+    fn a_flow_that_cannot_be_read_is_an_error_only_when_filtering() {
+        let mut l = line();
+        l["flow"]["verdict"] = "TRANSLATED".into();
+        let Record::Flow(f) = classify(&l) else {
+            panic!()
+        };
+        assert!(
+            Selection::default().keeps(f).unwrap(),
+            "no filter: kept as it is"
+        );
+        let e = selection(r#"{"ports": [80]}"#).keeps(f).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "`verdict` is \"TRANSLATED\", expected FORWARDED, DROPPED or AUDIT"
+        );
     }
 }
