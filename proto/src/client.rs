@@ -489,8 +489,9 @@ mod tests {
             "{err}"
         );
         assert!(
-            err.to_string()
-                .contains("agent speaks 7.3, client speaks 1.0"),
+            err.to_string().contains(&format!(
+                "agent speaks 7.3, client speaks {PROTOCOL_VERSION}"
+            )),
             "{err}"
         );
     }

@@ -11,8 +11,9 @@ pub struct ProtocolVersion {
     pub minor: u16,
 }
 
-/// The version this build speaks.
-pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion { major: 1, minor: 0 };
+/// The version this build speaks. 1.1: flow filters gained `policies`, and `pods` became Hubble's
+/// `[namespace/]pod-name-prefix` (1.0 read them as an exact `namespace/name`).
+pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion { major: 1, minor: 1 };
 
 impl ProtocolVersion {
     /// Whether a peer speaking `other` can talk to us.

@@ -371,8 +371,11 @@ async fn other_major_is_refused_with_both_versions() {
     };
     assert_eq!(*reason, Refusal::VersionMismatch);
     assert_eq!(
-        message,
-        "protocol version mismatch: agent speaks 1.0, client speaks 2.0"
+        *message,
+        format!(
+            "protocol version mismatch: agent speaks {}, client speaks 2.0",
+            flowgate_proto::PROTOCOL_VERSION
+        )
     );
     // A newer minor is fine.
     let hello = Hello {

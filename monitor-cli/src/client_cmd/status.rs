@@ -133,7 +133,7 @@ pub fn render(status: &Status) -> String {
 #[cfg(test)]
 mod tests {
     use flowgate_proto::{
-        PROTOCOL_VERSION,
+        ProtocolVersion,
         message::{ClientInfo, Counters, EventsBufferInfo},
     };
 
@@ -153,7 +153,7 @@ mod tests {
     fn status_lists_the_agent_then_its_clients() {
         let status = Status {
             agent_version: "0.1.0".into(),
-            protocol: Some(PROTOCOL_VERSION),
+            protocol: Some(ProtocolVersion { major: 1, minor: 0 }),
             uptime_seconds: 65.0,
             kernel: "6.8.0-1".into(),
             events_buffer: EventsBufferInfo {

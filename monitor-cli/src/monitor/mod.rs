@@ -12,6 +12,7 @@ use std::io::IsTerminal as _;
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use flowgate_proto::{
+    ProtocolVersion,
     client::Client,
     endpoint::Endpoint,
     filter::FlowFilter,
@@ -90,6 +91,15 @@ pub fn unknown_endpoint(filter: &FlowFilter, endpoints: &[Endpoint]) -> Option<S
 
 /// Asks the agent for its endpoints on a connection of its own.
 pub async fn fetch_endpoints(socket: &std::path::Path) -> anyhow::Result<Vec<Endpoint>> {
+    agent_endpoints(socket)
+        .await
+        .map(|(_, endpoints)| endpoints)
+}
+
+/// The agent's protocol version and its endpoints.
+async fn agent_endpoints(
+    socket: &std::path::Path,
+) -> anyhow::Result<(ProtocolVersion, Vec<Endpoint>)> {
     let mut client = Client::connect(socket, &software())
         .await
         .map_err(|e| anyhow::anyhow!(describe(&e)))?;
@@ -98,9 +108,20 @@ pub async fn fetch_endpoints(socket: &std::path::Path) -> anyhow::Result<Vec<End
         .await
         .map_err(|e| anyhow::anyhow!(describe(&e)))?
     {
-        Response::Endpoints(endpoints) => Ok(endpoints),
+        Response::Endpoints(endpoints) => Ok((client.agent.protocol, endpoints)),
         other => anyhow::bail!("the agent answered `endpoint list` with something else: {other:?}"),
     }
+}
+
+/// An agent speaking protocol 1.0 would ignore `--policy` and read `--pod` as an exact
+/// `namespace/name`: say so rather than show it other flows than asked for.
+pub fn older_agent(filter: &FlowFilter, agent: ProtocolVersion) -> Option<String> {
+    (agent.minor == 0 && filter.needs_protocol_1_1()).then(|| {
+        format!(
+            "the agent speaks protocol {agent}, which knows neither --policy nor --pod without a \
+             namespace or as a name prefix; upgrade the agent, or give --pod as NAMESPACE/NAME"
+        )
+    })
 }
 
 /// The node name in JSON lines: this machine's hostname.
@@ -126,8 +147,11 @@ pub fn run(args: &MonitorArgs) -> anyhow::Result<()> {
     runtime.block_on(async {
         let filter = args.filter();
         // Also checks that the agent is there and speaks our protocol before anything else happens.
-        let endpoints = fetch_endpoints(&args.socket.socket).await?;
+        let (agent, endpoints) = agent_endpoints(&args.socket.socket).await?;
         if let Some(message) = unknown_endpoint(&filter, &endpoints) {
+            anyhow::bail!("{message}");
+        }
+        if let Some(message) = older_agent(&filter, agent) {
             anyhow::bail!("{message}");
         }
         match output {
@@ -258,6 +282,25 @@ mod tests {
         assert!(bad(&["-t", "packet"]));
         assert!(bad(&["--protocol", "gre"]));
         assert!(bad(&["--related-to", "x"]));
+    }
+
+    #[test]
+    fn filters_an_older_agent_would_misread_are_refused() {
+        let v1_0 = ProtocolVersion { major: 1, minor: 0 };
+        let pod = |p: &str| FlowFilter {
+            pods: vec![p.parse().unwrap()],
+            ..FlowFilter::default()
+        };
+        assert_eq!(older_agent(&pod("default/web"), v1_0), None);
+        assert!(
+            older_agent(&pod("web"), v1_0)
+                .unwrap()
+                .contains("protocol 1.0")
+        );
+        assert_eq!(
+            older_agent(&pod("web"), flowgate_proto::PROTOCOL_VERSION),
+            None
+        );
     }
 
     #[test]
