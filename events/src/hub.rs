@@ -10,7 +10,7 @@ use std::sync::{
 
 use flowgate_proto::{
     Flow,
-    filter::{self, FlowFilter},
+    filter::FilterSet,
     message::{Event, LossSource, LostEvents, Subscription},
 };
 use tokio::sync::mpsc;
@@ -72,8 +72,9 @@ pub struct SubscriberStats {
 
 struct Slot {
     id: u64,
-    allow: Vec<FlowFilter>,
-    deny: Vec<FlowFilter>,
+    /// The subscription's allow and deny lists, compiled into sets once at subscription time, so the
+    /// cost per event does not grow with the number of pods or endpoints named.
+    filters: FilterSet,
     tx: mpsc::UnboundedSender<Vec<Event>>,
     /// Events in the queue now, and how many it may hold.
     queued: Arc<AtomicUsize>,
@@ -193,8 +194,7 @@ impl Hub {
             let queued = Arc::new(AtomicUsize::new(0));
             inner.slots.push(Slot {
                 id,
-                allow: subscription.allow.clone(),
-                deny: subscription.deny.clone(),
+                filters: FilterSet::compile(&subscription.allow, &subscription.deny),
                 tx,
                 queued: Arc::clone(&queued),
                 limit: self.config.queue_events.max(1),
@@ -230,7 +230,7 @@ impl Hub {
         for slot in &mut inner.slots {
             let events: Vec<Event> = flows
                 .iter()
-                .filter(|f| filter::passes(&slot.allow, &slot.deny, f))
+                .filter(|f| slot.filters.matches(f))
                 .map(|f| Event::Flow(Arc::clone(f)))
                 .collect();
             let before = slot.stats.events_lost.load(Ordering::Relaxed);
