@@ -21,6 +21,14 @@ use flowgate_tests::{
 use serde_json::Value;
 
 /// One sample of the agent's metrics.
+/// The tests of this file flood the verdict log or export a million records; on a 2-core machine two of
+/// them at once starve each other past their deadlines (an `export --follow` reader fell behind while the
+/// million-record export ran beside it). They take turns.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    HEAVY.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn metric(port: u16, name: &str) -> f64 {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
     write!(s, "GET /metrics HTTP/1.0\r\n\r\n").unwrap();
@@ -231,6 +239,7 @@ fn start_agent(
 #[test]
 fn rotation_under_load_keeps_every_record_whole_and_export_follow_gets_them_all() {
     require_root();
+    let _turn = one_at_a_time();
     let lab = LabGuard::up("vrot", &example("lab-netpol.yaml"));
     let tmp = TempDir::new("vlog-rot");
     let sockets = SocketDir::new("vrot");
@@ -384,6 +393,7 @@ impl Drop for SmallDisk {
 #[test]
 fn a_full_disk_leaves_only_whole_records_and_every_unwritten_one_is_counted_and_marked() {
     require_root();
+    let _turn = one_at_a_time();
     let lab = LabGuard::up("vfull", &example("lab-netpol.yaml"));
     let tmp = TempDir::new("vlog-full");
     let disk = SmallDisk::mount(&tmp.0.join("log"), "256k");
@@ -452,6 +462,7 @@ fn a_full_disk_leaves_only_whole_records_and_every_unwritten_one_is_counted_and_
 #[test]
 fn kill_9_while_writing_leaves_only_whole_records() {
     require_root();
+    let _turn = one_at_a_time();
     let lab = LabGuard::up("vkill", &example("lab-netpol.yaml"));
     let tmp = TempDir::new("vlog-kill");
     let sockets = SocketDir::new("vkill");
@@ -615,6 +626,7 @@ fn generate(dir: &Path, total: u64, backups: u64) -> PathBuf {
 
 #[test]
 fn export_of_a_million_records_selects_exactly_in_constant_memory_and_reports_corrupt_lines() {
+    let _turn = one_at_a_time();
     let tmp = TempDir::new("vlog-million");
     const TOTAL: u64 = 1_000_000;
     let started = Instant::now();
