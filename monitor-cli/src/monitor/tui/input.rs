@@ -3,33 +3,7 @@
 
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
-use super::state::Mode;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Action {
-    /// `q`: quit (or close the pane on top).
-    Quit,
-    /// Ctrl-C: quit from anywhere.
-    ForceQuit,
-    TogglePause,
-    Up(usize),
-    Down(usize),
-    PageUp,
-    PageDown,
-    /// End / `f`: back to following the newest events.
-    Follow,
-    Search,
-    EditEndpoints,
-    CycleVerdict,
-    CycleType,
-    Picker,
-    Help,
-    Input(char),
-    Backspace,
-    Submit,
-    /// Esc.
-    Cancel,
-}
+use super::state::{Action, Mode};
 
 /// The keys, as the help pane lists them.
 pub const HELP: &[(&str, &str)] = &[

@@ -1,5 +1,5 @@
 //! The monitor's TUI: the connection ([`crate::monitor::session`]) feeds batches into a bounded
-//! [`state::State`]; keys become [`input::Action`]s; the screen is drawn from the state at a fixed frame
+//! [`state::State`]; keys become [`state::Action`]s (in [`input`]); the screen is drawn from the state at a fixed frame
 //! rate, so drawing costs the same at 10 or 100k events per second.
 
 pub mod input;

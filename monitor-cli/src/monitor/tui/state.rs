@@ -14,8 +14,34 @@ use flowgate_proto::{
     message::{Event, LossSource},
 };
 
-use super::input::Action;
 use crate::monitor::{session::NetEvent, unknown_endpoint};
+
+/// What a key asks the state to do (keys are mapped in `input`, the state applies the action).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// `q`: quit (or close the pane on top).
+    Quit,
+    /// Ctrl-C: quit from anywhere.
+    ForceQuit,
+    TogglePause,
+    Up(usize),
+    Down(usize),
+    PageUp,
+    PageDown,
+    /// End / `f`: back to following the newest events.
+    Follow,
+    Search,
+    EditEndpoints,
+    CycleVerdict,
+    CycleType,
+    Picker,
+    Help,
+    Input(char),
+    Backspace,
+    Submit,
+    /// Esc.
+    Cancel,
+}
 
 /// Flows kept for scrolling back.
 pub const HISTORY: usize = 10_000;

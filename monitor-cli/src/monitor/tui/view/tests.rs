@@ -15,7 +15,7 @@ use super::render;
 use crate::monitor::{
     session::NetEvent,
     tests::endpoint,
-    tui::{input::Action, state::State},
+    tui::state::{Action, State},
 };
 
 const WIDTH: u16 = 150;
