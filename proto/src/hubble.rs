@@ -4,6 +4,7 @@
 //! and the agent's verdict log so both write exactly the same JSON. Every field is described in
 //! `docs/flow-json.md`.
 
+use flowgate_common::drop_reason;
 use serde_json::{Map, Value, json};
 
 use crate::{
@@ -75,32 +76,14 @@ pub fn verdict_name(verdict: Verdict) -> &'static str {
     verdict.hubble_name()
 }
 
-/// Hubble's `DropReason` name of a Cilium drop reason code.
+/// Hubble's `DropReason` name of a Cilium drop reason code (`flowgate_common::drop_reason`'s table).
 pub fn drop_reason_name(code: u8) -> &'static str {
-    match code {
-        132 => "INVALID_SOURCE_IP",
-        133 => "POLICY_DENIED",
-        134 => "INVALID_PACKET_DROPPED",
-        135 => "CT_TRUNCATED_OR_INVALID_HEADER",
-        136 => "CT_MISSING_TCP_ACK_FLAG",
-        137 => "CT_UNKNOWN_L4_PROTOCOL",
-        139 => "UNSUPPORTED_L3_PROTOCOL",
-        142 => "UNKNOWN_L4_PROTOCOL",
-        155 => "CT_MAP_INSERTION_FAILED",
-        181 => "POLICY_DENY",
-        _ => "DROP_REASON_UNKNOWN",
-    }
+    drop_reason::hubble_name(code)
 }
 
-/// Cilium's numbering of policy match types (`policy_match_type`).
+/// Cilium's numbering of policy match types (`policy_match_type`), see [`MatchType::hubble_number`].
 pub fn match_type_number(m: Option<MatchType>) -> u32 {
-    match m {
-        None | Some(MatchType::None) => 0,
-        Some(MatchType::L3Only) => 1,
-        Some(MatchType::L3L4) => 2,
-        Some(MatchType::L4Only) => 3,
-        Some(MatchType::All) => 4,
-    }
+    m.unwrap_or(MatchType::None).hubble_number()
 }
 
 /// `event_type` {type, sub_type}: drop → (1, drop reason), trace → (4, observation point), policy
@@ -134,11 +117,11 @@ pub fn cilium_label(label: &str) -> String {
 
 /// `TCP Flags: SYN`, `UDP`, `ICMPv4 EchoRequest`, as Hubble's summary.
 pub fn summary(flow: &Flow) -> String {
+    let name = flow.protocol.hubble_name().unwrap_or_default();
     match flow.protocol {
-        Protocol::Tcp => format!("TCP Flags: {}", flow.tcp_flags.names().join(", ")),
-        Protocol::Udp => "UDP".into(),
-        Protocol::Sctp => "SCTP".into(),
-        Protocol::Icmp => format!("ICMPv4 {}", icmp_type_name(flow.icmp_type, flow.icmp_code)),
+        Protocol::Tcp => format!("{name} Flags: {}", flow.tcp_flags.names().join(", ")),
+        Protocol::Udp | Protocol::Sctp => name.into(),
+        Protocol::Icmp => format!("{name} {}", icmp_type_name(flow.icmp_type, flow.icmp_code)),
         Protocol::Other(n) => format!("IP protocol {n}"),
     }
 }
@@ -190,34 +173,22 @@ fn endpoint_json(peer: &Peer) -> Value {
 }
 
 fn l4_json(flow: &Flow) -> Value {
-    let ports = |name: &str| {
-        let mut p = Map::new();
-        put(&mut p, "source_port", json!(flow.source_port));
-        put(&mut p, "destination_port", json!(flow.destination_port));
-        (name.to_owned(), p)
+    let Some(name) = flow.protocol.hubble_name() else {
+        return Value::Null;
     };
-    let (name, body) = match flow.protocol {
-        Protocol::Tcp => {
-            let (name, mut p) = ports("TCP");
-            let flags: Map<String, Value> = flow
-                .tcp_flags
-                .names()
-                .into_iter()
-                .map(|f| (f.to_owned(), Value::Bool(true)))
-                .collect();
-            put(&mut p, "flags", Value::Object(flags));
-            (name, p)
-        }
-        Protocol::Udp => ports("UDP"),
-        Protocol::Sctp => ports("SCTP"),
-        Protocol::Icmp => {
-            let mut p = Map::new();
-            put(&mut p, "type", json!(flow.icmp_type));
-            put(&mut p, "code", json!(flow.icmp_code));
-            ("ICMPv4".to_owned(), p)
-        }
-        Protocol::Other(_) => return Value::Null,
-    };
+    let mut body = Map::new();
+    if flow.protocol == Protocol::Icmp {
+        put(&mut body, "type", json!(flow.icmp_type));
+        put(&mut body, "code", json!(flow.icmp_code));
+    } else {
+        put(&mut body, "source_port", json!(flow.source_port));
+        put(&mut body, "destination_port", json!(flow.destination_port));
+    }
+    if flow.protocol == Protocol::Tcp {
+        let flags: Map<String, Value> =
+            flow.tcp_flags.names().into_iter().map(|f| (f.to_owned(), Value::Bool(true))).collect();
+        put(&mut body, "flags", Value::Object(flags));
+    }
     json!({ name: Value::Object(body) })
 }
 
@@ -286,7 +257,7 @@ pub fn flow_object(flow: &Flow, node_name: &str) -> Value {
     }
     if flow.verdict == Verdict::Dropped {
         let code = if flow.drop_reason == 0 && flow.policy.is_some() {
-            133
+            drop_reason::POLICY_DENIED
         } else {
             flow.drop_reason
         };

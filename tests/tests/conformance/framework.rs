@@ -46,21 +46,7 @@ pub const POLICY_WAIT: Duration = Duration::from_secs(10);
 /// How often the agent checks its policy directory and topology file (its default is 250 ms).
 const WATCH_INTERVAL_MS: &str = "50";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Protocol {
-    Tcp,
-    Udp,
-}
-pub use Protocol::{Tcp, Udp};
-
-impl Protocol {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Tcp => "TCP",
-            Udp => "UDP",
-        }
-    }
-}
+pub use flowgate_lab::topology::Protocol::{self, Tcp, Udp};
 
 fn index(pod: &str) -> usize {
     PODS.iter()
