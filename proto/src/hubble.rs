@@ -8,6 +8,7 @@ use flowgate_common::drop_reason;
 use serde_json::{Map, Value, json};
 
 use crate::{
+    civil,
     flow::{
         CtState, EventType, Flow, MatchType, Peer, PolicyAttribution, PolicyName, Protocol,
         TrafficDirection, Verdict,
@@ -43,7 +44,7 @@ pub fn timestamp(time_ns: u64) -> String {
     let nanos = (time_ns % 1_000_000_000) as u32;
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
-    let (year, month, day) = civil_from_days(days);
+    let (year, month, day) = civil::from_days(days);
     let (h, m, s) = (rem / 3600, (rem / 60) % 60, rem % 60);
     let frac = if nanos == 0 {
         String::new()
@@ -57,19 +58,6 @@ pub fn timestamp(time_ns: u64) -> String {
     format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}{frac}Z")
 }
 
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
 
 /// Hubble's `Verdict` name.
 pub fn verdict_name(verdict: Verdict) -> &'static str {
