@@ -12,7 +12,6 @@ pub mod craft;
 pub mod datapath;
 pub mod identity;
 pub mod metrics;
-pub mod netns;
 pub mod policy;
 pub mod reader;
 pub mod server;
