@@ -30,7 +30,7 @@ use flowgate_lab::topology::Topology;
 use flowgate_tests::{
     LabGuard,
     agent::{AgentGuard, SocketDir},
-    example, flowgate, require_root,
+    example, flowgate, probe_results, require_root,
 };
 use serde_json::{Value, json};
 
@@ -552,15 +552,11 @@ impl Conformance {
         ]);
         let pods: Vec<String> = PODS.iter().map(|p| (*p).to_owned()).collect();
         let mut observed = Reachability::unknown(pods.clone(), pods);
-        let mut seen = 0;
-        for (from, row) in report["results"].as_object().expect("results is an object") {
-            for (to, ok) in row.as_object().expect("a row is an object") {
-                let ok = ok.as_bool().expect("a result is a bool");
-                assert!(observed.set(from, to, ok), "{from} -> {to} is not a pair of the model: {report}");
-                seen += 1;
-            }
+        let results = probe_results(&report);
+        for (from, to, ok) in &results {
+            assert!(observed.set(from, to, *ok), "{from} -> {to} is not a pair of the model: {report}");
         }
-        assert_eq!(seen, 81, "the probe reports the full 9x9 matrix: {report}");
+        assert_eq!(results.len(), 81, "the probe reports the full 9x9 matrix: {report}");
         observed
     }
 
