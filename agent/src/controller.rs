@@ -11,7 +11,10 @@ use std::{
 };
 
 use anyhow::Context as _;
-use flowgate_common::policy::{IDENTITY_ANY, POLICY_PREFIX_PEER, POLICY_PREFIX_PROTOCOL, direction};
+use flowgate_common::{
+    identity,
+    policy::{POLICY_PREFIX_PEER, POLICY_PREFIX_PROTOCOL, direction},
+};
 use flowgate_lab::{state::LabState, topology::Topology};
 use flowgate_policy::{ClusterView, ContainerPort, NamespaceInfo, PodInfo, Protocol as PolicyProtocol};
 use flowgate_proto::{
@@ -290,8 +293,8 @@ impl Controller {
                 .filter(|((_, key), _)| key.endpoint_id() == ep.id)
                 .map(|((prefix, key), value)| {
                     let identity = key.identity();
-                    let labels = if identity == IDENTITY_ANY {
-                        vec!["reserved:any".to_string()]
+                    let labels = if identity == identity::ANY {
+                        vec![identity::ANY_LABEL.to_string()]
                     } else {
                         identity_labels.get(&identity).cloned().unwrap_or_default()
                     };

@@ -37,12 +37,10 @@ use flowgate_common::{
     policy::{IpcacheValue, PolicyKey, PolicyValue},
 };
 
+use flowgate_lab::netns::{self, NetnsError};
 use flowgate_proto::endpoint::Endpoint;
 
-use crate::{
-    netns::{self, NetnsError},
-    policy::realize::MapContents,
-};
+use crate::policy::realize::MapContents;
 
 /// How long a generation that was just switched away from stays untouched, so packets that read the
 /// old generation number finish with the old maps.
@@ -208,7 +206,7 @@ impl Datapath {
                 source: Box::new(source),
             };
             let Some(dir) = &pin_dir else {
-                netns::run_in(netns_path, || program.attach(interface, attach_type))?.map_err(attach_error)?;
+                netns::in_netns_at(netns_path, || program.attach(interface, attach_type))?.map_err(attach_error)?;
                 continue;
             };
             let link_path = dir.join("links").join(format!("{interface}_{name}"));
@@ -224,7 +222,7 @@ impl Datapath {
                     }
                 }
             }
-            let id = netns::run_in(netns_path, || program.attach(interface, attach_type))?.map_err(attach_error)?;
+            let id = netns::in_netns_at(netns_path, || program.attach(interface, attach_type))?.map_err(attach_error)?;
             let link = program.take_link(id).map_err(|source| DatapathError::Program { name, source })?;
             let fd_link = FdLink::try_from(link).map_err(|e| DatapathError::Pin {
                 what: format!("the {name} link of {interface}"),

@@ -1,10 +1,11 @@
 //! Security identities: pods whose security-relevant labels (their own labels, their namespace's name
-//! and labels) are the same share one numeric identity, as in Cilium. Ids below 256 are reserved
-//! (`world` = 2); allocated ids start at 256 and are never reused for other labels while the agent runs.
+//! and labels) are the same share one numeric identity, as in Cilium. The reserved ids and the first
+//! allocated one are `flowgate_common::identity`'s; allocated ids are never reused for other labels while
+//! the agent runs.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-pub use flowgate_common::policy::{FIRST_IDENTITY, IDENTITY_WORLD};
+use flowgate_common::identity::FIRST_ALLOCATED;
 
 /// The security-relevant labels of a pod, rendered as Cilium renders them:
 /// `k8s:<key>=<value>` for pod labels, `k8s:io.kubernetes.pod.namespace=<ns>` and
@@ -36,7 +37,7 @@ impl IdentityAllocator {
     pub fn new() -> Self {
         Self {
             by_labels: BTreeMap::new(),
-            next: FIRST_IDENTITY,
+            next: FIRST_ALLOCATED,
         }
     }
 
@@ -85,7 +86,7 @@ mod tests {
         let other_ns = map(&[("kubernetes.io/metadata.name", "y")]);
         let ya = ids.identity_for(&security_labels("y", &other_ns, &map(&[("pod", "a")])));
         assert_eq!(a, a2);
-        assert_eq!(a, FIRST_IDENTITY);
+        assert_eq!(a, FIRST_ALLOCATED);
         assert_ne!(a, b);
         assert_ne!(a, ya);
         assert!(ids.labels_of(b).unwrap().contains(&"k8s:pod=b".to_string()));

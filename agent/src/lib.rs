@@ -17,7 +17,6 @@ pub mod identity;
 pub mod instruments;
 pub mod kernel_counters;
 pub mod metrics;
-pub mod netns;
 pub mod policy;
 pub mod reader;
 pub mod server;

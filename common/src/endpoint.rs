@@ -1,7 +1,5 @@
-//! The endpoints map: what the datapath knows about the endpoint behind a node-side interface.
-
-/// Size of the endpoints array: node-side interfaces with a smaller ifindex can be endpoints.
-pub const MAX_IFINDEX: u32 = 16384;
+//! The endpoints map: what the datapath knows about the endpoint behind a node-side interface (sized by
+//! [`crate::capacity::MAX_IFINDEX`]).
 
 /// Value of the endpoints map, indexed by the ifindex of the endpoint's node-side veth.
 #[repr(C)]

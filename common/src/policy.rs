@@ -12,13 +12,6 @@ pub mod direction {
     pub const EGRESS: u8 = 1;
 }
 
-/// Identity of any peer in a policy key: a rule without `from`/`to`.
-pub const IDENTITY_ANY: u32 = 0;
-/// Reserved identity of addresses outside the cluster.
-pub const IDENTITY_WORLD: u32 = 2;
-/// First identity allocated for a set of labels; those below are reserved.
-pub const FIRST_IDENTITY: u32 = 256;
-
 /// Bits of a `PolicyKey` that are always part of the prefix: endpoint id, direction, padding, identity.
 pub const POLICY_PREFIX_PEER: u32 = 64;
 /// Prefix that also covers the protocol.
@@ -114,7 +107,9 @@ pub mod enforcement {
     pub const EGRESS_AUDIT: u32 = 8;
 }
 
-/// Policy-verdict match types (`PolicyVerdictRecord::match_type`), Cilium's.
+/// Policy-verdict match types (`PolicyVerdictRecord::match_type`): flowgate's own numbering, which the
+/// kernel writes. It is **not** Cilium's (Hubble's `policy_match_type` has L3-only 1, L3-L4 2); the one
+/// conversion to Hubble's numbers and names is `flowgate_proto::flow::MatchType`'s table.
 pub mod match_type {
     pub const NONE: u8 = 0;
     pub const L3_L4: u8 = 1;
@@ -130,11 +125,6 @@ pub mod verdict {
     pub const AUDIT: u8 = 3;
 }
 
-/// Drop reasons (`DropRecord::reason`), numbered as Cilium's.
-pub mod drop_reason {
-    pub const POLICY_DENIED: u8 = 133;
-}
-
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for PolicyKey {}
 #[cfg(feature = "user")]
@@ -148,7 +138,7 @@ mod tests {
 
     #[test]
     fn key_fields_round_trip_in_prefix_order() {
-        let k = PolicyKey::new(0x0102, direction::EGRESS, 0x0a0b_0c0d, 6, 8080);
+        let k = PolicyKey::new(0x0102, direction::EGRESS, 0x0a0b_0c0d, crate::ip::protocol::TCP, 8080);
         assert_eq!(k.bytes[..8], [1, 2, 1, 0, 0x0a, 0x0b, 0x0c, 0x0d]);
         assert_eq!(
             (

@@ -43,6 +43,18 @@ pub mod tcp_flags {
     pub const URG: u8 = 0x20;
     pub const ECE: u8 = 0x40;
     pub const CWR: u8 = 0x80;
+
+    /// Every flag with its name, in the order Cilium and Hubble print them (`SYN, ACK`).
+    pub const NAMES: [(u8, &str); 8] = [
+        (SYN, "SYN"),
+        (FIN, "FIN"),
+        (RST, "RST"),
+        (PSH, "PSH"),
+        (ACK, "ACK"),
+        (URG, "URG"),
+        (ECE, "ECE"),
+        (CWR, "CWR"),
+    ];
 }
 
 /// Common header of every record.
@@ -72,7 +84,7 @@ pub struct FlowTuple {
     pub daddr: u32,
     pub sport: u16,
     pub dport: u16,
-    /// IP protocol number (6 TCP, 17 UDP, 1 ICMP, 132 SCTP).
+    /// IP protocol number, one of [`crate::ip::protocol`].
     pub protocol: u8,
     /// TCP flags of this packet (see [`tcp_flags`]), 0 for other protocols.
     pub tcp_flags: u8,
@@ -144,7 +156,7 @@ pub struct DropRecord {
     pub endpoint_id: u16,
     /// `policy::direction`.
     pub direction: u8,
-    /// `policy::drop_reason`.
+    /// One of [`crate::drop_reason`].
     pub reason: u8,
     pub remote_identity: u32,
     pub ifindex: u32,

@@ -7,13 +7,12 @@ use flowgate_common::{
     FlowTuple,
     conntrack::{CtEntry, CtKey, ct_flag},
     counters::aggregation,
+    ip::protocol,
     policy::direction,
     record::{ct_state, tcp_flags},
 };
 
 use crate::maps::FG_CONNTRACK;
-
-const IPPROTO_TCP: u8 = 6;
 
 #[inline(always)]
 fn opposite(dir: u8) -> u8 {
@@ -71,7 +70,7 @@ pub fn track(flow: &FlowTuple, endpoint_id: u16, dir: u8, pkt_len: u32, level: u
     entry.packets += 1;
     entry.bytes += u64::from(pkt_len);
     let seen = if state == ct_state::ESTABLISHED { &mut entry.flags_seen_orig } else { &mut entry.flags_seen_reply };
-    let new_flags = flow.protocol == IPPROTO_TCP && (flow.tcp_flags & !*seen) != 0;
+    let new_flags = flow.protocol == protocol::TCP && (flow.tcp_flags & !*seen) != 0;
     *seen |= flow.tcp_flags;
     // The first reply is a state change worth reporting for every protocol.
     let first_reply = state == ct_state::REPLY && entry.flags & ct_flag::REPLY_SEEN == 0;

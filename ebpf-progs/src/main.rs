@@ -22,7 +22,8 @@ use flowgate_common::{
     Counter, DropRecord, EndpointInfo, FlowTuple, PolicyVerdictRecord, TraceRecord,
     conntrack::ct_flag,
     counters::Config,
-    policy::{direction, drop_reason, enforcement, verdict},
+    drop_reason,
+    policy::{direction, enforcement, match_type, verdict},
     record::{
         ct_state,
         observation_point::{FROM_ENDPOINT, TO_ENDPOINT},
@@ -106,7 +107,7 @@ fn try_endpoint(ctx: &TcContext, point: u8) -> Result<i32, i32> {
         }
         None if audit => {
             maps::count(Counter::PolicyAudit);
-            verdict_record(ctx, &pkt, verdict::AUDIT, 0, remote.identity, 0);
+            verdict_record(ctx, &pkt, verdict::AUDIT, match_type::NONE, remote.identity, 0);
             conntrack::create(&pkt.flow, endpoint.endpoint_id, dir, pkt.len, 0, ct_flag::ENFORCED | ct_flag::AUDIT);
             trace(ctx, &pkt, ct_state::NEW, remote.identity);
             Ok(TC_ACT_UNSPEC)
@@ -114,7 +115,7 @@ fn try_endpoint(ctx: &TcContext, point: u8) -> Result<i32, i32> {
         None => {
             maps::count(Counter::PolicyDenied);
             maps::count(Counter::Drops);
-            verdict_record(ctx, &pkt, verdict::DENIED, 0, remote.identity, 0);
+            verdict_record(ctx, &pkt, verdict::DENIED, match_type::NONE, remote.identity, 0);
             let drop = DropRecord {
                 header: events::header(record_type::DROP, DropRecord::LEN),
                 flow: pkt.flow,

@@ -1,7 +1,8 @@
 //! The maps of the datapath and small accessors over them. Map statics are named exactly as the
 //! constants in `flowgate_common::names`, which is what user space looks them up by. Every map but the
 //! perf event array is pinned by name, so a restarted agent adopts the state (policy, conntrack,
-//! counters, unread events) that kept enforcing while it was away.
+//! counters, unread events) that kept enforcing while it was away. Their sizes are
+//! `flowgate_common::capacity`'s, which the agent reads too.
 
 use aya_ebpf::{
     macros::map,
@@ -9,19 +10,13 @@ use aya_ebpf::{
 };
 use flowgate_common::{
     Counter, EndpointInfo,
+    capacity::{
+        EVENTS_RINGBUF_BYTES, MAX_CONNECTIONS, MAX_ENDPOINTS, MAX_IFINDEX, MAX_IPCACHE_ENTRIES, MAX_POLICY_ENTRIES,
+    },
     conntrack::{CtEntry, CtKey},
     counters::Config,
     policy::{IpcacheValue, POLICY_PREFIX_FULL, PolicyKey, PolicyValue},
 };
-
-/// Default size of the events ring buffer; the agent overrides it at load time.
-const EVENTS_BYTES: u32 = 4 << 20;
-const MAX_ENDPOINTS: u32 = 4096;
-/// Interfaces with an ifindex at or above this cannot be endpoints (the agent refuses them).
-const MAX_IFINDEX: u32 = flowgate_common::endpoint::MAX_IFINDEX;
-const MAX_POLICY_ENTRIES: u32 = 65536;
-const MAX_IPCACHE_ENTRIES: u32 = 16384;
-const MAX_CONNECTIONS: u32 = 262144;
 
 /// Indexed by the ifindex of the endpoint's node-side interface (an array lookup is inlined by the
 /// verifier: a few nanoseconds per packet instead of a hash lookup); `endpoint_id == 0` means no endpoint.
@@ -29,7 +24,7 @@ const MAX_CONNECTIONS: u32 = 262144;
 pub static FG_ENDPOINTS: Array<EndpointInfo> = Array::pinned(MAX_IFINDEX, 0);
 
 #[map]
-pub static FG_EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
+pub static FG_EVENTS: RingBuf = RingBuf::pinned(EVENTS_RINGBUF_BYTES, 0);
 
 #[map]
 pub static FG_EVENTS_PERF: PerfEventArray<u8> = PerfEventArray::new(0);

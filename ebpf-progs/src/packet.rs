@@ -4,14 +4,13 @@
 //! mistaken for a non-IPv4 packet and let through unpoliced.
 
 use aya_ebpf::programs::TcContext;
-use flowgate_common::FlowTuple;
+use flowgate_common::{
+    FlowTuple,
+    ip::protocol::{ICMP, SCTP, TCP, UDP},
+};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
-const IPPROTO_ICMP: u8 = 1;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
-const IPPROTO_SCTP: u8 = 132;
 /// Bytes of L4 header we read: ports (4) and, for TCP, up to the flags byte (14).
 const L4_BYTES: usize = 14;
 
@@ -34,16 +33,16 @@ enum Parsed {
 #[inline(always)]
 fn l4_fields(flow: &mut FlowTuple, l4: &[u8]) {
     match flow.protocol {
-        IPPROTO_TCP => {
+        TCP => {
             flow.sport = u16::from_be_bytes([l4[0], l4[1]]);
             flow.dport = u16::from_be_bytes([l4[2], l4[3]]);
             flow.tcp_flags = l4[13];
         }
-        IPPROTO_UDP | IPPROTO_SCTP => {
+        UDP | SCTP => {
             flow.sport = u16::from_be_bytes([l4[0], l4[1]]);
             flow.dport = u16::from_be_bytes([l4[2], l4[3]]);
         }
-        IPPROTO_ICMP => {
+        ICMP => {
             flow.sport = u16::from(l4[0]);
             flow.dport = u16::from(l4[1]);
         }
@@ -121,9 +120,9 @@ fn parse_loads(ctx: &TcContext) -> Option<FlowTuple> {
     // TCP needs all 14 bytes; the others need the first 4 (ports) or 2 (ICMP type and code).
     // Fixed-size loads: the verifier rejects a read whose length may be zero.
     match protocol {
-        IPPROTO_TCP => bytes = ctx.load::<[u8; L4_BYTES]>(l4).ok()?,
-        IPPROTO_UDP | IPPROTO_SCTP => bytes[..4].copy_from_slice(&ctx.load::<[u8; 4]>(l4).ok()?),
-        IPPROTO_ICMP => bytes[..2].copy_from_slice(&ctx.load::<[u8; 2]>(l4).ok()?),
+        TCP => bytes = ctx.load::<[u8; L4_BYTES]>(l4).ok()?,
+        UDP | SCTP => bytes[..4].copy_from_slice(&ctx.load::<[u8; 4]>(l4).ok()?),
+        ICMP => bytes[..2].copy_from_slice(&ctx.load::<[u8; 2]>(l4).ok()?),
         _ => {}
     }
     l4_fields(&mut flow, &bytes);

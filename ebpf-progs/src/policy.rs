@@ -4,7 +4,10 @@
 //! L3-L4, then L4-only, then L3-only, then allow-all. Every lookup is a hash or LPM lookup, so the cost
 //! does not grow with the number of policies.
 
-use flowgate_common::policy::{IDENTITY_ANY, IDENTITY_WORLD, POLICY_FLAG_L4, PolicyKey, PolicyValue, match_type};
+use flowgate_common::{
+    identity,
+    policy::{POLICY_FLAG_L4, PolicyKey, PolicyValue, match_type},
+};
 
 use crate::maps;
 
@@ -20,7 +23,7 @@ pub struct Remote {
 pub fn remote(generation: u64, addr: u32) -> Remote {
     match maps::ipcache(generation, addr) {
         Some(v) => Remote { identity: v.identity, cidr_identity: v.cidr_identity },
-        None => Remote { identity: IDENTITY_WORLD, cidr_identity: 0 },
+        None => Remote { identity: identity::WORLD, cidr_identity: 0 },
     }
 }
 
@@ -77,7 +80,7 @@ pub fn decide(
     } else {
         None
     };
-    let by_any = maps::policy(generation, &PolicyKey::new(endpoint_id, dir, IDENTITY_ANY, protocol, port));
+    let by_any = maps::policy(generation, &PolicyKey::new(endpoint_id, dir, identity::ANY, protocol, port));
 
     if let Some(e) = by_identity.filter(|e| is_l4(*e)) {
         return Some(allowed(e, match_type::L3_L4));

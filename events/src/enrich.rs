@@ -6,16 +6,14 @@
 use std::{collections::HashMap, net::Ipv4Addr, sync::Arc};
 
 use flowgate_common::{
-    FlowTuple,
-    policy::{direction, match_type, verdict},
+    FlowTuple, drop_reason, identity,
+    policy::{direction, verdict},
     record::{ct_state, observation_point},
 };
 use flowgate_proto::flow::{
     CtState, EventType, Flow, MatchType, Peer, PolicyAttribution, PolicyName, Protocol, TcpFlags,
     TrafficDirection, Verdict,
 };
-
-use flowgate_common::policy::IDENTITY_WORLD;
 
 use crate::{clock::KtimeClock, decode::Record};
 
@@ -93,8 +91,8 @@ struct Common<'a> {
 impl Enricher {
     pub fn new(clock: KtimeClock) -> Self {
         let world = Arc::new(Peer {
-            identity: IDENTITY_WORLD,
-            labels: vec!["reserved:world".into()],
+            identity: identity::WORLD,
+            labels: vec![identity::WORLD_LABEL.into()],
             ..Peer::default()
         });
         Self { clock, world }
@@ -105,7 +103,7 @@ impl Enricher {
         peers
             .by_ip(ip)
             .or_else(|| {
-                (identity != 0 && identity != IDENTITY_WORLD)
+                (identity != identity::ANY && identity != identity::WORLD)
                     .then(|| peers.identity(identity))
                     .flatten()
             })
@@ -224,13 +222,7 @@ impl Enricher {
                 };
                 let mut flow = self.base(&c, peers, EventType::PolicyVerdict, outcome);
                 flow.is_reply = Some(false);
-                flow.match_type = Some(match v.match_type {
-                    match_type::L3_L4 => MatchType::L3L4,
-                    match_type::L3_ONLY => MatchType::L3Only,
-                    match_type::L4_ONLY => MatchType::L4Only,
-                    match_type::ALL => MatchType::All,
-                    _ => MatchType::None,
-                });
+                flow.match_type = Some(MatchType::from_kernel(v.match_type));
                 flow.policy = Some(if v.rule_id != 0 {
                     PolicyAttribution::AllowedBy(policy.rule(v.rule_id))
                 } else {
@@ -239,7 +231,7 @@ impl Enricher {
                     }
                 });
                 if outcome == Verdict::Dropped {
-                    flow.drop_reason = flowgate_common::policy::drop_reason::POLICY_DENIED;
+                    flow.drop_reason = drop_reason::POLICY_DENIED;
                 }
                 flow
             }
@@ -256,7 +248,7 @@ impl Enricher {
                 };
                 let mut flow = self.base(&c, peers, EventType::Drop, Verdict::Dropped);
                 flow.drop_reason = d.reason;
-                if d.reason == flowgate_common::policy::drop_reason::POLICY_DENIED {
+                if d.reason == drop_reason::POLICY_DENIED {
                     flow.policy = Some(PolicyAttribution::DefaultDeny {
                         isolated_by: policy.isolated_by(d.endpoint_id, d.direction),
                     });
@@ -269,7 +261,7 @@ impl Enricher {
 
 #[cfg(test)]
 mod tests {
-    use flowgate_common::{PolicyVerdictRecord, RecordHeader, TraceRecord};
+    use flowgate_common::{PolicyVerdictRecord, RecordHeader, TraceRecord, policy::match_type};
     use flowgate_proto::flow::fixtures::endpoint_peer;
 
     use super::*;
@@ -369,7 +361,7 @@ mod tests {
             &lookup(),
             &NoPolicy,
         );
-        assert_eq!(f.destination.identity, IDENTITY_WORLD);
+        assert_eq!(f.destination.identity, identity::WORLD);
         assert_eq!(f.destination.labels, vec!["reserved:world".to_string()]);
     }
 

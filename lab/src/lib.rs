@@ -7,13 +7,15 @@
 //! - [`plan`] and [`naming`]: addresses and names (pure);
 //! - [`lab`]: `up` and `down`; [`state`]: `state.json`, what the agent reads;
 //! - [`netns`]: namespaces, `ip`, and [`netns::in_netns`]; [`server`]: the pods' servers;
-//! - [`probe`]: connectivity probes and their truth table.
+//! - [`probe`]: connectivity probes; [`reachability`]: the truth table of who reaches whom, observed or
+//!   expected.
 
 pub mod lab;
 pub mod naming;
 pub mod netns;
 pub mod plan;
 pub mod probe;
+pub mod reachability;
 pub mod server;
 pub mod state;
 pub mod topology;
@@ -22,5 +24,6 @@ pub mod traffic;
 pub use lab::{DownReport, LabError, down, up};
 pub use netns::in_netns;
 pub use probe::{PortArg, ProbeMatrix, probe};
+pub use reachability::Reachability;
 pub use state::{LabState, PodRef, PodState, list, load};
 pub use topology::{Protocol, Topology};

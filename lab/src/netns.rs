@@ -1,6 +1,9 @@
 //! Network namespaces and links, through iproute2 (`ip netns add`, `ip -n NS -batch -`), and
 //! [`in_netns`]: run a closure on a thread that has entered a namespace with `setns`, so sockets it creates
-//! live there. `ip netns exec` is not used: it remounts /sys and would hide bpffs from the agent.
+//! live there and interface names resolve there. `ip netns exec` is not used: it remounts /sys and would
+//! hide bpffs from the agent. This is the one implementation of entering a namespace: the lab's probes and
+//! servers use it, and so does the agent, which attaches its TC programs from a thread inside the node
+//! namespace (interface lookups and TCX attachment resolve names in the caller's namespace).
 
 use std::{
     fs::File,
@@ -70,34 +73,39 @@ pub fn netns_path(netns: &str) -> PathBuf {
 /// Runs `f` on a fresh thread that has entered network namespace `netns` (by name, `/run/netns/NAME`) and
 /// returns its value. Only that thread changes namespace; sockets it creates stay in `netns` wherever they are
 /// used afterwards.
-pub fn in_netns<T: Send + 'static>(
-    netns: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, NetnsError> {
-    let path = netns_path(netns);
-    let file = File::open(&path).map_err(|source| NetnsError::Open {
-        netns: netns.to_owned(),
-        path: path.clone(),
+pub fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> T + Send) -> Result<T, NetnsError> {
+    in_netns_at(&netns_path(netns), f)
+}
+
+/// [`in_netns`] for the namespace at `path` (a bind mount such as `/run/netns/NAME`, or `/proc/PID/ns/net`).
+/// The thread is scoped, so `f` may borrow from the caller; the caller's thread is untouched.
+pub fn in_netns_at<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> Result<T, NetnsError> {
+    let netns = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+    let file = File::open(path).map_err(|source| NetnsError::Open {
+        netns: netns.clone(),
+        path: path.to_owned(),
         source,
     })?;
-    let name = netns.to_owned();
-    let handle = std::thread::Builder::new()
-        .name(format!("netns-{netns}"))
-        .spawn(move || -> Result<T, NetnsError> {
-            setns(&file, CloneFlags::CLONE_NEWNET).map_err(|source| NetnsError::Enter {
-                netns: name,
+    std::thread::scope(|scope| {
+        let name = netns.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("netns-{netns}"))
+            .spawn_scoped(scope, move || -> Result<T, NetnsError> {
+                setns(&file, CloneFlags::CLONE_NEWNET).map_err(|source| NetnsError::Enter {
+                    netns: name,
+                    source,
+                })?;
+                drop(file);
+                Ok(f())
+            })
+            .map_err(|source| NetnsError::Thread {
+                netns: netns.clone(),
                 source,
             })?;
-            drop(file);
-            Ok(f())
-        })
-        .map_err(|source| NetnsError::Thread {
-            netns: netns.to_owned(),
-            source,
-        })?;
-    handle.join().map_err(|_| NetnsError::Panicked {
-        netns: netns.to_owned(),
-    })?
+        handle.join().map_err(|_| NetnsError::Panicked {
+            netns: netns.clone(),
+        })?
+    })
 }
 
 /// Moves the calling thread into `netns` for good. Meant for a process about to `exec` a command there

@@ -1,10 +1,10 @@
 //! Connectivity probes between lab hosts, tried from inside the source's namespace, all in parallel, each
 //! within a timeout (TCP: the connection is established; UDP: the echo server's reply arrives), and the
-//! truth-table and JSON reports of the results (pure formatters).
+//! truth-table ([`Reachability`]) and JSON reports of the results (pure formatters).
 
 use std::{
     collections::{BTreeMap, HashMap},
-    fmt::{self, Write as _},
+    fmt,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     str::FromStr,
     time::Duration,
@@ -15,6 +15,7 @@ use socket2::{Domain, Socket, Type};
 
 use crate::{
     netns::{self, NetnsError},
+    reachability::Reachability,
     state::{LabState, PodRef},
     topology::Protocol,
 };
@@ -283,27 +284,20 @@ impl ProbeMatrix {
             .map(|r| r.connected)
     }
 
+    /// The results as a [`Reachability`] table, rows and columns in the order of the probed pairs.
+    pub fn reachability(&self) -> Reachability {
+        let names = |hosts: &[PodRef]| hosts.iter().map(ToString::to_string).collect();
+        let mut table = Reachability::unknown(names(&self.from), names(&self.to));
+        for r in &self.results {
+            table.set(&r.from.to_string(), &r.to.to_string(), r.connected);
+        }
+        table
+    }
+
     /// The Kubernetes netpol e2e truth table: rows are sources, columns destinations, `.` connected, `X` blocked
     /// (`?` for a pair that was not probed). Rows and columns keep the order of the probed pairs.
     pub fn truth_table(&self) -> String {
-        let mut out = String::new();
-        for to in &self.to {
-            let _ = write!(out, "\t{to}");
-        }
-        out.push('\n');
-        for from in &self.from {
-            out.push_str(&from.to_string());
-            for to in &self.to {
-                let mark = match self.connected(from, to) {
-                    Some(true) => ".",
-                    Some(false) => "X",
-                    None => "?",
-                };
-                let _ = write!(out, "\t{mark}");
-            }
-            out.push('\n');
-        }
-        out
+        self.reachability().truth_table()
     }
 
     /// `{"port":80,"protocol":"TCP","results":{"x/a":{"x/b":true,...},...}}`, keys sorted by name.

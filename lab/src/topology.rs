@@ -10,6 +10,7 @@ use std::{
     str::FromStr,
 };
 
+use flowgate_common::ip;
 use serde::{Deserialize, Serialize};
 
 /// The label Kubernetes adds to every namespace; the lab adds it too.
@@ -189,12 +190,25 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    pub fn as_str(self) -> &'static str {
+    pub const ALL: [Protocol; 3] = [Self::Tcp, Self::Udp, Self::Sctp];
+
+    /// The IP protocol number.
+    pub fn number(self) -> u8 {
         match self {
-            Self::Tcp => "TCP",
-            Self::Udp => "UDP",
-            Self::Sctp => "SCTP",
+            Self::Tcp => ip::protocol::TCP,
+            Self::Udp => ip::protocol::UDP,
+            Self::Sctp => ip::protocol::SCTP,
         }
+    }
+
+    /// The spelling of Kubernetes' `protocol` fields: `TCP`, `UDP`, `SCTP`.
+    pub fn as_str(self) -> &'static str {
+        ip::protocol_name(self.number()).unwrap_or_default()
+    }
+
+    /// Exactly the Kubernetes spelling (the API server only accepts upper case).
+    pub fn from_api(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.as_str() == name)
     }
 }
 
@@ -209,12 +223,10 @@ impl FromStr for Protocol {
 
     /// Case-insensitive, as people type it; the file itself is validated the same way.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_uppercase().as_str() {
-            "TCP" => Ok(Self::Tcp),
-            "UDP" => Ok(Self::Udp),
-            "SCTP" => Ok(Self::Sctp),
-            _ => Err(format!("protocol {s:?} is not one of TCP, UDP, SCTP")),
-        }
+        Self::ALL
+            .into_iter()
+            .find(|p| p.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| format!("protocol {s:?} is not one of TCP, UDP, SCTP"))
     }
 }
 
@@ -456,17 +468,10 @@ pub fn container_ports(owner: &str, ports: &[PortSpec]) -> Result<Vec<ContainerP
                 port: p.port,
             })?;
         // Kubernetes only accepts upper case here.
-        let protocol = match p.protocol.0.as_str() {
-            "TCP" => Protocol::Tcp,
-            "UDP" => Protocol::Udp,
-            "SCTP" => Protocol::Sctp,
-            other => {
-                return Err(Problem::BadProtocol {
-                    owner: owner.to_owned(),
-                    protocol: other.to_owned(),
-                });
-            }
-        };
+        let protocol = Protocol::from_api(&p.protocol.0).ok_or_else(|| Problem::BadProtocol {
+            owner: owner.to_owned(),
+            protocol: p.protocol.0.clone(),
+        })?;
         if !seen.insert((port, protocol)) {
             return Err(Problem::DuplicatePort {
                 owner: owner.to_owned(),

@@ -70,7 +70,7 @@ pub fn run(state: &LabState, spec: &TrafficSpec) -> Result<TrafficReport, Traffi
     let result = match spec.protocol {
         Protocol::Udp => netns::in_netns(src.netns, move || udp_burst(addr, &spec2)),
         Protocol::Tcp => netns::in_netns(src.netns, move || tcp_connects(addr, &spec2)),
-        Protocol::Sctp => return Err(TrafficError::Protocol("SCTP")),
+        Protocol::Sctp => return Err(TrafficError::Protocol(Protocol::Sctp.as_str())),
     };
     result
         .map_err(|source| TrafficError::Netns { host: spec.from.clone(), source })?

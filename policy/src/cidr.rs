@@ -224,8 +224,8 @@ pub struct CidrIdentities {
 }
 
 impl CidrIdentities {
-    /// The first CIDR identity; pod identities stay below it.
-    pub const FIRST: u32 = 1 << 24;
+    /// The first CIDR identity (`flowgate_common::identity::FIRST_CIDR`); pod identities stay below it.
+    pub const FIRST: u32 = flowgate_common::identity::FIRST_CIDR;
 
     #[must_use]
     pub fn new() -> Self {

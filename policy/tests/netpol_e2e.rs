@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Reachability, assert_reachability, model, plan, pod_ip};
+use common::{Reachability, assert_reachability, model, plan, pod_ip, reachability};
 use flowgate_policy::{
     Addr, CidrIdentities, ClusterView, PolicyPlan, Protocol,
     Protocol::{Sctp, Tcp, Udp},
@@ -34,8 +34,8 @@ const DNS_EGRESS: &str = "- ports:\n  - {protocol: UDP, port: 53}\n  - {protocol
 fn no_policy_everything_connects() {
     let cluster = model();
     let plan = plan(&cluster, "");
-    check(&plan, &cluster, Tcp, 80, &Reachability::new(true));
-    check(&plan, &cluster, Udp, 81, &Reachability::new(true));
+    check(&plan, &cluster, Tcp, 80, &reachability(true));
+    check(&plan, &cluster, Udp, 81, &reachability(true));
 }
 
 #[test]
@@ -45,8 +45,7 @@ fn default_deny_ingress() {
         &cluster,
         &np("x", "deny-ingress", "podSelector: {}\ningress: []"),
     );
-    let mut r = Reachability::new(true);
-    r.expect_peer("", "x", false);
+    let r = reachability(true).expect_peer("*", "x/*", false);
     check(&plan, &cluster, Tcp, 80, &r);
     check(&plan, &cluster, Udp, 81, &r);
 }
@@ -55,8 +54,7 @@ fn default_deny_ingress() {
 fn default_deny_ingress_without_ingress_field() {
     let cluster = model();
     let plan = plan(&cluster, &np("x", "deny-ingress", "podSelector: {}"));
-    let mut r = Reachability::new(true);
-    r.expect_peer("", "x", false);
+    let r = reachability(true).expect_peer("*", "x/*", false);
     check(&plan, &cluster, Tcp, 80, &r);
 }
 
@@ -71,8 +69,7 @@ fn default_deny_all() {
             "podSelector: {}\npolicyTypes: [Ingress, Egress]\ningress: []\negress: []",
         ),
     );
-    let mut r = Reachability::new(true);
-    r.expect_peer("", "x", false).expect_peer("x", "", false);
+    let r = reachability(true).expect_peer("*", "x/*", false).expect_peer("x/*", "*", false);
     check(&plan, &cluster, Tcp, 80, &r);
     check(&plan, &cluster, Tcp, 81, &r);
 }
@@ -88,8 +85,8 @@ fn allow_from_pods_within_server_namespace_by_pod_selector() {
             "podSelector: {matchLabels: {pod: a}}\ningress:\n- from:\n  - podSelector: {matchLabels: {pod: b}}",
         ),
     );
-    let mut r = Reachability::new(true);
-    r.expect_all_ingress("x/a", false)
+    let r = reachability(true)
+        .expect_all_ingress("x/a", false)
         .expect("x/b", "x/a", true);
     check(&plan, &cluster, Tcp, 80, &r);
     check(&plan, &cluster, Udp, 81, &r);
@@ -106,7 +103,7 @@ fn allow_ingress_from_pods_in_all_namespaces() {
             "podSelector: {matchLabels: {pod: a}}\ningress:\n- from:\n  - namespaceSelector: {}",
         ),
     );
-    check(&plan, &cluster, Tcp, 80, &Reachability::new(true));
+    check(&plan, &cluster, Tcp, 80, &reachability(true));
 }
 
 #[test]
@@ -120,9 +117,9 @@ fn allow_only_from_a_different_namespace_by_namespace_selector() {
             "podSelector: {matchLabels: {pod: a}}\ningress:\n- from:\n  - namespaceSelector: {matchLabels: {ns: y}}",
         ),
     );
-    let mut r = Reachability::new(true);
-    r.expect_peer("x", "x/a", false)
-        .expect_peer("z", "x/a", false);
+    let r = reachability(true)
+        .expect_peer("x/*", "x/a", false)
+        .expect_peer("z/*", "x/a", false);
     check(&plan, &cluster, Tcp, 80, &r);
 }
 
@@ -137,8 +134,8 @@ fn pod_selector_with_match_expressions() {
             "podSelector: {matchLabels: {pod: a}}\ningress:\n- from:\n  - podSelector:\n      matchExpressions:\n      - {key: pod, operator: In, values: [b]}",
         ),
     );
-    let mut r = Reachability::new(true);
-    r.expect_all_ingress("x/a", false)
+    let r = reachability(true)
+        .expect_all_ingress("x/a", false)
         .expect("x/b", "x/a", true);
     check(&plan, &cluster, Tcp, 80, &r);
 }
@@ -154,9 +151,9 @@ fn namespace_selector_with_match_expressions() {
             "podSelector: {matchLabels: {pod: a}}\ningress:\n- from:\n  - namespaceSelector:\n      matchExpressions:\n      - {key: ns, operator: In, values: [y]}",
         ),
     );
-    let mut r = Reachability::new(true);
-    r.expect_peer("x", "x/a", false)
-        .expect_peer("z", "x/a", false);
+    let r = reachability(true)
+        .expect_peer("x/*", "x/a", false)
+        .expect_peer("z/*", "x/a", false);
     check(&plan, &cluster, Tcp, 80, &r);
 }
 
@@ -171,8 +168,7 @@ fn pod_selector_or_namespace_selector_two_peers() {
             "podSelector: {matchLabels: {pod: a}}\ningress:\n- from:\n  - namespaceSelector:\n      matchExpressions:\n      - {key: ns, operator: NotIn, values: [x]}\n  - podSelector: {matchLabels: {pod: b}}",
         ),
     );
-    let mut r = Reachability::new(true);
-    r.expect("x/a", "x/a", false).expect("x/c", "x/a", false);
+    let r = reachability(true).expect("x/a", "x/a", false).expect("x/c", "x/a", false);
     check(&plan, &cluster, Tcp, 80, &r);
 }
 
@@ -187,8 +183,8 @@ fn pod_selector_and_namespace_selector_one_peer() {
             "podSelector: {matchLabels: {pod: a}}\ningress:\n- from:\n  - namespaceSelector:\n      matchExpressions:\n      - {key: ns, operator: NotIn, values: [x]}\n    podSelector: {matchLabels: {pod: b}}",
         ),
     );
-    let mut r = Reachability::new(true);
-    r.expect_all_ingress("x/a", false)
+    let r = reachability(true)
+        .expect_all_ingress("x/a", false)
         .expect("y/b", "x/a", true)
         .expect("z/b", "x/a", true);
     check(&plan, &cluster, Tcp, 80, &r);
@@ -205,10 +201,9 @@ fn multiple_pod_selectors_and_namespace_selectors() {
             "podSelector: {matchLabels: {pod: a}}\ningress:\n- from:\n  - namespaceSelector:\n      matchExpressions:\n      - {key: ns, operator: NotIn, values: [x]}\n    podSelector:\n      matchExpressions:\n      - {key: pod, operator: In, values: [b, c]}",
         ),
     );
-    let mut r = Reachability::new(true);
-    r.expect_all_ingress("x/a", false);
+    let mut r = reachability(true).expect_all_ingress("x/a", false);
     for from in ["y/b", "y/c", "z/b", "z/c"] {
-        r.expect(from, "x/a", true);
+        r = r.expect(from, "x/a", true);
     }
     check(&plan, &cluster, Tcp, 80, &r);
 }
@@ -224,8 +219,8 @@ fn any_of_several_pod_selectors() {
             "podSelector: {matchLabels: {pod: a}}\ningress:\n- from:\n  - podSelector: {matchLabels: {pod: b}}\n  - podSelector: {matchLabels: {pod: c}}",
         ),
     );
-    let mut r = Reachability::new(true);
-    r.expect_all_ingress("x/a", false)
+    let r = reachability(true)
+        .expect_all_ingress("x/a", false)
         .expect("x/b", "x/a", true)
         .expect("x/c", "x/a", true);
     check(&plan, &cluster, Tcp, 80, &r);
@@ -242,8 +237,8 @@ fn only_from_a_pod_in_a_different_namespace() {
             "podSelector: {matchLabels: {pod: a}}\ningress:\n- from:\n  - namespaceSelector: {matchLabels: {ns: y}}\n    podSelector: {matchLabels: {pod: a}}",
         ),
     );
-    let mut r = Reachability::new(true);
-    r.expect_all_ingress("x/a", false)
+    let r = reachability(true)
+        .expect_all_ingress("x/a", false)
         .expect("y/a", "x/a", true);
     check(&plan, &cluster, Tcp, 80, &r);
 }
@@ -259,9 +254,9 @@ fn namespace_selector_on_default_name_label() {
             "podSelector: {matchLabels: {pod: a}}\ningress:\n- from:\n  - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: y}}",
         ),
     );
-    let mut r = Reachability::new(true);
-    r.expect_peer("x", "x/a", false)
-        .expect_peer("z", "x/a", false);
+    let r = reachability(true)
+        .expect_peer("x/*", "x/a", false)
+        .expect_peer("z/*", "x/a", false);
     check(&plan, &cluster, Tcp, 80, &r);
 }
 
@@ -276,8 +271,7 @@ fn namespace_selector_match_expressions_on_default_name_label() {
             "podSelector: {matchLabels: {pod: a}}\ningress:\n- from:\n  - namespaceSelector:\n      matchExpressions:\n      - {key: kubernetes.io/metadata.name, operator: NotIn, values: [y]}",
         ),
     );
-    let mut r = Reachability::new(true);
-    r.expect_peer("y", "x/a", false);
+    let r = reachability(true).expect_peer("y/*", "x/a", false);
     check(&plan, &cluster, Tcp, 80, &r);
 }
 
@@ -292,12 +286,11 @@ fn ports_only_81_from_namespace_y() {
             "podSelector: {matchLabels: {pod: a}}\ningress:\n- from:\n  - namespaceSelector: {matchLabels: {ns: y}}\n  ports:\n  - {port: 81, protocol: TCP}",
         ),
     );
-    let mut r80 = Reachability::new(true);
-    r80.expect_all_ingress("x/a", false);
+    let r80 = reachability(true).expect_all_ingress("x/a", false);
     check(&plan, &cluster, Tcp, 80, &r80);
-    let mut r81 = Reachability::new(true);
-    r81.expect_peer("x", "x/a", false)
-        .expect_peer("z", "x/a", false);
+    let r81 = reachability(true)
+        .expect_peer("x/*", "x/a", false)
+        .expect_peer("z/*", "x/a", false);
     check(&plan, &cluster, Tcp, 81, &r81);
 }
 
@@ -314,9 +307,9 @@ fn multiple_stacked_policies_with_overlapping_pod_selectors() {
         "podSelector: {matchLabels: {pod: a}}\ningress:\n- from:\n  - namespaceSelector: {matchLabels: {ns: y}}\n  ports:\n  - {port: 80, protocol: TCP}",
     );
     let plan = plan(&cluster, &yaml);
-    let mut r = Reachability::new(true);
-    r.expect_peer("x", "x/a", false)
-        .expect_peer("z", "x/a", false);
+    let r = reachability(true)
+        .expect_peer("x/*", "x/a", false)
+        .expect_peer("z/*", "x/a", false);
     check(&plan, &cluster, Tcp, 80, &r);
     check(&plan, &cluster, Tcp, 81, &r);
 }
@@ -328,8 +321,8 @@ fn allow_all_ingress_policy() {
         &cluster,
         &np("x", "allow-all", "podSelector: {}\ningress:\n- {}"),
     );
-    check(&plan, &cluster, Tcp, 80, &Reachability::new(true));
-    check(&plan, &cluster, Udp, 81, &Reachability::new(true));
+    check(&plan, &cluster, Tcp, 80, &reachability(true));
+    check(&plan, &cluster, Udp, 81, &reachability(true));
 }
 
 #[test]
@@ -343,9 +336,8 @@ fn allow_ingress_on_one_named_port() {
             "podSelector: {}\ningress:\n- ports:\n  - port: serve-81-tcp",
         ),
     );
-    check(&plan, &cluster, Tcp, 81, &Reachability::new(true));
-    let mut r80 = Reachability::new(true);
-    r80.expect_peer("", "x", false);
+    check(&plan, &cluster, Tcp, 81, &reachability(true));
+    let r80 = reachability(true).expect_peer("*", "x/*", false);
     check(&plan, &cluster, Tcp, 80, &r80);
     // The name is TCP's; UDP 81 is another port (serve-81-udp).
     check(&plan, &cluster, Udp, 81, &r80);
@@ -362,12 +354,11 @@ fn allow_ingress_from_namespace_on_one_named_port() {
             "podSelector: {}\ningress:\n- from:\n  - namespaceSelector: {matchLabels: {ns: y}}\n  ports:\n  - {port: serve-80-tcp, protocol: TCP}",
         ),
     );
-    let mut r80 = Reachability::new(true);
-    r80.expect_peer("x", "x", false)
-        .expect_peer("z", "x", false);
+    let r80 = reachability(true)
+        .expect_peer("x/*", "x/*", false)
+        .expect_peer("z/*", "x/*", false);
     check(&plan, &cluster, Tcp, 80, &r80);
-    let mut r81 = Reachability::new(true);
-    r81.expect_peer("", "x", false);
+    let r81 = reachability(true).expect_peer("*", "x/*", false);
     check(&plan, &cluster, Tcp, 81, &r81);
 }
 
@@ -384,9 +375,8 @@ fn allow_egress_on_one_named_port() {
             ),
         ),
     );
-    check(&plan, &cluster, Tcp, 80, &Reachability::new(true));
-    let mut r81 = Reachability::new(true);
-    r81.expect_peer("x", "", false);
+    check(&plan, &cluster, Tcp, 80, &reachability(true));
+    let r81 = reachability(true).expect_peer("x/*", "*", false);
     check(&plan, &cluster, Tcp, 81, &r81);
 }
 
@@ -419,8 +409,7 @@ fn deny_ingress_from_pods_in_other_namespaces() {
             "podSelector: {}\ningress:\n- from:\n  - podSelector: {}",
         ),
     );
-    let mut r = Reachability::new(true);
-    r.expect_peer("y", "x", false).expect_peer("z", "x", false);
+    let r = reachability(true).expect_peer("y/*", "x/*", false).expect_peer("z/*", "x/*", false);
     check(&plan, &cluster, Tcp, 80, &r);
 }
 
@@ -435,8 +424,7 @@ fn deny_egress_from_pods_by_pod_selector() {
             "podSelector: {matchLabels: {pod: a}}\npolicyTypes: [Egress]",
         ),
     );
-    let mut r = Reachability::new(true);
-    r.expect_all_egress("x/a", false);
+    let r = reachability(true).expect_all_egress("x/a", false);
     check(&plan, &cluster, Tcp, 80, &r);
 }
 
@@ -447,8 +435,7 @@ fn deny_egress_from_all_pods_in_a_namespace() {
         &cluster,
         &np("x", "deny-egress", "podSelector: {}\npolicyTypes: [Egress]"),
     );
-    let mut r = Reachability::new(true);
-    r.expect_peer("x", "", false);
+    let r = reachability(true).expect_peer("x/*", "*", false);
     check(&plan, &cluster, Tcp, 80, &r);
 }
 
@@ -465,12 +452,12 @@ fn ingress_and_egress_specified_together() {
             ),
         ),
     );
-    let mut r80 = Reachability::new(true);
-    r80.expect_all_ingress("x/a", false)
+    let r80 = reachability(true)
+        .expect_all_ingress("x/a", false)
         .expect("x/b", "x/a", true);
     check(&plan, &cluster, Tcp, 80, &r80);
-    let mut r81 = Reachability::new(true);
-    r81.expect_all_egress("x/a", false)
+    let r81 = reachability(true)
+        .expect_all_egress("x/a", false)
         .expect_all_ingress("x/a", false)
         .expect("x/b", "x/a", true);
     check(&plan, &cluster, Tcp, 81, &r81);
@@ -487,8 +474,7 @@ fn ingress_rules_with_policy_types_ingress_egress_isolate_egress_too() {
             "podSelector: {matchLabels: {pod: a}}\npolicyTypes: [Ingress, Egress]\ningress:\n- {}",
         ),
     );
-    let mut r = Reachability::new(true);
-    r.expect_all_egress("x/a", false);
+    let r = reachability(true).expect_all_egress("x/a", false);
     check(&plan, &cluster, Tcp, 80, &r);
 }
 
@@ -504,7 +490,7 @@ fn egress_only_policy_types_ignore_ingress_rules() {
         ),
     );
     // Ingress is not isolated (not in policyTypes) and egress allows everything.
-    check(&plan, &cluster, Tcp, 80, &Reachability::new(true));
+    check(&plan, &cluster, Tcp, 80, &reachability(true));
 }
 
 #[test]
@@ -526,8 +512,8 @@ fn denying_egress_on_the_client_even_if_the_server_allows_it() {
         "podSelector: {matchLabels: {pod: b}}\ningress:\n- from:\n  - namespaceSelector: {matchLabels: {ns: x}}\n    podSelector: {matchLabels: {pod: a}}",
     );
     let plan = plan(&cluster, &yaml);
-    let mut r = Reachability::new(true);
-    r.expect_all_egress("x/a", false)
+    let r = reachability(true)
+        .expect_all_egress("x/a", false)
         .expect_all_ingress("y/a", false)
         .expect_all_ingress("y/b", false)
         .expect("x/a", "y/a", true);
@@ -547,8 +533,7 @@ fn egress_to_a_server_in_another_namespace_by_pod_and_namespace_selector() {
             ),
         ),
     );
-    let mut r = Reachability::new(true);
-    r.expect_all_egress("x/a", false).expect("x/a", "y/a", true);
+    let r = reachability(true).expect_all_egress("x/a", false).expect("x/a", "y/a", true);
     check(&plan, &cluster, Tcp, 80, &r);
 }
 
@@ -563,10 +548,9 @@ fn any_port_on_a_specific_protocol() {
             "podSelector: {matchLabels: {pod: a}}\ningress:\n- ports:\n  - protocol: TCP",
         ),
     );
-    check(&plan, &cluster, Tcp, 80, &Reachability::new(true));
-    check(&plan, &cluster, Tcp, 81, &Reachability::new(true));
-    let mut udp = Reachability::new(true);
-    udp.expect_all_ingress("x/a", false);
+    check(&plan, &cluster, Tcp, 80, &reachability(true));
+    check(&plan, &cluster, Tcp, 81, &reachability(true));
+    let udp = reachability(true).expect_all_ingress("x/a", false);
     check(&plan, &cluster, Udp, 80, &udp);
 }
 
@@ -581,9 +565,8 @@ fn port_without_protocol_defaults_to_tcp() {
             "podSelector: {}\ningress:\n- ports:\n  - port: 80",
         ),
     );
-    check(&plan, &cluster, Tcp, 80, &Reachability::new(true));
-    let mut denied = Reachability::new(true);
-    denied.expect_peer("", "x", false);
+    check(&plan, &cluster, Tcp, 80, &reachability(true));
+    let denied = reachability(true).expect_peer("*", "x/*", false);
     check(&plan, &cluster, Udp, 80, &denied);
     check(&plan, &cluster, Tcp, 81, &denied);
 }
@@ -597,8 +580,7 @@ fn multiple_ingress_policies_with_allow_all_taking_precedence() {
         "podSelector: {matchLabels: {pod: a}}\ningress:\n- ports:\n  - {port: 80, protocol: TCP}",
     );
     let first = plan(&cluster, &only_80);
-    let mut r81 = Reachability::new(true);
-    r81.expect_all_ingress("x/a", false);
+    let r81 = reachability(true).expect_all_ingress("x/a", false);
     check(&first, &cluster, Tcp, 81, &r81);
     let both = only_80
         + &np(
@@ -607,8 +589,8 @@ fn multiple_ingress_policies_with_allow_all_taking_precedence() {
             "podSelector: {matchLabels: {pod: a}}\ningress:\n- {}",
         );
     let second = plan(&cluster, &both);
-    check(&second, &cluster, Tcp, 80, &Reachability::new(true));
-    check(&second, &cluster, Tcp, 81, &Reachability::new(true));
+    check(&second, &cluster, Tcp, 80, &reachability(true));
+    check(&second, &cluster, Tcp, 81, &reachability(true));
 }
 
 #[test]
@@ -622,10 +604,9 @@ fn multiple_egress_policies_with_allow_all_taking_precedence() {
         ),
     );
     let first = plan(&cluster, &only_80);
-    let mut r81 = Reachability::new(true);
-    r81.expect_all_egress("x/a", false);
+    let r81 = reachability(true).expect_all_egress("x/a", false);
     check(&first, &cluster, Tcp, 81, &r81);
-    check(&first, &cluster, Tcp, 80, &Reachability::new(true));
+    check(&first, &cluster, Tcp, 80, &reachability(true));
     let both = only_80
         + &np(
             "x",
@@ -633,7 +614,7 @@ fn multiple_egress_policies_with_allow_all_taking_precedence() {
             "podSelector: {matchLabels: {pod: a}}\npolicyTypes: [Egress]\negress:\n- {}",
         );
     let second = plan(&cluster, &both);
-    check(&second, &cluster, Tcp, 81, &Reachability::new(true));
+    check(&second, &cluster, Tcp, 81, &reachability(true));
 }
 
 #[test]
@@ -646,11 +627,10 @@ fn policies_stop_applying_once_deleted() {
         "podSelector: {}\ningress:\n- from:\n  - podSelector: {}",
     ));
     let enforced = compile(&deny, &cluster, &mut ids);
-    let mut r = Reachability::new(true);
-    r.expect_peer("y", "x", false).expect_peer("z", "x", false);
+    let r = reachability(true).expect_peer("y/*", "x/*", false).expect_peer("z/*", "x/*", false);
     check(&enforced, &cluster, Tcp, 80, &r);
     let deleted = compile(&[], &cluster, &mut ids);
-    check(&deleted, &cluster, Tcp, 80, &Reachability::new(true));
+    check(&deleted, &cluster, Tcp, 80, &reachability(true));
 }
 
 #[test]
@@ -662,14 +642,13 @@ fn allow_ingress_from_updated_namespace() {
         "podSelector: {matchLabels: {pod: a}}\ningress:\n- from:\n  - namespaceSelector: {matchLabels: {ns2: updated}}",
     );
     let before = plan(&cluster, &yaml);
-    let mut r = Reachability::new(true);
-    r.expect_all_ingress("x/a", false);
+    let r = reachability(true).expect_all_ingress("x/a", false);
     check(&before, &cluster, Tcp, 80, &r);
     cluster.namespaces[1]
         .labels
         .insert("ns2".into(), "updated".into());
     let after = plan(&cluster, &yaml);
-    r.expect_peer("y", "x/a", true);
+    let r = r.expect_peer("y/*", "x/a", true);
     check(&after, &cluster, Tcp, 80, &r);
 }
 
@@ -686,13 +665,12 @@ fn deny_ingress_access_to_updated_pod() {
         &cluster,
         Tcp,
         80,
-        &Reachability::new(true),
+        &reachability(true),
     );
     cluster.pods[0]
         .labels
         .insert("target".into(), "isolated".into());
-    let mut r = Reachability::new(true);
-    r.expect_all_ingress("x/a", false);
+    let r = reachability(true).expect_all_ingress("x/a", false);
     check(&plan(&cluster, &yaml), &cluster, Tcp, 80, &r);
 }
 
@@ -710,8 +688,7 @@ fn egress_to_server_in_cidr_block() {
             ),
         ),
     );
-    let mut r = Reachability::new(true);
-    r.expect_all_egress("x/a", false).expect("x/a", "x/b", true);
+    let r = reachability(true).expect_all_egress("x/a", false).expect("x/a", "x/b", true);
     check(&plan, &cluster, Tcp, 80, &r);
 }
 
@@ -729,8 +706,7 @@ fn except_clause_while_egress_to_server_in_cidr_block() {
             ),
         ),
     );
-    let mut r = Reachability::new(true);
-    r.expect("x/a", "x/b", false);
+    let r = reachability(true).expect("x/a", "x/b", false);
     check(&plan, &cluster, Tcp, 80, &r);
 }
 
@@ -745,8 +721,7 @@ fn ip_overlapping_both_cidr_and_except_is_allowed_by_another_policy() {
             "podSelector: {{matchLabels: {{pod: a}}}}\npolicyTypes: [Egress]\negress:\n- to:\n  - ipBlock:\n      cidr: {xb}/4\n      except: [{xb}/32]\n{DNS_EGRESS}"
         ),
     );
-    let mut r = Reachability::new(true);
-    r.expect("x/a", "x/b", false);
+    let r = reachability(true).expect("x/a", "x/b", false);
     check(&plan(&cluster, &except), &cluster, Tcp, 80, &r);
     let both = except
         + &np(
@@ -761,7 +736,7 @@ fn ip_overlapping_both_cidr_and_except_is_allowed_by_another_policy() {
         &cluster,
         Tcp,
         80,
-        &Reachability::new(true),
+        &reachability(true),
     );
 }
 
@@ -777,10 +752,9 @@ fn ingress_from_cidr_block_matches_pod_ips() {
             &format!("podSelector: {{}}\ningress:\n- from:\n  - ipBlock: {{cidr: {yb}/32}}"),
         ),
     );
-    let mut r = Reachability::new(true);
-    r.expect_peer("", "x", false);
+    let mut r = reachability(true).expect_peer("*", "x/*", false);
     for to in ["x/a", "x/b", "x/c"] {
-        r.expect("y/b", to, true);
+        r = r.expect("y/b", to, true);
     }
     check(&plan, &cluster, Tcp, 80, &r);
 }
@@ -793,8 +767,7 @@ fn ingress_and_egress_controlled_independently_by_pod_selector() {
         "deny-egress-xa",
         "podSelector: {matchLabels: {pod: a}}\npolicyTypes: [Egress]",
     );
-    let mut r = Reachability::new(true);
-    r.expect_all_egress("x/a", false);
+    let r = reachability(true).expect_all_egress("x/a", false);
     check(&plan(&cluster, &deny_egress), &cluster, Tcp, 80, &r);
     let both = deny_egress
         + &np(
@@ -802,7 +775,7 @@ fn ingress_and_egress_controlled_independently_by_pod_selector() {
             "deny-ingress-xb",
             "podSelector: {matchLabels: {pod: b}}\npolicyTypes: [Ingress]",
         );
-    r.expect_all_ingress("x/b", false);
+    let r = r.expect_all_ingress("x/b", false);
     check(&plan(&cluster, &both), &cluster, Tcp, 80, &r);
 }
 
@@ -817,10 +790,9 @@ fn udp_only_policy_denies_tcp() {
             "podSelector: {matchLabels: {pod: a}}\ningress:\n- ports:\n  - {protocol: UDP, port: 81}",
         ),
     );
-    let mut tcp = Reachability::new(true);
-    tcp.expect_all_ingress("x/a", false);
+    let tcp = reachability(true).expect_all_ingress("x/a", false);
     check(&plan, &cluster, Tcp, 81, &tcp);
-    check(&plan, &cluster, Udp, 81, &Reachability::new(true));
+    check(&plan, &cluster, Udp, 81, &reachability(true));
     check(&plan, &cluster, Udp, 80, &tcp);
 }
 
@@ -835,10 +807,9 @@ fn sctp_policy_is_not_treated_as_tcp() {
             "podSelector: {matchLabels: {pod: a}}\ningress:\n- ports:\n  - {protocol: SCTP, port: 80}",
         ),
     );
-    let mut tcp = Reachability::new(true);
-    tcp.expect_all_ingress("x/a", false);
+    let tcp = reachability(true).expect_all_ingress("x/a", false);
     check(&plan, &cluster, Tcp, 80, &tcp);
-    check(&plan, &cluster, Sctp, 80, &Reachability::new(true));
+    check(&plan, &cluster, Sctp, 80, &reachability(true));
 }
 
 #[test]
@@ -852,12 +823,10 @@ fn ingress_port_range_with_end_port() {
             "podSelector: {}\ningress:\n- from:\n  - namespaceSelector: {matchLabels: {ns: y}}\n  ports:\n  - {protocol: TCP, port: 80, endPort: 81}",
         ),
     );
-    let mut r = Reachability::new(true);
-    r.expect_peer("x", "x", false).expect_peer("z", "x", false);
+    let r = reachability(true).expect_peer("x/*", "x/*", false).expect_peer("z/*", "x/*", false);
     check(&plan, &cluster, Tcp, 80, &r);
     check(&plan, &cluster, Tcp, 81, &r);
-    let mut r82 = Reachability::new(true);
-    r82.expect_peer("", "x", false);
+    let r82 = reachability(true).expect_peer("*", "x/*", false);
     check(&plan, &cluster, Tcp, 82, &r82);
     check(&plan, &cluster, Tcp, 79, &r82);
 }
@@ -875,12 +844,11 @@ fn egress_port_range_with_end_port() {
             ),
         ),
     );
-    let mut r80 = Reachability::new(true);
-    r80.expect_all_egress("x/a", false);
+    let r80 = reachability(true).expect_all_egress("x/a", false);
     check(&plan, &cluster, Tcp, 80, &r80);
-    let mut r81 = Reachability::new(true);
-    r81.expect_all_egress("x/a", false)
-        .expect_peer("x/a", "z", true);
+    let r81 = reachability(true)
+        .expect_all_egress("x/a", false)
+        .expect_peer("x/a", "z/*", true);
     check(&plan, &cluster, Tcp, 81, &r81);
 }
 
@@ -895,8 +863,8 @@ fn policy_in_one_namespace_does_not_select_pods_in_another() {
             "podSelector: {matchLabels: {pod: a}}\npolicyTypes: [Ingress, Egress]",
         ),
     );
-    let mut r = Reachability::new(true);
-    r.expect_all_ingress("y/a", false)
+    let r = reachability(true)
+        .expect_all_ingress("y/a", false)
         .expect_all_egress("y/a", false);
     check(&plan, &cluster, Tcp, 80, &r);
 }
@@ -913,9 +881,9 @@ fn egress_default_type_when_egress_rules_present() {
             "podSelector: {matchLabels: {pod: c}}\negress:\n- to:\n  - namespaceSelector: {matchLabels: {ns: y}}",
         ),
     );
-    let mut r = Reachability::new(true);
-    r.expect_all_ingress("x/c", false)
+    let r = reachability(true)
+        .expect_all_ingress("x/c", false)
         .expect_all_egress("x/c", false)
-        .expect_peer("x/c", "y", true);
+        .expect_peer("x/c", "y/*", true);
     check(&plan, &cluster, Tcp, 80, &r);
 }

@@ -3,6 +3,7 @@
 
 use std::{net::Ipv4Addr, sync::Arc};
 
+use flowgate_common::{ip, policy::match_type, record::tcp_flags};
 use serde::{Deserialize, Serialize};
 
 /// What kind of record the kernel (or the agent) produced. Read from its name (`FromStr`,
@@ -82,53 +83,61 @@ pub enum Protocol {
 impl Protocol {
     pub fn from_number(n: u8) -> Self {
         match n {
-            6 => Protocol::Tcp,
-            17 => Protocol::Udp,
-            132 => Protocol::Sctp,
-            1 => Protocol::Icmp,
+            ip::protocol::TCP => Protocol::Tcp,
+            ip::protocol::UDP => Protocol::Udp,
+            ip::protocol::SCTP => Protocol::Sctp,
+            ip::protocol::ICMP => Protocol::Icmp,
             n => Protocol::Other(n),
+        }
+    }
+
+    /// The IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => ip::protocol::TCP,
+            Protocol::Udp => ip::protocol::UDP,
+            Protocol::Sctp => ip::protocol::SCTP,
+            Protocol::Icmp => ip::protocol::ICMP,
+            Protocol::Other(n) => n,
         }
     }
 
     /// Lowercase name as Cilium's monitor prints it.
     pub fn name(self) -> String {
         match self {
-            Protocol::Tcp => "tcp".into(),
-            Protocol::Udp => "udp".into(),
-            Protocol::Sctp => "sctp".into(),
-            Protocol::Icmp => "icmp".into(),
             Protocol::Other(n) => format!("proto-{n}"),
+            known => ip::protocol_name(known.number()).unwrap_or_default().to_ascii_lowercase(),
+        }
+    }
+
+    /// The name of the protocol's `l4` object in Hubble's flow (`TCP`, `UDP`, `SCTP`, `ICMPv4`); `None` for
+    /// a protocol Hubble has no `l4` for.
+    pub fn hubble_name(self) -> Option<&'static str> {
+        match self {
+            Protocol::Icmp => Some("ICMPv4"),
+            Protocol::Other(_) => None,
+            known => ip::protocol_name(known.number()),
         }
     }
 }
 
-/// TCP flag bits as in the TCP header (FIN 0x01 ... CWR 0x80).
+/// TCP flag bits as in the TCP header (FIN 0x01 ... CWR 0x80), as `flowgate_common::record::tcp_flags` defines them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct TcpFlags(pub u8);
 
 impl TcpFlags {
-    pub const FIN: u8 = 0x01;
-    pub const SYN: u8 = 0x02;
-    pub const RST: u8 = 0x04;
-    pub const PSH: u8 = 0x08;
-    pub const ACK: u8 = 0x10;
-    pub const URG: u8 = 0x20;
-    pub const ECE: u8 = 0x40;
-    pub const CWR: u8 = 0x80;
+    pub const FIN: u8 = tcp_flags::FIN;
+    pub const SYN: u8 = tcp_flags::SYN;
+    pub const RST: u8 = tcp_flags::RST;
+    pub const PSH: u8 = tcp_flags::PSH;
+    pub const ACK: u8 = tcp_flags::ACK;
+    pub const URG: u8 = tcp_flags::URG;
+    pub const ECE: u8 = tcp_flags::ECE;
+    pub const CWR: u8 = tcp_flags::CWR;
 
     /// Names in Cilium's order (`SYN, ACK`).
     pub fn names(self) -> Vec<&'static str> {
-        const ORDER: [(u8, &str); 8] = [
-            (TcpFlags::SYN, "SYN"),
-            (TcpFlags::FIN, "FIN"),
-            (TcpFlags::RST, "RST"),
-            (TcpFlags::PSH, "PSH"),
-            (TcpFlags::ACK, "ACK"),
-            (TcpFlags::URG, "URG"),
-            (TcpFlags::ECE, "ECE"),
-            (TcpFlags::CWR, "CWR"),
-        ];
-        ORDER.iter().filter(|(bit, _)| self.0 & bit != 0).map(|(_, n)| *n).collect()
+        tcp_flags::NAMES.iter().filter(|(bit, _)| self.0 & bit != 0).map(|(_, n)| *n).collect()
     }
 }
 
@@ -205,6 +214,47 @@ pub enum MatchType {
     None,
 }
 
+/// The one conversion between the kernel's match-type numbers and what flowgate shows.
+///
+/// The kernel writes `flowgate_common::policy::match_type` (L3-L4 1, L3-only 2, L4-only 3, all 4), its own
+/// numbering. Hubble's JSON carries Cilium's (`policy_match_type`: L3-only 1, L3-L4 2, L4-only 3, all 4;
+/// none is 0 and left out), so the numbers differ for L3-L4 and L3-only and must go through this table,
+/// never be copied across. Columns: the type, the kernel's number, Hubble's `policy_match_type`, the text
+/// Cilium's monitor prints (`match L3-L4`) and the metrics label.
+const MATCH_TYPES: [(MatchType, u8, u32, &str, &str); 5] = [
+    (MatchType::None, match_type::NONE, 0, "none", "none"),
+    (MatchType::L3L4, match_type::L3_L4, 2, "L3-L4", "l3-l4"),
+    (MatchType::L3Only, match_type::L3_ONLY, 1, "L3-Only", "l3-only"),
+    (MatchType::L4Only, match_type::L4_ONLY, 3, "L4-Only", "l4-only"),
+    (MatchType::All, match_type::ALL, 4, "all", "all"),
+];
+
+impl MatchType {
+    fn row(self) -> &'static (MatchType, u8, u32, &'static str, &'static str) {
+        MATCH_TYPES.iter().find(|row| row.0 == self).expect("every match type has a row")
+    }
+
+    /// The type of a kernel match-type number; an unknown number is `None` (no match).
+    pub fn from_kernel(number: u8) -> Self {
+        MATCH_TYPES.iter().find(|row| row.1 == number).map_or(MatchType::None, |row| row.0)
+    }
+
+    /// Hubble's `policy_match_type` (Cilium's numbering).
+    pub fn hubble_number(self) -> u32 {
+        self.row().2
+    }
+
+    /// As Cilium's monitor prints it: `L3-L4`, `L3-Only`, `L4-Only`, `all`, `none`.
+    pub fn text(self) -> &'static str {
+        self.row().3
+    }
+
+    /// The `match` label of the policy-verdict metrics: `l3-l4`, `l3-only`, `l4-only`, `all`, `none`.
+    pub fn metrics_label(self) -> &'static str {
+        self.row().4
+    }
+}
+
 /// One enriched event.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Flow {
@@ -214,7 +264,7 @@ pub struct Flow {
     pub ktime_ns: u64,
     pub event_type: EventType,
     pub verdict: Verdict,
-    /// Drop reason code (0 when not dropped), Cilium's numbering (133: policy denied).
+    /// Drop reason code (0 when not dropped), one of `flowgate_common::drop_reason`.
     #[serde(default)]
     pub drop_reason: u8,
     pub source_ip: Ipv4Addr,
@@ -263,6 +313,51 @@ impl Flow {
             && (self.endpoint_id == endpoint_id
                 || self.source.endpoint_id == endpoint_id
                 || self.destination.endpoint_id == endpoint_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn match_types_from_the_kernel_to_hubble_and_text() {
+        // (kernel number, type, Hubble's policy_match_type, Cilium's text, metrics label)
+        let table = [
+            (0, MatchType::None, 0, "none", "none"),
+            (1, MatchType::L3L4, 2, "L3-L4", "l3-l4"),
+            (2, MatchType::L3Only, 1, "L3-Only", "l3-only"),
+            (3, MatchType::L4Only, 3, "L4-Only", "l4-only"),
+            (4, MatchType::All, 4, "all", "all"),
+        ];
+        for (kernel, m, hubble, text, label) in table {
+            assert_eq!(MatchType::from_kernel(kernel), m, "kernel {kernel}");
+            assert_eq!((m.hubble_number(), m.text(), m.metrics_label()), (hubble, text, label), "{m:?}");
+        }
+        assert_eq!(MatchType::from_kernel(9), MatchType::None);
+    }
+
+    #[test]
+    fn protocol_numbers_and_names() {
+        let table = [
+            (6, Protocol::Tcp, "tcp", Some("TCP")),
+            (17, Protocol::Udp, "udp", Some("UDP")),
+            (132, Protocol::Sctp, "sctp", Some("SCTP")),
+            (1, Protocol::Icmp, "icmp", Some("ICMPv4")),
+            (47, Protocol::Other(47), "proto-47", None),
+        ];
+        for (number, p, name, hubble) in table {
+            assert_eq!(Protocol::from_number(number), p);
+            assert_eq!((p.number(), p.name(), p.hubble_name()), (number, name.to_owned(), hubble));
+        }
+        assert_eq!("Udp".parse::<Protocol>(), Ok(Protocol::Udp));
+        assert!("icmpv6".parse::<Protocol>().is_err());
+        assert!("gre".parse::<Protocol>().is_err());
+    }
+
+    #[test]
+    fn tcp_flag_names_in_cilium_order() {
+        assert_eq!(TcpFlags(TcpFlags::ACK | TcpFlags::SYN | TcpFlags::FIN).names(), ["SYN", "FIN", "ACK"]);
     }
 }
 

@@ -2,6 +2,8 @@
 //! lack (pod names, the policy that decided). Pure; used by `flowgate monitor -o text`, the agent's
 //! `--print-events` and `flowgate verdicts export -o text`.
 
+use flowgate_common::drop_reason;
+
 use crate::{
     flow::{EventType, Flow, MatchType, Peer, PolicyAttribution, Protocol, TrafficDirection, Verdict},
     message::LostEvents,
@@ -21,18 +23,8 @@ pub fn flow_id(flow: &Flow) -> u32 {
     eat(&flow.destination_ip.octets());
     eat(&flow.source_port.to_be_bytes());
     eat(&flow.destination_port.to_be_bytes());
-    eat(&[protocol_number(flow.protocol)]);
+    eat(&[flow.protocol.number()]);
     h
-}
-
-fn protocol_number(p: Protocol) -> u8 {
-    match p {
-        Protocol::Tcp => 6,
-        Protocol::Udp => 17,
-        Protocol::Sctp => 132,
-        Protocol::Icmp => 1,
-        Protocol::Other(n) => n,
-    }
 }
 
 /// `10.0.0.1:40000 -> 10.0.0.2:80 tcp SYN`.
@@ -91,15 +83,9 @@ fn direction_text(flow: &Flow) -> &'static str {
     }
 }
 
-/// `L3-L4`, `L3-Only`, `L4-Only`, `all`, `none`, as Cilium prints match types.
+/// `L3-L4`, `L3-Only`, `L4-Only`, `all`, `none`, as Cilium prints match types ([`MatchType::text`]).
 pub fn match_text(m: Option<MatchType>) -> &'static str {
-    match m {
-        Some(MatchType::L3L4) => "L3-L4",
-        Some(MatchType::L3Only) => "L3-Only",
-        Some(MatchType::L4Only) => "L4-Only",
-        Some(MatchType::All) => "all",
-        Some(MatchType::None) | None => "none",
-    }
+    m.unwrap_or(MatchType::None).text()
 }
 
 /// The policy that decided, e.g. `default/allow-db` or `default deny (isolated by default/deny-all)`.
@@ -118,20 +104,13 @@ pub fn policy_text(p: Option<&PolicyAttribution>) -> String {
     }
 }
 
-/// Drop reason text as Cilium names it.
+/// Drop reason text as Cilium names it (`flowgate_common::drop_reason`'s table), `reason N` for a code
+/// without a name.
 pub fn drop_reason_text(code: u8) -> String {
-    match code {
-        133 => "Policy denied".into(),
-        0 => "none".into(),
-        n => format!("reason {n}"),
-    }
-}
-
-/// Hubble's drop_reason_desc for a code.
-pub fn drop_reason_desc(code: u8) -> &'static str {
-    match code {
-        133 => "POLICY_DENIED",
-        _ => "DROP_REASON_UNKNOWN",
+    match drop_reason::lookup(code) {
+        Some(reason) => reason.text.into(),
+        None if code == 0 => "none".into(),
+        None => format!("reason {code}"),
     }
 }
 
@@ -258,7 +237,7 @@ mod tests {
     fn drop_and_trace_and_lost_lines() {
         let mut f = verdict_flow();
         f.event_type = EventType::Drop;
-        f.drop_reason = 133;
+        f.drop_reason = drop_reason::POLICY_DENIED;
         let line = flow_line(&f);
         assert!(line.starts_with("xx drop (Policy denied) flow 0x"), "{line}");
         assert!(line.ends_with(": 10.0.0.12:43210 -> 10.0.0.7:5432 tcp SYN"), "{line}");

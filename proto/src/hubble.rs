@@ -7,9 +7,11 @@
 
 use std::{net::Ipv4Addr, sync::Arc};
 
+use flowgate_common::drop_reason;
 use serde_json::{Map, Value, json};
 
 use crate::{
+    civil,
     flow::{
         CtState, EventType, Flow, MatchType, Peer, PolicyAttribution, PolicyName, Protocol, TcpFlags, TrafficDirection,
         Verdict,
@@ -45,7 +47,7 @@ pub fn timestamp(time_ns: u64) -> String {
     let nanos = (time_ns % 1_000_000_000) as u32;
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
-    let (year, month, day) = civil_from_days(days);
+    let (year, month, day) = civil::from_days(days);
     let (h, m, s) = (rem / 3600, (rem / 60) % 60, rem % 60);
     let frac = if nanos == 0 {
         String::new()
@@ -59,51 +61,20 @@ pub fn timestamp(time_ns: u64) -> String {
     format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}{frac}Z")
 }
 
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
 
 /// Hubble's `Verdict` name.
 pub fn verdict_name(verdict: Verdict) -> &'static str {
     verdict.hubble_name()
 }
 
-/// Hubble's `DropReason` name of a Cilium drop reason code.
+/// Hubble's `DropReason` name of a Cilium drop reason code (`flowgate_common::drop_reason`'s table).
 pub fn drop_reason_name(code: u8) -> &'static str {
-    match code {
-        132 => "INVALID_SOURCE_IP",
-        133 => "POLICY_DENIED",
-        134 => "INVALID_PACKET_DROPPED",
-        135 => "CT_TRUNCATED_OR_INVALID_HEADER",
-        136 => "CT_MISSING_TCP_ACK_FLAG",
-        137 => "CT_UNKNOWN_L4_PROTOCOL",
-        139 => "UNSUPPORTED_L3_PROTOCOL",
-        142 => "UNKNOWN_L4_PROTOCOL",
-        155 => "CT_MAP_INSERTION_FAILED",
-        181 => "POLICY_DENY",
-        _ => "DROP_REASON_UNKNOWN",
-    }
+    drop_reason::hubble_name(code)
 }
 
-/// Cilium's numbering of policy match types (`policy_match_type`).
+/// Cilium's numbering of policy match types (`policy_match_type`), see [`MatchType::hubble_number`].
 pub fn match_type_number(m: Option<MatchType>) -> u32 {
-    match m {
-        None | Some(MatchType::None) => 0,
-        Some(MatchType::L3Only) => 1,
-        Some(MatchType::L3L4) => 2,
-        Some(MatchType::L4Only) => 3,
-        Some(MatchType::All) => 4,
-    }
+    m.unwrap_or(MatchType::None).hubble_number()
 }
 
 /// `event_type` {type, sub_type}: drop → (1, drop reason), trace → (4, observation point), policy
@@ -133,11 +104,11 @@ pub fn cilium_label(label: &str) -> String {
 
 /// `TCP Flags: SYN`, `UDP`, `ICMPv4 EchoRequest`, as Hubble's summary.
 pub fn summary(flow: &Flow) -> String {
+    let name = flow.protocol.hubble_name().unwrap_or_default();
     match flow.protocol {
-        Protocol::Tcp => format!("TCP Flags: {}", flow.tcp_flags.names().join(", ")),
-        Protocol::Udp => "UDP".into(),
-        Protocol::Sctp => "SCTP".into(),
-        Protocol::Icmp => format!("ICMPv4 {}", icmp_type_name(flow.icmp_type, flow.icmp_code)),
+        Protocol::Tcp => format!("{name} Flags: {}", flow.tcp_flags.names().join(", ")),
+        Protocol::Udp | Protocol::Sctp => name.into(),
+        Protocol::Icmp => format!("{name} {}", icmp_type_name(flow.icmp_type, flow.icmp_code)),
         Protocol::Other(n) => format!("IP protocol {n}"),
     }
 }
@@ -189,30 +160,22 @@ fn endpoint_json(peer: &Peer) -> Value {
 }
 
 fn l4_json(flow: &Flow) -> Value {
-    let ports = |name: &str| {
-        let mut p = Map::new();
-        put(&mut p, "source_port", json!(flow.source_port));
-        put(&mut p, "destination_port", json!(flow.destination_port));
-        (name.to_owned(), p)
+    let Some(name) = flow.protocol.hubble_name() else {
+        return Value::Null;
     };
-    let (name, body) = match flow.protocol {
-        Protocol::Tcp => {
-            let (name, mut p) = ports("TCP");
-            let flags: Map<String, Value> =
-                flow.tcp_flags.names().into_iter().map(|f| (f.to_owned(), Value::Bool(true))).collect();
-            put(&mut p, "flags", Value::Object(flags));
-            (name, p)
-        }
-        Protocol::Udp => ports("UDP"),
-        Protocol::Sctp => ports("SCTP"),
-        Protocol::Icmp => {
-            let mut p = Map::new();
-            put(&mut p, "type", json!(flow.icmp_type));
-            put(&mut p, "code", json!(flow.icmp_code));
-            ("ICMPv4".to_owned(), p)
-        }
-        Protocol::Other(_) => return Value::Null,
-    };
+    let mut body = Map::new();
+    if flow.protocol == Protocol::Icmp {
+        put(&mut body, "type", json!(flow.icmp_type));
+        put(&mut body, "code", json!(flow.icmp_code));
+    } else {
+        put(&mut body, "source_port", json!(flow.source_port));
+        put(&mut body, "destination_port", json!(flow.destination_port));
+    }
+    if flow.protocol == Protocol::Tcp {
+        let flags: Map<String, Value> =
+            flow.tcp_flags.names().into_iter().map(|f| (f.to_owned(), Value::Bool(true))).collect();
+        put(&mut body, "flags", Value::Object(flags));
+    }
     json!({ name: Value::Object(body) })
 }
 
@@ -276,7 +239,11 @@ pub fn flow_object(flow: &Flow, node_name: &str) -> Value {
         put(&mut o, "trace_reason", json!(reason));
     }
     if flow.verdict == Verdict::Dropped {
-        let code = if flow.drop_reason == 0 && flow.policy.is_some() { 133 } else { flow.drop_reason };
+        let code = if flow.drop_reason == 0 && flow.policy.is_some() {
+            drop_reason::POLICY_DENIED
+        } else {
+            flow.drop_reason
+        };
         o.insert("drop_reason_desc".into(), json!(drop_reason_name(code)));
     }
     if let Some(reply) = flow.is_reply {
@@ -415,23 +382,12 @@ pub fn parse_timestamp(text: &str) -> Option<u64> {
         _ => return None,
     };
     let (m, d) = (u32::try_from(month).ok()?, u32::try_from(day).ok()?);
-    let days = days_from_civil(year, m, d);
-    if civil_from_days(days) != (year, m, d) || hour > 23 || minute > 59 || second > 59 {
+    let days = civil::to_days(year, m, d);
+    if civil::from_days(days) != (year, m, d) || hour > 23 || minute > 59 || second > 59 {
         return None;
     }
     let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset;
     u64::try_from(secs * 1_000_000_000 + nanos).ok()
-}
-
-/// (year, month, day) to days since 1970-01-01, the inverse of [`civil_from_days`].
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = i64::from((month + 9) % 12);
-    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 /// A label as the agent keeps it: [`cilium_label`]'s `k8s:` source taken off again.

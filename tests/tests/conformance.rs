@@ -11,12 +11,12 @@
 #[path = "conformance/framework.rs"]
 mod framework;
 
-use framework::{Conformance, Reachability, Tcp, Udp, policy};
+use framework::{Conformance, Reachability, Tcp, Udp, policy, reachability};
 use serde_json::json;
 
 /// All connected.
 fn all() -> Reachability {
-    Reachability::new(true)
+    reachability(true)
 }
 
 // ---------------------------------------------------------------------------------------------

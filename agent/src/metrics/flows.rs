@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use flowgate_proto::{
     Flow,
     flow::{EventType, MatchType, Peer, PolicyAttribution, Protocol, TrafficDirection, Verdict},
-    format,
+    hubble,
 };
 
 /// Label value that collects what is over a cap.
@@ -54,20 +54,12 @@ pub fn direction_label(d: TrafficDirection) -> &'static str {
 }
 
 pub fn match_label(m: Option<MatchType>) -> &'static str {
-    match m {
-        Some(MatchType::L3L4) => "l3-l4",
-        Some(MatchType::L3Only) => "l3-only",
-        Some(MatchType::L4Only) => "l4-only",
-        Some(MatchType::All) => "all",
-        Some(MatchType::None) | None => "none",
-    }
+    m.unwrap_or(MatchType::None).metrics_label()
 }
 
+/// Hubble's name of the protocol (`TCP`, `ICMPv4`), `PROTO-N` for one without.
 pub fn protocol_label(p: Protocol) -> String {
-    match p {
-        Protocol::Icmp => "ICMPv4".into(),
-        other => other.name().to_ascii_uppercase(),
-    }
+    p.hubble_name().map_or_else(|| p.name().to_ascii_uppercase(), str::to_owned)
 }
 
 /// `namespace/pod` for an endpoint, else its first label (`cidr:...`, `reserved:world`), else its IP.
@@ -116,7 +108,7 @@ impl FlowCounts {
         match flow.event_type {
             EventType::PolicyVerdict => self.policy_verdict(flow),
             EventType::Drop => {
-                let reason = format::drop_reason_desc(flow.drop_reason);
+                let reason = hubble::drop_reason_name(flow.drop_reason);
                 *self
                     .drops
                     .entry((reason, protocol_label(flow.protocol)))

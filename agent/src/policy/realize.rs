@@ -7,9 +7,12 @@ use std::{
     net::Ipv4Addr,
 };
 
-use flowgate_common::policy::{
-    IDENTITY_ANY, IDENTITY_WORLD, IpcacheValue, POLICY_FLAG_L4, POLICY_PREFIX_PEER, POLICY_PREFIX_PROTOCOL,
-    PolicyKey, PolicyValue, direction, enforcement,
+use flowgate_common::{
+    identity,
+    policy::{
+        IpcacheValue, POLICY_FLAG_L4, POLICY_PREFIX_PEER, POLICY_PREFIX_PROTOCOL, PolicyKey, PolicyValue, direction,
+        enforcement,
+    },
 };
 use flowgate_policy::{DirectionPolicy, PeerMatch, PolicyPlan, PolicyRef};
 use flowgate_proto::flow::PolicyName;
@@ -86,7 +89,7 @@ fn direction_entries(
     for entry in &policy.entries {
         let identity = match entry.peer {
             PeerMatch::Identity(id) => id,
-            PeerMatch::Any => IDENTITY_ANY,
+            PeerMatch::Any => identity::ANY,
         };
         let mut add = |prefix: u32, protocol: u8, port: u16| {
             out.entry((prefix, PolicyKey::new(endpoint_id, dir, identity, protocol, port)))
@@ -133,7 +136,7 @@ pub fn realize(plan: &PolicyPlan, pods: &[(Ipv4Addr, u32)], audit: &Audit, rules
 
     // ipcache: CIDR prefixes (0.0.0.0/0 maps to the world identity), then every pod's /32.
     for cidr in &plan.cidrs {
-        let identity = if cidr.prefix.prefix_len() == 0 { IDENTITY_WORLD } else { cidr.identity };
+        let identity = if cidr.prefix.prefix_len() == 0 { identity::WORLD } else { cidr.identity };
         contents.ipcache.push((
             u32::from(cidr.prefix.prefix_len()),
             cidr.prefix.addr(),

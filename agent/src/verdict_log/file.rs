@@ -4,6 +4,8 @@
 //! opened again. Rotation happens between writes: the current file is renamed to a timestamped backup
 //! (`verdicts-2024-05-01T10-20-30.123456.jsonl`, UTC, as Hubble's exporter names them), optionally
 //! gzip-compressed by a background thread (`...jsonl.gz`), and backups beyond the limit are removed.
+//! The names and the order of backups are `flowgate_proto::verdict_log_files`', which the exporter reads
+//! by.
 
 use std::{
     fs::{File, OpenOptions},
@@ -18,117 +20,25 @@ use std::{
     thread::JoinHandle,
 };
 
+use flowgate_proto::verdict_log_files::compressed_path;
+pub use flowgate_proto::verdict_log_files::{Backup, Naming};
 use log::{info, warn};
 
 use super::config::Rotation;
 
-/// Length of the timestamp in backup names: `2024-05-01T10-20-30.123456`.
-pub const STAMP_LEN: usize = 26;
-
-/// How the current file's name splits around a backup's timestamp: `verdicts` + `.jsonl`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Naming {
-    dir: PathBuf,
-    stem: String,
-    ext: String,
-}
-
-/// A rotated file.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Backup {
-    pub path: PathBuf,
-    /// `2024-05-01T10-20-30.123456`: sorts in rotation order.
-    pub stamp: String,
-    pub compressed: bool,
-}
-
-impl Naming {
-    pub fn new(current: &Path) -> Self {
-        let dir = current
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."))
-            .to_owned();
-        let name = current
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let (stem, ext) = match name.split_once('.') {
-            Some((stem, ext)) if !stem.is_empty() => (stem.to_owned(), format!(".{ext}")),
-            _ => (name, String::new()),
-        };
-        Self { dir, stem, ext }
-    }
-
-    /// The backup name for a rotation at `unix_micros`.
-    pub fn backup_path(&self, unix_micros: i64) -> (PathBuf, String) {
-        let stamp = stamp(unix_micros);
-        (
-            self.dir.join(format!("{}-{stamp}{}", self.stem, self.ext)),
-            stamp,
-        )
-    }
-
-    /// Whether `name` is a backup of this log; its stamp and whether it is compressed.
-    pub fn parse_backup(&self, name: &str) -> Option<(String, bool)> {
-        let rest = name.strip_prefix(&self.stem)?.strip_prefix('-')?;
-        let (rest, compressed) = match rest.strip_suffix(".gz") {
-            Some(r) => (r, true),
-            None => (rest, false),
-        };
-        let stamp = rest.strip_suffix(self.ext.as_str())?;
-        let ok = stamp.len() == STAMP_LEN
-            && stamp.bytes().enumerate().all(|(i, b)| match i {
-                4 | 7 | 13 | 16 => b == b'-',
-                10 => b == b'T',
-                19 => b == b'.',
-                _ => b.is_ascii_digit(),
-            });
-        ok.then(|| (stamp.to_owned(), compressed))
-    }
-
-    /// Backups in rotation order, oldest first. A backup present both plain and compressed (a crash
-    /// between compressing and removing the plain file) is listed once, compressed.
-    pub fn backups(&self) -> Vec<Backup> {
-        let mut out: Vec<Backup> = Vec::new();
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return out;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if let Some((stamp, compressed)) = self.parse_backup(&name) {
-                out.push(Backup {
-                    path: entry.path(),
-                    stamp,
-                    compressed,
-                });
-            }
-        }
-        out.sort_by(|a, b| (&a.stamp, !a.compressed).cmp(&(&b.stamp, !b.compressed)));
-        out.dedup_by(|later, earlier| later.stamp == earlier.stamp);
-        out
-    }
-
-    fn temp_files(&self) -> Vec<PathBuf> {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return Vec::new();
-        };
-        entries
-            .flatten()
-            .filter(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                name.strip_suffix(".tmp")
-                    .is_some_and(|n| self.parse_backup(n).is_some())
-            })
-            .map(|e| e.path())
-            .collect()
-    }
-}
-
-/// `2024-05-01T10-20-30.123456` (UTC) for microseconds since the epoch.
-pub fn stamp(unix_micros: i64) -> String {
-    let ts = jiff::Timestamp::from_microsecond(unix_micros).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
-    ts.strftime("%Y-%m-%dT%H-%M-%S.%6f").to_string()
+/// Temporary files a compression left behind (`<backup>.gz.tmp`), removed on open.
+fn temp_files(naming: &Naming) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(naming.dir()) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_suffix(".tmp").is_some_and(|n| naming.parse_backup(n).is_some())
+        })
+        .map(|e| e.path())
+        .collect()
 }
 
 fn now_micros() -> i64 {
@@ -181,9 +91,7 @@ impl Drop for Compressor {
 
 /// `X` -> `X.gz` through `X.gz.tmp`; `X` is removed once `X.gz` is complete.
 pub fn compress(path: &Path) -> io::Result<()> {
-    let mut gz_name = path.as_os_str().to_owned();
-    gz_name.push(".gz");
-    let gz = PathBuf::from(gz_name);
+    let gz = compressed_path(path);
     let mut tmp_name = gz.as_os_str().to_owned();
     tmp_name.push(".tmp");
     let tmp = PathBuf::from(tmp_name);
@@ -210,12 +118,9 @@ fn prune(naming: &Naming, keep: usize) {
     let excess = backups.len().saturating_sub(keep);
     for old in &backups[..excess] {
         // The plain file of a compressed backup may exist too (crash between steps): remove both.
-        let plain = naming
-            .dir
-            .join(format!("{}-{}{}", naming.stem, old.stamp, naming.ext));
-        let mut gz_name = plain.as_os_str().to_owned();
-        gz_name.push(".gz");
-        for p in [plain, PathBuf::from(gz_name)] {
+        let plain = naming.backup_path(&old.stamp);
+        let gz = compressed_path(&plain);
+        for p in [plain, gz] {
             match std::fs::remove_file(&p) {
                 Ok(()) => info!("removed old verdict log {}", p.display()),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -311,7 +216,7 @@ impl LogFile {
         }
         let size = len - cut;
         let naming = Naming::new(path);
-        for tmp in naming.temp_files() {
+        for tmp in temp_files(&naming) {
             let _ = std::fs::remove_file(tmp);
         }
         let mut log = Self {
@@ -328,10 +233,7 @@ impl LogFile {
         };
         // Plain backups whose compressed twin is complete, and plain ones waiting for compression.
         for backup in log.naming.backups() {
-            let plain = log.naming.dir.join(format!(
-                "{}-{}{}",
-                log.naming.stem, backup.stamp, log.naming.ext
-            ));
+            let plain = log.naming.backup_path(&backup.stamp);
             if backup.compressed {
                 let _ = std::fs::remove_file(plain);
             } else if rotation.compress {
@@ -390,7 +292,7 @@ impl LogFile {
         // Strictly increasing stamps, so backups sort in rotation order even within a microsecond.
         let micros = now_micros().max(self.last_stamp + 1);
         self.last_stamp = micros;
-        let (backup, _) = self.naming.backup_path(micros);
+        let (backup, _) = self.naming.backup_path_at(micros);
         std::fs::rename(&self.path, &backup)?;
         self.file = open_append(&self.path)?;
         self.size = 0;
@@ -453,30 +355,6 @@ mod tests {
     }
 
     #[test]
-    fn names_of_backups_round_trip_and_sort() {
-        let n = Naming::new(Path::new("/var/log/flowgate/verdicts.jsonl"));
-        let (p, s) = n.backup_path(1_714_558_830_123_456);
-        assert_eq!(
-            p,
-            Path::new("/var/log/flowgate/verdicts-2024-05-01T10-20-30.123456.jsonl")
-        );
-        assert_eq!(
-            n.parse_backup("verdicts-2024-05-01T10-20-30.123456.jsonl"),
-            Some((s.clone(), false))
-        );
-        assert_eq!(
-            n.parse_backup("verdicts-2024-05-01T10-20-30.123456.jsonl.gz"),
-            Some((s, true))
-        );
-        assert_eq!(n.parse_backup("verdicts.jsonl"), None);
-        assert_eq!(n.parse_backup("verdicts-2024-05-01.jsonl"), None);
-        assert_eq!(
-            n.parse_backup("other-2024-05-01T10-20-30.123456.jsonl"),
-            None
-        );
-    }
-
-    #[test]
     fn torn_tail_is_cut_on_open() {
         let d = dir("torn");
         let path = d.join("v.jsonl");
@@ -519,6 +397,6 @@ mod tests {
             assert_eq!(text, line.repeat(2));
         }
         assert_eq!(std::fs::read_to_string(&path).unwrap(), line.repeat(2));
-        assert!(naming.temp_files().is_empty());
+        assert!(temp_files(&naming).is_empty());
     }
 }

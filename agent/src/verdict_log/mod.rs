@@ -39,7 +39,7 @@ use self::{
 use flowgate_events::hub::Hub;
 
 /// Default path of the log.
-pub const DEFAULT_PATH: &str = "/var/log/flowgate/verdicts.jsonl";
+pub use flowgate_proto::verdict_log_files::DEFAULT_PATH;
 /// Largest single write: a long batch goes to disk in writes of about this size.
 const MAX_WRITE_BYTES: usize = 1 << 20;
 /// The loss records the log itself could not take (queue full, write failed) are marked as: Hubble's

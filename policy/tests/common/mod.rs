@@ -1,13 +1,13 @@
 //! The upstream NetworkPolicy e2e model (kubernetes test/e2e/network/netpol): namespaces x, y, z labelled
 //! `ns=<name>`, pods a, b, c labelled `pod=<name>`, each serving 80 and 81 over TCP and UDP on ports named
-//! `serve-<port>-<proto>`; and a reachability truth table rendered like the e2e suite's.
+//! `serve-<port>-<proto>`; and the reachability truth table of the e2e suite (`flowgate_lab::Reachability`).
 
 #![allow(
     dead_code,
     reason = "each test binary uses a different part of the model"
 )]
 
-use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr, path::Path};
+use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
 
 use flowgate_policy::{
     Addr, CidrIdentities, ClusterView, ContainerPort, LoadedPolicy, NamespaceInfo, PodInfo,
@@ -88,76 +88,19 @@ pub fn plan(cluster: &ClusterView, yaml: &str) -> PolicyPlan {
     compile(&policies(yaml), cluster, &mut CidrIdentities::new())
 }
 
-/// The e2e suite's `Reachability`: an expected truth table over all pods, `x/a`-style names.
-pub struct Reachability {
-    pods: Vec<String>,
-    expected: BTreeMap<(String, String), bool>,
+/// The e2e suite's truth table (the lab's, the one `flowgate lab probe` prints), `x/a`-style names.
+pub use flowgate_lab::Reachability;
+
+/// Every pod of the model, `x/a`-style, in model order.
+#[must_use]
+pub fn pod_names() -> Vec<String> {
+    NAMESPACES.iter().flat_map(|n| PODS.iter().map(move |p| format!("{n}/{p}"))).collect()
 }
 
-impl Reachability {
-    #[must_use]
-    pub fn new(default: bool) -> Self {
-        let pods: Vec<String> = NAMESPACES
-            .iter()
-            .flat_map(|n| PODS.iter().map(move |p| format!("{n}/{p}")))
-            .collect();
-        let expected = pods
-            .iter()
-            .flat_map(|f| pods.iter().map(move |t| ((f.clone(), t.clone()), default)))
-            .collect();
-        Self { pods, expected }
-    }
-
-    pub fn expect(&mut self, from: &str, to: &str, connected: bool) -> &mut Self {
-        self.expected
-            .insert((from.to_owned(), to.to_owned()), connected);
-        self
-    }
-
-    pub fn expect_all_ingress(&mut self, to: &str, connected: bool) -> &mut Self {
-        for from in self.pods.clone() {
-            self.expect(&from, to, connected);
-        }
-        self
-    }
-
-    pub fn expect_all_egress(&mut self, from: &str, connected: bool) -> &mut Self {
-        for to in self.pods.clone() {
-            self.expect(from, &to, connected);
-        }
-        self
-    }
-
-    /// `ExpectPeer`: a peer is `""` (every pod), `"x"` (every pod of x) or `"x/a"`.
-    pub fn expect_peer(&mut self, from: &str, to: &str, connected: bool) -> &mut Self {
-        let matches = |peer: &str, pod: &str| {
-            peer.is_empty() || pod == peer || pod.split('/').next() == Some(peer)
-        };
-        for f in self.pods.clone() {
-            for t in self.pods.clone() {
-                if matches(from, &f) && matches(to, &t) {
-                    self.expect(&f, &t, connected);
-                }
-            }
-        }
-        self
-    }
-
-    #[must_use]
-    pub fn render(&self, cell: impl Fn(&str, &str) -> bool) -> String {
-        let mut out = String::from("-");
-        for to in &self.pods {
-            write!(out, "\t{to}").unwrap();
-        }
-        for from in &self.pods {
-            write!(out, "\n{from}").unwrap();
-            for to in &self.pods {
-                out.push('\t');
-                out.push(if cell(from, to) { '.' } else { 'X' });
-            }
-        }
-        out
-    }
+/// Every pod to every pod, all connected or all blocked (upstream's `NewReachability`).
+#[must_use]
+pub fn reachability(connected: bool) -> Reachability {
+    Reachability::uniform(&pod_names(), connected)
 }
 
 /// The oracle's truth table for `protocol`/`port` between every pair of model pods.
@@ -190,10 +133,16 @@ pub fn assert_reachability(
     port: u16,
     expected: &Reachability,
 ) {
-    let want = expected.render(|f, t| expected.expected[&(f.to_owned(), t.to_owned())]);
-    let got = expected.render(observed(plan, cluster, protocol, port));
+    let allowed = observed(plan, cluster, protocol, port);
+    let mut got = Reachability::unknown(pod_names(), pod_names());
+    for from in pod_names() {
+        for to in pod_names() {
+            got.set(&from, &to, allowed(&from, &to));
+        }
+    }
+    let (want, got) = (expected.truth_table(), got.truth_table());
     assert!(
         want == got,
-        "reachability mismatch on {protocol}/{port}\nexpected:\n{want}\n\nobserved:\n{got}\n"
+        "reachability mismatch on {protocol}/{port}\nexpected:\n{want}\nobserved:\n{got}"
     );
 }

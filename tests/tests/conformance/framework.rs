@@ -1,5 +1,5 @@
 //! A small NetworkPolicy conformance framework shaped like the upstream Kubernetes e2e suite
-//! (`test/e2e/network/netpol`): a [`Reachability`] truth table of what should connect, built from
+//! (`test/e2e/network/netpol`): a [`Reachability`] truth table (the lab's) of what should connect, built from
 //! "all connected" or "all blocked" plus exceptions; a [`Conformance`] case that owns one lab (the
 //! x/y/z × a/b/c model of `examples/lab-netpol.yaml`) and one agent following a policy directory and
 //! the lab's topology file; and [`Conformance::validate`], which probes the full 9×9 matrix with real
@@ -30,7 +30,7 @@ use flowgate_lab::topology::Topology;
 use flowgate_tests::{
     LabGuard,
     agent::{AgentGuard, SocketDir},
-    example, flowgate, require_root,
+    example, flowgate, probe_results, require_root,
 };
 use serde_json::{Value, json};
 
@@ -38,127 +38,20 @@ use serde_json::{Value, json};
 pub const PODS: [&str; 9] = [
     "x/a", "x/b", "x/c", "y/a", "y/b", "y/c", "z/a", "z/b", "z/c",
 ];
-/// The namespaces of the model.
-pub const NAMESPACES: [&str; 3] = ["x", "y", "z"];
 
 /// How long the agent may take to put a changed policy set or changed labels in effect.
 pub const POLICY_WAIT: Duration = Duration::from_secs(10);
 /// How often the agent checks its policy directory and topology file (its default is 250 ms).
 const WATCH_INTERVAL_MS: &str = "50";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Protocol {
-    Tcp,
-    Udp,
-}
-pub use Protocol::{Tcp, Udp};
+pub use flowgate_lab::topology::Protocol::{self, Tcp, Udp};
 
-impl Protocol {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Tcp => "TCP",
-            Udp => "UDP",
-        }
-    }
-}
+/// The truth table of the model: [`flowgate_lab::Reachability`], the one the lab's probes print.
+pub use flowgate_lab::Reachability;
 
-fn index(pod: &str) -> usize {
-    PODS.iter()
-        .position(|p| *p == pod)
-        .unwrap_or_else(|| panic!("{pod:?} is not a pod of the model (one of {PODS:?})"))
-}
-
-/// Whether `pod` ("ns/name") matches a peer pattern: `*` (every pod), `x/*` (every pod of a
-/// namespace), `*/a` (pod a of every namespace) or `x/a`.
-fn matches(pattern: &str, pod: &str) -> bool {
-    if pattern == "*" {
-        return true;
-    }
-    let (pns, pname) = pattern
-        .split_once('/')
-        .unwrap_or_else(|| panic!("peer pattern {pattern:?}: expected *, ns/*, */pod or ns/pod"));
-    assert!(
-        pns == "*" || NAMESPACES.contains(&pns),
-        "peer pattern {pattern:?}: unknown namespace"
-    );
-    assert!(
-        pname == "*" || ["a", "b", "c"].contains(&pname),
-        "peer pattern {pattern:?}: unknown pod"
-    );
-    let (ns, name) = pod.split_once('/').expect("ns/name");
-    (pns == "*" || pns == ns) && (pname == "*" || pname == name)
-}
-
-/// The expected connectivity of every pod to every pod, like upstream's `Reachability`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Reachability {
-    /// `connected[from][to]`, indexed like [`PODS`].
-    connected: [[bool; 9]; 9],
-}
-
-impl Reachability {
-    /// Every pair connected (`true`) or every pair blocked (`false`).
-    pub fn new(connected: bool) -> Self {
-        Self {
-            connected: [[connected; 9]; 9],
-        }
-    }
-
-    /// One pair.
-    pub fn expect(mut self, from: &str, to: &str, connected: bool) -> Self {
-        self.connected[index(from)][index(to)] = connected;
-        self
-    }
-
-    /// Every pair whose source matches `from` and destination matches `to` (patterns: `*`, `x/*`,
-    /// `*/a`, `x/a`), like upstream's `ExpectPeer(&Peer{..}, &Peer{..}, ..)`.
-    pub fn expect_peer(mut self, from: &str, to: &str, connected: bool) -> Self {
-        for (i, f) in PODS.iter().enumerate() {
-            for (j, t) in PODS.iter().enumerate() {
-                if matches(from, f) && matches(to, t) {
-                    self.connected[i][j] = connected;
-                }
-            }
-        }
-        self
-    }
-
-    /// Everything into `pod`.
-    pub fn expect_all_ingress(self, pod: &str, connected: bool) -> Self {
-        index(pod);
-        self.expect_peer("*", pod, connected)
-    }
-
-    /// Everything out of `pod`.
-    pub fn expect_all_egress(self, pod: &str, connected: bool) -> Self {
-        index(pod);
-        self.expect_peer(pod, "*", connected)
-    }
-
-    pub fn get(&self, from: &str, to: &str) -> bool {
-        self.connected[index(from)][index(to)]
-    }
-}
-
-/// A `.`/`X` grid like the e2e suite's: rows are sources, columns destinations.
-fn grid(title: &str, cell: impl Fn(usize, usize) -> char) -> String {
-    let mut out = format!("{title}\n  from\\to");
-    for to in PODS {
-        let _ = write!(out, " {to:>4}");
-    }
-    out.push('\n');
-    for (i, from) in PODS.iter().enumerate() {
-        let _ = write!(out, "  {from:<7}");
-        for j in 0..PODS.len() {
-            let _ = write!(out, " {:>4}", cell(i, j));
-        }
-        out.push('\n');
-    }
-    out
-}
-
-fn dot_x(connected: bool) -> char {
-    if connected { '.' } else { 'X' }
+/// Every pod of the model to every pod, all connected or all blocked (upstream's `NewReachability`).
+pub fn reachability(connected: bool) -> Reachability {
+    Reachability::uniform(&PODS, connected)
 }
 
 /// A NetworkPolicy (networking.k8s.io/v1) as written into the agent's policy directory.
@@ -657,16 +550,13 @@ impl Conformance {
             "--timeout",
             &self.probe_timeout,
         ]);
-        let mut observed = Reachability::new(false);
-        let mut seen = 0;
-        for (from, row) in report["results"].as_object().expect("results is an object") {
-            for (to, ok) in row.as_object().expect("a row is an object") {
-                observed.connected[index(from)][index(to)] =
-                    ok.as_bool().expect("a result is a bool");
-                seen += 1;
-            }
+        let pods: Vec<String> = PODS.iter().map(|p| (*p).to_owned()).collect();
+        let mut observed = Reachability::unknown(pods.clone(), pods);
+        let results = probe_results(&report);
+        for (from, to, ok) in &results {
+            assert!(observed.set(from, to, *ok), "{from} -> {to} is not a pair of the model: {report}");
         }
-        assert_eq!(seen, 81, "the probe reports the full 9x9 matrix: {report}");
+        assert_eq!(results.len(), 81, "the probe reports the full 9x9 matrix: {report}");
         observed
     }
 
@@ -683,17 +573,14 @@ impl Conformance {
         let port = port.to_string();
         let observed = self.observe(&port, protocol);
         let mut wrong = Vec::new();
-        for (i, from) in PODS.iter().enumerate() {
-            for (j, to) in PODS.iter().enumerate() {
-                let (e, o) = (expected.connected[i][j], observed.connected[i][j]);
-                if i != j && e != o {
-                    let word = |c: bool| if c { "connected" } else { "blocked" };
-                    wrong.push(format!(
-                        "{from} -> {to}: expected {}, observed {}",
-                        word(e),
-                        word(o)
-                    ));
-                }
+        for ((from, to, e), (_, _, o)) in expected.pairs().zip(observed.pairs()) {
+            if from != to && e != o {
+                let word = |c: Option<bool>| match c {
+                    Some(true) => "connected",
+                    Some(false) => "blocked",
+                    None => "not probed",
+                };
+                wrong.push(format!("{from} -> {to}: expected {}, observed {}", word(e), word(o)));
             }
         }
         let probe = format!("{}/{port}", protocol.as_str());
@@ -708,25 +595,15 @@ impl Conformance {
             "NetworkPolicy conformance: {step}: probing {probe} gave {} unexpected results\n\n",
             wrong.len()
         );
-        msg.push_str(&grid(
-            "expected (. connected, X blocked, - not checked):",
-            |i, j| {
-                if i == j {
-                    '-'
-                } else {
-                    dot_x(expected.connected[i][j])
-                }
-            },
-        ));
-        msg.push('\n');
-        msg.push_str(&grid("observed:", |i, j| dot_x(observed.connected[i][j])));
-        msg.push('\n');
-        msg.push_str(&grid("comparison (. as expected, X differs):", |i, j| {
-            if i == j {
-                '-'
-            } else {
-                dot_x(expected.connected[i][j] == observed.connected[i][j])
-            }
+        msg.push_str("expected (. connected, X blocked, - not checked):\n");
+        msg.push_str(&expected.table_with(|f, t| if f == t { '-' } else { expected.mark(f, t) }));
+        msg.push_str("\nobserved:\n");
+        msg.push_str(&observed.truth_table());
+        msg.push_str("\ncomparison (. as expected, X differs):\n");
+        msg.push_str(&expected.table_with(|f, t| match (f == t, expected.get(f, t) == observed.get(f, t)) {
+            (true, _) => '-',
+            (false, true) => '.',
+            (false, false) => 'X',
         }));
         msg.push('\n');
         for w in &wrong {
@@ -804,17 +681,17 @@ mod self_tests {
 
     #[test]
     fn reachability_builders_follow_upstream_semantics() {
-        let r = Reachability::new(true)
+        let r = reachability(true)
             .expect_all_ingress("x/a", false)
             .expect("x/b", "x/a", true)
             .expect_peer("z/*", "*/b", false);
-        assert!(!r.get("y/a", "x/a"));
-        assert!(r.get("x/b", "x/a"));
-        assert!(r.get("x/a", "y/a"));
-        assert!(!r.get("z/c", "y/b"));
-        assert!(r.get("z/c", "y/c"));
-        let e = Reachability::new(true).expect_all_egress("x/a", false);
-        assert!(!e.get("x/a", "z/c") && e.get("z/c", "x/a"));
+        assert_eq!(r.get("y/a", "x/a"), Some(false));
+        assert_eq!(r.get("x/b", "x/a"), Some(true));
+        assert_eq!(r.get("x/a", "y/a"), Some(true));
+        assert_eq!(r.get("z/c", "y/b"), Some(false));
+        assert_eq!(r.get("z/c", "y/c"), Some(true));
+        let e = reachability(true).expect_all_egress("x/a", false);
+        assert_eq!((e.get("x/a", "z/c"), e.get("z/c", "x/a")), (Some(false), Some(true)));
     }
 
     #[test]

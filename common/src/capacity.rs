@@ -1,0 +1,17 @@
+//! Capacities of the datapath's maps (`max_entries`). The eBPF map definitions are sized from these,
+//! and the agent reads the same numbers to refuse what the maps could not hold instead of failing
+//! half-way through an update. The counters and config arrays are sized by `Counter::COUNT` and
+//! `Config::COUNT`, next to their indices.
+
+/// Endpoints array: node-side interfaces with a smaller ifindex can be endpoints.
+pub const MAX_IFINDEX: u32 = 16384;
+/// Enforcement maps (per generation): endpoints with enforcement flags.
+pub const MAX_ENDPOINTS: u32 = 4096;
+/// Policy tries (per generation): policy entries over all endpoints.
+pub const MAX_POLICY_ENTRIES: u32 = 65536;
+/// ipcache tries (per generation): pod addresses and CIDR prefixes.
+pub const MAX_IPCACHE_ENTRIES: u32 = 16384;
+/// Conntrack (LRU): connections tracked at once; the least recently used go first.
+pub const MAX_CONNECTIONS: u32 = 262144;
+/// Size in bytes of the events ring buffer in the object file; the agent sets its own at load time.
+pub const EVENTS_RINGBUF_BYTES: u32 = 4 << 20;
