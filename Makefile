@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: setup build test demo bench clean-labs fmt clippy
+.PHONY: setup build test lint demo bench clean-labs fmt clippy
 
 setup:
 	@bash scripts/setup.sh
@@ -12,7 +12,12 @@ setup:
 build: setup
 	$(CARGO) build --workspace --exclude flowgate-ebpf --locked
 
-test: build
+# Style is enforced, not hoped for: one format (rustfmt.toml) and no clippy warning, checked by every run.
+lint: setup
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --exclude flowgate-ebpf --all-targets --locked -- -D warnings
+
+test: build lint
 	$(CARGO) test --workspace --exclude flowgate-ebpf --locked --no-fail-fast
 
 demo: build
@@ -31,4 +36,4 @@ fmt:
 	$(CARGO) fmt --all
 
 clippy:
-	$(CARGO) clippy --workspace --exclude flowgate-ebpf --all-targets
+	$(CARGO) clippy --workspace --exclude flowgate-ebpf --all-targets -- -D warnings

@@ -46,8 +46,7 @@ fn rustc_llvm_major(toolchain: &str) -> anyhow::Result<u32> {
         .lines()
         .find_map(|l| l.strip_prefix("LLVM version: "))
         .ok_or_else(|| anyhow!("`rustc -vV` of {toolchain} names no LLVM version:\n{text}"))?;
-    major_of(version)
-        .ok_or_else(|| anyhow!("cannot read the LLVM major of {toolchain} from {version:?}"))
+    major_of(version).ok_or_else(|| anyhow!("cannot read the LLVM major of {toolchain} from {version:?}"))
 }
 
 fn major_of(version: &str) -> Option<u32> {
@@ -64,24 +63,18 @@ fn linker_llvm_major(linker: &Path) -> Option<u32> {
         if let Some(rest) = name.strip_prefix("libLLVM.so.") {
             major_of(rest)
         } else {
-            name.strip_prefix("libLLVM-")?
-                .strip_suffix(".so")
-                .and_then(major_of)
+            name.strip_prefix("libLLVM-")?.strip_suffix(".so").and_then(major_of)
         }
     })
 }
 
 fn find_in_path(program: &str) -> Option<PathBuf> {
-    env::split_paths(&env::var_os("PATH")?)
-        .map(|dir| dir.join(program))
-        .find(|p| p.is_file())
+    env::split_paths(&env::var_os("PATH")?).map(|dir| dir.join(program)).find(|p| p.is_file())
 }
 
 fn check_toolchain() -> anyhow::Result<()> {
     let Some(linker) = find_in_path("bpf-linker") else {
-        bail!(
-            "bpf-linker is missing. Install it with:\n  {INSTALL_LINKER}\n(scripts/setup.sh does all of this)"
-        );
+        bail!("bpf-linker is missing. Install it with:\n  {INSTALL_LINKER}\n(scripts/setup.sh does all of this)");
     };
     println!("cargo:rerun-if-changed={}", linker.display());
     let rustc = rustc_llvm_major(EBPF_TOOLCHAIN)?;
@@ -106,19 +99,13 @@ fn main() -> anyhow::Result<()> {
     }
     check_toolchain()?;
 
-    let metadata = cargo_metadata::MetadataCommand::new()
-        .no_deps()
-        .exec()
-        .context("cargo metadata")?;
+    let metadata = cargo_metadata::MetadataCommand::new().no_deps().exec().context("cargo metadata")?;
     let ebpf = metadata
         .packages
         .iter()
         .find(|p| p.name.as_str() == EBPF_PACKAGE)
         .ok_or_else(|| anyhow!("package {EBPF_PACKAGE} not found in the workspace"))?;
-    let root_dir = ebpf
-        .manifest_path
-        .parent()
-        .context("the eBPF manifest has no parent directory")?;
+    let root_dir = ebpf.manifest_path.parent().context("the eBPF manifest has no parent directory")?;
     println!("cargo:rerun-if-changed={root_dir}");
 
     let arch = env::var("CARGO_CFG_TARGET_ARCH").context("CARGO_CFG_TARGET_ARCH not set")?;
@@ -127,13 +114,9 @@ fn main() -> anyhow::Result<()> {
         _ => "bpfel-unknown-none",
     };
     let mut rustflags = OsString::new();
-    for (i, flag) in [
-        format!("--cfg=bpf_target_arch=\"{arch}\""),
-        "-Cdebuginfo=2".into(),
-        "-Clink-arg=--btf".into(),
-    ]
-    .iter()
-    .enumerate()
+    for (i, flag) in [format!("--cfg=bpf_target_arch=\"{arch}\""), "-Cdebuginfo=2".into(), "-Clink-arg=--btf".into()]
+        .iter()
+        .enumerate()
     {
         if i > 0 {
             rustflags.push("\x1f");
@@ -142,15 +125,7 @@ fn main() -> anyhow::Result<()> {
     }
     let target_dir = out_dir.join("ebpf-target");
     let mut child = Command::new("rustup")
-        .args([
-            "run",
-            EBPF_TOOLCHAIN,
-            "cargo",
-            "build",
-            "--package",
-            EBPF_PACKAGE,
-            "--bins",
-        ])
+        .args(["run", EBPF_TOOLCHAIN, "cargo", "build", "--package", EBPF_PACKAGE, "--bins"])
         .args(["--message-format=json", "--release", "--target", target])
         .args(["-Z", "build-std=core", "--target-dir"])
         .arg(&target_dir)
@@ -175,11 +150,7 @@ fn main() -> anyhow::Result<()> {
     for line in BufReader::new(child.stdout.take().context("eBPF build stdout")?).lines() {
         let line = line.context("reading the eBPF build's output")?;
         match serde_json_message(&line) {
-            Some(Message::CompilerArtifact(Artifact {
-                executable: Some(exe),
-                target,
-                ..
-            })) => {
+            Some(Message::CompilerArtifact(Artifact { executable: Some(exe), target, .. })) => {
                 executables.push((target.name, exe.into_std_path_buf()));
             }
             Some(Message::CompilerMessage(CompilerMessage { message, .. })) => {
@@ -202,14 +173,11 @@ fn main() -> anyhow::Result<()> {
         for d in &diagnostics {
             eprintln!("{d}");
         }
-        bail!(
-            "building the eBPF programs with {EBPF_TOOLCHAIN} failed ({status}); its output is above"
-        );
+        bail!("building the eBPF programs with {EBPF_TOOLCHAIN} failed ({status}); its output is above");
     }
     for (name, binary) in executables {
         let dst = out_dir.join(&name);
-        fs::copy(&binary, &dst)
-            .with_context(|| format!("copying {} to {}", binary.display(), dst.display()))?;
+        fs::copy(&binary, &dst).with_context(|| format!("copying {} to {}", binary.display(), dst.display()))?;
     }
     Ok(())
 }

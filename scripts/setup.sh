@@ -37,6 +37,14 @@ if ! command -v rustup >/dev/null 2>&1; then
     [ -x "$HOME/.cargo/bin/rustup" ] && export PATH="$HOME/.cargo/bin:$PATH"
 fi
 command -v rustup >/dev/null 2>&1 || { echo "setup: rustup not found; install Rust with rustup first" >&2; exit 1; }
+# `make test` checks formatting and lints: the stable toolchain needs rustfmt and clippy.
+for component in rustfmt clippy; do
+    if ! rustup component list --installed 2>/dev/null | grep -q "^${component}"; then
+        say "rustup component add ${component}"
+        rustup component add "${component}"
+    fi
+done
+
 # The eBPF crate builds with one pinned nightly: its LLVM major must be the one bpf-linker links against
 # (Debian 12's newest is llvm-22). A floating `nightly` moved to LLVM 23 and can no longer be linked.
 # Keep in step with EBPF_TOOLCHAIN in agent/build.rs.

@@ -18,16 +18,16 @@ use flowgate_common::{
 use flowgate_lab::{state::LabState, topology::Topology};
 use flowgate_policy::{ClusterView, ContainerPort, NamespaceInfo, PodInfo, Protocol as PolicyProtocol};
 use flowgate_proto::{
-    endpoint::{Enforcement, EndpointState, NewEndpoint},
+    endpoint::{EndpointState, Enforcement, NewEndpoint},
     flow::Protocol,
     message::{EndpointPolicy, PolicyEntryView, PolicyStatus, Response},
 };
 use log::{info, warn};
 
 use crate::{
+    api::PolicyControl,
     datapath::{self, Datapath, DatapathError, KernelCounters},
     policy::PolicyEngine,
-    api::PolicyControl,
     state::AgentState,
     watch::Watched,
 };
@@ -201,7 +201,12 @@ impl Controller {
                     changed |= spec.labels != pod.labels;
                     pod.labels = spec.labels.clone();
                 }
-                None => warn!("{}: pod {}/{} is gone from the topology; bring the lab down and up to remove pods", path.display(), pod.namespace, pod.name),
+                None => warn!(
+                    "{}: pod {}/{} is gone from the topology; bring the lab down and up to remove pods",
+                    path.display(),
+                    pod.namespace,
+                    pod.name
+                ),
             }
         }
         Ok(changed)
@@ -236,10 +241,9 @@ impl Controller {
                 self.state.set_policy_status(status);
             }
         }
-        if reapply
-            && let Err(e) = self.apply_policy() {
-                warn!("{e:#}");
-            }
+        if reapply && let Err(e) = self.apply_policy() {
+            warn!("{e:#}");
+        }
     }
 
     fn endpoint_config(&mut self, id: u16, audit: Option<bool>) -> Response {
@@ -283,7 +287,10 @@ impl Controller {
                     .map(|p| {
                         f(p).selected_by
                             .iter()
-                            .map(|r| flowgate_proto::flow::PolicyName { namespace: r.namespace.clone(), name: r.name.clone() })
+                            .map(|r| flowgate_proto::flow::PolicyName {
+                                namespace: r.namespace.clone(),
+                                name: r.name.clone(),
+                            })
                             .collect()
                     })
                     .unwrap_or_default()
@@ -363,10 +370,7 @@ pub async fn follow_changes(controller: Arc<Mutex<Controller>>, interval: Durati
         ticker.tick().await;
         let controller = Arc::clone(&controller);
         let _ = tokio::task::spawn_blocking(move || {
-            controller
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .tick();
+            controller.lock().unwrap_or_else(std::sync::PoisonError::into_inner).tick();
         })
         .await;
     }

@@ -8,10 +8,20 @@ const ETH_P_IP: u16 = 0x0800;
 /// Transport header to put after the IPv4 header.
 #[derive(Clone, Copy, Debug)]
 pub enum Transport {
-    Tcp { sport: u16, dport: u16, flags: u8 },
-    Udp { sport: u16, dport: u16 },
+    Tcp {
+        sport: u16,
+        dport: u16,
+        flags: u8,
+    },
+    Udp {
+        sport: u16,
+        dport: u16,
+    },
     /// An SCTP common header followed by an INIT chunk.
-    SctpInit { sport: u16, dport: u16 },
+    SctpInit {
+        sport: u16,
+        dport: u16,
+    },
     IcmpEcho,
 }
 

@@ -26,16 +26,16 @@ use aya::{
         tc::SchedClassifierLink,
     },
 };
-use log::{info, warn};
 use flowgate_common::{
     Counter, EndpointInfo,
     counters::{Config, aggregation, events_kind},
     names::{
-        MAP_CONFIG, MAP_COUNTERS, MAP_ENDPOINTS, MAP_ENFORCEMENT, MAP_EVENTS_PERF, MAP_EVENTS_RINGBUF, MAP_IPCACHE, MAP_POLICY,
-        PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT,
+        MAP_CONFIG, MAP_COUNTERS, MAP_ENDPOINTS, MAP_ENFORCEMENT, MAP_EVENTS_PERF, MAP_EVENTS_RINGBUF, MAP_IPCACHE,
+        MAP_POLICY, PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT,
     },
     policy::{IpcacheValue, PolicyKey, PolicyValue},
 };
+use log::{info, warn};
 
 use flowgate_lab::netns::{self, NetnsError};
 use flowgate_proto::endpoint::Endpoint;
@@ -222,7 +222,8 @@ impl Datapath {
                     }
                 }
             }
-            let id = netns::in_netns_at(netns_path, || program.attach(interface, attach_type))?.map_err(attach_error)?;
+            let id =
+                netns::in_netns_at(netns_path, || program.attach(interface, attach_type))?.map_err(attach_error)?;
             let link = program.take_link(id).map_err(|source| DatapathError::Program { name, source })?;
             let fd_link = FdLink::try_from(link).map_err(|e| DatapathError::Pin {
                 what: format!("the {name} link of {interface}"),
@@ -259,9 +260,10 @@ impl Datapath {
     /// one write, so no packet sees a half-written policy. Counters of entries that stay are carried over.
     pub fn apply_policy(&mut self, contents: &MapContents) -> Result<(), DatapathError> {
         if let Some(elapsed) = self.last_switch.map(|t| t.elapsed())
-            && elapsed < GENERATION_GRACE {
-                std::thread::sleep(GENERATION_GRACE - elapsed);
-            }
+            && elapsed < GENERATION_GRACE
+        {
+            std::thread::sleep(GENERATION_GRACE - elapsed);
+        }
         let next = usize::from(1 - self.generation);
         let current = self.policy_values(self.generation)?;
 
@@ -385,8 +387,7 @@ impl Datapath {
                 .map_err(|source| DatapathError::Map { name, source })?;
         let mut values = [0u64; Counter::COUNT as usize];
         for counter in Counter::ALL {
-            let per_cpu =
-                map.get(&counter.index(), 0).map_err(|source| DatapathError::Map { name, source })?;
+            let per_cpu = map.get(&counter.index(), 0).map_err(|source| DatapathError::Map { name, source })?;
             values[counter.index() as usize] = per_cpu.iter().sum();
         }
         Ok(KernelCounters { values })

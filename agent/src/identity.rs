@@ -35,10 +35,7 @@ pub struct IdentityAllocator {
 
 impl IdentityAllocator {
     pub fn new() -> Self {
-        Self {
-            by_labels: BTreeMap::new(),
-            next: FIRST_ALLOCATED,
-        }
+        Self { by_labels: BTreeMap::new(), next: FIRST_ALLOCATED }
     }
 
     /// The identity of a (sorted) label set, allocating one the first time it is seen.
@@ -54,10 +51,7 @@ impl IdentityAllocator {
 
     /// Labels of an identity.
     pub fn labels_of(&self, identity: u32) -> Option<&[String]> {
-        self.by_labels
-            .iter()
-            .find(|(_, id)| **id == identity)
-            .map(|(l, _)| l.as_slice())
+        self.by_labels.iter().find(|(_, id)| **id == identity).map(|(l, _)| l.as_slice())
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (u32, &[String])> {
@@ -70,10 +64,7 @@ mod tests {
     use super::*;
 
     fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]

@@ -17,9 +17,7 @@ use std::{
 use self::latency::PipelineLatency;
 
 /// Buckets of `flowgate_policy_apply_duration_seconds`.
-const APPLY_BUCKETS: [f64; 14] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-];
+const APPLY_BUCKETS: [f64; 14] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
 /// A histogram with fixed buckets, lock-free.
 #[derive(Debug)]
@@ -46,8 +44,7 @@ impl BucketHistogram {
             self.counts[i].fetch_add(1, Ordering::Relaxed);
         }
         self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros
-            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.sum_micros.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
     }
 
     /// Cumulative `(le, count)` pairs, then the total count and the sum in seconds.
@@ -62,11 +59,7 @@ impl BucketHistogram {
                 (*b, acc)
             })
             .collect();
-        (
-            buckets,
-            self.count.load(Ordering::Relaxed),
-            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
-        )
+        (buckets, self.count.load(Ordering::Relaxed), self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6)
     }
 }
 

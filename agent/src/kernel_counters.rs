@@ -26,9 +26,7 @@ pub async fn poll(controller: Arc<Mutex<Controller>>, state: Arc<AgentState>) {
     loop {
         interval.tick().await;
         let counters = {
-            let c = controller
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let c = controller.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             match c.counters() {
                 Ok(c) => c,
                 Err(e) => {
@@ -39,22 +37,14 @@ pub async fn poll(controller: Arc<Mutex<Controller>>, state: Arc<AgentState>) {
         };
         let lost = counters.get(Counter::RecordsLost);
         state.counters.kernel_lost.store(lost, Ordering::Relaxed);
-        *state
-            .counters
-            .kernel
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Counter::ALL
-            .iter()
-            .map(|c| (c.name().to_owned(), counters.get(*c)))
-            .collect();
+        *state.counters.kernel.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Counter::ALL.iter().map(|c| (c.name().to_owned(), counters.get(*c))).collect();
         state.counters.packets.store(
             counters.get(Counter::PacketsFromEndpoint) + counters.get(Counter::PacketsToEndpoint),
             Ordering::Relaxed,
         );
         if lost > last_lost {
-            state
-                .hub()
-                .publish_loss(LossSource::KernelBuffer, lost - last_lost);
+            state.hub().publish_loss(LossSource::KernelBuffer, lost - last_lost);
             last_lost = lost;
         }
     }

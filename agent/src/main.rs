@@ -13,10 +13,9 @@ use flowgate_agent::{
     api::{Api, PolicyControl},
     controller::{self, Controller, SharedController},
     datapath::{Datapath, DatapathOptions},
-    metrics,
+    kernel_counters, metrics,
     policy::PolicyEngine,
     server::{self, ServerConfig},
-    kernel_counters,
     state::{AgentInfo, AgentState},
     verdict_log::{
         self, VerdictLog, VerdictLogOptions,
@@ -183,9 +182,7 @@ fn node_name() -> String {
 }
 
 fn kernel_release() -> String {
-    nix::sys::utsname::uname()
-        .map(|u| u.release().to_string_lossy().into_owned())
-        .unwrap_or_default()
+    nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -207,10 +204,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     .context("opening the agent's socket")?;
 
     let (lab, _owned) = match (&args.lab, &args.lab_topology) {
-        (Some(name), None) => (
-            flowgate_lab::state::load(name).with_context(|| format!("reading lab {name}"))?,
-            None,
-        ),
+        (Some(name), None) => (flowgate_lab::state::load(name).with_context(|| format!("reading lab {name}"))?, None),
         (None, Some(path)) => {
             let state = bring_up_lab(path, args.lab_name.as_deref())?;
             let owned = OwnedLab(state.name.clone());
@@ -230,19 +224,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Aggregation::Low => aggregation::LOW,
             Aggregation::Medium => aggregation::MEDIUM,
         },
-        pin_dir: (!args.no_pin).then(|| {
-            args.bpf_dir
-                .clone()
-                .unwrap_or_else(|| flowgate_lab::naming::bpf_pin_dir(&lab.name))
-        }),
+        pin_dir: (!args.no_pin)
+            .then(|| args.bpf_dir.clone().unwrap_or_else(|| flowgate_lab::naming::bpf_pin_dir(&lab.name))),
         ..DatapathOptions::default()
     })
     .context("loading the eBPF datapath")?;
 
-    let hub = Hub::new(HubConfig {
-        history: args.history_size,
-        queue_events: args.client_queue_events,
-    });
+    let hub = Hub::new(HubConfig { history: args.history_size, queue_events: args.client_queue_events });
     let state = AgentState::new(
         AgentInfo {
             version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -258,36 +246,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Arc::clone(&hub),
     );
     let engine = PolicyEngine::new(args.policies.clone(), args.policy_audit_mode);
-    let mut controller = Controller::new(
-        datapath,
-        engine,
-        Arc::clone(&state),
-        lab.clone(),
-        args.policies.clone(),
-    );
-    controller
-        .start()
-        .with_context(|| format!("starting on lab {}", lab.name))?;
-    info!(
-        "attached to {} endpoints of lab {}",
-        lab.pods.len(),
-        lab.name
-    );
+    let mut controller = Controller::new(datapath, engine, Arc::clone(&state), lab.clone(), args.policies.clone());
+    controller.start().with_context(|| format!("starting on lab {}", lab.name))?;
+    info!("attached to {} endpoints of lab {}", lab.pods.len(), lab.name);
     let drain_interval = Duration::from_millis(args.drain_interval_ms);
     // The events buffer is taken now and read once every subscriber that must see every event from
     // the start (verdict log, metrics, --print-events) is in place.
     let source = match args.events_buffer {
-        EventsBuffer::Ringbuf => EventsSource::Ring(
-            controller
-                .datapath()
-                .take_events()
-                .context("opening the events ring buffer")?,
-        ),
+        EventsBuffer::Ringbuf => {
+            EventsSource::Ring(controller.datapath().take_events().context("opening the events ring buffer")?)
+        }
         EventsBuffer::Perf => {
-            let mut array = controller
-                .datapath()
-                .take_perf_events()
-                .context("opening the perf event array")?;
+            let mut array = controller.datapath().take_perf_events().context("opening the perf event array")?;
             EventsSource::Perf(
                 flowgate_agent::reader::open_perf(&mut array, args.perf_pages)
                     .context("opening the per-CPU perf buffers")?,
@@ -322,10 +292,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ) {
             Ok(log) => Some(log),
             Err(e) => {
-                warn!(
-                    "{:#}; running without a verdict log (--verdict-log none silences this)",
-                    anyhow::Error::from(e)
-                );
+                warn!("{:#}; running without a verdict log (--verdict-log none silences this)", anyhow::Error::from(e));
                 None
             }
         },
@@ -333,22 +300,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let _metrics = match args.metrics_addr.as_str() {
         "none" => None,
         addr => {
-            let addr = addr.parse().with_context(|| {
-                format!("--metrics-addr {addr}: expected IP:PORT, e.g. 127.0.0.1:9965")
-            })?;
-            match metrics::start(
-                addr,
-                Arc::clone(&state),
-                verdict_log.as_ref().map(VerdictLog::stats),
-            )
-            .await
-            {
+            let addr = addr
+                .parse()
+                .with_context(|| format!("--metrics-addr {addr}: expected IP:PORT, e.g. 127.0.0.1:9965"))?;
+            match metrics::start(addr, Arc::clone(&state), verdict_log.as_ref().map(VerdictLog::stats)).await {
                 Ok(m) => Some(m),
                 Err(e) => {
-                    warn!(
-                        "{:#}; running without metrics (--metrics-addr none silences this)",
-                        anyhow::Error::from(e)
-                    );
+                    warn!("{:#}; running without metrics (--metrics-addr none silences this)", anyhow::Error::from(e));
                     None
                 }
             }
@@ -367,11 +325,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let print_sub = print_events.then(|| hub.subscribe(&Default::default()));
     let readers = match source {
         EventsSource::Ring(ring) => {
-            vec![tokio::spawn(flowgate_agent::reader::run(
-                ring,
-                drain_interval,
-                Pipeline::new(Arc::clone(&state)),
-            ))]
+            vec![tokio::spawn(flowgate_agent::reader::run(ring, drain_interval, Pipeline::new(Arc::clone(&state))))]
         }
         EventsSource::Perf(buffers) => buffers
             .into_iter()
@@ -385,10 +339,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .collect(),
     };
     let reader = futures::future::select_all(readers);
-    let losses = tokio::spawn(kernel_counters::poll(
-        Arc::clone(&controller),
-        Arc::clone(&state),
-    ));
+    let losses = tokio::spawn(kernel_counters::poll(Arc::clone(&controller), Arc::clone(&state)));
     let watcher = tokio::spawn(controller::follow_changes(
         Arc::clone(&controller),
         Duration::from_millis(args.watch_interval_ms),
@@ -413,10 +364,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         _ = sigterm.recv() => info!("terminated, shutting down"),
     }
     let _ = stop_server.send(());
-    server_task
-        .await
-        .context("server task")?
-        .context("serving the socket")?;
+    server_task.await.context("server task")?.context("serving the socket")?;
     losses.abort();
     watcher.abort();
     if let Some(p) = printer {
@@ -426,9 +374,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         // Writes what is queued; blocking, so off the runtime's worker.
         let _ = tokio::task::spawn_blocking(move || log.stop()).await;
     }
-    let controller = controller
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let controller = controller.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Ok(counters) = controller.counters() {
         info!("kernel counters: {counters:?}");
     }
@@ -439,11 +385,7 @@ fn bring_up_lab(path: &Path, name: Option<&str>) -> anyhow::Result<LabState> {
     let topology = flowgate_lab::topology::Topology::load(path)
         .with_context(|| format!("reading lab topology {}", path.display()))?;
     let Some(name) = name.map(str::to_owned).or_else(|| topology.name.clone()) else {
-        bail!(
-            "{}: the topology has no `name:`; pass --lab-name",
-            path.display()
-        );
+        bail!("{}: the topology has no `name:`; pass --lab-name", path.display());
     };
-    flowgate_lab::lab::up(&topology, &name, Some(path))
-        .with_context(|| format!("bringing up lab {name}"))
+    flowgate_lab::lab::up(&topology, &name, Some(path)).with_context(|| format!("bringing up lab {name}"))
 }

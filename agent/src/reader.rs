@@ -14,14 +14,9 @@ use flowgate_events::RecordSink;
 use tokio::io::{Interest, unix::AsyncFd};
 
 /// Reads records until the task is cancelled, handing each to the sink and ending each drained batch.
-pub async fn run(
-    ring: RingBuf<MapData>,
-    tick: Duration,
-    mut sink: impl RecordSink,
-) -> std::io::Result<()> {
+pub async fn run(ring: RingBuf<MapData>, tick: Duration, mut sink: impl RecordSink) -> std::io::Result<()> {
     // SAFETY: the ring buffer owns its map fd and keeps it open for as long as the AsyncFd lives.
-    let mut fd = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-        .map_err(std::io::Error::from)?;
+    let mut fd = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }.map_err(std::io::Error::from)?;
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -53,13 +48,10 @@ pub fn open_perf(
     array: &mut PerfEventArray<MapData>,
     pages: usize,
 ) -> std::io::Result<Vec<PerfEventArrayBuffer<MapData>>> {
-    let cpus = aya::util::online_cpus()
-        .map_err(|(what, e)| std::io::Error::new(e.kind(), format!("{what}: {e}")))?;
+    let cpus = aya::util::online_cpus().map_err(|(what, e)| std::io::Error::new(e.kind(), format!("{what}: {e}")))?;
     cpus.into_iter()
         .map(|cpu| {
-            array
-                .open(cpu, Some(pages))
-                .map_err(|e| std::io::Error::other(format!("perf buffer of CPU {cpu}: {e}")))
+            array.open(cpu, Some(pages)).map_err(|e| std::io::Error::other(format!("perf buffer of CPU {cpu}: {e}")))
         })
         .collect()
 }
@@ -72,8 +64,8 @@ pub async fn run_perf(
     mut sink: impl RecordSink,
 ) -> std::io::Result<()> {
     // SAFETY: the buffer owns its perf fd and keeps it open for as long as the AsyncFd lives.
-    let mut fd = unsafe { AsyncFd::register_with_interest(buffer, Interest::READABLE) }
-        .map_err(std::io::Error::from)?;
+    let mut fd =
+        unsafe { AsyncFd::register_with_interest(buffer, Interest::READABLE) }.map_err(std::io::Error::from)?;
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut joined = Vec::new();
@@ -90,11 +82,7 @@ pub async fn run_perf(
     }
 }
 
-fn drain_perf(
-    buffer: &mut PerfEventArrayBuffer<MapData>,
-    sink: &mut impl RecordSink,
-    joined: &mut Vec<u8>,
-) {
+fn drain_perf(buffer: &mut PerfEventArrayBuffer<MapData>, sink: &mut impl RecordSink, joined: &mut Vec<u8>) {
     buffer.for_each(|event| match event {
         PerfEvent::Sample { head, tail: [] } => sink.on_record(head),
         PerfEvent::Sample { head, tail } => {

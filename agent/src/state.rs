@@ -116,10 +116,7 @@ impl AgentState {
 
     /// Installs what enrichment needs for a new policy generation.
     pub fn set_policy(&self, snapshot: Arc<PolicySnapshot>, cidr_labels: BTreeMap<u32, String>) {
-        *self
-            .policy
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = snapshot;
+        *self.policy.write().unwrap_or_else(std::sync::PoisonError::into_inner) = snapshot;
         let mut eps = self.endpoints_write();
         eps.cidr_labels = cidr_labels;
         Self::rebuild_snapshot(&mut eps);
@@ -127,19 +124,11 @@ impl AgentState {
 
     /// The policy names behind rule ids, for the pipeline.
     pub fn policy(&self) -> Arc<PolicySnapshot> {
-        Arc::clone(
-            &self
-                .policy
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        )
+        Arc::clone(&self.policy.read().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
     pub fn set_policy_status(&self, status: PolicyStatus) {
-        *self
-            .policy_status
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = status;
+        *self.policy_status.write().unwrap_or_else(std::sync::PoisonError::into_inner) = status;
     }
 
     pub fn set_enforcement(&self, id: u16, ingress: Enforcement, egress: Enforcement) {
@@ -157,22 +146,15 @@ impl AgentState {
     pub fn not_found_endpoint(&self, id: u16) -> Response {
         Response::NotFound {
             what: format!("endpoint {id}"),
-            known: self
-                .endpoints()
-                .iter()
-                .map(|e| format!("{} ({})", e.id, e.pod_ref()))
-                .collect(),
+            known: self.endpoints().iter().map(|e| format!("{} ({})", e.id, e.pod_ref())).collect(),
         }
     }
 
     /// Labels of every identity: pods' security labels and CIDR identities.
     pub fn identity_labels(&self) -> BTreeMap<u32, Vec<String>> {
         let eps = self.endpoints_read();
-        let mut out: BTreeMap<u32, Vec<String>> = eps
-            .identities
-            .iter()
-            .map(|(id, labels)| (id, labels.to_vec()))
-            .collect();
+        let mut out: BTreeMap<u32, Vec<String>> =
+            eps.identities.iter().map(|(id, labels)| (id, labels.to_vec())).collect();
         for (id, label) in &eps.cidr_labels {
             out.insert(*id, vec![label.clone()]);
         }
@@ -184,46 +166,27 @@ impl AgentState {
     }
 
     fn clients_lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, ClientEntry>> {
-        self.clients
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.clients.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn endpoints_read(&self) -> std::sync::RwLockReadGuard<'_, Endpoints> {
-        self.endpoints
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.endpoints.read().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn endpoints_write(&self) -> std::sync::RwLockWriteGuard<'_, Endpoints> {
-        self.endpoints
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.endpoints.write().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Lists a connected client (peer credentials) for `status`.
     pub fn register_client(self: &Arc<Self>, uid: u32, pid: i32) -> ClientGuard {
         let id = self.next_client.fetch_add(1, Ordering::Relaxed);
-        let info = ClientInfo {
-            id,
-            uid,
-            pid,
-            ..ClientInfo::default()
-        };
-        self.clients_lock()
-            .insert(id, ClientEntry { info, stats: None });
-        ClientGuard {
-            state: Arc::clone(self),
-            id,
-        }
+        let info = ClientInfo { id, uid, pid, ..ClientInfo::default() };
+        self.clients_lock().insert(id, ClientEntry { info, stats: None });
+        ClientGuard { state: Arc::clone(self), id }
     }
 
     /// Registers (or refreshes) a pod as an endpoint, with its identity from its security labels.
-    pub fn upsert_endpoint(
-        &self,
-        new: NewEndpoint,
-        namespace_labels: &BTreeMap<String, String>,
-    ) -> Endpoint {
+    pub fn upsert_endpoint(&self, new: NewEndpoint, namespace_labels: &BTreeMap<String, String>) -> Endpoint {
         let mut eps = self.endpoints_write();
         let labels = security_labels(&new.namespace, namespace_labels, &new.labels);
         let identity = eps.identities.identity_for(&labels);
@@ -256,14 +219,9 @@ impl AgentState {
             snapshot.by_id.insert(ep.id, peer);
         }
         for (id, label) in &eps.cidr_labels {
-            snapshot.identities.insert(
-                *id,
-                Arc::new(Peer {
-                    identity: *id,
-                    labels: vec![label.clone()],
-                    ..Peer::default()
-                }),
-            );
+            snapshot
+                .identities
+                .insert(*id, Arc::new(Peer { identity: *id, labels: vec![label.clone()], ..Peer::default() }));
         }
         eps.snapshot = Arc::new(snapshot);
     }
@@ -284,12 +242,7 @@ impl AgentState {
             .map(|(id, labels)| Identity {
                 id,
                 labels: labels.to_vec(),
-                endpoints: eps
-                    .registry
-                    .iter()
-                    .filter(|e| e.identity == id)
-                    .map(|e| e.id)
-                    .collect(),
+                endpoints: eps.registry.iter().filter(|e| e.identity == id).map(|e| e.id).collect(),
             })
             .collect()
     }
@@ -316,11 +269,7 @@ impl AgentState {
             events_buffer: self.info.events_buffer.clone(),
             endpoints: eps.registry.len(),
             identities: eps.identities.iter().count(),
-            policy: self
-                .policy_status
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .clone(),
+            policy: self.policy_status.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
             counters: Counters {
                 records_read: self.counters.records_read.load(Ordering::Relaxed),
                 records_lost_kernel: self.counters.kernel_lost.load(Ordering::Relaxed)
@@ -328,12 +277,7 @@ impl AgentState {
                 decode_errors: self.counters.decode_errors.load(Ordering::Relaxed),
                 client_queue_losses: self.hub.queue_losses(),
                 packets: self.counters.packets.load(Ordering::Relaxed),
-                kernel: self
-                    .counters
-                    .kernel
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .clone(),
+                kernel: self.counters.kernel.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
                 perf_lost: self.counters.perf_lost.load(Ordering::Relaxed),
                 verdict_log_written: 0,
                 verdict_log_lost: 0,

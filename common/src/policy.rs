@@ -30,21 +30,11 @@ pub struct PolicyKey {
 const _: () = assert!(core::mem::size_of::<PolicyKey>() == 12);
 
 impl PolicyKey {
-    pub const fn new(
-        endpoint_id: u16,
-        direction: u8,
-        identity: u32,
-        protocol: u8,
-        port: u16,
-    ) -> Self {
+    pub const fn new(endpoint_id: u16, direction: u8, identity: u32, protocol: u8, port: u16) -> Self {
         let e = endpoint_id.to_be_bytes();
         let i = identity.to_be_bytes();
         let p = port.to_be_bytes();
-        Self {
-            bytes: [
-                e[0], e[1], direction, 0, i[0], i[1], i[2], i[3], protocol, p[0], p[1], 0,
-            ],
-        }
+        Self { bytes: [e[0], e[1], direction, 0, i[0], i[1], i[2], i[3], protocol, p[0], p[1], 0] }
     }
 
     pub const fn endpoint_id(&self) -> u16 {
@@ -141,13 +131,7 @@ mod tests {
         let k = PolicyKey::new(0x0102, direction::EGRESS, 0x0a0b_0c0d, crate::ip::protocol::TCP, 8080);
         assert_eq!(k.bytes[..8], [1, 2, 1, 0, 0x0a, 0x0b, 0x0c, 0x0d]);
         assert_eq!(
-            (
-                k.endpoint_id(),
-                k.direction(),
-                k.identity(),
-                k.protocol(),
-                k.port()
-            ),
+            (k.endpoint_id(), k.direction(), k.identity(), k.protocol(), k.port()),
             (0x0102, 1, 0x0a0b_0c0d, 6, 8080)
         );
     }

@@ -66,14 +66,7 @@ fn allowed(entry: *mut PolicyValue, match_type: u8) -> Allowed {
 
 /// Decides a new connection; `None` means no entry allows it.
 #[inline(always)]
-pub fn decide(
-    generation: u64,
-    endpoint_id: u16,
-    dir: u8,
-    remote: Remote,
-    protocol: u8,
-    port: u16,
-) -> Option<Allowed> {
+pub fn decide(generation: u64, endpoint_id: u16, dir: u8, remote: Remote, protocol: u8, port: u16) -> Option<Allowed> {
     let by_identity = maps::policy(generation, &PolicyKey::new(endpoint_id, dir, remote.identity, protocol, port));
     let by_cidr = if remote.cidr_identity != 0 && remote.cidr_identity != remote.identity {
         maps::policy(generation, &PolicyKey::new(endpoint_id, dir, remote.cidr_identity, protocol, port))

@@ -13,13 +13,8 @@ pub struct KtimeClock {
 
 impl KtimeClock {
     pub fn new() -> Self {
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos() as i128;
-        Self {
-            offset_ns: wall - i128::from(monotonic_ns()),
-        }
+        let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as i128;
+        Self { offset_ns: wall - i128::from(monotonic_ns()) }
     }
 
     /// Nanoseconds since the Unix epoch of a kernel timestamp.

@@ -18,19 +18,9 @@ pub enum Record {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
     #[error("record of {len} bytes is shorter than the {need}-byte {what}")]
-    Truncated {
-        what: &'static str,
-        len: usize,
-        need: usize,
-    },
-    #[error(
-        "record type {record_type} has version {version}; this agent reads version {supported}"
-    )]
-    UnknownVersion {
-        record_type: u8,
-        version: u8,
-        supported: u8,
-    },
+    Truncated { what: &'static str, len: usize, need: usize },
+    #[error("record type {record_type} has version {version}; this agent reads version {supported}")]
+    UnknownVersion { record_type: u8, version: u8, supported: u8 },
     #[error("unknown record type {record_type}")]
     UnknownType { record_type: u8 },
 }
@@ -38,11 +28,7 @@ pub enum DecodeError {
 fn read<T: Copy>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
     let need = size_of::<T>();
     if bytes.len() < need {
-        return Err(DecodeError::Truncated {
-            what,
-            len: bytes.len(),
-            need,
-        });
+        return Err(DecodeError::Truncated { what, len: bytes.len(), need });
     }
     // SAFETY: length checked above; T is a plain-old-data record type (repr(C), no invalid bit
     // patterns), read unaligned because the buffer gives no alignment guarantee.
@@ -52,14 +38,9 @@ fn read<T: Copy>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
 /// Decodes one record.
 pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
     let header: RecordHeader = read(bytes, "record header")?;
-    let known = matches!(
-        header.record_type,
-        record_type::TRACE | record_type::POLICY_VERDICT | record_type::DROP
-    );
+    let known = matches!(header.record_type, record_type::TRACE | record_type::POLICY_VERDICT | record_type::DROP);
     if !known {
-        return Err(DecodeError::UnknownType {
-            record_type: header.record_type,
-        });
+        return Err(DecodeError::UnknownType { record_type: header.record_type });
     }
     if header.version != RECORD_VERSION {
         return Err(DecodeError::UnknownVersion {
@@ -106,17 +87,12 @@ mod tests {
             ..TraceRecord::default()
         };
         // SAFETY: TraceRecord is repr(C) plain data.
-        unsafe {
-            std::slice::from_raw_parts((&raw const record).cast::<u8>(), size_of::<TraceRecord>())
-        }
-        .to_vec()
+        unsafe { std::slice::from_raw_parts((&raw const record).cast::<u8>(), size_of::<TraceRecord>()) }.to_vec()
     }
 
     #[test]
     fn decodes_a_trace_record() {
-        let Ok(Record::Trace(t)) = decode(&trace_bytes(RECORD_VERSION)) else {
-            panic!("not a trace")
-        };
+        let Ok(Record::Trace(t)) = decode(&trace_bytes(RECORD_VERSION)) else { panic!("not a trace") };
         assert_eq!(t.endpoint_id, 3);
         assert_eq!(t.flow.dport, 80);
         assert_eq!(t.header.ktime_ns, 42);
@@ -139,32 +115,16 @@ mod tests {
         let bytes = trace_bytes(RECORD_VERSION);
         assert!(matches!(
             decode(&bytes[..20]),
-            Err(DecodeError::Truncated {
-                what: "trace record",
-                len: 20,
-                need: 48
-            })
+            Err(DecodeError::Truncated { what: "trace record", len: 20, need: 48 })
         ));
-        assert!(matches!(
-            decode(&bytes[..3]),
-            Err(DecodeError::Truncated {
-                what: "record header",
-                ..
-            })
-        ));
+        assert!(matches!(decode(&bytes[..3]), Err(DecodeError::Truncated { what: "record header", .. })));
     }
 
     #[test]
     fn decodes_policy_verdict_and_drop_records() {
         let mut bytes = trace_bytes(RECORD_VERSION);
         bytes[0] = record_type::POLICY_VERDICT;
-        assert!(matches!(
-            decode(&bytes),
-            Err(DecodeError::Truncated {
-                what: "policy-verdict record",
-                ..
-            })
-        ));
+        assert!(matches!(decode(&bytes), Err(DecodeError::Truncated { what: "policy-verdict record", .. })));
         bytes.resize(size_of::<PolicyVerdictRecord>(), 0);
         assert!(matches!(decode(&bytes), Ok(Record::PolicyVerdict(v)) if v.endpoint_id == 3));
         bytes[0] = record_type::DROP;
@@ -175,9 +135,6 @@ mod tests {
     fn rejects_unknown_type() {
         let mut bytes = trace_bytes(RECORD_VERSION);
         bytes[0] = 200;
-        assert_eq!(
-            decode(&bytes),
-            Err(DecodeError::UnknownType { record_type: 200 })
-        );
+        assert_eq!(decode(&bytes), Err(DecodeError::UnknownType { record_type: 200 }));
     }
 }

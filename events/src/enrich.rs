@@ -11,8 +11,8 @@ use flowgate_common::{
     record::{ct_state, observation_point},
 };
 use flowgate_proto::flow::{
-    CtState, EventType, Flow, MatchType, Peer, PolicyAttribution, PolicyName, Protocol, TcpFlags,
-    TrafficDirection, Verdict,
+    CtState, EventType, Flow, MatchType, Peer, PolicyAttribution, PolicyName, Protocol, TcpFlags, TrafficDirection,
+    Verdict,
 };
 
 use crate::{clock::KtimeClock, decode::Record};
@@ -90,11 +90,8 @@ struct Common<'a> {
 
 impl Enricher {
     pub fn new(clock: KtimeClock) -> Self {
-        let world = Arc::new(Peer {
-            identity: identity::WORLD,
-            labels: vec![identity::WORLD_LABEL.into()],
-            ..Peer::default()
-        });
+        let world =
+            Arc::new(Peer { identity: identity::WORLD, labels: vec![identity::WORLD_LABEL.into()], ..Peer::default() });
         Self { clock, world }
     }
 
@@ -103,40 +100,24 @@ impl Enricher {
         peers
             .by_ip(ip)
             .or_else(|| {
-                (identity != identity::ANY && identity != identity::WORLD)
-                    .then(|| peers.identity(identity))
-                    .flatten()
+                (identity != identity::ANY && identity != identity::WORLD).then(|| peers.identity(identity)).flatten()
             })
             .unwrap_or_else(|| Arc::clone(&self.world))
     }
 
-    fn base(
-        &self,
-        c: &Common<'_>,
-        peers: &impl PeerLookup,
-        event_type: EventType,
-        verdict: Verdict,
-    ) -> Flow {
+    fn base(&self, c: &Common<'_>, peers: &impl PeerLookup, event_type: EventType, verdict: Verdict) -> Flow {
         let source_ip = Ipv4Addr::from(c.flow.saddr.to_ne_bytes());
         let destination_ip = Ipv4Addr::from(c.flow.daddr.to_ne_bytes());
         let local = peers.endpoint(c.endpoint_id);
         // The endpoint is the source when the packet leaves it, the destination when it enters.
         let (source, destination, traffic_direction) = match (c.dir, local) {
-            (direction::EGRESS, Some(ep)) => (
-                ep,
-                self.remote(peers, destination_ip, c.remote_identity),
-                TrafficDirection::Egress,
-            ),
-            (_, Some(ep)) => (
-                self.remote(peers, source_ip, c.remote_identity),
-                ep,
-                TrafficDirection::Ingress,
-            ),
-            (_, None) => (
-                self.remote(peers, source_ip, 0),
-                self.remote(peers, destination_ip, 0),
-                TrafficDirection::Unknown,
-            ),
+            (direction::EGRESS, Some(ep)) => {
+                (ep, self.remote(peers, destination_ip, c.remote_identity), TrafficDirection::Egress)
+            }
+            (_, Some(ep)) => (self.remote(peers, source_ip, c.remote_identity), ep, TrafficDirection::Ingress),
+            (_, None) => {
+                (self.remote(peers, source_ip, 0), self.remote(peers, destination_ip, 0), TrafficDirection::Unknown)
+            }
         };
         let protocol = Protocol::from_number(c.flow.protocol);
         let (ports, icmp) = match protocol {
@@ -171,12 +152,7 @@ impl Enricher {
         }
     }
 
-    pub fn enrich(
-        &self,
-        record: &Record,
-        peers: &impl PeerLookup,
-        policy: &impl PolicyLookup,
-    ) -> Flow {
+    pub fn enrich(&self, record: &Record, peers: &impl PeerLookup, policy: &impl PolicyLookup) -> Flow {
         match record {
             Record::Trace(t) => {
                 let dir = if t.observation_point == observation_point::FROM_ENDPOINT {
@@ -226,9 +202,7 @@ impl Enricher {
                 flow.policy = Some(if v.rule_id != 0 {
                     PolicyAttribution::AllowedBy(policy.rule(v.rule_id))
                 } else {
-                    PolicyAttribution::DefaultDeny {
-                        isolated_by: policy.isolated_by(v.endpoint_id, v.direction),
-                    }
+                    PolicyAttribution::DefaultDeny { isolated_by: policy.isolated_by(v.endpoint_id, v.direction) }
                 });
                 if outcome == Verdict::Dropped {
                     flow.drop_reason = drop_reason::POLICY_DENIED;
@@ -270,17 +244,12 @@ mod tests {
         let mut s = PeerSnapshot::default();
         for id in [1u16, 2] {
             let p = endpoint_peer(id);
-            s.by_ip
-                .insert(Ipv4Addr::new(10, 0, 0, id as u8), Arc::clone(&p));
+            s.by_ip.insert(Ipv4Addr::new(10, 0, 0, id as u8), Arc::clone(&p));
             s.by_id.insert(id, p);
         }
         s.identities.insert(
             1 << 24,
-            Arc::new(Peer {
-                identity: 1 << 24,
-                labels: vec!["cidr:192.0.2.0/24".into()],
-                ..Peer::default()
-            }),
+            Arc::new(Peer { identity: 1 << 24, labels: vec!["cidr:192.0.2.0/24".into()], ..Peer::default() }),
         );
         s
     }
@@ -299,11 +268,7 @@ mod tests {
 
     fn trace(point: u8, endpoint_id: u16, daddr: [u8; 4]) -> Record {
         Record::Trace(TraceRecord {
-            header: RecordHeader {
-                ktime_ns: 5,
-                cpu: 1,
-                ..RecordHeader::default()
-            },
+            header: RecordHeader { ktime_ns: 5, cpu: 1, ..RecordHeader::default() },
             flow: tuple(daddr),
             endpoint_id,
             observation_point: point,
@@ -315,52 +280,31 @@ mod tests {
     struct FakePolicy;
     impl PolicyLookup for FakePolicy {
         fn rule(&self, rule_id: u32) -> Vec<PolicyName> {
-            vec![PolicyName {
-                namespace: "default".into(),
-                name: format!("rule-{rule_id}"),
-            }]
+            vec![PolicyName { namespace: "default".into(), name: format!("rule-{rule_id}") }]
         }
         fn isolated_by(&self, endpoint_id: u16, direction: u8) -> Vec<PolicyName> {
-            vec![PolicyName {
-                namespace: "default".into(),
-                name: format!("isolates-{endpoint_id}-{direction}"),
-            }]
+            vec![PolicyName { namespace: "default".into(), name: format!("isolates-{endpoint_id}-{direction}") }]
         }
     }
 
     #[test]
     fn egress_from_endpoint_resolves_both_sides() {
         let e = Enricher::new(KtimeClock::new());
-        let f = e.enrich(
-            &trace(observation_point::FROM_ENDPOINT, 1, [10, 0, 0, 2]),
-            &lookup(),
-            &NoPolicy,
-        );
+        let f = e.enrich(&trace(observation_point::FROM_ENDPOINT, 1, [10, 0, 0, 2]), &lookup(), &NoPolicy);
         assert_eq!(f.traffic_direction, TrafficDirection::Egress);
         assert_eq!(f.source.pod_name, "pod-1");
         assert_eq!(f.destination.pod_name, "pod-2");
-        assert_eq!(
-            (f.source_port, f.destination_port, f.protocol),
-            (40000, 80, Protocol::Tcp)
-        );
+        assert_eq!((f.source_port, f.destination_port, f.protocol), (40000, 80, Protocol::Tcp));
         assert_eq!((f.ct_state, f.is_reply), (Some(CtState::New), Some(false)));
     }
 
     #[test]
     fn ingress_and_unknown_addresses_are_world() {
         let e = Enricher::new(KtimeClock::new());
-        let f = e.enrich(
-            &trace(observation_point::TO_ENDPOINT, 2, [10, 0, 0, 2]),
-            &lookup(),
-            &NoPolicy,
-        );
+        let f = e.enrich(&trace(observation_point::TO_ENDPOINT, 2, [10, 0, 0, 2]), &lookup(), &NoPolicy);
         assert_eq!(f.traffic_direction, TrafficDirection::Ingress);
         assert_eq!(f.destination.endpoint_id, 2);
-        let f = e.enrich(
-            &trace(observation_point::FROM_ENDPOINT, 1, [192, 0, 2, 9]),
-            &lookup(),
-            &NoPolicy,
-        );
+        let f = e.enrich(&trace(observation_point::FROM_ENDPOINT, 1, [192, 0, 2, 9]), &lookup(), &NoPolicy);
         assert_eq!(f.destination.identity, identity::WORLD);
         assert_eq!(f.destination.labels, vec!["reserved:world".to_string()]);
     }
@@ -371,11 +315,7 @@ mod tests {
             endpoint_id: 1,
             direction: direction::EGRESS,
             verdict: v,
-            match_type: if rule_id != 0 {
-                match_type::L3_L4
-            } else {
-                match_type::NONE
-            },
+            match_type: if rule_id != 0 { match_type::L3_L4 } else { match_type::NONE },
             remote_identity,
             rule_id,
             ..PolicyVerdictRecord::default()
@@ -385,49 +325,28 @@ mod tests {
     #[test]
     fn allowed_verdict_names_the_policies_of_its_rule() {
         let e = Enricher::new(KtimeClock::new());
-        let f = e.enrich(
-            &verdict_record(verdict::ALLOWED, 7, 1 << 24, [192, 0, 2, 9]),
-            &lookup(),
-            &FakePolicy,
-        );
+        let f = e.enrich(&verdict_record(verdict::ALLOWED, 7, 1 << 24, [192, 0, 2, 9]), &lookup(), &FakePolicy);
         assert_eq!(f.event_type, EventType::PolicyVerdict);
         assert_eq!(f.verdict, Verdict::Forwarded);
         assert_eq!(f.match_type, Some(MatchType::L3L4));
-        assert_eq!(
-            f.destination.labels,
-            vec!["cidr:192.0.2.0/24".to_string()],
-            "CIDR identity resolved"
-        );
-        let Some(PolicyAttribution::AllowedBy(by)) = &f.policy else {
-            panic!("{:?}", f.policy)
-        };
+        assert_eq!(f.destination.labels, vec!["cidr:192.0.2.0/24".to_string()], "CIDR identity resolved");
+        let Some(PolicyAttribution::AllowedBy(by)) = &f.policy else { panic!("{:?}", f.policy) };
         assert_eq!(by[0].to_string(), "default/rule-7");
     }
 
     #[test]
     fn denied_verdict_says_default_deny_and_who_isolates() {
         let e = Enricher::new(KtimeClock::new());
-        let f = e.enrich(
-            &verdict_record(verdict::DENIED, 0, 1001, [10, 0, 0, 2]),
-            &lookup(),
-            &FakePolicy,
-        );
+        let f = e.enrich(&verdict_record(verdict::DENIED, 0, 1001, [10, 0, 0, 2]), &lookup(), &FakePolicy);
         assert_eq!(f.verdict, Verdict::Dropped);
         assert_eq!(f.drop_reason, 133);
         assert_eq!(
             f.policy,
             Some(PolicyAttribution::DefaultDeny {
-                isolated_by: vec![PolicyName {
-                    namespace: "default".into(),
-                    name: "isolates-1-1".into()
-                }]
+                isolated_by: vec![PolicyName { namespace: "default".into(), name: "isolates-1-1".into() }]
             })
         );
-        let audit = e.enrich(
-            &verdict_record(verdict::AUDIT, 0, 1001, [10, 0, 0, 2]),
-            &lookup(),
-            &FakePolicy,
-        );
+        let audit = e.enrich(&verdict_record(verdict::AUDIT, 0, 1001, [10, 0, 0, 2]), &lookup(), &FakePolicy);
         assert_eq!(audit.verdict, Verdict::Audit);
     }
 }

@@ -13,10 +13,7 @@ pub struct History {
 
 impl History {
     pub fn new(capacity: usize) -> Self {
-        Self {
-            flows: VecDeque::with_capacity(capacity.min(1 << 16)),
-            capacity,
-        }
+        Self { flows: VecDeque::with_capacity(capacity.min(1 << 16)), capacity }
     }
 
     pub fn push(&mut self, flow: Arc<Flow>) {
@@ -30,20 +27,9 @@ impl History {
     }
 
     /// The last `n` flows that pass the filters, oldest first.
-    pub fn last_matching(
-        &self,
-        n: usize,
-        allow: &[filter::FlowFilter],
-        deny: &[filter::FlowFilter],
-    ) -> Vec<Arc<Flow>> {
-        let mut out: Vec<Arc<Flow>> = self
-            .flows
-            .iter()
-            .rev()
-            .filter(|f| filter::passes(allow, deny, f))
-            .take(n)
-            .cloned()
-            .collect();
+    pub fn last_matching(&self, n: usize, allow: &[filter::FlowFilter], deny: &[filter::FlowFilter]) -> Vec<Arc<Flow>> {
+        let mut out: Vec<Arc<Flow>> =
+            self.flows.iter().rev().filter(|f| filter::passes(allow, deny, f)).take(n).cloned().collect();
         out.reverse();
         out
     }

@@ -28,10 +28,7 @@ pub struct HubConfig {
 
 impl Default for HubConfig {
     fn default() -> Self {
-        Self {
-            history: 4096,
-            queue_events: 65536,
-        }
+        Self { history: 4096, queue_events: 65536 }
     }
 }
 
@@ -106,9 +103,7 @@ impl Slot {
             // No room: losses already in `undelivered` stay there; these flows join them.
             if flows > 0 {
                 self.note_loss(LossSource::ClientQueue, flows as u64);
-                self.stats
-                    .events_lost
-                    .fetch_add(flows as u64, Ordering::Relaxed);
+                self.stats.events_lost.fetch_add(flows as u64, Ordering::Relaxed);
             }
             return true;
         }
@@ -116,9 +111,7 @@ impl Slot {
         batch.extend(self.undelivered.drain(..).map(Event::Lost));
         batch.extend(events);
         self.queued.fetch_add(size, Ordering::Relaxed);
-        self.stats
-            .events_queued
-            .fetch_add(flows as u64, Ordering::Relaxed);
+        self.stats.events_queued.fetch_add(flows as u64, Ordering::Relaxed);
         self.tx.send(batch).is_ok()
     }
 }
@@ -156,20 +149,14 @@ impl Drop for Subscriber {
 impl Hub {
     pub fn new(config: HubConfig) -> Arc<Self> {
         Arc::new(Self {
-            inner: Mutex::new(Inner {
-                history: History::new(config.history),
-                slots: Vec::new(),
-                next_id: 1,
-            }),
+            inner: Mutex::new(Inner { history: History::new(config.history), slots: Vec::new(), next_id: 1 }),
             config,
             queue_losses: AtomicU64::new(0),
         })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Registers a subscriber. History and registration happen under one lock, so the subscriber sees
@@ -180,11 +167,7 @@ impl Hub {
         inner.next_id += 1;
         let initial = inner
             .history
-            .last_matching(
-                subscription.last as usize,
-                &subscription.allow,
-                &subscription.deny,
-            )
+            .last_matching(subscription.last as usize, &subscription.allow, &subscription.deny)
             .into_iter()
             .map(Event::Flow)
             .collect();
@@ -203,13 +186,7 @@ impl Hub {
             });
             LiveEvents { rx, queued }
         });
-        Subscriber {
-            id,
-            initial,
-            rx,
-            stats,
-            hub: Arc::clone(self),
-        }
+        Subscriber { id, initial, rx, stats, hub: Arc::clone(self) }
     }
 
     fn unsubscribe(&self, id: u64) {
@@ -228,11 +205,8 @@ impl Hub {
         }
         let mut gone = Vec::new();
         for slot in &mut inner.slots {
-            let events: Vec<Event> = flows
-                .iter()
-                .filter(|f| slot.filters.matches(f))
-                .map(|f| Event::Flow(Arc::clone(f)))
-                .collect();
+            let events: Vec<Event> =
+                flows.iter().filter(|f| slot.filters.matches(f)).map(|f| Event::Flow(Arc::clone(f))).collect();
             let before = slot.stats.events_lost.load(Ordering::Relaxed);
             if !slot.deliver(events) {
                 gone.push(slot.id);
@@ -293,9 +267,7 @@ mod tests {
     use super::*;
 
     fn flows(n: u16, src: u16, dst: u16) -> Vec<Arc<Flow>> {
-        (0..n)
-            .map(|i| Arc::new(flow_between(src, dst, 1000 + i)))
-            .collect()
+        (0..n).map(|i| Arc::new(flow_between(src, dst, 1000 + i))).collect()
     }
 
     fn drain(rx: &mut LiveEvents) -> Vec<Event> {
@@ -310,10 +282,7 @@ mod tests {
     fn each_subscriber_gets_only_its_flows() {
         let hub = Hub::new(HubConfig::default());
         let only = |id| Subscription {
-            allow: vec![FlowFilter {
-                related_to: vec![id],
-                ..Default::default()
-            }],
+            allow: vec![FlowFilter { related_to: vec![id], ..Default::default() }],
             ..Default::default()
         };
         let mut a = hub.subscribe(&only(1));
@@ -326,10 +295,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_loses_only_its_own_events_and_is_told_in_order() {
-        let hub = Hub::new(HubConfig {
-            history: 16,
-            queue_events: 20,
-        });
+        let hub = Hub::new(HubConfig { history: 16, queue_events: 20 });
         let mut slow = hub.subscribe(&Subscription::default());
         let mut fast = hub.subscribe(&Subscription::default());
         for _ in 0..5 {
@@ -344,23 +310,14 @@ mod tests {
         // Once it reads again, the loss arrives before the next flows.
         hub.publish(&flows(1, 1, 2));
         let next = drain(slow.rx.as_mut().unwrap());
-        assert_eq!(
-            next[0],
-            Event::Lost(LostEvents {
-                source: LossSource::ClientQueue,
-                count: 30
-            })
-        );
+        assert_eq!(next[0], Event::Lost(LostEvents { source: LossSource::ClientQueue, count: 30 }));
         assert!(matches!(next[1], Event::Flow(_)));
         assert_eq!(hub.queue_losses(), 30);
     }
 
     #[test]
     fn a_pending_loss_is_delivered_without_waiting_for_new_flows() {
-        let hub = Hub::new(HubConfig {
-            history: 16,
-            queue_events: 3,
-        });
+        let hub = Hub::new(HubConfig { history: 16, queue_events: 3 });
         let mut slow = hub.subscribe(&Subscription::default());
         hub.publish(&flows(3, 1, 2));
         hub.publish(&flows(4, 1, 2));
@@ -368,10 +325,7 @@ mod tests {
         hub.flush_losses();
         assert_eq!(
             drain(slow.rx.as_mut().unwrap()),
-            vec![Event::Lost(LostEvents {
-                source: LossSource::ClientQueue,
-                count: 4
-            })]
+            vec![Event::Lost(LostEvents { source: LossSource::ClientQueue, count: 4 })]
         );
         hub.flush_losses();
         assert!(drain(slow.rx.as_mut().unwrap()).is_empty(), "told once");
@@ -383,29 +337,18 @@ mod tests {
         let mut a = hub.subscribe(&Subscription::default());
         let mut b = hub.subscribe(&Subscription::default());
         hub.publish_loss(LossSource::KernelBuffer, 7);
-        let lost = Event::Lost(LostEvents {
-            source: LossSource::KernelBuffer,
-            count: 7,
-        });
+        let lost = Event::Lost(LostEvents { source: LossSource::KernelBuffer, count: 7 });
         assert_eq!(drain(a.rx.as_mut().unwrap()), vec![lost.clone()]);
         assert_eq!(drain(b.rx.as_mut().unwrap()), vec![lost]);
     }
 
     #[test]
     fn history_then_live_without_gap() {
-        let hub = Hub::new(HubConfig {
-            history: 4,
-            queue_events: 8,
-        });
+        let hub = Hub::new(HubConfig { history: 4, queue_events: 8 });
         hub.publish(&flows(6, 1, 2));
-        let mut sub = hub.subscribe(&Subscription {
-            last: 3,
-            ..Default::default()
-        });
+        let mut sub = hub.subscribe(&Subscription { last: 3, ..Default::default() });
         assert_eq!(sub.initial.len(), 3);
-        let Event::Flow(last) = &sub.initial[2] else {
-            panic!()
-        };
+        let Event::Flow(last) = &sub.initial[2] else { panic!() };
         assert_eq!(last.source_port, 1005);
         hub.publish(&flows(1, 1, 2));
         assert_eq!(drain(sub.rx.as_mut().unwrap()).len(), 1);
@@ -421,11 +364,7 @@ mod tests {
         let mut sub = hub.subscribe(&Subscription::default());
         drop(sub.rx.take());
         hub.publish(&flows(1, 1, 2));
-        assert_eq!(
-            hub.subscribers(),
-            0,
-            "a closed queue is noticed on the next publish"
-        );
+        assert_eq!(hub.subscribers(), 0, "a closed queue is noticed on the next publish");
         drop(sub);
     }
 }

@@ -65,14 +65,7 @@ pub struct Pipeline<C: PipelineContext> {
 impl<C: PipelineContext> Pipeline<C> {
     pub fn new(context: Arc<C>) -> Self {
         let (peers, policy) = (context.peers(), context.policy());
-        Self {
-            context,
-            enricher: Enricher::new(KtimeClock::new()),
-            peers,
-            policy,
-            batch: Vec::new(),
-            decode_errors: 0,
-        }
+        Self { context, enricher: Enricher::new(KtimeClock::new()), peers, policy, batch: Vec::new(), decode_errors: 0 }
     }
 
     fn publish(&mut self) {
@@ -88,17 +81,10 @@ impl<C: PipelineContext> Pipeline<C> {
 
 impl<C: PipelineContext> RecordSink for Pipeline<C> {
     fn on_record(&mut self, bytes: &[u8]) {
-        self.context
-            .counters()
-            .records_read
-            .fetch_add(1, Ordering::Relaxed);
+        self.context.counters().records_read.fetch_add(1, Ordering::Relaxed);
         match decode::decode(bytes) {
             Ok(record) => {
-                self.batch.push(Arc::new(self.enricher.enrich(
-                    &record,
-                    self.peers.as_ref(),
-                    self.policy.as_ref(),
-                )));
+                self.batch.push(Arc::new(self.enricher.enrich(&record, self.peers.as_ref(), self.policy.as_ref())));
                 if self.batch.len() >= MAX_BATCH {
                     self.publish();
                 }
@@ -113,26 +99,16 @@ impl<C: PipelineContext> RecordSink for Pipeline<C> {
     fn on_lost(&mut self, count: u64) {
         // Flows decoded before the loss go out first, so the loss lands where the gap is.
         self.publish();
-        self.context
-            .counters()
-            .perf_lost
-            .fetch_add(count, Ordering::Relaxed);
-        self.context
-            .hub()
-            .publish_loss(LossSource::KernelBuffer, count);
+        self.context.counters().perf_lost.fetch_add(count, Ordering::Relaxed);
+        self.context.hub().publish_loss(LossSource::KernelBuffer, count);
     }
 
     /// End of a drained batch: publish, report decode errors, pick up endpoint changes.
     fn on_batch_end(&mut self) {
         self.publish();
         if self.decode_errors > 0 {
-            self.context
-                .counters()
-                .decode_errors
-                .fetch_add(self.decode_errors, Ordering::Relaxed);
-            self.context
-                .hub()
-                .publish_loss(LossSource::DecodeError, self.decode_errors);
+            self.context.counters().decode_errors.fetch_add(self.decode_errors, Ordering::Relaxed);
+            self.context.hub().publish_loss(LossSource::DecodeError, self.decode_errors);
             self.decode_errors = 0;
         }
         self.peers = self.context.peers();

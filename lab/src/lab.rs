@@ -36,19 +36,12 @@ pub enum LabError {
         "cannot plan lab {lab}{}: {problem}",
         file.as_deref().map(|p| format!(" from {}", p.display())).unwrap_or_default()
     )]
-    Plan {
-        lab: String,
-        file: Option<std::path::PathBuf>,
-        problem: Box<Problem>,
-    },
+    Plan { lab: String, file: Option<std::path::PathBuf>, problem: Box<Problem> },
     #[error(
         "lab {lab} already exists{}; run `flowgate lab down {lab}` first or pick another name with --name",
         from.as_deref().map(|p| format!(" (from {})", p.display())).unwrap_or_default()
     )]
-    Exists {
-        lab: String,
-        from: Option<std::path::PathBuf>,
-    },
+    Exists { lab: String, from: Option<std::path::PathBuf> },
     #[error("cannot create lab directory {path}")]
     Dir {
         path: std::path::PathBuf,
@@ -88,24 +81,16 @@ pub struct DownReport {
 ///
 /// An existing lab of that name is returned as is when it was brought up from an identical topology and is
 /// healthy; otherwise this fails. On a failure halfway, everything created so far is removed.
-pub fn up(
-    topology: &Topology,
-    name: &str,
-    source_path: Option<&Path>,
-) -> Result<LabState, LabError> {
+pub fn up(topology: &Topology, name: &str, source_path: Option<&Path>) -> Result<LabState, LabError> {
     let mut planned = plan::plan(topology, name).map_err(|problem| LabError::Plan {
         lab: name.to_owned(),
         file: source_path.map(Path::to_owned),
         problem: Box::new(problem),
     })?;
-    planned.topology_path =
-        source_path.map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned()));
+    planned.topology_path = source_path.map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned()));
 
     let labs_dir = state::labs_dir();
-    std::fs::create_dir_all(&labs_dir).map_err(|source| LabError::Dir {
-        path: labs_dir.clone(),
-        source,
-    })?;
+    std::fs::create_dir_all(&labs_dir).map_err(|source| LabError::Dir { path: labs_dir.clone(), source })?;
     let dir = state::lab_dir(name);
     // Creating the directory claims the name, also against another `up` running at the same time.
     if let Err(source) = std::fs::create_dir(&dir) {
@@ -114,20 +99,13 @@ pub fn up(
         }
         return Err(LabError::Dir { path: dir, source });
     }
-    let mut cleanup = CleanupOnError {
-        lab: name.to_owned(),
-        armed: true,
-    };
+    let mut cleanup = CleanupOnError { lab: name.to_owned(), armed: true };
 
     // Leftovers of an earlier lab of this name whose directory is gone (e.g. /run was cleared).
     let others: Vec<String> = state::list().into_iter().filter(|l| l != name).collect();
-    for ns in netns::list()
-        .into_iter()
-        .filter(|ns| naming::netns_belongs_to(ns, name, &others))
-    {
+    for ns in netns::list().into_iter().filter(|ns| naming::netns_belongs_to(ns, name, &others)) {
         log::warn!("lab {name}: removing leftover network namespace {ns}");
-        netns::delete(&ns)
-            .map_err(|source| netns_err(name, format!("remove leftover {ns}"), source))?;
+        netns::delete(&ns).map_err(|source| netns_err(name, format!("remove leftover {ns}"), source))?;
     }
 
     let state = build(planned)?;
@@ -136,18 +114,13 @@ pub fn up(
 }
 
 fn netns_err(lab: &str, step: String, source: NetnsError) -> LabError {
-    LabError::Netns {
-        lab: lab.to_owned(),
-        step,
-        source,
-    }
+    LabError::Netns { lab: lab.to_owned(), step, source }
 }
 
 fn build(mut state: LabState) -> Result<LabState, LabError> {
     let lab = state.name.clone();
     for ns in state.netns_names() {
-        netns::add(&ns)
-            .map_err(|source| netns_err(&lab, format!("create network namespace {ns}"), source))?;
+        netns::add(&ns).map_err(|source| netns_err(&lab, format!("create network namespace {ns}"), source))?;
     }
 
     // No IPv6 in the lab: no router solicitations or DAD in the flows the agent reports.
@@ -165,16 +138,10 @@ fn build(mut state: LabState) -> Result<LabState, LabError> {
         .pods
         .iter()
         .map(|p| (p.netns.clone(), p.host_ifname.clone(), p.ip))
-        .chain(
-            state
-                .externals
-                .iter()
-                .map(|e| (e.netns.clone(), e.host_ifname.clone(), e.ip)),
-        )
+        .chain(state.externals.iter().map(|e| (e.netns.clone(), e.host_ifname.clone(), e.ip)))
         .collect();
     for (ns, _, _) in &hosts {
-        netns::sysctls(ns, &COMMON)
-            .map_err(|source| netns_err(&lab, format!("configure {ns}"), source))?;
+        netns::sysctls(ns, &COMMON).map_err(|source| netns_err(&lab, format!("configure {ns}"), source))?;
     }
 
     // The veths are created inside the node namespace with their pod end moved straight into the pod's
@@ -182,9 +149,7 @@ fn build(mut state: LabState) -> Result<LabState, LabError> {
     let gateway = state.gateway;
     let mut node = vec!["link set lo up".to_owned()];
     for (ns, ifname, ip) in &hosts {
-        node.push(format!(
-            "link add {ifname} type veth peer name {POD_IFNAME} netns {ns}"
-        ));
+        node.push(format!("link add {ifname} type veth peer name {POD_IFNAME} netns {ns}"));
         node.push(format!("addr add {gateway}/32 dev {ifname}"));
         node.push(format!("link set {ifname} up"));
         node.push(format!("route add {ip}/32 dev {ifname}"));
@@ -222,10 +187,7 @@ fn build(mut state: LabState) -> Result<LabState, LabError> {
 
 /// `up` of a name that exists: fine when it is the same lab and it is healthy.
 fn reuse_if_identical(planned: &LabState) -> Result<LabState, LabError> {
-    let exists = |from| LabError::Exists {
-        lab: planned.name.clone(),
-        from,
-    };
+    let exists = |from| LabError::Exists { lab: planned.name.clone(), from };
     let Ok(current) = state::load(&planned.name) else {
         return Err(exists(None));
     };
@@ -241,9 +203,7 @@ fn reuse_if_identical(planned: &LabState) -> Result<LabState, LabError> {
         }
         s
     };
-    let healthy = current
-        .server_pid
-        .is_some_and(|pid| is_lab_server(pid, &planned.name))
+    let healthy = current.server_pid.is_some_and(|pid| is_lab_server(pid, &planned.name))
         && current.netns_names().iter().all(|ns| netns::exists(ns));
     if healthy && comparable(&current) == comparable(planned) {
         Ok(current)
@@ -276,10 +236,7 @@ pub fn down(name: &str) -> Result<DownReport, LabError> {
         file: None,
         problem: Box::new(problem),
     })?;
-    let mut report = DownReport {
-        name: name.to_owned(),
-        ..DownReport::default()
-    };
+    let mut report = DownReport { name: name.to_owned(), ..DownReport::default() };
     let mut problems = Vec::new();
     let dir = state::lab_dir(name);
 
@@ -287,10 +244,7 @@ pub fn down(name: &str) -> Result<DownReport, LabError> {
     if let Ok(s) = state::load(name) {
         pids.extend(s.server_pid);
     }
-    if let Some(pid) = std::fs::read_to_string(dir.join(PID_FILE))
-        .ok()
-        .and_then(|t| t.trim().parse().ok())
-    {
+    if let Some(pid) = std::fs::read_to_string(dir.join(PID_FILE)).ok().and_then(|t| t.trim().parse().ok()) {
         pids.push(pid);
     }
     pids.dedup();
@@ -305,10 +259,7 @@ pub fn down(name: &str) -> Result<DownReport, LabError> {
     }
 
     let others: Vec<String> = state::list().into_iter().filter(|l| l != name).collect();
-    for ns in netns::list()
-        .into_iter()
-        .filter(|ns| naming::netns_belongs_to(ns, name, &others))
-    {
+    for ns in netns::list().into_iter().filter(|ns| naming::netns_belongs_to(ns, name, &others)) {
         match netns::delete(&ns) {
             Ok(()) => report.netns_deleted.push(ns),
             Err(e) => problems.push(e.to_string()),
@@ -329,16 +280,8 @@ pub fn down(name: &str) -> Result<DownReport, LabError> {
             Err(e) => problems.push(format!("remove {}: {e}", pins.display())),
         }
     }
-    report.existed =
-        report.dir_removed || report.server_stopped.is_some() || !report.netns_deleted.is_empty();
-    if problems.is_empty() {
-        Ok(report)
-    } else {
-        Err(LabError::Down {
-            lab: name.to_owned(),
-            problems,
-        })
-    }
+    report.existed = report.dir_removed || report.server_stopped.is_some() || !report.netns_deleted.is_empty();
+    if problems.is_empty() { Ok(report) } else { Err(LabError::Down { lab: name.to_owned(), problems }) }
 }
 
 /// Whether `pid` is a live process started as lab `lab`'s server.
@@ -357,18 +300,13 @@ pub fn is_alive(pid: u32) -> bool {
         return false;
     };
     // "pid (comm) S ...": the state follows the last ')'.
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.trim_start().chars().next());
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
     !matches!(state, None | Some('Z' | 'X'))
 }
 
 fn stop(pid: u32) -> Result<(), nix::Error> {
     let target = Pid::from_raw(i32::try_from(pid).map_err(|_| nix::Error::EINVAL)?);
-    for (signal, within) in [
-        (Signal::SIGTERM, SERVER_STOP_WITHIN),
-        (Signal::SIGKILL, Duration::from_secs(1)),
-    ] {
+    for (signal, within) in [(Signal::SIGTERM, SERVER_STOP_WITHIN), (Signal::SIGKILL, Duration::from_secs(1))] {
         match kill(target, signal) {
             Ok(()) => {}
             Err(nix::Error::ESRCH) => return Ok(()),
@@ -384,9 +322,5 @@ fn stop(pid: u32) -> Result<(), nix::Error> {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
-    if is_alive(pid) {
-        Err(nix::Error::ETIMEDOUT)
-    } else {
-        Ok(())
-    }
+    if is_alive(pid) { Err(nix::Error::ETIMEDOUT) } else { Ok(()) }
 }

@@ -34,18 +34,13 @@ pub fn lab_netns_prefix(lab: &str) -> String {
 pub fn netns_belongs_to(netns: &str, lab: &str, existing_labs: &[String]) -> bool {
     netns.starts_with(&lab_netns_prefix(lab))
         && !existing_labs.iter().any(|other| {
-            other.len() > lab.len()
-                && other.starts_with(lab)
-                && netns.starts_with(&lab_netns_prefix(other))
+            other.len() > lab.len() && other.starts_with(lab) && netns.starts_with(&lab_netns_prefix(other))
         })
 }
 
 /// Node-side veth of a pod: `lxc` + 8 hex digits of a stable hash of `namespace/pod`.
 pub fn pod_host_ifname(namespace: &str, pod: &str) -> String {
-    format!(
-        "lxc{:08x}",
-        fnv1a32(format!("{namespace}/{pod}").as_bytes())
-    )
+    format!("lxc{:08x}", fnv1a32(format!("{namespace}/{pod}").as_bytes()))
 }
 
 /// Node-side veth of an external host: `ext` + 8 hex digits of a stable hash of its name.
@@ -58,9 +53,7 @@ pub const POD_IFNAME: &str = "eth0";
 
 /// FNV-1a, 32 bits: stable across builds and platforms, unlike `DefaultHasher`.
 fn fnv1a32(bytes: &[u8]) -> u32 {
-    bytes.iter().fold(0x811c_9dc5_u32, |h, &b| {
-        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    })
+    bytes.iter().fold(0x811c_9dc5_u32, |h, &b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
 }
 
 /// Root of the agent's pins on bpffs; each lab's maps and links are pinned under `<root>/<lab>`.

@@ -81,30 +81,19 @@ pub fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> T + Send) -> Result<T,
 /// The thread is scoped, so `f` may borrow from the caller; the caller's thread is untouched.
 pub fn in_netns_at<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> Result<T, NetnsError> {
     let netns = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
-    let file = File::open(path).map_err(|source| NetnsError::Open {
-        netns: netns.clone(),
-        path: path.to_owned(),
-        source,
-    })?;
+    let file =
+        File::open(path).map_err(|source| NetnsError::Open { netns: netns.clone(), path: path.to_owned(), source })?;
     std::thread::scope(|scope| {
         let name = netns.clone();
         let handle = std::thread::Builder::new()
             .name(format!("netns-{netns}"))
             .spawn_scoped(scope, move || -> Result<T, NetnsError> {
-                setns(&file, CloneFlags::CLONE_NEWNET).map_err(|source| NetnsError::Enter {
-                    netns: name,
-                    source,
-                })?;
+                setns(&file, CloneFlags::CLONE_NEWNET).map_err(|source| NetnsError::Enter { netns: name, source })?;
                 drop(file);
                 Ok(f())
             })
-            .map_err(|source| NetnsError::Thread {
-                netns: netns.clone(),
-                source,
-            })?;
-        handle.join().map_err(|_| NetnsError::Panicked {
-            netns: netns.clone(),
-        })?
+            .map_err(|source| NetnsError::Thread { netns: netns.clone(), source })?;
+        handle.join().map_err(|_| NetnsError::Panicked { netns: netns.clone() })?
     })
 }
 
@@ -112,15 +101,9 @@ pub fn in_netns_at<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> Result
 /// (`flowgate lab exec`); everything else should use [`in_netns`].
 pub fn enter_current_thread(netns: &str) -> Result<(), NetnsError> {
     let path = netns_path(netns);
-    let file = File::open(&path).map_err(|source| NetnsError::Open {
-        netns: netns.to_owned(),
-        path: path.clone(),
-        source,
-    })?;
-    setns(&file, CloneFlags::CLONE_NEWNET).map_err(|source| NetnsError::Enter {
-        netns: netns.to_owned(),
-        source,
-    })
+    let file =
+        File::open(&path).map_err(|source| NetnsError::Open { netns: netns.to_owned(), path: path.clone(), source })?;
+    setns(&file, CloneFlags::CLONE_NEWNET).map_err(|source| NetnsError::Enter { netns: netns.to_owned(), source })
 }
 
 /// Names of every network namespace on the machine (`/run/netns`).
@@ -128,10 +111,8 @@ pub fn list() -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(NETNS_RUN_DIR) else {
         return Vec::new();
     };
-    let mut names: Vec<String> = entries
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().into_string().ok())
-        .collect();
+    let mut names: Vec<String> =
+        entries.filter_map(Result::ok).filter_map(|e| e.file_name().into_string().ok()).collect();
     names.sort();
     names
 }
@@ -160,41 +141,22 @@ fn ip(args: &[&str], stdin: Option<&str>) -> Result<(), NetnsError> {
     let command = format!("ip {}", args.join(" "));
     let mut child = Command::new("ip")
         .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|source| NetnsError::Spawn {
-            command: command.clone(),
-            source,
-        })?;
+        .map_err(|source| NetnsError::Spawn { command: command.clone(), source })?;
     if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(text.as_bytes())
-            .map_err(|source| NetnsError::Spawn {
-                command: command.clone(),
-                source,
-            })?;
+        pipe.write_all(text.as_bytes()).map_err(|source| NetnsError::Spawn { command: command.clone(), source })?;
     }
-    let output = child
-        .wait_with_output()
-        .map_err(|source| NetnsError::Spawn {
-            command: command.clone(),
-            source,
-        })?;
+    let output = child.wait_with_output().map_err(|source| NetnsError::Spawn { command: command.clone(), source })?;
     if output.status.success() {
         Ok(())
     } else {
         let mut stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
         if let Some(script) = stdin {
             // `ip -batch` says "Command failed -:LINE"; show the line.
-            stderr = format!(
-                "{stderr}\n  batch was:\n    {}",
-                script.trim_end().replace('\n', "\n    ")
-            );
+            stderr = format!("{stderr}\n  batch was:\n    {}", script.trim_end().replace('\n', "\n    "));
         }
         Err(NetnsError::Command { command, stderr })
     }
@@ -203,19 +165,12 @@ fn ip(args: &[&str], stdin: Option<&str>) -> Result<(), NetnsError> {
 /// Sets sysctls (`net.ipv4.ip_forward` style keys) inside `netns`. `/proc/sys/net` shows the namespace of the
 /// thread that opens it, so this goes through [`in_netns`].
 pub fn sysctls(netns: &str, settings: &[(&str, &str)]) -> Result<(), NetnsError> {
-    let settings: Vec<(String, String)> = settings
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
+    let settings: Vec<(String, String)> = settings.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
     let name = netns.to_owned();
     in_netns(netns, move || {
         for (key, value) in settings {
             let path = Path::new("/proc/sys").join(key.replace('.', "/"));
-            std::fs::write(&path, &value).map_err(|source| NetnsError::Sysctl {
-                netns: name.clone(),
-                key,
-                source,
-            })?;
+            std::fs::write(&path, &value).map_err(|source| NetnsError::Sysctl { netns: name.clone(), key, source })?;
         }
         Ok(())
     })?
@@ -228,12 +183,10 @@ pub fn ifindexes(netns: &str, ifnames: Vec<String>) -> Result<Vec<u32>, NetnsErr
         ifnames
             .into_iter()
             .map(|ifname| {
-                nix::net::if_::if_nametoindex(ifname.as_str()).map_err(|source| {
-                    NetnsError::NoInterface {
-                        netns: name.clone(),
-                        ifname,
-                        source,
-                    }
+                nix::net::if_::if_nametoindex(ifname.as_str()).map_err(|source| NetnsError::NoInterface {
+                    netns: name.clone(),
+                    ifname,
+                    source,
                 })
             })
             .collect()

@@ -31,22 +31,14 @@ pub fn plan(topology: &Topology, lab: &str) -> Result<LabState, Problem> {
             return Err(Problem::IpReserved { owner, ip, cidr });
         }
         if let Some(other) = taken.get(&ip) {
-            return Err(Problem::DuplicateIp {
-                owner,
-                ip,
-                other: other.clone(),
-            });
+            return Err(Problem::DuplicateIp { owner, ip, other: other.clone() });
         }
         taken.insert(ip, owner);
         Ok(())
     };
     for pod in &topology.pods {
         if let Some(ip) = pod.ip {
-            claim(
-                format!("pod {}/{}", pod.namespace, pod.name),
-                ip,
-                &mut taken,
-            )?;
+            claim(format!("pod {}/{}", pod.namespace, pod.name), ip, &mut taken)?;
         }
     }
     for ext in &topology.externals {
@@ -55,23 +47,22 @@ pub fn plan(topology: &Topology, lab: &str) -> Result<LabState, Problem> {
         }
     }
     let mut next = FIRST_AUTO_HOST;
-    let mut assign =
-        |owner: String, fixed: Option<Ipv4Addr>, taken: &mut HashMap<Ipv4Addr, String>| {
-            if let Some(ip) = fixed {
+    let mut assign = |owner: String, fixed: Option<Ipv4Addr>, taken: &mut HashMap<Ipv4Addr, String>| {
+        if let Some(ip) = fixed {
+            return Ok(ip);
+        }
+        loop {
+            let ip = cidr.nth(next);
+            if !cidr.contains(ip) || ip == cidr.broadcast() {
+                return Err(Problem::RangeExhausted { owner, cidr });
+            }
+            next += 1;
+            if let Entry::Vacant(slot) = taken.entry(ip) {
+                slot.insert(owner);
                 return Ok(ip);
             }
-            loop {
-                let ip = cidr.nth(next);
-                if !cidr.contains(ip) || ip == cidr.broadcast() {
-                    return Err(Problem::RangeExhausted { owner, cidr });
-                }
-                next += 1;
-                if let Entry::Vacant(slot) = taken.entry(ip) {
-                    slot.insert(owner);
-                    return Ok(ip);
-                }
-            }
-        };
+        }
+    };
 
     let mut pods = Vec::with_capacity(topology.pods.len());
     for pod in &topology.pods {
@@ -109,10 +100,7 @@ pub fn plan(topology: &Topology, lab: &str) -> Result<LabState, Problem> {
         namespaces: topology
             .namespaces
             .iter()
-            .map(|ns| NamespaceState {
-                name: ns.name.clone(),
-                labels: Topology::namespace_labels(ns),
-            })
+            .map(|ns| NamespaceState { name: ns.name.clone(), labels: Topology::namespace_labels(ns) })
             .collect(),
         pods,
         externals,
@@ -126,45 +114,26 @@ pub fn plan(topology: &Topology, lab: &str) -> Result<LabState, Problem> {
 /// Names are built from parts that may contain '-', so two hosts can end up with one namespace or (rarely)
 /// one interface name; say so instead of failing halfway through `up`.
 fn check_name_clashes(state: &LabState) -> Result<(), Problem> {
-    let hosts = std::iter::once((
-        "the node".to_owned(),
-        state.node_netns.clone(),
-        String::new(),
-    ))
-    .chain(state.pods.iter().map(|p| {
-        (
-            format!("pod {}/{}", p.namespace, p.name),
-            p.netns.clone(),
-            p.host_ifname.clone(),
+    let hosts = std::iter::once(("the node".to_owned(), state.node_netns.clone(), String::new()))
+        .chain(
+            state
+                .pods
+                .iter()
+                .map(|p| (format!("pod {}/{}", p.namespace, p.name), p.netns.clone(), p.host_ifname.clone())),
         )
-    }))
-    .chain(state.externals.iter().map(|e| {
-        (
-            format!("external {}", e.name),
-            e.netns.clone(),
-            e.host_ifname.clone(),
-        )
-    }));
+        .chain(
+            state.externals.iter().map(|e| (format!("external {}", e.name), e.netns.clone(), e.host_ifname.clone())),
+        );
     let mut netns: HashMap<String, String> = HashMap::new();
     let mut ifnames: HashMap<String, String> = HashMap::new();
     for (owner, ns, ifname) in hosts {
         if let Some(other) = netns.insert(ns.clone(), owner.clone()) {
-            return Err(Problem::NameClash {
-                owner,
-                other,
-                what: "network namespace",
-                name: ns,
-            });
+            return Err(Problem::NameClash { owner, other, what: "network namespace", name: ns });
         }
         if !ifname.is_empty()
             && let Some(other) = ifnames.insert(ifname.clone(), owner.clone())
         {
-            return Err(Problem::NameClash {
-                owner,
-                other,
-                what: "interface name",
-                name: ifname,
-            });
+            return Err(Problem::NameClash { owner, other, what: "interface name", name: ifname });
         }
     }
     Ok(())
@@ -182,11 +151,7 @@ mod tests {
 
     #[test]
     fn pods_get_addresses_from_dot_ten_in_file_order() {
-        let state = plan(
-            &topo(include_str!("../../examples/lab-netpol.yaml")),
-            "netpol",
-        )
-        .unwrap();
+        let state = plan(&topo(include_str!("../../examples/lab-netpol.yaml")), "netpol").unwrap();
         let ips: Vec<String> = state.pods.iter().map(|p| p.ip.to_string()).collect();
         assert_eq!(ips[0], "10.200.0.10");
         assert_eq!(ips[8], "10.200.0.18");
@@ -194,10 +159,7 @@ mod tests {
         assert_eq!(state.node_netns, "fg-netpol-node");
         assert_eq!(state.pods[0].netns, "fg-netpol-x-a");
         assert_eq!(state.pods[4].netns, "fg-netpol-y-b");
-        assert_eq!(
-            state.namespaces[1].labels["kubernetes.io/metadata.name"],
-            "y"
-        );
+        assert_eq!(state.namespaces[1].labels["kubernetes.io/metadata.name"], "y");
     }
 
     #[test]
@@ -218,30 +180,15 @@ mod tests {
 
     #[test]
     fn fixed_address_outside_the_range_is_rejected() {
-        let err = plan(
-            &topo(&format!(
-                "{NS}pods:\n  - {{namespace: x, name: a, ip: 10.9.0.5}}\n"
-            )),
-            "lab",
-        )
-        .unwrap_err();
+        let err = plan(&topo(&format!("{NS}pods:\n  - {{namespace: x, name: a, ip: 10.9.0.5}}\n")), "lab").unwrap_err();
         assert!(matches!(err, Problem::IpOutsideCidr { .. }), "{err}");
-        assert_eq!(
-            err.to_string(),
-            "pod x/a: address 10.9.0.5 is outside the lab range 10.200.0.0/24"
-        );
+        assert_eq!(err.to_string(), "pod x/a: address 10.9.0.5 is outside the lab range 10.200.0.0/24");
     }
 
     #[test]
     fn gateway_network_and_broadcast_cannot_be_given_to_pods() {
         for ip in ["10.200.0.0", "10.200.0.1", "10.200.0.255"] {
-            let err = plan(
-                &topo(&format!(
-                    "{NS}pods:\n  - {{namespace: x, name: a, ip: {ip}}}\n"
-                )),
-                "lab",
-            )
-            .unwrap_err();
+            let err = plan(&topo(&format!("{NS}pods:\n  - {{namespace: x, name: a, ip: {ip}}}\n")), "lab").unwrap_err();
             assert!(matches!(err, Problem::IpReserved { .. }), "{ip}: {err}");
         }
     }
@@ -255,22 +202,14 @@ mod tests {
             "lab",
         )
         .unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "external o: address 10.200.0.50 is already used by pod x/a"
-        );
+        assert_eq!(err.to_string(), "external o: address 10.200.0.50 is already used by pod x/a");
     }
 
     #[test]
     fn a_full_range_is_reported() {
         // /29: .0 network, .1 gateway, .7 broadcast; automatic addresses start at .10, outside the range.
-        let err = plan(
-            &topo(&format!(
-                "cidr: 10.1.0.0/29\n{NS}pods:\n  - {{namespace: x, name: a}}\n"
-            )),
-            "lab",
-        )
-        .unwrap_err();
+        let err =
+            plan(&topo(&format!("cidr: 10.1.0.0/29\n{NS}pods:\n  - {{namespace: x, name: a}}\n")), "lab").unwrap_err();
         assert!(matches!(err, Problem::RangeExhausted { .. }), "{err}");
     }
 

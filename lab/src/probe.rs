@@ -100,10 +100,7 @@ pub struct ProbeMatrix {
 
 /// Every pair of `hosts`, self included: the full matrix.
 pub fn all_pairs(hosts: &[PodRef]) -> Vec<(PodRef, PodRef)> {
-    hosts
-        .iter()
-        .flat_map(|a| hosts.iter().map(move |b| (a.clone(), b.clone())))
-        .collect()
+    hosts.iter().flat_map(|a| hosts.iter().map(move |b| (a.clone(), b.clone()))).collect()
 }
 
 /// Probes every pair in parallel, each within `timeout`.
@@ -117,10 +114,7 @@ pub async fn probe(
     if protocol == Protocol::Sctp {
         return Err(ProbeError::Sctp);
     }
-    let unknown = |host: &PodRef| ProbeError::UnknownHost {
-        lab: state.name.clone(),
-        host: host.clone(),
-    };
+    let unknown = |host: &PodRef| ProbeError::UnknownHost { lab: state.name.clone(), host: host.clone() };
     // Resolve every pair first: an unknown host is an error before anything is sent.
     let mut planned = Vec::with_capacity(pairs.len());
     for (from, to) in pairs {
@@ -134,34 +128,22 @@ pub async fn probe(
                 .find(|p| p.name.as_deref() == Some(name.as_str()) && p.protocol == protocol)
                 .map(|p| p.port),
         };
-        planned.push((
-            from.clone(),
-            to.clone(),
-            src.netns.to_owned(),
-            dst.ip,
-            dst_port,
-        ));
+        planned.push((from.clone(), to.clone(), src.netns.to_owned(), dst.ip, dst_port));
     }
 
     // Sockets are created on one thread per source namespace, then driven together on this runtime.
     let mut by_source: HashMap<String, (PodRef, Vec<usize>)> = HashMap::new();
     for (i, (from, _, ns, _, port)) in planned.iter().enumerate() {
         if port.is_some() {
-            by_source
-                .entry(ns.clone())
-                .or_insert_with(|| (from.clone(), Vec::new()))
-                .1
-                .push(i);
+            by_source.entry(ns.clone()).or_insert_with(|| (from.clone(), Vec::new())).1.push(i);
         }
     }
     let mut creators = tokio::task::JoinSet::new();
     for (ns, (host, indexes)) in by_source {
         creators.spawn_blocking(move || {
             let count = indexes.len();
-            let sockets = netns::in_netns(&ns, move || {
-                (0..count).map(|_| new_socket(protocol)).collect::<Vec<_>>()
-            })
-            .map_err(|source| ProbeError::Netns { host, source })?;
+            let sockets = netns::in_netns(&ns, move || (0..count).map(|_| new_socket(protocol)).collect::<Vec<_>>())
+                .map_err(|source| ProbeError::Netns { host, source })?;
             Ok::<_, ProbeError>(indexes.into_iter().zip(sockets).collect::<Vec<_>>())
         });
     }
@@ -191,12 +173,7 @@ pub async fn probe(
     let results = planned
         .into_iter()
         .zip(connected)
-        .map(|((from, to, _, _, port), connected)| ProbeResult {
-            from,
-            to,
-            port,
-            connected,
-        })
+        .map(|((from, to, _, _, port), connected)| ProbeResult { from, to, port, connected })
         .collect();
     Ok(ProbeMatrix {
         port: port.clone(),
@@ -230,20 +207,12 @@ fn new_socket(protocol: Protocol) -> std::io::Result<Socket> {
     Ok(socket)
 }
 
-async fn try_connect(
-    socket: Socket,
-    protocol: Protocol,
-    addr: SocketAddr,
-    timeout: Duration,
-) -> bool {
+async fn try_connect(socket: Socket, protocol: Protocol, addr: SocketAddr, timeout: Duration) -> bool {
     match protocol {
         Protocol::Udp => udp_echo(socket, addr, timeout).await,
         _ => {
             let socket = tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(socket));
-            matches!(
-                tokio::time::timeout(timeout, socket.connect(addr)).await,
-                Ok(Ok(_))
-            )
+            matches!(tokio::time::timeout(timeout, socket.connect(addr)).await, Ok(Ok(_)))
         }
     }
 }
@@ -271,17 +240,12 @@ async fn udp_echo(socket: Socket, addr: SocketAddr, timeout: Duration) -> bool {
         }
         false
     };
-    tokio::time::timeout(timeout, attempt)
-        .await
-        .unwrap_or(false)
+    tokio::time::timeout(timeout, attempt).await.unwrap_or(false)
 }
 
 impl ProbeMatrix {
     pub fn connected(&self, from: &PodRef, to: &PodRef) -> Option<bool> {
-        self.results
-            .iter()
-            .find(|r| &r.from == from && &r.to == to)
-            .map(|r| r.connected)
+        self.results.iter().find(|r| &r.from == from && &r.to == to).map(|r| r.connected)
     }
 
     /// The results as a [`Reachability`] table, rows and columns in the order of the probed pairs.
@@ -310,25 +274,15 @@ impl ProbeMatrix {
         }
         let mut results: BTreeMap<String, BTreeMap<String, bool>> = BTreeMap::new();
         for r in &self.results {
-            results
-                .entry(r.from.to_string())
-                .or_default()
-                .insert(r.to.to_string(), r.connected);
+            results.entry(r.from.to_string()).or_default().insert(r.to.to_string(), r.connected);
         }
-        serde_json::to_string(&Report {
-            port: &self.port,
-            protocol: self.protocol,
-            results,
-        })
-        .expect("a map of strings and bools always serializes")
+        serde_json::to_string(&Report { port: &self.port, protocol: self.protocol, results })
+            .expect("a map of strings and bools always serializes")
     }
 
     /// How many probes connected, out of how many.
     pub fn summary(&self) -> (usize, usize) {
-        (
-            self.results.iter().filter(|r| r.connected).count(),
-            self.results.len(),
-        )
+        (self.results.iter().filter(|r| r.connected).count(), self.results.len())
     }
 }
 
@@ -346,29 +300,15 @@ mod tests {
             .into_iter()
             .map(|(from, to)| {
                 let connected = !(from == r("x/a") && to == r("y/a")) && to != r("x/b");
-                ProbeResult {
-                    from,
-                    to,
-                    port: Some(80),
-                    connected,
-                }
+                ProbeResult { from, to, port: Some(80), connected }
             })
             .collect();
-        ProbeMatrix {
-            port: PortArg::Number(80),
-            protocol: Protocol::Tcp,
-            from: hosts.clone(),
-            to: hosts,
-            results,
-        }
+        ProbeMatrix { port: PortArg::Number(80), protocol: Protocol::Tcp, from: hosts.clone(), to: hosts, results }
     }
 
     #[test]
     fn truth_table_has_sources_as_rows_and_destinations_as_columns() {
-        assert_eq!(
-            matrix().truth_table(),
-            "\tx/a\tx/b\ty/a\nx/a\t.\tX\tX\nx/b\t.\tX\t.\ny/a\t.\tX\t.\n"
-        );
+        assert_eq!(matrix().truth_table(), "\tx/a\tx/b\ty/a\nx/a\t.\tX\tX\nx/b\t.\tX\t.\ny/a\t.\tX\t.\n");
     }
 
     #[test]
@@ -391,19 +331,13 @@ mod tests {
         let mut m = matrix();
         m.port = PortArg::Name("serve-80-tcp".into());
         m.protocol = Protocol::Udp;
-        assert!(
-            m.to_json()
-                .starts_with(r#"{"port":"serve-80-tcp","protocol":"UDP","results":"#)
-        );
+        assert!(m.to_json().starts_with(r#"{"port":"serve-80-tcp","protocol":"UDP","results":"#));
     }
 
     #[test]
     fn port_argument_is_a_number_or_a_name() {
         assert_eq!("80".parse::<PortArg>().unwrap(), PortArg::Number(80));
-        assert_eq!(
-            "serve-80-tcp".parse::<PortArg>().unwrap(),
-            PortArg::Name("serve-80-tcp".into())
-        );
+        assert_eq!("serve-80-tcp".parse::<PortArg>().unwrap(), PortArg::Name("serve-80-tcp".into()));
         assert!("0".parse::<PortArg>().is_err());
         assert!("70000".parse::<PortArg>().is_err());
         assert!("".parse::<PortArg>().is_err());
@@ -412,15 +346,7 @@ mod tests {
     #[test]
     fn all_pairs_includes_self_probes_in_row_order() {
         let pairs = all_pairs(&[r("x/a"), r("x/b")]);
-        assert_eq!(
-            pairs,
-            vec![
-                (r("x/a"), r("x/a")),
-                (r("x/a"), r("x/b")),
-                (r("x/b"), r("x/a")),
-                (r("x/b"), r("x/b"))
-            ]
-        );
+        assert_eq!(pairs, vec![(r("x/a"), r("x/a")), (r("x/a"), r("x/b")), (r("x/b"), r("x/a")), (r("x/b"), r("x/b"))]);
     }
 
     #[test]

@@ -67,18 +67,9 @@ pub enum ServerError {
         "lab {lab}'s server exited before binding its ports ({status}); the end of {log}:\n{tail}\n\
          (a binary that brings labs up must call flowgate_lab::server::run_if_requested() first in main)"
     )]
-    Exited {
-        lab: String,
-        status: String,
-        log: PathBuf,
-        tail: String,
-    },
+    Exited { lab: String, status: String, log: PathBuf, tail: String },
     #[error("lab {lab}'s server did not bind its ports within {waited:?}; see {log}")]
-    NotReady {
-        lab: String,
-        waited: Duration,
-        log: PathBuf,
-    },
+    NotReady { lab: String, waited: Duration, log: PathBuf },
 }
 
 /// If this process was started as a lab's server, runs it and exits the process; otherwise returns at once.
@@ -101,20 +92,14 @@ pub fn run_if_requested() {
 pub(crate) fn start(state: &LabState, ready_within: Duration) -> Result<u32, ServerError> {
     let lab = state.name.clone();
     let dir = state::lab_dir(&lab);
-    let exe = std::env::current_exe().map_err(|source| ServerError::CurrentExe {
-        lab: lab.clone(),
-        source,
-    })?;
+    let exe = std::env::current_exe().map_err(|source| ServerError::CurrentExe { lab: lab.clone(), source })?;
     let log = dir.join(LOG_FILE);
     let open_log = || {
         OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
-            .map_err(|source| ServerError::Log {
-                path: log.clone(),
-                source,
-            })
+            .map_err(|source| ServerError::Log { path: log.clone(), source })
     };
     let child = Command::new(&exe)
         .env(SERVE_ENV, &lab)
@@ -125,21 +110,11 @@ pub(crate) fn start(state: &LabState, ready_within: Duration) -> Result<u32, Ser
         .stdout(open_log()?)
         .stderr(open_log()?)
         .spawn()
-        .map_err(|source| ServerError::Spawn {
-            lab: lab.clone(),
-            exe,
-            source,
-        })?;
+        .map_err(|source| ServerError::Spawn { lab: lab.clone(), exe, source })?;
     wait_ready(child, &lab, &dir, &log, ready_within)
 }
 
-fn wait_ready(
-    mut child: Child,
-    lab: &str,
-    dir: &Path,
-    log: &Path,
-    within: Duration,
-) -> Result<u32, ServerError> {
+fn wait_ready(mut child: Child, lab: &str, dir: &Path, log: &Path, within: Duration) -> Result<u32, ServerError> {
     let pid = child.id();
     let ready = dir.join(READY_FILE);
     let deadline = Instant::now() + within;
@@ -162,26 +137,16 @@ fn wait_ready(
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(ServerError::NotReady {
-                lab: lab.to_owned(),
-                waited: within,
-                log: log.to_owned(),
-            });
+            return Err(ServerError::NotReady { lab: lab.to_owned(), waited: within, log: log.to_owned() });
         }
         std::thread::sleep(Duration::from_millis(5));
     }
 }
 
 fn log_line(message: &str) {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
     // stderr is the log file.
-    let _ = writeln!(
-        std::io::stderr(),
-        "{secs:.3} [{}] {message}",
-        std::process::id()
-    );
+    let _ = writeln!(std::io::stderr(), "{secs:.3} [{}] {message}", std::process::id());
 }
 
 /// Sockets of one host, bound inside its namespace.
@@ -191,31 +156,21 @@ struct HostSockets {
     udp: Vec<(u16, std::net::UdpSocket)>,
 }
 
-fn bind_host(
-    host: String,
-    netns_name: &str,
-    ports: &[ContainerPort],
-) -> Result<HostSockets, String> {
+fn bind_host(host: String, netns_name: &str, ports: &[ContainerPort]) -> Result<HostSockets, String> {
     let ports = ports.to_vec();
     let h = host.clone();
     netns::in_netns(netns_name, move || -> Result<HostSockets, String> {
-        let mut sockets = HostSockets {
-            host: h.clone(),
-            tcp: Vec::new(),
-            udp: Vec::new(),
-        };
+        let mut sockets = HostSockets { host: h.clone(), tcp: Vec::new(), udp: Vec::new() };
         for p in ports {
             let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, p.port));
             match p.protocol {
                 Protocol::Tcp => {
-                    let l = std::net::TcpListener::bind(addr)
-                        .map_err(|e| format!("{h}: bind {}/TCP: {e}", p.port))?;
+                    let l = std::net::TcpListener::bind(addr).map_err(|e| format!("{h}: bind {}/TCP: {e}", p.port))?;
                     l.set_nonblocking(true).map_err(|e| format!("{h}: {e}"))?;
                     sockets.tcp.push((p.port, l));
                 }
                 Protocol::Udp => {
-                    let s = std::net::UdpSocket::bind(addr)
-                        .map_err(|e| format!("{h}: bind {}/UDP: {e}", p.port))?;
+                    let s = std::net::UdpSocket::bind(addr).map_err(|e| format!("{h}: bind {}/UDP: {e}", p.port))?;
                     s.set_nonblocking(true).map_err(|e| format!("{h}: {e}"))?;
                     sockets.udp.push((p.port, s));
                 }
@@ -240,19 +195,8 @@ fn serve(lab: &str) -> Result<(), String> {
     let hosts: Vec<(String, String, Vec<ContainerPort>)> = state
         .pods
         .iter()
-        .map(|p| {
-            (
-                format!("{}/{}", p.namespace, p.name),
-                p.netns.clone(),
-                p.ports.clone(),
-            )
-        })
-        .chain(
-            state
-                .externals
-                .iter()
-                .map(|e| (e.name.clone(), e.netns.clone(), e.ports.clone())),
-        )
+        .map(|p| (format!("{}/{}", p.namespace, p.name), p.netns.clone(), p.ports.clone()))
+        .chain(state.externals.iter().map(|e| (e.name.clone(), e.netns.clone(), e.ports.clone())))
         .collect();
     let mut bound = Vec::with_capacity(hosts.len());
     for (host, ns, ports) in hosts {
@@ -307,9 +251,7 @@ async fn serve_tcp(what: String, listener: TcpListener) {
             }
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            log_line(&format!(
-                "{what}: over {MAX_CONNECTIONS} connections, closing one"
-            ));
+            log_line(&format!("{what}: over {MAX_CONNECTIONS} connections, closing one"));
             continue;
         };
         tokio::spawn(async move {

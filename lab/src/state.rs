@@ -108,10 +108,7 @@ pub enum PodRef {
 
 impl PodRef {
     pub fn pod(namespace: &str, name: &str) -> Self {
-        Self::Pod {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-        }
+        Self::Pod { namespace: namespace.to_owned(), name: name.to_owned() }
     }
 }
 
@@ -129,13 +126,9 @@ impl FromStr for PodRef {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.split_once('/') {
-            Some((ns, pod)) if !ns.is_empty() && !pod.is_empty() && !pod.contains('/') => {
-                Ok(Self::pod(ns, pod))
-            }
+            Some((ns, pod)) if !ns.is_empty() && !pod.is_empty() && !pod.contains('/') => Ok(Self::pod(ns, pod)),
             None if !s.is_empty() => Ok(Self::External { name: s.to_owned() }),
-            _ => Err(format!(
-                "{s:?} is not NAMESPACE/POD (or the name of an external host)"
-            )),
+            _ => Err(format!("{s:?} is not NAMESPACE/POD (or the name of an external host)")),
         }
     }
 }
@@ -150,9 +143,7 @@ pub struct HostView<'a> {
 
 impl LabState {
     pub fn pod(&self, namespace: &str, name: &str) -> Option<&PodState> {
-        self.pods
-            .iter()
-            .find(|p| p.namespace == namespace && p.name == name)
+        self.pods.iter().find(|p| p.namespace == namespace && p.name == name)
     }
 
     pub fn external(&self, name: &str) -> Option<&ExternalState> {
@@ -162,25 +153,18 @@ impl LabState {
     /// Looks up a pod or external.
     pub fn host(&self, r: &PodRef) -> Option<HostView<'_>> {
         match r {
-            PodRef::Pod { namespace, name } => self.pod(namespace, name).map(|p| HostView {
-                ip: p.ip,
-                netns: &p.netns,
-                ports: &p.ports,
-            }),
-            PodRef::External { name } => self.external(name).map(|e| HostView {
-                ip: e.ip,
-                netns: &e.netns,
-                ports: &e.ports,
-            }),
+            PodRef::Pod { namespace, name } => {
+                self.pod(namespace, name).map(|p| HostView { ip: p.ip, netns: &p.netns, ports: &p.ports })
+            }
+            PodRef::External { name } => {
+                self.external(name).map(|e| HostView { ip: e.ip, netns: &e.netns, ports: &e.ports })
+            }
         }
     }
 
     /// Every pod, in topology order.
     pub fn pod_refs(&self) -> Vec<PodRef> {
-        self.pods
-            .iter()
-            .map(|p| PodRef::pod(&p.namespace, &p.name))
-            .collect()
+        self.pods.iter().map(|p| PodRef::pod(&p.namespace, &p.name)).collect()
     }
 
     /// Every network namespace of the lab: node first, then pods, then externals.
@@ -214,21 +198,12 @@ pub fn load(name: &str) -> Result<LabState, StateError> {
 fn load_from(path: &Path, name: &str) -> Result<LabState, StateError> {
     let text = std::fs::read_to_string(path).map_err(|source| {
         if source.kind() == std::io::ErrorKind::NotFound {
-            StateError::NotFound {
-                name: name.to_owned(),
-                path: path.to_owned(),
-            }
+            StateError::NotFound { name: name.to_owned(), path: path.to_owned() }
         } else {
-            StateError::Read {
-                path: path.to_owned(),
-                source,
-            }
+            StateError::Read { path: path.to_owned(), source }
         }
     })?;
-    serde_json::from_str(&text).map_err(|source| StateError::Corrupt {
-        path: path.to_owned(),
-        source,
-    })
+    serde_json::from_str(&text).map_err(|source| StateError::Corrupt { path: path.to_owned(), source })
 }
 
 /// Writes a lab's state atomically (write then rename), so readers never see half a file.
@@ -242,10 +217,7 @@ pub fn save(state: &LabState) -> Result<(), StateError> {
     };
     write(&tmp)
         .and_then(|()| std::fs::rename(&tmp, &path))
-        .map_err(|source| StateError::Write {
-            path: path.clone(),
-            source,
-        })
+        .map_err(|source| StateError::Write { path: path.clone(), source })
 }
 
 /// Names of the labs that have a directory (complete or not), sorted.
@@ -269,12 +241,7 @@ mod tests {
     #[test]
     fn pod_refs_parse_pods_and_externals() {
         assert_eq!("x/a".parse::<PodRef>().unwrap(), PodRef::pod("x", "a"));
-        assert_eq!(
-            "outside".parse::<PodRef>().unwrap(),
-            PodRef::External {
-                name: "outside".into()
-            }
-        );
+        assert_eq!("outside".parse::<PodRef>().unwrap(), PodRef::External { name: "outside".into() });
         assert!("x/".parse::<PodRef>().is_err());
         assert!("/a".parse::<PodRef>().is_err());
         assert!("x/a/b".parse::<PodRef>().is_err());

@@ -47,9 +47,7 @@ pub enum Problem {
         "lab name {name:?} is not valid: use at most {max} lowercase letters, digits and '-', starting with a letter and ending with a letter or digit"
     )]
     BadLabName { name: String, max: usize },
-    #[error(
-        "cidr {cidr:?} is not an IPv4 prefix like 10.200.0.0/24 (prefix length 8 to 29, no host bits set)"
-    )]
+    #[error("cidr {cidr:?} is not an IPv4 prefix like 10.200.0.0/24 (prefix length 8 to 29, no host bits set)")]
     BadCidr { cidr: String },
     #[error("namespace {name:?} is declared twice")]
     DuplicateNamespace { name: String },
@@ -64,11 +62,7 @@ pub enum Problem {
     #[error("{owner}: protocol {protocol:?} is not one of TCP, UDP, SCTP")]
     BadProtocol { owner: String, protocol: String },
     #[error("{owner}: port {port}/{protocol} is declared twice")]
-    DuplicatePort {
-        owner: String,
-        port: u16,
-        protocol: Protocol,
-    },
+    DuplicatePort { owner: String, port: u16, protocol: Protocol },
     #[error("{owner}: port name {name:?} is declared twice")]
     DuplicatePortName { owner: String, name: String },
     #[error(
@@ -76,34 +70,15 @@ pub enum Problem {
     )]
     BadPortName { owner: String, name: String },
     #[error("{owner}: address {ip} is outside the lab range {cidr}")]
-    IpOutsideCidr {
-        owner: String,
-        ip: Ipv4Addr,
-        cidr: Cidr,
-    },
-    #[error(
-        "{owner}: address {ip} is reserved in {cidr} (network, broadcast or the node's gateway)"
-    )]
-    IpReserved {
-        owner: String,
-        ip: Ipv4Addr,
-        cidr: Cidr,
-    },
+    IpOutsideCidr { owner: String, ip: Ipv4Addr, cidr: Cidr },
+    #[error("{owner}: address {ip} is reserved in {cidr} (network, broadcast or the node's gateway)")]
+    IpReserved { owner: String, ip: Ipv4Addr, cidr: Cidr },
     #[error("{owner}: address {ip} is already used by {other}")]
-    DuplicateIp {
-        owner: String,
-        ip: Ipv4Addr,
-        other: String,
-    },
+    DuplicateIp { owner: String, ip: Ipv4Addr, other: String },
     #[error("the lab range {cidr} has no free address left for {owner}")]
     RangeExhausted { owner: String, cidr: Cidr },
     #[error("{owner} and {other} would get the same {what} {name:?}; rename one of them")]
-    NameClash {
-        owner: String,
-        other: String,
-        what: &'static str,
-        name: String,
-    },
+    NameClash { owner: String, other: String, what: &'static str, name: String },
 }
 
 /// A topology file.
@@ -247,10 +222,7 @@ pub struct Cidr {
 }
 
 fn default_cidr() -> Cidr {
-    Cidr {
-        network: Ipv4Addr::new(10, 200, 0, 0),
-        prefix_len: 24,
-    }
+    Cidr { network: Ipv4Addr::new(10, 200, 0, 0), prefix_len: 24 }
 }
 
 impl Cidr {
@@ -299,10 +271,7 @@ impl FromStr for Cidr {
         if !(8..=29).contains(&prefix_len) {
             return Err(bad());
         }
-        let cidr = Self {
-            network,
-            prefix_len,
-        };
+        let cidr = Self { network, prefix_len };
         if u32::from(network) & !cidr.mask() != 0 {
             return Err(bad());
         }
@@ -332,22 +301,14 @@ pub fn validate_lab_name(name: &str) -> Result<(), Problem> {
         && name.len() <= MAX_LAB_NAME_LEN
         && name.starts_with(|c: char| c.is_ascii_lowercase())
         && is_dns_label(name);
-    if ok {
-        Ok(())
-    } else {
-        Err(Problem::BadLabName {
-            name: name.to_owned(),
-            max: MAX_LAB_NAME_LEN,
-        })
-    }
+    if ok { Ok(()) } else { Err(Problem::BadLabName { name: name.to_owned(), max: MAX_LAB_NAME_LEN }) }
 }
 
 /// RFC 1123 label, as Kubernetes checks namespace and pod names here.
 pub fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -356,8 +317,7 @@ pub fn is_dns_label(s: &str) -> bool {
 fn is_port_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 15
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && s.bytes().any(|b| b.is_ascii_lowercase())
         && !s.starts_with('-')
         && !s.ends_with('-')
@@ -367,10 +327,8 @@ fn is_port_name(s: &str) -> bool {
 impl Topology {
     /// Reads, parses and validates a topology file.
     pub fn load(path: &Path) -> Result<Self, TopologyError> {
-        let text = std::fs::read_to_string(path).map_err(|source| TopologyError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| TopologyError::Read { path: path.to_owned(), source })?;
         Self::parse(&text, &path.display().to_string())
     }
 
@@ -378,18 +336,10 @@ impl Topology {
     pub fn parse(text: &str, origin: &str) -> Result<Self, TopologyError> {
         let topology: Self = serde_yaml::from_str(text).map_err(|e| TopologyError::Parse {
             path: origin.to_owned(),
-            location: e
-                .location()
-                .map(|l| format!(":{}:{}", l.line(), l.column()))
-                .unwrap_or_default(),
+            location: e.location().map(|l| format!(":{}:{}", l.line(), l.column())).unwrap_or_default(),
             message: e.to_string(),
         })?;
-        topology
-            .validate()
-            .map_err(|problem| TopologyError::Invalid {
-                path: origin.to_owned(),
-                problem,
-            })?;
+        topology.validate().map_err(|problem| TopologyError::Invalid { path: origin.to_owned(), problem })?;
         Ok(topology)
     }
 
@@ -402,9 +352,7 @@ impl Topology {
         for ns in &self.namespaces {
             check_dns("namespace", &ns.name)?;
             if !namespaces.insert(ns.name.as_str()) {
-                return Err(Problem::DuplicateNamespace {
-                    name: ns.name.clone(),
-                });
+                return Err(Problem::DuplicateNamespace { name: ns.name.clone() });
             }
         }
         let mut pods = HashSet::new();
@@ -412,10 +360,7 @@ impl Topology {
             let id = format!("{}/{}", pod.namespace, pod.name);
             check_dns("pod name", &pod.name)?;
             if !namespaces.contains(pod.namespace.as_str()) {
-                return Err(Problem::UnknownNamespace {
-                    pod: id,
-                    namespace: pod.namespace.clone(),
-                });
+                return Err(Problem::UnknownNamespace { pod: id, namespace: pod.namespace.clone() });
             }
             if !pods.insert((pod.namespace.as_str(), pod.name.as_str())) {
                 return Err(Problem::DuplicatePod { pod: id });
@@ -426,9 +371,7 @@ impl Topology {
         for ext in &self.externals {
             check_dns("external name", &ext.name)?;
             if !externals.insert(ext.name.as_str()) {
-                return Err(Problem::DuplicateExternal {
-                    name: ext.name.clone(),
-                });
+                return Err(Problem::DuplicateExternal { name: ext.name.clone() });
             }
             container_ports(&format!("external {}", ext.name), &ext.ports)?;
         }
@@ -444,14 +387,7 @@ impl Topology {
 }
 
 fn check_dns(what: &'static str, name: &str) -> Result<(), Problem> {
-    if is_dns_label(name) {
-        Ok(())
-    } else {
-        Err(Problem::NotDnsLabel {
-            what,
-            name: name.to_owned(),
-        })
-    }
+    if is_dns_label(name) { Ok(()) } else { Err(Problem::NotDnsLabel { what, name: name.to_owned() }) }
 }
 
 /// Validates the ports of one pod or external and returns them typed.
@@ -463,41 +399,22 @@ pub fn container_ports(owner: &str, ports: &[PortSpec]) -> Result<Vec<ContainerP
         let port = u16::try_from(p.port)
             .ok()
             .filter(|&n| n != 0)
-            .ok_or_else(|| Problem::BadPort {
-                owner: owner.to_owned(),
-                port: p.port,
-            })?;
+            .ok_or_else(|| Problem::BadPort { owner: owner.to_owned(), port: p.port })?;
         // Kubernetes only accepts upper case here.
-        let protocol = Protocol::from_api(&p.protocol.0).ok_or_else(|| Problem::BadProtocol {
-            owner: owner.to_owned(),
-            protocol: p.protocol.0.clone(),
-        })?;
+        let protocol = Protocol::from_api(&p.protocol.0)
+            .ok_or_else(|| Problem::BadProtocol { owner: owner.to_owned(), protocol: p.protocol.0.clone() })?;
         if !seen.insert((port, protocol)) {
-            return Err(Problem::DuplicatePort {
-                owner: owner.to_owned(),
-                port,
-                protocol,
-            });
+            return Err(Problem::DuplicatePort { owner: owner.to_owned(), port, protocol });
         }
         if let Some(name) = &p.name {
             if !is_port_name(name) {
-                return Err(Problem::BadPortName {
-                    owner: owner.to_owned(),
-                    name: name.clone(),
-                });
+                return Err(Problem::BadPortName { owner: owner.to_owned(), name: name.clone() });
             }
             if !names.insert(name.as_str()) {
-                return Err(Problem::DuplicatePortName {
-                    owner: owner.to_owned(),
-                    name: name.clone(),
-                });
+                return Err(Problem::DuplicatePortName { owner: owner.to_owned(), name: name.clone() });
             }
         }
-        out.push(ContainerPort {
-            name: p.name.clone(),
-            port,
-            protocol,
-        });
+        out.push(ContainerPort { name: p.name.clone(), port, protocol });
     }
     Ok(out)
 }
@@ -527,15 +444,7 @@ mod tests {
         for pod in &t.pods {
             let ports = container_ports("p", &pod.ports).unwrap();
             let names: Vec<_> = ports.iter().map(|p| p.name.clone().unwrap()).collect();
-            assert_eq!(
-                names,
-                [
-                    "serve-80-tcp",
-                    "serve-80-udp",
-                    "serve-81-tcp",
-                    "serve-81-udp"
-                ]
-            );
+            assert_eq!(names, ["serve-80-tcp", "serve-80-udp", "serve-81-tcp", "serve-81-udp"]);
             assert_eq!(pod.labels["pod"], pod.name);
         }
     }
@@ -550,11 +459,8 @@ mod tests {
 
     #[test]
     fn protocol_defaults_to_tcp_and_cidr_defaults() {
-        let t = Topology::parse(
-            &format!("{BASE}pods:\n  - {{namespace: x, name: a, ports: [{{port: 80}}]}}\n"),
-            "t",
-        )
-        .unwrap();
+        let t = Topology::parse(&format!("{BASE}pods:\n  - {{namespace: x, name: a, ports: [{{port: 80}}]}}\n"), "t")
+            .unwrap();
         let ports = container_ports("p", &t.pods[0].ports).unwrap();
         assert_eq!(ports[0].protocol, Protocol::Tcp);
         assert_eq!(t.cidr.to_string(), "10.200.0.0/24");
@@ -563,21 +469,13 @@ mod tests {
     #[test]
     fn pod_in_unknown_namespace_is_rejected() {
         let p = problem(&format!("{BASE}pods:\n  - {{namespace: nope, name: a}}\n"));
-        assert_eq!(
-            p,
-            Problem::UnknownNamespace {
-                pod: "nope/a".into(),
-                namespace: "nope".into()
-            }
-        );
+        assert_eq!(p, Problem::UnknownNamespace { pod: "nope/a".into(), namespace: "nope".into() });
         assert!(p.to_string().contains("not declared under `namespaces:`"));
     }
 
     #[test]
     fn duplicate_pod_is_rejected() {
-        let p = problem(&format!(
-            "{BASE}pods:\n  - {{namespace: x, name: a}}\n  - {{namespace: x, name: a}}\n"
-        ));
+        let p = problem(&format!("{BASE}pods:\n  - {{namespace: x, name: a}}\n  - {{namespace: x, name: a}}\n"));
         assert_eq!(p, Problem::DuplicatePod { pod: "x/a".into() });
     }
 
@@ -589,102 +487,45 @@ mod tests {
 
     #[test]
     fn bad_port_and_protocol_are_rejected_with_the_pod() {
-        let p = problem(&format!(
-            "{BASE}pods:\n  - {{namespace: x, name: a, ports: [{{port: 70000}}]}}\n"
-        ));
-        assert_eq!(
-            p,
-            Problem::BadPort {
-                owner: "pod x/a".into(),
-                port: 70000
-            }
-        );
-        let p = problem(&format!(
-            "{BASE}pods:\n  - {{namespace: x, name: a, ports: [{{port: 0}}]}}\n"
-        ));
-        assert_eq!(
-            p,
-            Problem::BadPort {
-                owner: "pod x/a".into(),
-                port: 0
-            }
-        );
-        let p = problem(&format!(
-            "{BASE}pods:\n  - {{namespace: x, name: a, ports: [{{port: 80, protocol: ICMP}}]}}\n"
-        ));
-        assert_eq!(
-            p,
-            Problem::BadProtocol {
-                owner: "pod x/a".into(),
-                protocol: "ICMP".into()
-            }
-        );
+        let p = problem(&format!("{BASE}pods:\n  - {{namespace: x, name: a, ports: [{{port: 70000}}]}}\n"));
+        assert_eq!(p, Problem::BadPort { owner: "pod x/a".into(), port: 70000 });
+        let p = problem(&format!("{BASE}pods:\n  - {{namespace: x, name: a, ports: [{{port: 0}}]}}\n"));
+        assert_eq!(p, Problem::BadPort { owner: "pod x/a".into(), port: 0 });
+        let p =
+            problem(&format!("{BASE}pods:\n  - {{namespace: x, name: a, ports: [{{port: 80, protocol: ICMP}}]}}\n"));
+        assert_eq!(p, Problem::BadProtocol { owner: "pod x/a".into(), protocol: "ICMP".into() });
         let p = problem(&format!(
             "{BASE}pods:\n  - {{namespace: x, name: a, ports: [{{port: 80}}, {{port: 80, protocol: TCP}}]}}\n"
         ));
-        assert_eq!(
-            p,
-            Problem::DuplicatePort {
-                owner: "pod x/a".into(),
-                port: 80,
-                protocol: Protocol::Tcp
-            }
-        );
+        assert_eq!(p, Problem::DuplicatePort { owner: "pod x/a".into(), port: 80, protocol: Protocol::Tcp });
     }
 
     #[test]
     fn sctp_is_accepted_in_the_file() {
-        let t =
-            Topology::parse(&format!("{BASE}pods:\n  - {{namespace: x, name: a, ports: [{{port: 80, protocol: SCTP}}]}}\n"), "t")
-                .unwrap();
-        assert_eq!(
-            container_ports("p", &t.pods[0].ports).unwrap()[0].protocol,
-            Protocol::Sctp
-        );
+        let t = Topology::parse(
+            &format!("{BASE}pods:\n  - {{namespace: x, name: a, ports: [{{port: 80, protocol: SCTP}}]}}\n"),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(container_ports("p", &t.pods[0].ports).unwrap()[0].protocol, Protocol::Sctp);
     }
 
     #[test]
     fn bad_port_names_are_rejected() {
-        let p = problem(&format!(
-            "{BASE}pods:\n  - {{namespace: x, name: a, ports: [{{name: Serve, port: 80}}]}}\n"
-        ));
-        assert_eq!(
-            p,
-            Problem::BadPortName {
-                owner: "pod x/a".into(),
-                name: "Serve".into()
-            }
-        );
+        let p = problem(&format!("{BASE}pods:\n  - {{namespace: x, name: a, ports: [{{name: Serve, port: 80}}]}}\n"));
+        assert_eq!(p, Problem::BadPortName { owner: "pod x/a".into(), name: "Serve".into() });
         let p = problem(&format!(
             "{BASE}pods:\n  - {{namespace: x, name: a, ports: [{{name: web, port: 80}}, {{name: web, port: 81}}]}}\n"
         ));
-        assert_eq!(
-            p,
-            Problem::DuplicatePortName {
-                owner: "pod x/a".into(),
-                name: "web".into()
-            }
-        );
+        assert_eq!(p, Problem::DuplicatePortName { owner: "pod x/a".into(), name: "web".into() });
     }
 
     #[test]
     fn names_that_are_not_dns_labels_are_rejected() {
         let p = problem("namespaces:\n  - name: X_y\n");
-        assert_eq!(
-            p,
-            Problem::NotDnsLabel {
-                what: "namespace",
-                name: "X_y".into()
-            }
-        );
+        assert_eq!(p, Problem::NotDnsLabel { what: "namespace", name: "X_y".into() });
         let p = problem(&format!("{BASE}pods:\n  - {{namespace: x, name: -a}}\n"));
-        assert_eq!(
-            p,
-            Problem::NotDnsLabel {
-                what: "pod name",
-                name: "-a".into()
-            }
-        );
+        assert_eq!(p, Problem::NotDnsLabel { what: "pod name", name: "-a".into() });
     }
 
     #[test]
@@ -701,10 +542,7 @@ mod tests {
 
     #[test]
     fn cidr_parsing_checks_host_bits_and_length() {
-        assert_eq!(
-            "10.200.0.0/24".parse::<Cidr>().unwrap().gateway(),
-            Ipv4Addr::new(10, 200, 0, 1)
-        );
+        assert_eq!("10.200.0.0/24".parse::<Cidr>().unwrap().gateway(), Ipv4Addr::new(10, 200, 0, 1));
         assert!("10.200.0.1/24".parse::<Cidr>().is_err());
         assert!("10.200.0.0/30".parse::<Cidr>().is_err());
         assert!("10.200.0.0".parse::<Cidr>().is_err());
@@ -715,8 +553,7 @@ mod tests {
 
     #[test]
     fn parse_errors_carry_file_line_and_column() {
-        let err =
-            Topology::parse("namespaces:\n  - name: x\n    lables: {}\n", "topo.yaml").unwrap_err();
+        let err = Topology::parse("namespaces:\n  - name: x\n    lables: {}\n", "topo.yaml").unwrap_err();
         let text = err.to_string();
         assert!(text.starts_with("topo.yaml:3:"), "{text}");
         assert!(text.contains("lables"), "{text}");

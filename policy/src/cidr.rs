@@ -15,20 +15,12 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// Why a string is not a CIDR.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CidrError {
-    #[error(
-        "\"{value}\" is not a CIDR: missing '/<prefix length>' (e.g. 10.9.8.0/24 or 2001:db8::/64)"
-    )]
+    #[error("\"{value}\" is not a CIDR: missing '/<prefix length>' (e.g. 10.9.8.0/24 or 2001:db8::/64)")]
     MissingPrefixLength { value: String },
     #[error("\"{value}\" is not a CIDR: \"{address}\" is not an IPv4 or IPv6 address")]
     InvalidAddress { value: String, address: String },
-    #[error(
-        "\"{value}\" is not a CIDR: prefix length \"{length}\" must be a number from 0 to {max}"
-    )]
-    InvalidPrefixLength {
-        value: String,
-        length: String,
-        max: u8,
-    },
+    #[error("\"{value}\" is not a CIDR: prefix length \"{length}\" must be a number from 0 to {max}")]
+    InvalidPrefixLength { value: String, length: String, max: u8 },
 }
 
 /// A canonical IPv4 prefix: the host bits of `addr` are zero.
@@ -40,19 +32,13 @@ pub struct Ipv4Prefix {
 
 impl Ipv4Prefix {
     /// `0.0.0.0/0`: every IPv4 address ("world").
-    pub const ANY: Self = Self {
-        addr: Ipv4Addr::UNSPECIFIED,
-        len: 0,
-    };
+    pub const ANY: Self = Self { addr: Ipv4Addr::UNSPECIFIED, len: 0 };
 
     /// The prefix of length `len` (at most 32, larger is clamped) containing `addr`; host bits are cleared.
     #[must_use]
     pub fn new(addr: Ipv4Addr, len: u8) -> Self {
         let len = len.min(32);
-        Self {
-            addr: Ipv4Addr::from(u32::from(addr) & mask_v4(len)),
-            len,
-        }
+        Self { addr: Ipv4Addr::from(u32::from(addr) & mask_v4(len)), len }
     }
 
     /// The network address (host bits zero).
@@ -81,19 +67,11 @@ impl Ipv4Prefix {
 }
 
 fn mask_v4(len: u8) -> u32 {
-    if len == 0 {
-        0
-    } else {
-        u32::MAX << (32 - u32::from(len.min(32)))
-    }
+    if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len.min(32))) }
 }
 
 fn mask_v6(len: u8) -> u128 {
-    if len == 0 {
-        0
-    } else {
-        u128::MAX << (128 - u32::from(len.min(128)))
-    }
+    if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len.min(128))) }
 }
 
 impl fmt::Display for Ipv4Prefix {
@@ -146,16 +124,10 @@ impl Cidr {
     #[must_use]
     pub fn strictly_contains(&self, inner: &Cidr) -> bool {
         match (self, inner) {
-            (Cidr::V4(outer), Cidr::V4(inner)) => {
-                outer.len < inner.len && outer.contains_addr(inner.addr)
+            (Cidr::V4(outer), Cidr::V4(inner)) => outer.len < inner.len && outer.contains_addr(inner.addr),
+            (Cidr::V6 { addr, len }, Cidr::V6 { addr: inner_addr, len: inner_len }) => {
+                len < inner_len && u128::from(*inner_addr) & mask_v6(*len) == u128::from(*addr)
             }
-            (
-                Cidr::V6 { addr, len },
-                Cidr::V6 {
-                    addr: inner_addr,
-                    len: inner_len,
-                },
-            ) => len < inner_len && u128::from(*inner_addr) & mask_v6(*len) == u128::from(*addr),
             _ => false,
         }
     }
@@ -164,24 +136,15 @@ impl Cidr {
 /// Parses `a.b.c.d/n` or `x:y::z/n` the way the API server accepts `ipBlock.cidr` (see the module docs).
 pub fn parse_cidr(value: &str) -> Result<Cidr, CidrError> {
     let Some((address, length)) = value.split_once('/') else {
-        return Err(CidrError::MissingPrefixLength {
-            value: value.to_owned(),
-        });
+        return Err(CidrError::MissingPrefixLength { value: value.to_owned() });
     };
-    let invalid_length = |max: u8| CidrError::InvalidPrefixLength {
-        value: value.to_owned(),
-        length: length.to_owned(),
-        max,
-    };
+    let invalid_length =
+        |max: u8| CidrError::InvalidPrefixLength { value: value.to_owned(), length: length.to_owned(), max };
     let parse_length = |max: u8| -> Result<u8, CidrError> {
         if length.is_empty() || length.len() > 3 || !length.bytes().all(|b| b.is_ascii_digit()) {
             return Err(invalid_length(max));
         }
-        length
-            .parse::<u8>()
-            .ok()
-            .filter(|len| *len <= max)
-            .ok_or_else(|| invalid_length(max))
+        length.parse::<u8>().ok().filter(|len| *len <= max).ok_or_else(|| invalid_length(max))
     };
     if let Some(addr) = parse_ipv4_sloppy(address) {
         return Ok(Cidr::V4(Ipv4Prefix::new(addr, parse_length(32)?)));
@@ -190,15 +153,9 @@ pub fn parse_cidr(value: &str) -> Result<Cidr, CidrError> {
         && let Ok(addr) = address.parse::<Ipv6Addr>()
     {
         let len = parse_length(128)?;
-        return Ok(Cidr::V6 {
-            addr: Ipv6Addr::from(u128::from(addr) & mask_v6(len)),
-            len,
-        });
+        return Ok(Cidr::V6 { addr: Ipv6Addr::from(u128::from(addr) & mask_v6(len)), len });
     }
-    Err(CidrError::InvalidAddress {
-        value: value.to_owned(),
-        address: address.to_owned(),
-    })
+    Err(CidrError::InvalidAddress { value: value.to_owned(), address: address.to_owned() })
 }
 
 /// Four decimal octets; leading zeros allowed and read as decimal (Go's `ParseIPSloppy`).
@@ -291,50 +248,22 @@ mod tests {
 
     #[test]
     fn parse_rejects_prefix_length_over_32() {
-        assert!(matches!(
-            parse_cidr("10.0.0.0/33"),
-            Err(CidrError::InvalidPrefixLength { max: 32, .. })
-        ));
-        assert!(matches!(
-            parse_cidr("10.0.0.0/-1"),
-            Err(CidrError::InvalidPrefixLength { .. })
-        ));
-        assert!(matches!(
-            parse_cidr("10.0.0.0/"),
-            Err(CidrError::InvalidPrefixLength { .. })
-        ));
+        assert!(matches!(parse_cidr("10.0.0.0/33"), Err(CidrError::InvalidPrefixLength { max: 32, .. })));
+        assert!(matches!(parse_cidr("10.0.0.0/-1"), Err(CidrError::InvalidPrefixLength { .. })));
+        assert!(matches!(parse_cidr("10.0.0.0/"), Err(CidrError::InvalidPrefixLength { .. })));
     }
 
     #[test]
     fn parse_rejects_bad_addresses() {
-        for bad in [
-            "10.0.0/8",
-            "10.0.0.256/8",
-            "a.b.c.d/8",
-            "10.0.0.0.0/8",
-            "/8",
-            "10..0.0/8",
-        ] {
-            assert!(
-                matches!(parse_cidr(bad), Err(CidrError::InvalidAddress { .. })),
-                "{bad}"
-            );
+        for bad in ["10.0.0/8", "10.0.0.256/8", "a.b.c.d/8", "10.0.0.0.0/8", "/8", "10..0.0/8"] {
+            assert!(matches!(parse_cidr(bad), Err(CidrError::InvalidAddress { .. })), "{bad}");
         }
     }
 
     #[test]
     fn parse_accepts_ipv6_syntactically() {
-        assert_eq!(
-            parse_cidr("2001:db8::1/64").unwrap(),
-            Cidr::V6 {
-                addr: "2001:db8::".parse().unwrap(),
-                len: 64
-            }
-        );
-        assert!(matches!(
-            parse_cidr("2001:db8::/129"),
-            Err(CidrError::InvalidPrefixLength { max: 128, .. })
-        ));
+        assert_eq!(parse_cidr("2001:db8::1/64").unwrap(), Cidr::V6 { addr: "2001:db8::".parse().unwrap(), len: 64 });
+        assert!(matches!(parse_cidr("2001:db8::/129"), Err(CidrError::InvalidPrefixLength { max: 128, .. })));
     }
 
     #[test]

@@ -69,54 +69,30 @@ impl Addr {
     /// A pod of the cluster view as one side of a connection, for [`PolicyPlan::evaluate`].
     #[must_use]
     pub fn endpoint(pod: &PodInfo) -> Self {
-        Addr::Endpoint {
-            endpoint_id: pod.endpoint_id,
-            identity: pod.identity,
-            ip: pod.ip,
-        }
+        Addr::Endpoint { endpoint_id: pod.endpoint_id, identity: pod.identity, ip: pod.ip }
     }
 }
-
 
 /// Whether a spec isolates ingress and egress: explicit non-empty `policyTypes` are honored; otherwise
 /// Ingress always, plus Egress when the spec has egress rules (the API server's defaulting).
 #[must_use]
 pub fn policy_types(spec: &NetworkPolicySpec) -> (bool, bool) {
     match spec.policy_types.as_deref() {
-        Some(types) if !types.is_empty() => (
-            types.iter().any(|t| t == "Ingress"),
-            types.iter().any(|t| t == "Egress"),
-        ),
-        _ => (
-            true,
-            spec.egress.as_ref().is_some_and(|rules| !rules.is_empty()),
-        ),
+        Some(types) if !types.is_empty() => (types.iter().any(|t| t == "Ingress"), types.iter().any(|t| t == "Egress")),
+        _ => (true, spec.egress.as_ref().is_some_and(|rules| !rules.is_empty())),
     }
 }
 
 /// Compiles `policies` (already validated; anything invalid left in them allows nothing) against
 /// `cluster`. CIDR identities come from `cidr_identities`, which keeps them stable across compilations.
 #[must_use]
-pub fn compile(
-    policies: &[LoadedPolicy],
-    cluster: &ClusterView,
-    cidr_identities: &mut CidrIdentities,
-) -> PolicyPlan {
+pub fn compile(policies: &[LoadedPolicy], cluster: &ClusterView, cidr_identities: &mut CidrIdentities) -> PolicyPlan {
     let cidrs = collect_cidrs(policies, cidr_identities);
     let view = View::new(cluster, &cidrs);
     let mut builders: BTreeMap<u16, (&PodInfo, DirectionBuilder, DirectionBuilder)> = cluster
         .pods
         .iter()
-        .map(|pod| {
-            (
-                pod.endpoint_id,
-                (
-                    pod,
-                    DirectionBuilder::default(),
-                    DirectionBuilder::default(),
-                ),
-            )
-        })
+        .map(|pod| (pod.endpoint_id, (pod, DirectionBuilder::default(), DirectionBuilder::default())))
         .collect();
 
     for loaded in policies {
@@ -125,18 +101,13 @@ pub fn compile(
         let default_spec = NetworkPolicySpec::default();
         let spec = loaded.policy.spec.as_ref().unwrap_or(&default_spec);
         let (isolates_ingress, isolates_egress) = policy_types(spec);
-        let Ok(pod_selector) = Selector::from_label_selector(
-            spec.pod_selector
-                .as_ref()
-                .unwrap_or(&LabelSelector::default()),
-        ) else {
+        let Ok(pod_selector) =
+            Selector::from_label_selector(spec.pod_selector.as_ref().unwrap_or(&LabelSelector::default()))
+        else {
             continue;
         };
-        let selected: Vec<&PodInfo> = cluster
-            .pods
-            .iter()
-            .filter(|pod| pod.namespace == namespace && pod_selector.matches(&pod.labels))
-            .collect();
+        let selected: Vec<&PodInfo> =
+            cluster.pods.iter().filter(|pod| pod.namespace == namespace && pod_selector.matches(&pod.labels)).collect();
         if selected.is_empty() {
             continue;
         }
@@ -144,14 +115,7 @@ pub fn compile(
             .ingress
             .iter()
             .flatten()
-            .map(|rule| {
-                Rule::resolve(
-                    rule.from.as_deref(),
-                    rule.ports.as_deref(),
-                    namespace,
-                    &view,
-                )
-            })
+            .map(|rule| Rule::resolve(rule.from.as_deref(), rule.ports.as_deref(), namespace, &view))
             .collect();
         let egress_rules: Vec<Rule> = spec
             .egress
@@ -212,12 +176,7 @@ fn collect_cidrs(policies: &[LoadedPolicy], identities: &mut CidrIdentities) -> 
             .iter()
             .flatten()
             .flat_map(|r| r.from.iter().flatten())
-            .chain(
-                spec.egress
-                    .iter()
-                    .flatten()
-                    .flat_map(|r| r.to.iter().flatten()),
-            );
+            .chain(spec.egress.iter().flatten().flat_map(|r| r.to.iter().flatten()));
         for block in peers.filter_map(|peer| peer.ip_block.as_ref()) {
             for text in std::iter::once(&block.cidr).chain(block.except.iter().flatten()) {
                 if let Ok(Cidr::V4(prefix)) = parse_cidr(text) {
@@ -226,13 +185,7 @@ fn collect_cidrs(policies: &[LoadedPolicy], identities: &mut CidrIdentities) -> 
             }
         }
     }
-    prefixes
-        .into_iter()
-        .map(|prefix| CidrEntry {
-            prefix,
-            identity: identities.identity_for(prefix),
-        })
-        .collect()
+    prefixes.into_iter().map(|prefix| CidrEntry { prefix, identity: identities.identity_for(prefix) }).collect()
 }
 
 /// The cluster indexed for selection.
@@ -252,21 +205,13 @@ impl<'a> View<'a> {
             namespace_labels.entry(pod.namespace.as_str()).or_default();
         }
         for (name, labels) in &mut namespace_labels {
-            labels
-                .entry(NAMESPACE_NAME_LABEL.to_owned())
-                .or_insert_with(|| (*name).to_owned());
+            labels.entry(NAMESPACE_NAME_LABEL.to_owned()).or_insert_with(|| (*name).to_owned());
         }
-        Self {
-            pods: &cluster.pods,
-            namespace_labels,
-            cidrs,
-        }
+        Self { pods: &cluster.pods, namespace_labels, cidrs }
     }
 
     fn namespace_matches(&self, namespace: &str, selector: &Selector) -> bool {
-        self.namespace_labels
-            .get(namespace)
-            .is_some_and(|labels| selector.matches(labels))
+        self.namespace_labels.get(namespace).is_some_and(|labels| selector.matches(labels))
     }
 }
 
@@ -298,9 +243,7 @@ impl<'a> Peer<'a> {
             return Peer::Cidrs(
                 view.cidrs
                     .iter()
-                    .filter(|c| {
-                        cidr.contains(&c.prefix) && !excepts.iter().any(|e| e.contains(&c.prefix))
-                    })
+                    .filter(|c| cidr.contains(&c.prefix) && !excepts.iter().any(|e| e.contains(&c.prefix)))
                     .map(|c| c.identity)
                     .collect(),
             );
@@ -319,9 +262,7 @@ impl<'a> Peer<'a> {
                 Some(pod_selector) => view
                     .pods
                     .iter()
-                    .filter(|pod| {
-                        pod.namespace == policy_namespace && pod_selector.matches(&pod.labels)
-                    })
+                    .filter(|pod| pod.namespace == policy_namespace && pod_selector.matches(&pod.labels))
                     .collect(),
                 None => Vec::new(),
             },
@@ -334,8 +275,7 @@ impl<'a> Peer<'a> {
                 view.pods
                     .iter()
                     .filter(|pod| {
-                        view.namespace_matches(&pod.namespace, &namespace_selector)
-                            && pod_selector.matches(&pod.labels)
+                        view.namespace_matches(&pod.namespace, &namespace_selector) && pod_selector.matches(&pod.labels)
                     })
                     .collect()
             }
@@ -366,9 +306,7 @@ impl Port {
             Some(IntOrString::Int(number)) => {
                 let end = port.end_port.unwrap_or(*number);
                 match (u16::try_from(*number), u16::try_from(end)) {
-                    (Ok(lo), Ok(hi)) if lo >= 1 && hi >= lo => {
-                        Port::Numeric(protocol, Some((lo, hi)))
-                    }
+                    (Ok(lo), Ok(hi)) if lo >= 1 && hi >= lo => Port::Numeric(protocol, Some((lo, hi))),
                     _ => Port::Nothing,
                 }
             }
@@ -378,15 +316,8 @@ impl Port {
 }
 
 /// The numbers `pod` declares for the port `name` over `protocol`.
-fn named_port_numbers<'p>(
-    pod: &'p PodInfo,
-    protocol: Protocol,
-    name: &'p str,
-) -> impl Iterator<Item = u16> + 'p {
-    pod.ports
-        .iter()
-        .filter(move |p| p.protocol == protocol && p.name.as_deref() == Some(name))
-        .map(|p| p.port)
+fn named_port_numbers<'p>(pod: &'p PodInfo, protocol: Protocol, name: &'p str) -> impl Iterator<Item = u16> + 'p {
+    pod.ports.iter().filter(move |p| p.protocol == protocol && p.name.as_deref() == Some(name)).map(|p| p.port)
 }
 
 /// One rule with its peers and ports resolved (once per policy, shared by every selected pod).
@@ -409,10 +340,7 @@ impl<'a> Rule<'a> {
     ) -> Self {
         let peers = match peers {
             None | Some([]) => vec![Peer::Any],
-            Some(peers) => peers
-                .iter()
-                .map(|p| Peer::resolve(p, policy_namespace, view))
-                .collect(),
+            Some(peers) => peers.iter().map(|p| Peer::resolve(p, policy_namespace, view)).collect(),
         };
         let ports = match ports {
             None | Some([]) => vec![Port::All],
@@ -429,9 +357,7 @@ impl<'a> Rule<'a> {
                 Peer::Any => {
                     matches.insert(PeerMatch::Any);
                 }
-                Peer::Pods(pods) => {
-                    matches.extend(pods.iter().map(|p| PeerMatch::Identity(p.identity)))
-                }
+                Peer::Pods(pods) => matches.extend(pods.iter().map(|p| PeerMatch::Identity(p.identity))),
                 Peer::Cidrs(ids) => matches.extend(ids.iter().map(|id| PeerMatch::Identity(*id))),
             }
         }
@@ -439,20 +365,15 @@ impl<'a> Rule<'a> {
     }
 
     /// Ingress: the destination is the selected pod, so named ports resolve against it.
-    fn add_ingress_entries(
-        &self,
-        destination: &PodInfo,
-        policy: &PolicyRef,
-        out: &mut DirectionBuilder,
-    ) {
+    fn add_ingress_entries(&self, destination: &PodInfo, policy: &PolicyRef, out: &mut DirectionBuilder) {
         let peers = self.peer_matches();
         for port in &self.ports {
             let l4: Vec<L4> = match port {
                 Port::All => vec![(None, None)],
                 Port::Numeric(protocol, range) => vec![(Some(*protocol), *range)],
-                Port::Named(protocol, name) => named_port_numbers(destination, *protocol, name)
-                    .map(|n| (Some(*protocol), Some((n, n))))
-                    .collect(),
+                Port::Named(protocol, name) => {
+                    named_port_numbers(destination, *protocol, name).map(|n| (Some(*protocol), Some((n, n)))).collect()
+                }
                 Port::Nothing => Vec::new(),
             };
             for (protocol, ports) in l4 {
@@ -468,13 +389,9 @@ impl<'a> Rule<'a> {
         let peers = self.peer_matches();
         for port in &self.ports {
             match port {
-                Port::All => peers
-                    .iter()
-                    .for_each(|peer| out.allow((*peer, None, None), policy)),
+                Port::All => peers.iter().for_each(|peer| out.allow((*peer, None, None), policy)),
                 Port::Numeric(protocol, range) => {
-                    peers
-                        .iter()
-                        .for_each(|peer| out.allow((*peer, Some(*protocol), *range), policy));
+                    peers.iter().for_each(|peer| out.allow((*peer, Some(*protocol), *range), policy));
                 }
                 Port::Named(protocol, name) => {
                     for peer in &self.peers {
@@ -488,11 +405,7 @@ impl<'a> Rule<'a> {
                         for pod in pods {
                             for number in named_port_numbers(pod, *protocol, name) {
                                 out.allow(
-                                    (
-                                        PeerMatch::Identity(pod.identity),
-                                        Some(*protocol),
-                                        Some((number, number)),
-                                    ),
+                                    (PeerMatch::Identity(pod.identity), Some(*protocol), Some((number, number))),
                                     policy,
                                 );
                             }

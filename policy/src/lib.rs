@@ -14,8 +14,8 @@ pub mod validate;
 pub use cidr::{CidrIdentities, Ipv4Prefix};
 pub use compile::{ClusterView, ContainerPort, NamespaceInfo, PodInfo, compile};
 pub use plan::{
-    Addr, CidrEntry, DirectionPolicy, DirectionVerdict, EndpointPolicy, MatchKind, PeerMatch, PolicyEntry,
-    PolicyPlan, PolicyRef, Protocol, Verdict,
+    Addr, CidrEntry, DirectionPolicy, DirectionVerdict, EndpointPolicy, MatchKind, PeerMatch, PolicyEntry, PolicyPlan,
+    PolicyRef, Protocol, Verdict,
 };
 pub use source::{LoadedPolicy, SourceError, load_dir};
 pub use validate::{FieldError, validate};

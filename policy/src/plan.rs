@@ -51,9 +51,9 @@ impl Protocol {
     #[must_use]
     pub fn ip_protocol(self) -> u8 {
         match self {
-            Protocol::Tcp => 6,
-            Protocol::Udp => 17,
-            Protocol::Sctp => 132,
+            Protocol::Tcp => flowgate_common::ip::protocol::TCP,
+            Protocol::Udp => flowgate_common::ip::protocol::UDP,
+            Protocol::Sctp => flowgate_common::ip::protocol::SCTP,
         }
     }
 }
@@ -74,10 +74,7 @@ pub struct PolicyRef {
 impl PolicyRef {
     #[must_use]
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        Self {
-            namespace: namespace.into(),
-            name: name.into(),
-        }
+        Self { namespace: namespace.into(), name: name.into() }
     }
 }
 
@@ -179,10 +176,7 @@ pub enum DirectionVerdict {
     /// No policy selects the endpoint for this direction (or the address is not an endpoint).
     NotEnforced,
     /// Allowed by the entries of the best `match_kind`; `allowed_by` unites their policies.
-    Allowed {
-        match_kind: MatchKind,
-        allowed_by: Vec<PolicyRef>,
-    },
+    Allowed { match_kind: MatchKind, allowed_by: Vec<PolicyRef> },
     /// Isolated and nothing allows it; `selected_by` are the isolating policies.
     DefaultDeny { selected_by: Vec<PolicyRef> },
 }
@@ -197,34 +191,18 @@ impl DirectionVerdict {
 impl DirectionPolicy {
     /// Decides one connection whose peer carries `peer_identities` (its pod identity and/or CIDR identity).
     #[must_use]
-    pub fn decide(
-        &self,
-        peer_identities: &[u32],
-        protocol: Protocol,
-        port: u16,
-    ) -> DirectionVerdict {
+    pub fn decide(&self, peer_identities: &[u32], protocol: Protocol, port: u16) -> DirectionVerdict {
         if !self.enforced {
             return DirectionVerdict::NotEnforced;
         }
-        let matching: Vec<&PolicyEntry> = self
-            .entries
-            .iter()
-            .filter(|e| e.matches(peer_identities, protocol, port))
-            .collect();
+        let matching: Vec<&PolicyEntry> =
+            self.entries.iter().filter(|e| e.matches(peer_identities, protocol, port)).collect();
         let Some(best) = matching.iter().map(|e| e.match_kind()).min() else {
-            return DirectionVerdict::DefaultDeny {
-                selected_by: self.selected_by.clone(),
-            };
+            return DirectionVerdict::DefaultDeny { selected_by: self.selected_by.clone() };
         };
-        let allowed_by: BTreeSet<PolicyRef> = matching
-            .iter()
-            .filter(|e| e.match_kind() == best)
-            .flat_map(|e| e.allowed_by.iter().cloned())
-            .collect();
-        DirectionVerdict::Allowed {
-            match_kind: best,
-            allowed_by: allowed_by.into_iter().collect(),
-        }
+        let allowed_by: BTreeSet<PolicyRef> =
+            matching.iter().filter(|e| e.match_kind() == best).flat_map(|e| e.allowed_by.iter().cloned()).collect();
+        DirectionVerdict::Allowed { match_kind: best, allowed_by: allowed_by.into_iter().collect() }
     }
 }
 
@@ -260,11 +238,7 @@ pub struct PolicyPlan {
 #[serde(rename_all = "snake_case")]
 pub enum Addr {
     /// A pod of the node.
-    Endpoint {
-        endpoint_id: u16,
-        identity: u32,
-        ip: Ipv4Addr,
-    },
+    Endpoint { endpoint_id: u16, identity: u32, ip: Ipv4Addr },
     /// Any other address (another node's pod, a host outside the cluster).
     Outside { ip: Ipv4Addr },
 }
@@ -307,22 +281,16 @@ impl PolicyPlan {
     /// ingress allows it (if enforced). A pod talking to itself is judged like any other pair.
     #[must_use]
     pub fn evaluate(&self, from: Addr, to: Addr, protocol: Protocol, port: u16) -> Verdict {
-        let direction =
-            |addr: Addr, pick: fn(&EndpointPolicy) -> &DirectionPolicy, peer: Addr| match addr {
-                Addr::Endpoint { endpoint_id, .. } => self
-                    .endpoints
-                    .get(&endpoint_id)
-                    .map_or(DirectionVerdict::NotEnforced, |endpoint| {
-                        pick(endpoint).decide(&self.peer_identities(peer), protocol, port)
-                    }),
-                Addr::Outside { .. } => DirectionVerdict::NotEnforced,
-            };
+        let direction = |addr: Addr, pick: fn(&EndpointPolicy) -> &DirectionPolicy, peer: Addr| match addr {
+            Addr::Endpoint { endpoint_id, .. } => {
+                self.endpoints.get(&endpoint_id).map_or(DirectionVerdict::NotEnforced, |endpoint| {
+                    pick(endpoint).decide(&self.peer_identities(peer), protocol, port)
+                })
+            }
+            Addr::Outside { .. } => DirectionVerdict::NotEnforced,
+        };
         let egress = direction(from, |e| &e.egress, to);
         let ingress = direction(to, |e| &e.ingress, from);
-        Verdict {
-            allowed: egress.allows() && ingress.allows(),
-            egress,
-            ingress,
-        }
+        Verdict { allowed: egress.allows() && ingress.allows(), egress, ingress }
     }
 }

@@ -22,20 +22,10 @@ pub enum SelectorError {
 /// One `matchExpressions` requirement (or one `matchLabels` pair, as `In` with a single value).
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Requirement {
-    In {
-        key: String,
-        values: BTreeSet<String>,
-    },
-    NotIn {
-        key: String,
-        values: BTreeSet<String>,
-    },
-    Exists {
-        key: String,
-    },
-    DoesNotExist {
-        key: String,
-    },
+    In { key: String, values: BTreeSet<String> },
+    NotIn { key: String, values: BTreeSet<String> },
+    Exists { key: String },
+    DoesNotExist { key: String },
 }
 
 impl Requirement {
@@ -43,9 +33,7 @@ impl Requirement {
         match self {
             Requirement::In { key, values } => labels.get(key).is_some_and(|v| values.contains(v)),
             // NotIn also matches objects that lack the key (labels.Selector semantics).
-            Requirement::NotIn { key, values } => {
-                labels.get(key).is_none_or(|v| !values.contains(v))
-            }
+            Requirement::NotIn { key, values } => labels.get(key).is_none_or(|v| !values.contains(v)),
             Requirement::Exists { key } => labels.contains_key(key),
             Requirement::DoesNotExist { key } => !labels.contains_key(key),
         }
@@ -70,10 +58,7 @@ impl Selector {
     pub fn from_label_selector(selector: &LabelSelector) -> Result<Self, SelectorError> {
         let mut requirements = Vec::new();
         for (key, value) in selector.match_labels.iter().flatten() {
-            requirements.push(Requirement::In {
-                key: key.clone(),
-                values: BTreeSet::from([value.clone()]),
-            });
+            requirements.push(Requirement::In { key: key.clone(), values: BTreeSet::from([value.clone()]) });
         }
         for expression in selector.match_expressions.iter().flatten() {
             let key = expression.key.clone();
@@ -81,16 +66,10 @@ impl Selector {
             let operator = expression.operator.as_str();
             let needs_values = matches!(operator, "In" | "NotIn");
             if needs_values && values.is_empty() {
-                return Err(SelectorError::ValuesRequired {
-                    key,
-                    operator: operator.to_owned(),
-                });
+                return Err(SelectorError::ValuesRequired { key, operator: operator.to_owned() });
             }
             if matches!(operator, "Exists" | "DoesNotExist") && !values.is_empty() {
-                return Err(SelectorError::ValuesForbidden {
-                    key,
-                    operator: operator.to_owned(),
-                });
+                return Err(SelectorError::ValuesForbidden { key, operator: operator.to_owned() });
             }
             requirements.push(match operator {
                 "In" => Requirement::In { key, values },
@@ -98,10 +77,7 @@ impl Selector {
                 "Exists" => Requirement::Exists { key },
                 "DoesNotExist" => Requirement::DoesNotExist { key },
                 _ => {
-                    return Err(SelectorError::UnknownOperator {
-                        key,
-                        operator: operator.to_owned(),
-                    });
+                    return Err(SelectorError::UnknownOperator { key, operator: operator.to_owned() });
                 }
             });
         }
@@ -134,10 +110,7 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
     }
 
     fn expr(key: &str, operator: &str, values: &[&str]) -> LabelSelectorRequirement {
@@ -148,10 +121,7 @@ mod tests {
         }
     }
 
-    fn selector(
-        match_labels: &[(&str, &str)],
-        exprs: Vec<LabelSelectorRequirement>,
-    ) -> LabelSelector {
+    fn selector(match_labels: &[(&str, &str)], exprs: Vec<LabelSelectorRequirement>) -> LabelSelector {
         LabelSelector {
             match_labels: (!match_labels.is_empty()).then(|| labels(match_labels)),
             match_expressions: (!exprs.is_empty()).then_some(exprs),
@@ -168,20 +138,14 @@ mod tests {
 
     #[test]
     fn empty_match_lists_select_everything() {
-        let s = LabelSelector {
-            match_labels: Some(BTreeMap::new()),
-            match_expressions: Some(Vec::new()),
-        };
+        let s = LabelSelector { match_labels: Some(BTreeMap::new()), match_expressions: Some(Vec::new()) };
         assert!(matches(&s, &labels(&[("x", "y")])));
     }
 
     #[test]
     fn match_labels_requires_every_pair() {
         let s = selector(&[("pod", "a"), ("tier", "web")], vec![]);
-        assert!(matches(
-            &s,
-            &labels(&[("pod", "a"), ("tier", "web"), ("extra", "1")])
-        ));
+        assert!(matches(&s, &labels(&[("pod", "a"), ("tier", "web"), ("extra", "1")])));
         assert!(!matches(&s, &labels(&[("pod", "a")])));
         assert!(!matches(&s, &labels(&[("pod", "b"), ("tier", "web")])));
     }
@@ -226,10 +190,7 @@ mod tests {
         let s = selector(&[], vec![expr("pod", "Equals", &["a"])]);
         assert_eq!(
             Selector::from_label_selector(&s).unwrap_err(),
-            SelectorError::UnknownOperator {
-                key: "pod".into(),
-                operator: "Equals".into()
-            }
+            SelectorError::UnknownOperator { key: "pod".into(), operator: "Equals".into() }
         );
         assert!(!matches(&s, &labels(&[("pod", "a")])));
     }
@@ -237,18 +198,12 @@ mod tests {
     #[test]
     fn in_without_values_is_an_error() {
         let s = selector(&[], vec![expr("pod", "In", &[])]);
-        assert!(matches!(
-            Selector::from_label_selector(&s),
-            Err(SelectorError::ValuesRequired { .. })
-        ));
+        assert!(matches!(Selector::from_label_selector(&s), Err(SelectorError::ValuesRequired { .. })));
     }
 
     #[test]
     fn exists_with_values_is_an_error() {
         let s = selector(&[], vec![expr("pod", "Exists", &["a"])]);
-        assert!(matches!(
-            Selector::from_label_selector(&s),
-            Err(SelectorError::ValuesForbidden { .. })
-        ));
+        assert!(matches!(Selector::from_label_selector(&s), Err(SelectorError::ValuesForbidden { .. })));
     }
 }

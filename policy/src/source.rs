@@ -53,43 +53,21 @@ pub enum SourceError {
         source: io::Error,
     },
     #[error("{}: document {document}: {}YAML syntax error: {message}", file.display(), At(*location))]
-    Syntax {
-        file: PathBuf,
-        document: usize,
-        location: Option<Location>,
-        message: String,
-    },
+    Syntax { file: PathBuf, document: usize, location: Option<Location>, message: String },
     #[error("{}: document {document}: {}not a valid NetworkPolicy: {message}", file.display(), At(*location))]
-    Decode {
-        file: PathBuf,
-        document: usize,
-        location: Option<Location>,
-        message: String,
-    },
+    Decode { file: PathBuf, document: usize, location: Option<Location>, message: String },
     #[error("{}: document {document}: expected a mapping (a NetworkPolicy object), found {found}", file.display())]
-    NotAnObject {
-        file: PathBuf,
-        document: usize,
-        found: &'static str,
-    },
+    NotAnObject { file: PathBuf, document: usize, found: &'static str },
     #[error("{}: document {document}: kind: required value (expected NetworkPolicy)", file.display())]
     MissingKind { file: PathBuf, document: usize },
     #[error("{}: document {document}: kind: only NetworkPolicy is supported, found {kind:?}", file.display())]
-    WrongKind {
-        file: PathBuf,
-        document: usize,
-        kind: String,
-    },
+    WrongKind { file: PathBuf, document: usize, kind: String },
     #[error(
         "{}: document {document}: apiVersion: expected \"networking.k8s.io/v1\", found {}",
         file.display(),
         api_version.as_deref().map_or_else(|| "nothing".to_owned(), |v| format!("{v:?}"))
     )]
-    WrongApiVersion {
-        file: PathBuf,
-        document: usize,
-        api_version: Option<String>,
-    },
+    WrongApiVersion { file: PathBuf, document: usize, api_version: Option<String> },
     #[error("{}: document {document}: {error}", file.display())]
     Invalid {
         file: PathBuf,
@@ -128,20 +106,12 @@ impl LoadedPolicy {
     #[must_use]
     pub fn new(file: impl Into<PathBuf>, document: usize, mut policy: NetworkPolicy) -> Self {
         default_namespace(&mut policy);
-        Self {
-            file: file.into(),
-            document,
-            policy,
-        }
+        Self { file: file.into(), document, policy }
     }
 
     #[must_use]
     pub fn namespace(&self) -> &str {
-        self.policy
-            .metadata
-            .namespace
-            .as_deref()
-            .unwrap_or(DEFAULT_NAMESPACE)
+        self.policy.metadata.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE)
     }
 
     #[must_use]
@@ -156,12 +126,7 @@ impl LoadedPolicy {
 }
 
 fn default_namespace(policy: &mut NetworkPolicy) {
-    if policy
-        .metadata
-        .namespace
-        .as_deref()
-        .is_none_or(str::is_empty)
-    {
+    if policy.metadata.namespace.as_deref().is_none_or(str::is_empty) {
         policy.metadata.namespace = Some(DEFAULT_NAMESPACE.to_owned());
     }
 }
@@ -169,27 +134,14 @@ fn default_namespace(policy: &mut NetworkPolicy) {
 /// Loads, parses and validates every policy file in `dir` (sorted by name). Either every policy, or every
 /// error found in every file (including two documents defining the same namespace/name).
 pub fn load_dir(dir: &Path) -> Result<Vec<LoadedPolicy>, Vec<SourceError>> {
-    let entries = fs::read_dir(dir).map_err(|source| {
-        vec![SourceError::ReadDir {
-            dir: dir.to_owned(),
-            source,
-        }]
-    })?;
+    let entries = fs::read_dir(dir).map_err(|source| vec![SourceError::ReadDir { dir: dir.to_owned(), source }])?;
     let mut names = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|source| {
-            vec![SourceError::ReadDir {
-                dir: dir.to_owned(),
-                source,
-            }]
-        })?;
+        let entry = entry.map_err(|source| vec![SourceError::ReadDir { dir: dir.to_owned(), source }])?;
         let name = entry.file_name().to_string_lossy().into_owned();
         let is_yaml = name.ends_with(".yaml") || name.ends_with(".yml");
         // fs::metadata follows symlinks (ConfigMap mounts link each key into ..data/).
-        if is_yaml
-            && !name.starts_with('.')
-            && fs::metadata(entry.path()).is_ok_and(|m| m.is_file())
-        {
+        if is_yaml && !name.starts_with('.') && fs::metadata(entry.path()).is_ok_and(|m| m.is_file()) {
             names.push(name);
         }
     }
@@ -209,11 +161,7 @@ pub fn load_dir(dir: &Path) -> Result<Vec<LoadedPolicy>, Vec<SourceError>> {
         }
     }
     check_duplicates(&policies, &mut errors);
-    if errors.is_empty() {
-        Ok(policies)
-    } else {
-        Err(errors)
-    }
+    if errors.is_empty() { Ok(policies) } else { Err(errors) }
 }
 
 /// Parses and validates the documents of one file's text; `file` only labels results and errors.
@@ -227,12 +175,7 @@ pub fn parse_str(file: &Path, text: &str) -> (Vec<LoadedPolicy>, Vec<SourceError
             Ok(value) => value,
             Err(error) => {
                 let (location, message) = split_location(&error);
-                errors.push(SourceError::Syntax {
-                    file: file.to_owned(),
-                    document: number,
-                    location,
-                    message,
-                });
+                errors.push(SourceError::Syntax { file: file.to_owned(), document: number, location, message });
                 // The parser cannot resynchronise after a syntax error; later documents are not read.
                 break;
             }
@@ -253,13 +196,11 @@ pub fn parse_str(file: &Path, text: &str) -> (Vec<LoadedPolicy>, Vec<SourceError
 }
 
 fn validate_loaded(policy: &LoadedPolicy) -> impl Iterator<Item = SourceError> + '_ {
-    crate::validate::validate(&policy.policy)
-        .into_iter()
-        .map(|error| SourceError::Invalid {
-            file: policy.file.clone(),
-            document: policy.document,
-            error,
-        })
+    crate::validate::validate(&policy.policy).into_iter().map(|error| SourceError::Invalid {
+        file: policy.file.clone(),
+        document: policy.document,
+        error,
+    })
 }
 
 /// One document: `None` when empty, else a typed policy or the reason it is not one.
@@ -290,18 +231,11 @@ fn parse_document(
     };
     match mapping.get("kind") {
         None | Some(Value::Null) => {
-            return Err(SourceError::MissingKind {
-                file: file.to_owned(),
-                document,
-            });
+            return Err(SourceError::MissingKind { file: file.to_owned(), document });
         }
         Some(Value::String(kind)) if kind == NetworkPolicy::KIND => {}
         Some(other) => {
-            return Err(SourceError::WrongKind {
-                file: file.to_owned(),
-                document,
-                kind: scalar_text(other),
-            });
+            return Err(SourceError::WrongKind { file: file.to_owned(), document, kind: scalar_text(other) });
         }
     }
     match mapping.get("apiVersion") {
@@ -322,16 +256,10 @@ fn parse_document(
                 .nth(index)
                 .map(NetworkPolicy::deserialize)
                 .and_then(Result::err);
-            let (location, message) = error.as_ref().map_or_else(
-                || (None, "does not match the NetworkPolicy schema".to_owned()),
-                split_location,
-            );
-            return Err(SourceError::Decode {
-                file: file.to_owned(),
-                document,
-                location,
-                message,
-            });
+            let (location, message) = error
+                .as_ref()
+                .map_or_else(|| (None, "does not match the NetworkPolicy schema".to_owned()), split_location);
+            return Err(SourceError::Decode { file: file.to_owned(), document, location, message });
         }
     };
     Ok(Some(LoadedPolicy::new(file, document, policy)))
@@ -340,18 +268,13 @@ fn parse_document(
 fn scalar_text(value: &serde_yaml::Value) -> String {
     match value {
         serde_yaml::Value::String(text) => text.clone(),
-        other => serde_yaml::to_string(other)
-            .map(|s| s.trim_end().to_owned())
-            .unwrap_or_default(),
+        other => serde_yaml::to_string(other).map(|s| s.trim_end().to_owned()).unwrap_or_default(),
     }
 }
 
 /// serde_yaml's message without its trailing ` at line L column C`, and that location.
 fn split_location(error: &serde_yaml::Error) -> (Option<Location>, String) {
-    let location = error.location().map(|l| Location {
-        line: l.line(),
-        column: l.column(),
-    });
+    let location = error.location().map(|l| Location { line: l.line(), column: l.column() });
     let mut message = error.to_string();
     if let Some(Location { line, column }) = location {
         let suffix = format!(" at line {line} column {column}");

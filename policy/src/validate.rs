@@ -31,20 +31,10 @@ pub enum FieldError {
     #[error("{path}: \"{value}\" {DNS1123_LABEL_MSG}")]
     NotDnsLabel { path: String, value: String },
     #[error("{path}: invalid label key \"{key}\": {reason}")]
-    InvalidLabelKey {
-        path: String,
-        key: String,
-        reason: String,
-    },
+    InvalidLabelKey { path: String, key: String, reason: String },
     #[error("{path}: invalid label value \"{value}\": {reason}")]
-    InvalidLabelValue {
-        path: String,
-        value: String,
-        reason: String,
-    },
-    #[error(
-        "{path}: \"{operator}\" is not a valid selector operator (supported: In, NotIn, Exists, DoesNotExist)"
-    )]
+    InvalidLabelValue { path: String, value: String, reason: String },
+    #[error("{path}: \"{operator}\" is not a valid selector operator (supported: In, NotIn, Exists, DoesNotExist)")]
     InvalidOperator { path: String, operator: String },
     #[error("{path}: must be specified when operator is In or NotIn")]
     ValuesRequired { path: String },
@@ -53,24 +43,14 @@ pub enum FieldError {
     #[error("{path}: {port} must be between 1 and 65535, inclusive")]
     PortOutOfRange { path: String, port: i32 },
     #[error("{path}: invalid port name \"{name}\": {reason}")]
-    InvalidPortName {
-        path: String,
-        name: String,
-        reason: String,
-    },
+    InvalidPortName { path: String, name: String, reason: String },
     #[error("{path}: must be >= port")]
-    EndPortBelowPort {
-        path: String,
-        port: i32,
-        end_port: i32,
-    },
+    EndPortBelowPort { path: String, port: i32, end_port: i32 },
     #[error("{path}: may not be specified when port is non-numeric")]
     EndPortWithNamedPort { path: String },
     #[error("{path}: may not be specified when port is not specified")]
     EndPortWithoutPort { path: String },
-    #[error(
-        "{path}: unsupported value \"{protocol}\": supported values: \"TCP\", \"UDP\", \"SCTP\""
-    )]
+    #[error("{path}: unsupported value \"{protocol}\": supported values: \"TCP\", \"UDP\", \"SCTP\"")]
     UnsupportedProtocol { path: String, protocol: String },
     #[error("{path}: {source}")]
     InvalidCidr {
@@ -79,11 +59,7 @@ pub enum FieldError {
         source: CidrError,
     },
     #[error("{path}: \"{except}\" must be a strict subset of cidr \"{cidr}\"")]
-    ExceptNotInsideCidr {
-        path: String,
-        except: String,
-        cidr: String,
-    },
+    ExceptNotInsideCidr { path: String, except: String, cidr: String },
     #[error("{path}: must specify a peer (podSelector, namespaceSelector or ipBlock)")]
     EmptyPeer { path: String },
     #[error("{path}: may not specify both ipBlock and another peer")]
@@ -133,23 +109,17 @@ pub fn validate(policy: &NetworkPolicy) -> Vec<FieldError> {
     let mut errors = Vec::new();
     let meta = &policy.metadata;
     match meta.name.as_deref() {
-        None | Some("") => errors.push(FieldError::Required {
-            path: "metadata.name".into(),
-        }),
-        Some(name) if !is_dns1123_subdomain(name) => errors.push(FieldError::NotDnsSubdomain {
-            path: "metadata.name".into(),
-            value: name.into(),
-        }),
+        None | Some("") => errors.push(FieldError::Required { path: "metadata.name".into() }),
+        Some(name) if !is_dns1123_subdomain(name) => {
+            errors.push(FieldError::NotDnsSubdomain { path: "metadata.name".into(), value: name.into() })
+        }
         Some(_) => {}
     }
     if let Some(namespace) = meta.namespace.as_deref()
         && !namespace.is_empty()
         && !is_dns1123_label(namespace)
     {
-        errors.push(FieldError::NotDnsLabel {
-            path: "metadata.namespace".into(),
-            value: namespace.into(),
-        });
+        errors.push(FieldError::NotDnsLabel { path: "metadata.namespace".into(), value: namespace.into() });
     }
     if let Some(labels) = &meta.labels {
         validate_labels(labels, "metadata.labels", &mut errors);
@@ -187,24 +157,15 @@ pub fn validate(policy: &NetworkPolicy) -> Vec<FieldError> {
 
 fn validate_policy_types(types: &[String], errors: &mut Vec<FieldError>) {
     if types.len() > 2 {
-        errors.push(FieldError::TooManyPolicyTypes {
-            path: "spec.policyTypes".into(),
-            count: types.len(),
-        });
+        errors.push(FieldError::TooManyPolicyTypes { path: "spec.policyTypes".into(), count: types.len() });
         return;
     }
     for (i, value) in types.iter().enumerate() {
         let path = format!("spec.policyTypes[{i}]");
         if value != "Ingress" && value != "Egress" {
-            errors.push(FieldError::UnsupportedPolicyType {
-                path,
-                value: value.clone(),
-            });
+            errors.push(FieldError::UnsupportedPolicyType { path, value: value.clone() });
         } else if types[..i].contains(value) {
-            errors.push(FieldError::DuplicatePolicyType {
-                path,
-                value: value.clone(),
-            });
+            errors.push(FieldError::DuplicatePolicyType { path, value: value.clone() });
         }
     }
 }
@@ -213,18 +174,12 @@ fn validate_port(port: &NetworkPolicyPort, path: &str, errors: &mut Vec<FieldErr
     if let Some(protocol) = &port.protocol
         && !matches!(protocol.as_str(), "TCP" | "UDP" | "SCTP")
     {
-        errors.push(FieldError::UnsupportedProtocol {
-            path: format!("{path}.protocol"),
-            protocol: protocol.clone(),
-        });
+        errors.push(FieldError::UnsupportedProtocol { path: format!("{path}.protocol"), protocol: protocol.clone() });
     }
     match (&port.port, port.end_port) {
         (Some(IntOrString::Int(number)), end_port) => {
             if !(1..=65535).contains(number) {
-                errors.push(FieldError::PortOutOfRange {
-                    path: format!("{path}.port"),
-                    port: *number,
-                });
+                errors.push(FieldError::PortOutOfRange { path: format!("{path}.port"), port: *number });
             }
             if let Some(end_port) = end_port {
                 if end_port < *number {
@@ -235,18 +190,13 @@ fn validate_port(port: &NetworkPolicyPort, path: &str, errors: &mut Vec<FieldErr
                     });
                 }
                 if !(1..=65535).contains(&end_port) {
-                    errors.push(FieldError::PortOutOfRange {
-                        path: format!("{path}.endPort"),
-                        port: end_port,
-                    });
+                    errors.push(FieldError::PortOutOfRange { path: format!("{path}.endPort"), port: end_port });
                 }
             }
         }
         (Some(IntOrString::String(name)), end_port) => {
             if end_port.is_some() {
-                errors.push(FieldError::EndPortWithNamedPort {
-                    path: format!("{path}.endPort"),
-                });
+                errors.push(FieldError::EndPortWithNamedPort { path: format!("{path}.endPort") });
             }
             for reason in port_name_errors(name) {
                 errors.push(FieldError::InvalidPortName {
@@ -256,9 +206,7 @@ fn validate_port(port: &NetworkPolicyPort, path: &str, errors: &mut Vec<FieldErr
                 });
             }
         }
-        (None, Some(_)) => errors.push(FieldError::EndPortWithoutPort {
-            path: format!("{path}.endPort"),
-        }),
+        (None, Some(_)) => errors.push(FieldError::EndPortWithoutPort { path: format!("{path}.endPort") }),
         (None, None) => {}
     }
 }
@@ -286,35 +234,25 @@ fn validate_peer(peer: &NetworkPolicyPeer, path: &str, errors: &mut Vec<FieldErr
 
 fn validate_ip_block(block: &IPBlock, path: &str, errors: &mut Vec<FieldError>) {
     if block.cidr.is_empty() {
-        errors.push(FieldError::Required {
-            path: format!("{path}.cidr"),
-        });
+        errors.push(FieldError::Required { path: format!("{path}.cidr") });
         return;
     }
     let cidr = match parse_cidr(&block.cidr) {
         Ok(cidr) => cidr,
         Err(source) => {
-            errors.push(FieldError::InvalidCidr {
-                path: format!("{path}.cidr"),
-                source,
-            });
+            errors.push(FieldError::InvalidCidr { path: format!("{path}.cidr"), source });
             return;
         }
     };
     for (i, except) in block.except.iter().flatten().enumerate() {
         let except_path = format!("{path}.except[{i}]");
         match parse_cidr(except) {
-            Err(source) => errors.push(FieldError::InvalidCidr {
+            Err(source) => errors.push(FieldError::InvalidCidr { path: except_path, source }),
+            Ok(inner) if !cidr.strictly_contains(&inner) => errors.push(FieldError::ExceptNotInsideCidr {
                 path: except_path,
-                source,
+                except: except.clone(),
+                cidr: block.cidr.clone(),
             }),
-            Ok(inner) if !cidr.strictly_contains(&inner) => {
-                errors.push(FieldError::ExceptNotInsideCidr {
-                    path: except_path,
-                    except: except.clone(),
-                    cidr: block.cidr.clone(),
-                })
-            }
             Ok(_) => {}
         }
     }
@@ -325,41 +263,24 @@ fn validate_selector(selector: &LabelSelector, path: &str, errors: &mut Vec<Fiel
         validate_labels(labels, &format!("{path}.matchLabels"), errors);
     }
     for (i, requirement) in selector.match_expressions.iter().flatten().enumerate() {
-        validate_requirement(
-            requirement,
-            &format!("{path}.matchExpressions[{i}]"),
-            errors,
-        );
+        validate_requirement(requirement, &format!("{path}.matchExpressions[{i}]"), errors);
     }
 }
 
-fn validate_requirement(
-    requirement: &LabelSelectorRequirement,
-    path: &str,
-    errors: &mut Vec<FieldError>,
-) {
+fn validate_requirement(requirement: &LabelSelectorRequirement, path: &str, errors: &mut Vec<FieldError>) {
     let values = requirement.values.as_deref().unwrap_or_default();
     match requirement.operator.as_str() {
-        "In" | "NotIn" if values.is_empty() => errors.push(FieldError::ValuesRequired {
-            path: format!("{path}.values"),
-        }),
+        "In" | "NotIn" if values.is_empty() => {
+            errors.push(FieldError::ValuesRequired { path: format!("{path}.values") })
+        }
         "Exists" | "DoesNotExist" if !values.is_empty() => {
-            errors.push(FieldError::ValuesForbidden {
-                path: format!("{path}.values"),
-            })
+            errors.push(FieldError::ValuesForbidden { path: format!("{path}.values") })
         }
         "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
-        other => errors.push(FieldError::InvalidOperator {
-            path: format!("{path}.operator"),
-            operator: other.into(),
-        }),
+        other => errors.push(FieldError::InvalidOperator { path: format!("{path}.operator"), operator: other.into() }),
     }
     for reason in qualified_name_errors(&requirement.key) {
-        errors.push(FieldError::InvalidLabelKey {
-            path: format!("{path}.key"),
-            key: requirement.key.clone(),
-            reason,
-        });
+        errors.push(FieldError::InvalidLabelKey { path: format!("{path}.key"), key: requirement.key.clone(), reason });
     }
     for (i, value) in values.iter().enumerate() {
         if let Some(reason) = label_value_error(value) {
@@ -377,11 +298,7 @@ fn validate_requirement(
 fn validate_labels(labels: &BTreeMap<String, String>, path: &str, errors: &mut Vec<FieldError>) {
     for (key, value) in labels {
         for reason in qualified_name_errors(key) {
-            errors.push(FieldError::InvalidLabelKey {
-                path: path.into(),
-                key: key.clone(),
-                reason,
-            });
+            errors.push(FieldError::InvalidLabelKey { path: path.into(), key: key.clone(), reason });
         }
         if let Some(reason) = label_value_error(value) {
             errors.push(FieldError::InvalidLabelValue {
@@ -399,9 +316,7 @@ pub fn is_dns1123_label(value: &str) -> bool {
     let bytes = value.as_bytes();
     !bytes.is_empty()
         && bytes.len() <= 63
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
         && bytes[0] != b'-'
         && bytes[bytes.len() - 1] != b'-'
 }
@@ -413,9 +328,7 @@ pub fn is_dns1123_subdomain(value: &str) -> bool {
         && value.split('.').all(|label| {
             let bytes = label.as_bytes();
             !bytes.is_empty()
-                && bytes
-                    .iter()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+                && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
                 && bytes[0] != b'-'
                 && bytes[bytes.len() - 1] != b'-'
         })
@@ -425,9 +338,7 @@ pub fn is_dns1123_subdomain(value: &str) -> bool {
 fn is_qualified_name_part(value: &str) -> bool {
     let bytes = value.as_bytes();
     !bytes.is_empty()
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
         && bytes[0].is_ascii_alphanumeric()
         && bytes[bytes.len() - 1].is_ascii_alphanumeric()
 }
@@ -479,11 +390,7 @@ fn port_name_errors(name: &str) -> Vec<&'static str> {
     if name.len() > 15 {
         reasons.push("must be no more than 15 characters");
     }
-    if name.is_empty()
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    {
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
         reasons.push("must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)");
     } else if !name.bytes().any(|b| b.is_ascii_lowercase()) {
         reasons.push("must contain at least one letter (a-z)");

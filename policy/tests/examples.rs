@@ -4,21 +4,16 @@
 use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
 
 use flowgate_policy::{
-    Addr, CidrIdentities, ClusterView, ContainerPort, DirectionVerdict, MatchKind, NamespaceInfo,
-    PodInfo, PolicyRef, Protocol::Tcp, compile, load_dir,
+    Addr, CidrIdentities, ClusterView, ContainerPort, DirectionVerdict, MatchKind, NamespaceInfo, PodInfo, PolicyRef,
+    Protocol::Tcp, compile, load_dir,
 };
 
 fn examples(dir: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples")
-        .join(dir)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(dir)
 }
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
 }
 
 fn pod(id: u16, namespace: &str, name: &str, pod_labels: &[(&str, &str)]) -> PodInfo {
@@ -37,25 +32,12 @@ fn pod(id: u16, namespace: &str, name: &str, pod_labels: &[(&str, &str)]) -> Pod
 /// monitoring (space=monitoring, debug), and the outside host 10.200.0.250.
 fn walkthrough() -> ClusterView {
     let mut database = pod(1, "default", "database", &[("component", "database")]);
-    database.ports = vec![ContainerPort {
-        name: Some("postgres".into()),
-        port: 5432,
-        protocol: Tcp,
-    }];
+    database.ports = vec![ContainerPort { name: Some("postgres".into()), port: 5432, protocol: Tcp }];
     ClusterView {
         namespaces: vec![
-            NamespaceInfo {
-                name: "default".into(),
-                labels: BTreeMap::new(),
-            },
-            NamespaceInfo {
-                name: "dba-tools".into(),
-                labels: labels(&[("team", "dba")]),
-            },
-            NamespaceInfo {
-                name: "monitoring".into(),
-                labels: labels(&[("space", "monitoring")]),
-            },
+            NamespaceInfo { name: "default".into(), labels: BTreeMap::new() },
+            NamespaceInfo { name: "dba-tools".into(), labels: labels(&[("team", "dba")]) },
+            NamespaceInfo { name: "monitoring".into(), labels: labels(&[("space", "monitoring")]) },
         ],
         pods: vec![
             database,
@@ -71,60 +53,30 @@ fn walkthrough() -> ClusterView {
 
 #[test]
 fn walkthrough_policies_load_and_validate() {
-    let policies = load_dir(&examples("policies")).unwrap_or_else(|errors| {
-        panic!(
-            "{}",
-            errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("\n")
-        )
-    });
-    let names: Vec<String> = policies
-        .iter()
-        .map(|p| p.policy_ref().to_string())
-        .collect();
+    let policies = load_dir(&examples("policies"))
+        .unwrap_or_else(|errors| panic!("{}", errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")));
+    let names: Vec<String> = policies.iter().map(|p| p.policy_ref().to_string()).collect();
     assert_eq!(
         names,
-        vec![
-            "default/allow-debug",
-            "default/default-deny-ingress-policy",
-            "default/network-policy-walkthrough-db"
-        ]
+        vec!["default/allow-debug", "default/default-deny-ingress-policy", "default/network-policy-walkthrough-db"]
     );
 }
 
 #[test]
 fn walkthrough_story() {
     let cluster = walkthrough();
-    let plan = compile(
-        &load_dir(&examples("policies")).unwrap(),
-        &cluster,
-        &mut CidrIdentities::new(),
-    );
+    let plan = compile(&load_dir(&examples("policies")).unwrap(), &cluster, &mut CidrIdentities::new());
     let at = |id: u16| Addr::endpoint(&cluster.pods[usize::from(id) - 1]);
-    let outside = Addr::Outside {
-        ip: Ipv4Addr::new(10, 200, 0, 250),
-    };
-    let stranger = Addr::Outside {
-        ip: Ipv4Addr::new(10, 200, 0, 251),
-    };
-    let (database, backend, frontend, app, psql, debug, metrics) =
-        (at(1), at(2), at(3), at(4), at(5), at(6), at(7));
+    let outside = Addr::Outside { ip: Ipv4Addr::new(10, 200, 0, 250) };
+    let stranger = Addr::Outside { ip: Ipv4Addr::new(10, 200, 0, 251) };
+    let (database, backend, frontend, app, psql, debug, metrics) = (at(1), at(2), at(3), at(4), at(5), at(6), at(7));
 
     for from in [backend, psql, outside] {
         assert!(plan.evaluate(from, database, Tcp, 5432).allowed, "{from:?}");
-        assert!(
-            !plan.evaluate(from, database, Tcp, 5433).allowed,
-            "{from:?}"
-        );
+        assert!(!plan.evaluate(from, database, Tcp, 5433).allowed, "{from:?}");
     }
     for from in [frontend, app, debug, metrics, stranger] {
-        assert!(
-            !plan.evaluate(from, database, Tcp, 5432).allowed,
-            "{from:?}"
-        );
+        assert!(!plan.evaluate(from, database, Tcp, 5432).allowed, "{from:?}");
     }
     assert!(plan.evaluate(debug, app, Tcp, 8080).allowed);
     assert!(!plan.evaluate(metrics, app, Tcp, 8080).allowed);
@@ -158,11 +110,7 @@ fn walkthrough_story() {
 #[test]
 fn invalid_example_reports_the_end_port_error() {
     let dir = examples("policies-invalid");
-    let errors: Vec<String> = load_dir(&dir)
-        .unwrap_err()
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    let errors: Vec<String> = load_dir(&dir).unwrap_err().iter().map(ToString::to_string).collect();
     assert_eq!(
         errors,
         vec![format!(

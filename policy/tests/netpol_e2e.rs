@@ -18,13 +18,7 @@ fn np(namespace: &str, name: &str, spec: &str) -> String {
     )
 }
 
-fn check(
-    plan: &PolicyPlan,
-    cluster: &ClusterView,
-    protocol: Protocol,
-    port: u16,
-    expected: &Reachability,
-) {
+fn check(plan: &PolicyPlan, cluster: &ClusterView, protocol: Protocol, port: u16, expected: &Reachability) {
     assert_reachability(plan, cluster, protocol, port, expected);
 }
 
@@ -41,10 +35,7 @@ fn no_policy_everything_connects() {
 #[test]
 fn default_deny_ingress() {
     let cluster = model();
-    let plan = plan(
-        &cluster,
-        &np("x", "deny-ingress", "podSelector: {}\ningress: []"),
-    );
+    let plan = plan(&cluster, &np("x", "deny-ingress", "podSelector: {}\ningress: []"));
     let r = reachability(true).expect_peer("*", "x/*", false);
     check(&plan, &cluster, Tcp, 80, &r);
     check(&plan, &cluster, Udp, 81, &r);
@@ -63,11 +54,7 @@ fn default_deny_all() {
     let cluster = model();
     let plan = plan(
         &cluster,
-        &np(
-            "x",
-            "deny-all",
-            "podSelector: {}\npolicyTypes: [Ingress, Egress]\ningress: []\negress: []",
-        ),
+        &np("x", "deny-all", "podSelector: {}\npolicyTypes: [Ingress, Egress]\ningress: []\negress: []"),
     );
     let r = reachability(true).expect_peer("*", "x/*", false).expect_peer("x/*", "*", false);
     check(&plan, &cluster, Tcp, 80, &r);
@@ -85,9 +72,7 @@ fn allow_from_pods_within_server_namespace_by_pod_selector() {
             "podSelector: {matchLabels: {pod: a}}\ningress:\n- from:\n  - podSelector: {matchLabels: {pod: b}}",
         ),
     );
-    let r = reachability(true)
-        .expect_all_ingress("x/a", false)
-        .expect("x/b", "x/a", true);
+    let r = reachability(true).expect_all_ingress("x/a", false).expect("x/b", "x/a", true);
     check(&plan, &cluster, Tcp, 80, &r);
     check(&plan, &cluster, Udp, 81, &r);
 }
@@ -97,11 +82,7 @@ fn allow_ingress_from_pods_in_all_namespaces() {
     let cluster = model();
     let plan = plan(
         &cluster,
-        &np(
-            "x",
-            "allow-all-ns",
-            "podSelector: {matchLabels: {pod: a}}\ningress:\n- from:\n  - namespaceSelector: {}",
-        ),
+        &np("x", "allow-all-ns", "podSelector: {matchLabels: {pod: a}}\ningress:\n- from:\n  - namespaceSelector: {}"),
     );
     check(&plan, &cluster, Tcp, 80, &reachability(true));
 }
@@ -117,9 +98,7 @@ fn allow_only_from_a_different_namespace_by_namespace_selector() {
             "podSelector: {matchLabels: {pod: a}}\ningress:\n- from:\n  - namespaceSelector: {matchLabels: {ns: y}}",
         ),
     );
-    let r = reachability(true)
-        .expect_peer("x/*", "x/a", false)
-        .expect_peer("z/*", "x/a", false);
+    let r = reachability(true).expect_peer("x/*", "x/a", false).expect_peer("z/*", "x/a", false);
     check(&plan, &cluster, Tcp, 80, &r);
 }
 
@@ -134,9 +113,7 @@ fn pod_selector_with_match_expressions() {
             "podSelector: {matchLabels: {pod: a}}\ningress:\n- from:\n  - podSelector:\n      matchExpressions:\n      - {key: pod, operator: In, values: [b]}",
         ),
     );
-    let r = reachability(true)
-        .expect_all_ingress("x/a", false)
-        .expect("x/b", "x/a", true);
+    let r = reachability(true).expect_all_ingress("x/a", false).expect("x/b", "x/a", true);
     check(&plan, &cluster, Tcp, 80, &r);
 }
 
@@ -151,9 +128,7 @@ fn namespace_selector_with_match_expressions() {
             "podSelector: {matchLabels: {pod: a}}\ningress:\n- from:\n  - namespaceSelector:\n      matchExpressions:\n      - {key: ns, operator: In, values: [y]}",
         ),
     );
-    let r = reachability(true)
-        .expect_peer("x/*", "x/a", false)
-        .expect_peer("z/*", "x/a", false);
+    let r = reachability(true).expect_peer("x/*", "x/a", false).expect_peer("z/*", "x/a", false);
     check(&plan, &cluster, Tcp, 80, &r);
 }
 
@@ -183,10 +158,7 @@ fn pod_selector_and_namespace_selector_one_peer() {
             "podSelector: {matchLabels: {pod: a}}\ningress:\n- from:\n  - namespaceSelector:\n      matchExpressions:\n      - {key: ns, operator: NotIn, values: [x]}\n    podSelector: {matchLabels: {pod: b}}",
         ),
     );
-    let r = reachability(true)
-        .expect_all_ingress("x/a", false)
-        .expect("y/b", "x/a", true)
-        .expect("z/b", "x/a", true);
+    let r = reachability(true).expect_all_ingress("x/a", false).expect("y/b", "x/a", true).expect("z/b", "x/a", true);
     check(&plan, &cluster, Tcp, 80, &r);
 }
 
@@ -219,10 +191,7 @@ fn any_of_several_pod_selectors() {
             "podSelector: {matchLabels: {pod: a}}\ningress:\n- from:\n  - podSelector: {matchLabels: {pod: b}}\n  - podSelector: {matchLabels: {pod: c}}",
         ),
     );
-    let r = reachability(true)
-        .expect_all_ingress("x/a", false)
-        .expect("x/b", "x/a", true)
-        .expect("x/c", "x/a", true);
+    let r = reachability(true).expect_all_ingress("x/a", false).expect("x/b", "x/a", true).expect("x/c", "x/a", true);
     check(&plan, &cluster, Tcp, 80, &r);
 }
 
@@ -237,9 +206,7 @@ fn only_from_a_pod_in_a_different_namespace() {
             "podSelector: {matchLabels: {pod: a}}\ningress:\n- from:\n  - namespaceSelector: {matchLabels: {ns: y}}\n    podSelector: {matchLabels: {pod: a}}",
         ),
     );
-    let r = reachability(true)
-        .expect_all_ingress("x/a", false)
-        .expect("y/a", "x/a", true);
+    let r = reachability(true).expect_all_ingress("x/a", false).expect("y/a", "x/a", true);
     check(&plan, &cluster, Tcp, 80, &r);
 }
 
@@ -254,9 +221,7 @@ fn namespace_selector_on_default_name_label() {
             "podSelector: {matchLabels: {pod: a}}\ningress:\n- from:\n  - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: y}}",
         ),
     );
-    let r = reachability(true)
-        .expect_peer("x/*", "x/a", false)
-        .expect_peer("z/*", "x/a", false);
+    let r = reachability(true).expect_peer("x/*", "x/a", false).expect_peer("z/*", "x/a", false);
     check(&plan, &cluster, Tcp, 80, &r);
 }
 
@@ -288,9 +253,7 @@ fn ports_only_81_from_namespace_y() {
     );
     let r80 = reachability(true).expect_all_ingress("x/a", false);
     check(&plan, &cluster, Tcp, 80, &r80);
-    let r81 = reachability(true)
-        .expect_peer("x/*", "x/a", false)
-        .expect_peer("z/*", "x/a", false);
+    let r81 = reachability(true).expect_peer("x/*", "x/a", false).expect_peer("z/*", "x/a", false);
     check(&plan, &cluster, Tcp, 81, &r81);
 }
 
@@ -307,9 +270,7 @@ fn multiple_stacked_policies_with_overlapping_pod_selectors() {
         "podSelector: {matchLabels: {pod: a}}\ningress:\n- from:\n  - namespaceSelector: {matchLabels: {ns: y}}\n  ports:\n  - {port: 80, protocol: TCP}",
     );
     let plan = plan(&cluster, &yaml);
-    let r = reachability(true)
-        .expect_peer("x/*", "x/a", false)
-        .expect_peer("z/*", "x/a", false);
+    let r = reachability(true).expect_peer("x/*", "x/a", false).expect_peer("z/*", "x/a", false);
     check(&plan, &cluster, Tcp, 80, &r);
     check(&plan, &cluster, Tcp, 81, &r);
 }
@@ -317,10 +278,7 @@ fn multiple_stacked_policies_with_overlapping_pod_selectors() {
 #[test]
 fn allow_all_ingress_policy() {
     let cluster = model();
-    let plan = plan(
-        &cluster,
-        &np("x", "allow-all", "podSelector: {}\ningress:\n- {}"),
-    );
+    let plan = plan(&cluster, &np("x", "allow-all", "podSelector: {}\ningress:\n- {}"));
     check(&plan, &cluster, Tcp, 80, &reachability(true));
     check(&plan, &cluster, Udp, 81, &reachability(true));
 }
@@ -328,14 +286,7 @@ fn allow_all_ingress_policy() {
 #[test]
 fn allow_ingress_on_one_named_port() {
     let cluster = model();
-    let plan = plan(
-        &cluster,
-        &np(
-            "x",
-            "named-81",
-            "podSelector: {}\ningress:\n- ports:\n  - port: serve-81-tcp",
-        ),
-    );
+    let plan = plan(&cluster, &np("x", "named-81", "podSelector: {}\ningress:\n- ports:\n  - port: serve-81-tcp"));
     check(&plan, &cluster, Tcp, 81, &reachability(true));
     let r80 = reachability(true).expect_peer("*", "x/*", false);
     check(&plan, &cluster, Tcp, 80, &r80);
@@ -354,9 +305,7 @@ fn allow_ingress_from_namespace_on_one_named_port() {
             "podSelector: {}\ningress:\n- from:\n  - namespaceSelector: {matchLabels: {ns: y}}\n  ports:\n  - {port: serve-80-tcp, protocol: TCP}",
         ),
     );
-    let r80 = reachability(true)
-        .expect_peer("x/*", "x/*", false)
-        .expect_peer("z/*", "x/*", false);
+    let r80 = reachability(true).expect_peer("x/*", "x/*", false).expect_peer("z/*", "x/*", false);
     check(&plan, &cluster, Tcp, 80, &r80);
     let r81 = reachability(true).expect_peer("*", "x/*", false);
     check(&plan, &cluster, Tcp, 81, &r81);
@@ -392,23 +341,14 @@ fn egress_named_port_does_not_reach_outside_addresses() {
         ),
     );
     let xa = Addr::endpoint(&cluster.pods[0]);
-    let outside = Addr::Outside {
-        ip: "192.0.2.1".parse().unwrap(),
-    };
+    let outside = Addr::Outside { ip: "192.0.2.1".parse().unwrap() };
     assert!(!plan.evaluate(xa, outside, Tcp, 80).allowed);
 }
 
 #[test]
 fn deny_ingress_from_pods_in_other_namespaces() {
     let cluster = model();
-    let plan = plan(
-        &cluster,
-        &np(
-            "x",
-            "same-ns",
-            "podSelector: {}\ningress:\n- from:\n  - podSelector: {}",
-        ),
-    );
+    let plan = plan(&cluster, &np("x", "same-ns", "podSelector: {}\ningress:\n- from:\n  - podSelector: {}"));
     let r = reachability(true).expect_peer("y/*", "x/*", false).expect_peer("z/*", "x/*", false);
     check(&plan, &cluster, Tcp, 80, &r);
 }
@@ -416,14 +356,7 @@ fn deny_ingress_from_pods_in_other_namespaces() {
 #[test]
 fn deny_egress_from_pods_by_pod_selector() {
     let cluster = model();
-    let plan = plan(
-        &cluster,
-        &np(
-            "x",
-            "deny-egress-a",
-            "podSelector: {matchLabels: {pod: a}}\npolicyTypes: [Egress]",
-        ),
-    );
+    let plan = plan(&cluster, &np("x", "deny-egress-a", "podSelector: {matchLabels: {pod: a}}\npolicyTypes: [Egress]"));
     let r = reachability(true).expect_all_egress("x/a", false);
     check(&plan, &cluster, Tcp, 80, &r);
 }
@@ -431,10 +364,7 @@ fn deny_egress_from_pods_by_pod_selector() {
 #[test]
 fn deny_egress_from_all_pods_in_a_namespace() {
     let cluster = model();
-    let plan = plan(
-        &cluster,
-        &np("x", "deny-egress", "podSelector: {}\npolicyTypes: [Egress]"),
-    );
+    let plan = plan(&cluster, &np("x", "deny-egress", "podSelector: {}\npolicyTypes: [Egress]"));
     let r = reachability(true).expect_peer("x/*", "*", false);
     check(&plan, &cluster, Tcp, 80, &r);
 }
@@ -452,14 +382,10 @@ fn ingress_and_egress_specified_together() {
             ),
         ),
     );
-    let r80 = reachability(true)
-        .expect_all_ingress("x/a", false)
-        .expect("x/b", "x/a", true);
+    let r80 = reachability(true).expect_all_ingress("x/a", false).expect("x/b", "x/a", true);
     check(&plan, &cluster, Tcp, 80, &r80);
-    let r81 = reachability(true)
-        .expect_all_egress("x/a", false)
-        .expect_all_ingress("x/a", false)
-        .expect("x/b", "x/a", true);
+    let r81 =
+        reachability(true).expect_all_egress("x/a", false).expect_all_ingress("x/a", false).expect("x/b", "x/a", true);
     check(&plan, &cluster, Tcp, 81, &r81);
 }
 
@@ -468,11 +394,7 @@ fn ingress_rules_with_policy_types_ingress_egress_isolate_egress_too() {
     let cluster = model();
     let plan = plan(
         &cluster,
-        &np(
-            "x",
-            "both-types",
-            "podSelector: {matchLabels: {pod: a}}\npolicyTypes: [Ingress, Egress]\ningress:\n- {}",
-        ),
+        &np("x", "both-types", "podSelector: {matchLabels: {pod: a}}\npolicyTypes: [Ingress, Egress]\ningress:\n- {}"),
     );
     let r = reachability(true).expect_all_egress("x/a", false);
     check(&plan, &cluster, Tcp, 80, &r);
@@ -542,11 +464,7 @@ fn any_port_on_a_specific_protocol() {
     let cluster = model();
     let plan = plan(
         &cluster,
-        &np(
-            "x",
-            "tcp-any-port",
-            "podSelector: {matchLabels: {pod: a}}\ningress:\n- ports:\n  - protocol: TCP",
-        ),
+        &np("x", "tcp-any-port", "podSelector: {matchLabels: {pod: a}}\ningress:\n- ports:\n  - protocol: TCP"),
     );
     check(&plan, &cluster, Tcp, 80, &reachability(true));
     check(&plan, &cluster, Tcp, 81, &reachability(true));
@@ -557,14 +475,7 @@ fn any_port_on_a_specific_protocol() {
 #[test]
 fn port_without_protocol_defaults_to_tcp() {
     let cluster = model();
-    let plan = plan(
-        &cluster,
-        &np(
-            "x",
-            "port-80",
-            "podSelector: {}\ningress:\n- ports:\n  - port: 80",
-        ),
-    );
+    let plan = plan(&cluster, &np("x", "port-80", "podSelector: {}\ningress:\n- ports:\n  - port: 80"));
     check(&plan, &cluster, Tcp, 80, &reachability(true));
     let denied = reachability(true).expect_peer("*", "x/*", false);
     check(&plan, &cluster, Udp, 80, &denied);
@@ -574,20 +485,12 @@ fn port_without_protocol_defaults_to_tcp() {
 #[test]
 fn multiple_ingress_policies_with_allow_all_taking_precedence() {
     let cluster = model();
-    let only_80 = np(
-        "x",
-        "allow-80",
-        "podSelector: {matchLabels: {pod: a}}\ningress:\n- ports:\n  - {port: 80, protocol: TCP}",
-    );
+    let only_80 =
+        np("x", "allow-80", "podSelector: {matchLabels: {pod: a}}\ningress:\n- ports:\n  - {port: 80, protocol: TCP}");
     let first = plan(&cluster, &only_80);
     let r81 = reachability(true).expect_all_ingress("x/a", false);
     check(&first, &cluster, Tcp, 81, &r81);
-    let both = only_80
-        + &np(
-            "x",
-            "allow-all",
-            "podSelector: {matchLabels: {pod: a}}\ningress:\n- {}",
-        );
+    let both = only_80 + &np("x", "allow-all", "podSelector: {matchLabels: {pod: a}}\ningress:\n- {}");
     let second = plan(&cluster, &both);
     check(&second, &cluster, Tcp, 80, &reachability(true));
     check(&second, &cluster, Tcp, 81, &reachability(true));
@@ -607,12 +510,8 @@ fn multiple_egress_policies_with_allow_all_taking_precedence() {
     let r81 = reachability(true).expect_all_egress("x/a", false);
     check(&first, &cluster, Tcp, 81, &r81);
     check(&first, &cluster, Tcp, 80, &reachability(true));
-    let both = only_80
-        + &np(
-            "x",
-            "egress-all",
-            "podSelector: {matchLabels: {pod: a}}\npolicyTypes: [Egress]\negress:\n- {}",
-        );
+    let both =
+        only_80 + &np("x", "egress-all", "podSelector: {matchLabels: {pod: a}}\npolicyTypes: [Egress]\negress:\n- {}");
     let second = plan(&cluster, &both);
     check(&second, &cluster, Tcp, 81, &reachability(true));
 }
@@ -621,11 +520,7 @@ fn multiple_egress_policies_with_allow_all_taking_precedence() {
 fn policies_stop_applying_once_deleted() {
     let cluster = model();
     let mut ids = CidrIdentities::new();
-    let deny = common::policies(&np(
-        "x",
-        "deny-ingress",
-        "podSelector: {}\ningress:\n- from:\n  - podSelector: {}",
-    ));
+    let deny = common::policies(&np("x", "deny-ingress", "podSelector: {}\ningress:\n- from:\n  - podSelector: {}"));
     let enforced = compile(&deny, &cluster, &mut ids);
     let r = reachability(true).expect_peer("y/*", "x/*", false).expect_peer("z/*", "x/*", false);
     check(&enforced, &cluster, Tcp, 80, &r);
@@ -644,9 +539,7 @@ fn allow_ingress_from_updated_namespace() {
     let before = plan(&cluster, &yaml);
     let r = reachability(true).expect_all_ingress("x/a", false);
     check(&before, &cluster, Tcp, 80, &r);
-    cluster.namespaces[1]
-        .labels
-        .insert("ns2".into(), "updated".into());
+    cluster.namespaces[1].labels.insert("ns2".into(), "updated".into());
     let after = plan(&cluster, &yaml);
     let r = r.expect_peer("y/*", "x/a", true);
     check(&after, &cluster, Tcp, 80, &r);
@@ -655,21 +548,9 @@ fn allow_ingress_from_updated_namespace() {
 #[test]
 fn deny_ingress_access_to_updated_pod() {
     let mut cluster = model();
-    let yaml = np(
-        "x",
-        "deny-to-target",
-        "podSelector: {matchLabels: {target: isolated}}\npolicyTypes: [Ingress]",
-    );
-    check(
-        &plan(&cluster, &yaml),
-        &cluster,
-        Tcp,
-        80,
-        &reachability(true),
-    );
-    cluster.pods[0]
-        .labels
-        .insert("target".into(), "isolated".into());
+    let yaml = np("x", "deny-to-target", "podSelector: {matchLabels: {target: isolated}}\npolicyTypes: [Ingress]");
+    check(&plan(&cluster, &yaml), &cluster, Tcp, 80, &reachability(true));
+    cluster.pods[0].labels.insert("target".into(), "isolated".into());
     let r = reachability(true).expect_all_ingress("x/a", false);
     check(&plan(&cluster, &yaml), &cluster, Tcp, 80, &r);
 }
@@ -731,13 +612,7 @@ fn ip_overlapping_both_cidr_and_except_is_allowed_by_another_policy() {
                 "podSelector: {{matchLabels: {{pod: a}}}}\npolicyTypes: [Egress]\negress:\n- to:\n  - ipBlock: {{cidr: {xb}/32}}\n{DNS_EGRESS}"
             ),
         );
-    check(
-        &plan(&cluster, &both),
-        &cluster,
-        Tcp,
-        80,
-        &reachability(true),
-    );
+    check(&plan(&cluster, &both), &cluster, Tcp, 80, &reachability(true));
 }
 
 #[test]
@@ -746,11 +621,7 @@ fn ingress_from_cidr_block_matches_pod_ips() {
     let yb = pod_ip("y", "b");
     let plan = plan(
         &cluster,
-        &np(
-            "x",
-            "from-yb-cidr",
-            &format!("podSelector: {{}}\ningress:\n- from:\n  - ipBlock: {{cidr: {yb}/32}}"),
-        ),
+        &np("x", "from-yb-cidr", &format!("podSelector: {{}}\ningress:\n- from:\n  - ipBlock: {{cidr: {yb}/32}}")),
     );
     let mut r = reachability(true).expect_peer("*", "x/*", false);
     for to in ["x/a", "x/b", "x/c"] {
@@ -762,19 +633,11 @@ fn ingress_from_cidr_block_matches_pod_ips() {
 #[test]
 fn ingress_and_egress_controlled_independently_by_pod_selector() {
     let cluster = model();
-    let deny_egress = np(
-        "x",
-        "deny-egress-xa",
-        "podSelector: {matchLabels: {pod: a}}\npolicyTypes: [Egress]",
-    );
+    let deny_egress = np("x", "deny-egress-xa", "podSelector: {matchLabels: {pod: a}}\npolicyTypes: [Egress]");
     let r = reachability(true).expect_all_egress("x/a", false);
     check(&plan(&cluster, &deny_egress), &cluster, Tcp, 80, &r);
-    let both = deny_egress
-        + &np(
-            "x",
-            "deny-ingress-xb",
-            "podSelector: {matchLabels: {pod: b}}\npolicyTypes: [Ingress]",
-        );
+    let both =
+        deny_egress + &np("x", "deny-ingress-xb", "podSelector: {matchLabels: {pod: b}}\npolicyTypes: [Ingress]");
     let r = r.expect_all_ingress("x/b", false);
     check(&plan(&cluster, &both), &cluster, Tcp, 80, &r);
 }
@@ -784,11 +647,7 @@ fn udp_only_policy_denies_tcp() {
     let cluster = model();
     let plan = plan(
         &cluster,
-        &np(
-            "x",
-            "udp-81",
-            "podSelector: {matchLabels: {pod: a}}\ningress:\n- ports:\n  - {protocol: UDP, port: 81}",
-        ),
+        &np("x", "udp-81", "podSelector: {matchLabels: {pod: a}}\ningress:\n- ports:\n  - {protocol: UDP, port: 81}"),
     );
     let tcp = reachability(true).expect_all_ingress("x/a", false);
     check(&plan, &cluster, Tcp, 81, &tcp);
@@ -801,11 +660,7 @@ fn sctp_policy_is_not_treated_as_tcp() {
     let cluster = model();
     let plan = plan(
         &cluster,
-        &np(
-            "x",
-            "sctp-80",
-            "podSelector: {matchLabels: {pod: a}}\ningress:\n- ports:\n  - {protocol: SCTP, port: 80}",
-        ),
+        &np("x", "sctp-80", "podSelector: {matchLabels: {pod: a}}\ningress:\n- ports:\n  - {protocol: SCTP, port: 80}"),
     );
     let tcp = reachability(true).expect_all_ingress("x/a", false);
     check(&plan, &cluster, Tcp, 80, &tcp);
@@ -846,26 +701,16 @@ fn egress_port_range_with_end_port() {
     );
     let r80 = reachability(true).expect_all_egress("x/a", false);
     check(&plan, &cluster, Tcp, 80, &r80);
-    let r81 = reachability(true)
-        .expect_all_egress("x/a", false)
-        .expect_peer("x/a", "z/*", true);
+    let r81 = reachability(true).expect_all_egress("x/a", false).expect_peer("x/a", "z/*", true);
     check(&plan, &cluster, Tcp, 81, &r81);
 }
 
 #[test]
 fn policy_in_one_namespace_does_not_select_pods_in_another() {
     let cluster = model();
-    let plan = plan(
-        &cluster,
-        &np(
-            "y",
-            "deny-a-in-y",
-            "podSelector: {matchLabels: {pod: a}}\npolicyTypes: [Ingress, Egress]",
-        ),
-    );
-    let r = reachability(true)
-        .expect_all_ingress("y/a", false)
-        .expect_all_egress("y/a", false);
+    let plan =
+        plan(&cluster, &np("y", "deny-a-in-y", "podSelector: {matchLabels: {pod: a}}\npolicyTypes: [Ingress, Egress]"));
+    let r = reachability(true).expect_all_ingress("y/a", false).expect_all_egress("y/a", false);
     check(&plan, &cluster, Tcp, 80, &r);
 }
 

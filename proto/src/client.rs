@@ -18,9 +18,7 @@ use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 use crate::{
     PROTOCOL_VERSION, ProtocolVersion,
     codec::{self, CodecError, MAX_FRAME_BYTES},
-    message::{
-        ClientMessage, Event, Hello, Refusal, Request, Response, ServerMessage, Subscription,
-    },
+    message::{ClientMessage, Event, Hello, Refusal, Request, Response, ServerMessage, Subscription},
 };
 
 /// Where the agent listens unless told otherwise.
@@ -58,19 +56,12 @@ pub enum ClientError {
         source: io::Error,
     },
     #[error("the agent on {} refused this client: {message}", path.display())]
-    Refused {
-        path: PathBuf,
-        reason: Refusal,
-        message: String,
-    },
+    Refused { path: PathBuf, reason: Refusal, message: String },
     #[error(
         "protocol version mismatch: agent speaks {agent}, client speaks {client}: use a `flowgate` command \
          of the agent's release"
     )]
-    VersionMismatch {
-        agent: ProtocolVersion,
-        client: ProtocolVersion,
-    },
+    VersionMismatch { agent: ProtocolVersion, client: ProtocolVersion },
     /// The agent serves this client but will not let it change anything (`Response::Forbidden`).
     #[error("{message}")]
     Forbidden { message: String },
@@ -86,11 +77,7 @@ pub enum ClientError {
         source: io::Error,
     },
     #[error("the agent on {} did not answer within {after:?} while {doing}", path.display())]
-    Timeout {
-        path: PathBuf,
-        doing: &'static str,
-        after: Duration,
-    },
+    Timeout { path: PathBuf, doing: &'static str, after: Duration },
     #[error("protocol error: {0}")]
     Codec(#[from] CodecError),
     #[error("protocol error: expected {expected} from the agent, got {got}")]
@@ -102,11 +89,7 @@ impl ClientError {
     pub fn is_permission_denied(&self) -> bool {
         matches!(
             self,
-            ClientError::PermissionDenied { .. }
-                | ClientError::Refused {
-                    reason: Refusal::PermissionDenied,
-                    ..
-                }
+            ClientError::PermissionDenied { .. } | ClientError::Refused { reason: Refusal::PermissionDenied, .. }
         )
     }
 }
@@ -145,18 +128,10 @@ struct Connection {
 
 impl Connection {
     fn io(&self, doing: &'static str) -> impl FnOnce(io::Error) -> ClientError + '_ {
-        move |source| ClientError::Io {
-            path: self.path.clone(),
-            doing,
-            source,
-        }
+        move |source| ClientError::Io { path: self.path.clone(), doing, source }
     }
 
-    async fn send(
-        &mut self,
-        message: &ClientMessage,
-        doing: &'static str,
-    ) -> Result<(), ClientError> {
+    async fn send(&mut self, message: &ClientMessage, doing: &'static str) -> Result<(), ClientError> {
         let body = codec::encode("client", message)?;
         let mut out = BytesMut::with_capacity(body.len() + 4);
         self.codec.encode(body, &mut out).map_err(self.io(doing))?;
@@ -167,17 +142,11 @@ impl Connection {
     /// The next server message; `None` at a clean end of stream.
     async fn recv(&mut self, doing: &'static str) -> Result<Option<ServerMessage>, ClientError> {
         loop {
-            let frame = self
-                .codec
-                .decode(&mut self.buf)
-                .map_err(|source| ClientError::Io {
-                    path: self.path.clone(),
-                    doing,
-                    source: io::Error::new(
-                        source.kind(),
-                        format!("{source} (the limit is {MAX_FRAME_BYTES} bytes)"),
-                    ),
-                })?;
+            let frame = self.codec.decode(&mut self.buf).map_err(|source| ClientError::Io {
+                path: self.path.clone(),
+                doing,
+                source: io::Error::new(source.kind(), format!("{source} (the limit is {MAX_FRAME_BYTES} bytes)")),
+            })?;
             if let Some(frame) = frame {
                 return Ok(Some(codec::decode("server", &frame)?));
             }
@@ -189,10 +158,7 @@ impl Connection {
                 if self.buf.is_empty() {
                     return Ok(None);
                 }
-                return Err(ClientError::Closed {
-                    path: self.path.clone(),
-                    doing,
-                });
+                return Err(ClientError::Closed { path: self.path.clone(), doing });
             }
         }
     }
@@ -200,15 +166,10 @@ impl Connection {
     /// The next message, which must exist; refusals and errors become [`ClientError`]s.
     async fn expect(&mut self, doing: &'static str) -> Result<ServerMessage, ClientError> {
         match self.recv(doing).await? {
-            None => Err(ClientError::Closed {
-                path: self.path.clone(),
-                doing,
-            }),
-            Some(ServerMessage::Refused { reason, message }) => Err(ClientError::Refused {
-                path: self.path.clone(),
-                reason,
-                message,
-            }),
+            None => Err(ClientError::Closed { path: self.path.clone(), doing }),
+            Some(ServerMessage::Refused { reason, message }) => {
+                Err(ClientError::Refused { path: self.path.clone(), reason, message })
+            }
             Some(ServerMessage::Error { message }) => Err(ClientError::Agent { message }),
             Some(other) => Ok(other),
         }
@@ -226,14 +187,7 @@ impl Client {
     /// Connects to the agent on `path` and exchanges hellos; `software` names this client
     /// (e.g. `flowgate 0.1.0`) in the agent's `status`.
     pub async fn connect(path: impl AsRef<Path>, software: &str) -> Result<Client, ClientError> {
-        Self::connect_as(
-            path,
-            Hello {
-                protocol: PROTOCOL_VERSION,
-                software: software.to_owned(),
-            },
-        )
-        .await
+        Self::connect_as(path, Hello { protocol: PROTOCOL_VERSION, software: software.to_owned() }).await
     }
 
     /// As [`Client::connect`], with the hello to send (tests use it to claim another version).
@@ -246,36 +200,23 @@ impl Client {
                     io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
                         ClientError::NotRunning { path, source }
                     }
-                    io::ErrorKind::PermissionDenied => {
-                        ClientError::PermissionDenied { path, source }
-                    }
+                    io::ErrorKind::PermissionDenied => ClientError::PermissionDenied { path, source },
                     _ => ClientError::Connect { path, source },
                 });
             }
         };
-        let mut conn = Connection {
-            path,
-            stream,
-            codec: codec::framing(),
-            buf: BytesMut::with_capacity(64 << 10),
-        };
+        let mut conn = Connection { path, stream, codec: codec::framing(), buf: BytesMut::with_capacity(64 << 10) };
         let ours = hello.protocol;
         let handshake = async {
             // The agent may refuse before reading our hello (permission, too many clients) and close: the
             // refusal is still readable, so a failed write is not the end of it.
-            let sent = conn
-                .send(&ClientMessage::Hello(hello), "sending the hello")
-                .await;
+            let sent = conn.send(&ClientMessage::Hello(hello), "sending the hello").await;
             let answer = conn.expect("waiting for the agent's hello").await;
             match (answer, sent) {
-                (Err(e @ (ClientError::Refused { .. } | ClientError::Agent { .. })), _)
-                | (Err(e), Ok(())) => Err(e),
+                (Err(e @ (ClientError::Refused { .. } | ClientError::Agent { .. })), _) | (Err(e), Ok(())) => Err(e),
                 (_, Err(e)) => Err(e),
                 (Ok(ServerMessage::Hello(agent)), Ok(())) => Ok(agent),
-                (Ok(other), Ok(())) => Err(ClientError::Unexpected {
-                    expected: "a hello",
-                    got: kind(&other),
-                }),
+                (Ok(other), Ok(())) => Err(ClientError::Unexpected { expected: "a hello", got: kind(&other) }),
             }
         };
         let agent = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
@@ -289,41 +230,25 @@ impl Client {
             }
         };
         if !ours.compatible_with(agent.protocol) {
-            return Err(ClientError::VersionMismatch {
-                agent: agent.protocol,
-                client: ours,
-            });
+            return Err(ClientError::VersionMismatch { agent: agent.protocol, client: ours });
         }
         Ok(Client { conn, agent })
     }
 
     /// Sends one request and waits for its response.
     pub async fn request(&mut self, request: Request) -> Result<Response, ClientError> {
-        self.conn
-            .send(&ClientMessage::Request(request), "sending a request")
-            .await?;
+        self.conn.send(&ClientMessage::Request(request), "sending a request").await?;
         match self.conn.expect("waiting for a response").await? {
             ServerMessage::Response(Response::Forbidden { message }) => Err(ClientError::Forbidden { message }),
             ServerMessage::Response(response) => Ok(response),
-            other => Err(ClientError::Unexpected {
-                expected: "a response",
-                got: kind(&other),
-            }),
+            other => Err(ClientError::Unexpected { expected: "a response", got: kind(&other) }),
         }
     }
 
     /// Subscribes to events; the connection then only carries event batches.
-    pub async fn subscribe(
-        mut self,
-        subscription: Subscription,
-    ) -> Result<EventStream, ClientError> {
-        self.conn
-            .send(&ClientMessage::Subscribe(subscription), "subscribing")
-            .await?;
-        Ok(EventStream {
-            conn: self.conn,
-            done: false,
-        })
+    pub async fn subscribe(mut self, subscription: Subscription) -> Result<EventStream, ClientError> {
+        self.conn.send(&ClientMessage::Subscribe(subscription), "subscribing").await?;
+        Ok(EventStream { conn: self.conn, done: false })
     }
 }
 
@@ -347,15 +272,10 @@ impl EventStream {
             }
             Ok(Some(ServerMessage::Events(events))) => Ok(events),
             Ok(Some(ServerMessage::Error { message })) => Err(ClientError::Agent { message }),
-            Ok(Some(ServerMessage::Refused { reason, message })) => Err(ClientError::Refused {
-                path: self.conn.path.clone(),
-                reason,
-                message,
-            }),
-            Ok(Some(other)) => Err(ClientError::Unexpected {
-                expected: "an events batch",
-                got: kind(&other),
-            }),
+            Ok(Some(ServerMessage::Refused { reason, message })) => {
+                Err(ClientError::Refused { path: self.conn.path.clone(), reason, message })
+            }
+            Ok(Some(other)) => Err(ClientError::Unexpected { expected: "an events batch", got: kind(&other) }),
             Err(e) => Err(e),
         };
         if result.is_err() {
@@ -374,16 +294,12 @@ mod tests {
 
     fn frame(message: &ServerMessage) -> Vec<u8> {
         let mut out = BytesMut::new();
-        codec::framing()
-            .encode(codec::encode("server", message).unwrap(), &mut out)
-            .unwrap();
+        codec::framing().encode(codec::encode("server", message).unwrap(), &mut out).unwrap();
         out.to_vec()
     }
 
     /// Serves one connection: reads the client's frames into a channel, writes `replies` in order.
-    async fn fake_agent(
-        replies: Vec<ServerMessage>,
-    ) -> (tempdir::Dir, tokio::task::JoinHandle<Vec<u8>>) {
+    async fn fake_agent(replies: Vec<ServerMessage>) -> (tempdir::Dir, tokio::task::JoinHandle<Vec<u8>>) {
         let dir = tempdir::Dir::new();
         let listener = UnixListener::bind(dir.sock()).unwrap();
         let task = tokio::spawn(async move {
@@ -393,8 +309,7 @@ mod tests {
             }
             stream.shutdown().await.unwrap();
             let mut seen = Vec::new();
-            let _ = tokio::time::timeout(Duration::from_millis(200), stream.read_to_end(&mut seen))
-                .await;
+            let _ = tokio::time::timeout(Duration::from_millis(200), stream.read_to_end(&mut seen)).await;
             seen
         });
         (dir, task)
@@ -410,8 +325,7 @@ mod tests {
             pub fn new() -> Self {
                 static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
                 let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let dir =
-                    std::env::temp_dir().join(format!("fg-client-test-{}-{n}", std::process::id()));
+                let dir = std::env::temp_dir().join(format!("fg-client-test-{}-{n}", std::process::id()));
                 std::fs::create_dir_all(&dir).unwrap();
                 Self(dir)
             }
@@ -428,10 +342,7 @@ mod tests {
     }
 
     fn agent_hello(major: u16) -> ServerMessage {
-        ServerMessage::Hello(Hello {
-            protocol: ProtocolVersion { major, minor: 3 },
-            software: "fake".into(),
-        })
+        ServerMessage::Hello(Hello { protocol: ProtocolVersion { major, minor: 3 }, software: "fake".into() })
     }
 
     #[tokio::test]
@@ -439,43 +350,24 @@ mod tests {
         let dir = tempdir::Dir::new();
         let err = Client::connect(dir.sock(), "t").await.err().unwrap();
         assert!(matches!(err, ClientError::NotRunning { .. }), "{err:?}");
-        assert!(
-            err.to_string().starts_with("no agent is listening on "),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with("no agent is listening on "), "{err}");
     }
 
     #[tokio::test]
     async fn hello_then_request_and_response() {
-        let status = Status {
-            agent_version: "9.9".into(),
-            ..Status::default()
-        };
-        let (dir, task) = fake_agent(vec![
-            agent_hello(1),
-            ServerMessage::Response(Response::Status(Box::new(status.clone()))),
-        ])
-        .await;
+        let status = Status { agent_version: "9.9".into(), ..Status::default() };
+        let (dir, task) =
+            fake_agent(vec![agent_hello(1), ServerMessage::Response(Response::Status(Box::new(status.clone())))]).await;
         let mut client = Client::connect(dir.sock(), "test 1").await.unwrap();
         assert_eq!(client.agent.software, "fake");
-        let Response::Status(got) = client.request(Request::Status).await.unwrap() else {
-            panic!()
-        };
+        let Response::Status(got) = client.request(Request::Status).await.unwrap() else { panic!() };
         assert_eq!(*got, status);
         drop(client);
         let mut seen = BytesMut::from(&task.await.unwrap()[..]);
         let mut framing = codec::framing();
-        let first: ClientMessage =
-            codec::decode("client", &framing.decode(&mut seen).unwrap().unwrap()).unwrap();
-        assert_eq!(
-            first,
-            ClientMessage::Hello(Hello {
-                protocol: PROTOCOL_VERSION,
-                software: "test 1".into()
-            })
-        );
-        let second: ClientMessage =
-            codec::decode("client", &framing.decode(&mut seen).unwrap().unwrap()).unwrap();
+        let first: ClientMessage = codec::decode("client", &framing.decode(&mut seen).unwrap().unwrap()).unwrap();
+        assert_eq!(first, ClientMessage::Hello(Hello { protocol: PROTOCOL_VERSION, software: "test 1".into() }));
+        let second: ClientMessage = codec::decode("client", &framing.decode(&mut seen).unwrap().unwrap()).unwrap();
         assert_eq!(second, ClientMessage::Request(Request::Status));
     }
 
@@ -483,33 +375,18 @@ mod tests {
     async fn other_major_in_the_agents_hello_is_a_version_mismatch() {
         let (dir, _task) = fake_agent(vec![agent_hello(7)]).await;
         let err = Client::connect(dir.sock(), "t").await.err().unwrap();
-        assert_eq!(
-            err.to_string().split(':').next().unwrap(),
-            "protocol version mismatch",
-            "{err}"
-        );
-        assert!(
-            err.to_string().contains(&format!(
-                "agent speaks 7.3, client speaks {PROTOCOL_VERSION}"
-            )),
-            "{err}"
-        );
+        assert_eq!(err.to_string().split(':').next().unwrap(), "protocol version mismatch", "{err}");
+        assert!(err.to_string().contains(&format!("agent speaks 7.3, client speaks {PROTOCOL_VERSION}")), "{err}");
     }
 
     #[tokio::test]
     async fn refusal_reaches_the_caller_with_the_agents_message() {
-        let refusal = ServerMessage::Refused {
-            reason: Refusal::PermissionDenied,
-            message: "uid 1000 is not in group x".into(),
-        };
+        let refusal =
+            ServerMessage::Refused { reason: Refusal::PermissionDenied, message: "uid 1000 is not in group x".into() };
         let (dir, _task) = fake_agent(vec![refusal]).await;
         let err = Client::connect(dir.sock(), "t").await.err().unwrap();
         assert!(err.is_permission_denied(), "{err:?}");
-        assert!(
-            err.to_string()
-                .ends_with("refused this client: uid 1000 is not in group x"),
-            "{err}"
-        );
+        assert!(err.to_string().ends_with("refused this client: uid 1000 is not in group x"), "{err}");
     }
 
     #[tokio::test]
@@ -518,10 +395,7 @@ mod tests {
             flow::fixtures::flow_between,
             message::{LossSource, LostEvents},
         };
-        let lost = Event::Lost(LostEvents {
-            source: LossSource::ClientQueue,
-            count: 3,
-        });
+        let lost = Event::Lost(LostEvents { source: LossSource::ClientQueue, count: 3 });
         let flow = Event::Flow(std::sync::Arc::new(flow_between(1, 2, 1234)));
         let (dir, _task) = fake_agent(vec![
             agent_hello(1),
@@ -538,10 +412,7 @@ mod tests {
 
     #[tokio::test]
     async fn agent_error_frame_becomes_an_agent_error() {
-        let (dir, _task) = fake_agent(vec![ServerMessage::Error {
-            message: "bad hello".into(),
-        }])
-        .await;
+        let (dir, _task) = fake_agent(vec![ServerMessage::Error { message: "bad hello".into() }]).await;
         let err = Client::connect(dir.sock(), "t").await.err().unwrap();
         assert_eq!(err.to_string(), "the agent reported an error: bad hello");
     }

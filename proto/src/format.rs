@@ -38,7 +38,9 @@ pub fn tuple_text(flow: &Flow) -> String {
             flow.destination_port,
             flow.tcp_flags.names().join(", ")
         ),
-        Protocol::Udp | Protocol::Sctp => format!("{src}:{} -> {dst}:{} {proto}", flow.source_port, flow.destination_port),
+        Protocol::Udp | Protocol::Sctp => {
+            format!("{src}:{} -> {dst}:{} {proto}", flow.source_port, flow.destination_port)
+        }
         Protocol::Icmp => format!("{src} -> {dst} {proto} type {} code {}", flow.icmp_type, flow.icmp_code),
         Protocol::Other(_) => format!("{src} -> {dst} {proto}"),
     }
@@ -247,7 +249,10 @@ mod tests {
         let line = flow_line(&t);
         assert!(line.starts_with("<- endpoint 3 (default/pod-3) flow 0x"), "{line}");
         assert!(line.contains("state reply"), "{line}");
-        assert_eq!(lost_line(&LostEvents { source: LossSource::KernelBuffer, count: 312 }), "Lost 312 events (kernel buffer)");
+        assert_eq!(
+            lost_line(&LostEvents { source: LossSource::KernelBuffer, count: 312 }),
+            "Lost 312 events (kernel buffer)"
+        );
         assert_eq!(
             lost_line(&LostEvents { source: LossSource::ClientQueue, count: 5 }),
             "Lost 5 events (this client's queue)"

@@ -61,7 +61,6 @@ pub fn timestamp(time_ns: u64) -> String {
     format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}{frac}Z")
 }
 
-
 /// Hubble's `Verdict` name.
 pub fn verdict_name(verdict: Verdict) -> &'static str {
     verdict.hubble_name()
@@ -239,11 +238,8 @@ pub fn flow_object(flow: &Flow, node_name: &str) -> Value {
         put(&mut o, "trace_reason", json!(reason));
     }
     if flow.verdict == Verdict::Dropped {
-        let code = if flow.drop_reason == 0 && flow.policy.is_some() {
-            drop_reason::POLICY_DENIED
-        } else {
-            flow.drop_reason
-        };
+        let code =
+            if flow.drop_reason == 0 && flow.policy.is_some() { drop_reason::POLICY_DENIED } else { flow.drop_reason };
         o.insert("drop_reason_desc".into(), json!(drop_reason_name(code)));
     }
     if let Some(reply) = flow.is_reply {

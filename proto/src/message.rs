@@ -33,12 +33,19 @@ pub enum ClientMessage {
 pub enum Request {
     Status,
     EndpointList,
-    EndpointGet { id: u16 },
+    EndpointGet {
+        id: u16,
+    },
     IdentityList,
     /// Changes an endpoint's configuration; `audit: Some(true)` puts both directions in audit mode.
-    EndpointConfig { id: u16, audit: Option<bool> },
+    EndpointConfig {
+        id: u16,
+        audit: Option<bool>,
+    },
     /// The realized policy entries of one endpoint, or of all.
-    PolicyGet { endpoint: Option<u16> },
+    PolicyGet {
+        endpoint: Option<u16>,
+    },
 }
 
 impl Request {
@@ -86,9 +93,14 @@ fn yes() -> bool {
 pub enum ServerMessage {
     Hello(Hello),
     /// The agent will not serve this client; the connection is closed after this frame.
-    Refused { reason: Refusal, message: String },
+    Refused {
+        reason: Refusal,
+        message: String,
+    },
     /// The client sent something the agent could not use; the connection is closed after this frame.
-    Error { message: String },
+    Error {
+        message: String,
+    },
     Response(Response),
     /// A batch of events for a subscription, in order.
     Events(Vec<Event>),
@@ -115,10 +127,15 @@ pub enum Response {
     EndpointConfigured(Endpoint),
     Policy(Vec<EndpointPolicy>),
     /// The thing asked for does not exist (e.g. an unknown endpoint id); `known` lists what does.
-    NotFound { what: String, known: Vec<String> },
+    NotFound {
+        what: String,
+        known: Vec<String>,
+    },
     /// The client may read but not change the agent: the request needs root or the agent's admin group.
     /// `message` says who may. The connection stays open.
-    Forbidden { message: String },
+    Forbidden {
+        message: String,
+    },
 }
 
 /// One event of a subscription.

@@ -14,10 +14,7 @@ use flowgate_proto::{
     endpoint::{Endpoint, EndpointState, Enforcement, Identity},
     filter::{FlowFilter, LabelSelector},
     flow::{EventType, PolicyAttribution, PolicyName, Protocol, Verdict, fixtures::flow_between},
-    message::{
-        ClientInfo, Event, Hello, LossSource, LostEvents, Refusal, Request, Response, Status,
-        Subscription,
-    },
+    message::{ClientInfo, Event, Hello, LossSource, LostEvents, Refusal, Request, Response, Status, Subscription},
 };
 use tokio_util::codec::{Decoder as _, Encoder as _};
 
@@ -30,10 +27,7 @@ fn frame(name: &str) -> BytesMut {
     let path = dir().join(format!("{name}.bin"));
     let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     let mut buf = BytesMut::from(&bytes[..]);
-    let frame = codec::framing()
-        .decode(&mut buf)
-        .expect("valid framing")
-        .expect("one whole frame");
+    let frame = codec::framing().decode(&mut buf).expect("valid framing").expect("one whole frame");
     assert!(buf.is_empty(), "{name}: bytes after the frame");
     assert!(frame.len() < MAX_FRAME_BYTES);
     frame
@@ -60,45 +54,22 @@ const V1_0: ProtocolVersion = ProtocolVersion { major: 1, minor: 0 };
 fn v1_client_frames_decode() {
     assert_eq!(
         client("client-hello"),
-        ClientMessage::Hello(Hello {
-            protocol: V1_0,
-            software: "flowgate 0.1.0".into()
-        })
+        ClientMessage::Hello(Hello { protocol: V1_0, software: "flowgate 0.1.0".into() })
     );
-    assert_eq!(
-        client("request-status"),
-        ClientMessage::Request(Request::Status)
-    );
-    assert_eq!(
-        client("request-endpoint-list"),
-        ClientMessage::Request(Request::EndpointList)
-    );
-    assert_eq!(
-        client("request-endpoint-get"),
-        ClientMessage::Request(Request::EndpointGet { id: 12 })
-    );
-    assert_eq!(
-        client("request-identity-list"),
-        ClientMessage::Request(Request::IdentityList)
-    );
-    let ClientMessage::Subscribe(sub) = client("subscribe") else {
-        panic!()
-    };
+    assert_eq!(client("request-status"), ClientMessage::Request(Request::Status));
+    assert_eq!(client("request-endpoint-list"), ClientMessage::Request(Request::EndpointList));
+    assert_eq!(client("request-endpoint-get"), ClientMessage::Request(Request::EndpointGet { id: 12 }));
+    assert_eq!(client("request-identity-list"), ClientMessage::Request(Request::IdentityList));
+    let ClientMessage::Subscribe(sub) = client("subscribe") else { panic!() };
     assert_eq!(sub.last, 100);
     assert!(sub.follow);
     assert_eq!(sub.allow.len(), 1);
     assert_eq!(sub.allow[0].related_to, [12]);
     assert_eq!(sub.allow[0].verdicts, [Verdict::Dropped]);
-    assert_eq!(
-        sub.allow[0].event_types,
-        [EventType::PolicyVerdict, EventType::Drop]
-    );
+    assert_eq!(sub.allow[0].event_types, [EventType::PolicyVerdict, EventType::Drop]);
     assert_eq!(sub.allow[0].protocols, [Protocol::Tcp]);
     assert_eq!(sub.allow[0].ports, [5432]);
-    assert_eq!(
-        sub.allow[0].labels,
-        [LabelSelector::parse("app=db").unwrap()]
-    );
+    assert_eq!(sub.allow[0].labels, [LabelSelector::parse("app=db").unwrap()]);
     assert_eq!(sub.deny[0].namespaces, ["kube-system"]);
 }
 
@@ -106,38 +77,22 @@ fn v1_client_frames_decode() {
 fn v1_server_frames_decode() {
     assert_eq!(
         server("server-hello"),
-        ServerMessage::Hello(Hello {
-            protocol: V1_0,
-            software: "flowgate-agent 0.1.0".into()
-        })
+        ServerMessage::Hello(Hello { protocol: V1_0, software: "flowgate-agent 0.1.0".into() })
     );
-    let ServerMessage::Refused { reason, message } = server("refused-version-mismatch") else {
-        panic!()
-    };
+    let ServerMessage::Refused { reason, message } = server("refused-version-mismatch") else { panic!() };
     assert_eq!(reason, Refusal::VersionMismatch);
-    assert_eq!(
-        message,
-        "protocol version mismatch: agent speaks 1.0, client speaks 2.0"
-    );
-    let ServerMessage::Refused { reason, .. } = server("refused-permission-denied") else {
-        panic!()
-    };
+    assert_eq!(message, "protocol version mismatch: agent speaks 1.0, client speaks 2.0");
+    let ServerMessage::Refused { reason, .. } = server("refused-permission-denied") else { panic!() };
     assert_eq!(reason, Refusal::PermissionDenied);
-    let ServerMessage::Refused { reason, .. } = server("refused-too-many-clients") else {
-        panic!()
-    };
+    let ServerMessage::Refused { reason, .. } = server("refused-too-many-clients") else { panic!() };
     assert_eq!(reason, Refusal::TooManyClients);
-    let ServerMessage::Error { message } = server("error") else {
-        panic!()
-    };
+    let ServerMessage::Error { message } = server("error") else { panic!() };
     assert_eq!(message, "the first frame must be a hello, got a request");
 }
 
 #[test]
 fn v1_responses_decode() {
-    let Response::Status(status) = response("response-status") else {
-        panic!()
-    };
+    let Response::Status(status) = response("response-status") else { panic!() };
     assert_eq!(status.agent_version, "0.1.0");
     assert_eq!(status.protocol, Some(V1_0));
     assert_eq!(status.endpoints, 9);
@@ -146,9 +101,7 @@ fn v1_responses_decode() {
     assert_eq!(status.clients[0].software, "flowgate 0.1.0");
     assert!(status.clients[0].subscribed);
 
-    let Response::Endpoints(eps) = response("response-endpoints") else {
-        panic!()
-    };
+    let Response::Endpoints(eps) = response("response-endpoints") else { panic!() };
     assert_eq!(eps.len(), 2);
     assert_eq!(eps[0].id, 12);
     assert_eq!(eps[0].pod_ref(), "x/a");
@@ -161,46 +114,27 @@ fn v1_responses_decode() {
     assert_eq!(eps[1].ingress_enforcement, Enforcement::Audit);
     assert_eq!(eps[1].state, EndpointState::Regenerating);
 
-    let Response::Endpoint(ep) = response("response-endpoint") else {
-        panic!()
-    };
-    assert_eq!(
-        (ep.id, ep.interface.as_str(), ep.ifindex),
-        (12, "lxc1a2b3c4d", 7)
-    );
+    let Response::Endpoint(ep) = response("response-endpoint") else { panic!() };
+    assert_eq!((ep.id, ep.interface.as_str(), ep.ifindex), (12, "lxc1a2b3c4d", 7));
 
-    let Response::Identities(ids) = response("response-identities") else {
-        panic!()
-    };
+    let Response::Identities(ids) = response("response-identities") else { panic!() };
     assert_eq!(ids[0].id, 1001);
-    assert_eq!(
-        ids[0].labels,
-        ["k8s:app=a", "k8s:io.kubernetes.pod.namespace=x"]
-    );
+    assert_eq!(ids[0].labels, ["k8s:app=a", "k8s:io.kubernetes.pod.namespace=x"]);
     assert_eq!(ids[0].endpoints, [12]);
 
-    let Response::NotFound { what, known } = response("response-not-found") else {
-        panic!()
-    };
+    let Response::NotFound { what, known } = response("response-not-found") else { panic!() };
     assert_eq!(what, "endpoint 99");
     assert_eq!(known, ["12 (x/a)", "13 (x/b)"]);
 }
 
 #[test]
 fn v1_events_decode() {
-    let ServerMessage::Events(events) = server("events") else {
-        panic!()
-    };
+    let ServerMessage::Events(events) = server("events") else { panic!() };
     assert_eq!(events.len(), 2);
-    let Event::Flow(flow) = &events[0] else {
-        panic!()
-    };
+    let Event::Flow(flow) = &events[0] else { panic!() };
     assert_eq!(flow.event_type, EventType::PolicyVerdict);
     assert_eq!(flow.verdict, Verdict::Dropped);
-    assert_eq!(
-        (flow.source_ip, flow.destination_ip),
-        (Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2))
-    );
+    assert_eq!((flow.source_ip, flow.destination_ip), (Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2)));
     assert_eq!((flow.source_port, flow.destination_port), (40000, 80));
     assert_eq!(flow.protocol, Protocol::Tcp);
     assert_eq!(flow.source.pod_name, "pod-1");
@@ -208,19 +142,10 @@ fn v1_events_decode() {
     assert_eq!(
         flow.policy,
         Some(PolicyAttribution::DefaultDeny {
-            isolated_by: vec![PolicyName {
-                namespace: "default".into(),
-                name: "deny-all".into()
-            }]
+            isolated_by: vec![PolicyName { namespace: "default".into(), name: "deny-all".into() }]
         })
     );
-    assert_eq!(
-        events[1],
-        Event::Lost(LostEvents {
-            source: LossSource::ClientQueue,
-            count: 42
-        })
-    );
+    assert_eq!(events[1], Event::Lost(LostEvents { source: LossSource::ClientQueue, count: 42 }));
 }
 
 // ---- the generator ----
@@ -251,35 +176,16 @@ fn endpoint(id: u16, pod: &str, identity: u32) -> Endpoint {
 #[test]
 #[ignore = "writes the committed fixtures; run once per protocol version"]
 fn write_v1_fixtures() {
-    assert_eq!(
-        flowgate_proto::PROTOCOL_VERSION,
-        V1_0,
-        "these are the 1.0 fixtures"
-    );
+    assert_eq!(flowgate_proto::PROTOCOL_VERSION, V1_0, "these are the 1.0 fixtures");
     std::fs::create_dir_all(dir()).unwrap();
     let c = |name: &str, m: ClientMessage| write(name, codec::encode("client", &m).unwrap());
     let s = |name: &str, m: ServerMessage| write(name, codec::encode("server", &m).unwrap());
 
-    c(
-        "client-hello",
-        ClientMessage::Hello(Hello {
-            protocol: V1_0,
-            software: "flowgate 0.1.0".into(),
-        }),
-    );
+    c("client-hello", ClientMessage::Hello(Hello { protocol: V1_0, software: "flowgate 0.1.0".into() }));
     c("request-status", ClientMessage::Request(Request::Status));
-    c(
-        "request-endpoint-list",
-        ClientMessage::Request(Request::EndpointList),
-    );
-    c(
-        "request-endpoint-get",
-        ClientMessage::Request(Request::EndpointGet { id: 12 }),
-    );
-    c(
-        "request-identity-list",
-        ClientMessage::Request(Request::IdentityList),
-    );
+    c("request-endpoint-list", ClientMessage::Request(Request::EndpointList));
+    c("request-endpoint-get", ClientMessage::Request(Request::EndpointGet { id: 12 }));
+    c("request-identity-list", ClientMessage::Request(Request::IdentityList));
     c(
         "subscribe",
         ClientMessage::Subscribe(Subscription {
@@ -292,22 +198,13 @@ fn write_v1_fixtures() {
                 labels: vec![LabelSelector::parse("app=db").unwrap()],
                 ..FlowFilter::default()
             }],
-            deny: vec![FlowFilter {
-                namespaces: vec!["kube-system".into()],
-                ..FlowFilter::default()
-            }],
+            deny: vec![FlowFilter { namespaces: vec!["kube-system".into()], ..FlowFilter::default() }],
             last: 100,
             follow: true,
         }),
     );
 
-    s(
-        "server-hello",
-        ServerMessage::Hello(Hello {
-            protocol: V1_0,
-            software: "flowgate-agent 0.1.0".into(),
-        }),
-    );
+    s("server-hello", ServerMessage::Hello(Hello { protocol: V1_0, software: "flowgate-agent 0.1.0".into() }));
     s(
         "refused-version-mismatch",
         ServerMessage::Refused {
@@ -319,24 +216,14 @@ fn write_v1_fixtures() {
         "refused-permission-denied",
         ServerMessage::Refused {
             reason: Refusal::PermissionDenied,
-            message:
-                "permission denied: uid 65534 (nobody) is neither root nor in group `flowgate`"
-                    .into(),
+            message: "permission denied: uid 65534 (nobody) is neither root nor in group `flowgate`".into(),
         },
     );
     s(
         "refused-too-many-clients",
-        ServerMessage::Refused {
-            reason: Refusal::TooManyClients,
-            message: "too many clients".into(),
-        },
+        ServerMessage::Refused { reason: Refusal::TooManyClients, message: "too many clients".into() },
     );
-    s(
-        "error",
-        ServerMessage::Error {
-            message: "the first frame must be a hello, got a request".into(),
-        },
-    );
+    s("error", ServerMessage::Error { message: "the first frame must be a hello, got a request".into() });
 
     let mut status = Status {
         agent_version: "0.1.0".into(),
@@ -359,29 +246,17 @@ fn write_v1_fixtures() {
         events_sent: 100,
         events_lost: 1,
     });
-    s(
-        "response-status",
-        ServerMessage::Response(Response::Status(Box::new(status))),
-    );
+    s("response-status", ServerMessage::Response(Response::Status(Box::new(status))));
     let mut b = endpoint(13, "b", 1002);
     b.ingress_enforcement = Enforcement::Audit;
     b.state = EndpointState::Regenerating;
-    s(
-        "response-endpoints",
-        ServerMessage::Response(Response::Endpoints(vec![endpoint(12, "a", 1001), b])),
-    );
-    s(
-        "response-endpoint",
-        ServerMessage::Response(Response::Endpoint(endpoint(12, "a", 1001))),
-    );
+    s("response-endpoints", ServerMessage::Response(Response::Endpoints(vec![endpoint(12, "a", 1001), b])));
+    s("response-endpoint", ServerMessage::Response(Response::Endpoint(endpoint(12, "a", 1001))));
     s(
         "response-identities",
         ServerMessage::Response(Response::Identities(vec![Identity {
             id: 1001,
-            labels: vec![
-                "k8s:app=a".into(),
-                "k8s:io.kubernetes.pod.namespace=x".into(),
-            ],
+            labels: vec!["k8s:app=a".into(), "k8s:io.kubernetes.pod.namespace=x".into()],
             endpoints: vec![12],
         }])),
     );
@@ -397,19 +272,13 @@ fn write_v1_fixtures() {
     flow.event_type = EventType::PolicyVerdict;
     flow.verdict = Verdict::Dropped;
     flow.policy = Some(PolicyAttribution::DefaultDeny {
-        isolated_by: vec![PolicyName {
-            namespace: "default".into(),
-            name: "deny-all".into(),
-        }],
+        isolated_by: vec![PolicyName { namespace: "default".into(), name: "deny-all".into() }],
     });
     s(
         "events",
         ServerMessage::Events(vec![
             Event::Flow(Arc::new(flow)),
-            Event::Lost(LostEvents {
-                source: LossSource::ClientQueue,
-                count: 42,
-            }),
+            Event::Lost(LostEvents { source: LossSource::ClientQueue, count: 42 }),
         ]),
     );
 }

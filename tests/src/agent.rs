@@ -18,11 +18,7 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// The `flowgate-agent` binary; panics with what to do when it has not been built.
 pub fn agent_bin() -> PathBuf {
     let bin = bin_dir().join("flowgate-agent");
-    assert!(
-        bin.is_file(),
-        "{} not found: build it first (`cargo build`; `make test` does)",
-        bin.display()
-    );
+    assert!(bin.is_file(), "{} not found: build it first (`cargo build`; `make test` does)", bin.display());
     bin
 }
 
@@ -31,13 +27,11 @@ pub struct SocketDir(PathBuf);
 
 impl SocketDir {
     pub fn new(tag: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("flowgate-test-sock-{tag}-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("flowgate-test-sock-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create the socket directory");
         use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
-            .expect("chmod the socket dir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod the socket dir");
         Self(dir)
     }
 
@@ -59,8 +53,7 @@ impl Drop for SocketDir {
 
 /// `flowgate-agent --lab LAB --socket SOCKET EXTRA...`, its output going to `log`.
 pub fn spawn_agent(lab: &str, socket: &Path, extra: &[&str], log: &Path) -> Child {
-    let out =
-        std::fs::File::create(log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
+    let out = std::fs::File::create(log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
     let err = out.try_clone().expect("clone the log file");
     // Tests run agents side by side: none writes the machine's verdict log or takes the metrics port
     // unless the test asks for it.
@@ -101,17 +94,12 @@ pub fn read_log(log: &Path) -> String {
 
 /// Whether a client can connect and exchange hellos (the connection is closed again).
 pub fn hello(socket: &Path) -> Result<(), ClientError> {
-    runtime()
-        .block_on(Client::connect(socket, "flowgate-tests"))
-        .map(drop)
+    runtime().block_on(Client::connect(socket, "flowgate-tests")).map(drop)
 }
 
 /// A single-threaded runtime for one client call.
 pub fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime")
 }
 
 /// A running agent, stopped when dropped.
@@ -127,11 +115,7 @@ impl AgentGuard {
     pub fn start(lab: &str, socket: &Path, extra: &[&str]) -> Self {
         let log = log_path(socket);
         let child = spawn_agent(lab, socket, extra, &log);
-        let mut guard = Self {
-            child: Some(child),
-            socket: socket.to_owned(),
-            log,
-        };
+        let mut guard = Self { child: Some(child), socket: socket.to_owned(), log };
         guard.wait_ready();
         guard
     }
@@ -158,10 +142,7 @@ impl AgentGuard {
                 Err(e) => {
                     if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
                         self.child = None;
-                        panic!(
-                            "flowgate-agent exited ({status}) before serving:\n{}",
-                            read_log(&self.log)
-                        );
+                        panic!("flowgate-agent exited ({status}) before serving:\n{}", read_log(&self.log));
                     }
                     assert!(
                         started.elapsed() < READY_TIMEOUT,

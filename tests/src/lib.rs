@@ -24,10 +24,7 @@ pub const LAB_DIR: &str = "flowgate-tests-labs";
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "flowgate's end-to-end tests create network namespaces: run them as root (make test)"
-    );
+    assert_eq!(euid, 0, "flowgate's end-to-end tests create network namespaces: run them as root (make test)");
 }
 
 /// The directory holding the `flowgate` binary: `$FLOWGATE_BIN_DIR`, else the target directory this test
@@ -38,11 +35,7 @@ pub fn bin_dir() -> PathBuf {
     }
     let exe = std::env::current_exe().expect("path of the test executable");
     let dir = exe.parent().expect("test executable has a directory");
-    if dir.ends_with("deps") {
-        dir.parent().expect("deps/ has a parent").to_owned()
-    } else {
-        dir.to_owned()
-    }
+    if dir.ends_with("deps") { dir.parent().expect("deps/ has a parent").to_owned() } else { dir.to_owned() }
 }
 
 /// The `flowgate` binary; panics with what to do when it has not been built.
@@ -63,10 +56,7 @@ pub fn lab_dir() -> PathBuf {
 
 /// A file under the repository's `examples/`.
 pub fn example(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("examples")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("examples").join(name)
 }
 
 /// `flowgate ARGS...` with the tests' lab directory.
@@ -103,14 +93,10 @@ impl LabGuard {
     /// Brings up `topology` as lab `<tag>-<pid>`: unique per test (tag) and per test process (pid).
     pub fn up(tag: &str, topology: &Path) -> Self {
         let name = format!("{tag}-{}", std::process::id());
-        assert!(
-            name.len() <= flowgate_lab::topology::MAX_LAB_NAME_LEN,
-            "lab tag {tag:?} is too long"
-        );
+        assert!(name.len() <= flowgate_lab::topology::MAX_LAB_NAME_LEN, "lab tag {tag:?} is too long");
         let topology = topology.to_str().expect("utf-8 path");
         let json = flowgate_ok(&["lab", "up", "-f", topology, "--name", &name, "-o", "json"]);
-        let state: LabState =
-            serde_json::from_str(&json).expect("`lab up -o json` prints the lab state");
+        let state: LabState = serde_json::from_str(&json).expect("`lab up -o json` prints the lab state");
         assert_eq!(state.name, name);
         Self { name, state }
     }
@@ -118,8 +104,7 @@ impl LabGuard {
     /// The state as saved in the lab directory now.
     pub fn saved_state(&self) -> LabState {
         let path = lab_dir().join(&self.name).join("state.json");
-        let text = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
         serde_json::from_str(&text).expect("state.json parses")
     }
 
@@ -130,10 +115,7 @@ impl LabGuard {
         let started = Instant::now();
         let out = flowgate_ok(&all);
         let took = started.elapsed();
-        (
-            serde_json::from_str(&out).expect("probe -o json prints JSON"),
-            took,
-        )
+        (serde_json::from_str(&out).expect("probe -o json prints JSON"), took)
     }
 }
 
@@ -142,11 +124,7 @@ impl Drop for LabGuard {
         let out = flowgate(&["lab", "down", &self.name]);
         if !out.status.success() {
             // Not a panic: this may run while unwinding, and a second panic would abort the test binary.
-            eprintln!(
-                "flowgate lab down {} failed: {}",
-                self.name,
-                String::from_utf8_lossy(&out.stderr)
-            );
+            eprintln!("flowgate lab down {} failed: {}", self.name, String::from_utf8_lossy(&out.stderr));
         }
     }
 }
@@ -154,10 +132,7 @@ impl Drop for LabGuard {
 /// Network namespaces of `lab` that exist now.
 pub fn lab_netns(lab: &str) -> Vec<String> {
     let prefix = naming::lab_netns_prefix(lab);
-    flowgate_lab::netns::list()
-        .into_iter()
-        .filter(|ns| ns.starts_with(&prefix))
-        .collect()
+    flowgate_lab::netns::list().into_iter().filter(|ns| ns.starts_with(&prefix)).collect()
 }
 
 /// Whether process `pid` is gone (a zombie waiting to be reaped counts as gone: it serves nothing).
@@ -167,16 +142,9 @@ pub fn process_gone(pid: u32) -> bool {
 
 /// Asserts that nothing of lab `lab` is left: namespaces, server, directory.
 pub fn assert_nothing_left(lab: &str, server_pid: Option<u32>) {
-    assert_eq!(
-        lab_netns(lab),
-        Vec::<String>::new(),
-        "network namespaces of lab {lab} are left"
-    );
+    assert_eq!(lab_netns(lab), Vec::<String>::new(), "network namespaces of lab {lab} are left");
     if let Some(pid) = server_pid {
-        assert!(
-            process_gone(pid),
-            "server {pid} of lab {lab} is still running"
-        );
+        assert!(process_gone(pid), "server {pid} of lab {lab} is still running");
     }
     let dir = lab_dir().join(lab);
     assert!(!dir.exists(), "{} is left", dir.display());
@@ -187,11 +155,7 @@ pub fn probe_results(report: &serde_json::Value) -> Vec<(String, String, bool)> 
     let mut out = Vec::new();
     for (from, row) in report["results"].as_object().expect("results is an object") {
         for (to, ok) in row.as_object().expect("a row is an object") {
-            out.push((
-                from.clone(),
-                to.clone(),
-                ok.as_bool().expect("a result is a bool"),
-            ));
+            out.push((from.clone(), to.clone(), ok.as_bool().expect("a result is a bool")));
         }
     }
     out
@@ -238,9 +202,5 @@ spec:
 
 /// A TCP port on loopback that is free right now (for a metrics endpoint or a Prometheus).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind a loopback port")
-        .local_addr()
-        .expect("its address")
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port").local_addr().expect("its address").port()
 }

@@ -9,7 +9,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use flowgate_tests::{agent::SocketDir, LAB_DIR_ENV, LabGuard, assert_nothing_left, bin_dir, example, lab_dir, probe_results, require_root};
+use flowgate_tests::{
+    LAB_DIR_ENV, LabGuard, agent::SocketDir, assert_nothing_left, bin_dir, example, lab_dir, probe_results,
+    require_root,
+};
 
 /// A running `flowgate-agent`, stopped (SIGTERM, then SIGKILL) when dropped.
 struct Agent {
@@ -110,21 +113,29 @@ fn real_tcp_and_udp_produce_kernel_trace_events_with_addresses_ports_and_directi
     assert!(leaving.iter().any(|l| l.ends_with("tcp SYN")), "SYN leaving client:\n{out}");
     assert!(entering.iter().any(|l| l.ends_with("tcp SYN")), "SYN entering web:\n{out}");
     // The reply goes the other way.
-    let synack = lines_with(&out, &["<- endpoint ", "(default/web)", &format!(": {web}:80 -> {client}:"), "tcp SYN, ACK"]);
+    let synack =
+        lines_with(&out, &["<- endpoint ", "(default/web)", &format!(": {web}:80 -> {client}:"), "tcp SYN, ACK"]);
     assert!(!synack.is_empty(), "SYN-ACK leaving web:\n{out}");
 
     // UDP: request out of the client and into web, echo back into the client.
     let request = format!(" -> {web}:53 udp");
-    assert!(!lines_with(&out, &["<- endpoint ", "(default/client)", &request]).is_empty(), "UDP leaving client:\n{out}");
+    assert!(
+        !lines_with(&out, &["<- endpoint ", "(default/client)", &request]).is_empty(),
+        "UDP leaving client:\n{out}"
+    );
     assert!(!lines_with(&out, &["-> endpoint ", "(default/web)", &request]).is_empty(), "UDP entering web:\n{out}");
     let echo = format!(": {web}:53 -> {client}:");
-    assert!(!lines_with(&out, &["-> endpoint ", "(default/client)", &echo, " udp"]).is_empty(), "UDP echo entering client:\n{out}");
+    assert!(
+        !lines_with(&out, &["-> endpoint ", "(default/client)", &echo, " udp"]).is_empty(),
+        "UDP echo entering client:\n{out}"
+    );
 }
 
 fn agent_takes_down_its_lab_on(signal: libc::c_int, tag: &str) {
     require_root();
     let name = format!("{tag}-{}", std::process::id());
-    let agent = Agent::start(tag, &["--lab-topology", example("lab-small.yaml").to_str().unwrap(), "--lab-name", &name]);
+    let agent =
+        Agent::start(tag, &["--lab-topology", example("lab-small.yaml").to_str().unwrap(), "--lab-name", &name]);
     let path = lab_dir().join(&name).join("state.json");
     let state: flowgate_tests::LabState =
         serde_json::from_str(&std::fs::read_to_string(&path).expect("the agent brought the lab up")).unwrap();

@@ -27,14 +27,7 @@ fn all() -> Reachability {
 #[test]
 fn should_support_a_default_deny_ingress_policy() {
     let mut c = Conformance::start("deny-in");
-    c.apply(
-        "deny.yaml",
-        &[policy(
-            "x",
-            "deny-ingress",
-            json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
-        )],
-    );
+    c.apply("deny.yaml", &[policy("x", "deny-ingress", json!({"podSelector": {}, "policyTypes": ["Ingress"]}))]);
     // Into x: blocked from everywhere. Out of x (replies included): unaffected.
     let r = all().expect_peer("*", "x/*", false);
     c.validate("default deny ingress in x", 80, Tcp, &r);
@@ -45,17 +38,8 @@ fn should_support_a_default_deny_ingress_policy() {
 #[test]
 fn should_support_a_default_deny_all_policy() {
     let mut c = Conformance::start("deny-all");
-    c.apply(
-        "deny.yaml",
-        &[policy(
-            "x",
-            "deny-all",
-            json!({"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}),
-        )],
-    );
-    let r = all()
-        .expect_peer("*", "x/*", false)
-        .expect_peer("x/*", "*", false);
+    c.apply("deny.yaml", &[policy("x", "deny-all", json!({"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}))]);
+    let r = all().expect_peer("*", "x/*", false).expect_peer("x/*", "*", false);
     c.validate("default deny all in x", 80, Tcp, &r);
 }
 
@@ -63,14 +47,7 @@ fn should_support_a_default_deny_all_policy() {
 #[test]
 fn should_support_allow_all_policy() {
     let mut c = Conformance::start("allow-all");
-    c.apply(
-        "allow.yaml",
-        &[policy(
-            "x",
-            "allow-all",
-            json!({"podSelector": {}, "ingress": [{}]}),
-        )],
-    );
+    c.apply("allow.yaml", &[policy("x", "allow-all", json!({"podSelector": {}, "ingress": [{}]}))]);
     c.validate("allow-all ingress in x", 80, Tcp, &all());
     c.validate("allow-all ingress in x", 81, Tcp, &all());
     c.validate("allow-all ingress in x (any protocol)", 80, Udp, &all());
@@ -81,14 +58,7 @@ fn should_support_allow_all_policy() {
 #[test]
 fn should_enforce_policy_to_allow_ingress_traffic_for_a_target() {
     let mut c = Conformance::start("target");
-    c.apply(
-        "deny.yaml",
-        &[policy(
-            "x",
-            "deny-all",
-            json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
-        )],
-    );
+    c.apply("deny.yaml", &[policy("x", "deny-all", json!({"podSelector": {}, "policyTypes": ["Ingress"]}))]);
     c.apply(
         "allow.yaml",
         &[policy(
@@ -100,9 +70,7 @@ fn should_enforce_policy_to_allow_ingress_traffic_for_a_target() {
             }),
         )],
     );
-    let r = all()
-        .expect_all_ingress("x/b", false)
-        .expect_all_ingress("x/c", false);
+    let r = all().expect_all_ingress("x/b", false).expect_all_ingress("x/c", false);
     c.validate("x/a open, rest of x denied", 80, Tcp, &r);
 }
 
@@ -132,14 +100,7 @@ fn should_deny_egress_from_pods_based_on_pod_selector() {
 #[test]
 fn should_deny_egress_from_all_pods_in_a_namespace() {
     let mut c = Conformance::start("deny-eg-ns");
-    c.apply(
-        "deny.yaml",
-        &[policy(
-            "x",
-            "deny-egress-ns-x",
-            json!({"podSelector": {}, "policyTypes": ["Egress"]}),
-        )],
-    );
+    c.apply("deny.yaml", &[policy("x", "deny-egress-ns-x", json!({"podSelector": {}, "policyTypes": ["Egress"]}))]);
     let r = all().expect_peer("x/*", "*", false);
     c.validate("egress of x denied", 80, Tcp, &r);
     c.validate("egress of x denied", 80, Udp, &r);
@@ -161,9 +122,7 @@ fn should_allow_egress_to_a_namespace() {
             }),
         )],
     );
-    let r = all()
-        .expect_all_egress("x/a", false)
-        .expect_peer("x/a", "y/*", true);
+    let r = all().expect_all_egress("x/a", false).expect_peer("x/a", "y/*", true);
     c.validate("x/a egress to y only", 80, Tcp, &r);
     c.validate("x/a egress to y only (any protocol)", 81, Udp, &r);
 }
@@ -188,9 +147,7 @@ fn should_enforce_egress_policy_to_a_server_in_a_different_namespace() {
             }),
         )],
     );
-    let r = all()
-        .expect_all_egress("x/a", false)
-        .expect("x/a", "y/a", true);
+    let r = all().expect_all_egress("x/a", false).expect("x/a", "y/a", true);
     c.validate("x/a egress to y/a only", 80, Tcp, &r);
 }
 
@@ -237,9 +194,7 @@ fn should_allow_traffic_from_pods_within_server_namespace_by_pod_selector() {
             }),
         )],
     );
-    let r = all()
-        .expect_all_ingress("x/a", false)
-        .expect("x/b", "x/a", true);
+    let r = all().expect_all_ingress("x/a", false).expect("x/b", "x/a", true);
     c.validate("x/a from x/b only", 80, Tcp, &r);
 }
 
@@ -280,9 +235,7 @@ fn should_allow_traffic_only_from_a_different_namespace_by_namespace_selector() 
             }),
         )],
     );
-    let r = all()
-        .expect_peer("x/*", "x/a", false)
-        .expect_peer("z/*", "x/a", false);
+    let r = all().expect_peer("x/*", "x/a", false).expect_peer("z/*", "x/a", false);
     c.validate("x/a from namespace y only", 80, Tcp, &r);
 }
 
@@ -302,9 +255,7 @@ fn should_allow_traffic_by_namespace_selector_match_labels_default_label() {
             }),
         )],
     );
-    let r = all()
-        .expect_peer("x/*", "x/a", false)
-        .expect_peer("z/*", "x/a", false);
+    let r = all().expect_peer("x/*", "x/a", false).expect_peer("z/*", "x/a", false);
     c.validate("x/a from namespace y only", 80, Tcp, &r);
 }
 
@@ -325,9 +276,7 @@ fn should_enforce_policy_based_on_pod_selector_with_match_expressions() {
             }),
         )],
     );
-    let r = all()
-        .expect_all_ingress("x/a", false)
-        .expect("x/b", "x/a", true);
+    let r = all().expect_all_ingress("x/a", false).expect("x/b", "x/a", true);
     c.validate("x/a from pod In [b] of x", 80, Tcp, &r);
 }
 
@@ -348,9 +297,7 @@ fn should_enforce_policy_based_on_namespace_selector_with_match_expressions() {
             }),
         )],
     );
-    let r = all()
-        .expect_peer("x/*", "x/a", false)
-        .expect_peer("z/*", "x/a", false);
+    let r = all().expect_peer("x/*", "x/a", false).expect_peer("z/*", "x/a", false);
     c.validate("x/a from namespaces In [y]", 80, Tcp, &r);
 }
 
@@ -451,10 +398,7 @@ fn should_enforce_policy_based_on_pod_selector_and_namespace_selector() {
             }),
         )],
     );
-    let r = all()
-        .expect_all_ingress("x/a", false)
-        .expect("y/b", "x/a", true)
-        .expect("z/b", "x/a", true);
+    let r = all().expect_all_ingress("x/a", false).expect("y/b", "x/a", true).expect("z/b", "x/a", true);
     c.validate("x/a from pod b of other namespaces", 80, Tcp, &r);
 }
 
@@ -475,9 +419,7 @@ fn should_and_selectors_in_one_peer_and_or_separate_peers() {
             }),
         )],
     );
-    let and = all()
-        .expect_all_ingress("x/a", false)
-        .expect("y/b", "x/a", true);
+    let and = all().expect_all_ingress("x/a", false).expect("y/b", "x/a", true);
     c.validate("one peer: y/b only", 80, Tcp, &and);
     c.apply(
         "allow.yaml",
@@ -490,10 +432,7 @@ fn should_and_selectors_in_one_peer_and_or_separate_peers() {
             }),
         )],
     );
-    let or = all()
-        .expect_all_ingress("x/a", false)
-        .expect_peer("y/*", "x/a", true)
-        .expect("x/b", "x/a", true);
+    let or = all().expect_all_ingress("x/a", false).expect_peer("y/*", "x/a", true).expect("x/b", "x/a", true);
     c.validate("two peers: namespace y or x/b", 80, Tcp, &or);
 }
 
@@ -517,10 +456,7 @@ fn should_enforce_policy_based_on_multiple_pod_selectors_and_namespace_selectors
             }),
         )],
     );
-    let r = all()
-        .expect_peer("x/*", "x/a", false)
-        .expect("y/a", "x/a", false)
-        .expect("z/a", "x/a", false);
+    let r = all().expect_peer("x/*", "x/a", false).expect("y/a", "x/a", false).expect("z/a", "x/a", false);
     c.validate("x/a from pods b, c of other namespaces", 80, Tcp, &r);
 }
 
@@ -542,10 +478,7 @@ fn should_enforce_policy_based_on_any_pod_selectors() {
             }),
         )],
     );
-    let r = all()
-        .expect_all_ingress("x/a", false)
-        .expect("x/b", "x/a", true)
-        .expect("x/c", "x/a", true);
+    let r = all().expect_all_ingress("x/a", false).expect("x/b", "x/a", true).expect("x/c", "x/a", true);
     c.validate("x/a from x/b or x/c", 80, Tcp, &r);
 }
 
@@ -568,9 +501,7 @@ fn should_allow_traffic_only_from_a_pod_in_a_different_namespace() {
             }),
         )],
     );
-    let r = all()
-        .expect_all_ingress("x/a", false)
-        .expect("y/a", "x/a", true);
+    let r = all().expect_all_ingress("x/a", false).expect("y/a", "x/a", true);
     c.validate("x/a from y/a only", 80, Tcp, &r);
     c.validate("x/a from y/a only", 80, Udp, &r);
 }
@@ -582,15 +513,9 @@ fn should_deny_ingress_from_pods_on_other_namespaces() {
     let mut c = Conformance::start("other-ns");
     c.apply(
         "deny.yaml",
-        &[policy(
-            "x",
-            "deny-empty-policy",
-            json!({"podSelector": {}, "ingress": [{"from": [{"podSelector": {}}]}]}),
-        )],
+        &[policy("x", "deny-empty-policy", json!({"podSelector": {}, "ingress": [{"from": [{"podSelector": {}}]}]}))],
     );
-    let r = all()
-        .expect_peer("y/*", "x/*", false)
-        .expect_peer("z/*", "x/*", false);
+    let r = all().expect_peer("y/*", "x/*", false).expect_peer("z/*", "x/*", false);
     c.validate("x open to x only", 80, Tcp, &r);
 }
 
@@ -612,16 +537,10 @@ fn should_not_select_pods_in_other_namespaces() {
                 }),
             ),
             // A namespace without pods: selects nothing.
-            policy(
-                "w",
-                "deny-all",
-                json!({"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}),
-            ),
+            policy("w", "deny-all", json!({"podSelector": {}, "policyTypes": ["Ingress", "Egress"]})),
         ],
     );
-    let r = all()
-        .expect_all_ingress("y/a", false)
-        .expect("y/b", "y/a", true);
+    let r = all().expect_all_ingress("y/a", false).expect("y/b", "y/a", true);
     c.validate("only y/a isolated, from y/b", 80, Tcp, &r);
 }
 
@@ -646,9 +565,7 @@ fn should_enforce_policy_based_on_ports() {
             }),
         )
     };
-    let r = all()
-        .expect_peer("x/*", "x/a", false)
-        .expect_peer("z/*", "x/a", false);
+    let r = all().expect_peer("x/*", "x/a", false).expect_peer("z/*", "x/a", false);
     c.apply("allow.yaml", &[from_y_on("TCP")]);
     c.validate("TCP 81 from y", 81, Tcp, &r);
     c.apply("allow.yaml", &[from_y_on("UDP")]);
@@ -671,12 +588,7 @@ fn should_allow_ingress_on_one_port_only_over_tcp_and_over_udp() {
     );
     c.validate("TCP 80 allowed (protocol defaults to TCP)", 80, Tcp, &all());
     c.validate("TCP 81 not allowed", 81, Tcp, &closed);
-    c.validate(
-        "UDP 80 not allowed (protocol defaults to TCP)",
-        80,
-        Udp,
-        &closed,
-    );
+    c.validate("UDP 80 not allowed (protocol defaults to TCP)", 80, Udp, &closed);
     c.apply(
         "allow.yaml",
         &[policy(
@@ -730,12 +642,7 @@ fn should_allow_any_port_on_a_specific_protocol() {
     );
     c.validate("TCP 80 allowed", 80, Tcp, &all());
     c.validate("TCP 81 allowed", 81, Tcp, &all());
-    c.validate(
-        "UDP 80 blocked",
-        80,
-        Udp,
-        &all().expect_all_ingress("x/a", false),
-    );
+    c.validate("UDP 80 blocked", 80, Udp, &all().expect_all_ingress("x/a", false));
 }
 
 /// Upstream "should not mistakenly treat 'protocol: SCTP' as 'protocol: TCP', even if the plugin
@@ -743,14 +650,7 @@ fn should_allow_any_port_on_a_specific_protocol() {
 #[test]
 fn should_not_treat_sctp_as_tcp() {
     let mut c = Conformance::start("sctp-tcp");
-    c.apply(
-        "deny.yaml",
-        &[policy(
-            "x",
-            "deny-ingress",
-            json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
-        )],
-    );
+    c.apply("deny.yaml", &[policy("x", "deny-ingress", json!({"podSelector": {}, "policyTypes": ["Ingress"]}))]);
     c.apply(
         "allow.yaml",
         &[policy(
@@ -794,11 +694,7 @@ fn should_allow_ingress_access_on_one_named_port() {
     let mut c = Conformance::start("named-in");
     c.apply(
         "allow.yaml",
-        &[policy(
-            "x",
-            "allow-all",
-            json!({"podSelector": {}, "ingress": [{"ports": [{"port": "serve-81-tcp"}]}]}),
-        )],
+        &[policy("x", "allow-all", json!({"podSelector": {}, "ingress": [{"ports": [{"port": "serve-81-tcp"}]}]}))],
     );
     let x_closed = all().expect_peer("*", "x/*", false);
     c.validate("TCP 81 (serve-81-tcp) allowed", 81, Tcp, &all());
@@ -811,12 +707,7 @@ fn should_allow_ingress_access_on_one_named_port() {
             json!({"podSelector": {}, "ingress": [{"ports": [{"port": "serve-81-udp", "protocol": "UDP"}]}]}),
         )],
     );
-    c.validate(
-        "UDP 81 (serve-81-udp) allowed, probed by name",
-        "serve-81-udp",
-        Udp,
-        &all(),
-    );
+    c.validate("UDP 81 (serve-81-udp) allowed, probed by name", "serve-81-udp", Udp, &all());
     c.validate("UDP 80 blocked into x", 80, Udp, &x_closed);
     c.apply(
         "allow.yaml",
@@ -826,18 +717,8 @@ fn should_allow_ingress_access_on_one_named_port() {
             json!({"podSelector": {}, "ingress": [{"ports": [{"port": "serve-80-tcp", "protocol": "UDP"}]}]}),
         )],
     );
-    c.validate(
-        "serve-80-tcp over UDP names no port: UDP 80 blocked",
-        80,
-        Udp,
-        &x_closed,
-    );
-    c.validate(
-        "serve-80-tcp over UDP names no port: TCP 80 blocked",
-        80,
-        Tcp,
-        &x_closed,
-    );
+    c.validate("serve-80-tcp over UDP names no port: UDP 80 blocked", 80, Udp, &x_closed);
+    c.validate("serve-80-tcp over UDP names no port: TCP 80 blocked", 80, Tcp, &x_closed);
 }
 
 /// Upstream "should allow ingress access from namespace on one named port".
@@ -858,16 +739,9 @@ fn should_allow_ingress_access_from_namespace_on_one_named_port() {
             }),
         )],
     );
-    let r80 = all()
-        .expect_peer("x/*", "x/a", false)
-        .expect_peer("z/*", "x/a", false);
+    let r80 = all().expect_peer("x/*", "x/a", false).expect_peer("z/*", "x/a", false);
     c.validate("TCP 80 from y", 80, Tcp, &r80);
-    c.validate(
-        "TCP 81 from nobody",
-        81,
-        Tcp,
-        &all().expect_all_ingress("x/a", false),
-    );
+    c.validate("TCP 81 from nobody", 81, Tcp, &all().expect_all_ingress("x/a", false));
 }
 
 /// Upstream "should allow egress access on one named port" (named port resolved on the destination),
@@ -910,9 +784,7 @@ fn should_enforce_end_port_ranges() {
             }),
         )
     };
-    let y_only = all()
-        .expect_peer("x/*", "x/a", false)
-        .expect_peer("z/*", "x/a", false);
+    let y_only = all().expect_peer("x/*", "x/a", false).expect_peer("z/*", "x/a", false);
     let nobody = all().expect_all_ingress("x/a", false);
     c.apply("allow.yaml", &[from_y(80, 81)]);
     c.validate("80-81: TCP 80 from y", 80, Tcp, &y_only);
@@ -933,12 +805,7 @@ fn should_enforce_end_port_ranges() {
         )],
     );
     c.validate("egress UDP 81-90: UDP 81 out of x/a", 81, Udp, &all());
-    c.validate(
-        "egress UDP 81-90: UDP 80 out of x/a blocked",
-        80,
-        Udp,
-        &all().expect_all_egress("x/a", false),
-    );
+    c.validate("egress UDP 81-90: UDP 80 out of x/a blocked", 80, Udp, &all().expect_all_egress("x/a", false));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -961,9 +828,7 @@ fn should_allow_ingress_from_ip_blocks_with_except() {
             }),
         )],
     );
-    let r = all()
-        .expect_all_ingress("x/a", false)
-        .expect("y/b", "x/a", true);
+    let r = all().expect_all_ingress("x/a", false).expect("y/b", "x/a", true);
     c.validate("x/a from y/b's /32", 80, Tcp, &r);
     let (range, x_b) = (c.lab_cidr(), c.cidr32("x/b"));
     c.apply(
@@ -998,9 +863,7 @@ fn should_allow_egress_access_to_server_in_cidr_block() {
             }),
         )],
     );
-    let r = all()
-        .expect_all_egress("x/a", false)
-        .expect("x/a", "y/b", true);
+    let r = all().expect_all_egress("x/a", false).expect("x/a", "y/b", true);
     c.validate("x/a to y/b's /32 only", 80, Tcp, &r);
 }
 
@@ -1048,20 +911,10 @@ fn should_ensure_an_ip_overlapping_cidr_and_except_is_allowed() {
             }),
         )
     };
-    c.apply(
-        "egress.yaml",
-        &[egress_to(json!({"cidr": cidr, "except": [x_b]}))],
-    );
-    c.validate(
-        "x/a everywhere but x/b",
-        80,
-        Tcp,
-        &all().expect("x/a", "x/b", false),
-    );
+    c.apply("egress.yaml", &[egress_to(json!({"cidr": cidr, "except": [x_b]}))]);
+    c.validate("x/a everywhere but x/b", 80, Tcp, &all().expect("x/a", "x/b", false));
     c.apply("egress.yaml", &[egress_to(json!({"cidr": x_b}))]);
-    let r = all()
-        .expect_all_egress("x/a", false)
-        .expect("x/a", "x/b", true);
+    let r = all().expect_all_egress("x/a", false).expect("x/a", "x/b", true);
     c.validate("updated: x/a to x/b only", 80, Tcp, &r);
 }
 
@@ -1086,14 +939,9 @@ fn should_work_with_ingress_egress_specified_together() {
             }),
         )],
     );
-    let r80 = all()
-        .expect_all_ingress("x/a", false)
-        .expect("x/b", "x/a", true);
+    let r80 = all().expect_all_ingress("x/a", false).expect("x/b", "x/a", true);
     c.validate("port 80: x/a from x/b; x/a out on 80", 80, Tcp, &r80);
-    let r81 = all()
-        .expect_all_ingress("x/a", false)
-        .expect_all_egress("x/a", false)
-        .expect("x/b", "x/a", true);
+    let r81 = all().expect_all_ingress("x/a", false).expect_all_egress("x/a", false).expect("x/b", "x/a", true);
     c.validate("port 81: x/a from x/b; x/a out blocked", 81, Tcp, &r81);
 }
 
@@ -1166,12 +1014,7 @@ fn should_control_ingress_and_egress_independently() {
             json!({"podSelector": {"matchLabels": {"pod": "a"}}, "policyTypes": ["Ingress"]}),
         )],
     );
-    c.validate(
-        "x/a ingress denied, egress open",
-        80,
-        Tcp,
-        &all().expect_all_ingress("x/a", false),
-    );
+    c.validate("x/a ingress denied, egress open", 80, Tcp, &all().expect_all_ingress("x/a", false));
 }
 
 /// Upstream "should enforce multiple, stacked policies with overlapping podSelectors".
@@ -1191,25 +1034,11 @@ fn should_enforce_multiple_stacked_policies_with_overlapping_pod_selectors() {
             }),
         )
     };
-    c.apply(
-        "allow-81.yaml",
-        &[from_y_on("allow-client-a-via-ns-selector", 81)],
-    );
-    let allow = all()
-        .expect_peer("x/*", "x/a", false)
-        .expect_peer("y/*", "x/a", true)
-        .expect_peer("z/*", "x/a", false);
+    c.apply("allow-81.yaml", &[from_y_on("allow-client-a-via-ns-selector", 81)]);
+    let allow = all().expect_peer("x/*", "x/a", false).expect_peer("y/*", "x/a", true).expect_peer("z/*", "x/a", false);
     c.validate("81 from y", 81, Tcp, &allow);
-    c.validate(
-        "80 from nobody",
-        80,
-        Tcp,
-        &all().expect_all_ingress("x/a", false),
-    );
-    c.apply(
-        "allow-80.yaml",
-        &[from_y_on("allow-client-a-via-ns-selector-80", 80)],
-    );
+    c.validate("80 from nobody", 80, Tcp, &all().expect_all_ingress("x/a", false));
+    c.apply("allow-80.yaml", &[from_y_on("allow-client-a-via-ns-selector-80", 80)]);
     c.validate("80 from y once a second policy allows it", 80, Tcp, &allow);
 }
 
@@ -1238,10 +1067,7 @@ fn should_add_up_multiple_allow_policies_on_the_same_pod() {
             ),
         ],
     );
-    let r = all()
-        .expect_all_ingress("x/a", false)
-        .expect("x/b", "x/a", true)
-        .expect_peer("z/*", "x/a", true);
+    let r = all().expect_all_ingress("x/a", false).expect("x/b", "x/a", true).expect_peer("z/*", "x/a", true);
     c.validate("x/a from x/b or z", 80, Tcp, &r);
     // One of them removed: the other still applies.
     c.apply(
@@ -1255,9 +1081,7 @@ fn should_add_up_multiple_allow_policies_on_the_same_pod() {
             }),
         )],
     );
-    let r = all()
-        .expect_all_ingress("x/a", false)
-        .expect_peer("z/*", "x/a", true);
+    let r = all().expect_all_ingress("x/a", false).expect_peer("z/*", "x/a", true);
     c.validate("from-x-b removed: x/a from z only", 80, Tcp, &r);
 }
 
@@ -1267,26 +1091,10 @@ fn should_let_an_ingress_allow_all_policy_take_precedence() {
     let mut c = Conformance::start("in-prec");
     c.apply(
         "port-80.yaml",
-        &[policy(
-            "x",
-            "allow-ingress-port-80",
-            json!({"podSelector": {}, "ingress": [{"ports": [{"port": 80}]}]}),
-        )],
+        &[policy("x", "allow-ingress-port-80", json!({"podSelector": {}, "ingress": [{"ports": [{"port": 80}]}]}))],
     );
-    c.validate(
-        "81 blocked into x",
-        81,
-        Tcp,
-        &all().expect_peer("*", "x/*", false),
-    );
-    c.apply(
-        "all.yaml",
-        &[policy(
-            "x",
-            "allow-ingress",
-            json!({"podSelector": {}, "ingress": [{}]}),
-        )],
-    );
+    c.validate("81 blocked into x", 81, Tcp, &all().expect_peer("*", "x/*", false));
+    c.apply("all.yaml", &[policy("x", "allow-ingress", json!({"podSelector": {}, "ingress": [{}]}))]);
     c.validate("81 allowed once allow-all is added", 81, Tcp, &all());
 }
 
@@ -1302,19 +1110,10 @@ fn should_let_an_egress_allow_all_policy_take_precedence() {
             json!({"podSelector": {}, "policyTypes": ["Egress"], "egress": [{"ports": [{"port": 80}]}]}),
         )],
     );
-    c.validate(
-        "81 blocked out of x",
-        81,
-        Tcp,
-        &all().expect_peer("x/*", "*", false),
-    );
+    c.validate("81 blocked out of x", 81, Tcp, &all().expect_peer("x/*", "*", false));
     c.apply(
         "all.yaml",
-        &[policy(
-            "x",
-            "allow-egress",
-            json!({"podSelector": {}, "policyTypes": ["Egress"], "egress": [{}]}),
-        )],
+        &[policy("x", "allow-egress", json!({"podSelector": {}, "policyTypes": ["Egress"], "egress": [{}]}))],
     );
     c.validate("81 allowed once allow-all is added", 81, Tcp, &all());
 }
@@ -1340,30 +1139,13 @@ fn should_default_policy_types_from_the_rules() {
             }),
         )],
     );
-    let r = all()
-        .expect_all_ingress("x/a", false)
-        .expect_all_egress("x/a", false)
-        .expect_peer("x/a", "y/*", true);
-    c.validate(
-        "egress rules, no policyTypes: both directions isolated",
-        80,
-        Tcp,
-        &r,
-    );
+    let r = all().expect_all_ingress("x/a", false).expect_all_egress("x/a", false).expect_peer("x/a", "y/*", true);
+    c.validate("egress rules, no policyTypes: both directions isolated", 80, Tcp, &r);
     c.apply(
         "policy.yaml",
-        &[policy(
-            "x",
-            "defaulted",
-            json!({"podSelector": {"matchLabels": {"pod": "a"}}, "egress": []}),
-        )],
+        &[policy("x", "defaulted", json!({"podSelector": {"matchLabels": {"pod": "a"}}, "egress": []}))],
     );
-    c.validate(
-        "egress: [], no policyTypes: ingress only",
-        80,
-        Tcp,
-        &all().expect_all_ingress("x/a", false),
-    );
+    c.validate("egress: [], no policyTypes: ingress only", 80, Tcp, &all().expect_all_ingress("x/a", false));
     c.apply(
         "policy.yaml",
         &[policy(
@@ -1373,12 +1155,7 @@ fn should_default_policy_types_from_the_rules() {
         )],
     );
     c.validate("from: [] matches every source on 81", 81, Tcp, &all());
-    c.validate(
-        "80 not allowed",
-        80,
-        Tcp,
-        &all().expect_all_ingress("x/a", false),
-    );
+    c.validate("80 not allowed", 80, Tcp, &all().expect_all_ingress("x/a", false));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1389,46 +1166,18 @@ fn should_default_policy_types_from_the_rules() {
 #[test]
 fn should_enforce_updated_policy() {
     let mut c = Conformance::start("updated");
-    c.apply(
-        "policy.yaml",
-        &[policy(
-            "x",
-            "allow-all-mutate-to-deny-all",
-            json!({"podSelector": {}, "ingress": [{}]}),
-        )],
-    );
+    c.apply("policy.yaml", &[policy("x", "allow-all-mutate-to-deny-all", json!({"podSelector": {}, "ingress": [{}]}))]);
     c.validate("allow all", 81, Tcp, &all());
-    c.apply(
-        "policy.yaml",
-        &[policy(
-            "x",
-            "allow-all-mutate-to-deny-all",
-            json!({"podSelector": {}, "ingress": []}),
-        )],
-    );
-    c.validate(
-        "updated to deny all",
-        81,
-        Tcp,
-        &all().expect_peer("*", "x/*", false),
-    );
+    c.apply("policy.yaml", &[policy("x", "allow-all-mutate-to-deny-all", json!({"podSelector": {}, "ingress": []}))]);
+    c.validate("updated to deny all", 81, Tcp, &all().expect_peer("*", "x/*", false));
 }
 
 /// Upstream "should stop enforcing policies after they are deleted".
 #[test]
 fn should_stop_enforcing_policies_after_they_are_deleted() {
     let mut c = Conformance::start("deleted");
-    c.apply(
-        "deny.yaml",
-        &[policy(
-            "x",
-            "deny-all",
-            json!({"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}),
-        )],
-    );
-    let r = all()
-        .expect_peer("x/*", "*", false)
-        .expect_peer("*", "x/*", false);
+    c.apply("deny.yaml", &[policy("x", "deny-all", json!({"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}))]);
+    let r = all().expect_peer("x/*", "*", false).expect_peer("*", "x/*", false);
     c.validate("deny all in x", 80, Tcp, &r);
     c.delete("deny.yaml");
     c.validate("deleted: all connected again", 80, Tcp, &all());
@@ -1453,9 +1202,7 @@ fn should_allow_ingress_access_from_updated_namespace() {
     let closed = all().expect_all_ingress("x/a", false);
     c.validate("no namespace labelled ns2=updated", 80, Tcp, &closed);
     c.set_namespace_labels("y", &[("ns", "y"), ("ns2", "updated")]);
-    let open_to_y = all()
-        .expect_all_ingress("x/a", false)
-        .expect_peer("y/*", "x/a", true);
+    let open_to_y = all().expect_all_ingress("x/a", false).expect_peer("y/*", "x/a", true);
     c.validate("y labelled ns2=updated", 80, Tcp, &open_to_y);
     c.set_namespace_labels("y", &[("ns", "y")]);
     c.validate("label removed from y", 80, Tcp, &closed);
@@ -1479,12 +1226,7 @@ fn should_allow_ingress_access_from_updated_pod() {
     let closed = all().expect_all_ingress("x/a", false);
     c.validate("no pod labelled pod2=updated", 80, Tcp, &closed);
     c.set_pod_labels("x/b", &[("pod", "b"), ("pod2", "updated")]);
-    c.validate(
-        "x/b labelled pod2=updated",
-        80,
-        Tcp,
-        &closed.clone().expect("x/b", "x/a", true),
-    );
+    c.validate("x/b labelled pod2=updated", 80, Tcp, &closed.clone().expect("x/b", "x/a", true));
     c.set_pod_labels("x/b", &[("pod", "b")]);
     c.validate("label removed from x/b", 80, Tcp, &closed);
 }
@@ -1504,12 +1246,7 @@ fn should_deny_ingress_access_to_updated_pod() {
     );
     c.validate("nothing selected yet", 80, Tcp, &all());
     c.set_pod_labels("x/a", &[("pod", "a"), ("target", "isolated")]);
-    c.validate(
-        "x/a labelled target=isolated",
-        80,
-        Tcp,
-        &all().expect_all_ingress("x/a", false),
-    );
+    c.validate("x/a labelled target=isolated", 80, Tcp, &all().expect_all_ingress("x/a", false));
     c.set_pod_labels("x/a", &[("pod", "a")]);
     c.validate("label removed from x/a", 80, Tcp, &all());
 }
@@ -1519,14 +1256,7 @@ fn should_deny_ingress_access_to_updated_pod() {
 #[test]
 fn should_keep_the_last_good_policy_when_an_invalid_manifest_is_added() {
     let mut c = Conformance::start("invalid");
-    c.apply(
-        "deny.yaml",
-        &[policy(
-            "x",
-            "deny-ingress",
-            json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
-        )],
-    );
+    c.apply("deny.yaml", &[policy("x", "deny-ingress", json!({"podSelector": {}, "policyTypes": ["Ingress"]}))]);
     let denied = all().expect_peer("*", "x/*", false);
     c.validate("deny ingress in x", 80, Tcp, &denied);
     let errors = c.apply_invalid(
@@ -1537,12 +1267,7 @@ fn should_keep_the_last_good_policy_when_an_invalid_manifest_is_added() {
          spec:\n  podSelector: {}\n  ingress:\n  - ports:\n    - {port: 81, endPort: 80}\n",
     );
     eprintln!("errors reported for the invalid manifest: {errors:?}");
-    c.validate(
-        "invalid manifest present: deny ingress in x still enforced",
-        80,
-        Tcp,
-        &denied,
-    );
+    c.validate("invalid manifest present: deny ingress in x still enforced", 80, Tcp, &denied);
     c.delete_invalid("bad.yaml");
     c.delete("deny.yaml");
     c.validate("deny deleted once the set is valid again", 80, Tcp, &all());
@@ -1572,18 +1297,8 @@ fn should_pair_peers_with_the_ports_of_their_own_rule() {
         )],
     );
     let closed = all().expect_all_ingress("x/a", false);
-    c.validate(
-        "80: x/b only",
-        80,
-        Tcp,
-        &closed.clone().expect("x/b", "x/a", true),
-    );
-    c.validate(
-        "81: namespace y only",
-        81,
-        Tcp,
-        &closed.expect_peer("y/*", "x/a", true),
-    );
+    c.validate("80: x/b only", 80, Tcp, &closed.clone().expect("x/b", "x/a", true));
+    c.validate("81: namespace y only", 81, Tcp, &closed.expect_peer("y/*", "x/a", true));
 }
 
 /// Rules of a direction that is not in `policyTypes` are ignored, and that direction is not isolated.
@@ -1603,14 +1318,10 @@ fn should_ignore_rules_of_a_direction_not_in_policy_types() {
         )
     };
     c.apply("policy.yaml", &[with_types(json!(["Ingress"]))]);
-    let ingress_only = all()
-        .expect_all_ingress("x/a", false)
-        .expect("x/b", "x/a", true);
+    let ingress_only = all().expect_all_ingress("x/a", false).expect("x/b", "x/a", true);
     c.validate("[Ingress]: egress rules ignored", 80, Tcp, &ingress_only);
     c.apply("policy.yaml", &[with_types(json!(["Egress"]))]);
-    let egress_only = all()
-        .expect_all_egress("x/a", false)
-        .expect_peer("x/a", "y/*", true);
+    let egress_only = all().expect_all_egress("x/a", false).expect_peer("x/a", "y/*", true);
     c.validate("[Egress]: ingress rules ignored", 80, Tcp, &egress_only);
 }
 
@@ -1628,12 +1339,7 @@ fn should_default_an_empty_port_entry_and_an_empty_policy_types_list() {
         )],
     );
     c.validate("ports: [{}]: TCP 81 open", 81, Tcp, &all());
-    c.validate(
-        "ports: [{}]: UDP 80 closed",
-        80,
-        Udp,
-        &all().expect_all_ingress("x/a", false),
-    );
+    c.validate("ports: [{}]: UDP 80 closed", 80, Udp, &all().expect_all_ingress("x/a", false));
     c.apply(
         "policy.yaml",
         &[policy(
@@ -1646,16 +1352,8 @@ fn should_default_an_empty_port_entry_and_an_empty_policy_types_list() {
             }),
         )],
     );
-    let r = all()
-        .expect_all_ingress("x/a", false)
-        .expect_all_egress("x/a", false)
-        .expect_peer("x/a", "z/*", true);
-    c.validate(
-        "policyTypes: [] with egress rules: both directions",
-        80,
-        Tcp,
-        &r,
-    );
+    let r = all().expect_all_ingress("x/a", false).expect_all_egress("x/a", false).expect_peer("x/a", "z/*", true);
+    c.validate("policyTypes: [] with egress rules: both directions", 80, Tcp, &r);
 }
 
 /// Manifests the API server rejects are rejected (reported in status, nothing applied), one at a time,
@@ -1663,14 +1361,7 @@ fn should_default_an_empty_port_entry_and_an_empty_policy_types_list() {
 #[test]
 fn should_reject_manifests_the_api_server_rejects() {
     let mut c = Conformance::start("reject");
-    c.apply(
-        "deny.yaml",
-        &[policy(
-            "x",
-            "deny-ingress",
-            json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
-        )],
-    );
+    c.apply("deny.yaml", &[policy("x", "deny-ingress", json!({"podSelector": {}, "policyTypes": ["Ingress"]}))]);
     let spec_with = |ingress_rule: &str| {
         format!(
             "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: bad, namespace: y}}\n\
@@ -1734,12 +1425,7 @@ fn should_reject_manifests_the_api_server_rejects() {
         taken.len(),
         taken.join("\n")
     );
-    c.validate(
-        "the valid policy stayed enforced",
-        80,
-        Tcp,
-        &all().expect_peer("*", "x/*", false),
-    );
+    c.validate("the valid policy stayed enforced", 80, Tcp, &all().expect_peer("*", "x/*", false));
 }
 
 /// Each port entry keeps its own protocol: UDP 80 and TCP 81 open neither TCP 80 nor UDP 81.
@@ -1787,17 +1473,9 @@ fn should_follow_label_changes_of_egress_peers() {
     let closed = all().expect_all_egress("x/a", false);
     c.validate("nothing labelled yet", 80, Tcp, &closed);
     c.set_pod_labels("x/c", &[("pod", "c"), ("pod2", "updated")]);
-    c.validate(
-        "x/c labelled pod2=updated",
-        80,
-        Tcp,
-        &closed.clone().expect("x/a", "x/c", true),
-    );
+    c.validate("x/c labelled pod2=updated", 80, Tcp, &closed.clone().expect("x/a", "x/c", true));
     c.set_namespace_labels("z", &[("ns", "z"), ("ns2", "updated")]);
-    let r = closed
-        .clone()
-        .expect("x/a", "x/c", true)
-        .expect_peer("x/a", "z/*", true);
+    let r = closed.clone().expect("x/a", "x/c", true).expect_peer("x/a", "z/*", true);
     c.validate("z labelled ns2=updated", 80, Tcp, &r);
     c.set_pod_labels("x/c", &[("pod", "c")]);
     c.set_namespace_labels("z", &[("ns", "z")]);
@@ -1831,10 +1509,7 @@ fn should_match_ip_blocks_by_address_when_pods_share_labels() {
             ),
         ],
     );
-    let r = all()
-        .expect_all_ingress("x/a", false)
-        .expect("x/b", "x/a", true)
-        .expect("x/b", "y/a", false);
+    let r = all().expect_all_ingress("x/a", false).expect("x/b", "x/a", true).expect("x/b", "y/a", false);
     c.validate("distinct labels", 80, Tcp, &r);
     c.set_pod_labels("x/c", &[("pod", "b")]);
     c.validate("x/c labelled like x/b", 80, Tcp, &r);
@@ -1846,20 +1521,9 @@ fn should_select_a_pod_without_labels_with_an_empty_selector() {
     let mut c = Conformance::start("no-labels");
     c.apply(
         "policy.yaml",
-        &[policy(
-            "x",
-            "from-own-namespace",
-            json!({"podSelector": {}, "ingress": [{"from": [{"podSelector": {}}]}]}),
-        )],
+        &[policy("x", "from-own-namespace", json!({"podSelector": {}, "ingress": [{"from": [{"podSelector": {}}]}]}))],
     );
     c.set_pod_labels("x/c", &[]);
-    let r = all()
-        .expect_peer("y/*", "x/*", false)
-        .expect_peer("z/*", "x/*", false);
-    c.validate(
-        "x/c without labels: still isolated, still a peer",
-        80,
-        Tcp,
-        &r,
-    );
+    let r = all().expect_peer("y/*", "x/*", false).expect_peer("z/*", "x/*", false);
+    c.validate("x/c without labels: still isolated, still a peer", 80, Tcp, &r);
 }

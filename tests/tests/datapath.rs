@@ -21,9 +21,7 @@ use flowgate_events::{
     decode::{Record, decode},
     hub::{Hub, HubConfig},
 };
-use flowgate_policy::{
-    ClusterView, ContainerPort, NamespaceInfo, PodInfo, Protocol as PolicyProtocol,
-};
+use flowgate_policy::{ClusterView, ContainerPort, NamespaceInfo, PodInfo, Protocol as PolicyProtocol};
 use flowgate_proto::endpoint::NewEndpoint;
 use flowgate_tests::{TempDir, require_root};
 
@@ -52,27 +50,15 @@ fn fixture_with(policy_yaml: &str, tag: &str, tweak: impl FnOnce(&mut PolicyEngi
     fixture_full(policy_yaml, tag, aggregation::NONE, tweak)
 }
 
-fn fixture_full(
-    policy_yaml: &str,
-    tag: &str,
-    level: u64,
-    tweak: impl FnOnce(&mut PolicyEngine),
-) -> Fixture {
+fn fixture_full(policy_yaml: &str, tag: &str, level: u64, tweak: impl FnOnce(&mut PolicyEngine)) -> Fixture {
     require_root();
     let dir = TempDir::new(&format!("datapath-{tag}"));
     std::fs::write(dir.path().join("policy.yaml"), policy_yaml).unwrap();
 
-    let mut datapath = Datapath::load(DatapathOptions {
-        aggregation: level,
-        ..DatapathOptions::default()
-    })
-    .expect("load the datapath (root, BPF)");
+    let mut datapath = Datapath::load(DatapathOptions { aggregation: level, ..DatapathOptions::default() })
+        .expect("load the datapath (root, BPF)");
     let state = AgentState::new(AgentInfo::default(), Hub::new(HubConfig::default()));
-    let ns: BTreeMap<String, String> = [(
-        "kubernetes.io/metadata.name".to_string(),
-        "default".to_string(),
-    )]
-    .into();
+    let ns: BTreeMap<String, String> = [("kubernetes.io/metadata.name".to_string(), "default".to_string())].into();
     let pod = |name: &str, ip: Ipv4Addr, ifindex: u32| {
         state.upsert_endpoint(
             NewEndpoint {
@@ -88,21 +74,11 @@ fn fixture_full(
     };
     let client = pod("client", CLIENT, 1000);
     let server = pod("server", SERVER, TEST_RUN_IFINDEX);
-    datapath
-        .set_endpoint(TEST_RUN_IFINDEX, datapath::endpoint_info(&server))
-        .unwrap();
+    datapath.set_endpoint(TEST_RUN_IFINDEX, datapath::endpoint_info(&server)).unwrap();
 
     let ports = vec![
-        ContainerPort {
-            name: Some("sctp-80".into()),
-            port: 80,
-            protocol: PolicyProtocol::Sctp,
-        },
-        ContainerPort {
-            name: Some("tcp-80".into()),
-            port: 80,
-            protocol: PolicyProtocol::Tcp,
-        },
+        ContainerPort { name: Some("sctp-80".into()), port: 80, protocol: PolicyProtocol::Sctp },
+        ContainerPort { name: Some("tcp-80".into()), port: 80, protocol: PolicyProtocol::Tcp },
     ];
     let info = |ep: &flowgate_proto::endpoint::Endpoint| PodInfo {
         endpoint_id: ep.id,
@@ -114,47 +90,25 @@ fn fixture_full(
         ports: ports.clone(),
     };
     let cluster = ClusterView {
-        namespaces: vec![NamespaceInfo {
-            name: "default".into(),
-            labels: ns.clone(),
-        }],
+        namespaces: vec![NamespaceInfo { name: "default".into(), labels: ns.clone() }],
         pods: vec![info(&client), info(&server)],
     };
     let mut engine = PolicyEngine::new(Some(dir.path().to_owned()), false);
-    assert!(
-        engine.reload(),
-        "policy loads: {:?}",
-        engine.status().errors
-    );
+    assert!(engine.reload(), "policy loads: {:?}", engine.status().errors);
     tweak(&mut engine);
     let (contents, snapshot) = engine.prepare(&cluster);
     state.set_policy(Arc::new(snapshot), engine.cidr_labels());
-    datapath
-        .apply_policy(&contents)
-        .expect("write the policy maps");
+    datapath.apply_policy(&contents).expect("write the policy maps");
     let ring = datapath.take_events().unwrap();
-    Fixture {
-        datapath,
-        ring,
-        _dir: dir,
-    }
+    Fixture { datapath, ring, _dir: dir }
 }
 
 impl Fixture {
     /// Runs a program once on a packet; returns its verdict and the records it wrote.
-    fn run(
-        &mut self,
-        program: &'static str,
-        src: Ipv4Addr,
-        dst: Ipv4Addr,
-        transport: Transport,
-    ) -> (u32, Vec<Record>) {
+    fn run(&mut self, program: &'static str, src: Ipv4Addr, dst: Ipv4Addr, transport: Transport) -> (u32, Vec<Record>) {
         while self.ring.next().is_some() {}
         let packet = ipv4_packet(src, dst, transport);
-        let result = self
-            .datapath
-            .test_run(program, &packet, 1)
-            .expect("BPF_PROG_TEST_RUN");
+        let result = self.datapath.test_run(program, &packet, 1).expect("BPF_PROG_TEST_RUN");
         std::thread::sleep(Duration::from_millis(1));
         let mut records = Vec::new();
         while let Some(item) = self.ring.next() {
@@ -175,10 +129,7 @@ fn verdicts(records: &[Record]) -> Vec<(u8, u8, u16)> {
 }
 
 fn drops(records: &[Record]) -> usize {
-    records
-        .iter()
-        .filter(|r| matches!(r, Record::Drop(_)))
-        .count()
+    records.iter().filter(|r| matches!(r, Record::Drop(_))).count()
 }
 
 const SCTP_POLICY: &str = "
@@ -198,85 +149,35 @@ fn sctp_is_allowed_only_on_the_allowed_port_from_the_allowed_peer() {
     let init = |dport| Transport::SctpInit { sport: 5000, dport };
 
     let (ret, records) = f.run(PROG_TO_ENDPOINT, CLIENT, SERVER, init(80));
-    assert_eq!(
-        ret, TC_ACT_UNSPEC,
-        "allowed SCTP passes on to the next program"
-    );
-    assert_eq!(
-        verdicts(&records),
-        vec![(verdict::ALLOWED, match_type::L3_L4, 80)]
-    );
+    assert_eq!(ret, TC_ACT_UNSPEC, "allowed SCTP passes on to the next program");
+    assert_eq!(verdicts(&records), vec![(verdict::ALLOWED, match_type::L3_L4, 80)]);
     assert_eq!(drops(&records), 0);
 
     let (ret, records) = f.run(PROG_TO_ENDPOINT, CLIENT, SERVER, init(81));
     assert_eq!(ret, TC_ACT_SHOT, "SCTP to another port is dropped");
-    assert_eq!(
-        verdicts(&records),
-        vec![(verdict::DENIED, match_type::NONE, 81)]
-    );
+    assert_eq!(verdicts(&records), vec![(verdict::DENIED, match_type::NONE, 81)]);
     assert_eq!(drops(&records), 1, "a drop record for the dropped packet");
 
     let (ret, _) = f.run(PROG_TO_ENDPOINT, OUTSIDE, SERVER, init(80));
-    assert_eq!(
-        ret, TC_ACT_SHOT,
-        "SCTP from a peer the rule does not select is dropped"
-    );
+    assert_eq!(ret, TC_ACT_SHOT, "SCTP from a peer the rule does not select is dropped");
 
-    let (ret, records) = f.run(
-        PROG_TO_ENDPOINT,
-        CLIENT,
-        SERVER,
-        Transport::Tcp {
-            sport: 5001,
-            dport: 80,
-            flags: 0x02,
-        },
-    );
+    let (ret, records) =
+        f.run(PROG_TO_ENDPOINT, CLIENT, SERVER, Transport::Tcp { sport: 5001, dport: 80, flags: 0x02 });
     assert_eq!(ret, TC_ACT_SHOT, "TCP on the SCTP-only port is dropped");
-    assert_eq!(
-        verdicts(&records),
-        vec![(verdict::DENIED, match_type::NONE, 80)]
-    );
+    assert_eq!(verdicts(&records), vec![(verdict::DENIED, match_type::NONE, 80)]);
 }
 
 #[test]
 fn sctp_replies_of_an_allowed_association_pass_without_a_new_verdict() {
     let mut f = fixture(SCTP_POLICY, "sctpct");
-    let (ret, _) = f.run(
-        PROG_TO_ENDPOINT,
-        CLIENT,
-        SERVER,
-        Transport::SctpInit {
-            sport: 6000,
-            dport: 80,
-        },
-    );
+    let (ret, _) = f.run(PROG_TO_ENDPOINT, CLIENT, SERVER, Transport::SctpInit { sport: 6000, dport: 80 });
     assert_eq!(ret, TC_ACT_UNSPEC);
     // The server's answer leaves through from_endpoint: egress is not enforced, and conntrack knows it.
-    let (ret, records) = f.run(
-        PROG_FROM_ENDPOINT,
-        SERVER,
-        CLIENT,
-        Transport::SctpInit {
-            sport: 80,
-            dport: 6000,
-        },
-    );
+    let (ret, records) = f.run(PROG_FROM_ENDPOINT, SERVER, CLIENT, Transport::SctpInit { sport: 80, dport: 6000 });
     assert_eq!(ret, TC_ACT_UNSPEC);
-    assert!(
-        verdicts(&records).is_empty(),
-        "a reply is not a new connection: {records:?}"
-    );
+    assert!(verdicts(&records).is_empty(), "a reply is not a new connection: {records:?}");
     // The next packet of the association in the opening direction is established.
-    let (ret, records) = f.run(
-        PROG_TO_ENDPOINT,
-        CLIENT,
-        SERVER,
-        Transport::SctpInit {
-            sport: 6000,
-            dport: 80,
-        },
-    );
+    let (ret, records) = f.run(PROG_TO_ENDPOINT, CLIENT, SERVER, Transport::SctpInit { sport: 6000, dport: 80 });
     assert_eq!(ret, TC_ACT_UNSPEC);
     assert!(verdicts(&records).is_empty());
 }
@@ -295,22 +196,9 @@ spec:
 ",
         "range",
     );
-    for (dport, ok) in [
-        (6999, false),
-        (7000, true),
-        (7005, true),
-        (7010, true),
-        (7011, false),
-    ] {
-        let (ret, records) = f.run(
-            PROG_TO_ENDPOINT,
-            OUTSIDE,
-            SERVER,
-            Transport::SctpInit {
-                sport: 9000 + dport,
-                dport,
-            },
-        );
+    for (dport, ok) in [(6999, false), (7000, true), (7005, true), (7010, true), (7011, false)] {
+        let (ret, records) =
+            f.run(PROG_TO_ENDPOINT, OUTSIDE, SERVER, Transport::SctpInit { sport: 9000 + dport, dport });
         assert_eq!(ret == TC_ACT_UNSPEC, ok, "port {dport}");
         if ok {
             assert_eq!(
@@ -325,37 +213,15 @@ spec:
 #[test]
 fn audit_mode_lets_would_be_drops_pass_and_reports_them_as_audit() {
     let mut f = fixture_with(SCTP_POLICY, "audit", |engine| engine.audit.all = true);
-    let (ret, records) = f.run(
-        PROG_TO_ENDPOINT,
-        OUTSIDE,
-        SERVER,
-        Transport::Tcp {
-            sport: 7001,
-            dport: 80,
-            flags: 0x02,
-        },
-    );
+    let (ret, records) =
+        f.run(PROG_TO_ENDPOINT, OUTSIDE, SERVER, Transport::Tcp { sport: 7001, dport: 80, flags: 0x02 });
     assert_eq!(ret, TC_ACT_UNSPEC, "audit: the would-be drop passes");
-    assert_eq!(
-        verdicts(&records),
-        vec![(verdict::AUDIT, match_type::NONE, 80)]
-    );
+    assert_eq!(verdicts(&records), vec![(verdict::AUDIT, match_type::NONE, 80)]);
     assert_eq!(drops(&records), 0, "nothing is dropped in audit mode");
     // What the policy allows is still reported as allowed.
-    let (ret, records) = f.run(
-        PROG_TO_ENDPOINT,
-        CLIENT,
-        SERVER,
-        Transport::SctpInit {
-            sport: 7002,
-            dport: 80,
-        },
-    );
+    let (ret, records) = f.run(PROG_TO_ENDPOINT, CLIENT, SERVER, Transport::SctpInit { sport: 7002, dport: 80 });
     assert_eq!(ret, TC_ACT_UNSPEC);
-    assert_eq!(
-        verdicts(&records),
-        vec![(verdict::ALLOWED, match_type::L3_L4, 80)]
-    );
+    assert_eq!(verdicts(&records), vec![(verdict::ALLOWED, match_type::L3_L4, 80)]);
 }
 
 #[test]
@@ -364,47 +230,22 @@ fn per_endpoint_audit_applies_to_that_endpoint_only() {
         engine.audit.endpoints.insert(1);
     });
     // Endpoint 1 is the client (registered first); the server behind loopback is not audited.
-    let (ret, records) = f.run(
-        PROG_TO_ENDPOINT,
-        OUTSIDE,
-        SERVER,
-        Transport::Tcp {
-            sport: 7003,
-            dport: 80,
-            flags: 0x02,
-        },
-    );
+    let (ret, records) =
+        f.run(PROG_TO_ENDPOINT, OUTSIDE, SERVER, Transport::Tcp { sport: 7003, dport: 80, flags: 0x02 });
     assert_eq!(ret, TC_ACT_SHOT);
-    assert_eq!(
-        verdicts(&records),
-        vec![(verdict::DENIED, match_type::NONE, 80)]
-    );
+    assert_eq!(verdicts(&records), vec![(verdict::DENIED, match_type::NONE, 80)]);
     drop(f);
     let mut f = fixture_with(SCTP_POLICY, "epaudit2", |engine| {
         engine.audit.endpoints.insert(2);
     });
-    let (ret, records) = f.run(
-        PROG_TO_ENDPOINT,
-        OUTSIDE,
-        SERVER,
-        Transport::Tcp {
-            sport: 7004,
-            dport: 80,
-            flags: 0x02,
-        },
-    );
+    let (ret, records) =
+        f.run(PROG_TO_ENDPOINT, OUTSIDE, SERVER, Transport::Tcp { sport: 7004, dport: 80, flags: 0x02 });
     assert_eq!(ret, TC_ACT_UNSPEC, "the audited server lets it pass");
-    assert_eq!(
-        verdicts(&records),
-        vec![(verdict::AUDIT, match_type::NONE, 80)]
-    );
+    assert_eq!(verdicts(&records), vec![(verdict::AUDIT, match_type::NONE, 80)]);
 }
 
 fn traces(records: &[Record]) -> usize {
-    records
-        .iter()
-        .filter(|r| matches!(r, Record::Trace(_)))
-        .count()
+    records.iter().filter(|r| matches!(r, Record::Trace(_))).count()
 }
 
 const ALLOW_ALL: &str = "
@@ -419,11 +260,7 @@ spec:
 /// (program, src, dst, sport, dport, flags) -> trace records written, for a sequence of packets.
 fn trace_counts(level: u64, tag: &str) -> Vec<usize> {
     let mut f = fixture_full(ALLOW_ALL, tag, level, |_| {});
-    let tcp = |sport, dport, flags| Transport::Tcp {
-        sport,
-        dport,
-        flags,
-    };
+    let tcp = |sport, dport, flags| Transport::Tcp { sport, dport, flags };
     let steps = [
         (PROG_TO_ENDPOINT, CLIENT, SERVER, tcp(8000, 80, 0x02)), // SYN: new connection
         (PROG_TO_ENDPOINT, CLIENT, SERVER, tcp(8000, 80, 0x02)), // SYN again: nothing new
@@ -433,19 +270,12 @@ fn trace_counts(level: u64, tag: &str) -> Vec<usize> {
         (PROG_FROM_ENDPOINT, SERVER, CLIENT, tcp(80, 8000, 0x11)), // FIN from the server: a state change
         (PROG_FROM_ENDPOINT, SERVER, CLIENT, tcp(80, 8000, 0x10)), // ACK from the server: bulk, leaving the pod
     ];
-    steps
-        .iter()
-        .map(|(prog, src, dst, t)| traces(&f.run(prog, *src, *dst, *t).1))
-        .collect()
+    steps.iter().map(|(prog, src, dst, t)| traces(&f.run(prog, *src, *dst, *t).1)).collect()
 }
 
 #[test]
 fn trace_aggregation_levels() {
-    assert_eq!(
-        trace_counts(aggregation::NONE, "aggnone"),
-        vec![1, 1, 1, 1, 1, 1, 1],
-        "none: every packet"
-    );
+    assert_eq!(trace_counts(aggregation::NONE, "aggnone"), vec![1, 1, 1, 1, 1, 1, 1], "none: every packet");
     assert_eq!(
         trace_counts(aggregation::MEDIUM, "aggmed"),
         vec![1, 0, 1, 1, 0, 1, 0],

@@ -4,13 +4,10 @@
 use std::{collections::BTreeSet, panic, sync::Mutex, time::Duration};
 
 use flowgate_tests::{
-    LabGuard, assert_nothing_left, example, flowgate, flowgate_ok, lab_netns, probe_results,
-    require_root,
+    LabGuard, assert_nothing_left, example, flowgate, flowgate_ok, lab_netns, probe_results, require_root,
 };
 
-const NETPOL_PODS: [&str; 9] = [
-    "x/a", "x/b", "x/c", "y/a", "y/b", "y/c", "z/a", "z/b", "z/c",
-];
+const NETPOL_PODS: [&str; 9] = ["x/a", "x/b", "x/c", "y/a", "y/b", "y/c", "z/a", "z/b", "z/c"];
 
 fn assert_full_matrix(report: &serde_json::Value, expect: impl Fn(&str, &str) -> bool, what: &str) {
     let results = probe_results(report);
@@ -20,11 +17,7 @@ fn assert_full_matrix(report: &serde_json::Value, expect: impl Fn(&str, &str) ->
         .filter(|(from, to, ok)| *ok != expect(from, to))
         .map(|(from, to, ok)| format!("{from}->{to}={ok}"))
         .collect();
-    assert!(
-        wrong.is_empty(),
-        "{what}: unexpected results: {}",
-        wrong.join(", ")
-    );
+    assert!(wrong.is_empty(), "{what}: unexpected results: {}", wrong.join(", "));
 }
 
 #[test]
@@ -32,26 +25,14 @@ fn netpol_lab_connects_every_pair_over_tcp_and_udp_without_policy() {
     require_root();
     let lab = LabGuard::up("connect", &example("lab-netpol.yaml"));
 
-    let pods: Vec<String> = lab
-        .state
-        .pods
-        .iter()
-        .map(|p| format!("{}/{}", p.namespace, p.name))
-        .collect();
+    let pods: Vec<String> = lab.state.pods.iter().map(|p| format!("{}/{}", p.namespace, p.name)).collect();
     assert_eq!(pods, NETPOL_PODS);
     assert_eq!(lab.state.node_netns, format!("fg-{}-node", lab.name));
-    assert_eq!(
-        lab.state.namespaces[0].labels["kubernetes.io/metadata.name"],
-        "x"
-    );
+    assert_eq!(lab.state.namespaces[0].labels["kubernetes.io/metadata.name"], "x");
     let ifindexes: BTreeSet<u32> = lab.state.pods.iter().map(|p| p.host_ifindex).collect();
     assert_eq!(ifindexes.len(), 9, "every pod has its own node-side veth");
     assert!(!ifindexes.contains(&0));
-    assert_eq!(
-        lab.saved_state(),
-        lab.state,
-        "`up -o json` prints what state.json holds"
-    );
+    assert_eq!(lab.saved_state(), lab.state, "`up -o json` prints what state.json holds");
     assert_eq!(lab_netns(&lab.name).len(), 10, "node + 9 pods");
 
     for (port, protocol) in [("80", "TCP"), ("80", "UDP"), ("81", "TCP"), ("81", "UDP")] {
@@ -59,38 +40,19 @@ fn netpol_lab_connects_every_pair_over_tcp_and_udp_without_policy() {
         println!("{port}/{protocol}: 81 probes, all connected, in {took:.2?}");
         assert_eq!(report["port"], port.parse::<u16>().unwrap());
         assert_eq!(report["protocol"], protocol);
-        assert_full_matrix(
-            &report,
-            |_, _| true,
-            &format!("{port}/{protocol} without policy"),
-        );
+        assert_full_matrix(&report, |_, _| true, &format!("{port}/{protocol} without policy"));
     }
 
     // A named port resolves against the destination's container ports.
-    let (report, _) = lab.probe(&[
-        "--from",
-        "x/a",
-        "--to",
-        "z/c",
-        "--port",
-        "serve-81-udp",
-        "--protocol",
-        "UDP",
-    ]);
+    let (report, _) = lab.probe(&["--from", "x/a", "--to", "z/c", "--port", "serve-81-udp", "--protocol", "UDP"]);
     assert_eq!(report["results"]["x/a"]["z/c"], true);
     let (report, _) = lab.probe(&["--from", "x/a", "--to", "z/c", "--port", "no-such-port"]);
     assert_eq!(report["results"]["x/a"]["z/c"], false);
 
     // The default output is the e2e truth table.
     let table = flowgate_ok(&["lab", "probe", "--lab", &lab.name, "--all", "--port", "80"]);
-    assert!(
-        table.contains("\tx/a\tx/b\tx/c\ty/a\ty/b\ty/c\tz/a\tz/b\tz/c\n"),
-        "{table}"
-    );
-    assert!(
-        table.contains("\nz/c\t.\t.\t.\t.\t.\t.\t.\t.\t.\n"),
-        "{table}"
-    );
+    assert!(table.contains("\tx/a\tx/b\tx/c\ty/a\ty/b\ty/c\tz/a\tz/b\tz/c\n"), "{table}");
+    assert!(table.contains("\nz/c\t.\t.\t.\t.\t.\t.\t.\t.\t.\n"), "{table}");
 }
 
 #[test]
@@ -101,15 +63,7 @@ fn probes_that_cannot_connect_are_reported_blocked_within_the_bound() {
     // No server on 9999: refused (TCP RST, ICMP port unreachable; rate-limited ICMP makes some UDP probes wait
     // for the timeout).
     for protocol in ["TCP", "UDP"] {
-        let (report, took) = lab.probe(&[
-            "--all",
-            "--port",
-            "9999",
-            "--protocol",
-            protocol,
-            "--timeout",
-            "1s",
-        ]);
+        let (report, took) = lab.probe(&["--all", "--port", "9999", "--protocol", protocol, "--timeout", "1s"]);
         println!("9999/{protocol}: 81 probes to a port without a server in {took:.2?}");
         assert_full_matrix(&report, |_, _| false, &format!("9999/{protocol}"));
         assert!(took < Duration::from_secs(5), "81 probes took {took:?}");
@@ -119,38 +73,16 @@ fn probes_that_cannot_connect_are_reported_blocked_within_the_bound() {
     // Every probe between two pods has to time out; a pod still reaches itself.
     for pod in &lab.state.pods {
         let status = std::process::Command::new("ip")
-            .args([
-                "-n",
-                &lab.state.node_netns,
-                "route",
-                "replace",
-                "blackhole",
-                &format!("{}/32", pod.ip),
-            ])
+            .args(["-n", &lab.state.node_netns, "route", "replace", "blackhole", &format!("{}/32", pod.ip)])
             .status()
             .expect("run ip");
         assert!(status.success());
     }
     for protocol in ["TCP", "UDP"] {
-        let (report, took) = lab.probe(&[
-            "--all",
-            "--port",
-            "80",
-            "--protocol",
-            protocol,
-            "--timeout",
-            "1s",
-        ]);
+        let (report, took) = lab.probe(&["--all", "--port", "80", "--protocol", protocol, "--timeout", "1s"]);
         println!("80/{protocol}: 81 probes, 72 dropped, in {took:.2?}");
-        assert_full_matrix(
-            &report,
-            |from, to| from == to,
-            &format!("80/{protocol} dropped"),
-        );
-        assert!(
-            took < Duration::from_secs(5),
-            "81 probes with 72 timeouts took {took:?}"
-        );
+        assert_full_matrix(&report, |from, to| from == to, &format!("80/{protocol} dropped"));
+        assert!(took < Duration::from_secs(5), "81 probes with 72 timeouts took {took:?}");
     }
 }
 
@@ -160,10 +92,7 @@ fn down_removes_every_namespace_and_the_server_and_is_idempotent() {
     let lab = LabGuard::up("down", &example("lab-netpol.yaml"));
     let name = lab.name.clone();
     let pid = lab.state.server_pid.expect("the lab has a server");
-    assert!(
-        !flowgate_tests::process_gone(pid),
-        "server {pid} runs while the lab is up"
-    );
+    assert!(!flowgate_tests::process_gone(pid), "server {pid} runs while the lab is up");
 
     let out = flowgate_ok(&["lab", "down", &name]);
     assert!(out.contains("10 network namespaces deleted"), "{out}");
@@ -186,11 +115,7 @@ fn a_test_that_panics_while_holding_a_lab_leaves_nothing_behind() {
         panic!("a test fails while its lab is up");
     });
     assert!(outcome.is_err(), "the closure panicked");
-    let (name, pid) = seen
-        .lock()
-        .unwrap()
-        .clone()
-        .expect("the lab came up before the panic");
+    let (name, pid) = seen.lock().unwrap().clone().expect("the lab came up before the panic");
     assert_nothing_left(&name, pid);
 }
 
@@ -200,76 +125,23 @@ fn two_labs_with_the_same_range_work_independently() {
     let one = LabGuard::up("twin-one", &example("lab-small.yaml"));
     let two = LabGuard::up("twin-two", &example("lab-small.yaml"));
     let web_ip = |lab: &LabGuard| lab.state.pods.iter().find(|p| p.name == "web").unwrap().ip;
-    assert_eq!(
-        web_ip(&one),
-        web_ip(&two),
-        "same addresses, separate namespaces"
-    );
+    assert_eq!(web_ip(&one), web_ip(&two), "same addresses, separate namespaces");
 
     for lab in [&one, &two] {
-        let (report, _) = lab.probe(&[
-            "--from",
-            "default/client",
-            "--to",
-            "default/web",
-            "--port",
-            "http",
-        ]);
-        assert_eq!(
-            report["results"]["default/client"]["default/web"], true,
-            "{}",
-            lab.name
-        );
-        let (report, _) = lab.probe(&[
-            "--from",
-            "outside",
-            "--to",
-            "default/web",
-            "--port",
-            "53",
-            "--protocol",
-            "UDP",
-        ]);
-        assert_eq!(
-            report["results"]["outside"]["default/web"], true,
-            "{}: external -> pod",
-            lab.name
-        );
-        let (report, _) = lab.probe(&[
-            "--from",
-            "default/client",
-            "--to",
-            "outside",
-            "--port",
-            "8080",
-        ]);
-        assert_eq!(
-            report["results"]["default/client"]["outside"], true,
-            "{}: pod -> external",
-            lab.name
-        );
+        let (report, _) = lab.probe(&["--from", "default/client", "--to", "default/web", "--port", "http"]);
+        assert_eq!(report["results"]["default/client"]["default/web"], true, "{}", lab.name);
+        let (report, _) = lab.probe(&["--from", "outside", "--to", "default/web", "--port", "53", "--protocol", "UDP"]);
+        assert_eq!(report["results"]["outside"]["default/web"], true, "{}: external -> pod", lab.name);
+        let (report, _) = lab.probe(&["--from", "default/client", "--to", "outside", "--port", "8080"]);
+        assert_eq!(report["results"]["default/client"]["outside"], true, "{}: pod -> external", lab.name);
     }
 
     let (one_name, one_pid) = (one.name.clone(), one.state.server_pid);
     drop(one);
     assert_nothing_left(&one_name, one_pid);
-    let (report, _) = two.probe(&[
-        "--from",
-        "default/client",
-        "--to",
-        "default/web",
-        "--port",
-        "80",
-    ]);
-    assert_eq!(
-        report["results"]["default/client"]["default/web"], true,
-        "the other lab is untouched"
-    );
-    assert_eq!(
-        lab_netns(&two.name).len(),
-        4,
-        "node, two pods, one external"
-    );
+    let (report, _) = two.probe(&["--from", "default/client", "--to", "default/web", "--port", "80"]);
+    assert_eq!(report["results"]["default/client"]["default/web"], true, "the other lab is untouched");
+    assert_eq!(lab_netns(&two.name).len(), 4, "node, two pods, one external");
 }
 
 #[test]
@@ -279,55 +151,23 @@ fn up_refuses_a_name_in_use_and_a_bad_topology_with_clear_errors() {
 
     // Same name, different topology: refused, and the existing lab is untouched.
     let netpol = example("lab-netpol.yaml");
-    let out = flowgate(&[
-        "lab",
-        "up",
-        "-f",
-        netpol.to_str().unwrap(),
-        "--name",
-        &lab.name,
-    ]);
+    let out = flowgate(&["lab", "up", "-f", netpol.to_str().unwrap(), "--name", &lab.name]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains(&format!("lab {} already exists", lab.name)),
-        "{err}"
-    );
+    assert!(err.contains(&format!("lab {} already exists", lab.name)), "{err}");
     assert_eq!(lab.saved_state(), lab.state);
     // Same name, same topology: the running lab is reused.
     let small = example("lab-small.yaml");
-    flowgate_ok(&[
-        "lab",
-        "up",
-        "-f",
-        small.to_str().unwrap(),
-        "--name",
-        &lab.name,
-    ]);
+    flowgate_ok(&["lab", "up", "-f", small.to_str().unwrap(), "--name", &lab.name]);
     assert_eq!(lab.saved_state(), lab.state);
 
-    let bad =
-        std::env::temp_dir().join(format!("flowgate-bad-topology-{}.yaml", std::process::id()));
-    std::fs::write(
-        &bad,
-        "namespaces:\n  - name: x\npods:\n  - namespace: y\n    name: a\n",
-    )
-    .unwrap();
-    let out = flowgate(&[
-        "lab",
-        "up",
-        "-f",
-        bad.to_str().unwrap(),
-        "--name",
-        "never-up",
-    ]);
+    let bad = std::env::temp_dir().join(format!("flowgate-bad-topology-{}.yaml", std::process::id()));
+    std::fs::write(&bad, "namespaces:\n  - name: x\npods:\n  - namespace: y\n    name: a\n").unwrap();
+    let out = flowgate(&["lab", "up", "-f", bad.to_str().unwrap(), "--name", "never-up"]);
     let _ = std::fs::remove_file(&bad);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("pod y/a uses namespace \"y\", which is not declared"),
-        "{err}"
-    );
+    assert!(err.contains("pod y/a uses namespace \"y\", which is not declared"), "{err}");
     assert!(lab_netns("never-up").is_empty());
 }
 
@@ -335,19 +175,7 @@ fn up_refuses_a_name_in_use_and_a_bad_topology_with_clear_errors() {
 fn exec_runs_a_command_inside_a_pod() {
     require_root();
     let lab = LabGuard::up("exec", &example("lab-small.yaml"));
-    let out = flowgate_ok(&[
-        "lab",
-        "exec",
-        &lab.name,
-        "default/web",
-        "--",
-        "ip",
-        "-o",
-        "-4",
-        "addr",
-        "show",
-        "eth0",
-    ]);
+    let out = flowgate_ok(&["lab", "exec", &lab.name, "default/web", "--", "ip", "-o", "-4", "addr", "show", "eth0"]);
     let web = lab.state.pods.iter().find(|p| p.name == "web").unwrap();
     assert!(out.contains(&format!("{}/32", web.ip)), "{out}");
 }

@@ -39,8 +39,20 @@ async fn drain(stream: &mut EventStream) -> (u64, u64, u64) {
 
 fn burst(lab: &str) {
     flowgate_ok(&[
-        "lab", "traffic", "--lab", lab, "--from", "default/client", "--to", "default/web", "--port", "53", "--protocol",
-        "UDP", "--count", "20000",
+        "lab",
+        "traffic",
+        "--lab",
+        lab,
+        "--from",
+        "default/client",
+        "--to",
+        "default/web",
+        "--port",
+        "53",
+        "--protocol",
+        "UDP",
+        "--count",
+        "20000",
     ]);
 }
 
@@ -68,8 +80,22 @@ fn run(tag: &str, agent_args: &[&str]) -> (Status, (u64, u64, u64)) {
             // A few more records after the burst: a perf buffer reports a loss in front of the next
             // record it can write.
             flowgate_ok(&[
-                "lab", "traffic", "--lab", &name, "--from", "default/client", "--to", "default/web", "--port", "53",
-                "--protocol", "UDP", "--count", "5", "--interval", "50ms",
+                "lab",
+                "traffic",
+                "--lab",
+                &name,
+                "--from",
+                "default/client",
+                "--to",
+                "default/web",
+                "--port",
+                "53",
+                "--protocol",
+                "UDP",
+                "--count",
+                "5",
+                "--interval",
+                "50ms",
             ]);
         })
         .await
@@ -85,7 +111,10 @@ fn run(tag: &str, agent_args: &[&str]) -> (Status, (u64, u64, u64)) {
 fn ring_buffer_losses_are_counted_exactly() {
     let (s, (flows, kernel_told, other)) = run("lossrb", &["--events-buffer-bytes", "4096"]);
     let (written, lost) = (kernel(&s, "records_written"), kernel(&s, "records_lost"));
-    println!("ringbuf: written {written}, lost {lost}, read {}, told flows {flows} kernel-lost {kernel_told}", s.counters.records_read);
+    println!(
+        "ringbuf: written {written}, lost {lost}, read {}, told flows {flows} kernel-lost {kernel_told}",
+        s.counters.records_read
+    );
     assert!(lost > 0, "the 4 KiB ring buffer overflowed");
     assert_eq!(s.counters.records_read, written, "every record written was read");
     assert_eq!(s.counters.records_lost_kernel, lost);

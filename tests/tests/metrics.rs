@@ -46,10 +46,7 @@ impl Prometheus {
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new("/usr/bin/prometheus")
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
@@ -72,13 +69,8 @@ impl Prometheus {
     /// `GET /api/v1/...` -> the `data` of a successful answer.
     fn api(&self, path_and_query: &str) -> Value {
         let (status, body) = http_get(self.port, path_and_query).expect("prometheus answers");
-        let v: Value =
-            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path_and_query}: {e}: {body}"));
-        assert_eq!(
-            (status, v["status"].as_str()),
-            (200, Some("success")),
-            "{path_and_query}: {body}"
-        );
+        let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path_and_query}: {e}: {body}"));
+        assert_eq!((status, v["status"].as_str()), (200, Some("success")), "{path_and_query}: {body}");
         v["data"].clone()
     }
 
@@ -99,9 +91,7 @@ impl Drop for Prometheus {
 fn encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
             b => format!("%{b:02X}"),
         })
         .collect()
@@ -116,11 +106,7 @@ fn http_get(port: u16, path: &str) -> Result<(u16, String), String> {
     s.read_to_end(&mut response).map_err(|e| e.to_string())?;
     let response = String::from_utf8_lossy(&response);
     let (head, body) = response.split_once("\r\n\r\n").ok_or("no head")?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or("no status")?;
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or("no status")?;
     Ok((status, body.to_owned()))
 }
 
@@ -130,10 +116,7 @@ fn dashboard_exprs(dashboard: &Value) -> Vec<(String, String)> {
     for panel in dashboard["panels"].as_array().expect("panels") {
         for target in panel["targets"].as_array().into_iter().flatten() {
             if let Some(expr) = target["expr"].as_str() {
-                out.push((
-                    panel["title"].as_str().unwrap_or("").to_owned(),
-                    expr.to_owned(),
-                ));
+                out.push((panel["title"].as_str().unwrap_or("").to_owned(), expr.to_owned()));
             }
         }
     }
@@ -142,36 +125,18 @@ fn dashboard_exprs(dashboard: &Value) -> Vec<(String, String)> {
 
 /// `label_values(METRIC{...}, LABEL)` -> the values through the labels API.
 fn label_values(prom: &Prometheus, query: &str, vars: &[(String, String)]) -> Vec<String> {
-    let inner = query
-        .trim()
-        .strip_prefix("label_values(")
-        .and_then(|q| q.strip_suffix(')'))
-        .expect("a label_values() query");
-    let (selector, label) = inner
-        .rsplit_once(',')
-        .expect("label_values(selector, label)");
+    let inner =
+        query.trim().strip_prefix("label_values(").and_then(|q| q.strip_suffix(')')).expect("a label_values() query");
+    let (selector, label) = inner.rsplit_once(',').expect("label_values(selector, label)");
     let selector = substitute(selector.trim(), vars);
-    let data = prom.api(&format!(
-        "/api/v1/label/{}/values?match[]={}",
-        label.trim(),
-        encode(&selector)
-    ));
-    data.as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_owned())
-        .collect()
+    let data = prom.api(&format!("/api/v1/label/{}/values?match[]={}", label.trim(), encode(&selector)));
+    data.as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect()
 }
 
 fn substitute(expr: &str, vars: &[(String, String)]) -> String {
-    let mut e = expr
-        .replace("$__rate_interval", "1m")
-        .replace("$__range", "5m")
-        .replace("$__interval", "15s");
+    let mut e = expr.replace("$__rate_interval", "1m").replace("$__range", "5m").replace("$__interval", "15s");
     for (name, value) in vars {
-        e = e
-            .replace(&format!("${{{name}}}"), value)
-            .replace(&format!("${name}"), value);
+        e = e.replace(&format!("${{{name}}}"), value).replace(&format!("${name}"), value);
     }
     e
 }
@@ -228,16 +193,10 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus_scraping_a_real_age
         let (socket, stop) = (agent.socket.clone(), Arc::clone(&stop));
         std::thread::spawn(move || {
             runtime().block_on(async {
-                let client = Client::connect(&socket, "metrics-test")
-                    .await
-                    .expect("connect");
-                let mut stream = client
-                    .subscribe(Subscription::default())
-                    .await
-                    .expect("subscribe");
+                let client = Client::connect(&socket, "metrics-test").await.expect("connect");
+                let mut stream = client.subscribe(Subscription::default()).await.expect("subscribe");
                 while !stop.load(Ordering::Relaxed) {
-                    let _ =
-                        tokio::time::timeout(Duration::from_millis(200), stream.next_batch()).await;
+                    let _ = tokio::time::timeout(Duration::from_millis(200), stream.next_batch()).await;
                 }
             })
         })
@@ -256,12 +215,7 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus_scraping_a_real_age
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let n = prom.query("count_over_time(flowgate_endpoints[1m])");
-        if n.first()
-            .and_then(|v| v["value"][1].as_str())
-            .and_then(|s| s.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            >= 8.0
-        {
+        if n.first().and_then(|v| v["value"][1].as_str()).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0) >= 8.0 {
             break;
         }
         assert!(
@@ -272,10 +226,7 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus_scraping_a_real_age
         std::thread::sleep(Duration::from_millis(500));
     }
     let up = prom.query("up{job=\"flowgate\"}");
-    assert_eq!(
-        up[0]["value"][1], "1",
-        "the agent is up for prometheus: {up:?}"
-    );
+    assert_eq!(up[0]["value"][1], "1", "the agent is up for prometheus: {up:?}");
 
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dashboards");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -284,34 +235,19 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus_scraping_a_real_age
         .filter(|p| p.extension().is_some_and(|e| e == "json"))
         .collect();
     files.sort();
-    assert!(
-        files.len() >= 3,
-        "overview, policy and endpoint dashboards: {files:?}"
-    );
+    assert!(files.len() >= 3, "overview, policy and endpoint dashboards: {files:?}");
     let mut checked = 0;
     let mut empty = Vec::new();
     for file in &files {
-        let dashboard: Value =
-            serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+        let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
         // Template variables, in order: `instance` is every agent; query variables are resolved through
         // the labels API, preferring an endpoint with allowed and denied verdicts so each panel has data.
         let mut vars: Vec<(String, String)> = Vec::new();
-        for var in dashboard["templating"]["list"]
-            .as_array()
-            .into_iter()
-            .flatten()
-        {
+        for var in dashboard["templating"]["list"].as_array().into_iter().flatten() {
             let name = var["name"].as_str().unwrap().to_owned();
-            let query = var["query"]["query"]
-                .as_str()
-                .or_else(|| var["query"].as_str())
-                .unwrap_or("");
+            let query = var["query"]["query"].as_str().or_else(|| var["query"].as_str()).unwrap_or("");
             let values = label_values(&prom, query, &vars);
-            assert!(
-                !values.is_empty(),
-                "{}: variable {name} ({query}) has no values",
-                file.display()
-            );
+            assert!(!values.is_empty(), "{}: variable {name} ({query}) has no values", file.display());
             let value = if var["includeAll"].as_bool() == Some(true) {
                 var["allValue"].as_str().unwrap_or(".*").to_owned()
             } else {
@@ -331,11 +267,7 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus_scraping_a_real_age
         for (title, expr) in dashboard_exprs(&dashboard) {
             let expr = substitute(&expr, &vars);
             let result = prom.query(&expr);
-            println!(
-                "{}: {title}: {} series: {expr}",
-                file.file_name().unwrap().to_string_lossy(),
-                result.len()
-            );
+            println!("{}: {title}: {} series: {expr}", file.file_name().unwrap().to_string_lossy(), result.len());
             if result.is_empty() {
                 empty.push(format!("{}: {title}: {expr}", file.display()));
             }
@@ -348,32 +280,21 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus_scraping_a_real_age
         empty.is_empty(),
         "queries without data:\n{}\nmetrics:\n{}",
         empty.join("\n"),
-        http_get(
-            metrics_addr.rsplit(':').next().unwrap().parse().unwrap(),
-            "/metrics"
-        )
-        .map(|r| r.1)
-        .unwrap_or_default()
+        http_get(metrics_addr.rsplit(':').next().unwrap().parse().unwrap(), "/metrics")
+            .map(|r| r.1)
+            .unwrap_or_default()
     );
     assert!(checked >= 20, "{checked} queries checked");
     // The deny policy shows: denied verdicts, drops for policy, the pair x/b -> y/b.
+    assert!(!prom.query("flowgate_drop_total{reason=\"POLICY_DENIED\"} > 0").is_empty());
+    assert!(!prom.query("flowgate_denied_flows_total{source=\"x/b\",destination=\"y/b\"} > 0").is_empty());
     assert!(
         !prom
-            .query("flowgate_drop_total{reason=\"POLICY_DENIED\"} > 0")
+            .query("flowgate_policy_verdicts_by_policy_total{policy=\"y/only-x-a-into-y\",action=\"forwarded\"} > 0")
             .is_empty()
     );
     assert!(
-        !prom
-            .query("flowgate_denied_flows_total{source=\"x/b\",destination=\"y/b\"} > 0")
-            .is_empty()
-    );
-    assert!(!prom.query("flowgate_policy_verdicts_by_policy_total{policy=\"y/only-x-a-into-y\",action=\"forwarded\"} > 0").is_empty());
-    assert!(
-        !prom
-            .query(
-                "flowgate_pipeline_latency_seconds{stage=\"decode_to_send\",quantile=\"0.99\"} >= 0"
-            )
-            .is_empty()
+        !prom.query("flowgate_pipeline_latency_seconds{stage=\"decode_to_send\",quantile=\"0.99\"} >= 0").is_empty()
     );
     drop(agent);
 }

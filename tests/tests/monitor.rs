@@ -53,38 +53,23 @@ impl Setup {
     fn new(tag: &str) -> Self {
         require_root();
         let lab = LabGuard::up(tag, &example("lab-netpol.yaml"));
-        let policies = PolicyDir(std::env::temp_dir().join(format!(
-            "flowgate-test-policies-{tag}-{}",
-            std::process::id()
-        )));
+        let policies =
+            PolicyDir(std::env::temp_dir().join(format!("flowgate-test-policies-{tag}-{}", std::process::id())));
         let _ = std::fs::remove_dir_all(&policies.0);
         std::fs::create_dir_all(&policies.0).unwrap();
         std::fs::write(policies.0.join("deny-b.yaml"), DENY_B).unwrap();
         let sockets = SocketDir::new(tag);
         let socket = sockets.socket("agent");
-        let agent = AgentGuard::start(
-            &lab.name,
-            &socket,
-            &["--policies", policies.0.to_str().unwrap()],
-        );
+        let agent = AgentGuard::start(&lab.name, &socket, &["--policies", policies.0.to_str().unwrap()]);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let status: Value = serde_json::from_str(&flowgate_ok(&[
-                "status",
-                "--socket",
-                socket.to_str().unwrap(),
-                "-o",
-                "json",
-            ]))
-            .unwrap();
+            let status: Value =
+                serde_json::from_str(&flowgate_ok(&["status", "--socket", socket.to_str().unwrap(), "-o", "json"]))
+                    .unwrap();
             if status["policy"]["revision"].as_u64().unwrap_or(0) >= 1 {
                 break;
             }
-            assert!(
-                Instant::now() < deadline,
-                "policy not in effect within 30s: {status}\n{}",
-                agent.output()
-            );
+            assert!(Instant::now() < deadline, "policy not in effect within 30s: {status}\n{}", agent.output());
             std::thread::sleep(Duration::from_millis(100));
         }
         let list: Value = serde_json::from_str(&flowgate_ok(&[
@@ -102,22 +87,12 @@ impl Setup {
             .iter()
             .map(|e| {
                 (
-                    format!(
-                        "{}/{}",
-                        e["namespace"].as_str().unwrap(),
-                        e["pod_name"].as_str().unwrap()
-                    ),
+                    format!("{}/{}", e["namespace"].as_str().unwrap(), e["pod_name"].as_str().unwrap()),
                     e["id"].as_u64().unwrap() as u16,
                 )
             })
             .collect();
-        Self {
-            lab,
-            _sockets: sockets,
-            _policies: policies,
-            agent,
-            endpoints,
-        }
+        Self { lab, _sockets: sockets, _policies: policies, agent, endpoints }
     }
 
     fn socket(&self) -> &Path {
@@ -134,18 +109,8 @@ impl Setup {
 
     /// One TCP connection attempt `from` -> `to`:80; whether it connected.
     fn probe(&self, from: &str, to: &str) -> bool {
-        let (report, _) = self.lab.probe(&[
-            "--from",
-            from,
-            "--to",
-            to,
-            "--port",
-            "80",
-            "--protocol",
-            "TCP",
-            "--timeout",
-            "500ms",
-        ]);
+        let (report, _) =
+            self.lab.probe(&["--from", from, "--to", to, "--port", "80", "--protocol", "TCP", "--timeout", "500ms"]);
         probe_results(&report).iter().all(|r| r.2)
     }
 }
@@ -159,14 +124,7 @@ struct Monitor {
 impl Monitor {
     fn json(socket: &Path, related_to: u16) -> Self {
         let mut child = Command::new(flowgate_bin())
-            .args([
-                "monitor",
-                "-o",
-                "json",
-                "--related-to",
-                &related_to.to_string(),
-                "--socket",
-            ])
+            .args(["monitor", "-o", "json", "--related-to", &related_to.to_string(), "--socket"])
             .arg(socket)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -198,8 +156,7 @@ impl Drop for Monitor {
 /// Whether a flow JSON line names endpoint `id` on either side.
 fn involves(line: &Value, id: u16) -> bool {
     let flow = &line["flow"];
-    flow["source"]["ID"].as_u64() == Some(u64::from(id))
-        || flow["destination"]["ID"].as_u64() == Some(u64::from(id))
+    flow["source"]["ID"].as_u64() == Some(u64::from(id)) || flow["destination"]["ID"].as_u64() == Some(u64::from(id))
 }
 
 #[test]
@@ -210,25 +167,13 @@ fn json_lines_show_the_denied_connection_and_only_the_related_endpoint() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let denied = loop {
         // Unrelated traffic (a -> c is allowed and does not involve b) and the denied connection a -> b.
-        assert!(
-            setup.probe("x/a", "x/c"),
-            "x/a reaches x/c (no policy selects it)"
-        );
-        assert!(
-            !setup.probe("x/a", "x/b"),
-            "x/a must not reach x/b under {DENY_B}"
-        );
+        assert!(setup.probe("x/a", "x/c"), "x/a reaches x/c (no policy selects it)");
+        assert!(!setup.probe("x/a", "x/b"), "x/a must not reach x/b under {DENY_B}");
         std::thread::sleep(Duration::from_millis(300));
-        let found = monitor
-            .lines()
-            .iter()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find(|v| {
-                let f = &v["flow"];
-                f["verdict"] == "DROPPED"
-                    && f["event_type"]["type"] == 5
-                    && f["destination"]["ID"] == b
-            });
+        let found = monitor.lines().iter().filter_map(|l| serde_json::from_str::<Value>(l).ok()).find(|v| {
+            let f = &v["flow"];
+            f["verdict"] == "DROPPED" && f["event_type"]["type"] == 5 && f["destination"]["ID"] == b
+        });
         if let Some(found) = found {
             break found;
         }
@@ -254,12 +199,8 @@ fn json_lines_show_the_denied_connection_and_only_the_related_endpoint() {
     // Nothing unrelated: every line is a flow involving b (or a lost-events record).
     let lines = monitor.lines();
     for line in &lines {
-        let v: Value =
-            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-        assert!(
-            v.get("lost_events").is_some() || involves(&v, b),
-            "a line not involving endpoint {b}:\n{line}"
-        );
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v.get("lost_events").is_some() || involves(&v, b), "a line not involving endpoint {b}:\n{line}");
     }
 }
 
@@ -270,12 +211,7 @@ struct Tmux {
 
 impl Tmux {
     fn cmd(&self, args: &[&str]) -> std::process::Output {
-        Command::new("tmux")
-            .arg("-S")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .expect("run tmux (apt-get install tmux)")
+        Command::new("tmux").arg("-S").arg(&self.socket).args(args).output().expect("run tmux (apt-get install tmux)")
     }
 
     fn capture(&self) -> String {
@@ -283,13 +219,7 @@ impl Tmux {
     }
 
     fn display(&self, format: &str) -> String {
-        String::from_utf8_lossy(
-            &self
-                .cmd(&["display-message", "-p", "-t", "mon", format])
-                .stdout,
-        )
-        .trim()
-        .to_owned()
+        String::from_utf8_lossy(&self.cmd(&["display-message", "-p", "-t", "mon", format]).stdout).trim().to_owned()
     }
 }
 
@@ -319,25 +249,9 @@ fn table_rows(screen: &str) -> Vec<&str> {
 fn tui_in_tmux_shows_the_denied_verdict_only_for_the_endpoint_and_quits_cleanly() {
     let setup = Setup::new("montui");
     let b = setup.id("x/b");
-    let tmux = Tmux {
-        socket: std::env::temp_dir().join(format!("flowgate-test-tmux-{}", std::process::id())),
-    };
-    let shell_ok = tmux.cmd(&[
-        "new-session",
-        "-d",
-        "-s",
-        "mon",
-        "-x",
-        "200",
-        "-y",
-        "50",
-        "bash --norc --noprofile",
-    ]);
-    assert!(
-        shell_ok.status.success(),
-        "tmux new-session: {}",
-        String::from_utf8_lossy(&shell_ok.stderr)
-    );
+    let tmux = Tmux { socket: std::env::temp_dir().join(format!("flowgate-test-tmux-{}", std::process::id())) };
+    let shell_ok = tmux.cmd(&["new-session", "-d", "-s", "mon", "-x", "200", "-y", "50", "bash --norc --noprofile"]);
+    assert!(shell_ok.status.success(), "tmux new-session: {}", String::from_utf8_lossy(&shell_ok.stderr));
     let command = format!(
         "{} monitor --socket {} --related-to {b}; echo MONITOR-EXIT=$?; stty -a | grep -o -- '-\\?icanon'",
         flowgate_bin().display(),
@@ -353,24 +267,15 @@ fn tui_in_tmux_shows_the_denied_verdict_only_for_the_endpoint_and_quits_cleanly(
         if table_rows(&screen).iter().any(|r| r.contains("DENIED")) {
             break screen;
         }
-        assert!(
-            Instant::now() < deadline,
-            "no DENIED row within 30s:\n{screen}"
-        );
+        assert!(Instant::now() < deadline, "no DENIED row within 30s:\n{screen}");
     };
     eprintln!("{screen}");
-    assert!(
-        screen.contains(&format!("following {b} (x/b)")),
-        "header names the endpoint followed:\n{screen}"
-    );
+    assert!(screen.contains(&format!("following {b} (x/b)")), "header names the endpoint followed:\n{screen}");
     assert!(screen.contains("connected"), "{screen}");
     let rows = table_rows(&screen);
     let target = format!("x/b [{b}]");
     for row in &rows {
-        assert!(
-            row.contains(&target),
-            "a row not involving {target}:\n{row}\n\n{screen}"
-        );
+        assert!(row.contains(&target), "a row not involving {target}:\n{row}\n\n{screen}");
     }
     let denied = rows.iter().find(|r| r.contains("DENIED")).unwrap();
     assert!(
@@ -379,54 +284,32 @@ fn tui_in_tmux_shows_the_denied_verdict_only_for_the_endpoint_and_quits_cleanly(
             && denied.contains("default deny (x/deny-ingress-to-b)"),
         "{denied}"
     );
-    assert_eq!(
-        tmux.display("#{alternate_on}"),
-        "1",
-        "the TUI uses the alternate screen"
-    );
+    assert_eq!(tmux.display("#{alternate_on}"), "1", "the TUI uses the alternate screen");
 
     tmux.cmd(&["send-keys", "-t", "mon", "q"]);
     let deadline = Instant::now() + Duration::from_secs(10);
     let after = loop {
         let screen = tmux.capture();
         // Output lines, not the echoed command line (which contains both words too).
-        let exit = screen
-            .lines()
-            .find(|l| l.starts_with("MONITOR-EXIT="))
-            .map(str::to_owned);
-        let mode = screen
-            .lines()
-            .find(|l| l.trim() == "icanon" || l.trim() == "-icanon")
-            .map(|l| l.trim().to_owned());
+        let exit = screen.lines().find(|l| l.starts_with("MONITOR-EXIT=")).map(str::to_owned);
+        let mode = screen.lines().find(|l| l.trim() == "icanon" || l.trim() == "-icanon").map(|l| l.trim().to_owned());
         if let (Some(exit), Some(mode)) = (exit, mode) {
             break (exit, mode, screen);
         }
-        assert!(
-            Instant::now() < deadline,
-            "the monitor did not quit on q:\n{screen}"
-        );
+        assert!(Instant::now() < deadline, "the monitor did not quit on q:\n{screen}");
         std::thread::sleep(Duration::from_millis(100));
     };
     let (exit, mode, screen) = after;
     assert_eq!(exit, "MONITOR-EXIT=0", "{screen}");
-    assert_eq!(
-        mode, "icanon",
-        "the terminal is left in raw mode:\n{screen}"
-    );
-    assert_eq!(
-        tmux.display("#{alternate_on}"),
-        "0",
-        "the alternate screen is left"
-    );
+    assert_eq!(mode, "icanon", "the terminal is left in raw mode:\n{screen}");
+    assert_eq!(tmux.display("#{alternate_on}"), "0", "the alternate screen is left");
 }
 
 #[test]
 fn tui_shows_the_agent_going_away_and_reconnects_when_it_is_back() {
     let setup = Setup::new("monrec");
     let b = setup.id("x/b");
-    let tmux = Tmux {
-        socket: std::env::temp_dir().join(format!("flowgate-test-tmux-rec-{}", std::process::id())),
-    };
+    let tmux = Tmux { socket: std::env::temp_dir().join(format!("flowgate-test-tmux-rec-{}", std::process::id())) };
     let started = tmux.cmd(&["new-session", "-d", "-s", "mon", "-x", "200", "-y", "50", "bash --norc --noprofile"]);
     assert!(started.status.success(), "tmux new-session: {}", String::from_utf8_lossy(&started.stderr));
     let command =
@@ -482,42 +365,23 @@ fn tui_shows_the_agent_going_away_and_reconnects_when_it_is_back() {
 fn unknown_endpoint_is_one_line_listing_the_known_ones() {
     let setup = Setup::new("monunk");
     let socket = setup.socket().to_str().unwrap().to_owned();
-    let out = flowgate(&[
-        "monitor",
-        "--socket",
-        &socket,
-        "--related-to",
-        "999",
-        "-o",
-        "text",
-    ]);
+    let out = flowgate(&["monitor", "--socket", &socket, "--related-to", "999", "-o", "text"]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.lines().count(), 1, "one line:\n{stderr}");
-    assert!(
-        stderr.starts_with("flowgate: no endpoint 999 on this agent; known endpoints: "),
-        "{stderr}"
-    );
+    assert!(stderr.starts_with("flowgate: no endpoint 999 on this agent; known endpoints: "), "{stderr}");
     for (pod, id) in &setup.endpoints {
-        assert!(
-            stderr.contains(&format!("{id} ({pod})")),
-            "{pod} missing:\n{stderr}"
-        );
+        assert!(stderr.contains(&format!("{id} ({pod})")), "{pod} missing:\n{stderr}");
     }
     assert!(out.stdout.is_empty());
     // --to is checked too.
     let out = flowgate(&["monitor", "--socket", &socket, "--to", "998", "-o", "json"]);
-    assert!(
-        String::from_utf8_lossy(&out.stderr).starts_with("flowgate: no endpoint 998 on this agent")
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("flowgate: no endpoint 998 on this agent"));
     // No agent: one line saying so.
     let gone = setup._sockets.socket("nobody");
     let out = flowgate(&["monitor", "--socket", gone.to_str().unwrap(), "-o", "text"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(
-        stderr.starts_with("flowgate: no agent is listening on "),
-        "{stderr}"
-    );
+    assert!(stderr.starts_with("flowgate: no agent is listening on "), "{stderr}");
 }

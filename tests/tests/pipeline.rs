@@ -82,7 +82,8 @@ fn two_subscribers_with_different_filters_each_receive_exactly_their_events() {
     let id = |pod: &str| eps.iter().find(|e| e.pod_ref() == pod).unwrap().id;
     let (xa, yb) = (id("x/a"), id("y/b"));
     let only_xa = vec![FlowFilter { related_to: vec![xa], ..Default::default() }];
-    let udp_from_yb = vec![FlowFilter { from_endpoint: vec![yb], protocols: vec![Protocol::Udp], ..Default::default() }];
+    let udp_from_yb =
+        vec![FlowFilter { from_endpoint: vec![yb], protocols: vec![Protocol::Udp], ..Default::default() }];
 
     let (a, b, all) = rt.block_on(async {
         let mut a = subscribe(&socket, only_xa.clone()).await;
@@ -94,8 +95,20 @@ fn two_subscribers_with_different_filters_each_receive_exactly_their_events() {
         tokio::task::spawn_blocking(move || {
             let traffic = |from: &str, to: &str, port: &str, proto: &str, count: &str| {
                 flowgate_ok(&[
-                    "lab", "traffic", "--lab", &name, "--from", from, "--to", to, "--port", port, "--protocol", proto,
-                    "--count", count,
+                    "lab",
+                    "traffic",
+                    "--lab",
+                    &name,
+                    "--from",
+                    from,
+                    "--to",
+                    to,
+                    "--port",
+                    port,
+                    "--protocol",
+                    proto,
+                    "--count",
+                    count,
                 ])
             };
             traffic("x/a", "x/b", "80", "TCP", "5");
@@ -120,7 +133,9 @@ fn two_subscribers_with_different_filters_each_receive_exactly_their_events() {
     assert_eq!(got(&b), expect(&udp_from_yb), "subscriber B gets exactly y/b's UDP events");
     assert!(a.iter().all(|f| f.involves_endpoint(xa)));
     assert!(b.iter().all(|f| f.source.endpoint_id == yb && f.protocol == Protocol::Udp));
-    assert!(a.iter().any(|f| f.destination.pod_name == "b" && f.destination_port == 80 && f.verdict == Verdict::Forwarded));
+    assert!(
+        a.iter().any(|f| f.destination.pod_name == "b" && f.destination_port == 80 && f.verdict == Verdict::Forwarded)
+    );
 }
 
 #[test]
@@ -129,7 +144,11 @@ fn a_stalled_subscriber_is_told_its_loss_while_another_misses_nothing() {
     let lab = LabGuard::up("stall", &example("lab-netpol.yaml"));
     let dir = SocketDir::new("stall");
     // Small per-client queues so the stalled client overflows quickly.
-    let agent = AgentGuard::start(&lab.name, &dir.socket("agent.sock"), &["--client-queue-events", "4096", "--monitor-aggregation", "none"]);
+    let agent = AgentGuard::start(
+        &lab.name,
+        &dir.socket("agent.sock"),
+        &["--client-queue-events", "4096", "--monitor-aggregation", "none"],
+    );
     let rt = runtime();
     let socket = agent.socket.clone();
 
@@ -143,8 +162,22 @@ fn a_stalled_subscriber_is_told_its_loss_while_another_misses_nothing() {
         let name = lab.name.clone();
         tokio::task::spawn_blocking(move || {
             flowgate_ok(&[
-                "lab", "traffic", "--lab", &name, "--from", "x/a", "--to", "y/b", "--port", "80", "--protocol", "UDP",
-                "--count", "10000", "--interval", "0.1ms",
+                "lab",
+                "traffic",
+                "--lab",
+                &name,
+                "--from",
+                "x/a",
+                "--to",
+                "y/b",
+                "--port",
+                "80",
+                "--protocol",
+                "UDP",
+                "--count",
+                "10000",
+                "--interval",
+                "0.1ms",
             ])
         })
         .await
@@ -168,7 +201,11 @@ fn a_stalled_subscriber_is_told_its_loss_while_another_misses_nothing() {
     assert_eq!(reader_flows.len() as u64, read_by_agent, "the reading client got every event");
     let told: u64 = stalled_lost.iter().filter(|(s, _)| *s == LossSource::ClientQueue).map(|(_, n)| n).sum();
     assert!(told > 0, "the stalled client was told it lost events");
-    assert_eq!(stalled_flows.len() as u64 + told, read_by_agent, "what it got plus what it was told it lost is everything");
+    assert_eq!(
+        stalled_flows.len() as u64 + told,
+        read_by_agent,
+        "what it got plus what it was told it lost is everything"
+    );
     let me = after.clients.iter().map(|c| c.events_lost).max().unwrap();
     assert_eq!(me, told, "status reports the same per-client loss");
 }

@@ -48,7 +48,8 @@ struct Tally {
 fn enforcement_holds_through_a_kill_9_restart() {
     require_root();
     let lab = LabGuard::up("restart", &example("lab-netpol.yaml"));
-    let pod = |name: &str| lab.state.pods.iter().find(|p| format!("{}/{}", p.namespace, p.name) == name).unwrap().clone();
+    let pod =
+        |name: &str| lab.state.pods.iter().find(|p| format!("{}/{}", p.namespace, p.name) == name).unwrap().clone();
     let (xa, ya, yb, za) = (pod("x/a"), pod("y/a"), pod("y/b"), pod("z/a"));
     let target = SocketAddr::from((xa.ip, 80));
 
@@ -111,7 +112,11 @@ fn enforcement_holds_through_a_kill_9_restart() {
     run_for(&mut established, Duration::from_secs(1));
     let second = AgentGuard::start(&lab.name, &socket, &args);
     agent_down.store(false, Ordering::Relaxed);
-    assert!(second.output().contains("adopted the pinned maps"), "the new agent adopted the maps:\n{}", second.output());
+    assert!(
+        second.output().contains("adopted the pinned maps"),
+        "the new agent adopted the maps:\n{}",
+        second.output()
+    );
     run_for(&mut established, Duration::from_millis(700));
 
     stop.store(true, Ordering::Relaxed);

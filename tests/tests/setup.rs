@@ -18,7 +18,8 @@ fn setup_script_second_run_skips_every_step() {
     };
     let _first = run();
     let (second, took) = run();
-    for step in ["apt-get install", "cargo install", "rustup component add", "rustup toolchain install", "mount -t bpf"] {
+    for step in ["apt-get install", "cargo install", "rustup component add", "rustup toolchain install", "mount -t bpf"]
+    {
         assert!(!second.contains(step), "second run did `{step}` again:\n{second}");
     }
     assert!(second.contains("bpf-linker 0.13.0 present"), "{second}");

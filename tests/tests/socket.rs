@@ -28,15 +28,11 @@ use tokio_util::codec::Decoder as _;
 /// Sends raw bytes and returns every frame the agent sends until it closes the connection.
 fn raw_exchange(socket: &Path, bytes: &[u8]) -> Vec<ServerMessage> {
     let mut stream = UnixStream::connect(socket).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     // The agent may close before reading everything we send; what it answered is still readable.
     let _ = stream.write_all(bytes);
     let mut got = Vec::new();
-    stream
-        .read_to_end(&mut got)
-        .expect("the agent closes the connection");
+    stream.read_to_end(&mut got).expect("the agent closes the connection");
     let mut buf = BytesMut::from(&got[..]);
     let mut framing = codec::framing();
     let mut frames = Vec::new();
@@ -75,13 +71,9 @@ fn bad_input_gets_an_error_frame_and_the_agent_keeps_serving() {
     let agent = AgentGuard::start(&lab.name, &dir.socket("agent"), &[]);
 
     let replies = raw_exchange(&agent.socket, b"\x00\x00\x00\x0cnot a hello!");
-    let [ServerMessage::Error { message }] = &replies[..] else {
-        panic!("garbage: {replies:?}")
-    };
+    let [ServerMessage::Error { message }] = &replies[..] else { panic!("garbage: {replies:?}") };
     assert!(
-        message.starts_with(
-            "the first frame is not a hello: decoding a client hello message (12 bytes)"
-        ),
+        message.starts_with("the first frame is not a hello: decoding a client hello message (12 bytes)"),
         "{message}"
     );
 
@@ -89,48 +81,23 @@ fn bad_input_gets_an_error_frame_and_the_agent_keeps_serving() {
     assert_eq!(
         replies,
         [ServerMessage::Error {
-            message: "frame of 4294967280 bytes is over the limit of 4194304 bytes (while waiting for the hello)".into()
+            message: "frame of 4294967280 bytes is over the limit of 4194304 bytes (while waiting for the hello)"
+                .into()
         }]
     );
 
     // Garbage after a good hello: the hello is answered, then the error.
-    let mut bytes = framed(&ClientMessage::Hello(Hello {
-        protocol: PROTOCOL_VERSION,
-        software: "raw".into(),
-    }));
+    let mut bytes = framed(&ClientMessage::Hello(Hello { protocol: PROTOCOL_VERSION, software: "raw".into() }));
     bytes.extend_from_slice(b"\x00\x00\x00\x03\xc1\xc1\xc1");
     let replies = raw_exchange(&agent.socket, &bytes);
-    assert!(
-        matches!(&replies[0], ServerMessage::Hello(h) if h.protocol == PROTOCOL_VERSION),
-        "{replies:?}"
-    );
-    let ServerMessage::Error { message } = &replies[1] else {
-        panic!("{replies:?}")
-    };
-    assert!(
-        message.starts_with("could not decode a request"),
-        "{message}"
-    );
+    assert!(matches!(&replies[0], ServerMessage::Hello(h) if h.protocol == PROTOCOL_VERSION), "{replies:?}");
+    let ServerMessage::Error { message } = &replies[1] else { panic!("{replies:?}") };
+    assert!(message.starts_with("could not decode a request"), "{message}");
 
-    let future = Hello {
-        protocol: ProtocolVersion {
-            major: PROTOCOL_VERSION.major + 1,
-            minor: 0,
-        },
-        software: "future".into(),
-    };
-    let err = runtime()
-        .block_on(Client::connect_as(&agent.socket, future))
-        .err()
-        .expect("refused");
-    let ClientError::Refused {
-        reason: Refusal::VersionMismatch,
-        message,
-        ..
-    } = &err
-    else {
-        panic!("{err:?}")
-    };
+    let future =
+        Hello { protocol: ProtocolVersion { major: PROTOCOL_VERSION.major + 1, minor: 0 }, software: "future".into() };
+    let err = runtime().block_on(Client::connect_as(&agent.socket, future)).err().expect("refused");
+    let ClientError::Refused { reason: Refusal::VersionMismatch, message, .. } = &err else { panic!("{err:?}") };
     assert_eq!(
         *message,
         format!(
@@ -142,10 +109,7 @@ fn bad_input_gets_an_error_frame_and_the_agent_keeps_serving() {
     // Still up, and still serving.
     let status = status_json(&agent.socket);
     assert_eq!(status["endpoints"], 2, "{status}");
-    assert!(
-        agent.output().contains("the first frame is not a hello"),
-        "the agent logs refusals"
-    );
+    assert!(agent.output().contains("the first frame is not a hello"), "the agent logs refusals");
 }
 
 #[test]
@@ -176,18 +140,8 @@ fn peers_outside_the_socket_group_are_refused() {
         )),
         "{err}"
     );
-    assert!(
-        err.contains("is neither root nor in group") || err.contains("has no socket group"),
-        "{err}"
-    );
-    assert!(
-        status_json(&open.socket)["clients"]
-            .as_array()
-            .unwrap()
-            .len()
-            == 1,
-        "the refused peer is gone"
-    );
+    assert!(err.contains("is neither root nor in group") || err.contains("has no socket group"), "{err}");
+    assert!(status_json(&open.socket)["clients"].as_array().unwrap().len() == 1, "the refused peer is gone");
     drop(open);
 
     // Default mode 0660: the kernel refuses, and the command says what to do.
@@ -343,11 +297,7 @@ fn a_second_agent_on_the_same_socket_refuses_and_a_stale_socket_is_replaced() {
         )
     );
     let third = AgentGuard::start(&lab.name, &socket, &[]);
-    assert!(
-        third.output().contains("replaced the stale socket"),
-        "{}",
-        third.output()
-    );
+    assert!(third.output().contains("replaced the stale socket"), "{}", third.output());
     assert_eq!(status_json(&third.socket)["endpoints"], 2);
     drop(third);
     assert!(!socket.exists(), "a stopped agent removes its socket");
@@ -367,26 +317,17 @@ fn status_endpoints_and_identities_show_the_labs_pods() {
     assert!(status["identities"].as_u64().unwrap() >= 3, "{status}");
     let clients = status["clients"].as_array().unwrap();
     assert_eq!(clients.len(), 1, "the status client itself: {status}");
-    assert!(
-        clients[0]["software"]
-            .as_str()
-            .unwrap()
-            .starts_with("flowgate ")
-    );
+    assert!(clients[0]["software"].as_str().unwrap().starts_with("flowgate "));
 
-    let list: serde_json::Value = serde_json::from_str(&flowgate_ok(&[
-        "endpoint", "list", "--socket", &socket, "-o", "json",
-    ]))
-    .unwrap();
+    let list: serde_json::Value =
+        serde_json::from_str(&flowgate_ok(&["endpoint", "list", "--socket", &socket, "-o", "json"])).unwrap();
     let list = list.as_array().expect("a list");
     assert_eq!(list.len(), lab.state.pods.len());
     let mut ids = Vec::new();
     for pod in &lab.state.pods {
         let ep = list
             .iter()
-            .find(|e| {
-                e["namespace"] == pod.namespace.as_str() && e["pod_name"] == pod.name.as_str()
-            })
+            .find(|e| e["namespace"] == pod.namespace.as_str() && e["pod_name"] == pod.name.as_str())
             .unwrap_or_else(|| panic!("{}/{} is listed", pod.namespace, pod.name));
         assert_eq!(ep["ipv4"], pod.ip.to_string());
         assert_eq!(ep["interface"], pod.host_ifname.as_str());
@@ -399,79 +340,44 @@ fn status_endpoints_and_identities_show_the_labs_pods() {
     assert_eq!(ids.len(), lab.state.pods.len(), "distinct endpoint ids");
 
     let table = flowgate_ok(&["endpoint", "list", "--socket", &socket]);
-    assert!(
-        table.starts_with("ENDPOINT   POLICY (ingress)   POLICY (egress)   IDENTITY"),
-        "{table}"
-    );
+    assert!(table.starts_with("ENDPOINT   POLICY (ingress)   POLICY (egress)   IDENTITY"), "{table}");
     for pod in &lab.state.pods {
-        assert!(
-            table.contains(&format!("{}/{}", pod.namespace, pod.name)),
-            "{table}"
-        );
+        assert!(table.contains(&format!("{}/{}", pod.namespace, pod.name)), "{table}");
         assert!(table.contains(&pod.ip.to_string()), "{table}");
     }
-    assert_eq!(
-        table.matches("ready").count(),
-        lab.state.pods.len(),
-        "{table}"
-    );
+    assert_eq!(table.matches("ready").count(), lab.state.pods.len(), "{table}");
 
     let one = ids[0].to_string();
-    let got: serde_json::Value = serde_json::from_str(&flowgate_ok(&[
-        "endpoint", "get", &one, "--socket", &socket,
-    ]))
-    .unwrap();
+    let got: serde_json::Value =
+        serde_json::from_str(&flowgate_ok(&["endpoint", "get", &one, "--socket", &socket])).unwrap();
     assert_eq!(got["id"], ids[0]);
     let yaml = flowgate_ok(&["endpoint", "get", &one, "--socket", &socket, "-o", "yaml"]);
     assert!(yaml.contains(&format!("id: {one}\n")), "{yaml}");
     let out = flowgate(&["endpoint", "get", "999", "--socket", &socket]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr_line(&out);
-    assert!(
-        err.starts_with("flowgate: no endpoint 999 on this agent; known endpoints: "),
-        "{err}"
-    );
+    assert!(err.starts_with("flowgate: no endpoint 999 on this agent; known endpoints: "), "{err}");
     assert!(err.contains("(x/a)"), "{err}");
 
-    let identities: serde_json::Value = serde_json::from_str(&flowgate_ok(&[
-        "identity", "list", "--socket", &socket, "-o", "json",
-    ]))
-    .unwrap();
+    let identities: serde_json::Value =
+        serde_json::from_str(&flowgate_ok(&["identity", "list", "--socket", &socket, "-o", "json"])).unwrap();
     let identities = identities.as_array().unwrap();
     let mut covered: Vec<u64> = identities
         .iter()
-        .flat_map(|i| {
-            i["endpoints"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|e| e.as_u64().unwrap())
-        })
+        .flat_map(|i| i["endpoints"].as_array().unwrap().iter().map(|e| e.as_u64().unwrap()))
         .collect();
     covered.sort_unstable();
     assert_eq!(covered, ids, "every endpoint has exactly one identity");
     for ep in list {
-        let identity = identities
-            .iter()
-            .find(|i| i["id"] == ep["identity"])
-            .expect("its identity is listed");
-        assert!(
-            identity["endpoints"]
-                .as_array()
-                .unwrap()
-                .contains(&ep["id"])
-        );
+        let identity = identities.iter().find(|i| i["id"] == ep["identity"]).expect("its identity is listed");
+        assert!(identity["endpoints"].as_array().unwrap().contains(&ep["id"]));
     }
     let table = flowgate_ok(&["identity", "list", "--socket", &socket]);
     assert!(table.starts_with("ID "), "{table}");
 
     // A request over the library client, too, and the client is gone from `status` afterwards.
     let rt = runtime();
-    let mut client = rt
-        .block_on(Client::connect(&agent.socket, "socket-test"))
-        .unwrap();
+    let mut client = rt.block_on(Client::connect(&agent.socket, "socket-test")).unwrap();
     let response = rt.block_on(client.request(Request::EndpointList)).unwrap();
-    assert!(
-        matches!(response, flowgate_proto::message::Response::Endpoints(eps) if eps.len() == lab.state.pods.len())
-    );
+    assert!(matches!(response, flowgate_proto::message::Response::Endpoints(eps) if eps.len() == lab.state.pods.len()));
 }

@@ -35,11 +35,7 @@ fn metric(port: u16, name: &str) -> f64 {
     let mut body = String::new();
     s.read_to_string(&mut body).unwrap();
     body.lines()
-        .find_map(|l| {
-            l.strip_prefix(name)
-                .and_then(|v| v.strip_prefix(' '))
-                .and_then(|v| v.parse().ok())
-        })
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')).and_then(|v| v.parse().ok()))
         .unwrap_or_else(|| panic!("{name} not in the metrics:\n{body}"))
 }
 
@@ -66,12 +62,7 @@ fn log_files(current: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("verdicts")
-        })
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("verdicts"))
         .filter(|p| !p.to_string_lossy().ends_with(".tmp"))
         .collect();
     files.sort();
@@ -83,9 +74,7 @@ fn file_lines(path: &Path) -> (Vec<String>, bool) {
     let mut bytes = Vec::new();
     let file = std::fs::File::open(path).unwrap();
     if path.extension().is_some_and(|e| e == "gz") {
-        flate2::read::MultiGzDecoder::new(file)
-            .read_to_end(&mut bytes)
-            .unwrap();
+        flate2::read::MultiGzDecoder::new(file).read_to_end(&mut bytes).unwrap();
     } else {
         BufReader::new(file).read_to_end(&mut bytes).unwrap();
     }
@@ -101,8 +90,8 @@ fn check_files(current: &Path) -> (u64, u64, Vec<Value>) {
         let (lines, torn) = file_lines(&file);
         assert!(!torn, "{}: a torn last line", file.display());
         for (i, line) in lines.iter().enumerate() {
-            let v: Value = serde_json::from_str(line)
-                .unwrap_or_else(|e| panic!("{}:{}: {e}: {line}", file.display(), i + 1));
+            let v: Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("{}:{}: {e}: {line}", file.display(), i + 1));
             if v.get("flow").is_some() {
                 flows += 1;
                 if sample.len() < 50 {
@@ -111,13 +100,7 @@ fn check_files(current: &Path) -> (u64, u64, Vec<Value>) {
             } else {
                 lost += v["lost_events"]["num_events_lost"]
                     .as_u64()
-                    .unwrap_or_else(|| {
-                        panic!(
-                            "{}:{}: neither flow nor lost: {line}",
-                            file.display(),
-                            i + 1
-                        )
-                    });
+                    .unwrap_or_else(|| panic!("{}:{}: neither flow nor lost: {line}", file.display(), i + 1));
             }
         }
     }
@@ -180,21 +163,10 @@ fn export(args: &[&str]) -> (String, String, i64, Duration) {
         .rev()
         .find(|l| l.starts_with("FLOWGATE-MAXRSS-KIB="))
         .unwrap_or_else(|| panic!("export {args:?} failed:\n{stderr}"));
-    let rss: i64 = rss_line
-        .trim_start_matches("FLOWGATE-MAXRSS-KIB=")
-        .trim()
-        .parse()
-        .unwrap();
-    assert!(
-        !stderr.contains("Command exited with non-zero status"),
-        "export {args:?} failed:\n{stderr}"
-    );
-    let stderr = stderr
-        .lines()
-        .filter(|l| !l.starts_with("FLOWGATE-MAXRSS-KIB="))
-        .collect::<Vec<_>>()
-        .join("\n")
-        + "\n";
+    let rss: i64 = rss_line.trim_start_matches("FLOWGATE-MAXRSS-KIB=").trim().parse().unwrap();
+    assert!(!stderr.contains("Command exited with non-zero status"), "export {args:?} failed:\n{stderr}");
+    let stderr =
+        stderr.lines().filter(|l| !l.starts_with("FLOWGATE-MAXRSS-KIB=")).collect::<Vec<_>>().join("\n") + "\n";
     (stdout, stderr, rss, started.elapsed())
 }
 
@@ -204,34 +176,17 @@ fn exported(stderr: &str) -> u64 {
         .lines()
         .find(|l| l.starts_with("flowgate verdicts export:"))
         .unwrap_or_else(|| panic!("no summary:\n{stderr}"));
-    summary["flowgate verdicts export: ".len()..]
-        .split(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
+    summary["flowgate verdicts export: ".len()..].split(' ').next().unwrap().parse().unwrap()
 }
 
-fn start_agent(
-    lab: &LabGuard,
-    sockets: &SocketDir,
-    dir: &Path,
-    port: u16,
-    extra: &[&str],
-) -> AgentGuard {
+fn start_agent(lab: &LabGuard, sockets: &SocketDir, dir: &Path, port: u16, extra: &[&str]) -> AgentGuard {
     let policies = dir.join("policies");
     std::fs::create_dir_all(&policies).unwrap();
     std::fs::write(policies.join("y.yaml"), DENY_INTO_Y).unwrap();
     let addr = format!("127.0.0.1:{port}");
     let log = dir.join("log").join("verdicts.jsonl");
-    let mut args = vec![
-        "--policies",
-        policies.to_str().unwrap(),
-        "--metrics-addr",
-        &addr,
-        "--verdict-log",
-        log.to_str().unwrap(),
-    ];
+    let mut args =
+        vec!["--policies", policies.to_str().unwrap(), "--metrics-addr", &addr, "--verdict-log", log.to_str().unwrap()];
     args.extend_from_slice(extra);
     AgentGuard::start(&lab.name, &sockets.socket("agent.sock"), &args)
 }
@@ -249,83 +204,42 @@ fn rotation_under_load_keeps_every_record_whole_and_export_follow_gets_them_all(
         &sockets,
         &tmp.0,
         port,
-        &[
-            "--verdict-log-max-size",
-            "64KiB",
-            "--verdict-log-max-backups",
-            "100000",
-            "--verdict-log-compress",
-        ],
+        &["--verdict-log-max-size", "64KiB", "--verdict-log-max-backups", "100000", "--verdict-log-compress"],
     );
     let log = tmp.0.join("log").join("verdicts.jsonl");
     let follower = Command::new(flowgate_bin())
-        .args([
-            "verdicts",
-            "export",
-            "--follow",
-            "--log",
-            log.to_str().unwrap(),
-            "--output-file",
-        ])
+        .args(["verdicts", "export", "--follow", "--log", log.to_str().unwrap(), "--output-file"])
         .arg(tmp.0.join("followed.jsonl"))
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
     // Denied UDP into y: one drop record per datagram, plus verdicts.
-    let floods = [
-        flood(&lab.name, "z/c", "y/a", "20000"),
-        flood(&lab.name, "x/b", "y/c", "20000"),
-    ];
+    let floods = [flood(&lab.name, "z/c", "y/a", "20000"), flood(&lab.name, "x/b", "y/c", "20000")];
     for mut f in floods {
         assert!(f.wait().unwrap().success());
     }
-    let written = settled(
-        port,
-        "flowgate_verdict_log_records_total",
-        Duration::from_secs(2),
-    ) as u64;
+    let written = settled(port, "flowgate_verdict_log_records_total", Duration::from_secs(2)) as u64;
     let rotations = metric(port, "flowgate_verdict_log_rotations_total") as u64;
     let lost = metric(port, "flowgate_lost_events_total{source=\"verdict_log\"}") as u64;
     std::thread::sleep(Duration::from_secs(1)); // the compressor finishes
     let (flows, marked, sample) = check_files(&log);
-    println!(
-        "written {written}, lost {lost}, rotations {rotations}, files {}",
-        log_files(&log).len()
-    );
+    println!("written {written}, lost {lost}, rotations {rotations}, files {}", log_files(&log).len());
     assert!(written > 20_000, "lots of records: {written}");
     assert!(rotations > 20, "rotated often: {rotations}");
-    assert_eq!(
-        flows, written,
-        "the files hold exactly the records the agent counted as written"
-    );
+    assert_eq!(flows, written, "the files hold exactly the records the agent counted as written");
+    assert!(marked >= lost, "every loss of the log is marked in it ({marked} marked, {lost} lost)");
+    assert!(log_files(&log).iter().any(|p| p.extension().is_some_and(|e| e == "gz")), "rotated files are compressed");
     assert!(
-        marked >= lost,
-        "every loss of the log is marked in it ({marked} marked, {lost} lost)"
+        sample.iter().any(|v| v["flow"]["verdict"] == "DROPPED" && v["flow"]["drop_reason_desc"] == "POLICY_DENIED")
     );
-    assert!(
-        log_files(&log)
-            .iter()
-            .any(|p| p.extension().is_some_and(|e| e == "gz")),
-        "rotated files are compressed"
-    );
-    assert!(
-        sample.iter().any(|v| v["flow"]["verdict"] == "DROPPED"
-            && v["flow"]["drop_reason_desc"] == "POLICY_DENIED")
-    );
-    assert!(
-        sample.iter().all(|v| v["flow"]["event_type"]["type"] != 4),
-        "no traces by default"
-    );
+    assert!(sample.iter().all(|v| v["flow"]["event_type"]["type"] != 4), "no traces by default");
 
     // The exporter reads it all back, gzip included.
     let (out, err, _, _) = export(&["--log", log.to_str().unwrap()]);
     assert_eq!(exported(&err), written, "{err}");
     assert!(err.contains(" 0 corrupt lines skipped"), "{err}");
-    assert_eq!(
-        out.lines().filter(|l| l.starts_with("{\"flow\"")).count() as u64,
-        written
-    );
+    assert_eq!(out.lines().filter(|l| l.starts_with("{\"flow\"")).count() as u64, written);
 
     // --follow saw every record live, across every rotation (it may still be catching up: wait for it).
     let count_followed = || {
@@ -345,10 +259,7 @@ fn rotation_under_load_keeps_every_record_whole_and_export_follow_gets_them_all(
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{err}");
     let followed = std::fs::read_to_string(tmp.0.join("followed.jsonl")).unwrap();
-    let followed_flows = followed
-        .lines()
-        .filter(|l| l.starts_with("{\"flow\""))
-        .count() as u64;
+    let followed_flows = followed.lines().filter(|l| l.starts_with("{\"flow\"")).count() as u64;
     assert_eq!(followed_flows, written, "export --follow: {err}");
     drop(agent);
 }
@@ -360,13 +271,7 @@ impl SmallDisk {
     fn mount(path: &Path, size: &str) -> Self {
         std::fs::create_dir_all(path).unwrap();
         let ok = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size}"),
-                "flowgate-test",
-            ])
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "flowgate-test"])
             .arg(path)
             .status()
             .expect("run mount");
@@ -399,63 +304,27 @@ fn a_full_disk_leaves_only_whole_records_and_every_unwritten_one_is_counted_and_
     let disk = SmallDisk::mount(&tmp.0.join("log"), "256k");
     let sockets = SocketDir::new("vfull");
     let port = free_port();
-    let agent = start_agent(
-        &lab,
-        &sockets,
-        &tmp.0,
-        port,
-        &["--verdict-log-max-size", "100MiB"],
-    );
+    let agent = start_agent(&lab, &sockets, &tmp.0, port, &["--verdict-log-max-size", "100MiB"]);
     let log = tmp.0.join("log").join("verdicts.jsonl");
 
     // Far more than 256 KiB of records: the disk fills up while the agent writes.
-    assert!(
-        flood(&lab.name, "z/c", "y/a", "10000")
-            .wait()
-            .unwrap()
-            .success()
-    );
-    let written = settled(
-        port,
-        "flowgate_verdict_log_records_total",
-        Duration::from_secs(1),
-    ) as u64;
+    assert!(flood(&lab.name, "z/c", "y/a", "10000").wait().unwrap().success());
+    let written = settled(port, "flowgate_verdict_log_records_total", Duration::from_secs(1)) as u64;
     let lost = metric(port, "flowgate_lost_events_total{source=\"verdict_log\"}") as u64;
     let (flows, _, _) = check_files(&log);
     println!("disk full: written {written}, lost {lost}, on disk {flows}");
-    assert!(
-        lost > 0,
-        "the full disk cost records, and they were counted"
-    );
-    assert_eq!(
-        flows, written,
-        "every line on disk is whole and is one the agent counted as written"
-    );
+    assert!(lost > 0, "the full disk cost records, and they were counted");
+    assert_eq!(flows, written, "every line on disk is whole and is one the agent counted as written");
 
     // Room again: the next write marks the loss in the log, then goes on.
     disk.grow("64m");
-    assert!(
-        flood(&lab.name, "z/c", "y/b", "50")
-            .wait()
-            .unwrap()
-            .success()
-    );
-    settled(
-        port,
-        "flowgate_verdict_log_records_total",
-        Duration::from_secs(1),
-    );
+    assert!(flood(&lab.name, "z/c", "y/b", "50").wait().unwrap().success());
+    settled(port, "flowgate_verdict_log_records_total", Duration::from_secs(1));
     let lost_after = metric(port, "flowgate_lost_events_total{source=\"verdict_log\"}") as u64;
     let (flows, marked, _) = check_files(&log);
     assert!(flows > written, "writing went on once there was room");
-    assert!(
-        marked >= lost,
-        "the loss is marked in the log: {marked} marked, {lost} lost"
-    );
-    assert_eq!(
-        lost_after, lost,
-        "nothing more was lost once there was room"
-    );
+    assert!(marked >= lost, "the loss is marked in the log: {marked} marked, {lost} lost");
+    assert_eq!(lost_after, lost, "nothing more was lost once there was room");
     drop(agent);
 }
 
@@ -472,31 +341,13 @@ fn kill_9_while_writing_leaves_only_whole_records() {
         &sockets,
         &tmp.0,
         port,
-        &[
-            "--verdict-log-max-size",
-            "256KiB",
-            "--verdict-log-max-backups",
-            "100000",
-        ],
+        &["--verdict-log-max-size", "256KiB", "--verdict-log-max-backups", "100000"],
     );
     let log = tmp.0.join("log").join("verdicts.jsonl");
     // Phase 1: a burst, then quiet: everything the agent counts as written is on disk, exactly.
-    assert!(
-        flood(&lab.name, "z/c", "y/a", "5000")
-            .wait()
-            .unwrap()
-            .success()
-    );
-    let quiet = settled(
-        port,
-        "flowgate_verdict_log_records_total",
-        Duration::from_secs(1),
-    ) as u64;
-    assert_eq!(
-        check_files(&log).0,
-        quiet,
-        "at rest, the files hold exactly the written records"
-    );
+    assert!(flood(&lab.name, "z/c", "y/a", "5000").wait().unwrap().success());
+    let quiet = settled(port, "flowgate_verdict_log_records_total", Duration::from_secs(1)) as u64;
+    assert_eq!(check_files(&log).0, quiet, "at rest, the files hold exactly the written records");
     // Phase 2: kill -9 in the middle of heavy writing.
     let mut f = flood(&lab.name, "z/c", "y/a", "40000");
     std::thread::sleep(Duration::from_millis(1500));
@@ -508,32 +359,18 @@ fn kill_9_while_writing_leaves_only_whole_records() {
     let mut flows = 0;
     for file in log_files(&log) {
         let (lines, torn) = file_lines(&file);
-        let complete = if torn {
-            &lines[..lines.len() - 1]
-        } else {
-            &lines[..]
-        };
-        assert!(
-            !torn || file == log,
-            "{}: only the current file can end mid-line",
-            file.display()
-        );
+        let complete = if torn { &lines[..lines.len() - 1] } else { &lines[..] };
+        assert!(!torn || file == log, "{}: only the current file can end mid-line", file.display());
         for (i, line) in complete.iter().enumerate() {
-            let v: Value = serde_json::from_str(line)
-                .unwrap_or_else(|e| panic!("{}:{}: {e}", file.display(), i + 1));
+            let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{}:{}: {e}", file.display(), i + 1));
             flows += u64::from(v.get("flow").is_some());
         }
     }
-    println!(
-        "at rest {quiet}; counted before the kill {before_kill}; whole flow records on disk {flows}"
-    );
+    println!("at rest {quiet}; counted before the kill {before_kill}; whole flow records on disk {flows}");
     assert!(before_kill > quiet, "the kill came while writing");
     // Every record the agent had counted as written before the kill is on disk, whole; so are the
     // records of writes completed between that sample and the kill.
-    assert!(
-        flows >= before_kill,
-        "{flows} on disk < {before_kill} counted"
-    );
+    assert!(flows >= before_kill, "{flows} on disk < {before_kill} counted");
     let (_, err, _, _) = export(&["--log", log.to_str().unwrap()]);
     assert_eq!(exported(&err), flows, "{err}");
     assert!(err.contains(" 0 corrupt lines skipped"), "{err}");
@@ -544,23 +381,13 @@ fn kill_9_while_writing_leaves_only_whole_records() {
         &sockets,
         &tmp.0,
         port,
-        &[
-            "--verdict-log-max-size",
-            "256KiB",
-            "--verdict-log-max-backups",
-            "100000",
-        ],
+        &["--verdict-log-max-size", "256KiB", "--verdict-log-max-backups", "100000"],
     );
     // Records still in the pinned events buffer from before the kill are written by the new agent: wait
     // until it is quiet, so no write is in progress while the file is read.
     settled(port, "flowgate_verdict_log_records_total", Duration::from_secs(1));
     let (lines, torn) = file_lines(&log);
-    assert!(
-        !torn
-            && lines
-                .iter()
-                .all(|l| serde_json::from_str::<Value>(l).is_ok())
-    );
+    assert!(!torn && lines.iter().all(|l| serde_json::from_str::<Value>(l).is_ok()));
     drop(agent);
 }
 
@@ -596,9 +423,7 @@ fn generate(dir: &Path, total: u64, backups: u64) -> PathBuf {
         let compress = !is_current && file_index % 2 == 1;
         let mut out: Box<dyn std::io::Write> = if compress {
             Box::new(flate2::write::GzEncoder::new(
-                std::io::BufWriter::new(
-                    std::fs::File::create(path.with_extension("jsonl.gz")).unwrap(),
-                ),
+                std::io::BufWriter::new(std::fs::File::create(path.with_extension("jsonl.gz")).unwrap()),
                 flate2::Compression::fast(),
             ))
         } else {
@@ -642,10 +467,7 @@ fn export_of_a_million_records_selects_exactly_in_constant_memory_and_reports_co
     assert_eq!(exported(&err), TOTAL);
     assert!(rss < 50 * 1024, "max RSS {rss} KiB");
     let mut previous = String::new();
-    for (n, line) in BufReader::new(std::fs::File::open(&out_file).unwrap())
-        .lines()
-        .enumerate()
-    {
+    for (n, line) in BufReader::new(std::fs::File::open(&out_file).unwrap()).lines().enumerate() {
         let line = line.unwrap();
         let t = &line[17..47];
         assert!(t > previous.as_str(), "record {n} out of order");
@@ -654,52 +476,21 @@ fn export_of_a_million_records_selects_exactly_in_constant_memory_and_reports_co
 
     // A time range: records 100000..=350000 (times are exact; rotated files outside it are skipped).
     let (since, until) = (stamp_of(100_000), stamp_of(350_000));
-    let (_, err, rss, took) = export(&[
-        "--log",
-        log_arg,
-        "--since",
-        &since,
-        "--until",
-        &until,
-        "--output-file",
-        out_arg,
-    ]);
+    let (_, err, rss, took) =
+        export(&["--log", log_arg, "--since", &since, "--until", &until, "--output-file", out_arg]);
     println!("range: {took:?}, max RSS {rss} KiB: {}", err.trim());
     assert_eq!(exported(&err), 250_001);
     assert!(rss < 50 * 1024);
 
     // Filters: denied, into namespace y (either side), CSV.
-    let (_, err, rss, took) = export(&[
-        "--log",
-        log_arg,
-        "--verdict",
-        "denied",
-        "--namespace",
-        "y",
-        "-o",
-        "csv",
-        "--output-file",
-        out_arg,
-    ]);
+    let (_, err, rss, took) =
+        export(&["--log", log_arg, "--verdict", "denied", "--namespace", "y", "-o", "csv", "--output-file", out_arg]);
     println!("filters: {took:?}, max RSS {rss} KiB: {}", err.trim());
     let expected = (0..TOTAL).filter(|i| i % 4 == 0 && i % 3 == 0).count() as u64;
     assert_eq!(exported(&err), expected);
-    assert_eq!(
-        std::fs::read_to_string(&out_file).unwrap().lines().count() as u64,
-        expected + 1,
-        "rows and a header"
-    );
+    assert_eq!(std::fs::read_to_string(&out_file).unwrap().lines().count() as u64, expected + 1, "rows and a header");
     assert!(rss < 50 * 1024);
-    let (text, _, _, _) = export(&[
-        "--log",
-        log_arg,
-        "--port",
-        "1024",
-        "--until",
-        &stamp_of(60_000),
-        "-o",
-        "text",
-    ]);
+    let (text, _, _, _) = export(&["--log", log_arg, "--port", "1024", "--until", &stamp_of(60_000), "-o", "text"]);
     assert_eq!(text.lines().count(), 2, "{text}");
     assert!(text.starts_with("2024-05-01T08:00:00.000000000Z n1 DROPPED policy-verdict INGRESS z/c (ID 1) 10.200.0.1:1024 -> y/a (ID 2) 10.200.0.2:81 UDP"), "{text}");
 
@@ -713,10 +504,7 @@ fn export_of_a_million_records_selects_exactly_in_constant_memory_and_reports_co
     let (_, err, _, _) = export(&["--log", log_arg, "--output-file", out_arg]);
     let name = log.display().to_string();
     for n in [5, 10, 15] {
-        assert!(
-            err.contains(&format!("{name}:{n}: ")),
-            "line {n} reported:\n{err}"
-        );
+        assert!(err.contains(&format!("{name}:{n}: ")), "line {n} reported:\n{err}");
     }
     assert!(err.contains(" 3 corrupt lines skipped"), "{err}");
     assert_eq!(exported(&err), TOTAL - 3);

@@ -71,7 +71,8 @@ fn every_verdict_names_its_policy_or_the_default_deny() {
     let sock = socket.to_str().unwrap().to_owned();
 
     let probe = |from: &str, to: &str| {
-        let (report, _) = lab.probe(&["--from", from, "--to", to, "--port", "80", "--protocol", "TCP", "--timeout", "500ms"]);
+        let (report, _) =
+            lab.probe(&["--from", from, "--to", to, "--port", "80", "--protocol", "TCP", "--timeout", "500ms"]);
         probe_results(&report)[0].2
     };
     let flows = rt.block_on(async {
@@ -142,8 +143,14 @@ fn every_verdict_names_its_policy_or_the_default_deny() {
     let parsed: serde_json::Value = serde_json::from_str(&json).unwrap();
     let entries = parsed[0]["entries"].as_array().unwrap();
     assert!(!entries.is_empty());
-    assert!(entries.iter().all(|e| e["labels"].as_array().unwrap().iter().any(|l| l.as_str().unwrap().contains("ns=y"))), "{json}");
-    assert!(entries.iter().map(|e| e["packets"].as_u64().unwrap()).sum::<u64>() >= 1, "the allowed connection was counted: {json}");
+    assert!(
+        entries.iter().all(|e| e["labels"].as_array().unwrap().iter().any(|l| l.as_str().unwrap().contains("ns=y"))),
+        "{json}"
+    );
+    assert!(
+        entries.iter().map(|e| e["packets"].as_u64().unwrap()).sum::<u64>() >= 1,
+        "the allowed connection was counted: {json}"
+    );
 }
 
 #[test]

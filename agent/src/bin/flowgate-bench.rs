@@ -51,11 +51,7 @@ fn syn() -> Vec<u8> {
     ipv4_packet(
         Ipv4Addr::new(10, 200, 0, 10),
         Ipv4Addr::new(10, 200, 0, 11),
-        Transport::Tcp {
-            sport: 40000,
-            dport: 80,
-            flags: 0x02,
-        },
+        Transport::Tcp { sport: 40000, dport: 80, flags: 0x02 },
     )
 }
 
@@ -96,20 +92,13 @@ fn drain_run(wakeup_bytes: u64, runs: usize, repeat: u32) -> anyhow::Result<(f64
     let (mut dp, state) = load(wakeup_bytes)?;
     let ring = dp.take_events()?;
     let packet = syn();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let mut sub = state.hub().subscribe(&Subscription::default());
     let delivered = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let reader = {
         let pipeline = Pipeline::new(Arc::clone(&state));
-        runtime.spawn(flowgate_agent::reader::run(
-            ring,
-            Duration::from_millis(5),
-            pipeline,
-        ))
+        runtime.spawn(flowgate_agent::reader::run(ring, Duration::from_millis(5), pipeline))
     };
     let consumer = {
         let delivered = Arc::clone(&delivered);
@@ -125,10 +114,7 @@ fn drain_run(wakeup_bytes: u64, runs: usize, repeat: u32) -> anyhow::Result<(f64
     let start = Instant::now();
     let mut ns = Vec::new();
     for _ in 0..runs {
-        let result = dp
-            .lock()
-            .unwrap()
-            .test_run(PROG_FROM_ENDPOINT, &packet, repeat)?;
+        let result = dp.lock().unwrap().test_run(PROG_FROM_ENDPOINT, &packet, repeat)?;
         ns.push(result.duration.as_nanos() as f64);
     }
     let generated_for = start.elapsed();
@@ -177,17 +163,11 @@ fn policy_cost(policies: usize, runs: usize, repeat: u32) -> anyhow::Result<(f64
     use std::fmt::Write as _;
 
     // The reader drains on its tick only: wake-ups would be measured, not the policy decision.
-    let mut dp = Datapath::load(DatapathOptions {
-        wakeup_bytes: u64::MAX,
-        ..DatapathOptions::default()
-    })
-    .context("loading the datapath (run as root)")?;
+    let mut dp = Datapath::load(DatapathOptions { wakeup_bytes: u64::MAX, ..DatapathOptions::default() })
+        .context("loading the datapath (run as root)")?;
     let state = AgentState::new(AgentInfo::default(), Hub::new(HubConfig::default()));
-    let ns: std::collections::BTreeMap<String, String> = [(
-        "kubernetes.io/metadata.name".to_string(),
-        "bench".to_string(),
-    )]
-    .into();
+    let ns: std::collections::BTreeMap<String, String> =
+        [("kubernetes.io/metadata.name".to_string(), "bench".to_string())].into();
     let mut pods = Vec::new();
     let mut add = |name: String, ip: Ipv4Addr, ifindex: u32| {
         let ep = state.upsert_endpoint(
@@ -212,20 +192,12 @@ fn policy_cost(policies: usize, runs: usize, repeat: u32) -> anyhow::Result<(f64
         });
         ep
     };
-    let server = add(
-        "server".into(),
-        Ipv4Addr::new(10, 200, 0, 11),
-        TEST_RUN_IFINDEX,
-    );
+    let server = add("server".into(), Ipv4Addr::new(10, 200, 0, 11), TEST_RUN_IFINDEX);
     dp.set_endpoint(TEST_RUN_IFINDEX, datapath::endpoint_info(&server))?;
     let mut yaml = String::new();
     for i in 0..policies {
         let client = format!("client-{i}");
-        add(
-            client.clone(),
-            Ipv4Addr::from(0x0ac9_0000u32 + i as u32),
-            10_000 + i as u32,
-        );
+        add(client.clone(), Ipv4Addr::from(0x0ac9_0000u32 + i as u32), 10_000 + i as u32);
         write!(
             yaml,
             "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: allow-{i}, namespace: bench}}\n\
@@ -233,74 +205,39 @@ fn policy_cost(policies: usize, runs: usize, repeat: u32) -> anyhow::Result<(f64
             1000 + i
         )?;
     }
-    let dir = std::env::temp_dir().join(format!(
-        "fg-bench-policies-{}-{policies}",
-        std::process::id()
-    ));
+    let dir = std::env::temp_dir().join(format!("fg-bench-policies-{}-{policies}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("policies.yaml"), yaml)?;
     let mut engine = PolicyEngine::new(Some(dir.clone()), false);
     engine.reload();
-    anyhow::ensure!(
-        engine.status().errors.is_empty(),
-        "bench policies: {:?}",
-        engine.status().errors
-    );
-    let cluster = ClusterView {
-        namespaces: vec![NamespaceInfo {
-            name: "bench".into(),
-            labels: ns.clone(),
-        }],
-        pods,
-    };
+    anyhow::ensure!(engine.status().errors.is_empty(), "bench policies: {:?}", engine.status().errors);
+    let cluster = ClusterView { namespaces: vec![NamespaceInfo { name: "bench".into(), labels: ns.clone() }], pods };
     let (contents, snapshot) = engine.prepare(&cluster);
     state.set_policy(Arc::new(snapshot), engine.cidr_labels());
     dp.apply_policy(&contents)?;
     let _ = std::fs::remove_dir_all(&dir);
 
     let ring = dp.take_events()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
-    let reader = runtime.spawn(flowgate_agent::reader::run(
-        ring,
-        Duration::from_millis(5),
-        Pipeline::new(Arc::clone(&state)),
-    ));
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let reader =
+        runtime.spawn(flowgate_agent::reader::run(ring, Duration::from_millis(5), Pipeline::new(Arc::clone(&state))));
     // From the first client, allowed: the first run opens the connection, the rest hit conntrack.
     let allowed = ipv4_packet(
         Ipv4Addr::from(0x0ac9_0000u32),
         Ipv4Addr::new(10, 200, 0, 11),
-        Transport::Tcp {
-            sport: 40000,
-            dport: 1000,
-            flags: 0x10,
-        },
+        Transport::Tcp { sport: 40000, dport: 1000, flags: 0x10 },
     );
     // From outside, denied: no conntrack entry is ever made, so every run takes the full decision.
     let denied = ipv4_packet(
         Ipv4Addr::new(192, 0, 2, 1),
         Ipv4Addr::new(10, 200, 0, 11),
-        Transport::Tcp {
-            sport: 40001,
-            dport: 1000,
-            flags: 0x02,
-        },
+        Transport::Tcp { sport: 40001, dport: 1000, flags: 0x02 },
     );
     let mut established = Vec::new();
     let mut decided = Vec::new();
     for _ in 0..runs {
-        established.push(
-            dp.test_run(PROG_TO_ENDPOINT, &allowed, repeat)?
-                .duration
-                .as_nanos() as f64,
-        );
-        decided.push(
-            dp.test_run(PROG_TO_ENDPOINT, &denied, repeat / 10)?
-                .duration
-                .as_nanos() as f64,
-        );
+        established.push(dp.test_run(PROG_TO_ENDPOINT, &allowed, repeat)?.duration.as_nanos() as f64);
+        decided.push(dp.test_run(PROG_TO_ENDPOINT, &denied, repeat / 10)?.duration.as_nanos() as f64);
     }
     reader.abort();
     Ok((median(established), median(decided)))
@@ -310,31 +247,17 @@ fn main() -> anyhow::Result<()> {
     let runs = 5;
     println!("flowgate-bench (medians of {runs} runs; kernel: BPF_PROG_TEST_RUN)\n");
 
-    println!(
-        "{:<44} {:>14} {:>22}",
-        "datapath (to_endpoint, ns/packet)", "established", "new, denied by policy"
-    );
+    println!("{:<44} {:>14} {:>22}", "datapath (to_endpoint, ns/packet)", "established", "new, denied by policy");
     let mut denied_costs = Vec::new();
     for policies in [1, 100, 1000] {
         let (established, denied) = policy_cost(policies, runs, 200_000)?;
         denied_costs.push(denied);
-        println!(
-            "{:<44} {:>14.1} {:>22.1}",
-            format!("{policies} policies on the endpoint"),
-            established,
-            denied
-        );
+        println!("{:<44} {:>14.1} {:>22.1}", format!("{policies} policies on the endpoint"), established, denied);
     }
-    println!(
-        "cost with 1000 policies / with 1 policy (new connection): {:.2}x",
-        denied_costs[2] / denied_costs[0]
-    );
+    println!("cost with 1000 policies / with 1 policy (new connection): {:.2}x", denied_costs[2] / denied_costs[0]);
 
     let ns = datapath_ns(runs, 200_000)?;
-    println!(
-        "{:<44} {:>14.1}",
-        "a trace record for every packet (aggregation none)", ns
-    );
+    println!("{:<44} {:>14.1}", "a trace record for every packet (aggregation none)", ns);
 
     println!();
     println!(
@@ -342,10 +265,7 @@ fn main() -> anyhow::Result<()> {
         "drain (reader+pipeline+hub)", "generated", "read", "lost(krn)", "to client", "read/s"
     );
     let mut rates = Vec::new();
-    for (label, wakeup) in [
-        ("batched wake-ups (256 KiB)", 256u64 << 10),
-        ("wake-up per record", 0),
-    ] {
+    for (label, wakeup) in [("batched wake-ups (256 KiB)", 256u64 << 10), ("wake-up per record", 0)] {
         let (_, s) = drain_run(wakeup, runs, 200_000)?;
         let rate = s.read as f64 / s.secs;
         rates.push(rate);
@@ -355,9 +275,6 @@ fn main() -> anyhow::Result<()> {
         );
         let _ = s.generate_secs;
     }
-    println!(
-        "\nbatched / per-record drain rate: {:.2}x",
-        rates[0] / rates[1]
-    );
+    println!("\nbatched / per-record drain rate: {:.2}x", rates[0] / rates[1]);
     Ok(())
 }

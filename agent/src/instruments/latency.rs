@@ -58,13 +58,7 @@ fn histogram() -> Histogram<u64> {
 
 impl Window {
     fn new() -> Self {
-        Self {
-            current: histogram(),
-            previous: histogram(),
-            started: Instant::now(),
-            sum_ns: 0,
-            count: 0,
-        }
+        Self { current: histogram(), previous: histogram(), started: Instant::now(), sum_ns: 0, count: 0 }
     }
 
     fn turn(&mut self) {
@@ -110,10 +104,7 @@ impl Default for PipelineLatency {
             kernel_to_decode: Mutex::new(Window::new()),
             decode_to_send: Mutex::new(Window::new()),
             stamps: (0..STAMP_SLOTS)
-                .map(|_| Stamp {
-                    key: AtomicUsize::new(0),
-                    decoded_ns: AtomicU64::new(0),
-                })
+                .map(|_| Stamp { key: AtomicUsize::new(0), decoded_ns: AtomicU64::new(0) })
                 .collect(),
         }
     }
@@ -121,8 +112,7 @@ impl Default for PipelineLatency {
 
 fn slot_of(key: usize) -> usize {
     // Arc allocations are 8-aligned; mix the address so neighbours spread.
-    (key >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15_u64 as usize)
-        >> (usize::BITS - STAMP_SLOTS.trailing_zeros())
+    (key >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15_u64 as usize) >> (usize::BITS - STAMP_SLOTS.trailing_zeros())
 }
 
 fn lock(m: &Mutex<Window>) -> std::sync::MutexGuard<'_, Window> {
@@ -201,16 +191,9 @@ impl PipelineLatency {
             quantiles: if merged.is_empty() {
                 Vec::new()
             } else {
-                [0.5, 0.9, 0.99]
-                    .into_iter()
-                    .map(|q| (q, seconds(merged.value_at_quantile(q))))
-                    .collect()
+                [0.5, 0.9, 0.99].into_iter().map(|q| (q, seconds(merged.value_at_quantile(q)))).collect()
             },
-            max_seconds: if merged.is_empty() {
-                0.0
-            } else {
-                seconds(merged.max())
-            },
+            max_seconds: if merged.is_empty() { 0.0 } else { seconds(merged.max()) },
             sum_seconds: window.sum_ns as f64 / 1e9,
             count: window.count,
         }
@@ -244,16 +227,8 @@ mod tests {
         assert_eq!(s.count, 100);
         assert!((s.quantiles[2].1 - 0.002).abs() < 0.0001, "{s:?}");
         // A flow never seen at decode is not sampled.
-        l.sent_at(
-            &[Event::Flow(Arc::new(flow_between(3, 4, 1)))],
-            2_000_000_000,
-        );
+        l.sent_at(&[Event::Flow(Arc::new(flow_between(3, 4, 1)))], 2_000_000_000);
         assert_eq!(l.summary(Stage::DecodeToSend).count, 100);
-        assert!(
-            PipelineLatency::default()
-                .summary(Stage::DecodeToSend)
-                .quantiles
-                .is_empty()
-        );
+        assert!(PipelineLatency::default().summary(Stage::DecodeToSend).quantiles.is_empty());
     }
 }

@@ -24,11 +24,7 @@ pub struct Caps {
 
 impl Default for Caps {
     fn default() -> Self {
-        Self {
-            endpoints: 256,
-            policies: 256,
-            denied_pairs: 256,
-        }
+        Self { endpoints: 256, policies: 256, denied_pairs: 256 }
     }
 }
 
@@ -94,25 +90,16 @@ pub struct FlowCounts {
 
 impl FlowCounts {
     pub fn new(caps: Caps) -> Self {
-        Self {
-            caps,
-            ..Self::default()
-        }
+        Self { caps, ..Self::default() }
     }
 
     pub fn count(&mut self, flow: &Flow) {
-        *self
-            .processed
-            .entry((flow.event_type.as_str(), verdict_label(flow.verdict)))
-            .or_default() += 1;
+        *self.processed.entry((flow.event_type.as_str(), verdict_label(flow.verdict))).or_default() += 1;
         match flow.event_type {
             EventType::PolicyVerdict => self.policy_verdict(flow),
             EventType::Drop => {
                 let reason = hubble::drop_reason_name(flow.drop_reason);
-                *self
-                    .drops
-                    .entry((reason, protocol_label(flow.protocol)))
-                    .or_default() += 1;
+                *self.drops.entry((reason, protocol_label(flow.protocol))).or_default() += 1;
             }
             _ => {}
         }
@@ -121,56 +108,33 @@ impl FlowCounts {
     fn policy_verdict(&mut self, flow: &Flow) {
         let direction = direction_label(flow.traffic_direction);
         let action = action_label(flow.verdict);
-        *self
-            .policy_verdicts
-            .entry((direction, match_label(flow.match_type), action))
-            .or_default() += 1;
+        *self.policy_verdicts.entry((direction, match_label(flow.match_type), action)).or_default() += 1;
 
         // Per local endpoint, the first `caps.endpoints` endpoints by id.
-        let local = if flow.traffic_direction == TrafficDirection::Ingress {
-            &flow.destination
-        } else {
-            &flow.source
-        };
+        let local = if flow.traffic_direction == TrafficDirection::Ingress { &flow.destination } else { &flow.source };
         let endpoint_cap = self.caps.endpoints;
         let seen = self.endpoint_seen.len();
         let labels = match self.endpoint_seen.get(&flow.endpoint_id) {
             Some(l) => l.clone(),
             None if seen < endpoint_cap => {
-                let l = (
-                    flow.endpoint_id.to_string(),
-                    local.namespace.clone(),
-                    local.pod_name.clone(),
-                );
+                let l = (flow.endpoint_id.to_string(), local.namespace.clone(), local.pod_name.clone());
                 self.endpoint_seen.insert(flow.endpoint_id, l.clone());
                 l
             }
             None => (OTHER.to_owned(), String::new(), String::new()),
         };
-        *self
-            .endpoint_verdicts
-            .entry((labels.0, labels.1, labels.2, direction, action))
-            .or_default() += 1;
+        *self.endpoint_verdicts.entry((labels.0, labels.1, labels.2, direction, action)).or_default() += 1;
 
         // Per policy that decided: the allowing policies, or the isolating ones of a default deny.
         let names: Vec<String> = match &flow.policy {
-            Some(PolicyAttribution::AllowedBy(names)) => {
-                names.iter().map(ToString::to_string).collect()
-            }
+            Some(PolicyAttribution::AllowedBy(names)) => names.iter().map(ToString::to_string).collect(),
             Some(PolicyAttribution::DefaultDeny { isolated_by }) => {
                 isolated_by.iter().map(ToString::to_string).collect()
             }
             None => Vec::new(),
         };
         let names = if names.is_empty() {
-            vec![
-                if flow.verdict == Verdict::Forwarded {
-                    "none"
-                } else {
-                    "default-deny"
-                }
-                .to_owned(),
-            ]
+            vec![if flow.verdict == Verdict::Forwarded { "none" } else { "default-deny" }.to_owned()]
         } else {
             names
         };
@@ -184,20 +148,12 @@ impl FlowCounts {
             } else {
                 OTHER.to_owned()
             };
-            *self
-                .policy_decisions
-                .entry((policy, direction, action))
-                .or_default() += 1;
+            *self.policy_decisions.entry((policy, direction, action)).or_default() += 1;
         }
 
         if flow.verdict == Verdict::Dropped {
-            let pair = (
-                peer_label(&flow.source, flow.source_ip),
-                peer_label(&flow.destination, flow.destination_ip),
-            );
-            let key = if self.denied_pairs.contains_key(&pair)
-                || self.denied_pairs.len() < self.caps.denied_pairs
-            {
+            let pair = (peer_label(&flow.source, flow.source_ip), peer_label(&flow.destination, flow.destination_ip));
+            let key = if self.denied_pairs.contains_key(&pair) || self.denied_pairs.len() < self.caps.denied_pairs {
                 pair
             } else {
                 (OTHER.to_owned(), OTHER.to_owned())
@@ -221,10 +177,7 @@ mod tests {
         f.endpoint_id = dst;
         f.match_type = Some(MatchType::None);
         f.policy = Some(PolicyAttribution::DefaultDeny {
-            isolated_by: vec![PolicyName {
-                namespace: "default".into(),
-                name: "deny".into(),
-            }],
+            isolated_by: vec![PolicyName { namespace: "default".into(), name: "deny".into() }],
         });
         f
     }
@@ -243,53 +196,20 @@ mod tests {
         assert_eq!(c.processed[&("trace", "FORWARDED")], 1);
         assert_eq!(c.policy_verdicts[&("ingress", "none", "dropped")], 2);
         assert_eq!(c.drops[&("POLICY_DENIED", "TCP".to_owned())], 1);
-        assert_eq!(
-            c.endpoint_verdicts[&(
-                "2".into(),
-                "default".into(),
-                "pod-2".into(),
-                "ingress",
-                "dropped"
-            )],
-            2
-        );
-        assert_eq!(
-            c.policy_decisions[&("default/deny".into(), "ingress", "dropped")],
-            2
-        );
-        assert_eq!(
-            c.denied_pairs[&("default/pod-1".into(), "default/pod-2".into())],
-            2
-        );
+        assert_eq!(c.endpoint_verdicts[&("2".into(), "default".into(), "pod-2".into(), "ingress", "dropped")], 2);
+        assert_eq!(c.policy_decisions[&("default/deny".into(), "ingress", "dropped")], 2);
+        assert_eq!(c.denied_pairs[&("default/pod-1".into(), "default/pod-2".into())], 2);
     }
 
     #[test]
     fn cardinality_is_capped() {
-        let mut c = FlowCounts::new(Caps {
-            endpoints: 3,
-            policies: 2,
-            denied_pairs: 4,
-        });
+        let mut c = FlowCounts::new(Caps { endpoints: 3, policies: 2, denied_pairs: 4 });
         for dst in 1..=10 {
             c.count(&verdict(100, dst, Verdict::Dropped));
         }
-        let endpoints: std::collections::BTreeSet<_> =
-            c.endpoint_verdicts.keys().map(|k| k.0.clone()).collect();
-        assert_eq!(
-            endpoints.len(),
-            4,
-            "three endpoints and other: {endpoints:?}"
-        );
-        assert_eq!(
-            c.endpoint_verdicts[&(
-                OTHER.into(),
-                String::new(),
-                String::new(),
-                "ingress",
-                "dropped"
-            )],
-            7
-        );
+        let endpoints: std::collections::BTreeSet<_> = c.endpoint_verdicts.keys().map(|k| k.0.clone()).collect();
+        assert_eq!(endpoints.len(), 4, "three endpoints and other: {endpoints:?}");
+        assert_eq!(c.endpoint_verdicts[&(OTHER.into(), String::new(), String::new(), "ingress", "dropped")], 7);
         assert_eq!(c.denied_pairs.len(), 5);
         assert_eq!(c.denied_pairs[&(OTHER.into(), OTHER.into())], 6);
     }

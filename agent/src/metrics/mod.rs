@@ -66,23 +66,12 @@ impl Drop for MetricsHandle {
 }
 
 impl Metrics {
-    pub fn new(
-        state: Arc<AgentState>,
-        verdict_log: Option<Arc<VerdictLogStats>>,
-        caps: Caps,
-    ) -> Arc<Self> {
-        Arc::new(Self {
-            state,
-            verdict_log,
-            counts: Mutex::new(FlowCounts::new(caps)),
-            instruments: instruments(),
-        })
+    pub fn new(state: Arc<AgentState>, verdict_log: Option<Arc<VerdictLogStats>>, caps: Caps) -> Arc<Self> {
+        Arc::new(Self { state, verdict_log, counts: Mutex::new(FlowCounts::new(caps)), instruments: instruments() })
     }
 
     fn counts(&self) -> std::sync::MutexGuard<'_, FlowCounts> {
-        self.counts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Counts every flow the hub publishes, until the hub drops the subscription.
@@ -105,23 +94,14 @@ impl Metrics {
         let mut out = Exposition::default();
         let c = &status.counters;
         let log = self.verdict_log.as_deref();
-        let log_get =
-            |f: fn(&VerdictLogStats) -> &AtomicU64| log.map_or(0, |l| f(l).load(Ordering::Relaxed));
+        let log_get = |f: fn(&VerdictLogStats) -> &AtomicU64| log.map_or(0, |l| f(l).load(Ordering::Relaxed));
         let log_queue_lost = log_get(|l| &l.queue_lost);
 
         {
             let counts = self.counts();
-            out.family(
-                "flowgate_flows_processed_total",
-                "counter",
-                "Flows processed, by event type and verdict.",
-            );
+            out.family("flowgate_flows_processed_total", "counter", "Flows processed, by event type and verdict.");
             for ((t, v), n) in &counts.processed {
-                out.sample(
-                    "flowgate_flows_processed_total",
-                    &[("type", t), ("verdict", v)],
-                    *n as f64,
-                );
+                out.sample("flowgate_flows_processed_total", &[("type", t), ("verdict", v)], *n as f64);
             }
             out.family(
                 "flowgate_policy_verdicts_total",
@@ -135,29 +115,19 @@ impl Metrics {
                     *n as f64,
                 );
             }
-            out.family(
-                "flowgate_drop_total",
-                "counter",
-                "Dropped packets, by drop reason and protocol.",
-            );
+            out.family("flowgate_drop_total", "counter", "Dropped packets, by drop reason and protocol.");
             for ((r, p), n) in &counts.drops {
-                out.sample(
-                    "flowgate_drop_total",
-                    &[("reason", r), ("protocol", p)],
-                    *n as f64,
-                );
+                out.sample("flowgate_drop_total", &[("reason", r), ("protocol", p)], *n as f64);
             }
-            out.family("flowgate_endpoint_verdicts_total", "counter", "Policy verdicts per local endpoint (the first 256 endpoints; the rest as endpoint=\"other\").");
+            out.family(
+                "flowgate_endpoint_verdicts_total",
+                "counter",
+                "Policy verdicts per local endpoint (the first 256 endpoints; the rest as endpoint=\"other\").",
+            );
             for ((e, ns, pod, d, a), n) in &counts.endpoint_verdicts {
                 out.sample(
                     "flowgate_endpoint_verdicts_total",
-                    &[
-                        ("endpoint", e),
-                        ("namespace", ns),
-                        ("pod", pod),
-                        ("direction", d),
-                        ("action", a),
-                    ],
+                    &[("endpoint", e), ("namespace", ns), ("pod", pod), ("direction", d), ("action", a)],
                     *n as f64,
                 );
             }
@@ -171,30 +141,23 @@ impl Metrics {
             }
             out.family("flowgate_denied_flows_total", "counter", "Denied connections by source and destination (namespace/pod, or identity label, or address; bounded, the rest as other).");
             for ((s, d), n) in &counts.denied_pairs {
-                out.sample(
-                    "flowgate_denied_flows_total",
-                    &[("source", s), ("destination", d)],
-                    *n as f64,
-                );
+                out.sample("flowgate_denied_flows_total", &[("source", s), ("destination", d)], *n as f64);
             }
         }
 
-        out.family("flowgate_lost_events_total", "counter", "Events lost, by where: the kernel's events buffer, client queues, the verdict log, undecodable records.");
+        out.family(
+            "flowgate_lost_events_total",
+            "counter",
+            "Events lost, by where: the kernel's events buffer, client queues, the verdict log, undecodable records.",
+        );
         let lost = [
             ("kernel_buffer", c.records_lost_kernel),
-            (
-                "client_queue",
-                c.client_queue_losses.saturating_sub(log_queue_lost),
-            ),
+            ("client_queue", c.client_queue_losses.saturating_sub(log_queue_lost)),
             ("verdict_log", log_get(|l| &l.records_lost)),
             ("decode_error", c.decode_errors),
         ];
         for (source, n) in lost {
-            out.sample(
-                "flowgate_lost_events_total",
-                &[("source", source)],
-                n as f64,
-            );
+            out.sample("flowgate_lost_events_total", &[("source", source)], n as f64);
         }
         out.simple(
             "flowgate_records_read_total",
@@ -202,30 +165,15 @@ impl Metrics {
             "Records read from the kernel's events buffer.",
             c.records_read as f64,
         );
-        out.simple(
-            "flowgate_packets_total",
-            "counter",
-            "Packets seen by the kernel programs.",
-            c.packets as f64,
-        );
-        out.simple(
-            "flowgate_endpoints",
-            "gauge",
-            "Endpoints the agent enforces for.",
-            status.endpoints as f64,
-        );
+        out.simple("flowgate_packets_total", "counter", "Packets seen by the kernel programs.", c.packets as f64);
+        out.simple("flowgate_endpoints", "gauge", "Endpoints the agent enforces for.", status.endpoints as f64);
         out.simple(
             "flowgate_identities",
             "gauge",
             "Security identities derived from labels.",
             status.identities as f64,
         );
-        out.simple(
-            "flowgate_policies",
-            "gauge",
-            "NetworkPolicies in effect.",
-            status.policy.loaded.len() as f64,
-        );
+        out.simple("flowgate_policies", "gauge", "NetworkPolicies in effect.", status.policy.loaded.len() as f64);
         out.simple(
             "flowgate_policy_revision",
             "gauge",
@@ -238,18 +186,8 @@ impl Metrics {
             "Errors of the latest policy change (the last good set stays in effect).",
             status.policy.errors.len() as f64,
         );
-        out.simple(
-            "flowgate_clients",
-            "gauge",
-            "Clients connected to the socket.",
-            status.clients.len() as f64,
-        );
-        out.simple(
-            "flowgate_uptime_seconds",
-            "gauge",
-            "Seconds since the agent started.",
-            status.uptime_seconds,
-        );
+        out.simple("flowgate_clients", "gauge", "Clients connected to the socket.", status.clients.len() as f64);
+        out.simple("flowgate_uptime_seconds", "gauge", "Seconds since the agent started.", status.uptime_seconds);
 
         if let Some(l) = log {
             let get = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
@@ -292,29 +230,14 @@ impl Metrics {
             "Time to compile a policy set and write it to the datapath.",
         );
         for (le, n) in buckets {
-            out.sample(
-                "flowgate_policy_apply_duration_seconds_bucket",
-                &[("le", &text::float(le))],
-                n as f64,
-            );
+            out.sample("flowgate_policy_apply_duration_seconds_bucket", &[("le", &text::float(le))], n as f64);
         }
-        out.sample(
-            "flowgate_policy_apply_duration_seconds_bucket",
-            &[("le", "+Inf")],
-            count as f64,
-        );
+        out.sample("flowgate_policy_apply_duration_seconds_bucket", &[("le", "+Inf")], count as f64);
         out.sample("flowgate_policy_apply_duration_seconds_sum", &[], sum);
-        out.sample(
-            "flowgate_policy_apply_duration_seconds_count",
-            &[],
-            count as f64,
-        );
+        out.sample("flowgate_policy_apply_duration_seconds_count", &[], count as f64);
 
         out.family("flowgate_pipeline_latency_seconds", "summary", "Event pipeline latency: kernel timestamp to decode, decode to a client's send; quantiles over the last 1-2 minutes.");
-        let summaries: Vec<_> = Stage::ALL
-            .iter()
-            .map(|s| (s.label(), self.instruments.latency.summary(*s)))
-            .collect();
+        let summaries: Vec<_> = Stage::ALL.iter().map(|s| (s.label(), self.instruments.latency.summary(*s))).collect();
         for (stage, s) in &summaries {
             for (q, v) in &s.quantiles {
                 out.sample(
@@ -323,16 +246,8 @@ impl Metrics {
                     *v,
                 );
             }
-            out.sample(
-                "flowgate_pipeline_latency_seconds_sum",
-                &[("stage", stage)],
-                s.sum_seconds,
-            );
-            out.sample(
-                "flowgate_pipeline_latency_seconds_count",
-                &[("stage", stage)],
-                s.count as f64,
-            );
+            out.sample("flowgate_pipeline_latency_seconds_sum", &[("stage", stage)], s.sum_seconds);
+            out.sample("flowgate_pipeline_latency_seconds_count", &[("stage", stage)], s.count as f64);
         }
         out.family(
             "flowgate_pipeline_latency_seconds_max",
@@ -340,11 +255,7 @@ impl Metrics {
             "Largest pipeline latency over the last 1-2 minutes.",
         );
         for (stage, s) in &summaries {
-            out.sample(
-                "flowgate_pipeline_latency_seconds_max",
-                &[("stage", stage)],
-                s.max_seconds,
-            );
+            out.sample("flowgate_pipeline_latency_seconds_max", &[("stage", stage)], s.max_seconds);
         }
         out.finish()
     }
@@ -356,21 +267,13 @@ pub async fn start(
     state: Arc<AgentState>,
     verdict_log: Option<Arc<VerdictLogStats>>,
 ) -> Result<MetricsHandle, MetricsError> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| MetricsError::Bind { addr, source })?;
-    let local_addr = listener
-        .local_addr()
-        .map_err(|source| MetricsError::Bind { addr, source })?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| MetricsError::Bind { addr, source })?;
+    let local_addr = listener.local_addr().map_err(|source| MetricsError::Bind { addr, source })?;
     let metrics = Metrics::new(state, verdict_log, Caps::default());
     let counting = tokio::spawn(Arc::clone(&metrics).count_flows());
     let serving = tokio::spawn(http::serve(listener, Arc::clone(&metrics)));
     info!("serving metrics on http://{local_addr}/metrics");
-    Ok(MetricsHandle {
-        metrics,
-        local_addr,
-        tasks: vec![counting, serving],
-    })
+    Ok(MetricsHandle { metrics, local_addr, tasks: vec![counting, serving] })
 }
 
 #[cfg(test)]
@@ -388,9 +291,7 @@ mod tests {
     async fn scrape_shows_counts_losses_and_latency() {
         let hub = Hub::new(HubConfig::default());
         let state = AgentState::new(AgentInfo::default(), Arc::clone(&hub));
-        let handle = start("127.0.0.1:0".parse().unwrap(), Arc::clone(&state), None)
-            .await
-            .unwrap();
+        let handle = start("127.0.0.1:0".parse().unwrap(), Arc::clone(&state), None).await.unwrap();
         while hub.subscribers() == 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -403,32 +304,22 @@ mod tests {
         instruments().policy_apply.observe(Duration::from_millis(3));
         let body = loop {
             let body = http::get(handle.local_addr, "/metrics").await.unwrap();
-            if body.contains(
-                "flowgate_flows_processed_total{type=\"policy-verdict\",verdict=\"DROPPED\"} 1",
-            ) {
+            if body.contains("flowgate_flows_processed_total{type=\"policy-verdict\",verdict=\"DROPPED\"} 1") {
                 break body;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
+        assert!(body.contains("flowgate_lost_events_total{source=\"kernel_buffer\"} 0"), "{body}");
         assert!(
-            body.contains("flowgate_lost_events_total{source=\"kernel_buffer\"} 0"),
-            "{body}"
-        );
-        assert!(body.contains("flowgate_denied_flows_total{source=\"default/pod-1\",destination=\"default/pod-2\"} 1"), "{body}");
-        assert!(
-            body.contains(
-                "flowgate_pipeline_latency_seconds{stage=\"kernel_to_decode\",quantile=\"0.99\"}"
-            ),
+            body.contains("flowgate_denied_flows_total{source=\"default/pod-1\",destination=\"default/pod-2\"} 1"),
             "{body}"
         );
         assert!(
-            body.contains("flowgate_policy_apply_duration_seconds_bucket{le=\"0.005\"}"),
+            body.contains("flowgate_pipeline_latency_seconds{stage=\"kernel_to_decode\",quantile=\"0.99\"}"),
             "{body}"
         );
-        assert!(
-            body.contains("# TYPE flowgate_pipeline_latency_seconds summary"),
-            "{body}"
-        );
+        assert!(body.contains("flowgate_policy_apply_duration_seconds_bucket{le=\"0.005\"}"), "{body}");
+        assert!(body.contains("# TYPE flowgate_pipeline_latency_seconds summary"), "{body}");
         let missing = http::get(handle.local_addr, "/nothing").await.unwrap_err();
         assert!(missing.to_string().contains("404"), "{missing}");
     }

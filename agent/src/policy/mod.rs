@@ -20,10 +20,7 @@ use flowgate_events::enrich::PolicyLookup;
 use realize::{Audit, MapContents, RuleTable};
 
 fn name(p: &PolicyRef) -> PolicyName {
-    PolicyName {
-        namespace: p.namespace.clone(),
-        name: p.name.clone(),
-    }
+    PolicyName { namespace: p.namespace.clone(), name: p.name.clone() }
 }
 
 /// What enrichment needs to name the policies behind a verdict; swapped whole on every change.
@@ -40,10 +37,7 @@ impl PolicyLookup for PolicySnapshot {
     }
 
     fn isolated_by(&self, endpoint_id: u16, direction: u8) -> Vec<PolicyName> {
-        self.isolation
-            .get(&(endpoint_id, direction))
-            .cloned()
-            .unwrap_or_default()
+        self.isolation.get(&(endpoint_id, direction)).cloned().unwrap_or_default()
     }
 }
 
@@ -66,15 +60,9 @@ impl PolicyEngine {
             good: Vec::new(),
             cidr_identities: CidrIdentities::new(),
             rules: RuleTable::default(),
-            audit: Audit {
-                all: audit_all,
-                ..Audit::default()
-            },
+            audit: Audit { all: audit_all, ..Audit::default() },
             plan: None,
-            status: PolicyStatus {
-                audit_mode: audit_all,
-                ..PolicyStatus::default()
-            },
+            status: PolicyStatus { audit_mode: audit_all, ..PolicyStatus::default() },
         }
     }
 
@@ -109,14 +97,9 @@ impl PolicyEngine {
             }
         }
         for (&id, ep) in &plan.endpoints {
-            for (dir, policy) in [
-                (direction::INGRESS, &ep.ingress),
-                (direction::EGRESS, &ep.egress),
-            ] {
+            for (dir, policy) in [(direction::INGRESS, &ep.ingress), (direction::EGRESS, &ep.egress)] {
                 if policy.enforced {
-                    snapshot
-                        .isolation
-                        .insert((id, dir), policy.selected_by.iter().map(name).collect());
+                    snapshot.isolation.insert((id, dir), policy.selected_by.iter().map(name).collect());
                 }
             }
         }
@@ -127,11 +110,7 @@ impl PolicyEngine {
     /// Records that the prepared generation is in effect.
     pub fn applied(&mut self) {
         self.status.revision += 1;
-        let mut loaded: Vec<String> = self
-            .good
-            .iter()
-            .map(|p| format!("{}/{}", p.namespace(), p.name()))
-            .collect();
+        let mut loaded: Vec<String> = self.good.iter().map(|p| format!("{}/{}", p.namespace(), p.name())).collect();
         loaded.sort();
         loaded.dedup();
         self.status.loaded = loaded;
@@ -152,21 +131,13 @@ impl PolicyEngine {
         self.plan
             .iter()
             .flat_map(|p| p.cidrs.iter())
-            .map(|c| {
-                (
-                    c.identity,
-                    format!("cidr:{}/{}", c.prefix.addr(), c.prefix.prefix_len()),
-                )
-            })
+            .map(|c| (c.identity, format!("cidr:{}/{}", c.prefix.addr(), c.prefix.prefix_len())))
             .collect()
     }
 
     /// Names of a rule id.
     pub fn rule_names(&self, rule_id: u32) -> Vec<PolicyName> {
-        self.rules
-            .names(rule_id)
-            .map(<[PolicyName]>::to_vec)
-            .unwrap_or_default()
+        self.rules.names(rule_id).map(<[PolicyName]>::to_vec).unwrap_or_default()
     }
 }
 

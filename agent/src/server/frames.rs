@@ -102,11 +102,7 @@ pub struct FrameWriter {
 
 impl FrameWriter {
     pub fn new(half: OwnedWriteHalf) -> Self {
-        Self {
-            half,
-            codec: codec::framing(),
-            out: BytesMut::new(),
-        }
+        Self { half, codec: codec::framing(), out: BytesMut::new() }
     }
 
     /// Encodes a message into its frame body (for callers that check the size first).
@@ -120,13 +116,8 @@ impl FrameWriter {
             return Err(FrameError::TooLarge { len: body.len() });
         }
         self.out.clear();
-        self.codec
-            .encode(body, &mut self.out)
-            .map_err(|source| FrameError::Write { source })?;
-        self.half
-            .write_all(&self.out)
-            .await
-            .map_err(|source| FrameError::Write { source })?;
+        self.codec.encode(body, &mut self.out).map_err(|source| FrameError::Write { source })?;
+        self.half.write_all(&self.out).await.map_err(|source| FrameError::Write { source })?;
         // Keep a big batch's buffer from staying allocated for the rest of the session.
         if self.out.capacity() > 1 << 20 {
             self.out = BytesMut::new();

@@ -55,14 +55,8 @@ impl Listener {
 
     /// The tokio listener (needs a runtime).
     pub(super) fn tokio(&self) -> Result<tokio::net::UnixListener, ServerError> {
-        let listen = |source| ServerError::Listen {
-            path: self.config.path.clone(),
-            source,
-        };
-        let std = self
-            .std
-            .as_ref()
-            .ok_or_else(|| listen(std::io::ErrorKind::NotConnected.into()))?;
+        let listen = |source| ServerError::Listen { path: self.config.path.clone(), source };
+        let std = self.std.as_ref().ok_or_else(|| listen(std::io::ErrorKind::NotConnected.into()))?;
         let std = std.try_clone().map_err(listen)?;
         std.set_nonblocking(true).map_err(listen)?;
         tokio::net::UnixListener::from_std(std).map_err(listen)
@@ -74,9 +68,10 @@ impl Drop for Listener {
         drop(self.std.take());
         let path = &self.config.path;
         if std::fs::symlink_metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == self.inode)
-            && let Err(e) = std::fs::remove_file(path) {
-                log::warn!("removing the socket {}: {e}", path.display());
-            }
+            && let Err(e) = std::fs::remove_file(path)
+        {
+            log::warn!("removing the socket {}: {e}", path.display());
+        }
     }
 }
 
@@ -96,18 +91,11 @@ fn resolve_group(config: &ServerConfig) -> Result<Option<SocketGroup>, ServerErr
 
 /// A group by name; one named explicitly must exist.
 fn lookup_group(name: &str, explicit: bool) -> Result<Option<SocketGroup>, ServerError> {
-    let group = nix::unistd::Group::from_name(name).map_err(|source| ServerError::GroupLookup {
-        group: name.to_owned(),
-        source,
-    })?;
+    let group = nix::unistd::Group::from_name(name)
+        .map_err(|source| ServerError::GroupLookup { group: name.to_owned(), source })?;
     match group {
-        Some(g) => Ok(Some(SocketGroup {
-            name: g.name,
-            gid: g.gid.as_raw(),
-        })),
-        None if explicit => Err(ServerError::UnknownGroup {
-            group: name.to_owned(),
-        }),
+        Some(g) => Ok(Some(SocketGroup { name: g.name, gid: g.gid.as_raw() })),
+        None if explicit => Err(ServerError::UnknownGroup { group: name.to_owned() }),
         None => Ok(None),
     }
 }
@@ -115,10 +103,7 @@ fn lookup_group(name: &str, explicit: bool) -> Result<Option<SocketGroup>, Serve
 /// Takes the lock next to the socket, or reports the agent holding it.
 fn take_lock(socket: &Path) -> Result<Flock<File>, ServerError> {
     let path = lock_path(socket);
-    let lock_err = |source| ServerError::Lock {
-        path: path.clone(),
-        source,
-    };
+    let lock_err = |source| ServerError::Lock { path: path.clone(), source };
     // Never through a symlink: a link planted at the lock's path would have the agent (root) write its
     // pid into whatever file the link names.
     let file = OpenOptions::new()
@@ -134,21 +119,12 @@ fn take_lock(socket: &Path) -> Result<Flock<File>, ServerError> {
         Ok(lock) => lock,
         Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
             let mut text = String::new();
-            let pid = file
-                .read_to_string(&mut text)
-                .ok()
-                .and_then(|_| text.trim().parse().ok());
-            return Err(ServerError::AlreadyServing {
-                path: socket.to_owned(),
-                pid,
-            });
+            let pid = file.read_to_string(&mut text).ok().and_then(|_| text.trim().parse().ok());
+            return Err(ServerError::AlreadyServing { path: socket.to_owned(), pid });
         }
         Err((_, errno)) => return Err(lock_err(errno.into())),
     };
-    let wrote = lock
-        .set_len(0)
-        .and_then(|()| lock.rewind())
-        .and_then(|()| writeln!(lock, "{}", std::process::id()));
+    let wrote = lock.set_len(0).and_then(|()| lock.rewind()).and_then(|()| writeln!(lock, "{}", std::process::id()));
     wrote.map_err(lock_err)?;
     Ok(lock)
 }
@@ -161,32 +137,20 @@ pub(super) fn bind(config: &ServerConfig) -> Result<Listener, ServerError> {
         None => None,
     };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|source| ServerError::CreateDir {
-            dir: dir.to_owned(),
-            source,
-        })?;
+        std::fs::create_dir_all(dir).map_err(|source| ServerError::CreateDir { dir: dir.to_owned(), source })?;
     }
     let lock = take_lock(path)?;
     // We hold the lock, so whatever socket is there was left by an agent that is gone.
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
-            std::fs::remove_file(path).map_err(|source| ServerError::RemoveStale {
-                path: path.clone(),
-                source,
-            })?;
+            std::fs::remove_file(path).map_err(|source| ServerError::RemoveStale { path: path.clone(), source })?;
             info!("replaced the stale socket {}", path.display());
         }
         Ok(_) => return Err(ServerError::NotASocket { path: path.clone() }),
         Err(_) => {}
     }
-    let socket = StdUnixListener::bind(path).map_err(|source| ServerError::Bind {
-        path: path.clone(),
-        source,
-    })?;
-    let meta = std::fs::symlink_metadata(path).map_err(|source| ServerError::Bind {
-        path: path.clone(),
-        source,
-    })?;
+    let socket = StdUnixListener::bind(path).map_err(|source| ServerError::Bind { path: path.clone(), source })?;
+    let meta = std::fs::symlink_metadata(path).map_err(|source| ServerError::Bind { path: path.clone(), source })?;
     // From here on, dropping the listener removes the socket, also on the errors below.
     let listener = Listener {
         std: Some(socket),
@@ -197,20 +161,13 @@ pub(super) fn bind(config: &ServerConfig) -> Result<Listener, ServerError> {
         _lock: lock,
     };
     if let Some(group) = &listener.group {
-        std::os::unix::fs::chown(path, None, Some(group.gid)).map_err(|source| {
-            ServerError::Chown {
-                path: path.clone(),
-                group: group.name.clone(),
-                source,
-            }
+        std::os::unix::fs::chown(path, None, Some(group.gid)).map_err(|source| ServerError::Chown {
+            path: path.clone(),
+            group: group.name.clone(),
+            source,
         })?;
     }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(config.mode)).map_err(
-        |source| ServerError::Mode {
-            path: path.clone(),
-            mode: config.mode,
-            source,
-        },
-    )?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(config.mode))
+        .map_err(|source| ServerError::Mode { path: path.clone(), mode: config.mode, source })?;
     Ok(listener)
 }

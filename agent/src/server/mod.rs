@@ -118,9 +118,7 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
-    #[error(
-        "socket group `{group}` does not exist: create it (groupadd {group}) or pass another --socket-group"
-    )]
+    #[error("socket group `{group}` does not exist: create it (groupadd {group}) or pass another --socket-group")]
     UnknownGroup { group: String },
     #[error("looking up socket group `{group}`")]
     GroupLookup {
@@ -161,11 +159,7 @@ struct Shared {
 
 /// Accepts and serves clients until `shutdown` completes; then stops accepting, ends the sessions and
 /// removes the socket. Errors of one client end that client's session only.
-pub async fn serve(
-    listener: Listener,
-    api: Arc<Api>,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), ServerError> {
+pub async fn serve(listener: Listener, api: Arc<Api>, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
     let accept = listener.tokio()?;
     let shared = Arc::new(Shared {
         api,

@@ -18,23 +18,17 @@ pub struct PeerCred {
 /// The supplementary groups on a `/proc/<pid>/status` `Groups:` line; `None` when there is no such line.
 pub fn parse_status_groups(status: &str) -> Option<Vec<u32>> {
     let line = status.lines().find_map(|l| l.strip_prefix("Groups:"))?;
-    Some(
-        line.split_whitespace()
-            .filter_map(|g| g.parse().ok())
-            .collect(),
-    )
+    Some(line.split_whitespace().filter_map(|g| g.parse().ok()).collect())
 }
 
 /// The peer's supplementary groups, from its process, else from its user's entry in the group database.
 fn supplementary_groups(peer: &PeerCred) -> Vec<u32> {
     if peer.pid > 0
-        && let Some(groups) = std::fs::read_to_string(format!("/proc/{}/status", peer.pid))
-            .ok()
-            .as_deref()
-            .and_then(parse_status_groups)
-        {
-            return groups;
-        }
+        && let Some(groups) =
+            std::fs::read_to_string(format!("/proc/{}/status", peer.pid)).ok().as_deref().and_then(parse_status_groups)
+    {
+        return groups;
+    }
     let Ok(Some(user)) = User::from_uid(Uid::from_raw(peer.uid)) else {
         return Vec::new();
     };
@@ -47,12 +41,7 @@ fn supplementary_groups(peer: &PeerCred) -> Vec<u32> {
 }
 
 /// Whether `peer` may use the agent; `groups` yields its supplementary groups, asked only when needed.
-pub fn allowed(
-    peer: &PeerCred,
-    own_uid: u32,
-    group: Option<&SocketGroup>,
-    groups: impl FnOnce() -> Vec<u32>,
-) -> bool {
+pub fn allowed(peer: &PeerCred, own_uid: u32, group: Option<&SocketGroup>, groups: impl FnOnce() -> Vec<u32>) -> bool {
     if peer.uid == 0 || peer.uid == own_uid {
         return true;
     }
@@ -85,11 +74,7 @@ pub fn forbidden_message(peer: &PeerCred, admin: Option<&SocketGroup>) -> String
 }
 
 /// The refusal a peer that is not allowed gets: who it is, what it lacks, what to do.
-pub fn refusal_message(
-    peer: &PeerCred,
-    group: Option<&SocketGroup>,
-    socket: &std::path::Path,
-) -> String {
+pub fn refusal_message(peer: &PeerCred, group: Option<&SocketGroup>, socket: &std::path::Path) -> String {
     let who = match User::from_uid(Uid::from_raw(peer.uid)) {
         Ok(Some(user)) => format!("uid {} ({})", peer.uid, user.name),
         _ => format!("uid {}", peer.uid),
@@ -115,10 +100,7 @@ pub fn refusal_message(
 mod tests {
     use super::*;
 
-    const GROUP: SocketGroup = SocketGroup {
-        name: String::new(),
-        gid: 995,
-    };
+    const GROUP: SocketGroup = SocketGroup { name: String::new(), gid: 995 };
 
     fn peer(uid: u32, gid: u32) -> PeerCred {
         PeerCred { uid, gid, pid: 0 }
@@ -136,10 +118,7 @@ mod tests {
         assert!(allowed(&peer(1000, 995), 0, Some(&GROUP), Vec::new));
         assert!(allowed(&peer(1000, 1000), 0, Some(&GROUP), || vec![4, 995]));
         assert!(!allowed(&peer(1000, 1000), 0, Some(&GROUP), || vec![4, 27]));
-        assert!(
-            !allowed(&peer(1000, 995), 0, None, Vec::new),
-            "no socket group: root only"
-        );
+        assert!(!allowed(&peer(1000, 995), 0, None, Vec::new), "no socket group: root only");
     }
 
     #[test]
@@ -152,15 +131,8 @@ mod tests {
 
     #[test]
     fn refusal_names_the_group_and_what_to_do() {
-        let group = SocketGroup {
-            name: "flowgate".into(),
-            gid: 995,
-        };
-        let msg = refusal_message(
-            &peer(4242, 4242),
-            Some(&group),
-            std::path::Path::new("/run/x.sock"),
-        );
+        let group = SocketGroup { name: "flowgate".into(), gid: 995 };
+        let msg = refusal_message(&peer(4242, 4242), Some(&group), std::path::Path::new("/run/x.sock"));
         assert_eq!(
             msg,
             "permission denied: uid 4242 is neither root nor in group `flowgate` (gid 995) of /run/x.sock: run as \

@@ -47,33 +47,12 @@ enum End {
 }
 
 /// Serves one connection; `slot` is `None` when the agent already serves its maximum of clients.
-pub(super) async fn run(
-    stream: UnixStream,
-    shared: Arc<Shared>,
-    slot: Option<OwnedSemaphorePermit>,
-) {
-    let cred = stream.peer_cred().map(|c| PeerCred {
-        uid: c.uid(),
-        gid: c.gid(),
-        pid: c.pid().unwrap_or(0),
-    });
+pub(super) async fn run(stream: UnixStream, shared: Arc<Shared>, slot: Option<OwnedSemaphorePermit>) {
+    let cred = stream.peer_cred().map(|c| PeerCred { uid: c.uid(), gid: c.gid(), pid: c.pid().unwrap_or(0) });
     let (read, write) = stream.into_split();
-    let mut session = Session {
-        shared,
-        reader: FrameReader::new(read),
-        writer: FrameWriter::new(write),
-    };
-    let who = cred.as_ref().map_or_else(
-        |_| "client".to_owned(),
-        |c| format!("client uid {} pid {}", c.uid, c.pid),
-    );
-    match session
-        .serve(
-            cred.map_err(|source| SessionError::PeerCred { source }),
-            slot,
-        )
-        .await
-    {
+    let mut session = Session { shared, reader: FrameReader::new(read), writer: FrameWriter::new(write) };
+    let who = cred.as_ref().map_or_else(|_| "client".to_owned(), |c| format!("client uid {} pid {}", c.uid, c.pid));
+    match session.serve(cred.map_err(|source| SessionError::PeerCred { source }), slot).await {
         Ok(End::Done) => debug!("{who}: session ended"),
         Ok(End::Rejected(why)) => info!("{who}: {why}"),
         Err(e) => debug!("{who}: {}", error_chain(&e)),
@@ -122,44 +101,27 @@ impl Session {
         let timeout = self.shared.handshake_timeout;
         let hello = match tokio::time::timeout(timeout, self.reader.next()).await {
             Err(_) => {
-                return self
-                    .reject(format!("no hello within {}", seconds(timeout)))
-                    .await;
+                return self.reject(format!("no hello within {}", seconds(timeout))).await;
             }
             Ok(Ok(None)) => return Ok(End::Done),
             Ok(Err(e)) => return self.reject_frame(e, "the hello").await,
             Ok(Ok(Some(frame))) => match codec::decode::<ClientMessage>("client hello", &frame) {
                 Ok(ClientMessage::Hello(hello)) => hello,
                 Ok(other) => {
-                    return self
-                        .reject(format!(
-                            "the first frame must be a hello, got {}",
-                            kind(&other)
-                        ))
-                        .await;
+                    return self.reject(format!("the first frame must be a hello, got {}", kind(&other))).await;
                 }
                 Err(e) => {
-                    return self
-                        .reject(format!(
-                            "the first frame is not a hello: {}",
-                            error_chain(&e)
-                        ))
-                        .await;
+                    return self.reject(format!("the first frame is not a hello: {}", error_chain(&e))).await;
                 }
             },
         };
         if !PROTOCOL_VERSION.compatible_with(hello.protocol) {
-            let message = format!(
-                "protocol version mismatch: agent speaks {PROTOCOL_VERSION}, client speaks {}",
-                hello.protocol
-            );
+            let message =
+                format!("protocol version mismatch: agent speaks {PROTOCOL_VERSION}, client speaks {}", hello.protocol);
             return self.refuse(Refusal::VersionMismatch, message).await;
         }
         guard.set_software(&hello.software);
-        let ours = Hello {
-            protocol: PROTOCOL_VERSION,
-            software: self.shared.software.clone(),
-        };
+        let ours = Hello { protocol: PROTOCOL_VERSION, software: self.shared.software.clone() };
         self.writer.send(&ServerMessage::Hello(ours)).await?;
 
         loop {
@@ -189,14 +151,10 @@ impl Session {
                     return self.stream(&subscription, &guard).await;
                 }
                 Ok(ClientMessage::Hello(_)) => {
-                    return self
-                        .reject("a second hello; hellos are exchanged once".into())
-                        .await;
+                    return self.reject("a second hello; hellos are exchanged once".into()).await;
                 }
                 Err(e) => {
-                    return self
-                        .reject(format!("could not decode a request: {}", error_chain(&e)))
-                        .await;
+                    return self.reject(format!("could not decode a request: {}", error_chain(&e))).await;
                 }
             }
         }
@@ -225,48 +183,27 @@ impl Session {
     }
 
     async fn refuse(&mut self, reason: Refusal, message: String) -> Result<End, SessionError> {
-        self.writer
-            .send(&ServerMessage::Refused {
-                reason,
-                message: message.clone(),
-            })
-            .await?;
+        self.writer.send(&ServerMessage::Refused { reason, message: message.clone() }).await?;
         Ok(End::Rejected(message))
     }
 
     async fn reject(&mut self, message: String) -> Result<End, SessionError> {
-        self.writer
-            .send(&ServerMessage::Error {
-                message: message.clone(),
-            })
-            .await?;
+        self.writer.send(&ServerMessage::Error { message: message.clone() }).await?;
         Ok(End::Rejected(message))
     }
 
     /// Turns a failure to read a frame into an error frame where the client can still hear it.
-    async fn reject_frame(
-        &mut self,
-        error: FrameError,
-        waiting_for: &str,
-    ) -> Result<End, SessionError> {
+    async fn reject_frame(&mut self, error: FrameError, waiting_for: &str) -> Result<End, SessionError> {
         match error {
             FrameError::TooLarge { .. } | FrameError::Truncated | FrameError::Codec(_) => {
-                self.reject(format!(
-                    "{} (while waiting for {waiting_for})",
-                    error_chain(&error)
-                ))
-                .await
+                self.reject(format!("{} (while waiting for {waiting_for})", error_chain(&error))).await
             }
             FrameError::Read { .. } | FrameError::Write { .. } => Err(error.into()),
         }
     }
 
     /// Sends the subscription's history, then (with `follow`) live batches until the client goes away.
-    async fn stream(
-        &mut self,
-        subscription: &Subscription,
-        guard: &ClientGuard,
-    ) -> Result<End, SessionError> {
+    async fn stream(&mut self, subscription: &Subscription, guard: &ClientGuard) -> Result<End, SessionError> {
         let mut subscriber: Subscriber = self.shared.api.state().hub().subscribe(subscription);
         guard.set_subscription(Arc::clone(&subscriber.stats));
         let initial = std::mem::take(&mut subscriber.initial);
@@ -317,19 +254,14 @@ fn event_frames(events: Vec<Event>) -> Result<Vec<bytes::Bytes>, FrameError> {
     while let Some(chunk) = pending.pop() {
         let message = ServerMessage::Events(chunk);
         let body = FrameWriter::encode(&message)?;
-        let ServerMessage::Events(mut chunk) = message else {
-            unreachable!("built above as events")
-        };
+        let ServerMessage::Events(mut chunk) = message else { unreachable!("built above as events") };
         if body.len() <= FRAME_BUDGET_BYTES {
             bodies.push(body);
         } else if chunk.len() == 1 {
             if body.len() <= MAX_FRAME_BYTES {
                 bodies.push(body);
             } else {
-                log::warn!(
-                    "dropping an event of {} bytes: over the frame cap",
-                    body.len()
-                );
+                log::warn!("dropping an event of {} bytes: over the frame cap", body.len());
             }
         } else {
             let second = chunk.split_off(chunk.len() / 2);
@@ -362,20 +294,16 @@ mod tests {
     use super::*;
 
     fn flows(n: u16) -> Vec<Event> {
-        (0..n)
-            .map(|i| Event::Flow(Arc::new(flow_between(1, 2, i))))
-            .collect()
+        (0..n).map(|i| Event::Flow(Arc::new(flow_between(1, 2, i)))).collect()
     }
 
     fn decode_all(bodies: &[bytes::Bytes]) -> Vec<Vec<Event>> {
         bodies
             .iter()
-            .map(
-                |b| match codec::decode("server", &bytes::BytesMut::from(b.as_ref())).unwrap() {
-                    ServerMessage::Events(e) => e,
-                    other => panic!("{other:?}"),
-                },
-            )
+            .map(|b| match codec::decode("server", &bytes::BytesMut::from(b.as_ref())).unwrap() {
+                ServerMessage::Events(e) => e,
+                other => panic!("{other:?}"),
+            })
             .collect()
     }
 
@@ -383,10 +311,7 @@ mod tests {
     fn events_are_cut_by_count_in_order() {
         let events = flows(2500);
         let frames = decode_all(&event_frames(events.clone()).unwrap());
-        assert_eq!(
-            frames.iter().map(Vec::len).collect::<Vec<_>>(),
-            vec![1024, 1024, 452]
-        );
+        assert_eq!(frames.iter().map(Vec::len).collect::<Vec<_>>(), vec![1024, 1024, 452]);
         assert_eq!(frames.concat(), events);
     }
 
@@ -394,9 +319,7 @@ mod tests {
     fn events_over_the_byte_budget_are_halved_in_order() {
         // A flow with a long label list is big: 1024 of them are over the budget.
         let mut big = flow_between(1, 2, 0);
-        Arc::make_mut(&mut big.source).labels = (0..100)
-            .map(|i| format!("label-{i}=some-value-{i}"))
-            .collect();
+        Arc::make_mut(&mut big.source).labels = (0..100).map(|i| format!("label-{i}=some-value-{i}")).collect();
         let mut events: Vec<Event> = (0..1024u16)
             .map(|i| {
                 let mut f = big.clone();
@@ -404,13 +327,7 @@ mod tests {
                 Event::Flow(Arc::new(f))
             })
             .collect();
-        events.insert(
-            10,
-            Event::Lost(LostEvents {
-                source: LossSource::KernelBuffer,
-                count: 9,
-            }),
-        );
+        events.insert(10, Event::Lost(LostEvents { source: LossSource::KernelBuffer, count: 9 }));
         let bodies = event_frames(events.clone()).unwrap();
         assert!(bodies.len() > 1, "cut into several frames");
         assert!(bodies.iter().all(|b| b.len() <= FRAME_BUDGET_BYTES));

@@ -65,19 +65,10 @@ struct TestServer {
 impl TestServer {
     async fn start(tag: &str, tweak: impl FnOnce(&mut ServerConfig)) -> Self {
         let dir = TempDir::new(tag);
-        let mut config = ServerConfig {
-            path: dir.sock(),
-            ..ServerConfig::default()
-        };
+        let mut config = ServerConfig { path: dir.sock(), ..ServerConfig::default() };
         tweak(&mut config);
         let listener = bind(&config).expect("bind");
-        let state = AgentState::new(
-            AgentInfo::default(),
-            Hub::new(HubConfig {
-                history: 64,
-                queue_events: 2048,
-            }),
-        );
+        let state = AgentState::new(AgentInfo::default(), Hub::new(HubConfig { history: 64, queue_events: 2048 }));
         let ns = BTreeMap::new();
         for (i, name) in ["a", "b"].into_iter().enumerate() {
             let ep = state.upsert_endpoint(
@@ -98,12 +89,7 @@ impl TestServer {
         let task = tokio::spawn(serve(listener, api, async move {
             let _ = stopped.await;
         }));
-        Self {
-            dir,
-            state,
-            stop: Some(stop),
-            task: Some(task),
-        }
+        Self { dir, state, stop: Some(stop), task: Some(task) }
     }
 
     fn sock(&self) -> PathBuf {
@@ -155,9 +141,7 @@ fn framed(message: &flowgate_proto::ClientMessage) -> Vec<u8> {
 
 async fn status_works(server: &TestServer) {
     let mut client = server.client().await;
-    let Response::Status(status) = client.request(Request::Status).await.unwrap() else {
-        panic!()
-    };
+    let Response::Status(status) = client.request(Request::Status).await.unwrap() else { panic!() };
     assert_eq!(status.endpoints, 2);
 }
 
@@ -165,30 +149,15 @@ async fn status_works(server: &TestServer) {
 async fn hello_then_requests_answered_from_the_state() {
     let server = TestServer::start("req", |_| {}).await;
     let mut client = server.client().await;
-    assert!(
-        client.agent.software.starts_with("flowgate-agent "),
-        "{}",
-        client.agent.software
-    );
-    let Response::Endpoints(eps) = client.request(Request::EndpointList).await.unwrap() else {
-        panic!()
-    };
-    assert_eq!(
-        eps.iter().map(|e| e.pod_ref()).collect::<Vec<_>>(),
-        ["x/a", "x/b"]
-    );
+    assert!(client.agent.software.starts_with("flowgate-agent "), "{}", client.agent.software);
+    let Response::Endpoints(eps) = client.request(Request::EndpointList).await.unwrap() else { panic!() };
+    assert_eq!(eps.iter().map(|e| e.pod_ref()).collect::<Vec<_>>(), ["x/a", "x/b"]);
     assert!(eps.iter().all(|e| e.state == EndpointState::Ready));
-    let Response::NotFound { known, .. } = client
-        .request(Request::EndpointGet { id: 77 })
-        .await
-        .unwrap()
-    else {
+    let Response::NotFound { known, .. } = client.request(Request::EndpointGet { id: 77 }).await.unwrap() else {
         panic!()
     };
     assert_eq!(known, ["1 (x/a)", "2 (x/b)"]);
-    let Response::Status(status) = client.request(Request::Status).await.unwrap() else {
-        panic!()
-    };
+    let Response::Status(status) = client.request(Request::Status).await.unwrap() else { panic!() };
     assert_eq!(status.clients.len(), 1, "this client is listed");
     assert_eq!(status.clients[0].software, "test");
     assert_eq!(status.clients[0].pid, std::process::id() as i32);
@@ -211,13 +180,9 @@ async fn socket_gets_its_mode_and_is_removed_on_shutdown() {
 async fn garbage_gets_an_error_frame_and_others_are_still_served() {
     let server = TestServer::start("garbage", |_| {}).await;
     let replies = raw_exchange(&server.sock(), b"\x00\x00\x00\x05hello, agent").await;
-    let [ServerMessage::Error { message }] = &replies[..] else {
-        panic!("{replies:?}")
-    };
+    let [ServerMessage::Error { message }] = &replies[..] else { panic!("{replies:?}") };
     assert!(
-        message.starts_with(
-            "the first frame is not a hello: decoding a client hello message (5 bytes)"
-        ),
+        message.starts_with("the first frame is not a hello: decoding a client hello message (5 bytes)"),
         "{message}"
     );
     status_works(&server).await;
@@ -249,13 +214,8 @@ async fn a_deeply_nested_frame_gets_an_error_and_others_are_still_served() {
 async fn oversized_length_prefix_gets_an_error_frame() {
     let server = TestServer::start("big", |_| {}).await;
     let replies = raw_exchange(&server.sock(), &u32::MAX.to_be_bytes()).await;
-    let [ServerMessage::Error { message }] = &replies[..] else {
-        panic!("{replies:?}")
-    };
-    assert_eq!(
-        message,
-        "frame of 4294967295 bytes is over the limit of 4194304 bytes (while waiting for the hello)"
-    );
+    let [ServerMessage::Error { message }] = &replies[..] else { panic!("{replies:?}") };
+    assert_eq!(message, "frame of 4294967295 bytes is over the limit of 4194304 bytes (while waiting for the hello)");
     // Also after the hello.
     let hello = framed(&flowgate_proto::ClientMessage::Hello(Hello {
         protocol: flowgate_proto::PROTOCOL_VERSION,
@@ -265,13 +225,8 @@ async fn oversized_length_prefix_gets_an_error_frame() {
     bytes.extend_from_slice(&(8u32 << 20).to_be_bytes());
     let replies = raw_exchange(&server.sock(), &bytes).await;
     assert!(matches!(replies[0], ServerMessage::Hello(_)), "{replies:?}");
-    let ServerMessage::Error { message } = &replies[1] else {
-        panic!("{replies:?}")
-    };
-    assert!(
-        message.contains("8388608 bytes is over the limit"),
-        "{message}"
-    );
+    let ServerMessage::Error { message } = &replies[1] else { panic!("{replies:?}") };
+    assert!(message.contains("8388608 bytes is over the limit"), "{message}");
     status_works(&server).await;
     server.stop().await;
 }
@@ -338,70 +293,34 @@ async fn frames_written_in_pieces_are_read_whole() {
 #[tokio::test]
 async fn a_request_before_the_hello_is_an_error() {
     let server = TestServer::start("nohello", |_| {}).await;
-    let replies = raw_exchange(
-        &server.sock(),
-        &framed(&flowgate_proto::ClientMessage::Request(Request::Status)),
-    )
-    .await;
-    assert_eq!(
-        replies,
-        [ServerMessage::Error {
-            message: "the first frame must be a hello, got a request".into()
-        }]
-    );
+    let replies = raw_exchange(&server.sock(), &framed(&flowgate_proto::ClientMessage::Request(Request::Status))).await;
+    assert_eq!(replies, [ServerMessage::Error { message: "the first frame must be a hello, got a request".into() }]);
     server.stop().await;
 }
 
 #[tokio::test]
 async fn other_major_is_refused_with_both_versions() {
     let server = TestServer::start("major", |_| {}).await;
-    let hello = Hello {
-        protocol: ProtocolVersion { major: 2, minor: 0 },
-        software: "future".into(),
-    };
-    let err = Client::connect_as(server.sock(), hello)
-        .await
-        .err()
-        .expect("refused");
-    let ClientError::Refused {
-        reason, message, ..
-    } = &err
-    else {
-        panic!("{err:?}")
-    };
+    let hello = Hello { protocol: ProtocolVersion { major: 2, minor: 0 }, software: "future".into() };
+    let err = Client::connect_as(server.sock(), hello).await.err().expect("refused");
+    let ClientError::Refused { reason, message, .. } = &err else { panic!("{err:?}") };
     assert_eq!(*reason, Refusal::VersionMismatch);
     assert_eq!(
         *message,
-        format!(
-            "protocol version mismatch: agent speaks {}, client speaks 2.0",
-            flowgate_proto::PROTOCOL_VERSION
-        )
+        format!("protocol version mismatch: agent speaks {}, client speaks 2.0", flowgate_proto::PROTOCOL_VERSION)
     );
     // A newer minor is fine.
-    let hello = Hello {
-        protocol: ProtocolVersion { major: 1, minor: 9 },
-        software: "newer".into(),
-    };
-    Client::connect_as(server.sock(), hello)
-        .await
-        .expect("same major");
+    let hello = Hello { protocol: ProtocolVersion { major: 1, minor: 9 }, software: "newer".into() };
+    Client::connect_as(server.sock(), hello).await.expect("same major");
     status_works(&server).await;
     server.stop().await;
 }
 
 #[tokio::test]
 async fn silent_client_times_out_in_the_handshake() {
-    let server = TestServer::start("silent", |c| {
-        c.handshake_timeout = Duration::from_millis(200)
-    })
-    .await;
+    let server = TestServer::start("silent", |c| c.handshake_timeout = Duration::from_millis(200)).await;
     let replies = raw_exchange(&server.sock(), b"").await;
-    assert_eq!(
-        replies,
-        [ServerMessage::Error {
-            message: "no hello within 0.2s".into()
-        }]
-    );
+    assert_eq!(replies, [ServerMessage::Error { message: "no hello within 0.2s".into() }]);
     server.stop().await;
 }
 
@@ -444,22 +363,9 @@ async fn idle_clients_give_their_slots_up_when_slots_run_short() {
 async fn clients_over_the_limit_are_refused_until_a_slot_frees() {
     let server = TestServer::start("limit", |c| c.max_clients = 1).await;
     let first = server.client().await;
-    let err = Client::connect(server.sock(), "second")
-        .await
-        .err()
-        .expect("refused");
-    let ClientError::Refused {
-        reason: Refusal::TooManyClients,
-        message,
-        ..
-    } = &err
-    else {
-        panic!("{err:?}")
-    };
-    assert!(
-        message.starts_with("too many clients: the agent already serves 1"),
-        "{message}"
-    );
+    let err = Client::connect(server.sock(), "second").await.err().expect("refused");
+    let ClientError::Refused { reason: Refusal::TooManyClients, message, .. } = &err else { panic!("{err:?}") };
+    assert!(message.starts_with("too many clients: the agent already serves 1"), "{message}");
     drop(first);
     // The slot is freed when the first session ends, which it notices shortly.
     let mut tries = 0;
@@ -467,16 +373,7 @@ async fn clients_over_the_limit_are_refused_until_a_slot_frees() {
         match Client::connect(server.sock(), "third").await {
             Ok(_) => break,
             Err(e) if tries < 50 => {
-                assert!(
-                    matches!(
-                        e,
-                        ClientError::Refused {
-                            reason: Refusal::TooManyClients,
-                            ..
-                        }
-                    ),
-                    "{e:?}"
-                );
+                assert!(matches!(e, ClientError::Refused { reason: Refusal::TooManyClients, .. }), "{e:?}");
                 tries += 1;
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -504,12 +401,7 @@ async fn a_symlink_at_the_lock_path_is_not_followed() {
 #[tokio::test]
 async fn a_second_server_on_the_same_path_is_refused_and_a_stale_socket_replaced() {
     let server = TestServer::start("twice", |_| {}).await;
-    let err = bind(&ServerConfig {
-        path: server.sock(),
-        ..ServerConfig::default()
-    })
-    .err()
-    .expect("refused");
+    let err = bind(&ServerConfig { path: server.sock(), ..ServerConfig::default() }).err().expect("refused");
     assert_eq!(
         err.to_string(),
         format!(
@@ -524,21 +416,12 @@ async fn a_second_server_on_the_same_path_is_refused_and_a_stale_socket_replaced
     // A socket file nobody listens on, as a killed agent leaves it.
     drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
     assert!(path.exists());
-    let listener = bind(&ServerConfig {
-        path: path.clone(),
-        ..ServerConfig::default()
-    })
-    .expect("stale replaced");
+    let listener = bind(&ServerConfig { path: path.clone(), ..ServerConfig::default() }).expect("stale replaced");
     std::os::unix::net::UnixStream::connect(&path).expect("the new socket accepts");
     drop(listener);
     // A regular file is not ours to remove.
     std::fs::write(&path, "precious").unwrap();
-    let err = bind(&ServerConfig {
-        path: path.clone(),
-        ..ServerConfig::default()
-    })
-    .err()
-    .expect("refused");
+    let err = bind(&ServerConfig { path: path.clone(), ..ServerConfig::default() }).err().expect("refused");
     assert!(matches!(err, ServerError::NotASocket { .. }), "{err:?}");
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "precious");
     server.stop().await;
@@ -547,11 +430,7 @@ async fn a_second_server_on_the_same_path_is_refused_and_a_stale_socket_replaced
 #[tokio::test]
 async fn unknown_explicit_group_is_an_error() {
     let dir = TempDir::new("group");
-    let config = ServerConfig {
-        path: dir.sock(),
-        group: Some("no-such-group-fg".into()),
-        ..ServerConfig::default()
-    };
+    let config = ServerConfig { path: dir.sock(), group: Some("no-such-group-fg".into()), ..ServerConfig::default() };
     let err = bind(&config).err().expect("error");
     assert_eq!(
         err.to_string(),
@@ -564,24 +443,11 @@ async fn unknown_explicit_group_is_an_error() {
 async fn subscription_gets_history_then_live_batches_and_is_dropped_on_disconnect() {
     let server = TestServer::start("sub", |_| {}).await;
     let hub = Arc::clone(server.state.hub());
-    hub.publish(
-        &(0..5)
-            .map(|i| Arc::new(flow_between(1, 2, i)))
-            .collect::<Vec<_>>(),
-    );
+    hub.publish(&(0..5).map(|i| Arc::new(flow_between(1, 2, i))).collect::<Vec<_>>());
     let client = server.client().await;
-    let only_1 = FlowFilter {
-        related_to: vec![1],
-        ..FlowFilter::default()
-    };
-    let mut stream = client
-        .subscribe(Subscription {
-            allow: vec![only_1],
-            last: 3,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let only_1 = FlowFilter { related_to: vec![1], ..FlowFilter::default() };
+    let mut stream =
+        client.subscribe(Subscription { allow: vec![only_1], last: 3, ..Default::default() }).await.unwrap();
     let history = stream.next_batch().await.unwrap().unwrap();
     let ports: Vec<u16> = history
         .iter()
@@ -594,10 +460,7 @@ async fn subscription_gets_history_then_live_batches_and_is_dropped_on_disconnec
     wait_for(|| hub.subscribers() == 1).await;
     let status = server.state.status();
     assert!(status.clients.iter().any(|c| c.subscribed), "{status:?}");
-    hub.publish(&[
-        Arc::new(flow_between(3, 4, 100)),
-        Arc::new(flow_between(1, 2, 101)),
-    ]);
+    hub.publish(&[Arc::new(flow_between(3, 4, 100)), Arc::new(flow_between(1, 2, 101))]);
     let live = stream.next_batch().await.unwrap().unwrap();
     assert_eq!(live.len(), 1, "filtered in the agent");
     let Event::Flow(f) = &live[0] else { panic!() };
@@ -611,20 +474,9 @@ async fn subscription_gets_history_then_live_batches_and_is_dropped_on_disconnec
 #[tokio::test]
 async fn subscription_without_follow_ends_after_the_history() {
     let server = TestServer::start("nofollow", |_| {}).await;
-    server.state.hub().publish(
-        &(0..3000)
-            .map(|i| Arc::new(flow_between(1, 2, i)))
-            .collect::<Vec<_>>(),
-    );
+    server.state.hub().publish(&(0..3000).map(|i| Arc::new(flow_between(1, 2, i))).collect::<Vec<_>>());
     let client = server.client().await;
-    let mut stream = client
-        .subscribe(Subscription {
-            last: 50,
-            follow: false,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let mut stream = client.subscribe(Subscription { last: 50, follow: false, ..Default::default() }).await.unwrap();
     let batch = stream.next_batch().await.unwrap().unwrap();
     assert_eq!(batch.len(), 50, "history size is 64, asked for 50");
     assert!(stream.next_batch().await.is_none());
@@ -635,18 +487,8 @@ async fn subscription_without_follow_ends_after_the_history() {
 async fn a_stalled_subscriber_loses_events_and_is_told_while_others_get_everything() {
     let server = TestServer::start("slow", |_| {}).await;
     let hub = Arc::clone(server.state.hub());
-    let mut slow = server
-        .client()
-        .await
-        .subscribe(Subscription::default())
-        .await
-        .unwrap();
-    let mut fast = server
-        .client()
-        .await
-        .subscribe(Subscription::default())
-        .await
-        .unwrap();
+    let mut slow = server.client().await.subscribe(Subscription::default()).await.unwrap();
+    let mut fast = server.client().await.subscribe(Subscription::default()).await.unwrap();
     wait_for(|| hub.subscribers() == 2).await;
     // Big flows, many batches: the slow client's socket buffer and its queue of 4 batches fill up.
     let mut big = flow_between(1, 2, 0);
@@ -658,20 +500,14 @@ async fn a_stalled_subscriber_loses_events_and_is_told_while_others_get_everythi
         // The fast client keeps up: it reads each batch before the next is published.
         while fast_got < 200 * round {
             let events = tokio::time::timeout(Duration::from_secs(5), fast.next_batch()).await;
-            fast_got += events
-                .expect("the fast client is served")
-                .unwrap()
-                .unwrap()
-                .len();
+            fast_got += events.expect("the fast client is served").unwrap().unwrap().len();
         }
     }
     assert_eq!(fast_got, 20_000, "the fast client got every flow");
     // Now the slow one reads: what it missed is reported, in order, once the hub can queue again.
     let mut flows = 0u64;
     let mut lost = 0u64;
-    while let Ok(Some(events)) =
-        tokio::time::timeout(Duration::from_millis(300), slow.next_batch()).await
-    {
+    while let Ok(Some(events)) = tokio::time::timeout(Duration::from_millis(300), slow.next_batch()).await {
         for e in events.unwrap() {
             match e {
                 Event::Flow(_) => flows += 1,
@@ -680,9 +516,7 @@ async fn a_stalled_subscriber_loses_events_and_is_told_while_others_get_everythi
         }
     }
     hub.publish(&batch[..1]);
-    while let Ok(Some(events)) =
-        tokio::time::timeout(Duration::from_millis(300), slow.next_batch()).await
-    {
+    while let Ok(Some(events)) = tokio::time::timeout(Duration::from_millis(300), slow.next_batch()).await {
         for e in events.unwrap() {
             match e {
                 Event::Flow(_) => flows += 1,
@@ -691,11 +525,7 @@ async fn a_stalled_subscriber_loses_events_and_is_told_while_others_get_everythi
         }
     }
     assert!(lost > 0, "the slow client lost events (got {flows})");
-    assert_eq!(
-        flows + lost,
-        20_001,
-        "every flow is either delivered or counted as lost"
-    );
+    assert_eq!(flows + lost, 20_001, "every flow is either delivered or counted as lost");
     server.stop().await;
 }
 

@@ -32,11 +32,7 @@ pub struct Rotation {
 
 impl Default for Rotation {
     fn default() -> Self {
-        Self {
-            max_size: 100 << 20,
-            max_backups: 5,
-            compress: false,
-        }
+        Self { max_size: 100 << 20, max_backups: 5, compress: false }
     }
 }
 
@@ -55,11 +51,7 @@ pub enum ConfigError {
         source: serde_yaml::Error,
     },
     #[error("{path}: {field}: {problem}")]
-    Invalid {
-        path: PathBuf,
-        field: String,
-        problem: String,
-    },
+    Invalid { path: PathBuf, field: String, problem: String },
 }
 
 /// The file as written by a person.
@@ -83,23 +75,15 @@ enum SizeValue {
 }
 
 fn invalid(path: &Path, field: String, problem: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        path: path.to_owned(),
-        field,
-        problem: problem.into(),
-    }
+    ConfigError::Invalid { path: path.to_owned(), field, problem: problem.into() }
 }
 
 /// Parses a size: a number of bytes, or a number with a unit (`100MiB`, `10MB`, `512KiB`, `1GiB`, `64k`).
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size (e.g. 100MiB, 10MB, 65536)"))?;
+    let number: f64 = number.parse().map_err(|_| format!("{text:?} is not a size (e.g. 100MiB, 10MB, 65536)"))?;
     let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kib" => 1 << 10,
@@ -109,9 +93,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "g" | "gib" => 1 << 30,
         "gb" => 1_000_000_000,
         other => {
-            return Err(format!(
-                "{text:?}: unknown unit {other:?} (use B, KiB, MiB, GiB, KB, MB or GB)"
-            ));
+            return Err(format!("{text:?}: unknown unit {other:?} (use B, KiB, MiB, GiB, KB, MB or GB)"));
         }
     };
     let bytes = (number * factor as f64).round();
@@ -123,10 +105,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 
 /// Reads `path` and applies it over `base` (the command line's settings).
 pub fn load(path: &Path, base: &LogSettings) -> Result<LogSettings, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
     parse(path, &text, base)
 }
 
@@ -135,10 +114,7 @@ pub fn parse(path: &Path, text: &str, base: &LogSettings) -> Result<LogSettings,
     let file: ConfigFile = if text.trim().is_empty() {
         ConfigFile::default()
     } else {
-        serde_yaml::from_str(text).map_err(|source| ConfigError::Yaml {
-            path: path.to_owned(),
-            source,
-        })?
+        serde_yaml::from_str(text).map_err(|source| ConfigError::Yaml { path: path.to_owned(), source })?
     };
     let mut settings = base.clone();
     settings.include = file.include.into_iter().map(|f| f.0).collect();
@@ -146,16 +122,10 @@ pub fn parse(path: &Path, text: &str, base: &LogSettings) -> Result<LogSettings,
     if let Some(size) = file.max_size {
         settings.rotation.max_size = match size {
             SizeValue::Bytes(0) => {
-                return Err(invalid(
-                    path,
-                    "max_size".into(),
-                    "must be at least one byte",
-                ));
+                return Err(invalid(path, "max_size".into(), "must be at least one byte"));
             }
             SizeValue::Bytes(n) => n,
-            SizeValue::Text(t) => {
-                parse_size(&t).map_err(|e| invalid(path, "max_size".into(), e))?
-            }
+            SizeValue::Text(t) => parse_size(&t).map_err(|e| invalid(path, "max_size".into(), e))?,
         };
     }
     if let Some(n) = file.max_backups {
@@ -174,11 +144,7 @@ mod tests {
     use super::*;
 
     fn base() -> LogSettings {
-        LogSettings {
-            include: Vec::new(),
-            exclude: Vec::new(),
-            rotation: Rotation::default(),
-        }
+        LogSettings { include: Vec::new(), exclude: Vec::new(), rotation: Rotation::default() }
     }
 
     #[test]
@@ -188,11 +154,7 @@ mod tests {
         assert_eq!(parse_size("4096"), Ok(4096));
         assert_eq!(parse_size("1.5 KiB"), Ok(1536));
         assert!(parse_size("0").is_err());
-        assert!(
-            parse_size("12 parsecs")
-                .unwrap_err()
-                .contains("unknown unit")
-        );
+        assert!(parse_size("12 parsecs").unwrap_err().contains("unknown unit"));
     }
 
     #[test]
@@ -213,29 +175,13 @@ compress: true
         assert_eq!(s.include[0].verdicts, vec![Verdict::Dropped]);
         assert_eq!(s.include[1].event_types, vec![EventType::Drop]);
         assert_eq!(s.exclude[0].protocols, vec![Protocol::Udp]);
-        assert_eq!(
-            s.rotation,
-            Rotation {
-                max_size: 1 << 20,
-                max_backups: 5,
-                compress: true
-            }
-        );
+        assert_eq!(s.rotation, Rotation { max_size: 1 << 20, max_backups: 5, compress: true });
     }
 
     #[test]
     fn errors_say_where() {
-        let e = parse(
-            Path::new("c.yaml"),
-            "include:\n  - verdicts: [maybe]\n",
-            &base(),
-        )
-        .unwrap_err();
-        assert!(
-            e.to_string()
-                .starts_with("c.yaml: include[0].verdicts[0]: unknown verdict"),
-            "{e}"
-        );
+        let e = parse(Path::new("c.yaml"), "include:\n  - verdicts: [maybe]\n", &base()).unwrap_err();
+        assert!(e.to_string().starts_with("c.yaml: include[0].verdicts[0]: unknown verdict"), "{e}");
         let e = parse(Path::new("c.yaml"), "include:\n  - colour: red\n", &base()).unwrap_err();
         assert!(e.to_string().contains("unknown field `colour`"), "{e}");
         assert!(e.to_string().contains("line 2"), "{e}");
@@ -278,56 +224,24 @@ include:
         let canonical = parse(Path::new("c.yaml"), text, &base()).unwrap();
         assert_eq!(s, canonical);
         let f = &s.include[0];
-        assert_eq!(
-            f.verdicts,
-            [Verdict::Forwarded, Verdict::Dropped, Verdict::Audit]
-        );
+        assert_eq!(f.verdicts, [Verdict::Forwarded, Verdict::Dropped, Verdict::Audit]);
         assert_eq!(f.event_types, [EventType::PolicyVerdict, EventType::Drop]);
         assert_eq!(f.protocols, [Protocol::Tcp, Protocol::Icmp]);
-        assert_eq!(
-            f.pods.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            ["web", "y/db-"]
-        );
+        assert_eq!(f.pods.iter().map(ToString::to_string).collect::<Vec<_>>(), ["web", "y/db-"]);
         assert_eq!(f.policies[1].to_string(), "allow-dns");
     }
 
     #[test]
     fn a_bad_value_names_its_field_and_line() {
         for (text, field, problem) in [
-            (
-                "exclude:\n  - protocol: [gre]\n",
-                "exclude[0].protocol[0]",
-                "unknown protocol \"gre\"",
-            ),
-            (
-                "include:\n  - {}\n  - type: [packet]\n",
-                "include[1].type[0]",
-                "unknown event type \"packet\"",
-            ),
-            (
-                "include:\n  - pods: [a/b/c]\n",
-                "include[0].pods[0]",
-                "pod \"a/b/c\": more than one `/`",
-            ),
-            (
-                "include:\n  - policies: [x/]\n",
-                "include[0].policies[0]",
-                "policy \"x/\": no name",
-            ),
-            (
-                "include:\n  - labels: ['a in b']\n",
-                "include[0].labels[0]",
-                "label selector \"a in b\"",
-            ),
-            (
-                "include:\n  - ports: [http]\n",
-                "include[0].ports[0]",
-                "invalid type: string \"http\"",
-            ),
+            ("exclude:\n  - protocol: [gre]\n", "exclude[0].protocol[0]", "unknown protocol \"gre\""),
+            ("include:\n  - {}\n  - type: [packet]\n", "include[1].type[0]", "unknown event type \"packet\""),
+            ("include:\n  - pods: [a/b/c]\n", "include[0].pods[0]", "pod \"a/b/c\": more than one `/`"),
+            ("include:\n  - policies: [x/]\n", "include[0].policies[0]", "policy \"x/\": no name"),
+            ("include:\n  - labels: ['a in b']\n", "include[0].labels[0]", "label selector \"a in b\""),
+            ("include:\n  - ports: [http]\n", "include[0].ports[0]", "invalid type: string \"http\""),
         ] {
-            let e = parse(Path::new("c.yaml"), text, &base())
-                .unwrap_err()
-                .to_string();
+            let e = parse(Path::new("c.yaml"), text, &base()).unwrap_err().to_string();
             assert!(e.starts_with(&format!("c.yaml: {field}: {problem}")), "{e}");
             assert!(e.contains(" at line "), "{e}");
         }

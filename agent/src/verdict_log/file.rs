@@ -52,31 +52,19 @@ struct Compressor {
 }
 
 impl Compressor {
-    fn start(
-        naming: Naming,
-        max_backups: Arc<AtomicUsize>,
-        busy: Arc<AtomicBool>,
-    ) -> io::Result<Self> {
+    fn start(naming: Naming, max_backups: Arc<AtomicUsize>, busy: Arc<AtomicBool>) -> io::Result<Self> {
         let (tx, rx) = mpsc::channel::<PathBuf>();
-        let thread = std::thread::Builder::new()
-            .name("verdict-log-gzip".into())
-            .spawn(move || {
-                for path in rx {
-                    busy.store(true, Ordering::Release);
-                    if let Err(e) = compress(&path) {
-                        warn!(
-                            "compressing {}: {e}; leaving it uncompressed",
-                            path.display()
-                        );
-                    }
-                    prune(&naming, max_backups.load(Ordering::Relaxed));
-                    busy.store(false, Ordering::Release);
+        let thread = std::thread::Builder::new().name("verdict-log-gzip".into()).spawn(move || {
+            for path in rx {
+                busy.store(true, Ordering::Release);
+                if let Err(e) = compress(&path) {
+                    warn!("compressing {}: {e}; leaving it uncompressed", path.display());
                 }
-            })?;
-        Ok(Self {
-            tx: Some(tx),
-            thread: Some(thread),
-        })
+                prune(&naming, max_backups.load(Ordering::Relaxed));
+                busy.store(false, Ordering::Release);
+            }
+        })?;
+        Ok(Self { tx: Some(tx), thread: Some(thread) })
     }
 }
 
@@ -97,16 +85,10 @@ pub fn compress(path: &Path) -> io::Result<()> {
     let tmp = PathBuf::from(tmp_name);
     let mut input = io::BufReader::with_capacity(1 << 16, File::open(path)?);
     let out = File::create(&tmp)?;
-    let mut encoder = flate2::write::GzEncoder::new(
-        io::BufWriter::with_capacity(1 << 16, out),
-        flate2::Compression::fast(),
-    );
+    let mut encoder =
+        flate2::write::GzEncoder::new(io::BufWriter::with_capacity(1 << 16, out), flate2::Compression::fast());
     io::copy(&mut input, &mut encoder)?;
-    encoder
-        .finish()?
-        .into_inner()
-        .map_err(io::IntoInnerError::into_error)?
-        .sync_all()?;
+    encoder.finish()?.into_inner().map_err(io::IntoInnerError::into_error)?.sync_all()?;
     std::fs::rename(&tmp, &gz)?;
     std::fs::remove_file(path)?;
     Ok(())
@@ -168,11 +150,7 @@ pub enum WriteError {
         source: io::Error,
     },
     #[error("writing {path}: only {written} of {wanted} bytes were written (disk full?)")]
-    Short {
-        path: PathBuf,
-        written: usize,
-        wanted: usize,
-    },
+    Short { path: PathBuf, written: usize, wanted: usize },
 }
 
 pub struct LogFile {
@@ -190,12 +168,7 @@ pub struct LogFile {
 }
 
 fn open_append(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .read(true)
-        .mode(0o640)
-        .open(path)
+    OpenOptions::new().create(true).append(true).read(true).mode(0o640).open(path)
 }
 
 impl LogFile {
@@ -258,8 +231,7 @@ impl LogFile {
 
     pub fn set_rotation(&mut self, rotation: Rotation) {
         self.rotation = rotation;
-        self.max_backups
-            .store(rotation.max_backups, Ordering::Relaxed);
+        self.max_backups.store(rotation.max_backups, Ordering::Relaxed);
     }
 
     /// Whether the background compressor is idle (for tests and shutdown).
@@ -318,22 +290,12 @@ impl LogFile {
                 self.size += n as u64;
                 return Ok(());
             }
-            Ok(n) => WriteError::Short {
-                path: self.path.clone(),
-                written: n,
-                wanted: lines.len(),
-            },
-            Err(source) => WriteError::Io {
-                path: self.path.clone(),
-                source,
-            },
+            Ok(n) => WriteError::Short { path: self.path.clone(), written: n, wanted: lines.len() },
+            Err(source) => WriteError::Io { path: self.path.clone(), source },
         };
         if let Err(e) = self.file.set_len(self.size) {
             // Cannot cut back: find the last whole line the slow way.
-            warn!(
-                "{}: truncating after a failed write: {e}",
-                self.path.display()
-            );
+            warn!("{}: truncating after a failed write: {e}", self.path.display());
             let len = self.file.metadata().map(|m| m.len()).unwrap_or(self.size);
             if let Ok(cut) = repair_tail(&mut self.file, len) {
                 self.size = len - cut;
@@ -371,11 +333,7 @@ mod tests {
     fn rotates_keeps_n_backups_and_compresses() {
         let d = dir("rot");
         let path = d.join("v.jsonl");
-        let rotation = Rotation {
-            max_size: 100,
-            max_backups: 3,
-            compress: true,
-        };
+        let rotation = Rotation { max_size: 100, max_backups: 3, compress: true };
         let mut log = LogFile::open(&path, rotation).unwrap();
         let line = format!("{}\n", "x".repeat(39));
         for _ in 0..20 {
@@ -391,9 +349,7 @@ mod tests {
         assert!(backups.iter().all(|b| b.compressed));
         for b in &backups {
             let mut text = String::new();
-            flate2::read::GzDecoder::new(File::open(&b.path).unwrap())
-                .read_to_string(&mut text)
-                .unwrap();
+            flate2::read::GzDecoder::new(File::open(&b.path).unwrap()).read_to_string(&mut text).unwrap();
             assert_eq!(text, line.repeat(2));
         }
         assert_eq!(std::fs::read_to_string(&path).unwrap(), line.repeat(2));

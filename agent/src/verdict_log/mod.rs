@@ -131,25 +131,15 @@ impl VerdictLog {
             Some(f) => f.load()?,
             None => options.settings.clone(),
         };
-        let file = LogFile::open(&options.path, settings.rotation).map_err(|source| {
-            VerdictLogError::Open {
-                path: options.path.clone(),
-                source,
-            }
-        })?;
+        let file = LogFile::open(&options.path, settings.rotation)
+            .map_err(|source| VerdictLogError::Open { path: options.path.clone(), source })?;
         // Event types are chosen in the hub, so records the log does not want never fill its queue;
         // include/exclude are applied here, so a reload needs no new subscription (no gap, no repeat).
         let mut subscriber = hub.subscribe(&Subscription {
-            allow: vec![FlowFilter {
-                event_types: event_types(options.traces),
-                ..Default::default()
-            }],
+            allow: vec![FlowFilter { event_types: event_types(options.traces), ..Default::default() }],
             ..Subscription::default()
         });
-        let rx = subscriber
-            .rx
-            .take()
-            .expect("a following subscription has a queue");
+        let rx = subscriber.rx.take().expect("a following subscription has a queue");
         let stats = Arc::new(VerdictLogStats::default());
         let stop = Arc::new(AtomicBool::new(false));
         info!(
@@ -158,11 +148,7 @@ impl VerdictLog {
             options.path.display(),
             settings.rotation.max_size,
             settings.rotation.max_backups,
-            if settings.rotation.compress {
-                ", compressed"
-            } else {
-                ""
-            }
+            if settings.rotation.compress { ", compressed" } else { "" }
         );
         let writer = Writer {
             file,
@@ -185,11 +171,7 @@ impl VerdictLog {
             .name("verdict-log".into())
             .spawn(move || writer.run(subscriber, rx, &runtime, &thread_stop))
             .map_err(VerdictLogError::Thread)?;
-        Ok(Self {
-            stats,
-            stop,
-            thread: Some(thread),
-        })
+        Ok(Self { stats, stop, thread: Some(thread) })
     }
 
     pub fn stats(&self) -> Arc<VerdictLogStats> {
@@ -290,11 +272,7 @@ mod tests {
     fn options(path: &Path, config: Option<PathBuf>) -> VerdictLogOptions {
         VerdictLogOptions {
             path: path.to_owned(),
-            settings: LogSettings {
-                include: Vec::new(),
-                exclude: Vec::new(),
-                rotation: Rotation::default(),
-            },
+            settings: LogSettings { include: Vec::new(), exclude: Vec::new(), rotation: Rotation::default() },
             config_file: config,
             traces: false,
             node_name: "node-1".into(),
@@ -316,19 +294,12 @@ mod tests {
         let hub = Hub::new(HubConfig::default());
         let d = dir("basic");
         let path = d.join("v.jsonl");
-        let log =
-            VerdictLog::start(&hub, rt.handle().clone(), options(&path, None), encode).unwrap();
+        let log = VerdictLog::start(&hub, rt.handle().clone(), options(&path, None), encode).unwrap();
         let stats = log.stats();
-        hub.publish(&[
-            verdict(1, Verdict::Forwarded),
-            Arc::new(flow_between(1, 2, 2)),
-            verdict(3, Verdict::Dropped),
-        ]);
+        hub.publish(&[verdict(1, Verdict::Forwarded), Arc::new(flow_between(1, 2, 2)), verdict(3, Verdict::Dropped)]);
         hub.publish_loss(LossSource::KernelBuffer, 7);
         hub.publish(&[verdict(4, Verdict::Dropped)]);
-        wait_for("three records", || {
-            stats.records_written.load(Ordering::Relaxed) == 3
-        });
+        wait_for("three records", || stats.records_written.load(Ordering::Relaxed) == 3);
         log.stop();
         let got = lines(&path);
         assert_eq!(got.len(), 4, "{got:?}");
@@ -343,15 +314,11 @@ mod tests {
     #[test]
     fn a_full_queue_is_counted_and_marked() {
         let rt = tokio::runtime::Runtime::new().unwrap();
-        let hub = Hub::new(HubConfig {
-            history: 16,
-            queue_events: 2,
-        });
+        let hub = Hub::new(HubConfig { history: 16, queue_events: 2 });
         let d = dir("queue");
         let path = d.join("v.jsonl");
         // Fill the queue before the writer thread can drain it: publish from inside the hub's lock order.
-        let log =
-            VerdictLog::start(&hub, rt.handle().clone(), options(&path, None), encode).unwrap();
+        let log = VerdictLog::start(&hub, rt.handle().clone(), options(&path, None), encode).unwrap();
         let stats = log.stats();
         let flows: Vec<_> = (0..50).map(|i| verdict(i, Verdict::Dropped)).collect();
         for chunk in flows.chunks(5) {
@@ -360,30 +327,18 @@ mod tests {
         hub.flush_losses();
         wait_for("every record written or lost", || {
             hub.flush_losses();
-            stats.records_written.load(Ordering::Relaxed)
-                + stats.records_lost.load(Ordering::Relaxed)
-                == 50
+            stats.records_written.load(Ordering::Relaxed) + stats.records_lost.load(Ordering::Relaxed) == 50
                 && stats.lost_markers.load(Ordering::Relaxed) > 0
         });
         log.stop();
         let got = lines(&path);
         let written = got.iter().filter(|l| l.get("flow").is_some()).count() as u64;
-        let marked: u64 = got
-            .iter()
-            .filter_map(|l| l["lost_events"]["num_events_lost"].as_u64())
-            .sum();
+        let marked: u64 = got.iter().filter_map(|l| l["lost_events"]["num_events_lost"].as_u64()).sum();
         assert_eq!(written, stats.records_written.load(Ordering::Relaxed));
         assert_eq!(marked, stats.records_lost.load(Ordering::Relaxed));
-        assert_eq!(
-            written + marked,
-            50,
-            "every record is written or marked lost"
-        );
+        assert_eq!(written + marked, 50, "every record is written or marked lost");
         assert!(marked > 0);
-        let _ = LostEvents {
-            source: LossSource::ClientQueue,
-            count: 0,
-        };
+        let _ = LostEvents { source: LossSource::ClientQueue, count: 0 };
     }
 
     #[test]
@@ -395,39 +350,21 @@ mod tests {
         let path = d.join("v.jsonl");
         let cfg = d.join("log.yaml");
         std::fs::write(&cfg, "include:\n  - verdicts: [denied]\n").unwrap();
-        let log = VerdictLog::start(
-            &hub,
-            rt.handle().clone(),
-            options(&path, Some(cfg.clone())),
-            encode,
-        )
-        .unwrap();
+        let log = VerdictLog::start(&hub, rt.handle().clone(), options(&path, Some(cfg.clone())), encode).unwrap();
         let stats = log.stats();
         hub.publish(&[verdict(1, Verdict::Forwarded), verdict(2, Verdict::Dropped)]);
-        wait_for("one record", || {
-            stats.records_written.load(Ordering::Relaxed) == 1
-        });
+        wait_for("one record", || stats.records_written.load(Ordering::Relaxed) == 1);
         // A broken file keeps the last good configuration.
         std::fs::write(&cfg, "include: [[[\n").unwrap();
         std::thread::sleep(Duration::from_millis(150));
         hub.publish(&[verdict(3, Verdict::Forwarded), verdict(4, Verdict::Dropped)]);
-        wait_for("two records", || {
-            stats.records_written.load(Ordering::Relaxed) == 2
-        });
-        std::fs::write(
-            &cfg,
-            "exclude:\n  - ports: [6]\nmax_size: 100\nmax_backups: 2\n",
-        )
-        .unwrap();
-        wait_for("the reload", || {
-            stats.config_reloads.load(Ordering::Relaxed) == 1
-        });
+        wait_for("two records", || stats.records_written.load(Ordering::Relaxed) == 2);
+        std::fs::write(&cfg, "exclude:\n  - ports: [6]\nmax_size: 100\nmax_backups: 2\n").unwrap();
+        wait_for("the reload", || stats.config_reloads.load(Ordering::Relaxed) == 1);
         for port in 5..12 {
             hub.publish(&[verdict(port, Verdict::Forwarded)]);
         }
-        wait_for("eight records", || {
-            stats.records_written.load(Ordering::Relaxed) == 8
-        });
+        wait_for("eight records", || stats.records_written.load(Ordering::Relaxed) == 8);
         log.stop();
         assert!(stats.rotations.load(Ordering::Relaxed) >= 2);
         let naming = file::Naming::new(&path);

@@ -129,12 +129,8 @@ impl Writer {
                 }
                 Event::Lost(lost) => {
                     if lost.source == LossSource::ClientQueue {
-                        self.stats
-                            .queue_lost
-                            .fetch_add(lost.count, Ordering::Relaxed);
-                        self.stats
-                            .records_lost
-                            .fetch_add(lost.count, Ordering::Relaxed);
+                        self.stats.queue_lost.fetch_add(lost.count, Ordering::Relaxed);
+                        self.stats.records_lost.fetch_add(lost.count, Ordering::Relaxed);
                     }
                     add_loss(&mut self.unmarked, lost.source, lost.count);
                     // Written where the gap is: ahead of the next line.
@@ -152,8 +148,7 @@ impl Writer {
             let line = std::mem::take(&mut self.line);
             for (source, count) in std::mem::take(&mut self.unmarked) {
                 self.line.clear();
-                serde_json::to_writer(&mut self.line, &lost_line(source, count, &self.node))
-                    .expect("serializes");
+                serde_json::to_writer(&mut self.line, &lost_line(source, count, &self.node)).expect("serializes");
                 self.line.push(b'\n');
                 self.append_line(0, Some((source, count)));
             }
@@ -170,21 +165,14 @@ impl Writer {
         let len = self.line.len();
         let max = self.file.rotation().max_size;
         if !self.buf.is_empty()
-            && (self.file.size() + (self.buf.len() + len) as u64 > max
-                || self.buf.len() + len > MAX_WRITE_BYTES)
+            && (self.file.size() + (self.buf.len() + len) as u64 > max || self.buf.len() + len > MAX_WRITE_BYTES)
         {
             self.flush();
         }
         if self.buf.is_empty() && self.file.needs_rotation(len) {
             match self.file.rotate() {
-                Ok(()) => self
-                    .stats
-                    .rotations
-                    .store(self.file.rotations, Ordering::Relaxed),
-                Err(e) => warn!(
-                    "verdict log: rotating {}: {e}; writing on",
-                    self.file.path().display()
-                ),
+                Ok(()) => self.stats.rotations.store(self.file.rotations, Ordering::Relaxed),
+                Err(e) => warn!("verdict log: rotating {}: {e}; writing on", self.file.path().display()),
             }
         }
         self.buf.extend_from_slice(&self.line);
@@ -200,34 +188,21 @@ impl Writer {
         let markers = std::mem::take(&mut self.buf_markers);
         match self.file.append(&self.buf) {
             Ok(()) => {
-                self.stats
-                    .records_written
-                    .fetch_add(records, Ordering::Relaxed);
-                self.stats
-                    .bytes_written
-                    .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
-                self.stats
-                    .lost_markers
-                    .fetch_add(markers.len() as u64, Ordering::Relaxed);
+                self.stats.records_written.fetch_add(records, Ordering::Relaxed);
+                self.stats.bytes_written.fetch_add(self.buf.len() as u64, Ordering::Relaxed);
+                self.stats.lost_markers.fetch_add(markers.len() as u64, Ordering::Relaxed);
                 if self.failing {
-                    info!(
-                        "verdict log: writing to {} again",
-                        self.file.path().display()
-                    );
+                    info!("verdict log: writing to {} again", self.file.path().display());
                     self.failing = false;
                 }
             }
             Err(e) => {
                 if !self.failing {
-                    warn!(
-                        "verdict log: {e}; records are counted as lost until writes succeed again"
-                    );
+                    warn!("verdict log: {e}; records are counted as lost until writes succeed again");
                     self.failing = true;
                 }
                 self.stats.write_failures.fetch_add(1, Ordering::Relaxed);
-                self.stats
-                    .records_lost
-                    .fetch_add(records, Ordering::Relaxed);
+                self.stats.records_lost.fetch_add(records, Ordering::Relaxed);
                 add_loss(&mut self.unmarked, LOST_SOURCE_LOG, records);
                 for (source, count) in markers {
                     add_loss(&mut self.unmarked, source, count);

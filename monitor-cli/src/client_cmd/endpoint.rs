@@ -79,16 +79,10 @@ enum GetOutput {
 
 pub fn run(args: &EndpointArgs) -> anyhow::Result<()> {
     match &args.command {
-        EndpointCommand::List {
-            socket,
-            output,
-            no_headers,
-        } => {
+        EndpointCommand::List { socket, output, no_headers } => {
             let endpoints = match request(socket, Request::EndpointList)? {
                 Response::Endpoints(eps) => eps,
-                other => anyhow::bail!(
-                    "the agent answered `endpoint list` with something else: {other:?}"
-                ),
+                other => anyhow::bail!("the agent answered `endpoint list` with something else: {other:?}"),
             };
             match output.structured() {
                 None => print!("{}", render_list(&endpoints, !no_headers)),
@@ -99,9 +93,7 @@ pub fn run(args: &EndpointArgs) -> anyhow::Result<()> {
             let endpoint = match request(socket, Request::EndpointGet { id: *id })? {
                 Response::Endpoint(ep) => ep,
                 Response::NotFound { what, known } => anyhow::bail!("{}", not_found(&what, &known)),
-                other => anyhow::bail!(
-                    "the agent answered `endpoint get` with something else: {other:?}"
-                ),
+                other => anyhow::bail!("the agent answered `endpoint get` with something else: {other:?}"),
             };
             let format = match output {
                 GetOutput::Json => Structured::Json,
@@ -132,10 +124,7 @@ pub fn not_found(what: &str, known: &[String]) -> String {
     if known.is_empty() {
         format!("no {what} on this agent; it has no endpoints")
     } else {
-        format!(
-            "no {what} on this agent; known endpoints: {}",
-            known.join(", ")
-        )
+        format!("no {what} on this agent; known endpoints: {}", known.join(", "))
     }
 }
 
@@ -195,10 +184,7 @@ mod tests {
             id,
             namespace: "x".into(),
             pod_name: pod.into(),
-            labels: labels
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
+            labels: labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
             identity: 1000 + u32::from(id),
             ipv4: Ipv4Addr::new(10, 244, 0, id as u8),
             interface: "lxc0".into(),
@@ -234,9 +220,6 @@ ENDPOINT   POLICY (ingress)   POLICY (egress)   IDENTITY   NAMESPACE/POD   LABEL
             not_found("endpoint 99", &["1 (x/a)".into(), "2 (x/b)".into()]),
             "no endpoint 99 on this agent; known endpoints: 1 (x/a), 2 (x/b)"
         );
-        assert_eq!(
-            not_found("endpoint 1", &[]),
-            "no endpoint 1 on this agent; it has no endpoints"
-        );
+        assert_eq!(not_found("endpoint 1", &[]), "no endpoint 1 on this agent; it has no endpoints");
     }
 }

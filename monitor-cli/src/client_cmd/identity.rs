@@ -37,16 +37,10 @@ enum IdentityOutput {
 
 pub fn run(args: &IdentityArgs) -> anyhow::Result<()> {
     match &args.command {
-        IdentityCommand::List {
-            socket,
-            output,
-            no_headers,
-        } => {
+        IdentityCommand::List { socket, output, no_headers } => {
             let identities = match request(socket, Request::IdentityList)? {
                 Response::Identities(ids) => ids,
-                other => anyhow::bail!(
-                    "the agent answered `identity list` with something else: {other:?}"
-                ),
+                other => anyhow::bail!("the agent answered `identity list` with something else: {other:?}"),
             };
             match output {
                 IdentityOutput::Table => print!("{}", render(&identities, !no_headers)),
@@ -64,11 +58,7 @@ pub fn render(identities: &[Identity], headers: bool) -> String {
     let mut table = Table::new(&[&["ID"], &["LABELS"], &["ENDPOINTS"]]);
     for identity in identities {
         let endpoints: Vec<String> = identity.endpoints.iter().map(u16::to_string).collect();
-        table.multiline_row(vec![
-            vec![identity.id.to_string()],
-            identity.labels.clone(),
-            vec![endpoints.join(" ")],
-        ]);
+        table.multiline_row(vec![vec![identity.id.to_string()], identity.labels.clone(), vec![endpoints.join(" ")]]);
     }
     table.render(headers)
 }
@@ -82,17 +72,10 @@ mod tests {
         let ids = [
             Identity {
                 id: 1001,
-                labels: vec![
-                    "k8s:app=a".into(),
-                    "k8s:io.kubernetes.pod.namespace=x".into(),
-                ],
+                labels: vec!["k8s:app=a".into(), "k8s:io.kubernetes.pod.namespace=x".into()],
                 endpoints: vec![1, 4],
             },
-            Identity {
-                id: 1002,
-                labels: vec!["k8s:app=b".into()],
-                endpoints: vec![2],
-            },
+            Identity { id: 1002, labels: vec!["k8s:app=b".into()], endpoints: vec![2] },
         ];
         assert_eq!(
             render(&ids, true),

@@ -63,18 +63,12 @@ pub fn describe(error: &ClientError) -> String {
 
 /// Connects, sends one request and returns its response.
 pub fn request(socket: &SocketArg, request: Request) -> anyhow::Result<Response> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the tokio runtime")?;
     runtime.block_on(async {
-        let mut client = Client::connect(&socket.socket, &software())
-            .await
-            .map_err(|e| anyhow::anyhow!(describe(&e)))?;
-        client
-            .request(request)
-            .await
-            .map_err(|e| anyhow::anyhow!(describe(&e)))
+        let mut client =
+            Client::connect(&socket.socket, &software()).await.map_err(|e| anyhow::anyhow!(describe(&e)))?;
+        client.request(request).await.map_err(|e| anyhow::anyhow!(describe(&e)))
     })
 }
 
@@ -97,10 +91,7 @@ impl Output {
 }
 
 /// Renders `value` as pretty JSON or YAML, ending with a newline.
-pub fn render_structured<T: serde::Serialize>(
-    value: &T,
-    format: Structured,
-) -> anyhow::Result<String> {
+pub fn render_structured<T: serde::Serialize>(value: &T, format: Structured) -> anyhow::Result<String> {
     Ok(match format {
         Structured::Json => serde_json::to_string_pretty(value).context("rendering JSON")? + "\n",
         Structured::Yaml => serde_yaml::to_string(value).context("rendering YAML")?,

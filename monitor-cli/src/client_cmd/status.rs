@@ -57,17 +57,11 @@ pub fn size(bytes: u64) -> String {
 /// The status as `Key:   value` lines, then a table of clients.
 pub fn render(status: &Status) -> String {
     let c = &status.counters;
-    let protocol = status
-        .protocol
-        .map_or_else(|| "unknown".to_owned(), |p| p.to_string());
+    let protocol = status.protocol.map_or_else(|| "unknown".to_owned(), |p| p.to_string());
     let buffer = if status.events_buffer.kind.is_empty() {
         "unknown".to_owned()
     } else {
-        format!(
-            "{}, {}",
-            status.events_buffer.kind,
-            size(status.events_buffer.size_bytes)
-        )
+        format!("{}, {}", status.events_buffer.kind, size(status.events_buffer.size_bytes))
     };
     let lines = [
         ("Agent", format!("flowgate-agent {}", status.agent_version)),
@@ -86,14 +80,8 @@ pub fn render(status: &Status) -> String {
                 c.records_read, c.records_lost_kernel, c.decode_errors
             ),
         ),
-        (
-            "Client queues",
-            format!("{} events lost", c.client_queue_losses),
-        ),
-        (
-            "Verdict log",
-            format!("{} written, {} lost", c.verdict_log_written, c.verdict_log_lost),
-        ),
+        ("Client queues", format!("{} events lost", c.client_queue_losses)),
+        ("Verdict log", format!("{} written, {} lost", c.verdict_log_written, c.verdict_log_lost)),
         ("Policies", format!("{} loaded, {} errors", status.policy.loaded.len(), status.policy.errors.len())),
         ("Clients", status.clients.len().to_string()),
     ];
@@ -156,10 +144,7 @@ mod tests {
             protocol: Some(ProtocolVersion { major: 1, minor: 0 }),
             uptime_seconds: 65.0,
             kernel: "6.8.0-1".into(),
-            events_buffer: EventsBufferInfo {
-                kind: "ringbuf".into(),
-                size_bytes: 8 << 20,
-            },
+            events_buffer: EventsBufferInfo { kind: "ringbuf".into(), size_bytes: 8 << 20 },
             endpoints: 9,
             identities: 6,
             policy: flowgate_proto::message::PolicyStatus { revision: 3, ..Default::default() },

@@ -15,10 +15,7 @@ impl Table {
     /// Columns with their header lines (`&["POLICY (ingress)", "ENFORCEMENT"]` spans two lines).
     pub fn new(headers: &[&[&str]]) -> Self {
         Self {
-            headers: headers
-                .iter()
-                .map(|h| h.iter().map(|s| (*s).to_owned()).collect())
-                .collect(),
+            headers: headers.iter().map(|h| h.iter().map(|s| (*s).to_owned()).collect()).collect(),
             rows: Vec::new(),
         }
     }
@@ -36,20 +33,14 @@ impl Table {
     /// Renders the table, with or without its headers. Trailing spaces are trimmed from every line.
     pub fn render(&self, headers: bool) -> String {
         let columns = self.headers.len();
-        let cell_lines =
-            |cells: &[Vec<String>]| cells.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        let cell_lines = |cells: &[Vec<String>]| cells.iter().map(Vec::len).max().unwrap_or(0).max(1);
         let mut lines: Vec<Vec<&str>> = Vec::new();
         let header_rows = if headers { Some(&self.headers) } else { None };
         for cells in header_rows.into_iter().chain(&self.rows) {
             for i in 0..cell_lines(cells) {
                 lines.push(
                     (0..columns)
-                        .map(|c| {
-                            cells
-                                .get(c)
-                                .and_then(|cell| cell.get(i))
-                                .map_or("", String::as_str)
-                        })
+                        .map(|c| cells.get(c).and_then(|cell| cell.get(i)).map_or("", String::as_str))
                         .collect(),
                 );
             }
@@ -86,11 +77,7 @@ mod tests {
     #[test]
     fn columns_align_and_multiline_cells_span_rows() {
         let mut t = Table::new(&[&["ID"], &["POLICY", "ENFORCEMENT"], &["LABELS"]]);
-        t.multiline_row(vec![
-            vec!["1".into()],
-            vec!["Disabled".into()],
-            vec!["app=a".into(), "tier=web".into()],
-        ]);
+        t.multiline_row(vec![vec!["1".into()], vec!["Disabled".into()], vec!["app=a".into(), "tier=web".into()]]);
         t.row(["12".to_owned(), "Enabled".to_owned(), String::new()]);
         assert_eq!(
             t.render(true),
@@ -100,10 +87,7 @@ mod tests {
              \u{20}                  tier=web\n\
              12   Enabled\n"
         );
-        assert_eq!(
-            t.render(false),
-            "1    Disabled   app=a\n                tier=web\n12   Enabled\n"
-        );
+        assert_eq!(t.render(false), "1    Disabled   app=a\n                tier=web\n12   Enabled\n");
     }
 
     #[test]

@@ -105,9 +105,10 @@ fn wait_for_agent(socket: &Path, agent: &mut Child) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok(mut client) = runtime.block_on(Client::connect(socket, &software()))
-            && runtime.block_on(client.request(Request::Status)).is_ok() {
-                return Ok(());
-            }
+            && runtime.block_on(client.request(Request::Status)).is_ok()
+        {
+            return Ok(());
+        }
         if let Some(status) = agent.try_wait()? {
             bail!("flowgate-agent exited ({status}) before serving; see its log");
         }
@@ -146,8 +147,10 @@ fn drive_traffic(state: LabState, stop: Arc<AtomicBool>) {
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let topology = Topology::load(&args.topology).with_context(|| format!("reading {}", args.topology.display()))?;
     let _ = lab::down(&args.name);
-    let state = lab::up(&topology, &args.name, Some(&args.topology)).with_context(|| format!("bringing lab {} up", args.name))?;
-    let mut running = Running { lab: args.name.clone(), agent: None, stop: Arc::new(AtomicBool::new(false)), traffic: None };
+    let state = lab::up(&topology, &args.name, Some(&args.topology))
+        .with_context(|| format!("bringing lab {} up", args.name))?;
+    let mut running =
+        Running { lab: args.name.clone(), agent: None, stop: Arc::new(AtomicBool::new(false)), traffic: None };
     eprintln!("demo: lab {} is up: {} pods and an outside host", state.name, state.pods.len());
 
     // Everything the demo's agent writes stays in the lab's own directory, and its metrics take a free
@@ -193,7 +196,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         .find(|e| e.pod_ref() == "default/database")
         .context("the demo topology has no default/database pod")?
         .id;
-    let output = args.output.unwrap_or(if std::io::stdout().is_terminal() { MonitorOutput::Tui } else { MonitorOutput::Text });
+    let output =
+        args.output.unwrap_or(if std::io::stdout().is_terminal() { MonitorOutput::Tui } else { MonitorOutput::Text });
     eprintln!("demo: monitoring endpoint {database} (default/database)");
     if output == MonitorOutput::Tui {
         let monitor_args = MonitorArgs {

@@ -133,16 +133,12 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
         LabCommand::Up { file, name, output } => up(&file, name, output),
         LabCommand::Down { names } => {
             for name in names {
-                let report =
-                    lab::down(&name).with_context(|| format!("bringing lab {name} down"))?;
+                let report = lab::down(&name).with_context(|| format!("bringing lab {name} down"))?;
                 if report.existed {
                     println!(
                         "lab {name} is down: {} network namespaces deleted{}",
                         report.netns_deleted.len(),
-                        report
-                            .server_stopped
-                            .map(|pid| format!(", server {pid} stopped"))
-                            .unwrap_or_default()
+                        report.server_stopped.map(|pid| format!(", server {pid} stopped")).unwrap_or_default()
                     );
                 } else {
                     println!("no lab named {name}: nothing to do");
@@ -161,25 +157,17 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
         }
         LabCommand::Probe(args) => probe_cmd(args),
         LabCommand::Traffic(args) => traffic_cmd(args),
-        LabCommand::Exec {
-            name,
-            target,
-            command,
-        } => exec(&name, &target, &command),
+        LabCommand::Exec { name, target, command } => exec(&name, &target, &command),
     }
 }
 
 fn up(file: &std::path::Path, name: Option<String>, output: Output) -> anyhow::Result<()> {
     let topology = Topology::load(file)?;
     let Some(name) = name.or_else(|| topology.name.clone()) else {
-        bail!(
-            "{}: the topology has no `name:`; give the lab a name with --name",
-            file.display()
-        );
+        bail!("{}: the topology has no `name:`; give the lab a name with --name", file.display());
     };
     let started = Instant::now();
-    let state =
-        lab::up(&topology, &name, Some(file)).with_context(|| format!("bringing lab {name} up"))?;
+    let state = lab::up(&topology, &name, Some(file)).with_context(|| format!("bringing lab {name} up"))?;
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&state)?),
         Output::Table => {
@@ -206,10 +194,7 @@ fn list(names_only: bool, output: Output) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let labs: Vec<(String, Option<LabState>)> = names
-        .into_iter()
-        .map(|n| (n.clone(), state::load(&n).ok()))
-        .collect();
+    let labs: Vec<(String, Option<LabState>)> = names.into_iter().map(|n| (n.clone(), state::load(&n).ok())).collect();
     if output == Output::Json {
         let items: Vec<serde_json::Value> = labs
             .iter()
@@ -230,12 +215,7 @@ fn list(names_only: bool, output: Output) -> anyhow::Result<()> {
         println!("no labs (`flowgate lab up -f examples/lab-netpol.yaml` creates one)");
         return Ok(());
     }
-    let mut rows = vec![vec![
-        "NAME".to_owned(),
-        "PODS".to_owned(),
-        "SERVER".to_owned(),
-        "TOPOLOGY".to_owned(),
-    ]];
+    let mut rows = vec![vec!["NAME".to_owned(), "PODS".to_owned(), "SERVER".to_owned(), "TOPOLOGY".to_owned()]];
     for (name, s) in labs {
         rows.push(match s {
             Some(s) => vec![
@@ -246,15 +226,11 @@ fn list(names_only: bool, output: Output) -> anyhow::Result<()> {
                     Some(pid) => format!("{pid} (gone)"),
                     None => "-".to_owned(),
                 },
-                s.topology_path
-                    .map_or_else(|| "-".to_owned(), |p| p.display().to_string()),
+                s.topology_path.map_or_else(|| "-".to_owned(), |p| p.display().to_string()),
             ],
-            None => vec![
-                name,
-                "?".to_owned(),
-                "?".to_owned(),
-                "(incomplete: `flowgate lab down` removes it)".to_owned(),
-            ],
+            None => {
+                vec![name, "?".to_owned(), "?".to_owned(), "(incomplete: `flowgate lab down` removes it)".to_owned()]
+            }
         });
     }
     print!("{}", columns(&rows));
@@ -262,11 +238,7 @@ fn list(names_only: bool, output: Output) -> anyhow::Result<()> {
 }
 
 fn hosts_table(state: &LabState) -> String {
-    let mut rows = vec![
-        ["POD", "IP", "INTERFACE", "IFINDEX", "NETNS", "PORTS"]
-            .map(str::to_owned)
-            .to_vec(),
-    ];
+    let mut rows = vec![["POD", "IP", "INTERFACE", "IFINDEX", "NETNS", "PORTS"].map(str::to_owned).to_vec()];
     let ports = |ports: &[flowgate_lab::topology::ContainerPort]| {
         let list: Vec<String> = ports
             .iter()
@@ -275,11 +247,7 @@ fn hosts_table(state: &LabState) -> String {
                 None => format!("{}/{}", p.port, p.protocol),
             })
             .collect();
-        if list.is_empty() {
-            "-".to_owned()
-        } else {
-            list.join(",")
-        }
+        if list.is_empty() { "-".to_owned() } else { list.join(",") }
     };
     for p in &state.pods {
         rows.push(vec![
@@ -307,20 +275,11 @@ fn hosts_table(state: &LabState) -> String {
 /// Left-aligned columns separated by two spaces.
 fn columns(rows: &[Vec<String>]) -> String {
     let widths: Vec<usize> = (0..rows.first().map_or(0, Vec::len))
-        .map(|c| {
-            rows.iter()
-                .map(|r| r.get(c).map_or(0, String::len))
-                .max()
-                .unwrap_or(0)
-        })
+        .map(|c| rows.iter().map(|r| r.get(c).map_or(0, String::len)).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
     for row in rows {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
+        let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');
     }
@@ -337,10 +296,7 @@ fn pick_lab(lab: Option<String>) -> anyhow::Result<String> {
         [] => {
             bail!("no lab exists; bring one up with `flowgate lab up -f examples/lab-netpol.yaml`")
         }
-        many => bail!(
-            "several labs exist ({}); choose one with --lab",
-            many.join(", ")
-        ),
+        many => bail!("several labs exist ({}); choose one with --lab", many.join(", ")),
     }
 }
 
@@ -374,19 +330,10 @@ fn probe_cmd(args: ProbeArgs) -> anyhow::Result<()> {
         (Some(from), Some(to)) => vec![(from, to)],
         _ => probe::all_pairs(&state.pod_refs()),
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting tokio")?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting tokio")?;
     let started = Instant::now();
     let matrix: ProbeMatrix = runtime
-        .block_on(probe::probe(
-            &state,
-            &pairs,
-            &args.port,
-            args.protocol,
-            args.timeout,
-        ))
+        .block_on(probe::probe(&state, &pairs, &args.port, args.protocol, args.timeout))
         .with_context(|| format!("probing lab {lab}"))?;
     let took = started.elapsed();
     match args.output {
@@ -398,11 +345,7 @@ fn probe_cmd(args: ProbeArgs) -> anyhow::Result<()> {
                 args.port, args.protocol
             );
             print!("{}", matrix.truth_table());
-            println!(
-                "{connected}/{total} connected, {} blocked, in {:.2}s",
-                total - connected,
-                took.as_secs_f64()
-            );
+            println!("{connected}/{total} connected, {} blocked, in {:.2}s", total - connected, took.as_secs_f64());
         }
     }
     Ok(())
@@ -410,9 +353,7 @@ fn probe_cmd(args: ProbeArgs) -> anyhow::Result<()> {
 
 fn exec(lab: &str, target: &PodRef, command: &[String]) -> anyhow::Result<()> {
     let state = state::load(lab)?;
-    let host = state
-        .host(target)
-        .with_context(|| format!("lab {lab} has no pod or external {target}"))?;
+    let host = state.host(target).with_context(|| format!("lab {lab} has no pod or external {target}"))?;
     // This thread is the process's only one: after setns the exec'd command runs in the pod's namespace.
     // setns (not `ip netns exec`) keeps /sys and bpffs as they are.
     netns::enter_current_thread(host.netns)?;
@@ -424,13 +365,9 @@ fn exec(lab: &str, target: &PodRef, command: &[String]) -> anyhow::Result<()> {
 /// `1s`, `500ms`, `1.5s`, `2m`; a bare number is seconds.
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     let (number, unit) = s.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 1s or 500ms"))?;
+    let value: f64 = number.parse().map_err(|_| format!("{s:?} is not a duration like 1s or 500ms"))?;
     let seconds = match unit {
         "" | "s" => value,
         "ms" => value / 1000.0,
@@ -460,10 +397,7 @@ mod tests {
 
     #[test]
     fn columns_are_padded_to_the_widest_cell() {
-        let rows = vec![
-            vec!["A".to_owned(), "BB".to_owned()],
-            vec!["ccc".to_owned(), "d".to_owned()],
-        ];
+        let rows = vec![vec!["A".to_owned(), "BB".to_owned()], vec!["ccc".to_owned(), "d".to_owned()]];
         assert_eq!(columns(&rows), "A    BB\nccc  d\n");
     }
 }

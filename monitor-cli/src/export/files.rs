@@ -48,19 +48,13 @@ pub struct LineReader {
 impl LineReader {
     pub fn open(part: &LogPart) -> io::Result<Self> {
         let file = File::open(&part.path)?;
-        let inner: Box<dyn Read> = if part.compressed {
-            Box::new(flate2::read::MultiGzDecoder::new(file))
-        } else {
-            Box::new(file)
-        };
+        let inner: Box<dyn Read> =
+            if part.compressed { Box::new(flate2::read::MultiGzDecoder::new(file)) } else { Box::new(file) };
         Ok(Self::new(inner))
     }
 
     pub fn new(inner: Box<dyn Read>) -> Self {
-        Self {
-            inner: BufReader::with_capacity(256 << 10, inner),
-            line_number: 0,
-        }
+        Self { inner: BufReader::with_capacity(256 << 10, inner), line_number: 0 }
     }
 
     /// The next line into `buf` (cleared first, newline removed). `Ok(Some(true))`: a whole line;

@@ -34,7 +34,7 @@ use self::{
 use crate::filter_args::FilterArgs;
 
 /// Where the agent writes its verdict log by default.
-pub const DEFAULT_LOG: &str = "/var/log/flowgate/verdicts.jsonl";
+pub const DEFAULT_LOG: &str = flowgate_proto::verdict_log_files::DEFAULT_PATH;
 /// Slack for comparing record times with rotation times (the kernel-derived clock may drift).
 const CLOCK_SLACK: SignedDuration = SignedDuration::from_secs(300);
 /// How often `--follow` looks for new lines.
@@ -195,7 +195,7 @@ impl<W: Write> Export<W> {
             Err(e) if e.kind() == io::ErrorKind::NotFound && !part.compressed => {
                 // Compressed meanwhile: read the compressed file.
                 let mut gz = part.clone();
-                gz.path = PathBuf::from(format!("{}.gz", part.path.display()));
+                gz.path = flowgate_proto::verdict_log_files::compressed_path(&part.path);
                 gz.compressed = true;
                 match LineReader::open(&gz) {
                     Ok(r) => return self.read_lines(&gz, r),
@@ -215,13 +215,9 @@ impl<W: Write> Export<W> {
         self.tally.files += 1;
         let mut buf = Vec::with_capacity(4096);
         loop {
-            let line = reader.next_line(&mut buf).with_context(|| {
-                format!(
-                    "reading {} after line {}",
-                    part.path.display(),
-                    reader.line_number
-                )
-            });
+            let line = reader
+                .next_line(&mut buf)
+                .with_context(|| format!("reading {} after line {}", part.path.display(), reader.line_number));
             match line {
                 Ok(Some(true)) => self.line(&buf, &part.path, reader.line_number)?,
                 Ok(Some(false)) => {
@@ -236,11 +232,7 @@ impl<W: Write> Export<W> {
                 Ok(None) => return Ok(()),
                 Err(e) if part.compressed => {
                     // A damaged gzip stream: report it and go on with the next file.
-                    self.corrupt(
-                        &part.path,
-                        reader.line_number + 1,
-                        &format!("unreadable ({e:#})"),
-                    );
+                    self.corrupt(&part.path, reader.line_number + 1, &format!("unreadable ({e:#})"));
                     return Ok(());
                 }
                 Err(e) => return Err(e),
@@ -258,11 +250,7 @@ impl<W: Write> Export<W> {
             t.lost_markers,
             t.events_marked_lost,
             t.corrupt,
-            if t.incomplete > 0 {
-                format!("; {} incomplete last line(s)", t.incomplete)
-            } else {
-                String::new()
-            }
+            if t.incomplete > 0 { format!("; {} incomplete last line(s)", t.incomplete) } else { String::new() }
         )
     }
 }
@@ -270,9 +258,7 @@ impl<W: Write> Export<W> {
 fn selection(args: &ExportArgs) -> anyhow::Result<Selection> {
     let now = Timestamp::now();
     let time = |flag: &str, v: &Option<String>| -> anyhow::Result<Option<Timestamp>> {
-        v.as_deref()
-            .map(|t| select::parse_time(t, now).map_err(|e| anyhow::anyhow!("--{flag}: {e}")))
-            .transpose()
+        v.as_deref().map(|t| select::parse_time(t, now).map_err(|e| anyhow::anyhow!("--{flag}: {e}"))).transpose()
     };
     let (since, until) = (time("since", &args.since)?, time("until", &args.until)?);
     if let (Some(s), Some(u)) = (since, until)
@@ -281,16 +267,8 @@ fn selection(args: &ExportArgs) -> anyhow::Result<Selection> {
         bail!("--since ({s}) is after --until ({u}): nothing can match");
     }
     let filter = args.filter.filter();
-    let filters = if filter.is_empty() {
-        FilterSet::default()
-    } else {
-        FilterSet::compile(&[filter], &[])
-    };
-    Ok(Selection {
-        since,
-        until,
-        filters,
-    })
+    let filters = if filter.is_empty() { FilterSet::default() } else { FilterSet::compile(&[filter], &[]) };
+    Ok(Selection { since, until, filters })
 }
 
 /// Set on SIGINT/SIGTERM so `--follow` ends with its summary.
@@ -298,18 +276,12 @@ fn interrupted_flag() -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));
     let set = Arc::clone(&flag);
     std::thread::spawn(move || {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
             return;
         };
         rt.block_on(async {
             use tokio::signal::unix::{SignalKind, signal};
-            let (Ok(mut int), Ok(mut term)) = (
-                signal(SignalKind::interrupt()),
-                signal(SignalKind::terminate()),
-            ) else {
+            let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
                 return;
             };
             tokio::select! {
@@ -327,10 +299,7 @@ pub fn run(args: VerdictsArgs) -> anyhow::Result<()> {
         VerdictsCommand::Export(args) => {
             let result = export(&args);
             match result {
-                Err(e)
-                    if e.downcast_ref::<io::Error>()
-                        .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe) =>
-                {
+                Err(e) if e.downcast_ref::<io::Error>().is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe) => {
                     Ok(())
                 }
                 other => other,
@@ -342,9 +311,7 @@ pub fn run(args: VerdictsArgs) -> anyhow::Result<()> {
 fn export(args: &ExportArgs) -> anyhow::Result<()> {
     let selection = selection(args)?;
     let out: Box<dyn Write> = match &args.output_file {
-        Some(path) => {
-            Box::new(File::create(path).with_context(|| format!("creating {}", path.display()))?)
-        }
+        Some(path) => Box::new(File::create(path).with_context(|| format!("creating {}", path.display()))?),
         None => Box::new(io::stdout().lock()),
     };
     let mut export = Export {
@@ -356,12 +323,8 @@ fn export(args: &ExportArgs) -> anyhow::Result<()> {
     if export.format == Format::Csv {
         writeln!(export.out, "{}", render::CSV_HEADER)?;
     }
-    let parts = files::parts(&args.log).with_context(|| {
-        format!(
-            "listing the verdict log's files beside {}",
-            args.log.display()
-        )
-    })?;
+    let parts = files::parts(&args.log)
+        .with_context(|| format!("listing the verdict log's files beside {}", args.log.display()))?;
     if parts.is_empty() && !args.follow {
         bail!(
             "no verdict log at {} (nor rotated files beside it); is the agent writing one (--verdict-log)?",
@@ -399,10 +362,7 @@ fn open_current(path: &Path) -> io::Result<Option<(LineReader, u64, Vec<LogPart>
             Err(e) => return Err(e),
         };
         let ino = file.metadata()?.ino();
-        let backups: Vec<LogPart> = files::parts(path)?
-            .into_iter()
-            .filter(|p| p.rotated_at.is_some())
-            .collect();
+        let backups: Vec<LogPart> = files::parts(path)?.into_iter().filter(|p| p.rotated_at.is_some()).collect();
         if std::fs::metadata(path).map(|m| m.ino()).ok() == Some(ino) {
             return Ok(Some((LineReader::new(Box::new(file)), ino, backups)));
         }
@@ -425,9 +385,7 @@ fn follow<W: Write>(
     let mut current: Option<(LineReader, u64)> = None;
     let mut followed_ino: Option<u64> = None;
     loop {
-        if stop.load(Ordering::Acquire)
-            || until.is_some_and(|u| Timestamp::now() > u + SignedDuration::from_secs(5))
-        {
+        if stop.load(Ordering::Acquire) || until.is_some_and(|u| Timestamp::now() > u + SignedDuration::from_secs(5)) {
             return Ok(());
         }
         let Some((reader, ino)) = current.as_mut() else {
@@ -437,15 +395,11 @@ fn follow<W: Write>(
             };
             // Backups that appeared since: the first is the file followed until now (read through
             // its descriptor) unless its plain file belongs to another inode; the rest are unseen.
-            let mut newer: Vec<&LogPart> = backups
-                .iter()
-                .filter(|b| processed.is_none_or(|p| b.rotated_at > Some(p)))
-                .collect();
+            let mut newer: Vec<&LogPart> =
+                backups.iter().filter(|b| processed.is_none_or(|p| b.rotated_at > Some(p))).collect();
             if followed_ino.is_some() && !newer.is_empty() {
                 let first_is_other = !newer[0].compressed
-                    && std::fs::metadata(&newer[0].path)
-                        .map(|m| Some(m.ino()) != followed_ino)
-                        .unwrap_or(false);
+                    && std::fs::metadata(&newer[0].path).map(|m| Some(m.ino()) != followed_ino).unwrap_or(false);
                 if !first_is_other {
                     newer.remove(0);
                 }
@@ -453,11 +407,7 @@ fn follow<W: Write>(
             for part in newer {
                 export.read_part(part)?;
             }
-            processed = backups
-                .iter()
-                .filter_map(|b| b.rotated_at)
-                .max()
-                .or(processed);
+            processed = backups.iter().filter_map(|b| b.rotated_at).max().or(processed);
             export.tally.files += 1;
             followed_ino = Some(ino);
             current = Some((reader, ino));

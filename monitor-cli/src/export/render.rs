@@ -16,49 +16,33 @@ fn field<'a>(v: &'a Value, names: &[&str]) -> Option<&'a Value> {
 
 /// `(protocol, l4 object)`: `("TCP", {...})`.
 fn l4(flow: &Value) -> Option<(&str, &Value)> {
-    flow.get("l4")?
-        .as_object()?
-        .iter()
-        .next()
-        .map(|(k, v)| (k.as_str(), v))
+    flow.get("l4")?.as_object()?.iter().next().map(|(k, v)| (k.as_str(), v))
 }
 
 fn ports(flow: &Value) -> (Option<u64>, Option<u64>) {
     match l4(flow) {
-        Some((_, v)) => (
-            v.get("source_port").and_then(Value::as_u64),
-            v.get("destination_port").and_then(Value::as_u64),
-        ),
+        Some((_, v)) => {
+            (v.get("source_port").and_then(Value::as_u64), v.get("destination_port").and_then(Value::as_u64))
+        }
         None => (None, None),
     }
 }
 
 /// Policies named on the flow: `(namespace, name)` for every `*_allowed_by` / `*_denied_by`.
 fn policies(flow: &Value) -> impl Iterator<Item = (&str, &str)> {
-    const LISTS: [&str; 4] = [
-        "ingress_allowed_by",
-        "egress_allowed_by",
-        "ingress_denied_by",
-        "egress_denied_by",
-    ];
+    const LISTS: [&str; 4] = ["ingress_allowed_by", "egress_allowed_by", "ingress_denied_by", "egress_denied_by"];
     LISTS.into_iter().flat_map(move |list| {
-        flow.get(list)
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .map(|p| {
-                (
-                    p.get("namespace").and_then(Value::as_str).unwrap_or(""),
-                    p.get("name").and_then(Value::as_str).unwrap_or(""),
-                )
-            })
+        flow.get(list).and_then(Value::as_array).into_iter().flatten().map(|p| {
+            (
+                p.get("namespace").and_then(Value::as_str).unwrap_or(""),
+                p.get("name").and_then(Value::as_str).unwrap_or(""),
+            )
+        })
     })
 }
 
 fn s<'a>(v: Option<&'a Value>, names: &[&str]) -> &'a str {
-    v.and_then(|v| field(v, names))
-        .and_then(Value::as_str)
-        .unwrap_or("")
+    v.and_then(|v| field(v, names)).and_then(Value::as_str).unwrap_or("")
 }
 
 fn num(v: Option<&Value>, names: &[&str]) -> String {
@@ -73,11 +57,7 @@ fn num(v: Option<&Value>, names: &[&str]) -> String {
 
 /// `policy-verdict`, `drop`, `trace`, from Cilium's monitor message types in `event_type.type`.
 pub fn event_name(flow: &Value) -> String {
-    match flow
-        .get("event_type")
-        .and_then(|e| e.get("type"))
-        .and_then(Value::as_u64)
-    {
+    match flow.get("event_type").and_then(|e| e.get("type")).and_then(Value::as_u64) {
         Some(1) => "drop".into(),
         Some(4) => "trace".into(),
         Some(5) => "policy-verdict".into(),
@@ -88,9 +68,7 @@ pub fn event_name(flow: &Value) -> String {
 
 /// `x/deny-all,y/allow-db` (each once).
 pub fn policy_list(flow: &Value) -> String {
-    let mut names: Vec<String> = policies(flow)
-        .map(|(ns, name)| format!("{ns}/{name}"))
-        .collect();
+    let mut names: Vec<String> = policies(flow).map(|(ns, name)| format!("{ns}/{name}")).collect();
     names.dedup();
     names.join(",")
 }
@@ -146,17 +124,9 @@ fn side(v: Option<&Value>, ip: &str, port: Option<u64>) -> String {
     };
     if pod.is_empty() {
         let identity = num(v, &["identity"]);
-        if identity.is_empty() {
-            addr
-        } else {
-            format!("{addr} (identity {identity})")
-        }
+        if identity.is_empty() { addr } else { format!("{addr} (identity {identity})") }
     } else {
-        format!(
-            "{}/{pod} (ID {}) {addr}",
-            s(v, &["namespace"]),
-            num(v, &["ID", "id"])
-        )
+        format!("{}/{pod} (ID {}) {addr}", s(v, &["namespace"]), num(v, &["ID", "id"]))
     }
 }
 

@@ -38,14 +38,11 @@ pub fn parse_time(text: &str, now: Timestamp) -> Result<Timestamp, String> {
     if !digits.is_empty() || !any {
         return Err(bad_time(text));
     }
-    now.checked_sub(SignedDuration::from_secs(total))
-        .map_err(|_| bad_time(text))
+    now.checked_sub(SignedDuration::from_secs(total)).map_err(|_| bad_time(text))
 }
 
 fn bad_time(text: &str) -> String {
-    format!(
-        "{text:?} is not a time: use RFC 3339 (2024-05-01T10:00:00Z) or an age (30m, 2h, 1d, 1h30m)"
-    )
+    format!("{text:?} is not a time: use RFC 3339 (2024-05-01T10:00:00Z) or an age (30m, 2h, 1d, 1h30m)")
 }
 
 /// What a line of the log is.
@@ -68,11 +65,7 @@ pub fn classify(line: &Value) -> Record<'_> {
 
 /// The record's time: the line's `time`, else the flow's.
 pub fn time_of(line: &Value) -> Option<Timestamp> {
-    line.get("time")
-        .or_else(|| line.get("flow").and_then(|f| f.get("time")))?
-        .as_str()?
-        .parse()
-        .ok()
+    line.get("time").or_else(|| line.get("flow").and_then(|f| f.get("time")))?.as_str()?.parse().ok()
 }
 
 /// Which records an export keeps: those in the time range whose flow passes the filters.
@@ -132,43 +125,24 @@ mod tests {
     #[test]
     fn times() {
         let now: Timestamp = "2024-05-01T12:00:00Z".parse().unwrap();
-        assert_eq!(
-            parse_time("2h", now).unwrap().to_string(),
-            "2024-05-01T10:00:00Z"
-        );
-        assert_eq!(
-            parse_time("1h30m", now).unwrap().to_string(),
-            "2024-05-01T10:30:00Z"
-        );
-        assert_eq!(
-            parse_time("2024-05-01T12:00:00+02:00", now)
-                .unwrap()
-                .to_string(),
-            "2024-05-01T10:00:00Z"
-        );
+        assert_eq!(parse_time("2h", now).unwrap().to_string(), "2024-05-01T10:00:00Z");
+        assert_eq!(parse_time("1h30m", now).unwrap().to_string(), "2024-05-01T10:30:00Z");
+        assert_eq!(parse_time("2024-05-01T12:00:00+02:00", now).unwrap().to_string(), "2024-05-01T10:00:00Z");
         assert!(parse_time("yesterday", now).is_err());
         assert!(parse_time("10", now).is_err());
-        assert_eq!(
-            time_of(&line()).unwrap().to_string(),
-            "2024-05-01T10:00:00.5Z"
-        );
+        assert_eq!(time_of(&line()).unwrap().to_string(), "2024-05-01T10:00:00.5Z");
     }
 
     /// The same filter as the flags would build, as text.
     fn selection(filter: &str) -> Selection {
         let filter: FlowFilter = serde_json::from_str(filter).unwrap();
-        Selection {
-            filters: FilterSet::compile(&[filter], &[]),
-            ..Selection::default()
-        }
+        Selection { filters: FilterSet::compile(&[filter], &[]), ..Selection::default() }
     }
 
     #[test]
     fn filters() {
         let l = line();
-        let Record::Flow(f) = classify(&l) else {
-            panic!()
-        };
+        let Record::Flow(f) = classify(&l) else { panic!() };
         let keeps = |filter: &str| selection(filter).keeps(f).unwrap();
         assert!(Selection::default().keeps(f).unwrap());
         assert!(keeps(r#"{"related_to": [7, 99]}"#));
@@ -184,26 +158,19 @@ mod tests {
         assert!(keeps(r#"{"ports": [80]}"#));
         assert!(keeps(r#"{"protocols": ["TCP"]}"#));
         assert!(!keeps(r#"{"protocols": ["UDP"], "ports": [80]}"#));
-        let range = Selection {
-            since: Some("2024-05-01T10:00:01Z".parse().unwrap()),
-            ..Selection::default()
-        };
+        let range = Selection { since: Some("2024-05-01T10:00:01Z".parse().unwrap()), ..Selection::default() };
         assert!(!range.in_range(time_of(&l)));
     }
 
     #[test]
     fn pods_are_name_prefixes_in_any_namespace_as_in_the_monitor() {
         let l = line();
-        let Record::Flow(f) = classify(&l) else {
-            panic!()
-        };
+        let Record::Flow(f) = classify(&l) else { panic!() };
         let mut longer = f.clone();
         longer["destination"]["pod_name"] = "b-7d9f".into();
-        for (filter, keeps) in [
-            (r#"{"pods": ["y/b"]}"#, true),
-            (r#"{"pods": ["b-"]}"#, true),
-            (r#"{"pods": ["y/c"]}"#, false),
-        ] {
+        for (filter, keeps) in
+            [(r#"{"pods": ["y/b"]}"#, true), (r#"{"pods": ["b-"]}"#, true), (r#"{"pods": ["y/c"]}"#, false)]
+        {
             assert_eq!(selection(filter).keeps(&longer).unwrap(), keeps, "{filter}");
         }
     }
@@ -212,17 +179,9 @@ mod tests {
     fn a_flow_that_cannot_be_read_is_an_error_only_when_filtering() {
         let mut l = line();
         l["flow"]["verdict"] = "TRANSLATED".into();
-        let Record::Flow(f) = classify(&l) else {
-            panic!()
-        };
-        assert!(
-            Selection::default().keeps(f).unwrap(),
-            "no filter: kept as it is"
-        );
+        let Record::Flow(f) = classify(&l) else { panic!() };
+        assert!(Selection::default().keeps(f).unwrap(), "no filter: kept as it is");
         let e = selection(r#"{"ports": [80]}"#).keeps(f).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "`verdict` is \"TRANSLATED\", expected FORWARDED, DROPPED or AUDIT"
-        );
+        assert_eq!(e.to_string(), "`verdict` is \"TRANSLATED\", expected FORWARDED, DROPPED or AUDIT");
     }
 }

@@ -19,9 +19,7 @@ use crate::client_cmd::{describe, software};
 
 /// Now, in nanoseconds since the Unix epoch.
 pub fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// How one event becomes a line.
@@ -39,23 +37,14 @@ impl LineFormat {
         match (self, event) {
             (LineFormat::Text { verbose: false }, Event::Flow(flow)) => format::flow_line(flow),
             (LineFormat::Text { verbose: true }, Event::Flow(flow)) => {
-                format!(
-                    "{} CPU {:02}: {}",
-                    hubble::timestamp(flow.time_ns),
-                    flow.cpu,
-                    format::flow_line(flow)
-                )
+                format!("{} CPU {:02}: {}", hubble::timestamp(flow.time_ns), flow.cpu, format::flow_line(flow))
             }
             (LineFormat::Text { verbose: false }, Event::Lost(lost)) => format::lost_line(lost),
             (LineFormat::Text { verbose: true }, Event::Lost(lost)) => {
                 format!("{}: {}", hubble::timestamp(now_ns), format::lost_line(lost))
             }
-            (LineFormat::Json { node_name }, Event::Flow(flow)) => {
-                hubble::flow_json(flow, node_name).to_string()
-            }
-            (LineFormat::Json { node_name }, Event::Lost(lost)) => {
-                lost_line_json(lost, node_name, now_ns)
-            }
+            (LineFormat::Json { node_name }, Event::Flow(flow)) => hubble::flow_json(flow, node_name).to_string(),
+            (LineFormat::Json { node_name }, Event::Lost(lost)) => lost_line_json(lost, node_name, now_ns),
         }
     }
 }
@@ -65,18 +54,9 @@ fn lost_line_json(lost: &LostEvents, node_name: &str, now_ns: u64) -> String {
 }
 
 pub async fn run(args: &MonitorArgs, filter: &FlowFilter, json: bool) -> anyhow::Result<()> {
-    let format = if json {
-        LineFormat::Json {
-            node_name: node_name(),
-        }
-    } else {
-        LineFormat::Text {
-            verbose: args.verbose,
-        }
-    };
-    let client = Client::connect(&args.socket.socket, &software())
-        .await
-        .map_err(|e| anyhow::anyhow!(describe(&e)))?;
+    let format =
+        if json { LineFormat::Json { node_name: node_name() } } else { LineFormat::Text { verbose: args.verbose } };
+    let client = Client::connect(&args.socket.socket, &software()).await.map_err(|e| anyhow::anyhow!(describe(&e)))?;
     let mut stream = client
         .subscribe(MonitorArgs::subscription(filter, args.last))
         .await
@@ -86,20 +66,15 @@ pub async fn run(args: &MonitorArgs, filter: &FlowFilter, json: bool) -> anyhow:
         let batch = batch.map_err(|e| anyhow::anyhow!(describe(&e)))?;
         let now = now_ns();
         let mut out = stdout.lock();
-        let written = batch
-            .iter()
-            .try_for_each(|event| writeln!(out, "{}", format.line(event, now)))
-            .and_then(|()| out.flush());
+        let written =
+            batch.iter().try_for_each(|event| writeln!(out, "{}", format.line(event, now))).and_then(|()| out.flush());
         match written {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
             Err(e) => return Err(e.into()),
         }
     }
-    anyhow::bail!(
-        "the agent on {} ended the subscription",
-        args.socket.socket.display()
-    )
+    anyhow::bail!("the agent on {} ended the subscription", args.socket.socket.display())
 }
 
 #[cfg(test)]
@@ -149,47 +124,28 @@ mod tests {
                 id(&trace)
             )
         );
-        let lost = Event::Lost(LostEvents {
-            source: LossSource::KernelBuffer,
-            count: 312,
-        });
+        let lost = Event::Lost(LostEvents { source: LossSource::KernelBuffer, count: 312 });
         assert_eq!(text.line(&lost, 0), "Lost 312 events (kernel buffer)");
         let verbose = LineFormat::Text { verbose: true };
         assert!(
-            verbose
-                .line(&flow(trace), 0)
-                .starts_with("2023-08-21T12:12:18.510175415Z CPU 03: <- endpoint 12 "),
+            verbose.line(&flow(trace), 0).starts_with("2023-08-21T12:12:18.510175415Z CPU 03: <- endpoint 12 "),
             "verbose adds time and CPU"
         );
         assert_eq!(
-            verbose.line(
-                &Event::Lost(LostEvents {
-                    source: LossSource::ClientQueue,
-                    count: 5
-                }),
-                1_000_000_000
-            ),
+            verbose.line(&Event::Lost(LostEvents { source: LossSource::ClientQueue, count: 5 }), 1_000_000_000),
             "1970-01-01T00:00:01Z: Lost 5 events (this client's queue)"
         );
     }
 
     #[test]
     fn golden_json_lines() {
-        let json = LineFormat::Json {
-            node_name: "lab-node".into(),
-        };
+        let json = LineFormat::Json { node_name: "lab-node".into() };
         assert_eq!(
             json.line(&flow(fixtures::verdict_allowed()), 0),
             r#"{"flow":{"IP":{"destination":"10.0.0.7","ipVersion":"IPv4","source":"10.0.0.5"},"Summary":"TCP Flags: SYN","Type":"L3_L4","destination":{"ID":7,"identity":5123,"labels":["k8s:component=database","k8s:io.kubernetes.pod.namespace=default"],"namespace":"default","pod_name":"database"},"event_type":{"type":5},"ingress_allowed_by":[{"kind":"NetworkPolicy","name":"network-policy-walkthrough-db","namespace":"default"}],"interface":{"index":9},"is_reply":false,"l4":{"TCP":{"destination_port":5432,"flags":{"SYN":true},"source_port":43210}},"node_name":"lab-node","policy_match_type":2,"source":{"ID":12,"identity":4711,"labels":["k8s:component=backend","k8s:io.kubernetes.pod.namespace=default"],"namespace":"default","pod_name":"backend"},"time":"2023-08-21T12:12:18.510175415Z","traffic_direction":"INGRESS","verdict":"FORWARDED"},"node_name":"lab-node","time":"2023-08-21T12:12:18.510175415Z"}"#
         );
         assert_eq!(
-            json.line(
-                &Event::Lost(LostEvents {
-                    source: LossSource::ClientQueue,
-                    count: 9
-                }),
-                4_000_000_000
-            ),
+            json.line(&Event::Lost(LostEvents { source: LossSource::ClientQueue, count: 9 }), 4_000_000_000),
             r#"{"lost_events":{"num_events_lost":9,"source":"OBSERVER_EVENTS_QUEUE"},"node_name":"lab-node","time":"1970-01-01T00:00:04Z"}"#
         );
     }

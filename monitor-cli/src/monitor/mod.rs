@@ -57,11 +57,7 @@ impl MonitorArgs {
     /// The subscription for `filter`, starting with `last` past events.
     pub fn subscription(filter: &FlowFilter, last: u32) -> Subscription {
         Subscription {
-            allow: if filter.is_empty() {
-                Vec::new()
-            } else {
-                vec![filter.clone()]
-            },
+            allow: if filter.is_empty() { Vec::new() } else { vec![filter.clone()] },
             deny: Vec::new(),
             last,
             follow: true,
@@ -71,19 +67,12 @@ impl MonitorArgs {
 
 /// `1 (default/client), 2 (default/web)` style names of endpoints.
 pub fn endpoint_names(endpoints: &[Endpoint]) -> Vec<String> {
-    endpoints
-        .iter()
-        .map(|e| format!("{} ({})", e.id, e.pod_ref()))
-        .collect()
+    endpoints.iter().map(|e| format!("{} ({})", e.id, e.pod_ref())).collect()
 }
 
 /// The first endpoint id of `filter` the agent does not know, as a one-line error listing the known ones.
 pub fn unknown_endpoint(filter: &FlowFilter, endpoints: &[Endpoint]) -> Option<String> {
-    let ids = filter
-        .related_to
-        .iter()
-        .chain(&filter.from_endpoint)
-        .chain(&filter.to_endpoint);
+    let ids = filter.related_to.iter().chain(&filter.from_endpoint).chain(&filter.to_endpoint);
     ids.copied()
         .find(|id| !endpoints.iter().any(|e| e.id == *id))
         .map(|id| not_found(&format!("endpoint {id}"), &endpoint_names(endpoints)))
@@ -91,23 +80,13 @@ pub fn unknown_endpoint(filter: &FlowFilter, endpoints: &[Endpoint]) -> Option<S
 
 /// Asks the agent for its endpoints on a connection of its own.
 pub async fn fetch_endpoints(socket: &std::path::Path) -> anyhow::Result<Vec<Endpoint>> {
-    agent_endpoints(socket)
-        .await
-        .map(|(_, endpoints)| endpoints)
+    agent_endpoints(socket).await.map(|(_, endpoints)| endpoints)
 }
 
 /// The agent's protocol version and its endpoints.
-async fn agent_endpoints(
-    socket: &std::path::Path,
-) -> anyhow::Result<(ProtocolVersion, Vec<Endpoint>)> {
-    let mut client = Client::connect(socket, &software())
-        .await
-        .map_err(|e| anyhow::anyhow!(describe(&e)))?;
-    match client
-        .request(Request::EndpointList)
-        .await
-        .map_err(|e| anyhow::anyhow!(describe(&e)))?
-    {
+async fn agent_endpoints(socket: &std::path::Path) -> anyhow::Result<(ProtocolVersion, Vec<Endpoint>)> {
+    let mut client = Client::connect(socket, &software()).await.map_err(|e| anyhow::anyhow!(describe(&e)))?;
+    match client.request(Request::EndpointList).await.map_err(|e| anyhow::anyhow!(describe(&e)))? {
         Response::Endpoints(endpoints) => Ok((client.agent.protocol, endpoints)),
         other => anyhow::bail!("the agent answered `endpoint list` with something else: {other:?}"),
     }
@@ -134,11 +113,8 @@ pub fn node_name() -> String {
 }
 
 pub fn run(args: &MonitorArgs) -> anyhow::Result<()> {
-    let output = args.output.unwrap_or(if std::io::stdout().is_terminal() {
-        MonitorOutput::Tui
-    } else {
-        MonitorOutput::Text
-    });
+    let output =
+        args.output.unwrap_or(if std::io::stdout().is_terminal() { MonitorOutput::Tui } else { MonitorOutput::Text });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -156,9 +132,7 @@ pub fn run(args: &MonitorArgs) -> anyhow::Result<()> {
         }
         match output {
             MonitorOutput::Tui => tui::run(args, filter, endpoints).await,
-            MonitorOutput::Text | MonitorOutput::Json => {
-                lines::run(args, &filter, output == MonitorOutput::Json).await
-            }
+            MonitorOutput::Text | MonitorOutput::Json => lines::run(args, &filter, output == MonitorOutput::Json).await,
         }
     })
 }
@@ -182,9 +156,7 @@ mod tests {
     }
 
     fn parse(args: &[&str]) -> MonitorArgs {
-        Cli::try_parse_from(std::iter::once("monitor").chain(args.iter().copied()))
-            .unwrap()
-            .args
+        Cli::try_parse_from(std::iter::once("monitor").chain(args.iter().copied())).unwrap().args
     }
 
     pub fn endpoint(id: u16, pod: &str) -> Endpoint {
@@ -237,47 +209,25 @@ mod tests {
         ]);
         let f = args.filter();
         assert_eq!(f.related_to, vec![7, 9]);
-        assert_eq!(
-            (f.from_endpoint.clone(), f.to_endpoint.clone()),
-            (vec![1], vec![2])
-        );
-        assert_eq!(
-            f.event_types,
-            vec![EventType::Drop, EventType::PolicyVerdict]
-        );
+        assert_eq!((f.from_endpoint.clone(), f.to_endpoint.clone()), (vec![1], vec![2]));
+        assert_eq!(f.event_types, vec![EventType::Drop, EventType::PolicyVerdict]);
         assert_eq!(f.verdicts, vec![Verdict::Dropped]);
         assert_eq!(
             (f.namespaces.clone(), f.pods.clone()),
-            (
-                vec!["default".to_owned()],
-                vec!["default/web".parse().unwrap()]
-            )
+            (vec!["default".to_owned()], vec!["default/web".parse().unwrap()])
         );
-        assert_eq!(
-            (f.ports.clone(), f.protocols.clone()),
-            (vec![80], vec![Protocol::Tcp])
-        );
+        assert_eq!((f.ports.clone(), f.protocols.clone()), (vec![80], vec![Protocol::Tcp]));
         let sub = MonitorArgs::subscription(&f, args.last);
         assert_eq!((sub.allow, sub.last, sub.follow), (vec![f], 5, true));
         assert_eq!(args.output, Some(MonitorOutput::Json));
-        assert!(
-            MonitorArgs::subscription(&FlowFilter::default(), 0)
-                .allow
-                .is_empty(),
-            "no filter: everything"
-        );
+        assert!(MonitorArgs::subscription(&FlowFilter::default(), 0).allow.is_empty(), "no filter: everything");
     }
 
     #[test]
     fn bad_values_are_rejected_by_the_parser() {
-        let bad = |a: &[&str]| {
-            Cli::try_parse_from(std::iter::once("monitor").chain(a.iter().copied())).is_err()
-        };
+        let bad = |a: &[&str]| Cli::try_parse_from(std::iter::once("monitor").chain(a.iter().copied())).is_err();
         assert!(bad(&["--pod", "a/b/c"]));
-        assert!(
-            !bad(&["--pod", "web"]),
-            "a name prefix in any namespace, as Hubble's --pod"
-        );
+        assert!(!bad(&["--pod", "web"]), "a name prefix in any namespace, as Hubble's --pod");
         assert!(bad(&["--verdict", "maybe"]));
         assert!(bad(&["-t", "packet"]));
         assert!(bad(&["--protocol", "gre"]));
@@ -287,43 +237,20 @@ mod tests {
     #[test]
     fn filters_an_older_agent_would_misread_are_refused() {
         let v1_0 = ProtocolVersion { major: 1, minor: 0 };
-        let pod = |p: &str| FlowFilter {
-            pods: vec![p.parse().unwrap()],
-            ..FlowFilter::default()
-        };
+        let pod = |p: &str| FlowFilter { pods: vec![p.parse().unwrap()], ..FlowFilter::default() };
         assert_eq!(older_agent(&pod("default/web"), v1_0), None);
-        assert!(
-            older_agent(&pod("web"), v1_0)
-                .unwrap()
-                .contains("protocol 1.0")
-        );
-        assert_eq!(
-            older_agent(&pod("web"), flowgate_proto::PROTOCOL_VERSION),
-            None
-        );
+        assert!(older_agent(&pod("web"), v1_0).unwrap().contains("protocol 1.0"));
+        assert_eq!(older_agent(&pod("web"), flowgate_proto::PROTOCOL_VERSION), None);
     }
 
     #[test]
     fn unknown_endpoint_lists_the_known_ones() {
         let eps = [endpoint(1, "client"), endpoint(2, "web")];
-        let f = FlowFilter {
-            related_to: vec![2],
-            to_endpoint: vec![99],
-            ..Default::default()
-        };
+        let f = FlowFilter { related_to: vec![2], to_endpoint: vec![99], ..Default::default() };
         assert_eq!(
             unknown_endpoint(&f, &eps).unwrap(),
             "no endpoint 99 on this agent; known endpoints: 1 (default/client), 2 (default/web)"
         );
-        assert_eq!(
-            unknown_endpoint(
-                &FlowFilter {
-                    from_endpoint: vec![1],
-                    ..Default::default()
-                },
-                &eps
-            ),
-            None
-        );
+        assert_eq!(unknown_endpoint(&FlowFilter { from_endpoint: vec![1], ..Default::default() }, &eps), None);
     }
 }

@@ -101,9 +101,7 @@ pub async fn run(
     loop {
         let connected = async {
             let client = Client::connect(&socket, &software()).await?;
-            client
-                .subscribe(MonitorArgs::subscription(&filter, last))
-                .await
+            client.subscribe(MonitorArgs::subscription(&filter, last)).await
         }
         .await;
         let error = match connected {
@@ -135,14 +133,7 @@ pub async fn run(
                 }
             }
         };
-        if tx
-            .send(NetEvent::Disconnected {
-                error,
-                retry_in: backoff,
-            })
-            .await
-            .is_err()
-        {
+        if tx.send(NetEvent::Disconnected { error, retry_in: backoff }).await.is_err() {
             return;
         }
         let wake = tokio::time::sleep(backoff);

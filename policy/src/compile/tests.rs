@@ -7,27 +7,14 @@ use crate::{
 };
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
 }
 
 fn port(name: &str, number: u16, protocol: Protocol) -> ContainerPort {
-    ContainerPort {
-        name: Some(name.to_owned()),
-        port: number,
-        protocol,
-    }
+    ContainerPort { name: Some(name.to_owned()), port: number, protocol }
 }
 
-fn pod(
-    id: u16,
-    namespace: &str,
-    name: &str,
-    pod_labels: &[(&str, &str)],
-    identity: u32,
-) -> PodInfo {
+fn pod(id: u16, namespace: &str, name: &str, pod_labels: &[(&str, &str)], identity: u32) -> PodInfo {
     PodInfo {
         endpoint_id: id,
         namespace: namespace.to_owned(),
@@ -43,10 +30,7 @@ fn pod(
 /// same identity as web); other: client (5, app=client), namespace labelled team=blue.
 fn cluster() -> ClusterView {
     let mut web = pod(1, "default", "web", &[("app", "web")], 100);
-    web.ports = vec![
-        port("http", 8080, Protocol::Tcp),
-        port("dns", 53, Protocol::Udp),
-    ];
+    web.ports = vec![port("http", 8080, Protocol::Tcp), port("dns", 53, Protocol::Udp)];
     let mut api = pod(2, "default", "api", &[("app", "api")], 200);
     api.ports = vec![port("http", 9090, Protocol::Tcp)];
     let db = pod(3, "default", "db", &[("app", "db")], 300);
@@ -55,14 +39,8 @@ fn cluster() -> ClusterView {
     let client = pod(5, "other", "client", &[("app", "client")], 500);
     ClusterView {
         namespaces: vec![
-            NamespaceInfo {
-                name: "default".into(),
-                labels: BTreeMap::new(),
-            },
-            NamespaceInfo {
-                name: "other".into(),
-                labels: labels(&[("team", "blue")]),
-            },
+            NamespaceInfo { name: "default".into(), labels: BTreeMap::new() },
+            NamespaceInfo { name: "other".into(), labels: labels(&[("team", "blue")]) },
         ],
         pods: vec![web, api, db, web2, client],
     }
@@ -70,11 +48,7 @@ fn cluster() -> ClusterView {
 
 fn policies(yaml: &str) -> Vec<LoadedPolicy> {
     let (policies, errors) = parse_str(Path::new("test.yaml"), yaml);
-    assert!(
-        errors.is_empty(),
-        "{:?}",
-        errors.iter().map(ToString::to_string).collect::<Vec<_>>()
-    );
+    assert!(errors.is_empty(), "{:?}", errors.iter().map(ToString::to_string).collect::<Vec<_>>());
     policies
 }
 
@@ -93,33 +67,17 @@ fn r(namespace: &str, name: &str) -> PolicyRef {
     PolicyRef::new(namespace, name)
 }
 
-fn entry(
-    peer: PeerMatch,
-    protocol: Option<Protocol>,
-    ports: Option<(u16, u16)>,
-    by: &[PolicyRef],
-) -> PolicyEntry {
-    PolicyEntry {
-        peer,
-        protocol,
-        ports,
-        allowed_by: by.to_vec(),
-    }
+fn entry(peer: PeerMatch, protocol: Option<Protocol>, ports: Option<(u16, u16)>, by: &[PolicyRef]) -> PolicyEntry {
+    PolicyEntry { peer, protocol, ports, allowed_by: by.to_vec() }
 }
 
 fn addr(plan: &PolicyPlan, id: u16) -> Addr {
     let e = &plan.endpoints[&id];
-    Addr::Endpoint {
-        endpoint_id: id,
-        identity: e.identity,
-        ip: e.ip,
-    }
+    Addr::Endpoint { endpoint_id: id, identity: e.identity, ip: e.ip }
 }
 
 fn outside(ip: &str) -> Addr {
-    Addr::Outside {
-        ip: ip.parse().unwrap(),
-    }
+    Addr::Outside { ip: ip.parse().unwrap() }
 }
 
 fn spec(yaml: &str) -> NetworkPolicySpec {
@@ -143,26 +101,17 @@ fn policy_types_default_ignores_empty_egress_list() {
 
 #[test]
 fn policy_types_empty_list_is_defaulted() {
-    assert_eq!(
-        policy_types(&spec("policyTypes: []\negress: [{}]")),
-        (true, true)
-    );
+    assert_eq!(policy_types(&spec("policyTypes: []\negress: [{}]")), (true, true));
 }
 
 #[test]
 fn policy_types_explicit_egress_only() {
-    assert_eq!(
-        policy_types(&spec("policyTypes: [Egress]\ningress: [{}]")),
-        (false, true)
-    );
+    assert_eq!(policy_types(&spec("policyTypes: [Egress]\ningress: [{}]")), (false, true));
 }
 
 #[test]
 fn policy_types_explicit_both() {
-    assert_eq!(
-        policy_types(&spec("policyTypes: [Ingress, Egress]")),
-        (true, true)
-    );
+    assert_eq!(policy_types(&spec("policyTypes: [Ingress, Egress]")), (true, true));
 }
 
 #[test]
@@ -179,11 +128,7 @@ fn no_policies_every_endpoint_listed_and_not_enforced() {
 
 #[test]
 fn default_deny_ingress_selects_all_pods_of_its_namespace_only() {
-    let plan = compile_yaml(&np(
-        "default",
-        "deny",
-        "podSelector: {}\npolicyTypes: [Ingress]",
-    ));
+    let plan = compile_yaml(&np("default", "deny", "podSelector: {}\npolicyTypes: [Ingress]"));
     for id in [1, 2, 3, 4] {
         let ingress = &plan.endpoints[&id].ingress;
         assert!(ingress.enforced);
@@ -196,9 +141,7 @@ fn default_deny_ingress_selects_all_pods_of_its_namespace_only() {
 
 #[test]
 fn spec_absent_isolates_ingress_of_every_pod() {
-    let plan = compile_yaml(
-        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: bare}\n",
-    );
+    let plan = compile_yaml("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: bare}\n");
     assert!(plan.endpoints[&1].ingress.enforced);
     assert!(plan.endpoints[&1].ingress.entries.is_empty());
     assert!(!plan.endpoints[&5].ingress.enforced);
@@ -209,20 +152,13 @@ fn missing_namespace_defaults_to_default() {
     let plan = compile_yaml(
         "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: nons}\nspec: {podSelector: {}}\n",
     );
-    assert_eq!(
-        plan.endpoints[&1].ingress.selected_by,
-        vec![r("default", "nons")]
-    );
+    assert_eq!(plan.endpoints[&1].ingress.selected_by, vec![r("default", "nons")]);
     assert!(!plan.endpoints[&5].ingress.enforced);
 }
 
 #[test]
 fn pod_selector_selects_matching_pods_only() {
-    let plan = compile_yaml(&np(
-        "default",
-        "web",
-        "podSelector: {matchLabels: {app: web}}",
-    ));
+    let plan = compile_yaml(&np("default", "web", "podSelector: {matchLabels: {app: web}}"));
     assert!(plan.endpoints[&1].ingress.enforced);
     assert!(plan.endpoints[&4].ingress.enforced);
     assert!(!plan.endpoints[&2].ingress.enforced);
@@ -231,25 +167,14 @@ fn pod_selector_selects_matching_pods_only() {
 
 #[test]
 fn policy_in_other_namespace_does_not_select_same_labels_here() {
-    let plan = compile_yaml(&np(
-        "other",
-        "web",
-        "podSelector: {matchLabels: {app: web}}",
-    ));
+    let plan = compile_yaml(&np("other", "web", "podSelector: {matchLabels: {app: web}}"));
     assert!(plan.endpoints.values().all(|e| !e.ingress.enforced));
 }
 
 #[test]
 fn empty_rule_allows_everything() {
-    let plan = compile_yaml(&np(
-        "default",
-        "all",
-        "podSelector: {matchLabels: {app: db}}\ningress:\n- {}",
-    ));
-    assert_eq!(
-        plan.endpoints[&3].ingress.entries,
-        vec![entry(PeerMatch::Any, None, None, &[r("default", "all")])]
-    );
+    let plan = compile_yaml(&np("default", "all", "podSelector: {matchLabels: {app: db}}\ningress:\n- {}"));
+    assert_eq!(plan.endpoints[&3].ingress.entries, vec![entry(PeerMatch::Any, None, None, &[r("default", "all")])]);
 }
 
 #[test]
@@ -261,12 +186,7 @@ fn empty_from_list_means_any_peer() {
     ));
     assert_eq!(
         plan.endpoints[&3].ingress.entries,
-        vec![entry(
-            PeerMatch::Any,
-            Some(Protocol::Tcp),
-            Some((5432, 5432)),
-            &[r("default", "p")]
-        )]
+        vec![entry(PeerMatch::Any, Some(Protocol::Tcp), Some((5432, 5432)), &[r("default", "p")])]
     );
 }
 
@@ -279,12 +199,7 @@ fn empty_ports_list_means_all_ports_and_protocols() {
     ));
     assert_eq!(
         plan.endpoints[&3].ingress.entries,
-        vec![entry(
-            PeerMatch::Identity(200),
-            None,
-            None,
-            &[r("default", "p")]
-        )]
+        vec![entry(PeerMatch::Identity(200), None, None, &[r("default", "p")])]
     );
 }
 
@@ -297,30 +212,16 @@ fn protocol_without_port_means_every_port_of_that_protocol() {
     ));
     assert_eq!(
         plan.endpoints[&3].ingress.entries,
-        vec![entry(
-            PeerMatch::Any,
-            Some(Protocol::Udp),
-            None,
-            &[r("default", "p")]
-        )]
+        vec![entry(PeerMatch::Any, Some(Protocol::Udp), None, &[r("default", "p")])]
     );
 }
 
 #[test]
 fn empty_port_item_is_every_tcp_port() {
-    let plan = compile_yaml(&np(
-        "default",
-        "p",
-        "podSelector: {matchLabels: {app: db}}\ningress:\n- ports: [{}]",
-    ));
+    let plan = compile_yaml(&np("default", "p", "podSelector: {matchLabels: {app: db}}\ningress:\n- ports: [{}]"));
     assert_eq!(
         plan.endpoints[&3].ingress.entries,
-        vec![entry(
-            PeerMatch::Any,
-            Some(Protocol::Tcp),
-            None,
-            &[r("default", "p")]
-        )]
+        vec![entry(PeerMatch::Any, Some(Protocol::Tcp), None, &[r("default", "p")])]
     );
 }
 
@@ -333,12 +234,7 @@ fn end_port_gives_an_inclusive_range() {
     ));
     assert_eq!(
         plan.endpoints[&3].ingress.entries,
-        vec![entry(
-            PeerMatch::Any,
-            Some(Protocol::Sctp),
-            Some((32000, 32768)),
-            &[r("default", "p")]
-        )]
+        vec![entry(PeerMatch::Any, Some(Protocol::Sctp), Some((32000, 32768)), &[r("default", "p")])]
     );
     let db = addr(&plan, 3);
     let from = outside("192.0.2.1");
@@ -359,30 +255,10 @@ fn peers_times_ports_cross_product() {
     assert_eq!(
         plan.endpoints[&3].ingress.entries,
         vec![
-            entry(
-                PeerMatch::Identity(200),
-                Some(Protocol::Tcp),
-                Some((1, 1)),
-                &by
-            ),
-            entry(
-                PeerMatch::Identity(200),
-                Some(Protocol::Udp),
-                Some((2, 2)),
-                &by
-            ),
-            entry(
-                PeerMatch::Identity(500),
-                Some(Protocol::Tcp),
-                Some((1, 1)),
-                &by
-            ),
-            entry(
-                PeerMatch::Identity(500),
-                Some(Protocol::Udp),
-                Some((2, 2)),
-                &by
-            ),
+            entry(PeerMatch::Identity(200), Some(Protocol::Tcp), Some((1, 1)), &by),
+            entry(PeerMatch::Identity(200), Some(Protocol::Udp), Some((2, 2)), &by),
+            entry(PeerMatch::Identity(500), Some(Protocol::Tcp), Some((1, 1)), &by),
+            entry(PeerMatch::Identity(500), Some(Protocol::Udp), Some((2, 2)), &by),
         ]
     );
 }
@@ -396,12 +272,7 @@ fn pods_sharing_an_identity_give_one_entry() {
     ));
     assert_eq!(
         plan.endpoints[&3].ingress.entries,
-        vec![entry(
-            PeerMatch::Identity(100),
-            None,
-            None,
-            &[r("default", "p")]
-        )]
+        vec![entry(PeerMatch::Identity(100), None, None, &[r("default", "p")])]
     );
 }
 
@@ -412,20 +283,8 @@ fn pod_selector_alone_is_limited_to_the_policy_namespace() {
         "p",
         "podSelector: {matchLabels: {app: db}}\ningress:\n- from: [{podSelector: {}}]",
     ));
-    let ids: Vec<PeerMatch> = plan.endpoints[&3]
-        .ingress
-        .entries
-        .iter()
-        .map(|e| e.peer)
-        .collect();
-    assert_eq!(
-        ids,
-        vec![
-            PeerMatch::Identity(100),
-            PeerMatch::Identity(200),
-            PeerMatch::Identity(300)
-        ]
-    );
+    let ids: Vec<PeerMatch> = plan.endpoints[&3].ingress.entries.iter().map(|e| e.peer).collect();
+    assert_eq!(ids, vec![PeerMatch::Identity(100), PeerMatch::Identity(200), PeerMatch::Identity(300)]);
 }
 
 #[test]
@@ -435,12 +294,7 @@ fn namespace_selector_alone_selects_every_pod_of_matching_namespaces() {
         "p",
         "podSelector: {matchLabels: {app: db}}\ningress:\n- from: [{namespaceSelector: {matchLabels: {team: blue}}}]",
     ));
-    let ids: Vec<PeerMatch> = plan.endpoints[&3]
-        .ingress
-        .entries
-        .iter()
-        .map(|e| e.peer)
-        .collect();
+    let ids: Vec<PeerMatch> = plan.endpoints[&3].ingress.entries.iter().map(|e| e.peer).collect();
     assert_eq!(ids, vec![PeerMatch::Identity(500)]);
 }
 
@@ -461,12 +315,7 @@ fn pod_and_namespace_selector_in_one_peer_are_anded() {
         "p",
         "podSelector: {matchLabels: {app: db}}\ningress:\n- from:\n  - namespaceSelector: {}\n    podSelector: {matchLabels: {app: client}}",
     ));
-    let ids: Vec<PeerMatch> = plan.endpoints[&3]
-        .ingress
-        .entries
-        .iter()
-        .map(|e| e.peer)
-        .collect();
+    let ids: Vec<PeerMatch> = plan.endpoints[&3].ingress.entries.iter().map(|e| e.peer).collect();
     assert_eq!(ids, vec![PeerMatch::Identity(500)]);
 }
 
@@ -477,12 +326,7 @@ fn namespace_name_label_is_added_when_missing() {
         "p",
         "podSelector: {matchLabels: {app: db}}\ningress:\n- from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: other}}}]",
     ));
-    let ids: Vec<PeerMatch> = plan.endpoints[&3]
-        .ingress
-        .entries
-        .iter()
-        .map(|e| e.peer)
-        .collect();
+    let ids: Vec<PeerMatch> = plan.endpoints[&3].ingress.entries.iter().map(|e| e.peer).collect();
     assert_eq!(ids, vec![PeerMatch::Identity(500)]);
 }
 
@@ -499,10 +343,7 @@ fn unlisted_namespace_of_a_pod_still_has_its_name_label() {
         &view,
         &mut CidrIdentities::new(),
     );
-    assert_eq!(
-        plan.endpoints[&3].ingress.entries[0].peer,
-        PeerMatch::Identity(500)
-    );
+    assert_eq!(plan.endpoints[&3].ingress.entries[0].peer, PeerMatch::Identity(500));
 }
 
 #[test]
@@ -522,17 +363,10 @@ fn identical_entries_merge_across_rules_and_policies() {
         "default",
         "b-second",
         "podSelector: {matchLabels: {app: db}}\ningress:\n- ports: [{port: 80}]\n- ports: [{port: 80}]",
-    ) + &np(
-        "default",
-        "a-first",
-        "podSelector: {}\ningress:\n- ports: [{port: 80, protocol: TCP}]",
-    );
+    ) + &np("default", "a-first", "podSelector: {}\ningress:\n- ports: [{port: 80, protocol: TCP}]");
     let plan = compile_yaml(&yaml);
     let db = &plan.endpoints[&3].ingress;
-    assert_eq!(
-        db.selected_by,
-        vec![r("default", "a-first"), r("default", "b-second")]
-    );
+    assert_eq!(db.selected_by, vec![r("default", "a-first"), r("default", "b-second")]);
     assert_eq!(
         db.entries,
         vec![entry(
@@ -546,29 +380,15 @@ fn identical_entries_merge_across_rules_and_policies() {
 
 #[test]
 fn ingress_named_port_resolves_per_selected_endpoint() {
-    let plan = compile_yaml(&np(
-        "default",
-        "http",
-        "podSelector: {}\ningress:\n- ports: [{port: http}]",
-    ));
+    let plan = compile_yaml(&np("default", "http", "podSelector: {}\ningress:\n- ports: [{port: http}]"));
     let by = [r("default", "http")];
     assert_eq!(
         plan.endpoints[&1].ingress.entries,
-        vec![entry(
-            PeerMatch::Any,
-            Some(Protocol::Tcp),
-            Some((8080, 8080)),
-            &by
-        )]
+        vec![entry(PeerMatch::Any, Some(Protocol::Tcp), Some((8080, 8080)), &by)]
     );
     assert_eq!(
         plan.endpoints[&2].ingress.entries,
-        vec![entry(
-            PeerMatch::Any,
-            Some(Protocol::Tcp),
-            Some((9090, 9090)),
-            &by
-        )]
+        vec![entry(PeerMatch::Any, Some(Protocol::Tcp), Some((9090, 9090)), &by)]
     );
     // db declares no "http": isolated, nothing allowed.
     assert!(plan.endpoints[&3].ingress.enforced);
@@ -577,25 +397,12 @@ fn ingress_named_port_resolves_per_selected_endpoint() {
 
 #[test]
 fn ingress_named_port_requires_the_same_protocol() {
-    let plan = compile_yaml(&np(
-        "default",
-        "dns",
-        "podSelector: {}\ningress:\n- ports: [{port: dns}]",
-    ));
+    let plan = compile_yaml(&np("default", "dns", "podSelector: {}\ningress:\n- ports: [{port: dns}]"));
     assert!(plan.endpoints[&1].ingress.entries.is_empty());
-    let plan = compile_yaml(&np(
-        "default",
-        "dns",
-        "podSelector: {}\ningress:\n- ports: [{port: dns, protocol: UDP}]",
-    ));
+    let plan = compile_yaml(&np("default", "dns", "podSelector: {}\ningress:\n- ports: [{port: dns, protocol: UDP}]"));
     assert_eq!(
         plan.endpoints[&1].ingress.entries,
-        vec![entry(
-            PeerMatch::Any,
-            Some(Protocol::Udp),
-            Some((53, 53)),
-            &[r("default", "dns")]
-        )]
+        vec![entry(PeerMatch::Any, Some(Protocol::Udp), Some((53, 53)), &[r("default", "dns")])]
     );
 }
 
@@ -610,30 +417,13 @@ fn egress_named_port_resolves_against_each_peer_pod() {
     assert_eq!(
         plan.endpoints[&3].egress.entries,
         vec![
-            entry(
-                PeerMatch::Identity(100),
-                Some(Protocol::Tcp),
-                Some((8080, 8080)),
-                &by
-            ),
-            entry(
-                PeerMatch::Identity(200),
-                Some(Protocol::Tcp),
-                Some((9090, 9090)),
-                &by
-            ),
+            entry(PeerMatch::Identity(100), Some(Protocol::Tcp), Some((8080, 8080)), &by),
+            entry(PeerMatch::Identity(200), Some(Protocol::Tcp), Some((9090, 9090)), &by),
         ]
     );
     let db = addr(&plan, 3);
-    assert!(
-        plan.evaluate(db, addr(&plan, 2), Protocol::Tcp, 9090)
-            .allowed
-    );
-    assert!(
-        !plan
-            .evaluate(db, addr(&plan, 2), Protocol::Tcp, 8080)
-            .allowed
-    );
+    assert!(plan.evaluate(db, addr(&plan, 2), Protocol::Tcp, 9090).allowed);
+    assert!(!plan.evaluate(db, addr(&plan, 2), Protocol::Tcp, 8080).allowed);
 }
 
 #[test]
@@ -647,18 +437,8 @@ fn egress_named_port_with_wildcard_peer_expands_to_every_declaring_pod() {
     assert_eq!(
         plan.endpoints[&5].egress.entries,
         vec![
-            entry(
-                PeerMatch::Identity(100),
-                Some(Protocol::Tcp),
-                Some((8080, 8080)),
-                &by
-            ),
-            entry(
-                PeerMatch::Identity(200),
-                Some(Protocol::Tcp),
-                Some((9090, 9090)),
-                &by
-            ),
+            entry(PeerMatch::Identity(100), Some(Protocol::Tcp), Some((8080, 8080)), &by),
+            entry(PeerMatch::Identity(200), Some(Protocol::Tcp), Some((9090, 9090)), &by),
         ]
     );
 }
@@ -682,26 +462,15 @@ fn cidrs_hold_every_block_and_except_plus_world() {
         "podSelector: {}\ningress:\n- from: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.1.0.0/16]}}]\negress:\n- to: [{ipBlock: {cidr: 192.168.1.7/24}}]",
     ));
     let prefixes: Vec<String> = plan.cidrs.iter().map(|c| c.prefix.to_string()).collect();
-    assert_eq!(
-        prefixes,
-        vec!["0.0.0.0/0", "10.0.0.0/8", "10.1.0.0/16", "192.168.1.0/24"]
-    );
-    assert!(
-        plan.cidrs
-            .iter()
-            .all(|c| c.identity >= CidrIdentities::FIRST)
-    );
+    assert_eq!(prefixes, vec!["0.0.0.0/0", "10.0.0.0/8", "10.1.0.0/16", "192.168.1.0/24"]);
+    assert!(plan.cidrs.iter().all(|c| c.identity >= CidrIdentities::FIRST));
 }
 
 #[test]
 fn cidr_identities_are_stable_across_compilations() {
     let mut ids = CidrIdentities::new();
     let first = compile(
-        &policies(&np(
-            "default",
-            "a",
-            "podSelector: {}\ningress:\n- from: [{ipBlock: {cidr: 10.0.0.0/8}}]",
-        )),
+        &policies(&np("default", "a", "podSelector: {}\ningress:\n- from: [{ipBlock: {cidr: 10.0.0.0/8}}]")),
         &cluster(),
         &mut ids,
     );
@@ -714,18 +483,11 @@ fn cidr_identities_are_stable_across_compilations() {
         &cluster(),
         &mut ids,
     );
-    let id_of = |plan: &PolicyPlan, text: &str| {
-        plan.cidrs
-            .iter()
-            .find(|c| c.prefix.to_string() == text)
-            .map(|c| c.identity)
-    };
+    let id_of =
+        |plan: &PolicyPlan, text: &str| plan.cidrs.iter().find(|c| c.prefix.to_string() == text).map(|c| c.identity);
     assert_eq!(id_of(&first, "10.0.0.0/8"), id_of(&second, "10.0.0.0/8"));
     assert_eq!(id_of(&first, "0.0.0.0/0"), id_of(&second, "0.0.0.0/0"));
-    assert_ne!(
-        id_of(&second, "172.16.0.0/12"),
-        id_of(&second, "10.0.0.0/8")
-    );
+    assert_ne!(id_of(&second, "172.16.0.0/12"), id_of(&second, "10.0.0.0/8"));
 }
 
 #[test]
@@ -735,25 +497,10 @@ fn cidr_identity_of_uses_longest_prefix() {
         "cidr",
         "podSelector: {}\ningress:\n- from: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.1.0.0/16]}}]",
     ));
-    let id = |text: &str| {
-        plan.cidrs
-            .iter()
-            .find(|c| c.prefix.to_string() == text)
-            .unwrap()
-            .identity
-    };
-    assert_eq!(
-        plan.cidr_identity_of(Ipv4Addr::new(10, 1, 2, 3)),
-        id("10.1.0.0/16")
-    );
-    assert_eq!(
-        plan.cidr_identity_of(Ipv4Addr::new(10, 2, 2, 3)),
-        id("10.0.0.0/8")
-    );
-    assert_eq!(
-        plan.cidr_identity_of(Ipv4Addr::new(8, 8, 8, 8)),
-        id("0.0.0.0/0")
-    );
+    let id = |text: &str| plan.cidrs.iter().find(|c| c.prefix.to_string() == text).unwrap().identity;
+    assert_eq!(plan.cidr_identity_of(Ipv4Addr::new(10, 1, 2, 3)), id("10.1.0.0/16"));
+    assert_eq!(plan.cidr_identity_of(Ipv4Addr::new(10, 2, 2, 3)), id("10.0.0.0/8"));
+    assert_eq!(plan.cidr_identity_of(Ipv4Addr::new(8, 8, 8, 8)), id("0.0.0.0/0"));
 }
 
 #[test]
@@ -769,39 +516,14 @@ fn ip_block_allows_prefixes_inside_cidr_and_outside_excepts() {
         "podSelector: {}\ningress:\n- from: [{ipBlock: {cidr: 10.1.2.0/24}}, {ipBlock: {cidr: 10.2.0.0/16}}]",
     );
     let plan = compile_yaml(&yaml);
-    let id = |text: &str| {
-        plan.cidrs
-            .iter()
-            .find(|c| c.prefix.to_string() == text)
-            .unwrap()
-            .identity
-    };
-    let allowed: Vec<PeerMatch> = plan.endpoints[&3]
-        .ingress
-        .entries
-        .iter()
-        .map(|e| e.peer)
-        .collect();
-    assert_eq!(
-        allowed,
-        vec![
-            PeerMatch::Identity(id("10.0.0.0/8")),
-            PeerMatch::Identity(id("10.2.0.0/16"))
-        ]
-    );
+    let id = |text: &str| plan.cidrs.iter().find(|c| c.prefix.to_string() == text).unwrap().identity;
+    let allowed: Vec<PeerMatch> = plan.endpoints[&3].ingress.entries.iter().map(|e| e.peer).collect();
+    assert_eq!(allowed, vec![PeerMatch::Identity(id("10.0.0.0/8")), PeerMatch::Identity(id("10.2.0.0/16"))]);
     let db = addr(&plan, 3);
-    for (ip, expected) in [
-        ("10.0.0.1", true),
-        ("10.2.3.4", true),
-        ("10.1.0.1", false),
-        ("10.1.2.3", false),
-        ("11.0.0.1", false),
-    ] {
-        assert_eq!(
-            plan.evaluate(outside(ip), db, Protocol::Tcp, 80).allowed,
-            expected,
-            "{ip}"
-        );
+    for (ip, expected) in
+        [("10.0.0.1", true), ("10.2.3.4", true), ("10.1.0.1", false), ("10.1.2.3", false), ("11.0.0.1", false)]
+    {
+        assert_eq!(plan.evaluate(outside(ip), db, Protocol::Tcp, 80).allowed, expected, "{ip}");
     }
 }
 
@@ -813,15 +535,8 @@ fn ip_block_world_with_except() {
         "podSelector: {matchLabels: {app: db}}\npolicyTypes: [Egress]\negress:\n- to: [{ipBlock: {cidr: 0.0.0.0/0, except: [169.254.169.254/32]}}]",
     ));
     let db = addr(&plan, 3);
-    assert!(
-        plan.evaluate(db, outside("8.8.8.8"), Protocol::Udp, 53)
-            .allowed
-    );
-    assert!(
-        !plan
-            .evaluate(db, outside("169.254.169.254"), Protocol::Tcp, 80)
-            .allowed
-    );
+    assert!(plan.evaluate(db, outside("8.8.8.8"), Protocol::Udp, 53).allowed);
+    assert!(!plan.evaluate(db, outside("169.254.169.254"), Protocol::Tcp, 80).allowed);
     // Pod IPs fall in 0.0.0.0/0 too (their CIDR identity is tried as well).
     assert!(plan.evaluate(db, addr(&plan, 1), Protocol::Tcp, 80).allowed);
 }
@@ -836,11 +551,7 @@ fn ip_block_with_host_bits_is_masked() {
     let db = addr(&plan, 3);
     assert!(plan.evaluate(addr(&plan, 2), db, Protocol::Tcp, 80).allowed);
     assert!(!plan.evaluate(addr(&plan, 1), db, Protocol::Tcp, 80).allowed);
-    assert!(
-        plan.cidrs
-            .iter()
-            .any(|c| c.prefix.to_string() == "0.0.0.0/4")
-    );
+    assert!(plan.cidrs.iter().any(|c| c.prefix.to_string() == "0.0.0.0/4"));
 }
 
 #[test]
@@ -857,20 +568,11 @@ fn ipv6_ip_block_is_accepted_but_matches_nothing() {
 
 #[test]
 fn evaluate_reports_default_deny_with_the_isolating_policies() {
-    let plan = compile_yaml(&np(
-        "default",
-        "deny",
-        "podSelector: {}\npolicyTypes: [Ingress]",
-    ));
+    let plan = compile_yaml(&np("default", "deny", "podSelector: {}\npolicyTypes: [Ingress]"));
     let verdict = plan.evaluate(addr(&plan, 5), addr(&plan, 3), Protocol::Tcp, 5432);
     assert!(!verdict.allowed);
     assert_eq!(verdict.egress, DirectionVerdict::NotEnforced);
-    assert_eq!(
-        verdict.ingress,
-        DirectionVerdict::DefaultDeny {
-            selected_by: vec![r("default", "deny")]
-        }
-    );
+    assert_eq!(verdict.ingress, DirectionVerdict::DefaultDeny { selected_by: vec![r("default", "deny")] });
 }
 
 #[test]
@@ -883,15 +585,12 @@ fn evaluate_from_outside_skips_egress() {
 
 #[test]
 fn evaluate_needs_both_egress_and_ingress() {
-    let yaml = np(
-        "other",
-        "client-out",
-        "podSelector: {}\npolicyTypes: [Egress]\negress: [{ports: [{port: 5432}]}]",
-    ) + &np(
-        "default",
-        "db-in",
-        "podSelector: {matchLabels: {app: db}}\ningress: [{from: [{podSelector: {matchLabels: {app: api}}}]}]",
-    );
+    let yaml = np("other", "client-out", "podSelector: {}\npolicyTypes: [Egress]\negress: [{ports: [{port: 5432}]}]")
+        + &np(
+            "default",
+            "db-in",
+            "podSelector: {matchLabels: {app: db}}\ningress: [{from: [{podSelector: {matchLabels: {app: api}}}]}]",
+        );
     let plan = compile_yaml(&yaml);
     let (client, api, db) = (addr(&plan, 5), addr(&plan, 2), addr(&plan, 3));
     let verdict = plan.evaluate(client, db, Protocol::Tcp, 5432);
@@ -908,61 +607,33 @@ fn match_kind_precedence_l3l4_over_l4_over_l3_over_all() {
     let l3l4 = np(
         "default",
         "l3l4",
-        &format!(
-            "podSelector: {{matchLabels: {{app: db}}}}\ningress: [{{from: [{api}], ports: [{{port: 80}}]}}]"
-        ),
+        &format!("podSelector: {{matchLabels: {{app: db}}}}\ningress: [{{from: [{api}], ports: [{{port: 80}}]}}]"),
     );
-    let l4 = np(
-        "default",
-        "l4",
-        "podSelector: {matchLabels: {app: db}}\ningress: [{ports: [{port: 80}]}]",
-    );
-    let l3 = np(
-        "default",
-        "l3",
-        &format!("podSelector: {{matchLabels: {{app: db}}}}\ningress: [{{from: [{api}]}}]"),
-    );
-    let all = np(
-        "default",
-        "all",
-        "podSelector: {matchLabels: {app: db}}\ningress: [{}]",
-    );
+    let l4 = np("default", "l4", "podSelector: {matchLabels: {app: db}}\ningress: [{ports: [{port: 80}]}]");
+    let l3 = np("default", "l3", &format!("podSelector: {{matchLabels: {{app: db}}}}\ningress: [{{from: [{api}]}}]"));
+    let all = np("default", "all", "podSelector: {matchLabels: {app: db}}\ningress: [{}]");
     let kind = |yaml: String| {
         let plan = compile_yaml(&yaml);
-        plan.evaluate(addr(&plan, 2), addr(&plan, 3), Protocol::Tcp, 80)
-            .ingress
+        plan.evaluate(addr(&plan, 2), addr(&plan, 3), Protocol::Tcp, 80).ingress
     };
     let allowed = |kind: MatchKind, name: &str| DirectionVerdict::Allowed {
         match_kind: kind,
         allowed_by: vec![r("default", name)],
     };
-    assert_eq!(
-        kind(l3l4.clone() + &l4 + &l3 + &all),
-        allowed(MatchKind::L3L4, "l3l4")
-    );
-    assert_eq!(
-        kind(l4.clone() + &l3 + &all),
-        allowed(MatchKind::L4Only, "l4")
-    );
+    assert_eq!(kind(l3l4.clone() + &l4 + &l3 + &all), allowed(MatchKind::L3L4, "l3l4"));
+    assert_eq!(kind(l4.clone() + &l3 + &all), allowed(MatchKind::L4Only, "l4"));
     assert_eq!(kind(l3.clone() + &all), allowed(MatchKind::L3Only, "l3"));
     assert_eq!(kind(all), allowed(MatchKind::All, "all"));
 }
 
 #[test]
 fn allowed_by_unites_policies_of_the_winning_kind() {
-    let yaml = np(
-        "default",
-        "range",
-        "podSelector: {matchLabels: {app: db}}\ningress: [{ports: [{port: 1, endPort: 100}]}]",
-    ) + &np(
-        "default",
-        "exact",
-        "podSelector: {matchLabels: {app: db}}\ningress: [{ports: [{port: 80}]}]",
-    );
+    let yaml =
+        np("default", "range", "podSelector: {matchLabels: {app: db}}\ningress: [{ports: [{port: 1, endPort: 100}]}]")
+            + &np("default", "exact", "podSelector: {matchLabels: {app: db}}\ningress: [{ports: [{port: 80}]}]");
     let plan = compile_yaml(&yaml);
     assert_eq!(
-        plan.evaluate(addr(&plan, 1), addr(&plan, 3), Protocol::Tcp, 80)
-            .ingress,
+        plan.evaluate(addr(&plan, 1), addr(&plan, 3), Protocol::Tcp, 80).ingress,
         DirectionVerdict::Allowed {
             match_kind: MatchKind::L4Only,
             allowed_by: vec![r("default", "exact"), r("default", "range")]
@@ -973,20 +644,13 @@ fn allowed_by_unites_policies_of_the_winning_kind() {
 #[test]
 fn self_traffic_is_judged_by_policy() {
     let plan = compile_yaml(&np("default", "deny", "podSelector: {}"));
-    assert!(
-        !plan
-            .evaluate(addr(&plan, 3), addr(&plan, 3), Protocol::Tcp, 80)
-            .allowed
-    );
+    assert!(!plan.evaluate(addr(&plan, 3), addr(&plan, 3), Protocol::Tcp, 80).allowed);
 }
 
 #[test]
 fn entry_match_kind_classification() {
     let e = |peer, protocol| entry(peer, protocol, None, &[]).match_kind();
-    assert_eq!(
-        e(PeerMatch::Identity(1), Some(Protocol::Tcp)),
-        MatchKind::L3L4
-    );
+    assert_eq!(e(PeerMatch::Identity(1), Some(Protocol::Tcp)), MatchKind::L3L4);
     assert_eq!(e(PeerMatch::Any, Some(Protocol::Tcp)), MatchKind::L4Only);
     assert_eq!(e(PeerMatch::Identity(1), None), MatchKind::L3Only);
     assert_eq!(e(PeerMatch::Any, None), MatchKind::All);
@@ -1007,10 +671,7 @@ fn plan_serializes_to_json() {
     assert_eq!(ingress["selected_by"][0]["name"], "p");
     assert_eq!(ingress["entries"][0]["peer"]["identity"], 200);
     assert_eq!(ingress["entries"][0]["protocol"], "TCP");
-    assert_eq!(
-        ingress["entries"][0]["ports"],
-        serde_json::json!([5432, 5432])
-    );
+    assert_eq!(ingress["entries"][0]["ports"], serde_json::json!([5432, 5432]));
     let verdict = plan.evaluate(addr(&plan, 2), addr(&plan, 3), Protocol::Tcp, 5432);
     let json = serde_json::to_value(&verdict).unwrap();
     assert_eq!(json["ingress"]["verdict"], "allowed");

@@ -47,10 +47,7 @@ fn single_document() {
 
 #[test]
 fn several_documents_with_empty_ones_skipped_but_counted() {
-    let text = format!(
-        "---\n# only a comment\n---\n{GOOD}---\n{}",
-        GOOD.replace("good", "second")
-    );
+    let text = format!("---\n# only a comment\n---\n{GOOD}---\n{}", GOOD.replace("good", "second"));
     let (policies, errors) = parse(&text);
     assert!(errors.is_empty(), "{errors:?}");
     let found: Vec<(usize, &str)> = policies.iter().map(|p| (p.document, p.name())).collect();
@@ -61,10 +58,7 @@ fn several_documents_with_empty_ones_skipped_but_counted() {
 fn missing_namespace_defaults_to_default() {
     let (policies, _) = parse(&GOOD.replace(", namespace: shop", ""));
     assert_eq!(policies[0].namespace(), "default");
-    assert_eq!(
-        policies[0].policy.metadata.namespace.as_deref(),
-        Some("default")
-    );
+    assert_eq!(policies[0].policy.metadata.namespace.as_deref(), Some("default"));
 }
 
 #[test]
@@ -74,19 +68,14 @@ fn wrong_kind_is_named() {
     assert_eq!(policies.len(), 1);
     assert_eq!(
         errors,
-        vec![
-            "policies/db.yaml: document 2: kind: only NetworkPolicy is supported, found \"ConfigMap\""
-        ]
+        vec!["policies/db.yaml: document 2: kind: only NetworkPolicy is supported, found \"ConfigMap\""]
     );
 }
 
 #[test]
 fn missing_kind() {
     let (_, errors) = parse("apiVersion: networking.k8s.io/v1\nmetadata: {name: x}\n");
-    assert_eq!(
-        errors,
-        vec!["policies/db.yaml: document 1: kind: required value (expected NetworkPolicy)"]
-    );
+    assert_eq!(errors, vec!["policies/db.yaml: document 1: kind: required value (expected NetworkPolicy)"]);
 }
 
 #[test]
@@ -101,21 +90,14 @@ fn wrong_api_version() {
     let (_, errors) = parse(&GOOD.replace("apiVersion: networking.k8s.io/v1\n", ""));
     assert_eq!(
         errors,
-        vec![
-            "policies/db.yaml: document 1: apiVersion: expected \"networking.k8s.io/v1\", found nothing"
-        ]
+        vec!["policies/db.yaml: document 1: apiVersion: expected \"networking.k8s.io/v1\", found nothing"]
     );
 }
 
 #[test]
 fn document_that_is_not_a_mapping() {
     let (_, errors) = parse("- a\n- b\n");
-    assert_eq!(
-        errors,
-        vec![
-            "policies/db.yaml: document 1: expected a mapping (a NetworkPolicy object), found a list"
-        ]
-    );
+    assert_eq!(errors, vec!["policies/db.yaml: document 1: expected a mapping (a NetworkPolicy object), found a list"]);
 }
 
 #[test]
@@ -152,10 +134,7 @@ fn validation_error_names_file_document_and_field() {
     let text = format!("{}---\n{bad}", GOOD.replace("good", "first"));
     let (policies, errors) = parse(&text);
     assert_eq!(policies.len(), 1);
-    assert_eq!(
-        errors,
-        vec!["policies/db.yaml: document 2: spec.ingress[0].ports[1].endPort: must be >= port"]
-    );
+    assert_eq!(errors, vec!["policies/db.yaml: document 2: spec.ingress[0].ports[1].endPort: must be >= port"]);
 }
 
 #[test]
@@ -183,28 +162,15 @@ fn load_dir_reads_yaml_and_yml_sorted_and_skips_others() {
 fn load_dir_collects_errors_from_every_file() {
     let dir = TempDir::new();
     dir.write("a.yaml", "kind: Service\napiVersion: v1\n");
-    dir.write(
-        "b.yaml",
-        &GOOD.replace(
-            "podSelector: {}",
-            "podSelector: {}, policyTypes: [Sideways]",
-        ),
-    );
+    dir.write("b.yaml", &GOOD.replace("podSelector: {}", "podSelector: {}, policyTypes: [Sideways]"));
     dir.write("c.yaml", GOOD);
-    let errors: Vec<String> = load_dir(&dir.0)
-        .unwrap_err()
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    let errors: Vec<String> = load_dir(&dir.0).unwrap_err().iter().map(ToString::to_string).collect();
     let a = dir.0.join("a.yaml");
     let b = dir.0.join("b.yaml");
     assert_eq!(
         errors,
         vec![
-            format!(
-                "{}: document 1: kind: only NetworkPolicy is supported, found \"Service\"",
-                a.display()
-            ),
+            format!("{}: document 1: kind: only NetworkPolicy is supported, found \"Service\"", a.display()),
             format!(
                 "{}: document 1: spec.policyTypes[0]: unsupported value \"Sideways\": supported values: \"Ingress\", \"Egress\"",
                 b.display()
@@ -217,15 +183,8 @@ fn load_dir_collects_errors_from_every_file() {
 fn load_dir_rejects_duplicate_names() {
     let dir = TempDir::new();
     dir.write("a.yaml", GOOD);
-    dir.write(
-        "b.yaml",
-        &format!("{}---\n{GOOD}", GOOD.replace("good", "other")),
-    );
-    let errors: Vec<String> = load_dir(&dir.0)
-        .unwrap_err()
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    dir.write("b.yaml", &format!("{}---\n{GOOD}", GOOD.replace("good", "other")));
+    let errors: Vec<String> = load_dir(&dir.0).unwrap_err().iter().map(ToString::to_string).collect();
     assert_eq!(
         errors,
         vec![format!(
@@ -239,10 +198,7 @@ fn load_dir_rejects_duplicate_names() {
 #[test]
 fn load_dir_same_name_in_different_namespaces_is_fine() {
     let dir = TempDir::new();
-    dir.write(
-        "a.yaml",
-        &format!("{GOOD}---\n{}", GOOD.replace("shop", "other")),
-    );
+    dir.write("a.yaml", &format!("{GOOD}---\n{}", GOOD.replace("shop", "other")));
     assert_eq!(load_dir(&dir.0).unwrap().len(), 2);
 }
 
@@ -251,11 +207,7 @@ fn load_dir_missing_directory() {
     let errors = load_dir(Path::new("/nonexistent/flowgate-policies")).unwrap_err();
     assert_eq!(errors.len(), 1);
     assert!(matches!(errors[0], SourceError::ReadDir { .. }));
-    assert!(
-        errors[0]
-            .to_string()
-            .starts_with("/nonexistent/flowgate-policies: cannot read the policy directory: ")
-    );
+    assert!(errors[0].to_string().starts_with("/nonexistent/flowgate-policies: cannot read the policy directory: "));
 }
 
 #[test]

@@ -3,9 +3,7 @@ use super::*;
 /// Validates a policy given as YAML (apiVersion/kind and metadata added unless `meta` says otherwise).
 fn errors_of(meta: &str, spec: &str) -> Vec<String> {
     let spec: String = spec.lines().map(|l| format!("  {l}\n")).collect();
-    let yaml = format!(
-        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {meta}\nspec:\n{spec}"
-    );
+    let yaml = format!("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {meta}\nspec:\n{spec}");
     let policy: NetworkPolicy = serde_yaml::from_str(&yaml).unwrap();
     validate(&policy).iter().map(ToString::to_string).collect()
 }
@@ -24,19 +22,14 @@ fn valid_policy_has_no_errors() {
 
 #[test]
 fn missing_name() {
-    assert_eq!(
-        errors_of("{namespace: default}", "podSelector: {}"),
-        vec!["metadata.name: required value"]
-    );
+    assert_eq!(errors_of("{namespace: default}", "podSelector: {}"), vec!["metadata.name: required value"]);
 }
 
 #[test]
 fn name_not_a_dns_subdomain() {
     assert_eq!(
         errors_of("{name: Bad_Name}", "podSelector: {}"),
-        vec![format!(
-            "metadata.name: \"Bad_Name\" {DNS1123_SUBDOMAIN_MSG}"
-        )]
+        vec![format!("metadata.name: \"Bad_Name\" {DNS1123_SUBDOMAIN_MSG}")]
     );
 }
 
@@ -49,9 +42,7 @@ fn name_may_contain_dots() {
 fn namespace_not_a_dns_label() {
     assert_eq!(
         errors_of("{name: p, namespace: team.a}", "podSelector: {}"),
-        vec![format!(
-            "metadata.namespace: \"team.a\" {DNS1123_LABEL_MSG}"
-        )]
+        vec![format!("metadata.namespace: \"team.a\" {DNS1123_LABEL_MSG}")]
     );
 }
 
@@ -60,9 +51,7 @@ fn invalid_match_labels_key() {
     let errors = spec_errors("podSelector: {matchLabels: {'-app': db}}");
     assert_eq!(errors.len(), 1);
     assert!(
-        errors[0].starts_with(
-            "spec.podSelector.matchLabels: invalid label key \"-app\": name part must consist of"
-        ),
+        errors[0].starts_with("spec.podSelector.matchLabels: invalid label key \"-app\": name part must consist of"),
         "{errors:?}"
     );
 }
@@ -80,10 +69,7 @@ fn invalid_match_labels_key_prefix() {
 #[test]
 fn label_key_with_two_slashes() {
     let errors = spec_errors("podSelector: {matchLabels: {'a/b/c': db}}");
-    assert!(
-        errors[0].contains("a qualified name must consist of"),
-        "{errors:?}"
-    );
+    assert!(errors[0].contains("a qualified name must consist of"), "{errors:?}");
 }
 
 #[test]
@@ -113,18 +99,13 @@ fn empty_label_value_is_valid() {
 #[test]
 fn label_value_too_long() {
     let value = "v".repeat(64);
-    assert_eq!(
-        spec_errors(&format!("podSelector: {{matchLabels: {{app: {value}}}}}")).len(),
-        1
-    );
+    assert_eq!(spec_errors(&format!("podSelector: {{matchLabels: {{app: {value}}}}}")).len(), 1);
 }
 
 #[test]
 fn invalid_selector_operator() {
     assert_eq!(
-        spec_errors(
-            "podSelector: {matchExpressions: [{key: app, operator: Equals, values: [db]}]}"
-        ),
+        spec_errors("podSelector: {matchExpressions: [{key: app, operator: Equals, values: [db]}]}"),
         vec![
             "spec.podSelector.matchExpressions[0].operator: \"Equals\" is not a valid selector operator (supported: In, NotIn, Exists, DoesNotExist)"
         ]
@@ -133,20 +114,14 @@ fn invalid_selector_operator() {
 
 #[test]
 fn operator_is_case_sensitive() {
-    assert_eq!(
-        spec_errors("podSelector: {matchExpressions: [{key: app, operator: in, values: [db]}]}")
-            .len(),
-        1
-    );
+    assert_eq!(spec_errors("podSelector: {matchExpressions: [{key: app, operator: in, values: [db]}]}").len(), 1);
 }
 
 #[test]
 fn in_operator_without_values() {
     assert_eq!(
         spec_errors("podSelector: {matchExpressions: [{key: app, operator: In}]}"),
-        vec![
-            "spec.podSelector.matchExpressions[0].values: must be specified when operator is In or NotIn"
-        ]
+        vec!["spec.podSelector.matchExpressions[0].values: must be specified when operator is In or NotIn"]
     );
 }
 
@@ -154,18 +129,14 @@ fn in_operator_without_values() {
 fn not_in_operator_with_empty_values() {
     assert_eq!(
         spec_errors("podSelector: {matchExpressions: [{key: app, operator: NotIn, values: []}]}"),
-        vec![
-            "spec.podSelector.matchExpressions[0].values: must be specified when operator is In or NotIn"
-        ]
+        vec!["spec.podSelector.matchExpressions[0].values: must be specified when operator is In or NotIn"]
     );
 }
 
 #[test]
 fn exists_operator_with_values() {
     assert_eq!(
-        spec_errors(
-            "podSelector: {matchExpressions: [{key: app, operator: Exists, values: [db]}]}"
-        ),
+        spec_errors("podSelector: {matchExpressions: [{key: app, operator: Exists, values: [db]}]}"),
         vec![
             "spec.podSelector.matchExpressions[0].values: may not be specified when operator is Exists or DoesNotExist"
         ]
@@ -175,10 +146,7 @@ fn exists_operator_with_values() {
 #[test]
 fn does_not_exist_operator_with_values() {
     assert_eq!(
-        spec_errors(
-            "podSelector: {matchExpressions: [{key: app, operator: DoesNotExist, values: [db]}]}"
-        )
-        .len(),
+        spec_errors("podSelector: {matchExpressions: [{key: app, operator: DoesNotExist, values: [db]}]}").len(),
         1
     );
 }
@@ -189,7 +157,9 @@ fn invalid_expression_key_and_value() {
         "podSelector: {}\ningress:\n- from:\n  - namespaceSelector: {matchExpressions: [{key: 'bad key', operator: In, values: [ok, 'bad value']}]}",
     );
     assert_eq!(errors.len(), 2, "{errors:?}");
-    assert!(errors[0].starts_with("spec.ingress[0].from[0].namespaceSelector.matchExpressions[0].key: invalid label key \"bad key\""));
+    assert!(errors[0].starts_with(
+        "spec.ingress[0].from[0].namespaceSelector.matchExpressions[0].key: invalid label key \"bad key\""
+    ));
     assert!(errors[1].starts_with(
         "spec.ingress[0].from[0].namespaceSelector.matchExpressions[0].values[1]: invalid label value \"bad value\""
     ));
@@ -221,9 +191,7 @@ fn end_port_below_port() {
 
 #[test]
 fn end_port_equal_to_port_is_valid() {
-    assert!(
-        spec_errors("podSelector: {}\ningress:\n- ports: [{port: 90, endPort: 90}]").is_empty()
-    );
+    assert!(spec_errors("podSelector: {}\ningress:\n- ports: [{port: 90, endPort: 90}]").is_empty());
 }
 
 #[test]
@@ -262,10 +230,7 @@ fn unsupported_protocol() {
 
 #[test]
 fn protocol_is_case_sensitive() {
-    assert_eq!(
-        spec_errors("podSelector: {}\ningress:\n- ports: [{protocol: tcp}]").len(),
-        1
-    );
+    assert_eq!(spec_errors("podSelector: {}\ningress:\n- ports: [{protocol: tcp}]").len(), 1);
 }
 
 #[test]
@@ -292,9 +257,7 @@ fn port_name_with_uppercase() {
 fn port_name_without_letters() {
     assert_eq!(
         spec_errors("podSelector: {}\ningress:\n- ports: [{port: '80-80'}]"),
-        vec![
-            "spec.ingress[0].ports[0].port: invalid port name \"80-80\": must contain at least one letter (a-z)"
-        ]
+        vec!["spec.ingress[0].ports[0].port: invalid port name \"80-80\": must contain at least one letter (a-z)"]
     );
 }
 
@@ -302,9 +265,7 @@ fn port_name_without_letters() {
 fn port_name_with_consecutive_hyphens() {
     assert_eq!(
         spec_errors("podSelector: {}\ningress:\n- ports: [{port: my--port}]"),
-        vec![
-            "spec.ingress[0].ports[0].port: invalid port name \"my--port\": must not contain consecutive hyphens"
-        ]
+        vec!["spec.ingress[0].ports[0].port: invalid port name \"my--port\": must not contain consecutive hyphens"]
     );
 }
 
@@ -312,18 +273,13 @@ fn port_name_with_consecutive_hyphens() {
 fn port_name_with_leading_hyphen() {
     assert_eq!(
         spec_errors("podSelector: {}\ningress:\n- ports: [{port: '-http'}]"),
-        vec![
-            "spec.ingress[0].ports[0].port: invalid port name \"-http\": must not begin or end with a hyphen"
-        ]
+        vec!["spec.ingress[0].ports[0].port: invalid port name \"-http\": must not begin or end with a hyphen"]
     );
 }
 
 #[test]
 fn port_name_empty() {
-    assert_eq!(
-        spec_errors("podSelector: {}\ningress:\n- ports: [{port: ''}]").len(),
-        1
-    );
+    assert_eq!(spec_errors("podSelector: {}\ningress:\n- ports: [{port: ''}]").len(), 1);
 }
 
 #[test]
@@ -357,21 +313,15 @@ fn ip_block_cidr_without_length() {
 #[test]
 fn ip_block_invalid_except() {
     assert_eq!(
-        spec_errors(
-            "podSelector: {}\ningress:\n- from: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.1.0.0/16, 'x/8']}}]"
-        ),
-        vec![
-            "spec.ingress[0].from[0].ipBlock.except[1]: \"x/8\" is not a CIDR: \"x\" is not an IPv4 or IPv6 address"
-        ]
+        spec_errors("podSelector: {}\ningress:\n- from: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.1.0.0/16, 'x/8']}}]"),
+        vec!["spec.ingress[0].from[0].ipBlock.except[1]: \"x/8\" is not a CIDR: \"x\" is not an IPv4 or IPv6 address"]
     );
 }
 
 #[test]
 fn ip_block_except_outside_cidr() {
     assert_eq!(
-        spec_errors(
-            "podSelector: {}\ningress:\n- from: [{ipBlock: {cidr: 10.0.0.0/8, except: [11.0.0.0/16]}}]"
-        ),
+        spec_errors("podSelector: {}\ningress:\n- from: [{ipBlock: {cidr: 10.0.0.0/8, except: [11.0.0.0/16]}}]"),
         vec![
             "spec.ingress[0].from[0].ipBlock.except[0]: \"11.0.0.0/16\" must be a strict subset of cidr \"10.0.0.0/8\""
         ]
@@ -381,9 +331,7 @@ fn ip_block_except_outside_cidr() {
 #[test]
 fn ip_block_except_equal_to_cidr() {
     assert_eq!(
-        spec_errors(
-            "podSelector: {}\ningress:\n- from: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.0.0.0/8]}}]"
-        ),
+        spec_errors("podSelector: {}\ningress:\n- from: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.0.0.0/8]}}]"),
         vec![
             "spec.ingress[0].from[0].ipBlock.except[0]: \"10.0.0.0/8\" must be a strict subset of cidr \"10.0.0.0/8\""
         ]
@@ -392,20 +340,24 @@ fn ip_block_except_equal_to_cidr() {
 
 #[test]
 fn ip_block_non_canonical_cidr_is_accepted() {
-    assert!(spec_errors("podSelector: {}\ningress:\n- from: [{ipBlock: {cidr: 10.1.2.3/4, except: [10.1.2.3/32]}}]").is_empty());
+    assert!(
+        spec_errors("podSelector: {}\ningress:\n- from: [{ipBlock: {cidr: 10.1.2.3/4, except: [10.1.2.3/32]}}]")
+            .is_empty()
+    );
 }
 
 #[test]
 fn ip_block_ipv6_is_accepted() {
-    assert!(spec_errors("podSelector: {}\ningress:\n- from: [{ipBlock: {cidr: 'fd00::/8', except: ['fd00::/16']}}]").is_empty());
+    assert!(
+        spec_errors("podSelector: {}\ningress:\n- from: [{ipBlock: {cidr: 'fd00::/8', except: ['fd00::/16']}}]")
+            .is_empty()
+    );
 }
 
 #[test]
 fn ip_block_with_pod_selector() {
     assert_eq!(
-        spec_errors(
-            "podSelector: {}\ningress:\n- from: [{ipBlock: {cidr: 10.0.0.0/8}, podSelector: {}}]"
-        ),
+        spec_errors("podSelector: {}\ningress:\n- from: [{ipBlock: {cidr: 10.0.0.0/8}, podSelector: {}}]"),
         vec!["spec.ingress[0].from[0]: may not specify both ipBlock and another peer"]
     );
 }
@@ -413,9 +365,7 @@ fn ip_block_with_pod_selector() {
 #[test]
 fn ip_block_with_namespace_selector() {
     assert_eq!(
-        spec_errors(
-            "podSelector: {}\negress:\n- to: [{}, {ipBlock: {cidr: 10.0.0.0/8}, namespaceSelector: {}}]"
-        ),
+        spec_errors("podSelector: {}\negress:\n- to: [{}, {ipBlock: {cidr: 10.0.0.0/8}, namespaceSelector: {}}]"),
         vec![
             "spec.egress[0].to[0]: must specify a peer (podSelector, namespaceSelector or ipBlock)",
             "spec.egress[0].to[1]: may not specify both ipBlock and another peer"
@@ -427,9 +377,7 @@ fn ip_block_with_namespace_selector() {
 fn empty_peer() {
     assert_eq!(
         spec_errors("podSelector: {}\ningress:\n- from: [{}]"),
-        vec![
-            "spec.ingress[0].from[0]: must specify a peer (podSelector, namespaceSelector or ipBlock)"
-        ]
+        vec!["spec.ingress[0].from[0]: must specify a peer (podSelector, namespaceSelector or ipBlock)"]
     );
 }
 
@@ -437,9 +385,7 @@ fn empty_peer() {
 fn unsupported_policy_type() {
     assert_eq!(
         spec_errors("podSelector: {}\npolicyTypes: [Ingress, ingress]"),
-        vec![
-            "spec.policyTypes[1]: unsupported value \"ingress\": supported values: \"Ingress\", \"Egress\""
-        ]
+        vec!["spec.policyTypes[1]: unsupported value \"ingress\": supported values: \"Ingress\", \"Egress\""]
     );
 }
 
@@ -472,10 +418,7 @@ fn every_error_is_reported_not_only_the_first() {
         "{name: BAD}",
         "podSelector: {matchExpressions: [{key: a, operator: Nope}]}\ningress:\n- ports: [{port: 0, protocol: ICMP}]\n  from: [{}]\negress:\n- to: [{ipBlock: {cidr: 300.0.0.0/8}}]\npolicyTypes: [Sideways]",
     );
-    let paths: Vec<&str> = errors
-        .iter()
-        .map(|e| e.split(": ").next().unwrap())
-        .collect();
+    let paths: Vec<&str> = errors.iter().map(|e| e.split(": ").next().unwrap()).collect();
     assert_eq!(
         paths,
         vec![
@@ -492,20 +435,11 @@ fn every_error_is_reported_not_only_the_first() {
 
 #[test]
 fn field_error_path_accessor() {
-    let policy: NetworkPolicy = serde_yaml::from_str(
-        "metadata: {name: p}\nspec: {ingress: [{ports: [{port: 90, endPort: 80}]}]}",
-    )
-    .unwrap();
+    let policy: NetworkPolicy =
+        serde_yaml::from_str("metadata: {name: p}\nspec: {ingress: [{ports: [{port: 90, endPort: 80}]}]}").unwrap();
     let errors = validate(&policy);
     assert_eq!(errors[0].path(), "spec.ingress[0].ports[0].endPort");
-    assert!(matches!(
-        errors[0],
-        FieldError::EndPortBelowPort {
-            port: 90,
-            end_port: 80,
-            ..
-        }
-    ));
+    assert!(matches!(errors[0], FieldError::EndPortBelowPort { port: 90, end_port: 80, .. }));
 }
 
 #[test]

@@ -2,26 +2,20 @@
 //! `ns=<name>`, pods a, b, c labelled `pod=<name>`, each serving 80 and 81 over TCP and UDP on ports named
 //! `serve-<port>-<proto>`; and the reachability truth table of the e2e suite (`flowgate_lab::Reachability`).
 
-#![allow(
-    dead_code,
-    reason = "each test binary uses a different part of the model"
-)]
+#![allow(dead_code, reason = "each test binary uses a different part of the model")]
 
 use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
 
 use flowgate_policy::{
-    Addr, CidrIdentities, ClusterView, ContainerPort, LoadedPolicy, NamespaceInfo, PodInfo,
-    PolicyPlan, Protocol, compile, source,
+    Addr, CidrIdentities, ClusterView, ContainerPort, LoadedPolicy, NamespaceInfo, PodInfo, PolicyPlan, Protocol,
+    compile, source,
 };
 
 pub const NAMESPACES: [&str; 3] = ["x", "y", "z"];
 pub const PODS: [&str; 3] = ["a", "b", "c"];
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
 }
 
 /// The 3x3 model. x/a is endpoint 1, 10.200.0.11, identity 1001; z/c is endpoint 9, 10.200.0.33.
@@ -31,10 +25,7 @@ pub fn model() -> ClusterView {
     for (n, namespace) in NAMESPACES.iter().enumerate() {
         cluster.namespaces.push(NamespaceInfo {
             name: (*namespace).to_owned(),
-            labels: labels(&[
-                ("ns", namespace),
-                ("kubernetes.io/metadata.name", namespace),
-            ]),
+            labels: labels(&[("ns", namespace), ("kubernetes.io/metadata.name", namespace)]),
         });
         for (p, pod) in PODS.iter().enumerate() {
             let index = u8::try_from(n * 3 + p + 1).unwrap();
@@ -75,11 +66,7 @@ pub fn pod_ip(namespace: &str, pod: &str) -> Ipv4Addr {
 pub fn policies(yaml: &str) -> Vec<LoadedPolicy> {
     let (policies, errors) = source::parse_str(Path::new("test.yaml"), yaml);
     let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
-    assert!(
-        messages.is_empty(),
-        "policy errors:\n{}",
-        messages.join("\n")
-    );
+    assert!(messages.is_empty(), "policy errors:\n{}", messages.join("\n"));
     policies
 }
 
@@ -112,13 +99,7 @@ pub fn observed(
 ) -> impl Fn(&str, &str) -> bool {
     let addr = |name: &str| -> Addr {
         let (namespace, pod) = name.split_once('/').unwrap();
-        Addr::endpoint(
-            cluster
-                .pods
-                .iter()
-                .find(|p| p.namespace == namespace && p.name == pod)
-                .unwrap(),
-        )
+        Addr::endpoint(cluster.pods.iter().find(|p| p.namespace == namespace && p.name == pod).unwrap())
     };
     let plan = plan.clone();
     move |from, to| plan.evaluate(addr(from), addr(to), protocol, port).allowed
@@ -141,8 +122,5 @@ pub fn assert_reachability(
         }
     }
     let (want, got) = (expected.truth_table(), got.truth_table());
-    assert!(
-        want == got,
-        "reachability mismatch on {protocol}/{port}\nexpected:\n{want}\nobserved:\n{got}"
-    );
+    assert!(want == got, "reachability mismatch on {protocol}/{port}\nexpected:\n{want}\nobserved:\n{got}");
 }

@@ -35,9 +35,7 @@ use flowgate_tests::{
 use serde_json::{Value, json};
 
 /// The pods of the model, in the lab's file order.
-pub const PODS: [&str; 9] = [
-    "x/a", "x/b", "x/c", "y/a", "y/b", "y/c", "z/a", "z/b", "z/c",
-];
+pub const PODS: [&str; 9] = ["x/a", "x/b", "x/c", "y/a", "y/b", "y/c", "z/a", "z/b", "z/c"];
 
 /// How long the agent may take to put a changed policy set or changed labels in effect.
 pub const POLICY_WAIT: Duration = Duration::from_secs(10);
@@ -65,11 +63,7 @@ pub struct Policy {
 /// `NetworkPolicy` `namespace/name` with `spec` (JSON built with `json!`, written as YAML).
 pub fn policy(namespace: &str, name: &str, spec: Value) -> Policy {
     assert!(spec.is_object(), "a spec is an object");
-    Policy {
-        namespace: namespace.to_owned(),
-        name: name.to_owned(),
-        spec,
-    }
+    Policy { namespace: namespace.to_owned(), name: name.to_owned(), spec }
 }
 
 impl Policy {
@@ -119,15 +113,9 @@ fn scalar(v: &Value) -> String {
 fn yaml_key(k: &str) -> String {
     let plain = k.len() > 1
         && k.starts_with(|c: char| c.is_ascii_alphabetic())
-        && k.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._/-".contains(c))
-        && !["true", "false", "yes", "no", "on", "off", "null"]
-            .contains(&k.to_ascii_lowercase().as_str());
-    if plain {
-        k.to_owned()
-    } else {
-        serde_json::to_string(k).expect("a string serializes")
-    }
+        && k.chars().all(|c| c.is_ascii_alphanumeric() || "._/-".contains(c))
+        && !["true", "false", "yes", "no", "on", "off", "null"].contains(&k.to_ascii_lowercase().as_str());
+    if plain { k.to_owned() } else { serde_json::to_string(k).expect("a string serializes") }
 }
 
 fn write_yaml(v: &Value, indent: usize, out: &mut String) {
@@ -174,8 +162,7 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new(tag: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("flowgate-conformance-{tag}-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("flowgate-conformance-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create the case directory");
         Self(dir)
@@ -193,8 +180,7 @@ fn write_atomically(staging: &Path, path: &Path, text: &str) {
     let name = path.file_name().expect("a file name");
     let staged = staging.join(name);
     std::fs::write(&staged, text).unwrap_or_else(|e| panic!("write {}: {e}", staged.display()));
-    std::fs::rename(&staged, path)
-        .unwrap_or_else(|e| panic!("rename {} to {}: {e}", staged.display(), path.display()));
+    std::fs::rename(&staged, path).unwrap_or_else(|e| panic!("rename {} to {}: {e}", staged.display(), path.display()));
 }
 
 /// One conformance case: a lab of the x/y/z model and an agent enforcing the policies the case writes.
@@ -237,28 +223,17 @@ impl Conformance {
             std::fs::create_dir_all(d).expect("create a case directory");
         }
         let topology_path = dir.0.join("topology.yaml");
-        std::fs::copy(example("lab-netpol.yaml"), &topology_path)
-            .expect("copy the netpol topology");
+        std::fs::copy(example("lab-netpol.yaml"), &topology_path).expect("copy the netpol topology");
         let topology = Topology::load(&topology_path).expect("the netpol topology loads");
         let lab = LabGuard::up(tag, &topology_path);
-        let pods: Vec<String> = lab
-            .state
-            .pods
-            .iter()
-            .map(|p| format!("{}/{}", p.namespace, p.name))
-            .collect();
+        let pods: Vec<String> = lab.state.pods.iter().map(|p| format!("{}/{}", p.namespace, p.name)).collect();
         assert_eq!(pods, PODS, "the lab has the pods of the model, in order");
         let sockets = SocketDir::new(tag);
         let socket = sockets.socket("agent");
         let agent = AgentGuard::start(
             &lab.name,
             &socket,
-            &[
-                "--policies",
-                policies_dir.to_str().expect("utf-8 path"),
-                "--watch-interval-ms",
-                WATCH_INTERVAL_MS,
-            ],
+            &["--policies", policies_dir.to_str().expect("utf-8 path"), "--watch-interval-ms", WATCH_INTERVAL_MS],
         );
         let mut case = Self {
             agent,
@@ -275,10 +250,8 @@ impl Conformance {
             relabels: Vec::new(),
             steps: Vec::new(),
             failures: Vec::new(),
-            keep_going: std::env::var_os("FLOWGATE_CONFORMANCE_KEEP_GOING")
-                .is_some_and(|v| v != "0"),
-            probe_timeout: std::env::var("FLOWGATE_CONFORMANCE_PROBE_TIMEOUT")
-                .unwrap_or_else(|_| "1s".to_owned()),
+            keep_going: std::env::var_os("FLOWGATE_CONFORMANCE_KEEP_GOING").is_some_and(|v| v != "0"),
+            probe_timeout: std::env::var("FLOWGATE_CONFORMANCE_PROBE_TIMEOUT").unwrap_or_else(|_| "1s".to_owned()),
         };
         let status = case.policy_status();
         assert!(
@@ -315,11 +288,7 @@ impl Conformance {
     pub fn policy_status(&self) -> PolicyStatus {
         let socket = self.agent.socket.to_str().expect("utf-8 path");
         let out = flowgate(&["status", "--socket", socket, "-o", "json"]);
-        assert!(
-            out.status.success(),
-            "flowgate status failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "flowgate status failed: {}", String::from_utf8_lossy(&out.stderr));
         let v: Value = serde_json::from_slice(&out.stdout).expect("status -o json prints JSON");
         let p = &v["policy"];
         let strings = |v: &Value| -> Vec<String> {
@@ -352,8 +321,7 @@ impl Conformance {
             last = self.policy_status();
             if last.revision > self.revision && last.errors.is_empty() && last.loaded == expected {
                 self.revision = last.revision;
-                self.steps
-                    .push(format!("{what} (revision {})", last.revision));
+                self.steps.push(format!("{what} (revision {})", last.revision));
                 return;
             }
             if started.elapsed() > POLICY_WAIT {
@@ -373,11 +341,7 @@ impl Conformance {
     /// Creates or replaces policy file `file` (several documents separated by `---`) and waits until
     /// the agent has the resulting set in effect. The resulting set must differ from the current one.
     pub fn apply(&mut self, file: &str, policies: &[Policy]) {
-        let text = policies
-            .iter()
-            .map(Policy::yaml)
-            .collect::<Vec<_>>()
-            .join("---\n");
+        let text = policies.iter().map(Policy::yaml).collect::<Vec<_>>().join("---\n");
         self.files.insert(file.to_owned(), policies.to_vec());
         write_atomically(&self.staging, &self.policies_dir.join(file), &text);
         let names: Vec<String> = policies.iter().map(Policy::key).collect();
@@ -407,8 +371,7 @@ impl Conformance {
                 self.context()
             );
             if !status.errors.is_empty() {
-                self.steps
-                    .push(format!("wrote invalid {file}: errors {:?}", status.errors));
+                self.steps.push(format!("wrote invalid {file}: errors {:?}", status.errors));
                 return status.errors;
             }
             assert!(
@@ -437,9 +400,7 @@ impl Conformance {
                 break Ok(status.errors);
             }
             if started.elapsed() > POLICY_WAIT {
-                break Err(format!(
-                    "neither rejected nor applied within {POLICY_WAIT:?}"
-                ));
+                break Err(format!("neither rejected nor applied within {POLICY_WAIT:?}"));
             }
             std::thread::sleep(Duration::from_millis(25));
         };
@@ -448,9 +409,8 @@ impl Conformance {
         let started = Instant::now();
         loop {
             let status = self.policy_status();
-            let back = status.errors.is_empty()
-                && status.loaded == expected
-                && (status.revision == self.revision || taken);
+            let back =
+                status.errors.is_empty() && status.loaded == expected && (status.revision == self.revision || taken);
             if back {
                 self.revision = status.revision;
                 break;
@@ -461,18 +421,14 @@ impl Conformance {
             );
             std::thread::sleep(Duration::from_millis(25));
         }
-        self.steps
-            .push(format!("tried invalid {file}: {outcome:?}"));
+        self.steps.push(format!("tried invalid {file}: {outcome:?}"));
         outcome
     }
 
     /// Removes the invalid `file` and waits until the errors are gone (the good set was in effect all
     /// along, so the revision stays).
     pub fn delete_invalid(&mut self, file: &str) {
-        assert!(
-            self.invalid.remove(file).is_some(),
-            "no invalid file {file}"
-        );
+        assert!(self.invalid.remove(file).is_some(), "no invalid file {file}");
         std::fs::remove_file(self.policies_dir.join(file)).expect("remove a policy file");
         let started = Instant::now();
         loop {
@@ -513,10 +469,7 @@ impl Conformance {
             .iter_mut()
             .find(|p| p.namespace == ns && p.name == name)
             .unwrap_or_else(|| panic!("no pod {pod} in the topology"));
-        spec.labels = labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        spec.labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let what = format!("labels of pod {pod} set to {:?}", spec.labels);
         self.write_topology(what);
     }
@@ -530,10 +483,7 @@ impl Conformance {
             .iter_mut()
             .find(|n| n.name == ns)
             .unwrap_or_else(|| panic!("no namespace {ns} in the topology"));
-        spec.labels = labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        spec.labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let what = format!("labels of namespace {ns} set to {:?}", spec.labels);
         self.write_topology(what);
     }
@@ -563,13 +513,7 @@ impl Conformance {
     /// Probes `port`/`protocol` and compares with `expected` (the diagonal is not checked). On a
     /// difference: fails (or records, in keep-going mode) with both truth tables, the differences, the
     /// manifests in effect and the label changes made.
-    pub fn validate(
-        &mut self,
-        step: &str,
-        port: impl std::fmt::Display,
-        protocol: Protocol,
-        expected: &Reachability,
-    ) {
+    pub fn validate(&mut self, step: &str, port: impl std::fmt::Display, protocol: Protocol, expected: &Reachability) {
         let port = port.to_string();
         let observed = self.observe(&port, protocol);
         let mut wrong = Vec::new();
@@ -584,17 +528,12 @@ impl Conformance {
             }
         }
         let probe = format!("{}/{port}", protocol.as_str());
-        self.steps.push(format!(
-            "probed {probe} ({step}): {} mismatches",
-            wrong.len()
-        ));
+        self.steps.push(format!("probed {probe} ({step}): {} mismatches", wrong.len()));
         if wrong.is_empty() {
             return;
         }
-        let mut msg = format!(
-            "NetworkPolicy conformance: {step}: probing {probe} gave {} unexpected results\n\n",
-            wrong.len()
-        );
+        let mut msg =
+            format!("NetworkPolicy conformance: {step}: probing {probe} gave {} unexpected results\n\n", wrong.len());
         msg.push_str("expected (. connected, X blocked, - not checked):\n");
         msg.push_str(&expected.table_with(|f, t| if f == t { '-' } else { expected.mark(f, t) }));
         msg.push_str("\nobserved:\n");
@@ -627,13 +566,7 @@ impl Conformance {
         }
         for (file, policies) in &self.files {
             let _ = writeln!(out, "# {file}");
-            out.push_str(
-                &policies
-                    .iter()
-                    .map(Policy::yaml)
-                    .collect::<Vec<_>>()
-                    .join("---\n"),
-            );
+            out.push_str(&policies.iter().map(Policy::yaml).collect::<Vec<_>>().join("---\n"));
         }
         for (file, text) in &self.invalid {
             let _ = writeln!(out, "# {file} (invalid, not applied)\n{text}");
@@ -648,12 +581,7 @@ impl Conformance {
         for s in &self.steps {
             let _ = writeln!(out, "  {s}");
         }
-        let _ = writeln!(
-            out,
-            "(lab {}, case directory {})",
-            self.lab.name,
-            self.dir.0.display()
-        );
+        let _ = writeln!(out, "(lab {}, case directory {})", self.lab.name, self.dir.0.display());
         out
     }
 }

@@ -15,10 +15,7 @@ pub const HELP: &[(&str, &str)] = &[
     ("e", "edit the endpoints followed (ids, comma-separated)"),
     ("p", "pick an endpoint to follow from the agent's list"),
     ("v", "cycle the verdict filter: all, allowed, denied, audit"),
-    (
-        "t",
-        "cycle the type filter: all, policy-verdict, drop, trace, capture, agent",
-    ),
+    ("t", "cycle the type filter: all, policy-verdict, drop, trace, capture, agent"),
     ("?", "this help"),
     ("q  Esc", "quit (Esc closes the detail pane first)"),
 ];
@@ -72,10 +69,7 @@ mod tests {
     #[test]
     fn command_keys_in_normal_mode() {
         let m = Mode::Normal;
-        assert_eq!(
-            action(key(KeyCode::Char(' ')), &m),
-            Some(Action::TogglePause)
-        );
+        assert_eq!(action(key(KeyCode::Char(' ')), &m), Some(Action::TogglePause));
         assert_eq!(action(key(KeyCode::Char('q')), &m), Some(Action::Quit));
         assert_eq!(action(key(KeyCode::Esc), &m), Some(Action::Cancel));
         assert_eq!(action(key(KeyCode::Up), &m), Some(Action::Up(1)));
@@ -83,14 +77,8 @@ mod tests {
         assert_eq!(action(key(KeyCode::End), &m), Some(Action::Follow));
         assert_eq!(action(key(KeyCode::Char('f')), &m), Some(Action::Follow));
         assert_eq!(action(key(KeyCode::Char('/')), &m), Some(Action::Search));
-        assert_eq!(
-            action(key(KeyCode::Char('e')), &m),
-            Some(Action::EditEndpoints)
-        );
-        assert_eq!(
-            action(key(KeyCode::Char('v')), &m),
-            Some(Action::CycleVerdict)
-        );
+        assert_eq!(action(key(KeyCode::Char('e')), &m), Some(Action::EditEndpoints));
+        assert_eq!(action(key(KeyCode::Char('v')), &m), Some(Action::CycleVerdict));
         assert_eq!(action(key(KeyCode::Char('t')), &m), Some(Action::CycleType));
         assert_eq!(action(key(KeyCode::Enter), &m), Some(Action::Submit));
         assert_eq!(action(key(KeyCode::Char('p')), &m), Some(Action::Picker));
@@ -100,13 +88,8 @@ mod tests {
 
     #[test]
     fn prompts_take_letters_as_text() {
-        let m = Mode::Search {
-            input: String::new(),
-        };
-        assert_eq!(
-            action(key(KeyCode::Char('q')), &m),
-            Some(Action::Input('q'))
-        );
+        let m = Mode::Search { input: String::new() };
+        assert_eq!(action(key(KeyCode::Char('q')), &m), Some(Action::Input('q')));
         assert_eq!(action(key(KeyCode::Enter), &m), Some(Action::Submit));
         assert_eq!(action(key(KeyCode::Esc), &m), Some(Action::Cancel));
         let ctrl_c = KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL);

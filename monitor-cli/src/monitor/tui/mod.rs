@@ -53,23 +53,12 @@ fn spawn_input(stop: Arc<AtomicBool>) -> mpsc::UnboundedReceiver<TermEvent> {
     rx
 }
 
-pub async fn run(
-    args: &MonitorArgs,
-    filter: FlowFilter,
-    endpoints: Vec<Endpoint>,
-) -> anyhow::Result<()> {
+pub async fn run(args: &MonitorArgs, filter: FlowFilter, endpoints: Vec<Endpoint>) -> anyhow::Result<()> {
     let (net_tx, mut net_rx) = mpsc::channel(session::CHANNEL_BATCHES);
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let loss = Arc::new(LocalLoss::default());
     let socket = args.socket.socket.clone();
-    tokio::spawn(session::run(
-        socket.clone(),
-        filter.clone(),
-        args.last,
-        net_tx,
-        cmd_rx,
-        loss.clone(),
-    ));
+    tokio::spawn(session::run(socket.clone(), filter.clone(), args.last, net_tx, cmd_rx, loss.clone()));
 
     let mut state = State::new(filter, endpoints, socket.display().to_string());
     let mut guard = term::TerminalGuard::enter().context("setting up the terminal")?;

@@ -199,10 +199,7 @@ impl State {
             NetEvent::Connected => self.connection = Connection::Connected,
             NetEvent::Events(events) => self.push_events(events, now_ms),
             NetEvent::Disconnected { error, retry_in } => {
-                self.connection = Connection::Disconnected {
-                    error,
-                    retry_in_ms: retry_in.as_millis() as u64,
-                };
+                self.connection = Connection::Disconnected { error, retry_in_ms: retry_in.as_millis() as u64 };
             }
             NetEvent::Endpoints(Ok(endpoints)) => {
                 self.endpoints = endpoints;
@@ -238,9 +235,7 @@ impl State {
                 }
                 Event::Lost(lost) => match lost.source {
                     LossSource::KernelBuffer => self.lost_kernel += lost.count,
-                    LossSource::ClientQueue | LossSource::DecodeError => {
-                        self.lost_client += lost.count
-                    }
+                    LossSource::ClientQueue | LossSource::DecodeError => self.lost_client += lost.count,
                 },
             }
         }
@@ -254,10 +249,7 @@ impl State {
 
     /// Kernel and this-client losses, including the local channel's.
     pub fn losses(&self) -> (u64, u64) {
-        (
-            self.lost_kernel + self.local_loss.1,
-            self.lost_client + self.local_loss.0,
-        )
+        (self.lost_kernel + self.local_loss.1, self.lost_client + self.local_loss.0)
     }
 
     /// The rows shown: the history under the current filter and search, oldest first.
@@ -268,28 +260,21 @@ impl State {
             .filter(|row| {
                 self.filter.matches(&row.flow)
                     && (needle.is_empty()
-                        || format::flow_line(&row.flow)
-                            .to_lowercase()
-                            .contains(&needle)
-                        || format::policy_text(row.flow.policy.as_ref())
-                            .to_lowercase()
-                            .contains(&needle))
+                        || format::flow_line(&row.flow).to_lowercase().contains(&needle)
+                        || format::policy_text(row.flow.policy.as_ref()).to_lowercase().contains(&needle))
             })
             .collect()
     }
 
     /// Index of the selected row in `visible` (the newest when following).
     pub fn selected_index(&self, visible_len: usize) -> Option<usize> {
-        visible_len
-            .checked_sub(1)
-            .map(|last| last.saturating_sub(self.scroll))
+        visible_len.checked_sub(1).map(|last| last.saturating_sub(self.scroll))
     }
 
     /// The selected flow, for the detail pane.
     pub fn selected(&self) -> Option<Arc<Flow>> {
         let visible = self.visible();
-        self.selected_index(visible.len())
-            .map(|i| visible[i].flow.clone())
+        self.selected_index(visible.len()).map(|i| visible[i].flow.clone())
     }
 
     /// The endpoint with this id, when the agent listed it.
@@ -299,8 +284,7 @@ impl State {
 
     /// `12 (default/backend)` or `12`.
     pub fn endpoint_name(&self, id: u16) -> String {
-        self.endpoint(id)
-            .map_or_else(|| id.to_string(), |e| format!("{id} ({})", e.pod_ref()))
+        self.endpoint(id).map_or_else(|| id.to_string(), |e| format!("{id} ({})", e.pod_ref()))
     }
 
     fn follow(&mut self) {
@@ -373,10 +357,7 @@ impl State {
                         self.filter_changed()
                     }
                     Err(e) => {
-                        self.mode = Mode::EndpointEdit {
-                            input,
-                            error: Some(e),
-                        };
+                        self.mode = Mode::EndpointEdit { input, error: Some(e) };
                         None
                     }
                 },
@@ -387,16 +368,12 @@ impl State {
             },
             Mode::Picker { selected } => match action {
                 Action::Up(n) => {
-                    self.mode = Mode::Picker {
-                        selected: selected.saturating_sub(n),
-                    };
+                    self.mode = Mode::Picker { selected: selected.saturating_sub(n) };
                     None
                 }
                 Action::Down(n) => {
                     let last = self.endpoints.len().saturating_sub(1);
-                    self.mode = Mode::Picker {
-                        selected: (selected + n).min(last),
-                    };
+                    self.mode = Mode::Picker { selected: (selected + n).min(last) };
                     None
                 }
                 Action::Submit => match self.endpoints.get(selected) {
@@ -432,19 +409,9 @@ impl State {
             Action::PageUp => self.scroll_up(self.page.max(1)),
             Action::PageDown => self.scroll = self.scroll.saturating_sub(self.page.max(1)),
             Action::Follow => self.follow(),
-            Action::Search => {
-                self.mode = Mode::Search {
-                    input: self.search.clone(),
-                }
-            }
+            Action::Search => self.mode = Mode::Search { input: self.search.clone() },
             Action::EditEndpoints => {
-                let input = self
-                    .filter
-                    .related_to
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(",");
+                let input = self.filter.related_to.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
                 self.mode = Mode::EndpointEdit { input, error: None };
             }
             Action::CycleVerdict => {
@@ -457,13 +424,8 @@ impl State {
                 return self.filter_changed();
             }
             Action::CycleType => {
-                let order = [
-                    EventType::PolicyVerdict,
-                    EventType::Drop,
-                    EventType::Trace,
-                    EventType::Capture,
-                    EventType::Agent,
-                ];
+                let order =
+                    [EventType::PolicyVerdict, EventType::Drop, EventType::Trace, EventType::Capture, EventType::Agent];
                 self.filter.event_types = match self.filter.event_types.as_slice() {
                     [] => vec![order[0]],
                     [t] => order
@@ -492,16 +454,10 @@ impl State {
         let ids = input
             .split([',', ' '])
             .filter(|s| !s.is_empty())
-            .map(|s| {
-                s.parse::<u16>()
-                    .map_err(|_| format!("{s:?} is not an endpoint id"))
-            })
+            .map(|s| s.parse::<u16>().map_err(|_| format!("{s:?} is not an endpoint id")))
             .collect::<Result<Vec<u16>, String>>()?;
         if !self.endpoints.is_empty() {
-            let f = FlowFilter {
-                related_to: ids.clone(),
-                ..FlowFilter::default()
-            };
+            let f = FlowFilter { related_to: ids.clone(), ..FlowFilter::default() };
             if let Some(e) = unknown_endpoint(&f, &self.endpoints) {
                 return Err(e);
             }
@@ -514,12 +470,7 @@ impl State {
         if self.filter.related_to.is_empty() {
             "all endpoints".into()
         } else {
-            self.filter
-                .related_to
-                .iter()
-                .map(|id| self.endpoint_name(*id))
-                .collect::<Vec<_>>()
-                .join(", ")
+            self.filter.related_to.iter().map(|id| self.endpoint_name(*id)).collect::<Vec<_>>().join(", ")
         }
     }
 }
@@ -536,19 +487,13 @@ mod tests {
     fn state() -> State {
         State::new(
             FlowFilter::default(),
-            vec![
-                endpoint(1, "client"),
-                endpoint(2, "web"),
-                endpoint(7, "database"),
-            ],
+            vec![endpoint(1, "client"), endpoint(2, "web"), endpoint(7, "database")],
             "/s".into(),
         )
     }
 
     fn flows(n: usize) -> Vec<Event> {
-        (0..n)
-            .map(|i| Event::Flow(Arc::new(flow_between(1, 2, 1000 + i as u16))))
-            .collect()
+        (0..n).map(|i| Event::Flow(Arc::new(flow_between(1, 2, 1000 + i as u16)))).collect()
     }
 
     #[test]
@@ -557,10 +502,7 @@ mod tests {
         s.push_events(flows(HISTORY + 5), 0);
         assert_eq!(s.history.len(), HISTORY);
         assert_eq!(s.history.front().unwrap().flow.source_port, 1005);
-        assert_eq!(
-            s.history.back().unwrap().flow.source_port,
-            1000 + (HISTORY + 4) as u16
-        );
+        assert_eq!(s.history.back().unwrap().flow.source_port, 1000 + (HISTORY + 4) as u16);
     }
 
     #[test]
@@ -572,34 +514,18 @@ mod tests {
             Event::Flow(Arc::new(fixtures::drop())),
             Event::Flow(Arc::new(fixtures::verdict_audit())),
             Event::Flow(Arc::new(fixtures::trace_egress())),
-            Event::Lost(LostEvents {
-                source: LossSource::KernelBuffer,
-                count: 10,
-            }),
-            Event::Lost(LostEvents {
-                source: LossSource::ClientQueue,
-                count: 3,
-            }),
+            Event::Lost(LostEvents { source: LossSource::KernelBuffer, count: 10 }),
+            Event::Lost(LostEvents { source: LossSource::ClientQueue, count: 3 }),
         ];
         s.push_events(events, 500);
-        assert_eq!(
-            s.totals,
-            Totals {
-                allowed: 1,
-                denied: 2,
-                audit: 1
-            }
-        );
+        assert_eq!(s.totals, Totals { allowed: 1, denied: 2, audit: 1 });
         s.local_loss = (4, 1);
         assert_eq!(s.losses(), (11, 7));
         assert_eq!(s.rate.per_second(), 0, "the first second is not complete");
         s.push_events(flows(7), 1500);
         assert_eq!(s.rate.per_second(), 5);
         s.tick(4200);
-        assert_eq!(
-            s.rate.history.iter().copied().collect::<Vec<_>>(),
-            vec![5, 7, 0, 0]
-        );
+        assert_eq!(s.rate.history.iter().copied().collect::<Vec<_>>(), vec![5, 7, 0, 0]);
         s.tick(1_000_000);
         assert_eq!(s.rate.history.len(), RATE_WINDOW);
     }
@@ -609,29 +535,17 @@ mod tests {
         let mut s = state();
         s.page = 10;
         s.push_events(flows(50), 0);
-        assert_eq!(
-            s.selected().unwrap().source_port,
-            1049,
-            "following selects the newest"
-        );
+        assert_eq!(s.selected().unwrap().source_port, 1049, "following selects the newest");
         assert_eq!(s.apply(Action::TogglePause), None);
         assert!(!s.following);
         s.push_events(flows(3), 0);
-        assert_eq!(
-            (s.history.len(), s.unseen),
-            (50, 3),
-            "paused: counted, not shown"
-        );
+        assert_eq!((s.history.len(), s.unseen), (50, 3), "paused: counted, not shown");
         s.apply(Action::Up(2));
         assert_eq!(s.selected().unwrap().source_port, 1047);
         s.apply(Action::PageUp);
         assert_eq!(s.selected().unwrap().source_port, 1037);
         s.apply(Action::Up(1000));
-        assert_eq!(
-            s.selected().unwrap().source_port,
-            1000,
-            "clamped at the oldest"
-        );
+        assert_eq!(s.selected().unwrap().source_port, 1000, "clamped at the oldest");
         s.apply(Action::PageDown);
         assert_eq!(s.selected().unwrap().source_port, 1010);
         s.apply(Action::Follow);
@@ -647,10 +561,7 @@ mod tests {
     fn search_filters_rows_as_typed_and_escape_clears_it() {
         let mut s = state();
         s.push_events(
-            vec![
-                Event::Flow(Arc::new(fixtures::verdict_denied())),
-                Event::Flow(Arc::new(flow_between(1, 2, 1))),
-            ],
+            vec![Event::Flow(Arc::new(fixtures::verdict_denied())), Event::Flow(Arc::new(flow_between(1, 2, 1)))],
             0,
         );
         s.apply(Action::Search);
@@ -659,10 +570,7 @@ mod tests {
         }
         assert_eq!(s.visible().len(), 1);
         s.apply(Action::Submit);
-        assert_eq!(
-            (s.mode.clone(), s.search.as_str()),
-            (Mode::Normal, "DATABASE")
-        );
+        assert_eq!((s.mode.clone(), s.search.as_str()), (Mode::Normal, "DATABASE"));
         s.apply(Action::Search);
         s.apply(Action::Cancel);
         assert_eq!((s.visible().len(), s.search.as_str()), (2, ""));
@@ -671,9 +579,7 @@ mod tests {
     #[test]
     fn verdict_and_type_filters_cycle_and_resubscribe() {
         let mut s = state();
-        let Some(Effect::Subscribe(f)) = s.apply(Action::CycleVerdict) else {
-            panic!()
-        };
+        let Some(Effect::Subscribe(f)) = s.apply(Action::CycleVerdict) else { panic!() };
         assert_eq!(f.verdicts, vec![Verdict::Forwarded]);
         s.apply(Action::CycleVerdict);
         s.apply(Action::CycleVerdict);
@@ -691,10 +597,7 @@ mod tests {
         assert_eq!(seen[5], Vec::<EventType>::new());
         s.push_events(vec![Event::Flow(Arc::new(fixtures::verdict_denied()))], 0);
         s.filter.verdicts = vec![Verdict::Forwarded];
-        assert!(
-            s.visible().is_empty(),
-            "the filter applies to the history shown too"
-        );
+        assert!(s.visible().is_empty(), "the filter applies to the history shown too");
     }
 
     #[test]
@@ -705,18 +608,11 @@ mod tests {
             s.apply(Action::Input(c));
         }
         assert_eq!(s.apply(Action::Submit), None);
-        let Mode::EndpointEdit { error: Some(e), .. } = &s.mode else {
-            panic!("{:?}", s.mode)
-        };
-        assert!(
-            e.starts_with("no endpoint 99 on this agent; known endpoints: 1 (default/client)"),
-            "{e}"
-        );
+        let Mode::EndpointEdit { error: Some(e), .. } = &s.mode else { panic!("{:?}", s.mode) };
+        assert!(e.starts_with("no endpoint 99 on this agent; known endpoints: 1 (default/client)"), "{e}");
         s.apply(Action::Backspace);
         s.apply(Action::Backspace);
-        let Some(Effect::Subscribe(f)) = s.apply(Action::Submit) else {
-            panic!()
-        };
+        let Some(Effect::Subscribe(f)) = s.apply(Action::Submit) else { panic!() };
         assert_eq!(f.related_to, vec![7]);
         assert_eq!(s.followed(), "7 (default/database)");
     }
@@ -725,14 +621,9 @@ mod tests {
     fn picker_fetches_then_subscribes_to_the_chosen_endpoint() {
         let mut s = state();
         assert_eq!(s.apply(Action::Picker), Some(Effect::FetchEndpoints));
-        s.on_net(
-            NetEvent::Endpoints(Ok(vec![endpoint(3, "a"), endpoint(4, "b")])),
-            0,
-        );
+        s.on_net(NetEvent::Endpoints(Ok(vec![endpoint(3, "a"), endpoint(4, "b")])), 0);
         s.apply(Action::Down(5));
-        let Some(Effect::Subscribe(f)) = s.apply(Action::Submit) else {
-            panic!()
-        };
+        let Some(Effect::Subscribe(f)) = s.apply(Action::Submit) else { panic!() };
         assert_eq!(f.related_to, vec![4]);
         assert_eq!(s.mode, Mode::Normal);
     }
@@ -757,19 +648,7 @@ mod tests {
         assert_eq!(s.connection, Connection::Connecting);
         s.on_net(NetEvent::Connected, 0);
         assert_eq!(s.connection, Connection::Connected);
-        s.on_net(
-            NetEvent::Disconnected {
-                error: "gone".into(),
-                retry_in: Duration::from_millis(500),
-            },
-            0,
-        );
-        assert_eq!(
-            s.connection,
-            Connection::Disconnected {
-                error: "gone".into(),
-                retry_in_ms: 500
-            }
-        );
+        s.on_net(NetEvent::Disconnected { error: "gone".into(), retry_in: Duration::from_millis(500) }, 0);
+        assert_eq!(s.connection, Connection::Disconnected { error: "gone".into(), retry_in_ms: 500 });
     }
 }

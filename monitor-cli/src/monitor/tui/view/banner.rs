@@ -17,9 +17,6 @@ pub fn render(frame: &mut Frame, area: Rect, state: &State) {
         " disconnected — retrying in {:.1}s (events shown are from before): {error}",
         *retry_in_ms as f64 / 1000.0
     );
-    let style = Style::new()
-        .fg(Color::White)
-        .bg(Color::Red)
-        .add_modifier(Modifier::BOLD);
+    let style = Style::new().fg(Color::White).bg(Color::Red).add_modifier(Modifier::BOLD);
     frame.render_widget(Paragraph::new(text).style(style), area);
 }

@@ -19,25 +19,14 @@ use crate::monitor::tui::state::State;
 
 fn field(name: &str, value: impl Into<String>) -> Line<'static> {
     Line::from(vec![
-        Span::styled(
-            format!("{name:<13}"),
-            Style::new().add_modifier(Modifier::BOLD),
-        ),
+        Span::styled(format!("{name:<13}"), Style::new().add_modifier(Modifier::BOLD)),
         Span::raw(value.into()),
     ])
 }
 
-fn peer_lines(
-    name: &str,
-    peer: &Peer,
-    ip: std::net::Ipv4Addr,
-    state: &State,
-) -> Vec<Line<'static>> {
+fn peer_lines(name: &str, peer: &Peer, ip: std::net::Ipv4Addr, state: &State) -> Vec<Line<'static>> {
     let who = if peer.endpoint_id != 0 {
-        format!(
-            "endpoint {} ({}/{})",
-            peer.endpoint_id, peer.namespace, peer.pod_name
-        )
+        format!("endpoint {} ({}/{})", peer.endpoint_id, peer.namespace, peer.pod_name)
     } else if !peer.pod_name.is_empty() {
         format!("{}/{}", peer.namespace, peer.pod_name)
     } else {
@@ -51,17 +40,7 @@ fn peer_lines(
     }
     vec![
         field(name, format!("{ip}  {who}  identity {}", peer.identity)),
-        field(
-            "",
-            format!(
-                "labels: {}",
-                if labels.is_empty() {
-                    "-".into()
-                } else {
-                    labels.join(" ")
-                }
-            ),
-        ),
+        field("", format!("labels: {}", if labels.is_empty() { "-".into() } else { labels.join(" ") })),
     ]
 }
 
@@ -69,26 +48,11 @@ fn peer_lines(
 pub fn event_lines(flow: &Flow, state: &State) -> Vec<Line<'static>> {
     let (ty, sub_type) = hubble::event_type(flow);
     let out = vec![
-        field(
-            "event",
-            format!(
-                "{} (Cilium type {ty}, sub-type {sub_type})",
-                flow.event_type.as_str()
-            ),
-        ),
-        field(
-            "time",
-            format!("{}  cpu {}", hubble::timestamp(flow.time_ns), flow.cpu),
-        ),
+        field("event", format!("{} (Cilium type {ty}, sub-type {sub_type})", flow.event_type.as_str())),
+        field("time", format!("{}  cpu {}", hubble::timestamp(flow.time_ns), flow.cpu)),
         Line::from(vec![
-            Span::styled(
-                format!("{:<13}", "verdict"),
-                Style::new().add_modifier(Modifier::BOLD),
-            ),
-            Span::styled(
-                verdict_word(flow),
-                verdict_style(flow.verdict).add_modifier(Modifier::BOLD),
-            ),
+            Span::styled(format!("{:<13}", "verdict"), Style::new().add_modifier(Modifier::BOLD)),
+            Span::styled(verdict_word(flow), verdict_style(flow.verdict).add_modifier(Modifier::BOLD)),
             Span::raw(if flow.drop_reason != 0 {
                 format!(
                     "  drop reason {} ({})",
@@ -116,8 +80,7 @@ pub fn event_lines(flow: &Flow, state: &State) -> Vec<Line<'static>> {
             "connection",
             format!(
                 "reply {}, state {}",
-                flow.is_reply
-                    .map_or("unknown", |r| if r { "yes" } else { "no" }),
+                flow.is_reply.map_or("unknown", |r| if r { "yes" } else { "no" }),
                 match flow.ct_state {
                     Some(CtState::New) => "new",
                     Some(CtState::Established) => "established",
@@ -133,12 +96,7 @@ pub fn event_lines(flow: &Flow, state: &State) -> Vec<Line<'static>> {
 /// Both sides with their labels, and the event as a text line (right column).
 pub fn peer_and_line(flow: &Flow, state: &State) -> Vec<Line<'static>> {
     let mut out = peer_lines("source", &flow.source, flow.source_ip, state);
-    out.extend(peer_lines(
-        "destination",
-        &flow.destination,
-        flow.destination_ip,
-        state,
-    ));
+    out.extend(peer_lines("destination", &flow.destination, flow.destination_ip, state));
     out.push(Line::from(""));
     out.push(Line::from(format::flow_line(flow)));
     out
@@ -153,15 +111,7 @@ pub fn render(frame: &mut Frame, area: Rect, state: &State) {
         return;
     };
     let [left, right] =
-        Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)])
-            .spacing(2)
-            .areas(inner);
-    frame.render_widget(
-        Paragraph::new(event_lines(&flow, state)).wrap(Wrap { trim: false }),
-        left,
-    );
-    frame.render_widget(
-        Paragraph::new(peer_and_line(&flow, state)).wrap(Wrap { trim: false }),
-        right,
-    );
+        Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).spacing(2).areas(inner);
+    frame.render_widget(Paragraph::new(event_lines(&flow, state)).wrap(Wrap { trim: false }), left);
+    frame.render_widget(Paragraph::new(peer_and_line(&flow, state)).wrap(Wrap { trim: false }), right);
 }

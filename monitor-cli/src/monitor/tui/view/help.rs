@@ -16,20 +16,12 @@ pub fn render(frame: &mut Frame, area: Rect, _state: &State) {
         .iter()
         .map(|(key, what)| {
             Line::from(vec![
-                Span::styled(
-                    format!("  {key:<16}"),
-                    Style::new().add_modifier(Modifier::BOLD),
-                ),
+                Span::styled(format!("  {key:<16}"), Style::new().add_modifier(Modifier::BOLD)),
                 Span::raw(*what),
             ])
         })
         .collect();
     lines.push(Line::from(""));
-    lines.push(Line::from(
-        "  Times are UTC. Filters (endpoints, verdict, type) are applied by the agent.",
-    ));
-    frame.render_widget(
-        Paragraph::new(lines).block(Block::bordered().title(" keys (? or Esc to close) ")),
-        area,
-    );
+    lines.push(Line::from("  Times are UTC. Filters (endpoints, verdict, type) are applied by the agent."));
+    frame.render_widget(Paragraph::new(lines).block(Block::bordered().title(" keys (? or Esc to close) ")), area);
 }

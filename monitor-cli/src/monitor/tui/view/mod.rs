@@ -41,19 +41,12 @@ pub fn layout(area: Rect, state: &State) -> Areas {
     .areas(area);
     let (table, detail) = if state.detail {
         let detail_height = (body.height / 2).clamp(3, 24);
-        let [table, detail] =
-            Layout::vertical([Constraint::Min(3), Constraint::Length(detail_height)]).areas(body);
+        let [table, detail] = Layout::vertical([Constraint::Min(3), Constraint::Length(detail_height)]).areas(body);
         (table, Some(detail))
     } else {
         (body, None)
     };
-    Areas {
-        header,
-        banner: disconnected.then_some(banner),
-        table,
-        detail,
-        footer,
-    }
+    Areas { header, banner: disconnected.then_some(banner), table, detail, footer }
 }
 
 /// Rows of flows the table shows at once in `area`.
@@ -82,12 +75,8 @@ pub fn render(frame: &mut Frame, state: &State) {
 
 /// A centered rectangle of at most `width` x `height`.
 pub fn popup(area: Rect, width: u16, height: u16) -> Rect {
-    let [row] = Layout::vertical([Constraint::Length(height.min(area.height))])
-        .flex(Flex::Center)
-        .areas(area);
-    let [cell] = Layout::horizontal([Constraint::Length(width.min(area.width))])
-        .flex(Flex::Center)
-        .areas(row);
+    let [row] = Layout::vertical([Constraint::Length(height.min(area.height))]).flex(Flex::Center).areas(area);
+    let [cell] = Layout::horizontal([Constraint::Length(width.min(area.width))]).flex(Flex::Center).areas(row);
     cell
 }
 

@@ -16,10 +16,7 @@ pub fn render(frame: &mut Frame, area: Rect, state: &State) {
     frame.render_widget(Clear, area);
     let block = Block::bordered().title(" follow an endpoint: ↑↓ choose, Enter follow, Esc close ");
     if state.endpoints.is_empty() {
-        let text = state
-            .endpoints_error
-            .clone()
-            .unwrap_or_else(|| "fetching the agent's endpoints…".into());
+        let text = state.endpoints_error.clone().unwrap_or_else(|| "fetching the agent's endpoints…".into());
         frame.render_widget(Paragraph::new(text).block(block), area);
         return;
     }

@@ -23,15 +23,8 @@ const HEIGHT: u16 = 32;
 
 /// Connected, following endpoint 7, a mix of events over a few seconds of a fixed clock.
 fn state() -> State {
-    let filter = FlowFilter {
-        related_to: vec![7],
-        ..FlowFilter::default()
-    };
-    let mut eps = vec![
-        endpoint(12, "backend"),
-        endpoint(7, "database"),
-        endpoint(3, "web"),
-    ];
+    let filter = FlowFilter { related_to: vec![7], ..FlowFilter::default() };
+    let mut eps = vec![endpoint(12, "backend"), endpoint(7, "database"), endpoint(3, "web")];
     eps[1].labels.insert("component".into(), "database".into());
     let mut s = State::new(filter, eps, "/run/flowgate/flowgate.sock".into());
     s.on_net(NetEvent::Connected, 0);
@@ -54,14 +47,8 @@ fn state() -> State {
             batch.push(Event::Flow(Arc::new(fixtures::drop())));
             batch.push(Event::Flow(Arc::new(fixtures::verdict_audit())));
             batch.push(Event::Flow(Arc::new(fixtures::udp_to_world())));
-            batch.push(Event::Lost(LostEvents {
-                source: LossSource::KernelBuffer,
-                count: 312,
-            }));
-            batch.push(Event::Lost(LostEvents {
-                source: LossSource::ClientQueue,
-                count: 5,
-            }));
+            batch.push(Event::Lost(LostEvents { source: LossSource::KernelBuffer, count: 312 }));
+            batch.push(Event::Lost(LostEvents { source: LossSource::ClientQueue, count: 5 }));
         }
         s.push_events(batch, ms);
     }
@@ -88,11 +75,8 @@ fn verdicts_are_colored() {
     let find = |word: &str| {
         (0..HEIGHT)
             .find_map(|y| {
-                let line: String = (0..WIDTH)
-                    .map(|x| buffer[(x, y)].symbol().to_owned())
-                    .collect();
-                line.find(word)
-                    .map(|x| buffer[(line[..x].chars().count() as u16, y)].fg)
+                let line: String = (0..WIDTH).map(|x| buffer[(x, y)].symbol().to_owned()).collect();
+                line.find(word).map(|x| buffer[(line[..x].chars().count() as u16, y)].fg)
             })
             .unwrap_or_else(|| panic!("{word} on screen"))
     };
