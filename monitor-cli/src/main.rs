@@ -2,7 +2,7 @@
 //! socket protocol, or manages the lab (network namespaces that stand in for a node's pods).
 
 use clap::{Parser, Subcommand};
-use flowgate_cli::{client_cmd, cmd, export, monitor};
+use flowgate_cli::{client, demo, endpoint, identity, lab, monitor, policy, status, verdicts};
 
 #[derive(Parser)]
 #[command(name = "flowgate", version, about = "eBPF NetworkPolicy enforcer and flow monitor")]
@@ -14,21 +14,21 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Build, inspect and tear down a lab node of namespace pods.
-    Lab(cmd::lab::LabArgs),
+    Lab(lab::LabArgs),
     /// The main job on a lab: the NetworkPolicy walkthrough, its policies, live traffic and the monitor.
-    Demo(cmd::demo::DemoArgs),
+    Demo(demo::DemoArgs),
     /// The agent's state: version, uptime, events buffer, counters, clients.
-    Status(client_cmd::status::StatusArgs),
+    Status(status::StatusArgs),
     /// The endpoints (pods) the agent enforces for.
-    Endpoint(client_cmd::endpoint::EndpointArgs),
+    Endpoint(endpoint::EndpointArgs),
     /// The security identities the agent derived from labels.
-    Identity(client_cmd::identity::IdentityArgs),
+    Identity(identity::IdentityArgs),
     /// The policy realized in the datapath, per endpoint.
-    Policy(client_cmd::policy::PolicyArgs),
+    Policy(policy::PolicyArgs),
     /// Verdicts, drops and traces, live: a TUI on a terminal, text or Hubble-shaped JSON lines otherwise.
     Monitor(monitor::MonitorArgs),
     /// The agent's verdict log: `verdicts export` reads it without the agent.
-    Verdicts(export::VerdictsArgs),
+    Verdicts(verdicts::VerdictsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -37,13 +37,13 @@ fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Lab(args) => cmd::lab::run(args),
-        Command::Demo(args) => cmd::demo::run(args),
-        Command::Status(args) => client_cmd::exit_on_error(client_cmd::status::run(&args)),
-        Command::Endpoint(args) => client_cmd::exit_on_error(client_cmd::endpoint::run(&args)),
-        Command::Identity(args) => client_cmd::exit_on_error(client_cmd::identity::run(&args)),
-        Command::Policy(args) => client_cmd::exit_on_error(client_cmd::policy::run(&args)),
-        Command::Verdicts(args) => export::run(args),
-        Command::Monitor(args) => client_cmd::exit_on_error(monitor::run(&args)),
+        Command::Lab(args) => lab::run(args),
+        Command::Demo(args) => demo::run(args),
+        Command::Status(args) => client::exit_on_error(status::run(&args)),
+        Command::Endpoint(args) => client::exit_on_error(endpoint::run(&args)),
+        Command::Identity(args) => client::exit_on_error(identity::run(&args)),
+        Command::Policy(args) => client::exit_on_error(policy::run(&args)),
+        Command::Verdicts(args) => verdicts::run(args),
+        Command::Monitor(args) => client::exit_on_error(monitor::run(&args)),
     }
 }

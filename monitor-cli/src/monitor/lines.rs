@@ -15,7 +15,7 @@ use flowgate_proto::{
 };
 
 use super::{MonitorArgs, node_name};
-use crate::client_cmd::{describe, software};
+use crate::client::{describe, software};
 
 /// Now, in nanoseconds since the Unix epoch.
 pub fn now_ns() -> u64 {

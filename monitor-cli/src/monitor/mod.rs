@@ -20,7 +20,8 @@ use flowgate_proto::{
 };
 
 use crate::{
-    client_cmd::{SocketArg, describe, endpoint::not_found, software},
+    client::{SocketArg, describe, software},
+    endpoint::not_found,
     filter_args::FilterArgs,
 };
 

@@ -21,7 +21,7 @@ use flowgate_proto::{
 use tokio::sync::mpsc;
 
 use super::{MonitorArgs, fetch_endpoints};
-use crate::client_cmd::{describe, software};
+use crate::client::{describe, software};
 
 /// Batches waiting for the UI before new ones are dropped.
 pub const CHANNEL_BATCHES: usize = 4096;

@@ -5,7 +5,11 @@
 use clap::Args;
 use flowgate_proto::message::{EndpointPolicy, Request, Response};
 
-use super::{Output, SocketArg, endpoint::enforcement, endpoint::not_found, render_structured, request, table::Table};
+use crate::{
+    client::{Output, SocketArg, render_structured, request},
+    endpoint::{enforcement, not_found},
+    table::Table,
+};
 
 #[derive(Args, Debug)]
 pub struct PolicyArgs {

@@ -20,7 +20,7 @@ use flowgate_lab::{LabState, PodRef, Protocol, Topology, lab, traffic};
 use flowgate_proto::{client::Client, message::Request};
 
 use crate::{
-    client_cmd::{SocketArg, software},
+    client::{SocketArg, software},
     filter_args::FilterArgs,
     monitor::{self, MonitorArgs, MonitorOutput},
 };

@@ -1,12 +1,7 @@
-//! The commands that talk to the agent over its socket (`status`, `endpoint`, `identity`): the shared
-//! `--socket` argument, one-shot requests, and turning protocol errors into one line for a person.
-//! Rendering lives in pure functions next to each command, with [`table`] for the tables.
-
-pub mod endpoint;
-pub mod identity;
-pub mod policy;
-pub mod status;
-pub mod table;
+//! What the commands that talk to the agent over its socket (`status`, `endpoint`, `identity`,
+//! `policy`, `monitor`) share: the `--socket` argument, one-shot requests, structured output, and turning
+//! protocol errors into one line for a person. Rendering lives in pure functions next to each command,
+//! with [`crate::table`] for the tables.
 
 use std::path::PathBuf;
 

@@ -7,7 +7,10 @@ use flowgate_proto::{
     message::{Request, Response},
 };
 
-use super::{Output, SocketArg, Structured, render_structured, request, table::Table};
+use crate::{
+    client::{Output, SocketArg, Structured, render_structured, request},
+    table::Table,
+};
 
 #[derive(Args, Debug)]
 pub struct EndpointArgs {

@@ -6,7 +6,10 @@ use std::fmt::Write as _;
 use clap::{Args, ValueEnum};
 use flowgate_proto::message::{Request, Response, Status};
 
-use super::{SocketArg, Structured, render_structured, request, table::Table};
+use crate::{
+    client::{SocketArg, Structured, render_structured, request},
+    table::Table,
+};
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {

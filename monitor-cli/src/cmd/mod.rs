@@ -1,4 +1,0 @@
-//! One module per `flowgate` subcommand.
-
-pub mod demo;
-pub mod lab;
