@@ -13,5 +13,7 @@ pub const MAX_POLICY_ENTRIES: u32 = 65536;
 pub const MAX_IPCACHE_ENTRIES: u32 = 16384;
 /// Conntrack (LRU): connections tracked at once; the least recently used go first.
 pub const MAX_CONNECTIONS: u32 = 262144;
+/// Fragment tracking (LRU): datagrams whose later fragments are still expected.
+pub const MAX_FRAGMENTED_DATAGRAMS: u32 = 8192;
 /// Size in bytes of the events ring buffer in the object file; the agent sets its own at load time.
 pub const EVENTS_RINGBUF_BYTES: u32 = 4 << 20;

@@ -25,13 +25,21 @@ pub enum Counter {
     /// Perf-buffer writes refused because the buffer was full; the kernel reports these to the
     /// agent as lost-record notices, so they are not part of `RecordsLost`.
     PerfBufferFull = 9,
+    /// Packets leaving an endpoint with a source address that is not the endpoint's (dropped).
+    InvalidSource = 10,
+    /// IPv4 packets whose headers cannot be read whole (a tiny first fragment, a bad IHL; dropped).
+    TruncatedHeader = 11,
+    /// Later fragments whose first fragment was not seen (dropped).
+    FragmentsWithoutFirst = 12,
+    /// ICMP errors that passed because they quote a tracked connection.
+    IcmpRelated = 13,
 }
 
 impl Counter {
     /// Number of counter slots; the map's `max_entries`.
     pub const COUNT: u32 = 16;
 
-    pub const ALL: [Counter; 10] = [
+    pub const ALL: [Counter; 14] = [
         Counter::PacketsFromEndpoint,
         Counter::PacketsToEndpoint,
         Counter::RecordsWritten,
@@ -42,6 +50,10 @@ impl Counter {
         Counter::PolicyAudit,
         Counter::Drops,
         Counter::PerfBufferFull,
+        Counter::InvalidSource,
+        Counter::TruncatedHeader,
+        Counter::FragmentsWithoutFirst,
+        Counter::IcmpRelated,
     ];
 
     pub const fn index(self) -> u32 {
@@ -60,6 +72,10 @@ impl Counter {
             Counter::PolicyAudit => "policy_audit",
             Counter::Drops => "drops",
             Counter::PerfBufferFull => "perf_buffer_full",
+            Counter::InvalidSource => "invalid_source",
+            Counter::TruncatedHeader => "truncated_header",
+            Counter::FragmentsWithoutFirst => "fragments_without_first",
+            Counter::IcmpRelated => "icmp_related",
         }
     }
 }

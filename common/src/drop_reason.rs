@@ -14,6 +14,8 @@ pub const CT_UNKNOWN_L4_PROTOCOL: u8 = 137;
 pub const UNSUPPORTED_L3_PROTOCOL: u8 = 139;
 pub const UNKNOWN_L4_PROTOCOL: u8 = 142;
 pub const CT_MAP_INSERTION_FAILED: u8 = 155;
+/// A non-first IPv4 fragment whose first fragment was not seen (so its ports, and its verdict, are unknown).
+pub const FRAGMENT_WITHOUT_FIRST: u8 = 175;
 /// A deny policy matched.
 pub const POLICY_DENY: u8 = 181;
 
@@ -32,7 +34,7 @@ const fn reason(code: u8, hubble_name: &'static str, text: &'static str) -> Drop
 }
 
 /// Every drop reason flowgate names.
-pub const DROP_REASONS: [DropReason; 10] = [
+pub const DROP_REASONS: [DropReason; 11] = [
     reason(INVALID_SOURCE_IP, "INVALID_SOURCE_IP", "Invalid source ip"),
     reason(POLICY_DENIED, "POLICY_DENIED", "Policy denied"),
     reason(INVALID_PACKET, "INVALID_PACKET_DROPPED", "Invalid packet"),
@@ -42,6 +44,11 @@ pub const DROP_REASONS: [DropReason; 10] = [
     reason(UNSUPPORTED_L3_PROTOCOL, "UNSUPPORTED_L3_PROTOCOL", "Unsupported L3 protocol"),
     reason(UNKNOWN_L4_PROTOCOL, "UNKNOWN_L4_PROTOCOL", "Unknown L4 protocol"),
     reason(CT_MAP_INSERTION_FAILED, "CT_MAP_INSERTION_FAILED", "CT: Map insertion failed"),
+    reason(
+        FRAGMENT_WITHOUT_FIRST,
+        "FIRST_LOGICAL_DATAGRAM_FRAGMENT_NOT_FOUND",
+        "First logical datagram fragment not found",
+    ),
     reason(POLICY_DENY, "POLICY_DENY", "Policy denied by denylist"),
 ];
 

@@ -11,6 +11,7 @@ pub mod conntrack;
 pub mod counters;
 pub mod drop_reason;
 pub mod endpoint;
+pub mod fragment;
 pub mod identity;
 pub mod ip;
 pub mod names;

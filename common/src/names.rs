@@ -18,6 +18,11 @@ pub const MAP_CONFIG: &str = "FG_CONFIG";
 pub const MAP_EVENTS_PERF: &str = "FG_EVENTS_PERF";
 /// LRU hash: `CtKey` -> `CtEntry`.
 pub const MAP_CONNTRACK: &str = "FG_CONNTRACK";
+/// LRU hash: `FragmentKey` -> `FragmentValue`, the first fragment's ports and fate for the later ones.
+pub const MAP_FRAGMENTS: &str = "FG_FRAGMENTS";
+/// Per-CPU array of `u64`, indexed by endpoint id: packets from the endpoint dropped for a source address
+/// that is not the endpoint's.
+pub const MAP_INVALID_SOURCE: &str = "FG_INVALID_SOURCE";
 /// Policy generations: LPM tries `PolicyKey` -> `PolicyValue`.
 pub const MAP_POLICY: [&str; 2] = ["FG_POLICY_0", "FG_POLICY_1"];
 /// ipcache generations: LPM tries IPv4 prefix -> `IpcacheValue`.

@@ -3,7 +3,7 @@
 //! instead of reading a zeroed or misaligned struct.
 
 /// Layout version written into every record this build produces.
-pub const RECORD_VERSION: u8 = 1;
+pub const RECORD_VERSION: u8 = 2;
 
 /// Record types (`RecordHeader::record_type`).
 pub mod record_type {
@@ -31,6 +31,8 @@ pub mod ct_state {
     pub const ESTABLISHED: u8 = 2;
     /// A packet of a tracked connection, in the reply direction.
     pub const REPLY: u8 = 3;
+    /// An ICMP error about a tracked connection (Linux conntrack's RELATED, Hubble's trace reason 4).
+    pub const RELATED: u8 = 4;
 }
 
 /// TCP flag bits as they appear in byte 13 of the TCP header (`FlowTuple::tcp_flags`).
@@ -82,13 +84,18 @@ const _: () = assert!(core::mem::size_of::<RecordHeader>() == 16);
 pub struct FlowTuple {
     pub saddr: u32,
     pub daddr: u32,
+    /// Ports for TCP, UDP and SCTP. For ICMP, what connection tracking keys the packet by: an echo
+    /// request has its identifier as `sport` (and 0 as `dport`), an echo reply the other way round, so a
+    /// reply finds its request's entry reversed; other ICMP messages have 0 and 0.
     pub sport: u16,
     pub dport: u16,
     /// IP protocol number, one of [`crate::ip::protocol`].
     pub protocol: u8,
     /// TCP flags of this packet (see [`tcp_flags`]), 0 for other protocols.
     pub tcp_flags: u8,
-    pub _pad: [u8; 2],
+    /// ICMP type and code (0 for other protocols).
+    pub icmp_type: u8,
+    pub icmp_code: u8,
 }
 
 const _: () = assert!(core::mem::size_of::<FlowTuple>() == 16);

@@ -107,3 +107,24 @@ pub fn create(flow: &FlowTuple, endpoint_id: u16, dir: u8, pkt_len: u32, rule_id
     // A full LRU map evicts its oldest entry; an error here only costs a later re-evaluation.
     let _ = FG_CONNTRACK.insert(&forward_key(flow, endpoint_id, dir), &entry, 0);
 }
+
+/// Whether an ICMP error quoting `quoted` is about a connection tracked at this endpoint (Linux
+/// conntrack's RELATED). The quoted packet went the other way through this endpoint: in the
+/// connection's opening direction (the connection was opened in the opposite direction), or as one of
+/// its replies (opened in this direction, reversed tuple).
+#[inline(always)]
+pub fn related(quoted: &FlowTuple, endpoint_id: u16, dir: u8) -> bool {
+    if FG_CONNTRACK.get_ptr(&forward_key(quoted, endpoint_id, opposite(dir))).is_some() {
+        return true;
+    }
+    let reversed = CtKey {
+        saddr: quoted.daddr,
+        daddr: quoted.saddr,
+        sport: quoted.dport,
+        dport: quoted.sport,
+        protocol: quoted.protocol,
+        direction: dir,
+        endpoint_id,
+    };
+    FG_CONNTRACK.get_ptr(&reversed).is_some()
+}

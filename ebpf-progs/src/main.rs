@@ -9,6 +9,7 @@
 
 mod conntrack;
 mod events;
+mod fragments;
 mod maps;
 mod packet;
 mod policy;
@@ -21,7 +22,7 @@ use aya_ebpf::{
 use flowgate_common::{
     Counter, DropRecord, EndpointInfo, FlowTuple, PolicyVerdictRecord, TraceRecord,
     conntrack::ct_flag,
-    counters::Config,
+    counters::{Config, aggregation},
     drop_reason,
     policy::{direction, enforcement, match_type, verdict},
     record::{
@@ -30,6 +31,7 @@ use flowgate_common::{
         record_type,
     },
 };
+use packet::{L3, fragment};
 
 #[classifier]
 pub fn from_endpoint(ctx: TcContext) -> i32 {
@@ -59,10 +61,6 @@ fn try_endpoint(ctx: &TcContext, point: u8) -> Result<i32, i32> {
         (direction::INGRESS, Counter::PacketsToEndpoint)
     };
     maps::count(packets);
-    let Some(flow) = packet::parse_ipv4(ctx) else {
-        // Not IPv4 (ARP, IPv6, ...): not policed, not traced.
-        return Ok(TC_ACT_UNSPEC);
-    };
     // SAFETY: `ctx.skb.skb` is the `__sk_buff` the kernel passed to this program, valid for the whole
     // run; `ifindex` is one of its readable fields (the verifier rewrites the access and checks it).
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
@@ -70,14 +68,105 @@ fn try_endpoint(ctx: &TcContext, point: u8) -> Result<i32, i32> {
         maps::count(Counter::UnknownEndpoint);
         return Ok(TC_ACT_UNSPEC);
     };
-    let pkt = Packet { flow, endpoint, point, dir, ifindex, len: ctx.len() };
+    let at = |flow| Packet { flow, endpoint, point, dir, ifindex, len: ctx.len() };
+    let parsed = match packet::parse(ctx) {
+        L3::Ipv4(parsed) => parsed,
+        // Neighbour resolution must keep working. IPv6 is not policed yet (see docs/threat-model.md).
+        L3::Arp | L3::Ipv6 => return Ok(TC_ACT_UNSPEC),
+        L3::Other if point == FROM_ENDPOINT => {
+            return Ok(drop_packet(ctx, &at(FlowTuple::default()), drop_reason::UNSUPPORTED_L3_PROTOCOL, 0));
+        }
+        L3::Other => return Ok(TC_ACT_UNSPEC),
+        L3::Ipv4Truncated(flow) => {
+            let pkt = at(flow);
+            if point == FROM_ENDPOINT && flow.saddr != 0 && flow.saddr != endpoint.ipv4 {
+                return Ok(invalid_source(ctx, &pkt));
+            }
+            maps::count(Counter::TruncatedHeader);
+            return Ok(drop_packet(ctx, &pkt, drop_reason::CT_TRUNCATED_OR_INVALID_HEADER, 0));
+        }
+    };
+    let mut pkt = at(parsed.flow);
+    // An endpoint speaks with its own address only: anything else would borrow another pod's identity.
+    if point == FROM_ENDPOINT && pkt.flow.saddr != endpoint.ipv4 {
+        return Ok(invalid_source(ctx, &pkt));
+    }
     let level = maps::config(Config::Aggregation);
+    if parsed.fragment == fragment::LATER {
+        return Ok(later_fragment(ctx, &mut pkt, parsed.ip_id, level));
+    }
+    if let Some(quoted) = parsed.quoted
+        && conntrack::related(&quoted, endpoint.endpoint_id, dir)
+    {
+        // An ICMP error about a tracked connection (unreachable, fragmentation needed, time exceeded):
+        // it belongs to that connection, so path-MTU discovery and error reporting keep working.
+        maps::count(Counter::IcmpRelated);
+        trace(ctx, &pkt, ct_state::RELATED, 0);
+        return Ok(TC_ACT_UNSPEC);
+    }
+    let action = connection(ctx, &pkt, level);
+    if parsed.fragment == fragment::FIRST {
+        let reason = if action == TC_ACT_SHOT as i32 { drop_reason::POLICY_DENIED } else { 0 };
+        fragments::remember_first(&pkt.flow, parsed.ip_id, endpoint.endpoint_id, dir, reason);
+    }
+    Ok(action)
+}
 
+/// A packet leaving an endpoint with a source address that is not the endpoint's: dropped, counted
+/// for the endpoint.
+#[inline(never)]
+fn invalid_source(ctx: &TcContext, pkt: &Packet) -> i32 {
+    maps::count(Counter::InvalidSource);
+    maps::count_invalid_source(pkt.endpoint.endpoint_id);
+    drop_packet(ctx, pkt, drop_reason::INVALID_SOURCE_IP, 0)
+}
+
+/// A later fragment takes its datagram's ports and the fate of its first fragment; without a first
+/// fragment it cannot be attributed to a connection and is dropped.
+#[inline(never)]
+fn later_fragment(ctx: &TcContext, pkt: &mut Packet, ip_id: u16, level: u64) -> i32 {
+    let Some(first) = fragments::first_of(&pkt.flow, ip_id, pkt.endpoint.endpoint_id, pkt.dir) else {
+        maps::count(Counter::FragmentsWithoutFirst);
+        return drop_packet(ctx, pkt, drop_reason::FRAGMENT_WITHOUT_FIRST, 0);
+    };
+    pkt.flow.sport = first.sport;
+    pkt.flow.dport = first.dport;
+    if first.drop_reason != 0 {
+        return drop_packet(ctx, pkt, first.drop_reason, 0);
+    }
+    if level == aggregation::NONE {
+        trace(ctx, pkt, ct_state::ESTABLISHED, 0);
+    }
+    TC_ACT_UNSPEC
+}
+
+/// Drops the packet with a drop record.
+#[inline(never)]
+fn drop_packet(ctx: &TcContext, pkt: &Packet, reason: u8, remote_identity: u32) -> i32 {
+    maps::count(Counter::Drops);
+    let drop = DropRecord {
+        header: events::header(record_type::DROP, DropRecord::LEN),
+        flow: pkt.flow,
+        endpoint_id: pkt.endpoint.endpoint_id,
+        direction: pkt.dir,
+        reason,
+        remote_identity,
+        ifindex: pkt.ifindex,
+        pkt_len: pkt.len,
+    };
+    events::emit(ctx, &drop);
+    TC_ACT_SHOT as i32
+}
+
+/// The connection a packet belongs to, or the verdict on the new one it opens: the action to take.
+#[inline(always)]
+fn connection(ctx: &TcContext, pkt: &Packet, level: u64) -> i32 {
+    let (endpoint, dir) = (pkt.endpoint, pkt.dir);
     if let Some(tracked) = conntrack::track(&pkt.flow, endpoint.endpoint_id, dir, pkt.len, level) {
         if tracked.trace {
-            trace(ctx, &pkt, tracked.state, 0);
+            trace(ctx, pkt, tracked.state, 0);
         }
-        return Ok(TC_ACT_UNSPEC);
+        return TC_ACT_UNSPEC;
     }
 
     // A new connection.
@@ -90,8 +179,8 @@ fn try_endpoint(ctx: &TcContext, point: u8) -> Result<i32, i32> {
     };
     if !enforced {
         conntrack::create(&pkt.flow, endpoint.endpoint_id, dir, pkt.len, 0, 0);
-        trace(ctx, &pkt, ct_state::NEW, 0);
-        return Ok(TC_ACT_UNSPEC);
+        trace(ctx, pkt, ct_state::NEW, 0);
+        return TC_ACT_UNSPEC;
     }
 
     let remote_addr = if dir == direction::EGRESS { pkt.flow.daddr } else { pkt.flow.saddr };
@@ -100,34 +189,22 @@ fn try_endpoint(ctx: &TcContext, point: u8) -> Result<i32, i32> {
         Some(allowed) => {
             maps::count(Counter::PolicyAllowed);
             allowed.account(pkt.len);
-            verdict_record(ctx, &pkt, verdict::ALLOWED, allowed.match_type, remote.identity, allowed.rule_id);
+            verdict_record(ctx, pkt, verdict::ALLOWED, allowed.match_type, remote.identity, allowed.rule_id);
             conntrack::create(&pkt.flow, endpoint.endpoint_id, dir, pkt.len, allowed.rule_id, ct_flag::ENFORCED);
-            trace(ctx, &pkt, ct_state::NEW, remote.identity);
-            Ok(TC_ACT_UNSPEC)
+            trace(ctx, pkt, ct_state::NEW, remote.identity);
+            TC_ACT_UNSPEC
         }
         None if audit => {
             maps::count(Counter::PolicyAudit);
-            verdict_record(ctx, &pkt, verdict::AUDIT, match_type::NONE, remote.identity, 0);
+            verdict_record(ctx, pkt, verdict::AUDIT, match_type::NONE, remote.identity, 0);
             conntrack::create(&pkt.flow, endpoint.endpoint_id, dir, pkt.len, 0, ct_flag::ENFORCED | ct_flag::AUDIT);
-            trace(ctx, &pkt, ct_state::NEW, remote.identity);
-            Ok(TC_ACT_UNSPEC)
+            trace(ctx, pkt, ct_state::NEW, remote.identity);
+            TC_ACT_UNSPEC
         }
         None => {
             maps::count(Counter::PolicyDenied);
-            maps::count(Counter::Drops);
-            verdict_record(ctx, &pkt, verdict::DENIED, match_type::NONE, remote.identity, 0);
-            let drop = DropRecord {
-                header: events::header(record_type::DROP, DropRecord::LEN),
-                flow: pkt.flow,
-                endpoint_id: pkt.endpoint.endpoint_id,
-                direction: pkt.dir,
-                reason: drop_reason::POLICY_DENIED,
-                remote_identity: remote.identity,
-                ifindex: pkt.ifindex,
-                pkt_len: pkt.len,
-            };
-            events::emit(ctx, &drop);
-            Ok(TC_ACT_SHOT as i32)
+            verdict_record(ctx, pkt, verdict::DENIED, match_type::NONE, remote.identity, 0);
+            drop_packet(ctx, pkt, drop_reason::POLICY_DENIED, remote.identity)
         }
     }
 }

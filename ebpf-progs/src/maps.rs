@@ -11,10 +11,12 @@ use aya_ebpf::{
 use flowgate_common::{
     Counter, EndpointInfo,
     capacity::{
-        EVENTS_RINGBUF_BYTES, MAX_CONNECTIONS, MAX_ENDPOINTS, MAX_IFINDEX, MAX_IPCACHE_ENTRIES, MAX_POLICY_ENTRIES,
+        EVENTS_RINGBUF_BYTES, MAX_CONNECTIONS, MAX_ENDPOINTS, MAX_FRAGMENTED_DATAGRAMS, MAX_IFINDEX,
+        MAX_IPCACHE_ENTRIES, MAX_POLICY_ENTRIES,
     },
     conntrack::{CtEntry, CtKey},
     counters::Config,
+    fragment::{FragmentKey, FragmentValue},
     policy::{IpcacheValue, POLICY_PREFIX_FULL, PolicyKey, PolicyValue},
 };
 
@@ -22,6 +24,13 @@ use flowgate_common::{
 /// verifier: a few nanoseconds per packet instead of a hash lookup); `endpoint_id == 0` means no endpoint.
 #[map]
 pub static FG_ENDPOINTS: Array<EndpointInfo> = Array::pinned(MAX_IFINDEX, 0);
+
+#[map]
+pub static FG_FRAGMENTS: LruHashMap<FragmentKey, FragmentValue> = LruHashMap::pinned(MAX_FRAGMENTED_DATAGRAMS, 0);
+
+/// Indexed by endpoint id: packets dropped for leaving the endpoint with another source address.
+#[map]
+pub static FG_INVALID_SOURCE: PerCpuArray<u64> = PerCpuArray::pinned(MAX_ENDPOINTS, 0);
 
 #[map]
 pub static FG_EVENTS: RingBuf = RingBuf::pinned(EVENTS_RINGBUF_BYTES, 0);
@@ -69,6 +78,16 @@ pub fn count(counter: Counter) {
 #[inline(always)]
 pub fn endpoint(ifindex: u32) -> Option<EndpointInfo> {
     FG_ENDPOINTS.get(ifindex).copied().filter(|e| e.endpoint_id != 0)
+}
+
+/// Adds one to an endpoint's count of packets dropped for an invalid source address.
+#[inline(always)]
+pub fn count_invalid_source(endpoint_id: u16) {
+    if let Some(slot) = FG_INVALID_SOURCE.get_ptr_mut(u32::from(endpoint_id)) {
+        // SAFETY: as in `count`: this CPU's copy of a preallocated array slot, returned non-null and aligned
+        // by the lookup; no other program on this CPU runs in the middle of the increment.
+        unsafe { *slot += 1 };
+    }
 }
 
 /// A runtime setting written by the agent (0 when unset).

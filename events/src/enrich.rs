@@ -120,8 +120,9 @@ impl Enricher {
             }
         };
         let protocol = Protocol::from_number(c.flow.protocol);
+        // For ICMP the tuple's ports are conntrack's (the echo identifier); the flow shows type and code.
         let (ports, icmp) = match protocol {
-            Protocol::Icmp => ((0, 0), (c.flow.sport as u8, c.flow.dport as u8)),
+            Protocol::Icmp => ((0, 0), (c.flow.icmp_type, c.flow.icmp_code)),
             _ => ((c.flow.sport, c.flow.dport), (0, 0)),
         };
         Flow {
@@ -175,6 +176,7 @@ impl Enricher {
                     ct_state::NEW => Some(CtState::New),
                     ct_state::ESTABLISHED => Some(CtState::Established),
                     ct_state::REPLY => Some(CtState::Reply),
+                    ct_state::RELATED => Some(CtState::Related),
                     _ => None,
                 };
                 flow.is_reply = flow.ct_state.map(|s| s == CtState::Reply);
@@ -262,7 +264,8 @@ mod tests {
             dport: 80,
             protocol: 6,
             tcp_flags: TcpFlags::SYN,
-            _pad: [0; 2],
+            icmp_type: 0,
+            icmp_code: 0,
         }
     }
 

@@ -201,6 +201,8 @@ pub enum CtState {
     New,
     Established,
     Reply,
+    /// An ICMP error about a tracked connection (Linux conntrack's RELATED).
+    Related,
 }
 
 /// How the policy entry that decided matched (Cilium's match types).

@@ -159,6 +159,7 @@ pub fn flow_line(flow: &Flow) -> String {
                 Some(crate::flow::CtState::New) => "new",
                 Some(crate::flow::CtState::Established) => "established",
                 Some(crate::flow::CtState::Reply) => "reply",
+                Some(crate::flow::CtState::Related) => "related",
                 None => "unknown",
             };
             format!(

@@ -233,6 +233,7 @@ pub fn flow_object(flow: &Flow, node_name: &str) -> Value {
             Some(CtState::New) => "NEW",
             Some(CtState::Established) => "ESTABLISHED",
             Some(CtState::Reply) => "REPLY",
+            Some(CtState::Related) => "RELATED",
             None => "",
         };
         put(&mut o, "trace_reason", json!(reason));
@@ -559,6 +560,7 @@ pub fn read_flow(object: &Value) -> Result<Flow, ReadError> {
         Some("NEW") => Some(CtState::New),
         Some("ESTABLISHED") => Some(CtState::Established),
         Some("REPLY") => Some(CtState::Reply),
+        Some("RELATED") => Some(CtState::Related),
         _ => None,
     };
     let is_reply = match object.get("is_reply") {

@@ -85,6 +85,7 @@ pub fn event_lines(flow: &Flow, state: &State) -> Vec<Line<'static>> {
                     Some(CtState::New) => "new",
                     Some(CtState::Established) => "established",
                     Some(CtState::Reply) => "reply",
+                    Some(CtState::Related) => "related",
                     None => "-",
                 }
             ),
