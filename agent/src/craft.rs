@@ -1,5 +1,7 @@
 //! Crafted Ethernet/IPv4 packets for running the kernel programs with BPF_PROG_TEST_RUN: the way to
-//! exercise protocols this kernel cannot carry on a socket (SCTP) and to time the datapath per packet.
+//! exercise protocols this kernel cannot carry on a socket (SCTP), packets a well-behaved stack never
+//! sends (tiny first fragments, fragments without their first, ICMP errors quoting any connection, other
+//! ethertypes), and to time the datapath per packet.
 
 use std::net::Ipv4Addr;
 
@@ -22,7 +24,32 @@ pub enum Transport {
         sport: u16,
         dport: u16,
     },
-    IcmpEcho,
+    /// An echo request (type 8) or reply (type 0) with this identifier.
+    IcmpEcho {
+        reply: bool,
+        id: u16,
+    },
+    /// An ICMP error (e.g. type 3 code 4, fragmentation needed) quoting the IPv4 header and first 8 bytes
+    /// of the packet it is about.
+    IcmpError {
+        icmp_type: u8,
+        code: u8,
+        quoted: [u8; 28],
+    },
+    /// Raw L4 bytes after the IPv4 header, with this protocol number (fragments, truncated headers).
+    Raw {
+        protocol: u8,
+        payload: &'static [u8],
+    },
+}
+
+/// Fragmentation fields of the IPv4 header.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Fragment {
+    pub id: u16,
+    /// Offset of this fragment's data in the datagram, in 8-byte units.
+    pub offset: u16,
+    pub more: bool,
 }
 
 fn checksum(bytes: &[u8]) -> u16 {
@@ -68,18 +95,46 @@ pub fn ipv4_packet(src: Ipv4Addr, dst: Ipv4Addr, transport: Transport) -> Vec<u8
             h[28..32].copy_from_slice(&1u32.to_be_bytes());
             (132, h)
         }
-        Transport::IcmpEcho => {
-            let mut h = vec![8u8, 0, 0, 0, 0, 1, 0, 1];
+        Transport::IcmpEcho { reply, id } => {
+            let mut h = vec![if reply { 0 } else { 8 }, 0, 0, 0, 0, 0, 0, 1];
+            h[4..6].copy_from_slice(&id.to_be_bytes());
             let c = checksum(&h);
             h[2..4].copy_from_slice(&c.to_be_bytes());
             (1, h)
         }
+        Transport::IcmpError { icmp_type, code, quoted } => {
+            let mut h = vec![icmp_type, code, 0, 0, 0, 0, 0x05, 0xdc];
+            h.extend_from_slice(&quoted);
+            let c = checksum(&h);
+            h[2..4].copy_from_slice(&c.to_be_bytes());
+            (1, h)
+        }
+        Transport::Raw { protocol, payload } => (protocol, payload.to_vec()),
     };
+    ipv4_frame(src, dst, protocol, &l4, None)
+}
+
+/// The first 28 bytes of `ipv4_packet(src, dst, transport)`'s IP packet: what an ICMP error quotes.
+pub fn quote(src: Ipv4Addr, dst: Ipv4Addr, transport: Transport) -> [u8; 28] {
+    let frame = ipv4_packet(src, dst, transport);
+    frame[14..42].try_into().expect("an IPv4 header and 8 bytes")
+}
+
+/// An Ethernet frame carrying an IPv4 packet with `l4` after its header; `fragment` sets the
+/// fragmentation fields (else the packet is whole and says don't fragment).
+pub fn ipv4_frame(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, l4: &[u8], fragment: Option<Fragment>) -> Vec<u8> {
     let total_len = 20 + l4.len();
     let mut ip = vec![0u8; 20];
     ip[0] = 0x45;
     ip[2..4].copy_from_slice(&(total_len as u16).to_be_bytes());
-    ip[6] = 0x40; // don't fragment
+    match fragment {
+        None => ip[6] = 0x40, // don't fragment
+        Some(f) => {
+            ip[4..6].copy_from_slice(&f.id.to_be_bytes());
+            let field = (f.offset & 0x1fff) | if f.more { 0x2000 } else { 0 };
+            ip[6..8].copy_from_slice(&field.to_be_bytes());
+        }
+    }
     ip[8] = 64;
     ip[9] = protocol;
     ip[12..16].copy_from_slice(&src.octets());
@@ -87,12 +142,18 @@ pub fn ipv4_packet(src: Ipv4Addr, dst: Ipv4Addr, transport: Transport) -> Vec<u8
     let c = checksum(&ip);
     ip[10..12].copy_from_slice(&c.to_be_bytes());
 
-    let mut frame = Vec::with_capacity(14 + total_len);
+    let mut packet = ip;
+    packet.extend_from_slice(l4);
+    ethernet_frame(ETH_P_IP, &packet)
+}
+
+/// An Ethernet frame of any ethertype.
+pub fn ethernet_frame(ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(14 + payload.len());
     frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x02]); // destination MAC
     frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01]); // source MAC
-    frame.extend_from_slice(&ETH_P_IP.to_be_bytes());
-    frame.extend_from_slice(&ip);
-    frame.extend_from_slice(&l4);
+    frame.extend_from_slice(&ethertype.to_be_bytes());
+    frame.extend_from_slice(payload);
     frame
 }
 

@@ -7,15 +7,19 @@ use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc, time::Duration};
 
 use aya::maps::{MapData, RingBuf};
 use flowgate_agent::{
-    craft::{Transport, ipv4_packet},
+    craft::{Fragment, Transport, ethernet_frame, ipv4_frame, ipv4_packet, quote},
     datapath::{self, Datapath, DatapathOptions},
     policy::PolicyEngine,
     state::{AgentInfo, AgentState},
 };
 use flowgate_common::{
+    Counter,
     counters::aggregation,
+    drop_reason,
+    ip::protocol,
     names::{PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT},
     policy::{match_type, verdict},
+    record::ct_state,
 };
 use flowgate_events::{
     decode::{Record, decode},
@@ -106,9 +110,13 @@ fn fixture_full(policy_yaml: &str, tag: &str, level: u64, tweak: impl FnOnce(&mu
 impl Fixture {
     /// Runs a program once on a packet; returns its verdict and the records it wrote.
     fn run(&mut self, program: &'static str, src: Ipv4Addr, dst: Ipv4Addr, transport: Transport) -> (u32, Vec<Record>) {
+        self.run_frame(program, &ipv4_packet(src, dst, transport))
+    }
+
+    /// Runs a program once on a frame; returns its verdict and the records it wrote.
+    fn run_frame(&mut self, program: &'static str, packet: &[u8]) -> (u32, Vec<Record>) {
         while self.ring.next().is_some() {}
-        let packet = ipv4_packet(src, dst, transport);
-        let result = self.datapath.test_run(program, &packet, 1).expect("BPF_PROG_TEST_RUN");
+        let result = self.datapath.test_run(program, packet, 1).expect("BPF_PROG_TEST_RUN");
         std::thread::sleep(Duration::from_millis(1));
         let mut records = Vec::new();
         while let Some(item) = self.ring.next() {
@@ -286,4 +294,192 @@ fn trace_aggregation_levels() {
         vec![1, 0, 1, 1, 0, 1, 1],
         "low: medium plus every packet leaving the pod"
     );
+}
+
+/// Drop reasons of the drop records among `records`.
+fn drop_reasons(records: &[Record]) -> Vec<u8> {
+    records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Drop(d) => Some(d.reason),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The server takes UDP 53 from the client and nothing else; its egress is open.
+const SERVER_DNS_ONLY: &str = "
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: server-dns, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: server}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: client}}}]
+    ports: [{protocol: UDP, port: 53}]
+";
+
+#[test]
+fn a_packet_leaving_an_endpoint_with_another_source_is_dropped_as_invalid_source() {
+    let mut f = fixture(SERVER_DNS_ONLY, "spoof");
+    let udp = Transport::Udp { sport: 5000, dport: 53 };
+    // The server borrowing the client's address (which the server's peers would trust) ...
+    let (ret, records) = f.run(PROG_FROM_ENDPOINT, CLIENT, OUTSIDE, udp);
+    assert_eq!(ret, TC_ACT_SHOT, "a spoofed source is dropped");
+    assert_eq!(drop_reasons(&records), vec![drop_reason::INVALID_SOURCE_IP], "{records:?}");
+    assert!(verdicts(&records).is_empty(), "no policy verdict is taken for a spoofed packet");
+    // ... or any other address, also on a connection the server really has.
+    let (ret, _) = f.run(PROG_FROM_ENDPOINT, SERVER, OUTSIDE, udp);
+    assert_eq!(ret, TC_ACT_UNSPEC, "its own address passes (egress is open)");
+    let (ret, records) = f.run(PROG_FROM_ENDPOINT, Ipv4Addr::new(10, 200, 0, 99), OUTSIDE, udp);
+    assert_eq!(ret, TC_ACT_SHOT);
+    assert_eq!(drop_reasons(&records), vec![drop_reason::INVALID_SOURCE_IP]);
+    // Truncated packets with a spoofed source are still reported as spoofed.
+    let short = ipv4_frame(CLIENT, OUTSIDE, protocol::UDP, &[0; 4], None);
+    let (ret, records) = f.run_frame(PROG_FROM_ENDPOINT, &short);
+    assert_eq!((ret, drop_reasons(&records)), (TC_ACT_SHOT, vec![drop_reason::INVALID_SOURCE_IP]));
+    assert!(f.datapath.counters().unwrap().get(Counter::InvalidSource) >= 3);
+}
+
+#[test]
+fn truncated_headers_and_tiny_first_fragments_are_dropped_not_passed() {
+    let mut f = fixture(SERVER_DNS_ONLY, "tiny");
+    let first = Some(Fragment { id: 1, offset: 0, more: true });
+    // A first fragment with 8 bytes of a 20-byte TCP header: ports, but no flags.
+    let tiny = ipv4_frame(CLIENT, SERVER, protocol::TCP, &[0x13, 0x88, 0, 80, 0, 0, 0, 1], first);
+    let (ret, records) = f.run_frame(PROG_TO_ENDPOINT, &tiny);
+    assert_eq!(ret, TC_ACT_SHOT, "a tiny first fragment is dropped");
+    assert_eq!(drop_reasons(&records), vec![drop_reason::CT_TRUNCATED_OR_INVALID_HEADER]);
+    // A whole packet whose UDP header is cut short.
+    let cut = ipv4_frame(CLIENT, SERVER, protocol::UDP, &[0, 53, 0], None);
+    let (ret, records) = f.run_frame(PROG_TO_ENDPOINT, &cut);
+    assert_eq!((ret, drop_reasons(&records)), (TC_ACT_SHOT, vec![drop_reason::CT_TRUNCATED_OR_INVALID_HEADER]));
+    // An IHL below 5.
+    let mut bad_ihl = ipv4_packet(CLIENT, SERVER, Transport::Udp { sport: 5000, dport: 53 });
+    bad_ihl[14] = 0x44;
+    let (ret, records) = f.run_frame(PROG_TO_ENDPOINT, &bad_ihl);
+    assert_eq!((ret, drop_reasons(&records)), (TC_ACT_SHOT, vec![drop_reason::CT_TRUNCATED_OR_INVALID_HEADER]));
+    assert!(f.datapath.counters().unwrap().get(Counter::TruncatedHeader) >= 3);
+}
+
+/// A UDP datagram of `len` data bytes from the client to the server's `dport`, cut into a first fragment
+/// (UDP header and 16 bytes) and a later one.
+fn udp_fragments(id: u16, dport: u16) -> (Vec<u8>, Vec<u8>) {
+    let mut first = vec![0u8; 8 + 16];
+    first[0..2].copy_from_slice(&5353u16.to_be_bytes());
+    first[2..4].copy_from_slice(&dport.to_be_bytes());
+    first[4..6].copy_from_slice(&(8u16 + 40).to_be_bytes());
+    let first = ipv4_frame(CLIENT, SERVER, protocol::UDP, &first, Some(Fragment { id, offset: 0, more: true }));
+    let later = ipv4_frame(CLIENT, SERVER, protocol::UDP, &[7; 24], Some(Fragment { id, offset: 3, more: false }));
+    (first, later)
+}
+
+#[test]
+fn later_fragments_take_the_verdict_of_their_first_fragment() {
+    let mut f = fixture(SERVER_DNS_ONLY, "frag");
+    // Allowed: UDP 53 from the client. The first fragment gets the verdict, the later one follows it.
+    let (first, later) = udp_fragments(11, 53);
+    let (ret, records) = f.run_frame(PROG_TO_ENDPOINT, &first);
+    assert_eq!(ret, TC_ACT_UNSPEC);
+    assert_eq!(verdicts(&records), vec![(verdict::ALLOWED, match_type::L3_L4, 53)]);
+    let (ret, records) = f.run_frame(PROG_TO_ENDPOINT, &later);
+    assert_eq!(ret, TC_ACT_UNSPEC, "the later fragment of an allowed datagram passes");
+    assert!(drop_reasons(&records).is_empty() && verdicts(&records).is_empty(), "{records:?}");
+    // Denied: UDP 54. The later fragment is dropped too, for the same reason.
+    let (first, later) = udp_fragments(12, 54);
+    let (ret, _) = f.run_frame(PROG_TO_ENDPOINT, &first);
+    assert_eq!(ret, TC_ACT_SHOT);
+    let (ret, records) = f.run_frame(PROG_TO_ENDPOINT, &later);
+    assert_eq!((ret, drop_reasons(&records)), (TC_ACT_SHOT, vec![drop_reason::POLICY_DENIED]));
+    let Some(Record::Drop(d)) = records.first() else { panic!("{records:?}") };
+    assert_eq!(d.flow.dport, 54, "the later fragment's record carries its datagram's ports");
+    // A later fragment whose first fragment never came cannot be attributed: dropped.
+    let (_, orphan) = udp_fragments(13, 53);
+    let (ret, records) = f.run_frame(PROG_TO_ENDPOINT, &orphan);
+    assert_eq!((ret, drop_reasons(&records)), (TC_ACT_SHOT, vec![drop_reason::FRAGMENT_WITHOUT_FIRST]));
+    // The same datagram id in the other direction is another datagram.
+    let (_, later) = udp_fragments(11, 53);
+    let (ret, _) = f.run_frame(PROG_FROM_ENDPOINT, &later);
+    assert_eq!(ret, TC_ACT_SHOT, "fragments are tracked per endpoint and direction");
+    assert!(f.datapath.counters().unwrap().get(Counter::FragmentsWithoutFirst) >= 1);
+}
+
+#[test]
+fn echo_replies_find_their_request_and_other_icmp_follows_policy() {
+    let mut f = fixture(SERVER_DNS_ONLY, "icmp");
+    let echo = |reply, id| Transport::IcmpEcho { reply, id };
+    // The server (isolated for ingress) pings out: its request leaves, the matching reply comes back.
+    let (ret, _) = f.run(PROG_FROM_ENDPOINT, SERVER, OUTSIDE, echo(false, 77));
+    assert_eq!(ret, TC_ACT_UNSPEC);
+    let (ret, records) = f.run(PROG_TO_ENDPOINT, OUTSIDE, SERVER, echo(true, 77));
+    assert_eq!(ret, TC_ACT_UNSPEC, "the reply of the server's own ping passes");
+    assert!(verdicts(&records).is_empty(), "a reply is not a new connection: {records:?}");
+    // A reply nobody asked for is a new ICMP message into an isolated pod: denied.
+    let (ret, records) = f.run(PROG_TO_ENDPOINT, OUTSIDE, SERVER, echo(true, 78));
+    assert_eq!((ret, drop_reasons(&records)), (TC_ACT_SHOT, vec![drop_reason::POLICY_DENIED]));
+    // A rule with ports does not admit ICMP, even from the peer it allows.
+    let (ret, _) = f.run(PROG_TO_ENDPOINT, CLIENT, SERVER, echo(false, 79));
+    assert_eq!(ret, TC_ACT_SHOT, "UDP 53 from the client does not allow the client's ping");
+}
+
+#[test]
+fn a_rule_without_ports_admits_icmp() {
+    let mut f = fixture(
+        "
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: server-from-client, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: server}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: client}}}]
+",
+        "icmpl3",
+    );
+    let (ret, records) = f.run(PROG_TO_ENDPOINT, CLIENT, SERVER, Transport::IcmpEcho { reply: false, id: 5 });
+    assert_eq!(ret, TC_ACT_UNSPEC);
+    assert_eq!(verdicts(&records).len(), 1);
+    let (ret, _) = f.run(PROG_TO_ENDPOINT, OUTSIDE, SERVER, Transport::IcmpEcho { reply: false, id: 6 });
+    assert_eq!(ret, TC_ACT_SHOT, "from a peer the rule does not select");
+}
+
+#[test]
+fn icmp_errors_about_a_tracked_connection_pass_as_related() {
+    let mut f = fixture(SERVER_DNS_ONLY, "related");
+    let udp = |sport| Transport::Udp { sport, dport: 9000 };
+    // The server sends to the outside host (egress open: tracked).
+    let (ret, _) = f.run(PROG_FROM_ENDPOINT, SERVER, OUTSIDE, udp(4000));
+    assert_eq!(ret, TC_ACT_UNSPEC);
+    // A router on the way answers "fragmentation needed", quoting the server's packet.
+    let frag_needed =
+        |sport| Transport::IcmpError { icmp_type: 3, code: 4, quoted: quote(SERVER, OUTSIDE, udp(sport)) };
+    let (ret, records) = f.run(PROG_TO_ENDPOINT, OUTSIDE, SERVER, frag_needed(4000));
+    assert_eq!(ret, TC_ACT_UNSPEC, "path-MTU discovery works for the server's own connection");
+    assert!(verdicts(&records).is_empty() && drop_reasons(&records).is_empty(), "{records:?}");
+    let related: Vec<u8> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Trace(t) => Some(t.ct_state),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(related, vec![ct_state::RELATED], "traced as related");
+    // An error quoting a connection the server never had is ordinary ICMP into an isolated pod.
+    let (ret, records) = f.run(PROG_TO_ENDPOINT, OUTSIDE, SERVER, frag_needed(4001));
+    assert_eq!((ret, drop_reasons(&records)), (TC_ACT_SHOT, vec![drop_reason::POLICY_DENIED]));
+    assert!(f.datapath.counters().unwrap().get(Counter::IcmpRelated) >= 1);
+}
+
+#[test]
+fn other_ethertypes_leaving_an_endpoint_are_dropped_and_arp_passes() {
+    let mut f = fixture(SERVER_DNS_ONLY, "ethertype");
+    let lldp = ethernet_frame(0x88cc, &[0; 46]);
+    let (ret, records) = f.run_frame(PROG_FROM_ENDPOINT, &lldp);
+    assert_eq!((ret, drop_reasons(&records)), (TC_ACT_SHOT, vec![drop_reason::UNSUPPORTED_L3_PROTOCOL]));
+    let arp = ethernet_frame(0x0806, &[0; 28]);
+    let (ret, records) = f.run_frame(PROG_FROM_ENDPOINT, &arp);
+    assert_eq!(ret, TC_ACT_UNSPEC, "neighbour resolution keeps working");
+    assert!(records.is_empty());
+    let (ret, _) = f.run_frame(PROG_TO_ENDPOINT, &lldp);
+    assert_eq!(ret, TC_ACT_UNSPEC, "what the node sends into the pod is not the pod's to answer for");
 }
