@@ -73,6 +73,11 @@ impl Controller {
         self.datapath.counters()
     }
 
+    /// Packets dropped for an invalid source address, by endpoint id.
+    pub fn invalid_source_drops(&self, ids: Vec<u16>) -> Result<BTreeMap<u16, u64>, DatapathError> {
+        self.datapath.invalid_source_drops(ids)
+    }
+
     fn namespace_labels(&self, namespace: &str) -> BTreeMap<String, String> {
         self.lab.namespaces.iter().find(|n| n.name == namespace).map(|n| n.labels.clone()).unwrap_or_default()
     }

@@ -30,8 +30,8 @@ use flowgate_common::{
     Counter, EndpointInfo,
     counters::{Config, aggregation, events_kind},
     names::{
-        MAP_CONFIG, MAP_COUNTERS, MAP_ENDPOINTS, MAP_ENFORCEMENT, MAP_EVENTS_PERF, MAP_EVENTS_RINGBUF, MAP_IPCACHE,
-        MAP_POLICY, PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT,
+        MAP_CONFIG, MAP_COUNTERS, MAP_ENDPOINTS, MAP_ENFORCEMENT, MAP_EVENTS_PERF, MAP_EVENTS_RINGBUF,
+        MAP_INVALID_SOURCE, MAP_IPCACHE, MAP_POLICY, PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT,
     },
     policy::{IpcacheValue, PolicyKey, PolicyValue},
 };
@@ -391,6 +391,27 @@ impl Datapath {
             values[counter.index() as usize] = per_cpu.iter().sum();
         }
         Ok(KernelCounters { values })
+    }
+
+    /// Packets dropped for an invalid source address, by endpoint id (summed across CPUs; only
+    /// endpoints that had any).
+    pub fn invalid_source_drops(
+        &self,
+        endpoint_ids: impl IntoIterator<Item = u16>,
+    ) -> Result<std::collections::BTreeMap<u16, u64>, DatapathError> {
+        let name = MAP_INVALID_SOURCE;
+        let map: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf.map(name).ok_or(DatapathError::MissingMap { name })?)
+                .map_err(|source| DatapathError::Map { name, source })?;
+        let mut drops = std::collections::BTreeMap::new();
+        for id in endpoint_ids {
+            let per_cpu = map.get(&u32::from(id), 0).map_err(|source| DatapathError::Map { name, source })?;
+            let total: u64 = per_cpu.iter().sum();
+            if total > 0 {
+                drops.insert(id, total);
+            }
+        }
+        Ok(drops)
     }
 }
 

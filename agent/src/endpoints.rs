@@ -41,6 +41,7 @@ impl EndpointRegistry {
             ingress_enforcement: Enforcement::Disabled,
             egress_enforcement: Enforcement::Disabled,
             state: EndpointState::WaitingForIdentity,
+            invalid_source_drops: 0,
         };
         self.by_id.insert(id, endpoint);
         &self.by_id[&id]

@@ -25,16 +25,18 @@ pub async fn poll(controller: Arc<Mutex<Controller>>, state: Arc<AgentState>) {
         .unwrap_or(0);
     loop {
         interval.tick().await;
-        let counters = {
+        let (counters, invalid_source) = {
             let c = controller.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            match c.counters() {
-                Ok(c) => c,
-                Err(e) => {
+            let ids = state.endpoints().iter().map(|e| e.id).collect::<Vec<_>>();
+            match (c.counters(), c.invalid_source_drops(ids)) {
+                (Ok(c), Ok(drops)) => (c, drops),
+                (Err(e), _) | (_, Err(e)) => {
                     warn!("reading kernel counters: {e}");
                     continue;
                 }
             }
         };
+        state.set_invalid_source_drops(invalid_source);
         let lost = counters.get(Counter::RecordsLost);
         state.counters.kernel_lost.store(lost, Ordering::Relaxed);
         *state.counters.kernel.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =

@@ -63,6 +63,8 @@ pub struct AgentState {
     next_client: AtomicU64,
     policy: RwLock<Arc<PolicySnapshot>>,
     policy_status: RwLock<PolicyStatus>,
+    /// Packets each endpoint sent with another source address (dropped), as last read from the kernel.
+    invalid_source: Mutex<BTreeMap<u16, u64>>,
 }
 
 /// Keeps a client listed in `status` until dropped.
@@ -111,6 +113,7 @@ impl AgentState {
             next_client: AtomicU64::new(1),
             policy: RwLock::new(Arc::default()),
             policy_status: RwLock::new(PolicyStatus::default()),
+            invalid_source: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -139,7 +142,18 @@ impl AgentState {
     }
 
     pub fn endpoint(&self, id: u16) -> Option<Endpoint> {
-        self.endpoints_read().registry.get(id).cloned()
+        let mut endpoint = self.endpoints_read().registry.get(id).cloned()?;
+        endpoint.invalid_source_drops = self.invalid_source_drops().get(&id).copied().unwrap_or(0);
+        Some(endpoint)
+    }
+
+    /// Per-endpoint counts of packets dropped for an invalid source address, as last read from the kernel.
+    pub fn set_invalid_source_drops(&self, drops: BTreeMap<u16, u64>) {
+        *self.invalid_source.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = drops;
+    }
+
+    fn invalid_source_drops(&self) -> BTreeMap<u16, u64> {
+        self.invalid_source.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// The answer for an unknown endpoint id: what exists instead.
@@ -232,7 +246,12 @@ impl AgentState {
     }
 
     pub fn endpoints(&self) -> Vec<Endpoint> {
-        self.endpoints_read().registry.iter().cloned().collect()
+        let drops = self.invalid_source_drops();
+        let mut endpoints: Vec<Endpoint> = self.endpoints_read().registry.iter().cloned().collect();
+        for ep in &mut endpoints {
+            ep.invalid_source_drops = drops.get(&ep.id).copied().unwrap_or(0);
+        }
+        endpoints
     }
 
     pub fn identities(&self) -> Vec<Identity> {

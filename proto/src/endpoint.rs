@@ -46,6 +46,9 @@ pub struct Endpoint {
     pub ingress_enforcement: Enforcement,
     pub egress_enforcement: Enforcement,
     pub state: EndpointState,
+    /// Packets the endpoint sent with a source address that is not its own, dropped by the datapath.
+    #[serde(default)]
+    pub invalid_source_drops: u64,
 }
 
 impl Endpoint {

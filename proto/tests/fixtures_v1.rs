@@ -169,6 +169,7 @@ fn endpoint(id: u16, pod: &str, identity: u32) -> Endpoint {
         ingress_enforcement: Enforcement::Enabled,
         egress_enforcement: Enforcement::Disabled,
         state: EndpointState::Ready,
+        invalid_source_drops: 0,
     }
 }
 

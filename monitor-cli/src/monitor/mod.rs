@@ -173,6 +173,7 @@ mod tests {
             ingress_enforcement: Enforcement::Enabled,
             egress_enforcement: Enforcement::Disabled,
             state: EndpointState::Ready,
+            invalid_source_drops: 0,
         }
     }
 
