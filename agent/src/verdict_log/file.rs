@@ -10,7 +10,7 @@
 use std::{
     fs::{File, OpenOptions},
     io::{self, Read as _, Seek as _, SeekFrom, Write as _},
-    os::unix::fs::OpenOptionsExt as _,
+    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
     sync::{
         Arc,
@@ -83,8 +83,15 @@ pub fn compress(path: &Path) -> io::Result<()> {
     let mut tmp_name = gz.as_os_str().to_owned();
     tmp_name.push(".tmp");
     let tmp = PathBuf::from(tmp_name);
-    let mut input = io::BufReader::with_capacity(1 << 16, File::open(path)?);
-    let out = File::create(&tmp)?;
+    let mut input =
+        io::BufReader::with_capacity(1 << 16, OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path)?);
+    let out = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o640)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)?;
     let mut encoder =
         flate2::write::GzEncoder::new(io::BufWriter::with_capacity(1 << 16, out), flate2::Compression::fast());
     io::copy(&mut input, &mut encoder)?;
@@ -151,12 +158,21 @@ pub enum WriteError {
     },
     #[error("writing {path}: only {written} of {wanted} bytes were written (disk full?)")]
     Short { path: PathBuf, written: usize, wanted: usize },
+    /// After a rotation the new current file could not be created: nothing is written (never into the
+    /// renamed backup) until it can.
+    #[error("re-opening {path} after rotating it: {source}")]
+    Reopen {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
 pub struct LogFile {
     path: PathBuf,
     naming: Naming,
-    file: File,
+    /// The current file; `None` after a rotation whose re-open failed (retried on every append).
+    file: Option<File>,
     /// Bytes in the current file: everything up to here is whole lines.
     size: u64,
     rotation: Rotation,
@@ -167,8 +183,16 @@ pub struct LogFile {
     pub rotations: u64,
 }
 
+/// Opens the current file for appending, never through a symlink: one planted at the log's path would
+/// have the agent (root) append to whatever file it names.
 fn open_append(path: &Path) -> io::Result<File> {
-    OpenOptions::new().create(true).append(true).read(true).mode(0o640).open(path)
+    OpenOptions::new().create(true).append(true).read(true).mode(0o640).custom_flags(libc::O_NOFOLLOW).open(path)
+}
+
+/// Creates the log's directory (and missing parents) readable by its group only: verdicts name pods,
+/// addresses and policies.
+fn create_log_dir(dir: &Path) -> io::Result<()> {
+    std::fs::DirBuilder::new().recursive(true).mode(0o750).create(dir)
 }
 
 impl LogFile {
@@ -176,7 +200,7 @@ impl LogFile {
     /// previous run left half done (temporary files, uncompressed backups) and prunes.
     pub fn open(path: &Path, rotation: Rotation) -> io::Result<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
+            create_log_dir(dir)?;
         }
         let mut file = open_append(path)?;
         let len = file.metadata()?.len();
@@ -195,7 +219,7 @@ impl LogFile {
         let mut log = Self {
             path: path.to_owned(),
             naming,
-            file,
+            file: Some(file),
             size,
             rotation,
             max_backups: Arc::new(AtomicUsize::new(rotation.max_backups)),
@@ -266,9 +290,17 @@ impl LogFile {
         self.last_stamp = micros;
         let (backup, _) = self.naming.backup_path_at(micros);
         std::fs::rename(&self.path, &backup)?;
-        self.file = open_append(&self.path)?;
+        // From here on the open file is the backup: never write to it again, whether or not the new
+        // current file can be created now (append retries).
+        self.file = None;
         self.size = 0;
         self.rotations += 1;
+        match open_append(&self.path) {
+            Ok(file) => self.file = Some(file),
+            Err(e) => {
+                warn!("{}: re-opening after rotation: {e}; records are lost until it succeeds", self.path.display())
+            }
+        }
         if self.rotation.compress {
             self.compress_later(backup)?;
         } else {
@@ -284,7 +316,17 @@ impl LogFile {
         if lines.is_empty() {
             return Ok(());
         }
-        let result = self.file.write(lines);
+        if self.file.is_none() {
+            match open_append(&self.path) {
+                Ok(file) => {
+                    info!("{}: re-opened after rotation", self.path.display());
+                    self.file = Some(file);
+                }
+                Err(source) => return Err(WriteError::Reopen { path: self.path.clone(), source }),
+            }
+        }
+        let file = self.file.as_mut().expect("opened above");
+        let result = file.write(lines);
         let error = match result {
             Ok(n) if n == lines.len() => {
                 self.size += n as u64;
@@ -293,11 +335,11 @@ impl LogFile {
             Ok(n) => WriteError::Short { path: self.path.clone(), written: n, wanted: lines.len() },
             Err(source) => WriteError::Io { path: self.path.clone(), source },
         };
-        if let Err(e) = self.file.set_len(self.size) {
+        if let Err(e) = file.set_len(self.size) {
             // Cannot cut back: find the last whole line the slow way.
             warn!("{}: truncating after a failed write: {e}", self.path.display());
-            let len = self.file.metadata().map(|m| m.len()).unwrap_or(self.size);
-            if let Ok(cut) = repair_tail(&mut self.file, len) {
+            let len = file.metadata().map(|m| m.len()).unwrap_or(self.size);
+            if let Ok(cut) = repair_tail(file, len) {
                 self.size = len - cut;
             }
         }
@@ -307,6 +349,8 @@ impl LogFile {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
     use super::*;
 
     fn dir(tag: &str) -> PathBuf {
@@ -314,6 +358,57 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    #[test]
+    fn the_log_directory_is_made_for_its_group_only_and_symlinks_are_not_followed() {
+        let d = dir("nofollow");
+        let path = d.join("new").join("verdicts.jsonl");
+        drop(LogFile::open(&path, Rotation::default()).unwrap());
+        let mode = std::fs::metadata(d.join("new")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o750, "{mode:o}");
+        // A link planted where the log goes: refused, and the file it names is untouched.
+        let victim = d.join("victim");
+        std::fs::write(&victim, "precious\n").unwrap();
+        let link = d.join("linked.jsonl");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        let err = LogFile::open(&link, Rotation::default()).err().expect("refused");
+        assert_eq!(err.raw_os_error(), Some(libc::ELOOP), "{err}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// A tmpfs with room for two inodes (its root and the log): after a rotation renames the log, the new
+    /// current file cannot be created. Nothing may then go into the renamed backup; writes fail (and are
+    /// counted lost by the writer) until a file can be created again.
+    #[test]
+    fn a_failed_reopen_after_rotation_never_writes_into_the_backup() {
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(unsafe { libc::geteuid() }, 0, "this test mounts a tmpfs: run as root (make test)");
+        let d = dir("reopen");
+        let mount = |args: &[&str]| std::process::Command::new("mount").args(args).status().unwrap().success();
+        assert!(mount(&["-t", "tmpfs", "-o", "size=1m,nr_inodes=2", "tmpfs", d.to_str().unwrap()]));
+        struct Unmount(PathBuf);
+        impl Drop for Unmount {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount").arg(&self.0).status();
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        let _unmount = Unmount(d.clone());
+        let path = d.join("verdicts.jsonl");
+        let mut log = LogFile::open(&path, Rotation { max_size: 16, max_backups: 5, compress: false }).unwrap();
+        log.append(b"{\"a\":1}\n").unwrap();
+        log.rotate().unwrap();
+        let backup = log.naming.backups().pop().expect("the rotated file").stamp;
+        let backup = log.naming.backup_path(&backup);
+        let err = log.append(b"{\"a\":2}\n").err().expect("no current file to write to");
+        assert!(matches!(err, WriteError::Reopen { .. }), "{err}");
+        assert_eq!(std::fs::read_to_string(&backup).unwrap(), "{\"a\":1}\n", "the backup got nothing more");
+        // Room again: the next write re-opens and lands in the new current file.
+        std::fs::remove_file(&backup).unwrap();
+        log.append(b"{\"a\":3}\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"a\":3}\n");
     }
 
     #[test]
