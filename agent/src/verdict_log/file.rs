@@ -402,7 +402,7 @@ mod tests {
         log.rotate().unwrap();
         let backup = log.naming.backups().pop().expect("the rotated file").stamp;
         let backup = log.naming.backup_path(&backup);
-        let err = log.append(b"{\"a\":2}\n").err().expect("no current file to write to");
+        let err = log.append(b"{\"a\":2}\n").expect_err("no current file to write to");
         assert!(matches!(err, WriteError::Reopen { .. }), "{err}");
         assert_eq!(std::fs::read_to_string(&backup).unwrap(), "{\"a\":1}\n", "the backup got nothing more");
         // Room again: the next write re-opens and lands in the new current file.
