@@ -8,6 +8,7 @@ use std::{sync::Arc, time::Duration};
 use flowgate_proto::{
     PROTOCOL_VERSION,
     codec::{self, MAX_FRAME_BYTES},
+    filter::{FlowFilter, MAX_FILTER_VALUES},
     message::{ClientMessage, Event, Hello, Refusal, ServerMessage, Subscription},
 };
 use log::{debug, info, warn};
@@ -204,6 +205,15 @@ impl Session {
 
     /// Sends the subscription's history, then (with `follow`) live batches until the client goes away.
     async fn stream(&mut self, subscription: &Subscription, guard: &ClientGuard) -> Result<End, SessionError> {
+        let values: usize = subscription.allow.iter().chain(&subscription.deny).map(FlowFilter::value_count).sum();
+        if values > MAX_FILTER_VALUES {
+            return self
+                .reject(format!(
+                    "the subscription's filters name {values} values, more than the {MAX_FILTER_VALUES} a \
+                     subscription may: narrow them, or split them over several subscriptions"
+                ))
+                .await;
+        }
         let mut subscriber: Subscriber = self.shared.api.state().hub().subscribe(subscription);
         guard.set_subscription(Arc::clone(&subscriber.stats));
         let initial = std::mem::take(&mut subscriber.initial);

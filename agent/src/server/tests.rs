@@ -290,6 +290,34 @@ async fn frames_written_in_pieces_are_read_whole() {
     server.stop().await;
 }
 
+/// A subscription naming more filter values than the cap is refused with a clear error; a big but
+/// allowed one (1,000 pods) is served.
+#[tokio::test]
+async fn oversized_subscription_filters_are_refused_with_a_clear_error() {
+    let server = TestServer::start("bigfilter", |_| {}).await;
+    let pods = |n: usize| -> Vec<flowgate_proto::filter::PodSelector> {
+        (0..n).map(|i| format!("x/pod-{i}").parse().unwrap()).collect()
+    };
+    let subscribe = |n| Subscription {
+        allow: vec![flowgate_proto::filter::FlowFilter { pods: pods(n), ..Default::default() }],
+        follow: false,
+        ..Subscription::default()
+    };
+    let client = server.client().await;
+    let mut stream = client.subscribe(subscribe(flowgate_proto::filter::MAX_FILTER_VALUES + 1)).await.unwrap();
+    let err = match stream.next_batch().await {
+        Some(Err(e)) => e.to_string(),
+        other => panic!("refused, got {other:?}"),
+    };
+    assert!(err.contains("more than the 16384 a subscription may"), "{err}");
+    let client = server.client().await;
+    let mut stream = client.subscribe(subscribe(1000)).await.unwrap();
+    while let Some(batch) = stream.next_batch().await {
+        batch.expect("1,000 pods are served");
+    }
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn a_request_before_the_hello_is_an_error() {
     let server = TestServer::start("nohello", |_| {}).await;

@@ -114,12 +114,33 @@ impl FlowFilter {
         *self == FlowFilter::default()
     }
 
+    /// How many values the filter names, over all its criteria: what a subscription's filter size is
+    /// capped by ([`MAX_FILTER_VALUES`]).
+    pub fn value_count(&self) -> usize {
+        self.related_to.len()
+            + self.from_endpoint.len()
+            + self.to_endpoint.len()
+            + self.event_types.len()
+            + self.verdicts.len()
+            + self.namespaces.len()
+            + self.pods.len()
+            + self.labels.len()
+            + self.ports.len()
+            + self.protocols.len()
+            + self.policies.len()
+    }
+
     /// Whether an agent speaking protocol 1.0 would read this filter differently: it ignores
     /// `policies` and knows pods only as an exact `namespace/name`.
     pub fn needs_protocol_1_1(&self) -> bool {
         !self.policies.is_empty() || self.pods.iter().any(|p| p.namespace.is_none())
     }
 }
+
+/// Most values the allow and deny filters of one subscription may name together. Compiled filters cost
+/// the same per event whatever their size, but compiling and holding them is not free: 1,000 pods fit
+/// many times over.
+pub const MAX_FILTER_VALUES: usize = 16_384;
 
 /// Whether a flow passes an allowlist (any filter matches, or the list is empty) and no deny filter.
 /// Searches the lists as written; [`FilterSet`] is the compiled equivalent.
