@@ -67,6 +67,8 @@ pub struct SubscriberStats {
     pub events_lost: AtomicU64,
 }
 
+/// One subscriber as the hub sees it. Shared (`Arc`) between the hub's list and a publish in progress,
+/// so flows are filtered and queued without the hub's lock held.
 struct Slot {
     id: u64,
     /// The subscription's allow and deny lists, compiled into sets once at subscription time, so the
@@ -76,53 +78,65 @@ struct Slot {
     /// Events in the queue now, and how many it may hold.
     queued: Arc<AtomicUsize>,
     limit: usize,
-    /// Losses not yet delivered, by source, in the order they happened.
-    undelivered: Vec<LostEvents>,
+    /// Losses not yet delivered, by source, in the order they happened. The lock also makes each
+    /// delivery to this subscriber whole: a loss never lands inside another delivery's batch.
+    undelivered: Mutex<Vec<LostEvents>>,
     stats: Arc<SubscriberStats>,
 }
 
+fn note_loss(undelivered: &mut Vec<LostEvents>, source: LossSource, count: u64) {
+    match undelivered.last_mut() {
+        Some(last) if last.source == source => last.count += count,
+        _ => undelivered.push(LostEvents { source, count }),
+    }
+}
+
 impl Slot {
-    fn note_loss(&mut self, source: LossSource, count: u64) {
-        match self.undelivered.last_mut() {
-            Some(last) if last.source == source => last.count += count,
-            _ => self.undelivered.push(LostEvents { source, count }),
-        }
+    fn undelivered(&self) -> std::sync::MutexGuard<'_, Vec<LostEvents>> {
+        self.undelivered.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Queues `events`, preceded by any undelivered loss. Returns false when the subscriber is gone.
-    fn deliver(&mut self, events: Vec<Event>) -> bool {
-        if events.is_empty() && self.undelivered.is_empty() {
-            return true;
+    /// Queues `events`, preceded by any undelivered loss and by `loss` (a loss that happened before
+    /// them). Returns how many flows were dropped for lack of room, or `None` when the subscriber is gone.
+    fn deliver(&self, events: Vec<Event>, loss: Option<(LossSource, u64)>) -> Option<u64> {
+        let mut undelivered = self.undelivered();
+        if let Some((source, count)) = loss {
+            note_loss(&mut undelivered, source, count);
+        }
+        if events.is_empty() && undelivered.is_empty() {
+            return Some(0);
         }
         if self.tx.is_closed() {
-            return false;
+            return None;
         }
         let flows = events.len();
-        let size = self.undelivered.len() + flows;
+        let size = undelivered.len() + flows;
         if self.queued.load(Ordering::Relaxed) + size > self.limit {
-            // No room: losses already in `undelivered` stay there; these flows join them.
+            // No room: losses already undelivered stay there; these flows join them.
             if flows > 0 {
-                self.note_loss(LossSource::ClientQueue, flows as u64);
+                note_loss(&mut undelivered, LossSource::ClientQueue, flows as u64);
                 self.stats.events_lost.fetch_add(flows as u64, Ordering::Relaxed);
             }
-            return true;
+            return Some(flows as u64);
         }
         let mut batch = Vec::with_capacity(size);
-        batch.extend(self.undelivered.drain(..).map(Event::Lost));
+        batch.extend(undelivered.drain(..).map(Event::Lost));
         batch.extend(events);
         self.queued.fetch_add(size, Ordering::Relaxed);
         self.stats.events_queued.fetch_add(flows as u64, Ordering::Relaxed);
-        self.tx.send(batch).is_ok()
+        self.tx.send(batch).ok().map(|()| 0)
     }
 }
 
 struct Inner {
     history: History,
-    slots: Vec<Slot>,
+    slots: Vec<Arc<Slot>>,
     next_id: u64,
 }
 
-/// The fan-out point between the event pipeline and the subscribers.
+/// The fan-out point between the event pipeline and the subscribers. Its lock guards only the history
+/// and the list of subscribers: filtering and queueing happen outside it, so neither the reader nor a
+/// `status` request waits for subscribers' filters.
 pub struct Hub {
     inner: Mutex<Inner>,
     config: HubConfig,
@@ -175,15 +189,15 @@ impl Hub {
         let rx = subscription.follow.then(|| {
             let (tx, rx) = mpsc::unbounded_channel();
             let queued = Arc::new(AtomicUsize::new(0));
-            inner.slots.push(Slot {
+            inner.slots.push(Arc::new(Slot {
                 id,
                 filters: FilterSet::compile(&subscription.allow, &subscription.deny),
                 tx,
                 queued: Arc::clone(&queued),
                 limit: self.config.queue_events.max(1),
-                undelivered: Vec::new(),
+                undelivered: Mutex::new(Vec::new()),
                 stats: Arc::clone(&stats),
-            });
+            }));
             LiveEvents { rx, queued }
         });
         Subscriber { id, initial, rx, stats, hub: Arc::clone(self) }
@@ -193,28 +207,45 @@ impl Hub {
         self.lock().slots.retain(|s| s.id != id);
     }
 
+    /// The subscribers now, for a delivery outside the lock.
+    fn slots(&self) -> Vec<Arc<Slot>> {
+        self.lock().slots.clone()
+    }
+
+    /// Drops subscribers whose receiving end is gone.
+    fn forget(&self, gone: &[u64]) {
+        if !gone.is_empty() {
+            self.lock().slots.retain(|s| !gone.contains(&s.id));
+        }
+    }
+
     /// Publishes one batch of flows from the pipeline: into history, and to every subscriber whose
-    /// filters they pass, as one queued batch per subscriber.
+    /// filters they pass, as one queued batch per subscriber. The lock is held only to add the batch to
+    /// the history and to take the list of subscribers (together, so a new subscriber gets this batch
+    /// either in its history or live, never both, never neither); filters run after it is released.
     pub fn publish(&self, flows: &[Arc<Flow>]) {
         if flows.is_empty() {
             return;
         }
-        let mut inner = self.lock();
-        for flow in flows {
-            inner.history.push(Arc::clone(flow));
-        }
+        let slots = {
+            let mut inner = self.lock();
+            for flow in flows {
+                inner.history.push(Arc::clone(flow));
+            }
+            inner.slots.clone()
+        };
         let mut gone = Vec::new();
-        for slot in &mut inner.slots {
+        for slot in &slots {
             let events: Vec<Event> =
                 flows.iter().filter(|f| slot.filters.matches(f)).map(|f| Event::Flow(Arc::clone(f))).collect();
-            let before = slot.stats.events_lost.load(Ordering::Relaxed);
-            if !slot.deliver(events) {
-                gone.push(slot.id);
+            match slot.deliver(events, None) {
+                Some(lost) => {
+                    self.queue_losses.fetch_add(lost, Ordering::Relaxed);
+                }
+                None => gone.push(slot.id),
             }
-            let lost = slot.stats.events_lost.load(Ordering::Relaxed) - before;
-            self.queue_losses.fetch_add(lost, Ordering::Relaxed);
         }
-        inner.slots.retain(|s| !gone.contains(&s.id));
+        self.forget(&gone);
     }
 
     /// Tells every subscriber that `count` events were lost before reaching the hub.
@@ -222,31 +253,26 @@ impl Hub {
         if count == 0 {
             return;
         }
-        let mut inner = self.lock();
-        let mut gone = Vec::new();
-        for slot in &mut inner.slots {
-            slot.note_loss(source, count);
-            if !slot.deliver(Vec::new()) {
-                gone.push(slot.id);
-            }
-        }
-        inner.slots.retain(|s| !gone.contains(&s.id));
+        let gone: Vec<u64> = self
+            .slots()
+            .iter()
+            .filter(|s| s.deliver(Vec::new(), Some((source, count))).is_none())
+            .map(|s| s.id)
+            .collect();
+        self.forget(&gone);
     }
 
     /// Delivers losses still waiting for room in their subscriber's queue (called when no new flows
     /// arrived, so a loss is not held back until the next flow).
     pub fn flush_losses(&self) {
-        let mut inner = self.lock();
-        if inner.slots.iter().all(|s| s.undelivered.is_empty()) {
-            return;
-        }
-        let mut gone = Vec::new();
-        for slot in inner.slots.iter_mut().filter(|s| !s.undelivered.is_empty()) {
-            if !slot.deliver(Vec::new()) {
-                gone.push(slot.id);
-            }
-        }
-        inner.slots.retain(|s| !gone.contains(&s.id));
+        let gone: Vec<u64> = self
+            .slots()
+            .iter()
+            .filter(|s| !s.undelivered().is_empty())
+            .filter(|s| s.deliver(Vec::new(), None).is_none())
+            .map(|s| s.id)
+            .collect();
+        self.forget(&gone);
     }
 
     /// Number of live subscribers.
