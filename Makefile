@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: setup build test lint demo bench clean-labs fmt clippy
+.PHONY: setup build test lint demo bench fuzz clean-labs fmt clippy
 
 setup:
 	@bash scripts/setup.sh
@@ -27,6 +27,25 @@ bench: setup
 	$(CARGO) build --workspace --exclude flowgate-ebpf --release --locked
 	$(CARGO) run --release --locked -p flowgate-agent --bin flowgate-bench
 	$(CARGO) run --release --locked -p flowgate-cli --bin flowgate-tui-bench
+
+# Fuzzing (cargo-fuzz, libFuzzer, on the pinned nightly): each target for FUZZ_SECONDS. New inputs grow
+# fuzz/corpus/<target>/; an input that crashes a target is copied to fuzz/regressions/<target>/ (which
+# `make test` replays) and the run fails. AYA_BUILD_SKIP: the targets never load the kernel programs.
+FUZZ_SECONDS ?= 60
+FUZZ_TOOLCHAIN := nightly-2026-05-20
+FUZZ_TARGETS := socket_frames kernel_record policy_yaml topology verdict_line
+fuzz: setup
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz@0.13.2 --locked
+	@cd fuzz && for t in $(FUZZ_TARGETS); do \
+	    mkdir -p corpus/$$t regressions/$$t; \
+	    echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
+	    AYA_BUILD_SKIP=1 $(CARGO) +$(FUZZ_TOOLCHAIN) fuzz run $$t corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) \
+	        -rss_limit_mb=2048 -print_final_stats=1 2>&1 | tee /tmp/flowgate-fuzz-$$t.log \
+	        | grep -E '^(#[0-9]+\s+DONE|stat::number_of_executed_units|stat::average_exec_per_sec|==[0-9]+==ERROR|SUMMARY)'; \
+	    for crash in artifacts/$$t/crash-* artifacts/$$t/oom-* artifacts/$$t/timeout-*; do \
+	        [ -e "$$crash" ] || continue; cp "$$crash" regressions/$$t/; echo "fuzz: $$t found $$crash (kept in regressions/$$t)"; fail=1; \
+	    done; \
+	done; exit $${fail:-0}
 
 # Removes every lab left on this machine (after an interrupted run).
 clean-labs:

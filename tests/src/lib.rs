@@ -6,6 +6,7 @@
 //! on the machine does not show them; their network namespaces are the usual `fg-<lab>-*`.
 
 pub mod agent;
+pub mod fuzz;
 
 use std::{
     path::{Path, PathBuf},

@@ -37,7 +37,7 @@ const PREFIX_BYTES: usize = 4;
 
 /// Takes one whole frame's body off the front of `buf`, or leaves `buf` as it is when the frame is not
 /// complete yet.
-fn take_frame(buf: &mut BytesMut) -> Result<Option<BytesMut>, FrameError> {
+pub fn take_frame(buf: &mut BytesMut) -> Result<Option<BytesMut>, FrameError> {
     let Some(prefix) = buf.get(..PREFIX_BYTES) else { return Ok(None) };
     let len = u32::from_be_bytes(prefix.try_into().expect("four bytes")) as usize;
     if len > MAX_FRAME_BYTES {

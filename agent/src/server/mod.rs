@@ -3,7 +3,7 @@
 //! down, one task per client session. Peer credentials, the hello, limits and the protocol are in the
 //! submodules; the protocol itself is described in `docs/protocol.md`.
 
-mod frames;
+pub mod frames;
 mod listener;
 mod peer;
 mod session;
