@@ -306,6 +306,9 @@ impl Port {
             Some(IntOrString::Int(number)) => {
                 let end = port.end_port.unwrap_or(*number);
                 match (u16::try_from(*number), u16::try_from(end)) {
+                    // Every usable port: the protocol alone, one map entry instead of 16 port prefixes. Port 0
+                    // is the only difference, and no socket listens on port 0.
+                    (Ok(1), Ok(u16::MAX)) => Port::Numeric(protocol, None),
                     (Ok(lo), Ok(hi)) if lo >= 1 && hi >= lo => Port::Numeric(protocol, Some((lo, hi))),
                     _ => Port::Nothing,
                 }

@@ -226,6 +226,23 @@ fn empty_port_item_is_every_tcp_port() {
 }
 
 #[test]
+fn every_usable_port_is_the_protocol_alone() {
+    let plan = compile_yaml(&np(
+        "default",
+        "p",
+        "podSelector: {matchLabels: {app: db}}\ningress:\n- ports: [{port: 1, endPort: 65535, protocol: UDP}, \
+         {port: 2, endPort: 65535}]",
+    ));
+    assert_eq!(
+        plan.endpoints[&3].ingress.entries,
+        vec![
+            entry(PeerMatch::Any, Some(Protocol::Tcp), Some((2, 65535)), &[r("default", "p")]),
+            entry(PeerMatch::Any, Some(Protocol::Udp), None, &[r("default", "p")]),
+        ]
+    );
+}
+
+#[test]
 fn end_port_gives_an_inclusive_range() {
     let plan = compile_yaml(&np(
         "default",
