@@ -66,7 +66,7 @@ pub fn render(status: &Status) -> String {
     } else {
         format!("{}, {}", status.events_buffer.kind, size(status.events_buffer.size_bytes))
     };
-    let lines = [
+    let mut lines = vec![
         ("Agent", format!("flowgate-agent {}", status.agent_version)),
         ("Protocol", protocol),
         ("Uptime", uptime(status.uptime_seconds)),
@@ -88,10 +88,25 @@ pub fn render(status: &Status) -> String {
         ("Policies", format!("{} loaded, {} errors", status.policy.loaded.len(), status.policy.errors.len())),
         ("Clients", status.clients.len().to_string()),
     ];
+    let maps: Vec<String> = status
+        .policy
+        .maps
+        .iter()
+        .map(|m| {
+            let percent = if m.capacity == 0 { 0.0 } else { m.entries as f64 * 100.0 / m.capacity as f64 };
+            format!("{} {}/{} ({percent:.0}%)", m.map, m.entries, m.capacity)
+        })
+        .collect();
+    if !maps.is_empty() {
+        lines.insert(lines.len() - 1, ("Policy maps", maps.join(", ")));
+    }
     let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
     let mut out = String::new();
     for (key, value) in lines {
         let _ = writeln!(out, "{:<width$}   {value}", format!("{key}:"));
+    }
+    for error in &status.policy.errors {
+        let _ = writeln!(out, "  policy error: {error}");
     }
     if !status.clients.is_empty() {
         let mut clients = Table::new(&[

@@ -186,6 +186,22 @@ impl Metrics {
             "Errors of the latest policy change (the last good set stays in effect).",
             status.policy.errors.len() as f64,
         );
+        out.family(
+            "flowgate_map_entries",
+            "gauge",
+            "Entries of a datapath map in the policy generation in effect (policy, ipcache, endpoint).",
+        );
+        for fill in &status.policy.maps {
+            out.sample("flowgate_map_entries", &[("map", &fill.map)], fill.entries as f64);
+        }
+        out.family(
+            "flowgate_map_capacity",
+            "gauge",
+            "Entries a datapath map holds (max_entries); a policy set that needs more is refused.",
+        );
+        for fill in &status.policy.maps {
+            out.sample("flowgate_map_capacity", &[("map", &fill.map)], fill.capacity as f64);
+        }
         out.simple("flowgate_clients", "gauge", "Clients connected to the socket.", status.clients.len() as f64);
         out.simple("flowgate_uptime_seconds", "gauge", "Seconds since the agent started.", status.uptime_seconds);
 

@@ -14,10 +14,13 @@ use std::{
 
 use flowgate_common::policy::direction;
 use flowgate_policy::{CidrIdentities, ClusterView, LoadedPolicy, PolicyPlan, PolicyRef, compile};
-use flowgate_proto::{flow::PolicyName, message::PolicyStatus};
+use flowgate_proto::{
+    flow::PolicyName,
+    message::{MapFill, PolicyStatus},
+};
 
 use flowgate_events::enrich::PolicyLookup;
-use realize::{Audit, MapContents, RuleTable};
+use realize::{Audit, Capacities, CapacityError, Fill, MapContents, RuleTable};
 
 fn name(p: &PolicyRef) -> PolicyName {
     PolicyName { namespace: p.namespace.clone(), name: p.name.clone() }
@@ -44,8 +47,16 @@ impl PolicyLookup for PolicySnapshot {
 /// Policies in effect and what to do with the next change.
 pub struct PolicyEngine {
     dir: Option<PathBuf>,
-    /// The last set that loaded and validated without error.
+    /// The last set that loaded and validated without error (the candidate; what is in effect is in
+    /// `status.loaded`, which may be an older set when this one did not fit the maps).
     good: Vec<LoadedPolicy>,
+    /// Errors of the latest read of the sources.
+    load_errors: Vec<String>,
+    /// Why the latest compiled set was not applied (it did not fit the maps); cleared when a set is applied.
+    refusal: Option<String>,
+    capacities: Capacities,
+    /// Entries of the generation in effect.
+    fill: Fill,
     cidr_identities: CidrIdentities,
     rules: RuleTable,
     pub audit: Audit,
@@ -58,6 +69,10 @@ impl PolicyEngine {
         Self {
             dir,
             good: Vec::new(),
+            load_errors: Vec::new(),
+            refusal: None,
+            capacities: Capacities::default(),
+            fill: Fill::default(),
             cidr_identities: CidrIdentities::new(),
             rules: RuleTable::default(),
             audit: Audit { all: audit_all, ..Audit::default() },
@@ -72,23 +87,37 @@ impl PolicyEngine {
         let Some(dir) = &self.dir else { return false };
         match flowgate_policy::load_dir(dir) {
             Ok(policies) => {
-                self.status.errors.clear();
+                self.load_errors.clear();
                 let changed = policies != self.good;
                 self.good = policies;
                 changed
             }
             Err(errors) => {
-                self.status.errors = errors.iter().map(ToString::to_string).collect();
+                self.load_errors = errors.iter().map(ToString::to_string).collect();
                 false
             }
         }
     }
 
+    /// The capacities of the maps the datapath created (or adopted); plans are counted against them.
+    pub fn set_capacities(&mut self, capacities: Capacities) {
+        self.capacities = capacities;
+    }
+
     /// Compiles the good set for `cluster` and returns the map contents of the new generation, with
     /// the snapshot enrichment uses. The caller writes the contents and then calls [`Self::applied`].
-    pub fn prepare(&mut self, cluster: &ClusterView) -> (MapContents, PolicySnapshot) {
+    ///
+    /// The plan is counted against the map capacities first: a set that does not fit is refused (like an
+    /// invalid manifest: `status` says so with both numbers) before anything is built or written, and
+    /// nothing of the engine's view of the set in effect changes.
+    pub fn prepare(&mut self, cluster: &ClusterView) -> Result<(MapContents, PolicySnapshot), CapacityError> {
         let plan = compile(&self.good, cluster, &mut self.cidr_identities);
         let pods: Vec<(Ipv4Addr, u32)> = cluster.pods.iter().map(|p| (p.ip, p.identity)).collect();
+        let fill = realize::count(&plan, &pods);
+        if let Err(e) = fill.check(&self.capacities) {
+            self.refusal = Some(e.to_string());
+            return Err(e);
+        }
         let contents = realize::realize(&plan, &pods, &self.audit, &mut self.rules);
         let mut snapshot = PolicySnapshot::default();
         for (_, _, value) in &contents.policy {
@@ -104,7 +133,8 @@ impl PolicyEngine {
             }
         }
         self.plan = Some(plan);
-        (contents, snapshot)
+        self.fill = fill;
+        Ok((contents, snapshot))
     }
 
     /// Records that the prepared generation is in effect.
@@ -115,10 +145,25 @@ impl PolicyEngine {
         loaded.dedup();
         self.status.loaded = loaded;
         self.status.audit_mode = self.audit.all;
+        self.refusal = None;
     }
 
+    /// The set in effect, the errors of the latest change, and how full the maps of the generation in
+    /// effect are.
     pub fn status(&self) -> PolicyStatus {
-        self.status.clone()
+        let mut status = self.status.clone();
+        status.errors = self.load_errors.iter().chain(&self.refusal).cloned().collect();
+        let fill = |map: &str, entries: usize, capacity: u32| MapFill {
+            map: map.to_owned(),
+            entries: entries as u64,
+            capacity: u64::from(capacity),
+        };
+        status.maps = vec![
+            fill("policy", self.fill.policy, self.capacities.policy),
+            fill("ipcache", self.fill.ipcache, self.capacities.ipcache),
+            fill("endpoint", self.fill.enforcement, self.capacities.enforcement),
+        ];
+        status
     }
 
     /// The plan in effect.
@@ -143,3 +188,142 @@ impl PolicyEngine {
 
 /// Shared form of the snapshot.
 pub type SharedPolicy = Arc<PolicySnapshot>;
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeMap, fmt::Write as _};
+
+    use flowgate_policy::{NamespaceInfo, PodInfo};
+
+    use super::*;
+
+    /// A policy directory of the test's own, removed on drop.
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn new(tag: &str) -> Self {
+            let path = std::env::temp_dir().join(format!("flowgate-capacity-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&path);
+            std::fs::create_dir_all(&path).unwrap();
+            Self(path)
+        }
+
+        fn write(&self, yaml: &str) {
+            std::fs::write(self.0.join("policies.yaml"), yaml).unwrap();
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// `pods` pods labelled app=db in namespace default, endpoint ids and addresses from 1.
+    fn cluster(pods: u8) -> ClusterView {
+        ClusterView {
+            namespaces: vec![NamespaceInfo { name: "default".into(), labels: BTreeMap::new() }],
+            pods: (1..=pods)
+                .map(|i| PodInfo {
+                    endpoint_id: u16::from(i),
+                    namespace: "default".into(),
+                    name: format!("db-{i}"),
+                    labels: BTreeMap::from([("app".to_owned(), "db".to_owned())]),
+                    ip: Ipv4Addr::new(10, 200, 0, i),
+                    identity: 256,
+                    ports: Vec::new(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The issue's set: ingress of every app=db pod from `blocks` /32 ipBlocks, over TCP, UDP and SCTP,
+    /// ports `first`-65535.
+    fn cidr_policy(name: &str, blocks: u32, first: u16) -> String {
+        let mut yaml = format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: default}}\n\
+             spec:\n  podSelector: {{matchLabels: {{app: db}}}}\n  ingress:\n  - from:\n"
+        );
+        for i in 0..blocks {
+            let _ = writeln!(yaml, "    - ipBlock: {{cidr: 172.16.{}.{}/32}}", i / 250, i % 250 + 1);
+        }
+        yaml.push_str("    ports:\n");
+        for protocol in ["TCP", "UDP", "SCTP"] {
+            let _ = writeln!(yaml, "    - {{protocol: {protocol}, port: {first}, endPort: 65535}}");
+        }
+        yaml
+    }
+
+    const ALLOW_ONE: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: small, \
+                             namespace: default}\nspec:\n  podSelector: {}\n  ingress:\n  - from:\n    - ipBlock: \
+                             {cidr: 172.16.0.1/32}\n    ports: [{port: 5432}]\n";
+
+    #[test]
+    fn the_issue_set_of_2000_blocks_and_every_port_fits_the_default_capacity() {
+        let dir = Dir::new("issue");
+        dir.write(&cidr_policy("wide", 2000, 1));
+        let mut engine = PolicyEngine::new(Some(dir.0.clone()), false);
+        assert!(engine.reload(), "{:?}", engine.status().errors);
+        let (contents, _) = engine.prepare(&cluster(3)).expect("fits 65,536 policy entries");
+        // 3 endpoints x 2000 CIDR identities x 3 protocols, one protocol-only entry each (it was 16 port
+        // prefixes for 1-65535: 288,000 entries).
+        assert_eq!(contents.policy.len(), 18_000);
+        assert_eq!(contents.ipcache.len(), 2000 + 1 + 3);
+        engine.applied();
+        let status = engine.status();
+        assert!(status.errors.is_empty(), "{:?}", status.errors);
+        assert_eq!(status.maps[0], MapFill { map: "policy".into(), entries: 18_000, capacity: 65_536 });
+        assert_eq!(status.maps[1], MapFill { map: "ipcache".into(), entries: 2004, capacity: 16_384 });
+    }
+
+    #[test]
+    fn a_set_over_capacity_is_refused_with_both_numbers_and_the_good_set_stays() {
+        let dir = Dir::new("refuse");
+        dir.write(ALLOW_ONE);
+        let mut engine = PolicyEngine::new(Some(dir.0.clone()), false);
+        assert!(engine.reload());
+        let cluster = cluster(3);
+        let (good, _) = engine.prepare(&cluster).expect("one entry per endpoint fits");
+        engine.applied();
+        assert_eq!(good.policy.len(), 3);
+
+        // Ports 2-65535 are 15 aligned blocks: 3 x 2000 x 3 x 15 = 270,000 entries.
+        dir.write(&cidr_policy("wide", 2000, 2));
+        assert!(engine.reload());
+        let refusal = engine.prepare(&cluster).map(|_| ()).expect_err("270,000 entries do not fit 65,536");
+        assert_eq!((refusal.needs, refusal.capacity), (270_000, 65_536));
+        let status = engine.status();
+        assert_eq!(
+            status.errors,
+            vec![
+                "policy set needs 270,000 policy entries, capacity 65,536; the last good set stays in effect (raise \
+                 --policy-map-entries or simplify the policies)"
+                    .to_owned()
+            ]
+        );
+        assert_eq!(status.loaded, vec!["default/small".to_owned()], "the good set is still the one in effect");
+        assert_eq!(status.revision, 1);
+        assert_eq!(status.maps[0].entries, 3, "the fill of the generation in effect");
+
+        // Writing the good set back applies it and clears the refusal.
+        dir.write(ALLOW_ONE);
+        assert!(engine.reload());
+        assert!(engine.prepare(&cluster).is_ok());
+        engine.applied();
+        assert!(engine.status().errors.is_empty());
+    }
+
+    #[test]
+    fn a_small_capacity_is_counted_too() {
+        let dir = Dir::new("small");
+        dir.write(&cidr_policy("wide", 10, 1));
+        let mut engine = PolicyEngine::new(Some(dir.0.clone()), false);
+        engine.set_capacities(Capacities { policy: 64, ..Capacities::default() });
+        assert!(engine.reload());
+        let refusal = engine.prepare(&cluster(3)).map(|_| ()).expect_err("90 entries do not fit 64");
+        assert_eq!((refusal.what, refusal.needs, refusal.capacity), ("policy", 90, 64));
+        engine.set_capacities(Capacities { ipcache: 10, ..Capacities::default() });
+        let refusal = engine.prepare(&cluster(3)).map(|_| ()).expect_err("14 ipcache entries do not fit 10");
+        assert_eq!((refusal.what, refusal.needs, refusal.capacity), ("ipcache", 14, 10));
+    }
+}
