@@ -1,7 +1,7 @@
 //! Capacity is a checked limit: an agent with a small policy map (`--policy-map-entries 64`) enforces a
 //! set that fits, refuses one that does not (named in `status` with both numbers, before anything is
 //! written), and the last good set goes on deciding real connections between lab pods. A set that fits
-//! again is applied.
+//! again is applied, and a restarted agent keeps the size the pinned maps were created with.
 
 use std::time::{Duration, Instant};
 
@@ -122,5 +122,17 @@ fn over_capacity_is_refused_and_the_last_good_set_stays_enforced() {
     let applied = wait_status(&agent, "the fitting set in effect", |s| loaded(s) == ["x/x-a-open"]);
     assert!(errors(&applied).is_empty(), "{applied:#}");
     assert!(reaches_x_a(&lab, "z/a"), "z/a -> x/a is allowed by the new set");
-    drop(agent);
+
+    // A restarted agent adopts the pinned maps at the size they were created with, whatever its flag says.
+    agent.kill_hard();
+    let args = ["--policies", policy_dir.path().to_str().unwrap(), "--policy-map-entries", "128"];
+    let restarted = AgentGuard::start(&lab.name, &socket, &args);
+    let adopted = wait_status(&restarted, "the set in effect after the restart", |s| loaded(s) == ["x/x-a-open"]);
+    assert_eq!(fill(&adopted, "policy").1, 64, "the adopted maps keep their size");
+    assert!(
+        restarted.output().contains("hold 64 entries, not the 128 of --policy-map-entries"),
+        "{}",
+        restarted.output()
+    );
+    drop(restarted);
 }
