@@ -318,6 +318,10 @@ mod tests {
         instruments().latency.decoded(&flows);
         hub.publish(&flows);
         instruments().policy_apply.observe(Duration::from_millis(3));
+        state.set_policy_status(flowgate_proto::message::PolicyStatus {
+            maps: vec![flowgate_proto::message::MapFill { map: "policy".into(), entries: 18_000, capacity: 65_536 }],
+            ..Default::default()
+        });
         let body = loop {
             let body = http::get(handle.local_addr, "/metrics").await.unwrap();
             if body.contains("flowgate_flows_processed_total{type=\"policy-verdict\",verdict=\"DROPPED\"} 1") {
@@ -336,6 +340,8 @@ mod tests {
         );
         assert!(body.contains("flowgate_policy_apply_duration_seconds_bucket{le=\"0.005\"}"), "{body}");
         assert!(body.contains("# TYPE flowgate_pipeline_latency_seconds summary"), "{body}");
+        assert!(body.contains("flowgate_map_entries{map=\"policy\"} 18000"), "{body}");
+        assert!(body.contains("flowgate_map_capacity{map=\"policy\"} 65536"), "{body}");
         let missing = http::get(handle.local_addr, "/nothing").await.unwrap_err();
         assert!(missing.to_string().contains("404"), "{missing}");
     }
