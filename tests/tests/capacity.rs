@@ -22,15 +22,16 @@ spec:
     ports: [{port: 80, protocol: TCP}]
 ";
 
-/// x/a takes TCP from every pod and from `blocks` /32 ipBlocks, on `ports`. Applied, it would let z/a in.
+/// x/a takes TCP from every pod, and from `blocks` /32 ipBlocks with a rule each (so their identities
+/// cannot be shared), on `ports`. Applied, it would let z/a in.
 fn open_to_all(blocks: u32, ports: &str) -> String {
-    let mut peers = String::from("    - namespaceSelector: {}\n");
+    let mut rules = format!("  - from: [{{namespaceSelector: {{}}}}]\n    ports: [{ports}]\n");
     for i in 0..blocks {
-        peers.push_str(&format!("    - ipBlock: {{cidr: 172.16.0.{}/32}}\n", i + 1));
+        rules.push_str(&format!("  - from: [{{ipBlock: {{cidr: 172.16.0.{}/32}}}}]\n    ports: [{ports}]\n", i + 1));
     }
     format!(
         "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: x-a-open, namespace: x}}\nspec:\n  \
-         podSelector: {{matchLabels: {{pod: a}}}}\n  ingress:\n  - from:\n{peers}    ports: [{ports}]\n"
+         podSelector: {{matchLabels: {{pod: a}}}}\n  ingress:\n{rules}"
     )
 }
 

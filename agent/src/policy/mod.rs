@@ -171,13 +171,20 @@ impl PolicyEngine {
         self.plan.as_ref()
     }
 
-    /// Labels of the CIDR identities in the plan, for enrichment (`cidr:10.0.0.0/8`).
+    /// Labels of the CIDR identities in the plan, for enrichment (`cidr:10.0.0.0/8`); an identity shared by
+    /// several prefixes is labelled with the first and how many more (`cidr:172.16.0.1/32 (+1999)`).
     pub fn cidr_labels(&self) -> BTreeMap<u32, String> {
-        self.plan
-            .iter()
-            .flat_map(|p| p.cidrs.iter())
-            .map(|c| (c.identity, format!("cidr:{}/{}", c.prefix.addr(), c.prefix.prefix_len())))
-            .collect()
+        let cidrs = || self.plan.iter().flat_map(|p| p.cidrs.iter());
+        let label = |c: &flowgate_policy::CidrEntry| format!("cidr:{}/{}", c.prefix.addr(), c.prefix.prefix_len());
+        let mut labels: BTreeMap<u32, String> = cidrs().map(|c| (c.identity, label(c))).collect();
+        let mut shared: BTreeMap<u32, Vec<&flowgate_policy::CidrEntry>> = BTreeMap::new();
+        for c in cidrs().filter(|c| c.policy_identity() != c.identity) {
+            shared.entry(c.policy_identity()).or_default().push(c);
+        }
+        for (identity, members) in shared {
+            labels.insert(identity, format!("{} (+{})", label(members[0]), members.len() - 1));
+        }
+        labels
     }
 
     /// Names of a rule id.
@@ -238,18 +245,30 @@ mod tests {
     }
 
     /// The issue's set: ingress of every app=db pod from `blocks` /32 ipBlocks, over TCP, UDP and SCTP,
-    /// ports `first`-65535.
-    fn cidr_policy(name: &str, blocks: u32, first: u16) -> String {
+    /// ports `first`-65535; all blocks in one rule, or each in a rule of its own (nothing to share then).
+    fn cidr_policy(name: &str, blocks: u32, first: u16, rule_per_block: bool) -> String {
         let mut yaml = format!(
             "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: default}}\n\
-             spec:\n  podSelector: {{matchLabels: {{app: db}}}}\n  ingress:\n  - from:\n"
+             spec:\n  podSelector: {{matchLabels: {{app: db}}}}\n  ingress:\n"
         );
-        for i in 0..blocks {
-            let _ = writeln!(yaml, "    - ipBlock: {{cidr: 172.16.{}.{}/32}}", i / 250, i % 250 + 1);
+        let ports: String = ["TCP", "UDP", "SCTP"]
+            .iter()
+            .map(|protocol| format!("    - {{protocol: {protocol}, port: {first}, endPort: 65535}}\n"))
+            .collect();
+        if !rule_per_block {
+            yaml.push_str("  - from:\n");
         }
-        yaml.push_str("    ports:\n");
-        for protocol in ["TCP", "UDP", "SCTP"] {
-            let _ = writeln!(yaml, "    - {{protocol: {protocol}, port: {first}, endPort: 65535}}");
+        for i in 0..blocks {
+            if rule_per_block {
+                yaml.push_str("  - from:\n");
+            }
+            let _ = writeln!(yaml, "    - ipBlock: {{cidr: 172.16.{}.{}/32}}", i / 250, i % 250 + 1);
+            if rule_per_block {
+                let _ = write!(yaml, "    ports:\n{ports}");
+            }
+        }
+        if !rule_per_block {
+            let _ = write!(yaml, "    ports:\n{ports}");
         }
         yaml
     }
@@ -261,19 +280,29 @@ mod tests {
     #[test]
     fn the_issue_set_of_2000_blocks_and_every_port_fits_the_default_capacity() {
         let dir = Dir::new("issue");
-        dir.write(&cidr_policy("wide", 2000, 1));
+        dir.write(&cidr_policy("wide", 2000, 1, false));
         let mut engine = PolicyEngine::new(Some(dir.0.clone()), false);
         assert!(engine.reload(), "{:?}", engine.status().errors);
         let (contents, _) = engine.prepare(&cluster(3)).expect("fits 65,536 policy entries");
-        // 3 endpoints x 2000 CIDR identities x 3 protocols, one protocol-only entry each (it was 16 port
-        // prefixes for 1-65535: 288,000 entries).
-        assert_eq!(contents.policy.len(), 18_000);
+        // 3 endpoints x 3 protocols: the 2000 prefixes share one policy identity (the same block selects
+        // each) and every usable port is the protocol alone. It was 2000 identities x 16 port prefixes of
+        // 1-65535: 288,000 entries.
+        assert_eq!(contents.policy.len(), 9);
         assert_eq!(contents.ipcache.len(), 2000 + 1 + 3);
         engine.applied();
         let status = engine.status();
         assert!(status.errors.is_empty(), "{:?}", status.errors);
-        assert_eq!(status.maps[0], MapFill { map: "policy".into(), entries: 18_000, capacity: 65_536 });
+        assert_eq!(status.maps[0], MapFill { map: "policy".into(), entries: 9, capacity: 65_536 });
         assert_eq!(status.maps[1], MapFill { map: "ipcache".into(), entries: 2004, capacity: 16_384 });
+        let labels = engine.cidr_labels();
+        assert!(labels.values().any(|l| l == "cidr:172.16.0.1/32 (+1999)"), "the shared identity is labelled");
+        assert!(labels.values().any(|l| l == "cidr:172.16.7.250/32"), "each prefix keeps its own label");
+
+        // Each block in a rule of its own: nothing to share, but still one entry per protocol.
+        dir.write(&cidr_policy("wide", 2000, 1, true));
+        assert!(engine.reload());
+        let (contents, _) = engine.prepare(&cluster(3)).expect("fits 65,536 policy entries");
+        assert_eq!(contents.policy.len(), 18_000);
     }
 
     #[test]
@@ -287,8 +316,9 @@ mod tests {
         engine.applied();
         assert_eq!(good.policy.len(), 3);
 
-        // Ports 2-65535 are 15 aligned blocks: 3 x 2000 x 3 x 15 = 270,000 entries.
-        dir.write(&cidr_policy("wide", 2000, 2));
+        // A rule per block (no identity to share) and ports 2-65535 (15 aligned blocks): 3 endpoints x 2000
+        // identities x 3 protocols x 15 = 270,000 entries.
+        dir.write(&cidr_policy("wide", 2000, 2, true));
         assert!(engine.reload());
         let refusal = engine.prepare(&cluster).map(|_| ()).expect_err("270,000 entries do not fit 65,536");
         assert_eq!((refusal.needs, refusal.capacity), (270_000, 65_536));
@@ -316,7 +346,7 @@ mod tests {
     #[test]
     fn a_small_capacity_is_counted_too() {
         let dir = Dir::new("small");
-        dir.write(&cidr_policy("wide", 10, 1));
+        dir.write(&cidr_policy("wide", 10, 1, true));
         let mut engine = PolicyEngine::new(Some(dir.0.clone()), false);
         engine.set_capacities(Capacities { policy: 64, ..Capacities::default() });
         assert!(engine.reload());

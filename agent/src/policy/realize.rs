@@ -255,7 +255,7 @@ pub fn realize(plan: &PolicyPlan, pods: &[(Ipv4Addr, u32)], audit: &Audit, rules
         contents.ipcache.push((
             u32::from(cidr.prefix.prefix_len()),
             cidr.prefix.addr(),
-            IpcacheValue { identity, cidr_identity: cidr.identity },
+            IpcacheValue { identity, cidr_identity: cidr.policy_identity() },
         ));
     }
     for &(ip, identity) in pods {
