@@ -44,12 +44,25 @@ impl PolicyLookup for PolicySnapshot {
     }
 }
 
+/// What a generation is compiled for besides the policies.
+#[derive(Clone, Debug, PartialEq)]
+struct Inputs {
+    cluster: ClusterView,
+    audit_all: bool,
+    audited: std::collections::BTreeSet<u16>,
+}
+
 /// Policies in effect and what to do with the next change.
 pub struct PolicyEngine {
     dir: Option<PathBuf>,
-    /// The last set that loaded and validated without error (the candidate; what is in effect is in
-    /// `status.loaded`, which may be an older set when this one did not fit the maps).
+    /// The last set that loaded and validated without error: the one to apply next.
     good: Vec<LoadedPolicy>,
+    /// The set in the datapath: `good`, or an older set when `good` did not fit the maps.
+    in_effect: Vec<LoadedPolicy>,
+    /// What the generation in effect was compiled for: endpoints with their labels, and audit settings.
+    in_effect_for: Option<Inputs>,
+    /// Prepared and not yet applied: the set, its inputs, and the refusal of `good` if it is an older set.
+    pending: Option<(Vec<LoadedPolicy>, Inputs, Option<String>)>,
     /// Errors of the latest read of the sources.
     load_errors: Vec<String>,
     /// Why the latest compiled set was not applied (it did not fit the maps); cleared when a set is applied.
@@ -69,6 +82,9 @@ impl PolicyEngine {
         Self {
             dir,
             good: Vec::new(),
+            in_effect: Vec::new(),
+            in_effect_for: None,
+            pending: None,
             load_errors: Vec::new(),
             refusal: None,
             capacities: Capacities::default(),
@@ -108,16 +124,48 @@ impl PolicyEngine {
     /// the snapshot enrichment uses. The caller writes the contents and then calls [`Self::applied`].
     ///
     /// The plan is counted against the map capacities first: a set that does not fit is refused (like an
-    /// invalid manifest: `status` says so with both numbers) before anything is built or written, and
-    /// nothing of the engine's view of the set in effect changes.
+    /// invalid manifest: `status` says so with both numbers) before anything is built or written. The set
+    /// in effect stays; when the endpoints (or audit settings) changed since it was applied, it is what
+    /// this prepares, compiled for them, with the refusal still reported. `Err` means nothing to write.
     pub fn prepare(&mut self, cluster: &ClusterView) -> Result<(MapContents, PolicySnapshot), CapacityError> {
-        let plan = compile(&self.good, cluster, &mut self.cidr_identities);
+        let inputs =
+            Inputs { cluster: cluster.clone(), audit_all: self.audit.all, audited: self.audit.endpoints.clone() };
+        let good = self.good.clone();
+        let refusal = match self.build(&good, cluster) {
+            Ok(prepared) => {
+                self.pending = Some((good, inputs, None));
+                return Ok(prepared);
+            }
+            Err(refusal) => refusal,
+        };
+        self.refusal = Some(refusal.to_string());
+        if self.in_effect == good || self.in_effect_for.as_ref() == Some(&inputs) {
+            return Err(refusal);
+        }
+        // The endpoints changed under the set in effect: compile it again for them.
+        let in_effect = self.in_effect.clone();
+        match self.build(&in_effect, cluster) {
+            Ok(prepared) => {
+                self.pending = Some((in_effect, inputs, Some(refusal.to_string())));
+                Ok(prepared)
+            }
+            Err(also) => {
+                self.refusal = Some(format!("{refusal}; and the set in effect no longer fits either: {also}"));
+                Err(refusal)
+            }
+        }
+    }
+
+    /// Compiles `policies` for `cluster`, counts the result against the capacities, and realizes it if it fits.
+    fn build(
+        &mut self,
+        policies: &[LoadedPolicy],
+        cluster: &ClusterView,
+    ) -> Result<(MapContents, PolicySnapshot), CapacityError> {
+        let plan = compile(policies, cluster, &mut self.cidr_identities);
         let pods: Vec<(Ipv4Addr, u32)> = cluster.pods.iter().map(|p| (p.ip, p.identity)).collect();
         let fill = realize::count(&plan, &pods);
-        if let Err(e) = fill.check(&self.capacities) {
-            self.refusal = Some(e.to_string());
-            return Err(e);
-        }
+        fill.check(&self.capacities)?;
         let contents = realize::realize(&plan, &pods, &self.audit, &mut self.rules);
         let mut snapshot = PolicySnapshot::default();
         for (_, _, value) in &contents.policy {
@@ -139,13 +187,18 @@ impl PolicyEngine {
 
     /// Records that the prepared generation is in effect.
     pub fn applied(&mut self) {
+        if let Some((set, inputs, refusal)) = self.pending.take() {
+            self.in_effect = set;
+            self.in_effect_for = Some(inputs);
+            self.refusal = refusal;
+        }
         self.status.revision += 1;
-        let mut loaded: Vec<String> = self.good.iter().map(|p| format!("{}/{}", p.namespace(), p.name())).collect();
+        let mut loaded: Vec<String> =
+            self.in_effect.iter().map(|p| format!("{}/{}", p.namespace(), p.name())).collect();
         loaded.sort();
         loaded.dedup();
         self.status.loaded = loaded;
         self.status.audit_mode = self.audit.all;
-        self.refusal = None;
     }
 
     /// The set in effect, the errors of the latest change, and how full the maps of the generation in
@@ -227,7 +280,7 @@ mod tests {
     }
 
     /// `pods` pods labelled app=db in namespace default, endpoint ids and addresses from 1.
-    fn cluster(pods: u8) -> ClusterView {
+    fn cluster_of(pods: u8) -> ClusterView {
         ClusterView {
             namespaces: vec![NamespaceInfo { name: "default".into(), labels: BTreeMap::new() }],
             pods: (1..=pods)
@@ -283,7 +336,7 @@ mod tests {
         dir.write(&cidr_policy("wide", 2000, 1, false));
         let mut engine = PolicyEngine::new(Some(dir.0.clone()), false);
         assert!(engine.reload(), "{:?}", engine.status().errors);
-        let (contents, _) = engine.prepare(&cluster(3)).expect("fits 65,536 policy entries");
+        let (contents, _) = engine.prepare(&cluster_of(3)).expect("fits 65,536 policy entries");
         // 3 endpoints x 3 protocols: the 2000 prefixes share one policy identity (the same block selects
         // each) and every usable port is the protocol alone. It was 2000 identities x 16 port prefixes of
         // 1-65535: 288,000 entries.
@@ -301,7 +354,7 @@ mod tests {
         // Each block in a rule of its own: nothing to share, but still one entry per protocol.
         dir.write(&cidr_policy("wide", 2000, 1, true));
         assert!(engine.reload());
-        let (contents, _) = engine.prepare(&cluster(3)).expect("fits 65,536 policy entries");
+        let (contents, _) = engine.prepare(&cluster_of(3)).expect("fits 65,536 policy entries");
         assert_eq!(contents.policy.len(), 18_000);
     }
 
@@ -311,7 +364,7 @@ mod tests {
         dir.write(ALLOW_ONE);
         let mut engine = PolicyEngine::new(Some(dir.0.clone()), false);
         assert!(engine.reload());
-        let cluster = cluster(3);
+        let cluster = cluster_of(3);
         let (good, _) = engine.prepare(&cluster).expect("one entry per endpoint fits");
         engine.applied();
         assert_eq!(good.policy.len(), 3);
@@ -335,6 +388,17 @@ mod tests {
         assert_eq!(status.revision, 1);
         assert_eq!(status.maps[0].entries, 3, "the fill of the generation in effect");
 
+        // Nothing changed: refused again, nothing to write.
+        assert!(engine.prepare(&cluster).is_err());
+        // A new endpoint: the set in effect is compiled for it, and the refusal is still reported.
+        let (grown, _) = engine.prepare(&cluster_of(4)).expect("the set in effect, for four endpoints");
+        assert_eq!(grown.policy.len(), 4);
+        engine.applied();
+        let status = engine.status();
+        assert_eq!(status.loaded, vec!["default/small".to_owned()]);
+        assert_eq!(status.errors.len(), 1, "{:?}", status.errors);
+        assert_eq!(status.maps[0].entries, 4);
+
         // Writing the good set back applies it and clears the refusal.
         dir.write(ALLOW_ONE);
         assert!(engine.reload());
@@ -350,10 +414,19 @@ mod tests {
         let mut engine = PolicyEngine::new(Some(dir.0.clone()), false);
         engine.set_capacities(Capacities { policy: 64, ..Capacities::default() });
         assert!(engine.reload());
-        let refusal = engine.prepare(&cluster(3)).map(|_| ()).expect_err("90 entries do not fit 64");
-        assert_eq!((refusal.what, refusal.needs, refusal.capacity), ("policy", 90, 64));
+        // At start nothing is in effect yet: the empty set is, and the refusal is reported.
+        let (empty, _) = engine.prepare(&cluster_of(3)).expect("the (empty) set in effect");
+        assert!(empty.policy.is_empty() && empty.enforcement.is_empty());
+        engine.applied();
+        let status = engine.status();
+        assert!(status.loaded.is_empty());
+        assert!(
+            status.errors[0].starts_with("policy set needs 90 policy entries, capacity 64;"),
+            "{:?}",
+            status.errors
+        );
         engine.set_capacities(Capacities { ipcache: 10, ..Capacities::default() });
-        let refusal = engine.prepare(&cluster(3)).map(|_| ()).expect_err("14 ipcache entries do not fit 10");
+        let refusal = engine.prepare(&cluster_of(3)).map(|_| ()).expect_err("14 ipcache entries do not fit 10");
         assert_eq!((refusal.what, refusal.needs, refusal.capacity), ("ipcache", 14, 10));
     }
 }
