@@ -54,7 +54,7 @@ fn policy_protocol(p: flowgate_lab::topology::Protocol) -> PolicyProtocol {
 impl Controller {
     pub fn new(
         datapath: Datapath,
-        engine: PolicyEngine,
+        mut engine: PolicyEngine,
         state: Arc<AgentState>,
         lab: LabState,
         policy_dir: Option<PathBuf>,
@@ -62,6 +62,7 @@ impl Controller {
         let node_netns = Path::new("/run/netns").join(&lab.node_netns);
         let topology = lab.topology_path.clone().map(Watched::new);
         let policies = policy_dir.map(Watched::new);
+        engine.set_capacities(datapath.capacities());
         Self { datapath, engine, state, lab, node_netns, topology, policies }
     }
 
@@ -157,11 +158,20 @@ impl Controller {
         }
     }
 
-    /// Compiles the current policy set for the current endpoints and switches the datapath to it.
+    /// Compiles the current policy set for the current endpoints and switches the datapath to it. A set
+    /// that does not fit the maps is refused before anything is written: the generation in effect stays,
+    /// `status` names the refusal, and this returns `Ok` (the agent is fine; the set is not).
     pub fn apply_policy(&mut self) -> anyhow::Result<()> {
         let started = std::time::Instant::now();
         let cluster = self.cluster_view();
-        let (contents, snapshot) = self.engine.prepare(&cluster);
+        let (contents, snapshot) = match self.engine.prepare(&cluster) {
+            Ok(prepared) => prepared,
+            Err(refusal) => {
+                warn!("policy not applied: {refusal}");
+                self.state.set_policy_status(self.engine.status());
+                return Ok(());
+            }
+        };
         // Names must resolve before the datapath can emit the new rule ids.
         self.state.set_policy(Arc::new(snapshot), self.engine.cidr_labels());
         self.datapath.apply_policy(&contents).context("writing the policy maps")?;

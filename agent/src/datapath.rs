@@ -17,7 +17,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
-        Array, HashMap, MapData, PerCpuArray, PerfEventArray, RingBuf,
+        Array, HashMap, Map, MapData, PerCpuArray, PerfEventArray, RingBuf,
         lpm_trie::{Key, LpmTrie},
     },
     programs::{
@@ -28,9 +28,10 @@ use aya::{
 };
 use flowgate_common::{
     Counter, EndpointInfo,
+    capacity::MAX_CONNECTIONS,
     counters::{Config, aggregation, events_kind},
     names::{
-        MAP_CONFIG, MAP_COUNTERS, MAP_ENDPOINTS, MAP_ENFORCEMENT, MAP_EVENTS_PERF, MAP_EVENTS_RINGBUF,
+        MAP_CONFIG, MAP_CONNTRACK, MAP_COUNTERS, MAP_ENDPOINTS, MAP_ENFORCEMENT, MAP_EVENTS_PERF, MAP_EVENTS_RINGBUF,
         MAP_INVALID_SOURCE, MAP_IPCACHE, MAP_POLICY, PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT,
     },
     policy::{IpcacheValue, PolicyKey, PolicyValue},
@@ -40,7 +41,7 @@ use log::{info, warn};
 use flowgate_lab::netns::{self, NetnsError};
 use flowgate_proto::endpoint::Endpoint;
 
-use crate::policy::realize::MapContents;
+use crate::policy::realize::{Capacities, MapContents};
 
 /// How long a generation that was just switched away from stays untouched, so packets that read the
 /// old generation number finish with the old maps.
@@ -103,6 +104,10 @@ pub struct DatapathOptions {
     pub aggregation: u64,
     /// Where maps and links are pinned (on bpffs); `None`: nothing outlives this process.
     pub pin_dir: Option<PathBuf>,
+    /// Entries of each policy-generation map to create (maps adopted from a pin keep their own size).
+    pub capacities: Capacities,
+    /// Connections the conntrack map holds.
+    pub conntrack_entries: u32,
 }
 
 impl Default for DatapathOptions {
@@ -113,6 +118,8 @@ impl Default for DatapathOptions {
             events_kind: events_kind::RINGBUF,
             aggregation: aggregation::MEDIUM,
             pin_dir: None,
+            capacities: Capacities::default(),
+            conntrack_entries: MAX_CONNECTIONS,
         }
     }
 }
@@ -138,6 +145,8 @@ pub struct Datapath {
     /// Policy generation the programs read.
     generation: u8,
     last_switch: Option<Instant>,
+    /// `max_entries` of the policy-generation maps in the kernel.
+    capacities: Capacities,
 }
 
 const PROGRAMS: [(&str, TcAttachType); 2] =
@@ -153,10 +162,15 @@ impl Datapath {
             source,
         })?;
         let adopted = pin_dir.join(MAP_CONFIG).exists();
-        let loaded = EbpfLoader::new()
-            .map_max_entries(MAP_EVENTS_RINGBUF, options.events_buffer_bytes)
-            .default_map_pin_directory(&pin_dir)
-            .load(EBPF_OBJECT);
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(MAP_EVENTS_RINGBUF, options.events_buffer_bytes);
+        loader.map_max_entries(MAP_CONNTRACK, options.conntrack_entries);
+        for generation in 0..2 {
+            loader.map_max_entries(MAP_POLICY[generation], options.capacities.policy);
+            loader.map_max_entries(MAP_IPCACHE[generation], options.capacities.ipcache);
+            loader.map_max_entries(MAP_ENFORCEMENT[generation], options.capacities.enforcement);
+        }
+        let loaded = loader.default_map_pin_directory(&pin_dir).load(EBPF_OBJECT);
         if options.pin_dir.is_none() {
             // Nothing should outlive this process: the open maps keep working without their pins.
             let _ = std::fs::remove_dir_all(&pin_dir);
@@ -170,7 +184,15 @@ impl Datapath {
                 .map_err(|source| DatapathError::Program { name, source })?;
             program.load().map_err(|source| DatapathError::Program { name, source })?;
         }
-        let mut datapath = Self { ebpf, options, pinned_links: Vec::new(), generation: 0, last_switch: None };
+        let mut datapath = Self {
+            ebpf,
+            options,
+            pinned_links: Vec::new(),
+            generation: 0,
+            last_switch: None,
+            capacities: Capacities::default(),
+        };
+        datapath.capacities = datapath.created_capacities()?;
         if adopted {
             // The programs of the previous agent read this generation; write the other one next.
             datapath.generation = (datapath.config(Config::ActiveGeneration)? & 1) as u8;
@@ -185,6 +207,48 @@ impl Datapath {
 
     pub fn options(&self) -> &DatapathOptions {
         &self.options
+    }
+
+    /// The capacities of the policy-generation maps as the kernel holds them: what the options asked
+    /// for, or for maps adopted from a pin, the size they were created with.
+    pub fn capacities(&self) -> Capacities {
+        self.capacities
+    }
+
+    /// Reads `max_entries` of the maps in the kernel (the smaller of the two generations), and says so
+    /// when an adopted map's size differs from the one asked for.
+    fn created_capacities(&self) -> Result<Capacities, DatapathError> {
+        let max_entries = |names: [&'static str; 2], asked: u32, flag: &str| -> Result<u32, DatapathError> {
+            let mut smallest = u32::MAX;
+            for name in names {
+                let map = self.ebpf.map(name).and_then(sized_map).ok_or(DatapathError::MissingMap { name })?;
+                let info = map.info().map_err(|source| DatapathError::Map { name, source })?;
+                smallest = smallest.min(info.max_entries());
+            }
+            if smallest != asked {
+                info!(
+                    "the adopted {} maps hold {smallest} entries, not the {asked} of --{flag}; they keep their \
+                     size until they are unpinned (agent stopped with the pins removed)",
+                    names[0].trim_end_matches("_0")
+                );
+            }
+            Ok(smallest)
+        };
+        let asked = self.options.capacities;
+        let policy = max_entries(MAP_POLICY, asked.policy, "policy-map-entries")?;
+        let ipcache = max_entries(MAP_IPCACHE, asked.ipcache, "ipcache-entries")?;
+        let enforcement = max_entries(MAP_ENFORCEMENT, asked.enforcement, "endpoint-entries")?;
+        let name = MAP_CONNTRACK;
+        let conntrack = self.ebpf.map(name).and_then(sized_map).ok_or(DatapathError::MissingMap { name })?;
+        let conntrack = conntrack.info().map_err(|source| DatapathError::Map { name, source })?;
+        if conntrack.max_entries() != self.options.conntrack_entries {
+            info!(
+                "the adopted conntrack map holds {} entries, not the {} of --conntrack-entries",
+                conntrack.max_entries(),
+                self.options.conntrack_entries
+            );
+        }
+        Ok(Capacities { policy, ipcache, enforcement })
     }
 
     /// Attaches both programs to `interface`, looked up inside the network namespace at `netns_path`.
@@ -412,6 +476,14 @@ impl Datapath {
             }
         }
         Ok(drops)
+    }
+}
+
+/// The kernel map behind the kinds of map whose size the agent sets (tries and hash maps).
+fn sized_map(map: &Map) -> Option<&MapData> {
+    match map {
+        Map::LpmTrie(m) | Map::HashMap(m) | Map::LruHashMap(m) => Some(m),
+        _ => None,
     }
 }
 

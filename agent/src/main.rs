@@ -14,7 +14,7 @@ use flowgate_agent::{
     controller::{self, Controller, SharedController},
     datapath::{Datapath, DatapathOptions},
     kernel_counters, metrics,
-    policy::PolicyEngine,
+    policy::{PolicyEngine, realize::Capacities},
     server::{self, ServerConfig},
     state::{AgentInfo, AgentState},
     verdict_log::{
@@ -22,7 +22,10 @@ use flowgate_agent::{
         config::{LogSettings, Rotation},
     },
 };
-use flowgate_common::counters::{aggregation, events_kind};
+use flowgate_common::{
+    capacity,
+    counters::{aggregation, events_kind},
+};
 use flowgate_events::{
     hub::{Hub, HubConfig},
     pipeline::Pipeline,
@@ -131,6 +134,20 @@ struct Args {
     /// Serve Prometheus metrics at http://ADDR/metrics; `none` turns them off.
     #[arg(long, value_name = "ADDR|none", default_value = metrics::DEFAULT_ADDR)]
     metrics_addr: String,
+    /// Entries of each policy map (one per generation): (endpoint, direction, peer identity, protocol,
+    /// port prefix). A policy set that needs more is refused and the last good set stays in effect.
+    /// Maps adopted from a pin keep the size they were created with.
+    #[arg(long, value_name = "N", default_value_t = capacity::MAX_POLICY_ENTRIES, value_parser = clap::value_parser!(u32).range(1..))]
+    policy_map_entries: u32,
+    /// Entries of each ipcache map: pod addresses and ipBlock prefixes.
+    #[arg(long, value_name = "N", default_value_t = capacity::MAX_IPCACHE_ENTRIES, value_parser = clap::value_parser!(u32).range(1..))]
+    ipcache_entries: u32,
+    /// Entries of each enforcement map: endpoints that some policy selects.
+    #[arg(long, value_name = "N", default_value_t = capacity::MAX_ENDPOINTS, value_parser = clap::value_parser!(u32).range(1..))]
+    endpoint_entries: u32,
+    /// Connections the conntrack map (LRU) tracks at once; the least recently used go first.
+    #[arg(long, value_name = "N", default_value_t = capacity::MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..))]
+    conntrack_entries: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -226,6 +243,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         },
         pin_dir: (!args.no_pin)
             .then(|| args.bpf_dir.clone().unwrap_or_else(|| flowgate_lab::naming::bpf_pin_dir(&lab.name))),
+        capacities: Capacities {
+            policy: args.policy_map_entries,
+            ipcache: args.ipcache_entries,
+            enforcement: args.endpoint_entries,
+        },
+        conntrack_entries: args.conntrack_entries,
         ..DatapathOptions::default()
     })
     .context("loading the eBPF datapath")?;

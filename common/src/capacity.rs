@@ -1,5 +1,7 @@
-//! Capacities of the datapath's maps (`max_entries`). The eBPF map definitions are sized from these,
-//! and the agent reads the same numbers to refuse what the maps could not hold instead of failing
+//! Default capacities of the datapath's maps (`max_entries`). The eBPF map definitions are sized from
+//! these; the agent's flags (`--policy-map-entries`, `--ipcache-entries`, `--endpoint-entries`,
+//! `--conntrack-entries`) default to them and resize the maps at load time, and the agent counts every
+//! plan against the sizes the kernel holds, so a set that does not fit is refused instead of failing
 //! half-way through an update. The counters and config arrays are sized by `Counter::COUNT` and
 //! `Config::COUNT`, next to their indices.
 

@@ -66,7 +66,7 @@ pub fn render(status: &Status) -> String {
     } else {
         format!("{}, {}", status.events_buffer.kind, size(status.events_buffer.size_bytes))
     };
-    let lines = [
+    let mut lines = vec![
         ("Agent", format!("flowgate-agent {}", status.agent_version)),
         ("Protocol", protocol),
         ("Uptime", uptime(status.uptime_seconds)),
@@ -88,10 +88,25 @@ pub fn render(status: &Status) -> String {
         ("Policies", format!("{} loaded, {} errors", status.policy.loaded.len(), status.policy.errors.len())),
         ("Clients", status.clients.len().to_string()),
     ];
+    let maps: Vec<String> = status
+        .policy
+        .maps
+        .iter()
+        .map(|m| {
+            let percent = if m.capacity == 0 { 0.0 } else { m.entries as f64 * 100.0 / m.capacity as f64 };
+            format!("{} {}/{} ({percent:.0}%)", m.map, m.entries, m.capacity)
+        })
+        .collect();
+    if !maps.is_empty() {
+        lines.insert(lines.len() - 1, ("Policy maps", maps.join(", ")));
+    }
     let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
     let mut out = String::new();
     for (key, value) in lines {
         let _ = writeln!(out, "{:<width$}   {value}", format!("{key}:"));
+    }
+    for error in &status.policy.errors {
+        let _ = writeln!(out, "  policy error: {error}");
     }
     if !status.clients.is_empty() {
         let mut clients = Table::new(&[
@@ -125,7 +140,7 @@ pub fn render(status: &Status) -> String {
 mod tests {
     use flowgate_proto::{
         ProtocolVersion,
-        message::{ClientInfo, Counters, EventsBufferInfo},
+        message::{ClientInfo, Counters, EventsBufferInfo, MapFill},
     };
 
     use super::*;
@@ -150,7 +165,20 @@ mod tests {
             events_buffer: EventsBufferInfo { kind: "ringbuf".into(), size_bytes: 8 << 20 },
             endpoints: 9,
             identities: 6,
-            policy: flowgate_proto::message::PolicyStatus { revision: 3, ..Default::default() },
+            policy: flowgate_proto::message::PolicyStatus {
+                revision: 3,
+                loaded: vec!["x/wide".into()],
+                errors: vec![
+                    "policy set needs 288,000 policy entries, capacity 65,536; the last good set stays in \
+                              effect"
+                        .into(),
+                ],
+                maps: vec![
+                    MapFill { map: "policy".into(), entries: 18_000, capacity: 65_536 },
+                    MapFill { map: "ipcache".into(), entries: 2010, capacity: 16_384 },
+                ],
+                ..Default::default()
+            },
             counters: Counters {
                 records_read: 10,
                 records_lost_kernel: 1,
@@ -184,8 +212,10 @@ Packets:           40
 Records:           10 read, 1 lost in the kernel, 0 undecodable
 Client queues:     2 events lost
 Verdict log:       0 written, 0 lost
-Policies:          0 loaded, 0 errors
+Policies:          1 loaded, 1 errors
+Policy maps:       policy 18000/65536 (27%), ipcache 2010/16384 (12%)
 Clients:           1
+  policy error: policy set needs 288,000 policy entries, capacity 65,536; the last good set stays in effect
   ID   UID   PID   SOFTWARE         SUBSCRIBED   EVENTS SENT   EVENTS LOST
   4    0     99    flowgate 0.1.0   yes          8             2
 "

@@ -178,6 +178,10 @@ fn parse_ipv4_sloppy(text: &str) -> Option<Ipv4Addr> {
 pub struct CidrIdentities {
     next: u32,
     identities: BTreeMap<Ipv4Prefix, u32>,
+    /// Identities shared by several prefixes that the same `ipBlock` peers select, by their prefixes. Not
+    /// serialized (JSON keys are strings); `next` is, so an allocator read back never reuses an identity.
+    #[serde(skip)]
+    shared: BTreeMap<Vec<Ipv4Prefix>, u32>,
 }
 
 impl CidrIdentities {
@@ -197,6 +201,18 @@ impl CidrIdentities {
         let identity = Self::FIRST.max(self.next);
         self.next = identity + 1;
         self.identities.insert(prefix, identity);
+        identity
+    }
+
+    /// The identity shared by `prefixes` (sorted, at least two), allocating the next free one the first
+    /// time this set is seen.
+    pub fn shared_identity_for(&mut self, prefixes: &[Ipv4Prefix]) -> u32 {
+        if let Some(identity) = self.shared.get(prefixes) {
+            return *identity;
+        }
+        let identity = Self::FIRST.max(self.next);
+        self.next = identity + 1;
+        self.shared.insert(prefixes.to_vec(), identity);
         identity
     }
 

@@ -164,28 +164,93 @@ pub fn compile(policies: &[LoadedPolicy], cluster: &ClusterView, cidr_identities
     }
 }
 
+/// An IPv4 `ipBlock`: the block and its excepts.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Block {
+    cidr: Ipv4Prefix,
+    excepts: Vec<Ipv4Prefix>,
+}
+
+impl Block {
+    /// `None` for an IPv6 or unparsable block (it matches nothing).
+    fn parse(block: &k8s_openapi::api::networking::v1::IPBlock) -> Option<Self> {
+        let Ok(Cidr::V4(cidr)) = parse_cidr(&block.cidr) else {
+            return None;
+        };
+        let excepts = block
+            .except
+            .iter()
+            .flatten()
+            .filter_map(|text| match parse_cidr(text) {
+                Ok(Cidr::V4(prefix)) => Some(prefix),
+                _ => None,
+            })
+            .collect();
+        Some(Self { cidr, excepts })
+    }
+
+    /// Whether the addresses whose longest prefix is `prefix` are in this block.
+    fn selects(&self, prefix: &Ipv4Prefix) -> bool {
+        self.cidr.contains(prefix) && !self.excepts.iter().any(|e| e.contains(prefix))
+    }
+}
+
 /// Every IPv4 prefix of every `ipBlock` (`cidr` and `except`), plus `0.0.0.0/0`, with identities.
+///
+/// Prefixes that exactly the same rules select (through any of their `ipBlock` peers) share a policy
+/// identity: every rule allows all of them or none, so the policy maps need one entry for all of them
+/// (a rule of 2000 /32 blocks is one identity, not 2000). Records still carry each prefix's own identity.
 fn collect_cidrs(policies: &[LoadedPolicy], identities: &mut CidrIdentities) -> Vec<CidrEntry> {
     let mut prefixes = BTreeSet::from([Ipv4Prefix::ANY]);
+    // The blocks of each rule that has some, once per distinct set.
+    let mut rules: BTreeSet<Vec<Block>> = BTreeSet::new();
     for loaded in policies {
         let Some(spec) = &loaded.policy.spec else {
             continue;
         };
-        let peers = spec
+        let peer_lists = spec
             .ingress
             .iter()
             .flatten()
-            .flat_map(|r| r.from.iter().flatten())
-            .chain(spec.egress.iter().flatten().flat_map(|r| r.to.iter().flatten()));
-        for block in peers.filter_map(|peer| peer.ip_block.as_ref()) {
-            for text in std::iter::once(&block.cidr).chain(block.except.iter().flatten()) {
-                if let Ok(Cidr::V4(prefix)) = parse_cidr(text) {
-                    prefixes.insert(prefix);
+            .map(|r| r.from.as_deref())
+            .chain(spec.egress.iter().flatten().map(|r| r.to.as_deref()));
+        for peers in peer_lists {
+            let mut blocks = BTreeSet::new();
+            for block in peers.into_iter().flatten().filter_map(|peer| peer.ip_block.as_ref()) {
+                for text in std::iter::once(&block.cidr).chain(block.except.iter().flatten()) {
+                    if let Ok(Cidr::V4(prefix)) = parse_cidr(text) {
+                        prefixes.insert(prefix);
+                    }
                 }
+                blocks.extend(Block::parse(block));
+            }
+            if !blocks.is_empty() {
+                rules.insert(blocks.into_iter().collect());
             }
         }
     }
-    prefixes.into_iter().map(|prefix| CidrEntry { prefix, identity: identities.identity_for(prefix) }).collect()
+    let rules: Vec<Vec<Block>> = rules.into_iter().collect();
+    // Prefixes by the rules that select them; a prefix no rule selects matches no peer and keeps its own.
+    let mut by_rules: BTreeMap<Vec<usize>, Vec<Ipv4Prefix>> = BTreeMap::new();
+    for prefix in &prefixes {
+        let selected_by: Vec<usize> =
+            (0..rules.len()).filter(|&i| rules[i].iter().any(|block| block.selects(prefix))).collect();
+        if !selected_by.is_empty() {
+            by_rules.entry(selected_by).or_default().push(*prefix);
+        }
+    }
+    let mut shared: BTreeMap<Ipv4Prefix, u32> = BTreeMap::new();
+    for members in by_rules.values().filter(|members| members.len() > 1) {
+        let identity = identities.shared_identity_for(members);
+        shared.extend(members.iter().map(|prefix| (*prefix, identity)));
+    }
+    prefixes
+        .into_iter()
+        .map(|prefix| {
+            let identity = identities.identity_for(prefix);
+            CidrEntry { prefix, identity, policy_identity: shared.get(&prefix).copied().unwrap_or(identity) }
+        })
+        .collect()
 }
 
 /// The cluster indexed for selection.
@@ -221,32 +286,19 @@ enum Peer<'a> {
     Any,
     /// Pods selected by podSelector and/or namespaceSelector.
     Pods(Vec<&'a PodInfo>),
-    /// CIDR identities whose prefix lies inside the block and outside every except.
+    /// Policy identities of the CIDR prefixes that lie inside the block and outside every except.
     Cidrs(Vec<u32>),
 }
 
 impl<'a> Peer<'a> {
     fn resolve(peer: &NetworkPolicyPeer, policy_namespace: &str, view: &View<'a>) -> Self {
         if let Some(block) = &peer.ip_block {
-            let Ok(Cidr::V4(cidr)) = parse_cidr(&block.cidr) else {
+            let Some(block) = Block::parse(block) else {
                 return Peer::Cidrs(Vec::new());
             };
-            let excepts: Vec<Ipv4Prefix> = block
-                .except
-                .iter()
-                .flatten()
-                .filter_map(|text| match parse_cidr(text) {
-                    Ok(Cidr::V4(prefix)) => Some(prefix),
-                    _ => None,
-                })
-                .collect();
-            return Peer::Cidrs(
-                view.cidrs
-                    .iter()
-                    .filter(|c| cidr.contains(&c.prefix) && !excepts.iter().any(|e| e.contains(&c.prefix)))
-                    .map(|c| c.identity)
-                    .collect(),
-            );
+            let identities: BTreeSet<u32> =
+                view.cidrs.iter().filter(|c| block.selects(&c.prefix)).map(CidrEntry::policy_identity).collect();
+            return Peer::Cidrs(identities.into_iter().collect());
         }
         let selector = |s: &LabelSelector| Selector::from_label_selector(s).ok();
         let pod_selector = match &peer.pod_selector {
@@ -306,6 +358,9 @@ impl Port {
             Some(IntOrString::Int(number)) => {
                 let end = port.end_port.unwrap_or(*number);
                 match (u16::try_from(*number), u16::try_from(end)) {
+                    // Every usable port: the protocol alone, one map entry instead of 16 port prefixes. Port 0
+                    // is the only difference, and no socket listens on port 0.
+                    (Ok(1), Ok(u16::MAX)) => Port::Numeric(protocol, None),
                     (Ok(lo), Ok(hi)) if lo >= 1 && hi >= lo => Port::Numeric(protocol, Some((lo, hi))),
                     _ => Port::Nothing,
                 }

@@ -217,11 +217,25 @@ pub struct EndpointPolicy {
     pub egress: DirectionPolicy,
 }
 
-/// A CIDR prefix used by some `ipBlock` (or `0.0.0.0/0`) and its identity.
+/// A CIDR prefix used by some `ipBlock` (or `0.0.0.0/0`) and its identities.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CidrEntry {
     pub prefix: Ipv4Prefix,
+    /// The prefix's own identity: what records carry for an address it is the longest match of.
     pub identity: u32,
+    /// The identity policy entries name for it: its own, or one shared by every prefix that exactly the
+    /// same `ipBlock` peers select (2000 /32 blocks of one rule are one identity, so one entry per
+    /// protocol and port block instead of 2000). Absent in plans written before it existed: the own one.
+    #[serde(default)]
+    pub policy_identity: u32,
+}
+
+impl CidrEntry {
+    /// [`CidrEntry::policy_identity`], or the own identity when unset.
+    #[must_use]
+    pub fn policy_identity(&self) -> u32 {
+        if self.policy_identity == 0 { self.identity } else { self.policy_identity }
+    }
 }
 
 /// The compiled form of all policies: what the agent writes into the maps.
@@ -255,15 +269,16 @@ pub struct Verdict {
 }
 
 impl PolicyPlan {
-    /// The identity of the longest prefix in [`PolicyPlan::cidrs`] containing `ip` (the ipcache's LPM answer);
-    /// 0 only for a plan without prefixes (a default plan; compiled plans always hold `0.0.0.0/0`).
+    /// The policy identity ([`CidrEntry::policy_identity`]) of the longest prefix in [`PolicyPlan::cidrs`]
+    /// containing `ip` (the ipcache's LPM answer, `cidr_identity`); 0 only for a plan without prefixes (a
+    /// default plan; compiled plans always hold `0.0.0.0/0`).
     #[must_use]
     pub fn cidr_identity_of(&self, ip: Ipv4Addr) -> u32 {
         self.cidrs
             .iter()
             .filter(|c| c.prefix.contains_addr(ip))
             .max_by_key(|c| c.prefix.prefix_len())
-            .map_or(0, |c| c.identity)
+            .map_or(0, CidrEntry::policy_identity)
     }
 
     /// The identities a peer is known by: a pod's own identity and the CIDR identity of its IP (so `ipBlock`

@@ -247,6 +247,19 @@ pub struct PolicyStatus {
     pub errors: Vec<String>,
     /// Agent-wide audit mode.
     pub audit_mode: bool,
+    /// How full the maps of the policy generation in effect are (`policy`, `ipcache`, `endpoint`). A
+    /// set that would not fit is refused and named in `errors`.
+    #[serde(default)]
+    pub maps: Vec<MapFill>,
+}
+
+/// Entries used in one datapath map and how many it holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapFill {
+    /// `policy`, `ipcache`, `endpoint`.
+    pub map: String,
+    pub entries: u64,
+    pub capacity: u64,
 }
 
 /// The realized policy of one endpoint, as `cilium bpf policy get` shows it.

@@ -100,7 +100,7 @@ fn fixture_full(policy_yaml: &str, tag: &str, level: u64, tweak: impl FnOnce(&mu
     let mut engine = PolicyEngine::new(Some(dir.path().to_owned()), false);
     assert!(engine.reload(), "policy loads: {:?}", engine.status().errors);
     tweak(&mut engine);
-    let (contents, snapshot) = engine.prepare(&cluster);
+    let (contents, snapshot) = engine.prepare(&cluster).expect("the test policies fit the maps");
     state.set_policy(Arc::new(snapshot), engine.cidr_labels());
     datapath.apply_policy(&contents).expect("write the policy maps");
     let ring = datapath.take_events().unwrap();

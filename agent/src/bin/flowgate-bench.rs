@@ -215,7 +215,7 @@ fn policy_cost(policies: usize, runs: usize, repeat: u32) -> anyhow::Result<(f64
     engine.reload();
     anyhow::ensure!(engine.status().errors.is_empty(), "bench policies: {:?}", engine.status().errors);
     let cluster = ClusterView { namespaces: vec![NamespaceInfo { name: "bench".into(), labels: ns.clone() }], pods };
-    let (contents, snapshot) = engine.prepare(&cluster);
+    let (contents, snapshot) = engine.prepare(&cluster)?;
     state.set_policy(Arc::new(snapshot), engine.cidr_labels());
     dp.apply_policy(&contents)?;
     let _ = std::fs::remove_dir_all(&dir);

@@ -186,6 +186,22 @@ impl Metrics {
             "Errors of the latest policy change (the last good set stays in effect).",
             status.policy.errors.len() as f64,
         );
+        out.family(
+            "flowgate_map_entries",
+            "gauge",
+            "Entries of a datapath map in the policy generation in effect (policy, ipcache, endpoint).",
+        );
+        for fill in &status.policy.maps {
+            out.sample("flowgate_map_entries", &[("map", &fill.map)], fill.entries as f64);
+        }
+        out.family(
+            "flowgate_map_capacity",
+            "gauge",
+            "Entries a datapath map holds (max_entries); a policy set that needs more is refused.",
+        );
+        for fill in &status.policy.maps {
+            out.sample("flowgate_map_capacity", &[("map", &fill.map)], fill.capacity as f64);
+        }
         out.simple("flowgate_clients", "gauge", "Clients connected to the socket.", status.clients.len() as f64);
         out.simple("flowgate_uptime_seconds", "gauge", "Seconds since the agent started.", status.uptime_seconds);
 
@@ -302,6 +318,10 @@ mod tests {
         instruments().latency.decoded(&flows);
         hub.publish(&flows);
         instruments().policy_apply.observe(Duration::from_millis(3));
+        state.set_policy_status(flowgate_proto::message::PolicyStatus {
+            maps: vec![flowgate_proto::message::MapFill { map: "policy".into(), entries: 18_000, capacity: 65_536 }],
+            ..Default::default()
+        });
         let body = loop {
             let body = http::get(handle.local_addr, "/metrics").await.unwrap();
             if body.contains("flowgate_flows_processed_total{type=\"policy-verdict\",verdict=\"DROPPED\"} 1") {
@@ -320,6 +340,8 @@ mod tests {
         );
         assert!(body.contains("flowgate_policy_apply_duration_seconds_bucket{le=\"0.005\"}"), "{body}");
         assert!(body.contains("# TYPE flowgate_pipeline_latency_seconds summary"), "{body}");
+        assert!(body.contains("flowgate_map_entries{map=\"policy\"} 18000"), "{body}");
+        assert!(body.contains("flowgate_map_capacity{map=\"policy\"} 65536"), "{body}");
         let missing = http::get(handle.local_addr, "/nothing").await.unwrap_err();
         assert!(missing.to_string().contains("404"), "{missing}");
     }

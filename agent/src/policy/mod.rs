@@ -14,10 +14,13 @@ use std::{
 
 use flowgate_common::policy::direction;
 use flowgate_policy::{CidrIdentities, ClusterView, LoadedPolicy, PolicyPlan, PolicyRef, compile};
-use flowgate_proto::{flow::PolicyName, message::PolicyStatus};
+use flowgate_proto::{
+    flow::PolicyName,
+    message::{MapFill, PolicyStatus},
+};
 
 use flowgate_events::enrich::PolicyLookup;
-use realize::{Audit, MapContents, RuleTable};
+use realize::{Audit, Capacities, CapacityError, Fill, MapContents, RuleTable};
 
 fn name(p: &PolicyRef) -> PolicyName {
     PolicyName { namespace: p.namespace.clone(), name: p.name.clone() }
@@ -41,11 +44,32 @@ impl PolicyLookup for PolicySnapshot {
     }
 }
 
+/// What a generation is compiled for besides the policies.
+#[derive(Clone, Debug, PartialEq)]
+struct Inputs {
+    cluster: ClusterView,
+    audit_all: bool,
+    audited: std::collections::BTreeSet<u16>,
+}
+
 /// Policies in effect and what to do with the next change.
 pub struct PolicyEngine {
     dir: Option<PathBuf>,
-    /// The last set that loaded and validated without error.
+    /// The last set that loaded and validated without error: the one to apply next.
     good: Vec<LoadedPolicy>,
+    /// The set in the datapath: `good`, or an older set when `good` did not fit the maps.
+    in_effect: Vec<LoadedPolicy>,
+    /// What the generation in effect was compiled for: endpoints with their labels, and audit settings.
+    in_effect_for: Option<Inputs>,
+    /// Prepared and not yet applied: the set, its inputs, and the refusal of `good` if it is an older set.
+    pending: Option<(Vec<LoadedPolicy>, Inputs, Option<String>)>,
+    /// Errors of the latest read of the sources.
+    load_errors: Vec<String>,
+    /// Why the latest compiled set was not applied (it did not fit the maps); cleared when a set is applied.
+    refusal: Option<String>,
+    capacities: Capacities,
+    /// Entries of the generation in effect.
+    fill: Fill,
     cidr_identities: CidrIdentities,
     rules: RuleTable,
     pub audit: Audit,
@@ -58,6 +82,13 @@ impl PolicyEngine {
         Self {
             dir,
             good: Vec::new(),
+            in_effect: Vec::new(),
+            in_effect_for: None,
+            pending: None,
+            load_errors: Vec::new(),
+            refusal: None,
+            capacities: Capacities::default(),
+            fill: Fill::default(),
             cidr_identities: CidrIdentities::new(),
             rules: RuleTable::default(),
             audit: Audit { all: audit_all, ..Audit::default() },
@@ -72,23 +103,69 @@ impl PolicyEngine {
         let Some(dir) = &self.dir else { return false };
         match flowgate_policy::load_dir(dir) {
             Ok(policies) => {
-                self.status.errors.clear();
+                self.load_errors.clear();
                 let changed = policies != self.good;
                 self.good = policies;
                 changed
             }
             Err(errors) => {
-                self.status.errors = errors.iter().map(ToString::to_string).collect();
+                self.load_errors = errors.iter().map(ToString::to_string).collect();
                 false
             }
         }
     }
 
+    /// The capacities of the maps the datapath created (or adopted); plans are counted against them.
+    pub fn set_capacities(&mut self, capacities: Capacities) {
+        self.capacities = capacities;
+    }
+
     /// Compiles the good set for `cluster` and returns the map contents of the new generation, with
     /// the snapshot enrichment uses. The caller writes the contents and then calls [`Self::applied`].
-    pub fn prepare(&mut self, cluster: &ClusterView) -> (MapContents, PolicySnapshot) {
-        let plan = compile(&self.good, cluster, &mut self.cidr_identities);
+    ///
+    /// The plan is counted against the map capacities first: a set that does not fit is refused (like an
+    /// invalid manifest: `status` says so with both numbers) before anything is built or written. The set
+    /// in effect stays; when the endpoints (or audit settings) changed since it was applied, it is what
+    /// this prepares, compiled for them, with the refusal still reported. `Err` means nothing to write.
+    pub fn prepare(&mut self, cluster: &ClusterView) -> Result<(MapContents, PolicySnapshot), CapacityError> {
+        let inputs =
+            Inputs { cluster: cluster.clone(), audit_all: self.audit.all, audited: self.audit.endpoints.clone() };
+        let good = self.good.clone();
+        let refusal = match self.build(&good, cluster) {
+            Ok(prepared) => {
+                self.pending = Some((good, inputs, None));
+                return Ok(prepared);
+            }
+            Err(refusal) => refusal,
+        };
+        self.refusal = Some(refusal.to_string());
+        if self.in_effect == good || self.in_effect_for.as_ref() == Some(&inputs) {
+            return Err(refusal);
+        }
+        // The endpoints changed under the set in effect: compile it again for them.
+        let in_effect = self.in_effect.clone();
+        match self.build(&in_effect, cluster) {
+            Ok(prepared) => {
+                self.pending = Some((in_effect, inputs, Some(refusal.to_string())));
+                Ok(prepared)
+            }
+            Err(also) => {
+                self.refusal = Some(format!("{refusal}; and the set in effect no longer fits either: {also}"));
+                Err(refusal)
+            }
+        }
+    }
+
+    /// Compiles `policies` for `cluster`, counts the result against the capacities, and realizes it if it fits.
+    fn build(
+        &mut self,
+        policies: &[LoadedPolicy],
+        cluster: &ClusterView,
+    ) -> Result<(MapContents, PolicySnapshot), CapacityError> {
+        let plan = compile(policies, cluster, &mut self.cidr_identities);
         let pods: Vec<(Ipv4Addr, u32)> = cluster.pods.iter().map(|p| (p.ip, p.identity)).collect();
+        let fill = realize::count(&plan, &pods);
+        fill.check(&self.capacities)?;
         let contents = realize::realize(&plan, &pods, &self.audit, &mut self.rules);
         let mut snapshot = PolicySnapshot::default();
         for (_, _, value) in &contents.policy {
@@ -104,21 +181,42 @@ impl PolicyEngine {
             }
         }
         self.plan = Some(plan);
-        (contents, snapshot)
+        self.fill = fill;
+        Ok((contents, snapshot))
     }
 
     /// Records that the prepared generation is in effect.
     pub fn applied(&mut self) {
+        if let Some((set, inputs, refusal)) = self.pending.take() {
+            self.in_effect = set;
+            self.in_effect_for = Some(inputs);
+            self.refusal = refusal;
+        }
         self.status.revision += 1;
-        let mut loaded: Vec<String> = self.good.iter().map(|p| format!("{}/{}", p.namespace(), p.name())).collect();
+        let mut loaded: Vec<String> =
+            self.in_effect.iter().map(|p| format!("{}/{}", p.namespace(), p.name())).collect();
         loaded.sort();
         loaded.dedup();
         self.status.loaded = loaded;
         self.status.audit_mode = self.audit.all;
     }
 
+    /// The set in effect, the errors of the latest change, and how full the maps of the generation in
+    /// effect are.
     pub fn status(&self) -> PolicyStatus {
-        self.status.clone()
+        let mut status = self.status.clone();
+        status.errors = self.load_errors.iter().chain(&self.refusal).cloned().collect();
+        let fill = |map: &str, entries: usize, capacity: u32| MapFill {
+            map: map.to_owned(),
+            entries: entries as u64,
+            capacity: u64::from(capacity),
+        };
+        status.maps = vec![
+            fill("policy", self.fill.policy, self.capacities.policy),
+            fill("ipcache", self.fill.ipcache, self.capacities.ipcache),
+            fill("endpoint", self.fill.enforcement, self.capacities.enforcement),
+        ];
+        status
     }
 
     /// The plan in effect.
@@ -126,13 +224,20 @@ impl PolicyEngine {
         self.plan.as_ref()
     }
 
-    /// Labels of the CIDR identities in the plan, for enrichment (`cidr:10.0.0.0/8`).
+    /// Labels of the CIDR identities in the plan, for enrichment (`cidr:10.0.0.0/8`); an identity shared by
+    /// several prefixes is labelled with the first and how many more (`cidr:172.16.0.1/32 (+1999)`).
     pub fn cidr_labels(&self) -> BTreeMap<u32, String> {
-        self.plan
-            .iter()
-            .flat_map(|p| p.cidrs.iter())
-            .map(|c| (c.identity, format!("cidr:{}/{}", c.prefix.addr(), c.prefix.prefix_len())))
-            .collect()
+        let cidrs = || self.plan.iter().flat_map(|p| p.cidrs.iter());
+        let label = |c: &flowgate_policy::CidrEntry| format!("cidr:{}/{}", c.prefix.addr(), c.prefix.prefix_len());
+        let mut labels: BTreeMap<u32, String> = cidrs().map(|c| (c.identity, label(c))).collect();
+        let mut shared: BTreeMap<u32, Vec<&flowgate_policy::CidrEntry>> = BTreeMap::new();
+        for c in cidrs().filter(|c| c.policy_identity() != c.identity) {
+            shared.entry(c.policy_identity()).or_default().push(c);
+        }
+        for (identity, members) in shared {
+            labels.insert(identity, format!("{} (+{})", label(members[0]), members.len() - 1));
+        }
+        labels
     }
 
     /// Names of a rule id.
@@ -143,3 +248,185 @@ impl PolicyEngine {
 
 /// Shared form of the snapshot.
 pub type SharedPolicy = Arc<PolicySnapshot>;
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeMap, fmt::Write as _};
+
+    use flowgate_policy::{NamespaceInfo, PodInfo};
+
+    use super::*;
+
+    /// A policy directory of the test's own, removed on drop.
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn new(tag: &str) -> Self {
+            let path = std::env::temp_dir().join(format!("flowgate-capacity-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&path);
+            std::fs::create_dir_all(&path).unwrap();
+            Self(path)
+        }
+
+        fn write(&self, yaml: &str) {
+            std::fs::write(self.0.join("policies.yaml"), yaml).unwrap();
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// `pods` pods labelled app=db in namespace default, endpoint ids and addresses from 1.
+    fn cluster_of(pods: u8) -> ClusterView {
+        ClusterView {
+            namespaces: vec![NamespaceInfo { name: "default".into(), labels: BTreeMap::new() }],
+            pods: (1..=pods)
+                .map(|i| PodInfo {
+                    endpoint_id: u16::from(i),
+                    namespace: "default".into(),
+                    name: format!("db-{i}"),
+                    labels: BTreeMap::from([("app".to_owned(), "db".to_owned())]),
+                    ip: Ipv4Addr::new(10, 200, 0, i),
+                    identity: 256,
+                    ports: Vec::new(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The issue's set: ingress of every app=db pod from `blocks` /32 ipBlocks, over TCP, UDP and SCTP,
+    /// ports `first`-65535; all blocks in one rule, or each in a rule of its own (nothing to share then).
+    fn cidr_policy(name: &str, blocks: u32, first: u16, rule_per_block: bool) -> String {
+        let mut yaml = format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: default}}\n\
+             spec:\n  podSelector: {{matchLabels: {{app: db}}}}\n  ingress:\n"
+        );
+        let ports: String = ["TCP", "UDP", "SCTP"]
+            .iter()
+            .map(|protocol| format!("    - {{protocol: {protocol}, port: {first}, endPort: 65535}}\n"))
+            .collect();
+        if !rule_per_block {
+            yaml.push_str("  - from:\n");
+        }
+        for i in 0..blocks {
+            if rule_per_block {
+                yaml.push_str("  - from:\n");
+            }
+            let _ = writeln!(yaml, "    - ipBlock: {{cidr: 172.16.{}.{}/32}}", i / 250, i % 250 + 1);
+            if rule_per_block {
+                let _ = write!(yaml, "    ports:\n{ports}");
+            }
+        }
+        if !rule_per_block {
+            let _ = write!(yaml, "    ports:\n{ports}");
+        }
+        yaml
+    }
+
+    const ALLOW_ONE: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: small, \
+                             namespace: default}\nspec:\n  podSelector: {}\n  ingress:\n  - from:\n    - ipBlock: \
+                             {cidr: 172.16.0.1/32}\n    ports: [{port: 5432}]\n";
+
+    #[test]
+    fn the_issue_set_of_2000_blocks_and_every_port_fits_the_default_capacity() {
+        let dir = Dir::new("issue");
+        dir.write(&cidr_policy("wide", 2000, 1, false));
+        let mut engine = PolicyEngine::new(Some(dir.0.clone()), false);
+        assert!(engine.reload(), "{:?}", engine.status().errors);
+        let (contents, _) = engine.prepare(&cluster_of(3)).expect("fits 65,536 policy entries");
+        // 3 endpoints x 3 protocols: the 2000 prefixes share one policy identity (the same block selects
+        // each) and every usable port is the protocol alone. It was 2000 identities x 16 port prefixes of
+        // 1-65535: 288,000 entries.
+        assert_eq!(contents.policy.len(), 9);
+        assert_eq!(contents.ipcache.len(), 2000 + 1 + 3);
+        engine.applied();
+        let status = engine.status();
+        assert!(status.errors.is_empty(), "{:?}", status.errors);
+        assert_eq!(status.maps[0], MapFill { map: "policy".into(), entries: 9, capacity: 65_536 });
+        assert_eq!(status.maps[1], MapFill { map: "ipcache".into(), entries: 2004, capacity: 16_384 });
+        let labels = engine.cidr_labels();
+        assert!(labels.values().any(|l| l == "cidr:172.16.0.1/32 (+1999)"), "the shared identity is labelled");
+        assert!(labels.values().any(|l| l == "cidr:172.16.7.250/32"), "each prefix keeps its own label");
+
+        // Each block in a rule of its own: nothing to share, but still one entry per protocol.
+        dir.write(&cidr_policy("wide", 2000, 1, true));
+        assert!(engine.reload());
+        let (contents, _) = engine.prepare(&cluster_of(3)).expect("fits 65,536 policy entries");
+        assert_eq!(contents.policy.len(), 18_000);
+    }
+
+    #[test]
+    fn a_set_over_capacity_is_refused_with_both_numbers_and_the_good_set_stays() {
+        let dir = Dir::new("refuse");
+        dir.write(ALLOW_ONE);
+        let mut engine = PolicyEngine::new(Some(dir.0.clone()), false);
+        assert!(engine.reload());
+        let cluster = cluster_of(3);
+        let (good, _) = engine.prepare(&cluster).expect("one entry per endpoint fits");
+        engine.applied();
+        assert_eq!(good.policy.len(), 3);
+
+        // A rule per block (no identity to share) and ports 2-65535 (15 aligned blocks): 3 endpoints x 2000
+        // identities x 3 protocols x 15 = 270,000 entries.
+        dir.write(&cidr_policy("wide", 2000, 2, true));
+        assert!(engine.reload());
+        let refusal = engine.prepare(&cluster).map(|_| ()).expect_err("270,000 entries do not fit 65,536");
+        assert_eq!((refusal.needs, refusal.capacity), (270_000, 65_536));
+        let status = engine.status();
+        assert_eq!(
+            status.errors,
+            vec![
+                "policy set needs 270,000 policy entries, capacity 65,536; the last good set stays in effect (raise \
+                 --policy-map-entries or simplify the policies)"
+                    .to_owned()
+            ]
+        );
+        assert_eq!(status.loaded, vec!["default/small".to_owned()], "the good set is still the one in effect");
+        assert_eq!(status.revision, 1);
+        assert_eq!(status.maps[0].entries, 3, "the fill of the generation in effect");
+
+        // Nothing changed: refused again, nothing to write.
+        assert!(engine.prepare(&cluster).is_err());
+        // A new endpoint: the set in effect is compiled for it, and the refusal is still reported.
+        let (grown, _) = engine.prepare(&cluster_of(4)).expect("the set in effect, for four endpoints");
+        assert_eq!(grown.policy.len(), 4);
+        engine.applied();
+        let status = engine.status();
+        assert_eq!(status.loaded, vec!["default/small".to_owned()]);
+        assert_eq!(status.errors.len(), 1, "{:?}", status.errors);
+        assert_eq!(status.maps[0].entries, 4);
+
+        // Writing the good set back applies it and clears the refusal.
+        dir.write(ALLOW_ONE);
+        assert!(engine.reload());
+        assert!(engine.prepare(&cluster).is_ok());
+        engine.applied();
+        assert!(engine.status().errors.is_empty());
+    }
+
+    #[test]
+    fn a_small_capacity_is_counted_too() {
+        let dir = Dir::new("small");
+        dir.write(&cidr_policy("wide", 10, 1, true));
+        let mut engine = PolicyEngine::new(Some(dir.0.clone()), false);
+        engine.set_capacities(Capacities { policy: 64, ..Capacities::default() });
+        assert!(engine.reload());
+        // At start nothing is in effect yet: the empty set is, and the refusal is reported.
+        let (empty, _) = engine.prepare(&cluster_of(3)).expect("the (empty) set in effect");
+        assert!(empty.policy.is_empty() && empty.enforcement.is_empty());
+        engine.applied();
+        let status = engine.status();
+        assert!(status.loaded.is_empty());
+        assert!(
+            status.errors[0].starts_with("policy set needs 90 policy entries, capacity 64;"),
+            "{:?}",
+            status.errors
+        );
+        engine.set_capacities(Capacities { ipcache: 10, ..Capacities::default() });
+        let refusal = engine.prepare(&cluster_of(3)).map(|_| ()).expect_err("14 ipcache entries do not fit 10");
+        assert_eq!((refusal.what, refusal.needs, refusal.capacity), ("ipcache", 14, 10));
+    }
+}

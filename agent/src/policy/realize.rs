@@ -3,18 +3,19 @@
 //! ids written into the maps back to policy names. Pure: the datapath writes what this returns.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::Ipv4Addr,
 };
 
 use flowgate_common::{
+    capacity::{MAX_ENDPOINTS, MAX_IPCACHE_ENTRIES, MAX_POLICY_ENTRIES},
     identity,
     policy::{
         IpcacheValue, POLICY_FLAG_L4, POLICY_PREFIX_PEER, POLICY_PREFIX_PROTOCOL, PolicyKey, PolicyValue, direction,
         enforcement,
     },
 };
-use flowgate_policy::{DirectionPolicy, PeerMatch, PolicyPlan, PolicyRef};
+use flowgate_policy::{DirectionPolicy, PeerMatch, PolicyEntry, PolicyPlan, PolicyRef};
 use flowgate_proto::flow::PolicyName;
 
 /// Interns sets of policy names as small rule ids (never 0, never reused), so a record's rule id can be
@@ -69,6 +70,120 @@ pub fn port_prefixes(start: u16, end: u16) -> Vec<(u16, u32)> {
         lo += size;
     }
     out
+}
+
+/// How many entries each policy-generation map holds (`max_entries`), as the kernel created them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacities {
+    pub policy: u32,
+    pub ipcache: u32,
+    pub enforcement: u32,
+}
+
+impl Default for Capacities {
+    fn default() -> Self {
+        Self { policy: MAX_POLICY_ENTRIES, ipcache: MAX_IPCACHE_ENTRIES, enforcement: MAX_ENDPOINTS }
+    }
+}
+
+/// How many entries a plan's realization writes into each map of a generation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Fill {
+    pub policy: usize,
+    pub ipcache: usize,
+    pub enforcement: usize,
+}
+
+/// A plan that does not fit the maps: refused before anything is written.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error(
+    "policy set needs {} {what} entries, capacity {}; the last good set stays in effect (raise \
+     --{flag} or simplify the policies)",
+    thousands(*needs as u64),
+    thousands(u64::from(*capacity))
+)]
+pub struct CapacityError {
+    /// `policy`, `ipcache` or `endpoint`.
+    pub what: &'static str,
+    /// The agent flag that sets this capacity.
+    pub flag: &'static str,
+    pub needs: usize,
+    pub capacity: u32,
+}
+
+/// `288000` as `288,000`.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+impl Fill {
+    /// The first map this fill does not fit, if any.
+    pub fn check(&self, capacities: &Capacities) -> Result<(), CapacityError> {
+        let checks = [
+            ("policy", "policy-map-entries", self.policy, capacities.policy),
+            ("ipcache", "ipcache-entries", self.ipcache, capacities.ipcache),
+            ("endpoint", "endpoint-entries", self.enforcement, capacities.enforcement),
+        ];
+        for (what, flag, needs, capacity) in checks {
+            if needs > capacity as usize {
+                return Err(CapacityError { what, flag, needs, capacity });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The port prefixes of one (peer, protocol) group of a direction's entries: one prefix-less key for
+/// "any port", else the aligned blocks of every range, each once.
+fn group_keys(entries: &[PolicyEntry]) -> usize {
+    let mut blocks: BTreeSet<(u16, u32)> = BTreeSet::new();
+    let mut any = false;
+    for entry in entries {
+        match (entry.protocol, entry.ports) {
+            (None, _) | (Some(_), None) => any = true,
+            (Some(_), Some((start, end))) => {
+                // A block of every port (bits 0) is the protocol-only key.
+                for (port, bits) in port_prefixes(start, end) {
+                    if bits == 0 {
+                        any = true;
+                    } else {
+                        blocks.insert((port, bits));
+                    }
+                }
+            }
+        }
+    }
+    blocks.len() + usize::from(any)
+}
+
+/// Counts what [`realize`] would write, without building it: memory stays bounded by one (peer,
+/// protocol) group, so a set too big for the maps is refused without first allocating it.
+pub fn count(plan: &PolicyPlan, pods: &[(Ipv4Addr, u32)]) -> Fill {
+    let mut fill = Fill::default();
+    for ep in plan.endpoints.values() {
+        for policy in [&ep.ingress, &ep.egress] {
+            // `entries` are sorted by (peer, protocol, ports): a group is a run of equal (peer, protocol).
+            for group in policy.entries.chunk_by(|a, b| (a.peer, a.protocol) == (b.peer, b.protocol)) {
+                fill.policy += group_keys(group);
+            }
+        }
+        if ep.ingress.enforced || ep.egress.enforced {
+            fill.enforcement += 1;
+        }
+    }
+    let mut ipcache: HashSet<(u8, Ipv4Addr)> =
+        plan.cidrs.iter().map(|c| (c.prefix.prefix_len(), c.prefix.addr())).collect();
+    ipcache.extend(pods.iter().map(|(ip, _)| (32, *ip)));
+    fill.ipcache = ipcache.len();
+    fill
 }
 
 /// Audit settings that turn would-be drops into audit verdicts.
@@ -140,7 +255,7 @@ pub fn realize(plan: &PolicyPlan, pods: &[(Ipv4Addr, u32)], audit: &Audit, rules
         contents.ipcache.push((
             u32::from(cidr.prefix.prefix_len()),
             cidr.prefix.addr(),
-            IpcacheValue { identity, cidr_identity: cidr.identity },
+            IpcacheValue { identity, cidr_identity: cidr.policy_identity() },
         ));
     }
     for &(ip, identity) in pods {
@@ -172,6 +287,56 @@ mod tests {
             }
             assert_eq!(covered, u32::from(end) - u32::from(start) + 1);
         }
+    }
+
+    fn plan_with(entries: Vec<PolicyEntry>) -> PolicyPlan {
+        let ep = flowgate_policy::EndpointPolicy {
+            namespace: "default".into(),
+            pod: "db".into(),
+            identity: 256,
+            ip: Ipv4Addr::new(10, 200, 0, 1),
+            ingress: DirectionPolicy { enforced: true, selected_by: Vec::new(), entries },
+            egress: DirectionPolicy::default(),
+        };
+        PolicyPlan { cidrs: Vec::new(), endpoints: BTreeMap::from([(1, ep)]) }
+    }
+
+    #[test]
+    fn counting_agrees_with_realizing_where_entries_overlap() {
+        use flowgate_policy::Protocol::{Tcp, Udp};
+        let by = |name: &str| vec![PolicyRef::new("default", name)];
+        let entry = |peer, protocol, ports, name: &str| PolicyEntry { peer, protocol, ports, allowed_by: by(name) };
+        let mut entries = vec![
+            // 1-3 and 2-3 share the block 2/15; 0-65535 is the protocol-only key, as is "any port".
+            entry(PeerMatch::Identity(300), Some(Tcp), Some((1, 3)), "a"),
+            entry(PeerMatch::Identity(300), Some(Tcp), Some((2, 3)), "b"),
+            entry(PeerMatch::Identity(300), Some(Tcp), Some((0, 65535)), "c"),
+            entry(PeerMatch::Identity(300), Some(Tcp), None, "d"),
+            entry(PeerMatch::Identity(300), Some(Udp), Some((1024, 65535)), "e"),
+            entry(PeerMatch::Identity(300), None, None, "f"),
+            entry(PeerMatch::Any, Some(Tcp), Some((80, 80)), "g"),
+            entry(PeerMatch::Any, None, None, "h"),
+        ];
+        entries.sort_by_key(|e| (e.peer, e.protocol, e.ports));
+        let plan = plan_with(entries);
+        let pods = [(Ipv4Addr::new(10, 200, 0, 1), 256)];
+        let contents = realize(&plan, &pods, &Audit::default(), &mut RuleTable::default());
+        let fill = count(&plan, &pods);
+        assert_eq!(fill.policy, contents.policy.len());
+        assert_eq!(fill.policy, 2 + 1 + 6 + 1 + 1 + 1);
+        assert_eq!(fill.ipcache, contents.ipcache.len());
+        assert_eq!(fill.enforcement, contents.enforcement.len());
+    }
+
+    #[test]
+    fn refusal_names_both_numbers_with_thousands_separators() {
+        let fill = Fill { policy: 288_000, ipcache: 10, enforcement: 1 };
+        let e = fill.check(&Capacities::default()).unwrap_err();
+        assert!(e.to_string().starts_with("policy set needs 288,000 policy entries, capacity 65,536;"), "{e}");
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_000), "1,000");
+        assert!(Fill { policy: 65_536, ipcache: 16_384, enforcement: 4096 }.check(&Capacities::default()).is_ok());
     }
 
     #[test]

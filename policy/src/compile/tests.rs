@@ -226,6 +226,23 @@ fn empty_port_item_is_every_tcp_port() {
 }
 
 #[test]
+fn every_usable_port_is_the_protocol_alone() {
+    let plan = compile_yaml(&np(
+        "default",
+        "p",
+        "podSelector: {matchLabels: {app: db}}\ningress:\n- ports: [{port: 1, endPort: 65535, protocol: UDP}, \
+         {port: 2, endPort: 65535}]",
+    ));
+    assert_eq!(
+        plan.endpoints[&3].ingress.entries,
+        vec![
+            entry(PeerMatch::Any, Some(Protocol::Tcp), Some((2, 65535)), &[r("default", "p")]),
+            entry(PeerMatch::Any, Some(Protocol::Udp), None, &[r("default", "p")]),
+        ]
+    );
+}
+
+#[test]
 fn end_port_gives_an_inclusive_range() {
     let plan = compile_yaml(&np(
         "default",
@@ -488,6 +505,45 @@ fn cidr_identities_are_stable_across_compilations() {
     assert_eq!(id_of(&first, "10.0.0.0/8"), id_of(&second, "10.0.0.0/8"));
     assert_eq!(id_of(&first, "0.0.0.0/0"), id_of(&second, "0.0.0.0/0"));
     assert_ne!(id_of(&second, "172.16.0.0/12"), id_of(&second, "10.0.0.0/8"));
+}
+
+#[test]
+fn prefixes_the_same_rules_select_share_one_policy_identity() {
+    // 192.0.2.1-3 are selected by the first rule only; 192.0.2.3 also by the second.
+    let yaml = np(
+        "default",
+        "blocks",
+        "podSelector: {matchLabels: {app: db}}\ningress:\n\
+         - from: [{ipBlock: {cidr: 192.0.2.1/32}}, {ipBlock: {cidr: 192.0.2.2/32}}, {ipBlock: {cidr: 192.0.2.3/32}}]\n  \
+           ports: [{port: 80}]\n\
+         - from: [{ipBlock: {cidr: 192.0.2.3/32}}]\n  ports: [{port: 443}]",
+    );
+    let mut ids = CidrIdentities::new();
+    let plan = compile(&policies(&yaml), &cluster(), &mut ids);
+    let entry_of = |text: &str| *plan.cidrs.iter().find(|c| c.prefix.to_string() == text).unwrap();
+    let (one, two, three) = (entry_of("192.0.2.1/32"), entry_of("192.0.2.2/32"), entry_of("192.0.2.3/32"));
+    assert_eq!(one.policy_identity(), two.policy_identity(), "no rule tells .1 and .2 apart");
+    assert_ne!(one.policy_identity(), one.identity, "the shared identity is a new one");
+    assert_ne!(one.identity, two.identity, "each prefix keeps its own identity for records");
+    assert_eq!(three.policy_identity(), three.identity, ".3 is the only prefix the second rule selects");
+    let db = addr(&plan, 3);
+    let tcp = Protocol::Tcp;
+    for (ip, port, allowed) in [
+        ("192.0.2.1", 80, true),
+        ("192.0.2.2", 80, true),
+        ("192.0.2.3", 80, true),
+        ("192.0.2.1", 443, false),
+        ("192.0.2.2", 443, false),
+        ("192.0.2.3", 443, true),
+        ("192.0.2.4", 80, false),
+    ] {
+        assert_eq!(plan.evaluate(outside(ip), db, tcp, port).allowed, allowed, "{ip}:{port}");
+    }
+    // Two entries on port 80 (the shared identity and .3), one on 443.
+    assert_eq!(plan.endpoints[&3].ingress.entries.len(), 3);
+    // The shared identity is stable across compilations.
+    let again = compile(&policies(&yaml), &cluster(), &mut ids);
+    assert_eq!(again.cidrs, plan.cidrs);
 }
 
 #[test]
