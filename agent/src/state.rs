@@ -14,7 +14,7 @@ use std::{
 use flowgate_proto::{
     endpoint::{Endpoint, EndpointState, Enforcement, Identity, NewEndpoint},
     flow::Peer,
-    message::{ClientInfo, Counters, EventsBufferInfo, PolicyStatus, Response, Status},
+    message::{ClientInfo, ConntrackStatus, Counters, EventsBufferInfo, PolicyStatus, Response, Status},
     version::PROTOCOL_VERSION,
 };
 
@@ -63,6 +63,7 @@ pub struct AgentState {
     next_client: AtomicU64,
     policy: RwLock<Arc<PolicySnapshot>>,
     policy_status: RwLock<PolicyStatus>,
+    conntrack: RwLock<ConntrackStatus>,
 }
 
 /// Keeps a client listed in `status` until dropped.
@@ -111,7 +112,17 @@ impl AgentState {
             next_client: AtomicU64::new(1),
             policy: RwLock::new(Arc::default()),
             policy_status: RwLock::new(PolicyStatus::default()),
+            conntrack: RwLock::new(ConntrackStatus::default()),
         })
+    }
+
+    /// Updates the connection-tracking part of `status` (controller and garbage collector).
+    pub fn update_conntrack(&self, update: impl FnOnce(&mut ConntrackStatus)) {
+        update(&mut self.conntrack.write().unwrap_or_else(std::sync::PoisonError::into_inner));
+    }
+
+    pub fn conntrack_status(&self) -> ConntrackStatus {
+        self.conntrack.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// Installs what enrichment needs for a new policy generation.
@@ -284,6 +295,7 @@ impl AgentState {
                 requests_refused: 0,
             },
             clients,
+            conntrack: self.conntrack_status(),
         }
     }
 }

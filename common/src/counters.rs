@@ -25,13 +25,15 @@ pub enum Counter {
     /// Perf-buffer writes refused because the buffer was full; the kernel reports these to the
     /// agent as lost-record notices, so they are not part of `RecordsLost`.
     PerfBufferFull = 9,
+    /// Packets of tracked connections dropped because a newer policy revision no longer allows them.
+    Revoked = 10,
 }
 
 impl Counter {
     /// Number of counter slots; the map's `max_entries`.
     pub const COUNT: u32 = 16;
 
-    pub const ALL: [Counter; 10] = [
+    pub const ALL: [Counter; 11] = [
         Counter::PacketsFromEndpoint,
         Counter::PacketsToEndpoint,
         Counter::RecordsWritten,
@@ -42,6 +44,7 @@ impl Counter {
         Counter::PolicyAudit,
         Counter::Drops,
         Counter::PerfBufferFull,
+        Counter::Revoked,
     ];
 
     pub const fn index(self) -> u32 {
@@ -60,6 +63,7 @@ impl Counter {
             Counter::PolicyAudit => "policy_audit",
             Counter::Drops => "drops",
             Counter::PerfBufferFull => "perf_buffer_full",
+            Counter::Revoked => "revoked",
         }
     }
 }
@@ -77,6 +81,16 @@ pub enum Config {
     Aggregation = 2,
     /// Which events buffer the programs write to, see [`events_kind`].
     EventsKind = 3,
+    /// Revision of the policy in effect, bumped by the agent after every generation switch; conntrack
+    /// entries stamped with another revision are re-checked.
+    PolicyRevision = 4,
+    /// Non-zero: connections stay allowed when the policy changes (`--keep-established`); entries of an
+    /// older revision are re-stamped without a re-check.
+    KeepEstablished = 5,
+    /// Conntrack idle lifetimes in nanoseconds, see `conntrack::LifetimeClass` (0: never expires).
+    CtLifetimeTcp = 6,
+    CtLifetimeOther = 7,
+    CtLifetimeClose = 8,
 }
 
 /// Trace aggregation levels (`Config::Aggregation`), as Cilium's monitor aggregation.
@@ -96,7 +110,7 @@ pub mod events_kind {
 }
 
 impl Config {
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 16;
 
     pub const fn index(self) -> u32 {
         self as u32

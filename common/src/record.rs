@@ -2,8 +2,19 @@
 //! [`RecordHeader`] carrying its type and layout version; user space rejects versions it does not know
 //! instead of reading a zeroed or misaligned struct.
 
-/// Layout version written into every record this build produces.
+/// Layout version written into every record this build produces, except drop records
+/// ([`DROP_RECORD_VERSION`]).
 pub const RECORD_VERSION: u8 = 1;
+/// Layout version of drop records this build produces: 2 added `DropRecord::revision`. Version 1 (48
+/// bytes, no revision) is still read.
+pub const DROP_RECORD_VERSION: u8 = 2;
+/// Length of a version-1 drop record.
+pub const DROP_RECORD_V1_LEN: usize = 48;
+
+/// The layout version this build writes for a record type.
+pub const fn version_of(record_type: u8) -> u8 {
+    if record_type == record_type::DROP { DROP_RECORD_VERSION } else { RECORD_VERSION }
+}
 
 /// Record types (`RecordHeader::record_type`).
 pub mod record_type {
@@ -161,9 +172,14 @@ pub struct DropRecord {
     pub remote_identity: u32,
     pub ifindex: u32,
     pub pkt_len: u32,
+    /// The policy revision (`Config::PolicyRevision`) a drop was decided under; for
+    /// [`crate::drop_reason::CONNECTION_REVOKED`], the revision that revoked the connection. 0 in a
+    /// version-1 record.
+    pub revision: u32,
+    pub _pad: [u8; 4],
 }
 
-const _: () = assert!(core::mem::size_of::<DropRecord>() == 48);
+const _: () = assert!(core::mem::size_of::<DropRecord>() == 56);
 
 impl DropRecord {
     pub const LEN: u16 = core::mem::size_of::<DropRecord>() as u16;

@@ -12,6 +12,7 @@ mod events;
 mod maps;
 mod packet;
 mod policy;
+mod revocation;
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
@@ -72,8 +73,18 @@ fn try_endpoint(ctx: &TcContext, point: u8) -> Result<i32, i32> {
     };
     let pkt = Packet { flow, endpoint, point, dir, ifindex, len: ctx.len() };
     let level = maps::config(Config::Aggregation);
+    // Read before the generation (see `revocation::recheck`).
+    let revision = maps::config(Config::PolicyRevision);
 
     if let Some(tracked) = conntrack::track(&pkt.flow, endpoint.endpoint_id, dir, pkt.len, level) {
+        if u64::from(tracked.revision) != revision
+            && let revocation::Recheck::Revoked { remote_identity } = revocation::recheck(&tracked, revision)
+        {
+            maps::count(Counter::Revoked);
+            maps::count(Counter::Drops);
+            drop_record(ctx, &pkt, drop_reason::CONNECTION_REVOKED, remote_identity, revision);
+            return Ok(TC_ACT_SHOT as i32);
+        }
         if tracked.trace {
             trace(ctx, &pkt, tracked.state, 0);
         }
@@ -89,7 +100,7 @@ fn try_endpoint(ctx: &TcContext, point: u8) -> Result<i32, i32> {
         (flags & enforcement::EGRESS != 0, flags & enforcement::EGRESS_AUDIT != 0)
     };
     if !enforced {
-        conntrack::create(&pkt.flow, endpoint.endpoint_id, dir, pkt.len, 0, 0);
+        conntrack::create(&pkt.flow, endpoint.endpoint_id, dir, pkt.len, 0, 0, revision);
         trace(ctx, &pkt, ct_state::NEW, 0);
         return Ok(TC_ACT_UNSPEC);
     }
@@ -101,14 +112,23 @@ fn try_endpoint(ctx: &TcContext, point: u8) -> Result<i32, i32> {
             maps::count(Counter::PolicyAllowed);
             allowed.account(pkt.len);
             verdict_record(ctx, &pkt, verdict::ALLOWED, allowed.match_type, remote.identity, allowed.rule_id);
-            conntrack::create(&pkt.flow, endpoint.endpoint_id, dir, pkt.len, allowed.rule_id, ct_flag::ENFORCED);
+            conntrack::create(
+                &pkt.flow,
+                endpoint.endpoint_id,
+                dir,
+                pkt.len,
+                allowed.rule_id,
+                ct_flag::ENFORCED,
+                revision,
+            );
             trace(ctx, &pkt, ct_state::NEW, remote.identity);
             Ok(TC_ACT_UNSPEC)
         }
         None if audit => {
             maps::count(Counter::PolicyAudit);
             verdict_record(ctx, &pkt, verdict::AUDIT, match_type::NONE, remote.identity, 0);
-            conntrack::create(&pkt.flow, endpoint.endpoint_id, dir, pkt.len, 0, ct_flag::ENFORCED | ct_flag::AUDIT);
+            let flags = ct_flag::ENFORCED | ct_flag::AUDIT;
+            conntrack::create(&pkt.flow, endpoint.endpoint_id, dir, pkt.len, 0, flags, revision);
             trace(ctx, &pkt, ct_state::NEW, remote.identity);
             Ok(TC_ACT_UNSPEC)
         }
@@ -116,17 +136,7 @@ fn try_endpoint(ctx: &TcContext, point: u8) -> Result<i32, i32> {
             maps::count(Counter::PolicyDenied);
             maps::count(Counter::Drops);
             verdict_record(ctx, &pkt, verdict::DENIED, match_type::NONE, remote.identity, 0);
-            let drop = DropRecord {
-                header: events::header(record_type::DROP, DropRecord::LEN),
-                flow: pkt.flow,
-                endpoint_id: pkt.endpoint.endpoint_id,
-                direction: pkt.dir,
-                reason: drop_reason::POLICY_DENIED,
-                remote_identity: remote.identity,
-                ifindex: pkt.ifindex,
-                pkt_len: pkt.len,
-            };
-            events::emit(ctx, &drop);
+            drop_record(ctx, &pkt, drop_reason::POLICY_DENIED, remote.identity, revision);
             Ok(TC_ACT_SHOT as i32)
         }
     }
@@ -143,6 +153,23 @@ fn trace(ctx: &TcContext, pkt: &Packet, ct_state: u8, remote_identity: u32) {
         ifindex: pkt.ifindex,
         pkt_len: pkt.len,
         remote_identity,
+    };
+    events::emit(ctx, &record);
+}
+
+#[inline(always)]
+fn drop_record(ctx: &TcContext, pkt: &Packet, reason: u8, remote_identity: u32, revision: u64) {
+    let record = DropRecord {
+        header: events::header(record_type::DROP, DropRecord::LEN),
+        flow: pkt.flow,
+        endpoint_id: pkt.endpoint.endpoint_id,
+        direction: pkt.dir,
+        reason,
+        remote_identity,
+        ifindex: pkt.ifindex,
+        pkt_len: pkt.len,
+        revision: revision as u32,
+        _pad: [0; 4],
     };
     events::emit(ctx, &record);
 }

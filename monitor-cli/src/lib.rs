@@ -5,6 +5,7 @@
 //! protocol, reads verdict logs, or manages the lab.
 
 pub mod client;
+pub mod conntrack;
 pub mod demo;
 pub mod endpoint;
 pub mod filter_args;
