@@ -149,6 +149,7 @@ impl Enricher {
             policy: None,
             ct_state: None,
             cpu: c.cpu,
+            policy_revision: None,
         }
     }
 
@@ -222,7 +223,8 @@ impl Enricher {
                 };
                 let mut flow = self.base(&c, peers, EventType::Drop, Verdict::Dropped);
                 flow.drop_reason = d.reason;
-                if d.reason == drop_reason::POLICY_DENIED {
+                flow.policy_revision = (d.revision != 0).then_some(u64::from(d.revision));
+                if d.reason == drop_reason::POLICY_DENIED || d.reason == drop_reason::CONNECTION_REVOKED {
                     flow.policy = Some(PolicyAttribution::DefaultDeny {
                         isolated_by: policy.isolated_by(d.endpoint_id, d.direction),
                     });
