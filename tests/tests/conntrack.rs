@@ -5,9 +5,8 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead as _, BufReader},
-    net::Ipv4Addr,
-    process::{Command, Stdio},
+    net::{Ipv4Addr, UdpSocket},
+    path::Path,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -32,8 +31,18 @@ use flowgate_events::{
     hub::{Hub, HubConfig},
 };
 use flowgate_policy::{ClusterView, NamespaceInfo, PodInfo};
-use flowgate_proto::endpoint::NewEndpoint;
-use flowgate_tests::{TempDir, require_root};
+use flowgate_proto::{
+    client::Client,
+    endpoint::NewEndpoint,
+    filter::FlowFilter,
+    flow::{EventType, Flow},
+    message::{ConntrackStatus, Event, Request, Response, Subscription},
+};
+use flowgate_tests::{
+    LabGuard, TempDir,
+    agent::{AgentGuard, SocketDir, runtime},
+    example, flowgate_ok, require_root,
+};
 
 /// skb->ifindex under BPF_PROG_TEST_RUN: the loopback device of the caller's namespace.
 const TEST_RUN_IFINDEX: u32 = 1;
@@ -284,4 +293,179 @@ fn expired_entries_need_a_new_verdict_and_are_collected() {
     let (deleted, left) = f.datapath.conntrack_gc(datapath::monotonic_now_ns()).unwrap();
     assert_eq!((deleted, left), (1, 1));
     assert_eq!(f.datapath.conntrack_entries().unwrap()[0].0.protocol, flowgate_common::ip::protocol::TCP);
+}
+
+/// The web pod's ingress allows DNS (UDP 53) from the client: the flow of the real-traffic tests.
+const LAB_ALLOW: &str = "
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-dns, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: client}}}]
+    ports: [{protocol: UDP, port: 53}]
+";
+
+const LAB_DENY: &str = "
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-all, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  policyTypes: [Ingress]
+";
+
+fn conntrack_status(socket: &Path) -> ConntrackStatus {
+    runtime().block_on(async {
+        let mut client = Client::connect(socket, "conntrack-test").await.unwrap();
+        match client.request(Request::Status).await.unwrap() {
+            Response::Status(s) => s.conntrack,
+            other => panic!("status: {other:?}"),
+        }
+    })
+}
+
+/// Sends a UDP datagram every 20 ms from inside `netns` to `to` (at most `count`, for at most
+/// `limit`), and returns when each echo came back, relative to `start`.
+fn udp_flow(netns: &str, to: (Ipv4Addr, u16), count: usize, limit: Duration, start: Instant) -> Vec<Duration> {
+    flowgate_lab::netns::in_netns(netns, || {
+        let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind in the pod");
+        socket.connect(to).expect("connect in the pod");
+        socket.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        let mut echoes = Vec::new();
+        let mut buf = [0u8; 64];
+        for i in 0..count {
+            if start.elapsed() > limit {
+                break;
+            }
+            let _ = socket.send(format!("ping {i}").as_bytes());
+            let sent = Instant::now();
+            while sent.elapsed() < Duration::from_millis(20) {
+                if socket.recv(&mut buf).is_ok() {
+                    echoes.push(start.elapsed());
+                }
+            }
+        }
+        echoes
+    })
+    .expect("enter the client pod")
+}
+
+/// A UDP flow the policy allowed, then the policy changes to deny it: with revocation, the flow stops
+/// within a second of the new revision and the drop says it was revoked and by which revision; with
+/// `--keep-established`, it goes on.
+fn udp_flow_across_a_policy_change(tag: &str, keep_established: bool) {
+    require_root();
+    let lab = LabGuard::up(tag, &example("lab-small.yaml"));
+    let policies = TempDir::new(&format!("{tag}-policies"));
+    std::fs::write(policies.path().join("policy.yaml"), LAB_ALLOW).unwrap();
+    let sockets = SocketDir::new(tag);
+    let socket = sockets.socket("agent");
+    let policy_dir = policies.path().to_str().unwrap().to_owned();
+    let mut extra = vec!["--policies", policy_dir.as_str(), "--no-pin", "--watch-interval-ms", "100"];
+    if keep_established {
+        extra.push("--keep-established");
+    }
+    let agent = AgentGuard::start(&lab.name, &socket, &extra);
+    let client = lab.state.pods.iter().find(|p| p.name == "client").unwrap().clone();
+    let web = lab.state.pods.iter().find(|p| p.name == "web").unwrap().clone();
+
+    let rt = runtime();
+    let mut events = rt.block_on(async {
+        let client = Client::connect(&socket, "conntrack-test").await.unwrap();
+        let filter = FlowFilter { event_types: vec![EventType::Drop], ..Default::default() };
+        client.subscribe(Subscription { allow: vec![filter], ..Subscription::default() }).await.unwrap()
+    });
+    let revision_before = conntrack_status(&socket).revision;
+
+    let start = Instant::now();
+    let (echoes, changed_at) = std::thread::scope(|scope| {
+        let flow = scope.spawn(|| udp_flow(&client.netns, (web.ip, 53), 250, Duration::from_secs(5), start));
+        std::thread::sleep(Duration::from_millis(1500));
+        std::fs::write(policies.path().join("policy.yaml"), LAB_DENY).unwrap();
+        // The new revision is in the kernel before `status` shows it.
+        let mut changed_at = None;
+        while start.elapsed() < Duration::from_secs(4) {
+            if conntrack_status(&socket).revision > revision_before {
+                changed_at = Some(start.elapsed());
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        (flow.join().unwrap(), changed_at.expect("the agent applied the new policy"))
+    });
+    let before = echoes.iter().filter(|t| **t < Duration::from_millis(1500)).count();
+    assert!(before > 20, "the allowed flow got through before the change: {echoes:?}");
+    let late = echoes.iter().filter(|t| **t > changed_at + Duration::from_secs(1)).count();
+    let drops: Vec<Arc<Flow>> = rt.block_on(async {
+        let mut out = Vec::new();
+        while let Ok(Some(Ok(batch))) = tokio::time::timeout(Duration::from_millis(700), events.next_batch()).await {
+            out.extend(batch.into_iter().filter_map(|e| match e {
+                Event::Flow(f) => Some(f),
+                Event::Lost(_) => None,
+            }));
+        }
+        out
+    });
+    let status = conntrack_status(&socket);
+    let web_id = agent_endpoint_id(&socket, "web");
+    let list =
+        flowgate_ok(&["conntrack", "list", "--endpoint", &web_id.to_string(), "--socket", socket.to_str().unwrap()]);
+
+    if keep_established {
+        assert!(late > 20, "--keep-established: the flow goes on after the change ({late} late echoes)");
+        assert!(drops.is_empty(), "nothing dropped: {drops:#?}");
+        assert!(status.keep_established);
+        assert!(list.contains("10.200.0.") && list.contains(":53") && !list.contains("revoked"), "{list}");
+        return;
+    }
+    assert_eq!(late, 0, "no echo later than 1 s after the new revision ({changed_at:?}): {echoes:?}");
+    let revoked: Vec<&Arc<Flow>> = drops.iter().filter(|f| f.drop_reason == drop_reason::CONNECTION_REVOKED).collect();
+    assert!(!revoked.is_empty(), "a drop record says the connection was revoked: {drops:#?}");
+    assert!(
+        revoked.iter().all(|f| f.policy_revision == Some(status.revision) && f.destination_port == 53),
+        "the drop names the revision that revoked it ({}): {revoked:#?}",
+        status.revision
+    );
+    let line = flowgate_proto::format::flow_line(revoked[0]);
+    assert!(line.contains(&format!("connection revoked), revision {}", status.revision)), "{line}");
+    // The revoked entry is listed as such until it expires.
+    assert!(list.lines().any(|l| l.contains(":53") && l.contains("revoked")), "{list}");
+    let json: serde_json::Value = serde_json::from_str(&flowgate_ok(&[
+        "conntrack",
+        "list",
+        "--endpoint",
+        &web_id.to_string(),
+        "--socket",
+        socket.to_str().unwrap(),
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    let entry = json.as_array().unwrap().iter().find(|e| e["destination_port"] == 53).expect("the flow's entry");
+    assert_eq!(entry["revision"], serde_json::Value::Null, "{entry}");
+    assert!(entry["flags"].as_array().unwrap().iter().any(|f| f == "revoked"), "{entry}");
+    assert!(status.capacity > 0 && status.entries > 0, "{status:?}");
+    drop(agent);
+}
+
+fn agent_endpoint_id(socket: &Path, pod: &str) -> u16 {
+    runtime().block_on(async {
+        let mut client = Client::connect(socket, "conntrack-test").await.unwrap();
+        match client.request(Request::EndpointList).await.unwrap() {
+            Response::Endpoints(eps) => eps.iter().find(|e| e.pod_name == pod).map(|e| e.id).unwrap(),
+            other => panic!("endpoint list: {other:?}"),
+        }
+    })
+}
+
+#[test]
+fn a_revoked_udp_flow_stops_within_a_second_on_real_traffic() {
+    udp_flow_across_a_policy_change("ctrevoke", false);
+}
+
+#[test]
+fn keep_established_keeps_a_real_udp_flow_across_a_policy_change() {
+    udp_flow_across_a_policy_change("ctkeep", true);
 }
