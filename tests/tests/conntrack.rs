@@ -150,12 +150,12 @@ impl Fixture {
     }
 
     /// A packet from the client to the server (the server's ingress).
-    fn to_server(&mut self, transport: Transport) -> (u32, Vec<Record>) {
+    fn client_sends(&mut self, transport: Transport) -> (u32, Vec<Record>) {
         self.run(PROG_TO_ENDPOINT, CLIENT, SERVER, transport)
     }
 
     /// A packet from the server to the client (the server's egress: replies).
-    fn from_server(&mut self, transport: Transport) -> (u32, Vec<Record>) {
+    fn server_sends(&mut self, transport: Transport) -> (u32, Vec<Record>) {
         self.run(PROG_FROM_ENDPOINT, SERVER, CLIENT, transport)
     }
 }
@@ -198,73 +198,73 @@ fn tcp_reply(flags: u8) -> Transport {
 #[test]
 fn a_connection_the_new_policy_denies_is_revoked_and_one_it_allows_goes_on() {
     let mut f = fixture("revoke", DatapathOptions::default());
-    let (ret, records) = f.to_server(UDP);
+    let (ret, records) = f.client_sends(UDP);
     assert_eq!((ret, verdicts(&records)), (TC_ACT_UNSPEC, vec![verdict::ALLOWED]));
-    let (ret, records) = f.from_server(UDP_REPLY);
+    let (ret, records) = f.server_sends(UDP_REPLY);
     assert_eq!((ret, verdicts(&records)), (TC_ACT_UNSPEC, NONE), "a reply passes through conntrack");
 
     // A change that still allows the flow: the entry is re-stamped, no verdict, no drop.
     f.apply(&format!("{ALLOW}---{}", DENY.replace("deny-all", "also-selects-server")));
-    let (ret, records) = f.to_server(UDP);
+    let (ret, records) = f.client_sends(UDP);
     assert_eq!((ret, verdicts(&records), drops(&records)), (TC_ACT_UNSPEC, NONE, NO_DROPS));
 
     // The policy stops allowing it: the next packet either way is dropped as revoked, naming the revision.
     let before = f.datapath.counters().unwrap().get(Counter::Revoked);
     f.apply(DENY);
     let revision = f.datapath.revision() as u32;
-    let (ret, records) = f.to_server(UDP);
+    let (ret, records) = f.client_sends(UDP);
     assert_eq!(ret, TC_ACT_SHOT, "revoked: {records:?}");
     assert_eq!(drops(&records), vec![(drop_reason::CONNECTION_REVOKED, revision)]);
     assert!(verdicts(&records).is_empty(), "a revocation is a drop of a tracked connection, not a new verdict");
-    let (ret, records) = f.from_server(UDP_REPLY);
+    let (ret, records) = f.server_sends(UDP_REPLY);
     assert_eq!(ret, TC_ACT_SHOT, "the server's replies do not reopen the revoked connection");
     assert_eq!(drops(&records), vec![(drop_reason::CONNECTION_REVOKED, revision)]);
     assert_eq!(f.datapath.counters().unwrap().get(Counter::Revoked), before + 2);
 
     // Allowed again: the revoked entry is re-checked and resumed.
     f.apply(ALLOW);
-    let (ret, records) = f.to_server(UDP);
+    let (ret, records) = f.client_sends(UDP);
     assert_eq!((ret, verdicts(&records), drops(&records)), (TC_ACT_UNSPEC, NONE, NO_DROPS));
 }
 
 #[test]
 fn keep_established_keeps_connections_the_new_policy_denies() {
     let mut f = fixture("keep", DatapathOptions { keep_established: true, ..DatapathOptions::default() });
-    let (ret, _) = f.to_server(UDP);
+    let (ret, _) = f.client_sends(UDP);
     assert_eq!(ret, TC_ACT_UNSPEC);
     f.apply(DENY);
-    let (ret, records) = f.to_server(UDP);
+    let (ret, records) = f.client_sends(UDP);
     assert_eq!((ret, drops(&records)), (TC_ACT_UNSPEC, NO_DROPS), "--keep-established: the usual behaviour");
     // A new connection still gets the new policy's verdict.
-    let (ret, records) = f.to_server(Transport::Udp { sport: 40001, dport: 80 });
+    let (ret, records) = f.client_sends(Transport::Udp { sport: 40001, dport: 80 });
     assert_eq!((ret, verdicts(&records)), (TC_ACT_SHOT, vec![verdict::DENIED]));
 }
 
 #[test]
 fn a_syn_after_an_rst_or_a_fin_each_way_gets_a_new_verdict() {
     let mut f = fixture("close", DatapathOptions::default());
-    assert_eq!(verdicts(&f.to_server(tcp(SYN)).1), vec![verdict::ALLOWED]);
-    f.from_server(tcp_reply(SYN | ACK));
-    assert_eq!(verdicts(&f.to_server(tcp(ACK)).1), NONE, "established");
-    assert_eq!(f.from_server(tcp_reply(RST)).0, TC_ACT_UNSPEC);
+    assert_eq!(verdicts(&f.client_sends(tcp(SYN)).1), vec![verdict::ALLOWED]);
+    f.server_sends(tcp_reply(SYN | ACK));
+    assert_eq!(verdicts(&f.client_sends(tcp(ACK)).1), NONE, "established");
+    assert_eq!(f.server_sends(tcp_reply(RST)).0, TC_ACT_UNSPEC);
     // Stragglers of the closed connection still pass (within the close lifetime) without a verdict...
-    assert_eq!(verdicts(&f.to_server(tcp(ACK)).1), NONE);
+    assert_eq!(verdicts(&f.client_sends(tcp(ACK)).1), NONE);
     // ...but a SYN on the same ports is a new connection with a verdict of its own.
-    let (ret, records) = f.to_server(tcp(SYN));
+    let (ret, records) = f.client_sends(tcp(SYN));
     assert_eq!((ret, verdicts(&records)), (TC_ACT_UNSPEC, vec![verdict::ALLOWED]));
 
     // The same after a FIN each way; a FIN one way only is not a close.
-    f.from_server(tcp_reply(SYN | ACK));
-    f.to_server(tcp(FIN | ACK));
-    assert_eq!(verdicts(&f.to_server(tcp(SYN)).1), NONE, "half-closed: a SYN is part of the connection");
-    f.from_server(tcp_reply(FIN | ACK));
-    assert_eq!(verdicts(&f.to_server(tcp(SYN)).1), vec![verdict::ALLOWED]);
+    f.server_sends(tcp_reply(SYN | ACK));
+    f.client_sends(tcp(FIN | ACK));
+    assert_eq!(verdicts(&f.client_sends(tcp(SYN)).1), NONE, "half-closed: a SYN is part of the connection");
+    f.server_sends(tcp_reply(FIN | ACK));
+    assert_eq!(verdicts(&f.client_sends(tcp(SYN)).1), vec![verdict::ALLOWED]);
 
     // Under a policy that denies it, the new connection on the old ports is denied.
-    f.from_server(tcp_reply(RST));
+    f.server_sends(tcp_reply(RST));
     let mut keep = f;
     keep.apply(DENY);
-    let (ret, records) = keep.to_server(tcp(SYN));
+    let (ret, records) = keep.client_sends(tcp(SYN));
     assert_eq!(ret, TC_ACT_SHOT);
     assert_eq!(verdicts(&records), vec![verdict::DENIED], "a new verdict, not a resumed connection");
 }
@@ -277,17 +277,17 @@ fn expired_entries_need_a_new_verdict_and_are_collected() {
         close: Duration::from_millis(300),
     };
     let mut f = fixture("expire", DatapathOptions { ct_lifetimes: lifetimes, ..DatapathOptions::default() });
-    assert_eq!(verdicts(&f.to_server(UDP).1), vec![verdict::ALLOWED]);
-    assert_eq!(verdicts(&f.to_server(UDP).1), NONE, "tracked");
-    assert_eq!(verdicts(&f.to_server(tcp(SYN)).1), vec![verdict::ALLOWED]);
-    f.from_server(tcp_reply(SYN | ACK));
+    assert_eq!(verdicts(&f.client_sends(UDP).1), vec![verdict::ALLOWED]);
+    assert_eq!(verdicts(&f.client_sends(UDP).1), NONE, "tracked");
+    assert_eq!(verdicts(&f.client_sends(tcp(SYN)).1), vec![verdict::ALLOWED]);
+    f.server_sends(tcp_reply(SYN | ACK));
     std::thread::sleep(Duration::from_millis(700));
-    assert_eq!(verdicts(&f.to_server(UDP).1), vec![verdict::ALLOWED], "idle past its lifetime: a new verdict");
-    assert_eq!(verdicts(&f.to_server(tcp(ACK)).1), NONE, "an answered TCP connection lives longer");
+    assert_eq!(verdicts(&f.client_sends(UDP).1), vec![verdict::ALLOWED], "idle past its lifetime: a new verdict");
+    assert_eq!(verdicts(&f.client_sends(tcp(ACK)).1), NONE, "an answered TCP connection lives longer");
 
     // The garbage collector deletes what expired and keeps what lives.
     std::thread::sleep(Duration::from_millis(700));
-    f.to_server(tcp(ACK));
+    f.client_sends(tcp(ACK));
     let entries = f.datapath.conntrack_entries().unwrap();
     assert_eq!(entries.len(), 2, "{entries:?}");
     let (deleted, left) = f.datapath.conntrack_gc(datapath::monotonic_now_ns()).unwrap();
