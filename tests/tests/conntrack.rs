@@ -5,7 +5,9 @@
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, UdpSocket},
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, TcpStream, UdpSocket},
+    os::fd::AsFd as _,
     path::Path,
     sync::Arc,
     time::{Duration, Instant},
@@ -468,4 +470,65 @@ fn a_revoked_udp_flow_stops_within_a_second_on_real_traffic() {
 #[test]
 fn keep_established_keeps_a_real_udp_flow_across_a_policy_change() {
     udp_flow_across_a_policy_change("ctkeep", true);
+}
+
+/// A TCP connection from `sport` inside the current namespace to `to`: one echoed message, then closed
+/// with an RST (SO_LINGER 0).
+fn tcp_exchange_then_rst(to: (Ipv4Addr, u16), sport: u16) {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, setsockopt, socket, sockopt};
+    let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::empty(), None).expect("socket");
+    setsockopt(&fd, sockopt::ReuseAddr, &true).unwrap();
+    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::new(0, 0, 0, 0, sport)).expect("bind the source port");
+    let [a, b, c, d] = to.0.octets();
+    connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::new(a, b, c, d, to.1)).expect("connect");
+    setsockopt(&fd.as_fd(), sockopt::Linger, &libc::linger { l_onoff: 1, l_linger: 0 }).unwrap();
+    let mut stream = TcpStream::from(fd);
+    stream.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    stream.write_all(b"hello").unwrap();
+    let mut buf = [0u8; 5];
+    stream.read_exact(&mut buf).expect("the echo");
+    // Dropped with SO_LINGER 0: the kernel sends an RST instead of a FIN.
+}
+
+#[test]
+fn after_a_real_rst_the_same_ports_get_a_new_verdict() {
+    require_root();
+    let lab = LabGuard::up("ctrst", &example("lab-small.yaml"));
+    let policies = TempDir::new("ctrst-policies");
+    std::fs::write(
+        policies.path().join("policy.yaml"),
+        LAB_ALLOW.replace("{protocol: UDP, port: 53}", "{protocol: TCP, port: 80}"),
+    )
+    .unwrap();
+    let sockets = SocketDir::new("ctrst");
+    let socket = sockets.socket("agent");
+    let policy_dir = policies.path().to_str().unwrap().to_owned();
+    let _agent = AgentGuard::start(&lab.name, &socket, &["--policies", policy_dir.as_str(), "--no-pin"]);
+    let client = lab.state.pods.iter().find(|p| p.name == "client").unwrap().clone();
+    let web = lab.state.pods.iter().find(|p| p.name == "web").unwrap().clone();
+    let rt = runtime();
+    let mut events = rt.block_on(async {
+        let client = Client::connect(&socket, "conntrack-test").await.unwrap();
+        let filter = FlowFilter { event_types: vec![EventType::PolicyVerdict], ..Default::default() };
+        client.subscribe(Subscription { allow: vec![filter], ..Subscription::default() }).await.unwrap()
+    });
+    let sport = 43_210;
+    flowgate_lab::netns::in_netns(&client.netns, || {
+        tcp_exchange_then_rst((web.ip, 80), sport);
+        tcp_exchange_then_rst((web.ip, 80), sport);
+    })
+    .expect("enter the client pod");
+    let verdicts: Vec<Arc<Flow>> = rt.block_on(async {
+        let mut out = Vec::new();
+        while let Ok(Some(Ok(batch))) = tokio::time::timeout(Duration::from_millis(700), events.next_batch()).await {
+            out.extend(batch.into_iter().filter_map(|e| match e {
+                Event::Flow(f) => Some(f),
+                Event::Lost(_) => None,
+            }));
+        }
+        out
+    });
+    let ours: Vec<&Arc<Flow>> =
+        verdicts.iter().filter(|f| f.source_port == sport && f.destination_port == 80).collect();
+    assert_eq!(ours.len(), 2, "one verdict per connection on the same 5-tuple, the second after an RST: {verdicts:#?}");
 }
