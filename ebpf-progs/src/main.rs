@@ -77,7 +77,8 @@ fn try_endpoint(ctx: &TcContext, point: u8) -> Result<i32, i32> {
     let revision = maps::config(Config::PolicyRevision);
 
     if let Some(tracked) = conntrack::track(&pkt.flow, endpoint.endpoint_id, dir, pkt.len, level) {
-        if u64::from(tracked.revision) != revision
+        // Entries keep the revision's low 32 bits (the agent never makes them `REVISION_REVOKED`).
+        if tracked.revision != revision as u32
             && let revocation::Recheck::Revoked { remote_identity } = revocation::recheck(&tracked, revision)
         {
             maps::count(Counter::Revoked);
