@@ -1,6 +1,6 @@
 //! Answers the socket's requests. The read side (status, endpoints, identities) comes from
 //! [`AgentState`]; what needs the datapath and the policy engine (policy per endpoint, endpoint
-//! configuration) goes to a [`PolicyControl`], served by the controller. An [`Api`] is built once,
+//! configuration, conntrack entries) goes to a [`PolicyControl`], served by the controller. An [`Api`] is built once,
 //! after everything it reports on exists, so nothing in it is set after construction.
 
 use std::sync::{
@@ -17,6 +17,8 @@ pub trait PolicyControl: Send + Sync {
     fn policy_get(&self, endpoint: Option<u16>) -> Response;
     fn endpoint_config(&self, id: u16, audit: Option<bool>) -> Response;
     fn policy_status(&self) -> PolicyStatus;
+    /// Connection-tracking entries of one endpoint, or of all.
+    fn conntrack_list(&self, endpoint: Option<u16>) -> Response;
 }
 
 /// What the socket's sessions ask.
@@ -77,6 +79,10 @@ impl Api {
             Request::PolicyGet { endpoint } => match &self.control {
                 Some(control) => control.policy_get(*endpoint),
                 None => Response::NotFound { what: "a datapath with policy".into(), known: Vec::new() },
+            },
+            Request::ConntrackList { endpoint } => match &self.control {
+                Some(control) => control.conntrack_list(*endpoint),
+                None => Response::NotFound { what: "a datapath with connection tracking".into(), known: Vec::new() },
             },
         }
     }

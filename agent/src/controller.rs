@@ -1,7 +1,7 @@
 //! The controller owns the datapath and keeps it in line with the node: it registers the lab's pods as
 //! endpoints and attaches the programs to them, follows the topology file (label changes re-derive
 //! identities) and the policy directory (changes are compiled and applied as a new generation), and
-//! answers the requests that need the datapath (`policy get`, `endpoint config`).
+//! answers the requests that need the datapath (`policy get`, `endpoint config`, `conntrack list`).
 
 use std::{
     collections::BTreeMap,
@@ -20,7 +20,7 @@ use flowgate_policy::{ClusterView, ContainerPort, NamespaceInfo, PodInfo, Protoc
 use flowgate_proto::{
     endpoint::{EndpointState, Enforcement, NewEndpoint},
     flow::Protocol,
-    message::{EndpointPolicy, PolicyEntryView, PolicyStatus, Response},
+    message::{ConntrackEntry, EndpointPolicy, PolicyEntryView, PolicyStatus, Response},
 };
 use log::{info, warn};
 
@@ -189,14 +189,67 @@ impl Controller {
         }
         let status = self.engine.status();
         self.state.set_policy_status(status.clone());
+        let revision = self.datapath.revision();
+        self.publish_conntrack_settings();
         info!(
-            "policy revision {} in effect: {} policies, {} map entries, applied in {:?}",
+            "policy revision {} in effect (datapath revision {revision}): {} policies, {} map entries, applied in {:?}",
             status.revision,
             status.loaded.len(),
             contents.policy.len(),
             started.elapsed()
         );
         Ok(())
+    }
+
+    /// Puts the datapath's revision, conntrack settings and fill into `status`.
+    fn publish_conntrack_settings(&self) {
+        let revision = self.datapath.revision();
+        let lifetimes = self.datapath.ct_lifetimes();
+        let keep = self.datapath.options().keep_established;
+        let fill = self.datapath.conntrack_fill().ok();
+        self.state.update_conntrack(|s| {
+            s.revision = revision;
+            s.keep_established = keep;
+            s.lifetime_tcp_seconds = lifetimes.tcp.as_secs();
+            s.lifetime_other_seconds = lifetimes.other.as_secs();
+            s.lifetime_close_seconds = lifetimes.close.as_secs();
+            if let Some(fill) = fill {
+                s.entries = fill.entries;
+                s.capacity = fill.capacity;
+            }
+        });
+    }
+
+    fn conntrack_list(&self, endpoint: Option<u16>) -> Response {
+        if let Some(id) = endpoint.filter(|id| self.state.endpoint(*id).is_none()) {
+            return self.state.not_found_endpoint(id);
+        }
+        let entries = match self.datapath.conntrack_entries() {
+            Ok(e) => e,
+            Err(e) => return Response::NotFound { what: format!("the conntrack map ({e})"), known: Vec::new() },
+        };
+        let now = datapath::monotonic_now_ns();
+        let lifetimes = self.datapath.ct_lifetimes();
+        let mut views: Vec<ConntrackEntry> = entries
+            .iter()
+            .filter(|(key, _)| endpoint.is_none_or(|id| id == key.endpoint_id))
+            .map(|(key, entry)| {
+                let pod = self.state.endpoint(key.endpoint_id).map(|ep| ep.pod_ref()).unwrap_or_default();
+                let policies = if entry.rule_id == 0 { Vec::new() } else { self.engine.rule_names(entry.rule_id) };
+                crate::conntrack::entry_view(key, entry, now, &lifetimes, pod, policies)
+            })
+            .collect();
+        views.sort_by(|a, b| {
+            (a.endpoint_id, &a.direction, a.source, a.source_port, a.destination, a.destination_port).cmp(&(
+                b.endpoint_id,
+                &b.direction,
+                b.source,
+                b.source_port,
+                b.destination,
+                b.destination_port,
+            ))
+        });
+        Response::Conntrack(views)
     }
 
     /// Re-reads the topology's labels; returns whether any pod or namespace label changed.
@@ -375,6 +428,10 @@ impl PolicyControl for SharedController {
 
     fn policy_status(&self) -> PolicyStatus {
         self.lock().engine.status()
+    }
+
+    fn conntrack_list(&self, endpoint: Option<u16>) -> Response {
+        self.lock().conntrack_list(endpoint)
     }
 }
 

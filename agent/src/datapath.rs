@@ -29,6 +29,7 @@ use aya::{
 use flowgate_common::{
     Counter, EndpointInfo,
     capacity::MAX_CONNECTIONS,
+    conntrack::{CtEntry, CtKey, LifetimeClass, expired, lifetime},
     counters::{Config, aggregation, events_kind},
     names::{
         MAP_CONFIG, MAP_CONNTRACK, MAP_COUNTERS, MAP_ENDPOINTS, MAP_ENFORCEMENT, MAP_EVENTS_PERF, MAP_EVENTS_RINGBUF,
@@ -108,6 +109,10 @@ pub struct DatapathOptions {
     pub capacities: Capacities,
     /// Connections the conntrack map holds.
     pub conntrack_entries: u32,
+    /// Conntrack idle lifetimes.
+    pub ct_lifetimes: CtLifetimes,
+    /// Connections stay allowed when the policy changes (no re-check of older revisions).
+    pub keep_established: bool,
 }
 
 impl Default for DatapathOptions {
@@ -120,8 +125,65 @@ impl Default for DatapathOptions {
             pin_dir: None,
             capacities: Capacities::default(),
             conntrack_entries: MAX_CONNECTIONS,
+            ct_lifetimes: CtLifetimes::default(),
+            keep_established: false,
         }
     }
+}
+
+/// How long a connection may idle before it needs a new verdict, per `LifetimeClass`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtLifetimes {
+    /// An answered TCP connection.
+    pub tcp: Duration,
+    /// UDP, ICMP, other protocols, and TCP before its first reply.
+    pub other: Duration,
+    /// A closed (RST, FIN both ways) or revoked connection.
+    pub close: Duration,
+}
+
+impl Default for CtLifetimes {
+    fn default() -> Self {
+        Self {
+            tcp: Duration::from_secs(lifetime::TCP_SECS),
+            other: Duration::from_secs(lifetime::OTHER_SECS),
+            close: Duration::from_secs(lifetime::CLOSE_SECS),
+        }
+    }
+}
+
+impl CtLifetimes {
+    /// The lifetime of a connection of this class.
+    pub fn of(&self, class: LifetimeClass) -> Duration {
+        match class {
+            LifetimeClass::Tcp => self.tcp,
+            LifetimeClass::Other => self.other,
+            LifetimeClass::Close => self.close,
+        }
+    }
+
+    /// When an entry expires, as CLOCK_MONOTONIC nanoseconds.
+    pub fn expires_ns(&self, key: &CtKey, entry: &CtEntry) -> u64 {
+        entry.last_seen_ns.saturating_add(duration_ns(self.of(LifetimeClass::of(key.protocol, entry.flags))))
+    }
+}
+
+fn duration_ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Current CLOCK_MONOTONIC in nanoseconds, the clock conntrack's `last_seen_ns` is read from.
+pub fn monotonic_now_ns() -> u64 {
+    let ts =
+        nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC is always available");
+    u64::try_from(ts.tv_sec()).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec()).unwrap_or(0)
+}
+
+/// Conntrack's fill: entries and the map's capacity.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConntrackFill {
+    pub entries: u64,
+    pub capacity: u64,
 }
 
 /// Default root of the agent's pins.
@@ -147,6 +209,8 @@ pub struct Datapath {
     last_switch: Option<Instant>,
     /// `max_entries` of the policy-generation maps in the kernel.
     capacities: Capacities,
+    /// Policy revision the programs read (`Config::PolicyRevision`): bumped after every switch.
+    revision: u64,
 }
 
 const PROGRAMS: [(&str, TcAttachType); 2] =
@@ -191,17 +255,29 @@ impl Datapath {
             generation: 0,
             last_switch: None,
             capacities: Capacities::default(),
+            revision: 0,
         };
         datapath.capacities = datapath.created_capacities()?;
         if adopted {
             // The programs of the previous agent read this generation; write the other one next.
             datapath.generation = (datapath.config(Config::ActiveGeneration)? & 1) as u8;
-            info!("adopted the pinned maps in {} (policy generation {})", pin_dir.display(), datapath.generation);
+            // Revisions go on from the previous agent's, so its entries are re-checked against this one's policy.
+            datapath.revision = datapath.config(Config::PolicyRevision)?;
+            info!(
+                "adopted the pinned maps in {} (policy generation {}, revision {})",
+                pin_dir.display(),
+                datapath.generation,
+                datapath.revision
+            );
         }
         let options = datapath.options.clone();
         datapath.set_config(Config::WakeupBytes, options.wakeup_bytes)?;
         datapath.set_config(Config::EventsKind, options.events_kind)?;
         datapath.set_config(Config::Aggregation, options.aggregation)?;
+        datapath.set_config(Config::KeepEstablished, u64::from(options.keep_established))?;
+        datapath.set_config(Config::CtLifetimeTcp, duration_ns(options.ct_lifetimes.tcp))?;
+        datapath.set_config(Config::CtLifetimeOther, duration_ns(options.ct_lifetimes.other))?;
+        datapath.set_config(Config::CtLifetimeClose, duration_ns(options.ct_lifetimes.close))?;
         Ok(datapath)
     }
 
@@ -377,7 +453,81 @@ impl Datapath {
         self.set_config(Config::ActiveGeneration, next as u64)?;
         self.generation = next as u8;
         self.last_switch = Some(Instant::now());
+        // After the switch: a packet that reads the new revision reads the new generation too (the programs
+        // read the revision first), so no connection is stamped with a revision its policy is older than.
+        // `REVISION_REVOKED` (u32::MAX) is never a revision: the kernel compares the low 32 bits.
+        self.revision += 1;
+        if self.revision as u32 == u32::MAX {
+            self.revision += 1;
+        }
+        self.set_config(Config::PolicyRevision, self.revision)?;
         Ok(())
+    }
+
+    /// The policy revision in effect: the number of policy switches (it goes on across restarts).
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// Conntrack idle lifetimes in effect.
+    pub fn ct_lifetimes(&self) -> CtLifetimes {
+        self.options.ct_lifetimes
+    }
+
+    fn conntrack_map(&self) -> Result<HashMap<&MapData, CtKey, CtEntry>, DatapathError> {
+        let name = MAP_CONNTRACK;
+        HashMap::try_from(self.ebpf.map(name).ok_or(DatapathError::MissingMap { name })?)
+            .map_err(|source| DatapathError::Map { name, source })
+    }
+
+    /// Every conntrack entry (a snapshot: the kernel goes on changing them while they are read).
+    pub fn conntrack_entries(&self) -> Result<Vec<(CtKey, CtEntry)>, DatapathError> {
+        let map = self.conntrack_map()?;
+        // An entry deleted during the walk ends it early on some kernels; what was read is still a fair
+        // snapshot, so errors of single entries are skipped.
+        Ok(map.iter().filter_map(Result::ok).collect())
+    }
+
+    /// Conntrack's entry count and capacity.
+    pub fn conntrack_fill(&self) -> Result<ConntrackFill, DatapathError> {
+        let map = self.conntrack_map()?;
+        Ok(ConntrackFill {
+            entries: map.keys().filter_map(Result::ok).count() as u64,
+            capacity: u64::from(MAX_CONNECTIONS),
+        })
+    }
+
+    /// Deletes the conntrack entries that outlived their lifetime at `now_ns` (CLOCK_MONOTONIC); returns
+    /// how many were deleted and how many are left. The programs never resume an expired entry, so this
+    /// only frees room; an entry a packet renewed since the walk is read again and kept.
+    pub fn conntrack_gc(&mut self, now_ns: u64) -> Result<(u64, u64), DatapathError> {
+        let lifetimes = self.options.ct_lifetimes;
+        let expired_keys: Vec<CtKey> = self
+            .conntrack_entries()?
+            .into_iter()
+            .filter(|(k, e)| {
+                let lifetime = duration_ns(lifetimes.of(LifetimeClass::of(k.protocol, e.flags)));
+                expired(e.last_seen_ns, now_ns, lifetime)
+            })
+            .map(|(k, _)| k)
+            .collect();
+        let name = MAP_CONNTRACK;
+        let mut map: HashMap<_, CtKey, CtEntry> =
+            HashMap::try_from(self.ebpf.map_mut(name).ok_or(DatapathError::MissingMap { name })?)
+                .map_err(|source| DatapathError::Map { name, source })?;
+        let mut deleted = 0;
+        for key in expired_keys {
+            // Read again just before deleting: a packet may have renewed (or recreated) it since the walk.
+            let still_expired = map.get(&key, 0).is_ok_and(|e| {
+                let lifetime = duration_ns(lifetimes.of(LifetimeClass::of(key.protocol, e.flags)));
+                expired(e.last_seen_ns, now_ns, lifetime)
+            });
+            if still_expired && map.remove(&key).is_ok() {
+                deleted += 1;
+            }
+        }
+        let left = map.keys().filter_map(Result::ok).count() as u64;
+        Ok((deleted, left))
     }
 
     /// The entries of a policy generation with their counters, by (prefix length, key).

@@ -5,10 +5,12 @@
 //! and maps, [`controller`] keeps endpoints and policy generations in step with them, [`reader`] drains
 //! the events buffer into the event path (crate `flowgate_events`: decode -> enrich -> hub). The
 //! consumers of that path live here too: [`server`] (the unix socket), [`verdict_log`] and [`metrics`].
+//! [`conntrack`] collects expired connection-tracking entries and shows the rest.
 //! [`state`] holds endpoints (their ids handed out by [`endpoints`]), identities and counters; [`api`] answers
 //! the socket's requests from it.
 
 pub mod api;
+pub mod conntrack;
 pub mod controller;
 pub mod craft;
 pub mod datapath;

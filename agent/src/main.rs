@@ -11,8 +11,9 @@ use anyhow::{Context as _, bail};
 use clap::Parser;
 use flowgate_agent::{
     api::{Api, PolicyControl},
+    conntrack,
     controller::{self, Controller, SharedController},
-    datapath::{Datapath, DatapathOptions},
+    datapath::{CtLifetimes, Datapath, DatapathOptions},
     kernel_counters, metrics,
     policy::{PolicyEngine, realize::Capacities},
     server::{self, ServerConfig},
@@ -148,6 +149,22 @@ struct Args {
     /// Connections the conntrack map (LRU) tracks at once; the least recently used go first.
     #[arg(long, value_name = "N", default_value_t = capacity::MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..))]
     conntrack_entries: u32,
+    /// Seconds an answered TCP connection may idle before it needs a new verdict.
+    #[arg(long, value_name = "SECONDS", default_value_t = flowgate_common::conntrack::lifetime::TCP_SECS)]
+    ct_tcp_lifetime: u64,
+    /// Seconds a UDP, ICMP or other connection (and a TCP handshake without reply) may idle.
+    #[arg(long, value_name = "SECONDS", default_value_t = flowgate_common::conntrack::lifetime::OTHER_SECS)]
+    ct_other_lifetime: u64,
+    /// Seconds a TCP connection lives on after an RST or a FIN each way (or after it was revoked).
+    #[arg(long, value_name = "SECONDS", default_value_t = flowgate_common::conntrack::lifetime::CLOSE_SECS)]
+    ct_close_lifetime: u64,
+    /// How often expired conntrack entries are deleted, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = conntrack::DEFAULT_GC_INTERVAL.as_secs())]
+    ct_gc_interval: u64,
+    /// Keep established connections when the policy stops allowing them (as Cilium and iptables do);
+    /// by default their next packet is re-checked and dropped as revoked.
+    #[arg(long)]
+    keep_established: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -249,6 +266,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
             enforcement: args.endpoint_entries,
         },
         conntrack_entries: args.conntrack_entries,
+        ct_lifetimes: CtLifetimes {
+            tcp: Duration::from_secs(args.ct_tcp_lifetime),
+            other: Duration::from_secs(args.ct_other_lifetime),
+            close: Duration::from_secs(args.ct_close_lifetime),
+        },
+        keep_established: args.keep_established,
         ..DatapathOptions::default()
     })
     .context("loading the eBPF datapath")?;
@@ -363,6 +386,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let reader = futures::future::select_all(readers);
     let losses = tokio::spawn(kernel_counters::poll(Arc::clone(&controller), Arc::clone(&state)));
+    let gc = tokio::spawn(conntrack::collect_garbage(
+        Arc::clone(&controller),
+        Arc::clone(&state),
+        Duration::from_secs(args.ct_gc_interval.max(1)),
+    ));
     let watcher = tokio::spawn(controller::follow_changes(
         Arc::clone(&controller),
         Duration::from_millis(args.watch_interval_ms),
@@ -389,6 +417,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let _ = stop_server.send(());
     server_task.await.context("server task")?.context("serving the socket")?;
     losses.abort();
+    gc.abort();
     watcher.abort();
     if let Some(p) = printer {
         p.abort();

@@ -14,7 +14,7 @@ use std::{
 use flowgate_proto::{
     endpoint::{Endpoint, EndpointState, Enforcement, Identity, NewEndpoint},
     flow::Peer,
-    message::{ClientInfo, Counters, EventsBufferInfo, PolicyStatus, Response, Status},
+    message::{ClientInfo, ConntrackStatus, Counters, EventsBufferInfo, PolicyStatus, Response, Status},
     version::PROTOCOL_VERSION,
 };
 
@@ -65,6 +65,7 @@ pub struct AgentState {
     policy_status: RwLock<PolicyStatus>,
     /// Packets each endpoint sent with another source address (dropped), as last read from the kernel.
     invalid_source: Mutex<BTreeMap<u16, u64>>,
+    conntrack: RwLock<ConntrackStatus>,
 }
 
 /// Keeps a client listed in `status` until dropped.
@@ -114,7 +115,17 @@ impl AgentState {
             policy: RwLock::new(Arc::default()),
             policy_status: RwLock::new(PolicyStatus::default()),
             invalid_source: Mutex::new(BTreeMap::new()),
+            conntrack: RwLock::new(ConntrackStatus::default()),
         })
+    }
+
+    /// Updates the connection-tracking part of `status` (controller and garbage collector).
+    pub fn update_conntrack(&self, update: impl FnOnce(&mut ConntrackStatus)) {
+        update(&mut self.conntrack.write().unwrap_or_else(std::sync::PoisonError::into_inner));
+    }
+
+    pub fn conntrack_status(&self) -> ConntrackStatus {
+        self.conntrack.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// Installs what enrichment needs for a new policy generation.
@@ -303,6 +314,7 @@ impl AgentState {
                 requests_refused: 0,
             },
             clients,
+            conntrack: self.conntrack_status(),
         }
     }
 }

@@ -29,9 +29,71 @@ pub mod ct_flag {
     pub const CLOSING: u8 = 4;
     /// A packet in the reply direction was seen (the connection's first state change).
     pub const REPLY_SEEN: u8 = 8;
+    /// The TCP connection is over: an RST, or a FIN each way. It lives for the close lifetime, and a SYN
+    /// on its tuple opens a new connection (a new verdict) instead of resuming it.
+    pub const CLOSED: u8 = 16;
+    /// A policy revision no longer allows the connection: its packets are dropped as revoked (each one
+    /// re-checked, so a later revision that allows it again resumes it) until it expires after the close
+    /// lifetime or a SYN opens it anew.
+    pub const REVOKED: u8 = 32;
 }
 
-/// Conntrack value.
+/// `CtEntry::revision` of a revoked entry: never a current revision, so every packet is re-checked.
+pub const REVISION_REVOKED: u32 = u32::MAX;
+
+/// Default lifetimes in seconds (`Config::CtLifetime*`, agent flags), after Cilium's: an established TCP
+/// connection idles for hours, anything else (UDP, ICMP, a TCP handshake not answered yet) for a minute, a
+/// closed TCP connection for seconds.
+pub mod lifetime {
+    pub const TCP_SECS: u64 = 21600;
+    pub const OTHER_SECS: u64 = 60;
+    pub const CLOSE_SECS: u64 = 10;
+}
+
+/// Which lifetime applies to a connection: its idle time is compared against it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LifetimeClass {
+    /// An answered TCP connection.
+    Tcp,
+    /// UDP, ICMP, other protocols, and TCP before the first reply.
+    Other,
+    /// Closed (RST, FIN both ways) or revoked.
+    Close,
+}
+
+impl LifetimeClass {
+    /// The class of a connection of `protocol` (`ip::protocol`) with `ct_flag` bits `flags`.
+    #[inline(always)]
+    pub fn of(protocol: u8, flags: u8) -> Self {
+        if flags & (ct_flag::CLOSED | ct_flag::REVOKED) != 0 {
+            LifetimeClass::Close
+        } else if protocol == crate::ip::protocol::TCP && flags & ct_flag::REPLY_SEEN != 0 {
+            LifetimeClass::Tcp
+        } else {
+            LifetimeClass::Other
+        }
+    }
+
+    /// The config slot holding this class's lifetime in nanoseconds.
+    #[inline(always)]
+    pub fn config(self) -> crate::counters::Config {
+        match self {
+            LifetimeClass::Tcp => crate::counters::Config::CtLifetimeTcp,
+            LifetimeClass::Other => crate::counters::Config::CtLifetimeOther,
+            LifetimeClass::Close => crate::counters::Config::CtLifetimeClose,
+        }
+    }
+}
+
+/// Whether an entry last seen at `last_seen_ns` has outlived `lifetime_ns` at `now_ns` (a lifetime of 0:
+/// never, e.g. a datapath whose agent did not set lifetimes).
+#[inline(always)]
+pub fn expired(last_seen_ns: u64, now_ns: u64, lifetime_ns: u64) -> bool {
+    lifetime_ns != 0 && now_ns.saturating_sub(last_seen_ns) > lifetime_ns
+}
+
+/// Conntrack value. `last_seen_ns` is CLOCK_MONOTONIC (the coarse clock), as the agent's garbage collector
+/// and `flowgate conntrack list` read it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CtEntry {
@@ -47,9 +109,13 @@ pub struct CtEntry {
     pub _pad: u8,
     pub packets: u64,
     pub bytes: u64,
+    /// `Config::PolicyRevision` the connection was last allowed under ([`REVISION_REVOKED`] once revoked);
+    /// a packet under another revision is re-checked against the current policy.
+    pub revision: u32,
+    pub _pad2: [u8; 4],
 }
 
-const _: () = assert!(core::mem::size_of::<CtEntry>() == 40);
+const _: () = assert!(core::mem::size_of::<CtEntry>() == 48);
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for CtKey {}

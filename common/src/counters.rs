@@ -33,13 +33,15 @@ pub enum Counter {
     FragmentsWithoutFirst = 12,
     /// ICMP errors that passed because they quote a tracked connection.
     IcmpRelated = 13,
+    /// Packets of tracked connections dropped because a newer policy revision no longer allows them.
+    Revoked = 14,
 }
 
 impl Counter {
     /// Number of counter slots; the map's `max_entries`.
     pub const COUNT: u32 = 16;
 
-    pub const ALL: [Counter; 14] = [
+    pub const ALL: [Counter; 15] = [
         Counter::PacketsFromEndpoint,
         Counter::PacketsToEndpoint,
         Counter::RecordsWritten,
@@ -54,6 +56,7 @@ impl Counter {
         Counter::TruncatedHeader,
         Counter::FragmentsWithoutFirst,
         Counter::IcmpRelated,
+        Counter::Revoked,
     ];
 
     pub const fn index(self) -> u32 {
@@ -76,6 +79,7 @@ impl Counter {
             Counter::TruncatedHeader => "truncated_header",
             Counter::FragmentsWithoutFirst => "fragments_without_first",
             Counter::IcmpRelated => "icmp_related",
+            Counter::Revoked => "revoked",
         }
     }
 }
@@ -93,6 +97,16 @@ pub enum Config {
     Aggregation = 2,
     /// Which events buffer the programs write to, see [`events_kind`].
     EventsKind = 3,
+    /// Revision of the policy in effect, bumped by the agent after every generation switch; conntrack
+    /// entries stamped with another revision are re-checked.
+    PolicyRevision = 4,
+    /// Non-zero: connections stay allowed when the policy changes (`--keep-established`); entries of an
+    /// older revision are re-stamped without a re-check.
+    KeepEstablished = 5,
+    /// Conntrack idle lifetimes in nanoseconds, see `conntrack::LifetimeClass` (0: never expires).
+    CtLifetimeTcp = 6,
+    CtLifetimeOther = 7,
+    CtLifetimeClose = 8,
 }
 
 /// Trace aggregation levels (`Config::Aggregation`), as Cilium's monitor aggregation.
@@ -112,7 +126,7 @@ pub mod events_kind {
 }
 
 impl Config {
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 16;
 
     pub const fn index(self) -> u32 {
         self as u32

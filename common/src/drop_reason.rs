@@ -18,6 +18,12 @@ pub const CT_MAP_INSERTION_FAILED: u8 = 155;
 pub const FRAGMENT_WITHOUT_FIRST: u8 = 175;
 /// A deny policy matched.
 pub const POLICY_DENY: u8 = 181;
+/// flowgate's own: a packet of a tracked connection that a newer policy revision no longer allows (the
+/// drop record's `revision` says which). Cilium keeps such connections and has no code for this; 240 is
+/// outside the range Cilium numbers (130-2xx used sparsely, none at 240). Hubble has no name for it either,
+/// so its JSON name is Hubble's `POLICY_DENIED` (what a Hubble consumer should count it as) and the numeric
+/// `drop_reason` field and the text line tell the two apart.
+pub const CONNECTION_REVOKED: u8 = 240;
 
 /// One drop reason and its names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,7 +40,7 @@ const fn reason(code: u8, hubble_name: &'static str, text: &'static str) -> Drop
 }
 
 /// Every drop reason flowgate names.
-pub const DROP_REASONS: [DropReason; 11] = [
+pub const DROP_REASONS: [DropReason; 12] = [
     reason(INVALID_SOURCE_IP, "INVALID_SOURCE_IP", "Invalid source ip"),
     reason(POLICY_DENIED, "POLICY_DENIED", "Policy denied"),
     reason(INVALID_PACKET, "INVALID_PACKET_DROPPED", "Invalid packet"),
@@ -50,6 +56,7 @@ pub const DROP_REASONS: [DropReason; 11] = [
         "First logical datagram fragment not found",
     ),
     reason(POLICY_DENY, "POLICY_DENY", "Policy denied by denylist"),
+    reason(CONNECTION_REVOKED, "POLICY_DENIED", "Policy denied (connection revoked)"),
 ];
 
 /// Hubble's name for codes missing from [`DROP_REASONS`].
@@ -73,6 +80,13 @@ mod tests {
     fn codes_are_unique_and_named_as_cilium_and_hubble_name_them() {
         for (i, r) in DROP_REASONS.iter().enumerate() {
             assert!(DROP_REASONS[..i].iter().all(|o| o.code != r.code), "code {} twice", r.code);
+            // Hubble names are read back into codes: the first row with a name is its code.
+            if r.code == CONNECTION_REVOKED {
+                assert_eq!(
+                    DROP_REASONS[..i].iter().find(|o| o.hubble_name == r.hubble_name).map(|o| o.code),
+                    Some(POLICY_DENIED)
+                );
+            }
         }
         assert_eq!(lookup(POLICY_DENIED).map(|r| (r.hubble_name, r.text)), Some(("POLICY_DENIED", "Policy denied")));
         assert_eq!(hubble_name(POLICY_DENY), "POLICY_DENY");

@@ -2,8 +2,20 @@
 //! [`RecordHeader`] carrying its type and layout version; user space rejects versions it does not know
 //! instead of reading a zeroed or misaligned struct.
 
-/// Layout version written into every record this build produces.
+/// Layout version written into every record this build produces, except drop records
+/// ([`DROP_RECORD_VERSION`]). Version 2 gave ICMP its own type and code fields in [`FlowTuple`] (its ports
+/// became conntrack's echo identifier); version-1 records are refused.
 pub const RECORD_VERSION: u8 = 2;
+/// Layout version of drop records this build produces: 3 added `DropRecord::revision`. A version-2 drop
+/// record (48 bytes, no revision) is still read.
+pub const DROP_RECORD_VERSION: u8 = 3;
+/// Length of a drop record of the previous layout (version 2, before `revision`).
+pub const DROP_RECORD_V1_LEN: usize = 48;
+
+/// The layout version this build writes for a record type.
+pub const fn version_of(record_type: u8) -> u8 {
+    if record_type == record_type::DROP { DROP_RECORD_VERSION } else { RECORD_VERSION }
+}
 
 /// Record types (`RecordHeader::record_type`).
 pub mod record_type {
@@ -168,9 +180,14 @@ pub struct DropRecord {
     pub remote_identity: u32,
     pub ifindex: u32,
     pub pkt_len: u32,
+    /// The policy revision (`Config::PolicyRevision`) a drop was decided under; for
+    /// [`crate::drop_reason::CONNECTION_REVOKED`], the revision that revoked the connection. 0 in a
+    /// version-1 record.
+    pub revision: u32,
+    pub _pad: [u8; 4],
 }
 
-const _: () = assert!(core::mem::size_of::<DropRecord>() == 48);
+const _: () = assert!(core::mem::size_of::<DropRecord>() == 56);
 
 impl DropRecord {
     pub const LEN: u16 = core::mem::size_of::<DropRecord>() as u16;

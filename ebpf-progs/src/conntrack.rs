@@ -1,18 +1,20 @@
 //! Connection tracking in the datapath: finds the connection a packet belongs to (forward or reply),
 //! records new connections, and decides which packets are worth a trace record under the configured
-//! aggregation level.
+//! aggregation level. An entry idle for longer than its lifetime (`LifetimeClass`) is not resumed: the
+//! packet is a new connection and gets a verdict (the agent deletes what is left). So is a SYN on a closed
+//! TCP connection. An entry of an older policy revision is re-checked by `revocation`.
 
 use aya_ebpf::helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
 use flowgate_common::{
     FlowTuple,
-    conntrack::{CtEntry, CtKey, ct_flag},
+    conntrack::{CtEntry, CtKey, LifetimeClass, ct_flag, expired},
     counters::aggregation,
     ip::protocol,
     policy::direction,
     record::{ct_state, tcp_flags},
 };
 
-use crate::maps::FG_CONNTRACK;
+use crate::maps::{self, FG_CONNTRACK};
 
 #[inline(always)]
 fn opposite(dir: u8) -> u8 {
@@ -38,14 +40,20 @@ pub struct Tracked {
     pub state: u8,
     /// Whether the packet deserves a trace record under the aggregation level.
     pub trace: bool,
+    /// The connection's key: its opening tuple, direction and endpoint.
+    pub key: CtKey,
+    /// The connection's entry, valid until the program returns.
+    pub entry: *mut CtEntry,
+    /// `CtEntry::revision` when the packet arrived.
+    pub revision: u32,
 }
 
 /// Looks the packet up as part of an existing connection and updates that connection.
 #[inline(always)]
 pub fn track(flow: &FlowTuple, endpoint_id: u16, dir: u8, pkt_len: u32, level: u64) -> Option<Tracked> {
     let forward = forward_key(flow, endpoint_id, dir);
-    let (entry, state) = match FG_CONNTRACK.get_ptr_mut(&forward) {
-        Some(e) => (e, ct_state::ESTABLISHED),
+    let (ptr, state, key) = match FG_CONNTRACK.get_ptr_mut(&forward) {
+        Some(e) => (e, ct_state::ESTABLISHED, forward),
         None => {
             let reverse = CtKey {
                 saddr: flow.daddr,
@@ -56,17 +64,26 @@ pub fn track(flow: &FlowTuple, endpoint_id: u16, dir: u8, pkt_len: u32, level: u
                 direction: opposite(dir),
                 endpoint_id,
             };
-            (FG_CONNTRACK.get_ptr_mut(&reverse)?, ct_state::REPLY)
+            (FG_CONNTRACK.get_ptr_mut(&reverse)?, ct_state::REPLY, reverse)
         }
     };
     // SAFETY: `entry` is the non-null, aligned address of the map value the lookup just returned; the
     // kernel keeps the element alive until this program returns (an LRU eviction frees it only after an
     // RCU grace period). The same connection's packets on another CPU may update it concurrently and
     // lose an increment of these statistics, which is acceptable for counters.
-    let entry = unsafe { &mut *entry };
+    let entry = unsafe { &mut *ptr };
     // Coarse time is enough for idle timeouts and cheaper on every packet.
     // SAFETY: a helper without arguments that only reads a clock; callable from any program type.
-    entry.last_seen_ns = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if expired(entry.last_seen_ns, now, maps::config(LifetimeClass::of(key.protocol, entry.flags).config())) {
+        return None;
+    }
+    let syn_only = flow.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
+    if flow.protocol == protocol::TCP && syn_only && entry.flags & (ct_flag::CLOSED | ct_flag::REVOKED) != 0 {
+        // A new connection on the tuple of a closed one: it needs its own verdict.
+        return None;
+    }
+    entry.last_seen_ns = now;
     entry.packets += 1;
     entry.bytes += u64::from(pkt_len);
     let seen = if state == ct_state::ESTABLISHED { &mut entry.flags_seen_orig } else { &mut entry.flags_seen_reply };
@@ -79,23 +96,29 @@ pub fn track(flow: &FlowTuple, endpoint_id: u16, dir: u8, pkt_len: u32, level: u
     }
     if flow.tcp_flags & (tcp_flags::FIN | tcp_flags::RST) != 0 {
         entry.flags |= ct_flag::CLOSING;
+        let fin_both_ways = entry.flags_seen_orig & entry.flags_seen_reply & tcp_flags::FIN != 0;
+        if flow.tcp_flags & tcp_flags::RST != 0 || fin_both_ways {
+            entry.flags |= ct_flag::CLOSED;
+        }
     }
     let trace = match level {
         aggregation::NONE => true,
         aggregation::LOW => dir == direction::EGRESS || new_flags || first_reply,
         _ => new_flags || first_reply,
     };
-    Some(Tracked { state, trace })
+    Some(Tracked { state, trace, key, entry: ptr, revision: entry.revision })
 }
 
 /// Records a new connection opened by this packet.
 #[inline(always)]
-pub fn create(flow: &FlowTuple, endpoint_id: u16, dir: u8, pkt_len: u32, rule_id: u32, flags: u8) {
+pub fn create(flow: &FlowTuple, endpoint_id: u16, dir: u8, pkt_len: u32, rule_id: u32, flags: u8, revision: u64) {
     // SAFETY: a helper without arguments that only reads the monotonic clock.
     let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: as above, the coarse clock `track` compares `last_seen_ns` with.
+    let coarse = unsafe { bpf_ktime_get_coarse_ns() };
     let entry = CtEntry {
         created_ns: now,
-        last_seen_ns: now,
+        last_seen_ns: coarse,
         rule_id,
         flags_seen_orig: flow.tcp_flags,
         flags_seen_reply: 0,
@@ -103,6 +126,8 @@ pub fn create(flow: &FlowTuple, endpoint_id: u16, dir: u8, pkt_len: u32, rule_id
         _pad: 0,
         packets: 1,
         bytes: u64::from(pkt_len),
+        revision: revision as u32,
+        _pad2: [0; 4],
     };
     // A full LRU map evicts its oldest entry; an error here only costs a later re-evaluation.
     let _ = FG_CONNTRACK.insert(&forward_key(flow, endpoint_id, dir), &entry, 0);

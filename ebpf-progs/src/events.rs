@@ -12,7 +12,7 @@ use aya_ebpf::{
 use flowgate_common::{
     Counter, RecordHeader,
     counters::{Config, events_kind},
-    record::RECORD_VERSION,
+    record::version_of,
 };
 
 use crate::maps::{self, FG_EVENTS, FG_EVENTS_PERF};
@@ -22,7 +22,7 @@ use crate::maps::{self, FG_EVENTS, FG_EVENTS_PERF};
 pub fn header(record_type: u8, len: u16) -> RecordHeader {
     RecordHeader {
         record_type,
-        version: RECORD_VERSION,
+        version: version_of(record_type),
         len,
         // SAFETY: a helper without arguments that touches no memory; the program cannot migrate to
         // another CPU while it runs, so the id is the CPU that writes the record.

@@ -13,6 +13,7 @@ mod fragments;
 mod maps;
 mod packet;
 mod policy;
+mod revocation;
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
@@ -143,6 +144,12 @@ fn later_fragment(ctx: &TcContext, pkt: &mut Packet, ip_id: u16, level: u64) -> 
 /// Drops the packet with a drop record.
 #[inline(never)]
 fn drop_packet(ctx: &TcContext, pkt: &Packet, reason: u8, remote_identity: u32) -> i32 {
+    drop_at_revision(ctx, pkt, reason, remote_identity, 0)
+}
+
+/// Drops the packet with a drop record naming the policy revision that decided (0: none did).
+#[inline(never)]
+fn drop_at_revision(ctx: &TcContext, pkt: &Packet, reason: u8, remote_identity: u32, revision: u64) -> i32 {
     maps::count(Counter::Drops);
     let drop = DropRecord {
         header: events::header(record_type::DROP, DropRecord::LEN),
@@ -153,6 +160,8 @@ fn drop_packet(ctx: &TcContext, pkt: &Packet, reason: u8, remote_identity: u32) 
         remote_identity,
         ifindex: pkt.ifindex,
         pkt_len: pkt.len,
+        revision: revision as u32,
+        _pad: [0; 4],
     };
     events::emit(ctx, &drop);
     TC_ACT_SHOT as i32
@@ -162,7 +171,16 @@ fn drop_packet(ctx: &TcContext, pkt: &Packet, reason: u8, remote_identity: u32) 
 #[inline(always)]
 fn connection(ctx: &TcContext, pkt: &Packet, level: u64) -> i32 {
     let (endpoint, dir) = (pkt.endpoint, pkt.dir);
+    // Read before the generation (see `revocation::recheck`).
+    let revision = maps::config(Config::PolicyRevision);
     if let Some(tracked) = conntrack::track(&pkt.flow, endpoint.endpoint_id, dir, pkt.len, level) {
+        // Entries keep the revision's low 32 bits (the agent never makes them `REVISION_REVOKED`).
+        if tracked.revision != revision as u32
+            && let revocation::Recheck::Revoked { remote_identity } = revocation::recheck(&tracked, revision)
+        {
+            maps::count(Counter::Revoked);
+            return drop_at_revision(ctx, pkt, drop_reason::CONNECTION_REVOKED, remote_identity, revision);
+        }
         if tracked.trace {
             trace(ctx, pkt, tracked.state, 0);
         }
@@ -178,7 +196,7 @@ fn connection(ctx: &TcContext, pkt: &Packet, level: u64) -> i32 {
         (flags & enforcement::EGRESS != 0, flags & enforcement::EGRESS_AUDIT != 0)
     };
     if !enforced {
-        conntrack::create(&pkt.flow, endpoint.endpoint_id, dir, pkt.len, 0, 0);
+        conntrack::create(&pkt.flow, endpoint.endpoint_id, dir, pkt.len, 0, 0, revision);
         trace(ctx, pkt, ct_state::NEW, 0);
         return TC_ACT_UNSPEC;
     }
@@ -190,21 +208,22 @@ fn connection(ctx: &TcContext, pkt: &Packet, level: u64) -> i32 {
             maps::count(Counter::PolicyAllowed);
             allowed.account(pkt.len);
             verdict_record(ctx, pkt, verdict::ALLOWED, allowed.match_type, remote.identity, allowed.rule_id);
-            conntrack::create(&pkt.flow, endpoint.endpoint_id, dir, pkt.len, allowed.rule_id, ct_flag::ENFORCED);
+            conntrack::create(&pkt.flow, endpoint.endpoint_id, dir, pkt.len, allowed.rule_id, ct_flag::ENFORCED, revision);
             trace(ctx, pkt, ct_state::NEW, remote.identity);
             TC_ACT_UNSPEC
         }
         None if audit => {
             maps::count(Counter::PolicyAudit);
             verdict_record(ctx, pkt, verdict::AUDIT, match_type::NONE, remote.identity, 0);
-            conntrack::create(&pkt.flow, endpoint.endpoint_id, dir, pkt.len, 0, ct_flag::ENFORCED | ct_flag::AUDIT);
+            let flags = ct_flag::ENFORCED | ct_flag::AUDIT;
+            conntrack::create(&pkt.flow, endpoint.endpoint_id, dir, pkt.len, 0, flags, revision);
             trace(ctx, pkt, ct_state::NEW, remote.identity);
             TC_ACT_UNSPEC
         }
         None => {
             maps::count(Counter::PolicyDenied);
             verdict_record(ctx, pkt, verdict::DENIED, match_type::NONE, remote.identity, 0);
-            drop_packet(ctx, pkt, drop_reason::POLICY_DENIED, remote.identity)
+            drop_at_revision(ctx, pkt, drop_reason::POLICY_DENIED, remote.identity, revision)
         }
     }
 }

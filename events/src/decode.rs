@@ -4,7 +4,7 @@
 
 use flowgate_common::{
     DropRecord, PolicyVerdictRecord, RecordHeader, TraceRecord,
-    record::{RECORD_VERSION, record_type},
+    record::{DROP_RECORD_V1_LEN, RECORD_VERSION, record_type, version_of},
 };
 
 /// A record decoded from the events buffer.
@@ -42,23 +42,37 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
     if !known {
         return Err(DecodeError::UnknownType { record_type: header.record_type });
     }
-    if header.version != RECORD_VERSION {
+    let supported = version_of(header.record_type);
+    let drop_v1 = header.record_type == record_type::DROP && header.version == RECORD_VERSION;
+    if header.version != supported && !drop_v1 {
         return Err(DecodeError::UnknownVersion {
             record_type: header.record_type,
             version: header.version,
-            supported: RECORD_VERSION,
+            supported,
         });
     }
     Ok(match header.record_type {
         record_type::TRACE => Record::Trace(read(bytes, "trace record")?),
         record_type::POLICY_VERDICT => Record::PolicyVerdict(read(bytes, "policy-verdict record")?),
+        _ if drop_v1 => {
+            // The previous drop layout ends before `revision`: read its 48 bytes into a zeroed tail.
+            if bytes.len() < DROP_RECORD_V1_LEN {
+                return Err(DecodeError::Truncated { what: "drop record", len: bytes.len(), need: DROP_RECORD_V1_LEN });
+            }
+            let mut full = [0u8; size_of::<DropRecord>()];
+            full[..DROP_RECORD_V1_LEN].copy_from_slice(&bytes[..DROP_RECORD_V1_LEN]);
+            Record::Drop(read(&full, "drop record")?)
+        }
         _ => Record::Drop(read(bytes, "drop record")?),
     })
 }
 
 #[cfg(test)]
 mod tests {
-    use flowgate_common::{FlowTuple, record::observation_point};
+    use flowgate_common::{
+        FlowTuple,
+        record::{DROP_RECORD_VERSION, RECORD_VERSION, observation_point},
+    };
 
     use super::*;
 
@@ -129,7 +143,27 @@ mod tests {
         bytes.resize(size_of::<PolicyVerdictRecord>(), 0);
         assert!(matches!(decode(&bytes), Ok(Record::PolicyVerdict(v)) if v.endpoint_id == 3));
         bytes[0] = record_type::DROP;
-        assert!(matches!(decode(&bytes), Ok(Record::Drop(d)) if d.endpoint_id == 3));
+        bytes[1] = DROP_RECORD_VERSION;
+        assert!(matches!(decode(&bytes[..50]), Err(DecodeError::Truncated { what: "drop record", .. })));
+        bytes.resize(size_of::<DropRecord>(), 0);
+        bytes[48] = 7;
+        assert!(matches!(decode(&bytes), Ok(Record::Drop(d)) if d.endpoint_id == 3 && d.revision == 7));
+    }
+
+    #[test]
+    fn reads_a_drop_record_of_the_previous_layout_without_revision() {
+        let mut bytes = trace_bytes(RECORD_VERSION);
+        bytes[0] = record_type::DROP;
+        assert_eq!(bytes.len(), DROP_RECORD_V1_LEN);
+        assert!(matches!(decode(&bytes), Ok(Record::Drop(d)) if d.endpoint_id == 3 && d.revision == 0));
+        assert!(matches!(decode(&bytes[..40]), Err(DecodeError::Truncated { what: "drop record", need: 48, .. })));
+    }
+
+    #[test]
+    fn rejects_unknown_drop_version() {
+        let mut bytes = trace_bytes(DROP_RECORD_VERSION + 1);
+        bytes[0] = record_type::DROP;
+        assert!(matches!(decode(&bytes), Err(DecodeError::UnknownVersion { supported: DROP_RECORD_VERSION, .. })));
     }
 
     #[test]

@@ -150,6 +150,7 @@ impl Enricher {
             policy: None,
             ct_state: None,
             cpu: c.cpu,
+            policy_revision: None,
         }
     }
 
@@ -224,7 +225,8 @@ impl Enricher {
                 };
                 let mut flow = self.base(&c, peers, EventType::Drop, Verdict::Dropped);
                 flow.drop_reason = d.reason;
-                if d.reason == drop_reason::POLICY_DENIED {
+                flow.policy_revision = (d.revision != 0).then_some(u64::from(d.revision));
+                if d.reason == drop_reason::POLICY_DENIED || d.reason == drop_reason::CONNECTION_REVOKED {
                     flow.policy = Some(PolicyAttribution::DefaultDeny {
                         isolated_by: policy.isolated_by(d.endpoint_id, d.direction),
                     });
@@ -351,5 +353,26 @@ mod tests {
         );
         let audit = e.enrich(&verdict_record(verdict::AUDIT, 0, 1001, [10, 0, 0, 2]), &lookup(), &FakePolicy);
         assert_eq!(audit.verdict, Verdict::Audit);
+    }
+
+    #[test]
+    fn a_revoked_connection_drop_names_its_revision_and_who_isolates() {
+        let e = Enricher::new(KtimeClock::new());
+        let drop = |reason, revision| {
+            Record::Drop(flowgate_common::DropRecord {
+                flow: tuple([10, 0, 0, 2]),
+                endpoint_id: 1,
+                direction: direction::EGRESS,
+                reason,
+                revision,
+                ..flowgate_common::DropRecord::default()
+            })
+        };
+        let f = e.enrich(&drop(drop_reason::CONNECTION_REVOKED, 9), &lookup(), &FakePolicy);
+        assert_eq!((f.event_type, f.verdict, f.drop_reason), (EventType::Drop, Verdict::Dropped, 240));
+        assert_eq!(f.policy_revision, Some(9));
+        assert!(matches!(&f.policy, Some(PolicyAttribution::DefaultDeny { isolated_by }) if isolated_by.len() == 1));
+        let v1 = e.enrich(&drop(drop_reason::POLICY_DENIED, 0), &lookup(), &FakePolicy);
+        assert_eq!(v1.policy_revision, None, "a version-1 record has no revision");
     }
 }

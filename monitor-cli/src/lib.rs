@@ -1,10 +1,11 @@
 //! The `flowgate` command as a library, so its benchmark can reach the monitor's pure parts. The binary
 //! (`main.rs`) only parses arguments and dispatches. One module per subcommand (`lab`, `demo`, `status`,
-//! `endpoint`, `identity`, `policy`, `monitor`, `verdicts`), plus what several share: [`client`] (the
+//! `endpoint`, `identity`, `policy`, `conntrack`, `monitor`, `verdicts`), plus what several share: [`client`] (the
 //! socket), [`table`], [`filter_args`]. Nothing here touches the datapath: it speaks the agent's socket
 //! protocol, reads verdict logs, or manages the lab.
 
 pub mod client;
+pub mod conntrack;
 pub mod demo;
 pub mod endpoint;
 pub mod filter_args;

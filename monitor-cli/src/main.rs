@@ -2,7 +2,7 @@
 //! socket protocol, or manages the lab (network namespaces that stand in for a node's pods).
 
 use clap::{Parser, Subcommand};
-use flowgate_cli::{client, demo, endpoint, identity, lab, monitor, policy, status, verdicts};
+use flowgate_cli::{client, conntrack, demo, endpoint, identity, lab, monitor, policy, status, verdicts};
 
 #[derive(Parser)]
 #[command(name = "flowgate", version, about = "eBPF NetworkPolicy enforcer and flow monitor")]
@@ -25,6 +25,8 @@ enum Command {
     Identity(identity::IdentityArgs),
     /// The policy realized in the datapath, per endpoint.
     Policy(policy::PolicyArgs),
+    /// The connections the datapath tracks (`conntrack list`).
+    Conntrack(conntrack::ConntrackArgs),
     /// Verdicts, drops and traces, live: a TUI on a terminal, text or Hubble-shaped JSON lines otherwise.
     Monitor(monitor::MonitorArgs),
     /// The agent's verdict log: `verdicts export` reads it without the agent.
@@ -43,6 +45,7 @@ fn main() -> anyhow::Result<()> {
         Command::Endpoint(args) => client::exit_on_error(endpoint::run(&args)),
         Command::Identity(args) => client::exit_on_error(identity::run(&args)),
         Command::Policy(args) => client::exit_on_error(policy::run(&args)),
+        Command::Conntrack(args) => client::exit_on_error(conntrack::run(&args)),
         Command::Verdicts(args) => verdicts::run(args),
         Command::Monitor(args) => client::exit_on_error(monitor::run(&args)),
     }

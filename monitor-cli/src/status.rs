@@ -1,10 +1,10 @@
 //! `flowgate status`: the agent's version, uptime, events buffer, endpoint and identity counts, the
-//! pipeline's counters and the connected clients, as `cilium status` shows its agent.
+//! pipeline's counters, connection tracking's fill and the connected clients, as `cilium status` shows its agent.
 
 use std::fmt::Write as _;
 
 use clap::{Args, ValueEnum};
-use flowgate_proto::message::{Request, Response, Status};
+use flowgate_proto::message::{ConntrackStatus, Request, Response, Status};
 
 use crate::{
     client::{SocketArg, Structured, render_structured, request},
@@ -57,6 +57,19 @@ pub fn size(bytes: u64) -> String {
     }
 }
 
+/// `12/262144 entries (0.0%), 3 expired deleted, revision 4, re-checked on change`.
+fn conntrack(ct: &ConntrackStatus) -> String {
+    if ct.capacity == 0 {
+        return "unknown (agent older than protocol 1.2)".into();
+    }
+    let fill = ct.entries as f64 * 100.0 / ct.capacity as f64;
+    let on_change = if ct.keep_established { "kept on change" } else { "re-checked on change" };
+    format!(
+        "{}/{} entries ({fill:.1}%), {} expired deleted, revision {}, {on_change}",
+        ct.entries, ct.capacity, ct.gc_deleted, ct.revision
+    )
+}
+
 /// The status as `Key:   value` lines, then a table of clients.
 pub fn render(status: &Status) -> String {
     let c = &status.counters;
@@ -86,6 +99,7 @@ pub fn render(status: &Status) -> String {
         ("Client queues", format!("{} events lost", c.client_queue_losses)),
         ("Verdict log", format!("{} written, {} lost", c.verdict_log_written, c.verdict_log_lost)),
         ("Policies", format!("{} loaded, {} errors", status.policy.loaded.len(), status.policy.errors.len())),
+        ("Conntrack", conntrack(&status.conntrack)),
         ("Clients", status.clients.len().to_string()),
     ];
     let maps: Vec<String> = status
@@ -196,6 +210,13 @@ mod tests {
                 events_sent: 8,
                 events_lost: 2,
             }],
+            conntrack: ConntrackStatus {
+                entries: 12,
+                capacity: 262_144,
+                gc_deleted: 3,
+                revision: 4,
+                ..ConntrackStatus::default()
+            },
         };
         assert_eq!(
             render(&status),
@@ -213,6 +234,7 @@ Records:           10 read, 1 lost in the kernel, 0 undecodable
 Client queues:     2 events lost
 Verdict log:       0 written, 0 lost
 Policies:          1 loaded, 1 errors
+Conntrack:         12/262144 entries (0.0%), 3 expired deleted, revision 4, re-checked on change
 Policy maps:       policy 18000/65536 (27%), ipcache 2010/16384 (12%)
 Clients:           1
   policy error: policy set needs 288,000 policy entries, capacity 65,536; the last good set stays in effect

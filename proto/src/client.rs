@@ -113,6 +113,7 @@ fn response_kind(response: &Response) -> &'static str {
         Response::Identities(_) => "identities",
         Response::EndpointConfigured(_) => "endpoint configured",
         Response::Policy(_) => "policy",
+        Response::Conntrack(_) => "conntrack",
         Response::NotFound { .. } => "not found",
         Response::Forbidden { .. } => "forbidden",
     }

@@ -306,6 +306,11 @@ pub struct Flow {
     /// CPU that wrote the record.
     #[serde(default)]
     pub cpu: u32,
+    /// For drops: the datapath's policy revision the drop was decided under (`status`'s conntrack
+    /// revision); for a revoked connection (`drop_reason::CONNECTION_REVOKED`) the revision that revoked it.
+    /// Since protocol 1.2; `None` from older agents and kernels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_revision: Option<u64>,
 }
 
 impl Flow {
@@ -407,6 +412,7 @@ pub mod fixtures {
             policy: None,
             ct_state: None,
             cpu: 0,
+            policy_revision: None,
         }
     }
 }

@@ -106,6 +106,15 @@ pub fn policy_text(p: Option<&PolicyAttribution>) -> String {
     }
 }
 
+/// The drop reason's text; a revoked connection also names the revision that revoked it.
+fn drop_text(flow: &Flow) -> String {
+    let text = drop_reason_text(flow.drop_reason);
+    match flow.policy_revision {
+        Some(revision) if flow.drop_reason == drop_reason::CONNECTION_REVOKED => format!("{text}, revision {revision}"),
+        _ => text,
+    }
+}
+
 /// Drop reason text as Cilium names it (`flowgate_common::drop_reason`'s table), `reason N` for a code
 /// without a name.
 pub fn drop_reason_text(code: u8) -> String {
@@ -140,7 +149,7 @@ pub fn flow_line(flow: &Flow) -> String {
         }
         EventType::Drop => format!(
             "xx drop ({}) flow {id:#010x} {} endpoint {}, ifindex {}, identity {}->{}, policy {}: {}",
-            drop_reason_text(flow.drop_reason),
+            drop_text(flow),
             if flow.traffic_direction == TrafficDirection::Ingress { "to" } else { "from" },
             endpoint_text(local),
             flow.ifindex,
@@ -244,6 +253,11 @@ mod tests {
         let line = flow_line(&f);
         assert!(line.starts_with("xx drop (Policy denied) flow 0x"), "{line}");
         assert!(line.ends_with(": 10.0.0.12:43210 -> 10.0.0.7:5432 tcp SYN"), "{line}");
+        f.policy_revision = Some(5);
+        assert!(flow_line(&f).starts_with("xx drop (Policy denied) flow"), "only a revocation names its revision");
+        f.drop_reason = drop_reason::CONNECTION_REVOKED;
+        let line = flow_line(&f);
+        assert!(line.starts_with("xx drop (Policy denied (connection revoked), revision 5) flow 0x"), "{line}");
         let mut t = flow_between(3, 4, 1000);
         t.tcp_flags = TcpFlags(TcpFlags::SYN | TcpFlags::ACK);
         t.ct_state = Some(crate::flow::CtState::Reply);

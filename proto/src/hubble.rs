@@ -104,11 +104,18 @@ pub fn cilium_label(label: &str) -> String {
 /// `TCP Flags: SYN`, `UDP`, `ICMPv4 EchoRequest`, as Hubble's summary.
 pub fn summary(flow: &Flow) -> String {
     let name = flow.protocol.hubble_name().unwrap_or_default();
-    match flow.protocol {
+    let summary = match flow.protocol {
         Protocol::Tcp => format!("{name} Flags: {}", flow.tcp_flags.names().join(", ")),
         Protocol::Udp | Protocol::Sctp => name.into(),
         Protocol::Icmp => format!("{name} {}", icmp_type_name(flow.icmp_type, flow.icmp_code)),
         Protocol::Other(n) => format!("IP protocol {n}"),
+    };
+    // Hubble's flow has no field for it: a revoked connection says so, and by which revision, here.
+    match flow.policy_revision {
+        Some(revision) if flow.drop_reason == drop_reason::CONNECTION_REVOKED => {
+            format!("{summary}; connection revoked by policy revision {revision}")
+        }
+        _ => summary,
     }
 }
 
@@ -607,6 +614,7 @@ pub fn read_flow(object: &Value) -> Result<Flow, ReadError> {
         policy,
         ct_state,
         cpu: 0,
+        policy_revision: None,
     })
 }
 
@@ -680,6 +688,7 @@ pub mod fixtures {
             policy: None,
             ct_state: None,
             cpu: 3,
+            policy_revision: None,
         }
     }
 
@@ -802,7 +811,13 @@ pub mod fixtures {
             ("udp_to_world", udp_to_world()),
             ("icmp_trace", icmp_trace()),
             ("sctp_allowed", sctp_allowed()),
+            ("drop_revoked", drop_revoked()),
         ]
+    }
+
+    /// A packet of a connection that policy revision 5 no longer allows.
+    pub fn drop_revoked() -> Flow {
+        Flow { drop_reason: flowgate_common::drop_reason::CONNECTION_REVOKED, policy_revision: Some(5), ..drop() }
     }
 }
 
@@ -879,6 +894,10 @@ mod tests {
         assert_eq!(i["flow"]["Summary"], "ICMPv4 EchoRequest");
         assert_eq!(flow_json(&fixtures::verdict_audit(), "n")["flow"]["verdict"], "AUDIT");
         assert_eq!(flow_json(&fixtures::sctp_allowed(), "n")["flow"]["policy_match_type"], 4);
+        let v = flow_json(&fixtures::drop_revoked(), "n");
+        assert_eq!(v["flow"]["drop_reason_desc"], "POLICY_DENIED", "Hubble's closest name");
+        assert_eq!(v["flow"]["event_type"], json!({"type": 1, "sub_type": 240}));
+        assert_eq!(v["flow"]["Summary"], "TCP Flags: SYN; connection revoked by policy revision 5");
     }
 
     #[test]
@@ -899,6 +918,7 @@ mod tests {
             ktime_ns: 0,
             packet_len: 0,
             cpu: 0,
+            policy_revision: None,
             match_type: if flow.event_type == EventType::PolicyVerdict { flow.match_type } else { None },
             ..flow.clone()
         }

@@ -46,6 +46,10 @@ pub enum Request {
     PolicyGet {
         endpoint: Option<u16>,
     },
+    /// Since 1.2: the connection-tracking entries of one endpoint, or of all (`Response::Conntrack`).
+    ConntrackList {
+        endpoint: Option<u16>,
+    },
 }
 
 impl Request {
@@ -58,7 +62,8 @@ impl Request {
             | Request::EndpointList
             | Request::EndpointGet { .. }
             | Request::IdentityList
-            | Request::PolicyGet { .. } => false,
+            | Request::PolicyGet { .. }
+            | Request::ConntrackList { .. } => false,
         }
     }
 }
@@ -126,6 +131,8 @@ pub enum Response {
     /// The endpoint after a configuration change.
     EndpointConfigured(Endpoint),
     Policy(Vec<EndpointPolicy>),
+    /// Since 1.2: connection-tracking entries, as `cilium bpf ct list global` shows them.
+    Conntrack(Vec<ConntrackEntry>),
     /// The thing asked for does not exist (e.g. an unknown endpoint id); `known` lists what does.
     NotFound {
         what: String,
@@ -186,6 +193,57 @@ pub struct Status {
     pub policy: PolicyStatus,
     pub counters: Counters,
     pub clients: Vec<ClientInfo>,
+    /// Since 1.2: connection tracking (zeros from an older agent).
+    #[serde(default)]
+    pub conntrack: ConntrackStatus,
+}
+
+/// Connection tracking in `status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConntrackStatus {
+    /// Entries in the conntrack map at the last garbage collection.
+    pub entries: u64,
+    /// The map's capacity (an LRU map: when full, the least recently used entry goes).
+    pub capacity: u64,
+    /// Expired entries the agent deleted since it started.
+    pub gc_deleted: u64,
+    /// The datapath's policy revision: bumped on every change applied to the maps (policies, labels,
+    /// audit); entries of an older revision are re-checked, and a revoked connection's drop names it.
+    pub revision: u64,
+    /// `--keep-established`: connections are not re-checked when the policy changes.
+    pub keep_established: bool,
+    /// Idle lifetimes in seconds: answered TCP, other (UDP, ICMP, unanswered TCP), closed or revoked.
+    pub lifetime_tcp_seconds: u64,
+    pub lifetime_other_seconds: u64,
+    pub lifetime_close_seconds: u64,
+}
+
+/// One connection-tracking entry, seen from the endpoint that tracks it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConntrackEntry {
+    pub protocol: Protocol,
+    /// The opening packet's source and destination (ports: ICMP type and code).
+    pub source: std::net::Ipv4Addr,
+    pub source_port: u16,
+    pub destination: std::net::Ipv4Addr,
+    pub destination_port: u16,
+    /// `ingress` or `egress` at the endpoint when the connection opened.
+    pub direction: String,
+    pub endpoint_id: u16,
+    /// `namespace/pod` of the endpoint (empty when unknown).
+    pub pod: String,
+    /// Seconds until the entry expires unless a packet renews it (negative: expired, awaiting collection).
+    pub expires_in_seconds: f64,
+    /// Seconds since the connection opened.
+    pub age_seconds: f64,
+    /// `enforced`, `audit`, `reply-seen`, `closing`, `closed`, `revoked`.
+    pub flags: Vec<String>,
+    /// Policy revision the connection was last allowed under (`None`: revoked).
+    pub revision: Option<u64>,
+    /// Policies that allowed it (empty: not enforced, audit, or revoked).
+    pub policies: Vec<PolicyName>,
+    pub packets: u64,
+    pub bytes: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,8 +12,9 @@ pub struct ProtocolVersion {
 }
 
 /// The version this build speaks. 1.1: flow filters gained `policies`, and `pods` became Hubble's
-/// `[namespace/]pod-name-prefix` (1.0 read them as an exact `namespace/name`).
-pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion { major: 1, minor: 1 };
+/// `[namespace/]pod-name-prefix` (1.0 read them as an exact `namespace/name`). 1.2: `ConntrackList`, and
+/// `Status::conntrack`.
+pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion { major: 1, minor: 2 };
 
 impl ProtocolVersion {
     /// Whether a peer speaking `other` can talk to us.

@@ -14,7 +14,7 @@ use std::{
 use flowgate_common::{
     DropRecord, FlowTuple, PolicyVerdictRecord, RecordHeader, TraceRecord,
     ip::protocol,
-    record::{RECORD_VERSION, record_type},
+    record::{record_type, version_of},
 };
 use flowgate_proto::{
     codec,
@@ -65,7 +65,7 @@ fn bytes_of<T: Copy>(record: &T) -> Vec<u8> {
 }
 
 fn header(kind: u8, len: usize) -> RecordHeader {
-    RecordHeader { record_type: kind, version: RECORD_VERSION, len: len as u16, cpu: 0, ktime_ns: 1_000_000 }
+    RecordHeader { record_type: kind, version: version_of(kind), len: len as u16, cpu: 0, ktime_ns: 1_000_000 }
 }
 
 #[test]
@@ -144,6 +144,8 @@ fn write_seed_corpus() {
         remote_identity: 0,
         ifindex: 10,
         pkt_len: 74,
+        revision: 3,
+        _pad: [0; 4],
     };
     write("kernel_record", "drop", &bytes_of(&drop));
 

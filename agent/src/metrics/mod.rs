@@ -202,6 +202,26 @@ impl Metrics {
         for fill in &status.policy.maps {
             out.sample("flowgate_map_capacity", &[("map", &fill.map)], fill.capacity as f64);
         }
+        let ct = &status.conntrack;
+        out.simple("flowgate_conntrack_entries", "gauge", "Connection-tracking entries.", ct.entries as f64);
+        out.simple(
+            "flowgate_conntrack_capacity",
+            "gauge",
+            "Capacity of the connection-tracking map (LRU).",
+            ct.capacity as f64,
+        );
+        out.simple(
+            "flowgate_conntrack_gc_deleted_total",
+            "counter",
+            "Expired connection-tracking entries the agent deleted.",
+            ct.gc_deleted as f64,
+        );
+        out.simple(
+            "flowgate_datapath_revision",
+            "gauge",
+            "Policy revision of the datapath (bumped on every change applied to the maps; revoked connections name it).",
+            ct.revision as f64,
+        );
         out.simple("flowgate_clients", "gauge", "Clients connected to the socket.", status.clients.len() as f64);
         out.simple("flowgate_uptime_seconds", "gauge", "Seconds since the agent started.", status.uptime_seconds);
 

@@ -251,6 +251,7 @@ pub(crate) mod tests {
             }])),
             ct_state: None,
             cpu: 0,
+            policy_revision: None,
         }
     }
 
