@@ -36,12 +36,13 @@ FUZZ_TOOLCHAIN := nightly-2026-05-20
 FUZZ_TARGETS := socket_frames kernel_record policy_yaml topology verdict_line
 fuzz: setup
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz@0.13.2 --locked
-	@cd fuzz && for t in $(FUZZ_TARGETS); do \
+	@set -o pipefail; cd fuzz && for t in $(FUZZ_TARGETS); do \
 	    mkdir -p corpus/$$t regressions/$$t; \
 	    echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
 	    AYA_BUILD_SKIP=1 $(CARGO) +$(FUZZ_TOOLCHAIN) fuzz run $$t corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) \
 	        -rss_limit_mb=2048 -print_final_stats=1 2>&1 | tee /tmp/flowgate-fuzz-$$t.log \
-	        | grep -E '^(#[0-9]+\s+DONE|stat::number_of_executed_units|stat::average_exec_per_sec|==[0-9]+==ERROR|SUMMARY)'; \
+	        | grep -E '^(#[0-9]+\s+DONE|stat::number_of_executed_units|stat::average_exec_per_sec|==[0-9]+==ERROR|SUMMARY)' \
+	        || { echo "fuzz: $$t failed (see /tmp/flowgate-fuzz-$$t.log)"; fail=1; }; \
 	    for crash in artifacts/$$t/crash-* artifacts/$$t/oom-* artifacts/$$t/timeout-*; do \
 	        [ -e "$$crash" ] || continue; cp "$$crash" regressions/$$t/; echo "fuzz: $$t found $$crash (kept in regressions/$$t)"; fail=1; \
 	    done; \
