@@ -208,7 +208,15 @@ fn connection(ctx: &TcContext, pkt: &Packet, level: u64) -> i32 {
             maps::count(Counter::PolicyAllowed);
             allowed.account(pkt.len);
             verdict_record(ctx, pkt, verdict::ALLOWED, allowed.match_type, remote.identity, allowed.rule_id);
-            conntrack::create(&pkt.flow, endpoint.endpoint_id, dir, pkt.len, allowed.rule_id, ct_flag::ENFORCED, revision);
+            conntrack::create(
+                &pkt.flow,
+                endpoint.endpoint_id,
+                dir,
+                pkt.len,
+                allowed.rule_id,
+                ct_flag::ENFORCED,
+                revision,
+            );
             trace(ctx, pkt, ct_state::NEW, remote.identity);
             TC_ACT_UNSPEC
         }
