@@ -37,6 +37,31 @@ async fn drain(stream: &mut EventStream) -> (u64, u64, u64) {
     (flows, kernel, other)
 }
 
+/// Five UDP packets from default/client to default/web:53 sent by a thread pinned to each CPU in turn,
+/// so the kernel programs write a record on every CPU (their hooks run on the sending CPU).
+fn trailing_records_on_every_cpu(state: &flowgate_tests::LabState) {
+    let pod = |name: &str| state.pods.iter().find(|p| p.name == name).expect("a lab pod").clone();
+    let (client, web) = (pod("client"), pod("web"));
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    for cpu in 0..cpus {
+        let (netns, to) = (client.netns.clone(), std::net::SocketAddrV4::new(web.ip, 53));
+        std::thread::spawn(move || {
+            let mut set = nix::sched::CpuSet::new();
+            set.set(cpu).expect("a CPU index below the set's size");
+            nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).expect("pin the thread");
+            // Entered on this (pinned) thread, so the packets leave from this CPU.
+            flowgate_lab::netns::enter_current_thread(&netns).expect("enter the client's namespace");
+            let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("a UDP socket");
+            for _ in 0..5 {
+                let _ = socket.send_to(b"trailing", to);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+        .join()
+        .expect("the trailing sender");
+    }
+}
+
 fn burst(lab: &str) {
     flowgate_ok(&[
         "lab",
@@ -74,29 +99,13 @@ fn run(tag: &str, agent_args: &[&str]) -> (Status, (u64, u64, u64)) {
         let mut stream = client.subscribe(Subscription::default()).await.unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
         let name = lab.name.clone();
+        let state = lab.saved_state();
         let reading = tokio::spawn(async move { drain(&mut stream).await });
         tokio::task::spawn_blocking(move || {
             burst(&name);
-            // A few more records after the burst: a perf buffer reports a loss in front of the next
-            // record it can write.
-            flowgate_ok(&[
-                "lab",
-                "traffic",
-                "--lab",
-                &name,
-                "--from",
-                "default/client",
-                "--to",
-                "default/web",
-                "--port",
-                "53",
-                "--protocol",
-                "UDP",
-                "--count",
-                "5",
-                "--interval",
-                "50ms",
-            ]);
+            // A few more records after the burst, on every CPU: a perf buffer (one per CPU) reports a loss
+            // in front of the next record it can write, so each CPU's buffer must get one.
+            trailing_records_on_every_cpu(&state);
         })
         .await
         .unwrap();
