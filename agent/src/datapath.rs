@@ -303,8 +303,8 @@ impl Datapath {
             }
             if smallest != asked {
                 info!(
-                    "the adopted {} maps hold {smallest} entries, not the {asked} of --{flag}; they keep their \
-                     size until they are unpinned (agent stopped with the pins removed)",
+                    "the adopted {} maps hold {smallest} entries, not the {asked} of --{flag}: that is the \
+                     capacity until their pins are removed (and the maps created anew)",
                     names[0].trim_end_matches("_0")
                 );
             }
