@@ -390,8 +390,10 @@ pub fn parse_timestamp(text: &str) -> Option<u64> {
     if civil::from_days(days) != (year, m, d) || hour > 23 || minute > 59 || second > 59 {
         return None;
     }
-    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset;
-    u64::try_from(secs * 1_000_000_000 + nanos).ok()
+    // Checked: a time far outside the Unix era (found by fuzzing: year 1060) must be refused, not
+    // overflow into a panic or wrap into another time.
+    let secs = days.checked_mul(86_400)?.checked_add(hour * 3600 + minute * 60 + second - offset)?;
+    u64::try_from(secs.checked_mul(1_000_000_000)?.checked_add(nanos)?).ok()
 }
 
 /// A label as the agent keeps it: [`cilium_label`]'s `k8s:` source taken off again.
@@ -968,6 +970,9 @@ mod tests {
             "1969-12-31T23:59:59Z",
             "2021-11-10T10:41:26+0200",
             "+021-11-10T10:41:26Z",
+            // Found by fuzzing: far before 1970, the nanoseconds overflowed (a panic in debug builds).
+            "1060-11-14T22:13:20Z",
+            "0001-01-01T00:00:00Z",
         ] {
             assert_eq!(parse_timestamp(bad), None, "{bad}");
         }
