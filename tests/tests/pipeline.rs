@@ -209,3 +209,66 @@ fn a_stalled_subscriber_is_told_its_loss_while_another_misses_nothing() {
     let me = after.clients.iter().map(|c| c.events_lost).max().unwrap();
     assert_eq!(me, told, "status reports the same per-client loss");
 }
+
+/// The reproduction of a hostile local client set: 60 subscribers whose filters each name 1,000 pods
+/// (none of them in the lab) while real traffic floods the agent. Once this made the kernel buffer lose
+/// records for everyone and `status` hang for over 10 s. Now their filters are compiled and run outside
+/// the hub's lock: an unfiltered subscriber gets every record the agent read (plus any loss, told), and
+/// `status` answers during the flood.
+#[test]
+fn sixty_subscribers_with_large_filters_cost_the_others_nothing() {
+    require_root();
+    let lab = LabGuard::up("pipebig", &example("lab-small.yaml"));
+    let dir = SocketDir::new("pipebig");
+    let agent = AgentGuard::start(&lab.name, &dir.socket("agent.sock"), &["--monitor-aggregation", "none"]);
+    let socket = agent.socket.clone();
+    let rt = runtime();
+    rt.block_on(async {
+        let pods: Vec<filter::PodSelector> = (0..1000).map(|i| format!("other/pod-{i}").parse().unwrap()).collect();
+        let mut hostile = Vec::new();
+        for _ in 0..60 {
+            hostile.push(subscribe(&socket, vec![FlowFilter { pods: pods.clone(), ..FlowFilter::default() }]).await);
+        }
+        let mut everything = subscribe(&socket, Vec::new()).await;
+        wait_subscribed(&socket, 61).await;
+        let before = status(&socket).await.counters.records_read;
+        let name = lab.name.clone();
+        let flood = tokio::task::spawn_blocking(move || {
+            flowgate_ok(&[
+                "lab",
+                "traffic",
+                "--lab",
+                &name,
+                "--from",
+                "default/client",
+                "--to",
+                "default/web",
+                "--port",
+                "53",
+                "--protocol",
+                "UDP",
+                "--count",
+                "5000",
+            ]);
+        });
+        // `status` answers while the flood runs.
+        let during = tokio::time::timeout(Duration::from_secs(5), status(&socket)).await;
+        assert!(during.is_ok(), "status answers during the flood");
+        flood.await.unwrap();
+        let (flows, lost) = collect(&mut everything, Duration::from_secs(2)).await;
+        let s = status(&socket).await;
+        let told: u64 = lost.iter().map(|(_, n)| n).sum();
+        println!(
+            "read {}, got {}, told lost {told}, kernel lost {}",
+            s.counters.records_read - before,
+            flows.len(),
+            s.counters.records_lost_kernel
+        );
+        assert!(flows.len() as u64 >= 5000, "the unfiltered subscriber got the flood's records: {}", flows.len());
+        assert_eq!(flows.len() as u64, s.counters.records_read - before, "every record read reached it");
+        assert!(lost.iter().all(|(source, _)| *source != LossSource::ClientQueue), "its queue kept up: {lost:?}");
+        for mut h in hostile {
+            assert!(collect(&mut h, Duration::from_millis(50)).await.0.is_empty(), "their filters match nothing");
+        }
+    });
+}
