@@ -90,24 +90,12 @@ impl Api {
 
 #[cfg(test)]
 mod tests {
-    use std::{collections::BTreeMap, net::Ipv4Addr};
+    use std::collections::BTreeMap;
 
     use flowgate_events::hub::{Hub, HubConfig};
-    use flowgate_proto::endpoint::NewEndpoint;
 
     use super::*;
-    use crate::state::AgentInfo;
-
-    fn pod(ns: &str, name: &str, app: &str, ip: u8) -> NewEndpoint {
-        NewEndpoint {
-            namespace: ns.into(),
-            pod_name: name.into(),
-            labels: [("app".to_string(), app.to_string())].into(),
-            ipv4: Ipv4Addr::new(10, 0, 0, ip),
-            interface: format!("lxc{ip}"),
-            ifindex: u32::from(ip),
-        }
-    }
+    use crate::state::{AgentInfo, tests::pod};
 
     #[test]
     fn requests_are_answered_from_the_state_and_the_log() {

@@ -23,20 +23,33 @@ pub async fn poll(controller: Arc<Mutex<Controller>>, state: Arc<AgentState>) {
         .counters()
         .map(|c| c.get(Counter::RecordsLost))
         .unwrap_or(0);
+    let mut last_invalid = None;
     loop {
         interval.tick().await;
-        let (counters, invalid_source) = {
+        let counters = {
             let c = controller.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let ids = state.endpoints().iter().map(|e| e.id).collect::<Vec<_>>();
-            match (c.counters(), c.invalid_source_drops(ids)) {
-                (Ok(c), Ok(drops)) => (c, drops),
-                (Err(e), _) | (_, Err(e)) => {
+            let counters = match c.counters() {
+                Ok(counters) => counters,
+                Err(e) => {
                     warn!("reading kernel counters: {e}");
                     continue;
                 }
+            };
+            // The per-endpoint counts (a map lookup per endpoint) are read only when the node-wide count
+            // moved: on a quiet node, never.
+            let invalid = counters.get(Counter::InvalidSource);
+            if last_invalid != Some(invalid) {
+                let ids = state.endpoints().iter().map(|e| e.id).collect::<Vec<_>>();
+                match c.invalid_source_drops(ids) {
+                    Ok(drops) => {
+                        state.set_invalid_source_drops(drops);
+                        last_invalid = Some(invalid);
+                    }
+                    Err(e) => warn!("reading the per-endpoint invalid-source drops: {e}"),
+                }
             }
+            counters
         };
-        state.set_invalid_source_drops(invalid_source);
         let lost = counters.get(Counter::RecordsLost);
         state.counters.kernel_lost.store(lost, Ordering::Relaxed);
         *state.counters.kernel.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =

@@ -345,7 +345,7 @@ impl PipelineContext for AgentState {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
@@ -355,7 +355,8 @@ mod tests {
         AgentState::new(AgentInfo::default(), Hub::new(HubConfig::default()))
     }
 
-    fn pod(ns: &str, name: &str, app: &str, ip: u8) -> NewEndpoint {
+    /// A pod `ns/name` labelled `app=<app>` at 10.0.0.<ip>, for tests here and in [`crate::api`].
+    pub(crate) fn pod(ns: &str, name: &str, app: &str, ip: u8) -> NewEndpoint {
         NewEndpoint {
             namespace: ns.into(),
             pod_name: name.into(),

@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod fuzz;
+pub mod test_run;
 
 use std::{
     path::{Path, PathBuf},

@@ -4,7 +4,6 @@
 //! running agent whose policy file changes under it.
 
 use std::{
-    collections::BTreeMap,
     io::{Read as _, Write as _},
     net::{Ipv4Addr, TcpStream, UdpSocket},
     os::fd::AsFd as _,
@@ -18,7 +17,7 @@ use flowgate_agent::{
     craft::{Transport, ipv4_packet},
     datapath::{self, CtLifetimes, Datapath, DatapathOptions},
     policy::PolicyEngine,
-    state::{AgentInfo, AgentState},
+    state::AgentState,
 };
 use flowgate_common::{
     Counter,
@@ -28,14 +27,10 @@ use flowgate_common::{
     policy::verdict,
     record::tcp_flags::{ACK, FIN, RST, SYN},
 };
-use flowgate_events::{
-    decode::{Record, decode},
-    hub::{Hub, HubConfig},
-};
-use flowgate_policy::{ClusterView, NamespaceInfo, PodInfo};
+use flowgate_events::decode::{Record, decode};
+use flowgate_policy::ClusterView;
 use flowgate_proto::{
     client::Client,
-    endpoint::NewEndpoint,
     filter::FlowFilter,
     flow::{EventType, Flow},
     message::{ConntrackStatus, Event, Request, Response, Subscription},
@@ -44,15 +39,8 @@ use flowgate_tests::{
     LabGuard, TempDir,
     agent::{AgentGuard, SocketDir, runtime},
     example, flowgate_ok, require_root,
+    test_run::{CLIENT, SERVER, TC_ACT_SHOT, TC_ACT_UNSPEC, two_pods},
 };
-
-/// skb->ifindex under BPF_PROG_TEST_RUN: the loopback device of the caller's namespace.
-const TEST_RUN_IFINDEX: u32 = 1;
-const TC_ACT_UNSPEC: u32 = u32::MAX;
-const TC_ACT_SHOT: u32 = 2;
-
-const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 10);
-const SERVER: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 11);
 
 /// The server's ingress allows UDP and TCP port 80 from the client.
 const ALLOW: &str = "
@@ -91,37 +79,7 @@ fn fixture(tag: &str, options: DatapathOptions) -> Fixture {
     std::fs::write(dir.path().join("policy.yaml"), ALLOW).unwrap();
     let mut datapath =
         Datapath::load(DatapathOptions { aggregation: aggregation::MEDIUM, ..options }).expect("load the datapath");
-    let state = AgentState::new(AgentInfo::default(), Hub::new(HubConfig::default()));
-    let ns: BTreeMap<String, String> = [("kubernetes.io/metadata.name".to_string(), "default".to_string())].into();
-    let pod = |name: &str, ip: Ipv4Addr, ifindex: u32| {
-        state.upsert_endpoint(
-            NewEndpoint {
-                namespace: "default".into(),
-                pod_name: name.into(),
-                labels: [("app".to_string(), name.to_string())].into(),
-                ipv4: ip,
-                interface: format!("lxc-{name}"),
-                ifindex,
-            },
-            &ns,
-        )
-    };
-    let client = pod("client", CLIENT, 1000);
-    let server = pod("server", SERVER, TEST_RUN_IFINDEX);
-    datapath.set_endpoint(TEST_RUN_IFINDEX, datapath::endpoint_info(&server)).unwrap();
-    let info = |ep: &flowgate_proto::endpoint::Endpoint| PodInfo {
-        endpoint_id: ep.id,
-        namespace: ep.namespace.clone(),
-        name: ep.pod_name.clone(),
-        labels: ep.labels.clone(),
-        ip: ep.ipv4,
-        identity: ep.identity,
-        ports: Vec::new(),
-    };
-    let cluster = ClusterView {
-        namespaces: vec![NamespaceInfo { name: "default".into(), labels: ns.clone() }],
-        pods: vec![info(&client), info(&server)],
-    };
+    let (state, cluster) = two_pods(&mut datapath, &[]);
     let engine = PolicyEngine::new(Some(dir.path().to_owned()), false);
     let ring = datapath.take_events().unwrap();
     let mut f = Fixture { datapath, ring, engine, cluster, state, dir };

@@ -3,14 +3,13 @@
 //! policies go through the agent's own loading, compiling and map-writing path; only the packets are
 //! crafted. Nothing is transmitted: test runs execute the program on a buffer.
 
-use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc, time::Duration};
+use std::{net::Ipv4Addr, sync::Arc, time::Duration};
 
 use aya::maps::{MapData, RingBuf};
 use flowgate_agent::{
     craft::{Fragment, Transport, ethernet_frame, ipv4_frame, ipv4_packet, quote},
-    datapath::{self, Datapath, DatapathOptions},
+    datapath::{Datapath, DatapathOptions},
     policy::PolicyEngine,
-    state::{AgentInfo, AgentState},
 };
 use flowgate_common::{
     Counter,
@@ -21,21 +20,13 @@ use flowgate_common::{
     policy::{match_type, verdict},
     record::ct_state,
 };
-use flowgate_events::{
-    decode::{Record, decode},
-    hub::{Hub, HubConfig},
+use flowgate_events::decode::{Record, decode};
+use flowgate_policy::{ContainerPort, Protocol as PolicyProtocol};
+use flowgate_tests::{
+    TempDir, require_root,
+    test_run::{CLIENT, SERVER, TC_ACT_SHOT, TC_ACT_UNSPEC, two_pods},
 };
-use flowgate_policy::{ClusterView, ContainerPort, NamespaceInfo, PodInfo, Protocol as PolicyProtocol};
-use flowgate_proto::endpoint::NewEndpoint;
-use flowgate_tests::{TempDir, require_root};
 
-/// skb->ifindex under BPF_PROG_TEST_RUN: the loopback device of the caller's namespace.
-const TEST_RUN_IFINDEX: u32 = 1;
-const TC_ACT_UNSPEC: u32 = u32::MAX;
-const TC_ACT_SHOT: u32 = 2;
-
-const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 10);
-const SERVER: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 11);
 const OUTSIDE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 7);
 
 struct Fixture {
@@ -61,42 +52,11 @@ fn fixture_full(policy_yaml: &str, tag: &str, level: u64, tweak: impl FnOnce(&mu
 
     let mut datapath = Datapath::load(DatapathOptions { aggregation: level, ..DatapathOptions::default() })
         .expect("load the datapath (root, BPF)");
-    let state = AgentState::new(AgentInfo::default(), Hub::new(HubConfig::default()));
-    let ns: BTreeMap<String, String> = [("kubernetes.io/metadata.name".to_string(), "default".to_string())].into();
-    let pod = |name: &str, ip: Ipv4Addr, ifindex: u32| {
-        state.upsert_endpoint(
-            NewEndpoint {
-                namespace: "default".into(),
-                pod_name: name.into(),
-                labels: [("app".to_string(), name.to_string())].into(),
-                ipv4: ip,
-                interface: format!("lxc-{name}"),
-                ifindex,
-            },
-            &ns,
-        )
-    };
-    let client = pod("client", CLIENT, 1000);
-    let server = pod("server", SERVER, TEST_RUN_IFINDEX);
-    datapath.set_endpoint(TEST_RUN_IFINDEX, datapath::endpoint_info(&server)).unwrap();
-
-    let ports = vec![
+    let ports = [
         ContainerPort { name: Some("sctp-80".into()), port: 80, protocol: PolicyProtocol::Sctp },
         ContainerPort { name: Some("tcp-80".into()), port: 80, protocol: PolicyProtocol::Tcp },
     ];
-    let info = |ep: &flowgate_proto::endpoint::Endpoint| PodInfo {
-        endpoint_id: ep.id,
-        namespace: ep.namespace.clone(),
-        name: ep.pod_name.clone(),
-        labels: ep.labels.clone(),
-        ip: ep.ipv4,
-        identity: ep.identity,
-        ports: ports.clone(),
-    };
-    let cluster = ClusterView {
-        namespaces: vec![NamespaceInfo { name: "default".into(), labels: ns.clone() }],
-        pods: vec![info(&client), info(&server)],
-    };
+    let (state, cluster) = two_pods(&mut datapath, &ports);
     let mut engine = PolicyEngine::new(Some(dir.path().to_owned()), false);
     assert!(engine.reload(), "policy loads: {:?}", engine.status().errors);
     tweak(&mut engine);

@@ -13,6 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use flowgate_agent::craft::{checksum, ipv4_frame};
 use flowgate_lab::netns::in_netns;
 use flowgate_tests::{
     LabGuard, LabState, TempDir,
@@ -123,30 +124,16 @@ fn received(socket: &UdpSocket, within: Duration) -> Vec<Vec<u8>> {
     got
 }
 
-fn checksum(bytes: &[u8]) -> u16 {
-    let mut sum: u32 = bytes.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 /// Sends one IPv4/UDP packet with a source address of our choosing, from inside `netns` (IPPROTO_RAW:
 /// the header is ours).
 fn send_spoofed(netns: &str, src: Ipv4Addr, dst: SocketAddrV4, payload: &[u8]) {
-    let mut packet = vec![0u8; 20 + 8];
-    packet[0] = 0x45;
-    packet[2..4].copy_from_slice(&u16::try_from(28 + payload.len()).unwrap().to_be_bytes());
-    packet[8] = 64;
-    packet[9] = 17;
-    packet[12..16].copy_from_slice(&src.octets());
-    packet[16..20].copy_from_slice(&dst.ip().octets());
-    let c = checksum(&packet[..20]);
-    packet[10..12].copy_from_slice(&c.to_be_bytes());
-    packet[20..22].copy_from_slice(&40000u16.to_be_bytes());
-    packet[22..24].copy_from_slice(&dst.port().to_be_bytes());
-    packet[24..26].copy_from_slice(&u16::try_from(8 + payload.len()).unwrap().to_be_bytes());
-    packet.extend_from_slice(payload);
+    let mut udp = vec![0u8; 8];
+    udp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    udp[2..4].copy_from_slice(&dst.port().to_be_bytes());
+    udp[4..6].copy_from_slice(&u16::try_from(8 + payload.len()).unwrap().to_be_bytes());
+    udp.extend_from_slice(payload);
+    // The IP packet of a crafted frame, without its Ethernet header.
+    let packet = ipv4_frame(src, *dst.ip(), 17, &udp, None)[14..].to_vec();
     in_netns(netns, || {
         // SAFETY: plain socket(2); the descriptor is closed below.
         let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
