@@ -19,17 +19,17 @@ pub fn flow_id(flow: &Flow) -> u32 {
             h = h.wrapping_mul(0x0100_0193);
         }
     };
-    eat(&flow.source_ip.octets());
-    eat(&flow.destination_ip.octets());
+    eat(&flowgate_common::ip::from_ip(flow.source_ip));
+    eat(&flowgate_common::ip::from_ip(flow.destination_ip));
     eat(&flow.source_port.to_be_bytes());
     eat(&flow.destination_port.to_be_bytes());
     eat(&[flow.protocol.number()]);
     h
 }
 
-/// `10.0.0.1:40000 -> 10.0.0.2:80 tcp SYN`.
+/// `10.0.0.1:40000 -> 10.0.0.2:80 tcp SYN`, `[fd00::a]:40000 -> [fd00::b]:80 tcp SYN`.
 pub fn tuple_text(flow: &Flow) -> String {
-    let (src, dst) = (flow.source_ip, flow.destination_ip);
+    let (src, dst) = (host(flow.source_ip), host(flow.destination_ip));
     let proto = flow.protocol.name();
     match flow.protocol {
         Protocol::Tcp => format!(
@@ -41,8 +41,18 @@ pub fn tuple_text(flow: &Flow) -> String {
         Protocol::Udp | Protocol::Sctp => {
             format!("{src}:{} -> {dst}:{} {proto}", flow.source_port, flow.destination_port)
         }
-        Protocol::Icmp => format!("{src} -> {dst} {proto} type {} code {}", flow.icmp_type, flow.icmp_code),
+        Protocol::Icmp | Protocol::Icmpv6 => {
+            format!("{src} -> {dst} {proto} type {} code {}", flow.icmp_type, flow.icmp_code)
+        }
         Protocol::Other(_) => format!("{src} -> {dst} {proto}"),
+    }
+}
+
+/// An address as it goes before `:port`: IPv6 in brackets (RFC 3986), as Hubble and Cilium print it.
+pub fn host(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
     }
 }
 
