@@ -79,7 +79,7 @@ fn try_endpoint(ctx: &TcContext, point: u8) -> Result<i32, i32> {
         // Neighbour resolution must keep working.
         kind::ARP => return Ok(TC_ACT_UNSPEC),
         kind::TRUNCATED => {
-            if point == FROM_ENDPOINT && !is_unspecified(&pkt.flow.saddr) && !own_address(&endpoint, &pkt.flow.saddr) {
+            if point == FROM_ENDPOINT && !is_unspecified(&pkt.flow.saddr) && !own_address(endpoint, &pkt.flow.saddr) {
                 return Ok(invalid_source(ctx, &pkt));
             }
             maps::count(Counter::TruncatedHeader);
@@ -97,13 +97,13 @@ fn try_endpoint(ctx: &TcContext, point: u8) -> Result<i32, i32> {
         && (point == TO_ENDPOINT
             || is_link_local(&pkt.flow.saddr)
             || is_unspecified(&pkt.flow.saddr)
-            || own_address(&endpoint, &pkt.flow.saddr))
+            || own_address(endpoint, &pkt.flow.saddr))
     {
         maps::count(Counter::LinkControl);
         return Ok(TC_ACT_UNSPEC);
     }
     // An endpoint speaks with its own address only: anything else would borrow another pod's identity.
-    if point == FROM_ENDPOINT && !own_address(&endpoint, &pkt.flow.saddr) {
+    if point == FROM_ENDPOINT && !own_address(endpoint, &pkt.flow.saddr) {
         return Ok(invalid_source(ctx, &pkt));
     }
     let level = maps::config(Config::Aggregation);
@@ -203,24 +203,26 @@ fn drop_packet(ctx: &TcContext, pkt: &Packet, reason: u8, remote_identity: u32) 
 #[inline(never)]
 fn drop_at_revision(ctx: &TcContext, pkt: &Packet, reason: u8, remote_identity: u32, revision: u64) -> i32 {
     maps::count(Counter::Drops);
-    let drop = DropRecord {
-        header: events::header(record_type::DROP, DropRecord::LEN),
-        flow: pkt.flow,
-        endpoint_id: pkt.endpoint_id,
-        direction: pkt.dir,
-        reason,
-        remote_identity,
-        ifindex: pkt.ifindex,
-        pkt_len: pkt.len,
-        revision: revision as u32,
-        _pad: [0; 4],
-    };
-    events::emit(ctx, &drop);
+    if let Some(drop) = events::scratch::<DropRecord>() {
+        drop.header = events::header(record_type::DROP, DropRecord::LEN);
+        drop.flow = pkt.flow;
+        drop.endpoint_id = pkt.endpoint_id;
+        drop.direction = pkt.dir;
+        drop.reason = reason;
+        drop.remote_identity = remote_identity;
+        drop.ifindex = pkt.ifindex;
+        drop.pkt_len = pkt.len;
+        drop.revision = revision as u32;
+        drop._pad = [0; 4];
+        events::emit(ctx, drop);
+    }
     TC_ACT_SHOT as i32
 }
 
-/// The connection a packet belongs to, or the verdict on the new one it opens: the action to take.
-#[inline(always)]
+/// The connection a packet belongs to, or the verdict on the new one it opens: the action to take. Its own
+/// function: the BPF stack is 512 bytes for a whole call chain, and the parsers' frames must not add up
+/// with this one's.
+#[inline(never)]
 fn connection(ctx: &TcContext, pkt: &Packet, level: u64) -> i32 {
     let (endpoint_id, dir) = (pkt.endpoint_id, pkt.dir);
     // Read before the generation (see `revocation::recheck`).
@@ -266,15 +268,7 @@ fn connection(ctx: &TcContext, pkt: &Packet, level: u64) -> i32 {
                 rule_id: allowed.rule_id,
             };
             verdict_record(ctx, pkt, &decision);
-            conntrack::create(
-                &pkt.flow,
-                endpoint_id,
-                dir,
-                pkt.len,
-                allowed.rule_id,
-                ct_flag::ENFORCED,
-                revision,
-            );
+            conntrack::create(&pkt.flow, endpoint_id, dir, pkt.len, allowed.rule_id, ct_flag::ENFORCED, revision);
             trace(ctx, pkt, ct_state::NEW, remote.identity);
             TC_ACT_UNSPEC
         }
@@ -296,17 +290,16 @@ fn connection(ctx: &TcContext, pkt: &Packet, level: u64) -> i32 {
 
 #[inline(never)]
 fn trace(ctx: &TcContext, pkt: &Packet, ct_state: u8, remote_identity: u32) {
-    let record = TraceRecord {
-        header: events::header(record_type::TRACE, TraceRecord::LEN),
-        flow: pkt.flow,
-        endpoint_id: pkt.endpoint_id,
-        observation_point: pkt.point,
-        ct_state,
-        ifindex: pkt.ifindex,
-        pkt_len: pkt.len,
-        remote_identity,
-    };
-    events::emit(ctx, &record);
+    let Some(record) = events::scratch::<TraceRecord>() else { return };
+    record.header = events::header(record_type::TRACE, TraceRecord::LEN);
+    record.flow = pkt.flow;
+    record.endpoint_id = pkt.endpoint_id;
+    record.observation_point = pkt.point;
+    record.ct_state = ct_state;
+    record.ifindex = pkt.ifindex;
+    record.pkt_len = pkt.len;
+    record.remote_identity = remote_identity;
+    events::emit(ctx, record);
 }
 
 /// A policy decision as its verdict record tells it.
@@ -327,20 +320,19 @@ impl Decision {
 
 #[inline(never)]
 fn verdict_record(ctx: &TcContext, pkt: &Packet, decision: &Decision) {
-    let record = PolicyVerdictRecord {
-        header: events::header(record_type::POLICY_VERDICT, PolicyVerdictRecord::LEN),
-        flow: pkt.flow,
-        endpoint_id: pkt.endpoint_id,
-        direction: pkt.dir,
-        verdict: decision.verdict,
-        match_type: decision.match_type,
-        _pad: [0; 3],
-        remote_identity: decision.remote_identity,
-        rule_id: decision.rule_id,
-        ifindex: pkt.ifindex,
-        pkt_len: pkt.len,
-    };
-    events::emit(ctx, &record);
+    let Some(record) = events::scratch::<PolicyVerdictRecord>() else { return };
+    record.header = events::header(record_type::POLICY_VERDICT, PolicyVerdictRecord::LEN);
+    record.flow = pkt.flow;
+    record.endpoint_id = pkt.endpoint_id;
+    record.direction = pkt.dir;
+    record.verdict = decision.verdict;
+    record.match_type = decision.match_type;
+    record._pad = [0; 3];
+    record.remote_identity = decision.remote_identity;
+    record.rule_id = decision.rule_id;
+    record.ifindex = pkt.ifindex;
+    record.pkt_len = pkt.len;
+    events::emit(ctx, record);
 }
 
 #[cfg(not(test))]

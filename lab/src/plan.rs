@@ -20,6 +20,7 @@ pub fn plan(topology: &Topology, lab: &str) -> Result<LabState, Problem> {
     topology::validate_lab_name(lab)?;
     topology.validate()?;
     let cidr = topology.cidr;
+    let ipv6_cidr = topology.ipv6_cidr;
 
     // Fixed addresses first, so automatic ones go around them.
     let mut taken: HashMap<Ipv4Addr, String> = HashMap::new();
@@ -67,12 +68,14 @@ pub fn plan(topology: &Topology, lab: &str) -> Result<LabState, Problem> {
     let mut pods = Vec::with_capacity(topology.pods.len());
     for pod in &topology.pods {
         let owner = format!("pod {}/{}", pod.namespace, pod.name);
+        let ip = assign(owner.clone(), pod.ip, &mut taken)?;
         pods.push(PodState {
             namespace: pod.namespace.clone(),
             name: pod.name.clone(),
             labels: pod.labels.clone(),
             ports: topology::container_ports(&owner, &pod.ports)?,
-            ip: assign(owner, pod.ip, &mut taken)?,
+            ip,
+            ipv6: Some(ipv6_cidr.counterpart(cidr, ip)),
             netns: naming::pod_netns(lab, &pod.namespace, &pod.name),
             host_ifname: naming::pod_host_ifname(&pod.namespace, &pod.name),
             host_ifindex: 0,
@@ -81,10 +84,12 @@ pub fn plan(topology: &Topology, lab: &str) -> Result<LabState, Problem> {
     let mut externals = Vec::with_capacity(topology.externals.len());
     for ext in &topology.externals {
         let owner = format!("external {}", ext.name);
+        let ip = assign(owner.clone(), ext.ip, &mut taken)?;
         externals.push(ExternalState {
             name: ext.name.clone(),
             ports: topology::container_ports(&owner, &ext.ports)?,
-            ip: assign(owner, ext.ip, &mut taken)?,
+            ip,
+            ipv6: Some(ipv6_cidr.counterpart(cidr, ip)),
             netns: naming::external_netns(lab, &ext.name),
             host_ifname: naming::external_host_ifname(&ext.name),
             host_ifindex: 0,
@@ -96,6 +101,8 @@ pub fn plan(topology: &Topology, lab: &str) -> Result<LabState, Problem> {
         name: lab.to_owned(),
         cidr,
         gateway: cidr.gateway(),
+        ipv6_cidr: Some(ipv6_cidr),
+        gateway6: Some(ipv6_cidr.gateway()),
         node_netns: naming::node_netns(lab),
         namespaces: topology
             .namespaces

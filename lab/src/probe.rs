@@ -5,7 +5,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     fmt,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     str::FromStr,
     time::Duration,
 };
@@ -16,7 +16,7 @@ use socket2::{Domain, Socket, Type};
 use crate::{
     netns::{self, NetnsError},
     reachability::Reachability,
-    state::{LabState, PodRef},
+    state::{Family, LabState, PodRef},
     topology::Protocol,
 };
 
@@ -32,6 +32,8 @@ pub enum ProbeError {
     UnknownHost { lab: String, host: PodRef },
     #[error("cannot probe over SCTP: this kernel has no SCTP sockets")]
     Sctp,
+    #[error("{host} has no {family} address (the lab was brought up before labs were dual-stack)")]
+    NoAddress { host: PodRef, family: Family },
     #[error("cannot create probe sockets in {host}'s namespace")]
     Netns {
         host: PodRef,
@@ -109,6 +111,7 @@ pub async fn probe(
     pairs: &[(PodRef, PodRef)],
     port: &PortArg,
     protocol: Protocol,
+    family: Family,
     timeout: Duration,
 ) -> Result<ProbeMatrix, ProbeError> {
     if protocol == Protocol::Sctp {
@@ -120,6 +123,7 @@ pub async fn probe(
     for (from, to) in pairs {
         let src = state.host(from).ok_or_else(|| unknown(from))?;
         let dst = state.host(to).ok_or_else(|| unknown(to))?;
+        let dst_ip = dst.addr(family).ok_or_else(|| ProbeError::NoAddress { host: to.clone(), family })?;
         let dst_port = match port {
             PortArg::Number(n) => Some(*n),
             PortArg::Name(name) => dst
@@ -128,7 +132,7 @@ pub async fn probe(
                 .find(|p| p.name.as_deref() == Some(name.as_str()) && p.protocol == protocol)
                 .map(|p| p.port),
         };
-        planned.push((from.clone(), to.clone(), src.netns.to_owned(), dst.ip, dst_port));
+        planned.push((from.clone(), to.clone(), src.netns.to_owned(), dst_ip, dst_port));
     }
 
     // Sockets are created on one thread per source namespace, then driven together on this runtime.
@@ -142,8 +146,9 @@ pub async fn probe(
     for (ns, (host, indexes)) in by_source {
         creators.spawn_blocking(move || {
             let count = indexes.len();
-            let sockets = netns::in_netns(&ns, move || (0..count).map(|_| new_socket(protocol)).collect::<Vec<_>>())
-                .map_err(|source| ProbeError::Netns { host, source })?;
+            let sockets =
+                netns::in_netns(&ns, move || (0..count).map(|_| new_socket(protocol, family)).collect::<Vec<_>>())
+                    .map_err(|source| ProbeError::Netns { host, source })?;
             Ok::<_, ProbeError>(indexes.into_iter().zip(sockets).collect::<Vec<_>>())
         });
     }
@@ -151,7 +156,7 @@ pub async fn probe(
     while let Some(created) = creators.join_next().await {
         for (i, socket) in created.map_err(ProbeError::Join)?? {
             let (_, _, _, ip, port) = &planned[i];
-            let addr = SocketAddr::V4(SocketAddrV4::new(*ip, port.unwrap_or_default()));
+            let addr = SocketAddr::new(*ip, port.unwrap_or_default());
             probes.spawn(async move {
                 let connected = match socket {
                     Ok(socket) => try_connect(socket, protocol, addr, timeout).await,
@@ -194,14 +199,18 @@ fn unique<'a>(refs: impl Iterator<Item = &'a PodRef>) -> Vec<PodRef> {
     out
 }
 
-fn new_socket(protocol: Protocol) -> std::io::Result<Socket> {
+fn new_socket(protocol: Protocol, family: Family) -> std::io::Result<Socket> {
+    let (domain, any) = match family {
+        Family::Ipv4 => (Domain::IPV4, IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+        Family::Ipv6 => (Domain::IPV6, IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
+    };
     let socket = match protocol {
         Protocol::Udp => {
-            let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(socket2::Protocol::UDP))?;
-            s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)).into())?;
+            let s = Socket::new(domain, Type::DGRAM, Some(socket2::Protocol::UDP))?;
+            s.bind(&SocketAddr::new(any, 0).into())?;
             s
         }
-        _ => Socket::new(Domain::IPV4, Type::STREAM, Some(socket2::Protocol::TCP))?,
+        _ => Socket::new(domain, Type::STREAM, Some(socket2::Protocol::TCP))?,
     };
     socket.set_nonblocking(true)?;
     Ok(socket)

@@ -190,6 +190,7 @@ mod tests {
             labels: labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
             identity: 1000 + u32::from(id),
             ipv4: Ipv4Addr::new(10, 244, 0, id as u8),
+            ipv6: None,
             interface: "lxc0".into(),
             ifindex: 3,
             ingress_enforcement: Enforcement::Enabled,

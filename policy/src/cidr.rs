@@ -90,11 +90,7 @@ impl IpPrefix {
     /// The network address (host bits zero), in its own family.
     #[must_use]
     pub fn addr(&self) -> IpAddr {
-        if self.is_v4() {
-            IpAddr::V4(Ipv4Addr::from(self.bits as u32))
-        } else {
-            IpAddr::V6(Ipv6Addr::from(self.bits))
-        }
+        if self.is_v4() { IpAddr::V4(Ipv4Addr::from(self.bits as u32)) } else { IpAddr::V6(Ipv6Addr::from(self.bits)) }
     }
 
     /// The prefix length in its own family: 0 to 32 for IPv4, 0 to 128 for IPv6.

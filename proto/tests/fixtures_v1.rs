@@ -134,7 +134,10 @@ fn v1_events_decode() {
     let Event::Flow(flow) = &events[0] else { panic!() };
     assert_eq!(flow.event_type, EventType::PolicyVerdict);
     assert_eq!(flow.verdict, Verdict::Dropped);
-    assert_eq!((flow.source_ip, flow.destination_ip), (Ipv4Addr::new(10, 0, 0, 1).into(), Ipv4Addr::new(10, 0, 0, 2).into()));
+    assert_eq!(
+        (flow.source_ip, flow.destination_ip),
+        (Ipv4Addr::new(10, 0, 0, 1).into(), Ipv4Addr::new(10, 0, 0, 2).into())
+    );
     assert_eq!((flow.source_port, flow.destination_port), (40000, 80));
     assert_eq!(flow.protocol, Protocol::Tcp);
     assert_eq!(flow.source.pod_name, "pod-1");

@@ -59,7 +59,7 @@ pub fn protocol_label(p: Protocol) -> String {
 }
 
 /// `namespace/pod` for an endpoint, else its first label (`cidr:...`, `reserved:world`), else its IP.
-fn peer_label(peer: &Peer, ip: std::net::Ipv4Addr) -> String {
+fn peer_label(peer: &Peer, ip: std::net::IpAddr) -> String {
     if !peer.pod_name.is_empty() {
         format!("{}/{}", peer.namespace, peer.pod_name)
     } else if let Some(l) = peer.labels.first() {

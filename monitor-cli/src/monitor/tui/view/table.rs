@@ -25,7 +25,7 @@ pub fn time_text(time_ns: u64) -> String {
 }
 
 /// `default/backend [12]` for an endpoint, `10.0.0.9 reserved:world` for other peers.
-pub fn peer_text(peer: &Peer, ip: std::net::Ipv4Addr) -> String {
+pub fn peer_text(peer: &Peer, ip: std::net::IpAddr) -> String {
     if !peer.pod_name.is_empty() {
         if peer.endpoint_id != 0 {
             format!("{}/{} [{}]", peer.namespace, peer.pod_name, peer.endpoint_id)
