@@ -6,15 +6,23 @@ use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, Ipv6Addr},
     sync::Arc,
+    time::Duration,
 };
 
+use aya::maps::{MapData, RingBuf};
 use flowgate_agent::{
-    datapath::{self, Datapath},
+    craft::{Transport, ipv4_packet, ipv6_packet},
+    datapath::{self, Datapath, DatapathOptions},
+    policy::PolicyEngine,
     state::{AgentInfo, AgentState},
 };
+use flowgate_common::counters::aggregation;
+use flowgate_events::decode::{Record, decode};
 use flowgate_events::hub::{Hub, HubConfig};
-use flowgate_policy::{ClusterView, ContainerPort, NamespaceInfo, PodInfo};
+use flowgate_policy::{ClusterView, ContainerPort, NamespaceInfo, PodInfo, Protocol as PolicyProtocol};
 use flowgate_proto::endpoint::{Endpoint, NewEndpoint};
+
+use crate::{TempDir, require_root};
 
 /// skb->ifindex under BPF_PROG_TEST_RUN: the loopback device of the caller's namespace.
 pub const TEST_RUN_IFINDEX: u32 = 1;
@@ -62,4 +70,104 @@ pub fn two_pods(datapath: &mut Datapath, ports: &[ContainerPort]) -> (Arc<AgentS
         pods: vec![info(&client), info(&server)],
     };
     (state, cluster)
+}
+
+/// A loaded datapath with the two pods and a policy, and its events ring to read records from.
+pub struct Fixture {
+    pub datapath: Datapath,
+    pub ring: RingBuf<MapData>,
+    _dir: TempDir,
+}
+
+/// The server pod is the endpoint behind loopback (where test runs happen); the client pod exists in
+/// the cluster view (for selectors and the ipcache) but not on this interface.
+pub fn fixture(policy_yaml: &str, tag: &str) -> Fixture {
+    fixture_with(policy_yaml, tag, |_| {})
+}
+
+pub fn fixture_with(policy_yaml: &str, tag: &str, tweak: impl FnOnce(&mut PolicyEngine)) -> Fixture {
+    fixture_full(policy_yaml, tag, aggregation::NONE, tweak)
+}
+
+pub fn fixture_full(policy_yaml: &str, tag: &str, level: u64, tweak: impl FnOnce(&mut PolicyEngine)) -> Fixture {
+    require_root();
+    let dir = TempDir::new(&format!("datapath-{tag}"));
+    std::fs::write(dir.path().join("policy.yaml"), policy_yaml).unwrap();
+
+    let mut datapath = Datapath::load(DatapathOptions { aggregation: level, ..DatapathOptions::default() })
+        .expect("load the datapath (root, BPF)");
+    let ports = [
+        ContainerPort { name: Some("sctp-80".into()), port: 80, protocol: PolicyProtocol::Sctp },
+        ContainerPort { name: Some("tcp-80".into()), port: 80, protocol: PolicyProtocol::Tcp },
+    ];
+    let (state, cluster) = two_pods(&mut datapath, &ports);
+    let mut engine = PolicyEngine::new(Some(dir.path().to_owned()), false);
+    assert!(engine.reload(), "policy loads: {:?}", engine.status().errors);
+    tweak(&mut engine);
+    let (contents, snapshot) = engine.prepare(&cluster).expect("the test policies fit the maps");
+    state.set_policy(Arc::new(snapshot), engine.cidr_labels());
+    datapath.apply_policy(&contents).expect("write the policy maps");
+    let ring = datapath.take_events().unwrap();
+    Fixture { datapath, ring, _dir: dir }
+}
+
+impl Fixture {
+    /// Runs a program once on a packet; returns its verdict and the records it wrote.
+    pub fn run(
+        &mut self,
+        program: &'static str,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        transport: Transport,
+    ) -> (u32, Vec<Record>) {
+        self.run_frame(program, &ipv4_packet(src, dst, transport))
+    }
+
+    /// Runs a program once on an IPv6 packet; returns its verdict and the records it wrote.
+    pub fn run6(
+        &mut self,
+        program: &'static str,
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        transport: Transport,
+    ) -> (u32, Vec<Record>) {
+        self.run_frame(program, &ipv6_packet(src, dst, transport))
+    }
+
+    /// Runs a program once on a frame; returns its verdict and the records it wrote.
+    pub fn run_frame(&mut self, program: &'static str, packet: &[u8]) -> (u32, Vec<Record>) {
+        while self.ring.next().is_some() {}
+        let result = self.datapath.test_run(program, packet, 1).expect("BPF_PROG_TEST_RUN");
+        std::thread::sleep(Duration::from_millis(1));
+        let mut records = Vec::new();
+        while let Some(item) = self.ring.next() {
+            records.push(decode(&item).expect("a record the agent can decode"));
+        }
+        (result.return_value, records)
+    }
+}
+
+pub fn verdicts(records: &[Record]) -> Vec<(u8, u8, u16)> {
+    records
+        .iter()
+        .filter_map(|r| match r {
+            Record::PolicyVerdict(v) => Some((v.verdict, v.match_type, v.flow.dport)),
+            _ => None,
+        })
+        .collect()
+}
+
+pub fn drops(records: &[Record]) -> usize {
+    records.iter().filter(|r| matches!(r, Record::Drop(_))).count()
+}
+
+/// Drop reasons of the drop records among `records`.
+pub fn drop_reasons(records: &[Record]) -> Vec<u8> {
+    records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Drop(d) => Some(d.reason),
+            _ => None,
+        })
+        .collect()
 }

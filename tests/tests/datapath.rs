@@ -3,14 +3,9 @@
 //! policies go through the agent's own loading, compiling and map-writing path; only the packets are
 //! crafted. Nothing is transmitted: test runs execute the program on a buffer.
 
-use std::{net::Ipv4Addr, sync::Arc, time::Duration};
+use std::net::Ipv4Addr;
 
-use aya::maps::{MapData, RingBuf};
-use flowgate_agent::{
-    craft::{Fragment, Transport, ethernet_frame, ipv4_frame, ipv4_packet, quote},
-    datapath::{Datapath, DatapathOptions},
-    policy::PolicyEngine,
-};
+use flowgate_agent::craft::{Fragment, Transport, ethernet_frame, ipv4_frame, ipv4_packet, quote};
 use flowgate_common::{
     Counter,
     counters::aggregation,
@@ -20,85 +15,12 @@ use flowgate_common::{
     policy::{match_type, verdict},
     record::ct_state,
 };
-use flowgate_events::decode::{Record, decode};
-use flowgate_policy::{ContainerPort, Protocol as PolicyProtocol};
-use flowgate_tests::{
-    TempDir, require_root,
-    test_run::{CLIENT, SERVER, TC_ACT_SHOT, TC_ACT_UNSPEC, two_pods},
+use flowgate_events::decode::Record;
+use flowgate_tests::test_run::{
+    CLIENT, SERVER, TC_ACT_SHOT, TC_ACT_UNSPEC, drop_reasons, drops, fixture, fixture_full, fixture_with, verdicts,
 };
 
 const OUTSIDE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 7);
-
-struct Fixture {
-    datapath: Datapath,
-    ring: RingBuf<MapData>,
-    _dir: TempDir,
-}
-
-/// The server pod is the endpoint behind loopback (where test runs happen); the client pod exists in
-/// the cluster view (for selectors and the ipcache) but not on this interface.
-fn fixture(policy_yaml: &str, tag: &str) -> Fixture {
-    fixture_with(policy_yaml, tag, |_| {})
-}
-
-fn fixture_with(policy_yaml: &str, tag: &str, tweak: impl FnOnce(&mut PolicyEngine)) -> Fixture {
-    fixture_full(policy_yaml, tag, aggregation::NONE, tweak)
-}
-
-fn fixture_full(policy_yaml: &str, tag: &str, level: u64, tweak: impl FnOnce(&mut PolicyEngine)) -> Fixture {
-    require_root();
-    let dir = TempDir::new(&format!("datapath-{tag}"));
-    std::fs::write(dir.path().join("policy.yaml"), policy_yaml).unwrap();
-
-    let mut datapath = Datapath::load(DatapathOptions { aggregation: level, ..DatapathOptions::default() })
-        .expect("load the datapath (root, BPF)");
-    let ports = [
-        ContainerPort { name: Some("sctp-80".into()), port: 80, protocol: PolicyProtocol::Sctp },
-        ContainerPort { name: Some("tcp-80".into()), port: 80, protocol: PolicyProtocol::Tcp },
-    ];
-    let (state, cluster) = two_pods(&mut datapath, &ports);
-    let mut engine = PolicyEngine::new(Some(dir.path().to_owned()), false);
-    assert!(engine.reload(), "policy loads: {:?}", engine.status().errors);
-    tweak(&mut engine);
-    let (contents, snapshot) = engine.prepare(&cluster).expect("the test policies fit the maps");
-    state.set_policy(Arc::new(snapshot), engine.cidr_labels());
-    datapath.apply_policy(&contents).expect("write the policy maps");
-    let ring = datapath.take_events().unwrap();
-    Fixture { datapath, ring, _dir: dir }
-}
-
-impl Fixture {
-    /// Runs a program once on a packet; returns its verdict and the records it wrote.
-    fn run(&mut self, program: &'static str, src: Ipv4Addr, dst: Ipv4Addr, transport: Transport) -> (u32, Vec<Record>) {
-        self.run_frame(program, &ipv4_packet(src, dst, transport))
-    }
-
-    /// Runs a program once on a frame; returns its verdict and the records it wrote.
-    fn run_frame(&mut self, program: &'static str, packet: &[u8]) -> (u32, Vec<Record>) {
-        while self.ring.next().is_some() {}
-        let result = self.datapath.test_run(program, packet, 1).expect("BPF_PROG_TEST_RUN");
-        std::thread::sleep(Duration::from_millis(1));
-        let mut records = Vec::new();
-        while let Some(item) = self.ring.next() {
-            records.push(decode(&item).expect("a record the agent can decode"));
-        }
-        (result.return_value, records)
-    }
-}
-
-fn verdicts(records: &[Record]) -> Vec<(u8, u8, u16)> {
-    records
-        .iter()
-        .filter_map(|r| match r {
-            Record::PolicyVerdict(v) => Some((v.verdict, v.match_type, v.flow.dport)),
-            _ => None,
-        })
-        .collect()
-}
-
-fn drops(records: &[Record]) -> usize {
-    records.iter().filter(|r| matches!(r, Record::Drop(_))).count()
-}
 
 const SCTP_POLICY: &str = "
 apiVersion: networking.k8s.io/v1
@@ -254,17 +176,6 @@ fn trace_aggregation_levels() {
         vec![1, 0, 1, 1, 0, 1, 1],
         "low: medium plus every packet leaving the pod"
     );
-}
-
-/// Drop reasons of the drop records among `records`.
-fn drop_reasons(records: &[Record]) -> Vec<u8> {
-    records
-        .iter()
-        .filter_map(|r| match r {
-            Record::Drop(d) => Some(d.reason),
-            _ => None,
-        })
-        .collect()
 }
 
 /// The server takes UDP 53 from the client and nothing else; its egress is open.
