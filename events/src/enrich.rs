@@ -106,7 +106,14 @@ impl Enricher {
     }
 
     fn base(&self, c: &Common<'_>, peers: &impl PeerLookup, event_type: EventType, verdict: Verdict) -> Flow {
-        let (source_ip, destination_ip) = (ip::to_ip(&c.flow.saddr), ip::to_ip(&c.flow.daddr));
+        // A frame without an IP layer (an unsupported ethertype's drop) has no addresses: shown as before
+        // IPv6, `0.0.0.0`, rather than as IPv6's unspecified address.
+        let no_ip = c.flow.saddr == ip::UNSPECIFIED && c.flow.daddr == ip::UNSPECIFIED;
+        let (source_ip, destination_ip) = if no_ip {
+            (IpAddr::from([0, 0, 0, 0]), IpAddr::from([0, 0, 0, 0]))
+        } else {
+            (ip::to_ip(&c.flow.saddr), ip::to_ip(&c.flow.daddr))
+        };
         let local = peers.endpoint(c.endpoint_id);
         // The endpoint is the source when the packet leaves it, the destination when it enters.
         let (source, destination, traffic_direction) = match (c.dir, local) {

@@ -838,7 +838,29 @@ pub mod fixtures {
             ("icmp_trace", icmp_trace()),
             ("sctp_allowed", sctp_allowed()),
             ("drop_revoked", drop_revoked()),
+            ("verdict_allowed_ipv6", verdict_allowed_ipv6()),
+            ("icmpv6_echo", icmpv6_echo()),
         ]
+    }
+
+    /// [`verdict_allowed`] between the same pods over IPv6.
+    pub fn verdict_allowed_ipv6() -> Flow {
+        Flow {
+            source_ip: "fd00:10:244::5".parse().expect("an IPv6 address"),
+            destination_ip: "fd00:10:244::7".parse().expect("an IPv6 address"),
+            ..verdict_allowed()
+        }
+    }
+
+    /// An ICMPv6 echo request, forwarded, as [`icmp_trace`] is for IPv4.
+    pub fn icmpv6_echo() -> Flow {
+        Flow {
+            source_ip: "fd00:10:244::5".parse().expect("an IPv6 address"),
+            destination_ip: "fd00:10:244::7".parse().expect("an IPv6 address"),
+            protocol: Protocol::Icmpv6,
+            icmp_type: 128,
+            ..icmp_trace()
+        }
     }
 
     /// A packet of a connection that policy revision 5 no longer allows.
@@ -962,12 +984,47 @@ mod tests {
             ..fixtures::verdict_allowed()
         };
         flows.push(("GRE", gre));
+        let v6 = Flow {
+            source_ip: "fd00:10:200::a".parse().unwrap(),
+            destination_ip: "fd00:10:200::b".parse().unwrap(),
+            ..fixtures::verdict_allowed()
+        };
+        flows.push(("TCP over IPv6", v6.clone()));
+        let ping6 = Flow {
+            protocol: Protocol::Icmpv6,
+            source_port: 0,
+            destination_port: 0,
+            tcp_flags: TcpFlags(0),
+            icmp_type: 128,
+            ..v6
+        };
+        flows.push(("ICMPv6 echo", ping6));
         for (name, flow) in flows {
             let line = flow_json(&flow, "node-1");
             let text = line.to_string();
             let parsed: Value = serde_json::from_str(&text).unwrap();
             assert_eq!(read_flow_json(&parsed), Ok(carried(&flow)), "{name}: {text}");
         }
+    }
+
+    #[test]
+    fn ipv6_flows_say_so_as_hubble_does() {
+        let flow = Flow {
+            source_ip: "fd00:10:200::a".parse().unwrap(),
+            destination_ip: "2001:db8::7".parse().unwrap(),
+            protocol: Protocol::Icmpv6,
+            source_port: 0,
+            destination_port: 0,
+            tcp_flags: TcpFlags(0),
+            icmp_type: 128,
+            ..fixtures::verdict_allowed()
+        };
+        let json = flow_json(&flow, "node-1");
+        let ip = &json["flow"]["IP"];
+        assert_eq!((ip["source"].as_str(), ip["ipVersion"].as_str()), (Some("fd00:10:200::a"), Some("IPv6")));
+        assert_eq!(json["flow"]["l4"]["ICMPv6"]["type"], 128);
+        assert_eq!(json["flow"]["Summary"], "ICMPv6 EchoRequest");
+        assert_eq!(flow_json(&fixtures::verdict_allowed(), "n")["flow"]["IP"]["ipVersion"], "IPv4");
     }
 
     #[test]
