@@ -354,3 +354,69 @@ fn other_ethertypes_leaving_an_endpoint_are_dropped_and_arp_passes() {
     let (ret, _) = f.run_frame(PROG_TO_ENDPOINT, &lldp);
     assert_eq!(ret, TC_ACT_UNSPEC, "what the node sends into the pod is not the pod's to answer for");
 }
+
+/// `frame` (an IPv4 frame from `ipv4_frame`) with `options` (a multiple of 4 bytes) after its header.
+fn with_ip_options(frame: &[u8], options: &[u8]) -> Vec<u8> {
+    let mut out = frame[..34].to_vec();
+    out.extend_from_slice(options);
+    out.extend_from_slice(&frame[34..]);
+    let ip = &mut out[14..];
+    ip[0] = 0x40 | (5 + options.len() / 4) as u8;
+    let total = u16::from_be_bytes([ip[2], ip[3]]) + options.len() as u16;
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip[10..12].copy_from_slice(&[0, 0]);
+    let header_len = 20 + options.len();
+    let c = flowgate_agent::craft::checksum(&ip[..header_len]);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    out
+}
+
+#[test]
+fn ipv4_options_move_the_l4_header_and_are_read_past() {
+    let mut f = fixture(SERVER_DNS_ONLY, "options");
+    // Router alert and NOPs: the UDP header starts 8 bytes later than usual.
+    let options = [0x94, 0x04, 0x00, 0x00, 0x01, 0x01, 0x01, 0x01];
+    let allowed = with_ip_options(&ipv4_packet(CLIENT, SERVER, Transport::Udp { sport: 5000, dport: 53 }), &options);
+    let (ret, records) = f.run_frame(PROG_TO_ENDPOINT, &allowed);
+    assert_eq!(ret, TC_ACT_UNSPEC);
+    assert_eq!(verdicts(&records), vec![(verdict::ALLOWED, match_type::L3_L4, 53)], "the port behind the options");
+    let denied = with_ip_options(&ipv4_packet(CLIENT, SERVER, Transport::Udp { sport: 5000, dport: 54 }), &options);
+    let (ret, records) = f.run_frame(PROG_TO_ENDPOINT, &denied);
+    assert_eq!((ret, drop_reasons(&records)), (TC_ACT_SHOT, vec![drop_reason::POLICY_DENIED]));
+    // Options claiming more header than the packet has.
+    let mut lying = allowed.clone();
+    lying[14] = 0x4f;
+    let (ret, records) = f.run_frame(PROG_TO_ENDPOINT, &lying);
+    assert_eq!((ret, drop_reasons(&records)), (TC_ACT_SHOT, vec![drop_reason::CT_TRUNCATED_OR_INVALID_HEADER]));
+}
+
+#[test]
+fn icmp_errors_about_a_tracked_ping_pass_as_related() {
+    let mut f = fixture(SERVER_DNS_ONLY, "relping");
+    let echo = Transport::IcmpEcho { reply: false, id: 0x77 };
+    assert_eq!(f.run(PROG_FROM_ENDPOINT, SERVER, OUTSIDE, echo).0, TC_ACT_UNSPEC);
+    // A router's "time exceeded" quoting the server's echo request (a traceroute by ping).
+    let exceeded = |id| Transport::IcmpError {
+        icmp_type: 11,
+        code: 0,
+        quoted: quote(SERVER, OUTSIDE, Transport::IcmpEcho { reply: false, id }),
+    };
+    let (ret, records) = f.run(PROG_TO_ENDPOINT, OUTSIDE, SERVER, exceeded(0x77));
+    assert_eq!(ret, TC_ACT_UNSPEC, "about the server's own ping");
+    assert!(matches!(records.as_slice(), [Record::Trace(t)] if t.ct_state == ct_state::RELATED), "{records:?}");
+    let (ret, records) = f.run(PROG_TO_ENDPOINT, OUTSIDE, SERVER, exceeded(0x78));
+    assert_eq!((ret, drop_reasons(&records)), (TC_ACT_SHOT, vec![drop_reason::POLICY_DENIED]), "about no ping");
+}
+
+#[test]
+fn later_fragments_after_the_fragment_lifetime_find_nothing() {
+    let mut f = fixture(SERVER_DNS_ONLY, "fraglife");
+    let (first, later) = udp_fragments(21, 53);
+    assert_eq!(f.run_frame(PROG_TO_ENDPOINT, &first).0, TC_ACT_UNSPEC);
+    // FRAGMENT_LIFETIME_NS (5 s) later, the first fragment's decision is gone: a late fragment cannot be
+    // attributed any more (it would otherwise let data in under a decision of long ago).
+    let lifetime = std::time::Duration::from_nanos(flowgate_common::fragment::FRAGMENT_LIFETIME_NS);
+    std::thread::sleep(lifetime + std::time::Duration::from_millis(300));
+    let (ret, records) = f.run_frame(PROG_TO_ENDPOINT, &later);
+    assert_eq!((ret, drop_reasons(&records)), (TC_ACT_SHOT, vec![drop_reason::FRAGMENT_WITHOUT_FIRST]));
+}
