@@ -157,6 +157,28 @@ mod tests {
     const NS: &str = "namespaces:\n  - name: x\n";
 
     #[test]
+    fn every_host_gets_the_ipv6_counterpart_of_its_ipv4_address() {
+        let state = plan(&topo(include_str!("../../examples/lab-netpol.yaml")), "netpol").unwrap();
+        let v6: Vec<String> = state.pods.iter().map(|p| p.ipv6.unwrap().to_string()).collect();
+        assert_eq!((v6[0].as_str(), v6[8].as_str()), ("fd00:10:200::a", "fd00:10:200::12"));
+        assert_eq!(state.gateway6.unwrap().to_string(), "fd00:10:200::1");
+        let custom =
+            plan(&topo(&format!("{NS}ipv6_cidr: 2001:db8:1::/112\npods:\n  - {{namespace: x, name: a}}\n")), "v6");
+        assert_eq!(custom.unwrap().pods[0].ipv6.unwrap().to_string(), "2001:db8:1::a");
+    }
+
+    #[test]
+    fn bad_ipv6_ranges_are_refused() {
+        for bad in ["fd00::1/64", "fd00::/48", "fd00::/121", "::ffff:0:0/96", "10.0.0.0/8"] {
+            let e = Topology::parse(&format!("ipv6_cidr: \"{bad}\"\n"), "t.yaml").unwrap_err();
+            assert!(e.to_string().contains("is not an IPv6 prefix"), "{bad}: {e}");
+        }
+        // A /24 IPv4 range needs 8 host bits in the IPv6 range.
+        let e = Topology::parse("cidr: 10.0.0.0/16\nipv6_cidr: fd00::/120\n", "t.yaml").unwrap_err();
+        assert!(e.to_string().contains("more hosts than the IPv6 range"), "{e}");
+    }
+
+    #[test]
     fn pods_get_addresses_from_dot_ten_in_file_order() {
         let state = plan(&topo(include_str!("../../examples/lab-netpol.yaml")), "netpol").unwrap();
         let ips: Vec<String> = state.pods.iter().map(|p| p.ip.to_string()).collect();

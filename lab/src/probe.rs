@@ -95,6 +95,8 @@ pub struct ProbeResult {
 pub struct ProbeMatrix {
     pub port: PortArg,
     pub protocol: Protocol,
+    /// The IP version probed over.
+    pub family: Family,
     pub from: Vec<PodRef>,
     pub to: Vec<PodRef>,
     pub results: Vec<ProbeResult>,
@@ -183,6 +185,7 @@ pub async fn probe(
     Ok(ProbeMatrix {
         port: port.clone(),
         protocol,
+        family,
         from: unique(pairs.iter().map(|(f, _)| f)),
         to: unique(pairs.iter().map(|(_, t)| t)),
         results,
@@ -273,19 +276,21 @@ impl ProbeMatrix {
         self.reachability().truth_table()
     }
 
-    /// `{"port":80,"protocol":"TCP","results":{"x/a":{"x/b":true,...},...}}`, keys sorted by name.
+    /// `{"port":80,"protocol":"TCP","family":"ipv4","results":{"x/a":{"x/b":true,...},...}}`, keys sorted
+    /// by name.
     pub fn to_json(&self) -> String {
         #[derive(Serialize)]
         struct Report<'a> {
             port: &'a PortArg,
             protocol: Protocol,
+            family: Family,
             results: BTreeMap<String, BTreeMap<String, bool>>,
         }
         let mut results: BTreeMap<String, BTreeMap<String, bool>> = BTreeMap::new();
         for r in &self.results {
             results.entry(r.from.to_string()).or_default().insert(r.to.to_string(), r.connected);
         }
-        serde_json::to_string(&Report { port: &self.port, protocol: self.protocol, results })
+        serde_json::to_string(&Report { port: &self.port, protocol: self.protocol, family: self.family, results })
             .expect("a map of strings and bools always serializes")
     }
 
@@ -312,7 +317,14 @@ mod tests {
                 ProbeResult { from, to, port: Some(80), connected }
             })
             .collect();
-        ProbeMatrix { port: PortArg::Number(80), protocol: Protocol::Tcp, from: hosts.clone(), to: hosts, results }
+        ProbeMatrix {
+            port: PortArg::Number(80),
+            protocol: Protocol::Tcp,
+            family: Family::Ipv4,
+            from: hosts.clone(),
+            to: hosts,
+            results,
+        }
     }
 
     #[test]
@@ -331,7 +343,7 @@ mod tests {
     fn json_report_has_the_e2e_shape_with_sorted_keys() {
         assert_eq!(
             matrix().to_json(),
-            r#"{"port":80,"protocol":"TCP","results":{"x/a":{"x/a":true,"x/b":false,"y/a":false},"x/b":{"x/a":true,"x/b":false,"y/a":true},"y/a":{"x/a":true,"x/b":false,"y/a":true}}}"#
+            r#"{"port":80,"protocol":"TCP","family":"ipv4","results":{"x/a":{"x/a":true,"x/b":false,"y/a":false},"x/b":{"x/a":true,"x/b":false,"y/a":true},"y/a":{"x/a":true,"x/b":false,"y/a":true}}}"#
         );
     }
 
@@ -340,7 +352,7 @@ mod tests {
         let mut m = matrix();
         m.port = PortArg::Name("serve-80-tcp".into());
         m.protocol = Protocol::Udp;
-        assert!(m.to_json().starts_with(r#"{"port":"serve-80-tcp","protocol":"UDP","results":"#));
+        assert!(m.to_json().starts_with(r#"{"port":"serve-80-tcp","protocol":"UDP","family":"ipv4","results":"#));
     }
 
     #[test]

@@ -352,8 +352,8 @@ fn probe_cmd(args: ProbeArgs) -> anyhow::Result<()> {
         Output::Table => {
             let (connected, total) = matrix.summary();
             println!(
-                "lab {lab}, port {}/{}: . connected, X blocked (rows: from, columns: to)",
-                args.port, args.protocol
+                "lab {lab}, port {}/{} over {}: . connected, X blocked (rows: from, columns: to)",
+                args.port, args.protocol, matrix.family
             );
             print!("{}", matrix.truth_table());
             println!("{connected}/{total} connected, {} blocked, in {:.2}s", total - connected, took.as_secs_f64());
