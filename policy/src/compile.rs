@@ -4,9 +4,10 @@
 //!
 //! Named ports are resolved against the destination pod's container ports of the same protocol: for
 //! ingress the selected pod itself, for egress each peer pod (a wildcard peer expands to every pod that
-//! declares the name). An `ipBlock` peer with a named port matches nothing, since an address outside the
-//! cluster has no named ports (upstream leaves this undefined). IPv6 `ipBlock`s are accepted but never
-//! match (the datapath is IPv4).
+//! declares the name). For an egress `ipBlock` peer, the destinations with named ports are the pods whose
+//! addresses lie in the block (as Kubernetes resolves them); an address outside the cluster has none. Such a
+//! pod's address gets a host prefix (`/32`, `/128`) of its own among the CIDR prefixes, with an identity
+//! shared with no other prefix, so the entry for its named port admits that address only.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -96,7 +97,7 @@ pub fn policy_types(spec: &NetworkPolicySpec) -> (bool, bool) {
 /// `cluster`. CIDR identities come from `cidr_identities`, which keeps them stable across compilations.
 #[must_use]
 pub fn compile(policies: &[LoadedPolicy], cluster: &ClusterView, cidr_identities: &mut CidrIdentities) -> PolicyPlan {
-    let cidrs = collect_cidrs(policies, cidr_identities);
+    let cidrs = collect_cidrs(policies, &cluster.pods, cidr_identities);
     let view = View::new(cluster, &cidrs);
     let mut builders: BTreeMap<u16, (&PodInfo, DirectionBuilder, DirectionBuilder)> = cluster
         .pods
@@ -193,6 +194,11 @@ impl Block {
     fn selects(&self, prefix: &IpPrefix) -> bool {
         self.cidr.contains(prefix) && !self.excepts.iter().any(|e| e.contains(prefix))
     }
+
+    /// Whether the block holds the address `ip` (inside it, outside every except).
+    fn holds(&self, ip: IpAddr) -> bool {
+        self.selects(&IpPrefix::host(ip))
+    }
 }
 
 /// Every prefix of every `ipBlock` (`cidr` and `except`), plus `0.0.0.0/0` and `::/0`, with identities.
@@ -200,8 +206,11 @@ impl Block {
 /// Prefixes that exactly the same rules select (through any of their `ipBlock` peers) share a policy
 /// identity: every rule allows all of them or none, so the policy maps need one entry for all of them
 /// (a rule of 2000 /32 blocks is one identity, not 2000). Records still carry each prefix's own identity.
-fn collect_cidrs(policies: &[LoadedPolicy], identities: &mut CidrIdentities) -> Vec<CidrEntry> {
+fn collect_cidrs(policies: &[LoadedPolicy], pods: &[PodInfo], identities: &mut CidrIdentities) -> Vec<CidrEntry> {
     let mut prefixes = BTreeSet::from([IpPrefix::ANY_V4, IpPrefix::ANY_V6]);
+    // Host prefixes of pods reached through an egress `ipBlock` on a named port they declare: each keeps an
+    // identity of its own, so the named port's entry admits that address only.
+    let mut own: BTreeSet<IpPrefix> = BTreeSet::new();
     // The blocks of each rule that has some, once per distinct set.
     let mut rules: BTreeSet<Vec<Block>> = BTreeSet::new();
     for loaded in policies {
@@ -228,6 +237,36 @@ fn collect_cidrs(policies: &[LoadedPolicy], identities: &mut CidrIdentities) -> 
                 rules.insert(blocks.into_iter().collect());
             }
         }
+        for rule in spec.egress.iter().flatten() {
+            let named: Vec<(Protocol, &str)> = rule
+                .ports
+                .iter()
+                .flatten()
+                .filter_map(|port| match Port::resolve(port) {
+                    Port::Named(protocol, _) => match &port.port {
+                        Some(IntOrString::String(name)) => Some((protocol, name.as_str())),
+                        _ => None,
+                    },
+                    _ => None,
+                })
+                .collect();
+            if named.is_empty() {
+                continue;
+            }
+            let blocks: Vec<Block> =
+                rule.to.iter().flatten().filter_map(|peer| peer.ip_block.as_ref()).filter_map(Block::parse).collect();
+            for pod in pods {
+                let declares =
+                    named.iter().any(|(protocol, name)| named_port_numbers(pod, *protocol, name).next().is_some());
+                if !declares {
+                    continue;
+                }
+                for ip in pod_addresses(pod).filter(|ip| blocks.iter().any(|b| b.holds(*ip))) {
+                    prefixes.insert(IpPrefix::host(ip));
+                    own.insert(IpPrefix::host(ip));
+                }
+            }
+        }
     }
     let rules: Vec<Vec<Block>> = rules.into_iter().collect();
     // Prefixes by the rules that select them; a prefix no rule selects matches no peer and keeps its own.
@@ -240,6 +279,9 @@ fn collect_cidrs(policies: &[LoadedPolicy], identities: &mut CidrIdentities) -> 
         }
     }
     let mut shared: BTreeMap<IpPrefix, u32> = BTreeMap::new();
+    for members in by_rules.values_mut() {
+        members.retain(|prefix| !own.contains(prefix));
+    }
     for members in by_rules.values().filter(|members| members.len() > 1) {
         let identity = identities.shared_identity_for(members);
         shared.extend(members.iter().map(|prefix| (*prefix, identity)));
@@ -275,6 +317,12 @@ impl<'a> View<'a> {
         Self { pods: &cluster.pods, namespace_labels, cidrs }
     }
 
+    /// The policy identity of `ip`'s own host prefix, if the CIDR prefixes have one for it.
+    fn host_identity(&self, ip: IpAddr) -> Option<u32> {
+        let host = IpPrefix::host(ip);
+        self.cidrs.iter().find(|c| c.prefix == host).map(CidrEntry::policy_identity)
+    }
+
     fn namespace_matches(&self, namespace: &str, selector: &Selector) -> bool {
         self.namespace_labels.get(namespace).is_some_and(|labels| selector.matches(labels))
     }
@@ -286,19 +334,20 @@ enum Peer<'a> {
     Any,
     /// Pods selected by podSelector and/or namespaceSelector.
     Pods(Vec<&'a PodInfo>),
-    /// Policy identities of the CIDR prefixes that lie inside the block and outside every except.
-    Cidrs(Vec<u32>),
+    /// An `ipBlock`: the policy identities of the CIDR prefixes that lie inside the block and outside every
+    /// except, and the block itself (for the pods whose addresses it holds, when a port is named).
+    Cidrs(Vec<u32>, Block),
 }
 
 impl<'a> Peer<'a> {
     fn resolve(peer: &NetworkPolicyPeer, policy_namespace: &str, view: &View<'a>) -> Self {
         if let Some(block) = &peer.ip_block {
             let Some(block) = Block::parse(block) else {
-                return Peer::Cidrs(Vec::new());
+                return Peer::Pods(Vec::new());
             };
             let identities: BTreeSet<u32> =
                 view.cidrs.iter().filter(|c| block.selects(&c.prefix)).map(CidrEntry::policy_identity).collect();
-            return Peer::Cidrs(identities.into_iter().collect());
+            return Peer::Cidrs(identities.into_iter().collect(), block);
         }
         let selector = |s: &LabelSelector| Selector::from_label_selector(s).ok();
         let pod_selector = match &peer.pod_selector {
@@ -375,6 +424,11 @@ fn named_port_numbers<'p>(pod: &'p PodInfo, protocol: Protocol, name: &'p str) -
     pod.ports.iter().filter(move |p| p.protocol == protocol && p.name.as_deref() == Some(name)).map(|p| p.port)
 }
 
+/// A pod's addresses: IPv4, and IPv6 on a dual-stack cluster.
+fn pod_addresses(pod: &PodInfo) -> impl Iterator<Item = IpAddr> + '_ {
+    std::iter::once(IpAddr::V4(pod.ip)).chain(pod.ipv6.map(IpAddr::V6))
+}
+
 /// One rule with its peers and ports resolved (once per policy, shared by every selected pod).
 struct Rule<'a> {
     peers: Vec<Peer<'a>>,
@@ -413,7 +467,7 @@ impl<'a> Rule<'a> {
                     matches.insert(PeerMatch::Any);
                 }
                 Peer::Pods(pods) => matches.extend(pods.iter().map(|p| PeerMatch::Identity(p.identity))),
-                Peer::Cidrs(ids) => matches.extend(ids.iter().map(|id| PeerMatch::Identity(*id))),
+                Peer::Cidrs(ids, _) => matches.extend(ids.iter().map(|id| PeerMatch::Identity(*id))),
             }
         }
         matches
@@ -454,8 +508,22 @@ impl<'a> Rule<'a> {
                             Peer::Pods(pods) => pods,
                             // A wildcard peer: every pod that declares the name.
                             Peer::Any => &view.pods.iter().collect::<Vec<_>>(),
-                            // Addresses outside the cluster have no named ports.
-                            Peer::Cidrs(_) => &[],
+                            Peer::Cidrs(_, block) => {
+                                // The pods whose addresses the block holds have named ports; each address
+                                // is admitted by its own host prefix's identity. Outside addresses have none.
+                                for pod in view.pods {
+                                    for ip in pod_addresses(pod).filter(|ip| block.holds(*ip)) {
+                                        let Some(host) = view.host_identity(ip) else { continue };
+                                        for number in named_port_numbers(pod, *protocol, name) {
+                                            out.allow(
+                                                (PeerMatch::Identity(host), Some(*protocol), Some((number, number))),
+                                                policy,
+                                            );
+                                        }
+                                    }
+                                }
+                                continue;
+                            }
                         };
                         for pod in pods {
                             for number in named_port_numbers(pod, *protocol, name) {

@@ -462,11 +462,12 @@ fn egress_named_port_with_wildcard_peer_expands_to_every_declaring_pod() {
 }
 
 #[test]
-fn egress_named_port_to_ip_block_matches_nothing() {
+fn egress_named_port_to_an_ip_block_without_pods_matches_nothing() {
+    // No pod's address is in the block: no destination has named ports.
     let plan = compile_yaml(&np(
         "other",
         "cidr-http",
-        "podSelector: {}\npolicyTypes: [Egress]\negress:\n- to: [{ipBlock: {cidr: 10.0.0.0/8}}]\n  ports: [{port: http}]",
+        "podSelector: {}\npolicyTypes: [Egress]\negress:\n- to: [{ipBlock: {cidr: 192.0.2.0/24}}]\n  ports: [{port: http}]",
     ));
     assert!(plan.endpoints[&5].egress.enforced);
     assert!(plan.endpoints[&5].egress.entries.is_empty());
@@ -764,4 +765,27 @@ fn protocol_names_and_numbers() {
     assert_eq!(Protocol::Udp.ip_protocol(), 17);
     assert_eq!(Protocol::Sctp.to_string(), "SCTP");
     assert_eq!(r("ns", "name").to_string(), "ns/name");
+}
+
+/// The gap a randomized comparison with the API's rules found: an egress `ipBlock` peer on a named port.
+/// Kubernetes resolves the name on the destination pod: a pod inside the block that declares it is reached
+/// on that port; a pod inside the block that does not, a pod outside it, and an outside address are not.
+#[test]
+fn an_egress_ip_block_on_a_named_port_reaches_the_pods_in_the_block_that_declare_it() {
+    // client egress to web's and db's /32s and to 192.0.2.0/24 on "http" (web: 8080; db: none).
+    let plan = compile_yaml(&np(
+        "other",
+        "to-web-by-address",
+        "podSelector: {}\npolicyTypes: [Egress]\negress:\n- to: [{ipBlock: {cidr: 10.200.0.1/32}}, {ipBlock: {cidr: 10.200.0.3/32}}, {ipBlock: {cidr: 192.0.2.0/24}}]\n  ports: [{port: http}]",
+    ));
+    let client = addr(&plan, 5);
+    let allowed = |to: Addr, port| plan.evaluate(client, to, Protocol::Tcp, port).egress.allows();
+    assert!(allowed(addr(&plan, 1), 8080), "web is in the block and declares http=8080");
+    assert!(!allowed(addr(&plan, 1), 9090), "web's http is 8080, not 9090");
+    assert!(!allowed(addr(&plan, 3), 8080), "db is in the block but declares no http");
+    assert!(!allowed(addr(&plan, 4), 8080), "web2 declares http=8080 but is outside the block");
+    assert!(!allowed(outside("192.0.2.9"), 8080), "an address outside the cluster has no named ports");
+    // web's address has a host prefix of its own, whose identity nothing else shares.
+    let host = plan.cidrs.iter().find(|c| c.prefix.to_string() == "10.200.0.1/32").expect("web's host prefix");
+    assert!(plan.cidrs.iter().filter(|c| c.policy_identity() == host.policy_identity()).count() == 1);
 }
