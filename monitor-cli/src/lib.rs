@@ -7,6 +7,7 @@
 pub mod client;
 pub mod conntrack;
 pub mod demo;
+pub mod describe;
 pub mod endpoint;
 pub mod filter_args;
 pub mod identity;

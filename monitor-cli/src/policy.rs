@@ -1,6 +1,7 @@
 //! `flowgate policy get [--endpoint ID]`: the realized policy entries of each endpoint, as `cilium bpf
 //! policy get` shows them: direction, peer (identity and labels, or CIDR), port/protocol, action, the
-//! policies behind the entry, and its packet and byte counters.
+//! policies behind the entry, and its packet and byte counters. `flowgate policy describe` is in
+//! [`crate::describe`].
 
 use clap::Args;
 use flowgate_proto::message::{EndpointPolicy, Request, Response};
@@ -29,10 +30,16 @@ enum PolicyCommand {
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// Each policy of files or directories as `kubectl describe networkpolicy` prints it, the pods it
+    /// selects (with --topology) and warnings for common mistakes.
+    Describe(crate::describe::DescribeArgs),
 }
 
 pub fn run(args: &PolicyArgs) -> anyhow::Result<()> {
-    let PolicyCommand::Get { endpoint, socket, output } = &args.command;
+    let (endpoint, socket, output) = match &args.command {
+        PolicyCommand::Get { endpoint, socket, output } => (endpoint, socket, output),
+        PolicyCommand::Describe(describe) => return crate::describe::run(describe),
+    };
     let policies = match request(socket, Request::PolicyGet { endpoint: *endpoint })? {
         Response::Policy(p) => p,
         Response::NotFound { what, known } => anyhow::bail!("{}", not_found(&what, &known)),

@@ -6,6 +6,7 @@
 
 pub mod cidr;
 pub mod compile;
+pub mod describe;
 pub mod plan;
 pub mod selector;
 pub mod source;
