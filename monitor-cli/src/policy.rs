@@ -1,4 +1,4 @@
-//! `flowgate policy get [--endpoint ID]`: the realized policy entries of each endpoint, as `cilium bpf
+//! `flowgate policy get [--endpoint ENDPOINT]`: the realized policy entries of each endpoint, as `cilium bpf
 //! policy get` shows them: direction, peer (identity and labels, or CIDR), port/protocol, action, the
 //! policies behind the entry, and its packet and byte counters.
 
@@ -8,6 +8,7 @@ use flowgate_proto::message::{EndpointPolicy, Request, Response};
 use crate::{
     client::{Output, SocketArg, render_structured, request},
     endpoint::{enforcement, not_found},
+    endpoint_ref::{EndpointRef, id_over_socket},
     table::Table,
 };
 
@@ -21,9 +22,9 @@ pub struct PolicyArgs {
 enum PolicyCommand {
     /// Realized entries per endpoint.
     Get {
-        /// Only this endpoint.
-        #[arg(long)]
-        endpoint: Option<u16>,
+        /// Only this endpoint: its id, NAMESPACE/POD, or a pod name only one namespace has.
+        #[arg(long, value_name = "ENDPOINT")]
+        endpoint: Option<EndpointRef>,
         #[command(flatten)]
         socket: SocketArg,
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
@@ -33,7 +34,8 @@ enum PolicyCommand {
 
 pub fn run(args: &PolicyArgs) -> anyhow::Result<()> {
     let PolicyCommand::Get { endpoint, socket, output } = &args.command;
-    let policies = match request(socket, Request::PolicyGet { endpoint: *endpoint })? {
+    let endpoint = endpoint.as_ref().map(|e| id_over_socket(e, socket)).transpose()?;
+    let policies = match request(socket, Request::PolicyGet { endpoint })? {
         Response::Policy(p) => p,
         Response::NotFound { what, known } => anyhow::bail!("{}", not_found(&what, &known)),
         other => anyhow::bail!("the agent answered `policy get` with something else: {other:?}"),

@@ -12,7 +12,7 @@ pub const HELP: &[(&str, &str)] = &[
     ("End  f", "follow the newest events again"),
     ("Enter", "detail of the selected event"),
     ("/", "search the rows (Esc clears)"),
-    ("e", "edit the endpoints followed (ids, comma-separated)"),
+    ("e", "edit the endpoints followed (ids or namespace/pod, comma-separated)"),
     ("p", "pick an endpoint to follow from the agent's list"),
     ("v", "cycle the verdict filter: all, allowed, denied, audit"),
     ("t", "cycle the type filter: all, policy-verdict, drop, trace, capture, agent"),

@@ -14,7 +14,10 @@ use flowgate_proto::{
     message::{Event, LossSource},
 };
 
-use crate::monitor::{session::NetEvent, unknown_endpoint};
+use crate::{
+    endpoint_ref::EndpointRef,
+    monitor::{session::NetEvent, unknown_endpoint},
+};
 
 /// What a key asks the state to do (keys are mapped in `input`, the state applies the action).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -449,12 +452,19 @@ impl State {
         None
     }
 
-    /// `12, 7` → ids the agent knows; empty → none (all endpoints).
+    /// `12, default/database, web` → ids the agent knows; empty → none (all endpoints).
     fn parse_endpoints(&self, input: &str) -> Result<Vec<u16>, String> {
-        let ids = input
+        let refs = input
             .split([',', ' '])
             .filter(|s| !s.is_empty())
-            .map(|s| s.parse::<u16>().map_err(|_| format!("{s:?} is not an endpoint id")))
+            .map(str::parse::<EndpointRef>)
+            .collect::<Result<Vec<_>, String>>()?;
+        let ids = refs
+            .iter()
+            .map(|r| match r {
+                EndpointRef::Id(id) => Ok(*id),
+                name => name.resolve(&self.endpoints).map_err(|e| e.to_string()),
+            })
             .collect::<Result<Vec<u16>, String>>()?;
         if !self.endpoints.is_empty() {
             let f = FlowFilter { related_to: ids.clone(), ..FlowFilter::default() };
@@ -615,6 +625,15 @@ mod tests {
         let Some(Effect::Subscribe(f)) = s.apply(Action::Submit) else { panic!() };
         assert_eq!(f.related_to, vec![7]);
         assert_eq!(s.followed(), "7 (default/database)");
+        s.apply(Action::EditEndpoints);
+        for _ in 0..3 {
+            s.apply(Action::Backspace);
+        }
+        for c in "default/web, client".chars() {
+            s.apply(Action::Input(c));
+        }
+        let Some(Effect::Subscribe(f)) = s.apply(Action::Submit) else { panic!("{:?}", s.mode) };
+        assert_eq!(f.related_to, vec![2, 1], "endpoints by name");
     }
 
     #[test]

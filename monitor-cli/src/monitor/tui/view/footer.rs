@@ -15,7 +15,7 @@ pub fn render(frame: &mut Frame, area: Rect, state: &State) {
     let line = match &state.mode {
         Mode::Search { input } => Line::from(vec![Span::styled("search: ", bold), Span::raw(format!("{input}█")), Span::raw("   Enter keep, Esc clear")]),
         Mode::EndpointEdit { input, error } => {
-            let mut spans = vec![Span::styled("follow endpoints (ids, empty for all): ", bold), Span::raw(format!("{input}█"))];
+            let mut spans = vec![Span::styled("follow endpoints (ids or ns/pod, empty for all): ", bold), Span::raw(format!("{input}█"))];
             if let Some(e) = error {
                 spans.push(Span::styled(format!("   {e}"), Style::new().fg(Color::Red)));
             }
