@@ -1,7 +1,8 @@
 //! Everything the monitor screen shows, without any drawing: a bounded history of flows, following or
 //! paused, scroll and selection, the filters being edited, counters (totals by verdict, events per second
-//! over a sliding window, losses in the kernel and for this client) and the connection state. Time comes
-//! in as milliseconds from the caller, so tests run on a fixed clock.
+//! over a sliding window, losses in the kernel and for this client) and the connection state; the
+//! connections seen ([`Connections`]) for the connections view, with a selection of its own, so each view
+//! keeps its place. Time comes in as milliseconds from the caller, so tests run on a fixed clock.
 
 use std::{collections::VecDeque, sync::Arc};
 
@@ -14,6 +15,7 @@ use flowgate_proto::{
     message::{Event, LossSource},
 };
 
+use super::connections::{Connection as TrackedConnection, ConnectionKey, Connections};
 use crate::{
     endpoint_ref::EndpointRef,
     monitor::{session::NetEvent, unknown_endpoint},
@@ -39,6 +41,10 @@ pub enum Action {
     CycleType,
     Picker,
     Help,
+    /// Tab: flows <-> connections.
+    SwitchView,
+    /// `d`: only policy verdicts and drops (flows), only decided connections (connections).
+    ToggleVerdictsOnly,
     Input(char),
     Backspace,
     Submit,
@@ -62,6 +68,16 @@ pub enum Connection {
     Connecting,
     Connected,
     Disconnected { error: String, retry_in_ms: u64 },
+}
+
+/// Which table the screen shows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum View {
+    /// Every event, newest at the bottom.
+    #[default]
+    Flows,
+    /// One row per connection, most recently active first.
+    Connections,
 }
 
 /// What the keyboard is doing.
@@ -170,6 +186,13 @@ pub struct State {
     pub socket: String,
     /// Rows the flow table shows at once (set after each draw).
     pub page: usize,
+    pub view: View,
+    /// Only policy verdicts and drops (a local filter: the agent still sends traces, which the connections
+    /// count).
+    pub verdicts_only: bool,
+    pub connections: Connections,
+    /// The connection selected in the connections view; none: the most recently active one, following.
+    pub connection_selected: Option<ConnectionKey>,
 }
 
 impl State {
@@ -193,6 +216,10 @@ impl State {
             connection: Connection::Connecting,
             socket,
             page: 20,
+            view: View::Flows,
+            verdicts_only: false,
+            connections: Connections::default(),
+            connection_selected: None,
         }
     }
 
@@ -221,6 +248,7 @@ impl State {
             match event {
                 Event::Flow(flow) => {
                     flows += 1;
+                    self.connections.take(&flow);
                     match (flow.event_type, flow.verdict) {
                         (EventType::Trace, _) => {}
                         (_, Verdict::Forwarded) => self.totals.allowed += 1,
@@ -262,11 +290,49 @@ impl State {
             .iter()
             .filter(|row| {
                 self.filter.matches(&row.flow)
+                    && (!self.verdicts_only
+                        || matches!(row.flow.event_type, EventType::PolicyVerdict | EventType::Drop))
                     && (needle.is_empty()
                         || format::flow_line(&row.flow).to_lowercase().contains(&needle)
                         || format::policy_text(row.flow.policy.as_ref()).to_lowercase().contains(&needle))
             })
             .collect()
+    }
+
+    /// The connections shown, most recently active first: under the search, and only decided ones (a policy
+    /// verdict or drop seen) with the verdicts-only toggle.
+    pub fn visible_connections(&self) -> Vec<&TrackedConnection> {
+        let needle = self.search.to_lowercase();
+        self.connections
+            .by_activity()
+            .into_iter()
+            .filter(|c| {
+                (!self.verdicts_only || c.is_decided())
+                    && (needle.is_empty()
+                        || c.events.iter().any(|f| format::flow_line(f).to_lowercase().contains(&needle)))
+            })
+            .collect()
+    }
+
+    /// Index of the selected connection in `visible` (the first when none is selected or it is gone).
+    pub fn selected_connection_index(&self, visible: &[&TrackedConnection]) -> Option<usize> {
+        if visible.is_empty() {
+            return None;
+        }
+        Some(self.connection_selected.and_then(|key| visible.iter().position(|c| c.key == key)).unwrap_or(0))
+    }
+
+    /// The selected connection, for the detail pane.
+    pub fn selected_connection(&self) -> Option<&TrackedConnection> {
+        let visible = self.visible_connections();
+        self.selected_connection_index(&visible).map(|i| visible[i])
+    }
+
+    fn move_connection(&mut self, down: bool, n: usize) {
+        let visible = self.visible_connections();
+        let Some(at) = self.selected_connection_index(&visible) else { return };
+        let to = if down { (at + n).min(visible.len() - 1) } else { at.saturating_sub(n) };
+        self.connection_selected = Some(visible[to].key);
     }
 
     /// Index of the selected row in `visible` (the newest when following).
@@ -396,7 +462,34 @@ impl State {
     }
 
     fn apply_normal(&mut self, action: Action) -> Option<Effect> {
+        if self.view == View::Connections {
+            let page = self.page.max(1);
+            match action {
+                Action::Up(n) => self.move_connection(false, n),
+                Action::Down(n) => self.move_connection(true, n),
+                Action::PageUp => self.move_connection(false, page),
+                Action::PageDown => self.move_connection(true, page),
+                Action::Follow => self.connection_selected = None,
+                _ => return self.apply_both(action),
+            }
+            return None;
+        }
+        self.apply_both(action)
+    }
+
+    /// Actions that mean the same in both views, and the flow view's scrolling.
+    fn apply_both(&mut self, action: Action) -> Option<Effect> {
         match action {
+            Action::SwitchView => {
+                self.view = match self.view {
+                    View::Flows => View::Connections,
+                    View::Connections => View::Flows,
+                };
+            }
+            Action::ToggleVerdictsOnly => {
+                self.verdicts_only = !self.verdicts_only;
+                self.scroll = 0;
+            }
             Action::Quit | Action::ForceQuit => return Some(Effect::Quit),
             Action::Cancel if self.detail => self.detail = false,
             Action::Cancel => return Some(Effect::Quit),

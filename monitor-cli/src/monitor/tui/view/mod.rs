@@ -2,7 +2,9 @@
 //! &State)`. Nothing here changes the state; [`layout`] is shared with the caller to learn the page size.
 
 pub mod banner;
+pub mod connections;
 pub mod detail;
+pub mod fit;
 pub mod footer;
 pub mod header;
 pub mod help;
@@ -15,7 +17,7 @@ use ratatui::{
     style::{Color, Style},
 };
 
-use super::state::{Connection, Mode, State};
+use super::state::{Connection, Mode, State, View};
 
 /// Where each pane goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,9 +63,15 @@ pub fn render(frame: &mut Frame, state: &State) {
     if let Some(area) = areas.banner {
         banner::render(frame, area, state);
     }
-    table::render(frame, areas.table, state);
+    match state.view {
+        View::Flows => table::render(frame, areas.table, state),
+        View::Connections => connections::render(frame, areas.table, state),
+    }
     if let Some(area) = areas.detail {
-        detail::render(frame, area, state);
+        match state.view {
+            View::Flows => detail::render(frame, area, state),
+            View::Connections => connections::detail(frame, area, state),
+        }
     }
     footer::render(frame, areas.footer, state);
     match state.mode {
@@ -115,5 +123,7 @@ pub fn thousands(n: u64) -> String {
     out
 }
 
+#[cfg(test)]
+mod sizes;
 #[cfg(test)]
 mod tests;

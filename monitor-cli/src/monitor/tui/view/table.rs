@@ -1,5 +1,9 @@
 //! The flow table: time, source, destination, port/protocol, direction, verdict (in color), match type
-//! and the policy that decided; the newest at the bottom, the selected row highlighted.
+//! and the policy that decided; the newest at the bottom, the selected row highlighted. Its columns follow
+//! the terminal's width ([`fit`]); the texts here come in the shapes `fit` asks for, and the connections view
+//! shares them.
+
+use std::fmt::Display;
 
 use flowgate_proto::{
     Flow,
@@ -14,30 +18,69 @@ use ratatui::{
     widgets::{Block, Cell, Row, Table},
 };
 
-use super::{thousands, verdict_style, verdict_word};
+use super::{
+    fit::{self, Column, Shape, Step, ellipsize},
+    thousands, verdict_style, verdict_word,
+};
 use crate::monitor::tui::state::State;
 
-/// `12:12:18.510` (UTC).
-pub fn time_text(time_ns: u64) -> String {
+/// `12:12:18.510` (UTC), `12:12:18` in the short shape.
+pub fn time_text(time_ns: u64, shape: &Shape) -> String {
     let secs = time_ns / 1_000_000_000;
     let ms = (time_ns / 1_000_000) % 1000;
-    format!("{:02}:{:02}:{:02}.{ms:03}", (secs / 3600) % 24, (secs / 60) % 60, secs % 60)
+    let hms = format!("{:02}:{:02}:{:02}", (secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+    if shape.short_time { hms } else { format!("{hms}.{ms:03}") }
 }
 
-/// `default/backend [12]` for an endpoint, `10.0.0.9 reserved:world` for other peers.
-pub fn peer_text(peer: &Peer, ip: std::net::Ipv4Addr) -> String {
-    if !peer.pod_name.is_empty() {
-        if peer.endpoint_id != 0 {
-            format!("{}/{} [{}]", peer.namespace, peer.pod_name, peer.endpoint_id)
+/// The value of a label (`world` of `reserved:world`, `backend` of `component=backend`); none for a CIDR
+/// label, which only repeats the address.
+pub fn label_value(label: &str) -> Option<&str> {
+    if label.starts_with("cidr:") {
+        return None;
+    }
+    Some(label.rsplit_once(['=', ':']).map_or(label, |(_, value)| value))
+}
+
+/// `default/backend [12]` for an endpoint, `10.0.0.9 reserved:world` for other peers; shorter as `shape`
+/// asks (`backend`, `10.0.0.9 world`).
+pub fn peer_text(peer: &Peer, ip: impl Display, shape: &Shape) -> String {
+    let text = if !peer.pod_name.is_empty() {
+        let name = if shape.home_namespace.as_deref() == Some(peer.namespace.as_str()) {
+            peer.pod_name.clone()
         } else {
             format!("{}/{}", peer.namespace, peer.pod_name)
-        }
+        };
+        if peer.endpoint_id != 0 && !shape.no_ids { format!("{name} [{}]", peer.endpoint_id) } else { name }
     } else {
         match peer.labels.first() {
+            Some(label) if shape.label_values => match label_value(label) {
+                Some(value) => format!("{ip} {value}"),
+                None => ip.to_string(),
+            },
             Some(label) => format!("{ip} {label}"),
             None => ip.to_string(),
         }
+    };
+    match shape.peer_width {
+        Some(width) => ellipsize(&text, width),
+        None => text,
     }
+}
+
+/// The namespace the table may leave out: the one every pod among `peers` shares, else the one most of them
+/// are in (the first such in name order on a tie); none without pods.
+pub fn home_namespace<'a>(peers: impl IntoIterator<Item = &'a Peer>) -> Option<String> {
+    let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+    for peer in peers.into_iter().filter(|p| !p.pod_name.is_empty()) {
+        *counts.entry(peer.namespace.as_str()).or_default() += 1;
+    }
+    let most = counts.values().copied().max()?;
+    counts.into_iter().find(|(_, n)| *n == most).map(|(ns, _)| ns.to_owned())
+}
+
+/// `, namespace default` for a table title when the shape leaves that namespace out.
+pub fn home_title(shape: &Shape) -> String {
+    shape.home_namespace.as_ref().map(|ns| format!(", pods of {ns} by name")).unwrap_or_default()
 }
 
 /// `5432/TCP`, `icmp 8/0`.
@@ -57,9 +100,14 @@ pub fn direction_text(d: TrafficDirection) -> &'static str {
     }
 }
 
-/// The policy column: who allowed, or `default deny (ns/isolating-policy)`.
-pub fn policy_cell(p: Option<&PolicyAttribution>) -> String {
+/// The policy column: who allowed, or `default deny (ns/isolating-policy)`; in the short shape names
+/// without namespaces and default deny alone.
+pub fn policy_cell(p: Option<&PolicyAttribution>, shape: &Shape) -> String {
     match p {
+        Some(PolicyAttribution::DefaultDeny { .. }) if shape.short_policy => "default deny".into(),
+        Some(PolicyAttribution::AllowedBy(names)) if shape.short_policy && !names.is_empty() => {
+            names.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(",")
+        }
         Some(PolicyAttribution::DefaultDeny { isolated_by }) if !isolated_by.is_empty() => {
             format!("default deny ({})", isolated_by.iter().map(ToString::to_string).collect::<Vec<_>>().join(","))
         }
@@ -77,50 +125,85 @@ pub fn window(len: usize, scroll: usize, height: usize) -> (usize, Option<usize>
     (end.saturating_sub(height), Some(selected))
 }
 
+/// How the flow table gives way, first to last.
+pub const STEPS: &[Step] = &[
+    Step::NoNamespace,
+    Step::LabelValues,
+    Step::ShortPolicy,
+    Step::Drop("MATCH"),
+    Step::Drop("DIR"),
+    Step::NoIds,
+    Step::ShortTime,
+    Step::SqueezePeers(18),
+    Step::SqueezePeers(16),
+    Step::SqueezePeers(14),
+    Step::Drop("TIME"),
+];
+/// The policy column gets at least this much before other columns give way.
+pub const POLICY_MIN: usize = 24;
+
+/// The flow table's columns for `flows` in `shape`.
+pub fn columns(flows: &[&Flow], shape: &Shape) -> Vec<Column> {
+    let column = |header: &'static str, cell: &dyn Fn(&Flow) -> String| Column {
+        header,
+        cells: flows.iter().map(|f| cell(f)).collect(),
+    };
+    let mut out = Vec::new();
+    if shape.shows("TIME") {
+        out.push(column("TIME (UTC)", &|f| time_text(f.time_ns, shape)));
+    }
+    out.push(column("SOURCE", &|f| peer_text(&f.source, f.source_ip, shape)));
+    out.push(column("DESTINATION", &|f| peer_text(&f.destination, f.destination_ip, shape)));
+    out.push(column("PORT", &port_text));
+    if shape.shows("DIR") {
+        out.push(column("DIR", &|f| direction_text(f.traffic_direction).to_owned()));
+    }
+    out.push(column("VERDICT", &|f| verdict_word(f).to_owned()));
+    if shape.shows("MATCH") {
+        out.push(column("MATCH", &|f| f.match_type.map_or("-", |m| format::match_text(Some(m))).to_owned()));
+    }
+    out.push(column("POLICY", &|f| policy_cell(f.policy.as_ref(), shape)));
+    out
+}
+
+/// Rows and widths fitted to `width`; the style of each cell is the caller's.
+pub fn fitted(flows: &[&Flow], width: usize) -> (Shape, Vec<Column>, Vec<usize>) {
+    let home = home_namespace(flows.iter().flat_map(|f| [&*f.source, &*f.destination]));
+    fit::fit(width, POLICY_MIN, STEPS, home.as_deref(), |shape| columns(flows, shape))
+}
+
 pub fn render(frame: &mut Frame, area: Rect, state: &State) {
     let visible = state.visible();
     let height = usize::from(area.height.saturating_sub(3));
     let (start, selected) = window(visible.len(), state.scroll, height);
-    let rows = visible.iter().enumerate().skip(start).take(height).map(|(i, row)| {
-        let f = &row.flow;
-        let mut r = Row::new(vec![
-            Cell::from(time_text(f.time_ns)),
-            Cell::from(peer_text(&f.source, f.source_ip)),
-            Cell::from(peer_text(&f.destination, f.destination_ip)),
-            Cell::from(port_text(f)),
-            Cell::from(direction_text(f.traffic_direction)),
-            Cell::from(verdict_word(f)).style(verdict_style(f.verdict).add_modifier(Modifier::BOLD)),
-            Cell::from(f.match_type.map_or("-", |m| format::match_text(Some(m)))),
-            Cell::from(policy_cell(f.policy.as_ref())),
-        ]);
-        if Some(i) == selected && !state.following {
+    let shown: Vec<&Flow> = visible.iter().skip(start).take(height).map(|row| &*row.flow).collect();
+    let (shape, columns, widths) = fitted(&shown, usize::from(area.width.saturating_sub(2)));
+    let rows = shown.iter().enumerate().map(|(n, f)| {
+        let cells = columns.iter().map(|c| {
+            let cell = Cell::from(c.cells[n].clone());
+            if c.header == "VERDICT" { cell.style(verdict_style(f.verdict).add_modifier(Modifier::BOLD)) } else { cell }
+        });
+        let mut r = Row::new(cells);
+        if Some(start + n) == selected && !state.following {
             r = r.style(Style::new().bg(Color::DarkGray).add_modifier(Modifier::BOLD));
         }
         r
     });
-    let header = Row::new(["TIME (UTC)", "SOURCE", "DESTINATION", "PORT", "DIR", "VERDICT", "MATCH", "POLICY"])
+    let header = Row::new(columns.iter().map(|c| c.header))
         .style(Style::new().add_modifier(Modifier::BOLD | Modifier::UNDERLINED));
+    let namespace = home_title(&shape);
     let title = format!(
-        " flows: {} shown of {} kept{} ",
+        " flows{}: {} shown of {} kept{}{namespace} ",
+        if state.verdicts_only { " (verdicts and drops)" } else { "" },
         thousands(visible.len() as u64),
         thousands(state.history.len() as u64),
         if state.following { ", following" } else { ", paused" }
     );
-    let table = Table::new(
-        rows,
-        [
-            Constraint::Length(12),
-            Constraint::Length(22),
-            Constraint::Length(22),
-            Constraint::Length(10),
-            Constraint::Length(7),
-            Constraint::Length(9),
-            Constraint::Length(7),
-            Constraint::Fill(1),
-        ],
-    )
-    .header(header)
-    .block(Block::bordered().title(Line::from(title)));
+    let constraints = widths.iter().map(|w| Constraint::Length(u16::try_from(*w).unwrap_or(u16::MAX)));
+    let table = Table::new(rows, constraints)
+        .column_spacing(u16::try_from(fit::SPACING).unwrap_or(1))
+        .header(header)
+        .block(Block::bordered().title(Line::from(title)));
     frame.render_widget(table, area);
 }
 
@@ -140,11 +223,28 @@ mod tests {
     }
 
     #[test]
-    fn texts() {
-        assert_eq!(time_text(flowgate_proto::hubble::fixtures::TIME_NS), "12:12:18.510");
+    fn texts_in_every_shape() {
+        let full = Shape::default();
+        assert_eq!(time_text(flowgate_proto::hubble::fixtures::TIME_NS, &full), "12:12:18.510");
         let f = flowgate_proto::hubble::fixtures::udp_to_world();
-        assert_eq!(peer_text(&f.destination, f.destination_ip), "192.0.2.53 reserved:world");
-        assert_eq!(peer_text(&f.source, f.source_ip), "default/backend [12]");
+        assert_eq!(peer_text(&f.destination, f.destination_ip, &full), "192.0.2.53 reserved:world");
+        assert_eq!(peer_text(&f.source, f.source_ip, &full), "default/backend [12]");
         assert_eq!(port_text(&f), "53/UDP");
+        let short = Shape {
+            home_namespace: Some("default".into()),
+            label_values: true,
+            no_ids: true,
+            short_time: true,
+            ..full.clone()
+        };
+        assert_eq!(peer_text(&f.destination, f.destination_ip, &short), "192.0.2.53 world");
+        assert_eq!(peer_text(&f.source, f.source_ip, &short), "backend");
+        assert_eq!(time_text(flowgate_proto::hubble::fixtures::TIME_NS, &short), "12:12:18");
+        assert_eq!(label_value("cidr:10.0.0.0/8"), None);
+        assert_eq!(label_value("component=backend"), Some("backend"));
+        let denied = flowgate_proto::hubble::fixtures::verdict_denied();
+        assert_eq!(policy_cell(denied.policy.as_ref(), &full), "default deny (default/default-deny-ingress-policy)");
+        let short_policy = Shape { short_policy: true, ..full };
+        assert_eq!(policy_cell(denied.policy.as_ref(), &short_policy), "default deny");
     }
 }
