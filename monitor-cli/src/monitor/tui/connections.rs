@@ -162,6 +162,16 @@ impl Connection {
             .or(self.egress.as_ref())
     }
 
+    /// The direction of the deciding verdict (ingress at the destination, egress at the opener), else that of
+    /// the first event seen.
+    pub fn decision_direction(&self) -> TrafficDirection {
+        match self.decision() {
+            Some(d) if self.ingress.as_ref() == Some(d) => TrafficDirection::Ingress,
+            Some(_) => TrafficDirection::Egress,
+            None => self.direction,
+        }
+    }
+
     /// The verdict: the deciding one, or FORWARDED when only forwarded packets were seen.
     pub fn verdict(&self) -> Verdict {
         if self.revoked {

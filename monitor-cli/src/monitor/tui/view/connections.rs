@@ -46,7 +46,14 @@ pub const STEPS: &[Step] = &[
     Step::SqueezePeers(12),
 ];
 /// The policy column gets at least this much before other columns give way.
-pub const POLICY_MIN: usize = 24;
+pub const POLICY_MIN: usize = 29;
+
+/// What the policy column gets before other columns give way: [`POLICY_MIN`] (the walkthrough's
+/// `network-policy-walkthrough-db` whole from 100 columns on), less on narrow terminals, where names matter
+/// as much.
+pub fn policy_min(width: usize) -> usize {
+    POLICY_MIN.min(width * 3 / 10)
+}
 
 /// `ALLOWED`, `DENIED`, `AUDIT` for a decided connection; `FORWARDED` when only forwarded packets were seen;
 /// `DROPPED` when revoked.
@@ -87,7 +94,7 @@ pub fn columns(connections: &[&Connection], shape: &Shape) -> Vec<Column> {
     out.push(column("DESTINATION", &|c| peer_text(&c.destination, c.key.destination_ip, shape)));
     out.push(column("PORT", &port_text));
     if show("DIR") {
-        out.push(column("DIR", &|c| direction_text(c.direction).to_owned()));
+        out.push(column("DIR", &|c| direction_text(c.decision_direction()).to_owned()));
     }
     out.push(column("VERDICT", &|c| verdict_text(c).to_owned()));
     out.push(column("STATE", &|c| c.state().text().to_owned()));
@@ -112,7 +119,7 @@ pub fn columns(connections: &[&Connection], shape: &Shape) -> Vec<Column> {
 /// Columns fitted to `width`.
 pub fn fitted(connections: &[&Connection], width: usize) -> (Shape, Vec<Column>, Vec<usize>) {
     let home = home_namespace(connections.iter().flat_map(|c| [&*c.source, &*c.destination]));
-    fit::fit(width, POLICY_MIN, STEPS, home.as_deref(), |shape| columns(connections, shape))
+    fit::fit(width, policy_min(width), STEPS, home.as_deref(), |shape| columns(connections, shape))
 }
 
 /// Refused connections stand out.
@@ -149,13 +156,15 @@ pub fn render(frame: &mut Frame, area: Rect, state: &State) {
         .style(Style::new().add_modifier(Modifier::BOLD | Modifier::UNDERLINED));
     let namespace = home_title(&shape);
     let denied = visible.iter().filter(|c| c.state().is_refused()).count();
-    let title = format!(
-        " connections{}: {} shown, {} denied, most recent first{}{namespace} ",
+    let head = format!(
+        "connections{}: {} shown, {} denied",
         if state.verdicts_only { " (decided)" } else { "" },
         thousands(visible.len() as u64),
         thousands(denied as u64),
-        if state.connection_selected.is_some() { ", selection held" } else { "" },
     );
+    let held = if state.connection_selected.is_some() { "selection held (End follows)" } else { "" };
+    let extras = [held.to_owned(), "most recent first".to_owned(), namespace];
+    let title = fit::title(&head, &extras, usize::from(area.width));
     let constraints = widths.iter().map(|w| Constraint::Length(u16::try_from(*w).unwrap_or(u16::MAX)));
     let table = Table::new(rows, constraints)
         .column_spacing(u16::try_from(fit::SPACING).unwrap_or(1))

@@ -93,6 +93,21 @@ pub fn ellipsize(text: &str, width: usize) -> String {
     out
 }
 
+/// A table's title in `width` columns (its border's corners and a space each side left): `head`, then as many
+/// of `extras` (most important first) as fit, comma-separated; `head` ellipsized when even it does not fit.
+pub fn title(head: &str, extras: &[String], width: usize) -> String {
+    let room = width.saturating_sub(4);
+    let mut out = head.to_owned();
+    for extra in extras.iter().filter(|e| !e.is_empty()) {
+        if text_width(&out) + 2 + text_width(extra) > room {
+            break;
+        }
+        out.push_str(", ");
+        out.push_str(extra);
+    }
+    format!(" {} ", ellipsize(&out, room))
+}
+
 /// Space between columns.
 pub const SPACING: usize = 1;
 
@@ -152,6 +167,14 @@ mod tests {
         assert_eq!(ellipsize("default/database", 10), "default/d…");
         assert_eq!(ellipsize("abc", 1), "…");
         assert_eq!(ellipsize("abc", 0), "");
+    }
+
+    #[test]
+    fn titles_keep_what_fits() {
+        let extras = ["following".to_owned(), "pods of default by name".to_owned()];
+        assert_eq!(title("flows: 2 shown", &extras, 80), " flows: 2 shown, following, pods of default by name ");
+        assert_eq!(title("flows: 2 shown", &extras, 40), " flows: 2 shown, following ");
+        assert_eq!(title("flows: 2 shown", &extras, 10), " flows… ");
     }
 
     #[test]

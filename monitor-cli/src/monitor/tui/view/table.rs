@@ -78,9 +78,9 @@ pub fn home_namespace<'a>(peers: impl IntoIterator<Item = &'a Peer>) -> Option<S
     counts.into_iter().find(|(_, n)| *n == most).map(|(ns, _)| ns.to_owned())
 }
 
-/// `, namespace default` for a table title when the shape leaves that namespace out.
+/// `pods of default by name` for a table title when the shape leaves that namespace out.
 pub fn home_title(shape: &Shape) -> String {
-    shape.home_namespace.as_ref().map(|ns| format!(", pods of {ns} by name")).unwrap_or_default()
+    shape.home_namespace.as_ref().map(|ns| format!("pods of {ns} by name")).unwrap_or_default()
 }
 
 /// `5432/TCP`, `icmp 8/0`.
@@ -140,7 +140,14 @@ pub const STEPS: &[Step] = &[
     Step::Drop("TIME"),
 ];
 /// The policy column gets at least this much before other columns give way.
-pub const POLICY_MIN: usize = 24;
+pub const POLICY_MIN: usize = 29;
+
+/// What the policy column gets before other columns give way: [`POLICY_MIN`] (the walkthrough's
+/// `network-policy-walkthrough-db` whole from 100 columns on), less on narrow terminals, where names matter
+/// as much.
+pub fn policy_min(width: usize) -> usize {
+    POLICY_MIN.min(width * 3 / 10)
+}
 
 /// The flow table's columns for `flows` in `shape`.
 pub fn columns(flows: &[&Flow], shape: &Shape) -> Vec<Column> {
@@ -169,7 +176,7 @@ pub fn columns(flows: &[&Flow], shape: &Shape) -> Vec<Column> {
 /// Rows and widths fitted to `width`; the style of each cell is the caller's.
 pub fn fitted(flows: &[&Flow], width: usize) -> (Shape, Vec<Column>, Vec<usize>) {
     let home = home_namespace(flows.iter().flat_map(|f| [&*f.source, &*f.destination]));
-    fit::fit(width, POLICY_MIN, STEPS, home.as_deref(), |shape| columns(flows, shape))
+    fit::fit(width, policy_min(width), STEPS, home.as_deref(), |shape| columns(flows, shape))
 }
 
 pub fn render(frame: &mut Frame, area: Rect, state: &State) {
@@ -192,13 +199,14 @@ pub fn render(frame: &mut Frame, area: Rect, state: &State) {
     let header = Row::new(columns.iter().map(|c| c.header))
         .style(Style::new().add_modifier(Modifier::BOLD | Modifier::UNDERLINED));
     let namespace = home_title(&shape);
-    let title = format!(
-        " flows{}: {} shown of {} kept{}{namespace} ",
+    let head = format!(
+        "flows{}: {} shown of {} kept",
         if state.verdicts_only { " (verdicts and drops)" } else { "" },
         thousands(visible.len() as u64),
         thousands(state.history.len() as u64),
-        if state.following { ", following" } else { ", paused" }
     );
+    let following = if state.following { "following" } else { "paused" };
+    let title = fit::title(&head, &[following.to_owned(), namespace], usize::from(area.width));
     let constraints = widths.iter().map(|w| Constraint::Length(u16::try_from(*w).unwrap_or(u16::MAX)));
     let table = Table::new(rows, constraints)
         .column_spacing(u16::try_from(fit::SPACING).unwrap_or(1))
