@@ -121,6 +121,10 @@ fn endpoint_and_policy_commands_take_names_and_list_candidates_when_a_name_fails
     assert_eq!(got["ingress_enforcement"], "audit", "the named endpoint was configured: {got}");
     let ambiguous = setup.fails(&["endpoint", "config", "c", "audit=off"]);
     assert!(ambiguous.contains("is ambiguous"), "{ambiguous}");
+
+    // The verdict log is read without the agent, but a name is resolved by it.
+    let export = setup.fails(&["verdicts", "export", "--log", "/nonexistent/verdicts.jsonl", "--from", "x/d"]);
+    assert!(export.contains("no endpoint named \"x/d\" on this agent; known endpoints: "), "{export}");
 }
 
 #[test]

@@ -172,20 +172,44 @@ impl Connection {
         }
     }
 
-    /// The verdict: the deciding one, or FORWARDED when only forwarded packets were seen.
+    /// The verdict: denied (or dropped, when revoked) if either direction denied, audit if either direction
+    /// only audited, allowed otherwise; FORWARDED when only forwarded packets were seen.
     pub fn verdict(&self) -> Verdict {
-        if self.revoked {
-            return Verdict::Dropped;
+        let audited = [&self.ingress, &self.egress].into_iter().flatten().any(|d| d.verdict == Verdict::Audit);
+        match self.decision() {
+            _ if self.revoked => Verdict::Dropped,
+            Some(d) if d.verdict == Verdict::Dropped => Verdict::Dropped,
+            _ if audited => Verdict::Audit,
+            Some(d) => d.verdict,
+            None => Verdict::Forwarded,
         }
-        match (&self.ingress, &self.egress) {
-            (Some(i), _) if i.verdict == Verdict::Audit => Verdict::Audit,
-            (_, Some(e))
-                if e.verdict == Verdict::Audit && self.decision().is_none_or(|d| d.verdict != Verdict::Dropped) =>
-            {
-                Verdict::Audit
-            }
-            _ => self.decision().map_or(Verdict::Forwarded, |d| d.verdict),
-        }
+    }
+
+    /// What a search looks through: both sides (namespace/pod, address:port, labels), the protocol, the
+    /// state and every policy named.
+    pub fn summary(&self) -> String {
+        let side = |peer: &Peer, ip: IpAddr, port: u16| {
+            format!(
+                "{}/{} {} {}",
+                peer.namespace,
+                peer.pod_name,
+                std::net::SocketAddr::new(ip, port),
+                peer.labels.join(" ")
+            )
+        };
+        let policies = [&self.egress, &self.ingress]
+            .into_iter()
+            .flatten()
+            .map(|d| flowgate_proto::format::policy_text(d.policy.as_ref()))
+            .collect::<Vec<_>>()
+            .join(" ");
+        format!(
+            "{} -> {} {} {} {policies}",
+            side(&self.source, self.key.source_ip, self.key.source_port),
+            side(&self.destination, self.key.destination_ip, self.key.destination_port),
+            self.key.protocol.name(),
+            self.state().text()
+        )
     }
 
     /// Whether a policy verdict or a policy drop was seen (not only forwarded packets).
@@ -388,6 +412,13 @@ mod tests {
         let key = ConnectionKey::of(&fixtures::verdict_allowed());
         assert_eq!(c.by_key[&key].state(), ConnectionState::Revoked);
         assert!(c.by_key[&key].state().is_refused());
+
+        let mut c = Connections::default();
+        c.take(&Arc::new(fixtures::verdict_audit()));
+        let conn = &c.by_key[&key];
+        assert_eq!((conn.state(), conn.verdict()), (ConnectionState::New, Verdict::Audit), "audit lets it through");
+        assert!(conn.summary().contains("default/backend 10.0.0.5:43210"), "{}", conn.summary());
+        assert!(conn.summary().contains("default deny (isolated by default/default-deny-ingress-policy)"));
     }
 
     #[test]

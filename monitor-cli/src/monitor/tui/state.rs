@@ -308,8 +308,7 @@ impl State {
             .into_iter()
             .filter(|c| {
                 (!self.verdicts_only || c.is_decided())
-                    && (needle.is_empty()
-                        || c.events.iter().any(|f| format::flow_line(f).to_lowercase().contains(&needle)))
+                    && (needle.is_empty() || c.summary().to_lowercase().contains(&needle))
             })
             .collect()
     }
@@ -752,6 +751,33 @@ mod tests {
         assert_eq!(s.apply(Action::Quit), Some(Effect::Quit));
         s.apply(Action::Search);
         assert_eq!(s.apply(Action::ForceQuit), Some(Effect::Quit));
+    }
+
+    #[test]
+    fn the_connections_view_holds_its_selection_by_connection_and_searches() {
+        let mut s = state();
+        s.push_events(flows(5), 0);
+        s.apply(Action::SwitchView);
+        assert_eq!(s.view, View::Connections);
+        assert_eq!(s.selected_connection().unwrap().key.source_port, 1004, "the most recently active first");
+        s.apply(Action::Down(2));
+        assert_eq!(s.selected_connection().unwrap().key.source_port, 1002);
+        s.push_events(flows(1), 0);
+        assert_eq!(s.selected_connection().unwrap().key.source_port, 1002, "held while rows move");
+        s.apply(Action::PageDown);
+        assert_eq!(s.selected_connection().unwrap().key.source_port, 1001, "clamped at the last");
+        s.apply(Action::Follow);
+        assert_eq!(s.selected_connection().unwrap().key.source_port, 1000, "End: the most recent again");
+        s.apply(Action::Search);
+        for c in ":1003".chars() {
+            s.apply(Action::Input(c));
+        }
+        s.apply(Action::Submit);
+        assert_eq!(s.visible_connections().len(), 1);
+        s.apply(Action::ToggleVerdictsOnly);
+        assert!(s.visible_connections().is_empty(), "traces only: no decided connection");
+        s.apply(Action::SwitchView);
+        assert!(s.visible().is_empty(), "and no verdicts among the flows");
     }
 
     #[test]

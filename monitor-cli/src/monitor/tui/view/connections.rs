@@ -3,6 +3,8 @@
 //! seen and the policy. Denied and revoked connections are drawn in red. Columns follow the terminal's width
 //! as the flow table's do ([`fit`]); [`detail`] shows one connection in full with its events.
 
+use std::net::SocketAddr;
+
 use flowgate_proto::{
     Flow,
     flow::{Protocol, Verdict},
@@ -233,11 +235,9 @@ pub fn detail(frame: &mut Frame, area: Rect, state: &State) {
         field(
             "connection",
             format!(
-                "{}:{} -> {}:{} {}",
-                c.key.source_ip,
-                c.key.source_port,
-                c.key.destination_ip,
-                c.key.destination_port,
+                "{} -> {} {}",
+                SocketAddr::new(c.key.source_ip, c.key.source_port),
+                SocketAddr::new(c.key.destination_ip, c.key.destination_port),
                 c.key.protocol.name()
             ),
         ),

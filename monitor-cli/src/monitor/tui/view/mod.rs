@@ -17,7 +17,10 @@ use ratatui::{
     style::{Color, Style},
 };
 
-use super::state::{Connection, Mode, State, View};
+use super::{
+    input::HELP,
+    state::{Connection, Mode, State, View},
+};
 
 /// Where each pane goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,7 +79,9 @@ pub fn render(frame: &mut Frame, state: &State) {
     footer::render(frame, areas.footer, state);
     match state.mode {
         Mode::Picker { .. } => picker::render(frame, popup(frame.area(), 90, 20), state),
-        Mode::Help => help::render(frame, popup(frame.area(), 100, 15), state),
+        Mode::Help => {
+            help::render(frame, popup(frame.area(), 100, u16::try_from(HELP.len() + 4).unwrap_or(u16::MAX)), state)
+        }
         _ => {}
     }
 }

@@ -73,6 +73,10 @@ fn demo() -> Demo {
     }
 }
 
+#[allow(
+    clippy::useless_conversion,
+    reason = "the addresses go `.into()` the flow's address type, which becomes 128-bit with IPv6"
+)]
 /// One connection attempt to the database: the ingress verdict, then the handshake's packets if allowed,
 /// the drop if denied.
 fn attempt(d: &Demo, from: &(Arc<Peer>, Ipv4Addr, bool), port: u16, at: u64) -> Vec<Flow> {
@@ -83,8 +87,8 @@ fn attempt(d: &Demo, from: &(Arc<Peer>, Ipv4Addr, bool), port: u16, at: u64) -> 
         event_type: EventType::PolicyVerdict,
         verdict: if *allowed { Verdict::Forwarded } else { Verdict::Dropped },
         drop_reason: if *allowed { 0 } else { 133 },
-        source_ip: *ip,
-        destination_ip: Ipv4Addr::new(10, 200, 0, 10),
+        source_ip: (*ip).into(),
+        destination_ip: Ipv4Addr::new(10, 200, 0, 10).into(),
         protocol: Protocol::Tcp,
         source_port: port,
         destination_port: 5432,
