@@ -19,7 +19,7 @@ use ratatui::{
 };
 
 use super::{
-    fit::{self, Column, Shape, Step, ellipsize},
+    fit::{self, Column, Shape, Step, ellipsize, text_width},
     thousands, verdict_style, verdict_word,
 };
 use crate::monitor::tui::state::State;
@@ -42,29 +42,45 @@ pub fn label_value(label: &str) -> Option<&str> {
 }
 
 /// `default/backend [12]` for an endpoint, `10.0.0.9 reserved:world` for other peers; shorter as `shape`
-/// asks (`backend`, `10.0.0.9 world`).
+/// asks (`backend`, `10.0.0.9 world`). Squeezed to a width, what identifies the peer goes last: a pod keeps
+/// its name and gives up its id, then its namespace's end (`dba-t…/dba-console`); an address gives up its
+/// label.
 pub fn peer_text(peer: &Peer, ip: impl Display, shape: &Shape) -> String {
-    let text = if !peer.pod_name.is_empty() {
-        let name = if shape.home_namespace.as_deref() == Some(peer.namespace.as_str()) {
-            peer.pod_name.clone()
-        } else {
-            format!("{}/{}", peer.namespace, peer.pod_name)
-        };
-        if peer.endpoint_id != 0 && !shape.no_ids { format!("{name} [{}]", peer.endpoint_id) } else { name }
-    } else {
-        match peer.labels.first() {
-            Some(label) if shape.label_values => match label_value(label) {
-                Some(value) => format!("{ip} {value}"),
-                None => ip.to_string(),
-            },
-            Some(label) => format!("{ip} {label}"),
-            None => ip.to_string(),
-        }
+    if !peer.pod_name.is_empty() {
+        let namespace = (shape.home_namespace.as_deref() != Some(peer.namespace.as_str())).then_some(&*peer.namespace);
+        let id = (peer.endpoint_id != 0 && !shape.no_ids).then_some(peer.endpoint_id);
+        return pod_text(namespace, &peer.pod_name, id, shape.peer_width.unwrap_or(usize::MAX));
+    }
+    let label = peer.labels.first().and_then(|l| if shape.label_values { label_value(l) } else { Some(l.as_str()) });
+    let text = match label {
+        Some(label) => format!("{ip} {label}"),
+        None => ip.to_string(),
     };
     match shape.peer_width {
+        Some(width) if text_width(&text) > width && text_width(&ip.to_string()) <= width => ip.to_string(),
         Some(width) => ellipsize(&text, width),
         None => text,
     }
+}
+
+/// `ns/pod [id]` in at most `width` columns: without the id, then with the namespace ellipsized, then the
+/// whole ellipsized.
+fn pod_text(namespace: Option<&str>, pod: &str, id: Option<u16>, width: usize) -> String {
+    let name = namespace.map_or_else(|| pod.to_owned(), |ns| format!("{ns}/{pod}"));
+    let full = id.map_or_else(|| name.clone(), |id| format!("{name} [{id}]"));
+    if text_width(&full) <= width {
+        return full;
+    }
+    if text_width(&name) <= width {
+        return name;
+    }
+    if let Some(ns) = namespace {
+        let room = width.saturating_sub(text_width(pod) + 1);
+        if room >= 2 {
+            return format!("{}/{pod}", ellipsize(ns, room));
+        }
+    }
+    ellipsize(&name, width)
 }
 
 /// The namespace the table may leave out: the one every pod among `peers` shares, else the one most of them
@@ -248,6 +264,15 @@ mod tests {
         assert_eq!(peer_text(&f.destination, f.destination_ip, &short), "192.0.2.53 world");
         assert_eq!(peer_text(&f.source, f.source_ip, &short), "backend");
         assert_eq!(time_text(flowgate_proto::hubble::fixtures::TIME_NS, &short), "12:12:18");
+        let squeezed = Shape { peer_width: Some(14), label_values: true, ..Shape::default() };
+        assert_eq!(peer_text(&f.destination, f.destination_ip, &squeezed), "192.0.2.53", "the address whole");
+        let console =
+            Peer { endpoint_id: 5, namespace: "dba-tools".into(), pod_name: "dba-console".into(), ..Peer::default() };
+        assert_eq!(peer_text(&console, "10.200.0.14", &squeezed), "d…/dba-console", "the pod's name whole");
+        let narrow = Shape { peer_width: Some(8), ..Shape::default() };
+        assert_eq!(peer_text(&console, "10.200.0.14", &narrow), "dba-too…");
+        let wide = Shape { peer_width: Some(25), ..Shape::default() };
+        assert_eq!(peer_text(&console, "10.200.0.14", &wide), "dba-tools/dba-console [5]");
         assert_eq!(label_value("cidr:10.0.0.0/8"), None);
         assert_eq!(label_value("component=backend"), Some("backend"));
         let denied = flowgate_proto::hubble::fixtures::verdict_denied();
