@@ -107,6 +107,11 @@ fn endpoint_and_policy_commands_take_names_and_list_candidates_when_a_name_fails
     assert_eq!(ids, vec![yb], "policy get --endpoint y/b is that endpoint only: {policy}");
     let ambiguous = setup.fails(&["policy", "get", "--endpoint", "b"]);
     assert!(ambiguous.contains("is ambiguous"), "{ambiguous}");
+    let conntrack: Value =
+        serde_json::from_str(&setup.ok(&["conntrack", "list", "--endpoint", "y/b", "-o", "json"])).unwrap();
+    assert!(conntrack.is_array(), "conntrack list --endpoint y/b: {conntrack}");
+    let unknown = setup.fails(&["conntrack", "list", "--endpoint", "y/z"]);
+    assert!(unknown.contains("no endpoint named \"y/z\""), "{unknown}");
 
     let deadline = Instant::now() + Duration::from_secs(30);
     while serde_json::from_str::<Value>(&setup.ok(&["endpoint", "get", "x/a"])).unwrap()["ingress_enforcement"]
