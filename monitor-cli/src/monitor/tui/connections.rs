@@ -18,6 +18,8 @@ use flowgate_proto::{
 
 /// Connections kept at once.
 pub const MAX_CONNECTIONS: usize = 4096;
+/// Connections dropped at once when the table is full (the least recently active).
+pub const EVICTED_AT_ONCE: usize = MAX_CONNECTIONS / 8;
 /// Events kept per connection (its detail pane).
 pub const EVENTS_PER_CONNECTION: usize = 64;
 
@@ -310,13 +312,24 @@ impl Connections {
         };
         let key = if reply { reverse } else { forward };
         if !self.by_key.contains_key(&key) && self.by_key.len() >= MAX_CONNECTIONS {
-            let oldest = self.by_key.values().min_by_key(|c| c.last_seq).map(|c| c.key);
-            if let Some(oldest) = oldest {
-                self.by_key.remove(&oldest);
-            }
+            self.evict();
         }
         let connection = self.by_key.entry(key).or_insert_with(|| Connection::new(key, flow, reply));
         connection.take(flow, reply, self.seq);
+    }
+
+    /// Makes room: the least recently active eighth goes at once, so that a stream of new connections costs a
+    /// scan every [`EVICTED_AT_ONCE`] of them rather than one each.
+    fn evict(&mut self) {
+        let mut order: Vec<(u64, ConnectionKey)> = self.by_key.values().map(|c| (c.last_seq, c.key)).collect();
+        let cut = EVICTED_AT_ONCE.min(order.len());
+        if cut == 0 {
+            return;
+        }
+        order.select_nth_unstable_by_key(cut - 1, |(seq, _)| *seq);
+        for (_, key) in &order[..cut] {
+            self.by_key.remove(key);
+        }
     }
 
     /// The connections, most recently active first.
@@ -427,11 +440,15 @@ mod tests {
         for port in 0..(MAX_CONNECTIONS as u16 + 10) {
             c.take(&Arc::new(flow_between(1, 2, 1000 + port)));
         }
-        assert_eq!(c.len(), MAX_CONNECTIONS);
-        c.take(&Arc::new(flow_between(1, 2, 1500)));
+        assert!(c.len() <= MAX_CONNECTIONS && c.len() > MAX_CONNECTIONS - EVICTED_AT_ONCE, "{}", c.len());
+        let newest_evicted = 1000 + EVICTED_AT_ONCE as u16 - 1;
+        assert!(
+            !c.by_key.values().any(|conn| conn.key.source_port <= newest_evicted),
+            "the least recently active went"
+        );
+        c.take(&Arc::new(flow_between(1, 2, 1000 + MAX_CONNECTIONS as u16 - 1)));
         let order = c.by_activity();
-        assert_eq!(order[0].key.source_port, 1500);
+        assert_eq!(order[0].key.source_port, 1000 + MAX_CONNECTIONS as u16 - 1, "taken again: the most recent");
         assert_eq!(order[1].key.source_port, 1000 + MAX_CONNECTIONS as u16 + 9);
-        assert!(!c.by_key.values().any(|conn| conn.key.source_port < 1010), "the least recently active went first");
     }
 }
