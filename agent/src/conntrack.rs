@@ -3,13 +3,13 @@
 //! an entry that `flowgate conntrack list` shows.
 
 use std::{
-    net::Ipv4Addr,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use flowgate_common::{
     conntrack::{CtEntry, CtKey, REVISION_REVOKED, ct_flag},
+    ip,
     policy::direction,
 };
 use flowgate_proto::{
@@ -57,9 +57,9 @@ pub fn entry_view(
 ) -> ConntrackEntry {
     ConntrackEntry {
         protocol: Protocol::from_number(key.protocol),
-        source: Ipv4Addr::from(key.saddr.to_ne_bytes()),
+        source: ip::to_ip(&key.saddr),
         source_port: key.sport,
-        destination: Ipv4Addr::from(key.daddr.to_ne_bytes()),
+        destination: ip::to_ip(&key.daddr),
         destination_port: key.dport,
         direction: if key.direction == direction::INGRESS { "ingress" } else { "egress" }.into(),
         endpoint_id: key.endpoint_id,
@@ -106,8 +106,8 @@ mod tests {
     #[test]
     fn an_entry_is_shown_with_its_expiry_flags_and_revision() {
         let key = CtKey {
-            saddr: u32::from_ne_bytes([10, 0, 0, 1]),
-            daddr: u32::from_ne_bytes([10, 0, 0, 2]),
+            saddr: ip::v4_mapped([10, 0, 0, 1]),
+            daddr: ip::v4_mapped([10, 0, 0, 2]),
             sport: 40000,
             dport: 53,
             protocol: protocol::UDP,
@@ -125,7 +125,7 @@ mod tests {
         };
         let lifetimes = CtLifetimes::default();
         let view = entry_view(&key, &entry, 6_000_000_000, &lifetimes, "x/a".into(), Vec::new());
-        assert_eq!((view.source, view.destination_port), (Ipv4Addr::new(10, 0, 0, 1), 53));
+        assert_eq!((view.source, view.destination_port), (std::net::Ipv4Addr::new(10, 0, 0, 1).into(), 53));
         assert_eq!(view.direction, "egress");
         assert!((view.expires_in_seconds - 59.0).abs() < 1e-6, "{}", view.expires_in_seconds);
         assert!((view.age_seconds - 5.0).abs() < 1e-6);

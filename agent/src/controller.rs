@@ -92,6 +92,7 @@ impl Controller {
                     pod_name: pod.name.clone(),
                     labels: pod.labels.clone(),
                     ipv4: pod.ip,
+                    ipv6: pod.ipv6,
                     interface: pod.host_ifname.clone(),
                     ifindex: pod.host_ifindex,
                 },
@@ -142,6 +143,7 @@ impl Controller {
                         name: pod.name.clone(),
                         labels: pod.labels.clone(),
                         ip: pod.ip,
+                        ipv6: pod.ipv6,
                         identity: ep.identity,
                         ports: pod
                             .ports

@@ -1,11 +1,22 @@
-//! Crafted Ethernet/IPv4 packets for running the kernel programs with BPF_PROG_TEST_RUN: the way to
-//! exercise protocols this kernel cannot carry on a socket (SCTP), packets a well-behaved stack never
-//! sends (tiny first fragments, fragments without their first, ICMP errors quoting any connection, other
-//! ethertypes), and to time the datapath per packet.
+//! Crafted Ethernet/IPv4 and Ethernet/IPv6 packets for running the kernel programs with
+//! BPF_PROG_TEST_RUN: the way to exercise protocols this kernel cannot carry on a socket (SCTP), packets a
+//! well-behaved stack never sends (tiny first fragments, fragments without their first, ICMP errors quoting
+//! any connection, long IPv6 extension header chains, IPv4-mapped IPv6 addresses, other ethertypes), and to
+//! time the datapath per packet. The programs do not verify checksums; IPv4 header and ICMP checksums are
+//! right anyway, upper-layer checksums over IPv6 are left zero.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+
+/// IPv6 next-header numbers of the extension headers [`ipv6_frame`] callers chain.
+pub mod next_header {
+    pub const HOP_BY_HOP: u8 = 0;
+    pub const ROUTING: u8 = 43;
+    pub const FRAGMENT: u8 = 44;
+    pub const DEST_OPTS: u8 = 60;
+}
 
 /// Transport header to put after the IPv4 header.
 #[derive(Clone, Copy, Debug)]
@@ -36,7 +47,14 @@ pub enum Transport {
         code: u8,
         quoted: [u8; 28],
     },
-    /// Raw L4 bytes after the IPv4 header, with this protocol number (fragments, truncated headers).
+    /// An ICMPv6 error (e.g. type 2, packet too big) quoting the IPv6 header and first 8 bytes of the
+    /// packet it is about (over IPv6 only).
+    Icmpv6Error {
+        icmp_type: u8,
+        code: u8,
+        quoted: [u8; 48],
+    },
+    /// Raw L4 bytes after the IP header, with this protocol number (fragments, truncated headers).
     Raw {
         protocol: u8,
         payload: &'static [u8],
@@ -111,8 +129,76 @@ pub fn ipv4_packet(src: Ipv4Addr, dst: Ipv4Addr, transport: Transport) -> Vec<u8
             (1, h)
         }
         Transport::Raw { protocol, payload } => (protocol, payload.to_vec()),
+        Transport::Icmpv6Error { .. } => panic!("an ICMPv6 error goes over IPv6: use ipv6_packet"),
     };
     ipv4_frame(src, dst, protocol, &l4, None)
+}
+
+/// The L4 header and bytes of `transport` over IPv6 (ICMP becomes ICMPv6: echo request 128, reply 129; an
+/// error keeps its type and code and quotes its 48 bytes), with its protocol number.
+fn ipv6_transport(transport: Transport) -> (u8, Vec<u8>) {
+    match transport {
+        Transport::IcmpEcho { reply, id } => {
+            let mut h = vec![if reply { 129 } else { 128 }, 0, 0, 0, 0, 0, 0, 1];
+            h[4..6].copy_from_slice(&id.to_be_bytes());
+            (58, h)
+        }
+        Transport::Icmpv6Error { icmp_type, code, quoted } => {
+            let mut h = vec![icmp_type, code, 0, 0, 0, 0, 0x05, 0x00];
+            h.extend_from_slice(&quoted);
+            (58, h)
+        }
+        other => {
+            // TCP, UDP, SCTP and raw bytes are the same over either version.
+            let frame = ipv4_packet(Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, other);
+            (frame[14 + 9], frame[14 + 20..].to_vec())
+        }
+    }
+}
+
+/// An Ethernet frame carrying one IPv6 packet from `src` to `dst` (hop limit 64).
+pub fn ipv6_packet(src: Ipv6Addr, dst: Ipv6Addr, transport: Transport) -> Vec<u8> {
+    let (protocol, l4) = ipv6_transport(transport);
+    ipv6_frame(src, dst, protocol, &l4, 64)
+}
+
+/// The first 48 bytes of `ipv6_packet(src, dst, transport)`'s IP packet: what an ICMPv6 error quotes here.
+pub fn quote6(src: Ipv6Addr, dst: Ipv6Addr, transport: Transport) -> [u8; 48] {
+    let frame = ipv6_packet(src, dst, transport);
+    frame[14..62].try_into().expect("an IPv6 header and 8 bytes")
+}
+
+/// An Ethernet frame carrying an IPv6 packet whose payload (extension headers included) is `payload`,
+/// the first header of which is `next_header`.
+pub fn ipv6_frame(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8, payload: &[u8], hop_limit: u8) -> Vec<u8> {
+    let mut ip = vec![0u8; 40];
+    ip[0] = 0x60;
+    ip[4..6].copy_from_slice(&(payload.len() as u16).to_be_bytes());
+    ip[6] = next_header;
+    ip[7] = hop_limit;
+    ip[8..24].copy_from_slice(&src.octets());
+    ip[24..40].copy_from_slice(&dst.octets());
+    ip.extend_from_slice(payload);
+    ethernet_frame(ETH_P_IPV6, &ip)
+}
+
+/// An IPv6 fragment header: `next` is the fragmented packet's upper-layer protocol, `offset` in 8-byte
+/// units.
+pub fn fragment_header(next: u8, offset: u16, more: bool, id: u32) -> Vec<u8> {
+    let mut h = vec![next, 0, 0, 0, 0, 0, 0, 0];
+    h[2..4].copy_from_slice(&((offset << 3) | u16::from(more)).to_be_bytes());
+    h[4..8].copy_from_slice(&id.to_be_bytes());
+    h
+}
+
+/// An empty (8-byte) hop-by-hop, routing or destination options header before `next`.
+pub fn options_header(next: u8) -> Vec<u8> {
+    vec![next, 0, 1, 4, 0, 0, 0, 0]
+}
+
+/// The upper-layer header and bytes of `transport` over IPv6, as [`ipv6_frame`] payloads are built.
+pub fn ipv6_l4(transport: Transport) -> (u8, Vec<u8>) {
+    ipv6_transport(transport)
 }
 
 /// The first 28 bytes of `ipv4_packet(src, dst, transport)`'s IP packet: what an ICMP error quotes.

@@ -31,6 +31,7 @@ use flowgate_common::{
     capacity::MAX_CONNECTIONS,
     conntrack::{CtEntry, CtKey, LifetimeClass, expired, lifetime},
     counters::{Config, aggregation, events_kind},
+    ip,
     names::{
         MAP_CONFIG, MAP_CONNTRACK, MAP_COUNTERS, MAP_ENDPOINTS, MAP_ENFORCEMENT, MAP_EVENTS_PERF, MAP_EVENTS_RINGBUF,
         MAP_INVALID_SOURCE, MAP_IPCACHE, MAP_POLICY, PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT,
@@ -425,17 +426,16 @@ impl Datapath {
         }
 
         let name = MAP_IPCACHE[next];
-        let mut ipcache: LpmTrie<_, [u8; 4], IpcacheValue> =
+        let mut ipcache: LpmTrie<_, ip::Addr, IpcacheValue> =
             LpmTrie::try_from(self.ebpf.map_mut(name).ok_or(DatapathError::MissingMap { name })?)
                 .map_err(|source| DatapathError::Map { name, source })?;
-        let old: Vec<Key<[u8; 4]>> = ipcache.keys().filter_map(Result::ok).collect();
+        let old: Vec<Key<ip::Addr>> = ipcache.keys().filter_map(Result::ok).collect();
         for key in old {
             ipcache.remove(&key).map_err(|source| DatapathError::Map { name, source })?;
         }
-        for (prefix, addr, value) in &contents.ipcache {
-            ipcache
-                .insert(&Key::new(*prefix, addr.octets()), *value, 0)
-                .map_err(|source| DatapathError::Map { name, source })?;
+        for (prefix, value) in &contents.ipcache {
+            let (addr, len) = prefix.key();
+            ipcache.insert(&Key::new(len, addr), *value, 0).map_err(|source| DatapathError::Map { name, source })?;
         }
 
         let name = MAP_ENFORCEMENT[next];
@@ -664,8 +664,8 @@ pub fn endpoint_info(endpoint: &Endpoint) -> EndpointInfo {
         endpoint_id: endpoint.id,
         flags: 0,
         identity: endpoint.identity,
-        ipv4: u32::from_ne_bytes(endpoint.ipv4.octets()),
-        _pad: 0,
+        ipv4: ip::v4_mapped(endpoint.ipv4.octets()),
+        ipv6: endpoint.ipv6.map_or(ip::UNSPECIFIED, |v6| v6.octets()),
     }
 }
 

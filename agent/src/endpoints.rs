@@ -36,6 +36,7 @@ impl EndpointRegistry {
             labels: new.labels,
             identity: 0,
             ipv4: new.ipv4,
+            ipv6: new.ipv6,
             interface: new.interface,
             ifindex: new.ifindex,
             ingress_enforcement: Enforcement::Disabled,
@@ -82,6 +83,7 @@ mod tests {
             pod_name: name.into(),
             labels: BTreeMap::new(),
             ipv4: Ipv4Addr::from(ip),
+            ipv6: None,
             interface: format!("lxc{name}"),
             ifindex: 10,
         }

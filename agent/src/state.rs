@@ -240,7 +240,10 @@ impl AgentState {
                 pod_name: ep.pod_name.clone(),
                 labels: ep.label_list(),
             });
-            snapshot.by_ip.insert(ep.ipv4, Arc::clone(&peer));
+            snapshot.by_ip.insert(ep.ipv4.into(), Arc::clone(&peer));
+            if let Some(ipv6) = ep.ipv6 {
+                snapshot.by_ip.insert(ipv6.into(), Arc::clone(&peer));
+            }
             snapshot.by_id.insert(ep.id, peer);
         }
         for (id, label) in &eps.cidr_labels {
@@ -362,6 +365,7 @@ pub(crate) mod tests {
             pod_name: name.into(),
             labels: [("app".to_string(), app.to_string())].into(),
             ipv4: Ipv4Addr::new(10, 0, 0, ip),
+            ipv6: None,
             interface: format!("lxc{ip}"),
             ifindex: u32::from(ip),
         }
@@ -376,7 +380,7 @@ pub(crate) mod tests {
         let b = s.upsert_endpoint(pod("x", "b", "b", 3), &ns);
         assert_eq!(a.identity, a2.identity, "same labels, same identity");
         assert_ne!(a.identity, b.identity);
-        assert_eq!(s.peers().by_ip[&Ipv4Addr::new(10, 0, 0, 3)].pod_name, "b");
+        assert_eq!(s.peers().by_ip[&Ipv4Addr::new(10, 0, 0, 3).into()].pod_name, "b");
         assert_eq!(s.identities().len(), 2);
         assert_eq!(s.status().endpoints, 3);
         let guard = s.register_client(0, 1);

@@ -6,9 +6,9 @@
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
 pub struct CtKey {
-    /// Addresses in network byte order, ports in host byte order, as in the opening packet.
-    pub saddr: u32,
-    pub daddr: u32,
+    /// Addresses as `ip::Addr` (IPv4 mapped), ports in host byte order, as in the opening packet.
+    pub saddr: crate::ip::Addr,
+    pub daddr: crate::ip::Addr,
     pub sport: u16,
     pub dport: u16,
     pub protocol: u8,
@@ -17,7 +17,7 @@ pub struct CtKey {
     pub endpoint_id: u16,
 }
 
-const _: () = assert!(core::mem::size_of::<CtKey>() == 16);
+const _: () = assert!(core::mem::size_of::<CtKey>() == 40);
 
 /// Conntrack entry flags.
 pub mod ct_flag {

@@ -27,7 +27,7 @@ pub enum Counter {
     PerfBufferFull = 9,
     /// Packets leaving an endpoint with a source address that is not the endpoint's (dropped).
     InvalidSource = 10,
-    /// IPv4 packets whose headers cannot be read whole (a tiny first fragment, a bad IHL; dropped).
+    /// IP packets whose headers cannot be read whole (a tiny first fragment, a bad IHL; dropped).
     TruncatedHeader = 11,
     /// Later fragments whose first fragment was not seen (dropped).
     FragmentsWithoutFirst = 12,
@@ -35,13 +35,15 @@ pub enum Counter {
     IcmpRelated = 13,
     /// Packets of tracked connections dropped because a newer policy revision no longer allows them.
     Revoked = 14,
+    /// ICMPv6 neighbour discovery and multicast listener messages that passed as link control.
+    LinkControl = 15,
 }
 
 impl Counter {
     /// Number of counter slots; the map's `max_entries`.
     pub const COUNT: u32 = 16;
 
-    pub const ALL: [Counter; 15] = [
+    pub const ALL: [Counter; 16] = [
         Counter::PacketsFromEndpoint,
         Counter::PacketsToEndpoint,
         Counter::RecordsWritten,
@@ -57,6 +59,7 @@ impl Counter {
         Counter::FragmentsWithoutFirst,
         Counter::IcmpRelated,
         Counter::Revoked,
+        Counter::LinkControl,
     ];
 
     pub const fn index(self) -> u32 {
@@ -80,6 +83,7 @@ impl Counter {
             Counter::FragmentsWithoutFirst => "fragments_without_first",
             Counter::IcmpRelated => "icmp_related",
             Counter::Revoked => "revoked",
+            Counter::LinkControl => "link_control",
         }
     }
 }

@@ -11,12 +11,13 @@ pub struct EndpointInfo {
     pub flags: u16,
     /// Security identity of the endpoint.
     pub identity: u32,
-    /// IPv4 address, network byte order.
-    pub ipv4: u32,
-    pub _pad: u32,
+    /// The endpoint's IPv4 address, IPv4-mapped (`ip::v4_mapped`); `ip::UNSPECIFIED` when it has none.
+    pub ipv4: crate::ip::Addr,
+    /// The endpoint's IPv6 address; `ip::UNSPECIFIED` when it has none.
+    pub ipv6: crate::ip::Addr,
 }
 
-const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 16);
+const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 40);
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for EndpointInfo {}

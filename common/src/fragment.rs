@@ -1,23 +1,23 @@
-//! IPv4 fragment tracking: later fragments carry no L4 header, so the first fragment's ports and what
-//! became of it are kept, per observing endpoint and direction, for the later fragments of the same
-//! datagram (source, destination, protocol, IP identification), as Cilium's IPv4 fragment map does.
+//! Fragment tracking, IPv4 and IPv6: later fragments carry no L4 header, so the first fragment's ports and
+//! what became of it are kept, per observing endpoint and direction, for the later fragments of the same
+//! datagram (source, destination, protocol, identification), as Cilium's fragment maps do.
 
 /// Key of the fragment map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
 pub struct FragmentKey {
-    /// Addresses in network byte order.
-    pub saddr: u32,
-    pub daddr: u32,
-    pub ip_id: u16,
+    /// Addresses as `ip::Addr` (IPv4 mapped).
+    pub saddr: crate::ip::Addr,
+    pub daddr: crate::ip::Addr,
+    /// The IPv4 identification (16 bits) or the IPv6 fragment header's identification (32 bits).
+    pub id: u32,
     pub protocol: u8,
     /// `policy::direction` at the observing endpoint.
     pub direction: u8,
     pub endpoint_id: u16,
-    pub _pad: u16,
 }
 
-const _: () = assert!(core::mem::size_of::<FragmentKey>() == 16);
+const _: () = assert!(core::mem::size_of::<FragmentKey>() == 40);
 
 /// Value of the fragment map.
 #[repr(C)]

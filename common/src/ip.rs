@@ -37,9 +37,84 @@ pub fn protocol_number(name: &str) -> Option<u8> {
     PROTOCOL_NAMES.iter().find(|(_, n)| n.eq_ignore_ascii_case(name)).map(|(number, _)| *number)
 }
 
+/// An IP address as the datapath keys it: 16 bytes in network order. IPv6 addresses are themselves; an IPv4
+/// address is IPv4-mapped (`::ffff:a.b.c.d`, RFC 4291 2.5.5.2), so one key shape, one ipcache and one
+/// connection table serve both families. The datapath drops IPv6 packets that carry an IPv4-mapped address
+/// (they never appear on the wire), so the mapped range means IPv4 and nothing else.
+pub type Addr = [u8; 16];
+
+/// Prefix length of the IPv4-mapped range: an IPv4 prefix of length `n` is an [`Addr`] prefix of `96 + n`.
+pub const V4_MAPPED_PREFIX_BITS: u32 = 96;
+
+/// The all-zero address: no address (an endpoint without one in a family, a record without an IP layer).
+pub const UNSPECIFIED: Addr = [0; 16];
+
+/// IP versions as records and Hubble name them (`ipVersion`).
+pub mod version {
+    pub const V4: u8 = 4;
+    pub const V6: u8 = 6;
+}
+
+/// The IPv4-mapped [`Addr`] of an IPv4 address given as its four octets.
+#[inline(always)]
+pub const fn v4_mapped(octets: [u8; 4]) -> Addr {
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3]]
+}
+
+/// Whether `addr` is in the IPv4-mapped range (`::ffff:0:0/96`).
+#[inline(always)]
+pub const fn is_v4_mapped(addr: &Addr) -> bool {
+    let mut i = 0;
+    while i < 10 {
+        if addr[i] != 0 {
+            return false;
+        }
+        i += 1;
+    }
+    addr[10] == 0xff && addr[11] == 0xff
+}
+
+/// The IP version of an address ([`version::V4`] for the mapped range, else [`version::V6`]).
+#[inline(always)]
+pub const fn version_of(addr: &Addr) -> u8 {
+    if is_v4_mapped(addr) { version::V4 } else { version::V6 }
+}
+
+/// The address as a `core::net::IpAddr`: IPv4 for the mapped range, IPv6 otherwise.
+pub fn to_ip(addr: &Addr) -> core::net::IpAddr {
+    if is_v4_mapped(addr) {
+        core::net::IpAddr::V4(core::net::Ipv4Addr::new(addr[12], addr[13], addr[14], addr[15]))
+    } else {
+        core::net::IpAddr::V6(core::net::Ipv6Addr::from(*addr))
+    }
+}
+
+/// The [`Addr`] of an address: an IPv4 address mapped, an IPv6 address as it is.
+pub fn from_ip(ip: core::net::IpAddr) -> Addr {
+    match ip {
+        core::net::IpAddr::V4(v4) => v4_mapped(v4.octets()),
+        core::net::IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_map_both_families_into_one_shape() {
+        let v4: core::net::IpAddr = "10.200.0.10".parse().unwrap();
+        let v6: core::net::IpAddr = "fd00:10:200::a".parse().unwrap();
+        assert_eq!(from_ip(v4), v4_mapped([10, 200, 0, 10]));
+        assert_eq!(to_ip(&from_ip(v4)), v4);
+        assert_eq!(to_ip(&from_ip(v6)), v6);
+        assert_eq!(version_of(&from_ip(v4)), version::V4);
+        assert_eq!(version_of(&from_ip(v6)), version::V6);
+        // `::ffff:0:1` is mapped; `::1` and `::` are not.
+        assert!(is_v4_mapped(&from_ip("::ffff:0:1".parse().unwrap())));
+        assert!(!is_v4_mapped(&from_ip("::1".parse().unwrap())));
+        assert!(!is_v4_mapped(&UNSPECIFIED));
+    }
 
     #[test]
     fn names_and_numbers_round_trip() {

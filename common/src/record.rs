@@ -4,13 +4,12 @@
 
 /// Layout version written into every record this build produces, except drop records
 /// ([`DROP_RECORD_VERSION`]). Version 2 gave ICMP its own type and code fields in [`FlowTuple`] (its ports
-/// became conntrack's echo identifier); version-1 records are refused.
-pub const RECORD_VERSION: u8 = 2;
-/// Layout version of drop records this build produces: 3 added `DropRecord::revision`. A version-2 drop
-/// record (48 bytes, no revision) is still read.
-pub const DROP_RECORD_VERSION: u8 = 3;
-/// Length of a drop record of the previous layout (version 2, before `revision`).
-pub const DROP_RECORD_V1_LEN: usize = 48;
+/// became conntrack's echo identifier); version 3 made its addresses 128 bits (IPv6, IPv4 mapped). Older
+/// versions are refused.
+pub const RECORD_VERSION: u8 = 3;
+/// Layout version of drop records this build produces: 3 added `DropRecord::revision`, 4 the 128-bit
+/// addresses of record version 3. Older versions are refused.
+pub const DROP_RECORD_VERSION: u8 = 4;
 
 /// The layout version this build writes for a record type.
 pub const fn version_of(record_type: u8) -> u8 {
@@ -89,28 +88,29 @@ pub struct RecordHeader {
 
 const _: () = assert!(core::mem::size_of::<RecordHeader>() == 16);
 
-/// An IPv4 flow as seen on the wire: addresses in network byte order, ports in host byte order.
-/// For ICMP, `sport` holds the type and `dport` the code.
+/// An IPv4 or IPv6 flow as seen on the wire: addresses as `ip::Addr` (IPv4 mapped, so the family is
+/// `ip::version_of(&saddr)`; both zero for a packet without an IP layer), ports in host byte order.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FlowTuple {
-    pub saddr: u32,
-    pub daddr: u32,
-    /// Ports for TCP, UDP and SCTP. For ICMP, what connection tracking keys the packet by: an echo
-    /// request has its identifier as `sport` (and 0 as `dport`), an echo reply the other way round, so a
+    pub saddr: crate::ip::Addr,
+    pub daddr: crate::ip::Addr,
+    /// Ports for TCP, UDP and SCTP. For ICMP and ICMPv6, what connection tracking keys the packet by: an
+    /// echo request has its identifier as `sport` (and 0 as `dport`), an echo reply the other way round, so a
     /// reply finds its request's entry reversed; other ICMP messages have 0 and 0.
     pub sport: u16,
     pub dport: u16,
-    /// IP protocol number, one of [`crate::ip::protocol`].
+    /// IP protocol number, one of [`crate::ip::protocol`] (for IPv6, the upper-layer protocol after the
+    /// extension headers).
     pub protocol: u8,
     /// TCP flags of this packet (see [`tcp_flags`]), 0 for other protocols.
     pub tcp_flags: u8,
-    /// ICMP type and code (0 for other protocols).
+    /// ICMP or ICMPv6 type and code (0 for other protocols).
     pub icmp_type: u8,
     pub icmp_code: u8,
 }
 
-const _: () = assert!(core::mem::size_of::<FlowTuple>() == 16);
+const _: () = assert!(core::mem::size_of::<FlowTuple>() == 40);
 
 /// A packet forwarded at an observation point (record type [`record_type::TRACE`]).
 #[repr(C)]
@@ -132,7 +132,7 @@ pub struct TraceRecord {
     pub remote_identity: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<TraceRecord>() == 48);
+const _: () = assert!(core::mem::size_of::<TraceRecord>() == 72);
 
 impl TraceRecord {
     pub const LEN: u16 = core::mem::size_of::<TraceRecord>() as u16;
@@ -160,7 +160,7 @@ pub struct PolicyVerdictRecord {
     pub pkt_len: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<PolicyVerdictRecord>() == 56);
+const _: () = assert!(core::mem::size_of::<PolicyVerdictRecord>() == 80);
 
 impl PolicyVerdictRecord {
     pub const LEN: u16 = core::mem::size_of::<PolicyVerdictRecord>() as u16;
@@ -181,13 +181,12 @@ pub struct DropRecord {
     pub ifindex: u32,
     pub pkt_len: u32,
     /// The policy revision (`Config::PolicyRevision`) a drop was decided under; for
-    /// [`crate::drop_reason::CONNECTION_REVOKED`], the revision that revoked the connection. 0 in a
-    /// version-1 record.
+    /// [`crate::drop_reason::CONNECTION_REVOKED`], the revision that revoked the connection.
     pub revision: u32,
     pub _pad: [u8; 4],
 }
 
-const _: () = assert!(core::mem::size_of::<DropRecord>() == 56);
+const _: () = assert!(core::mem::size_of::<DropRecord>() == 80);
 
 impl DropRecord {
     pub const LEN: u16 = core::mem::size_of::<DropRecord>() as u16;

@@ -7,6 +7,8 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_F_CURRENT_CPU, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_perf_event_output},
+    macros::map,
+    maps::PerCpuArray,
     programs::TcContext,
 };
 use flowgate_common::{
@@ -16,6 +18,28 @@ use flowgate_common::{
 };
 
 use crate::maps::{self, FG_EVENTS, FG_EVENTS_PERF};
+
+/// Bytes of the per-CPU record being built: the largest record fits.
+const SCRATCH_WORDS: usize = 16;
+
+/// Where records are built before they are written: the BPF stack (512 bytes for a whole call chain) has
+/// no room for 80-byte records on top of the parsers' and the policy lookup's frames. One per CPU; a
+/// program runs to its end on one CPU, and a record is written before the next one is built.
+#[map]
+static FG_SCRATCH: PerCpuArray<[u64; SCRATCH_WORDS]> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's record scratch space as a `T` (a record type, at most 128 bytes, 8-byte aligned), to fill
+/// field by field and then [`emit`]. `None` only if the map lookup fails, which it cannot for index 0.
+#[inline(always)]
+pub fn scratch<T>() -> Option<&'static mut T> {
+    const { assert!(size_of::<T>() <= SCRATCH_WORDS * 8 && align_of::<T>() <= 8) };
+    let slot = FG_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: `slot` is this CPU's preallocated, 8-byte aligned array element of 128 bytes, valid for the
+    // program's run; `T` is a plain-old-data record that fits in it (checked above), for which any bytes
+    // are a valid value. Nothing else on this CPU uses the slot while the program runs (TC programs do not
+    // nest on a CPU), and each use fills the fields it emits.
+    Some(unsafe { &mut *slot.cast::<T>() })
+}
 
 /// Header for a record of `record_type` and `len` bytes, stamped now.
 #[inline(always)]

@@ -17,6 +17,7 @@ use flowgate_common::{
     conntrack::{CtEntry, CtKey},
     counters::Config,
     fragment::{FragmentKey, FragmentValue},
+    ip::Addr,
     policy::{IpcacheValue, POLICY_PREFIX_FULL, PolicyKey, PolicyValue},
 };
 
@@ -53,9 +54,9 @@ pub static FG_POLICY_0: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::pinned(MAX_PO
 pub static FG_POLICY_1: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::pinned(MAX_POLICY_ENTRIES, 0);
 
 #[map]
-pub static FG_IPCACHE_0: LpmTrie<[u8; 4], IpcacheValue> = LpmTrie::pinned(MAX_IPCACHE_ENTRIES, 0);
+pub static FG_IPCACHE_0: LpmTrie<Addr, IpcacheValue> = LpmTrie::pinned(MAX_IPCACHE_ENTRIES, 0);
 #[map]
-pub static FG_IPCACHE_1: LpmTrie<[u8; 4], IpcacheValue> = LpmTrie::pinned(MAX_IPCACHE_ENTRIES, 0);
+pub static FG_IPCACHE_1: LpmTrie<Addr, IpcacheValue> = LpmTrie::pinned(MAX_IPCACHE_ENTRIES, 0);
 
 #[map]
 pub static FG_ENFORCE_0: HashMap<u16, u32> = HashMap::pinned(MAX_ENDPOINTS, 0);
@@ -74,10 +75,11 @@ pub fn count(counter: Counter) {
     }
 }
 
-/// The endpoint behind a node-side interface, if the agent registered one.
+/// The endpoint behind a node-side interface, if the agent registered one: the map's own value, not a
+/// copy (40 bytes the programs' stack cannot spare).
 #[inline(always)]
-pub fn endpoint(ifindex: u32) -> Option<EndpointInfo> {
-    FG_ENDPOINTS.get(ifindex).copied().filter(|e| e.endpoint_id != 0)
+pub fn endpoint(ifindex: u32) -> Option<&'static EndpointInfo> {
+    FG_ENDPOINTS.get(ifindex).filter(|e| e.endpoint_id != 0)
 }
 
 /// Adds one to an endpoint's count of packets dropped for an invalid source address.
@@ -112,10 +114,10 @@ pub fn enforcement(generation: u64, endpoint_id: u16) -> u32 {
     flags.copied().unwrap_or(0)
 }
 
-/// Identities of an IPv4 address (network byte order) in the active generation.
+/// Identities of an address (IPv4 mapped) in the active generation.
 #[inline(always)]
-pub fn ipcache(generation: u64, addr: u32) -> Option<IpcacheValue> {
-    let key = Key::new(32, addr.to_ne_bytes());
+pub fn ipcache(generation: u64, addr: &Addr) -> Option<IpcacheValue> {
+    let key = Key::new(128, *addr);
     if generation == 0 { FG_IPCACHE_0.get(&key) } else { FG_IPCACHE_1.get(&key) }.copied()
 }
 

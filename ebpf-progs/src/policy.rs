@@ -6,6 +6,7 @@
 
 use flowgate_common::{
     identity,
+    ip::Addr,
     policy::{POLICY_FLAG_L4, PolicyKey, PolicyValue, match_type},
 };
 
@@ -18,9 +19,9 @@ pub struct Remote {
     pub cidr_identity: u32,
 }
 
-/// Resolves a remote address (network byte order) to its identities; unknown addresses are the world.
+/// Resolves a remote address to its identities; unknown addresses are the world.
 #[inline(always)]
-pub fn remote(generation: u64, addr: u32) -> Remote {
+pub fn remote(generation: u64, addr: &Addr) -> Remote {
     match maps::ipcache(generation, addr) {
         Some(v) => Remote { identity: v.identity, cidr_identity: v.cidr_identity },
         None => Remote { identity: identity::WORLD, cidr_identity: 0 },

@@ -49,7 +49,7 @@ pub fn recheck(tracked: &Tracked, revision: u64) -> Recheck {
         entry.revision = revision as u32;
         return Recheck::Keep;
     }
-    let remote_addr = if key.direction == direction::EGRESS { key.daddr } else { key.saddr };
+    let remote_addr = if key.direction == direction::EGRESS { &key.daddr } else { &key.saddr };
     let remote = policy::remote(generation, remote_addr);
     match policy::decide(generation, key.endpoint_id, key.direction, remote, key.protocol, key.dport) {
         Some(allowed) => {

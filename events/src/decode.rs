@@ -4,7 +4,7 @@
 
 use flowgate_common::{
     DropRecord, PolicyVerdictRecord, RecordHeader, TraceRecord,
-    record::{DROP_RECORD_V1_LEN, RECORD_VERSION, record_type, version_of},
+    record::{record_type, version_of},
 };
 
 /// A record decoded from the events buffer.
@@ -43,8 +43,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         return Err(DecodeError::UnknownType { record_type: header.record_type });
     }
     let supported = version_of(header.record_type);
-    let drop_v1 = header.record_type == record_type::DROP && header.version == RECORD_VERSION;
-    if header.version != supported && !drop_v1 {
+    if header.version != supported {
         return Err(DecodeError::UnknownVersion {
             record_type: header.record_type,
             version: header.version,
@@ -54,15 +53,6 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
     Ok(match header.record_type {
         record_type::TRACE => Record::Trace(read(bytes, "trace record")?),
         record_type::POLICY_VERDICT => Record::PolicyVerdict(read(bytes, "policy-verdict record")?),
-        _ if drop_v1 => {
-            // The previous drop layout ends before `revision`: read its 48 bytes into a zeroed tail.
-            if bytes.len() < DROP_RECORD_V1_LEN {
-                return Err(DecodeError::Truncated { what: "drop record", len: bytes.len(), need: DROP_RECORD_V1_LEN });
-            }
-            let mut full = [0u8; size_of::<DropRecord>()];
-            full[..DROP_RECORD_V1_LEN].copy_from_slice(&bytes[..DROP_RECORD_V1_LEN]);
-            Record::Drop(read(&full, "drop record")?)
-        }
         _ => Record::Drop(read(bytes, "drop record")?),
     })
 }
@@ -70,7 +60,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
 #[cfg(test)]
 mod tests {
     use flowgate_common::{
-        FlowTuple,
+        FlowTuple, ip,
         record::{DROP_RECORD_VERSION, RECORD_VERSION, observation_point},
     };
 
@@ -86,8 +76,8 @@ mod tests {
                 ktime_ns: 42,
             },
             flow: FlowTuple {
-                saddr: u32::from_ne_bytes([10, 0, 0, 1]),
-                daddr: u32::from_ne_bytes([10, 0, 0, 2]),
+                saddr: ip::v4_mapped([10, 0, 0, 1]),
+                daddr: ip::v4_mapped([10, 0, 0, 2]),
                 sport: 40000,
                 dport: 80,
                 protocol: 6,
@@ -130,7 +120,7 @@ mod tests {
         let bytes = trace_bytes(RECORD_VERSION);
         assert!(matches!(
             decode(&bytes[..20]),
-            Err(DecodeError::Truncated { what: "trace record", len: 20, need: 48 })
+            Err(DecodeError::Truncated { what: "trace record", len: 20, need: 72 })
         ));
         assert!(matches!(decode(&bytes[..3]), Err(DecodeError::Truncated { what: "record header", .. })));
     }
@@ -144,19 +134,21 @@ mod tests {
         assert!(matches!(decode(&bytes), Ok(Record::PolicyVerdict(v)) if v.endpoint_id == 3));
         bytes[0] = record_type::DROP;
         bytes[1] = DROP_RECORD_VERSION;
-        assert!(matches!(decode(&bytes[..50]), Err(DecodeError::Truncated { what: "drop record", .. })));
+        assert!(matches!(decode(&bytes[..75]), Err(DecodeError::Truncated { what: "drop record", .. })));
         bytes.resize(size_of::<DropRecord>(), 0);
-        bytes[48] = 7;
+        bytes[std::mem::offset_of!(DropRecord, revision)] = 7;
         assert!(matches!(decode(&bytes), Ok(Record::Drop(d)) if d.endpoint_id == 3 && d.revision == 7));
     }
 
     #[test]
-    fn reads_a_drop_record_of_the_previous_layout_without_revision() {
-        let mut bytes = trace_bytes(RECORD_VERSION);
+    fn refuses_records_of_the_32_bit_address_layouts() {
+        // Version 2 (trace, verdict) and 3 (drop) carried 32-bit addresses: read as today's layout they
+        // would put ports into addresses.
+        assert!(matches!(decode(&trace_bytes(2)), Err(DecodeError::UnknownVersion { version: 2, supported: 3, .. })));
+        let mut bytes = trace_bytes(3);
         bytes[0] = record_type::DROP;
-        assert_eq!(bytes.len(), DROP_RECORD_V1_LEN);
-        assert!(matches!(decode(&bytes), Ok(Record::Drop(d)) if d.endpoint_id == 3 && d.revision == 0));
-        assert!(matches!(decode(&bytes[..40]), Err(DecodeError::Truncated { what: "drop record", need: 48, .. })));
+        bytes.resize(size_of::<DropRecord>(), 0);
+        assert!(matches!(decode(&bytes), Err(DecodeError::UnknownVersion { version: 3, supported: 4, .. })));
     }
 
     #[test]

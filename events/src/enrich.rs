@@ -3,10 +3,10 @@
 //! policies that decided. Lookups go through the [`PeerLookup`] and [`PolicyLookup`] traits so this stage
 //! stays pure and tests use fakes.
 
-use std::{collections::HashMap, net::Ipv4Addr, sync::Arc};
+use std::{collections::HashMap, net::IpAddr, sync::Arc};
 
 use flowgate_common::{
-    FlowTuple, drop_reason, identity,
+    FlowTuple, drop_reason, identity, ip,
     policy::{direction, verdict},
     record::{ct_state, observation_point},
 };
@@ -22,7 +22,7 @@ pub trait PeerLookup {
     /// The local endpoint with this id.
     fn endpoint(&self, id: u16) -> Option<Arc<Peer>>;
     /// The local endpoint with this address.
-    fn by_ip(&self, ip: Ipv4Addr) -> Option<Arc<Peer>>;
+    fn by_ip(&self, ip: IpAddr) -> Option<Arc<Peer>>;
     /// A non-endpoint identity (a CIDR identity), with its labels.
     fn identity(&self, identity: u32) -> Option<Arc<Peer>>;
 }
@@ -51,7 +51,7 @@ impl PolicyLookup for NoPolicy {
 #[derive(Debug, Default)]
 pub struct PeerSnapshot {
     pub by_id: HashMap<u16, Arc<Peer>>,
-    pub by_ip: HashMap<Ipv4Addr, Arc<Peer>>,
+    pub by_ip: HashMap<IpAddr, Arc<Peer>>,
     pub identities: HashMap<u32, Arc<Peer>>,
 }
 
@@ -60,7 +60,7 @@ impl PeerLookup for PeerSnapshot {
         self.by_id.get(&id).cloned()
     }
 
-    fn by_ip(&self, ip: Ipv4Addr) -> Option<Arc<Peer>> {
+    fn by_ip(&self, ip: IpAddr) -> Option<Arc<Peer>> {
         self.by_ip.get(&ip).cloned()
     }
 
@@ -96,7 +96,7 @@ impl Enricher {
     }
 
     /// The remote side: a local endpoint by address, else the identity the datapath resolved, else the world.
-    fn remote(&self, peers: &impl PeerLookup, ip: Ipv4Addr, identity: u32) -> Arc<Peer> {
+    fn remote(&self, peers: &impl PeerLookup, ip: IpAddr, identity: u32) -> Arc<Peer> {
         peers
             .by_ip(ip)
             .or_else(|| {
@@ -106,8 +106,14 @@ impl Enricher {
     }
 
     fn base(&self, c: &Common<'_>, peers: &impl PeerLookup, event_type: EventType, verdict: Verdict) -> Flow {
-        let source_ip = Ipv4Addr::from(c.flow.saddr.to_ne_bytes());
-        let destination_ip = Ipv4Addr::from(c.flow.daddr.to_ne_bytes());
+        // A frame without an IP layer (an unsupported ethertype's drop) has no addresses: shown as before
+        // IPv6, `0.0.0.0`, rather than as IPv6's unspecified address.
+        let no_ip = c.flow.saddr == ip::UNSPECIFIED && c.flow.daddr == ip::UNSPECIFIED;
+        let (source_ip, destination_ip) = if no_ip {
+            (IpAddr::from([0, 0, 0, 0]), IpAddr::from([0, 0, 0, 0]))
+        } else {
+            (ip::to_ip(&c.flow.saddr), ip::to_ip(&c.flow.daddr))
+        };
         let local = peers.endpoint(c.endpoint_id);
         // The endpoint is the source when the packet leaves it, the destination when it enters.
         let (source, destination, traffic_direction) = match (c.dir, local) {
@@ -122,7 +128,7 @@ impl Enricher {
         let protocol = Protocol::from_number(c.flow.protocol);
         // For ICMP the tuple's ports are conntrack's (the echo identifier); the flow shows type and code.
         let (ports, icmp) = match protocol {
-            Protocol::Icmp => ((0, 0), (c.flow.icmp_type, c.flow.icmp_code)),
+            Protocol::Icmp | Protocol::Icmpv6 => ((0, 0), (c.flow.icmp_type, c.flow.icmp_code)),
             _ => ((c.flow.sport, c.flow.dport), (0, 0)),
         };
         Flow {
@@ -248,7 +254,7 @@ mod tests {
         let mut s = PeerSnapshot::default();
         for id in [1u16, 2] {
             let p = endpoint_peer(id);
-            s.by_ip.insert(Ipv4Addr::new(10, 0, 0, id as u8), Arc::clone(&p));
+            s.by_ip.insert(std::net::Ipv4Addr::new(10, 0, 0, id as u8).into(), Arc::clone(&p));
             s.by_id.insert(id, p);
         }
         s.identities.insert(
@@ -260,8 +266,8 @@ mod tests {
 
     fn tuple(daddr: [u8; 4]) -> FlowTuple {
         FlowTuple {
-            saddr: u32::from_ne_bytes([10, 0, 0, 1]),
-            daddr: u32::from_ne_bytes(daddr),
+            saddr: ip::v4_mapped([10, 0, 0, 1]),
+            daddr: ip::v4_mapped(daddr),
             sport: 40000,
             dport: 80,
             protocol: 6,

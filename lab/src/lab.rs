@@ -123,51 +123,71 @@ fn build(mut state: LabState) -> Result<LabState, LabError> {
         netns::add(&ns).map_err(|source| netns_err(&lab, format!("create network namespace {ns}"), source))?;
     }
 
-    // No IPv6 in the lab: no router solicitations or DAD in the flows the agent reports.
-    const COMMON: [(&str, &str); 4] = [
+    // Dual-stack inside the lab only. No duplicate address detection (addresses are planned unique, and
+    // DAD would hold them back for a second) and no router advertisements to learn from: routes are set.
+    const COMMON: [(&str, &str); 10] = [
         ("net.ipv4.conf.all.rp_filter", "0"),
         ("net.ipv4.conf.default.rp_filter", "0"),
-        ("net.ipv6.conf.all.disable_ipv6", "1"),
-        ("net.ipv6.conf.default.disable_ipv6", "1"),
+        ("net.ipv6.conf.all.disable_ipv6", "0"),
+        ("net.ipv6.conf.default.disable_ipv6", "0"),
+        ("net.ipv6.conf.all.accept_dad", "0"),
+        ("net.ipv6.conf.default.accept_dad", "0"),
+        ("net.ipv6.conf.all.accept_ra", "0"),
+        ("net.ipv6.conf.default.accept_ra", "0"),
+        ("net.ipv6.conf.all.autoconf", "0"),
+        ("net.ipv6.conf.default.autoconf", "0"),
     ];
     let mut node_sysctls = COMMON.to_vec();
     node_sysctls.push(("net.ipv4.ip_forward", "1"));
+    node_sysctls.push(("net.ipv6.conf.all.forwarding", "1"));
     netns::sysctls(&state.node_netns, &node_sysctls)
         .map_err(|source| netns_err(&lab, "configure the node namespace".to_owned(), source))?;
-    let hosts: Vec<(String, String, std::net::Ipv4Addr)> = state
+    type Host = (String, String, std::net::Ipv4Addr, Option<std::net::Ipv6Addr>);
+    let hosts: Vec<Host> = state
         .pods
         .iter()
-        .map(|p| (p.netns.clone(), p.host_ifname.clone(), p.ip))
-        .chain(state.externals.iter().map(|e| (e.netns.clone(), e.host_ifname.clone(), e.ip)))
+        .map(|p| (p.netns.clone(), p.host_ifname.clone(), p.ip, p.ipv6))
+        .chain(state.externals.iter().map(|e| (e.netns.clone(), e.host_ifname.clone(), e.ip, e.ipv6)))
         .collect();
-    for (ns, _, _) in &hosts {
+    for (ns, _, _, _) in &hosts {
         netns::sysctls(ns, &COMMON).map_err(|source| netns_err(&lab, format!("configure {ns}"), source))?;
     }
 
     // The veths are created inside the node namespace with their pod end moved straight into the pod's
     // namespace: no link ever exists in the machine's own namespace.
-    let gateway = state.gateway;
+    let (gateway, gateway6) = (state.gateway, state.gateway6);
     let mut node = vec!["link set lo up".to_owned()];
-    for (ns, ifname, ip) in &hosts {
+    for (ns, ifname, ip, ipv6) in &hosts {
         node.push(format!("link add {ifname} type veth peer name {POD_IFNAME} netns {ns}"));
         node.push(format!("addr add {gateway}/32 dev {ifname}"));
+        if let Some(gateway6) = gateway6 {
+            node.push(format!("addr add {gateway6}/128 dev {ifname} nodad"));
+        }
         node.push(format!("link set {ifname} up"));
         node.push(format!("route add {ip}/32 dev {ifname}"));
+        if let Some(ipv6) = ipv6 {
+            node.push(format!("route add {ipv6}/128 dev {ifname}"));
+        }
     }
     netns::batch(&state.node_netns, &node)
         .map_err(|source| netns_err(&lab, "wire the node namespace".to_owned(), source))?;
-    for (ns, _, ip) in &hosts {
-        let pod = [
+    for (ns, _, ip, ipv6) in &hosts {
+        let mut pod = vec![
             "link set lo up".to_owned(),
             format!("addr add {ip}/32 dev {POD_IFNAME}"),
             format!("link set {POD_IFNAME} up"),
             format!("route add {gateway} dev {POD_IFNAME} scope link"),
             format!("route add default via {gateway} dev {POD_IFNAME}"),
         ];
+        if let (Some(ipv6), Some(gateway6)) = (ipv6, gateway6) {
+            pod.push(format!("addr add {ipv6}/128 dev {POD_IFNAME} nodad"));
+            pod.push(format!("route add {gateway6}/128 dev {POD_IFNAME}"));
+            pod.push(format!("route add ::/0 via {gateway6} dev {POD_IFNAME}"));
+        }
         netns::batch(ns, &pod).map_err(|source| netns_err(&lab, format!("wire {ns}"), source))?;
     }
 
-    let ifnames: Vec<String> = hosts.iter().map(|(_, ifname, _)| ifname.clone()).collect();
+    let ifnames: Vec<String> = hosts.iter().map(|(_, ifname, _, _)| ifname.clone()).collect();
     let indexes = netns::ifindexes(&state.node_netns, ifnames)
         .map_err(|source| netns_err(&lab, "look up node-side interfaces".to_owned(), source))?;
     let (pod_idx, ext_idx) = indexes.split_at(state.pods.len());

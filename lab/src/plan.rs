@@ -20,6 +20,7 @@ pub fn plan(topology: &Topology, lab: &str) -> Result<LabState, Problem> {
     topology::validate_lab_name(lab)?;
     topology.validate()?;
     let cidr = topology.cidr;
+    let ipv6_cidr = topology.ipv6_cidr;
 
     // Fixed addresses first, so automatic ones go around them.
     let mut taken: HashMap<Ipv4Addr, String> = HashMap::new();
@@ -67,12 +68,14 @@ pub fn plan(topology: &Topology, lab: &str) -> Result<LabState, Problem> {
     let mut pods = Vec::with_capacity(topology.pods.len());
     for pod in &topology.pods {
         let owner = format!("pod {}/{}", pod.namespace, pod.name);
+        let ip = assign(owner.clone(), pod.ip, &mut taken)?;
         pods.push(PodState {
             namespace: pod.namespace.clone(),
             name: pod.name.clone(),
             labels: pod.labels.clone(),
             ports: topology::container_ports(&owner, &pod.ports)?,
-            ip: assign(owner, pod.ip, &mut taken)?,
+            ip,
+            ipv6: Some(ipv6_cidr.counterpart(cidr, ip)),
             netns: naming::pod_netns(lab, &pod.namespace, &pod.name),
             host_ifname: naming::pod_host_ifname(&pod.namespace, &pod.name),
             host_ifindex: 0,
@@ -81,10 +84,12 @@ pub fn plan(topology: &Topology, lab: &str) -> Result<LabState, Problem> {
     let mut externals = Vec::with_capacity(topology.externals.len());
     for ext in &topology.externals {
         let owner = format!("external {}", ext.name);
+        let ip = assign(owner.clone(), ext.ip, &mut taken)?;
         externals.push(ExternalState {
             name: ext.name.clone(),
             ports: topology::container_ports(&owner, &ext.ports)?,
-            ip: assign(owner, ext.ip, &mut taken)?,
+            ip,
+            ipv6: Some(ipv6_cidr.counterpart(cidr, ip)),
             netns: naming::external_netns(lab, &ext.name),
             host_ifname: naming::external_host_ifname(&ext.name),
             host_ifindex: 0,
@@ -96,6 +101,8 @@ pub fn plan(topology: &Topology, lab: &str) -> Result<LabState, Problem> {
         name: lab.to_owned(),
         cidr,
         gateway: cidr.gateway(),
+        ipv6_cidr: Some(ipv6_cidr),
+        gateway6: Some(ipv6_cidr.gateway()),
         node_netns: naming::node_netns(lab),
         namespaces: topology
             .namespaces
@@ -148,6 +155,28 @@ mod tests {
     }
 
     const NS: &str = "namespaces:\n  - name: x\n";
+
+    #[test]
+    fn every_host_gets_the_ipv6_counterpart_of_its_ipv4_address() {
+        let state = plan(&topo(include_str!("../../examples/lab-netpol.yaml")), "netpol").unwrap();
+        let v6: Vec<String> = state.pods.iter().map(|p| p.ipv6.unwrap().to_string()).collect();
+        assert_eq!((v6[0].as_str(), v6[8].as_str()), ("fd00:10:200::a", "fd00:10:200::12"));
+        assert_eq!(state.gateway6.unwrap().to_string(), "fd00:10:200::1");
+        let custom =
+            plan(&topo(&format!("{NS}ipv6_cidr: 2001:db8:1::/112\npods:\n  - {{namespace: x, name: a}}\n")), "v6");
+        assert_eq!(custom.unwrap().pods[0].ipv6.unwrap().to_string(), "2001:db8:1::a");
+    }
+
+    #[test]
+    fn bad_ipv6_ranges_are_refused() {
+        for bad in ["fd00::1/64", "fd00::/48", "fd00::/121", "::ffff:0:0/96", "10.0.0.0/8"] {
+            let e = Topology::parse(&format!("ipv6_cidr: \"{bad}\"\n"), "t.yaml").unwrap_err();
+            assert!(e.to_string().contains("is not an IPv6 prefix"), "{bad}: {e}");
+        }
+        // A /24 IPv4 range needs 8 host bits in the IPv6 range.
+        let e = Topology::parse("cidr: 10.0.0.0/16\nipv6_cidr: fd00::/120\n", "t.yaml").unwrap_err();
+        assert!(e.to_string().contains("more hosts than the IPv6 range"), "{e}");
+    }
 
     #[test]
     fn pods_get_addresses_from_dot_ten_in_file_order() {

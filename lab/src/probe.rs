@@ -5,7 +5,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     fmt,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     str::FromStr,
     time::Duration,
 };
@@ -16,7 +16,7 @@ use socket2::{Domain, Socket, Type};
 use crate::{
     netns::{self, NetnsError},
     reachability::Reachability,
-    state::{LabState, PodRef},
+    state::{Family, LabState, PodRef},
     topology::Protocol,
 };
 
@@ -32,6 +32,8 @@ pub enum ProbeError {
     UnknownHost { lab: String, host: PodRef },
     #[error("cannot probe over SCTP: this kernel has no SCTP sockets")]
     Sctp,
+    #[error("{host} has no {family} address (the lab was brought up before labs were dual-stack)")]
+    NoAddress { host: PodRef, family: Family },
     #[error("cannot create probe sockets in {host}'s namespace")]
     Netns {
         host: PodRef,
@@ -93,6 +95,8 @@ pub struct ProbeResult {
 pub struct ProbeMatrix {
     pub port: PortArg,
     pub protocol: Protocol,
+    /// The IP version probed over.
+    pub family: Family,
     pub from: Vec<PodRef>,
     pub to: Vec<PodRef>,
     pub results: Vec<ProbeResult>,
@@ -109,6 +113,7 @@ pub async fn probe(
     pairs: &[(PodRef, PodRef)],
     port: &PortArg,
     protocol: Protocol,
+    family: Family,
     timeout: Duration,
 ) -> Result<ProbeMatrix, ProbeError> {
     if protocol == Protocol::Sctp {
@@ -120,6 +125,7 @@ pub async fn probe(
     for (from, to) in pairs {
         let src = state.host(from).ok_or_else(|| unknown(from))?;
         let dst = state.host(to).ok_or_else(|| unknown(to))?;
+        let dst_ip = dst.addr(family).ok_or_else(|| ProbeError::NoAddress { host: to.clone(), family })?;
         let dst_port = match port {
             PortArg::Number(n) => Some(*n),
             PortArg::Name(name) => dst
@@ -128,7 +134,7 @@ pub async fn probe(
                 .find(|p| p.name.as_deref() == Some(name.as_str()) && p.protocol == protocol)
                 .map(|p| p.port),
         };
-        planned.push((from.clone(), to.clone(), src.netns.to_owned(), dst.ip, dst_port));
+        planned.push((from.clone(), to.clone(), src.netns.to_owned(), dst_ip, dst_port));
     }
 
     // Sockets are created on one thread per source namespace, then driven together on this runtime.
@@ -142,8 +148,9 @@ pub async fn probe(
     for (ns, (host, indexes)) in by_source {
         creators.spawn_blocking(move || {
             let count = indexes.len();
-            let sockets = netns::in_netns(&ns, move || (0..count).map(|_| new_socket(protocol)).collect::<Vec<_>>())
-                .map_err(|source| ProbeError::Netns { host, source })?;
+            let sockets =
+                netns::in_netns(&ns, move || (0..count).map(|_| new_socket(protocol, family)).collect::<Vec<_>>())
+                    .map_err(|source| ProbeError::Netns { host, source })?;
             Ok::<_, ProbeError>(indexes.into_iter().zip(sockets).collect::<Vec<_>>())
         });
     }
@@ -151,7 +158,7 @@ pub async fn probe(
     while let Some(created) = creators.join_next().await {
         for (i, socket) in created.map_err(ProbeError::Join)?? {
             let (_, _, _, ip, port) = &planned[i];
-            let addr = SocketAddr::V4(SocketAddrV4::new(*ip, port.unwrap_or_default()));
+            let addr = SocketAddr::new(*ip, port.unwrap_or_default());
             probes.spawn(async move {
                 let connected = match socket {
                     Ok(socket) => try_connect(socket, protocol, addr, timeout).await,
@@ -178,6 +185,7 @@ pub async fn probe(
     Ok(ProbeMatrix {
         port: port.clone(),
         protocol,
+        family,
         from: unique(pairs.iter().map(|(f, _)| f)),
         to: unique(pairs.iter().map(|(_, t)| t)),
         results,
@@ -194,14 +202,18 @@ fn unique<'a>(refs: impl Iterator<Item = &'a PodRef>) -> Vec<PodRef> {
     out
 }
 
-fn new_socket(protocol: Protocol) -> std::io::Result<Socket> {
+fn new_socket(protocol: Protocol, family: Family) -> std::io::Result<Socket> {
+    let (domain, any) = match family {
+        Family::Ipv4 => (Domain::IPV4, IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+        Family::Ipv6 => (Domain::IPV6, IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
+    };
     let socket = match protocol {
         Protocol::Udp => {
-            let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(socket2::Protocol::UDP))?;
-            s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)).into())?;
+            let s = Socket::new(domain, Type::DGRAM, Some(socket2::Protocol::UDP))?;
+            s.bind(&SocketAddr::new(any, 0).into())?;
             s
         }
-        _ => Socket::new(Domain::IPV4, Type::STREAM, Some(socket2::Protocol::TCP))?,
+        _ => Socket::new(domain, Type::STREAM, Some(socket2::Protocol::TCP))?,
     };
     socket.set_nonblocking(true)?;
     Ok(socket)
@@ -264,19 +276,21 @@ impl ProbeMatrix {
         self.reachability().truth_table()
     }
 
-    /// `{"port":80,"protocol":"TCP","results":{"x/a":{"x/b":true,...},...}}`, keys sorted by name.
+    /// `{"port":80,"protocol":"TCP","family":"ipv4","results":{"x/a":{"x/b":true,...},...}}`, keys sorted
+    /// by name.
     pub fn to_json(&self) -> String {
         #[derive(Serialize)]
         struct Report<'a> {
             port: &'a PortArg,
             protocol: Protocol,
+            family: Family,
             results: BTreeMap<String, BTreeMap<String, bool>>,
         }
         let mut results: BTreeMap<String, BTreeMap<String, bool>> = BTreeMap::new();
         for r in &self.results {
             results.entry(r.from.to_string()).or_default().insert(r.to.to_string(), r.connected);
         }
-        serde_json::to_string(&Report { port: &self.port, protocol: self.protocol, results })
+        serde_json::to_string(&Report { port: &self.port, protocol: self.protocol, family: self.family, results })
             .expect("a map of strings and bools always serializes")
     }
 
@@ -303,7 +317,14 @@ mod tests {
                 ProbeResult { from, to, port: Some(80), connected }
             })
             .collect();
-        ProbeMatrix { port: PortArg::Number(80), protocol: Protocol::Tcp, from: hosts.clone(), to: hosts, results }
+        ProbeMatrix {
+            port: PortArg::Number(80),
+            protocol: Protocol::Tcp,
+            family: Family::Ipv4,
+            from: hosts.clone(),
+            to: hosts,
+            results,
+        }
     }
 
     #[test]
@@ -322,7 +343,7 @@ mod tests {
     fn json_report_has_the_e2e_shape_with_sorted_keys() {
         assert_eq!(
             matrix().to_json(),
-            r#"{"port":80,"protocol":"TCP","results":{"x/a":{"x/a":true,"x/b":false,"y/a":false},"x/b":{"x/a":true,"x/b":false,"y/a":true},"y/a":{"x/a":true,"x/b":false,"y/a":true}}}"#
+            r#"{"port":80,"protocol":"TCP","family":"ipv4","results":{"x/a":{"x/a":true,"x/b":false,"y/a":false},"x/b":{"x/a":true,"x/b":false,"y/a":true},"y/a":{"x/a":true,"x/b":false,"y/a":true}}}"#
         );
     }
 
@@ -331,7 +352,7 @@ mod tests {
         let mut m = matrix();
         m.port = PortArg::Name("serve-80-tcp".into());
         m.protocol = Protocol::Udp;
-        assert!(m.to_json().starts_with(r#"{"port":"serve-80-tcp","protocol":"UDP","results":"#));
+        assert!(m.to_json().starts_with(r#"{"port":"serve-80-tcp","protocol":"UDP","family":"ipv4","results":"#));
     }
 
     #[test]

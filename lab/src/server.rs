@@ -9,13 +9,14 @@
 use std::{
     fs::OpenOptions,
     io::Write,
-    net::{Ipv4Addr, SocketAddr},
+    net::{Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
 };
 
+use socket2::{Domain, Socket, Type};
 use tokio::{
     io::AsyncWriteExt,
     net::{TcpListener, UdpSocket},
@@ -156,23 +157,33 @@ struct HostSockets {
     udp: Vec<(u16, std::net::UdpSocket)>,
 }
 
+/// A non-blocking socket bound to `[::]:port` that takes IPv4 too (IPv4-mapped), listening if a stream.
+fn dual_stack(kind: Type, port: u16) -> std::io::Result<Socket> {
+    let socket = Socket::new(Domain::IPV6, kind, None)?;
+    socket.set_only_v6(false)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)).into())?;
+    if kind == Type::STREAM {
+        socket.listen(1024)?;
+    }
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
 fn bind_host(host: String, netns_name: &str, ports: &[ContainerPort]) -> Result<HostSockets, String> {
     let ports = ports.to_vec();
     let h = host.clone();
     netns::in_netns(netns_name, move || -> Result<HostSockets, String> {
         let mut sockets = HostSockets { host: h.clone(), tcp: Vec::new(), udp: Vec::new() };
         for p in ports {
-            let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, p.port));
             match p.protocol {
                 Protocol::Tcp => {
-                    let l = std::net::TcpListener::bind(addr).map_err(|e| format!("{h}: bind {}/TCP: {e}", p.port))?;
-                    l.set_nonblocking(true).map_err(|e| format!("{h}: {e}"))?;
-                    sockets.tcp.push((p.port, l));
+                    let l = dual_stack(Type::STREAM, p.port).map_err(|e| format!("{h}: bind {}/TCP: {e}", p.port))?;
+                    sockets.tcp.push((p.port, l.into()));
                 }
                 Protocol::Udp => {
-                    let s = std::net::UdpSocket::bind(addr).map_err(|e| format!("{h}: bind {}/UDP: {e}", p.port))?;
-                    s.set_nonblocking(true).map_err(|e| format!("{h}: {e}"))?;
-                    sockets.udp.push((p.port, s));
+                    let s = dual_stack(Type::DGRAM, p.port).map_err(|e| format!("{h}: bind {}/UDP: {e}", p.port))?;
+                    sockets.udp.push((p.port, s.into()));
                 }
                 // This kernel has no SCTP sockets; policies on SCTP ports can still be written and compiled.
                 Protocol::Sctp => {}

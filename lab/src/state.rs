@@ -5,14 +5,14 @@
 use std::{
     collections::BTreeMap,
     fmt,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     str::FromStr,
 };
 
 use serde::{Deserialize, Serialize};
 
-use crate::topology::{Cidr, ContainerPort};
+use crate::topology::{Cidr, ContainerPort, Ipv6Cidr};
 
 /// Environment variable that overrides the lab directory (tests use it).
 pub const LAB_DIR_ENV: &str = "FLOWGATE_LAB_DIR";
@@ -56,6 +56,12 @@ pub struct LabState {
     pub cidr: Cidr,
     /// The node namespace's address on every pod-facing veth; the pods' default gateway.
     pub gateway: Ipv4Addr,
+    /// The lab's IPv6 range and the node's IPv6 gateway (absent in the state of a lab brought up before
+    /// labs were dual-stack).
+    #[serde(default)]
+    pub ipv6_cidr: Option<Ipv6Cidr>,
+    #[serde(default)]
+    pub gateway6: Option<Ipv6Addr>,
     pub node_netns: String,
     pub namespaces: Vec<NamespaceState>,
     pub pods: Vec<PodState>,
@@ -81,6 +87,8 @@ pub struct PodState {
     pub labels: BTreeMap<String, String>,
     pub ports: Vec<ContainerPort>,
     pub ip: Ipv4Addr,
+    #[serde(default)]
+    pub ipv6: Option<Ipv6Addr>,
     /// The pod's network namespace (`/run/netns/<netns>`).
     pub netns: String,
     /// The node-side veth, inside `node_netns`.
@@ -94,6 +102,8 @@ pub struct ExternalState {
     pub name: String,
     pub ports: Vec<ContainerPort>,
     pub ip: Ipv4Addr,
+    #[serde(default)]
+    pub ipv6: Option<Ipv6Addr>,
     pub netns: String,
     pub host_ifname: String,
     pub host_ifindex: u32,
@@ -137,8 +147,37 @@ impl FromStr for PodRef {
 #[derive(Debug, Clone, Copy)]
 pub struct HostView<'a> {
     pub ip: Ipv4Addr,
+    pub ipv6: Option<Ipv6Addr>,
     pub netns: &'a str,
     pub ports: &'a [ContainerPort],
+}
+
+impl HostView<'_> {
+    /// The host's address in `family`; `None` for IPv6 in a lab that is not dual-stack.
+    pub fn addr(&self, family: Family) -> Option<IpAddr> {
+        match family {
+            Family::Ipv4 => Some(IpAddr::V4(self.ip)),
+            Family::Ipv6 => self.ipv6.map(IpAddr::V6),
+        }
+    }
+}
+
+/// An IP version, as probes and traffic pick it (`--ipv6`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    #[default]
+    Ipv4,
+    Ipv6,
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Family::Ipv4 => "IPv4",
+            Family::Ipv6 => "IPv6",
+        })
+    }
 }
 
 impl LabState {
@@ -154,10 +193,10 @@ impl LabState {
     pub fn host(&self, r: &PodRef) -> Option<HostView<'_>> {
         match r {
             PodRef::Pod { namespace, name } => {
-                self.pod(namespace, name).map(|p| HostView { ip: p.ip, netns: &p.netns, ports: &p.ports })
+                self.pod(namespace, name).map(|p| HostView { ip: p.ip, ipv6: p.ipv6, netns: &p.netns, ports: &p.ports })
             }
             PodRef::External { name } => {
-                self.external(name).map(|e| HostView { ip: e.ip, netns: &e.netns, ports: &e.ports })
+                self.external(name).map(|e| HostView { ip: e.ip, ipv6: e.ipv6, netns: &e.netns, ports: &e.ports })
             }
         }
     }

@@ -5,7 +5,7 @@
 use std::{
     collections::{BTreeMap, HashSet},
     fmt,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     str::FromStr,
 };
@@ -49,6 +49,12 @@ pub enum Problem {
     BadLabName { name: String, max: usize },
     #[error("cidr {cidr:?} is not an IPv4 prefix like 10.200.0.0/24 (prefix length 8 to 29, no host bits set)")]
     BadCidr { cidr: String },
+    #[error(
+        "ipv6_cidr {cidr:?} is not an IPv6 prefix like fd00:10:200::/64 (prefix length 64 to 120, no host bits set)"
+    )]
+    BadIpv6Cidr { cidr: String },
+    #[error("the lab range {cidr} has more hosts than the IPv6 range {ipv6_cidr}")]
+    Ipv6RangeTooSmall { cidr: Cidr, ipv6_cidr: Ipv6Cidr },
     #[error("namespace {name:?} is declared twice")]
     DuplicateNamespace { name: String },
     #[error("pod {pod} uses namespace {namespace:?}, which is not declared under `namespaces:`")]
@@ -91,6 +97,10 @@ pub struct Topology {
     /// The lab's address range; `.1` is the node's gateway.
     #[serde(default = "default_cidr")]
     pub cidr: Cidr,
+    /// The lab's IPv6 range (the lab is dual-stack): every host gets the address as many hosts into it as
+    /// its IPv4 address is into `cidr` (`10.200.0.10` -> `fd00:10:200::a`); `::1` is the node's gateway.
+    #[serde(default = "default_ipv6_cidr")]
+    pub ipv6_cidr: Ipv6Cidr,
     #[serde(default)]
     pub namespaces: Vec<NamespaceSpec>,
     #[serde(default)]
@@ -254,6 +264,81 @@ impl Cidr {
     }
 }
 
+/// An IPv6 prefix such as `fd00:10:200::/64`: the lab's IPv6 range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Ipv6Cidr {
+    pub network: Ipv6Addr,
+    pub prefix_len: u8,
+}
+
+fn default_ipv6_cidr() -> Ipv6Cidr {
+    Ipv6Cidr { network: Ipv6Addr::new(0xfd00, 0x10, 0x200, 0, 0, 0, 0, 0), prefix_len: 64 }
+}
+
+impl Ipv6Cidr {
+    fn host_bits(self) -> u32 {
+        128 - u32::from(self.prefix_len)
+    }
+
+    /// The address `n` hosts into the range.
+    pub fn nth(self, n: u32) -> Ipv6Addr {
+        Ipv6Addr::from(u128::from(self.network) + u128::from(n))
+    }
+
+    /// The node's address, `::1` of the range: every pod's IPv6 gateway.
+    pub fn gateway(self) -> Ipv6Addr {
+        self.nth(1)
+    }
+
+    /// The IPv6 address of the host at `ip` in `cidr`: as many hosts into this range.
+    pub fn counterpart(self, cidr: Cidr, ip: Ipv4Addr) -> Ipv6Addr {
+        self.nth(u32::from(ip).wrapping_sub(u32::from(cidr.network)))
+    }
+
+    /// Whether every host of `cidr` has a counterpart here.
+    pub fn holds(self, cidr: Cidr) -> bool {
+        self.host_bits() >= 32 - u32::from(cidr.prefix_len)
+    }
+}
+
+impl fmt::Display for Ipv6Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix_len)
+    }
+}
+
+impl FromStr for Ipv6Cidr {
+    type Err = Problem;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || Problem::BadIpv6Cidr { cidr: s.to_owned() };
+        let (ip, len) = s.split_once('/').ok_or_else(bad)?;
+        let network: Ipv6Addr = ip.parse().map_err(|_| bad())?;
+        let prefix_len: u8 = len.parse().map_err(|_| bad())?;
+        if !(64..=120).contains(&prefix_len) || ip::is_v4_mapped(&network.octets()) {
+            return Err(bad());
+        }
+        let cidr = Self { network, prefix_len };
+        if u128::from(network) & (u128::MAX >> cidr.prefix_len) != 0 {
+            return Err(bad());
+        }
+        Ok(cidr)
+    }
+}
+
+impl Serialize for Ipv6Cidr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Ipv6Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl fmt::Display for Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.network, self.prefix_len)
@@ -347,6 +432,9 @@ impl Topology {
     pub fn validate(&self) -> Result<(), Problem> {
         if let Some(name) = &self.name {
             validate_lab_name(name)?;
+        }
+        if !self.ipv6_cidr.holds(self.cidr) {
+            return Err(Problem::Ipv6RangeTooSmall { cidr: self.cidr, ipv6_cidr: self.ipv6_cidr });
         }
         let mut namespaces = HashSet::new();
         for ns in &self.namespaces {

@@ -5,13 +5,13 @@
 
 use std::{
     io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket},
     time::{Duration, Instant},
 };
 
 use crate::{
     netns::{self, NetnsError},
-    state::{LabState, PodRef},
+    state::{Family, LabState, PodRef},
     topology::Protocol,
 };
 
@@ -19,6 +19,8 @@ use crate::{
 pub enum TrafficError {
     #[error("lab {lab} has no host {host}")]
     UnknownHost { lab: String, host: PodRef },
+    #[error("{host} has no {family} address")]
+    NoAddress { host: PodRef, family: Family },
     #[error("traffic over {0} is not supported (TCP and UDP are)")]
     Protocol(&'static str),
     #[error("entering the namespace of {host}")]
@@ -42,6 +44,8 @@ pub struct TrafficSpec {
     pub to: PodRef,
     pub port: u16,
     pub protocol: Protocol,
+    /// Over IPv4 or IPv6.
+    pub family: Family,
     /// UDP datagrams or TCP connections to make.
     pub count: u64,
     /// Wall-clock bound on the whole run.
@@ -65,7 +69,9 @@ pub fn run(state: &LabState, spec: &TrafficSpec) -> Result<TrafficReport, Traffi
     let unknown = |host: &PodRef| TrafficError::UnknownHost { lab: state.name.clone(), host: host.clone() };
     let src = state.host(&spec.from).ok_or_else(|| unknown(&spec.from))?;
     let dst = state.host(&spec.to).ok_or_else(|| unknown(&spec.to))?;
-    let addr = SocketAddr::V4(SocketAddrV4::new(dst.ip, spec.port));
+    let ip =
+        dst.addr(spec.family).ok_or_else(|| TrafficError::NoAddress { host: spec.to.clone(), family: spec.family })?;
+    let addr = SocketAddr::new(ip, spec.port);
     let spec2 = spec.clone();
     let result = match spec.protocol {
         Protocol::Udp => netns::in_netns(src.netns, move || udp_burst(addr, &spec2)),
@@ -78,7 +84,8 @@ pub fn run(state: &LabState, spec: &TrafficSpec) -> Result<TrafficReport, Traffi
 }
 
 fn udp_burst(addr: SocketAddr, spec: &TrafficSpec) -> std::io::Result<TrafficReport> {
-    let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))?;
+    let any = if addr.is_ipv6() { IpAddr::V6(Ipv6Addr::UNSPECIFIED) } else { IpAddr::V4(Ipv4Addr::UNSPECIFIED) };
+    let socket = UdpSocket::bind(SocketAddr::new(any, 0))?;
     socket.connect(addr)?;
     socket.set_nonblocking(true)?;
     let started = Instant::now();

@@ -112,9 +112,9 @@ mod tests {
     fn entry(revision: Option<u64>, flags: &[&str], expires_in_seconds: f64) -> ConntrackEntry {
         ConntrackEntry {
             protocol: Protocol::Udp,
-            source: Ipv4Addr::new(10, 200, 0, 11),
+            source: Ipv4Addr::new(10, 200, 0, 11).into(),
             source_port: 40000,
-            destination: Ipv4Addr::new(10, 200, 0, 10),
+            destination: Ipv4Addr::new(10, 200, 0, 10).into(),
             destination_port: 81,
             direction: "ingress".into(),
             endpoint_id: 1,

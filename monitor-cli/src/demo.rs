@@ -181,6 +181,7 @@ fn drive_traffic(state: LabState, stop: Arc<AtomicBool>) {
                         to: to.parse::<PodRef>().expect("demo host"),
                         port: *port,
                         protocol: Protocol::Tcp,
+                        family: Default::default(),
                         count: 1,
                         time_limit: Duration::from_millis(800),
                         interval: Duration::ZERO,

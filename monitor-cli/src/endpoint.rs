@@ -165,6 +165,7 @@ pub fn render_list(endpoints: &[Endpoint], headers: bool) -> String {
         &["IDENTITY"],
         &["NAMESPACE/POD"],
         &["LABELS"],
+        &["IPv6"],
         &["IPv4"],
         &["STATUS"],
     ]);
@@ -176,6 +177,7 @@ pub fn render_list(endpoints: &[Endpoint], headers: bool) -> String {
             vec![ep.identity.to_string()],
             vec![ep.pod_ref()],
             ep.label_list(),
+            vec![ep.ipv6.map(|v6| v6.to_string()).unwrap_or_default()],
             vec![ep.ipv4.to_string()],
             vec![state(ep.state).to_owned()],
         ]);
@@ -197,6 +199,7 @@ mod tests {
             labels: labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
             identity: 1000 + u32::from(id),
             ipv4: Ipv4Addr::new(10, 244, 0, id as u8),
+            ipv6: None,
             interface: "lxc0".into(),
             ifindex: 3,
             ingress_enforcement: Enforcement::Enabled,
@@ -211,15 +214,16 @@ mod tests {
         let mut b = ep(12, "b", &[("app", "b")]);
         b.ingress_enforcement = Enforcement::Audit;
         b.state = EndpointState::Regenerating;
+        b.ipv6 = Some("fd00:10:244::c".parse().unwrap());
         let eps = [ep(1, "a", &[("app", "a"), ("tier", "web")]), b];
         assert_eq!(
             render_list(&eps, true),
             "\
-ENDPOINT   POLICY (ingress)   POLICY (egress)   IDENTITY   NAMESPACE/POD   LABELS     IPv4          STATUS
+ENDPOINT   POLICY (ingress)   POLICY (egress)   IDENTITY   NAMESPACE/POD   LABELS     IPv6             IPv4          STATUS
            ENFORCEMENT        ENFORCEMENT
-1          Enabled            Disabled          1001       x/a             app=a      10.244.0.1    ready
+1          Enabled            Disabled          1001       x/a             app=a                       10.244.0.1    ready
                                                                            tier=web
-12         Audit              Disabled          1012       x/b             app=b      10.244.0.12   regenerating
+12         Audit              Disabled          1012       x/b             app=b      fd00:10:244::c   10.244.0.12   regenerating
 "
         );
         assert!(render_list(&eps, false).starts_with("1    Enabled"));

@@ -12,7 +12,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use flowgate_lab::{
     LabState, PodRef, PortArg, Protocol, Topology, lab, netns,
     probe::{self, ProbeMatrix},
-    state,
+    state::{self, Family},
 };
 
 #[derive(Args)]
@@ -90,6 +90,9 @@ struct ProbeArgs {
     /// Per-probe timeout, e.g. 1s, 500ms.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     timeout: Duration,
+    /// Probe over IPv6 (the lab is dual-stack) instead of IPv4.
+    #[arg(long)]
+    ipv6: bool,
     #[arg(short, long, value_enum, default_value_t = Output::Table)]
     output: Output,
 }
@@ -109,6 +112,9 @@ struct TrafficArgs {
     port: u16,
     #[arg(long, default_value = "UDP")]
     protocol: Protocol,
+    /// Send over IPv6 instead of IPv4.
+    #[arg(long)]
+    ipv6: bool,
     /// UDP datagrams, or TCP connections.
     #[arg(long, default_value_t = 1000)]
     count: u64,
@@ -300,6 +306,10 @@ fn pick_lab(lab: Option<String>) -> anyhow::Result<String> {
     }
 }
 
+fn family(ipv6: bool) -> Family {
+    if ipv6 { Family::Ipv6 } else { Family::Ipv4 }
+}
+
 fn traffic_cmd(args: TrafficArgs) -> anyhow::Result<()> {
     let lab = pick_lab(args.lab)?;
     let state = state::load(&lab)?;
@@ -308,6 +318,7 @@ fn traffic_cmd(args: TrafficArgs) -> anyhow::Result<()> {
         to: args.to,
         port: args.port,
         protocol: args.protocol,
+        family: family(args.ipv6),
         count: args.count,
         time_limit: args.time_limit,
         interval: args.interval.unwrap_or_default(),
@@ -333,7 +344,7 @@ fn probe_cmd(args: ProbeArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting tokio")?;
     let started = Instant::now();
     let matrix: ProbeMatrix = runtime
-        .block_on(probe::probe(&state, &pairs, &args.port, args.protocol, args.timeout))
+        .block_on(probe::probe(&state, &pairs, &args.port, args.protocol, family(args.ipv6), args.timeout))
         .with_context(|| format!("probing lab {lab}"))?;
     let took = started.elapsed();
     match args.output {
@@ -341,8 +352,8 @@ fn probe_cmd(args: ProbeArgs) -> anyhow::Result<()> {
         Output::Table => {
             let (connected, total) = matrix.summary();
             println!(
-                "lab {lab}, port {}/{}: . connected, X blocked (rows: from, columns: to)",
-                args.port, args.protocol
+                "lab {lab}, port {}/{} over {}: . connected, X blocked (rows: from, columns: to)",
+                args.port, args.protocol, matrix.family
             );
             print!("{}", matrix.truth_table());
             println!("{connected}/{total} connected, {} blocked, in {:.2}s", total - connected, took.as_secs_f64());

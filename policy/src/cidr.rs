@@ -6,7 +6,7 @@
 use std::{
     collections::BTreeMap,
     fmt,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     str::FromStr,
 };
 
@@ -23,118 +23,141 @@ pub enum CidrError {
     InvalidPrefixLength { value: String, length: String, max: u8 },
 }
 
-/// A canonical IPv4 prefix: the host bits of `addr` are zero.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Ipv4Prefix {
-    addr: Ipv4Addr,
+/// A canonical prefix of either family, kept as the datapath keys it (`flowgate_common::ip::Addr`): 128 bits,
+/// an IPv4 prefix of length `n` as the IPv4-mapped prefix of length `96 + n`. The host bits are zero.
+///
+/// One space for both families makes IPv4 and IPv6 blocks, excepts and the ipcache one structure. The
+/// families stay apart where Kubernetes keeps them apart: an IPv6 block never selects IPv4 addresses (see
+/// [`IpPrefix::contains`]), as Go's `IPNet.Contains` (which the API's semantics follow) never matches an
+/// IPv4 address against an IPv6 network. A block written IPv4-mapped (`::ffff:10.0.0.0/104`) is IPv4, as
+/// it is for Go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct IpPrefix {
+    bits: u128,
+    /// Length in the 128-bit space.
     len: u8,
 }
 
-impl Ipv4Prefix {
-    /// `0.0.0.0/0`: every IPv4 address ("world").
-    pub const ANY: Self = Self { addr: Ipv4Addr::UNSPECIFIED, len: 0 };
+/// IPv4 prefixes first (so `0.0.0.0/0` keeps the first CIDR identity it always had), then by address and
+/// length.
+impl Ord for IpPrefix {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (!self.is_v4(), self.bits, self.len).cmp(&(!other.is_v4(), other.bits, other.len))
+    }
+}
 
-    /// The prefix of length `len` (at most 32, larger is clamped) containing `addr`; host bits are cleared.
+impl PartialOrd for IpPrefix {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// `::ffff:0:0/96` as a number.
+const V4_MAPPED: u128 = 0xffff_u128 << 32;
+
+impl IpPrefix {
+    /// `0.0.0.0/0`: every IPv4 address ("world" for IPv4).
+    pub const ANY_V4: Self = Self { bits: V4_MAPPED, len: 96 };
+    /// `::/0`: every IPv6 address ("world" for IPv6; IPv4 addresses always find [`IpPrefix::ANY_V4`] first).
+    pub const ANY_V6: Self = Self { bits: 0, len: 0 };
+
+    /// The prefix of length `len` (in the address's own family: at most 32 for IPv4, 128 for IPv6, larger
+    /// is clamped) containing `addr`; host bits are cleared.
     #[must_use]
-    pub fn new(addr: Ipv4Addr, len: u8) -> Self {
-        let len = len.min(32);
-        Self { addr: Ipv4Addr::from(u32::from(addr) & mask_v4(len)), len }
+    pub fn new(addr: IpAddr, len: u8) -> Self {
+        match addr {
+            IpAddr::V4(v4) => Self::from_bits(V4_MAPPED | u128::from(u32::from(v4)), 96 + len.min(32)),
+            IpAddr::V6(v6) => Self::from_bits(u128::from(v6), len.min(128)),
+        }
     }
 
-    /// The network address (host bits zero).
-    #[must_use]
-    pub fn addr(&self) -> Ipv4Addr {
-        self.addr
+    fn from_bits(bits: u128, len: u8) -> Self {
+        Self { bits: bits & mask(len), len }
     }
 
-    /// The prefix length, 0 to 32.
+    /// The single address `addr` (`/32`, `/128`).
+    #[must_use]
+    pub fn host(addr: IpAddr) -> Self {
+        Self::new(addr, 128)
+    }
+
+    /// Whether this is an IPv4 prefix (inside the IPv4-mapped range).
+    #[must_use]
+    pub fn is_v4(&self) -> bool {
+        self.len >= 96 && self.bits & mask(96) == V4_MAPPED
+    }
+
+    /// The network address (host bits zero), in its own family.
+    #[must_use]
+    pub fn addr(&self) -> IpAddr {
+        if self.is_v4() { IpAddr::V4(Ipv4Addr::from(self.bits as u32)) } else { IpAddr::V6(Ipv6Addr::from(self.bits)) }
+    }
+
+    /// The prefix length in its own family: 0 to 32 for IPv4, 0 to 128 for IPv6.
     #[must_use]
     pub fn prefix_len(&self) -> u8 {
-        self.len
+        if self.is_v4() { self.len - 96 } else { self.len }
     }
 
-    /// Whether `ip` lies inside this prefix.
+    /// The prefix as an LPM key of the datapath: its 16 address bytes and its length in the 128-bit space.
     #[must_use]
-    pub fn contains_addr(&self, ip: Ipv4Addr) -> bool {
-        u32::from(ip) & mask_v4(self.len) == u32::from(self.addr)
+    pub fn key(&self) -> ([u8; 16], u32) {
+        (self.bits.to_be_bytes(), u32::from(self.len))
     }
 
-    /// Whether `other` is a subset of (or equal to) this prefix.
+    /// Whether `ip` lies inside this prefix (never for an IPv4 address and an IPv6 prefix).
     #[must_use]
-    pub fn contains(&self, other: &Ipv4Prefix) -> bool {
-        other.len >= self.len && self.contains_addr(other.addr)
+    pub fn contains_addr(&self, ip: IpAddr) -> bool {
+        self.contains(&Self::host(ip))
+    }
+
+    /// Whether `other` is a subset of (or equal to) this prefix, in the same family.
+    #[must_use]
+    pub fn contains(&self, other: &IpPrefix) -> bool {
+        other.len >= self.len && other.bits & mask(self.len) == self.bits && self.is_v4() == other.is_v4()
+    }
+
+    /// Whether `inner` is a strict subset of `self` (same family, longer prefix, inside): the API server's
+    /// rule for `ipBlock.except`.
+    #[must_use]
+    pub fn strictly_contains(&self, inner: &IpPrefix) -> bool {
+        self.len < inner.len && self.contains(inner)
     }
 }
 
-fn mask_v4(len: u8) -> u32 {
-    if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len.min(32))) }
-}
-
-fn mask_v6(len: u8) -> u128 {
+fn mask(len: u8) -> u128 {
     if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len.min(128))) }
 }
 
-impl fmt::Display for Ipv4Prefix {
+impl fmt::Display for IpPrefix {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.len)
+        write!(f, "{}/{}", self.addr(), self.prefix_len())
     }
 }
 
-impl FromStr for Ipv4Prefix {
+impl FromStr for IpPrefix {
     type Err = CidrError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match parse_cidr(s)? {
-            Cidr::V4(prefix) => Ok(prefix),
-            Cidr::V6 { .. } => Err(CidrError::InvalidAddress {
-                value: s.to_owned(),
-                address: s.split('/').next().unwrap_or_default().to_owned(),
-            }),
-        }
+        parse_cidr(s)
     }
 }
 
-impl Serialize for Ipv4Prefix {
+impl Serialize for IpPrefix {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(self)
     }
 }
 
-impl<'de> Deserialize<'de> for Ipv4Prefix {
+impl<'de> Deserialize<'de> for IpPrefix {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
         text.parse().map_err(serde::de::Error::custom)
     }
 }
 
-/// A parsed CIDR of either family. IPv6 is accepted by validation but not enforced (the lab is IPv4).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Cidr {
-    V4(Ipv4Prefix),
-    /// Canonical IPv6 prefix (host bits cleared).
-    V6 {
-        addr: Ipv6Addr,
-        len: u8,
-    },
-}
-
-impl Cidr {
-    /// Whether `inner` is a strict subset of `self` (same family, longer prefix, inside): the API server's
-    /// rule for `ipBlock.except`.
-    #[must_use]
-    pub fn strictly_contains(&self, inner: &Cidr) -> bool {
-        match (self, inner) {
-            (Cidr::V4(outer), Cidr::V4(inner)) => outer.len < inner.len && outer.contains_addr(inner.addr),
-            (Cidr::V6 { addr, len }, Cidr::V6 { addr: inner_addr, len: inner_len }) => {
-                len < inner_len && u128::from(*inner_addr) & mask_v6(*len) == u128::from(*addr)
-            }
-            _ => false,
-        }
-    }
-}
-
 /// Parses `a.b.c.d/n` or `x:y::z/n` the way the API server accepts `ipBlock.cidr` (see the module docs).
-pub fn parse_cidr(value: &str) -> Result<Cidr, CidrError> {
+pub fn parse_cidr(value: &str) -> Result<IpPrefix, CidrError> {
     let Some((address, length)) = value.split_once('/') else {
         return Err(CidrError::MissingPrefixLength { value: value.to_owned() });
     };
@@ -147,13 +170,12 @@ pub fn parse_cidr(value: &str) -> Result<Cidr, CidrError> {
         length.parse::<u8>().ok().filter(|len| *len <= max).ok_or_else(|| invalid_length(max))
     };
     if let Some(addr) = parse_ipv4_sloppy(address) {
-        return Ok(Cidr::V4(Ipv4Prefix::new(addr, parse_length(32)?)));
+        return Ok(IpPrefix::new(IpAddr::V4(addr), parse_length(32)?));
     }
     if address.contains(':')
         && let Ok(addr) = address.parse::<Ipv6Addr>()
     {
-        let len = parse_length(128)?;
-        return Ok(Cidr::V6 { addr: Ipv6Addr::from(u128::from(addr) & mask_v6(len)), len });
+        return Ok(IpPrefix::new(IpAddr::V6(addr), parse_length(128)?));
     }
     Err(CidrError::InvalidAddress { value: value.to_owned(), address: address.to_owned() })
 }
@@ -177,11 +199,11 @@ fn parse_ipv4_sloppy(text: &str) -> Option<Ipv4Addr> {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CidrIdentities {
     next: u32,
-    identities: BTreeMap<Ipv4Prefix, u32>,
+    identities: BTreeMap<IpPrefix, u32>,
     /// Identities shared by several prefixes that the same `ipBlock` peers select, by their prefixes. Not
     /// serialized (JSON keys are strings); `next` is, so an allocator read back never reuses an identity.
     #[serde(skip)]
-    shared: BTreeMap<Vec<Ipv4Prefix>, u32>,
+    shared: BTreeMap<Vec<IpPrefix>, u32>,
 }
 
 impl CidrIdentities {
@@ -194,7 +216,7 @@ impl CidrIdentities {
     }
 
     /// The identity of `prefix`, allocating the next free one the first time the prefix is seen.
-    pub fn identity_for(&mut self, prefix: Ipv4Prefix) -> u32 {
+    pub fn identity_for(&mut self, prefix: IpPrefix) -> u32 {
         if let Some(identity) = self.identities.get(&prefix) {
             return *identity;
         }
@@ -206,7 +228,7 @@ impl CidrIdentities {
 
     /// The identity shared by `prefixes` (sorted, at least two), allocating the next free one the first
     /// time this set is seen.
-    pub fn shared_identity_for(&mut self, prefixes: &[Ipv4Prefix]) -> u32 {
+    pub fn shared_identity_for(&mut self, prefixes: &[IpPrefix]) -> u32 {
         if let Some(identity) = self.shared.get(prefixes) {
             return *identity;
         }
@@ -218,12 +240,12 @@ impl CidrIdentities {
 
     /// The identity already allocated to `prefix`, if any.
     #[must_use]
-    pub fn get(&self, prefix: &Ipv4Prefix) -> Option<u32> {
+    pub fn get(&self, prefix: &IpPrefix) -> Option<u32> {
         self.identities.get(prefix).copied()
     }
 
     /// Every allocated prefix and its identity, ordered by prefix.
-    pub fn iter(&self) -> impl Iterator<Item = (Ipv4Prefix, u32)> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = (IpPrefix, u32)> + '_ {
         self.identities.iter().map(|(prefix, id)| (*prefix, *id))
     }
 }
@@ -232,14 +254,19 @@ impl CidrIdentities {
 mod tests {
     use super::*;
 
-    fn v4(text: &str) -> Ipv4Prefix {
+    fn v4(text: &str) -> IpPrefix {
+        text.parse().unwrap()
+    }
+
+    fn ip(text: &str) -> IpAddr {
         text.parse().unwrap()
     }
 
     #[test]
     fn parse_canonical_ipv4_cidr() {
         assert_eq!(v4("10.0.0.0/8").to_string(), "10.0.0.0/8");
-        assert_eq!(v4("0.0.0.0/0"), Ipv4Prefix::ANY);
+        assert_eq!(v4("0.0.0.0/0"), IpPrefix::ANY_V4);
+        assert_eq!(v4("::/0"), IpPrefix::ANY_V6);
         assert_eq!(v4("10.1.2.3/32").to_string(), "10.1.2.3/32");
     }
 
@@ -277,8 +304,9 @@ mod tests {
     }
 
     #[test]
-    fn parse_accepts_ipv6_syntactically() {
-        assert_eq!(parse_cidr("2001:db8::1/64").unwrap(), Cidr::V6 { addr: "2001:db8::".parse().unwrap(), len: 64 });
+    fn parse_ipv6_canonically() {
+        assert_eq!(parse_cidr("2001:db8::1/64").unwrap().to_string(), "2001:db8::/64");
+        assert_eq!(parse_cidr("2001:db8::1/64").unwrap().prefix_len(), 64);
         assert!(matches!(parse_cidr("2001:db8::/129"), Err(CidrError::InvalidPrefixLength { max: 128, .. })));
     }
 
@@ -297,15 +325,38 @@ mod tests {
         assert!(v4("10.0.0.0/8").contains(&v4("10.3.0.0/16")));
         assert!(v4("10.0.0.0/8").contains(&v4("10.0.0.0/8")));
         assert!(!v4("10.3.0.0/16").contains(&v4("10.0.0.0/8")));
-        assert!(Ipv4Prefix::ANY.contains_addr(Ipv4Addr::new(1, 2, 3, 4)));
-        assert!(v4("10.200.0.250/32").contains_addr(Ipv4Addr::new(10, 200, 0, 250)));
-        assert!(!v4("10.200.0.250/32").contains_addr(Ipv4Addr::new(10, 200, 0, 251)));
+        assert!(IpPrefix::ANY_V4.contains_addr(ip("1.2.3.4")));
+        assert!(v4("10.200.0.250/32").contains_addr(ip("10.200.0.250")));
+        assert!(!v4("10.200.0.250/32").contains_addr(ip("10.200.0.251")));
+        assert!(v4("fd00:10:200::/64").contains_addr(ip("fd00:10:200::a")));
+        assert!(!v4("fd00:10:200::/64").contains_addr(ip("fd00:10:201::a")));
+    }
+
+    #[test]
+    fn families_stay_apart_as_in_go() {
+        // `::/0` covers the IPv4-mapped range in 128 bits, but an IPv6 block never selects IPv4.
+        assert!(!IpPrefix::ANY_V6.contains_addr(ip("10.0.0.1")));
+        assert!(!IpPrefix::ANY_V6.contains(&IpPrefix::ANY_V4));
+        assert!(!IpPrefix::ANY_V4.contains_addr(ip("fd00::1")));
+        assert!(IpPrefix::ANY_V6.contains_addr(ip("fd00::1")));
+        // A block written IPv4-mapped is IPv4 (Go's `To4`).
+        let mapped = v4("::ffff:10.0.0.0/104");
+        assert!(mapped.is_v4());
+        assert_eq!(mapped, v4("10.0.0.0/8"));
+        assert!(mapped.contains_addr(ip("10.1.2.3")));
+        assert!(!v4("::/0").strictly_contains(&v4("10.0.0.0/8")));
+        assert_eq!(v4("10.1.2.3/32").key(), (crate::cidr::tests::mapped([10, 1, 2, 3]), 128));
+        assert_eq!(v4("fd00::/8").key().1, 8);
+    }
+
+    fn mapped(o: [u8; 4]) -> [u8; 16] {
+        flowgate_common::ip::v4_mapped(o)
     }
 
     #[test]
     fn cidr_identities_are_stable_and_start_at_1_shl_24() {
         let mut ids = CidrIdentities::new();
-        let any = ids.identity_for(Ipv4Prefix::ANY);
+        let any = ids.identity_for(IpPrefix::ANY_V4);
         let net = ids.identity_for(v4("10.0.0.0/8"));
         assert_eq!(any, 1 << 24);
         assert_eq!(net, (1 << 24) + 1);

@@ -10,7 +10,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use k8s_openapi::{
@@ -20,7 +20,7 @@ use k8s_openapi::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    cidr::{Cidr, CidrIdentities, Ipv4Prefix, parse_cidr},
+    cidr::{CidrIdentities, IpPrefix, parse_cidr},
     plan::{Addr, CidrEntry, DirectionPolicy, EndpointPolicy, PeerMatch, PolicyEntry, PolicyPlan, PolicyRef, Protocol},
     selector::Selector,
     source::LoadedPolicy,
@@ -52,6 +52,9 @@ pub struct PodInfo {
     pub name: String,
     pub labels: BTreeMap<String, String>,
     pub ip: Ipv4Addr,
+    /// The pod's IPv6 address on a dual-stack cluster.
+    #[serde(default)]
+    pub ipv6: Option<Ipv6Addr>,
     pub identity: u32,
     pub ports: Vec<ContainerPort>,
 }
@@ -69,7 +72,13 @@ impl Addr {
     /// A pod of the cluster view as one side of a connection, for [`PolicyPlan::evaluate`].
     #[must_use]
     pub fn endpoint(pod: &PodInfo) -> Self {
-        Addr::Endpoint { endpoint_id: pod.endpoint_id, identity: pod.identity, ip: pod.ip }
+        Self::endpoint_at(pod, IpAddr::V4(pod.ip))
+    }
+
+    /// A pod of the cluster view at one of its addresses (IPv4 or IPv6).
+    #[must_use]
+    pub fn endpoint_at(pod: &PodInfo, ip: IpAddr) -> Self {
+        Addr::Endpoint { endpoint_id: pod.endpoint_id, identity: pod.identity, ip }
     }
 }
 
@@ -155,6 +164,7 @@ pub fn compile(policies: &[LoadedPolicy], cluster: &ClusterView, cidr_identities
                         pod: pod.name.clone(),
                         identity: pod.identity,
                         ip: pod.ip,
+                        ipv6: pod.ipv6,
                         ingress: ingress.finish(),
                         egress: egress.finish(),
                     },
@@ -164,44 +174,34 @@ pub fn compile(policies: &[LoadedPolicy], cluster: &ClusterView, cidr_identities
     }
 }
 
-/// An IPv4 `ipBlock`: the block and its excepts.
+/// An `ipBlock` of either family: the block and its excepts.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Block {
-    cidr: Ipv4Prefix,
-    excepts: Vec<Ipv4Prefix>,
+    cidr: IpPrefix,
+    excepts: Vec<IpPrefix>,
 }
 
 impl Block {
-    /// `None` for an IPv6 or unparsable block (it matches nothing).
+    /// `None` for an unparsable block (it matches nothing; validation reports it).
     fn parse(block: &k8s_openapi::api::networking::v1::IPBlock) -> Option<Self> {
-        let Ok(Cidr::V4(cidr)) = parse_cidr(&block.cidr) else {
-            return None;
-        };
-        let excepts = block
-            .except
-            .iter()
-            .flatten()
-            .filter_map(|text| match parse_cidr(text) {
-                Ok(Cidr::V4(prefix)) => Some(prefix),
-                _ => None,
-            })
-            .collect();
+        let cidr = parse_cidr(&block.cidr).ok()?;
+        let excepts = block.except.iter().flatten().filter_map(|text| parse_cidr(text).ok()).collect();
         Some(Self { cidr, excepts })
     }
 
-    /// Whether the addresses whose longest prefix is `prefix` are in this block.
-    fn selects(&self, prefix: &Ipv4Prefix) -> bool {
+    /// Whether the addresses whose longest prefix is `prefix` are in this block (never across families).
+    fn selects(&self, prefix: &IpPrefix) -> bool {
         self.cidr.contains(prefix) && !self.excepts.iter().any(|e| e.contains(prefix))
     }
 }
 
-/// Every IPv4 prefix of every `ipBlock` (`cidr` and `except`), plus `0.0.0.0/0`, with identities.
+/// Every prefix of every `ipBlock` (`cidr` and `except`), plus `0.0.0.0/0` and `::/0`, with identities.
 ///
 /// Prefixes that exactly the same rules select (through any of their `ipBlock` peers) share a policy
 /// identity: every rule allows all of them or none, so the policy maps need one entry for all of them
 /// (a rule of 2000 /32 blocks is one identity, not 2000). Records still carry each prefix's own identity.
 fn collect_cidrs(policies: &[LoadedPolicy], identities: &mut CidrIdentities) -> Vec<CidrEntry> {
-    let mut prefixes = BTreeSet::from([Ipv4Prefix::ANY]);
+    let mut prefixes = BTreeSet::from([IpPrefix::ANY_V4, IpPrefix::ANY_V6]);
     // The blocks of each rule that has some, once per distinct set.
     let mut rules: BTreeSet<Vec<Block>> = BTreeSet::new();
     for loaded in policies {
@@ -218,7 +218,7 @@ fn collect_cidrs(policies: &[LoadedPolicy], identities: &mut CidrIdentities) -> 
             let mut blocks = BTreeSet::new();
             for block in peers.into_iter().flatten().filter_map(|peer| peer.ip_block.as_ref()) {
                 for text in std::iter::once(&block.cidr).chain(block.except.iter().flatten()) {
-                    if let Ok(Cidr::V4(prefix)) = parse_cidr(text) {
+                    if let Ok(prefix) = parse_cidr(text) {
                         prefixes.insert(prefix);
                     }
                 }
@@ -231,7 +231,7 @@ fn collect_cidrs(policies: &[LoadedPolicy], identities: &mut CidrIdentities) -> 
     }
     let rules: Vec<Vec<Block>> = rules.into_iter().collect();
     // Prefixes by the rules that select them; a prefix no rule selects matches no peer and keeps its own.
-    let mut by_rules: BTreeMap<Vec<usize>, Vec<Ipv4Prefix>> = BTreeMap::new();
+    let mut by_rules: BTreeMap<Vec<usize>, Vec<IpPrefix>> = BTreeMap::new();
     for prefix in &prefixes {
         let selected_by: Vec<usize> =
             (0..rules.len()).filter(|&i| rules[i].iter().any(|block| block.selects(prefix))).collect();
@@ -239,7 +239,7 @@ fn collect_cidrs(policies: &[LoadedPolicy], identities: &mut CidrIdentities) -> 
             by_rules.entry(selected_by).or_default().push(*prefix);
         }
     }
-    let mut shared: BTreeMap<Ipv4Prefix, u32> = BTreeMap::new();
+    let mut shared: BTreeMap<IpPrefix, u32> = BTreeMap::new();
     for members in by_rules.values().filter(|members| members.len() > 1) {
         let identity = identities.shared_identity_for(members);
         shared.extend(members.iter().map(|prefix| (*prefix, identity)));

@@ -11,7 +11,7 @@ pub mod selector;
 pub mod source;
 pub mod validate;
 
-pub use cidr::{CidrIdentities, Ipv4Prefix};
+pub use cidr::{CidrIdentities, IpPrefix};
 pub use compile::{ClusterView, ContainerPort, NamespaceInfo, PodInfo, compile};
 pub use plan::{
     Addr, CidrEntry, DirectionPolicy, DirectionVerdict, EndpointPolicy, MatchKind, PeerMatch, PolicyEntry, PolicyPlan,

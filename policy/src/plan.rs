@@ -10,12 +10,12 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use serde::{Deserialize, Serialize};
 
-use crate::cidr::Ipv4Prefix;
+use crate::cidr::IpPrefix;
 
 /// An L4 protocol a NetworkPolicy port can name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -213,6 +213,8 @@ pub struct EndpointPolicy {
     pub pod: String,
     pub identity: u32,
     pub ip: Ipv4Addr,
+    #[serde(default)]
+    pub ipv6: Option<Ipv6Addr>,
     pub ingress: DirectionPolicy,
     pub egress: DirectionPolicy,
 }
@@ -220,7 +222,7 @@ pub struct EndpointPolicy {
 /// A CIDR prefix used by some `ipBlock` (or `0.0.0.0/0`) and its identities.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CidrEntry {
-    pub prefix: Ipv4Prefix,
+    pub prefix: IpPrefix,
     /// The prefix's own identity: what records carry for an address it is the longest match of.
     pub identity: u32,
     /// The identity policy entries name for it: its own, or one shared by every prefix that exactly the
@@ -252,9 +254,9 @@ pub struct PolicyPlan {
 #[serde(rename_all = "snake_case")]
 pub enum Addr {
     /// A pod of the node.
-    Endpoint { endpoint_id: u16, identity: u32, ip: Ipv4Addr },
+    Endpoint { endpoint_id: u16, identity: u32, ip: IpAddr },
     /// Any other address (another node's pod, a host outside the cluster).
-    Outside { ip: Ipv4Addr },
+    Outside { ip: IpAddr },
 }
 
 /// The oracle's decision on one new connection.
@@ -273,7 +275,7 @@ impl PolicyPlan {
     /// containing `ip` (the ipcache's LPM answer, `cidr_identity`); 0 only for a plan without prefixes (a
     /// default plan; compiled plans always hold `0.0.0.0/0`).
     #[must_use]
-    pub fn cidr_identity_of(&self, ip: Ipv4Addr) -> u32 {
+    pub fn cidr_identity_of(&self, ip: IpAddr) -> u32 {
         self.cidrs
             .iter()
             .filter(|c| c.prefix.contains_addr(ip))

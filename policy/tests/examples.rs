@@ -23,6 +23,7 @@ fn pod(id: u16, namespace: &str, name: &str, pod_labels: &[(&str, &str)]) -> Pod
         name: name.into(),
         labels: labels(pod_labels),
         ip: Ipv4Addr::new(10, 200, 0, u8::try_from(id).unwrap() + 10),
+        ipv6: None,
         identity: 100 + u32::from(id),
         ports: Vec::new(),
     }
@@ -67,8 +68,8 @@ fn walkthrough_story() {
     let cluster = walkthrough();
     let plan = compile(&load_dir(&examples("policies")).unwrap(), &cluster, &mut CidrIdentities::new());
     let at = |id: u16| Addr::endpoint(&cluster.pods[usize::from(id) - 1]);
-    let outside = Addr::Outside { ip: Ipv4Addr::new(10, 200, 0, 250) };
-    let stranger = Addr::Outside { ip: Ipv4Addr::new(10, 200, 0, 251) };
+    let outside = Addr::Outside { ip: Ipv4Addr::new(10, 200, 0, 250).into() };
+    let stranger = Addr::Outside { ip: Ipv4Addr::new(10, 200, 0, 251).into() };
     let (database, backend, frontend, app, psql, debug, metrics) = (at(1), at(2), at(3), at(4), at(5), at(6), at(7));
 
     for from in [backend, psql, outside] {
@@ -104,7 +105,7 @@ fn walkthrough_story() {
         }
     );
     let prefixes: Vec<String> = plan.cidrs.iter().map(|c| c.prefix.to_string()).collect();
-    assert_eq!(prefixes, vec!["0.0.0.0/0", "10.200.0.250/32"]);
+    assert_eq!(prefixes, vec!["0.0.0.0/0", "10.200.0.250/32", "::/0"]);
 }
 
 #[test]

@@ -3,7 +3,10 @@
 //! what crosses the socket (and [`NewEndpoint`], what the agent learns of a pod) is here; the registry
 //! that hands out the ids is the agent's state (`flowgate_agent::endpoints`).
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -40,6 +43,9 @@ pub struct Endpoint {
     pub labels: BTreeMap<String, String>,
     pub identity: u32,
     pub ipv4: Ipv4Addr,
+    /// The endpoint's IPv6 address on a dual-stack node.
+    #[serde(default)]
+    pub ipv6: Option<Ipv6Addr>,
     /// Node-side interface name and index.
     pub interface: String,
     pub ifindex: u32,
@@ -79,6 +85,7 @@ pub struct NewEndpoint {
     pub pod_name: String,
     pub labels: BTreeMap<String, String>,
     pub ipv4: Ipv4Addr,
+    pub ipv6: Option<Ipv6Addr>,
     pub interface: String,
     pub ifindex: u32,
 }

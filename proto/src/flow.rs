@@ -1,7 +1,7 @@
 //! The enriched flow: one event as the agent hands it to clients. Field names follow Hubble's flow
 //! (`flow.proto`) where there is an equivalent, so the Hubble-shaped JSON is a direct mapping.
 
-use std::{net::Ipv4Addr, sync::Arc};
+use std::{net::IpAddr, sync::Arc};
 
 use flowgate_common::{ip, policy::match_type, record::tcp_flags};
 use serde::{Deserialize, Serialize};
@@ -76,6 +76,8 @@ pub enum Protocol {
     Udp,
     Sctp,
     Icmp,
+    /// ICMPv6 (Hubble's `ICMPv6`).
+    Icmpv6,
     /// Another IP protocol, by number.
     Other(u8),
 }
@@ -87,6 +89,7 @@ impl Protocol {
             ip::protocol::UDP => Protocol::Udp,
             ip::protocol::SCTP => Protocol::Sctp,
             ip::protocol::ICMP => Protocol::Icmp,
+            ip::protocol::ICMPV6 => Protocol::Icmpv6,
             n => Protocol::Other(n),
         }
     }
@@ -98,8 +101,14 @@ impl Protocol {
             Protocol::Udp => ip::protocol::UDP,
             Protocol::Sctp => ip::protocol::SCTP,
             Protocol::Icmp => ip::protocol::ICMP,
+            Protocol::Icmpv6 => ip::protocol::ICMPV6,
             Protocol::Other(n) => n,
         }
+    }
+
+    /// Whether this is ICMP of either IP version (its tuple has a type and code instead of ports).
+    pub fn is_icmp(self) -> bool {
+        matches!(self, Protocol::Icmp | Protocol::Icmpv6)
     }
 
     /// Lowercase name as Cilium's monitor prints it.
@@ -110,7 +119,7 @@ impl Protocol {
         }
     }
 
-    /// The name of the protocol's `l4` object in Hubble's flow (`TCP`, `UDP`, `SCTP`, `ICMPv4`); `None` for
+    /// The name of the protocol's `l4` object in Hubble's flow (`TCP`, `UDP`, `SCTP`, `ICMPv4`, `ICMPv6`); `None` for
     /// a protocol Hubble has no `l4` for.
     pub fn hubble_name(self) -> Option<&'static str> {
         match self {
@@ -269,8 +278,10 @@ pub struct Flow {
     /// Drop reason code (0 when not dropped), one of `flowgate_common::drop_reason`.
     #[serde(default)]
     pub drop_reason: u8,
-    pub source_ip: Ipv4Addr,
-    pub destination_ip: Ipv4Addr,
+    #[serde(with = "crate::ip_wire")]
+    pub source_ip: IpAddr,
+    #[serde(with = "crate::ip_wire")]
+    pub destination_ip: IpAddr,
     pub protocol: Protocol,
     #[serde(default)]
     pub source_port: u16,
@@ -351,6 +362,7 @@ mod tests {
             (17, Protocol::Udp, "udp", Some("UDP")),
             (132, Protocol::Sctp, "sctp", Some("SCTP")),
             (1, Protocol::Icmp, "icmp", Some("ICMPv4")),
+            (58, Protocol::Icmpv6, "icmpv6", Some("ICMPv6")),
             (47, Protocol::Other(47), "proto-47", None),
         ];
         for (number, p, name, hubble) in table {
@@ -358,7 +370,7 @@ mod tests {
             assert_eq!((p.number(), p.name(), p.hubble_name()), (number, name.to_owned(), hubble));
         }
         assert_eq!("Udp".parse::<Protocol>(), Ok(Protocol::Udp));
-        assert!("icmpv6".parse::<Protocol>().is_err());
+        assert_eq!("ICMPv6".parse::<Protocol>(), Ok(Protocol::Icmpv6));
         assert!("gre".parse::<Protocol>().is_err());
     }
 
@@ -393,8 +405,8 @@ pub mod fixtures {
             event_type: EventType::Trace,
             verdict: Verdict::Forwarded,
             drop_reason: 0,
-            source_ip: Ipv4Addr::new(10, 0, 0, src as u8),
-            destination_ip: Ipv4Addr::new(10, 0, 0, dst as u8),
+            source_ip: Ipv4Addr::new(10, 0, 0, src as u8).into(),
+            destination_ip: Ipv4Addr::new(10, 0, 0, dst as u8).into(),
             protocol: Protocol::Tcp,
             source_port,
             destination_port: 80,

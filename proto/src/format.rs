@@ -19,17 +19,22 @@ pub fn flow_id(flow: &Flow) -> u32 {
             h = h.wrapping_mul(0x0100_0193);
         }
     };
-    eat(&flow.source_ip.octets());
-    eat(&flow.destination_ip.octets());
+    // Each address in its own family's bytes, so an IPv4 flow keeps the id it always had.
+    for ip in [flow.source_ip, flow.destination_ip] {
+        match ip {
+            std::net::IpAddr::V4(v4) => eat(&v4.octets()),
+            std::net::IpAddr::V6(v6) => eat(&v6.octets()),
+        }
+    }
     eat(&flow.source_port.to_be_bytes());
     eat(&flow.destination_port.to_be_bytes());
     eat(&[flow.protocol.number()]);
     h
 }
 
-/// `10.0.0.1:40000 -> 10.0.0.2:80 tcp SYN`.
+/// `10.0.0.1:40000 -> 10.0.0.2:80 tcp SYN`, `[fd00::a]:40000 -> [fd00::b]:80 tcp SYN`.
 pub fn tuple_text(flow: &Flow) -> String {
-    let (src, dst) = (flow.source_ip, flow.destination_ip);
+    let (src, dst) = (host(flow.source_ip), host(flow.destination_ip));
     let proto = flow.protocol.name();
     match flow.protocol {
         Protocol::Tcp => format!(
@@ -41,8 +46,19 @@ pub fn tuple_text(flow: &Flow) -> String {
         Protocol::Udp | Protocol::Sctp => {
             format!("{src}:{} -> {dst}:{} {proto}", flow.source_port, flow.destination_port)
         }
-        Protocol::Icmp => format!("{src} -> {dst} {proto} type {} code {}", flow.icmp_type, flow.icmp_code),
-        Protocol::Other(_) => format!("{src} -> {dst} {proto}"),
+        Protocol::Icmp | Protocol::Icmpv6 => format!(
+            "{} -> {} {proto} type {} code {}",
+            flow.source_ip, flow.destination_ip, flow.icmp_type, flow.icmp_code
+        ),
+        Protocol::Other(_) => format!("{} -> {} {proto}", flow.source_ip, flow.destination_ip),
+    }
+}
+
+/// An address as it goes before `:port`: IPv6 in brackets (RFC 3986), as Hubble and Cilium print it.
+pub fn host(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
     }
 }
 
@@ -217,6 +233,22 @@ mod tests {
             isolated_by: vec![PolicyName { namespace: "default".into(), name: "default-deny-ingress-policy".into() }],
         });
         f
+    }
+
+    #[test]
+    fn ipv6_tuples_put_addresses_in_brackets() {
+        let mut flow = crate::flow::fixtures::flow_between(1, 2, 40000);
+        (flow.source_ip, flow.destination_ip) = ("fd00::a".parse().unwrap(), "fd00::b".parse().unwrap());
+        assert_eq!(tuple_text(&flow), "[fd00::a]:40000 -> [fd00::b]:80 tcp SYN");
+        flow.protocol = crate::flow::Protocol::Icmpv6;
+        flow.icmp_type = 128;
+        assert_eq!(tuple_text(&flow), "fd00::a -> fd00::b icmpv6 type 128 code 0");
+        // IPv4 flow ids are what they were before addresses became 128-bit; IPv6 ones differ by address.
+        let v4 = crate::flow::fixtures::flow_between(1, 2, 40000);
+        let mut other = flow.clone();
+        other.source_ip = "fd00::c".parse().unwrap();
+        assert_ne!(flow_id(&flow), flow_id(&other));
+        assert_ne!(flow_id(&v4), flow_id(&flow));
     }
 
     #[test]

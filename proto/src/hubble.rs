@@ -5,7 +5,7 @@
 //! `docs/flow-json.md`. [`read_flow`] reads a flow back, so `flowgate verdicts export` decides what it
 //! exports with the same filter code as live flows.
 
-use std::{net::Ipv4Addr, sync::Arc};
+use std::{net::IpAddr, sync::Arc};
 
 use flowgate_common::drop_reason;
 use serde_json::{Map, Value, json};
@@ -108,6 +108,7 @@ pub fn summary(flow: &Flow) -> String {
         Protocol::Tcp => format!("{name} Flags: {}", flow.tcp_flags.names().join(", ")),
         Protocol::Udp | Protocol::Sctp => name.into(),
         Protocol::Icmp => format!("{name} {}", icmp_type_name(flow.icmp_type, flow.icmp_code)),
+        Protocol::Icmpv6 => format!("{name} {}", icmpv6_type_name(flow.icmp_type, flow.icmp_code)),
         Protocol::Other(n) => format!("IP protocol {n}"),
     };
     // Hubble's flow has no field for it: a revoked connection says so, and by which revision, here.
@@ -126,6 +127,24 @@ fn icmp_type_name(t: u8, code: u8) -> String {
         5 => "Redirect".into(),
         8 => "EchoRequest".into(),
         11 => "TimeExceeded".into(),
+        _ => format!("Type{t}Code{code}"),
+    }
+}
+
+/// ICMPv6 message names as Hubble's summary (gopacket's) spells them.
+fn icmpv6_type_name(t: u8, code: u8) -> String {
+    match t {
+        1 => format!("DestinationUnreachable({code})"),
+        2 => "PacketTooBig".into(),
+        3 => format!("TimeExceeded({code})"),
+        4 => format!("ParameterProblem({code})"),
+        128 => "EchoRequest".into(),
+        129 => "EchoReply".into(),
+        133 => "RouterSolicitation".into(),
+        134 => "RouterAdvertisement".into(),
+        135 => "NeighborSolicitation".into(),
+        136 => "NeighborAdvertisement".into(),
+        137 => "Redirect".into(),
         _ => format!("Type{t}Code{code}"),
     }
 }
@@ -170,7 +189,7 @@ fn l4_json(flow: &Flow) -> Value {
         return Value::Null;
     };
     let mut body = Map::new();
-    if flow.protocol == Protocol::Icmp {
+    if flow.protocol.is_icmp() {
         put(&mut body, "type", json!(flow.icmp_type));
         put(&mut body, "code", json!(flow.icmp_code));
     } else {
@@ -206,7 +225,11 @@ pub fn flow_object(flow: &Flow, node_name: &str) -> Value {
     o.insert("verdict".into(), json!(verdict_name(flow.verdict)));
     o.insert(
         "IP".into(),
-        json!({ "source": flow.source_ip.to_string(), "destination": flow.destination_ip.to_string(), "ipVersion": "IPv4" }),
+        json!({
+            "source": flow.source_ip.to_string(),
+            "destination": flow.destination_ip.to_string(),
+            "ipVersion": if flow.source_ip.is_ipv6() { "IPv6" } else { "IPv4" },
+        }),
     );
     put(&mut o, "l4", l4_json(flow));
     o.insert("source".into(), endpoint_json(&flow.source));
@@ -488,9 +511,9 @@ pub fn read_flow(object: &Value) -> Result<Flow, ReadError> {
         }
     };
     let ip = object.get("IP").ok_or_else(|| missing("IP"))?;
-    let address = |key: &str| -> Result<Ipv4Addr, ReadError> {
+    let address = |key: &str| -> Result<IpAddr, ReadError> {
         let text = text_at(ip, "IP", key)?.ok_or_else(|| missing(&field_name("IP", key)))?;
-        text.parse().map_err(|_| invalid(&field_name("IP", key), &ip[key], "an IPv4 address"))
+        text.parse().map_err(|_| invalid(&field_name("IP", key), &ip[key], "an IPv4 or IPv6 address"))
     };
     let (source_ip, destination_ip) = (address("source")?, address("destination")?);
 
@@ -519,14 +542,15 @@ pub fn read_flow(object: &Value) -> Result<Flow, ReadError> {
                 }
             }
         }
-        Some(("ICMPv4", body)) => {
-            l4.protocol = Protocol::Icmp;
+        Some((name @ ("ICMPv4" | "ICMPv6"), body)) => {
+            let parent = if name == "ICMPv4" { "l4.ICMPv4" } else { "l4.ICMPv6" };
+            l4.protocol = if name == "ICMPv4" { Protocol::Icmp } else { Protocol::Icmpv6 };
             l4.icmp = (
-                number_at(Some(body), "l4.ICMPv4", "type", "an ICMP type")?,
-                number_at(Some(body), "l4.ICMPv4", "code", "an ICMP code")?,
+                number_at(Some(body), parent, "type", "an ICMP type")?,
+                number_at(Some(body), parent, "code", "an ICMP code")?,
             );
         }
-        Some((name, _)) => return Err(invalid("l4", &json!(name), "TCP, UDP, SCTP or ICMPv4")),
+        Some((name, _)) => return Err(invalid("l4", &json!(name), "TCP, UDP, SCTP, ICMPv4 or ICMPv6")),
         None => {
             let summary = text_at(object, "", "Summary")?.unwrap_or_default();
             let number = summary.strip_prefix("IP protocol ").and_then(|n| n.parse().ok());
@@ -671,8 +695,8 @@ pub mod fixtures {
             event_type: EventType::PolicyVerdict,
             verdict: Verdict::Forwarded,
             drop_reason: 0,
-            source_ip: Ipv4Addr::new(10, 0, 0, 5),
-            destination_ip: Ipv4Addr::new(10, 0, 0, 7),
+            source_ip: Ipv4Addr::new(10, 0, 0, 5).into(),
+            destination_ip: Ipv4Addr::new(10, 0, 0, 7).into(),
             protocol: Protocol::Tcp,
             source_port: 43210,
             destination_port: 5432,
@@ -740,8 +764,8 @@ pub mod fixtures {
     pub fn trace_reply() -> Flow {
         Flow {
             event_type: EventType::Trace,
-            source_ip: Ipv4Addr::new(10, 0, 0, 7),
-            destination_ip: Ipv4Addr::new(10, 0, 0, 5),
+            source_ip: Ipv4Addr::new(10, 0, 0, 7).into(),
+            destination_ip: Ipv4Addr::new(10, 0, 0, 5).into(),
             source_port: 5432,
             destination_port: 43210,
             tcp_flags: TcpFlags(TcpFlags::SYN | TcpFlags::ACK),
@@ -761,7 +785,7 @@ pub mod fixtures {
         Flow {
             protocol: Protocol::Udp,
             tcp_flags: TcpFlags(0),
-            destination_ip: Ipv4Addr::new(192, 0, 2, 53),
+            destination_ip: Ipv4Addr::new(192, 0, 2, 53).into(),
             source_port: 53001,
             destination_port: 53,
             destination: Arc::new(Peer { identity: 2, labels: vec!["reserved:world".into()], ..Peer::default() }),
@@ -814,7 +838,29 @@ pub mod fixtures {
             ("icmp_trace", icmp_trace()),
             ("sctp_allowed", sctp_allowed()),
             ("drop_revoked", drop_revoked()),
+            ("verdict_allowed_ipv6", verdict_allowed_ipv6()),
+            ("icmpv6_echo", icmpv6_echo()),
         ]
+    }
+
+    /// [`verdict_allowed`] between the same pods over IPv6.
+    pub fn verdict_allowed_ipv6() -> Flow {
+        Flow {
+            source_ip: "fd00:10:244::5".parse().expect("an IPv6 address"),
+            destination_ip: "fd00:10:244::7".parse().expect("an IPv6 address"),
+            ..verdict_allowed()
+        }
+    }
+
+    /// An ICMPv6 echo request, forwarded, as [`icmp_trace`] is for IPv4.
+    pub fn icmpv6_echo() -> Flow {
+        Flow {
+            source_ip: "fd00:10:244::5".parse().expect("an IPv6 address"),
+            destination_ip: "fd00:10:244::7".parse().expect("an IPv6 address"),
+            protocol: Protocol::Icmpv6,
+            icmp_type: 128,
+            ..icmp_trace()
+        }
     }
 
     /// A packet of a connection that policy revision 5 no longer allows.
@@ -938,12 +984,47 @@ mod tests {
             ..fixtures::verdict_allowed()
         };
         flows.push(("GRE", gre));
+        let v6 = Flow {
+            source_ip: "fd00:10:200::a".parse().unwrap(),
+            destination_ip: "fd00:10:200::b".parse().unwrap(),
+            ..fixtures::verdict_allowed()
+        };
+        flows.push(("TCP over IPv6", v6.clone()));
+        let ping6 = Flow {
+            protocol: Protocol::Icmpv6,
+            source_port: 0,
+            destination_port: 0,
+            tcp_flags: TcpFlags(0),
+            icmp_type: 128,
+            ..v6
+        };
+        flows.push(("ICMPv6 echo", ping6));
         for (name, flow) in flows {
             let line = flow_json(&flow, "node-1");
             let text = line.to_string();
             let parsed: Value = serde_json::from_str(&text).unwrap();
             assert_eq!(read_flow_json(&parsed), Ok(carried(&flow)), "{name}: {text}");
         }
+    }
+
+    #[test]
+    fn ipv6_flows_say_so_as_hubble_does() {
+        let flow = Flow {
+            source_ip: "fd00:10:200::a".parse().unwrap(),
+            destination_ip: "2001:db8::7".parse().unwrap(),
+            protocol: Protocol::Icmpv6,
+            source_port: 0,
+            destination_port: 0,
+            tcp_flags: TcpFlags(0),
+            icmp_type: 128,
+            ..fixtures::verdict_allowed()
+        };
+        let json = flow_json(&flow, "node-1");
+        let ip = &json["flow"]["IP"];
+        assert_eq!((ip["source"].as_str(), ip["ipVersion"].as_str()), (Some("fd00:10:200::a"), Some("IPv6")));
+        assert_eq!(json["flow"]["l4"]["ICMPv6"]["type"], 128);
+        assert_eq!(json["flow"]["Summary"], "ICMPv6 EchoRequest");
+        assert_eq!(flow_json(&fixtures::verdict_allowed(), "n")["flow"]["IP"]["ipVersion"], "IPv4");
     }
 
     #[test]
@@ -999,7 +1080,7 @@ mod tests {
         );
         assert_eq!(
             with("IP", json!({"source": "10.0.0.300", "destination": "10.0.0.2"})),
-            "`IP.source` is \"10.0.0.300\", expected an IPv4 address"
+            "`IP.source` is \"10.0.0.300\", expected an IPv4 or IPv6 address"
         );
         assert_eq!(with("source", json!({"ID": 70000})), "`source.ID` is 70000, expected an endpoint id (0 to 65535)");
         assert_eq!(

@@ -11,6 +11,7 @@ pub mod filter;
 pub mod flow;
 pub mod format;
 pub mod hubble;
+pub mod ip_wire;
 pub mod message;
 pub mod verdict_log_files;
 pub mod version;

@@ -223,9 +223,11 @@ pub struct ConntrackStatus {
 pub struct ConntrackEntry {
     pub protocol: Protocol,
     /// The opening packet's source and destination (ports: ICMP type and code).
-    pub source: std::net::Ipv4Addr,
+    #[serde(with = "crate::ip_wire")]
+    pub source: std::net::IpAddr,
     pub source_port: u16,
-    pub destination: std::net::Ipv4Addr,
+    #[serde(with = "crate::ip_wire")]
+    pub destination: std::net::IpAddr,
     pub destination_port: u16,
     /// `ingress` or `egress` at the endpoint when the connection opened.
     pub direction: String,

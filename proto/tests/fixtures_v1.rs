@@ -134,7 +134,10 @@ fn v1_events_decode() {
     let Event::Flow(flow) = &events[0] else { panic!() };
     assert_eq!(flow.event_type, EventType::PolicyVerdict);
     assert_eq!(flow.verdict, Verdict::Dropped);
-    assert_eq!((flow.source_ip, flow.destination_ip), (Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2)));
+    assert_eq!(
+        (flow.source_ip, flow.destination_ip),
+        (Ipv4Addr::new(10, 0, 0, 1).into(), Ipv4Addr::new(10, 0, 0, 2).into())
+    );
     assert_eq!((flow.source_port, flow.destination_port), (40000, 80));
     assert_eq!(flow.protocol, Protocol::Tcp);
     assert_eq!(flow.source.pod_name, "pod-1");
@@ -164,6 +167,7 @@ fn endpoint(id: u16, pod: &str, identity: u32) -> Endpoint {
         labels: [("app".to_owned(), pod.to_owned())].into(),
         identity,
         ipv4: Ipv4Addr::new(10, 244, 0, id as u8),
+        ipv6: None,
         interface: "lxc1a2b3c4d".into(),
         ifindex: 7,
         ingress_enforcement: Enforcement::Enabled,

@@ -54,6 +54,7 @@ static API: LazyLock<Arc<Api>> = LazyLock::new(|| {
                 pod_name: name.into(),
                 labels: [("pod".to_owned(), name.to_owned())].into(),
                 ipv4: Ipv4Addr::new(10, 0, 0, 10 + i as u8),
+                ipv6: None,
                 interface: format!("lxc{i}"),
                 ifindex: 10 + i as u32,
             },
@@ -109,6 +110,7 @@ pub fn policy_yaml(data: &[u8]) {
         name: name.into(),
         labels: [("pod".to_owned(), name.to_owned())].into(),
         ip: Ipv4Addr::new(10, 0, 0, 10 + id as u8),
+        ipv6: None,
         identity: 256 + u32::from(id),
         ports: vec![ContainerPort { name: Some("http".into()), port: 80, protocol: Protocol::Tcp }],
     };

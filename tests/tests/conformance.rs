@@ -11,7 +11,9 @@
 #[path = "conformance/framework.rs"]
 mod framework;
 
-use framework::{Conformance, Reachability, Tcp, Udp, policy, reachability};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use framework::{Conformance, FAMILIES, Family, Reachability, Tcp, Udp, policy, reachability};
 use serde_json::json;
 
 /// All connected.
@@ -812,94 +814,121 @@ fn should_enforce_end_port_ranges() {
 // ipBlock
 // ---------------------------------------------------------------------------------------------
 
-/// Ingress from a pod's IP /32, then from the lab range except one pod.
+/// Ingress from a pod's host prefix, then from the lab range except one pod: over IPv4 with IPv4 blocks,
+/// then over IPv6 with IPv6 blocks (a block of one family never matches the other).
 #[test]
 fn should_allow_ingress_from_ip_blocks_with_except() {
     let mut c = Conformance::start("ip-in");
-    let y_b = c.cidr32("y/b");
+    for family in FAMILIES {
+        let y_b = c.host_cidr("y/b", family);
+        c.apply(
+            "allow.yaml",
+            &[policy(
+                "x",
+                "from-cidr",
+                json!({
+                    "podSelector": {"matchLabels": {"pod": "a"}},
+                    "ingress": [{"from": [{"ipBlock": {"cidr": y_b}}]}],
+                }),
+            )],
+        );
+        let r = all().expect_all_ingress("x/a", false).expect("y/b", "x/a", true);
+        c.validate_over(family, "x/a from y/b's host prefix", 80, Tcp, &r);
+        let (range, x_b) = (c.lab_cidr(family), c.host_cidr("x/b", family));
+        c.apply(
+            "allow.yaml",
+            &[policy(
+                "x",
+                "from-cidr",
+                json!({
+                    "podSelector": {"matchLabels": {"pod": "a"}},
+                    "ingress": [{"from": [{"ipBlock": {"cidr": range, "except": [x_b]}}]}],
+                }),
+            )],
+        );
+        let r = all().expect("x/b", "x/a", false);
+        c.validate_over(family, "x/a from the lab range except x/b", 80, Tcp, &r);
+    }
+}
+
+/// A block of one family admits nothing of the other: x/a allows ingress from the IPv4 lab range only, so
+/// over IPv6 it is isolated.
+#[test]
+fn an_ip_block_of_one_family_never_matches_the_other() {
+    let mut c = Conformance::start("ip-family");
+    let range = c.lab_cidr(Family::Ipv4);
     c.apply(
         "allow.yaml",
         &[policy(
             "x",
-            "from-cidr",
-            json!({
-                "podSelector": {"matchLabels": {"pod": "a"}},
-                "ingress": [{"from": [{"ipBlock": {"cidr": y_b}}]}],
-            }),
+            "from-v4-range",
+            json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{"from": [{"ipBlock": {"cidr": range}}]}]}),
         )],
     );
-    let r = all().expect_all_ingress("x/a", false).expect("y/b", "x/a", true);
-    c.validate("x/a from y/b's /32", 80, Tcp, &r);
-    let (range, x_b) = (c.lab_cidr(), c.cidr32("x/b"));
-    c.apply(
-        "allow.yaml",
-        &[policy(
-            "x",
-            "from-cidr",
-            json!({
-                "podSelector": {"matchLabels": {"pod": "a"}},
-                "ingress": [{"from": [{"ipBlock": {"cidr": range, "except": [x_b]}}]}],
-            }),
-        )],
-    );
-    let r = all().expect("x/b", "x/a", false);
-    c.validate("x/a from the lab range except x/b", 80, Tcp, &r);
+    c.validate_over(Family::Ipv4, "IPv4 block, IPv4 traffic", 80, Tcp, &all());
+    c.validate_over(Family::Ipv6, "IPv4 block, IPv6 traffic", 80, Tcp, &all().expect_all_ingress("x/a", false));
 }
 
 /// Upstream "should allow egress access to server in CIDR block".
 #[test]
 fn should_allow_egress_access_to_server_in_cidr_block() {
     let mut c = Conformance::start("ip-eg");
-    let y_b = c.cidr32("y/b");
-    c.apply(
-        "egress.yaml",
-        &[policy(
-            "x",
-            "allow-client-a-via-cidr-egress-rule",
-            json!({
-                "podSelector": {"matchLabels": {"pod": "a"}},
-                "policyTypes": ["Egress"],
-                "egress": [{"to": [{"ipBlock": {"cidr": y_b}}]}],
-            }),
-        )],
-    );
-    let r = all().expect_all_egress("x/a", false).expect("x/a", "y/b", true);
-    c.validate("x/a to y/b's /32 only", 80, Tcp, &r);
+    for family in FAMILIES {
+        let y_b = c.host_cidr("y/b", family);
+        c.apply(
+            "egress.yaml",
+            &[policy(
+                "x",
+                "allow-client-a-via-cidr-egress-rule",
+                json!({
+                    "podSelector": {"matchLabels": {"pod": "a"}},
+                    "policyTypes": ["Egress"],
+                    "egress": [{"to": [{"ipBlock": {"cidr": y_b}}]}],
+                }),
+            )],
+        );
+        let r = all().expect_all_egress("x/a", false).expect("x/a", "y/b", true);
+        c.validate_over(family, "x/a to y/b's host prefix only", 80, Tcp, &r);
+    }
 }
 
-/// A /4 around `pod`'s address, like upstream's makeLargeCIDRForIP.
-fn large_cidr(c: &Conformance, pod: &str) -> String {
-    let ip = u32::from(c.ip(pod)) & (u32::MAX << 28);
-    format!("{}/4", std::net::Ipv4Addr::from(ip))
+/// A large block around `pod`'s address, like upstream's makeLargeCIDRForIP: a /4 for IPv4, a /64 (the
+/// lab's whole IPv6 range) for IPv6.
+fn large_cidr(c: &Conformance, pod: &str, family: Family) -> String {
+    match c.ip(pod, family) {
+        IpAddr::V4(ip) => format!("{}/4", Ipv4Addr::from(u32::from(ip) & (u32::MAX << 28))),
+        IpAddr::V6(ip) => format!("{}/64", Ipv6Addr::from(u128::from(ip) & (u128::MAX << 64))),
+    }
 }
 
 /// Upstream "should enforce except clause while egress access to server in CIDR block".
 #[test]
 fn should_enforce_except_clause_while_egress_access_to_server_in_cidr_block() {
     let mut c = Conformance::start("ip-except");
-    let (cidr, x_b) = (large_cidr(&c, "x/b"), c.cidr32("x/b"));
-    c.apply(
-        "egress.yaml",
-        &[policy(
-            "x",
-            "allow-client-a-via-cidr-egress-rule",
-            json!({
-                "podSelector": {"matchLabels": {"pod": "a"}},
-                "policyTypes": ["Egress"],
-                "egress": [{"to": [{"ipBlock": {"cidr": cidr, "except": [x_b]}}]}],
-            }),
-        )],
-    );
-    let r = all().expect("x/a", "x/b", false);
-    c.validate("x/a everywhere but x/b", 80, Tcp, &r);
+    for family in FAMILIES {
+        let (cidr, x_b) = (large_cidr(&c, "x/b", family), c.host_cidr("x/b", family));
+        c.apply(
+            "egress.yaml",
+            &[policy(
+                "x",
+                "allow-client-a-via-cidr-egress-rule",
+                json!({
+                    "podSelector": {"matchLabels": {"pod": "a"}},
+                    "policyTypes": ["Egress"],
+                    "egress": [{"to": [{"ipBlock": {"cidr": cidr, "except": [x_b]}}]}],
+                }),
+            )],
+        );
+        let r = all().expect("x/a", "x/b", false);
+        c.validate_over(family, "x/a everywhere but x/b", 80, Tcp, &r);
+    }
 }
 
 /// Upstream "should ensure an IP overlapping both IPBlock.CIDR and IPBlock.Except is allowed": the
-/// policy is then updated (same name) to allow x/b's /32 only.
+/// policy is then updated (same name) to allow x/b's host prefix only.
 #[test]
 fn should_ensure_an_ip_overlapping_cidr_and_except_is_allowed() {
     let mut c = Conformance::start("ip-overlap");
-    let (cidr, x_b) = (large_cidr(&c, "x/b"), c.cidr32("x/b"));
     let egress_to = |block: serde_json::Value| {
         policy(
             "x",
@@ -911,11 +940,14 @@ fn should_ensure_an_ip_overlapping_cidr_and_except_is_allowed() {
             }),
         )
     };
-    c.apply("egress.yaml", &[egress_to(json!({"cidr": cidr, "except": [x_b]}))]);
-    c.validate("x/a everywhere but x/b", 80, Tcp, &all().expect("x/a", "x/b", false));
-    c.apply("egress.yaml", &[egress_to(json!({"cidr": x_b}))]);
-    let r = all().expect_all_egress("x/a", false).expect("x/a", "x/b", true);
-    c.validate("updated: x/a to x/b only", 80, Tcp, &r);
+    for family in FAMILIES {
+        let (cidr, x_b) = (large_cidr(&c, "x/b", family), c.host_cidr("x/b", family));
+        c.apply("egress.yaml", &[egress_to(json!({"cidr": cidr, "except": [x_b]}))]);
+        c.validate_over(family, "x/a everywhere but x/b", 80, Tcp, &all().expect("x/a", "x/b", false));
+        c.apply("egress.yaml", &[egress_to(json!({"cidr": x_b}))]);
+        let r = all().expect_all_egress("x/a", false).expect("x/a", "x/b", true);
+        c.validate_over(family, "updated: x/a to x/b only", 80, Tcp, &r);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1483,29 +1515,29 @@ fn should_follow_label_changes_of_egress_peers() {
 }
 
 /// An ipBlock matches addresses, not identities: when x/c takes x/b's labels (so both share one
-/// identity), x/b's /32 still admits x/b only, and an except of x/b's /32 still admits x/c.
+/// identity), x/b's host prefix still admits x/b only, and an except of it still admits x/c; over both IP
+/// versions.
 #[test]
 fn should_match_ip_blocks_by_address_when_pods_share_labels() {
     let mut c = Conformance::start("ip-shared");
-    let (x_b, range) = (c.cidr32("x/b"), c.lab_cidr());
+    // Dual-stack policies: each peer list holds the IPv4 and the IPv6 block, so both families mean the same.
+    let x_b: Vec<_> = FAMILIES.iter().map(|f| json!({"ipBlock": {"cidr": c.host_cidr("x/b", *f)}})).collect();
+    let all_but_x_b: Vec<_> = FAMILIES
+        .iter()
+        .map(|f| json!({"ipBlock": {"cidr": c.lab_cidr(*f), "except": [c.host_cidr("x/b", *f)]}}))
+        .collect();
     c.apply(
         "allow.yaml",
         &[
             policy(
                 "x",
                 "a-from-x-b-address",
-                json!({
-                    "podSelector": {"matchLabels": {"pod": "a"}},
-                    "ingress": [{"from": [{"ipBlock": {"cidr": x_b}}]}],
-                }),
+                json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{"from": x_b}]}),
             ),
             policy(
                 "y",
                 "a-from-all-but-x-b-address",
-                json!({
-                    "podSelector": {"matchLabels": {"pod": "a"}},
-                    "ingress": [{"from": [{"ipBlock": {"cidr": range, "except": [x_b]}}]}],
-                }),
+                json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{"from": all_but_x_b}]}),
             ),
         ],
     );

@@ -3,14 +3,9 @@
 //! policies go through the agent's own loading, compiling and map-writing path; only the packets are
 //! crafted. Nothing is transmitted: test runs execute the program on a buffer.
 
-use std::{net::Ipv4Addr, sync::Arc, time::Duration};
+use std::net::Ipv4Addr;
 
-use aya::maps::{MapData, RingBuf};
-use flowgate_agent::{
-    craft::{Fragment, Transport, ethernet_frame, ipv4_frame, ipv4_packet, quote},
-    datapath::{Datapath, DatapathOptions},
-    policy::PolicyEngine,
-};
+use flowgate_agent::craft::{Fragment, Transport, ethernet_frame, ipv4_frame, ipv4_packet, quote};
 use flowgate_common::{
     Counter,
     counters::aggregation,
@@ -20,85 +15,12 @@ use flowgate_common::{
     policy::{match_type, verdict},
     record::ct_state,
 };
-use flowgate_events::decode::{Record, decode};
-use flowgate_policy::{ContainerPort, Protocol as PolicyProtocol};
-use flowgate_tests::{
-    TempDir, require_root,
-    test_run::{CLIENT, SERVER, TC_ACT_SHOT, TC_ACT_UNSPEC, two_pods},
+use flowgate_events::decode::Record;
+use flowgate_tests::test_run::{
+    CLIENT, SERVER, TC_ACT_SHOT, TC_ACT_UNSPEC, drop_reasons, drops, fixture, fixture_full, fixture_with, verdicts,
 };
 
 const OUTSIDE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 7);
-
-struct Fixture {
-    datapath: Datapath,
-    ring: RingBuf<MapData>,
-    _dir: TempDir,
-}
-
-/// The server pod is the endpoint behind loopback (where test runs happen); the client pod exists in
-/// the cluster view (for selectors and the ipcache) but not on this interface.
-fn fixture(policy_yaml: &str, tag: &str) -> Fixture {
-    fixture_with(policy_yaml, tag, |_| {})
-}
-
-fn fixture_with(policy_yaml: &str, tag: &str, tweak: impl FnOnce(&mut PolicyEngine)) -> Fixture {
-    fixture_full(policy_yaml, tag, aggregation::NONE, tweak)
-}
-
-fn fixture_full(policy_yaml: &str, tag: &str, level: u64, tweak: impl FnOnce(&mut PolicyEngine)) -> Fixture {
-    require_root();
-    let dir = TempDir::new(&format!("datapath-{tag}"));
-    std::fs::write(dir.path().join("policy.yaml"), policy_yaml).unwrap();
-
-    let mut datapath = Datapath::load(DatapathOptions { aggregation: level, ..DatapathOptions::default() })
-        .expect("load the datapath (root, BPF)");
-    let ports = [
-        ContainerPort { name: Some("sctp-80".into()), port: 80, protocol: PolicyProtocol::Sctp },
-        ContainerPort { name: Some("tcp-80".into()), port: 80, protocol: PolicyProtocol::Tcp },
-    ];
-    let (state, cluster) = two_pods(&mut datapath, &ports);
-    let mut engine = PolicyEngine::new(Some(dir.path().to_owned()), false);
-    assert!(engine.reload(), "policy loads: {:?}", engine.status().errors);
-    tweak(&mut engine);
-    let (contents, snapshot) = engine.prepare(&cluster).expect("the test policies fit the maps");
-    state.set_policy(Arc::new(snapshot), engine.cidr_labels());
-    datapath.apply_policy(&contents).expect("write the policy maps");
-    let ring = datapath.take_events().unwrap();
-    Fixture { datapath, ring, _dir: dir }
-}
-
-impl Fixture {
-    /// Runs a program once on a packet; returns its verdict and the records it wrote.
-    fn run(&mut self, program: &'static str, src: Ipv4Addr, dst: Ipv4Addr, transport: Transport) -> (u32, Vec<Record>) {
-        self.run_frame(program, &ipv4_packet(src, dst, transport))
-    }
-
-    /// Runs a program once on a frame; returns its verdict and the records it wrote.
-    fn run_frame(&mut self, program: &'static str, packet: &[u8]) -> (u32, Vec<Record>) {
-        while self.ring.next().is_some() {}
-        let result = self.datapath.test_run(program, packet, 1).expect("BPF_PROG_TEST_RUN");
-        std::thread::sleep(Duration::from_millis(1));
-        let mut records = Vec::new();
-        while let Some(item) = self.ring.next() {
-            records.push(decode(&item).expect("a record the agent can decode"));
-        }
-        (result.return_value, records)
-    }
-}
-
-fn verdicts(records: &[Record]) -> Vec<(u8, u8, u16)> {
-    records
-        .iter()
-        .filter_map(|r| match r {
-            Record::PolicyVerdict(v) => Some((v.verdict, v.match_type, v.flow.dport)),
-            _ => None,
-        })
-        .collect()
-}
-
-fn drops(records: &[Record]) -> usize {
-    records.iter().filter(|r| matches!(r, Record::Drop(_))).count()
-}
 
 const SCTP_POLICY: &str = "
 apiVersion: networking.k8s.io/v1
@@ -254,17 +176,6 @@ fn trace_aggregation_levels() {
         vec![1, 0, 1, 1, 0, 1, 1],
         "low: medium plus every packet leaving the pod"
     );
-}
-
-/// Drop reasons of the drop records among `records`.
-fn drop_reasons(records: &[Record]) -> Vec<u8> {
-    records
-        .iter()
-        .filter_map(|r| match r {
-            Record::Drop(d) => Some(d.reason),
-            _ => None,
-        })
-        .collect()
 }
 
 /// The server takes UDP 53 from the client and nothing else; its egress is open.
@@ -442,4 +353,70 @@ fn other_ethertypes_leaving_an_endpoint_are_dropped_and_arp_passes() {
     assert!(records.is_empty());
     let (ret, _) = f.run_frame(PROG_TO_ENDPOINT, &lldp);
     assert_eq!(ret, TC_ACT_UNSPEC, "what the node sends into the pod is not the pod's to answer for");
+}
+
+/// `frame` (an IPv4 frame from `ipv4_frame`) with `options` (a multiple of 4 bytes) after its header.
+fn with_ip_options(frame: &[u8], options: &[u8]) -> Vec<u8> {
+    let mut out = frame[..34].to_vec();
+    out.extend_from_slice(options);
+    out.extend_from_slice(&frame[34..]);
+    let ip = &mut out[14..];
+    ip[0] = 0x40 | (5 + options.len() / 4) as u8;
+    let total = u16::from_be_bytes([ip[2], ip[3]]) + options.len() as u16;
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip[10..12].copy_from_slice(&[0, 0]);
+    let header_len = 20 + options.len();
+    let c = flowgate_agent::craft::checksum(&ip[..header_len]);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    out
+}
+
+#[test]
+fn ipv4_options_move_the_l4_header_and_are_read_past() {
+    let mut f = fixture(SERVER_DNS_ONLY, "options");
+    // Router alert and NOPs: the UDP header starts 8 bytes later than usual.
+    let options = [0x94, 0x04, 0x00, 0x00, 0x01, 0x01, 0x01, 0x01];
+    let allowed = with_ip_options(&ipv4_packet(CLIENT, SERVER, Transport::Udp { sport: 5000, dport: 53 }), &options);
+    let (ret, records) = f.run_frame(PROG_TO_ENDPOINT, &allowed);
+    assert_eq!(ret, TC_ACT_UNSPEC);
+    assert_eq!(verdicts(&records), vec![(verdict::ALLOWED, match_type::L3_L4, 53)], "the port behind the options");
+    let denied = with_ip_options(&ipv4_packet(CLIENT, SERVER, Transport::Udp { sport: 5000, dport: 54 }), &options);
+    let (ret, records) = f.run_frame(PROG_TO_ENDPOINT, &denied);
+    assert_eq!((ret, drop_reasons(&records)), (TC_ACT_SHOT, vec![drop_reason::POLICY_DENIED]));
+    // Options claiming more header than the packet has.
+    let mut lying = allowed.clone();
+    lying[14] = 0x4f;
+    let (ret, records) = f.run_frame(PROG_TO_ENDPOINT, &lying);
+    assert_eq!((ret, drop_reasons(&records)), (TC_ACT_SHOT, vec![drop_reason::CT_TRUNCATED_OR_INVALID_HEADER]));
+}
+
+#[test]
+fn icmp_errors_about_a_tracked_ping_pass_as_related() {
+    let mut f = fixture(SERVER_DNS_ONLY, "relping");
+    let echo = Transport::IcmpEcho { reply: false, id: 0x77 };
+    assert_eq!(f.run(PROG_FROM_ENDPOINT, SERVER, OUTSIDE, echo).0, TC_ACT_UNSPEC);
+    // A router's "time exceeded" quoting the server's echo request (a traceroute by ping).
+    let exceeded = |id| Transport::IcmpError {
+        icmp_type: 11,
+        code: 0,
+        quoted: quote(SERVER, OUTSIDE, Transport::IcmpEcho { reply: false, id }),
+    };
+    let (ret, records) = f.run(PROG_TO_ENDPOINT, OUTSIDE, SERVER, exceeded(0x77));
+    assert_eq!(ret, TC_ACT_UNSPEC, "about the server's own ping");
+    assert!(matches!(records.as_slice(), [Record::Trace(t)] if t.ct_state == ct_state::RELATED), "{records:?}");
+    let (ret, records) = f.run(PROG_TO_ENDPOINT, OUTSIDE, SERVER, exceeded(0x78));
+    assert_eq!((ret, drop_reasons(&records)), (TC_ACT_SHOT, vec![drop_reason::POLICY_DENIED]), "about no ping");
+}
+
+#[test]
+fn later_fragments_after_the_fragment_lifetime_find_nothing() {
+    let mut f = fixture(SERVER_DNS_ONLY, "fraglife");
+    let (first, later) = udp_fragments(21, 53);
+    assert_eq!(f.run_frame(PROG_TO_ENDPOINT, &first).0, TC_ACT_UNSPEC);
+    // FRAGMENT_LIFETIME_NS (5 s) later, the first fragment's decision is gone: a late fragment cannot be
+    // attributed any more (it would otherwise let data in under a decision of long ago).
+    let lifetime = std::time::Duration::from_nanos(flowgate_common::fragment::FRAGMENT_LIFETIME_NS);
+    std::thread::sleep(lifetime + std::time::Duration::from_millis(300));
+    let (ret, records) = f.run_frame(PROG_TO_ENDPOINT, &later);
+    assert_eq!((ret, drop_reasons(&records)), (TC_ACT_SHOT, vec![drop_reason::FRAGMENT_WITHOUT_FIRST]));
 }

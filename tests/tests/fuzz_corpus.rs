@@ -101,8 +101,8 @@ fn write_seed_corpus() {
 
     // Kernel records of each type.
     let flow = FlowTuple {
-        saddr: u32::from_ne_bytes([10, 0, 0, 10]),
-        daddr: u32::from_ne_bytes([10, 0, 0, 11]),
+        saddr: flowgate_common::ip::v4_mapped([10, 0, 0, 10]),
+        daddr: flowgate_common::ip::v4_mapped([10, 0, 0, 11]),
         sport: 40000,
         dport: 80,
         protocol: protocol::TCP,
@@ -162,7 +162,7 @@ fn write_seed_corpus() {
 
     // Verdict-log lines as the agent writes them.
     let mut flow = flow_between(1, 2, 80);
-    flow.source_ip = Ipv4Addr::new(10, 0, 0, 10);
+    flow.source_ip = Ipv4Addr::new(10, 0, 0, 10).into();
     let line = serde_json::to_vec(&hubble::flow_json(&Arc::new(flow), "node")).unwrap();
     write("verdict_line", "flow", &line);
 }

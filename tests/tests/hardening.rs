@@ -6,9 +6,13 @@
 //! - x/a, isolated for ingress, pings out and gets its replies; an unsolicited ping into x/a is dropped.
 //! - Path-MTU discovery: the node answers x/a's too-big packet with "fragmentation needed", which must
 //!   reach x/a although x/a admits nothing from the node.
+//!
+//! Each again over IPv6 on the dual-stack lab: x/b sending from x/c's IPv6 address (a non-local bind), a
+//! 3000-byte datagram fragmented by its sender, ping6 (ICMPv6 echo), and "packet too big". Neighbour
+//! discovery works throughout (every IPv6 exchange needs it).
 
 use std::{
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket},
     process::Command,
     time::{Duration, Instant},
 };
@@ -80,6 +84,12 @@ impl Setup {
         let (ns, pod) = name.split_once('/').unwrap();
         let p = self.state().pods.into_iter().find(|p| p.namespace == ns && p.name == pod).unwrap();
         (p.netns, p.ip)
+    }
+
+    fn pod6(&self, name: &str) -> (String, Ipv6Addr) {
+        let (ns, pod) = name.split_once('/').unwrap();
+        let p = self.state().pods.into_iter().find(|p| p.namespace == ns && p.name == pod).unwrap();
+        (p.netns, p.ipv6.expect("the lab is dual-stack"))
     }
 
     fn kernel_counter(&self, name: &str) -> u64 {
@@ -310,5 +320,174 @@ fn path_mtu_discovery_works_for_a_pod_isolated_for_ingress() {
     })
     .unwrap();
     assert_eq!(mtu, 1000, "x/a learned the path MTU from the node's ICMP error");
+    assert!(s.kernel_counter("icmp_related") >= 1, "{}", s.status());
+}
+
+// ---- IPv6 ----------------------------------------------------------------------------------------
+
+/// A UDP socket bound inside `netns` to `addr`, reading with a short timeout. With `foreign`, the address
+/// need not be the namespace's own (IPV6_FREEBIND): how a pod sends with a borrowed source.
+fn udp6_socket(netns: &str, addr: SocketAddrV6, foreign: bool) -> UdpSocket {
+    let socket = in_netns(netns, || {
+        let socket = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::DGRAM, None)?;
+        if foreign {
+            let on: libc::c_int = 1;
+            // SAFETY: a valid int option of the size given, on an open socket.
+            let rc = unsafe {
+                libc::setsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(&socket),
+                    libc::IPPROTO_IPV6,
+                    libc::IPV6_FREEBIND,
+                    (&raw const on).cast(),
+                    4,
+                )
+            };
+            assert_eq!(rc, 0, "IPV6_FREEBIND: {}", std::io::Error::last_os_error());
+        }
+        socket.bind(&SocketAddr::V6(addr).into())?;
+        Ok::<_, std::io::Error>(UdpSocket::from(socket))
+    })
+    .unwrap()
+    .unwrap();
+    socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    socket
+}
+
+#[test]
+fn a_pod_cannot_borrow_another_pods_ipv6_address() {
+    let s = Setup::new("hspoof6");
+    let (a_ns, a_ip) = s.pod6("x/a");
+    let (b_ns, _) = s.pod6("x/b");
+    let (c_ns, c_ip) = s.pod6("x/c");
+    let to = SocketAddrV6::new(a_ip, 7777, 0, 0);
+    let inbox = udp6_socket(&a_ns, to, false);
+    udp6_socket(&c_ns, SocketAddrV6::new(c_ip, 0, 0, 0), false).send_to(b"from the real c", to).unwrap();
+    assert_eq!(received(&inbox, Duration::from_millis(500)), vec![b"from the real c".to_vec()]);
+    // x/b binds x/c's address (not its own: IPV6_FREEBIND) and sends from it.
+    let forged = udp6_socket(&b_ns, SocketAddrV6::new(c_ip, 40000, 0, 0), true);
+    for _ in 0..3 {
+        forged.send_to(b"from b, claiming to be c", to).unwrap();
+    }
+    assert!(received(&inbox, Duration::from_secs(1)).is_empty(), "a spoofed IPv6 packet reached x/a");
+    let drops = s.drops_named("INVALID_SOURCE_IP");
+    assert!(drops.len() >= 3, "every spoofed packet has its drop record: {drops:?}");
+    assert_eq!(drops[0]["flow"]["source"]["pod_name"], "b", "the drop names the sender: {}", drops[0]);
+    assert_eq!(drops[0]["flow"]["IP"]["ipVersion"], "IPv6", "{}", drops[0]);
+    assert_eq!(drops[0]["flow"]["IP"]["source"], c_ip.to_string(), "the borrowed address is shown: {}", drops[0]);
+}
+
+#[test]
+fn large_ipv6_datagrams_of_allowed_flows_arrive_whole_and_of_denied_flows_not_at_all() {
+    let s = Setup::new("hfrag6");
+    let (a_ns, a_ip) = s.pod6("x/a");
+    let (b_ns, b_ip) = s.pod6("x/b");
+    let (c_ns, c_ip) = s.pod6("x/c");
+    let to = SocketAddrV6::new(a_ip, 7778, 0, 0);
+    let inbox = udp6_socket(&a_ns, to, false);
+    let big: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+    let c = udp6_socket(&c_ns, SocketAddrV6::new(c_ip, 0, 0, 0), false);
+    c.send_to(&big, to).unwrap();
+    c.send_to(&big[..1000], to).unwrap();
+    let got = received(&inbox, Duration::from_secs(1));
+    assert_eq!(got, vec![big.clone(), big[..1000].to_vec()], "x/c's fragmented datagram arrives whole");
+    udp6_socket(&b_ns, SocketAddrV6::new(b_ip, 0, 0, 0), false).send_to(&big, to).unwrap();
+    assert!(received(&inbox, Duration::from_secs(1)).is_empty(), "x/b's fragments never arrive");
+    assert_eq!(s.kernel_counter("fragments_without_first"), 0, "{}", s.status());
+}
+
+/// One ICMPv6 echo from inside `netns` to `to`: whether the matching reply came back within a second.
+fn ping6(netns: &str, to: Ipv6Addr, id: u16) -> bool {
+    in_netns(netns, || {
+        // SAFETY: plain socket(2); closed below. The kernel fills in ICMPv6 checksums on raw sockets.
+        let fd = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6) };
+        assert!(fd >= 0, "raw ICMPv6 socket: {}", std::io::Error::last_os_error());
+        let timeout = libc::timeval { tv_sec: 0, tv_usec: 200_000 };
+        // SAFETY: a valid timeval of the size given.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const timeout).cast(),
+                size_of::<libc::timeval>() as u32,
+            )
+        };
+        let mut echo = vec![128u8, 0, 0, 0, 0, 0, 0, 1];
+        echo[4..6].copy_from_slice(&id.to_be_bytes());
+        echo.extend_from_slice(b"flowgate");
+        let dst = libc::sockaddr_in6 {
+            sin6_family: libc::AF_INET6 as u16,
+            sin6_port: 0,
+            sin6_flowinfo: 0,
+            sin6_addr: libc::in6_addr { s6_addr: to.octets() },
+            sin6_scope_id: 0,
+        };
+        // SAFETY: buffers valid for the lengths given; fd is the socket opened above.
+        unsafe {
+            libc::sendto(fd, echo.as_ptr().cast(), echo.len(), 0, (&raw const dst).cast(), size_of_val(&dst) as u32)
+        };
+        let started = Instant::now();
+        let mut buf = [0u8; 1500];
+        let mut answered = false;
+        while started.elapsed() < Duration::from_secs(1) && !answered {
+            // SAFETY: `buf` is valid for its length. Raw ICMPv6 sockets deliver the ICMPv6 message alone.
+            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n >= 8 {
+                answered = buf[0] == 129 && u16::from_be_bytes([buf[4], buf[5]]) == id;
+            }
+        }
+        // SAFETY: closes the descriptor opened above, once.
+        unsafe { libc::close(fd) };
+        answered
+    })
+    .unwrap()
+}
+
+#[test]
+fn a_pod_isolated_for_ingress_can_ping6_out_and_is_not_pinged_into() {
+    let s = Setup::new("hping6");
+    let (a_ns, a_ip) = s.pod6("x/a");
+    let (_, ya_ip) = s.pod6("y/a");
+    let (yb_ns, _) = s.pod6("y/b");
+    let (c_ns, _) = s.pod6("x/c");
+    assert!(ping6(&a_ns, ya_ip, 0x6201), "x/a's ping6 to y/a gets its reply");
+    assert!(!ping6(&yb_ns, a_ip, 0x6202), "y/b's ping6 into x/a is dropped (x/a admits only x/c)");
+    assert!(ping6(&c_ns, a_ip, 0x6203), "x/c's ping6 is admitted by a rule without ports");
+    assert!(s.kernel_counter("link_control") >= 1, "neighbour discovery passed: {}", s.status());
+}
+
+#[test]
+fn ipv6_path_mtu_discovery_works_for_a_pod_isolated_for_ingress() {
+    let s = Setup::new("hpmtu6");
+    let state = s.state();
+    let (a_ns, _) = s.pod6("x/a");
+    let ya = state.pods.iter().find(|p| p.namespace == "y" && p.name == "a").unwrap().clone();
+    let ya_ip = ya.ipv6.unwrap();
+    // The node's link to y/a takes at most 1280 bytes (IPv6's minimum): forwarding x/a's 1400-byte
+    // packet, the node answers "packet too big" from its own address (which x/a does not admit).
+    let ok = Command::new("ip")
+        .args(["-n", &state.node_netns, "link", "set", &ya.host_ifname, "mtu", "1280"])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let mtu = in_netns(&a_ns, || {
+        let socket = UdpSocket::bind("[::]:0").unwrap();
+        socket.connect(SocketAddr::V6(SocketAddrV6::new(ya_ip, 9, 0, 0))).unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&socket);
+        let on: libc::c_int = libc::IPV6_PMTUDISC_DO;
+        // SAFETY: a valid int option of the size given, on an open socket.
+        unsafe {
+            libc::setsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER, (&raw const on).cast(), 4);
+        }
+        let _ = socket.send(&[0u8; 1400]);
+        std::thread::sleep(Duration::from_millis(300));
+        let mut mtu: libc::c_int = 0;
+        let mut len: libc::socklen_t = 4;
+        // SAFETY: `mtu` and `len` are valid for writing; fd is open.
+        unsafe { libc::getsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_MTU, (&raw mut mtu).cast(), &raw mut len) };
+        mtu
+    })
+    .unwrap();
+    assert_eq!(mtu, 1280, "x/a learned the IPv6 path MTU from the node's packet-too-big");
     assert!(s.kernel_counter("icmp_related") >= 1, "{}", s.status());
 }

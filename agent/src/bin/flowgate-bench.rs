@@ -74,6 +74,7 @@ fn load(wakeup_bytes: u64) -> anyhow::Result<(Datapath, Arc<AgentState>)> {
             pod_name: "client".into(),
             labels: [("app".to_string(), "client".to_string())].into(),
             ipv4: Ipv4Addr::new(10, 200, 0, 10),
+            ipv6: None,
             interface: "lo".into(),
             ifindex: TEST_RUN_IFINDEX,
         },
@@ -179,6 +180,7 @@ fn policy_cost(policies: usize, runs: usize, repeat: u32) -> anyhow::Result<(f64
                 pod_name: name.clone(),
                 labels: [("app".to_string(), name.clone())].into(),
                 ipv4: ip,
+                ipv6: None,
                 interface: format!("if{ifindex}"),
                 ifindex,
             },
@@ -190,6 +192,7 @@ fn policy_cost(policies: usize, runs: usize, repeat: u32) -> anyhow::Result<(f64
             name,
             labels: ep.labels.clone(),
             ip,
+            ipv6: None,
             identity: ep.identity,
             ports: Vec::new(),
         });

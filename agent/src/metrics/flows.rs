@@ -59,7 +59,7 @@ pub fn protocol_label(p: Protocol) -> String {
 }
 
 /// `namespace/pod` for an endpoint, else its first label (`cidr:...`, `reserved:world`), else its IP.
-fn peer_label(peer: &Peer, ip: std::net::Ipv4Addr) -> String {
+fn peer_label(peer: &Peer, ip: std::net::IpAddr) -> String {
     if !peer.pod_name.is_empty() {
         format!("{}/{}", peer.namespace, peer.pod_name)
     } else if let Some(l) = peer.labels.first() {
@@ -73,6 +73,8 @@ fn peer_label(peer: &Peer, ip: std::net::Ipv4Addr) -> String {
 pub struct FlowCounts {
     /// `[event type][verdict]`.
     pub processed: BTreeMap<(&'static str, &'static str), u64>,
+    /// `[IP version][verdict]`: `IPv4`, `IPv6` as Hubble's `ipVersion`.
+    pub by_ip_version: BTreeMap<(&'static str, &'static str), u64>,
     /// `(direction, match, action)`.
     pub policy_verdicts: BTreeMap<(&'static str, &'static str, &'static str), u64>,
     /// `(reason, protocol)`.
@@ -95,6 +97,8 @@ impl FlowCounts {
 
     pub fn count(&mut self, flow: &Flow) {
         *self.processed.entry((flow.event_type.as_str(), verdict_label(flow.verdict))).or_default() += 1;
+        let ip_version = if flow.source_ip.is_ipv6() { "IPv6" } else { "IPv4" };
+        *self.by_ip_version.entry((ip_version, verdict_label(flow.verdict))).or_default() += 1;
         match flow.event_type {
             EventType::PolicyVerdict => self.policy_verdict(flow),
             EventType::Drop => {
@@ -194,6 +198,11 @@ mod tests {
         c.count(&flow_between(1, 2, 5));
         assert_eq!(c.processed[&("policy-verdict", "DROPPED")], 2);
         assert_eq!(c.processed[&("trace", "FORWARDED")], 1);
+        assert_eq!(c.by_ip_version[&("IPv4", "DROPPED")], 3);
+        let mut v6 = flow_between(1, 2, 6);
+        (v6.source_ip, v6.destination_ip) = ("fd00::a".parse().unwrap(), "fd00::b".parse().unwrap());
+        c.count(&v6);
+        assert_eq!(c.by_ip_version[&("IPv6", "FORWARDED")], 1);
         assert_eq!(c.policy_verdicts[&("ingress", "none", "dropped")], 2);
         assert_eq!(c.drops[&("POLICY_DENIED", "TCP".to_owned())], 1);
         assert_eq!(c.endpoint_verdicts[&("2".into(), "default".into(), "pod-2".into(), "ingress", "dropped")], 2);

@@ -103,6 +103,14 @@ impl Metrics {
             for ((t, v), n) in &counts.processed {
                 out.sample("flowgate_flows_processed_total", &[("type", t), ("verdict", v)], *n as f64);
             }
+            out.family("flowgate_flows_by_ip_version_total", "counter", "Flows processed, by IP version and verdict.");
+            for ((ip_version, v), n) in &counts.by_ip_version {
+                out.sample(
+                    "flowgate_flows_by_ip_version_total",
+                    &[("ip_version", ip_version), ("verdict", v)],
+                    *n as f64,
+                );
+            }
             out.family(
                 "flowgate_policy_verdicts_total",
                 "counter",

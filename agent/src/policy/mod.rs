@@ -7,7 +7,7 @@ pub mod realize;
 
 use std::{
     collections::{BTreeMap, HashMap},
-    net::Ipv4Addr,
+    net::IpAddr,
     path::PathBuf,
     sync::Arc,
 };
@@ -163,7 +163,13 @@ impl PolicyEngine {
         cluster: &ClusterView,
     ) -> Result<(MapContents, PolicySnapshot), CapacityError> {
         let plan = compile(policies, cluster, &mut self.cidr_identities);
-        let pods: Vec<(Ipv4Addr, u32)> = cluster.pods.iter().map(|p| (p.ip, p.identity)).collect();
+        let pods: Vec<(IpAddr, u32)> = cluster
+            .pods
+            .iter()
+            .flat_map(|p| {
+                std::iter::once((IpAddr::V4(p.ip), p.identity)).chain(p.ipv6.map(|v6| (IpAddr::V6(v6), p.identity)))
+            })
+            .collect();
         let fill = realize::count(&plan, &pods);
         fill.check(&self.capacities)?;
         let contents = realize::realize(&plan, &pods, &self.audit, &mut self.rules);
@@ -289,7 +295,8 @@ mod tests {
                     namespace: "default".into(),
                     name: format!("db-{i}"),
                     labels: BTreeMap::from([("app".to_owned(), "db".to_owned())]),
-                    ip: Ipv4Addr::new(10, 200, 0, i),
+                    ip: std::net::Ipv4Addr::new(10, 200, 0, i),
+                    ipv6: None,
                     identity: 256,
                     ports: Vec::new(),
                 })
@@ -341,12 +348,13 @@ mod tests {
         // each) and every usable port is the protocol alone. It was 2000 identities x 16 port prefixes of
         // 1-65535: 288,000 entries.
         assert_eq!(contents.policy.len(), 9);
-        assert_eq!(contents.ipcache.len(), 2000 + 1 + 3);
+        // The 2000 prefixes, the two worlds (0.0.0.0/0, ::/0), the three pods.
+        assert_eq!(contents.ipcache.len(), 2000 + 2 + 3);
         engine.applied();
         let status = engine.status();
         assert!(status.errors.is_empty(), "{:?}", status.errors);
         assert_eq!(status.maps[0], MapFill { map: "policy".into(), entries: 9, capacity: 65_536 });
-        assert_eq!(status.maps[1], MapFill { map: "ipcache".into(), entries: 2004, capacity: 16_384 });
+        assert_eq!(status.maps[1], MapFill { map: "ipcache".into(), entries: 2005, capacity: 16_384 });
         let labels = engine.cidr_labels();
         assert!(labels.values().any(|l| l == "cidr:172.16.0.1/32 (+1999)"), "the shared identity is labelled");
         assert!(labels.values().any(|l| l == "cidr:172.16.7.250/32"), "each prefix keeps its own label");
@@ -426,7 +434,7 @@ mod tests {
             status.errors
         );
         engine.set_capacities(Capacities { ipcache: 10, ..Capacities::default() });
-        let refusal = engine.prepare(&cluster_of(3)).map(|_| ()).expect_err("14 ipcache entries do not fit 10");
-        assert_eq!((refusal.what, refusal.needs, refusal.capacity), ("ipcache", 14, 10));
+        let refusal = engine.prepare(&cluster_of(3)).map(|_| ()).expect_err("15 ipcache entries do not fit 10");
+        assert_eq!((refusal.what, refusal.needs, refusal.capacity), ("ipcache", 15, 10));
     }
 }

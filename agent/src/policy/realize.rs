@@ -4,7 +4,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
-    net::Ipv4Addr,
+    net::IpAddr,
 };
 
 use flowgate_common::{
@@ -15,7 +15,7 @@ use flowgate_common::{
         enforcement,
     },
 };
-use flowgate_policy::{DirectionPolicy, PeerMatch, PolicyEntry, PolicyPlan, PolicyRef};
+use flowgate_policy::{DirectionPolicy, IpPrefix, PeerMatch, PolicyEntry, PolicyPlan, PolicyRef};
 use flowgate_proto::flow::PolicyName;
 
 /// Interns sets of policy names as small rule ids (never 0, never reused), so a record's rule id can be
@@ -49,8 +49,8 @@ impl RuleTable {
 pub struct MapContents {
     /// (prefix length, key, value) of the policy trie.
     pub policy: Vec<(u32, PolicyKey, PolicyValue)>,
-    /// (prefix length, address, value) of the ipcache.
-    pub ipcache: Vec<(u32, Ipv4Addr, IpcacheValue)>,
+    /// Prefixes of the ipcache (pods' addresses as host prefixes) and their identities.
+    pub ipcache: Vec<(IpPrefix, IpcacheValue)>,
     /// Endpoint id -> `enforcement` flags.
     pub enforcement: Vec<(u16, u32)>,
 }
@@ -166,7 +166,7 @@ fn group_keys(entries: &[PolicyEntry]) -> usize {
 
 /// Counts what [`realize`] would write, without building it: memory stays bounded by one (peer,
 /// protocol) group, so a set too big for the maps is refused without first allocating it.
-pub fn count(plan: &PolicyPlan, pods: &[(Ipv4Addr, u32)]) -> Fill {
+pub fn count(plan: &PolicyPlan, pods: &[(IpAddr, u32)]) -> Fill {
     let mut fill = Fill::default();
     for ep in plan.endpoints.values() {
         for policy in [&ep.ingress, &ep.egress] {
@@ -179,9 +179,8 @@ pub fn count(plan: &PolicyPlan, pods: &[(Ipv4Addr, u32)]) -> Fill {
             fill.enforcement += 1;
         }
     }
-    let mut ipcache: HashSet<(u8, Ipv4Addr)> =
-        plan.cidrs.iter().map(|c| (c.prefix.prefix_len(), c.prefix.addr())).collect();
-    ipcache.extend(pods.iter().map(|(ip, _)| (32, *ip)));
+    let mut ipcache: HashSet<IpPrefix> = plan.cidrs.iter().map(|c| c.prefix).collect();
+    ipcache.extend(pods.iter().map(|(ip, _)| IpPrefix::host(*ip)));
     fill.ipcache = ipcache.len();
     fill
 }
@@ -223,8 +222,8 @@ fn direction_entries(
     }
 }
 
-/// The map contents for a plan. `pods` are (address, pod identity) of every endpoint.
-pub fn realize(plan: &PolicyPlan, pods: &[(Ipv4Addr, u32)], audit: &Audit, rules: &mut RuleTable) -> MapContents {
+/// The map contents for a plan. `pods` are (address, pod identity) of every endpoint address (IPv4 and IPv6).
+pub fn realize(plan: &PolicyPlan, pods: &[(IpAddr, u32)], audit: &Audit, rules: &mut RuleTable) -> MapContents {
     let mut entries: BTreeMap<(u32, PolicyKey), BTreeSet<PolicyRef>> = BTreeMap::new();
     let mut contents = MapContents::default();
     for (&endpoint_id, ep) in &plan.endpoints {
@@ -249,17 +248,14 @@ pub fn realize(plan: &PolicyPlan, pods: &[(Ipv4Addr, u32)], audit: &Audit, rules
         contents.policy.push((prefix, key, value));
     }
 
-    // ipcache: CIDR prefixes (0.0.0.0/0 maps to the world identity), then every pod's /32.
+    // ipcache: CIDR prefixes (0.0.0.0/0 and ::/0 map to the world identity), then every pod address.
     for cidr in &plan.cidrs {
         let identity = if cidr.prefix.prefix_len() == 0 { identity::WORLD } else { cidr.identity };
-        contents.ipcache.push((
-            u32::from(cidr.prefix.prefix_len()),
-            cidr.prefix.addr(),
-            IpcacheValue { identity, cidr_identity: cidr.policy_identity() },
-        ));
+        contents.ipcache.push((cidr.prefix, IpcacheValue { identity, cidr_identity: cidr.policy_identity() }));
     }
     for &(ip, identity) in pods {
-        contents.ipcache.push((32, ip, IpcacheValue { identity, cidr_identity: plan.cidr_identity_of(ip) }));
+        let value = IpcacheValue { identity, cidr_identity: plan.cidr_identity_of(ip) };
+        contents.ipcache.push((IpPrefix::host(ip), value));
     }
     contents
 }
@@ -294,7 +290,8 @@ mod tests {
             namespace: "default".into(),
             pod: "db".into(),
             identity: 256,
-            ip: Ipv4Addr::new(10, 200, 0, 1),
+            ip: std::net::Ipv4Addr::new(10, 200, 0, 1),
+            ipv6: None,
             ingress: DirectionPolicy { enforced: true, selected_by: Vec::new(), entries },
             egress: DirectionPolicy::default(),
         };
@@ -319,7 +316,7 @@ mod tests {
         ];
         entries.sort_by_key(|e| (e.peer, e.protocol, e.ports));
         let plan = plan_with(entries);
-        let pods = [(Ipv4Addr::new(10, 200, 0, 1), 256)];
+        let pods = [(std::net::Ipv4Addr::new(10, 200, 0, 1).into(), 256)];
         let contents = realize(&plan, &pods, &Audit::default(), &mut RuleTable::default());
         let fill = count(&plan, &pods);
         assert_eq!(fill.policy, contents.policy.len());

@@ -77,6 +77,7 @@ impl TestServer {
                     pod_name: name.into(),
                     labels: [("pod".to_owned(), name.to_owned())].into(),
                     ipv4: Ipv4Addr::new(10, 0, 0, i as u8 + 1),
+                    ipv6: None,
                     interface: format!("lxc{i}"),
                     ifindex: i as u32 + 2,
                 },

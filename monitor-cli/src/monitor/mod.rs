@@ -170,6 +170,7 @@ pub(crate) mod tests {
             labels: BTreeMap::from([("app".to_owned(), pod.to_owned())]),
             identity: 1000 + u32::from(id),
             ipv4: Ipv4Addr::new(10, 200, 0, id as u8),
+            ipv6: None,
             interface: format!("lxc{id}"),
             ifindex: 10 + u32::from(id),
             ingress_enforcement: Enforcement::Enabled,

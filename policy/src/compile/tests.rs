@@ -21,6 +21,7 @@ fn pod(id: u16, namespace: &str, name: &str, pod_labels: &[(&str, &str)], identi
         name: name.to_owned(),
         labels: labels(pod_labels),
         ip: Ipv4Addr::new(10, 200, 0, u8::try_from(id).unwrap()),
+        ipv6: None,
         identity,
         ports: Vec::new(),
     }
@@ -73,7 +74,7 @@ fn entry(peer: PeerMatch, protocol: Option<Protocol>, ports: Option<(u16, u16)>,
 
 fn addr(plan: &PolicyPlan, id: u16) -> Addr {
     let e = &plan.endpoints[&id];
-    Addr::Endpoint { endpoint_id: id, identity: e.identity, ip: e.ip }
+    Addr::Endpoint { endpoint_id: id, identity: e.identity, ip: e.ip.into() }
 }
 
 fn outside(ip: &str) -> Addr {
@@ -479,7 +480,7 @@ fn cidrs_hold_every_block_and_except_plus_world() {
         "podSelector: {}\ningress:\n- from: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.1.0.0/16]}}]\negress:\n- to: [{ipBlock: {cidr: 192.168.1.7/24}}]",
     ));
     let prefixes: Vec<String> = plan.cidrs.iter().map(|c| c.prefix.to_string()).collect();
-    assert_eq!(prefixes, vec!["0.0.0.0/0", "10.0.0.0/8", "10.1.0.0/16", "192.168.1.0/24"]);
+    assert_eq!(prefixes, vec!["0.0.0.0/0", "10.0.0.0/8", "10.1.0.0/16", "192.168.1.0/24", "::/0"]);
     assert!(plan.cidrs.iter().all(|c| c.identity >= CidrIdentities::FIRST));
 }
 
@@ -554,9 +555,9 @@ fn cidr_identity_of_uses_longest_prefix() {
         "podSelector: {}\ningress:\n- from: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.1.0.0/16]}}]",
     ));
     let id = |text: &str| plan.cidrs.iter().find(|c| c.prefix.to_string() == text).unwrap().identity;
-    assert_eq!(plan.cidr_identity_of(Ipv4Addr::new(10, 1, 2, 3)), id("10.1.0.0/16"));
-    assert_eq!(plan.cidr_identity_of(Ipv4Addr::new(10, 2, 2, 3)), id("10.0.0.0/8"));
-    assert_eq!(plan.cidr_identity_of(Ipv4Addr::new(8, 8, 8, 8)), id("0.0.0.0/0"));
+    assert_eq!(plan.cidr_identity_of(Ipv4Addr::new(10, 1, 2, 3).into()), id("10.1.0.0/16"));
+    assert_eq!(plan.cidr_identity_of(Ipv4Addr::new(10, 2, 2, 3).into()), id("10.0.0.0/8"));
+    assert_eq!(plan.cidr_identity_of(Ipv4Addr::new(8, 8, 8, 8).into()), id("0.0.0.0/0"));
 }
 
 #[test]
@@ -611,15 +612,35 @@ fn ip_block_with_host_bits_is_masked() {
 }
 
 #[test]
-fn ipv6_ip_block_is_accepted_but_matches_nothing() {
+fn ipv6_ip_block_selects_ipv6_addresses_only() {
     let plan = compile_yaml(&np(
         "default",
         "v6",
-        "podSelector: {matchLabels: {app: db}}\ningress:\n- from: [{ipBlock: {cidr: '::/0'}}]",
+        "podSelector: {matchLabels: {app: db}}\ningress:\n- from: [{ipBlock: {cidr: 'fd00::/8', except: ['fd00:1::/32']}}]",
     ));
     assert!(plan.endpoints[&3].ingress.enforced);
-    assert!(plan.endpoints[&3].ingress.entries.is_empty());
-    assert_eq!(plan.cidrs.len(), 1);
+    let db = addr(&plan, 3);
+    let from = |ip: &str| plan.evaluate(Addr::Outside { ip: ip.parse().unwrap() }, db, Protocol::Tcp, 80).allowed;
+    assert!(from("fd00:2::7"));
+    assert!(!from("fd00:1::7"), "inside the except");
+    assert!(!from("fe80::1"), "outside the block");
+    assert!(!from("10.200.0.250"), "an IPv6 block never selects IPv4");
+    let prefixes: Vec<String> = plan.cidrs.iter().map(|c| c.prefix.to_string()).collect();
+    assert_eq!(prefixes, ["0.0.0.0/0", "::/0", "fd00::/8", "fd00:1::/32"]);
+}
+
+#[test]
+fn ipv4_world_block_does_not_admit_ipv6_nor_the_ipv6_world_ipv4() {
+    for (cidr, v4_allowed, v6_allowed) in [("0.0.0.0/0", true, false), ("'::/0'", false, true)] {
+        let plan = compile_yaml(&np(
+            "default",
+            "world",
+            &format!("podSelector: {{matchLabels: {{app: db}}}}\ningress:\n- from: [{{ipBlock: {{cidr: {cidr}}}}}]"),
+        ));
+        let db = addr(&plan, 3);
+        let from = |ip: &str| plan.evaluate(Addr::Outside { ip: ip.parse().unwrap() }, db, Protocol::Tcp, 80).allowed;
+        assert_eq!((from("192.0.2.1"), from("2001:db8::1")), (v4_allowed, v6_allowed), "{cidr}");
+    }
 }
 
 #[test]

@@ -45,6 +45,7 @@ pub fn model() -> ClusterView {
                 name: (*pod).to_owned(),
                 labels: labels(&[("pod", pod)]),
                 ip: pod_ip(namespace, pod),
+                ipv6: None,
                 identity: 1000 + u32::from(index),
                 ports,
             });

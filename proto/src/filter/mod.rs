@@ -158,7 +158,7 @@ pub enum ValueError {
         "unknown verdict {value:?} (expected allowed, denied or audit; Hubble's FORWARDED, DROPPED and AUDIT work too)"
     )]
     Verdict { value: String },
-    #[error("unknown protocol {value:?} (expected TCP, UDP, SCTP or ICMP)")]
+    #[error("unknown protocol {value:?} (expected TCP, UDP, SCTP, ICMP or ICMPv6)")]
     Protocol { value: String },
     #[error("pod {value:?}: {problem}; write [namespace/]pod-name-prefix, e.g. default/web- or web")]
     Pod { value: String, problem: &'static str },
@@ -229,8 +229,8 @@ pub(crate) mod tests {
             event_type: EventType::PolicyVerdict,
             verdict,
             drop_reason: 0,
-            source_ip: Ipv4Addr::new(10, 0, 0, src as u8),
-            destination_ip: Ipv4Addr::new(10, 0, 0, dst as u8),
+            source_ip: Ipv4Addr::new(10, 0, 0, src as u8).into(),
+            destination_ip: Ipv4Addr::new(10, 0, 0, dst as u8).into(),
             protocol: Protocol::Tcp,
             source_port: 40000,
             destination_port: dport,

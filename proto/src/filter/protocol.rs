@@ -1,5 +1,5 @@
-//! The protocol criterion, and how protocols are written: `TCP`, `UDP`, `SCTP`, `ICMP` in any case,
-//! and Hubble's `ICMPv4` (its `l4` key). On the wire a protocol is its name, or `{"OTHER": number}`
+//! The protocol criterion, and how protocols are written: `TCP`, `UDP`, `SCTP`, `ICMP`, `ICMPv6` in any
+//! case, and Hubble's `ICMPv4` (its `l4` key). On the wire a protocol is its name, or `{"OTHER": number}`
 //! for another IP protocol.
 
 use std::{fmt, str::FromStr};
@@ -21,6 +21,7 @@ impl FromStr for Protocol {
             "udp" => Ok(Protocol::Udp),
             "sctp" => Ok(Protocol::Sctp),
             "icmp" | "icmpv4" => Ok(Protocol::Icmp),
+            "icmpv6" => Ok(Protocol::Icmpv6),
             _ => Err(ValueError::Protocol { value: s.to_owned() }),
         }
     }
@@ -33,7 +34,7 @@ impl<'de> Visitor<'de> for ProtocolVisitor {
     type Value = Protocol;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a protocol: TCP, UDP, SCTP or ICMP")
+        f.write_str("a protocol: TCP, UDP, SCTP, ICMP or ICMPv6")
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Protocol, E> {
@@ -72,16 +73,18 @@ mod tests {
             ("SCTP", Protocol::Sctp),
             ("ICMP", Protocol::Icmp),
             ("ICMPv4", Protocol::Icmp),
+            ("ICMPv6", Protocol::Icmpv6),
+            ("icmpv6", Protocol::Icmpv6),
         ] {
             assert_eq!(text.parse::<Protocol>(), Ok(p), "{text}");
         }
         let e = "gre".parse::<Protocol>().unwrap_err();
-        assert_eq!(e.to_string(), "unknown protocol \"gre\" (expected TCP, UDP, SCTP or ICMP)");
+        assert_eq!(e.to_string(), "unknown protocol \"gre\" (expected TCP, UDP, SCTP, ICMP or ICMPv6)");
     }
 
     #[test]
     fn wire_form_reads_back() {
-        for p in [Protocol::Tcp, Protocol::Icmp, Protocol::Other(47)] {
+        for p in [Protocol::Tcp, Protocol::Icmp, Protocol::Icmpv6, Protocol::Other(47)] {
             let bytes = rmp_serde::to_vec_named(&p).unwrap();
             assert_eq!(rmp_serde::from_slice::<Protocol>(&bytes).unwrap(), p);
             let json = serde_json::to_string(&p).unwrap();

@@ -21,11 +21,12 @@
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
-    net::Ipv4Addr,
+    net::IpAddr,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
+pub use flowgate_lab::state::Family;
 use flowgate_lab::topology::Topology;
 use flowgate_tests::{
     LabGuard,
@@ -43,6 +44,9 @@ pub const POLICY_WAIT: Duration = Duration::from_secs(10);
 const WATCH_INTERVAL_MS: &str = "50";
 
 pub use flowgate_lab::topology::Protocol::{self, Tcp, Udp};
+
+/// Every case is probed over both IP versions of the dual-stack lab.
+pub const FAMILIES: [Family; 2] = [Family::Ipv4, Family::Ipv6];
 
 /// The truth table of the model: [`flowgate_lab::Reachability`], the one the lab's probes print.
 pub use flowgate_lab::Reachability;
@@ -262,26 +266,35 @@ impl Conformance {
         case
     }
 
-    /// The address of `pod` ("ns/name").
-    pub fn ip(&self, pod: &str) -> Ipv4Addr {
-        self.lab
+    /// The address of `pod` ("ns/name") in `family` (the lab is dual-stack).
+    pub fn ip(&self, pod: &str, family: Family) -> IpAddr {
+        let p = self
+            .lab
             .state
             .pods
             .iter()
             .find(|p| format!("{}/{}", p.namespace, p.name) == pod)
-            .unwrap_or_else(|| panic!("no pod {pod}"))
-            .ip
+            .unwrap_or_else(|| panic!("no pod {pod}"));
+        match family {
+            Family::Ipv4 => IpAddr::V4(p.ip),
+            Family::Ipv6 => IpAddr::V6(p.ipv6.expect("a dual-stack lab gives every pod an IPv6 address")),
+        }
     }
 
-    /// `ip/32` of `pod`.
-    pub fn cidr32(&self, pod: &str) -> String {
-        format!("{}/32", self.ip(pod))
+    /// `pod`'s address as a host prefix: `ip/32`, `ip/128`.
+    pub fn host_cidr(&self, pod: &str, family: Family) -> String {
+        match self.ip(pod, family) {
+            ip @ IpAddr::V4(_) => format!("{ip}/32"),
+            ip @ IpAddr::V6(_) => format!("{ip}/128"),
+        }
     }
 
-    /// The lab's pod range, e.g. `10.200.0.0/24`.
-    pub fn lab_cidr(&self) -> String {
-        let c = self.lab.state.cidr;
-        format!("{}/{}", c.network, c.prefix_len)
+    /// The lab's pod range in `family`, e.g. `10.200.0.0/24`, `fd00:10:200::/64`.
+    pub fn lab_cidr(&self, family: Family) -> String {
+        match family {
+            Family::Ipv4 => self.lab.state.cidr.to_string(),
+            Family::Ipv6 => self.lab.state.ipv6_cidr.expect("a dual-stack lab").to_string(),
+        }
     }
 
     /// The agent's policy status now.
@@ -489,17 +502,13 @@ impl Conformance {
     }
 
     /// Probes every pod to every pod on `port` (a number or a container port name, resolved on each
-    /// destination) over `protocol` with real traffic.
-    pub fn observe(&self, port: &str, protocol: Protocol) -> Reachability {
-        let (report, _) = self.lab.probe(&[
-            "--all",
-            "--port",
-            port,
-            "--protocol",
-            protocol.as_str(),
-            "--timeout",
-            &self.probe_timeout,
-        ]);
+    /// destination) over `protocol` and IP `family` with real traffic.
+    pub fn observe(&self, port: &str, protocol: Protocol, family: Family) -> Reachability {
+        let mut args = vec!["--all", "--port", port, "--protocol", protocol.as_str(), "--timeout", &self.probe_timeout];
+        if family == Family::Ipv6 {
+            args.push("--ipv6");
+        }
+        let (report, _) = self.lab.probe(&args);
         let pods: Vec<String> = PODS.iter().map(|p| (*p).to_owned()).collect();
         let mut observed = Reachability::unknown(pods.clone(), pods);
         let results = probe_results(&report);
@@ -510,12 +519,28 @@ impl Conformance {
         observed
     }
 
-    /// Probes `port`/`protocol` and compares with `expected` (the diagonal is not checked). On a
-    /// difference: fails (or records, in keep-going mode) with both truth tables, the differences, the
-    /// manifests in effect and the label changes made.
+    /// Probes `port`/`protocol` over IPv4 and over IPv6 and compares each with `expected`: policies
+    /// without `ipBlock`s mean the same for both families.
     pub fn validate(&mut self, step: &str, port: impl std::fmt::Display, protocol: Protocol, expected: &Reachability) {
         let port = port.to_string();
-        let observed = self.observe(&port, protocol);
+        for family in FAMILIES {
+            self.validate_over(family, step, &port, protocol, expected);
+        }
+    }
+
+    /// Probes `port`/`protocol` over `family` and compares with `expected` (the diagonal is not checked).
+    /// On a difference: fails (or records, in keep-going mode) with both truth tables, the differences,
+    /// the manifests in effect and the label changes made.
+    pub fn validate_over(
+        &mut self,
+        family: Family,
+        step: &str,
+        port: impl std::fmt::Display,
+        protocol: Protocol,
+        expected: &Reachability,
+    ) {
+        let port = port.to_string();
+        let observed = self.observe(&port, protocol, family);
         let mut wrong = Vec::new();
         for ((from, to, e), (_, _, o)) in expected.pairs().zip(observed.pairs()) {
             if from != to && e != o {
@@ -527,7 +552,7 @@ impl Conformance {
                 wrong.push(format!("{from} -> {to}: expected {}, observed {}", word(e), word(o)));
             }
         }
-        let probe = format!("{}/{port}", protocol.as_str());
+        let probe = format!("{}/{port} over {family}", protocol.as_str());
         self.steps.push(format!("probed {probe} ({step}): {} mismatches", wrong.len()));
         if wrong.is_empty() {
             return;

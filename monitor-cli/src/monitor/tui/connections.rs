@@ -38,9 +38,9 @@ impl ConnectionKey {
     pub fn of(flow: &Flow) -> Self {
         Self {
             protocol: flow.protocol,
-            source_ip: IpAddr::from(flow.source_ip),
+            source_ip: flow.source_ip,
             source_port: flow.source_port,
-            destination_ip: IpAddr::from(flow.destination_ip),
+            destination_ip: flow.destination_ip,
             destination_port: flow.destination_port,
         }
     }
@@ -432,6 +432,24 @@ mod tests {
         assert_eq!((conn.state(), conn.verdict()), (ConnectionState::New, Verdict::Audit), "audit lets it through");
         assert!(conn.summary().contains("default/backend 10.0.0.5:43210"), "{}", conn.summary());
         assert!(conn.summary().contains("default deny (isolated by default/default-deny-ingress-policy)"));
+    }
+
+    #[test]
+    fn ipv6_connections_are_keyed_and_named_like_ipv4_ones() {
+        let mut c = Connections::default();
+        let v6 = |f: Flow| Flow {
+            source_ip: "fd00:10:200::11".parse().unwrap(),
+            destination_ip: "fd00:10:200::10".parse().unwrap(),
+            ..f
+        };
+        let syn = v6(fixtures::verdict_allowed());
+        c.take(&Arc::new(syn.clone()));
+        c.take(&Arc::new(reply_of(&syn)));
+        assert_eq!(c.len(), 1);
+        let conn = c.by_activity()[0];
+        assert_eq!(conn.state(), ConnectionState::Established);
+        let summary = conn.summary();
+        assert!(summary.contains("[fd00:10:200::11]:43210") && summary.contains("[fd00:10:200::10]:5432"), "{summary}");
     }
 
     #[test]

@@ -24,7 +24,7 @@ fn field(name: &str, value: impl Into<String>) -> Line<'static> {
     ])
 }
 
-fn peer_lines(name: &str, peer: &Peer, ip: std::net::Ipv4Addr, state: &State) -> Vec<Line<'static>> {
+fn peer_lines(name: &str, peer: &Peer, ip: std::net::IpAddr, state: &State) -> Vec<Line<'static>> {
     let who = if peer.endpoint_id != 0 {
         format!("endpoint {} ({}/{})", peer.endpoint_id, peer.namespace, peer.pod_name)
     } else if !peer.pod_name.is_empty() {

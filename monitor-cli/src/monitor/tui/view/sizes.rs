@@ -73,10 +73,6 @@ fn demo() -> Demo {
     }
 }
 
-#[allow(
-    clippy::useless_conversion,
-    reason = "the addresses go `.into()` the flow's address type, which becomes 128-bit with IPv6"
-)]
 /// One connection attempt to the database: the ingress verdict, then the handshake's packets if allowed,
 /// the drop if denied.
 fn attempt(d: &Demo, from: &(Arc<Peer>, Ipv4Addr, bool), port: u16, at: u64) -> Vec<Flow> {
