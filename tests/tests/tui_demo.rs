@@ -84,31 +84,34 @@ fn connections_view_on_the_demo_follows_resizes_and_shows_a_connections_events()
     assert!(flows.contains("following 1 (default/database)") || flows.contains("(default/database)"), "{flows}");
 
     tmux.keys("Tab");
-    let connections = tmux.wait_for("the connections view with a denied frontend connection", 20, |s| {
+    let columns = ["LAST", "SOURCE", "DESTINATION", "PORT", "VERDICT", "STATE", "PKTS", "POLICY"];
+    tmux.wait_for("the connections view with every column and a denied frontend connection", 20, |s| {
         s.contains("connections:")
-            && s.lines().any(|l| l.contains("frontend") && l.contains("DENIED") && l.contains("denied"))
+            && header_row(s).is_some_and(|h| columns.iter().all(|c| h.contains(c)))
+            && s.lines().any(|l| {
+                l.contains("frontend") && l.contains("DENIED") && l.contains("denied") && l.contains("default deny")
+            })
             && s.lines().any(|l| l.contains("backend") && l.contains("ALLOWED"))
     });
-    let header = header_row(&connections).expect("a header row");
-    for column in ["LAST", "SOURCE", "DESTINATION", "PORT", "VERDICT", "STATE", "PKTS", "POLICY"] {
-        assert!(header.contains(column), "200 columns show {column}: {header}");
-    }
-    let denied = connections.lines().find(|l| l.contains("frontend") && l.contains("DENIED")).unwrap();
-    assert!(denied.contains("default deny"), "{denied}");
 
     tmux.resize(80, 24);
-    let small = tmux.wait_for("the connections view redrawn at 80x24", 10, |s| {
-        widest(s) <= 80 && s.lines().count() <= 24 && header_row(s).is_some() && s.contains("connections:")
+    // Captures may catch a frame half drawn: each check waits for the screen to settle on what it expects.
+    let small = tmux.wait_for("the connections view at 80x24 with verdict and policy", 10, |s| {
+        widest(s) <= 80
+            && s.lines().count() <= 24
+            && header_row(s).is_some()
+            && s.contains("connections:")
+            && s.lines().any(|l| l.contains("frontend") && l.contains("DENIED") && l.contains("default deny"))
     });
-    let denied = small.lines().find(|l| l.contains("frontend") && l.contains("DENIED"));
-    assert!(denied.is_some_and(|l| l.contains("default deny")), "verdict and policy at 80x24:\n{small}");
     assert!(!small.contains("reserved:"), "labels shorten to their value:\n{small}");
 
     tmux.resize(120, 40);
-    let medium = tmux.wait_for("the connections view at 120x40", 10, |s| {
-        widest(s) <= 120 && widest(s) > 80 && header_row(s).is_some_and(|h| h.contains("LAST"))
+    tmux.wait_for("the connections view at 120x40, policy names whole", 10, |s| {
+        widest(s) <= 120
+            && widest(s) > 80
+            && header_row(s).is_some_and(|h| h.contains("LAST"))
+            && s.lines().any(|l| l.contains("network-policy-walkthrough-db"))
     });
-    assert!(medium.lines().any(|l| l.contains("network-policy-walkthrough-db")), "{medium}");
 
     tmux.keys("Enter");
     tmux.wait_for("the connection's detail with its events", 10, |s| {
@@ -118,10 +121,13 @@ fn connections_view_on_the_demo_follows_resizes_and_shows_a_connections_events()
     tmux.keys("Tab");
     tmux.wait_for("the flow view again", 10, |s| s.contains("flows:") && !s.contains("connection (Enter"));
     tmux.keys("d");
-    let verdicts = tmux.wait_for("verdicts and drops only", 10, |s| s.contains("flows (verdicts and drops)"));
-    let rows: Vec<&str> = verdicts.lines().filter(|l| l.contains("/TCP")).collect();
-    assert!(!rows.is_empty(), "{verdicts}");
-    assert!(rows.iter().all(|r| !r.contains("FORWARDED")), "no traces with `d`:\n{verdicts}");
+    // A capture may catch a frame half drawn: the screen must settle on verdict and drop rows only.
+    tmux.wait_for("verdicts and drops only, no forwarded traces", 10, |s| {
+        let rows: Vec<&str> = s.lines().filter(|l| l.contains("/TCP")).collect();
+        s.contains("flows (verdicts and drops)")
+            && rows.iter().any(|r| r.contains("DENIED"))
+            && rows.iter().all(|r| !r.contains("FORWARDED"))
+    });
 
     tmux.keys("q");
     let after = tmux.wait_for("the demo to end", 30, |s| s.lines().any(|l| l.starts_with("DEMO-EXIT=")));
