@@ -299,15 +299,17 @@ impl State {
             .collect()
     }
 
-    /// The connections shown, most recently active first: under the search, and only decided ones (a policy
-    /// verdict or drop seen) with the verdicts-only toggle.
+    /// The connections shown, most recently active first: those whose last event passes the filter (which may
+    /// have changed since), under the search, and only decided ones (a policy verdict or drop seen) with the
+    /// verdicts-only toggle.
     pub fn visible_connections(&self) -> Vec<&TrackedConnection> {
         let needle = self.search.to_lowercase();
         self.connections
             .by_activity()
             .into_iter()
             .filter(|c| {
-                (!self.verdicts_only || c.is_decided())
+                c.events.back().is_some_and(|last| self.filter.matches(last))
+                    && (!self.verdicts_only || c.is_decided())
                     && (needle.is_empty() || c.summary().to_lowercase().contains(&needle))
             })
             .collect()
@@ -778,6 +780,10 @@ mod tests {
         assert!(s.visible_connections().is_empty(), "traces only: no decided connection");
         s.apply(Action::SwitchView);
         assert!(s.visible().is_empty(), "and no verdicts among the flows");
+        s.apply(Action::ToggleVerdictsOnly);
+        s.search.clear();
+        s.filter.related_to = vec![7];
+        assert!(s.visible_connections().is_empty(), "connections of endpoints no longer followed are not shown");
     }
 
     #[test]
