@@ -182,22 +182,21 @@ fn field(name: &str, value: impl Into<String>) -> Line<'static> {
     ])
 }
 
-/// One event of a connection: `12:12:18.510 policy-verdict ingress ALLOWED SYN 74 bytes`.
+/// One event of a connection: `12:12:18.510 policy-verdict ingress ALLOWED SYN`, a drop with its reason.
 pub fn event_text(flow: &Flow) -> String {
     let flags = flow.tcp_flags.names().join(",");
+    let reason = if flow.drop_reason != 0 {
+        format!(" ({})", format::drop_reason_text(flow.drop_reason))
+    } else {
+        String::new()
+    };
     format!(
-        "{} {} {} {}{}{} {} bytes",
+        "{} {} {} {}{}{reason}",
         time_text(flow.time_ns, &Shape::default()),
         flow.event_type.as_str(),
         direction_text(flow.traffic_direction),
         verdict_word(flow),
         if flags.is_empty() { String::new() } else { format!(" {flags}") },
-        if flow.drop_reason != 0 {
-            format!(" ({})", format::drop_reason_text(flow.drop_reason))
-        } else {
-            String::new()
-        },
-        flow.packet_len
     )
 }
 
@@ -211,22 +210,26 @@ pub fn detail(frame: &mut Frame, area: Rect, state: &State) {
         return;
     };
     let full = Shape::default();
+    // One line for the verdict, one for the policy; policy names separated by spaces so that a long list
+    // wraps between names.
     let decision = |name: &str, d: &Option<crate::monitor::tui::connections::Decision>| match d {
-        Some(d) => field(
-            name,
-            format!(
-                "{} at {}, match {}, policy {}",
-                match d.verdict {
-                    Verdict::Forwarded => "allowed",
-                    Verdict::Dropped => "denied",
-                    Verdict::Audit => "audit",
-                },
-                state.endpoint_name(d.endpoint_id),
-                format::match_text(d.match_type),
-                format::policy_text(d.policy.as_ref())
+        Some(d) => vec![
+            field(
+                name,
+                format!(
+                    "{} at {}, match {}",
+                    match d.verdict {
+                        Verdict::Forwarded => "allowed",
+                        Verdict::Dropped => "denied",
+                        Verdict::Audit => "audit",
+                    },
+                    state.endpoint_name(d.endpoint_id),
+                    format::match_text(d.match_type),
+                ),
             ),
-        ),
-        None => field(name, "not seen"),
+            field("", format!("policy {}", format::policy_text(d.policy.as_ref()).replace(',', ", "))),
+        ],
+        None => vec![field(name, "not seen")],
     };
     let labels = |peer: &flowgate_proto::flow::Peer| {
         if peer.labels.is_empty() { "-".to_owned() } else { peer.labels.join(" ") }
@@ -253,19 +256,12 @@ pub fn detail(frame: &mut Frame, area: Rect, state: &State) {
             Span::styled(verdict_text(c), verdict_style(c.verdict()).add_modifier(Modifier::BOLD)),
             Span::raw(format!("  state {}", c.state().text())),
         ]),
-        decision("egress", &c.egress),
-        decision("ingress", &c.ingress),
-        field(
-            "seen",
-            format!(
-                "{} packets, {} bytes, first {}, last {}",
-                thousands(c.packets),
-                thousands(c.bytes),
-                time_text(c.first_ns, &full),
-                time_text(c.last_ns, &full)
-            ),
-        ),
     ];
+    let mut left = left;
+    left.extend(decision("egress", &c.egress));
+    left.extend(decision("ingress", &c.ingress));
+    left.push(field("seen", format!("{} packets, {} bytes", thousands(c.packets), thousands(c.bytes))));
+    left.push(field("", format!("first {}, last {}", time_text(c.first_ns, &full), time_text(c.last_ns, &full))));
     let [left_area, right_area] =
         Layout::horizontal([Constraint::Percentage(60), Constraint::Percentage(40)]).spacing(2).areas(inner);
     frame.render_widget(Paragraph::new(left).wrap(Wrap { trim: false }), left_area);
