@@ -3,7 +3,8 @@
 //! direction, so replies of allowed connections pass without a policy lookup.
 
 /// Conntrack key.
-#[repr(C)]
+/// 8-byte aligned (see `ip::Addr`): its addresses are copied and compared as two 64-bit words.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
 pub struct CtKey {
     /// Addresses as `ip::Addr` (IPv4 mapped), ports in host byte order, as in the opening packet.
@@ -17,7 +18,7 @@ pub struct CtKey {
     pub endpoint_id: u16,
 }
 
-const _: () = assert!(core::mem::size_of::<CtKey>() == 40);
+const _: () = assert!(core::mem::size_of::<CtKey>() == 40 && core::mem::offset_of!(CtKey, daddr) == 16);
 
 /// Conntrack entry flags.
 pub mod ct_flag {
@@ -112,7 +113,7 @@ pub struct CtEntry {
     /// `Config::PolicyRevision` the connection was last allowed under ([`REVISION_REVOKED`] once revoked);
     /// a packet under another revision is re-checked against the current policy.
     pub revision: u32,
-    pub _pad2: [u8; 4],
+    pub _pad2: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<CtEntry>() == 48);

@@ -2,7 +2,8 @@
 //! [`crate::capacity::MAX_IFINDEX`]).
 
 /// Value of the endpoints map, indexed by the ifindex of the endpoint's node-side veth.
-#[repr(C)]
+/// 8-byte aligned (see `ip::Addr`): its addresses are copied and compared as two 64-bit words.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct EndpointInfo {
     /// Small stable endpoint id (as Cilium's).
@@ -17,7 +18,11 @@ pub struct EndpointInfo {
     pub ipv6: crate::ip::Addr,
 }
 
-const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 40);
+const _: () = assert!(
+    core::mem::size_of::<EndpointInfo>() == 40
+        && core::mem::offset_of!(EndpointInfo, ipv4) == 8
+        && core::mem::offset_of!(EndpointInfo, ipv6) == 24
+);
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for EndpointInfo {}

@@ -3,7 +3,8 @@
 //! datagram (source, destination, protocol, identification), as Cilium's fragment maps do.
 
 /// Key of the fragment map.
-#[repr(C)]
+/// 8-byte aligned (see `ip::Addr`): its addresses are copied and compared as two 64-bit words.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
 pub struct FragmentKey {
     /// Addresses as `ip::Addr` (IPv4 mapped).
@@ -17,7 +18,7 @@ pub struct FragmentKey {
     pub endpoint_id: u16,
 }
 
-const _: () = assert!(core::mem::size_of::<FragmentKey>() == 40);
+const _: () = assert!(core::mem::size_of::<FragmentKey>() == 40 && core::mem::offset_of!(FragmentKey, daddr) == 16);
 
 /// Value of the fragment map.
 #[repr(C)]
@@ -31,7 +32,8 @@ pub struct FragmentValue {
     pub dport: u16,
     /// 0: the first fragment passed; otherwise the drop reason it was dropped with.
     pub drop_reason: u8,
-    pub _pad: [u8; 3],
+    pub _pad: u8,
+    pub _pad2: u16,
 }
 
 const _: () = assert!(core::mem::size_of::<FragmentValue>() == 16);

@@ -41,7 +41,18 @@ pub fn protocol_number(name: &str) -> Option<u8> {
 /// address is IPv4-mapped (`::ffff:a.b.c.d`, RFC 4291 2.5.5.2), so one key shape, one ipcache and one
 /// connection table serve both families. The datapath drops IPv6 packets that carry an IPv4-mapped address
 /// (they never appear on the wire), so the mapped range means IPv4 and nothing else.
+///
+/// The structs that hold addresses (`FlowTuple`, `CtKey`, `FragmentKey`, `EndpointInfo`) are 8-byte aligned
+/// with their addresses at multiples of 8: a BPF program can only move and compare memory in units of its
+/// known alignment, and byte by byte, 16-byte addresses cost the established fast path about 80 ns.
 pub type Addr = [u8; 16];
+
+/// The two 64-bit words of the IPv4-mapped [`Addr`] of `octets` (in memory order), to store without
+/// going byte by byte.
+#[inline(always)]
+pub const fn v4_mapped_words(octets: [u8; 4]) -> [u64; 2] {
+    [0, u64::from_ne_bytes([0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3]])]
+}
 
 /// Prefix length of the IPv4-mapped range: an IPv4 prefix of length `n` is an [`Addr`] prefix of `96 + n`.
 pub const V4_MAPPED_PREFIX_BITS: u32 = 96;
@@ -114,6 +125,11 @@ mod tests {
         assert!(is_v4_mapped(&from_ip("::ffff:0:1".parse().unwrap())));
         assert!(!is_v4_mapped(&from_ip("::1".parse().unwrap())));
         assert!(!is_v4_mapped(&UNSPECIFIED));
+        let words = v4_mapped_words([10, 200, 0, 10]);
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&words[0].to_ne_bytes());
+        bytes[8..].copy_from_slice(&words[1].to_ne_bytes());
+        assert_eq!(bytes, v4_mapped([10, 200, 0, 10]));
     }
 
     #[test]

@@ -90,7 +90,8 @@ const _: () = assert!(core::mem::size_of::<RecordHeader>() == 16);
 
 /// An IPv4 or IPv6 flow as seen on the wire: addresses as `ip::Addr` (IPv4 mapped, so the family is
 /// `ip::version_of(&saddr)`; both zero for a packet without an IP layer), ports in host byte order.
-#[repr(C)]
+/// 8-byte aligned (see `ip::Addr`): its addresses are copied and compared as two 64-bit words.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FlowTuple {
     pub saddr: crate::ip::Addr,
@@ -111,6 +112,7 @@ pub struct FlowTuple {
 }
 
 const _: () = assert!(core::mem::size_of::<FlowTuple>() == 40);
+const _: () = assert!(core::mem::offset_of!(FlowTuple, daddr) == 16);
 
 /// A packet forwarded at an observation point (record type [`record_type::TRACE`]).
 #[repr(C)]
@@ -151,7 +153,8 @@ pub struct PolicyVerdictRecord {
     pub verdict: u8,
     /// `policy::match_type`.
     pub match_type: u8,
-    pub _pad: [u8; 3],
+    pub _pad: u8,
+    pub _pad2: u16,
     /// Identity the decision was taken for (pod, CIDR or world identity).
     pub remote_identity: u32,
     /// Rule that allowed it (0: none matched; the endpoint's default deny applied).
@@ -183,7 +186,7 @@ pub struct DropRecord {
     /// The policy revision (`Config::PolicyRevision`) a drop was decided under; for
     /// [`crate::drop_reason::CONNECTION_REVOKED`], the revision that revoked the connection.
     pub revision: u32,
-    pub _pad: [u8; 4],
+    pub _pad: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<DropRecord>() == 80);

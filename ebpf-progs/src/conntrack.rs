@@ -127,7 +127,7 @@ pub fn create(flow: &FlowTuple, endpoint_id: u16, dir: u8, pkt_len: u32, rule_id
         packets: 1,
         bytes: u64::from(pkt_len),
         revision: revision as u32,
-        _pad2: [0; 4],
+        _pad2: 0,
     };
     // A full LRU map evicts its oldest entry; an error here only costs a later re-evaluation.
     let _ = FG_CONNTRACK.insert(&forward_key(flow, endpoint_id, dir), &entry, 0);

@@ -24,7 +24,8 @@ pub fn remember_first(flow: &FlowTuple, id: u32, endpoint_id: u16, dir: u8, drop
         sport: flow.sport,
         dport: flow.dport,
         drop_reason,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
     };
     // A full LRU map evicts its oldest datagram; its later fragments are then dropped as unattributable.
     let _ = FG_FRAGMENTS.insert(&key(flow, id, endpoint_id, dir), &value, 0);

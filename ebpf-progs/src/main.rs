@@ -7,6 +7,7 @@
 #![no_std]
 #![no_main]
 
+mod addr;
 mod conntrack;
 mod events;
 mod fragments;
@@ -20,12 +21,12 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
+use core::mem::MaybeUninit;
 use flowgate_common::{
-    Counter, DropRecord, EndpointInfo, FlowTuple, PolicyVerdictRecord, TraceRecord,
+    Counter, DropRecord, FlowTuple, PolicyVerdictRecord, TraceRecord,
     conntrack::ct_flag,
     counters::{Config, aggregation},
     drop_reason,
-    ip::Addr,
     policy::{direction, enforcement, match_type, verdict},
     record::{
         ct_state,
@@ -33,6 +34,7 @@ use flowgate_common::{
         record_type,
     },
 };
+
 use packet::{Meta, fragment, kind};
 
 #[classifier]
@@ -70,54 +72,72 @@ fn try_endpoint(ctx: &TcContext, point: u8) -> Result<i32, i32> {
         maps::count(Counter::UnknownEndpoint);
         return Ok(TC_ACT_UNSPEC);
     };
-    let mut pkt =
-        Packet { flow: FlowTuple::default(), endpoint_id: endpoint.endpoint_id, point, dir, ifindex, len: ctx.len() };
-    let mut meta = Meta::default();
-    packet::parse(ctx, &mut pkt.flow, &mut meta);
+    let mut pkt_storage = MaybeUninit::<Packet>::uninit();
+    let mut meta_storage = MaybeUninit::<Meta>::uninit();
+    let pkt = pkt_storage.as_mut_ptr();
+    // SAFETY: `pkt` points to this frame's own storage for a `Packet`; every field is written here (the flow
+    // zeroed in place) before the reference below is made.
+    let pkt = unsafe {
+        zero_in_place(&raw mut (*pkt).flow);
+        (&raw mut (*pkt).endpoint_id).write(endpoint.endpoint_id);
+        (&raw mut (*pkt).point).write(point);
+        (&raw mut (*pkt).dir).write(dir);
+        (&raw mut (*pkt).ifindex).write(ifindex);
+        (&raw mut (*pkt).len).write(ctx.len());
+        &mut *pkt
+    };
+    // SAFETY: as above; `Meta` is valid as all zeroes.
+    let meta = unsafe {
+        zero_in_place(meta_storage.as_mut_ptr());
+        &mut *meta_storage.as_mut_ptr()
+    };
+    packet::parse(ctx, &mut pkt.flow, meta);
     match meta.kind {
         kind::IP => {}
         // Neighbour resolution must keep working.
         kind::ARP => return Ok(TC_ACT_UNSPEC),
         kind::TRUNCATED => {
-            if point == FROM_ENDPOINT && !is_unspecified(&pkt.flow.saddr) && !own_address(endpoint, &pkt.flow.saddr) {
-                return Ok(invalid_source(ctx, &pkt));
+            let source = addr::source(&pkt.flow);
+            if point == FROM_ENDPOINT && !addr::is_unspecified(source) && !addr::is_own(endpoint, source) {
+                return Ok(invalid_source(ctx, pkt));
             }
             maps::count(Counter::TruncatedHeader);
-            return Ok(drop_packet(ctx, &pkt, drop_reason::CT_TRUNCATED_OR_INVALID_HEADER, 0));
+            return Ok(drop_packet(ctx, pkt, drop_reason::CT_TRUNCATED_OR_INVALID_HEADER, 0));
         }
-        kind::INVALID => return Ok(drop_packet(ctx, &pkt, drop_reason::INVALID_PACKET, 0)),
+        kind::INVALID => return Ok(drop_packet(ctx, pkt, drop_reason::INVALID_PACKET, 0)),
         _ if point == FROM_ENDPOINT => {
-            return Ok(drop_packet(ctx, &pkt, drop_reason::UNSUPPORTED_L3_PROTOCOL, 0));
+            return Ok(drop_packet(ctx, pkt, drop_reason::UNSUPPORTED_L3_PROTOCOL, 0));
         }
         _ => return Ok(TC_ACT_UNSPEC),
     }
     // Neighbour discovery and multicast listener messages keep the link working; they come from the
     // pod's link-local address (or none, during duplicate address detection), and never leave the link.
+    let source = addr::source(&pkt.flow);
     if meta.link_control
         && (point == TO_ENDPOINT
-            || is_link_local(&pkt.flow.saddr)
-            || is_unspecified(&pkt.flow.saddr)
-            || own_address(endpoint, &pkt.flow.saddr))
+            || addr::is_link_local(source)
+            || addr::is_unspecified(source)
+            || addr::is_own(endpoint, source))
     {
         maps::count(Counter::LinkControl);
         return Ok(TC_ACT_UNSPEC);
     }
     // An endpoint speaks with its own address only: anything else would borrow another pod's identity.
-    if point == FROM_ENDPOINT && !own_address(endpoint, &pkt.flow.saddr) {
-        return Ok(invalid_source(ctx, &pkt));
+    if point == FROM_ENDPOINT && !addr::is_own(endpoint, source) {
+        return Ok(invalid_source(ctx, pkt));
     }
     let level = maps::config(Config::Aggregation);
     if meta.fragment == fragment::LATER {
-        return Ok(later_fragment(ctx, &mut pkt, meta.fragment_id, level));
+        return Ok(later_fragment(ctx, pkt, meta.fragment_id, level));
     }
-    if meta.quoted_version != 0 && related(ctx, &meta, &pkt) {
+    if meta.quoted_version != 0 && related(ctx, meta, pkt) {
         // An ICMP error about a tracked connection (unreachable, fragmentation needed / packet too big, time
         // exceeded): it belongs to that connection, so path-MTU discovery and error reporting keep working.
         maps::count(Counter::IcmpRelated);
-        trace(ctx, &pkt, ct_state::RELATED, 0);
+        trace(ctx, pkt, ct_state::RELATED, 0);
         return Ok(TC_ACT_UNSPEC);
     }
-    let action = connection(ctx, &pkt, level);
+    let action = connection(ctx, pkt, level);
     if meta.fragment == fragment::FIRST {
         let reason = if action == TC_ACT_SHOT as i32 { drop_reason::POLICY_DENIED } else { 0 };
         fragments::remember_first(&pkt.flow, meta.fragment_id, pkt.endpoint_id, dir, reason);
@@ -125,44 +145,35 @@ fn try_endpoint(ctx: &TcContext, point: u8) -> Result<i32, i32> {
     Ok(action)
 }
 
-/// Whether the ICMP error in the packet quotes a connection tracked at this endpoint.
-#[inline(never)]
-fn related(ctx: &TcContext, meta: &Meta, pkt: &Packet) -> bool {
-    let mut quoted = FlowTuple::default();
-    packet::quoted(ctx, meta, &mut quoted) && conntrack::related(&quoted, pkt.endpoint_id, pkt.dir)
-}
-
-/// The two halves of an address, for comparisons without a call to `memcmp` (which BPF has not).
+/// Zeroes a plain-data value (`FlowTuple`, `Meta`: 8-byte aligned, whole words) where it lies, word by word
+/// with volatile stores. LLVM turns ordinary zeroing (or moving a zeroed value) into a call to a byte-by-byte
+/// `memset` subprogram here, dozens of instructions on every packet; volatile stores are never merged into
+/// one, and zeroing in place leaves nothing to move.
+///
+/// # Safety
+/// `place` must be valid for writes of a `T` and 8-byte aligned.
 #[inline(always)]
-fn halves(addr: &Addr) -> (u64, u64) {
-    // SAFETY: `addr` is 16 readable bytes; unaligned reads of two u64s cover exactly them.
-    unsafe {
-        let p = addr.as_ptr().cast::<u64>();
-        (core::ptr::read_unaligned(p), core::ptr::read_unaligned(p.add(1)))
+unsafe fn zero_in_place<T: Copy>(place: *mut T) {
+    const { assert!(size_of::<T>() % 8 == 0 && align_of::<T>() == 8) };
+    let words = place.cast::<u64>();
+    let mut i = 0;
+    while i < size_of::<T>() / 8 {
+        // SAFETY: word `i` is inside the `T` at `place`, which the caller guarantees writable and aligned.
+        unsafe { words.add(i).write_volatile(0) };
+        i += 1;
     }
 }
 
-#[inline(always)]
-fn same_address(a: &Addr, b: &Addr) -> bool {
-    halves(a) == halves(b)
-}
-
-#[inline(always)]
-fn is_unspecified(addr: &Addr) -> bool {
-    halves(addr) == (0, 0)
-}
-
-/// `fe80::/10`.
-#[inline(always)]
-fn is_link_local(addr: &Addr) -> bool {
-    addr[0] == 0xfe && addr[1] & 0xc0 == 0x80
-}
-
-/// Whether `addr` is one of the endpoint's own addresses (an endpoint without an address in a family has
-/// none there: its unspecified address matches nothing).
-#[inline(always)]
-fn own_address(endpoint: &EndpointInfo, addr: &Addr) -> bool {
-    !is_unspecified(addr) && (same_address(addr, &endpoint.ipv4) || same_address(addr, &endpoint.ipv6))
+/// Whether the ICMP error in the packet quotes a connection tracked at this endpoint.
+#[inline(never)]
+fn related(ctx: &TcContext, meta: &Meta, pkt: &Packet) -> bool {
+    let mut storage = MaybeUninit::<FlowTuple>::uninit();
+    // SAFETY: zeroed in place, and a `FlowTuple` is valid as all zeroes.
+    let quoted = unsafe {
+        zero_in_place(storage.as_mut_ptr());
+        &mut *storage.as_mut_ptr()
+    };
+    packet::quoted(ctx, meta, quoted) && conntrack::related(quoted, pkt.endpoint_id, pkt.dir)
 }
 
 /// A packet leaving an endpoint with a source address that is not the endpoint's: dropped, counted
@@ -213,16 +224,17 @@ fn drop_at_revision(ctx: &TcContext, pkt: &Packet, reason: u8, remote_identity: 
         drop.ifindex = pkt.ifindex;
         drop.pkt_len = pkt.len;
         drop.revision = revision as u32;
-        drop._pad = [0; 4];
+        drop._pad = 0;
         events::emit(ctx, drop);
     }
     TC_ACT_SHOT as i32
 }
 
-/// The connection a packet belongs to, or the verdict on the new one it opens: the action to take. Its own
-/// function: the BPF stack is 512 bytes for a whole call chain, and the parsers' frames must not add up
-/// with this one's.
-#[inline(never)]
+/// The connection a packet belongs to, or the verdict on the new one it opens: the action to take. Inlined:
+/// a BPF-to-BPF call costs the established fast path a few nanoseconds. It fits the 512-byte stack beside
+/// the IPv6 parser because records are built in a per-CPU scratch map, the endpoint is read in place and
+/// packet state is zeroed in place.
+#[inline(always)]
 fn connection(ctx: &TcContext, pkt: &Packet, level: u64) -> i32 {
     let (endpoint_id, dir) = (pkt.endpoint_id, pkt.dir);
     // Read before the generation (see `revocation::recheck`).
@@ -327,7 +339,8 @@ fn verdict_record(ctx: &TcContext, pkt: &Packet, decision: &Decision) {
     record.direction = pkt.dir;
     record.verdict = decision.verdict;
     record.match_type = decision.match_type;
-    record._pad = [0; 3];
+    record._pad = 0;
+    record._pad2 = 0;
     record.remote_identity = decision.remote_identity;
     record.rule_id = decision.rule_id;
     record.ifindex = pkt.ifindex;

@@ -128,7 +128,8 @@ fn write_seed_corpus() {
         direction: 0,
         verdict: 1,
         match_type: 1,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
         remote_identity: 257,
         rule_id: 3,
         ifindex: 10,
@@ -145,7 +146,7 @@ fn write_seed_corpus() {
         ifindex: 10,
         pkt_len: 74,
         revision: 3,
-        _pad: [0; 4],
+        _pad: 0,
     };
     write("kernel_record", "drop", &bytes_of(&drop));
 
