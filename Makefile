@@ -4,7 +4,19 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: setup build test lint demo bench fuzz clean-labs fmt clippy
+.PHONY: setup build test lint demo bench fuzz clean-labs fmt clippy release install uninstall
+
+# Where `make install` puts things: PREFIX (default /usr/local), under DESTDIR when packaging.
+PREFIX ?= /usr/local
+DESTDIR ?=
+BINDIR ?= $(PREFIX)/bin
+MANDIR ?= $(PREFIX)/share/man/man1
+BASH_COMPLETION_DIR ?= $(PREFIX)/share/bash-completion/completions
+ZSH_COMPLETION_DIR ?= $(PREFIX)/share/zsh/site-functions
+FISH_COMPLETION_DIR ?= $(PREFIX)/share/fish/vendor_completions.d
+# Cargo's target directory (CARGO_TARGET_DIR when set).
+TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
+RELEASE := $(TARGET_DIR)/release
 
 setup:
 	@bash scripts/setup.sh
@@ -47,6 +59,31 @@ fuzz: setup
 	        [ -e "$$crash" ] || continue; cp "$$crash" regressions/$$t/; echo "fuzz: $$t found $$crash (kept in regressions/$$t)"; fail=1; \
 	    done; \
 	done; exit $${fail:-0}
+
+release: setup
+	$(CARGO) build --release --locked -p flowgate-cli -p flowgate-agent
+
+# Both binaries (release build), a manual page per command and subcommand (generated from the command-line
+# definitions), and completion for bash, zsh and fish. `flowgate demo` then works from any directory.
+install: release
+	@set -e; man=$$(mktemp -d); trap 'rm -rf "$$man"' EXIT; \
+	$(RELEASE)/flowgate man --out-dir "$$man" >/dev/null; \
+	FLOWGATE_AGENT_MAN_DIR="$$man" $(RELEASE)/flowgate-agent >/dev/null; \
+	install -d "$(DESTDIR)$(BINDIR)" "$(DESTDIR)$(MANDIR)" "$(DESTDIR)$(BASH_COMPLETION_DIR)" \
+	    "$(DESTDIR)$(ZSH_COMPLETION_DIR)" "$(DESTDIR)$(FISH_COMPLETION_DIR)"; \
+	install -m 0755 $(RELEASE)/flowgate $(RELEASE)/flowgate-agent "$(DESTDIR)$(BINDIR)/"; \
+	install -m 0644 "$$man"/*.1 "$(DESTDIR)$(MANDIR)/"; \
+	$(RELEASE)/flowgate completion bash > "$(DESTDIR)$(BASH_COMPLETION_DIR)/flowgate"; \
+	$(RELEASE)/flowgate completion zsh > "$(DESTDIR)$(ZSH_COMPLETION_DIR)/_flowgate"; \
+	$(RELEASE)/flowgate completion fish > "$(DESTDIR)$(FISH_COMPLETION_DIR)/flowgate.fish"; \
+	echo "installed flowgate and flowgate-agent in $(DESTDIR)$(BINDIR), $$(ls "$$man" | wc -l) manual pages in \
+	$(DESTDIR)$(MANDIR), completion for bash, zsh and fish"
+
+uninstall:
+	rm -f "$(DESTDIR)$(BINDIR)/flowgate" "$(DESTDIR)$(BINDIR)/flowgate-agent"
+	rm -f "$(DESTDIR)$(MANDIR)"/flowgate.1 "$(DESTDIR)$(MANDIR)"/flowgate-*.1
+	rm -f "$(DESTDIR)$(BASH_COMPLETION_DIR)/flowgate" "$(DESTDIR)$(ZSH_COMPLETION_DIR)/_flowgate" \
+	    "$(DESTDIR)$(FISH_COMPLETION_DIR)/flowgate.fish"
 
 # Removes every lab left on this machine (after an interrupted run).
 clean-labs:

@@ -198,8 +198,16 @@ impl Drop for OwnedLab {
     }
 }
 
+/// Set to a directory, the agent writes its manual page there (roff, from its flags) and exits: `make install`.
+const MAN_DIR_ENV: &str = "FLOWGATE_AGENT_MAN_DIR";
+
 fn main() -> anyhow::Result<()> {
     flowgate_lab::server::run_if_requested();
+    if let Some(dir) = std::env::var_os(MAN_DIR_ENV).map(PathBuf::from) {
+        let page = clap_mangen::Man::new(<Args as clap::CommandFactory>::command()).generate_to(&dir);
+        println!("{}", page.with_context(|| format!("writing the manual page into {}", dir.display()))?.display());
+        return Ok(());
+    }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args = Args::parse();
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;

@@ -1,4 +1,4 @@
-//! `flowgate conntrack list [--endpoint ID]`: the connections the datapath tracks, as
+//! `flowgate conntrack list [--endpoint ENDPOINT]`: the connections the datapath tracks, as
 //! `cilium bpf ct list global` shows them: protocol, the opening packet's source and destination, the
 //! direction at the endpoint, when the entry expires, its flags, the policy revision it was last allowed
 //! under (`revoked` once a newer one no longer allows it), the allowing policy, and its counters.
@@ -9,6 +9,7 @@ use flowgate_proto::message::{ConntrackEntry, Request, Response};
 use crate::{
     client::{Output, SocketArg, render_structured, request},
     endpoint::not_found,
+    endpoint_ref::{EndpointRef, id_over_socket},
     table::Table,
 };
 
@@ -22,9 +23,9 @@ pub struct ConntrackArgs {
 enum ConntrackCommand {
     /// The tracked connections of every endpoint, or of one.
     List {
-        /// Only this endpoint's connections.
-        #[arg(long, value_name = "ID")]
-        endpoint: Option<u16>,
+        /// Only this endpoint's connections: its id, NAMESPACE/POD, or a pod name only one namespace has.
+        #[arg(long, value_name = "ENDPOINT")]
+        endpoint: Option<EndpointRef>,
         #[command(flatten)]
         socket: SocketArg,
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
@@ -38,7 +39,8 @@ enum ConntrackCommand {
 pub fn run(args: &ConntrackArgs) -> anyhow::Result<()> {
     match &args.command {
         ConntrackCommand::List { endpoint, socket, output, no_headers } => {
-            let entries = match request(socket, Request::ConntrackList { endpoint: *endpoint })? {
+            let endpoint = endpoint.as_ref().map(|e| id_over_socket(e, socket)).transpose()?;
+            let entries = match request(socket, Request::ConntrackList { endpoint })? {
                 Response::Conntrack(entries) => entries,
                 Response::NotFound { what, known } => anyhow::bail!("{}", not_found(&what, &known)),
                 other => anyhow::bail!("the agent answered `conntrack list` with something else: {other:?}"),

@@ -1,7 +1,11 @@
 //! `flowgate demo`: the whole product in one command. Brings up the NetworkPolicy walkthrough as a lab
-//! node (examples/demo-lab.yaml), starts the agent on it with the example policies
-//! (examples/policies/), drives allowed and denied connections every second from inside the pods, and
-//! opens the monitor on the database endpoint. Quitting (or the end of `--duration`) tears it all down.
+//! node, starts the agent on it with the walkthrough's policies, drives allowed and denied connections every
+//! second from inside the pods, and opens the monitor on the database endpoint. Quitting (or the end of
+//! `--duration`) tears it all down.
+//!
+//! The walkthrough (examples/demo-lab.yaml and examples/policies/) is built into the binary, so the demo works
+//! from any directory after `make install`: it is written out to the lab's own directory when the demo
+//! starts, where people edit it and the agent follows the edits. `--topology` and `--policies` use other files.
 
 use std::{
     io::IsTerminal as _,
@@ -21,18 +25,20 @@ use flowgate_proto::{client::Client, message::Request};
 
 use crate::{
     client::{SocketArg, software},
+    endpoint_ref::EndpointRef,
     filter_args::FilterArgs,
     monitor::{self, MonitorArgs, MonitorOutput},
 };
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
-    /// The lab topology.
-    #[arg(long, default_value = "examples/demo-lab.yaml")]
-    topology: PathBuf,
-    /// The NetworkPolicy directory the agent follows (edit it while the demo runs).
-    #[arg(long, default_value = "examples/policies")]
-    policies: PathBuf,
+    /// The lab topology [default: the walkthrough, written to the lab's directory].
+    #[arg(long, value_name = "FILE")]
+    topology: Option<PathBuf>,
+    /// The NetworkPolicy directory the agent follows (edit it while the demo runs) [default: the
+    /// walkthrough's policies, written to the lab's directory].
+    #[arg(long, value_name = "DIR")]
+    policies: Option<PathBuf>,
     /// Lab name.
     #[arg(long, default_value = "demo")]
     name: String,
@@ -42,6 +48,39 @@ pub struct DemoArgs {
     /// Without a terminal: how long to run, in seconds, before tearing down.
     #[arg(long, default_value_t = 15)]
     duration: u64,
+}
+
+/// The walkthrough's topology, built in.
+pub const DEMO_TOPOLOGY: &str = include_str!("../../examples/demo-lab.yaml");
+
+/// The walkthrough's policies, built in: (file name, manifest).
+pub const DEMO_POLICIES: &[(&str, &str)] = &[
+    ("network-policy-walkthrough-db.yaml", include_str!("../../examples/policies/network-policy-walkthrough-db.yaml")),
+    ("default-deny-ingress-policy.yaml", include_str!("../../examples/policies/default-deny-ingress-policy.yaml")),
+    ("allow-debug.yaml", include_str!("../../examples/policies/allow-debug.yaml")),
+];
+
+/// Where the built-in topology is written out: `<lab dir>/demo-lab.yaml`.
+pub fn written_topology(lab_dir: &Path) -> PathBuf {
+    lab_dir.join("demo-lab.yaml")
+}
+
+/// Where the built-in policies are written out: `<lab dir>/policies/`.
+pub fn written_policies(lab_dir: &Path) -> PathBuf {
+    lab_dir.join("policies")
+}
+
+/// Writes the built-in walkthrough into `lab_dir` (which exists): the topology and the policy directory.
+fn write_walkthrough(lab_dir: &Path) -> anyhow::Result<()> {
+    let topology = written_topology(lab_dir);
+    std::fs::write(&topology, DEMO_TOPOLOGY).with_context(|| format!("writing {}", topology.display()))?;
+    let policies = written_policies(lab_dir);
+    std::fs::create_dir_all(&policies).with_context(|| format!("creating {}", policies.display()))?;
+    for (name, manifest) in DEMO_POLICIES {
+        let path = policies.join(name);
+        std::fs::write(&path, manifest).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// Connections the traffic generator makes every second: (from, to, port, expected by the policies).
@@ -85,13 +124,24 @@ impl Drop for Running {
     }
 }
 
+/// `binary` next to this one (a build directory, or where `make install` put both), else on `$PATH`.
 fn sibling(binary: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("locating the flowgate binary")?;
     let path = exe.with_file_name(binary);
-    if !path.is_file() {
-        bail!("{} not found next to {}: build it with `cargo build`", binary, exe.display());
+    if path.is_file() {
+        return Ok(path);
     }
-    Ok(path)
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join(binary))
+        .find(|candidate| candidate.is_file());
+    on_path.with_context(|| {
+        format!(
+            "{binary} is neither next to {} nor on $PATH: build it with `cargo build`, or `make install`",
+            exe.display()
+        )
+    })
 }
 
 /// A loopback port nothing listens on now (the kernel's pick for port 0).
@@ -146,17 +196,33 @@ fn drive_traffic(state: LabState, stop: Arc<AtomicBool>) {
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
-    let topology = Topology::load(&args.topology).with_context(|| format!("reading {}", args.topology.display()))?;
+    // The built-in walkthrough goes to the lab's directory, which `lab::up` creates: the lab records the
+    // path the file will have, and the file is written before the agent (which follows it) starts.
+    let lab_dir = flowgate_lab::state::lab_dir(&args.name);
+    let topology_path = args.topology.clone().unwrap_or_else(|| written_topology(&lab_dir));
+    let topology = match &args.topology {
+        Some(path) => Topology::load(path).with_context(|| format!("reading {}", path.display()))?,
+        None => Topology::parse(DEMO_TOPOLOGY, "the built-in demo-lab.yaml")
+            .context("reading the built-in walkthrough topology")?,
+    };
     let _ = lab::down(&args.name);
-    let state = lab::up(&topology, &args.name, Some(&args.topology))
+    let state = lab::up(&topology, &args.name, Some(&topology_path))
         .with_context(|| format!("bringing lab {} up", args.name))?;
     let mut running =
         Running { lab: args.name.clone(), agent: None, stop: Arc::new(AtomicBool::new(false)), traffic: None };
     eprintln!("demo: lab {} is up: {} pods and an outside host", state.name, state.pods.len());
+    if args.topology.is_none() || args.policies.is_none() {
+        write_walkthrough(&lab_dir)?;
+    }
+    let policies = args.policies.clone().unwrap_or_else(|| written_policies(&lab_dir));
+    eprintln!(
+        "demo: topology {}, policies {} (edit them: the agent follows)",
+        topology_path.display(),
+        policies.display()
+    );
 
     // Everything the demo's agent writes stays in the lab's own directory, and its metrics take a free
     // loopback port: a demo never touches the machine's verdict log or the default metrics port.
-    let lab_dir = flowgate_lab::state::lab_dir(&args.name);
     let socket = lab_dir.join("agent.sock");
     let log = lab_dir.join("agent.log");
     let verdicts = lab_dir.join("verdicts.jsonl");
@@ -166,7 +232,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         .args(["--lab", &args.name, "--socket"])
         .arg(&socket)
         .arg("--policies")
-        .arg(&args.policies)
+        .arg(&policies)
         .arg("--verdict-log")
         .arg(&verdicts)
         .args(["--metrics-addr", &metrics])
@@ -177,7 +243,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let ready = wait_for_agent(&socket, &mut agent);
     running.agent = Some(agent);
     ready?;
-    eprintln!("demo: agent is up (log: {}); policies from {}", log.display(), args.policies.display());
+    eprintln!("demo: agent is up (log: {}); policies from {}", log.display(), policies.display());
     eprintln!(
         "demo: socket {}, verdict log {}, metrics http://{metrics}/metrics",
         socket.display(),
@@ -202,7 +268,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     eprintln!("demo: monitoring endpoint {database} (default/database)");
     if output == MonitorOutput::Tui {
         let monitor_args = MonitorArgs {
-            filter: FilterArgs { related_to: vec![database], ..FilterArgs::default() },
+            filter: FilterArgs { related_to: vec![EndpointRef::Id(database)], ..FilterArgs::default() },
             last: 0,
             output: Some(MonitorOutput::Tui),
             verbose: false,
@@ -224,4 +290,41 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     drop(running);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    #[test]
+    fn the_built_in_walkthrough_is_every_example_policy_and_parses() {
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policies");
+        let on_disk: BTreeSet<String> = std::fs::read_dir(&examples)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        let built_in: BTreeSet<String> = DEMO_POLICIES.iter().map(|(name, _)| (*name).to_owned()).collect();
+        assert_eq!(built_in, on_disk, "every file of examples/policies is built into the demo");
+        let topology = Topology::parse(DEMO_TOPOLOGY, "built-in").unwrap();
+        assert!(topology.pods.iter().any(|p| p.namespace == "default" && p.name == "database"));
+        for pod in TRAFFIC.iter().flat_map(|(from, to, _, _)| [from, to]) {
+            let known =
+                *pod == "outside" || topology.pods.iter().any(|p| format!("{}/{}", p.namespace, p.name) == *pod);
+            assert!(known, "{pod} of the traffic is in the topology");
+        }
+    }
+
+    #[test]
+    fn the_walkthrough_is_written_where_the_agent_follows_it() {
+        let dir = std::env::temp_dir().join(format!("flowgate-demo-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        write_walkthrough(&dir).unwrap();
+        assert_eq!(std::fs::read_to_string(written_topology(&dir)).unwrap(), DEMO_TOPOLOGY);
+        for (name, manifest) in DEMO_POLICIES {
+            assert_eq!(std::fs::read_to_string(written_policies(&dir).join(name)).unwrap(), *manifest);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -1,5 +1,6 @@
-//! `flowgate endpoint list` and `flowgate endpoint get ID`: the pods the agent enforces for, with
-//! Cilium's columns (`cilium endpoint list`) plus the pod's namespace/name.
+//! `flowgate endpoint list` and `flowgate endpoint get ENDPOINT`: the pods the agent enforces for, with
+//! Cilium's columns (`cilium endpoint list`) plus the pod's namespace/name. An endpoint is given by id,
+//! `namespace/pod` or pod name ([`crate::endpoint_ref`]).
 
 use clap::{Args, Subcommand, ValueEnum};
 use flowgate_proto::{
@@ -9,6 +10,7 @@ use flowgate_proto::{
 
 use crate::{
     client::{Output, SocketArg, Structured, render_structured, request},
+    endpoint_ref::{EndpointRef, id_over_socket},
     table::Table,
 };
 
@@ -32,17 +34,20 @@ enum EndpointCommand {
     },
     /// One endpoint, in full.
     Get {
-        /// Endpoint id, as `endpoint list` shows it.
-        id: u16,
+        /// The endpoint: its id (as `endpoint list` shows it), NAMESPACE/POD, or a pod name only one namespace
+        /// has.
+        #[arg(value_name = "ENDPOINT")]
+        endpoint: EndpointRef,
         #[command(flatten)]
         socket: SocketArg,
         #[arg(short, long, value_enum, default_value_t = GetOutput::Json)]
         output: GetOutput,
     },
-    /// Change an endpoint's configuration, e.g. `flowgate endpoint config 12 audit=on`.
+    /// Change an endpoint's configuration, e.g. `flowgate endpoint config default/database audit=on`.
     Config {
-        /// Endpoint id, as `endpoint list` shows it.
-        id: u16,
+        /// The endpoint: its id, NAMESPACE/POD, or a pod name only one namespace has.
+        #[arg(value_name = "ENDPOINT")]
+        endpoint: EndpointRef,
         /// Settings: `audit=on|off`.
         #[arg(required = true)]
         settings: Vec<Setting>,
@@ -92,8 +97,9 @@ pub fn run(args: &EndpointArgs) -> anyhow::Result<()> {
                 Some(format) => print!("{}", render_structured(&endpoints, format)?),
             }
         }
-        EndpointCommand::Get { id, socket, output } => {
-            let endpoint = match request(socket, Request::EndpointGet { id: *id })? {
+        EndpointCommand::Get { endpoint, socket, output } => {
+            let id = id_over_socket(endpoint, socket)?;
+            let endpoint = match request(socket, Request::EndpointGet { id })? {
                 Response::Endpoint(ep) => ep,
                 Response::NotFound { what, known } => anyhow::bail!("{}", not_found(&what, &known)),
                 other => anyhow::bail!("the agent answered `endpoint get` with something else: {other:?}"),
@@ -104,9 +110,10 @@ pub fn run(args: &EndpointArgs) -> anyhow::Result<()> {
             };
             print!("{}", render_structured(&endpoint, format)?);
         }
-        EndpointCommand::Config { id, settings, socket } => {
+        EndpointCommand::Config { endpoint, settings, socket } => {
             let audit = settings.iter().map(|Setting::Audit(on)| *on).next_back();
-            match request(socket, Request::EndpointConfig { id: *id, audit })? {
+            let id = id_over_socket(endpoint, socket)?;
+            match request(socket, Request::EndpointConfig { id, audit })? {
                 Response::EndpointConfigured(ep) => println!(
                     "endpoint {} ({}): policy enforcement ingress {}, egress {}",
                     ep.id,

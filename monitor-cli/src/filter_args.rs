@@ -2,25 +2,30 @@
 //! struct, and it builds `flowgate_proto::filter`'s model, whose values parse the same text as the
 //! verdict log's configuration file. So `--pod web` or `--verdict denied` means the same live, in the
 //! log's `include:` and in an export. Every criterion given must hold; a repeated flag matches any of
-//! its values.
+//! its values. Endpoints are given by id, `namespace/pod` or pod name ([`EndpointRef`]); names become ids
+//! against the agent's endpoint list ([`FilterArgs::resolve`]).
 
 use clap::Args;
 use flowgate_proto::{
+    endpoint::Endpoint,
     filter::{FlowFilter, LabelSelector, PodSelector, PolicySelector},
     flow::{EventType, Protocol, Verdict},
 };
 
+use crate::endpoint_ref::{EndpointRef, ResolveError};
+
 #[derive(Args, Debug, Clone, Default, PartialEq, Eq)]
 pub struct FilterArgs {
-    /// Only flows involving this endpoint (either side, or where observed); repeatable.
-    #[arg(long, value_name = "ID")]
-    pub related_to: Vec<u16>,
-    /// Only flows whose source is this endpoint; repeatable.
-    #[arg(long, value_name = "ID")]
-    pub from: Vec<u16>,
-    /// Only flows whose destination is this endpoint; repeatable.
-    #[arg(long, value_name = "ID")]
-    pub to: Vec<u16>,
+    /// Only flows involving this endpoint (either side, or where observed): its id, NAMESPACE/POD, or a pod
+    /// name only one namespace has; repeatable.
+    #[arg(long, value_name = "ENDPOINT")]
+    pub related_to: Vec<EndpointRef>,
+    /// Only flows whose source is this endpoint (id, NAMESPACE/POD or POD); repeatable.
+    #[arg(long, value_name = "ENDPOINT")]
+    pub from: Vec<EndpointRef>,
+    /// Only flows whose destination is this endpoint (id, NAMESPACE/POD or POD); repeatable.
+    #[arg(long, value_name = "ENDPOINT")]
+    pub to: Vec<EndpointRef>,
     /// Only events of this type: policy-verdict, drop, trace, capture, agent; repeatable.
     #[arg(short = 't', long = "type", value_name = "TYPE")]
     pub types: Vec<EventType>,
@@ -51,12 +56,26 @@ pub struct FilterArgs {
 }
 
 impl FilterArgs {
-    /// The one filter the flags make: every criterion given must hold.
-    pub fn filter(&self) -> FlowFilter {
-        FlowFilter {
-            related_to: self.related_to.clone(),
-            from_endpoint: self.from.clone(),
-            to_endpoint: self.to.clone(),
+    /// Whether an endpoint is given by name, so the agent's endpoint list is needed to build the filter.
+    pub fn names_endpoints(&self) -> bool {
+        self.related_to.iter().chain(&self.from).chain(&self.to).any(EndpointRef::is_name)
+    }
+
+    /// The one filter the flags make (every criterion given must hold), endpoint names resolved against
+    /// `endpoints`; ids are taken as they are.
+    pub fn resolve(&self, endpoints: &[Endpoint]) -> Result<FlowFilter, ResolveError> {
+        let ids = |refs: &[EndpointRef]| -> Result<Vec<u16>, ResolveError> {
+            refs.iter()
+                .map(|r| match r {
+                    EndpointRef::Id(id) => Ok(*id),
+                    name => name.resolve(endpoints),
+                })
+                .collect()
+        };
+        Ok(FlowFilter {
+            related_to: ids(&self.related_to)?,
+            from_endpoint: ids(&self.from)?,
+            to_endpoint: ids(&self.to)?,
             event_types: self.types.clone(),
             verdicts: self.verdict.clone(),
             namespaces: self.namespace.clone(),
@@ -65,7 +84,7 @@ impl FilterArgs {
             ports: self.port.clone(),
             protocols: self.protocol.clone(),
             policies: self.policy.clone(),
-        }
+        })
     }
 }
 
@@ -83,7 +102,7 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<FlowFilter, String> {
         Cli::try_parse_from(std::iter::once("flowgate").chain(args.iter().copied()))
-            .map(|cli| cli.filter.filter())
+            .map(|cli| cli.filter.resolve(&[]).unwrap())
             .map_err(|e| e.to_string())
     }
 
@@ -136,6 +155,24 @@ mod tests {
     }
 
     #[test]
+    fn endpoint_names_become_ids_of_the_agents_endpoints() {
+        use crate::monitor::tests::endpoint;
+        let cli = Cli::try_parse_from(["flowgate", "--related-to", "default/database", "--from", "web", "--to", "3"])
+            .unwrap();
+        assert!(cli.filter.names_endpoints());
+        let eps = [endpoint(7, "database"), endpoint(3, "web")];
+        let f = cli.filter.resolve(&eps).unwrap();
+        assert_eq!((f.related_to, f.from_endpoint, f.to_endpoint), (vec![7], vec![3], vec![3]));
+        let e = cli.filter.resolve(&[endpoint(1, "other")]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "no endpoint named \"default/database\" on this agent; known endpoints: 1 (default/other)"
+        );
+        let ids = Cli::try_parse_from(["flowgate", "--related-to", "7"]).unwrap();
+        assert!(!ids.filter.names_endpoints());
+    }
+
+    #[test]
     fn bad_values_name_the_flag_and_the_value() {
         for (args, message) in [
             (&["--verdict", "maybe"][..], "invalid value 'maybe' for '--verdict <VERDICT>': unknown verdict"),
@@ -144,7 +181,8 @@ mod tests {
             (&["--pod", "a/b/c"][..], "invalid value 'a/b/c' for '--pod <[NS/]POD>': pod \"a/b/c\""),
             (&["--policy", "x/"][..], "invalid value 'x/' for '--policy <[NS/]NAME>': policy \"x/\": no name"),
             (&["--label", "a in b"][..], "invalid value 'a in b' for '--label <SELECTOR>': label selector"),
-            (&["--related-to", "x"][..], "invalid value 'x' for '--related-to <ID>'"),
+            (&["--related-to", "x/"][..], "invalid value 'x/' for '--related-to <ENDPOINT>': \"x/\": no pod name"),
+            (&["--from", "99999"][..], "invalid value '99999' for '--from <ENDPOINT>'"),
             (&["--port", "70000"][..], "invalid value '70000' for '--port <PORT>'"),
         ] {
             let e = parse(args).unwrap_err();

@@ -1,4 +1,4 @@
-//! `flowgate policy get [--endpoint ID]`: the realized policy entries of each endpoint, as `cilium bpf
+//! `flowgate policy get [--endpoint ENDPOINT]`: the realized policy entries of each endpoint, as `cilium bpf
 //! policy get` shows them: direction, peer (identity and labels, or CIDR), port/protocol, action, the
 //! policies behind the entry, and its packet and byte counters. `flowgate policy describe` is in
 //! [`crate::describe`].
@@ -9,6 +9,7 @@ use flowgate_proto::message::{EndpointPolicy, Request, Response};
 use crate::{
     client::{Output, SocketArg, render_structured, request},
     endpoint::{enforcement, not_found},
+    endpoint_ref::{EndpointRef, id_over_socket},
     table::Table,
 };
 
@@ -22,9 +23,9 @@ pub struct PolicyArgs {
 enum PolicyCommand {
     /// Realized entries per endpoint.
     Get {
-        /// Only this endpoint.
-        #[arg(long)]
-        endpoint: Option<u16>,
+        /// Only this endpoint: its id, NAMESPACE/POD, or a pod name only one namespace has.
+        #[arg(long, value_name = "ENDPOINT")]
+        endpoint: Option<EndpointRef>,
         #[command(flatten)]
         socket: SocketArg,
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
@@ -40,7 +41,8 @@ pub fn run(args: &PolicyArgs) -> anyhow::Result<()> {
         PolicyCommand::Get { endpoint, socket, output } => (endpoint, socket, output),
         PolicyCommand::Describe(describe) => return crate::describe::run(describe),
     };
-    let policies = match request(socket, Request::PolicyGet { endpoint: *endpoint })? {
+    let endpoint = endpoint.as_ref().map(|e| id_over_socket(e, socket)).transpose()?;
+    let policies = match request(socket, Request::PolicyGet { endpoint })? {
         Response::Policy(p) => p,
         Response::NotFound { what, known } => anyhow::bail!("{}", not_found(&what, &known)),
         other => anyhow::bail!("the agent answered `policy get` with something else: {other:?}"),

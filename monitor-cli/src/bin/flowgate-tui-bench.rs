@@ -67,7 +67,12 @@ fn main() -> anyhow::Result<()> {
         rates.push(100.0 * batch_size as f64 / started.elapsed().as_secs_f64());
     }
     let ingest = median(rates);
-    println!("{:<46} {:>16.0} {:>21.1}%", "take into the TUI state (bounded history)", ingest, RATE / ingest * 100.0);
+    println!(
+        "{:<46} {:>16.0} {:>21.1}%",
+        "take into the TUI state (history, connections)",
+        ingest,
+        RATE / ingest * 100.0
+    );
 
     // Draw: full frames from a full history.
     let mut terminal = Terminal::new(TestBackend::new(200, 50))?;

@@ -22,6 +22,7 @@ use flowgate_proto::{
 use crate::{
     client::{SocketArg, describe, software},
     endpoint::not_found,
+    endpoint_ref::ResolveError,
     filter_args::FilterArgs,
 };
 
@@ -50,9 +51,10 @@ pub enum MonitorOutput {
 }
 
 impl MonitorArgs {
-    /// The one filter the agent applies: every criterion given must hold.
-    pub fn filter(&self) -> FlowFilter {
-        self.filter.filter()
+    /// The one filter the agent applies (every criterion given must hold), endpoint names resolved against
+    /// the agent's `endpoints`.
+    pub fn filter(&self, endpoints: &[Endpoint]) -> Result<FlowFilter, ResolveError> {
+        self.filter.resolve(endpoints)
     }
 
     /// The subscription for `filter`, starting with `last` past events.
@@ -122,9 +124,9 @@ pub fn run(args: &MonitorArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the tokio runtime")?;
     runtime.block_on(async {
-        let filter = args.filter();
         // Also checks that the agent is there and speaks our protocol before anything else happens.
         let (agent, endpoints) = agent_endpoints(&args.socket.socket).await?;
+        let filter = args.filter(&endpoints)?;
         if let Some(message) = unknown_endpoint(&filter, &endpoints) {
             anyhow::bail!("{message}");
         }
@@ -139,7 +141,7 @@ pub fn run(args: &MonitorArgs) -> anyhow::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::{collections::BTreeMap, net::Ipv4Addr};
 
     use clap::Parser;
@@ -210,7 +212,7 @@ mod tests {
             "--socket",
             "/tmp/x.sock",
         ]);
-        let f = args.filter();
+        let f = args.filter(&[]).unwrap();
         assert_eq!(f.related_to, vec![7, 9]);
         assert_eq!((f.from_endpoint.clone(), f.to_endpoint.clone()), (vec![1], vec![2]));
         assert_eq!(f.event_types, vec![EventType::Drop, EventType::PolicyVerdict]);
@@ -234,7 +236,8 @@ mod tests {
         assert!(bad(&["--verdict", "maybe"]));
         assert!(bad(&["-t", "packet"]));
         assert!(bad(&["--protocol", "gre"]));
-        assert!(bad(&["--related-to", "x"]));
+        assert!(bad(&["--related-to", "x/"]));
+        assert!(!bad(&["--related-to", "default/database"]), "an endpoint by name");
     }
 
     #[test]

@@ -31,7 +31,7 @@ use self::{
     files::{LineReader, LogPart},
     select::{Record, Selection},
 };
-use crate::filter_args::FilterArgs;
+use crate::{client::SocketArg, endpoint_ref, filter_args::FilterArgs};
 
 /// Where the agent writes its verdict log by default.
 pub const DEFAULT_LOG: &str = flowgate_proto::verdict_log_files::DEFAULT_PATH;
@@ -75,6 +75,10 @@ pub struct ExportArgs {
     until: Option<String>,
     #[command(flatten)]
     filter: FilterArgs,
+    /// Only to resolve endpoints given by name (`--related-to default/db`): the agent's socket.
+    #[arg(long, value_name = "PATH", env = flowgate_proto::client::SOCKET_ENV,
+          default_value = flowgate_proto::client::DEFAULT_SOCKET)]
+    socket: PathBuf,
     #[arg(short, long, value_enum, default_value_t = Format::Jsonl)]
     output: Format,
     /// Write here instead of standard output.
@@ -266,7 +270,14 @@ fn selection(args: &ExportArgs) -> anyhow::Result<Selection> {
     {
         bail!("--since ({s}) is after --until ({u}): nothing can match");
     }
-    let filter = args.filter.filter();
+    let filter = if args.filter.names_endpoints() {
+        let socket = SocketArg { socket: args.socket.clone() };
+        let endpoints = endpoint_ref::fetch(&socket)
+            .context("endpoints given by name are resolved by the agent (or give their ids)")?;
+        args.filter.resolve(&endpoints)?
+    } else {
+        args.filter.resolve(&[])?
+    };
     let filters = if filter.is_empty() { FilterSet::default() } else { FilterSet::compile(&[filter], &[]) };
     Ok(Selection { since, until, filters })
 }

@@ -10,9 +10,11 @@ pub const HELP: &[(&str, &str)] = &[
     ("space", "pause / resume"),
     ("↑ ↓ PgUp PgDn", "scroll (pauses)"),
     ("End  f", "follow the newest events again"),
-    ("Enter", "detail of the selected event"),
+    ("Tab", "switch view: flows / connections (each keeps its place)"),
+    ("d", "verdicts and drops only (connections: decided ones only)"),
+    ("Enter", "detail of the selected event or connection (its events)"),
     ("/", "search the rows (Esc clears)"),
-    ("e", "edit the endpoints followed (ids, comma-separated)"),
+    ("e", "edit the endpoints followed (ids or namespace/pod, comma-separated)"),
     ("p", "pick an endpoint to follow from the agent's list"),
     ("v", "cycle the verdict filter: all, allowed, denied, audit"),
     ("t", "cycle the type filter: all, policy-verdict, drop, trace, capture, agent"),
@@ -54,6 +56,8 @@ pub fn action(key: KeyEvent, mode: &Mode) -> Option<Action> {
         KeyCode::Enter => Action::Submit,
         KeyCode::Char('p') => Action::Picker,
         KeyCode::Char('?') => Action::Help,
+        KeyCode::Tab | KeyCode::BackTab => Action::SwitchView,
+        KeyCode::Char('d') => Action::ToggleVerdictsOnly,
         _ => return None,
     })
 }
@@ -83,6 +87,8 @@ mod tests {
         assert_eq!(action(key(KeyCode::Enter), &m), Some(Action::Submit));
         assert_eq!(action(key(KeyCode::Char('p')), &m), Some(Action::Picker));
         assert_eq!(action(key(KeyCode::Char('?')), &m), Some(Action::Help));
+        assert_eq!(action(key(KeyCode::Tab), &m), Some(Action::SwitchView));
+        assert_eq!(action(key(KeyCode::Char('d')), &m), Some(Action::ToggleVerdictsOnly));
         assert_eq!(action(key(KeyCode::Char('x')), &m), None);
     }
 

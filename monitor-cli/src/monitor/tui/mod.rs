@@ -2,6 +2,7 @@
 //! [`state::State`]; keys become [`state::Action`]s (in [`input`]); the screen is drawn from the state at a fixed frame
 //! rate, so drawing costs the same at 10 or 100k events per second.
 
+pub mod connections;
 pub mod input;
 pub mod state;
 pub mod term;

@@ -1,7 +1,8 @@
 //! Everything the monitor screen shows, without any drawing: a bounded history of flows, following or
 //! paused, scroll and selection, the filters being edited, counters (totals by verdict, events per second
-//! over a sliding window, losses in the kernel and for this client) and the connection state. Time comes
-//! in as milliseconds from the caller, so tests run on a fixed clock.
+//! over a sliding window, losses in the kernel and for this client) and the connection state; the
+//! connections seen ([`Connections`]) for the connections view, with a selection of its own, so each view
+//! keeps its place. Time comes in as milliseconds from the caller, so tests run on a fixed clock.
 
 use std::{collections::VecDeque, sync::Arc};
 
@@ -14,7 +15,11 @@ use flowgate_proto::{
     message::{Event, LossSource},
 };
 
-use crate::monitor::{session::NetEvent, unknown_endpoint};
+use super::connections::{Connection as TrackedConnection, ConnectionKey, Connections};
+use crate::{
+    endpoint_ref::EndpointRef,
+    monitor::{session::NetEvent, unknown_endpoint},
+};
 
 /// What a key asks the state to do (keys are mapped in `input`, the state applies the action).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,6 +41,10 @@ pub enum Action {
     CycleType,
     Picker,
     Help,
+    /// Tab: flows <-> connections.
+    SwitchView,
+    /// `d`: only policy verdicts and drops (flows), only decided connections (connections).
+    ToggleVerdictsOnly,
     Input(char),
     Backspace,
     Submit,
@@ -59,6 +68,16 @@ pub enum Connection {
     Connecting,
     Connected,
     Disconnected { error: String, retry_in_ms: u64 },
+}
+
+/// Which table the screen shows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum View {
+    /// Every event, newest at the bottom.
+    #[default]
+    Flows,
+    /// One row per connection, most recently active first.
+    Connections,
 }
 
 /// What the keyboard is doing.
@@ -167,6 +186,13 @@ pub struct State {
     pub socket: String,
     /// Rows the flow table shows at once (set after each draw).
     pub page: usize,
+    pub view: View,
+    /// Only policy verdicts and drops (a local filter: the agent still sends traces, which the connections
+    /// count).
+    pub verdicts_only: bool,
+    pub connections: Connections,
+    /// The connection selected in the connections view; none: the most recently active one, following.
+    pub connection_selected: Option<ConnectionKey>,
 }
 
 impl State {
@@ -190,6 +216,10 @@ impl State {
             connection: Connection::Connecting,
             socket,
             page: 20,
+            view: View::Flows,
+            verdicts_only: false,
+            connections: Connections::default(),
+            connection_selected: None,
         }
     }
 
@@ -218,6 +248,7 @@ impl State {
             match event {
                 Event::Flow(flow) => {
                     flows += 1;
+                    self.connections.take(&flow);
                     match (flow.event_type, flow.verdict) {
                         (EventType::Trace, _) => {}
                         (_, Verdict::Forwarded) => self.totals.allowed += 1,
@@ -259,11 +290,50 @@ impl State {
             .iter()
             .filter(|row| {
                 self.filter.matches(&row.flow)
+                    && (!self.verdicts_only
+                        || matches!(row.flow.event_type, EventType::PolicyVerdict | EventType::Drop))
                     && (needle.is_empty()
                         || format::flow_line(&row.flow).to_lowercase().contains(&needle)
                         || format::policy_text(row.flow.policy.as_ref()).to_lowercase().contains(&needle))
             })
             .collect()
+    }
+
+    /// The connections shown, most recently active first: those whose last event passes the filter (which may
+    /// have changed since), under the search, and only decided ones (a policy verdict or drop seen) with the
+    /// verdicts-only toggle.
+    pub fn visible_connections(&self) -> Vec<&TrackedConnection> {
+        let needle = self.search.to_lowercase();
+        self.connections
+            .by_activity()
+            .into_iter()
+            .filter(|c| {
+                c.events.back().is_some_and(|last| self.filter.matches(last))
+                    && (!self.verdicts_only || c.is_decided())
+                    && (needle.is_empty() || c.summary().to_lowercase().contains(&needle))
+            })
+            .collect()
+    }
+
+    /// Index of the selected connection in `visible` (the first when none is selected or it is gone).
+    pub fn selected_connection_index(&self, visible: &[&TrackedConnection]) -> Option<usize> {
+        if visible.is_empty() {
+            return None;
+        }
+        Some(self.connection_selected.and_then(|key| visible.iter().position(|c| c.key == key)).unwrap_or(0))
+    }
+
+    /// The selected connection, for the detail pane.
+    pub fn selected_connection(&self) -> Option<&TrackedConnection> {
+        let visible = self.visible_connections();
+        self.selected_connection_index(&visible).map(|i| visible[i])
+    }
+
+    fn move_connection(&mut self, down: bool, n: usize) {
+        let visible = self.visible_connections();
+        let Some(at) = self.selected_connection_index(&visible) else { return };
+        let to = if down { (at + n).min(visible.len() - 1) } else { at.saturating_sub(n) };
+        self.connection_selected = Some(visible[to].key);
     }
 
     /// Index of the selected row in `visible` (the newest when following).
@@ -393,7 +463,34 @@ impl State {
     }
 
     fn apply_normal(&mut self, action: Action) -> Option<Effect> {
+        if self.view == View::Connections {
+            let page = self.page.max(1);
+            match action {
+                Action::Up(n) => self.move_connection(false, n),
+                Action::Down(n) => self.move_connection(true, n),
+                Action::PageUp => self.move_connection(false, page),
+                Action::PageDown => self.move_connection(true, page),
+                Action::Follow => self.connection_selected = None,
+                _ => return self.apply_both(action),
+            }
+            return None;
+        }
+        self.apply_both(action)
+    }
+
+    /// Actions that mean the same in both views, and the flow view's scrolling.
+    fn apply_both(&mut self, action: Action) -> Option<Effect> {
         match action {
+            Action::SwitchView => {
+                self.view = match self.view {
+                    View::Flows => View::Connections,
+                    View::Connections => View::Flows,
+                };
+            }
+            Action::ToggleVerdictsOnly => {
+                self.verdicts_only = !self.verdicts_only;
+                self.scroll = 0;
+            }
             Action::Quit | Action::ForceQuit => return Some(Effect::Quit),
             Action::Cancel if self.detail => self.detail = false,
             Action::Cancel => return Some(Effect::Quit),
@@ -449,12 +546,19 @@ impl State {
         None
     }
 
-    /// `12, 7` → ids the agent knows; empty → none (all endpoints).
+    /// `12, default/database, web` → ids the agent knows; empty → none (all endpoints).
     fn parse_endpoints(&self, input: &str) -> Result<Vec<u16>, String> {
-        let ids = input
+        let refs = input
             .split([',', ' '])
             .filter(|s| !s.is_empty())
-            .map(|s| s.parse::<u16>().map_err(|_| format!("{s:?} is not an endpoint id")))
+            .map(str::parse::<EndpointRef>)
+            .collect::<Result<Vec<_>, String>>()?;
+        let ids = refs
+            .iter()
+            .map(|r| match r {
+                EndpointRef::Id(id) => Ok(*id),
+                name => name.resolve(&self.endpoints).map_err(|e| e.to_string()),
+            })
             .collect::<Result<Vec<u16>, String>>()?;
         if !self.endpoints.is_empty() {
             let f = FlowFilter { related_to: ids.clone(), ..FlowFilter::default() };
@@ -615,6 +719,15 @@ mod tests {
         let Some(Effect::Subscribe(f)) = s.apply(Action::Submit) else { panic!() };
         assert_eq!(f.related_to, vec![7]);
         assert_eq!(s.followed(), "7 (default/database)");
+        s.apply(Action::EditEndpoints);
+        for _ in 0..3 {
+            s.apply(Action::Backspace);
+        }
+        for c in "default/web, client".chars() {
+            s.apply(Action::Input(c));
+        }
+        let Some(Effect::Subscribe(f)) = s.apply(Action::Submit) else { panic!("{:?}", s.mode) };
+        assert_eq!(f.related_to, vec![2, 1], "endpoints by name");
     }
 
     #[test]
@@ -640,6 +753,37 @@ mod tests {
         assert_eq!(s.apply(Action::Quit), Some(Effect::Quit));
         s.apply(Action::Search);
         assert_eq!(s.apply(Action::ForceQuit), Some(Effect::Quit));
+    }
+
+    #[test]
+    fn the_connections_view_holds_its_selection_by_connection_and_searches() {
+        let mut s = state();
+        s.push_events(flows(5), 0);
+        s.apply(Action::SwitchView);
+        assert_eq!(s.view, View::Connections);
+        assert_eq!(s.selected_connection().unwrap().key.source_port, 1004, "the most recently active first");
+        s.apply(Action::Down(2));
+        assert_eq!(s.selected_connection().unwrap().key.source_port, 1002);
+        s.push_events(flows(1), 0);
+        assert_eq!(s.selected_connection().unwrap().key.source_port, 1002, "held while rows move");
+        s.apply(Action::PageDown);
+        assert_eq!(s.selected_connection().unwrap().key.source_port, 1001, "clamped at the last");
+        s.apply(Action::Follow);
+        assert_eq!(s.selected_connection().unwrap().key.source_port, 1000, "End: the most recent again");
+        s.apply(Action::Search);
+        for c in ":1003".chars() {
+            s.apply(Action::Input(c));
+        }
+        s.apply(Action::Submit);
+        assert_eq!(s.visible_connections().len(), 1);
+        s.apply(Action::ToggleVerdictsOnly);
+        assert!(s.visible_connections().is_empty(), "traces only: no decided connection");
+        s.apply(Action::SwitchView);
+        assert!(s.visible().is_empty(), "and no verdicts among the flows");
+        s.apply(Action::ToggleVerdictsOnly);
+        s.search.clear();
+        s.filter.related_to = vec![7];
+        assert!(s.visible_connections().is_empty(), "connections of endpoints no longer followed are not shown");
     }
 
     #[test]

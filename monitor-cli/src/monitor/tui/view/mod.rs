@@ -2,7 +2,9 @@
 //! &State)`. Nothing here changes the state; [`layout`] is shared with the caller to learn the page size.
 
 pub mod banner;
+pub mod connections;
 pub mod detail;
+pub mod fit;
 pub mod footer;
 pub mod header;
 pub mod help;
@@ -15,7 +17,10 @@ use ratatui::{
     style::{Color, Style},
 };
 
-use super::state::{Connection, Mode, State};
+use super::{
+    input::HELP,
+    state::{Connection, Mode, State, View},
+};
 
 /// Where each pane goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,14 +66,22 @@ pub fn render(frame: &mut Frame, state: &State) {
     if let Some(area) = areas.banner {
         banner::render(frame, area, state);
     }
-    table::render(frame, areas.table, state);
+    match state.view {
+        View::Flows => table::render(frame, areas.table, state),
+        View::Connections => connections::render(frame, areas.table, state),
+    }
     if let Some(area) = areas.detail {
-        detail::render(frame, area, state);
+        match state.view {
+            View::Flows => detail::render(frame, area, state),
+            View::Connections => connections::detail(frame, area, state),
+        }
     }
     footer::render(frame, areas.footer, state);
     match state.mode {
         Mode::Picker { .. } => picker::render(frame, popup(frame.area(), 90, 20), state),
-        Mode::Help => help::render(frame, popup(frame.area(), 100, 15), state),
+        Mode::Help => {
+            help::render(frame, popup(frame.area(), 100, u16::try_from(HELP.len() + 4).unwrap_or(u16::MAX)), state)
+        }
         _ => {}
     }
 }
@@ -115,5 +128,7 @@ pub fn thousands(n: u64) -> String {
     out
 }
 
+#[cfg(test)]
+mod sizes;
 #[cfg(test)]
 mod tests;
