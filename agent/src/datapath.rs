@@ -34,7 +34,7 @@ use flowgate_common::{
     ip,
     names::{
         MAP_CONFIG, MAP_CONNTRACK, MAP_COUNTERS, MAP_ENDPOINTS, MAP_ENFORCEMENT, MAP_EVENTS_PERF, MAP_EVENTS_RINGBUF,
-        MAP_INVALID_SOURCE, MAP_IPCACHE, MAP_POLICY, PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT,
+        MAP_INVALID_SOURCE, MAP_IPCACHE, MAP_POLICY, PROG_FLOOR, PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT,
     },
     policy::{IpcacheValue, PolicyKey, PolicyValue},
 };
@@ -216,6 +216,8 @@ pub struct Datapath {
 
 const PROGRAMS: [(&str, TcAttachType); 2] =
     [(PROG_FROM_ENDPOINT, TcAttachType::Ingress), (PROG_TO_ENDPOINT, TcAttachType::Egress)];
+/// Loaded too, never attached: see [`PROG_FLOOR`].
+const TEST_ONLY_PROGRAMS: [&str; 1] = [PROG_FLOOR];
 
 impl Datapath {
     /// Loads the object into the kernel (programs verified, maps created); nothing is attached yet.
@@ -241,7 +243,7 @@ impl Datapath {
             let _ = std::fs::remove_dir_all(&pin_dir);
         }
         let mut ebpf = loaded.map_err(DatapathError::Load)?;
-        for (name, _) in PROGRAMS {
+        for name in PROGRAMS.map(|(name, _)| name).into_iter().chain(TEST_ONLY_PROGRAMS) {
             let program: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or(DatapathError::MissingProgram { name })?

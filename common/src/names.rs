@@ -5,6 +5,9 @@
 pub const PROG_FROM_ENDPOINT: &str = "from_endpoint";
 /// TC program on the egress hook of an endpoint's node-side veth: traffic entering the pod.
 pub const PROG_TO_ENDPOINT: &str = "to_endpoint";
+/// TC program that only passes the packet on, never attached: the benchmarks' floor (what
+/// BPF_PROG_TEST_RUN costs by itself).
+pub const PROG_FLOOR: &str = "floor";
 
 /// Hash map: node-side ifindex -> [`crate::EndpointInfo`].
 pub const MAP_ENDPOINTS: &str = "FG_ENDPOINTS";

@@ -31,7 +31,7 @@ use flowgate_agent::{
 use flowgate_common::{
     Counter,
     counters::aggregation,
-    names::{PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT},
+    names::{PROG_FLOOR, PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT},
 };
 use flowgate_events::{
     hub::{Hub, HubConfig},
@@ -85,6 +85,22 @@ fn load(wakeup_bytes: u64) -> anyhow::Result<(Datapath, Arc<AgentState>)> {
 }
 
 /// Median kernel-timed ns per packet over `runs` runs of `repeat` packets, with a reader draining.
+/// Nanoseconds per run of the program that only returns: what BPF_PROG_TEST_RUN costs by itself, which every
+/// other per-packet figure includes.
+fn floor_ns(runs: usize, repeat: u32) -> anyhow::Result<f64> {
+    let dp = Datapath::load(DatapathOptions::default()).context("loading the datapath (run as root)")?;
+    let packet = ipv4_packet(
+        Ipv4Addr::new(10, 200, 0, 10),
+        Ipv4Addr::new(10, 200, 0, 11),
+        Transport::Tcp { sport: 40000, dport: 80, flags: 0x10 },
+    );
+    let mut samples = Vec::new();
+    for _ in 0..runs {
+        samples.push(dp.test_run(PROG_FLOOR, &packet, repeat)?.duration.as_nanos() as f64);
+    }
+    Ok(median(samples))
+}
+
 fn datapath_ns(runs: usize, repeat: u32) -> anyhow::Result<f64> {
     let (r, _) = drain_run(256 << 10, runs, repeat)?;
     Ok(r)
@@ -352,6 +368,7 @@ fn main() -> anyhow::Result<()> {
 
     let ns = datapath_ns(runs, 200_000)?;
     println!("{:<44} {:>14.1}", "a trace record for every packet (aggregation none)", ns);
+    println!("{:<44} {:>14.1}", "floor: a program that only returns", floor_ns(runs, 200_000)?);
 
     println!();
     println!(
