@@ -2,9 +2,13 @@
 //! endpoints and attaches the programs to them, follows the topology file (label changes re-derive
 //! identities) and the policy directory (changes are compiled and applied as a new generation), and
 //! answers the requests that need the datapath (`policy get`, `endpoint config`, `conntrack list`).
+//!
+//! In Kubernetes mode ([`Controller::use_kubernetes`]) labels, pods and policies come from the API server
+//! instead ([`Controller::sync_cluster`], fed by [`follow_cluster`]); the lab still gives the node's pod
+//! interfaces.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Duration,
@@ -16,7 +20,9 @@ use flowgate_common::{
     policy::{POLICY_PREFIX_PEER, POLICY_PREFIX_PROTOCOL, direction},
 };
 use flowgate_lab::{state::LabState, topology::Topology};
-use flowgate_policy::{ClusterView, ContainerPort, NamespaceInfo, PodInfo, Protocol as PolicyProtocol};
+use flowgate_policy::{
+    ClusterView, ContainerPort, NOT_AN_ENDPOINT, NamespaceInfo, PodInfo, Protocol as PolicyProtocol,
+};
 use flowgate_proto::{
     endpoint::{EndpointState, Enforcement, NewEndpoint},
     flow::Protocol,
@@ -27,8 +33,9 @@ use log::{info, warn};
 use crate::{
     api::PolicyControl,
     datapath::{self, Datapath, DatapathError, KernelCounters},
+    kubernetes::{ClusterState, KubeSource},
     policy::PolicyEngine,
-    state::AgentState,
+    state::{AgentState, RemotePod},
     watch::Watched,
 };
 
@@ -41,6 +48,24 @@ pub struct Controller {
     node_netns: PathBuf,
     topology: Option<Watched>,
     policies: Option<Watched>,
+    /// Kubernetes mode: what the API server said last.
+    cluster: Option<ClusterMode>,
+}
+
+/// What the controller knows in Kubernetes mode.
+struct ClusterMode {
+    /// This node's name (`spec.nodeName` of the pods it enforces for).
+    node: String,
+    /// The cluster as last synced; `None` until the first full list.
+    state: Option<ClusterState>,
+    /// This node's pods registered as endpoints: (namespace, name) -> endpoint id.
+    endpoints: BTreeMap<(String, String), u16>,
+    /// Other pods with an address, with their identities.
+    remote: Vec<(RemotePod, u32)>,
+    /// Host interfaces the programs are attached to.
+    attached: BTreeSet<String>,
+    /// Local pods already reported as having no interface here (reported once).
+    unmatched: BTreeSet<(String, String)>,
 }
 
 fn policy_protocol(p: flowgate_lab::topology::Protocol) -> PolicyProtocol {
@@ -63,7 +88,142 @@ impl Controller {
         let topology = lab.topology_path.clone().map(Watched::new);
         let policies = policy_dir.map(Watched::new);
         engine.set_capacities(datapath.capacities());
-        Self { datapath, engine, state, lab, node_netns, topology, policies }
+        Self { datapath, engine, state, lab, node_netns, topology, policies, cluster: None }
+    }
+
+    /// Switches to Kubernetes mode for `node`: the topology file and the policy directory are no longer
+    /// followed, and nothing is registered, attached or applied until [`Self::sync_cluster`] brings the
+    /// first full list (so a restarted agent keeps the pinned enforcement until then).
+    pub fn use_kubernetes(&mut self, node: String) {
+        self.topology = None;
+        self.policies = None;
+        self.cluster = Some(ClusterMode {
+            node,
+            state: None,
+            endpoints: BTreeMap::new(),
+            remote: Vec::new(),
+            attached: BTreeSet::new(),
+            unmatched: BTreeSet::new(),
+        });
+    }
+
+    /// Takes the cluster as the API server has it: this node's pods (those the lab has an interface for)
+    /// become endpoints with their labels from the server, every other pod with an address becomes a peer
+    /// in the ipcache, the policies are the server's; then the policy is applied and new endpoints are
+    /// attached. Call only in Kubernetes mode.
+    pub fn sync_cluster(&mut self, cluster: ClusterState) -> anyhow::Result<()> {
+        let Some(mode) = self.cluster.as_mut() else {
+            anyhow::bail!("sync_cluster outside Kubernetes mode");
+        };
+        let node = mode.node.clone();
+        self.engine.set_policies(cluster.policies.clone());
+        let mut endpoints = BTreeMap::new();
+        let mut attach = Vec::new();
+        for pod in cluster.local_pods(&node) {
+            let key = (pod.namespace.clone(), pod.name.clone());
+            let Some(lab_pod) = self.lab.pods.iter().find(|p| p.namespace == pod.namespace && p.name == pod.name)
+            else {
+                if mode.unmatched.insert(key) {
+                    warn!("kubernetes: pod {} on node {node} has no interface in lab {}", pod.pod_ref(), self.lab.name);
+                }
+                continue;
+            };
+            if pod.ipv4 != Some(lab_pod.ip) {
+                if mode.unmatched.insert(key) {
+                    warn!(
+                        "kubernetes: pod {} has address {:?} on the API server but {} in lab {}; not an endpoint",
+                        pod.pod_ref(),
+                        pod.ipv4,
+                        lab_pod.ip,
+                        self.lab.name
+                    );
+                }
+                continue;
+            }
+            mode.unmatched.remove(&key);
+            let endpoint = self.state.upsert_endpoint(
+                NewEndpoint {
+                    namespace: pod.namespace.clone(),
+                    pod_name: pod.name.clone(),
+                    labels: pod.labels.clone(),
+                    ipv4: lab_pod.ip,
+                    interface: lab_pod.host_ifname.clone(),
+                    ifindex: lab_pod.host_ifindex,
+                },
+                &cluster.namespace_labels(&pod.namespace),
+            );
+            self.datapath
+                .set_endpoint(endpoint.ifindex, datapath::endpoint_info(&endpoint))
+                .with_context(|| format!("registering endpoint {} ({})", endpoint.id, endpoint.pod_ref()))?;
+            if !mode.attached.contains(&lab_pod.host_ifname) {
+                attach.push((endpoint.id, lab_pod.host_ifname.clone(), pod.pod_ref()));
+            }
+            endpoints.insert(key, endpoint.id);
+        }
+        let remote: Vec<RemotePod> = cluster
+            .addressed_pods()
+            .filter(|p| !endpoints.contains_key(&(p.namespace.clone(), p.name.clone())))
+            .filter_map(|p| {
+                Some(RemotePod {
+                    namespace: p.namespace.clone(),
+                    name: p.name.clone(),
+                    labels: p.labels.clone(),
+                    namespace_labels: cluster.namespace_labels(&p.namespace),
+                    ipv4: p.ipv4?,
+                })
+            })
+            .collect();
+        let identities = self.state.set_remote_pods(&remote);
+        mode.remote = remote.into_iter().zip(identities).collect();
+        mode.endpoints = endpoints;
+        mode.state = Some(cluster);
+        self.apply_policy().context("applying the policy of the cluster")?;
+        for (id, interface, pod) in attach {
+            self.datapath
+                .attach_endpoint(&self.node_netns, &interface)
+                .with_context(|| format!("attaching to {pod} ({interface})"))?;
+            if let Some(mode) = self.cluster.as_mut() {
+                mode.attached.insert(interface);
+            }
+            self.state.set_endpoint_state(id, EndpointState::Ready);
+        }
+        Ok(())
+    }
+
+    /// The cluster view of Kubernetes mode: the server's namespaces, this node's endpoints, the other pods.
+    fn kubernetes_view(&self, mode: &ClusterMode) -> ClusterView {
+        let Some(cluster) = &mode.state else { return ClusterView::default() };
+        let endpoints = self.state.endpoints();
+        let ports = |key: &(String, String)| cluster.pods.get(key).map(|p| p.ports.clone()).unwrap_or_default();
+        let local = mode.endpoints.iter().filter_map(|(key, id)| {
+            let ep = endpoints.iter().find(|e| e.id == *id)?;
+            Some(PodInfo {
+                endpoint_id: ep.id,
+                namespace: ep.namespace.clone(),
+                name: ep.pod_name.clone(),
+                labels: ep.labels.clone(),
+                ip: ep.ipv4,
+                identity: ep.identity,
+                ports: ports(key),
+            })
+        });
+        let remote = mode.remote.iter().map(|(pod, identity)| PodInfo {
+            endpoint_id: NOT_AN_ENDPOINT,
+            namespace: pod.namespace.clone(),
+            name: pod.name.clone(),
+            labels: pod.labels.clone(),
+            ip: pod.ipv4,
+            identity: *identity,
+            ports: ports(&(pod.namespace.clone(), pod.name.clone())),
+        });
+        ClusterView {
+            namespaces: cluster
+                .namespaces
+                .iter()
+                .map(|(name, labels)| NamespaceInfo { name: name.clone(), labels: labels.clone() })
+                .collect(),
+            pods: local.chain(remote).collect(),
+        }
     }
 
     pub fn datapath(&mut self) -> &mut Datapath {
@@ -122,6 +282,9 @@ impl Controller {
 
     /// The cluster as the policy compiler sees it.
     pub fn cluster_view(&self) -> ClusterView {
+        if let Some(mode) = &self.cluster {
+            return self.kubernetes_view(mode);
+        }
         let endpoints = self.state.endpoints();
         ClusterView {
             namespaces: self
@@ -445,5 +608,43 @@ pub async fn follow_changes(controller: Arc<Mutex<Controller>>, interval: Durati
             controller.lock().unwrap_or_else(std::sync::PoisonError::into_inner).tick();
         })
         .await;
+    }
+}
+
+/// Kubernetes mode: applies the cluster as the source holds it whenever it changes (changes arriving
+/// together are taken at once), from the first full list on.
+pub async fn follow_cluster(controller: Arc<Mutex<Controller>>, source: KubeSource) {
+    let mut changes = source.changes();
+    let mut last: Option<ClusterState> = None;
+    loop {
+        if changes.changed().await.is_err() {
+            return;
+        }
+        // Let a burst of events (a re-list, a kubectl apply of many objects) land before compiling.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        changes.mark_unchanged();
+        let Some(cluster) = source.snapshot() else { continue };
+        if last.as_ref() == Some(&cluster) {
+            continue;
+        }
+        if last.is_none() {
+            info!(
+                "kubernetes: listed {} namespaces, {} pods, {} policies; enforcing from the API server",
+                cluster.namespaces.len(),
+                cluster.pods.len(),
+                cluster.policies.len()
+            );
+        }
+        let controller = Arc::clone(&controller);
+        let taken = cluster.clone();
+        let synced = tokio::task::spawn_blocking(move || {
+            let mut controller = controller.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            controller.sync_cluster(taken).map_err(|e| warn!("kubernetes: {e:#}; retried on the next change")).is_ok()
+        })
+        .await
+        .unwrap_or(false);
+        if synced {
+            last = Some(cluster);
+        }
     }
 }

@@ -18,6 +18,7 @@ pub mod endpoints;
 pub mod identity;
 pub mod instruments;
 pub mod kernel_counters;
+pub mod kubernetes;
 pub mod metrics;
 pub mod policy;
 pub mod reader;
