@@ -5,23 +5,40 @@
 
 use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
 
+use flowgate_lab::state::PodState;
+
 use crate::control_plane::ControlPlane;
 
-/// A namespace with labels and its `default` ServiceAccount, as a manifest.
+/// A namespace with labels and its `default` ServiceAccount, as a manifest (JSON documents: no YAML
+/// surprises with names like `y`).
 pub fn namespace_manifest(name: &str, labels: &[(&str, &str)]) -> String {
     let labels: BTreeMap<&str, &str> = labels.iter().copied().collect();
-    let labels = serde_json::to_string(&labels).expect("labels as JSON");
-    format!(
-        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n  labels: {labels}\n---\napiVersion: v1\n\
-         kind: ServiceAccount\nmetadata:\n  name: default\n  namespace: {name}\n"
-    )
+    let namespace =
+        serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}});
+    let account = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {"name": "default", "namespace": name},
+    });
+    format!("{namespace}\n---\n{account}\n")
 }
 
-/// A pod bound to `node`, with labels and named TCP ports, as a manifest (no address yet).
-pub fn pod_manifest(namespace: &str, name: &str, node: &str, labels: &[(&str, &str)], ports: &[(&str, u16)]) -> String {
+/// A pod bound to `node`, with labels and ports `(name or "", port, protocol)`, as a manifest (no address yet).
+pub fn pod_manifest(
+    namespace: &str,
+    name: &str,
+    node: &str,
+    labels: &[(&str, &str)],
+    ports: &[(&str, u16, &str)],
+) -> String {
     let labels: BTreeMap<&str, &str> = labels.iter().copied().collect();
-    let ports: Vec<serde_json::Value> =
-        ports.iter().map(|(n, p)| serde_json::json!({"name": n, "containerPort": p, "protocol": "TCP"})).collect();
+    let ports: Vec<serde_json::Value> = ports
+        .iter()
+        .map(|(n, p, protocol)| match *n {
+            "" => serde_json::json!({"containerPort": p, "protocol": protocol}),
+            n => serde_json::json!({"name": n, "containerPort": p, "protocol": protocol}),
+        })
+        .collect();
     let pod = serde_json::json!({
         "apiVersion": "v1",
         "kind": "Pod",
@@ -64,6 +81,19 @@ pub struct PodSpec<'a> {
     pub name: &'a str,
     pub node: &'a str,
     pub labels: Vec<(&'a str, &'a str)>,
-    pub ports: Vec<(&'a str, u16)>,
+    /// (name, port, protocol).
+    pub ports: Vec<(&'a str, u16, &'a str)>,
     pub ip: Ipv4Addr,
+}
+
+/// The Pod object of a lab pod, bound to `node`, with the lab's labels, ports and address.
+pub fn lab_pod<'a>(pod: &'a PodState, node: &'a str) -> PodSpec<'a> {
+    PodSpec {
+        namespace: &pod.namespace,
+        name: &pod.name,
+        node,
+        labels: pod.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
+        ports: pod.ports.iter().map(|p| (p.name.as_deref().unwrap_or_default(), p.port, p.protocol.as_str())).collect(),
+        ip: pod.ip,
+    }
 }

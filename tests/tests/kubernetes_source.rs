@@ -38,7 +38,7 @@ fn pod<'a>(name: &'a str, node: &'a str, component: &'a str, ip: [u8; 4]) -> Pod
         name,
         node,
         labels: vec![("component", component)],
-        ports: vec![("db", 5432)],
+        ports: vec![("db", 5432, "TCP")],
         ip: Ipv4Addr::from(ip),
     }
 }

@@ -1,0 +1,151 @@
+//! `flowgate-agent --kubernetes` on the real API server, enforcing on real traffic in a lab: the lab is the
+//! node (its pods' interfaces), the tests play the kubelet (Pod objects bound to `node-1` with the lab's
+//! addresses), policies and labels change through the API server only. A pod of another node gets an
+//! identity and an ipcache entry. After changes made while the agent's API server was down, with etcd
+//! compacted (`410 Gone`), the agent lists again and enforces exactly the new state.
+
+use std::time::{Duration, Instant};
+
+use flowgate_tests::{
+    LabGuard,
+    agent::{AgentGuard, SocketDir},
+    control_plane::ControlPlane,
+    example, flowgate_ok,
+    kubelet::{self, PodSpec},
+    probe_results,
+};
+
+const NODE: &str = "node-1";
+
+/// `flowgate_tests::DENY_INTO_Y` as kubectl reads it: its YAML 1.1 parser takes a bare `y` for `true`.
+const DENY_INTO_Y: &str = "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: only-x-a-into-y
+  namespace: \"y\"
+spec:
+  podSelector: {}
+  policyTypes: [Ingress]
+  ingress:
+    - from:
+        - namespaceSelector: {matchLabels: {ns: x}}
+          podSelector: {matchLabels: {pod: a}}
+      ports:
+        - {protocol: TCP, port: 80}
+";
+
+/// Ingress into namespace x only from namespace y.
+const ONLY_Y_INTO_X: &str = "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: only-y-into-x
+  namespace: x
+spec:
+  podSelector: {}
+  policyTypes: [Ingress]
+  ingress:
+    - from:
+        - namespaceSelector: {matchLabels: {ns: \"y\"}}
+";
+
+/// Whether `from` reaches `to` on TCP 80, per a full probe of the lab.
+fn reach(lab: &LabGuard) -> impl Fn(&str, &str) -> bool {
+    let (report, _) = lab.probe(&["--all", "--port", "80"]);
+    let results = probe_results(&report);
+    move |from, to| {
+        results.iter().find(|(f, t, _)| f == from && t == to).unwrap_or_else(|| panic!("{from} -> {to} is probed")).2
+    }
+}
+
+/// Probes until every `(from, to, connected)` holds, or panics after `timeout` with the agent's log.
+fn wait_for_reachability(lab: &LabGuard, agent: &AgentGuard, what: &str, expected: &[(&str, &str, bool)]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let reach = reach(lab);
+        let wrong: Vec<_> = expected.iter().filter(|(f, t, ok)| reach(f, t) != *ok).collect();
+        if wrong.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: still wrong {wrong:?}\nagent log:\n{}", agent.output());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn enforces_what_the_api_server_says_and_resyncs_after_gone() {
+    flowgate_tests::require_root();
+    let mut plane = ControlPlane::start("agent");
+    let lab = LabGuard::up("k8s", &example("lab-netpol.yaml"));
+    for ns in ["x", "y", "z"] {
+        plane.apply(&kubelet::namespace_manifest(ns, &[("ns", ns)]));
+    }
+    for pod in &lab.state.pods {
+        kubelet::run_pod(&plane, &kubelet::lab_pod(pod, NODE));
+    }
+    // A pod of another node: a peer with an identity, not an endpoint here.
+    kubelet::run_pod(
+        &plane,
+        &PodSpec {
+            namespace: "z",
+            name: "elsewhere",
+            node: "node-2",
+            labels: vec![("pod", "elsewhere")],
+            ports: vec![],
+            ip: "10.200.1.9".parse().unwrap(),
+        },
+    );
+
+    let dir = SocketDir::new("k8s");
+    let socket = dir.socket("agent.sock");
+    let kubeconfig = plane.agent_kubeconfig().to_str().unwrap().to_owned();
+    let agent = AgentGuard::start(
+        &lab.name,
+        &socket,
+        &["--kubernetes", "--kubeconfig", &kubeconfig, "--node-name", NODE, "--no-pin"],
+    );
+    let socket_arg = socket.to_str().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let endpoints = loop {
+        let list: serde_json::Value =
+            serde_json::from_str(&flowgate_ok(&["endpoint", "list", "--socket", socket_arg, "-o", "json"])).unwrap();
+        let list = list.as_array().expect("a list").clone();
+        if list.len() == lab.state.pods.len() && list.iter().all(|e| e["state"] == "ready") {
+            break list;
+        }
+        assert!(Instant::now() < deadline, "endpoints not ready: {list:?}\n{}", agent.output());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(endpoints.iter().all(|e| e["namespace"] != "z" || e["pod_name"] != "elsewhere"));
+    let identities = flowgate_ok(&["identity", "list", "--socket", socket_arg, "-o", "json"]);
+    assert!(identities.contains("k8s:pod=elsewhere"), "the other node's pod has an identity: {identities}");
+
+    // No policy on the API server: everything connects.
+    wait_for_reachability(&lab, &agent, "no policy", &[("z/a", "y/a", true), ("x/b", "y/b", true)]);
+
+    // A policy created through the API server is enforced.
+    plane.apply(DENY_INTO_Y);
+    let deny_into_y = [("x/a", "y/b", true), ("x/b", "y/b", false), ("z/a", "y/a", false), ("z/a", "x/b", true)];
+    wait_for_reachability(&lab, &agent, "only x/a into y", &deny_into_y);
+
+    // Labels come from the API server: x/b relabelled pod=a is let in.
+    plane.kubectl_ok(&["label", "pod", "-n", "x", "b", "pod=a", "--overwrite"]);
+    wait_for_reachability(&lab, &agent, "x/b relabelled", &[("x/b", "y/b", true), ("x/c", "y/b", false)]);
+
+    // Changes while the agent's API server is down, history compacted: the agent lists again.
+    plane.with_apiserver_elsewhere(|plane, elsewhere| {
+        plane.kubectl_at(elsewhere, &["delete", "networkpolicy", "-n", "y", "only-x-a-into-y"], None);
+        plane.kubectl_at(elsewhere, &["apply", "-f", "-"], Some(ONLY_Y_INTO_X));
+        plane.kubectl_at(elsewhere, &["label", "pod", "-n", "x", "b", "pod=b", "--overwrite"], None);
+        plane.compact_etcd();
+    });
+    plane.start_apiserver_again();
+    wait_for_reachability(
+        &lab,
+        &agent,
+        "after the re-list",
+        &[("z/a", "y/a", true), ("x/b", "y/b", true), ("z/a", "x/b", false), ("y/c", "x/b", true)],
+    );
+    let log = agent.output();
+    assert!(log.contains("listed again"), "the agent listed again after 410 Gone:\n{log}");
+    assert!(log.contains("its history is gone"), "the agent saw 410 Gone:\n{log}");
+}
