@@ -98,11 +98,9 @@ fn enforces_what_the_api_server_says_and_resyncs_after_gone() {
     let dir = SocketDir::new("k8s");
     let socket = dir.socket("agent.sock");
     let kubeconfig = plane.agent_kubeconfig().to_str().unwrap().to_owned();
-    let agent = AgentGuard::start(
-        &lab.name,
-        &socket,
-        &["--kubernetes", "--kubeconfig", &kubeconfig, "--node-name", NODE, "--no-pin"],
-    );
+    // Pinned (the lab's pin directory, removed with the lab): enforcement outlives the agent.
+    let args = ["--kubernetes", "--kubeconfig", &kubeconfig, "--node-name", NODE];
+    let agent = AgentGuard::start(&lab.name, &socket, &args);
     let socket_arg = socket.to_str().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let endpoints = loop {
@@ -148,4 +146,19 @@ fn enforces_what_the_api_server_says_and_resyncs_after_gone() {
     let log = agent.output();
     assert!(log.contains("listed again"), "the agent listed again after 410 Gone:\n{log}");
     assert!(log.contains("its history is gone"), "the agent saw 410 Gone:\n{log}");
+
+    // A new agent that cannot reach the API server leaves the pinned enforcement as it was ...
+    agent.kill_hard();
+    plane.stop_apiserver();
+    let second = AgentGuard::start(&lab.name, &socket, &args);
+    assert!(second.output().contains("adopted the pinned maps"), "{}", second.output());
+    let reach_now = reach(&lab);
+    for (from, to, ok) in [("z/a", "x/b", false), ("y/c", "x/b", true), ("z/a", "y/a", true)] {
+        assert_eq!(reach_now(from, to), ok, "{from} -> {to} while the API server is down\n{}", second.output());
+    }
+    // ... and takes over once it has listed everything.
+    plane.start_apiserver_again();
+    plane.kubectl_ok(&["delete", "networkpolicy", "-n", "x", "only-y-into-x"]);
+    wait_for_reachability(&lab, &second, "policy deleted", &[("z/a", "x/b", true), ("x/a", "x/c", true)]);
+    assert!(second.output().contains("kubernetes: listed"), "{}", second.output());
 }
