@@ -744,3 +744,36 @@ fn protocol_names_and_numbers() {
     assert_eq!(Protocol::Sctp.to_string(), "SCTP");
     assert_eq!(r("ns", "name").to_string(), "ns/name");
 }
+
+#[test]
+fn pods_of_other_nodes_are_peers_never_subjects() {
+    let mut cluster = cluster();
+    let mut remote = pod(NOT_AN_ENDPOINT, "default", "remote-db", &[("app", "db")], 700);
+    remote.ip = Ipv4Addr::new(10, 201, 0, 7);
+    remote.ports = vec![port("pg", 5432, Protocol::Tcp)];
+    cluster.pods.push(remote);
+    let yaml = np(
+        "default",
+        "p",
+        "podSelector: {matchLabels: {app: db}}\ningress:\n  - from:\n      - podSelector: {}",
+    ) + &np(
+        "default",
+        "out",
+        "podSelector: {matchLabels: {app: web}}\npolicyTypes: [Egress]\negress:\n  - to:\n      - podSelector: {matchLabels: {app: db}}\n    ports:\n      - port: pg",
+    );
+    let plan = compile(&policies(&yaml), &cluster, &mut CidrIdentities::new());
+    assert!(!plan.endpoints.contains_key(&NOT_AN_ENDPOINT), "the remote pod is not an endpoint here");
+    assert!(plan.endpoints[&3].ingress.entries.contains(&entry(
+        PeerMatch::Identity(700),
+        None,
+        None,
+        &[r("default", "p")]
+    )));
+    // Its named port resolves for the egress of this node's endpoints.
+    assert!(plan.endpoints[&1].egress.entries.contains(&entry(
+        PeerMatch::Identity(700),
+        Some(Protocol::Tcp),
+        Some((5432, 5432)),
+        &[r("default", "out")]
+    )));
+}
