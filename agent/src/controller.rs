@@ -33,7 +33,7 @@ use log::{info, warn};
 use crate::{
     api::PolicyControl,
     datapath::{self, Datapath, DatapathError, KernelCounters},
-    kubernetes::{ClusterState, KubeSource},
+    kubernetes::{ClusterIdentities, ClusterState, KubeSource, identities::IdentityError},
     policy::PolicyEngine,
     state::{AgentState, RemotePod},
     watch::Watched,
@@ -111,10 +111,17 @@ impl Controller {
     /// become endpoints with their labels from the server, every other pod with an address becomes a peer
     /// in the ipcache, the policies are the server's; then the policy is applied and new endpoints are
     /// attached. Call only in Kubernetes mode.
-    pub fn sync_cluster(&mut self, cluster: ClusterState) -> anyhow::Result<()> {
+    ///
+    /// `identities` are the cluster's numbers for the pods' label sets ([`ClusterIdentities`]).
+    pub fn sync_cluster(
+        &mut self,
+        cluster: ClusterState,
+        identities: &BTreeMap<Vec<String>, u32>,
+    ) -> anyhow::Result<()> {
         let Some(mode) = self.cluster.as_mut() else {
             anyhow::bail!("sync_cluster outside Kubernetes mode");
         };
+        self.state.assign_identities(identities);
         let node = mode.node.clone();
         self.engine.set_policies(cluster.policies.clone());
         let mut endpoints = BTreeMap::new();
@@ -611,20 +618,39 @@ pub async fn follow_changes(controller: Arc<Mutex<Controller>>, interval: Durati
     }
 }
 
-/// Kubernetes mode: applies the cluster as the source holds it whenever it changes (changes arriving
-/// together are taken at once), from the first full list on.
-pub async fn follow_cluster(controller: Arc<Mutex<Controller>>, source: KubeSource) {
+/// Kubernetes mode: applies the cluster as the source holds it whenever it or the cluster's identities
+/// change (changes arriving together are taken at once), from the first full list on. Identity numbers
+/// for new label sets are allocated through the API server first.
+pub async fn follow_cluster(controller: Arc<Mutex<Controller>>, source: KubeSource, identities: ClusterIdentities) {
     let mut changes = source.changes();
-    let mut last: Option<ClusterState> = None;
+    let mut identity_changes = identities.changes();
+    let mut last: Option<(ClusterState, BTreeMap<Vec<String>, u32>)> = None;
+    let mut retry = false;
     loop {
-        if changes.changed().await.is_err() {
-            return;
+        if retry {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        } else {
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { return },
+                changed = identity_changes.changed() => if changed.is_err() { return },
+            }
         }
         // Let a burst of events (a re-list, a kubectl apply of many objects) land before compiling.
         tokio::time::sleep(Duration::from_millis(100)).await;
         changes.mark_unchanged();
+        identity_changes.mark_unchanged();
+        retry = false;
         let Some(cluster) = source.snapshot() else { continue };
-        if last.as_ref() == Some(&cluster) {
+        let numbers = match identities.resolve(&cluster.security_label_sets()).await {
+            Ok(numbers) => numbers,
+            Err(IdentityError::NotSynced) => continue,
+            Err(e) => {
+                warn!("kubernetes: {e}; retrying");
+                retry = true;
+                continue;
+            }
+        };
+        if last.as_ref().is_some_and(|(c, n)| *c == cluster && *n == numbers) {
             continue;
         }
         if last.is_none() {
@@ -636,15 +662,18 @@ pub async fn follow_cluster(controller: Arc<Mutex<Controller>>, source: KubeSour
             );
         }
         let controller = Arc::clone(&controller);
-        let taken = cluster.clone();
+        let (taken, taken_numbers) = (cluster.clone(), numbers.clone());
         let synced = tokio::task::spawn_blocking(move || {
             let mut controller = controller.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            controller.sync_cluster(taken).map_err(|e| warn!("kubernetes: {e:#}; retried on the next change")).is_ok()
+            controller
+                .sync_cluster(taken, &taken_numbers)
+                .map_err(|e| warn!("kubernetes: {e:#}; retried on the next change"))
+                .is_ok()
         })
         .await
         .unwrap_or(false);
         if synced {
-            last = Some(cluster);
+            last = Some((cluster, numbers));
         }
     }
 }

@@ -15,7 +15,7 @@ use flowgate_agent::{
     controller::{self, Controller, SharedController},
     datapath::{CtLifetimes, Datapath, DatapathOptions},
     kernel_counters,
-    kubernetes::KubeSource,
+    kubernetes::{ClusterIdentities, KubeSource},
     metrics,
     policy::{PolicyEngine, realize::Capacities},
     server::{self, ServerConfig},
@@ -311,7 +311,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .context("connecting to the Kubernetes API server")?;
         controller.use_kubernetes(node.clone());
         info!("kubernetes mode, node {node}: enforcement unchanged until pods, namespaces and policies are listed");
-        Some(KubeSource::start(&client))
+        Some((KubeSource::start(&client), ClusterIdentities::start(&client)))
     } else {
         controller.start().with_context(|| format!("starting on lab {}", lab.name))?;
         info!("attached to {} endpoints of lab {}", lab.pods.len(), lab.name);
@@ -413,7 +413,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Arc::clone(&state),
         Duration::from_secs(args.ct_gc_interval.max(1)),
     ));
-    let cluster = kube_source.map(|source| tokio::spawn(controller::follow_cluster(Arc::clone(&controller), source)));
+    let cluster = kube_source.map(|(source, identities)| {
+        tokio::spawn(controller::follow_cluster(Arc::clone(&controller), source, identities))
+    });
     let watcher = tokio::spawn(controller::follow_changes(
         Arc::clone(&controller),
         Duration::from_millis(args.watch_interval_ms),

@@ -264,6 +264,11 @@ impl AgentState {
         identities
     }
 
+    /// Takes identity numbers decided by the cluster (label set -> number); see [`IdentityAllocator::assign`].
+    pub fn assign_identities(&self, assigned: &BTreeMap<Vec<String>, u32>) {
+        self.endpoints_write().identities.assign(assigned);
+    }
+
     pub fn set_endpoint_state(&self, id: u16, state: EndpointState) {
         if let Some(ep) = self.endpoints_write().registry.get_mut(id) {
             ep.state = state;

@@ -1,7 +1,7 @@
 //! A real Kubernetes control plane for the tests: etcd and kube-apiserver (built by `scripts/setup.sh` from
 //! their Go modules) on loopback ports, with a CA and certificates made for the run, RBAC on, an admin
 //! identity (client certificate in `system:masters`) and the agent's identity (a token of the `flowgate`
-//! ServiceAccount, bound by `deploy/rbac.yaml`). Both processes are stopped and the directory removed when
+//! ServiceAccount, bound by `deploy/rbac.yaml`), with the identity CRD (`deploy/identity-crd.yaml`) installed. Both processes are stopped and the directory removed when
 //! the [`ControlPlane`] is dropped, also while a test panics. Nothing here stands in for the API server.
 
 use std::{
@@ -301,8 +301,17 @@ impl ControlPlane {
         std::fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
     }
 
-    /// Applies `deploy/rbac.yaml` and writes a kubeconfig holding a token of the agent's ServiceAccount.
+    /// Applies `deploy/identity-crd.yaml` (waiting until the server serves it) and `deploy/rbac.yaml`, and
+    /// writes a kubeconfig holding a token of the agent's ServiceAccount.
     fn set_up_agent_identity(&self) {
+        let crd = deploy_file("identity-crd.yaml");
+        self.kubectl_ok(&["apply", "-f", crd.to_str().expect("utf-8 path")]);
+        self.kubectl_ok(&[
+            "wait",
+            "--for=condition=Established",
+            "crd/flowgateidentities.flowgate.io",
+            "--timeout=60s",
+        ]);
         let rbac = deploy_file("rbac.yaml");
         self.kubectl_ok(&["apply", "-f", rbac.to_str().expect("utf-8 path")]);
         let token =
@@ -408,6 +417,11 @@ impl ControlPlane {
     /// `kubectl ARGS...` as the agent's ServiceAccount.
     pub fn kubectl_as_agent(&self, args: &[&str]) -> Output {
         self.kubectl_with(&self.agent_kubeconfig, args, None)
+    }
+
+    /// `kubectl ARGS...` as the agent's ServiceAccount, with `stdin` as its input.
+    pub fn kubectl_with_stdin_as_agent(&self, args: &[&str], stdin: &str) -> Output {
+        self.kubectl_with(&self.agent_kubeconfig, args, Some(stdin))
     }
 
     /// `kubectl ARGS...` with `stdin` as its input (`apply -f -`).

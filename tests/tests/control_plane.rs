@@ -87,6 +87,36 @@ async fn agent_reads_and_may_not_write_and_the_server_validates() {
     assert!(!secrets.status.success(), "the agent must not read secrets");
     assert!(String::from_utf8_lossy(&secrets.stderr).contains("Forbidden"), "{secrets:?}");
 
+    // Cluster identities: the agent may create one, not change or delete it; the server checks the schema.
+    let identity = r#"{"apiVersion": "flowgate.io/v1alpha1", "kind": "FlowgateIdentity",
+        "metadata": {"name": "300"}, "securityLabels": ["k8s:app=web"]}"#;
+    let created = plane.kubectl_with_stdin_as_agent(&["create", "-f", "-"], identity);
+    assert!(created.status.success(), "the agent creates an identity: {created:?}");
+    let relabel = plane.kubectl_as_agent(&[
+        "patch",
+        "flowgateidentity",
+        "300",
+        "--type=merge",
+        "-p",
+        r#"{"securityLabels": ["k8s:app=db"]}"#,
+    ]);
+    assert!(String::from_utf8_lossy(&relabel.stderr).contains("Forbidden"), "{relabel:?}");
+    let delete = plane.kubectl_as_agent(&["delete", "flowgateidentity", "300"]);
+    assert!(String::from_utf8_lossy(&delete.stderr).contains("Forbidden"), "{delete:?}");
+    let relabel = plane.kubectl(&[
+        "patch",
+        "flowgateidentity",
+        "300",
+        "--type=merge",
+        "-p",
+        r#"{"securityLabels": ["k8s:app=db"]}"#,
+    ]);
+    assert!(String::from_utf8_lossy(&relabel.stderr).contains("an identity's labels never change"), "{relabel:?}");
+    let misnamed = plane.kubectl_stdin(&["create", "-f", "-"], &identity.replace("\"300\"", "\"web\""));
+    assert!(String::from_utf8_lossy(&misnamed.stderr).contains("the name is the identity number"), "{misnamed:?}");
+    let reserved = plane.kubectl_stdin(&["create", "-f", "-"], &identity.replace("\"300\"", "\"2\""));
+    assert!(!reserved.status.success(), "a reserved number is refused: {reserved:?}");
+
     // The API server's own validation refuses a bad policy, and says where.
     let bad = plane.kubectl_stdin(&["apply", "-f", "-"], BAD_POLICY);
     assert!(!bad.status.success(), "a NetworkPolicy with endPort < port must be refused");

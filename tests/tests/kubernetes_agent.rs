@@ -1,7 +1,7 @@
 //! `flowgate-agent --kubernetes` on the real API server, enforcing on real traffic in a lab: the lab is the
 //! node (its pods' interfaces), the tests play the kubelet (Pod objects bound to `node-1` with the lab's
 //! addresses), policies and labels change through the API server only. A pod of another node gets an
-//! identity and an ipcache entry. After changes made while the agent's API server was down, with etcd
+//! identity and an ipcache entry; every pod's identity number is the cluster's (a FlowgateIdentity object). After changes made while the agent's API server was down, with etcd
 //! compacted (`410 Gone`), the agent lists again and enforces exactly the new state.
 
 use std::time::{Duration, Instant};
@@ -116,6 +116,27 @@ fn enforces_what_the_api_server_says_and_resyncs_after_gone() {
     assert!(endpoints.iter().all(|e| e["namespace"] != "z" || e["pod_name"] != "elsewhere"));
     let identities = flowgate_ok(&["identity", "list", "--socket", socket_arg, "-o", "json"]);
     assert!(identities.contains("k8s:pod=elsewhere"), "the other node's pod has an identity: {identities}");
+    // Every identity of a pod is the cluster's: a FlowgateIdentity named by its number holds its labels.
+    let objects: serde_json::Value =
+        serde_json::from_str(&plane.kubectl_ok(&["get", "flowgateidentities", "-o", "json"])).unwrap();
+    let cluster_numbers: std::collections::BTreeMap<String, serde_json::Value> = objects["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| (o["metadata"]["name"].as_str().unwrap().to_owned(), o["securityLabels"].clone()))
+        .collect();
+    let identities: serde_json::Value = serde_json::from_str(&identities).unwrap();
+    let pod_identities: Vec<&serde_json::Value> = identities
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["labels"].as_array().unwrap().iter().any(|l| l.as_str().unwrap().starts_with("k8s:pod=")))
+        .collect();
+    assert_eq!(pod_identities.len(), lab.state.pods.len() + 1, "{identities}");
+    for identity in pod_identities {
+        let number = identity["id"].to_string();
+        assert_eq!(cluster_numbers.get(&number), Some(&identity["labels"]), "identity {number}: {cluster_numbers:?}");
+    }
 
     // No policy on the API server: everything connects.
     wait_for_reachability(&lab, &agent, "no policy", &[("z/a", "y/a", true), ("x/b", "y/b", true)]);

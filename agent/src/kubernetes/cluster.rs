@@ -130,6 +130,13 @@ impl ClusterState {
         self.addressed_pods().filter(move |p| p.node.as_deref() == Some(node))
     }
 
+    /// The security labels of every addressed pod: the label sets that need an identity.
+    pub fn security_label_sets(&self) -> std::collections::BTreeSet<Vec<String>> {
+        self.addressed_pods()
+            .map(|p| crate::identity::security_labels(&p.namespace, &self.namespace_labels(&p.namespace), &p.labels))
+            .collect()
+    }
+
     /// A namespace's labels; a namespace not (yet) seen has only its name label, as the compiler assumes.
     pub fn namespace_labels(&self, namespace: &str) -> BTreeMap<String, String> {
         self.namespaces

@@ -45,6 +45,19 @@ impl KindStats {
     pub fn is_synced(&self) -> bool {
         self.synced.load(Ordering::Acquire)
     }
+
+    pub(crate) fn mark_synced(&self) {
+        self.synced_lists.fetch_add(1, Ordering::Relaxed);
+        self.synced.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn count_change(&self) {
+        self.changes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_error(&self) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// The three reflectors' statistics.
