@@ -182,9 +182,21 @@ impl Controller {
             .collect();
         let identities = self.state.set_remote_pods(&remote);
         mode.remote = remote.into_iter().zip(identities).collect();
+        let gone: Vec<u16> =
+            mode.endpoints.iter().filter(|(k, _)| !endpoints.contains_key(*k)).map(|(_, id)| *id).collect();
         mode.endpoints = endpoints;
         mode.state = Some(cluster);
         self.apply_policy().context("applying the policy of the cluster")?;
+        // Pods gone from this node: no longer endpoints. Their interface's entry is cleared, so whatever
+        // still passes there is not taken for theirs (the programs pass traffic of unknown interfaces).
+        for id in gone {
+            if let Some(endpoint) = self.state.remove_endpoint(id) {
+                info!("kubernetes: pod {} is gone from node; endpoint {id} removed", endpoint.pod_ref());
+                self.datapath
+                    .set_endpoint(endpoint.ifindex, flowgate_common::endpoint::EndpointInfo::default())
+                    .with_context(|| format!("clearing endpoint {id} ({})", endpoint.pod_ref()))?;
+            }
+        }
         for (id, interface, pod) in attach {
             self.datapath
                 .attach_endpoint(&self.node_netns, &interface)

@@ -264,6 +264,14 @@ impl AgentState {
         identities
     }
 
+    /// Removes an endpoint whose pod is gone (its id stays reserved for the same pod); returns it.
+    pub fn remove_endpoint(&self, id: u16) -> Option<Endpoint> {
+        let mut eps = self.endpoints_write();
+        let removed = eps.registry.remove(id);
+        Self::rebuild_snapshot(&mut eps);
+        removed
+    }
+
     /// Takes identity numbers decided by the cluster (label set -> number); see [`IdentityAllocator::assign`].
     pub fn assign_identities(&self, assigned: &BTreeMap<Vec<String>, u32>) {
         self.endpoints_write().identities.assign(assigned);

@@ -71,6 +71,26 @@ fn wait_for_reachability(lab: &LabGuard, agent: &AgentGuard, what: &str, expecte
     }
 }
 
+/// Polls `endpoint list` until `check` holds; returns the list.
+fn wait_for_endpoints(
+    agent: &AgentGuard,
+    socket: &str,
+    what: &str,
+    check: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let list: serde_json::Value =
+            serde_json::from_str(&flowgate_ok(&["endpoint", "list", "--socket", socket, "-o", "json"])).unwrap();
+        let list = list.as_array().expect("a list").clone();
+        if check(&list) {
+            return list;
+        }
+        assert!(Instant::now() < deadline, "{what}: not seen in {list:?}\n{}", agent.output());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[test]
 fn enforces_what_the_api_server_says_and_resyncs_after_gone() {
     flowgate_tests::require_root();
@@ -102,17 +122,9 @@ fn enforces_what_the_api_server_says_and_resyncs_after_gone() {
     let args = ["--kubernetes", "--kubeconfig", &kubeconfig, "--node-name", NODE];
     let agent = AgentGuard::start(&lab.name, &socket, &args);
     let socket_arg = socket.to_str().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let endpoints = loop {
-        let list: serde_json::Value =
-            serde_json::from_str(&flowgate_ok(&["endpoint", "list", "--socket", socket_arg, "-o", "json"])).unwrap();
-        let list = list.as_array().expect("a list").clone();
-        if list.len() == lab.state.pods.len() && list.iter().all(|e| e["state"] == "ready") {
-            break list;
-        }
-        assert!(Instant::now() < deadline, "endpoints not ready: {list:?}\n{}", agent.output());
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let endpoints = wait_for_endpoints(&agent, socket_arg, "every lab pod ready", |list| {
+        list.len() == lab.state.pods.len() && list.iter().all(|e| e["state"] == "ready")
+    });
     assert!(endpoints.iter().all(|e| e["namespace"] != "z" || e["pod_name"] != "elsewhere"));
     let identities = flowgate_ok(&["identity", "list", "--socket", socket_arg, "-o", "json"]);
     assert!(identities.contains("k8s:pod=elsewhere"), "the other node's pod has an identity: {identities}");
@@ -149,6 +161,19 @@ fn enforces_what_the_api_server_says_and_resyncs_after_gone() {
     // Labels come from the API server: x/b relabelled pod=a is let in.
     plane.kubectl_ok(&["label", "pod", "-n", "x", "b", "pod=a", "--overwrite"]);
     wait_for_reachability(&lab, &agent, "x/b relabelled", &[("x/b", "y/b", true), ("x/c", "y/b", false)]);
+
+    // A pod deleted from the API server is no longer an endpoint; back, it has its old endpoint id.
+    let id_of = |list: &[serde_json::Value], ns: &str, name: &str| {
+        list.iter().find(|e| e["namespace"] == ns && e["pod_name"] == name).map(|e| e["id"].clone())
+    };
+    let zc = id_of(&endpoints, "z", "c").expect("z/c is an endpoint");
+    plane.kubectl_ok(&["delete", "pod", "-n", "z", "c", "--grace-period=0", "--force"]);
+    wait_for_endpoints(&agent, socket_arg, "z/c removed", |list| {
+        list.len() == lab.state.pods.len() - 1 && id_of(list, "z", "c").is_none()
+    });
+    let c = lab.state.pods.iter().find(|p| p.namespace == "z" && p.name == "c").unwrap();
+    kubelet::run_pod(&plane, &kubelet::lab_pod(c, NODE));
+    wait_for_endpoints(&agent, socket_arg, "z/c back", |list| id_of(list, "z", "c") == Some(zc.clone()));
 
     // Changes while the agent's API server is down, history compacted: the agent lists again.
     plane.with_apiserver_elsewhere(|plane, elsewhere| {

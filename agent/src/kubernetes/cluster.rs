@@ -223,6 +223,16 @@ mod tests {
     }
 
     #[test]
+    fn host_network_pods_are_neither_endpoints_nor_in_the_ipcache() {
+        let mut host = pod("kube-system", "proxy", "n1", &["192.168.0.10"], "Running");
+        host.spec.as_mut().unwrap().host_network = Some(true);
+        let state = ClusterState::from_objects([], [&host], []);
+        assert_eq!(state.addressed_pods().count(), 0);
+        assert_eq!(state.local_pods("n1").count(), 0);
+        assert!(state.security_label_sets().is_empty());
+    }
+
+    #[test]
     fn namespaces_get_their_name_label_and_policies_compare_without_server_fields() {
         let ns = Namespace {
             metadata: kube::api::ObjectMeta { name: Some("shop".into()), ..Default::default() },
