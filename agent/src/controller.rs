@@ -4,8 +4,8 @@
 //! answers the requests that need the datapath (`policy get`, `endpoint config`, `conntrack list`).
 //!
 //! In Kubernetes mode ([`Controller::use_kubernetes`]) labels, pods and policies come from the API server
-//! instead ([`Controller::sync_cluster`], fed by [`follow_cluster`]); the lab still gives the node's pod
-//! interfaces.
+//! instead ([`Controller::sync_cluster`], fed by [`follow_cluster`]); a pod's interface is the one its host
+//! route uses in the node's namespace (the lab's node namespace for now).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -64,7 +64,7 @@ struct ClusterMode {
     remote: Vec<(RemotePod, u32)>,
     /// Host interfaces the programs are attached to.
     attached: BTreeSet<String>,
-    /// Local pods already reported as having no interface here (reported once).
+    /// This node's pods without a host route (so no interface) at the last sync; reported once each.
     unmatched: BTreeSet<(String, String)>,
 }
 
@@ -91,6 +91,12 @@ impl Controller {
         Self { datapath, engine, state, lab, node_netns, topology, policies, cluster: None }
     }
 
+    /// Whether some of this node's pods had no interface at the last sync (worth syncing again later: the
+    /// route may come after the address).
+    pub fn waiting_for_interfaces(&self) -> bool {
+        self.cluster.as_ref().is_some_and(|mode| !mode.unmatched.is_empty())
+    }
+
     /// Switches to Kubernetes mode for `node`: the topology file and the policy directory are no longer
     /// followed, and nothing is registered, attached or applied until [`Self::sync_cluster`] brings the
     /// first full list (so a restarted agent keeps the pinned enforcement until then).
@@ -107,10 +113,10 @@ impl Controller {
         });
     }
 
-    /// Takes the cluster as the API server has it: this node's pods (those the lab has an interface for)
-    /// become endpoints with their labels from the server, every other pod with an address becomes a peer
-    /// in the ipcache, the policies are the server's; then the policy is applied and new endpoints are
-    /// attached. Call only in Kubernetes mode.
+    /// Takes the cluster as the API server has it: this node's pods become endpoints on the interface of
+    /// their host route in the node's namespace ([`crate::pod_routes`]), with their labels from the server;
+    /// every other pod with an address becomes a peer in the ipcache; the policies are the server's. Then
+    /// the policy is applied and new endpoints are attached. Call only in Kubernetes mode.
     ///
     /// `identities` are the cluster's numbers for the pods' label sets ([`ClusterIdentities`]).
     pub fn sync_cluster(
@@ -121,52 +127,48 @@ impl Controller {
         let Some(mode) = self.cluster.as_mut() else {
             anyhow::bail!("sync_cluster outside Kubernetes mode");
         };
-        self.state.assign_identities(identities);
         let node = mode.node.clone();
+        self.state.assign_identities(identities);
         self.engine.set_policies(cluster.policies.clone());
+        let routes = crate::pod_routes::host_routes(&self.node_netns)?;
         let mut endpoints = BTreeMap::new();
         let mut attach = Vec::new();
+        let mut unmatched = BTreeSet::new();
         for pod in cluster.local_pods(&node) {
             let key = (pod.namespace.clone(), pod.name.clone());
-            let Some(lab_pod) = self.lab.pods.iter().find(|p| p.namespace == pod.namespace && p.name == pod.name)
-            else {
-                if mode.unmatched.insert(key) {
-                    warn!("kubernetes: pod {} on node {node} has no interface in lab {}", pod.pod_ref(), self.lab.name);
-                }
-                continue;
-            };
-            if pod.ipv4 != Some(lab_pod.ip) {
-                if mode.unmatched.insert(key) {
+            let Some((ip, interface)) = pod.ipv4.and_then(|ip| Some((ip, routes.get(&ip)?))) else {
+                if !mode.unmatched.contains(&key) {
                     warn!(
-                        "kubernetes: pod {} has address {:?} on the API server but {} in lab {}; not an endpoint",
+                        "kubernetes: pod {} on node {node}: no host route to {} in the node's namespace {}, so no \
+                         interface to enforce on; not an endpoint until there is one",
                         pod.pod_ref(),
-                        pod.ipv4,
-                        lab_pod.ip,
-                        self.lab.name
+                        pod.ipv4.map_or_else(|| "its address".to_owned(), |ip| ip.to_string()),
+                        self.node_netns.display()
                     );
                 }
+                unmatched.insert(key);
                 continue;
-            }
-            mode.unmatched.remove(&key);
+            };
             let endpoint = self.state.upsert_endpoint(
                 NewEndpoint {
                     namespace: pod.namespace.clone(),
                     pod_name: pod.name.clone(),
                     labels: pod.labels.clone(),
-                    ipv4: lab_pod.ip,
-                    interface: lab_pod.host_ifname.clone(),
-                    ifindex: lab_pod.host_ifindex,
+                    ipv4: ip,
+                    interface: interface.name.clone(),
+                    ifindex: interface.ifindex,
                 },
                 &cluster.namespace_labels(&pod.namespace),
             );
             self.datapath
                 .set_endpoint(endpoint.ifindex, datapath::endpoint_info(&endpoint))
                 .with_context(|| format!("registering endpoint {} ({})", endpoint.id, endpoint.pod_ref()))?;
-            if !mode.attached.contains(&lab_pod.host_ifname) {
-                attach.push((endpoint.id, lab_pod.host_ifname.clone(), pod.pod_ref()));
+            if !mode.attached.contains(&interface.name) {
+                attach.push((endpoint.id, interface.name.clone(), pod.pod_ref()));
             }
             endpoints.insert(key, endpoint.id);
         }
+        mode.unmatched = unmatched;
         let remote: Vec<RemotePod> = cluster
             .addressed_pods()
             .filter(|p| !endpoints.contains_key(&(p.namespace.clone(), p.name.clone())))
@@ -630,6 +632,9 @@ pub async fn follow_changes(controller: Arc<Mutex<Controller>>, interval: Durati
     }
 }
 
+/// How often a sync is repeated while some of this node's pods have no interface yet.
+const INTERFACE_RECHECK: Duration = Duration::from_secs(2);
+
 /// Kubernetes mode: applies the cluster as the source holds it whenever it or the cluster's identities
 /// change (changes arriving together are taken at once), from the first full list on. Identity numbers
 /// for new label sets are allocated through the API server first.
@@ -638,13 +643,25 @@ pub async fn follow_cluster(controller: Arc<Mutex<Controller>>, source: KubeSour
     let mut identity_changes = identities.changes();
     let mut last: Option<(ClusterState, BTreeMap<Vec<String>, u32>)> = None;
     let mut retry = false;
+    let mut recheck = tokio::time::interval(INTERFACE_RECHECK);
     loop {
+        let mut force = false;
         if retry {
             tokio::time::sleep(Duration::from_secs(1)).await;
         } else {
             tokio::select! {
                 changed = changes.changed() => if changed.is_err() { return },
                 changed = identity_changes.changed() => if changed.is_err() { return },
+                _ = recheck.tick() => {
+                    let controller = Arc::clone(&controller);
+                    let waiting = tokio::task::spawn_blocking(move || {
+                        controller.lock().unwrap_or_else(std::sync::PoisonError::into_inner).waiting_for_interfaces()
+                    });
+                    if !waiting.await.unwrap_or(false) {
+                        continue;
+                    }
+                    force = true;
+                }
             }
         }
         // Let a burst of events (a re-list, a kubectl apply of many objects) land before compiling.
@@ -662,7 +679,7 @@ pub async fn follow_cluster(controller: Arc<Mutex<Controller>>, source: KubeSour
                 continue;
             }
         };
-        if last.as_ref().is_some_and(|(c, n)| *c == cluster && *n == numbers) {
+        if !force && last.as_ref().is_some_and(|(c, n)| *c == cluster && *n == numbers) {
             continue;
         }
         if last.is_none() {

@@ -20,6 +20,7 @@ pub mod instruments;
 pub mod kernel_counters;
 pub mod kubernetes;
 pub mod metrics;
+pub mod pod_routes;
 pub mod policy;
 pub mod reader;
 pub mod server;

@@ -1,6 +1,7 @@
 //! `flowgate-agent --kubernetes` on the real API server, enforcing on real traffic in a lab: the lab is the
 //! node (its pods' interfaces), the tests play the kubelet (Pod objects bound to `node-1` with the lab's
-//! addresses), policies and labels change through the API server only. A pod of another node gets an
+//! addresses; the agent finds their interfaces by the node's host routes), policies and labels change through
+//! the API server only. A pod of another node gets an
 //! identity and an ipcache entry; every pod's identity number is the cluster's (a FlowgateIdentity object). After changes made while the agent's API server was down, with etcd
 //! compacted (`410 Gone`), the agent lists again and enforces exactly the new state.
 
@@ -115,6 +116,19 @@ fn enforces_what_the_api_server_says_and_resyncs_after_gone() {
         },
     );
 
+    // A pod of this node that the node has no route to: no interface, not an endpoint, said in the log.
+    kubelet::run_pod(
+        &plane,
+        &PodSpec {
+            namespace: "z",
+            name: "unrouted",
+            node: NODE,
+            labels: vec![("pod", "unrouted")],
+            ports: vec![],
+            ip: "10.200.9.9".parse().unwrap(),
+        },
+    );
+
     let dir = SocketDir::new("k8s");
     let socket = dir.socket("agent.sock");
     let kubeconfig = plane.agent_kubeconfig().to_str().unwrap().to_owned();
@@ -126,6 +140,11 @@ fn enforces_what_the_api_server_says_and_resyncs_after_gone() {
         list.len() == lab.state.pods.len() && list.iter().all(|e| e["state"] == "ready")
     });
     assert!(endpoints.iter().all(|e| e["namespace"] != "z" || e["pod_name"] != "elsewhere"));
+    assert!(
+        agent.output().contains("pod z/unrouted on node node-1: no host route to 10.200.9.9"),
+        "{}",
+        agent.output()
+    );
     let identities = flowgate_ok(&["identity", "list", "--socket", socket_arg, "-o", "json"]);
     assert!(identities.contains("k8s:pod=elsewhere"), "the other node's pod has an identity: {identities}");
     // Every identity of a pod is the cluster's: a FlowgateIdentity named by its number holds its labels.
@@ -144,7 +163,7 @@ fn enforces_what_the_api_server_says_and_resyncs_after_gone() {
         .iter()
         .filter(|i| i["labels"].as_array().unwrap().iter().any(|l| l.as_str().unwrap().starts_with("k8s:pod=")))
         .collect();
-    assert_eq!(pod_identities.len(), lab.state.pods.len() + 1, "{identities}");
+    assert_eq!(pod_identities.len(), lab.state.pods.len() + 2, "the lab's pods, elsewhere, unrouted: {identities}");
     for identity in pod_identities {
         let number = identity["id"].to_string();
         assert_eq!(cluster_numbers.get(&number), Some(&identity["labels"]), "identity {number}: {cluster_numbers:?}");
