@@ -100,7 +100,11 @@ impl Controller {
     /// Switches to Kubernetes mode for `node`: the topology file and the policy directory are no longer
     /// followed, and nothing is registered, attached or applied until [`Self::sync_cluster`] brings the
     /// first full list (so a restarted agent keeps the pinned enforcement until then).
-    pub fn use_kubernetes(&mut self, node: String) {
+    /// `node_netns` replaces the lab's node namespace (the node without a lab: the agent's own).
+    pub fn use_kubernetes(&mut self, node: String, node_netns: Option<PathBuf>) {
+        if let Some(path) = node_netns {
+            self.node_netns = path;
+        }
         self.topology = None;
         self.policies = None;
         self.cluster = Some(ClusterMode {

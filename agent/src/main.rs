@@ -100,6 +100,10 @@ struct Args {
     /// Kubeconfig of the API server (default: the in-cluster ServiceAccount, else $KUBECONFIG).
     #[arg(long, value_name = "FILE", requires = "kubernetes")]
     kubeconfig: Option<PathBuf>,
+    /// With --kubernetes and no lab: the node's network namespace, where the pods' host routes and
+    /// interfaces are (default: the agent's own, as in a hostNetwork DaemonSet pod).
+    #[arg(long, value_name = "PATH", requires = "kubernetes", conflicts_with_all = ["lab", "lab_topology"])]
+    node_netns: Option<PathBuf>,
     /// Would-be drops pass and are reported as AUDIT, on every endpoint.
     #[arg(long)]
     policy_audit_mode: bool,
@@ -255,7 +259,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let owned = OwnedLab(state.name.clone());
             (state, Some(owned))
         }
-        _ => bail!("nothing to enforce for: pass --lab NAME or --lab-topology FILE"),
+        (None, None) if args.kubernetes => (kubernetes_node(), None),
+        _ => bail!("nothing to enforce for: pass --lab NAME, --lab-topology FILE or --kubernetes"),
     };
 
     let datapath = Datapath::load(DatapathOptions {
@@ -309,7 +314,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let client = flowgate_agent::kubernetes::client::connect(args.kubeconfig.as_deref())
             .await
             .context("connecting to the Kubernetes API server")?;
-        controller.use_kubernetes(node.clone());
+        let node_netns = match (&args.node_netns, args.lab.is_some() || args.lab_topology.is_some()) {
+            (Some(path), _) => Some(path.clone()),
+            (None, false) => Some(PathBuf::from("/proc/self/ns/net")),
+            (None, true) => None,
+        };
+        controller.use_kubernetes(node.clone(), node_netns);
         info!("kubernetes mode, node {node}: enforcement unchanged until pods, namespaces and policies are listed");
         Some((KubeSource::start(&client), ClusterIdentities::start(&client)))
     } else {
@@ -459,6 +469,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
         info!("kernel counters: {counters:?}");
     }
     Ok(())
+}
+
+/// The node of `--kubernetes` without a lab: no pods or namespaces of its own (they come from the API
+/// server; its network namespace is `--node-netns`), pinned under `/sys/fs/bpf/flowgate/kubernetes` by default.
+fn kubernetes_node() -> LabState {
+    LabState {
+        version: flowgate_lab::state::STATE_VERSION,
+        name: "kubernetes".to_owned(),
+        cidr: flowgate_lab::topology::Cidr { network: std::net::Ipv4Addr::UNSPECIFIED, prefix_len: 0 },
+        gateway: std::net::Ipv4Addr::UNSPECIFIED,
+        node_netns: String::new(),
+        namespaces: Vec::new(),
+        pods: Vec::new(),
+        externals: Vec::new(),
+        server_pid: None,
+        topology_path: None,
+    }
 }
 
 fn bring_up_lab(path: &Path, name: Option<&str>) -> anyhow::Result<LabState> {

@@ -190,6 +190,8 @@ impl ControlPlane {
             format!("--service-account-signing-key-file={}", pki("sa.key")),
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local".to_owned(),
             "--authorization-mode=Node,RBAC".to_owned(),
+            // As kubeadm and every distribution set it: the agent's DaemonSet is privileged.
+            "--allow-privileged=true".to_owned(),
             "--service-cluster-ip-range=10.96.0.0/24".to_owned(),
             // Loopback may not be an Endpoints address: no reconciler for the `kubernetes` Service.
             "--endpoint-reconciler-type=none".to_owned(),

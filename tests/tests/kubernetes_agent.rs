@@ -227,3 +227,39 @@ fn enforces_what_the_api_server_says_and_resyncs_after_gone() {
     wait_for_reachability(&lab, &second, "policy deleted", &[("z/a", "x/b", true), ("x/a", "x/c", true)]);
     assert!(second.output().contains("kubernetes: listed"), "{}", second.output());
 }
+
+/// Without a lab, as on a real node: the agent only knows the node's network namespace (`--node-netns`;
+/// in a DaemonSet pod its own) and finds every pod's interface there by its host route.
+#[test]
+fn enforces_without_a_lab_given_the_node_namespace() {
+    flowgate_tests::require_root();
+    let plane = ControlPlane::start("nolab");
+    let lab = LabGuard::up("k8s-nolab", &example("lab-netpol.yaml"));
+    for ns in ["x", "y", "z"] {
+        plane.apply(&kubelet::namespace_manifest(ns, &[("ns", ns)]));
+    }
+    for pod in &lab.state.pods {
+        kubelet::run_pod(&plane, &kubelet::lab_pod(pod, NODE));
+    }
+    let dir = SocketDir::new("k8s-nolab");
+    let socket = dir.socket("agent.sock");
+    let kubeconfig = plane.agent_kubeconfig().to_str().unwrap().to_owned();
+    let node_netns = format!("/run/netns/{}", lab.state.node_netns);
+    let agent = AgentGuard::start_with(
+        &socket,
+        &["--kubernetes", "--kubeconfig", &kubeconfig, "--node-name", NODE, "--node-netns", &node_netns, "--no-pin"],
+    );
+    let socket_arg = socket.to_str().unwrap();
+    let endpoints = wait_for_endpoints(&agent, socket_arg, "every pod found by its route", |list| {
+        list.len() == lab.state.pods.len() && list.iter().all(|e| e["state"] == "ready")
+    });
+    for pod in &lab.state.pods {
+        let ep = endpoints
+            .iter()
+            .find(|e| e["namespace"] == pod.namespace.as_str() && e["pod_name"] == pod.name.as_str())
+            .unwrap_or_else(|| panic!("{}/{} is an endpoint", pod.namespace, pod.name));
+        assert_eq!(ep["interface"], pod.host_ifname.as_str(), "the interface of the host route");
+    }
+    plane.apply(DENY_INTO_Y);
+    wait_for_reachability(&lab, &agent, "only x/a into y", &[("x/a", "y/b", true), ("z/a", "y/a", false)]);
+}
