@@ -197,7 +197,11 @@ impl Controller {
         // still passes there is not taken for theirs (the programs pass traffic of unknown interfaces).
         for id in gone {
             if let Some(endpoint) = self.state.remove_endpoint(id) {
-                info!("kubernetes: pod {} is gone from node; endpoint {id} removed", endpoint.pod_ref());
+                info!("kubernetes: pod {} is gone from node {node}; endpoint {id} removed", endpoint.pod_ref());
+                // A pod of this sync may already use the same interface: its entry stays.
+                if self.state.endpoints().iter().any(|e| e.ifindex == endpoint.ifindex) {
+                    continue;
+                }
                 self.datapath
                     .set_endpoint(endpoint.ifindex, flowgate_common::endpoint::EndpointInfo::default())
                     .with_context(|| format!("clearing endpoint {id} ({})", endpoint.pod_ref()))?;
@@ -698,15 +702,14 @@ pub async fn follow_cluster(controller: Arc<Mutex<Controller>>, source: KubeSour
         let (taken, taken_numbers) = (cluster.clone(), numbers.clone());
         let synced = tokio::task::spawn_blocking(move || {
             let mut controller = controller.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            controller
-                .sync_cluster(taken, &taken_numbers)
-                .map_err(|e| warn!("kubernetes: {e:#}; retried on the next change"))
-                .is_ok()
+            controller.sync_cluster(taken, &taken_numbers).map_err(|e| warn!("kubernetes: {e:#}; retrying")).is_ok()
         })
         .await
         .unwrap_or(false);
         if synced {
             last = Some((cluster, numbers));
+        } else {
+            retry = true;
         }
     }
 }
