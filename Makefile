@@ -1,5 +1,5 @@
 # flowgate: `make demo` runs the main job on a lab, `make test` runs every test. Both set up a fresh
-# Debian 12 machine first (scripts/setup.sh, idempotent).
+# Debian 12 machine first (scripts/setup.sh, idempotent; it also builds the tests' Kubernetes control plane).
 SHELL := /bin/bash
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)

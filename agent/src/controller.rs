@@ -2,9 +2,13 @@
 //! endpoints and attaches the programs to them, follows the topology file (label changes re-derive
 //! identities) and the policy directory (changes are compiled and applied as a new generation), and
 //! answers the requests that need the datapath (`policy get`, `endpoint config`, `conntrack list`).
+//!
+//! In Kubernetes mode ([`Controller::use_kubernetes`]) labels, pods and policies come from the API server
+//! instead ([`Controller::sync_cluster`], fed by [`follow_cluster`]); a pod's interface is the one its host
+//! route uses in the node's namespace (the lab's node namespace for now).
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Duration,
@@ -16,7 +20,9 @@ use flowgate_common::{
     policy::{POLICY_PREFIX_PEER, POLICY_PREFIX_PROTOCOL, direction},
 };
 use flowgate_lab::{state::LabState, topology::Topology};
-use flowgate_policy::{ClusterView, ContainerPort, NamespaceInfo, PodInfo, Protocol as PolicyProtocol};
+use flowgate_policy::{
+    ClusterView, ContainerPort, NOT_AN_ENDPOINT, NamespaceInfo, PodInfo, Protocol as PolicyProtocol,
+};
 use flowgate_proto::{
     endpoint::{EndpointState, Enforcement, NewEndpoint},
     flow::Protocol,
@@ -27,8 +33,9 @@ use log::{info, warn};
 use crate::{
     api::PolicyControl,
     datapath::{self, Datapath, DatapathError, KernelCounters},
+    kubernetes::{ClusterIdentities, ClusterState, KubeSource, identities::IdentityError},
     policy::PolicyEngine,
-    state::AgentState,
+    state::{AgentState, RemotePod},
     watch::Watched,
 };
 
@@ -41,6 +48,24 @@ pub struct Controller {
     node_netns: PathBuf,
     topology: Option<Watched>,
     policies: Option<Watched>,
+    /// Kubernetes mode: what the API server said last.
+    cluster: Option<ClusterMode>,
+}
+
+/// What the controller knows in Kubernetes mode.
+struct ClusterMode {
+    /// This node's name (`spec.nodeName` of the pods it enforces for).
+    node: String,
+    /// The cluster as last synced; `None` until the first full list.
+    state: Option<ClusterState>,
+    /// This node's pods registered as endpoints: (namespace, name) -> endpoint id.
+    endpoints: BTreeMap<(String, String), u16>,
+    /// Other pods with an address, with their identities.
+    remote: Vec<(RemotePod, u32)>,
+    /// Host interfaces the programs are attached to.
+    attached: BTreeSet<String>,
+    /// This node's pods without a host route (so no interface) at the last sync; reported once each.
+    unmatched: BTreeSet<(String, String)>,
 }
 
 fn policy_protocol(p: flowgate_lab::topology::Protocol) -> PolicyProtocol {
@@ -63,7 +88,175 @@ impl Controller {
         let topology = lab.topology_path.clone().map(Watched::new);
         let policies = policy_dir.map(Watched::new);
         engine.set_capacities(datapath.capacities());
-        Self { datapath, engine, state, lab, node_netns, topology, policies }
+        Self { datapath, engine, state, lab, node_netns, topology, policies, cluster: None }
+    }
+
+    /// Whether some of this node's pods had no interface at the last sync (worth syncing again later: the
+    /// route may come after the address).
+    pub fn waiting_for_interfaces(&self) -> bool {
+        self.cluster.as_ref().is_some_and(|mode| !mode.unmatched.is_empty())
+    }
+
+    /// Switches to Kubernetes mode for `node`: the topology file and the policy directory are no longer
+    /// followed, and nothing is registered, attached or applied until [`Self::sync_cluster`] brings the
+    /// first full list (so a restarted agent keeps the pinned enforcement until then).
+    /// `node_netns` replaces the lab's node namespace (the node without a lab: the agent's own).
+    pub fn use_kubernetes(&mut self, node: String, node_netns: Option<PathBuf>) {
+        if let Some(path) = node_netns {
+            self.node_netns = path;
+        }
+        self.topology = None;
+        self.policies = None;
+        self.cluster = Some(ClusterMode {
+            node,
+            state: None,
+            endpoints: BTreeMap::new(),
+            remote: Vec::new(),
+            attached: BTreeSet::new(),
+            unmatched: BTreeSet::new(),
+        });
+    }
+
+    /// Takes the cluster as the API server has it: this node's pods become endpoints on the interface of
+    /// their host route in the node's namespace ([`crate::pod_routes`]), with their labels from the server;
+    /// every other pod with an address becomes a peer in the ipcache; the policies are the server's. Then
+    /// the policy is applied and new endpoints are attached. Call only in Kubernetes mode.
+    ///
+    /// `identities` are the cluster's numbers for the pods' label sets ([`ClusterIdentities`]).
+    pub fn sync_cluster(
+        &mut self,
+        cluster: ClusterState,
+        identities: &BTreeMap<Vec<String>, u32>,
+    ) -> anyhow::Result<()> {
+        let Some(mode) = self.cluster.as_mut() else {
+            anyhow::bail!("sync_cluster outside Kubernetes mode");
+        };
+        let node = mode.node.clone();
+        self.state.assign_identities(identities);
+        self.engine.set_policies(cluster.policies.clone());
+        let routes = crate::pod_routes::host_routes(&self.node_netns)?;
+        let mut endpoints = BTreeMap::new();
+        let mut attach = Vec::new();
+        let mut unmatched = BTreeSet::new();
+        for pod in cluster.local_pods(&node) {
+            let key = (pod.namespace.clone(), pod.name.clone());
+            let Some((ip, interface)) = pod.ipv4.and_then(|ip| Some((ip, routes.get(&ip)?))) else {
+                if !mode.unmatched.contains(&key) {
+                    warn!(
+                        "kubernetes: pod {} on node {node}: no host route to {} in the node's namespace {}, so no \
+                         interface to enforce on; not an endpoint until there is one",
+                        pod.pod_ref(),
+                        pod.ipv4.map_or_else(|| "its address".to_owned(), |ip| ip.to_string()),
+                        self.node_netns.display()
+                    );
+                }
+                unmatched.insert(key);
+                continue;
+            };
+            let endpoint = self.state.upsert_endpoint(
+                NewEndpoint {
+                    namespace: pod.namespace.clone(),
+                    pod_name: pod.name.clone(),
+                    labels: pod.labels.clone(),
+                    ipv4: ip,
+                    ipv6: pod.ipv6,
+                    interface: interface.name.clone(),
+                    ifindex: interface.ifindex,
+                },
+                &cluster.namespace_labels(&pod.namespace),
+            );
+            self.datapath
+                .set_endpoint(endpoint.ifindex, datapath::endpoint_info(&endpoint))
+                .with_context(|| format!("registering endpoint {} ({})", endpoint.id, endpoint.pod_ref()))?;
+            if !mode.attached.contains(&interface.name) {
+                attach.push((endpoint.id, interface.name.clone(), pod.pod_ref()));
+            }
+            endpoints.insert(key, endpoint.id);
+        }
+        mode.unmatched = unmatched;
+        let remote: Vec<RemotePod> = cluster
+            .addressed_pods()
+            .filter(|p| !endpoints.contains_key(&(p.namespace.clone(), p.name.clone())))
+            .filter_map(|p| {
+                Some(RemotePod {
+                    namespace: p.namespace.clone(),
+                    name: p.name.clone(),
+                    labels: p.labels.clone(),
+                    namespace_labels: cluster.namespace_labels(&p.namespace),
+                    ipv4: p.ipv4?,
+                    ipv6: p.ipv6,
+                })
+            })
+            .collect();
+        let identities = self.state.set_remote_pods(&remote);
+        mode.remote = remote.into_iter().zip(identities).collect();
+        let gone: Vec<u16> =
+            mode.endpoints.iter().filter(|(k, _)| !endpoints.contains_key(*k)).map(|(_, id)| *id).collect();
+        mode.endpoints = endpoints;
+        mode.state = Some(cluster);
+        self.apply_policy().context("applying the policy of the cluster")?;
+        // Pods gone from this node: no longer endpoints. Their interface's entry is cleared, so whatever
+        // still passes there is not taken for theirs (the programs pass traffic of unknown interfaces).
+        for id in gone {
+            if let Some(endpoint) = self.state.remove_endpoint(id) {
+                info!("kubernetes: pod {} is gone from node {node}; endpoint {id} removed", endpoint.pod_ref());
+                // A pod of this sync may already use the same interface: its entry stays.
+                if self.state.endpoints().iter().any(|e| e.ifindex == endpoint.ifindex) {
+                    continue;
+                }
+                self.datapath
+                    .set_endpoint(endpoint.ifindex, flowgate_common::endpoint::EndpointInfo::default())
+                    .with_context(|| format!("clearing endpoint {id} ({})", endpoint.pod_ref()))?;
+            }
+        }
+        for (id, interface, pod) in attach {
+            self.datapath
+                .attach_endpoint(&self.node_netns, &interface)
+                .with_context(|| format!("attaching to {pod} ({interface})"))?;
+            if let Some(mode) = self.cluster.as_mut() {
+                mode.attached.insert(interface);
+            }
+            self.state.set_endpoint_state(id, EndpointState::Ready);
+        }
+        Ok(())
+    }
+
+    /// The cluster view of Kubernetes mode: the server's namespaces, this node's endpoints, the other pods.
+    fn kubernetes_view(&self, mode: &ClusterMode) -> ClusterView {
+        let Some(cluster) = &mode.state else { return ClusterView::default() };
+        let endpoints = self.state.endpoints();
+        let ports = |key: &(String, String)| cluster.pods.get(key).map(|p| p.ports.clone()).unwrap_or_default();
+        let local = mode.endpoints.iter().filter_map(|(key, id)| {
+            let ep = endpoints.iter().find(|e| e.id == *id)?;
+            Some(PodInfo {
+                endpoint_id: ep.id,
+                namespace: ep.namespace.clone(),
+                name: ep.pod_name.clone(),
+                labels: ep.labels.clone(),
+                ip: ep.ipv4,
+                ipv6: ep.ipv6,
+                identity: ep.identity,
+                ports: ports(key),
+            })
+        });
+        let remote = mode.remote.iter().map(|(pod, identity)| PodInfo {
+            endpoint_id: NOT_AN_ENDPOINT,
+            namespace: pod.namespace.clone(),
+            name: pod.name.clone(),
+            labels: pod.labels.clone(),
+            ip: pod.ipv4,
+            ipv6: pod.ipv6,
+            identity: *identity,
+            ports: ports(&(pod.namespace.clone(), pod.name.clone())),
+        });
+        ClusterView {
+            namespaces: cluster
+                .namespaces
+                .iter()
+                .map(|(name, labels)| NamespaceInfo { name: name.clone(), labels: labels.clone() })
+                .collect(),
+            pods: local.chain(remote).collect(),
+        }
     }
 
     pub fn datapath(&mut self) -> &mut Datapath {
@@ -123,6 +316,9 @@ impl Controller {
 
     /// The cluster as the policy compiler sees it.
     pub fn cluster_view(&self) -> ClusterView {
+        if let Some(mode) = &self.cluster {
+            return self.kubernetes_view(mode);
+        }
         let endpoints = self.state.endpoints();
         ClusterView {
             namespaces: self
@@ -447,5 +643,79 @@ pub async fn follow_changes(controller: Arc<Mutex<Controller>>, interval: Durati
             controller.lock().unwrap_or_else(std::sync::PoisonError::into_inner).tick();
         })
         .await;
+    }
+}
+
+/// How often a sync is repeated while some of this node's pods have no interface yet.
+const INTERFACE_RECHECK: Duration = Duration::from_secs(2);
+
+/// Kubernetes mode: applies the cluster as the source holds it whenever it or the cluster's identities
+/// change (changes arriving together are taken at once), from the first full list on. Identity numbers
+/// for new label sets are allocated through the API server first.
+pub async fn follow_cluster(controller: Arc<Mutex<Controller>>, source: KubeSource, identities: ClusterIdentities) {
+    let mut changes = source.changes();
+    let mut identity_changes = identities.changes();
+    let mut last: Option<(ClusterState, BTreeMap<Vec<String>, u32>)> = None;
+    let mut retry = false;
+    let mut recheck = tokio::time::interval(INTERFACE_RECHECK);
+    loop {
+        let mut force = false;
+        if retry {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        } else {
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { return },
+                changed = identity_changes.changed() => if changed.is_err() { return },
+                _ = recheck.tick() => {
+                    let controller = Arc::clone(&controller);
+                    let waiting = tokio::task::spawn_blocking(move || {
+                        controller.lock().unwrap_or_else(std::sync::PoisonError::into_inner).waiting_for_interfaces()
+                    });
+                    if !waiting.await.unwrap_or(false) {
+                        continue;
+                    }
+                    force = true;
+                }
+            }
+        }
+        // Let a burst of events (a re-list, a kubectl apply of many objects) land before compiling.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        changes.mark_unchanged();
+        identity_changes.mark_unchanged();
+        retry = false;
+        let Some(cluster) = source.snapshot() else { continue };
+        let numbers = match identities.resolve(&cluster.security_label_sets()).await {
+            Ok(numbers) => numbers,
+            Err(IdentityError::NotSynced) => continue,
+            Err(e) => {
+                warn!("kubernetes: {e}; retrying");
+                retry = true;
+                continue;
+            }
+        };
+        if !force && last.as_ref().is_some_and(|(c, n)| *c == cluster && *n == numbers) {
+            continue;
+        }
+        if last.is_none() {
+            info!(
+                "kubernetes: listed {} namespaces, {} pods, {} policies; enforcing from the API server",
+                cluster.namespaces.len(),
+                cluster.pods.len(),
+                cluster.policies.len()
+            );
+        }
+        let controller = Arc::clone(&controller);
+        let (taken, taken_numbers) = (cluster.clone(), numbers.clone());
+        let synced = tokio::task::spawn_blocking(move || {
+            let mut controller = controller.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            controller.sync_cluster(taken, &taken_numbers).map_err(|e| warn!("kubernetes: {e:#}; retrying")).is_ok()
+        })
+        .await
+        .unwrap_or(false);
+        if synced {
+            last = Some((cluster, numbers));
+        } else {
+            retry = true;
+        }
     }
 }

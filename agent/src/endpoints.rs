@@ -48,6 +48,11 @@ impl EndpointRegistry {
         &self.by_id[&id]
     }
 
+    /// Forgets a pod that is gone; its id stays reserved for it, should it come back.
+    pub fn remove(&mut self, id: u16) -> Option<Endpoint> {
+        self.by_id.remove(&id)
+    }
+
     pub fn get(&self, id: u16) -> Option<&Endpoint> {
         self.by_id.get(&id)
     }

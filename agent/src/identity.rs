@@ -49,6 +49,15 @@ impl IdentityAllocator {
         id
     }
 
+    /// Takes numbers decided elsewhere (the cluster's identities): these label sets have these numbers from
+    /// now on. Numbers handed out here before are not reused by [`Self::identity_for`].
+    pub fn assign(&mut self, assigned: &BTreeMap<Vec<String>, u32>) {
+        for (labels, id) in assigned {
+            self.by_labels.insert(labels.clone(), *id);
+            self.next = self.next.max(id + 1);
+        }
+    }
+
     /// Labels of an identity.
     pub fn labels_of(&self, identity: u32) -> Option<&[String]> {
         self.by_labels.iter().find(|(_, id)| **id == identity).map(|(l, _)| l.as_slice())

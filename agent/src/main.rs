@@ -14,7 +14,9 @@ use flowgate_agent::{
     conntrack,
     controller::{self, Controller, SharedController},
     datapath::{CtLifetimes, Datapath, DatapathOptions},
-    kernel_counters, metrics,
+    kernel_counters,
+    kubernetes::{ClusterIdentities, KubeSource},
+    metrics,
     policy::{PolicyEngine, realize::Capacities},
     server::{self, ServerConfig},
     state::{AgentInfo, AgentState},
@@ -90,6 +92,18 @@ struct Args {
     /// Directory of NetworkPolicy manifests (YAML, several documents per file); followed for changes.
     #[arg(long, value_name = "DIR")]
     policies: Option<PathBuf>,
+    /// Take pods, namespaces and NetworkPolicies from the Kubernetes API server (watched): this node's pods
+    /// (`spec.nodeName` = --node-name) are the endpoints, every pod with an address is in the ipcache. The
+    /// lab (--lab) gives the pods' interfaces. Enforcement stays as it was until the first full list.
+    #[arg(long, conflicts_with = "policies")]
+    kubernetes: bool,
+    /// Kubeconfig of the API server (default: the in-cluster ServiceAccount, else $KUBECONFIG).
+    #[arg(long, value_name = "FILE", requires = "kubernetes")]
+    kubeconfig: Option<PathBuf>,
+    /// With --kubernetes and no lab: the node's network namespace, where the pods' host routes and
+    /// interfaces are (default: the agent's own, as in a hostNetwork DaemonSet pod).
+    #[arg(long, value_name = "PATH", requires = "kubernetes", conflicts_with_all = ["lab", "lab_topology"])]
+    node_netns: Option<PathBuf>,
     /// Would-be drops pass and are reported as AUDIT, on every endpoint.
     #[arg(long)]
     policy_audit_mode: bool,
@@ -129,8 +143,9 @@ struct Args {
     /// YAML with include/exclude filters and rotation settings for the verdict log; re-read on change.
     #[arg(long, value_name = "FILE")]
     verdict_log_config: Option<PathBuf>,
-    /// `node_name` of the verdict log's records (default: this host's name).
-    #[arg(long)]
+    /// This node's name: `node_name` of the verdict log's records and, with --kubernetes, the `spec.nodeName`
+    /// of the pods enforced for (default: $NODE_NAME, as the downward API sets it, else this host's name).
+    #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
     /// Serve Prometheus metrics at http://ADDR/metrics; `none` turns them off.
     #[arg(long, value_name = "ADDR|none", default_value = metrics::DEFAULT_ADDR)]
@@ -252,7 +267,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let owned = OwnedLab(state.name.clone());
             (state, Some(owned))
         }
-        _ => bail!("nothing to enforce for: pass --lab NAME or --lab-topology FILE"),
+        (None, None) if args.kubernetes => (kubernetes_node(), None),
+        _ => bail!("nothing to enforce for: pass --lab NAME, --lab-topology FILE or --kubernetes"),
     };
 
     let datapath = Datapath::load(DatapathOptions {
@@ -301,8 +317,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     let engine = PolicyEngine::new(args.policies.clone(), args.policy_audit_mode);
     let mut controller = Controller::new(datapath, engine, Arc::clone(&state), lab.clone(), args.policies.clone());
-    controller.start().with_context(|| format!("starting on lab {}", lab.name))?;
-    info!("attached to {} endpoints of lab {}", lab.pods.len(), lab.name);
+    let node = args.node_name.clone().unwrap_or_else(node_name);
+    let kube_source = if args.kubernetes {
+        let client = flowgate_agent::kubernetes::client::connect(args.kubeconfig.as_deref())
+            .await
+            .context("connecting to the Kubernetes API server")?;
+        let node_netns = match (&args.node_netns, args.lab.is_some() || args.lab_topology.is_some()) {
+            (Some(path), _) => Some(path.clone()),
+            (None, false) => Some(PathBuf::from("/proc/self/ns/net")),
+            (None, true) => None,
+        };
+        controller.use_kubernetes(node.clone(), node_netns);
+        info!("kubernetes mode, node {node}: enforcement unchanged until pods, namespaces and policies are listed");
+        Some((KubeSource::start(&client), ClusterIdentities::start(&client)))
+    } else {
+        controller.start().with_context(|| format!("starting on lab {}", lab.name))?;
+        info!("attached to {} endpoints of lab {}", lab.pods.len(), lab.name);
+        None
+    };
     let drain_interval = Duration::from_millis(args.drain_interval_ms);
     // The events buffer is taken now and read once every subscriber that must see every event from
     // the start (verdict log, metrics, --print-events) is in place.
@@ -339,7 +371,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 },
                 config_file: args.verdict_log_config.clone(),
                 traces: args.verdict_log_traces,
-                node_name: args.node_name.clone().unwrap_or_else(node_name),
+                node_name: node.clone(),
                 reload_interval: Duration::from_secs(1),
             },
             flowgate_proto::hubble::flow_json,
@@ -399,6 +431,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Arc::clone(&state),
         Duration::from_secs(args.ct_gc_interval.max(1)),
     ));
+    let cluster = kube_source.map(|(source, identities)| {
+        tokio::spawn(controller::follow_cluster(Arc::clone(&controller), source, identities))
+    });
     let watcher = tokio::spawn(controller::follow_changes(
         Arc::clone(&controller),
         Duration::from_millis(args.watch_interval_ms),
@@ -427,6 +462,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     losses.abort();
     gc.abort();
     watcher.abort();
+    if let Some(cluster) = cluster {
+        cluster.abort();
+    }
     if let Some(p) = printer {
         p.abort();
     }
@@ -439,6 +477,25 @@ async fn run(args: Args) -> anyhow::Result<()> {
         info!("kernel counters: {counters:?}");
     }
     Ok(())
+}
+
+/// The node of `--kubernetes` without a lab: no pods or namespaces of its own (they come from the API
+/// server; its network namespace is `--node-netns`), pinned under `/sys/fs/bpf/flowgate/kubernetes` by default.
+fn kubernetes_node() -> LabState {
+    LabState {
+        version: flowgate_lab::state::STATE_VERSION,
+        name: "kubernetes".to_owned(),
+        cidr: flowgate_lab::topology::Cidr { network: std::net::Ipv4Addr::UNSPECIFIED, prefix_len: 0 },
+        gateway: std::net::Ipv4Addr::UNSPECIFIED,
+        ipv6_cidr: None,
+        gateway6: None,
+        node_netns: String::new(),
+        namespaces: Vec::new(),
+        pods: Vec::new(),
+        externals: Vec::new(),
+        server_pid: None,
+        topology_path: None,
+    }
 }
 
 fn bring_up_lab(path: &Path, name: Option<&str>) -> anyhow::Result<LabState> {

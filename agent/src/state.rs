@@ -4,6 +4,7 @@
 
 use std::{
     collections::BTreeMap,
+    net::Ipv4Addr,
     sync::{
         Arc, Mutex, RwLock,
         atomic::{AtomicU64, Ordering},
@@ -44,8 +45,21 @@ struct Endpoints {
     identities: IdentityAllocator,
     /// Labels of the CIDR identities of the policy in effect (`cidr:10.0.0.0/8`).
     cidr_labels: BTreeMap<u32, String>,
+    /// Pods this node does not enforce for (other nodes' pods, in Kubernetes mode), by address.
+    remote: BTreeMap<std::net::IpAddr, Arc<Peer>>,
     /// What the pipeline resolves peers with.
     snapshot: Arc<PeerSnapshot>,
+}
+
+/// A pod of the cluster this node does not enforce for: a peer known by address and identity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemotePod {
+    pub namespace: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub namespace_labels: BTreeMap<String, String>,
+    pub ipv4: Ipv4Addr,
+    pub ipv6: Option<std::net::Ipv6Addr>,
 }
 
 struct ClientEntry {
@@ -107,6 +121,7 @@ impl AgentState {
                 registry: EndpointRegistry::new(),
                 identities: IdentityAllocator::new(),
                 cidr_labels: BTreeMap::new(),
+                remote: BTreeMap::new(),
                 snapshot: Arc::default(),
             }),
             hub,
@@ -224,6 +239,49 @@ impl AgentState {
         endpoint
     }
 
+    /// Replaces the pods known by address only (they get identities from their security labels, as
+    /// endpoints do, so the same labels share one); returns each one's identity, in order.
+    pub fn set_remote_pods(&self, pods: &[RemotePod]) -> Vec<u32> {
+        let mut eps = self.endpoints_write();
+        let mut remote = BTreeMap::new();
+        let identities = pods
+            .iter()
+            .map(|pod| {
+                let labels = security_labels(&pod.namespace, &pod.namespace_labels, &pod.labels);
+                let identity = eps.identities.identity_for(&labels);
+                let peer = Peer {
+                    endpoint_id: 0,
+                    identity,
+                    namespace: pod.namespace.clone(),
+                    pod_name: pod.name.clone(),
+                    labels: pod.labels.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+                };
+                let peer = Arc::new(peer);
+                remote.insert(pod.ipv4.into(), Arc::clone(&peer));
+                if let Some(ipv6) = pod.ipv6 {
+                    remote.insert(ipv6.into(), peer);
+                }
+                identity
+            })
+            .collect();
+        eps.remote = remote;
+        Self::rebuild_snapshot(&mut eps);
+        identities
+    }
+
+    /// Removes an endpoint whose pod is gone (its id stays reserved for the same pod); returns it.
+    pub fn remove_endpoint(&self, id: u16) -> Option<Endpoint> {
+        let mut eps = self.endpoints_write();
+        let removed = eps.registry.remove(id);
+        Self::rebuild_snapshot(&mut eps);
+        removed
+    }
+
+    /// Takes identity numbers decided by the cluster (label set -> number); see [`IdentityAllocator::assign`].
+    pub fn assign_identities(&self, assigned: &BTreeMap<Vec<String>, u32>) {
+        self.endpoints_write().identities.assign(assigned);
+    }
+
     pub fn set_endpoint_state(&self, id: u16, state: EndpointState) {
         if let Some(ep) = self.endpoints_write().registry.get_mut(id) {
             ep.state = state;
@@ -245,6 +303,9 @@ impl AgentState {
                 snapshot.by_ip.insert(ipv6.into(), Arc::clone(&peer));
             }
             snapshot.by_id.insert(ep.id, peer);
+        }
+        for (ip, peer) in &eps.remote {
+            snapshot.by_ip.entry(*ip).or_insert_with(|| Arc::clone(peer));
         }
         for (id, label) in &eps.cidr_labels {
             snapshot

@@ -48,6 +48,8 @@ pub struct ContainerPort {
 /// A pod (endpoint) as the compiler needs it. Pods with identical security labels share an identity.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PodInfo {
+    /// [`NOT_AN_ENDPOINT`] for a pod of another node: it is a peer (selectors, named ports, the ipcache),
+    /// never a policy subject.
     pub endpoint_id: u16,
     pub namespace: String,
     pub name: String,
@@ -59,6 +61,9 @@ pub struct PodInfo {
     pub identity: u32,
     pub ports: Vec<ContainerPort>,
 }
+
+/// The `endpoint_id` of a pod this node does not enforce for (endpoint ids start at 1).
+pub const NOT_AN_ENDPOINT: u16 = 0;
 
 /// Everything policy selection depends on. A pod whose namespace is not listed gets a namespace with only
 /// the [`NAMESPACE_NAME_LABEL`] label.
@@ -102,6 +107,7 @@ pub fn compile(policies: &[LoadedPolicy], cluster: &ClusterView, cidr_identities
     let mut builders: BTreeMap<u16, (&PodInfo, DirectionBuilder, DirectionBuilder)> = cluster
         .pods
         .iter()
+        .filter(|pod| pod.endpoint_id != NOT_AN_ENDPOINT)
         .map(|pod| (pod.endpoint_id, (pod, DirectionBuilder::default(), DirectionBuilder::default())))
         .collect();
 

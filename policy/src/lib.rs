@@ -13,7 +13,7 @@ pub mod source;
 pub mod validate;
 
 pub use cidr::{CidrIdentities, IpPrefix};
-pub use compile::{ClusterView, ContainerPort, NamespaceInfo, PodInfo, compile};
+pub use compile::{ClusterView, ContainerPort, NOT_AN_ENDPOINT, NamespaceInfo, PodInfo, compile};
 pub use plan::{
     Addr, CidrEntry, DirectionPolicy, DirectionVerdict, EndpointPolicy, MatchKind, PeerMatch, PolicyEntry, PolicyPlan,
     PolicyRef, Protocol, Verdict,

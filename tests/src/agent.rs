@@ -53,6 +53,13 @@ impl Drop for SocketDir {
 
 /// `flowgate-agent --lab LAB --socket SOCKET EXTRA...`, its output going to `log`.
 pub fn spawn_agent(lab: &str, socket: &Path, extra: &[&str], log: &Path) -> Child {
+    let mut args = vec!["--lab", lab];
+    args.extend_from_slice(extra);
+    spawn_agent_with(socket, &args, log)
+}
+
+/// `flowgate-agent --socket SOCKET ARGS...` (no lab unless `args` name one), its output going to `log`.
+pub fn spawn_agent_with(socket: &Path, extra: &[&str], log: &Path) -> Child {
     let out = std::fs::File::create(log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
     let err = out.try_clone().expect("clone the log file");
     // Tests run agents side by side: none writes the machine's verdict log or takes the metrics port
@@ -64,8 +71,6 @@ pub fn spawn_agent(lab: &str, socket: &Path, extra: &[&str], log: &Path) -> Chil
         }
     }
     Command::new(agent_bin())
-        .arg("--lab")
-        .arg(lab)
         .arg("--socket")
         .arg(socket)
         .args(defaults)
@@ -113,8 +118,16 @@ pub struct AgentGuard {
 impl AgentGuard {
     /// Starts an agent on `lab` with its socket at `socket` and waits until it answers a hello.
     pub fn start(lab: &str, socket: &Path, extra: &[&str]) -> Self {
+        let mut args = vec!["--lab", lab];
+        args.extend_from_slice(extra);
+        Self::start_with(socket, &args)
+    }
+
+    /// Starts `flowgate-agent --socket SOCKET ARGS...` (no lab unless `args` name one) and waits until it
+    /// answers a hello.
+    pub fn start_with(socket: &Path, args: &[&str]) -> Self {
         let log = log_path(socket);
-        let child = spawn_agent(lab, socket, extra, &log);
+        let child = spawn_agent_with(socket, args, &log);
         let mut guard = Self { child: Some(child), socket: socket.to_owned(), log };
         guard.wait_ready();
         guard

@@ -6,7 +6,9 @@
 //! on the machine does not show them; their network namespaces are the usual `fg-<lab>-*`.
 
 pub mod agent;
+pub mod control_plane;
 pub mod fuzz;
+pub mod kubelet;
 pub mod test_run;
 
 use std::{

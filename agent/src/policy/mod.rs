@@ -115,6 +115,27 @@ impl PolicyEngine {
         }
     }
 
+    /// Takes the policies the API server holds (Kubernetes mode): the server validated them already; one
+    /// that this agent's validation still refuses is left out alone (the others are not held back, since
+    /// the cluster has no atomic policy set) and reported in `status`. Returns whether the set changed.
+    pub fn set_policies(&mut self, policies: Vec<LoadedPolicy>) -> bool {
+        let mut errors = Vec::new();
+        let accepted: Vec<LoadedPolicy> = policies
+            .into_iter()
+            .filter(|p| {
+                let problems = flowgate_policy::validate(&p.policy);
+                for problem in &problems {
+                    errors.push(format!("{}/{}: not realized: {problem}", p.namespace(), p.name()));
+                }
+                problems.is_empty()
+            })
+            .collect();
+        self.load_errors = errors;
+        let changed = accepted != self.good;
+        self.good = accepted;
+        changed
+    }
+
     /// The capacities of the maps the datapath created (or adopted); plans are counted against them.
     pub fn set_capacities(&mut self, capacities: Capacities) {
         self.capacities = capacities;

@@ -789,3 +789,36 @@ fn an_egress_ip_block_on_a_named_port_reaches_the_pods_in_the_block_that_declare
     let host = plan.cidrs.iter().find(|c| c.prefix.to_string() == "10.200.0.1/32").expect("web's host prefix");
     assert!(plan.cidrs.iter().filter(|c| c.policy_identity() == host.policy_identity()).count() == 1);
 }
+
+#[test]
+fn pods_of_other_nodes_are_peers_never_subjects() {
+    let mut cluster = cluster();
+    let mut remote = pod(NOT_AN_ENDPOINT, "default", "remote-db", &[("app", "db")], 700);
+    remote.ip = Ipv4Addr::new(10, 201, 0, 7);
+    remote.ports = vec![port("pg", 5432, Protocol::Tcp)];
+    cluster.pods.push(remote);
+    let yaml = np(
+        "default",
+        "p",
+        "podSelector: {matchLabels: {app: db}}\ningress:\n  - from:\n      - podSelector: {}",
+    ) + &np(
+        "default",
+        "out",
+        "podSelector: {matchLabels: {app: web}}\npolicyTypes: [Egress]\negress:\n  - to:\n      - podSelector: {matchLabels: {app: db}}\n    ports:\n      - port: pg",
+    );
+    let plan = compile(&policies(&yaml), &cluster, &mut CidrIdentities::new());
+    assert!(!plan.endpoints.contains_key(&NOT_AN_ENDPOINT), "the remote pod is not an endpoint here");
+    assert!(plan.endpoints[&3].ingress.entries.contains(&entry(
+        PeerMatch::Identity(700),
+        None,
+        None,
+        &[r("default", "p")]
+    )));
+    // Its named port resolves for the egress of this node's endpoints.
+    assert!(plan.endpoints[&1].egress.entries.contains(&entry(
+        PeerMatch::Identity(700),
+        Some(Protocol::Tcp),
+        Some((5432, 5432)),
+        &[r("default", "out")]
+    )));
+}

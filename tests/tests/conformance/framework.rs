@@ -14,6 +14,13 @@
 //! and never crosses the datapath, so it always connects in the lab. Upstream ignores loopback too
 //! (`ignoreLoopback`); the tables print it as `-` (expected) and as observed.
 //!
+//! The same cases run through a real API server (`conformance_api.rs`, where the crate's
+//! `THROUGH_API_SERVER` is true): each case then also owns an etcd and kube-apiserver, the lab's namespaces
+//! and pods are registered on it (pods bound to the agent's node with the lab's addresses), the agent runs
+//! with `--kubernetes`, policies are created, replaced and deleted with `kubectl` (one object at a time, each
+//! waited for; a policy's namespace that the lab lacks is created first), labels are changed with
+//! `kubectl patch`, and "invalid" means what the API server itself refuses.
+//!
 //! Set `FLOWGATE_CONFORMANCE_KEEP_GOING=1` to record mismatches and go on probing the remaining steps
 //! of a case (the test still fails at its end, with every mismatch), and
 //! `FLOWGATE_CONFORMANCE_PROBE_TIMEOUT` (default `1s`) to change the per-probe timeout.
@@ -31,7 +38,8 @@ use flowgate_lab::topology::Topology;
 use flowgate_tests::{
     LabGuard,
     agent::{AgentGuard, SocketDir},
-    example, flowgate, probe_results, require_root,
+    control_plane::ControlPlane,
+    example, flowgate, kubelet, probe_results, require_root,
 };
 use serde_json::{Value, json};
 
@@ -42,6 +50,8 @@ pub const PODS: [&str; 9] = ["x/a", "x/b", "x/c", "y/a", "y/b", "y/c", "z/a", "z
 pub const POLICY_WAIT: Duration = Duration::from_secs(10);
 /// How often the agent checks its policy directory and topology file (its default is 250 ms).
 const WATCH_INTERVAL_MS: &str = "50";
+/// The node the lab stands for when the cases run through the API server.
+const NODE: &str = "conformance-node";
 
 pub use flowgate_lab::topology::Protocol::{self, Tcp, Udp};
 
@@ -193,6 +203,12 @@ pub struct Conformance {
     // Field order is drop order: the agent stops before its lab goes down.
     agent: AgentGuard,
     lab: LabGuard,
+    /// The API server the policies and labels go through (`THROUGH_API_SERVER`); stops after the agent.
+    plane: Option<ControlPlane>,
+    /// What the API server holds: policy `namespace/name` -> spec.
+    on_server: BTreeMap<String, Value>,
+    /// Namespaces created on the API server for policies, beyond the lab's.
+    extra_namespaces: std::collections::BTreeSet<String>,
     _sockets: SocketDir,
     dir: TempDir,
     policies_dir: PathBuf,
@@ -234,14 +250,26 @@ impl Conformance {
         assert_eq!(pods, PODS, "the lab has the pods of the model, in order");
         let sockets = SocketDir::new(tag);
         let socket = sockets.socket("agent");
-        let agent = AgentGuard::start(
-            &lab.name,
-            &socket,
-            &["--policies", policies_dir.to_str().expect("utf-8 path"), "--watch-interval-ms", WATCH_INTERVAL_MS],
-        );
+        let plane = crate::THROUGH_API_SERVER.then(|| register(tag, &topology, &lab));
+        let kubeconfig = plane.as_ref().map(|p| p.agent_kubeconfig().to_str().expect("utf-8 path").to_owned());
+        let agent = match &kubeconfig {
+            Some(kubeconfig) => AgentGuard::start(
+                &lab.name,
+                &socket,
+                &["--kubernetes", "--kubeconfig", kubeconfig, "--node-name", NODE, "--no-pin"],
+            ),
+            None => AgentGuard::start(
+                &lab.name,
+                &socket,
+                &["--policies", policies_dir.to_str().expect("utf-8 path"), "--watch-interval-ms", WATCH_INTERVAL_MS],
+            ),
+        };
         let mut case = Self {
             agent,
             lab,
+            plane,
+            on_server: BTreeMap::new(),
+            extra_namespaces: std::collections::BTreeSet::new(),
             _sockets: sockets,
             dir,
             policies_dir,
@@ -257,6 +285,9 @@ impl Conformance {
             keep_going: std::env::var_os("FLOWGATE_CONFORMANCE_KEEP_GOING").is_some_and(|v| v != "0"),
             probe_timeout: std::env::var("FLOWGATE_CONFORMANCE_PROBE_TIMEOUT").unwrap_or_else(|_| "1s".to_owned()),
         };
+        if case.plane.is_some() {
+            case.wait_for_endpoints();
+        }
         let status = case.policy_status();
         assert!(
             status.loaded.is_empty() && status.errors.is_empty() && status.revision >= 1,
@@ -264,6 +295,102 @@ impl Conformance {
         );
         case.revision = status.revision;
         case
+    }
+
+    /// Through the API server: waits until the agent has listed the cluster and every pod is a ready endpoint.
+    fn wait_for_endpoints(&self) {
+        let socket = self.agent.socket.to_str().expect("utf-8 path");
+        let started = Instant::now();
+        loop {
+            let out = flowgate(&["endpoint", "list", "--socket", socket, "-o", "json"]);
+            let list: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            let ready = list.as_array().map_or(0, |l| l.iter().filter(|e| e["state"] == "ready").count());
+            if ready == PODS.len() && self.policy_status().revision >= 1 {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the agent did not take the pods from the API server: {list}\n{}",
+                tail(&self.agent.output(), 30)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn plane(&self) -> &ControlPlane {
+        self.plane.as_ref().expect("running through the API server")
+    }
+
+    /// `kubectl ARGS...` as admin; `Ok(stdout)` or `Err(stderr)`.
+    fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
+        let out = match stdin {
+            Some(input) => self.plane().kubectl_stdin(args, input),
+            None => self.plane().kubectl(args),
+        };
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+        }
+    }
+
+    /// `kubectl` that must succeed.
+    fn kubectl_ok(&mut self, args: &[&str], stdin: Option<&str>) {
+        if let Err(e) = self.kubectl(args, stdin) {
+            panic!("kubectl {} failed: {e}\n{}", args.join(" "), self.context());
+        }
+    }
+
+    /// Through the API server: makes the server hold `wanted` (policy key -> policy) for the keys in `touched`,
+    /// one object at a time, waiting after each change until the agent has it in effect.
+    fn sync_server(&mut self, wanted: &BTreeMap<String, Policy>, touched: &[String], what: &str) {
+        for key in touched {
+            match wanted.get(key) {
+                Some(policy) if self.on_server.get(key) != Some(&policy.spec) => {
+                    let manifest = policy.manifest().to_string();
+                    // A changed file holds the whole new object: replace it (PUT), as `kubectl apply` would
+                    // keep the `policyTypes` the server defaulted at creation when the new spec has none.
+                    let verb = if self.on_server.contains_key(key) { "replace" } else { "create" };
+                    if verb == "create" {
+                        self.ensure_namespace(&policy.namespace);
+                    }
+                    self.kubectl_ok(&[verb, "-f", "-"], Some(&manifest));
+                    self.on_server.insert(key.clone(), policy.spec.clone());
+                }
+                Some(_) => continue,
+                None if self.on_server.contains_key(key) => {
+                    let (ns, name) = key.split_once('/').expect("namespace/name");
+                    self.kubectl_ok(&["delete", "networkpolicy", "-n", ns, name], None);
+                    self.on_server.remove(key);
+                }
+                None => continue,
+            }
+            let expected: Vec<String> = self.on_server.keys().cloned().collect();
+            self.wait_for_revision(expected, &format!("{what}: {key} on the API server"));
+        }
+    }
+
+    /// Creates namespace `ns` when the lab has none of that name (a policy may sit in a namespace without
+    /// pods; the API server wants the namespace first) and waits until the agent has seen it.
+    fn ensure_namespace(&mut self, ns: &str) {
+        if self.topology.namespaces.iter().any(|n| n.name == ns) || self.extra_namespaces.contains(ns) {
+            return;
+        }
+        self.kubectl_ok(&["create", "namespace", ns], None);
+        self.extra_namespaces.insert(ns.to_owned());
+        let expected: Vec<String> = self.on_server.keys().cloned().collect();
+        self.wait_for_revision(expected, &format!("namespace {ns} created"));
+    }
+
+    /// Every policy of every file, by key (the last file wins, as for the directory's names).
+    fn wanted_policies(&self) -> BTreeMap<String, Policy> {
+        self.files.values().flatten().map(|p| (p.key(), p.clone())).collect()
+    }
+
+    /// `text` (YAML as the policy directory would hold it) as JSON, so kubectl's YAML 1.1 reader (a bare
+    /// `y` is `true` there) sees what the agent's reader sees; unparsable text is passed as it is.
+    fn as_json(text: &str) -> String {
+        serde_yaml::from_str::<Value>(text).map_or_else(|_| text.to_owned(), |v| v.to_string())
     }
 
     /// The address of `pod` ("ns/name") in `family` (the lab is dual-stack).
@@ -328,6 +455,11 @@ impl Conformance {
     /// Waits until the agent reports a revision above the last one, no errors, and `expected_loaded`.
     fn wait_for_new_revision(&mut self, what: &str) {
         let expected = self.expected_loaded();
+        self.wait_for_revision(expected, what);
+    }
+
+    /// Waits until the agent reports a revision above the last one, no errors, and `expected` loaded.
+    fn wait_for_revision(&mut self, expected: Vec<String>, what: &str) {
         let started = Instant::now();
         let mut last;
         loop {
@@ -355,6 +487,15 @@ impl Conformance {
     /// the agent has the resulting set in effect. The resulting set must differ from the current one.
     pub fn apply(&mut self, file: &str, policies: &[Policy]) {
         let text = policies.iter().map(Policy::yaml).collect::<Vec<_>>().join("---\n");
+        if self.plane.is_some() {
+            let mut touched: Vec<String> = self.files.get(file).into_iter().flatten().map(Policy::key).collect();
+            touched.extend(policies.iter().map(Policy::key));
+            touched.dedup();
+            self.files.insert(file.to_owned(), policies.to_vec());
+            let wanted = self.wanted_policies();
+            self.sync_server(&wanted, &touched, &format!("applied {file}"));
+            return;
+        }
         self.files.insert(file.to_owned(), policies.to_vec());
         write_atomically(&self.staging, &self.policies_dir.join(file), &text);
         let names: Vec<String> = policies.iter().map(Policy::key).collect();
@@ -363,6 +504,13 @@ impl Conformance {
 
     /// Removes policy file `file` and waits until the agent has the resulting set in effect.
     pub fn delete(&mut self, file: &str) {
+        if self.plane.is_some() {
+            let removed = self.files.remove(file).unwrap_or_else(|| panic!("no policy file {file}"));
+            let touched: Vec<String> = removed.iter().map(Policy::key).collect();
+            let wanted = self.wanted_policies();
+            self.sync_server(&wanted, &touched, &format!("deleted {file}"));
+            return;
+        }
         assert!(self.files.remove(file).is_some(), "no policy file {file}");
         std::fs::remove_file(self.policies_dir.join(file)).expect("remove a policy file");
         self.wait_for_new_revision(&format!("deleted {file}"));
@@ -372,6 +520,16 @@ impl Conformance {
     /// effect must not change (same revision, same names). Returns the errors.
     pub fn apply_invalid(&mut self, file: &str, text: &str) -> Vec<String> {
         self.invalid.insert(file.to_owned(), text.to_owned());
+        if self.plane.is_some() {
+            // The API server refuses it; the agent never sees it.
+            let Err(refusal) = self.kubectl(&["apply", "-f", "-"], Some(&Self::as_json(text))) else {
+                panic!("the API server took the invalid manifest {file}:\n{text}");
+            };
+            let status = self.policy_status();
+            assert_eq!((status.revision, &status.loaded), (self.revision, &self.expected_loaded()));
+            self.steps.push(format!("API server refused invalid {file}: {refusal}"));
+            return vec![refusal];
+        }
         write_atomically(&self.staging, &self.policies_dir.join(file), text);
         let expected = self.expected_loaded();
         let started = Instant::now();
@@ -400,6 +558,21 @@ impl Conformance {
     /// the file again (waiting until the agent is back to the set before). `Ok(errors)`: rejected, with
     /// the policy in effect unchanged. `Err(what happened)`: taken, or neither within [`POLICY_WAIT`].
     pub fn try_invalid(&mut self, file: &str, text: &str) -> Result<Vec<String>, String> {
+        if self.plane.is_some() {
+            let json = Self::as_json(text);
+            let outcome = match self.kubectl(&["apply", "-f", "-"], Some(&json)) {
+                Err(refusal) => Ok(vec![refusal]),
+                Ok(_) => {
+                    // Taken: remove it again and wait until the agent is back to the set before.
+                    let _ = self.kubectl(&["delete", "-f", "-"], Some(&json));
+                    let expected = self.expected_loaded();
+                    self.wait_for_revision(expected, &format!("{file} removed from the API server"));
+                    Err("taken by the API server".to_owned())
+                }
+            };
+            self.steps.push(format!("tried invalid {file} on the API server: {outcome:?}"));
+            return outcome;
+        }
         let path = self.policies_dir.join(file);
         write_atomically(&self.staging, &path, text);
         let expected = self.expected_loaded();
@@ -442,6 +615,12 @@ impl Conformance {
     /// along, so the revision stays).
     pub fn delete_invalid(&mut self, file: &str) {
         assert!(self.invalid.remove(file).is_some(), "no invalid file {file}");
+        if self.plane.is_some() {
+            // Never on the server: nothing to remove, nothing may have changed.
+            let status = self.policy_status();
+            assert_eq!((status.revision, &status.loaded), (self.revision, &self.expected_loaded()));
+            return;
+        }
         std::fs::remove_file(self.policies_dir.join(file)).expect("remove a policy file");
         let started = Instant::now();
         loop {
@@ -484,6 +663,12 @@ impl Conformance {
             .unwrap_or_else(|| panic!("no pod {pod} in the topology"));
         spec.labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let what = format!("labels of pod {pod} set to {:?}", spec.labels);
+        if self.plane.is_some() {
+            let patch = json!([{"op": "replace", "path": "/metadata/labels", "value": spec.labels}]).to_string();
+            self.kubectl_ok(&["patch", "pod", "-n", ns, name, "--type=json", "-p", &patch], None);
+            self.relabels.push(what.clone());
+            return self.wait_for_new_revision(&what);
+        }
         self.write_topology(what);
     }
 
@@ -498,6 +683,13 @@ impl Conformance {
             .unwrap_or_else(|| panic!("no namespace {ns} in the topology"));
         spec.labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let what = format!("labels of namespace {ns} set to {:?}", spec.labels);
+        if self.plane.is_some() {
+            let labels = Topology::namespace_labels(spec);
+            let patch = json!([{"op": "replace", "path": "/metadata/labels", "value": labels}]).to_string();
+            self.kubectl_ok(&["patch", "namespace", ns, "--type=json", "-p", &patch], None);
+            self.relabels.push(what.clone());
+            return self.wait_for_new_revision(&what);
+        }
         self.write_topology(what);
     }
 
@@ -626,6 +818,20 @@ impl Drop for Conformance {
 fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Starts a control plane for case `tag` and registers the lab on it as the kubelet would: the topology's
+/// namespaces with their labels, and every lab pod bound to [`NODE`] with its labels, ports and address.
+fn register(tag: &str, topology: &Topology, lab: &LabGuard) -> ControlPlane {
+    let plane = ControlPlane::start(tag);
+    for ns in &topology.namespaces {
+        let labels: Vec<(&str, &str)> = ns.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        plane.apply(&kubelet::namespace_manifest(&ns.name, &labels));
+    }
+    for pod in &lab.state.pods {
+        kubelet::run_pod(&plane, &kubelet::lab_pod(pod, NODE));
+    }
+    plane
 }
 
 #[cfg(test)]
