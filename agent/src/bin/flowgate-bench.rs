@@ -24,7 +24,7 @@ use std::{
 
 use anyhow::Context as _;
 use flowgate_agent::{
-    craft::{Transport, ipv4_packet},
+    craft::{Transport, ipv4_packet, ipv6_packet},
     datapath::{self, Datapath, DatapathOptions},
     state::{AgentInfo, AgentState},
 };
@@ -175,9 +175,16 @@ struct DrainStats {
     secs: f64,
 }
 
+/// The IPv6 counterpart of a bench pod's IPv4 address (dual-stack pods, as the lab's).
+fn v6_of(ip: Ipv4Addr) -> std::net::Ipv6Addr {
+    let [a, b, c, d] = ip.octets();
+    std::net::Ipv6Addr::new(0xfd00, 0x10, 0x200, 0, 0, 0, u16::from_be_bytes([a, b]), u16::from_be_bytes([c, d]))
+}
+
 /// A datapath with `policies` NetworkPolicies on the server endpoint (behind loopback), each allowing
-/// its own client identity on its own port, with a reader draining the events.
-fn policy_cost(policies: usize, runs: usize, repeat: u32) -> anyhow::Result<(f64, f64)> {
+/// its own client identity on its own port, with a reader draining the events; packets over IPv6 when
+/// `ipv6` (the pods are dual-stack either way).
+fn policy_cost(policies: usize, runs: usize, repeat: u32, ipv6: bool) -> anyhow::Result<(f64, f64)> {
     use flowgate_agent::policy::PolicyEngine;
     use flowgate_policy::{ClusterView, NamespaceInfo, PodInfo};
     use std::fmt::Write as _;
@@ -196,7 +203,7 @@ fn policy_cost(policies: usize, runs: usize, repeat: u32) -> anyhow::Result<(f64
                 pod_name: name.clone(),
                 labels: [("app".to_string(), name.clone())].into(),
                 ipv4: ip,
-                ipv6: None,
+                ipv6: Some(v6_of(ip)),
                 interface: format!("if{ifindex}"),
                 ifindex,
             },
@@ -208,7 +215,7 @@ fn policy_cost(policies: usize, runs: usize, repeat: u32) -> anyhow::Result<(f64
             name,
             labels: ep.labels.clone(),
             ip,
-            ipv6: None,
+            ipv6: Some(v6_of(ip)),
             identity: ep.identity,
             ports: Vec::new(),
         });
@@ -244,13 +251,16 @@ fn policy_cost(policies: usize, runs: usize, repeat: u32) -> anyhow::Result<(f64
     let reader =
         runtime.spawn(flowgate_agent::reader::run(ring, Duration::from_millis(5), Pipeline::new(Arc::clone(&state))));
     // From the first client, allowed: the first run opens the connection, the rest hit conntrack.
-    let allowed = ipv4_packet(
+    let packet = |src: Ipv4Addr, dst: Ipv4Addr, transport| {
+        if ipv6 { ipv6_packet(v6_of(src), v6_of(dst), transport) } else { ipv4_packet(src, dst, transport) }
+    };
+    let allowed = packet(
         Ipv4Addr::from(0x0ac9_0000u32),
         Ipv4Addr::new(10, 200, 0, 11),
         Transport::Tcp { sport: 40000, dport: 1000, flags: 0x10 },
     );
     // From outside, denied: no conntrack entry is ever made, so every run takes the full decision.
-    let denied = ipv4_packet(
+    let denied = packet(
         Ipv4Addr::new(192, 0, 2, 1),
         Ipv4Addr::new(10, 200, 0, 11),
         Transport::Tcp { sport: 40001, dport: 1000, flags: 0x02 },
@@ -360,10 +370,12 @@ fn main() -> anyhow::Result<()> {
     println!("{:<44} {:>14} {:>22}", "datapath (to_endpoint, ns/packet)", "established", "new, denied by policy");
     let mut denied_costs = Vec::new();
     for policies in [1, 100, 1000] {
-        let (established, denied) = policy_cost(policies, runs, 200_000)?;
+        let (established, denied) = policy_cost(policies, runs, 200_000, false)?;
         denied_costs.push(denied);
         println!("{:<44} {:>14.1} {:>22.1}", format!("{policies} policies on the endpoint"), established, denied);
     }
+    let (established, denied) = policy_cost(1, runs, 200_000, true)?;
+    println!("{:<44} {:>14.1} {:>22.1}", "1 policy on the endpoint, over IPv6", established, denied);
     println!("cost with 1000 policies / with 1 policy (new connection): {:.2}x", denied_costs[2] / denied_costs[0]);
 
     let ns = datapath_ns(runs, 200_000)?;

@@ -453,6 +453,29 @@ impl Conformance {
     }
 
     /// Waits until the agent reports a revision above the last one, no errors, and `expected_loaded`.
+    /// Through the API server: waits until the agent's endpoint `ns/name` carries `labels` (the change has
+    /// reached the agent), so that the revision waited for next is the one that follows it.
+    fn wait_for_endpoint_labels(&self, ns: &str, name: &str, labels: &BTreeMap<String, String>, what: &str) {
+        let socket = self.agent.socket.to_str().expect("utf-8 path");
+        let started = Instant::now();
+        loop {
+            let out = flowgate(&["endpoint", "list", "--socket", socket, "-o", "json"]);
+            let list: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            let seen = list.as_array().into_iter().flatten().find(|e| e["namespace"] == ns && e["pod_name"] == name);
+            let current: Option<BTreeMap<String, String>> =
+                seen.and_then(|e| serde_json::from_value(e["labels"].clone()).ok());
+            if current.as_ref() == Some(labels) {
+                return;
+            }
+            assert!(
+                started.elapsed() < POLICY_WAIT,
+                "{what}: the agent's endpoint {ns}/{name} never showed the labels: {current:?}\n{}",
+                self.context()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
     fn wait_for_new_revision(&mut self, what: &str) {
         let expected = self.expected_loaded();
         self.wait_for_revision(expected, what);
@@ -664,9 +687,14 @@ impl Conformance {
         spec.labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let what = format!("labels of pod {pod} set to {:?}", spec.labels);
         if self.plane.is_some() {
-            let patch = json!([{"op": "replace", "path": "/metadata/labels", "value": spec.labels}]).to_string();
+            let labels = spec.labels.clone();
+            let patch = json!([{"op": "replace", "path": "/metadata/labels", "value": labels}]).to_string();
+            // A revision the agent made after the last wait (a late event of an earlier step) is not this
+            // change's: count from the revision in effect now.
+            self.revision = self.policy_status().revision;
             self.kubectl_ok(&["patch", "pod", "-n", ns, name, "--type=json", "-p", &patch], None);
             self.relabels.push(what.clone());
+            self.wait_for_endpoint_labels(ns, name, &labels, &what);
             return self.wait_for_new_revision(&what);
         }
         self.write_topology(what);
@@ -686,6 +714,8 @@ impl Conformance {
         if self.plane.is_some() {
             let labels = Topology::namespace_labels(spec);
             let patch = json!([{"op": "replace", "path": "/metadata/labels", "value": labels}]).to_string();
+            // As for pods: count from the revision in effect now.
+            self.revision = self.policy_status().revision;
             self.kubectl_ok(&["patch", "namespace", ns, "--type=json", "-p", &patch], None);
             self.relabels.push(what.clone());
             return self.wait_for_new_revision(&what);
