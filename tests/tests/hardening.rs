@@ -12,7 +12,7 @@
 //! discovery works throughout (every IPv6 exchange needs it).
 
 use std::{
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket},
     process::Command,
     time::{Duration, Instant},
 };
@@ -225,11 +225,16 @@ fn large_datagrams_of_allowed_flows_arrive_whole_and_of_denied_flows_not_at_all(
     assert_eq!(s.kernel_counter("fragments_without_first"), 0, "{}", s.status());
 }
 
-/// One ICMP echo from inside `netns` to `to`: whether the matching reply came back within a second.
-fn ping(netns: &str, to: Ipv4Addr, id: u16) -> bool {
+/// One ICMP (IPv4) or ICMPv6 echo from inside `netns` to `to`: whether the matching reply came back within a
+/// second. A raw socket of the address's family; the kernel fills in ICMPv6 checksums, ICMP's is ours.
+fn ping(netns: &str, to: IpAddr, id: u16) -> bool {
     in_netns(netns, || {
+        let (domain, protocol, request, reply) = match to {
+            IpAddr::V4(_) => (libc::AF_INET, libc::IPPROTO_ICMP, 8u8, 0u8),
+            IpAddr::V6(_) => (libc::AF_INET6, libc::IPPROTO_ICMPV6, 128, 129),
+        };
         // SAFETY: plain socket(2); closed below.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
+        let fd = unsafe { libc::socket(domain, libc::SOCK_RAW, protocol) };
         assert!(fd >= 0, "raw ICMP socket: {}", std::io::Error::last_os_error());
         let timeout = libc::timeval { tv_sec: 0, tv_usec: 200_000 };
         // SAFETY: a valid timeval of the size given.
@@ -242,31 +247,28 @@ fn ping(netns: &str, to: Ipv4Addr, id: u16) -> bool {
                 size_of::<libc::timeval>() as u32,
             )
         };
-        let mut echo = vec![8u8, 0, 0, 0, 0, 0, 0, 1];
+        let mut echo = vec![request, 0, 0, 0, 0, 0, 0, 1];
         echo[4..6].copy_from_slice(&id.to_be_bytes());
         echo.extend_from_slice(b"flowgate");
-        let c = checksum(&echo);
-        echo[2..4].copy_from_slice(&c.to_be_bytes());
-        let dst = libc::sockaddr_in {
-            sin_family: libc::AF_INET as u16,
-            sin_port: 0,
-            sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(to.octets()) },
-            sin_zero: [0; 8],
-        };
+        if to.is_ipv4() {
+            let c = checksum(&echo);
+            echo[2..4].copy_from_slice(&c.to_be_bytes());
+        }
+        let to = socket2::SockAddr::from(SocketAddr::new(to, 0));
         // SAFETY: buffers valid for the lengths given; fd is the socket opened above.
-        unsafe {
-            libc::sendto(fd, echo.as_ptr().cast(), echo.len(), 0, (&raw const dst).cast(), size_of_val(&dst) as u32)
-        };
+        unsafe { libc::sendto(fd, echo.as_ptr().cast(), echo.len(), 0, to.as_ptr().cast(), to.len()) };
         let started = Instant::now();
         let mut buf = [0u8; 1500];
         let mut answered = false;
         while started.elapsed() < Duration::from_secs(1) && !answered {
             // SAFETY: `buf` is valid for its length.
             let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n >= 28 {
-                let ihl = usize::from(buf[0] & 0x0f) * 4;
-                let icmp = &buf[ihl..n as usize];
-                answered = icmp[0] == 0 && u16::from_be_bytes([icmp[4], icmp[5]]) == id;
+            let Ok(n) = usize::try_from(n) else { continue };
+            // A raw IPv4 socket delivers the IP header too; an ICMPv6 one the message alone.
+            let skip = if domain == libc::AF_INET && n > 0 { usize::from(buf[0] & 0x0f) * 4 } else { 0 };
+            if n >= skip + 8 {
+                let icmp = &buf[skip..n];
+                answered = icmp[0] == reply && u16::from_be_bytes([icmp[4], icmp[5]]) == id;
             }
         }
         // SAFETY: closes the descriptor opened above, once.
@@ -283,9 +285,9 @@ fn a_pod_isolated_for_ingress_can_ping_out_and_is_not_pinged_into() {
     let (_, ya_ip) = s.pod("y/a");
     let (yb_ns, _) = s.pod("y/b");
     let (c_ns, _) = s.pod("x/c");
-    assert!(ping(&a_ns, ya_ip, 0x4201), "x/a's ping to y/a gets its reply");
-    assert!(!ping(&yb_ns, a_ip, 0x4202), "y/b's ping into x/a is dropped (x/a admits only x/c)");
-    assert!(ping(&c_ns, a_ip, 0x4203), "x/c's ping is admitted by a rule without ports");
+    assert!(ping(&a_ns, ya_ip.into(), 0x4201), "x/a's ping to y/a gets its reply");
+    assert!(!ping(&yb_ns, a_ip.into(), 0x4202), "y/b's ping into x/a is dropped (x/a admits only x/c)");
+    assert!(ping(&c_ns, a_ip.into(), 0x4203), "x/c's ping is admitted by a rule without ports");
 }
 
 #[test]
@@ -395,54 +397,6 @@ fn large_ipv6_datagrams_of_allowed_flows_arrive_whole_and_of_denied_flows_not_at
     assert_eq!(s.kernel_counter("fragments_without_first"), 0, "{}", s.status());
 }
 
-/// One ICMPv6 echo from inside `netns` to `to`: whether the matching reply came back within a second.
-fn ping6(netns: &str, to: Ipv6Addr, id: u16) -> bool {
-    in_netns(netns, || {
-        // SAFETY: plain socket(2); closed below. The kernel fills in ICMPv6 checksums on raw sockets.
-        let fd = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6) };
-        assert!(fd >= 0, "raw ICMPv6 socket: {}", std::io::Error::last_os_error());
-        let timeout = libc::timeval { tv_sec: 0, tv_usec: 200_000 };
-        // SAFETY: a valid timeval of the size given.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&raw const timeout).cast(),
-                size_of::<libc::timeval>() as u32,
-            )
-        };
-        let mut echo = vec![128u8, 0, 0, 0, 0, 0, 0, 1];
-        echo[4..6].copy_from_slice(&id.to_be_bytes());
-        echo.extend_from_slice(b"flowgate");
-        let dst = libc::sockaddr_in6 {
-            sin6_family: libc::AF_INET6 as u16,
-            sin6_port: 0,
-            sin6_flowinfo: 0,
-            sin6_addr: libc::in6_addr { s6_addr: to.octets() },
-            sin6_scope_id: 0,
-        };
-        // SAFETY: buffers valid for the lengths given; fd is the socket opened above.
-        unsafe {
-            libc::sendto(fd, echo.as_ptr().cast(), echo.len(), 0, (&raw const dst).cast(), size_of_val(&dst) as u32)
-        };
-        let started = Instant::now();
-        let mut buf = [0u8; 1500];
-        let mut answered = false;
-        while started.elapsed() < Duration::from_secs(1) && !answered {
-            // SAFETY: `buf` is valid for its length. Raw ICMPv6 sockets deliver the ICMPv6 message alone.
-            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n >= 8 {
-                answered = buf[0] == 129 && u16::from_be_bytes([buf[4], buf[5]]) == id;
-            }
-        }
-        // SAFETY: closes the descriptor opened above, once.
-        unsafe { libc::close(fd) };
-        answered
-    })
-    .unwrap()
-}
-
 #[test]
 fn a_pod_isolated_for_ingress_can_ping6_out_and_is_not_pinged_into() {
     let s = Setup::new("hping6");
@@ -450,9 +404,9 @@ fn a_pod_isolated_for_ingress_can_ping6_out_and_is_not_pinged_into() {
     let (_, ya_ip) = s.pod6("y/a");
     let (yb_ns, _) = s.pod6("y/b");
     let (c_ns, _) = s.pod6("x/c");
-    assert!(ping6(&a_ns, ya_ip, 0x6201), "x/a's ping6 to y/a gets its reply");
-    assert!(!ping6(&yb_ns, a_ip, 0x6202), "y/b's ping6 into x/a is dropped (x/a admits only x/c)");
-    assert!(ping6(&c_ns, a_ip, 0x6203), "x/c's ping6 is admitted by a rule without ports");
+    assert!(ping(&a_ns, ya_ip.into(), 0x6201), "x/a's ping6 to y/a gets its reply");
+    assert!(!ping(&yb_ns, a_ip.into(), 0x6202), "y/b's ping6 into x/a is dropped (x/a admits only x/c)");
+    assert!(ping(&c_ns, a_ip.into(), 0x6203), "x/c's ping6 is admitted by a rule without ports");
     assert!(s.kernel_counter("link_control") >= 1, "neighbour discovery passed: {}", s.status());
 }
 
