@@ -9,7 +9,21 @@ use std::{
     time::{Duration, Instant},
 };
 
-use flowgate_tests::{LAB_DIR_ENV, assert_nothing_left, flowgate_bin, lab_dir, require_root};
+use flowgate_tests::{LAB_DIR_ENV, assert_nothing_left, flowgate, flowgate_bin, lab_dir, require_root};
+
+/// Brings the demo's lab down on drop (after tmux, and the demo in it, are gone), also when the test fails
+/// half-way: `q` is then never pressed and the demo never tears its lab down. `lab down` of a lab that is
+/// already gone does nothing.
+struct DownOnDrop(String);
+
+impl Drop for DownOnDrop {
+    fn drop(&mut self) {
+        let out = flowgate(&["lab", "down", &self.0]);
+        if !out.status.success() {
+            eprintln!("flowgate lab down {} failed: {}", self.0, String::from_utf8_lossy(&out.stderr));
+        }
+    }
+}
 
 /// `tmux` on a private server socket, killed on drop.
 struct Tmux {
@@ -67,6 +81,8 @@ fn widest(screen: &str) -> usize {
 fn connections_view_on_the_demo_follows_resizes_and_shows_a_connections_events() {
     require_root();
     let name = format!("tuidemo-{}", std::process::id());
+    // Declared before tmux: dropped after it.
+    let _lab = DownOnDrop(name.clone());
     let tmux = Tmux { socket: std::env::temp_dir().join(format!("flowgate-test-tmux-demo-{}", std::process::id())) };
     let started = tmux.cmd(&["new-session", "-d", "-s", "demo", "-x", "200", "-y", "50", "bash --norc --noprofile"]);
     assert!(started.status.success(), "tmux new-session: {}", String::from_utf8_lossy(&started.stderr));
