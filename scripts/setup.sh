@@ -16,9 +16,10 @@ fi
 # end-to-end test drives the TUI in it. prometheus: the metrics test scrapes a real agent with it.
 # procps (pgrep/pkill), util-linux (nsenter), psmisc for the tests and the demo. protobuf-compiler and
 # python3-protobuf: the JSON output is checked against Hubble's flow.proto. prometheus: the metrics test.
-# time (GNU time): the export test measures the exporter's peak memory with it.
+# time (GNU time): the export test measures the exporter's peak memory with it. openssl: the Kubernetes tests'
+# CA and certificates. man-db: the install test formats every manual page with `man -l`.
 PACKAGES=(llvm-22-dev iproute2 tmux procps util-linux psmisc ca-certificates curl pkg-config build-essential
-          protobuf-compiler python3-protobuf prometheus time)
+          protobuf-compiler python3-protobuf prometheus time openssl man-db)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
