@@ -331,6 +331,15 @@ fn warnings(
     out
 }
 
+/// Whether a port as [`port_text`] writes it is a range (`8000-9000/TCP`), not a named port that happens
+/// to contain a hyphen (`serve-80-udp/UDP`, `80-http/TCP`).
+fn is_range(port: &str) -> bool {
+    let number = port.split('/').next().unwrap_or_default();
+    number
+        .split_once('-')
+        .is_some_and(|(a, b)| !a.is_empty() && !b.is_empty() && a.bytes().chain(b.bytes()).all(|c| c.is_ascii_digit()))
+}
+
 impl Description {
     /// The kubectl layout, then the selection and the warnings.
     pub fn text(&self) -> String {
@@ -364,11 +373,7 @@ impl Description {
                     None => out.push_str("    To Port: <any> (traffic allowed to all ports)\n"),
                     Some(ports) => {
                         for port in ports {
-                            let title = if port.split('/').next().is_some_and(|p| p.contains('-')) {
-                                "To Port Range"
-                            } else {
-                                "To Port"
-                            };
+                            let title = if is_range(port) { "To Port Range" } else { "To Port" };
                             let _ = writeln!(out, "    {title}: {port}");
                         }
                     }

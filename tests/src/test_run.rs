@@ -171,3 +171,14 @@ pub fn drop_reasons(records: &[Record]) -> Vec<u8> {
         })
         .collect()
 }
+
+/// Connection-tracking states (`record::ct_state`) of the trace records among `records`.
+pub fn trace_states(records: &[Record]) -> Vec<u8> {
+    records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Trace(t) => Some(t.ct_state),
+            _ => None,
+        })
+        .collect()
+}

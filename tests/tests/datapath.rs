@@ -17,7 +17,8 @@ use flowgate_common::{
 };
 use flowgate_events::decode::Record;
 use flowgate_tests::test_run::{
-    CLIENT, SERVER, TC_ACT_SHOT, TC_ACT_UNSPEC, drop_reasons, drops, fixture, fixture_full, fixture_with, verdicts,
+    CLIENT, SERVER, TC_ACT_SHOT, TC_ACT_UNSPEC, drop_reasons, drops, fixture, fixture_full, fixture_with, trace_states,
+    verdicts,
 };
 
 const OUTSIDE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 7);
@@ -327,13 +328,7 @@ fn icmp_errors_about_a_tracked_connection_pass_as_related() {
     let (ret, records) = f.run(PROG_TO_ENDPOINT, OUTSIDE, SERVER, frag_needed(4000));
     assert_eq!(ret, TC_ACT_UNSPEC, "path-MTU discovery works for the server's own connection");
     assert!(verdicts(&records).is_empty() && drop_reasons(&records).is_empty(), "{records:?}");
-    let related: Vec<u8> = records
-        .iter()
-        .filter_map(|r| match r {
-            Record::Trace(t) => Some(t.ct_state),
-            _ => None,
-        })
-        .collect();
+    let related = trace_states(&records);
     assert_eq!(related, vec![ct_state::RELATED], "traced as related");
     // An error quoting a connection the server never had is ordinary ICMP into an isolated pod.
     let (ret, records) = f.run(PROG_TO_ENDPOINT, OUTSIDE, SERVER, frag_needed(4001));

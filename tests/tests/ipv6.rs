@@ -15,7 +15,9 @@ use flowgate_common::{
     record::ct_state,
 };
 use flowgate_events::decode::Record;
-use flowgate_tests::test_run::{CLIENT6, SERVER6, TC_ACT_SHOT, TC_ACT_UNSPEC, drop_reasons, fixture, verdicts};
+use flowgate_tests::test_run::{
+    CLIENT6, SERVER6, TC_ACT_SHOT, TC_ACT_UNSPEC, drop_reasons, fixture, trace_states, verdicts,
+};
 
 /// A host outside the cluster, inside the lab's IPv6 range.
 const OUTSIDE6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x200, 0, 0, 0, 0, 0x99);
@@ -229,13 +231,7 @@ fn icmpv6_echo_is_tracked_and_packet_too_big_passes_as_related() {
     };
     let (ret, records) = f.run6(PROG_TO_ENDPOINT, FAR6, SERVER6, too_big(9000));
     assert_eq!(ret, TC_ACT_UNSPEC);
-    let states: Vec<u8> = records
-        .iter()
-        .filter_map(|r| match r {
-            Record::Trace(t) => Some(t.ct_state),
-            _ => None,
-        })
-        .collect();
+    let states = trace_states(&records);
     assert_eq!(states, vec![ct_state::RELATED]);
     // About a flow the server never had: ordinary ICMPv6 into an isolated pod.
     let (ret, records) = f.run6(PROG_TO_ENDPOINT, FAR6, SERVER6, too_big(9001));

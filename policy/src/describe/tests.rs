@@ -169,3 +169,20 @@ fn with_a_cluster_it_says_what_it_selects_and_what_looks_wrong() {
     assert!(w.iter().any(|w| w.contains("never matches through ipBlock 10.200.0.0/24")), "{w:?}");
     assert!(w.iter().any(|w| w.contains("never matches through ipBlock 192.0.2.0/24")), "{w:?}");
 }
+
+#[test]
+fn a_named_port_with_a_hyphen_is_a_port_not_a_range() {
+    let d = describe(
+        &load(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec:\n  \
+             podSelector: {}\n  ingress:\n  - ports: [{port: serve-80-udp, protocol: UDP}, {port: 80-http}, {port: \
+             8000, endPort: 9000}]\n",
+        ),
+        None,
+    );
+    let text = d.text();
+    assert!(
+        text.contains("    To Port: serve-80-udp/UDP\n    To Port: 80-http/TCP\n    To Port Range: 8000-9000/TCP\n"),
+        "{text}"
+    );
+}
