@@ -111,7 +111,7 @@ struct Args {
     #[arg(long, value_enum, default_value_t = EventsBuffer::Ringbuf)]
     events_buffer: EventsBuffer,
     /// Which forwarded packets get trace records: none (every packet), low (every packet leaving a
-    /// pod, plus medium), medium (new connections, first replies and new TCP flags).
+    /// pod, plus medium), medium (new connections, first replies, the first SYN, FIN or RST each way).
     #[arg(long, value_enum, default_value_t = Aggregation::Medium)]
     monitor_aggregation: Aggregation,
     /// Where maps and TCX links are pinned so enforcement outlives the agent and a restarted agent

@@ -16,6 +16,9 @@ use flowgate_common::{
 
 use crate::maps::{self, FG_CONNTRACK};
 
+/// TCP flags whose first appearance in a direction is reported under aggregation (see `track`).
+const REPORTED_TCP_FLAGS: u8 = tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST;
+
 #[inline(always)]
 fn opposite(dir: u8) -> u8 {
     if dir == direction::INGRESS { direction::EGRESS } else { direction::INGRESS }
@@ -87,7 +90,10 @@ pub fn track(flow: &FlowTuple, endpoint_id: u16, dir: u8, pkt_len: u32, level: u
     entry.packets += 1;
     entry.bytes += u64::from(pkt_len);
     let seen = if state == ct_state::ESTABLISHED { &mut entry.flags_seen_orig } else { &mut entry.flags_seen_reply };
-    let new_flags = flow.protocol == protocol::TCP && (flow.tcp_flags & !*seen) != 0;
+    // A state change worth a record: the first SYN, FIN or RST in a direction (Cilium's default
+    // `--monitor-aggregation-flags`). A first ACK or PSH is not: they only say data is moving, which
+    // cost a record or two per connection on both of its endpoints.
+    let new_flags = flow.protocol == protocol::TCP && (flow.tcp_flags & REPORTED_TCP_FLAGS & !*seen) != 0;
     *seen |= flow.tcp_flags;
     // The first reply is a state change worth reporting for every protocol.
     let first_reply = state == ct_state::REPLY && entry.flags & ct_flag::REPLY_SEEN == 0;

@@ -156,8 +156,9 @@ fn trace_counts(level: u64, tag: &str) -> Vec<usize> {
         (PROG_TO_ENDPOINT, CLIENT, SERVER, tcp(8000, 80, 0x02)), // SYN: new connection
         (PROG_TO_ENDPOINT, CLIENT, SERVER, tcp(8000, 80, 0x02)), // SYN again: nothing new
         (PROG_FROM_ENDPOINT, SERVER, CLIENT, tcp(80, 8000, 0x12)), // SYN-ACK: first reply
-        (PROG_TO_ENDPOINT, CLIENT, SERVER, tcp(8000, 80, 0x10)), // ACK: new flag
-        (PROG_TO_ENDPOINT, CLIENT, SERVER, tcp(8000, 80, 0x10)), // ACK: bulk
+        (PROG_TO_ENDPOINT, CLIENT, SERVER, tcp(8000, 80, 0x10)), // first ACK: data moving, not a state change
+        (PROG_TO_ENDPOINT, CLIENT, SERVER, tcp(8000, 80, 0x18)), // first PSH: the same
+        (PROG_TO_ENDPOINT, CLIENT, SERVER, tcp(8000, 80, 0x11)), // FIN from the client: a state change
         (PROG_FROM_ENDPOINT, SERVER, CLIENT, tcp(80, 8000, 0x11)), // FIN from the server: a state change
         (PROG_FROM_ENDPOINT, SERVER, CLIENT, tcp(80, 8000, 0x10)), // ACK from the server: bulk, leaving the pod
     ];
@@ -166,15 +167,15 @@ fn trace_counts(level: u64, tag: &str) -> Vec<usize> {
 
 #[test]
 fn trace_aggregation_levels() {
-    assert_eq!(trace_counts(aggregation::NONE, "aggnone"), vec![1, 1, 1, 1, 1, 1, 1], "none: every packet");
+    assert_eq!(trace_counts(aggregation::NONE, "aggnone"), vec![1, 1, 1, 1, 1, 1, 1, 1], "none: every packet");
     assert_eq!(
         trace_counts(aggregation::MEDIUM, "aggmed"),
-        vec![1, 0, 1, 1, 0, 1, 0],
-        "medium: new connections, first replies and new TCP flags only"
+        vec![1, 0, 1, 0, 0, 1, 1, 0],
+        "medium: new connections, first replies and the first SYN, FIN or RST in a direction only"
     );
     assert_eq!(
         trace_counts(aggregation::LOW, "agglow"),
-        vec![1, 0, 1, 1, 0, 1, 1],
+        vec![1, 0, 1, 0, 0, 1, 1, 1],
         "low: medium plus every packet leaving the pod"
     );
 }
