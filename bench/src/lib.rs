@@ -5,4 +5,5 @@
 //! and a missed target is reported next to its figure (`docs/benchmarks.md` says why and what would
 //! close it).
 
+pub mod datapath;
 pub mod report;

@@ -10,9 +10,13 @@ use std::{
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
-/// Where the sections and the joined results live: `bench/` in the repository (this crate's folder).
+/// Where the sections and the joined results live: `bench/` in the repository (this crate's folder), or
+/// `FLOWGATE_BENCH_DIR` when set (smoke tests write there, leaving the committed results alone).
 pub fn results_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
+    match std::env::var_os("FLOWGATE_BENCH_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf(),
+    }
 }
 
 /// Which way a target points.

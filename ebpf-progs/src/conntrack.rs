@@ -4,7 +4,7 @@
 //! packet is a new connection and gets a verdict (the agent deletes what is left). So is a SYN on a closed
 //! TCP connection. An entry of an older policy revision is re-checked by `revocation`.
 
-use aya_ebpf::helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use flowgate_common::{
     FlowTuple,
     conntrack::{CtEntry, CtKey, LifetimeClass, ct_flag, expired},
@@ -115,13 +115,25 @@ pub fn track(flow: &FlowTuple, endpoint_id: u16, dir: u8, pkt_len: u32, level: u
     Some(Tracked { state, trace, key, entry: ptr, revision: entry.revision })
 }
 
-/// Records a new connection opened by this packet.
+/// Records a new connection opened by this packet at `now` (CLOCK_MONOTONIC ns).
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-pub fn create(flow: &FlowTuple, endpoint_id: u16, dir: u8, pkt_len: u32, rule_id: u32, flags: u8, revision: u64) {
-    // SAFETY: a helper without arguments that only reads the monotonic clock.
-    let now = unsafe { bpf_ktime_get_ns() };
+pub fn create(
+    flow: &FlowTuple,
+    endpoint_id: u16,
+    dir: u8,
+    pkt_len: u32,
+    rule_id: u32,
+    flags: u8,
+    revision: u64,
+    now: u64,
+) {
     // SAFETY: as above, the coarse clock `track` compares `last_seen_ns` with.
     let coarse = unsafe { bpf_ktime_get_coarse_ns() };
+    // A TCP connection whose opening packet resets it is over at once: its entry lives the close lifetime,
+    // and a SYN on its tuple is a new connection with its own verdict.
+    let reset = flow.protocol == protocol::TCP && flow.tcp_flags & tcp_flags::RST != 0;
+    let flags = if reset { flags | ct_flag::CLOSING | ct_flag::CLOSED } else { flags };
     let entry = CtEntry {
         created_ns: now,
         last_seen_ns: coarse,

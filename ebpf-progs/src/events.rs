@@ -42,8 +42,16 @@ pub fn scratch<T>() -> Option<&'static mut T> {
 }
 
 /// Header for a record of `record_type` and `len` bytes, stamped now.
+#[allow(dead_code)]
 #[inline(always)]
 pub fn header(record_type: u8, len: u16) -> RecordHeader {
+    // SAFETY: a helper without arguments that only reads the monotonic clock.
+    header_at(record_type, len, unsafe { bpf_ktime_get_ns() })
+}
+
+/// Header for a record of `record_type` and `len` bytes, stamped `ktime_ns` (CLOCK_MONOTONIC).
+#[inline(always)]
+pub fn header_at(record_type: u8, len: u16, ktime_ns: u64) -> RecordHeader {
     RecordHeader {
         record_type,
         version: version_of(record_type),
@@ -51,8 +59,7 @@ pub fn header(record_type: u8, len: u16) -> RecordHeader {
         // SAFETY: a helper without arguments that touches no memory; the program cannot migrate to
         // another CPU while it runs, so the id is the CPU that writes the record.
         cpu: unsafe { bpf_get_smp_processor_id() },
-        // SAFETY: a helper without arguments that only reads the monotonic clock.
-        ktime_ns: unsafe { bpf_ktime_get_ns() },
+        ktime_ns,
     }
 }
 

@@ -16,12 +16,13 @@ mod packet;
 mod policy;
 mod revocation;
 
+use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
     macros::classifier,
     programs::TcContext,
 };
-use core::mem::MaybeUninit;
+use core::{cell::Cell, mem::MaybeUninit};
 use flowgate_common::{
     Counter, DropRecord, FlowTuple, PolicyVerdictRecord, TraceRecord,
     conntrack::ct_flag,
@@ -62,6 +63,22 @@ struct Packet {
     dir: u8,
     ifindex: u32,
     len: u32,
+    /// CLOCK_MONOTONIC when first asked for (0: not yet): the packet's records and its conntrack entry
+    /// share one reading, a clock read fewer per record (each is a TSC read, dear in a VM).
+    now_ns: Cell<u64>,
+}
+
+impl Packet {
+    #[inline(always)]
+    fn now(&self) -> u64 {
+        let mut now = self.now_ns.get();
+        if now == 0 {
+            // SAFETY: a helper without arguments that only reads the monotonic clock.
+            now = unsafe { bpf_ktime_get_ns() };
+            self.now_ns.set(now);
+        }
+        now
+    }
 }
 
 #[inline(always)]
@@ -91,6 +108,7 @@ fn try_endpoint(ctx: &TcContext, point: u8) -> Result<i32, i32> {
         (&raw mut (*pkt).dir).write(dir);
         (&raw mut (*pkt).ifindex).write(ifindex);
         (&raw mut (*pkt).len).write(ctx.len());
+        (&raw mut (*pkt).now_ns).write(Cell::new(0));
         &mut *pkt
     };
     // SAFETY: as above; `Meta` is valid as all zeroes.
@@ -222,7 +240,7 @@ fn drop_packet(ctx: &TcContext, pkt: &Packet, reason: u8, remote_identity: u32) 
 fn drop_at_revision(ctx: &TcContext, pkt: &Packet, reason: u8, remote_identity: u32, revision: u64) -> i32 {
     maps::count(Counter::Drops);
     if let Some(drop) = events::scratch::<DropRecord>() {
-        drop.header = events::header(record_type::DROP, DropRecord::LEN);
+        drop.header = events::header_at(record_type::DROP, DropRecord::LEN, pkt.now());
         drop.flow = pkt.flow;
         drop.endpoint_id = pkt.endpoint_id;
         drop.direction = pkt.dir;
@@ -269,7 +287,7 @@ fn connection(ctx: &TcContext, pkt: &Packet, level: u64) -> i32 {
         (flags & enforcement::EGRESS != 0, flags & enforcement::EGRESS_AUDIT != 0)
     };
     if !enforced {
-        conntrack::create(&pkt.flow, endpoint_id, dir, pkt.len, 0, 0, revision);
+        conntrack::create(&pkt.flow, endpoint_id, dir, pkt.len, 0, 0, revision, pkt.now());
         trace(ctx, pkt, ct_state::NEW, 0);
         return TC_ACT_UNSPEC;
     }
@@ -287,7 +305,16 @@ fn connection(ctx: &TcContext, pkt: &Packet, level: u64) -> i32 {
                 rule_id: allowed.rule_id,
             };
             verdict_record(ctx, pkt, &decision);
-            conntrack::create(&pkt.flow, endpoint_id, dir, pkt.len, allowed.rule_id, ct_flag::ENFORCED, revision);
+            conntrack::create(
+                &pkt.flow,
+                endpoint_id,
+                dir,
+                pkt.len,
+                allowed.rule_id,
+                ct_flag::ENFORCED,
+                revision,
+                pkt.now(),
+            );
             trace(ctx, pkt, ct_state::NEW, remote.identity);
             TC_ACT_UNSPEC
         }
@@ -295,7 +322,7 @@ fn connection(ctx: &TcContext, pkt: &Packet, level: u64) -> i32 {
             maps::count(Counter::PolicyAudit);
             verdict_record(ctx, pkt, &Decision::unmatched(verdict::AUDIT, remote.identity));
             let flags = ct_flag::ENFORCED | ct_flag::AUDIT;
-            conntrack::create(&pkt.flow, endpoint_id, dir, pkt.len, 0, flags, revision);
+            conntrack::create(&pkt.flow, endpoint_id, dir, pkt.len, 0, flags, revision, pkt.now());
             trace(ctx, pkt, ct_state::NEW, remote.identity);
             TC_ACT_UNSPEC
         }
@@ -310,7 +337,7 @@ fn connection(ctx: &TcContext, pkt: &Packet, level: u64) -> i32 {
 #[inline(never)]
 fn trace(ctx: &TcContext, pkt: &Packet, ct_state: u8, remote_identity: u32) {
     let Some(record) = events::scratch::<TraceRecord>() else { return };
-    record.header = events::header(record_type::TRACE, TraceRecord::LEN);
+    record.header = events::header_at(record_type::TRACE, TraceRecord::LEN, pkt.now());
     record.flow = pkt.flow;
     record.endpoint_id = pkt.endpoint_id;
     record.observation_point = pkt.point;
@@ -340,7 +367,7 @@ impl Decision {
 #[inline(never)]
 fn verdict_record(ctx: &TcContext, pkt: &Packet, decision: &Decision) {
     let Some(record) = events::scratch::<PolicyVerdictRecord>() else { return };
-    record.header = events::header(record_type::POLICY_VERDICT, PolicyVerdictRecord::LEN);
+    record.header = events::header_at(record_type::POLICY_VERDICT, PolicyVerdictRecord::LEN, pkt.now());
     record.flow = pkt.flow;
     record.endpoint_id = pkt.endpoint_id;
     record.direction = pkt.dir;

@@ -201,6 +201,19 @@ fn keep_established_keeps_connections_the_new_policy_denies() {
 }
 
 #[test]
+fn a_connection_reset_by_its_opening_packet_is_closed_at_once() {
+    let mut f = fixture("reset-open", DatapathOptions::default());
+    // SYN and RST together: allowed and tracked, but over; the next SYN is a new connection, every time.
+    for _ in 0..3 {
+        let (ret, records) = f.client_sends(tcp(SYN | RST));
+        assert_eq!((ret, verdicts(&records)), (TC_ACT_UNSPEC, vec![verdict::ALLOWED]), "a verdict each time");
+    }
+    let (ret, records) = f.client_sends(tcp(SYN));
+    assert_eq!((ret, verdicts(&records)), (TC_ACT_UNSPEC, vec![verdict::ALLOWED]));
+    assert_eq!(verdicts(&f.client_sends(tcp(SYN)).1), NONE, "a plain SYN opens a connection that stays");
+}
+
+#[test]
 fn a_syn_after_an_rst_or_a_fin_each_way_gets_a_new_verdict() {
     let mut f = fixture("close", DatapathOptions::default());
     assert_eq!(verdicts(&f.client_sends(tcp(SYN)).1), vec![verdict::ALLOWED]);

@@ -1,11 +1,8 @@
-//! `flowgate-bench`: measures the datapath and the event pipeline on this machine and prints a table.
-//! Figures are medians of several runs, because the machine is shared and noisy; compare ratios
-//! within one run rather than absolute numbers across runs.
+//! `flowgate-bench`: measures the event pipeline on this machine and prints a table (the datapath per
+//! packet is `flowgate-bench-datapath`, in the benchmark suite). Figures are medians of several runs,
+//! because the machine is shared and noisy; compare ratios within one run rather than absolute numbers
+//! across runs.
 //!
-//! - datapath: ns per packet (BPF_PROG_TEST_RUN, kernel-timed) of a packet of an established
-//!   connection (conntrack hit) and of a new connection that policy denies (ipcache + three policy
-//!   lookups + verdict and drop records), with 1, 100 and 1000 policies on the endpoint: the policy
-//!   lookups are hash/LPM lookups, so the cost should stay flat as policies grow;
 //! - drain: records per second that the agent's reader + pipeline (decode, enrich, hub, one subscriber)
 //!   takes out of the ring buffer while the kernel programs write as fast as they can, with batched
 //!   wake-ups versus a wake-up per record, and the loss the kernel counted;
@@ -24,15 +21,11 @@ use std::{
 
 use anyhow::Context as _;
 use flowgate_agent::{
-    craft::{Transport, ipv4_packet, ipv6_packet},
+    craft::{Transport, ipv4_packet},
     datapath::{self, Datapath, DatapathOptions},
     state::{AgentInfo, AgentState},
 };
-use flowgate_common::{
-    Counter,
-    counters::aggregation,
-    names::{PROG_FLOOR, PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT},
-};
+use flowgate_common::{Counter, counters::aggregation, names::PROG_FROM_ENDPOINT};
 use flowgate_events::{
     hub::{Hub, HubConfig},
     pipeline::Pipeline,
@@ -82,28 +75,6 @@ fn load(wakeup_bytes: u64) -> anyhow::Result<(Datapath, Arc<AgentState>)> {
     );
     dp.set_endpoint(TEST_RUN_IFINDEX, datapath::endpoint_info(&ep))?;
     Ok((dp, state))
-}
-
-/// Median kernel-timed ns per packet over `runs` runs of `repeat` packets, with a reader draining.
-/// Nanoseconds per run of the program that only returns: what BPF_PROG_TEST_RUN costs by itself, which every
-/// other per-packet figure includes.
-fn floor_ns(runs: usize, repeat: u32) -> anyhow::Result<f64> {
-    let dp = Datapath::load(DatapathOptions::default()).context("loading the datapath (run as root)")?;
-    let packet = ipv4_packet(
-        Ipv4Addr::new(10, 200, 0, 10),
-        Ipv4Addr::new(10, 200, 0, 11),
-        Transport::Tcp { sport: 40000, dport: 80, flags: 0x10 },
-    );
-    let mut samples = Vec::new();
-    for _ in 0..runs {
-        samples.push(dp.test_run(PROG_FLOOR, &packet, repeat)?.duration.as_nanos() as f64);
-    }
-    Ok(median(samples))
-}
-
-fn datapath_ns(runs: usize, repeat: u32) -> anyhow::Result<f64> {
-    let (r, _) = drain_run(256 << 10, runs, repeat)?;
-    Ok(r)
 }
 
 /// Generates records with the programs for `runs` rounds while the pipeline drains. Returns (median ns
@@ -173,106 +144,6 @@ struct DrainStats {
     delivered: u64,
     generate_secs: f64,
     secs: f64,
-}
-
-/// The IPv6 counterpart of a bench pod's IPv4 address (dual-stack pods, as the lab's).
-fn v6_of(ip: Ipv4Addr) -> std::net::Ipv6Addr {
-    let [a, b, c, d] = ip.octets();
-    std::net::Ipv6Addr::new(0xfd00, 0x10, 0x200, 0, 0, 0, u16::from_be_bytes([a, b]), u16::from_be_bytes([c, d]))
-}
-
-/// A datapath with `policies` NetworkPolicies on the server endpoint (behind loopback), each allowing
-/// its own client identity on its own port, with a reader draining the events; packets over IPv6 when
-/// `ipv6` (the pods are dual-stack either way).
-fn policy_cost(policies: usize, runs: usize, repeat: u32, ipv6: bool) -> anyhow::Result<(f64, f64)> {
-    use flowgate_agent::policy::PolicyEngine;
-    use flowgate_policy::{ClusterView, NamespaceInfo, PodInfo};
-    use std::fmt::Write as _;
-
-    // The reader drains on its tick only: wake-ups would be measured, not the policy decision.
-    let mut dp = Datapath::load(DatapathOptions { wakeup_bytes: u64::MAX, ..DatapathOptions::default() })
-        .context("loading the datapath (run as root)")?;
-    let state = AgentState::new(AgentInfo::default(), Hub::new(HubConfig::default()));
-    let ns: std::collections::BTreeMap<String, String> =
-        [("kubernetes.io/metadata.name".to_string(), "bench".to_string())].into();
-    let mut pods = Vec::new();
-    let mut add = |name: String, ip: Ipv4Addr, ifindex: u32| {
-        let ep = state.upsert_endpoint(
-            NewEndpoint {
-                namespace: "bench".into(),
-                pod_name: name.clone(),
-                labels: [("app".to_string(), name.clone())].into(),
-                ipv4: ip,
-                ipv6: Some(v6_of(ip)),
-                interface: format!("if{ifindex}"),
-                ifindex,
-            },
-            &ns,
-        );
-        pods.push(PodInfo {
-            endpoint_id: ep.id,
-            namespace: "bench".into(),
-            name,
-            labels: ep.labels.clone(),
-            ip,
-            ipv6: Some(v6_of(ip)),
-            identity: ep.identity,
-            ports: Vec::new(),
-        });
-        ep
-    };
-    let server = add("server".into(), Ipv4Addr::new(10, 200, 0, 11), TEST_RUN_IFINDEX);
-    dp.set_endpoint(TEST_RUN_IFINDEX, datapath::endpoint_info(&server))?;
-    let mut yaml = String::new();
-    for i in 0..policies {
-        let client = format!("client-{i}");
-        add(client.clone(), Ipv4Addr::from(0x0ac9_0000u32 + i as u32), 10_000 + i as u32);
-        write!(
-            yaml,
-            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: allow-{i}, namespace: bench}}\n\
-             spec:\n  podSelector: {{matchLabels: {{app: server}}}}\n  ingress:\n  - from: [{{podSelector: {{matchLabels: {{app: {client}}}}}}}]\n    ports: [{{port: {}}}]\n---\n",
-            1000 + i
-        )?;
-    }
-    let dir = std::env::temp_dir().join(format!("fg-bench-policies-{}-{policies}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("policies.yaml"), yaml)?;
-    let mut engine = PolicyEngine::new(Some(dir.clone()), false);
-    engine.reload();
-    anyhow::ensure!(engine.status().errors.is_empty(), "bench policies: {:?}", engine.status().errors);
-    let cluster = ClusterView { namespaces: vec![NamespaceInfo { name: "bench".into(), labels: ns.clone() }], pods };
-    let (contents, snapshot) = engine.prepare(&cluster)?;
-    state.set_policy(Arc::new(snapshot), engine.cidr_labels());
-    dp.apply_policy(&contents)?;
-    let _ = std::fs::remove_dir_all(&dir);
-
-    let ring = dp.take_events()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-    let reader =
-        runtime.spawn(flowgate_agent::reader::run(ring, Duration::from_millis(5), Pipeline::new(Arc::clone(&state))));
-    // From the first client, allowed: the first run opens the connection, the rest hit conntrack.
-    let packet = |src: Ipv4Addr, dst: Ipv4Addr, transport| {
-        if ipv6 { ipv6_packet(v6_of(src), v6_of(dst), transport) } else { ipv4_packet(src, dst, transport) }
-    };
-    let allowed = packet(
-        Ipv4Addr::from(0x0ac9_0000u32),
-        Ipv4Addr::new(10, 200, 0, 11),
-        Transport::Tcp { sport: 40000, dport: 1000, flags: 0x10 },
-    );
-    // From outside, denied: no conntrack entry is ever made, so every run takes the full decision.
-    let denied = packet(
-        Ipv4Addr::new(192, 0, 2, 1),
-        Ipv4Addr::new(10, 200, 0, 11),
-        Transport::Tcp { sport: 40001, dport: 1000, flags: 0x02 },
-    );
-    let mut established = Vec::new();
-    let mut decided = Vec::new();
-    for _ in 0..runs {
-        established.push(dp.test_run(PROG_TO_ENDPOINT, &allowed, repeat)?.duration.as_nanos() as f64);
-        decided.push(dp.test_run(PROG_TO_ENDPOINT, &denied, repeat / 10)?.duration.as_nanos() as f64);
-    }
-    reader.abort();
-    Ok((median(established), median(decided)))
 }
 
 /// What one fan-out run measured.
@@ -367,22 +238,6 @@ fn main() -> anyhow::Result<()> {
     let runs = 5;
     println!("flowgate-bench (medians of {runs} runs; kernel: BPF_PROG_TEST_RUN)\n");
 
-    println!("{:<44} {:>14} {:>22}", "datapath (to_endpoint, ns/packet)", "established", "new, denied by policy");
-    let mut denied_costs = Vec::new();
-    for policies in [1, 100, 1000] {
-        let (established, denied) = policy_cost(policies, runs, 200_000, false)?;
-        denied_costs.push(denied);
-        println!("{:<44} {:>14.1} {:>22.1}", format!("{policies} policies on the endpoint"), established, denied);
-    }
-    let (established, denied) = policy_cost(1, runs, 200_000, true)?;
-    println!("{:<44} {:>14.1} {:>22.1}", "1 policy on the endpoint, over IPv6", established, denied);
-    println!("cost with 1000 policies / with 1 policy (new connection): {:.2}x", denied_costs[2] / denied_costs[0]);
-
-    let ns = datapath_ns(runs, 200_000)?;
-    println!("{:<44} {:>14.1}", "a trace record for every packet (aggregation none)", ns);
-    println!("{:<44} {:>14.1}", "floor: a program that only returns", floor_ns(runs, 200_000)?);
-
-    println!();
     println!(
         "{:<34} {:>10} {:>10} {:>10} {:>10} {:>14}",
         "drain (reader+pipeline+hub)", "generated", "read", "lost(krn)", "to client", "read/s"
