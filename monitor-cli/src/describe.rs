@@ -3,11 +3,15 @@
 //! common mistakes (`flowgate_policy::describe`). Works offline on files, before anything is applied. A
 //! file with an invalid manifest is refused with its file, document and field path, as the agent would.
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use flowgate_lab::{Topology, plan};
+use flowgate_common::identity::FIRST_ALLOCATED;
+use flowgate_lab::{LabState, Topology, plan};
 use flowgate_policy::{
     ClusterView, ContainerPort, LoadedPolicy, NamespaceInfo, PodInfo, Protocol as PolicyProtocol,
     describe::{Description, describe},
@@ -44,7 +48,7 @@ pub fn run(args: &DescribeArgs) -> anyhow::Result<()> {
 }
 
 /// Every policy of a file or of a directory's YAML files; any invalid manifest refuses the lot.
-fn load(path: &Path) -> anyhow::Result<Vec<LoadedPolicy>> {
+pub(crate) fn load(path: &Path) -> anyhow::Result<Vec<LoadedPolicy>> {
     if !path.exists() {
         if path.to_string_lossy().split('/').count() == 2 && path.extension().is_none() {
             bail!(
@@ -70,40 +74,57 @@ fn load(path: &Path) -> anyhow::Result<Vec<LoadedPolicy>> {
     Ok(policies)
 }
 
-/// The cluster a lab topology describes, with the addresses the lab would give its pods.
-fn cluster_of(topology: &Path) -> anyhow::Result<ClusterView> {
+/// The lab a topology file describes, with the addresses the lab would give its hosts (nothing is created).
+pub(crate) fn planned_lab(topology: &Path) -> anyhow::Result<LabState> {
     let parsed = Topology::load(topology)?;
     let name = parsed.name.clone().unwrap_or_else(|| "describe".to_owned());
-    let state = plan::plan(&parsed, &name).with_context(|| format!("planning {}", topology.display()))?;
-    let protocol = |p| match p {
+    plan::plan(&parsed, &name).with_context(|| format!("planning {}", topology.display()))
+}
+
+/// The cluster a lab topology describes.
+fn cluster_of(topology: &Path) -> anyhow::Result<ClusterView> {
+    Ok(cluster_of_lab(&planned_lab(topology)?))
+}
+
+/// A lab protocol as the policy crate names it.
+pub(crate) fn policy_protocol(p: flowgate_lab::Protocol) -> PolicyProtocol {
+    match p {
         flowgate_lab::Protocol::Tcp => PolicyProtocol::Tcp,
         flowgate_lab::Protocol::Udp => PolicyProtocol::Udp,
         flowgate_lab::Protocol::Sctp => PolicyProtocol::Sctp,
-    };
-    Ok(ClusterView {
+    }
+}
+
+/// The cluster of a lab's pods: endpoint ids in file order from 1, as the agent numbers a fresh lab, and
+/// identities from `FIRST_ALLOCATED` on, shared by pods of one namespace with the same labels (the agent's
+/// security labels are the namespace and its labels and the pod's labels; a lab namespace has one set).
+pub(crate) fn cluster_of_lab(state: &LabState) -> ClusterView {
+    let mut identities: BTreeMap<(&str, &BTreeMap<String, String>), u32> = BTreeMap::new();
+    let mut pods = Vec::new();
+    for (i, p) in state.pods.iter().enumerate() {
+        let next = FIRST_ALLOCATED + u32::try_from(identities.len()).unwrap_or(u32::MAX - FIRST_ALLOCATED);
+        let identity = *identities.entry((p.namespace.as_str(), &p.labels)).or_insert(next);
+        pods.push(PodInfo {
+            endpoint_id: u16::try_from(i + 1).unwrap_or(u16::MAX),
+            namespace: p.namespace.clone(),
+            name: p.name.clone(),
+            labels: p.labels.clone(),
+            ip: p.ip,
+            ipv6: p.ipv6,
+            identity,
+            ports: p
+                .ports
+                .iter()
+                .map(|c| ContainerPort { name: c.name.clone(), port: c.port, protocol: policy_protocol(c.protocol) })
+                .collect(),
+        });
+    }
+    ClusterView {
         namespaces: state
             .namespaces
             .iter()
             .map(|n| NamespaceInfo { name: n.name.clone(), labels: n.labels.clone() })
             .collect(),
-        pods: state
-            .pods
-            .iter()
-            .enumerate()
-            .map(|(i, p)| PodInfo {
-                endpoint_id: u16::try_from(i + 1).unwrap_or(u16::MAX),
-                namespace: p.namespace.clone(),
-                name: p.name.clone(),
-                labels: p.labels.clone(),
-                ip: p.ip,
-                ipv6: p.ipv6,
-                identity: 0,
-                ports: p
-                    .ports
-                    .iter()
-                    .map(|c| ContainerPort { name: c.name.clone(), port: c.port, protocol: protocol(c.protocol) })
-                    .collect(),
-            })
-            .collect(),
-    })
+        pods,
+    }
 }
