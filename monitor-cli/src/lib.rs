@@ -18,7 +18,6 @@ pub mod lab;
 pub mod manual;
 pub mod monitor;
 pub mod policy;
-pub mod policy_live;
 pub mod policy_test;
 pub mod status;
 pub mod table;

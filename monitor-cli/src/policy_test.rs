@@ -13,19 +13,27 @@ use std::{
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
+use flowgate_common::policy::{IpcacheValue, PolicyKey, PolicyValue};
 use flowgate_lab::{
     PodRef, PortArg, Protocol as LabProtocol,
     probe::{ProbeMatrix, ProbeResult},
     state::Family,
 };
 use flowgate_policy::{
-    CidrIdentities, ClusterView, LoadedPolicy, PolicyRef,
-    realize::{self, Audit, RuleTable},
+    CidrIdentities, ClusterView, ContainerPort, IpPrefix, LoadedPolicy, NamespaceInfo, PodInfo, PolicyRef,
+    Protocol as PolicyProtocol,
+    realize::{self, Audit, MapContents, RuleTable},
+    source::parse_str,
     what_if::{DirectionAnswer, Flip, Host, Node, Prediction, Shortcut, flips},
 };
 
+use flowgate_proto::{
+    flow::PolicyName,
+    message::{Request, Response},
+};
+
 use crate::{
-    client::SocketArg,
+    client::{SocketArg, request},
     describe::{cluster_of_lab, load, planned_lab, policy_protocol},
 };
 
@@ -74,7 +82,7 @@ enum TestOutput {
 
 /// What the predictions are made on: a node's maps, the hosts it knows, and what they were built from (for
 /// what-if: the policies and the cluster they are compiled against, and the audit settings).
-pub(crate) struct Scenario {
+struct Scenario {
     /// Where the node comes from, for the report's first line.
     origin: String,
     node: Node,
@@ -130,6 +138,89 @@ fn offline(policies_dir: &Path, topology: &Path) -> anyhow::Result<Scenario> {
     })
 }
 
+/// The node the agent enforces now: its policy maps read back from the kernel, over its socket.
+fn live(socket: &SocketArg) -> anyhow::Result<Scenario> {
+    let maps = match request(socket, Request::PolicyMaps)? {
+        Response::PolicyMaps(maps) => maps,
+        Response::NotFound { what, .. } => bail!("the agent at {} has no {what}", socket.socket.display()),
+        other => bail!("the agent answered `PolicyMaps` with something else: {other:?}"),
+    };
+    let policy_ref = |n: &PolicyName| PolicyRef::new(&n.namespace, &n.name);
+    let contents = MapContents {
+        policy: maps
+            .policy
+            .iter()
+            .map(|e| {
+                let key = PolicyKey::new(e.endpoint_id, e.direction, e.identity, e.protocol, e.port);
+                (e.prefix_len, key, PolicyValue { rule_id: e.rule_id, flags: e.flags, packets: 0, bytes: 0 })
+            })
+            .collect(),
+        ipcache: maps
+            .ipcache
+            .iter()
+            .map(|e| {
+                let value = IpcacheValue { identity: e.identity, cidr_identity: e.cidr_identity };
+                (IpPrefix::from_key(e.addr, e.prefix_len), value)
+            })
+            .collect(),
+        enforcement: maps.enforcement.clone(),
+    };
+    let node = Node {
+        maps: contents,
+        rules: maps.rules.iter().map(|(id, names)| (*id, names.iter().map(policy_ref).collect())).collect(),
+        isolation: maps
+            .isolation
+            .iter()
+            .map(|(id, dir, names)| ((*id, *dir), names.iter().map(policy_ref).collect()))
+            .collect(),
+    };
+    let mut policies = Vec::new();
+    for (i, text) in maps.policies.iter().enumerate() {
+        let (parsed, errors) = parse_str(Path::new("agent"), text);
+        if let Some(error) = errors.first() {
+            bail!("policy {} of the agent's set does not read back: {error}", i + 1);
+        }
+        policies.extend(parsed);
+    }
+    let protocol = |p: flowgate_proto::flow::Protocol| {
+        PolicyProtocol::from_api(&p.name().to_uppercase()).unwrap_or(PolicyProtocol::Tcp)
+    };
+    let cluster = ClusterView {
+        namespaces: maps
+            .namespaces
+            .iter()
+            .map(|(name, labels)| NamespaceInfo { name: name.clone(), labels: labels.clone() })
+            .collect(),
+        pods: maps
+            .pods
+            .iter()
+            .map(|p| PodInfo {
+                endpoint_id: p.endpoint_id,
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+                labels: p.labels.clone(),
+                ip: p.ipv4,
+                ipv6: p.ipv6,
+                identity: p.identity,
+                ports: p
+                    .ports
+                    .iter()
+                    .map(|(name, port, p)| ContainerPort { name: name.clone(), port: *port, protocol: protocol(*p) })
+                    .collect(),
+            })
+            .collect(),
+    };
+    Ok(Scenario {
+        origin: format!("the agent at {} (policy revision {})", socket.socket.display(), maps.revision),
+        node,
+        cluster,
+        policies,
+        audit: Audit { all: maps.audit_all, endpoints: maps.audited.iter().copied().collect() },
+        externals: Vec::new(),
+        externals_v6: Vec::new(),
+    })
+}
+
 impl Scenario {
     /// The pods, as hosts over `family`, in the cluster's order.
     fn pods(&self, family: Family) -> anyhow::Result<Vec<Host>> {
@@ -175,6 +266,14 @@ impl Scenario {
         }
         if let Some(pod) = pods.into_iter().find(|h| h.name == text) {
             return Ok(pod);
+        }
+        // A pod of another node (Kubernetes mode): a peer, not an endpoint here.
+        if let Some(p) = self.cluster.pods.iter().find(|p| format!("{}/{}", p.namespace, p.name) == text) {
+            let ip = match family {
+                Family::Ipv4 => IpAddr::V4(p.ip),
+                Family::Ipv6 => IpAddr::V6(p.ipv6.with_context(|| format!("{text} has no IPv6 address"))?),
+            };
+            return Ok(Host { name: text.to_owned(), endpoint_id: p.endpoint_id, ip, ports: p.ports.clone() });
         }
         let externals = match family {
             Family::Ipv4 => self.externals.iter().cloned().map(Some).collect::<Vec<_>>(),
@@ -224,7 +323,7 @@ fn port_on(port: &PortArg, to: &Host, protocol: LabProtocol) -> Option<u16> {
 pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     let scenario = match (&args.policies, &args.topology) {
         (Some(dir), Some(topology)) => offline(dir, topology)?,
-        _ => crate::policy_live::scenario(&args.socket)?,
+        _ => live(&args.socket)?,
     };
     let family = family(args.ipv6);
     let protocol = policy_protocol(args.protocol);

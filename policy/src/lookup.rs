@@ -89,6 +89,7 @@ pub struct PolicyMaps<'a> {
 
 /// Whether the first `bits` bits of `a` and `b` are equal (an LPM trie's match of a `bits`-long prefix).
 fn prefix_matches(a: &[u8], b: &[u8], bits: u32) -> bool {
+    let bits = bits.min(8 * a.len().min(b.len()) as u32);
     let whole = (bits / 8) as usize;
     if a[..whole] != b[..whole] {
         return false;
@@ -110,12 +111,15 @@ impl<'a> PolicyMaps<'a> {
     /// (`policy::remote`).
     #[must_use]
     pub fn remote(&self, addr: IpAddr) -> Remote {
-        let host = IpPrefix::host(addr);
+        // Bit for bit in the 128-bit key space, as the trie compares: an IPv4 address is IPv4-mapped, so
+        // `0.0.0.0/0` (96 bits there) is longer than `::/0`.
+        let (key, _) = IpPrefix::host(addr).key();
         self.contents
             .ipcache
             .iter()
-            .filter(|(prefix, _)| prefix.contains(&host))
-            .max_by_key(|(prefix, _)| prefix.prefix_len())
+            .map(|(prefix, value)| (prefix.key(), value))
+            .filter(|((bytes, len), _)| prefix_matches(bytes, &key, *len))
+            .max_by_key(|((_, len), _)| *len)
             .map_or(Remote { identity: identity::WORLD, cidr_identity: 0 }, |(_, v)| Remote {
                 identity: v.identity,
                 cidr_identity: v.cidr_identity,

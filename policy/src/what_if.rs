@@ -184,10 +184,10 @@ impl Node {
     /// destination does not declare) over `protocol`.
     #[must_use]
     pub fn predict(&self, from: &Host, to: &Host, protocol: Protocol, port: Option<u16>) -> Prediction {
-        let shortcut = if from.name == to.name {
-            Some(Shortcut::Loopback)
-        } else if port.is_none() {
+        let shortcut = if port.is_none() {
             Some(Shortcut::NoSuchNamedPort)
+        } else if from.name == to.name {
+            Some(Shortcut::Loopback)
         } else {
             None
         };

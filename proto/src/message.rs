@@ -2,7 +2,7 @@
 //! [`Request`]s (one [`Response`] each) or one [`Subscription`], after which the server sends
 //! [`ServerMessage::Events`] batches until either side closes.
 
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 
@@ -50,6 +50,9 @@ pub enum Request {
     ConntrackList {
         endpoint: Option<u16>,
     },
+    /// Since 1.4: the policy maps of the generation in effect, as the kernel holds them, and what they
+    /// were compiled from (`Response::PolicyMaps`): `flowgate policy test` and `policy describe NS/NAME`.
+    PolicyMaps,
 }
 
 impl Request {
@@ -63,7 +66,8 @@ impl Request {
             | Request::EndpointGet { .. }
             | Request::IdentityList
             | Request::PolicyGet { .. }
-            | Request::ConntrackList { .. } => false,
+            | Request::ConntrackList { .. }
+            | Request::PolicyMaps => false,
         }
     }
 }
@@ -133,6 +137,8 @@ pub enum Response {
     Policy(Vec<EndpointPolicy>),
     /// Since 1.2: connection-tracking entries, as `cilium bpf ct list global` shows them.
     Conntrack(Vec<ConntrackEntry>),
+    /// Since 1.4: answer to [`Request::PolicyMaps`].
+    PolicyMaps(Box<PolicyMaps>),
     /// The thing asked for does not exist (e.g. an unknown endpoint id); `known` lists what does.
     NotFound {
         what: String,
@@ -353,4 +359,68 @@ pub struct PolicyEntryView {
     /// New connections this entry allowed, and their first packets' bytes.
     pub packets: u64,
     pub bytes: u64,
+}
+
+/// Answer to [`Request::PolicyMaps`]: the policy generation the node enforces now, read back from the
+/// kernel's maps (keys and values as the datapath holds them), the names behind its rule ids, and the inputs
+/// it was compiled from (policies, pods, namespaces, audit settings) so a client can compile a changed set
+/// the same way (what-if).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyMaps {
+    /// The policy revision in effect.
+    pub revision: u64,
+    pub policy: Vec<PolicyMapEntry>,
+    pub ipcache: Vec<IpcacheMapEntry>,
+    /// Endpoint id and `flowgate_common::policy::enforcement` flags.
+    pub enforcement: Vec<(u16, u32)>,
+    /// Rule id -> the policies behind it.
+    pub rules: Vec<(u32, Vec<PolicyName>)>,
+    /// Endpoint id, `flowgate_common::policy::direction`, and the policies isolating it in that direction.
+    pub isolation: Vec<(u16, u8, Vec<PolicyName>)>,
+    /// The policies in effect, one manifest (YAML) each.
+    pub policies: Vec<String>,
+    /// Every pod the policies were compiled against: this node's endpoints and, in Kubernetes mode, the
+    /// other nodes' pods (`endpoint_id` 0).
+    pub pods: Vec<PolicyPod>,
+    /// Namespaces and their labels.
+    pub namespaces: Vec<(String, BTreeMap<String, String>)>,
+    /// Agent-wide audit mode, and the endpoints in audit mode one by one.
+    pub audit_all: bool,
+    pub audited: Vec<u16>,
+}
+
+/// One entry of the policy trie: its prefix length and the fields of its key and value.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyMapEntry {
+    pub prefix_len: u32,
+    pub endpoint_id: u16,
+    pub direction: u8,
+    pub identity: u32,
+    pub protocol: u8,
+    pub port: u16,
+    pub rule_id: u32,
+    pub flags: u32,
+}
+
+/// One prefix of the ipcache: the LPM key (16 bytes, IPv4 mapped; length in that 128-bit space) and value.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpcacheMapEntry {
+    pub addr: [u8; 16],
+    pub prefix_len: u32,
+    pub identity: u32,
+    pub cidr_identity: u32,
+}
+
+/// A pod as policy compilation saw it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyPod {
+    pub endpoint_id: u16,
+    pub namespace: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub identity: u32,
+    pub ipv4: std::net::Ipv4Addr,
+    pub ipv6: Option<std::net::Ipv6Addr>,
+    /// Container ports: name (if any), number, protocol.
+    pub ports: Vec<(Option<String>, u16, Protocol)>,
 }

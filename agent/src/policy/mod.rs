@@ -246,6 +246,11 @@ impl PolicyEngine {
         status
     }
 
+    /// The set in effect and the cluster view it was compiled for (`None` before the first generation).
+    pub fn in_effect(&self) -> (&[LoadedPolicy], Option<&ClusterView>) {
+        (&self.in_effect, self.in_effect_for.as_ref().map(|inputs| &inputs.cluster))
+    }
+
     /// The plan in effect.
     pub fn plan(&self) -> Option<&PolicyPlan> {
         self.plan.as_ref()

@@ -60,6 +60,14 @@ fn the_longest_entry_of_each_identity_then_the_kernels_precedence() {
     assert_eq!(at("192.0.2.7", TCP, 8002), Outcome::Denied);
     assert_eq!(at("198.51.100.1", TCP, 8001), Outcome::Denied);
     assert_eq!(maps.remote(ip("198.51.100.1")), Remote { identity: identity::WORLD, cidr_identity: 800 });
+    // `::/0` holds IPv4-mapped addresses too, but `0.0.0.0/0` is the longer prefix of them.
+    let mut with_v6 = contents.clone();
+    with_v6.ipcache.push((IpPrefix::ANY_V6, IpcacheValue { identity: identity::WORLD, cidr_identity: 700 }));
+    let v6_maps = PolicyMaps::new(&with_v6);
+    assert_eq!(v6_maps.remote(ip("198.51.100.1")).cidr_identity, 800);
+    assert_eq!(v6_maps.remote(ip("2001:db8::1")).cidr_identity, 700);
+    let (bytes, len) = crate::cidr::parse_cidr("192.0.2.0/24").unwrap().key();
+    assert_eq!(IpPrefix::from_key(bytes, len), crate::cidr::parse_cidr("192.0.2.0/24").unwrap());
     // Not enforced in a direction: passes without a record; audited: passes with an audit record.
     assert_eq!(maps.new_connection(1, direction::EGRESS, ip("10.0.0.3"), TCP, 1).0, Outcome::NotEnforced);
     let audited = maps.new_connection(2, direction::EGRESS, ip("10.0.0.3"), TCP, 1).0;
