@@ -4,9 +4,10 @@
 //! x/y/z × a/b/c model of `examples/lab-netpol.yaml`) and one agent following a policy directory and
 //! the lab's topology file; and [`Conformance::validate`], which probes the full 9×9 matrix with real
 //! traffic through the real datapath and, on any difference, fails with both truth tables, the
-//! differences, and every manifest in effect. Every probe is also predicted by `flowgate policy test --all`
-//! (offline, from the policy maps the agent would realize, no traffic), and every cell of the prediction,
-//! the diagonal included, must equal the probe's.
+//! differences, and every manifest in effect. Every probe is also predicted by `flowgate policy test --all`,
+//! offline (from the policy maps the agent would realize for the files and topology, no traffic) and live
+//! (from the maps the agent's datapath holds, read back over its socket), and every cell of both
+//! predictions, the diagonal included, must equal the probe's.
 //!
 //! Policies are written atomically (staged outside the watched directory, then renamed in) and every
 //! change waits until the agent reports a new policy revision with exactly the expected policy names
@@ -760,8 +761,19 @@ impl Conformance {
         let text = serde_json::to_string_pretty(&self.topology).expect("the topology serializes");
         std::fs::write(&topology, text).expect("write the prediction's topology");
         let (policies, topology) = (policies.to_str().expect("utf-8 path"), topology.to_str().expect("utf-8 path"));
-        let mut args = vec!["policy", "test", "--all", "--policies", policies, "--topology", topology, "--port", port];
-        args.extend(["--protocol", protocol.as_str(), "-o", "json"]);
+        Self::policy_test_all(&["--policies", policies, "--topology", topology], port, protocol, family)
+    }
+
+    /// What `flowgate policy test --all` predicts live, from the policy maps the agent's datapath holds now
+    /// (read back from the kernel over the socket).
+    pub fn predict_live(&self, port: &str, protocol: Protocol, family: Family) -> Reachability {
+        Self::policy_test_all(&["--socket", self.agent.socket.to_str().expect("utf-8 path")], port, protocol, family)
+    }
+
+    /// `flowgate policy test --all SOURCE... --port PORT --protocol PROTOCOL [--ipv6] -o json` as a table.
+    fn policy_test_all(source: &[&str], port: &str, protocol: Protocol, family: Family) -> Reachability {
+        let mut args = vec!["policy", "test", "--all", "--port", port, "--protocol", protocol.as_str(), "-o", "json"];
+        args.extend_from_slice(source);
         if family == Family::Ipv6 {
             args.push("--ipv6");
         }
@@ -799,6 +811,7 @@ impl Conformance {
         let port = port.to_string();
         let observed = self.observe(&port, protocol, family);
         let predicted = self.predict(&port, protocol, family);
+        let predicted_live = self.predict_live(&port, protocol, family);
         let mut wrong = Vec::new();
         for ((from, to, e), (_, _, o)) in expected.pairs().zip(observed.pairs()) {
             if from != to && e != o {
@@ -811,13 +824,15 @@ impl Conformance {
             }
         }
         let word = |c: Option<bool>| if c == Some(true) { "connected" } else { "blocked" };
-        for ((from, to, p), (_, _, o)) in predicted.pairs().zip(observed.pairs()) {
-            if p != o {
-                wrong.push(format!(
-                    "{from} -> {to}: `flowgate policy test` predicted {}, observed {}",
-                    word(p),
-                    word(o)
-                ));
+        for (how, prediction) in [("offline", &predicted), ("live", &predicted_live)] {
+            for ((from, to, p), (_, _, o)) in prediction.pairs().zip(observed.pairs()) {
+                if p != o {
+                    wrong.push(format!(
+                        "{from} -> {to}: `flowgate policy test` ({how}) predicted {}, observed {}",
+                        word(p),
+                        word(o)
+                    ));
+                }
             }
         }
         let probe = format!("{}/{port} over {family}", protocol.as_str());
@@ -833,6 +848,8 @@ impl Conformance {
         msg.push_str(&observed.truth_table());
         msg.push_str("\npredicted by `flowgate policy test --all` (from the policy maps, no traffic):\n");
         msg.push_str(&predicted.truth_table());
+        msg.push_str("\npredicted live from the agent's policy maps:\n");
+        msg.push_str(&predicted_live.truth_table());
         msg.push_str("\ncomparison (. as expected, X differs):\n");
         msg.push_str(&expected.table_with(|f, t| match (f == t, expected.get(f, t) == observed.get(f, t)) {
             (true, _) => '-',
