@@ -245,7 +245,7 @@ impl Scenario {
             .collect()
     }
 
-    /// A host by `namespace/pod`, external name, or address (an address of a pod is that pod).
+    /// A host by `namespace/pod`, external name, or address (an address of a pod or external is that host).
     fn host(&self, text: &str, family: Family) -> anyhow::Result<Host> {
         let pods = self.pods(family)?;
         if let Ok(ip) = text.parse::<IpAddr>() {
@@ -256,6 +256,10 @@ impl Scenario {
                 if let Some(host) = pods.into_iter().find(|h| h.name == name) {
                     return Ok(Host { ip, ..host });
                 }
+            }
+            if let Some(external) = self.externals.iter().chain(self.externals_v6.iter().flatten()).find(|h| h.ip == ip)
+            {
+                return Ok(external.clone());
             }
             return Ok(Host {
                 name: ip.to_string(),
