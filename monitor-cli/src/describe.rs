@@ -1,7 +1,9 @@
-//! `flowgate policy describe FILE|DIR... [--topology FILE]`: each NetworkPolicy as `kubectl describe
-//! networkpolicy` prints it, then, with a lab topology, the pods it would select, and warnings for the
-//! common mistakes (`flowgate_policy::describe`). Works offline on files, before anything is applied. A
-//! file with an invalid manifest is refused with its file, document and field path, as the agent would.
+//! `flowgate policy describe FILE|DIR|NS/NAME... [--topology FILE]`: each NetworkPolicy as `kubectl describe
+//! networkpolicy` prints it, then the pods it selects, and warnings for the common mistakes
+//! (`flowgate_policy::describe`). Offline on files, before anything is applied (with a lab topology: the pods
+//! it would select there); by NAMESPACE/NAME, the policy the agent enforces, with the pods it selects now
+//! (in Kubernetes mode the agent's policies and pods are the API server's). A file with an invalid manifest
+//! is refused with its file, document and field path, as the agent would.
 
 use std::{
     collections::BTreeMap,
@@ -13,33 +15,62 @@ use clap::Args;
 use flowgate_common::identity::FIRST_ALLOCATED;
 use flowgate_lab::{LabState, Topology, plan};
 use flowgate_policy::{
-    ClusterView, ContainerPort, LoadedPolicy, NamespaceInfo, PodInfo, Protocol as PolicyProtocol,
+    ClusterView, ContainerPort, LoadedPolicy, NamespaceInfo, PodInfo, PolicyRef, Protocol as PolicyProtocol,
     describe::{Description, describe},
     source::parse_str,
 };
 
-use crate::client::{Output, render_structured};
+use crate::{
+    client::{Output, SocketArg, render_structured},
+    policy_test::{agent_cluster, agent_policies, fetch},
+};
 
 #[derive(Args, Debug)]
 pub struct DescribeArgs {
-    /// Policy files (YAML, several documents allowed) or directories of them.
-    #[arg(required = true)]
+    /// Policy files (YAML, several documents allowed), directories of them, or NAMESPACE/NAME of a policy
+    /// the agent enforces (described with the endpoints it selects now).
+    #[arg(required = true, value_name = "FILE|DIR|NS/NAME")]
     paths: Vec<PathBuf>,
-    /// A lab topology file: show which pods each policy selects there, and check named ports and ipBlocks
-    /// against its pods.
+    /// A lab topology file: show which pods each policy of a file selects there, and check named ports and
+    /// ipBlocks against its pods.
     #[arg(long)]
     topology: Option<PathBuf>,
+    #[command(flatten)]
+    socket: SocketArg,
     #[arg(short, long, value_enum, default_value_t = Output::Table)]
     output: Output,
 }
 
 pub fn run(args: &DescribeArgs) -> anyhow::Result<()> {
-    let mut policies = Vec::new();
+    let topology = args.topology.as_deref().map(cluster_of).transpose()?;
+    // The agent's policies and the cluster it compiled them for, asked once if a policy is named.
+    let mut agent: Option<(Vec<LoadedPolicy>, ClusterView)> = None;
+    let mut descriptions: Vec<Description> = Vec::new();
     for path in &args.paths {
-        policies.extend(load(path)?);
+        if path.exists() {
+            descriptions.extend(load(path)?.iter().map(|p| describe(p, topology.as_ref())));
+            continue;
+        }
+        let Some(name) = path.to_str().and_then(|text| text.parse::<PolicyRef>().ok()) else {
+            bail!("{} does not exist", path.display());
+        };
+        if agent.is_none() {
+            let maps = fetch(&args.socket).with_context(|| {
+                format!("{} is not a file or directory; asking the agent for policy {name}", path.display())
+            })?;
+            agent = Some((agent_policies(&maps, &args.socket)?, agent_cluster(&maps)));
+        }
+        let (policies, cluster) = agent.as_ref().expect("fetched above");
+        let Some(policy) = policies.iter().find(|p| p.policy_ref() == name) else {
+            let known: Vec<String> = policies.iter().map(|p| p.policy_ref().to_string()).collect();
+            bail!(
+                "the agent at {} enforces no policy {name} (it enforces: {})",
+                args.socket.socket.display(),
+                if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+            );
+        };
+        descriptions.push(describe(policy, Some(cluster)));
     }
-    let cluster = args.topology.as_deref().map(cluster_of).transpose()?;
-    let descriptions: Vec<Description> = policies.iter().map(|p| describe(p, cluster.as_ref())).collect();
     match args.output.structured() {
         Some(format) => print!("{}", render_structured(&descriptions, format)?),
         None => print!("{}", descriptions.iter().map(Description::text).collect::<Vec<_>>().join("\n\n\n")),
@@ -50,13 +81,6 @@ pub fn run(args: &DescribeArgs) -> anyhow::Result<()> {
 /// Every policy of a file or of a directory's YAML files; any invalid manifest refuses the lot.
 pub(crate) fn load(path: &Path) -> anyhow::Result<Vec<LoadedPolicy>> {
     if !path.exists() {
-        if path.to_string_lossy().split('/').count() == 2 && path.extension().is_none() {
-            bail!(
-                "{} is not a file or directory; describing a policy by NAMESPACE/NAME asks the agent, which this \
-                 version cannot yet: give the policy's file",
-                path.display()
-            );
-        }
         bail!("{} does not exist", path.display());
     }
     if path.is_dir() {

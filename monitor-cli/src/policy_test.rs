@@ -29,7 +29,7 @@ use flowgate_policy::{
 
 use flowgate_proto::{
     flow::PolicyName,
-    message::{Request, Response},
+    message::{PolicyMaps, Request, Response},
 };
 
 use crate::{
@@ -138,13 +138,64 @@ fn offline(policies_dir: &Path, topology: &Path) -> anyhow::Result<Scenario> {
     })
 }
 
-/// The node the agent enforces now: its policy maps read back from the kernel, over its socket.
-fn live(socket: &SocketArg) -> anyhow::Result<Scenario> {
-    let maps = match request(socket, Request::PolicyMaps)? {
-        Response::PolicyMaps(maps) => maps,
+/// The agent's policy maps and what they were compiled from (`Request::PolicyMaps`).
+pub(crate) fn fetch(socket: &SocketArg) -> anyhow::Result<Box<PolicyMaps>> {
+    match request(socket, Request::PolicyMaps)? {
+        Response::PolicyMaps(maps) => Ok(maps),
         Response::NotFound { what, .. } => bail!("the agent at {} has no {what}", socket.socket.display()),
         other => bail!("the agent answered `PolicyMaps` with something else: {other:?}"),
+    }
+}
+
+/// The policies in effect in the agent, read back from their manifests.
+pub(crate) fn agent_policies(maps: &PolicyMaps, socket: &SocketArg) -> anyhow::Result<Vec<LoadedPolicy>> {
+    let mut policies = Vec::new();
+    let source = format!("agent at {}", socket.socket.display());
+    for (i, text) in maps.policies.iter().enumerate() {
+        let (parsed, errors) = parse_str(Path::new(&source), text);
+        if let Some(error) = errors.first() {
+            bail!("policy {} of the agent's set does not read back: {error}", i + 1);
+        }
+        policies.extend(parsed.into_iter().map(|p| LoadedPolicy { document: i + 1, ..p }));
+    }
+    Ok(policies)
+}
+
+/// The pods and namespaces the agent compiled its policies against.
+pub(crate) fn agent_cluster(maps: &PolicyMaps) -> ClusterView {
+    let protocol = |p: flowgate_proto::flow::Protocol| {
+        PolicyProtocol::from_api(&p.name().to_uppercase()).unwrap_or(PolicyProtocol::Tcp)
     };
+    ClusterView {
+        namespaces: maps
+            .namespaces
+            .iter()
+            .map(|(name, labels)| NamespaceInfo { name: name.clone(), labels: labels.clone() })
+            .collect(),
+        pods: maps
+            .pods
+            .iter()
+            .map(|p| PodInfo {
+                endpoint_id: p.endpoint_id,
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+                labels: p.labels.clone(),
+                ip: p.ipv4,
+                ipv6: p.ipv6,
+                identity: p.identity,
+                ports: p
+                    .ports
+                    .iter()
+                    .map(|(name, port, p)| ContainerPort { name: name.clone(), port: *port, protocol: protocol(*p) })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+/// The node the agent enforces now: its policy maps read back from the kernel, over its socket.
+fn live(socket: &SocketArg) -> anyhow::Result<Scenario> {
+    let maps = fetch(socket)?;
     let policy_ref = |n: &PolicyName| PolicyRef::new(&n.namespace, &n.name);
     let contents = MapContents {
         policy: maps
@@ -174,47 +225,11 @@ fn live(socket: &SocketArg) -> anyhow::Result<Scenario> {
             .map(|(id, dir, names)| ((*id, *dir), names.iter().map(policy_ref).collect()))
             .collect(),
     };
-    let mut policies = Vec::new();
-    for (i, text) in maps.policies.iter().enumerate() {
-        let (parsed, errors) = parse_str(Path::new("agent"), text);
-        if let Some(error) = errors.first() {
-            bail!("policy {} of the agent's set does not read back: {error}", i + 1);
-        }
-        policies.extend(parsed);
-    }
-    let protocol = |p: flowgate_proto::flow::Protocol| {
-        PolicyProtocol::from_api(&p.name().to_uppercase()).unwrap_or(PolicyProtocol::Tcp)
-    };
-    let cluster = ClusterView {
-        namespaces: maps
-            .namespaces
-            .iter()
-            .map(|(name, labels)| NamespaceInfo { name: name.clone(), labels: labels.clone() })
-            .collect(),
-        pods: maps
-            .pods
-            .iter()
-            .map(|p| PodInfo {
-                endpoint_id: p.endpoint_id,
-                namespace: p.namespace.clone(),
-                name: p.name.clone(),
-                labels: p.labels.clone(),
-                ip: p.ipv4,
-                ipv6: p.ipv6,
-                identity: p.identity,
-                ports: p
-                    .ports
-                    .iter()
-                    .map(|(name, port, p)| ContainerPort { name: name.clone(), port: *port, protocol: protocol(*p) })
-                    .collect(),
-            })
-            .collect(),
-    };
     Ok(Scenario {
         origin: format!("the agent at {} (policy revision {})", socket.socket.display(), maps.revision),
         node,
-        cluster,
-        policies,
+        cluster: agent_cluster(&maps),
+        policies: agent_policies(&maps, socket)?,
         audit: Audit { all: maps.audit_all, endpoints: maps.audited.iter().copied().collect() },
         externals: Vec::new(),
         externals_v6: Vec::new(),
