@@ -69,7 +69,10 @@ pub fn run(args: &DescribeArgs) -> anyhow::Result<()> {
                 if known.is_empty() { "none".to_owned() } else { known.join(", ") }
             );
         };
-        descriptions.push(describe(policy, Some(cluster)));
+        let mut description = describe(policy, Some(cluster));
+        description.source = format!("the agent at {}", args.socket.socket.display());
+        description.created.get_or_insert_with(|| format!("<in effect in {}>", description.source));
+        descriptions.push(description);
     }
     match args.output.structured() {
         Some(format) => print!("{}", render_structured(&descriptions, format)?),

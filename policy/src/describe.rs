@@ -23,6 +23,9 @@ pub struct Description {
     pub namespace: String,
     /// `file:document` the policy was read from.
     pub source: String,
+    /// When the API server created it (`metadata.creationTimestamp`), or where it is in effect; `None` for a
+    /// file not applied anywhere.
+    pub created: Option<String>,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
     /// As kubectl formats a selector (`component=database`), `<none>` when empty.
@@ -151,6 +154,7 @@ pub fn describe(loaded: &LoadedPolicy, cluster: Option<&ClusterView>) -> Descrip
         name: loaded.name().to_owned(),
         namespace: loaded.namespace().to_owned(),
         source: format!("{}:{}", loaded.file.display(), loaded.document),
+        created: policy.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()),
         labels: policy.metadata.labels.clone().unwrap_or_default(),
         annotations,
         pod_selector: if selector_is_empty(&pod_selector) {
@@ -292,7 +296,8 @@ impl Description {
         };
         field(&mut out, "Name", &self.name);
         field(&mut out, "Namespace", &self.namespace);
-        field(&mut out, "Created on", &format!("<not created: from {}>", self.source));
+        let not_created = || format!("<not created: from {}>", self.source);
+        field(&mut out, "Created on", &self.created.clone().unwrap_or_else(not_created));
         for (title, map) in [("Labels", &self.labels), ("Annotations", &self.annotations)] {
             let mut lines = map.iter().map(|(k, v)| format!("{k}={v}"));
             field(&mut out, title, &lines.next().unwrap_or_else(|| "<none>".to_owned()));
