@@ -94,3 +94,11 @@ fn names_the_deciding_policy_or_the_isolating_ones_and_lists_only_what_flips() {
     assert_eq!(flipped.len(), 1, "only web -> db flips: {flipped:#?}");
     assert_eq!((flipped[0].after.from.name.as_str(), flipped[0].after.to.name.as_str()), ("default/web", "default/db"));
 }
+
+#[test]
+fn a_policy_is_named_as_namespace_slash_name() {
+    assert_eq!("default/deny".parse::<PolicyRef>(), Ok(PolicyRef::new("default", "deny")));
+    for bad in ["deny", "/deny", "default/", "a/b/c"] {
+        assert!(bad.parse::<PolicyRef>().is_err(), "{bad}");
+    }
+}
