@@ -3,7 +3,8 @@
 //! and given to `flowgate_policy::lookup`, on the maps read back from the kernel (the live answer) and on
 //! the maps compiled offline from the same policy file and pods (the what-if answer): same verdict, match
 //! type, rule and remote identity, for L3-L4, L4-only, L3-only, CIDR, except, named-port, port-range, SCTP
-//! and IPv6 cases, each direction, and the packets that would get around each rule are denied by both.
+//! and IPv6 cases, each direction, and the packets that would get around each rule are denied by both (or,
+//! in audit mode, audited by both).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -20,7 +21,9 @@ use flowgate_policy::{
     source::parse_str,
     what_if::Node,
 };
-use flowgate_tests::test_run::{CLIENT, CLIENT6, SERVER, SERVER6, TC_ACT_SHOT, TC_ACT_UNSPEC, fixture, two_pods};
+use flowgate_tests::test_run::{
+    CLIENT, CLIENT6, Fixture, SERVER, SERVER6, TC_ACT_SHOT, TC_ACT_UNSPEC, fixture, fixture_with, two_pods,
+};
 
 const POLICIES: &str = "
 apiVersion: networking.k8s.io/v1
@@ -259,24 +262,7 @@ fn crafted_packets_get_the_kernels_verdict_match_type_and_policy_from_the_lookup
 
     let mut outcomes = Vec::new();
     for case in cases() {
-        let server_ip = if case.remote.is_ipv6() { IpAddr::V6(SERVER6) } else { IpAddr::V4(SERVER) };
-        let (src, dst) =
-            if case.dir == direction::INGRESS { (case.remote, server_ip) } else { (server_ip, case.remote) };
-        let packet = match (src, dst) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => ipv4_packet(s, d, case.transport),
-            (IpAddr::V6(s), IpAddr::V6(d)) => ipv6_packet(s, d, case.transport),
-            _ => unreachable!("one family per case"),
-        };
-        let program = if case.dir == direction::INGRESS { PROG_TO_ENDPOINT } else { PROG_FROM_ENDPOINT };
-        let (ret, records) = f.run_frame(program, &packet);
-        let records: Vec<_> = records
-            .iter()
-            .filter_map(|r| match r {
-                Record::PolicyVerdict(v) => Some((v.verdict, v.match_type, v.rule_id, v.remote_identity)),
-                _ => None,
-            })
-            .collect();
-
+        let (ret, records) = run(&mut f, &case);
         for (source, contents) in [("live", &kernel), ("offline", &offline.maps)] {
             let (outcome, remote) = PolicyMaps::new(contents).new_connection(
                 server,
@@ -344,4 +330,52 @@ fn crafted_packets_get_the_kernels_verdict_match_type_and_policy_from_the_lookup
     let outcomes: Vec<Answer> =
         outcomes.iter().map(|(w, o, p)| (*w, *o, p.iter().map(String::as_str).collect())).collect();
     assert_eq!(outcomes, expected);
+}
+
+/// Runs `case`'s packet through the server's program for its direction: the action and the policy-verdict
+/// records as (verdict, match type, rule id, remote identity).
+fn run(f: &mut Fixture, case: &Case) -> (u32, Vec<(u8, u8, u32, u32)>) {
+    let server_ip = if case.remote.is_ipv6() { IpAddr::V6(SERVER6) } else { IpAddr::V4(SERVER) };
+    let (src, dst) = if case.dir == direction::INGRESS { (case.remote, server_ip) } else { (server_ip, case.remote) };
+    let packet = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => ipv4_packet(s, d, case.transport),
+        (IpAddr::V6(s), IpAddr::V6(d)) => ipv6_packet(s, d, case.transport),
+        _ => unreachable!("one family per case"),
+    };
+    let program = if case.dir == direction::INGRESS { PROG_TO_ENDPOINT } else { PROG_FROM_ENDPOINT };
+    let (ret, records) = f.run_frame(program, &packet);
+    let records = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::PolicyVerdict(v) => Some((v.verdict, v.match_type, v.rule_id, v.remote_identity)),
+            _ => None,
+        })
+        .collect();
+    (ret, records)
+}
+
+#[test]
+fn in_audit_mode_the_lookup_audits_what_the_kernel_audits() {
+    let mut f = fixture_with(POLICIES, "lookup-audit", |engine| engine.audit.all = true);
+    let kernel = f.datapath.policy_contents().expect("read the policy maps back");
+    let (_, cluster) = two_pods(&mut f.datapath, &fixture_ports());
+    let server = cluster.pods.iter().find(|p| p.name == "server").expect("the server pod").endpoint_id;
+    let mut audited = Vec::new();
+    for case in cases() {
+        let (ret, records) = run(&mut f, &case);
+        let (outcome, remote) = PolicyMaps::new(&kernel).new_connection(
+            server,
+            case.dir,
+            case.remote,
+            case.protocol.ip_protocol(),
+            case.port,
+        );
+        let (verdict, match_type, rule_id) = outcome.verdict_record().expect("enforced both ways");
+        assert_eq!(records, vec![(verdict, match_type, rule_id, remote.identity)], "{}: {outcome:?}", case.what);
+        assert_eq!(ret, TC_ACT_UNSPEC, "{}: audit mode passes everything", case.what);
+        if outcome == Outcome::Audit {
+            audited.push(case.what);
+        }
+    }
+    assert_eq!(audited.len(), 9, "exactly the cases denied without audit mode: {audited:?}");
 }
