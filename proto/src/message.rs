@@ -424,3 +424,52 @@ pub struct PolicyPod {
     /// Container ports: name (if any), number, protocol.
     pub ports: Vec<(Option<String>, u16, Protocol)>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{decode, encode};
+
+    /// A `PolicyMaps` answer (tuples, byte arrays, optional addresses, nested maps) survives the wire.
+    #[test]
+    fn policy_maps_round_trip_through_the_codec() {
+        let name = PolicyName { namespace: "default".into(), name: "db".into() };
+        let maps = PolicyMaps {
+            revision: 7,
+            policy: vec![PolicyMapEntry {
+                prefix_len: 88,
+                endpoint_id: 1,
+                direction: 0,
+                identity: 256,
+                protocol: 6,
+                port: 5432,
+                rule_id: 1,
+                flags: 1,
+            }],
+            ipcache: vec![IpcacheMapEntry { addr: [0xfd; 16], prefix_len: 128, identity: 256, cidr_identity: 1 << 24 }],
+            enforcement: vec![(1, 1)],
+            rules: vec![(1, vec![name.clone()])],
+            isolation: vec![(1, 0, vec![name])],
+            policies: vec!["apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n".into()],
+            pods: vec![PolicyPod {
+                endpoint_id: 1,
+                namespace: "default".into(),
+                name: "database".into(),
+                labels: BTreeMap::from([("component".into(), "database".into())]),
+                identity: 256,
+                ipv4: std::net::Ipv4Addr::new(10, 200, 0, 10),
+                ipv6: Some("fd00:10:200::a".parse().unwrap()),
+                ports: vec![(Some("postgres".into()), 5432, Protocol::Tcp)],
+            }],
+            namespaces: vec![("default".into(), BTreeMap::new())],
+            audit_all: false,
+            audited: vec![1],
+        };
+        let message = ServerMessage::Response(Response::PolicyMaps(Box::new(maps)));
+        let frame = encode("policy maps", &message).unwrap();
+        assert_eq!(decode::<ServerMessage>("policy maps", &frame).unwrap(), message);
+        let request = ClientMessage::Request(Request::PolicyMaps);
+        assert_eq!(decode::<ClientMessage>("request", &encode("request", &request).unwrap()).unwrap(), request);
+        assert!(!Request::PolicyMaps.changes_agent(), "reading the maps needs no admin rights");
+    }
+}
