@@ -1,6 +1,6 @@
 //! Answers the socket's requests. The read side (status, endpoints, identities) comes from
-//! [`AgentState`]; what needs the datapath and the policy engine (policy per endpoint, endpoint
-//! configuration, conntrack entries) goes to a [`PolicyControl`], served by the controller. An [`Api`] is built once,
+//! [`AgentState`]; what needs the datapath and the policy engine (policy per endpoint, the policy maps,
+//! endpoint configuration, conntrack entries) goes to a [`PolicyControl`], served by the controller. An [`Api`] is built once,
 //! after everything it reports on exists, so nothing in it is set after construction.
 
 use std::sync::{
@@ -19,6 +19,8 @@ pub trait PolicyControl: Send + Sync {
     fn policy_status(&self) -> PolicyStatus;
     /// Connection-tracking entries of one endpoint, or of all.
     fn conntrack_list(&self, endpoint: Option<u16>) -> Response;
+    /// The policy maps in effect, read back from the kernel, and what they were compiled from.
+    fn policy_maps(&self) -> Response;
 }
 
 /// What the socket's sessions ask.
@@ -83,6 +85,10 @@ impl Api {
             Request::ConntrackList { endpoint } => match &self.control {
                 Some(control) => control.conntrack_list(*endpoint),
                 None => Response::NotFound { what: "a datapath with connection tracking".into(), known: Vec::new() },
+            },
+            Request::PolicyMaps => match &self.control {
+                Some(control) => control.policy_maps(),
+                None => Response::NotFound { what: "a datapath with policy maps".into(), known: Vec::new() },
             },
         }
     }

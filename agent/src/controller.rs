@@ -606,6 +606,85 @@ impl Controller {
     }
 }
 
+impl Controller {
+    /// The policy maps in effect as the kernel holds them, with the names behind their rule ids and the
+    /// policies, pods and audit settings they were compiled from.
+    fn policy_maps(&self) -> Response {
+        let contents = match self.datapath.policy_contents() {
+            Ok(contents) => contents,
+            Err(e) => return Response::NotFound { what: format!("the policy maps ({e})"), known: Vec::new() },
+        };
+        let name = |r: &flowgate_policy::PolicyRef| flowgate_proto::flow::PolicyName {
+            namespace: r.namespace.clone(),
+            name: r.name.clone(),
+        };
+        let mut maps = flowgate_proto::message::PolicyMaps {
+            revision: self.datapath.revision(),
+            audit_all: self.engine.audit.all,
+            audited: self.engine.audit.endpoints.iter().copied().collect(),
+            enforcement: contents.enforcement,
+            ..Default::default()
+        };
+        let mut rule_ids = BTreeSet::new();
+        for (prefix_len, key, value) in &contents.policy {
+            rule_ids.insert(value.rule_id);
+            maps.policy.push(flowgate_proto::message::PolicyMapEntry {
+                prefix_len: *prefix_len,
+                endpoint_id: key.endpoint_id(),
+                direction: key.direction(),
+                identity: key.identity(),
+                protocol: key.protocol(),
+                port: key.port(),
+                rule_id: value.rule_id,
+                flags: value.flags,
+            });
+        }
+        maps.rules = rule_ids.into_iter().map(|id| (id, self.engine.rule_names(id))).collect();
+        for (prefix, value) in &contents.ipcache {
+            let (addr, prefix_len) = prefix.key();
+            maps.ipcache.push(flowgate_proto::message::IpcacheMapEntry {
+                addr,
+                prefix_len,
+                identity: value.identity,
+                cidr_identity: value.cidr_identity,
+            });
+        }
+        if let Some(plan) = self.engine.plan() {
+            for (&id, ep) in &plan.endpoints {
+                for (dir, policy) in [(direction::INGRESS, &ep.ingress), (direction::EGRESS, &ep.egress)] {
+                    if policy.enforced {
+                        maps.isolation.push((id, dir, policy.selected_by.iter().map(name).collect()));
+                    }
+                }
+            }
+        }
+        let (policies, cluster) = self.engine.in_effect();
+        maps.policies = policies.iter().filter_map(|p| serde_yaml::to_string(&p.policy).ok()).collect();
+        if let Some(cluster) = cluster {
+            maps.namespaces = cluster.namespaces.iter().map(|n| (n.name.clone(), n.labels.clone())).collect();
+            maps.pods = cluster
+                .pods
+                .iter()
+                .map(|p| flowgate_proto::message::PolicyPod {
+                    endpoint_id: p.endpoint_id,
+                    namespace: p.namespace.clone(),
+                    name: p.name.clone(),
+                    labels: p.labels.clone(),
+                    identity: p.identity,
+                    ipv4: p.ip,
+                    ipv6: p.ipv6,
+                    ports: p
+                        .ports
+                        .iter()
+                        .map(|c| (c.name.clone(), c.port, Protocol::from_number(c.protocol.ip_protocol())))
+                        .collect(),
+                })
+                .collect();
+        }
+        Response::PolicyMaps(Box::new(maps))
+    }
+}
+
 /// The controller as the request handler sees it.
 pub struct SharedController(pub Arc<Mutex<Controller>>);
 
@@ -630,6 +709,10 @@ impl PolicyControl for SharedController {
 
     fn conntrack_list(&self, endpoint: Option<u16>) -> Response {
         self.lock().conntrack_list(endpoint)
+    }
+
+    fn policy_maps(&self) -> Response {
+        self.lock().policy_maps()
     }
 }
 

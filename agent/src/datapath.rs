@@ -546,6 +546,36 @@ impl Datapath {
         Ok(out)
     }
 
+    /// The policy generation in effect as the kernel holds it: policy trie, ipcache and enforcement flags
+    /// (counters included).
+    pub fn policy_contents(&self) -> Result<MapContents, DatapathError> {
+        let generation = usize::from(self.generation);
+        let mut contents = MapContents::default();
+        for ((prefix, key), value) in self.policy_values(self.generation)? {
+            contents.policy.push((prefix, key, value));
+        }
+        contents.policy.sort_by_key(|(prefix, key, _)| (*key, *prefix));
+
+        let name = MAP_IPCACHE[generation];
+        let ipcache: LpmTrie<_, ip::Addr, IpcacheValue> =
+            LpmTrie::try_from(self.ebpf.map(name).ok_or(DatapathError::MissingMap { name })?)
+                .map_err(|source| DatapathError::Map { name, source })?;
+        for item in ipcache.iter() {
+            let (key, value) = item.map_err(|source| DatapathError::Map { name, source })?;
+            contents.ipcache.push((flowgate_policy::IpPrefix::from_key(key.data(), key.prefix_len()), value));
+        }
+
+        let name = MAP_ENFORCEMENT[generation];
+        let enforce: HashMap<_, u16, u32> =
+            HashMap::try_from(self.ebpf.map(name).ok_or(DatapathError::MissingMap { name })?)
+                .map_err(|source| DatapathError::Map { name, source })?;
+        for item in enforce.iter() {
+            contents.enforcement.push(item.map_err(|source| DatapathError::Map { name, source })?);
+        }
+        contents.enforcement.sort_unstable();
+        Ok(contents)
+    }
+
     /// The active policy generation.
     pub fn generation(&self) -> u8 {
         self.generation

@@ -1,41 +1,79 @@
-//! `flowgate policy describe FILE|DIR... [--topology FILE]`: each NetworkPolicy as `kubectl describe
-//! networkpolicy` prints it, then, with a lab topology, the pods it would select, and warnings for the
-//! common mistakes (`flowgate_policy::describe`). Works offline on files, before anything is applied. A
-//! file with an invalid manifest is refused with its file, document and field path, as the agent would.
+//! `flowgate policy describe FILE|DIR|NS/NAME... [--topology FILE]`: each NetworkPolicy as `kubectl describe
+//! networkpolicy` prints it, then the pods it selects, and warnings for the common mistakes
+//! (`flowgate_policy::describe`). Offline on files, before anything is applied (with a lab topology: the pods
+//! it would select there); by NAMESPACE/NAME, the policy the agent enforces, with the pods it selects now
+//! (in Kubernetes mode the agent's policies and pods are the API server's). A file with an invalid manifest
+//! is refused with its file, document and field path, as the agent would.
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use flowgate_lab::{Topology, plan};
+use flowgate_common::identity::FIRST_ALLOCATED;
+use flowgate_lab::{LabState, Topology, plan};
 use flowgate_policy::{
-    ClusterView, ContainerPort, LoadedPolicy, NamespaceInfo, PodInfo, Protocol as PolicyProtocol,
+    ClusterView, ContainerPort, LoadedPolicy, NamespaceInfo, PodInfo, PolicyRef, Protocol as PolicyProtocol,
     describe::{Description, describe},
     source::parse_str,
 };
 
-use crate::client::{Output, render_structured};
+use crate::{
+    client::{Output, SocketArg, render_structured},
+    policy_test::{agent_cluster, agent_policies, fetch},
+};
 
 #[derive(Args, Debug)]
 pub struct DescribeArgs {
-    /// Policy files (YAML, several documents allowed) or directories of them.
-    #[arg(required = true)]
+    /// Policy files (YAML, several documents allowed), directories of them, or NAMESPACE/NAME of a policy
+    /// the agent enforces (described with the endpoints it selects now).
+    #[arg(required = true, value_name = "FILE|DIR|NS/NAME")]
     paths: Vec<PathBuf>,
-    /// A lab topology file: show which pods each policy selects there, and check named ports and ipBlocks
-    /// against its pods.
+    /// A lab topology file: show which pods each policy of a file selects there, and check named ports and
+    /// ipBlocks against its pods.
     #[arg(long)]
     topology: Option<PathBuf>,
+    #[command(flatten)]
+    socket: SocketArg,
     #[arg(short, long, value_enum, default_value_t = Output::Table)]
     output: Output,
 }
 
 pub fn run(args: &DescribeArgs) -> anyhow::Result<()> {
-    let mut policies = Vec::new();
+    let topology = args.topology.as_deref().map(cluster_of).transpose()?;
+    // The agent's policies and the cluster it compiled them for, asked once if a policy is named.
+    let mut agent: Option<(Vec<LoadedPolicy>, ClusterView)> = None;
+    let mut descriptions: Vec<Description> = Vec::new();
     for path in &args.paths {
-        policies.extend(load(path)?);
+        if path.exists() {
+            descriptions.extend(load(path)?.iter().map(|p| describe(p, topology.as_ref())));
+            continue;
+        }
+        let Some(name) = path.to_str().and_then(|text| text.parse::<PolicyRef>().ok()) else {
+            bail!("{} does not exist", path.display());
+        };
+        if agent.is_none() {
+            let maps = fetch(&args.socket).with_context(|| {
+                format!("{} is not a file or directory; asking the agent for policy {name}", path.display())
+            })?;
+            agent = Some((agent_policies(&maps, &args.socket)?, agent_cluster(&maps)));
+        }
+        let (policies, cluster) = agent.as_ref().expect("fetched above");
+        let Some(policy) = policies.iter().find(|p| p.policy_ref() == name) else {
+            let known: Vec<String> = policies.iter().map(|p| p.policy_ref().to_string()).collect();
+            bail!(
+                "the agent at {} enforces no policy {name} (it enforces: {})",
+                args.socket.socket.display(),
+                if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+            );
+        };
+        let mut description = describe(policy, Some(cluster));
+        description.source = format!("the agent at {}", args.socket.socket.display());
+        description.created.get_or_insert_with(|| format!("<in effect in {}>", description.source));
+        descriptions.push(description);
     }
-    let cluster = args.topology.as_deref().map(cluster_of).transpose()?;
-    let descriptions: Vec<Description> = policies.iter().map(|p| describe(p, cluster.as_ref())).collect();
     match args.output.structured() {
         Some(format) => print!("{}", render_structured(&descriptions, format)?),
         None => print!("{}", descriptions.iter().map(Description::text).collect::<Vec<_>>().join("\n\n\n")),
@@ -44,15 +82,8 @@ pub fn run(args: &DescribeArgs) -> anyhow::Result<()> {
 }
 
 /// Every policy of a file or of a directory's YAML files; any invalid manifest refuses the lot.
-fn load(path: &Path) -> anyhow::Result<Vec<LoadedPolicy>> {
+pub(crate) fn load(path: &Path) -> anyhow::Result<Vec<LoadedPolicy>> {
     if !path.exists() {
-        if path.to_string_lossy().split('/').count() == 2 && path.extension().is_none() {
-            bail!(
-                "{} is not a file or directory; describing a policy by NAMESPACE/NAME asks the agent, which this \
-                 version cannot yet: give the policy's file",
-                path.display()
-            );
-        }
         bail!("{} does not exist", path.display());
     }
     if path.is_dir() {
@@ -70,40 +101,57 @@ fn load(path: &Path) -> anyhow::Result<Vec<LoadedPolicy>> {
     Ok(policies)
 }
 
-/// The cluster a lab topology describes, with the addresses the lab would give its pods.
-fn cluster_of(topology: &Path) -> anyhow::Result<ClusterView> {
+/// The lab a topology file describes, with the addresses the lab would give its hosts (nothing is created).
+pub(crate) fn planned_lab(topology: &Path) -> anyhow::Result<LabState> {
     let parsed = Topology::load(topology)?;
     let name = parsed.name.clone().unwrap_or_else(|| "describe".to_owned());
-    let state = plan::plan(&parsed, &name).with_context(|| format!("planning {}", topology.display()))?;
-    let protocol = |p| match p {
+    plan::plan(&parsed, &name).with_context(|| format!("planning {}", topology.display()))
+}
+
+/// The cluster a lab topology describes.
+fn cluster_of(topology: &Path) -> anyhow::Result<ClusterView> {
+    Ok(cluster_of_lab(&planned_lab(topology)?))
+}
+
+/// A lab protocol as the policy crate names it.
+pub(crate) fn policy_protocol(p: flowgate_lab::Protocol) -> PolicyProtocol {
+    match p {
         flowgate_lab::Protocol::Tcp => PolicyProtocol::Tcp,
         flowgate_lab::Protocol::Udp => PolicyProtocol::Udp,
         flowgate_lab::Protocol::Sctp => PolicyProtocol::Sctp,
-    };
-    Ok(ClusterView {
+    }
+}
+
+/// The cluster of a lab's pods: endpoint ids in file order from 1, as the agent numbers a fresh lab, and
+/// identities from `FIRST_ALLOCATED` on, shared by pods of one namespace with the same labels (the agent's
+/// security labels are the namespace and its labels and the pod's labels; a lab namespace has one set).
+pub(crate) fn cluster_of_lab(state: &LabState) -> ClusterView {
+    let mut identities: BTreeMap<(&str, &BTreeMap<String, String>), u32> = BTreeMap::new();
+    let mut pods = Vec::new();
+    for (i, p) in state.pods.iter().enumerate() {
+        let next = FIRST_ALLOCATED + u32::try_from(identities.len()).unwrap_or(u32::MAX - FIRST_ALLOCATED);
+        let identity = *identities.entry((p.namespace.as_str(), &p.labels)).or_insert(next);
+        pods.push(PodInfo {
+            endpoint_id: u16::try_from(i + 1).unwrap_or(u16::MAX),
+            namespace: p.namespace.clone(),
+            name: p.name.clone(),
+            labels: p.labels.clone(),
+            ip: p.ip,
+            ipv6: p.ipv6,
+            identity,
+            ports: p
+                .ports
+                .iter()
+                .map(|c| ContainerPort { name: c.name.clone(), port: c.port, protocol: policy_protocol(c.protocol) })
+                .collect(),
+        });
+    }
+    ClusterView {
         namespaces: state
             .namespaces
             .iter()
             .map(|n| NamespaceInfo { name: n.name.clone(), labels: n.labels.clone() })
             .collect(),
-        pods: state
-            .pods
-            .iter()
-            .enumerate()
-            .map(|(i, p)| PodInfo {
-                endpoint_id: u16::try_from(i + 1).unwrap_or(u16::MAX),
-                namespace: p.namespace.clone(),
-                name: p.name.clone(),
-                labels: p.labels.clone(),
-                ip: p.ip,
-                ipv6: p.ipv6,
-                identity: 0,
-                ports: p
-                    .ports
-                    .iter()
-                    .map(|c| ContainerPort { name: c.name.clone(), port: c.port, protocol: protocol(c.protocol) })
-                    .collect(),
-            })
-            .collect(),
-    })
+        pods,
+    }
 }

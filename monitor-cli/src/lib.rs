@@ -18,6 +18,7 @@ pub mod lab;
 pub mod manual;
 pub mod monitor;
 pub mod policy;
+pub mod policy_test;
 pub mod status;
 pub mod table;
 pub mod verdicts;

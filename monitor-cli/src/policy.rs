@@ -1,7 +1,7 @@
 //! `flowgate policy get [--endpoint ENDPOINT]`: the realized policy entries of each endpoint, as `cilium bpf
 //! policy get` shows them: direction, peer (identity and labels, or CIDR), port/protocol, action, the
 //! policies behind the entry, and its packet and byte counters. `flowgate policy describe` is in
-//! [`crate::describe`].
+//! [`crate::describe`], `flowgate policy test` in [`crate::policy_test`].
 
 use clap::Args;
 use flowgate_proto::message::{EndpointPolicy, Request, Response};
@@ -34,12 +34,17 @@ enum PolicyCommand {
     /// Each policy of files or directories as `kubectl describe networkpolicy` prints it, the pods it
     /// selects (with --topology) and warnings for common mistakes.
     Describe(crate::describe::DescribeArgs),
+    /// Would a connection be allowed, and by which policy? Answered from the policy maps in the kernel's
+    /// lookup order, without sending a packet: offline for a policy directory on a lab topology, or live from
+    /// the agent. --all predicts `lab probe --all`'s truth table; --with/--without lists what a change flips.
+    Test(crate::policy_test::TestArgs),
 }
 
 pub fn run(args: &PolicyArgs) -> anyhow::Result<()> {
     let (endpoint, socket, output) = match &args.command {
         PolicyCommand::Get { endpoint, socket, output } => (endpoint, socket, output),
         PolicyCommand::Describe(describe) => return crate::describe::run(describe),
+        PolicyCommand::Test(test) => return crate::policy_test::run(test),
     };
     let endpoint = endpoint.as_ref().map(|e| id_over_socket(e, socket)).transpose()?;
     let policies = match request(socket, Request::PolicyGet { endpoint })? {

@@ -105,6 +105,12 @@ impl IpPrefix {
         (self.bits.to_be_bytes(), u32::from(self.len))
     }
 
+    /// The prefix of a datapath LPM key (the inverse of [`IpPrefix::key`]); a length above 128 is clamped.
+    #[must_use]
+    pub fn from_key(bytes: [u8; 16], len: u32) -> Self {
+        Self::from_bits(u128::from_be_bytes(bytes), u8::try_from(len.min(128)).unwrap_or(128))
+    }
+
     /// Whether `ip` lies inside this prefix (never for an IPv4 address and an IPv6 prefix).
     #[must_use]
     pub fn contains_addr(&self, ip: IpAddr) -> bool {

@@ -117,13 +117,7 @@ pub fn compile(policies: &[LoadedPolicy], cluster: &ClusterView, cidr_identities
         let default_spec = NetworkPolicySpec::default();
         let spec = loaded.policy.spec.as_ref().unwrap_or(&default_spec);
         let (isolates_ingress, isolates_egress) = policy_types(spec);
-        let Ok(pod_selector) =
-            Selector::from_label_selector(spec.pod_selector.as_ref().unwrap_or(&LabelSelector::default()))
-        else {
-            continue;
-        };
-        let selected: Vec<&PodInfo> =
-            cluster.pods.iter().filter(|pod| pod.namespace == namespace && pod_selector.matches(&pod.labels)).collect();
+        let selected = selected_pods(loaded, cluster);
         if selected.is_empty() {
             continue;
         }
@@ -179,6 +173,52 @@ pub fn compile(policies: &[LoadedPolicy], cluster: &ClusterView, cidr_identities
             })
             .collect(),
     }
+}
+
+/// The pods `loaded` selects (its podSelector, in its namespace): the subjects compilation gives its rules.
+/// A selector that does not parse selects nothing.
+#[must_use]
+pub fn selected_pods<'a>(loaded: &LoadedPolicy, cluster: &'a ClusterView) -> Vec<&'a PodInfo> {
+    let namespace = loaded.namespace();
+    let everything = LabelSelector::default();
+    let selector = loaded.policy.spec.as_ref().and_then(|s| s.pod_selector.as_ref()).unwrap_or(&everything);
+    let Ok(pod_selector) = Selector::from_label_selector(selector) else {
+        return Vec::new();
+    };
+    cluster.pods.iter().filter(|pod| pod.namespace == namespace && pod_selector.matches(&pod.labels)).collect()
+}
+
+/// The pods of `cluster` that a rule's `peers` (of a policy in `namespace`) select, as compilation resolves
+/// them: a podSelector and/or namespaceSelector peer its pods, an `ipBlock` peer the pods whose addresses it
+/// holds. An empty list means every peer, pods or not, and gives every pod.
+#[must_use]
+pub fn peer_pods<'a>(peers: &[NetworkPolicyPeer], namespace: &str, cluster: &'a ClusterView) -> Vec<&'a PodInfo> {
+    if peers.is_empty() {
+        return cluster.pods.iter().collect();
+    }
+    let view = View::new(cluster, &[]);
+    let mut out: Vec<&PodInfo> = Vec::new();
+    for peer in peers {
+        let pods: Vec<&PodInfo> = match Peer::resolve(peer, namespace, &view) {
+            Peer::Any => cluster.pods.iter().collect(),
+            Peer::Pods(pods) => pods,
+            Peer::Cidrs(_, block) => {
+                cluster.pods.iter().filter(|pod| pod_addresses(pod).any(|ip| block.holds(ip))).collect()
+            }
+        };
+        for pod in pods {
+            if !out.iter().any(|p| std::ptr::eq(*p, pod)) {
+                out.push(pod);
+            }
+        }
+    }
+    out
+}
+
+/// Whether an `ipBlock` holds `ip` (inside its CIDR, outside every except); an unparsable block holds nothing.
+#[must_use]
+pub fn block_holds(block: &k8s_openapi::api::networking::v1::IPBlock, ip: IpAddr) -> bool {
+    Block::parse(block).is_some_and(|b| b.holds(ip))
 }
 
 /// An `ipBlock` of either family: the block and its excepts.

@@ -3,7 +3,7 @@
 //! cluster view, and warnings for the mistakes people make with NetworkPolicy. Pure: the caller loads the
 //! policy and, optionally, the cluster.
 
-use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr};
+use std::{collections::BTreeMap, fmt::Write as _};
 
 use k8s_openapi::{
     api::networking::v1::{NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec},
@@ -13,9 +13,7 @@ use serde::Serialize;
 
 use crate::{
     ClusterView, LoadedPolicy, PodInfo, Protocol,
-    cidr::{IpPrefix, parse_cidr},
-    compile::policy_types,
-    selector::Selector,
+    compile::{peer_pods, policy_types, selected_pods},
 };
 
 /// A described policy: what `-o json|yaml` prints, and what [`Description::text`] lays out.
@@ -25,6 +23,9 @@ pub struct Description {
     pub namespace: String,
     /// `file:document` the policy was read from.
     pub source: String,
+    /// When the API server created it (`metadata.creationTimestamp`), or where it is in effect; `None` for a
+    /// file not applied anywhere.
+    pub created: Option<String>,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
     /// As kubectl formats a selector (`component=database`), `<none>` when empty.
@@ -153,6 +154,7 @@ pub fn describe(loaded: &LoadedPolicy, cluster: Option<&ClusterView>) -> Descrip
         name: loaded.name().to_owned(),
         namespace: loaded.namespace().to_owned(),
         source: format!("{}:{}", loaded.file.display(), loaded.document),
+        created: policy.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()),
         labels: policy.metadata.labels.clone().unwrap_or_default(),
         annotations,
         pod_selector: if selector_is_empty(&pod_selector) {
@@ -170,32 +172,6 @@ pub fn describe(loaded: &LoadedPolicy, cluster: Option<&ClusterView>) -> Descrip
     description
 }
 
-/// The peers of `rule`'s peer list that are pods of `cluster`.
-fn peer_pods<'a>(peers: &[NetworkPolicyPeer], namespace: &str, cluster: &'a ClusterView) -> Vec<&'a PodInfo> {
-    let namespace_labels = |name: &str| -> BTreeMap<String, String> {
-        let mut labels =
-            cluster.namespaces.iter().find(|n| n.name == name).map(|n| n.labels.clone()).unwrap_or_default();
-        labels.entry(crate::compile::NAMESPACE_NAME_LABEL.to_owned()).or_insert_with(|| name.to_owned());
-        labels
-    };
-    let matches = |s: &Option<LabelSelector>, labels: &BTreeMap<String, String>| {
-        s.as_ref().is_none_or(|s| Selector::from_label_selector(s).is_ok_and(|s| s.matches(labels)))
-    };
-    cluster
-        .pods
-        .iter()
-        .filter(|pod| {
-            peers.iter().any(|p| match (&p.namespace_selector, &p.pod_selector, &p.ip_block) {
-                (None, None, Some(_)) => false,
-                (None, pod_selector, _) => pod.namespace == namespace && matches(pod_selector, &pod.labels),
-                (namespace_selector, pod_selector, _) => {
-                    matches(namespace_selector, &namespace_labels(&pod.namespace)) && matches(pod_selector, &pod.labels)
-                }
-            })
-        })
-        .collect()
-}
-
 fn declares(pod: &PodInfo, name: &str, protocol: &str) -> bool {
     pod.ports.iter().any(|p| p.name.as_deref() == Some(name) && protocol_name(p.protocol) == protocol)
 }
@@ -206,16 +182,6 @@ fn protocol_name(p: Protocol) -> &'static str {
         Protocol::Udp => "UDP",
         Protocol::Sctp => "SCTP",
     }
-}
-
-fn addresses(pod: &PodInfo) -> impl Iterator<Item = IpAddr> + '_ {
-    std::iter::once(IpAddr::V4(pod.ip)).chain(pod.ipv6.map(IpAddr::V6))
-}
-
-/// Whether the block holds `ip` (inside the CIDR, outside every except).
-fn block_holds(block: &k8s_openapi::api::networking::v1::IPBlock, ip: IpAddr) -> bool {
-    let inside = |text: &str| parse_cidr(text).is_ok_and(|p: IpPrefix| p.contains_addr(ip));
-    inside(&block.cidr) && !block.except.iter().flatten().any(|e| inside(e))
 }
 
 fn warnings(
@@ -259,14 +225,7 @@ fn warnings(
     let Some(cluster) = cluster else {
         return out;
     };
-    let selected: Vec<&PodInfo> = cluster
-        .pods
-        .iter()
-        .filter(|pod| {
-            pod.namespace == namespace
-                && Selector::from_label_selector(pod_selector).is_ok_and(|s| s.matches(&pod.labels))
-        })
-        .collect();
+    let selected = selected_pods(loaded, cluster);
     *selects = Some(selected.iter().map(|p| format!("{}/{}", p.namespace, p.name)).collect());
     if selected.is_empty() {
         out.push(format!("selects no pod: no pod in namespace {namespace} matches the podSelector"));
@@ -274,17 +233,8 @@ fn warnings(
     for (direction, _, i, peers, ports) in &rules {
         let rule_no = i + 1;
         // Named ports resolve on the destination: the selected pods for ingress, the peers for egress.
-        let destinations: Vec<&PodInfo> = if *direction == "ingress" {
-            selected.clone()
-        } else if peers.is_empty() {
-            cluster.pods.iter().collect()
-        } else {
-            let mut pods = peer_pods(peers, namespace, cluster);
-            for block in peers.iter().filter_map(|p| p.ip_block.as_ref()) {
-                pods.extend(cluster.pods.iter().filter(|pod| addresses(pod).any(|ip| block_holds(block, ip))));
-            }
-            pods
-        };
+        let destinations: Vec<&PodInfo> =
+            if *direction == "ingress" { selected.clone() } else { peer_pods(peers, namespace, cluster) };
         for port in ports.iter().copied().flatten() {
             let Some(IntOrString::String(name)) = &port.port else { continue };
             let protocol = port.protocol.as_deref().unwrap_or("TCP");
@@ -296,11 +246,10 @@ fn warnings(
                 ));
             }
             if *direction == "egress" {
-                for block in peers.iter().filter_map(|p| p.ip_block.as_ref()) {
-                    let holds_a_declaring_pod = cluster
-                        .pods
+                for (peer, block) in peers.iter().filter_map(|p| Some((p, p.ip_block.as_ref()?))) {
+                    let holds_a_declaring_pod = peer_pods(std::slice::from_ref(peer), namespace, cluster)
                         .iter()
-                        .any(|pod| declares(pod, name, protocol) && addresses(pod).any(|ip| block_holds(block, ip)));
+                        .any(|pod| declares(pod, name, protocol));
                     if !holds_a_declaring_pod {
                         out.push(format!(
                             "egress rule {rule_no}: named port {name}/{protocol} never matches through ipBlock {}: \
@@ -311,11 +260,9 @@ fn warnings(
                 }
             }
         }
-        for block in peers.iter().filter_map(|p| p.ip_block.as_ref()) {
-            let covered: Vec<String> = cluster
-                .pods
+        for (peer, block) in peers.iter().filter_map(|p| Some((p, p.ip_block.as_ref()?))) {
+            let covered: Vec<String> = peer_pods(std::slice::from_ref(peer), namespace, cluster)
                 .iter()
-                .filter(|pod| addresses(pod).any(|ip| block_holds(block, ip)))
                 .map(|p| format!("{}/{}", p.namespace, p.name))
                 .collect();
             if !covered.is_empty() {
@@ -349,7 +296,8 @@ impl Description {
         };
         field(&mut out, "Name", &self.name);
         field(&mut out, "Namespace", &self.namespace);
-        field(&mut out, "Created on", &format!("<not created: from {}>", self.source));
+        let not_created = || format!("<not created: from {}>", self.source);
+        field(&mut out, "Created on", &self.created.clone().unwrap_or_else(not_created));
         for (title, map) in [("Labels", &self.labels), ("Annotations", &self.annotations)] {
             let mut lines = map.iter().map(|(k, v)| format!("{k}={v}"));
             field(&mut out, title, &lines.next().unwrap_or_else(|| "<none>".to_owned()));

@@ -78,6 +78,20 @@ impl PolicyRef {
     }
 }
 
+impl std::str::FromStr for PolicyRef {
+    type Err = String;
+
+    /// `namespace/name`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once('/') {
+            Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() && !name.contains('/') => {
+                Ok(Self::new(namespace, name))
+            }
+            _ => Err(format!("{s:?} is not a policy as NAMESPACE/NAME")),
+        }
+    }
+}
+
 impl fmt::Display for PolicyRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.namespace, self.name)

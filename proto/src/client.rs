@@ -114,6 +114,7 @@ fn response_kind(response: &Response) -> &'static str {
         Response::EndpointConfigured(_) => "endpoint configured",
         Response::Policy(_) => "policy",
         Response::Conntrack(_) => "conntrack",
+        Response::PolicyMaps(_) => "policy maps",
         Response::NotFound { .. } => "not found",
         Response::Forbidden { .. } => "forbidden",
     }

@@ -2,7 +2,7 @@
 //! [`Request`]s (one [`Response`] each) or one [`Subscription`], after which the server sends
 //! [`ServerMessage::Events`] batches until either side closes.
 
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 
@@ -50,6 +50,9 @@ pub enum Request {
     ConntrackList {
         endpoint: Option<u16>,
     },
+    /// Since 1.4: the policy maps of the generation in effect, as the kernel holds them, and what they
+    /// were compiled from (`Response::PolicyMaps`): `flowgate policy test` and `policy describe NS/NAME`.
+    PolicyMaps,
 }
 
 impl Request {
@@ -63,7 +66,8 @@ impl Request {
             | Request::EndpointGet { .. }
             | Request::IdentityList
             | Request::PolicyGet { .. }
-            | Request::ConntrackList { .. } => false,
+            | Request::ConntrackList { .. }
+            | Request::PolicyMaps => false,
         }
     }
 }
@@ -133,6 +137,8 @@ pub enum Response {
     Policy(Vec<EndpointPolicy>),
     /// Since 1.2: connection-tracking entries, as `cilium bpf ct list global` shows them.
     Conntrack(Vec<ConntrackEntry>),
+    /// Since 1.4: answer to [`Request::PolicyMaps`].
+    PolicyMaps(Box<PolicyMaps>),
     /// The thing asked for does not exist (e.g. an unknown endpoint id); `known` lists what does.
     NotFound {
         what: String,
@@ -353,4 +359,117 @@ pub struct PolicyEntryView {
     /// New connections this entry allowed, and their first packets' bytes.
     pub packets: u64,
     pub bytes: u64,
+}
+
+/// Answer to [`Request::PolicyMaps`]: the policy generation the node enforces now, read back from the
+/// kernel's maps (keys and values as the datapath holds them), the names behind its rule ids, and the inputs
+/// it was compiled from (policies, pods, namespaces, audit settings) so a client can compile a changed set
+/// the same way (what-if).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyMaps {
+    /// The policy revision in effect.
+    pub revision: u64,
+    pub policy: Vec<PolicyMapEntry>,
+    pub ipcache: Vec<IpcacheMapEntry>,
+    /// Endpoint id and `flowgate_common::policy::enforcement` flags.
+    pub enforcement: Vec<(u16, u32)>,
+    /// Rule id -> the policies behind it.
+    pub rules: Vec<(u32, Vec<PolicyName>)>,
+    /// Endpoint id, `flowgate_common::policy::direction`, and the policies isolating it in that direction.
+    pub isolation: Vec<(u16, u8, Vec<PolicyName>)>,
+    /// The policies in effect, one manifest (YAML) each.
+    pub policies: Vec<String>,
+    /// Every pod the policies were compiled against: this node's endpoints and, in Kubernetes mode, the
+    /// other nodes' pods (`endpoint_id` 0).
+    pub pods: Vec<PolicyPod>,
+    /// Namespaces and their labels.
+    pub namespaces: Vec<(String, BTreeMap<String, String>)>,
+    /// Agent-wide audit mode, and the endpoints in audit mode one by one.
+    pub audit_all: bool,
+    pub audited: Vec<u16>,
+}
+
+/// One entry of the policy trie: its prefix length and the fields of its key and value.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyMapEntry {
+    pub prefix_len: u32,
+    pub endpoint_id: u16,
+    pub direction: u8,
+    pub identity: u32,
+    pub protocol: u8,
+    pub port: u16,
+    pub rule_id: u32,
+    pub flags: u32,
+}
+
+/// One prefix of the ipcache: the LPM key (16 bytes, IPv4 mapped; length in that 128-bit space) and value.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpcacheMapEntry {
+    pub addr: [u8; 16],
+    pub prefix_len: u32,
+    pub identity: u32,
+    pub cidr_identity: u32,
+}
+
+/// A pod as policy compilation saw it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyPod {
+    pub endpoint_id: u16,
+    pub namespace: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub identity: u32,
+    pub ipv4: std::net::Ipv4Addr,
+    pub ipv6: Option<std::net::Ipv6Addr>,
+    /// Container ports: name (if any), number, protocol.
+    pub ports: Vec<(Option<String>, u16, Protocol)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{decode, encode};
+
+    /// A `PolicyMaps` answer (tuples, byte arrays, optional addresses, nested maps) survives the wire.
+    #[test]
+    fn policy_maps_round_trip_through_the_codec() {
+        let name = PolicyName { namespace: "default".into(), name: "db".into() };
+        let maps = PolicyMaps {
+            revision: 7,
+            policy: vec![PolicyMapEntry {
+                prefix_len: 88,
+                endpoint_id: 1,
+                direction: 0,
+                identity: 256,
+                protocol: 6,
+                port: 5432,
+                rule_id: 1,
+                flags: 1,
+            }],
+            ipcache: vec![IpcacheMapEntry { addr: [0xfd; 16], prefix_len: 128, identity: 256, cidr_identity: 1 << 24 }],
+            enforcement: vec![(1, 1)],
+            rules: vec![(1, vec![name.clone()])],
+            isolation: vec![(1, 0, vec![name])],
+            policies: vec!["apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n".into()],
+            pods: vec![PolicyPod {
+                endpoint_id: 1,
+                namespace: "default".into(),
+                name: "database".into(),
+                labels: BTreeMap::from([("component".into(), "database".into())]),
+                identity: 256,
+                ipv4: std::net::Ipv4Addr::new(10, 200, 0, 10),
+                ipv6: Some("fd00:10:200::a".parse().unwrap()),
+                ports: vec![(Some("postgres".into()), 5432, Protocol::Tcp)],
+            }],
+            namespaces: vec![("default".into(), BTreeMap::new())],
+            audit_all: false,
+            audited: vec![1],
+        };
+        let message = ServerMessage::Response(Response::PolicyMaps(Box::new(maps)));
+        let frame = encode("policy maps", &message).unwrap();
+        assert_eq!(decode::<ServerMessage>("policy maps", &frame).unwrap(), message);
+        let request = ClientMessage::Request(Request::PolicyMaps);
+        assert_eq!(decode::<ClientMessage>("request", &encode("request", &request).unwrap()).unwrap(), request);
+        assert!(!Request::PolicyMaps.changes_agent(), "reading the maps needs no admin rights");
+    }
 }

@@ -197,7 +197,7 @@ impl PolicyEngine {
         let mut snapshot = PolicySnapshot::default();
         for (_, _, value) in &contents.policy {
             if let Some(names) = self.rules.names(value.rule_id) {
-                snapshot.rules.insert(value.rule_id, names.to_vec());
+                snapshot.rules.insert(value.rule_id, names.iter().map(name).collect());
             }
         }
         for (&id, ep) in &plan.endpoints {
@@ -246,6 +246,11 @@ impl PolicyEngine {
         status
     }
 
+    /// The set in effect and the cluster view it was compiled for (`None` before the first generation).
+    pub fn in_effect(&self) -> (&[LoadedPolicy], Option<&ClusterView>) {
+        (&self.in_effect, self.in_effect_for.as_ref().map(|inputs| &inputs.cluster))
+    }
+
     /// The plan in effect.
     pub fn plan(&self) -> Option<&PolicyPlan> {
         self.plan.as_ref()
@@ -269,7 +274,7 @@ impl PolicyEngine {
 
     /// Names of a rule id.
     pub fn rule_names(&self, rule_id: u32) -> Vec<PolicyName> {
-        self.rules.names(rule_id).map(<[PolicyName]>::to_vec).unwrap_or_default()
+        self.rules.names(rule_id).map(|names| names.iter().map(name).collect()).unwrap_or_default()
     }
 }
 

@@ -4,7 +4,10 @@
 //! x/y/z × a/b/c model of `examples/lab-netpol.yaml`) and one agent following a policy directory and
 //! the lab's topology file; and [`Conformance::validate`], which probes the full 9×9 matrix with real
 //! traffic through the real datapath and, on any difference, fails with both truth tables, the
-//! differences, and every manifest in effect.
+//! differences, and every manifest in effect. Every probe is also predicted by `flowgate policy test --all`,
+//! offline (from the policy maps the agent would realize for the files and topology, no traffic) and live
+//! (from the maps the agent's datapath holds, read back over its socket), and every cell of both
+//! predictions, the diagonal included, must equal the probe's.
 //!
 //! Policies are written atomically (staged outside the watched directory, then renamed in) and every
 //! change waits until the agent reports a new policy revision with exactly the expected policy names
@@ -39,7 +42,7 @@ use flowgate_tests::{
     LabGuard,
     agent::{AgentGuard, SocketDir},
     control_plane::ControlPlane,
-    example, flowgate, kubelet, probe_results, require_root,
+    example, flowgate, flowgate_ok, kubelet, probe_results, require_root,
 };
 use serde_json::{Value, json};
 
@@ -741,6 +744,50 @@ impl Conformance {
         observed
     }
 
+    /// What `flowgate policy test --all` predicts on `port`/`protocol` over `family` for the policies and the
+    /// topology in effect, without traffic: the policy files and the (possibly relabelled) topology are
+    /// written to a directory of their own and tested offline (the same in both modes: through the API
+    /// server the policies are not files the agent reads). Pure and quick: no lab, no agent.
+    pub fn predict(&self, port: &str, protocol: Protocol, family: Family) -> Reachability {
+        let dir = self.dir.0.join("predicted");
+        let _ = std::fs::remove_dir_all(&dir);
+        let policies = dir.join("policies");
+        std::fs::create_dir_all(&policies).expect("create the prediction's directory");
+        for (file, in_file) in &self.files {
+            let text = in_file.iter().map(Policy::yaml).collect::<Vec<_>>().join("---\n");
+            std::fs::write(policies.join(file), text).expect("write a policy file for the prediction");
+        }
+        let topology = dir.join("topology.json");
+        let text = serde_json::to_string_pretty(&self.topology).expect("the topology serializes");
+        std::fs::write(&topology, text).expect("write the prediction's topology");
+        let (policies, topology) = (policies.to_str().expect("utf-8 path"), topology.to_str().expect("utf-8 path"));
+        Self::policy_test_all(&["--policies", policies, "--topology", topology], port, protocol, family)
+    }
+
+    /// What `flowgate policy test --all` predicts live, from the policy maps the agent's datapath holds now
+    /// (read back from the kernel over the socket).
+    pub fn predict_live(&self, port: &str, protocol: Protocol, family: Family) -> Reachability {
+        Self::policy_test_all(&["--socket", self.agent.socket.to_str().expect("utf-8 path")], port, protocol, family)
+    }
+
+    /// `flowgate policy test --all SOURCE... --port PORT --protocol PROTOCOL [--ipv6] -o json` as a table.
+    fn policy_test_all(source: &[&str], port: &str, protocol: Protocol, family: Family) -> Reachability {
+        let mut args = vec!["policy", "test", "--all", "--port", port, "--protocol", protocol.as_str(), "-o", "json"];
+        args.extend_from_slice(source);
+        if family == Family::Ipv6 {
+            args.push("--ipv6");
+        }
+        let report: Value = serde_json::from_str(&flowgate_ok(&args)).expect("policy test prints JSON");
+        let pods: Vec<String> = PODS.iter().map(|p| (*p).to_owned()).collect();
+        let mut predicted = Reachability::unknown(pods.clone(), pods);
+        let results = probe_results(&report);
+        for (from, to, ok) in &results {
+            assert!(predicted.set(from, to, *ok), "{from} -> {to} is not a pair of the model: {report}");
+        }
+        assert_eq!(results.len(), 81, "the prediction covers the full 9x9 matrix: {report}");
+        predicted
+    }
+
     /// Probes `port`/`protocol` over IPv4 and over IPv6 and compares each with `expected`: policies
     /// without `ipBlock`s mean the same for both families.
     pub fn validate(&mut self, step: &str, port: impl std::fmt::Display, protocol: Protocol, expected: &Reachability) {
@@ -763,6 +810,8 @@ impl Conformance {
     ) {
         let port = port.to_string();
         let observed = self.observe(&port, protocol, family);
+        let predicted = self.predict(&port, protocol, family);
+        let predicted_live = self.predict_live(&port, protocol, family);
         let mut wrong = Vec::new();
         for ((from, to, e), (_, _, o)) in expected.pairs().zip(observed.pairs()) {
             if from != to && e != o {
@@ -772,6 +821,18 @@ impl Conformance {
                     None => "not probed",
                 };
                 wrong.push(format!("{from} -> {to}: expected {}, observed {}", word(e), word(o)));
+            }
+        }
+        let word = |c: Option<bool>| if c == Some(true) { "connected" } else { "blocked" };
+        for (how, prediction) in [("offline", &predicted), ("live", &predicted_live)] {
+            for ((from, to, p), (_, _, o)) in prediction.pairs().zip(observed.pairs()) {
+                if p != o {
+                    wrong.push(format!(
+                        "{from} -> {to}: `flowgate policy test` ({how}) predicted {}, observed {}",
+                        word(p),
+                        word(o)
+                    ));
+                }
             }
         }
         let probe = format!("{}/{port} over {family}", protocol.as_str());
@@ -785,6 +846,10 @@ impl Conformance {
         msg.push_str(&expected.table_with(|f, t| if f == t { '-' } else { expected.mark(f, t) }));
         msg.push_str("\nobserved:\n");
         msg.push_str(&observed.truth_table());
+        msg.push_str("\npredicted by `flowgate policy test --all` (from the policy maps, no traffic):\n");
+        msg.push_str(&predicted.truth_table());
+        msg.push_str("\npredicted live from the agent's policy maps:\n");
+        msg.push_str(&predicted_live.truth_table());
         msg.push_str("\ncomparison (. as expected, X differs):\n");
         msg.push_str(&expected.table_with(|f, t| match (f == t, expected.get(f, t) == observed.get(f, t)) {
             (true, _) => '-',
