@@ -68,7 +68,7 @@ pub struct Effort {
 }
 
 impl Effort {
-    pub const FULL: Effort = Effort { repeat: 1_000_000, runs: 5 };
+    pub const FULL: Effort = Effort { repeat: 1_000_000, runs: 3 };
     pub const QUICK: Effort = Effort { repeat: 10_000, runs: 3 };
 }
 
