@@ -15,8 +15,8 @@ pub struct ProtocolVersion {
 /// `[namespace/]pod-name-prefix` (1.0 read them as an exact `namespace/name`). 1.2: `ConntrackList`, and
 /// `Status::conntrack`. 1.3: addresses in flows and conntrack entries are IPv4 or IPv6 (an IPv4 address
 /// is written as before, so a 1.2 client still reads IPv4 flows; an IPv6 one needs 1.3), endpoints gained
-/// `ipv6`, protocols `ICMPV6`.
-pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion { major: 1, minor: 3 };
+/// `ipv6`, protocols `ICMPV6`. 1.4: the endpoint state `waiting-for-interface`.
+pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion { major: 1, minor: 4 };
 
 impl ProtocolVersion {
     /// Whether a peer speaking `other` can talk to us.
