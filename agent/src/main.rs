@@ -271,6 +271,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         _ => bail!("nothing to enforce for: pass --lab NAME, --lab-topology FILE or --kubernetes"),
     };
 
+    if !args.kubernetes && !lab.nodes.is_empty() {
+        bail!(
+            "lab {} has {} nodes: run one agent per node in Kubernetes mode (--kubernetes --node-name NODE)",
+            lab.name,
+            lab.nodes.len()
+        );
+    }
     let node = args.node_name.clone().unwrap_or_else(node_name);
     let datapath = Datapath::load(DatapathOptions {
         events_buffer_bytes: args.events_buffer_bytes,
@@ -345,13 +352,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         info!("kubernetes mode, node {node}: enforcement unchanged until pods, namespaces and policies are listed");
         Some((KubeSource::start(&client), ClusterIdentities::start(&client)))
     } else {
-        if !lab.nodes.is_empty() {
-            bail!(
-                "lab {} has {} nodes: run one agent per node in Kubernetes mode (--kubernetes --node-name NODE)",
-                lab.name,
-                lab.nodes.len()
-            );
-        }
         controller.start().with_context(|| format!("starting on lab {}", lab.name))?;
         info!("attached to {} endpoints of lab {}", lab.pods.len(), lab.name);
         None

@@ -527,3 +527,49 @@ fn netpol_cases_hold_with_the_pods_spread_over_three_nodes() {
         &all().expect_peer("y/*", "*", false).expect_peer("y/*", "z/*", true),
     );
 }
+
+/// The lab of several nodes itself: the nodes and the fabric are namespaces of the lab (never the machine's
+/// own), a node routes to the other node's pods through it, pods reach each other across it over both IP
+/// versions, and `lab down` leaves nothing. An agent not told which node it is refuses such a lab.
+#[test]
+fn a_lab_of_several_nodes_is_routed_through_its_fabric_and_goes_down_whole() {
+    flowgate_tests::require_root();
+    let lab = LabGuard::up("mnlab", &example("lab-multinode.yaml"));
+    let state = &lab.state;
+    let netns = flowgate_tests::lab_netns(&lab.name);
+    for ns in [&state.nodes[0].netns, &state.nodes[1].netns, state.fabric_netns.as_ref().expect("a fabric")] {
+        assert!(netns.contains(ns), "{ns} in {netns:?}");
+    }
+    let server = state.pod("shop", "server").expect("shop/server");
+    let routes = std::process::Command::new("ip")
+        .args(["-n", &state.nodes[0].netns, "route", "show", &format!("{}/32", server.ip)])
+        .output()
+        .expect("run ip route");
+    let routes = String::from_utf8_lossy(&routes.stdout);
+    assert!(
+        routes.contains(&format!("via {} dev fabric0", state.nodes[1].ip)),
+        "node-1 routes to node-2's pod: {routes}"
+    );
+    for family in [&[][..], &["--ipv6"][..]] {
+        let mut args = vec!["--from", "default/client", "--to", "shop/server", "--port", "80"];
+        args.extend_from_slice(family);
+        let (report, _) = lab.probe(&args);
+        assert!(probe_results(&report).iter().all(|(_, _, ok)| *ok), "across the nodes {family:?}: {report}");
+    }
+
+    let dir = SocketDir::new("mnlab");
+    let socket = dir.socket("agent");
+    let log = dir.path().join("agent.log");
+    let status = flowgate_tests::agent::spawn_agent(&lab.name, &socket, &[], &log).wait().expect("the agent exits");
+    assert!(!status.success());
+    let said = flowgate_tests::agent::read_log(&log);
+    assert!(
+        said.contains("has 2 nodes: run one agent per node in Kubernetes mode (--kubernetes --node-name NODE)"),
+        "{said}"
+    );
+
+    let name = lab.name.clone();
+    let server_pid = lab.state.server_pid;
+    drop(lab);
+    flowgate_tests::assert_nothing_left(&name, server_pid);
+}
