@@ -141,8 +141,8 @@ pub fn register_node(plane: &ControlPlane, node: &NodeState) {
 }
 
 /// Registers a whole lab: its nodes (a lab of several), its namespaces with their labels, and every pod on
-/// its node (`single_node` names the node of a lab that is one node) with its addresses.
-pub fn register_lab(plane: &ControlPlane, lab: &LabState, single_node: &str) {
+/// its node with its addresses; the pods of a lab that is one node (they name none) are bound to `default_node`.
+pub fn register_lab(plane: &ControlPlane, lab: &LabState, default_node: &str) {
     for node in &lab.nodes {
         register_node(plane, node);
     }
@@ -156,6 +156,6 @@ pub fn register_lab(plane: &ControlPlane, lab: &LabState, single_node: &str) {
         plane.apply(&namespace_manifest(&ns.name, &labels));
     }
     for pod in &lab.pods {
-        run_pod(plane, &lab_pod(pod, pod.node.as_deref().unwrap_or(single_node)));
+        run_pod(plane, &lab_pod(pod, pod.node.as_deref().unwrap_or(default_node)));
     }
 }

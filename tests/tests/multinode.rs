@@ -97,7 +97,11 @@ impl Node {
             .map(|e| {
                 (
                     format!("{}/{}", e["namespace"].as_str().unwrap(), e["pod_name"].as_str().unwrap()),
-                    (e["id"].as_u64().unwrap(), e["identity"].as_u64().unwrap(), e["state"].to_string()),
+                    (
+                        e["id"].as_u64().unwrap(),
+                        e["identity"].as_u64().unwrap(),
+                        e["state"].as_str().unwrap_or_default().to_owned(),
+                    ),
                 )
             })
             .collect()
@@ -186,7 +190,7 @@ fn cross_node_connections_are_enforced_and_seen_on_both_nodes_with_the_same_iden
     let plane = ControlPlane::start("multinode");
     let lab = LabGuard::up("mnode", &example("lab-multinode.yaml"));
     assert_eq!(lab.state.nodes.len(), 2, "two nodes: {:?}", lab.state.nodes);
-    kubelet::register_lab(&plane, &lab.state, "unused");
+    kubelet::register_lab(&plane, &lab.state, "node-1");
     let nodes_on_server = plane.kubectl_ok(&["get", "nodes", "-o", "jsonpath={.items[*].status.addresses[0].address}"]);
     assert_eq!(nodes_on_server, "10.199.0.1 10.199.0.2", "both nodes registered with their addresses");
 
@@ -236,7 +240,7 @@ fn cross_node_connections_are_enforced_and_seen_on_both_nodes_with_the_same_iden
                 .map(|p| format!("{}/{}", p.namespace, p.name))
                 .collect();
             eps.keys().cloned().collect::<BTreeSet<_>>() == want
-                && eps.values().all(|(_, identity, state)| *identity != 0 && state == "\"ready\"")
+                && eps.values().all(|(_, identity, state)| *identity != 0 && state == "ready")
         });
         if ready {
             break all;
@@ -278,7 +282,11 @@ fn cross_node_connections_are_enforced_and_seen_on_both_nodes_with_the_same_iden
         &lab,
         &nodes,
         "no policy",
-        &[("default/client", "shop/server", "80", "TCP", true), ("default/other", "shop/server", "80", "TCP", true)],
+        &[
+            ("default/client", "shop/server", "80", "TCP", true),
+            ("default/client", "shop/server", "53", "UDP", true),
+            ("default/other", "shop/server", "80", "TCP", true),
+        ],
     );
 
     // An egress policy: node-1 denies client -> server alone (node-2 has no policy against it) and lets
@@ -286,6 +294,7 @@ fn cross_node_connections_are_enforced_and_seen_on_both_nodes_with_the_same_iden
     plane.apply(CLIENT_EGRESS);
     let egress_expected = [
         ("default/client", "shop/server", "80", "TCP", false),
+        ("default/client", "shop/server", "53", "UDP", false),
         ("default/client", "shop/db", "5432", "TCP", true),
         ("default/other", "shop/server", "80", "TCP", true),
     ];
@@ -447,7 +456,7 @@ fn netpol_cases_hold_with_the_pods_spread_over_three_nodes() {
     let plane = ControlPlane::start("multinode3");
     let lab = LabGuard::up("mnode3", &netpol_over_three_nodes(dir.path()));
     assert_eq!(lab.state.nodes.len(), 3);
-    kubelet::register_lab(&plane, &lab.state, "unused");
+    kubelet::register_lab(&plane, &lab.state, "node-1");
     let sockets = SocketDir::new("mnode3");
     let kubeconfig = plane.agent_kubeconfig().to_str().unwrap().to_owned();
     let nodes: Vec<Node> = PLACEMENT
@@ -465,7 +474,7 @@ fn netpol_cases_hold_with_the_pods_spread_over_three_nodes() {
             let endpoints = node.endpoints();
             let suffix = format!("/{pod_name}");
             if endpoints.len() == 3
-                && endpoints.iter().all(|(pod, (_, _, state))| pod.ends_with(&suffix) && state == "\"ready\"")
+                && endpoints.iter().all(|(pod, (_, _, state))| pod.ends_with(&suffix) && state == "ready")
             {
                 break;
             }
