@@ -5,7 +5,8 @@
 //! With a pin directory (the default for the agent: `/sys/fs/bpf/flowgate/<lab>`), maps and TCX links
 //! are pinned there. They outlive the agent, so enforcement goes on while it is down, and a restarted
 //! agent (also after kill -9) adopts the maps and swaps its programs into the existing links atomically
-//! (`bpf_link_update`): no packet passes unchecked during a restart.
+//! (`bpf_link_update`): no packet passes unchecked during a restart. An endpoint's programs are detached
+//! ([`Datapath::detach_endpoint`]) by closing the links the programs hold and unpinning the pinned ones.
 
 use std::{
     collections::{BTreeMap, HashMap as StdHashMap},
