@@ -12,8 +12,8 @@
 //! (`examples/lab-netpol.yaml`) spread over three nodes (every `a` on node-1, `b` on node-2, `c` on node-3, so
 //! every namespace spans every node), one agent each, and cases of `conformance.rs` whose full 9×9 truth
 //! table over IPv4 and IPv6 depends on verdicts of other nodes' agents: ingress isolation, an ingress peer
-//! of namespace AND pod selectors, egress to a namespace on one port. (`conformance_api.rs` runs every case
-//! through the API server on one node.)
+//! of namespace AND pod selectors (and the peer relabelled on another node), egress to a namespace on one
+//! port, by number and by name. (`conformance_api.rs` runs every case through the API server on one node.)
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -403,15 +403,15 @@ fn netpol_over_three_nodes(dir: &Path) -> std::path::PathBuf {
 /// Which node runs the pods of each name.
 const PLACEMENT: [(&str, &str); 3] = [("node-1", "a"), ("node-2", "b"), ("node-3", "c")];
 
-/// Probes the 9×9 matrix on TCP 80 over IPv4 and IPv6 until it is `expected` off the diagonal (a pod probing
-/// itself never crosses the datapath); panics after a minute with both tables and the agents' logs.
-fn wait_for_matrix(lab: &LabGuard, nodes: &[Node], what: &str, expected: &Reachability) {
+/// Probes the 9×9 matrix on TCP `port` over IPv4 and IPv6 until it is `expected` off the diagonal (a pod
+/// probing itself never crosses the datapath); panics after a minute with both tables and the agents' logs.
+fn wait_for_matrix(lab: &LabGuard, nodes: &[Node], what: &str, port: &str, expected: &Reachability) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let mut wrong = Vec::new();
         let mut observed = Vec::new();
         for family in [&[][..], &["--ipv6"][..]] {
-            let mut args = vec!["--all", "--port", "80"];
+            let mut args = vec!["--all", "--port", port];
             args.extend_from_slice(family);
             let (report, _) = lab.probe(&args);
             let names: Vec<String> = MODEL_PODS.iter().map(|p| (*p).to_owned()).collect();
@@ -487,11 +487,11 @@ fn netpol_cases_hold_with_the_pods_spread_over_three_nodes() {
     assert!(identities.iter().all(|i| *i == identities[0]), "the three nodes number the pods alike: {identities:?}");
 
     let all = || Reachability::uniform(&MODEL_PODS, true);
-    wait_for_matrix(&lab, &nodes, "no policy", &all());
+    wait_for_matrix(&lab, &nodes, "no policy", "80", &all());
 
     // Deny all ingress into x: every x pod is isolated by its own node's agent.
     plane.apply(&policy("x", "deny-ingress", serde_json::json!({"podSelector": {}, "policyTypes": ["Ingress"]})));
-    wait_for_matrix(&lab, &nodes, "deny all ingress into x", &all().expect_peer("*", "x/*", false));
+    wait_for_matrix(&lab, &nodes, "deny all ingress into x", "80", &all().expect_peer("*", "x/*", false));
     plane.kubectl_ok(&["delete", "networkpolicy", "-n", "x", "deny-ingress"]);
 
     // x/a accepts only pods b of namespace y (namespace AND pod selector in one peer): y/b runs on node-2,
@@ -508,12 +508,19 @@ fn netpol_cases_hold_with_the_pods_spread_over_three_nodes() {
             }]}],
         }),
     ));
-    wait_for_matrix(
-        &lab,
-        &nodes,
-        "x/a only from y/b",
-        &all().expect_all_ingress("x/a", false).expect("y/b", "x/a", true),
+    let only_y_b = all().expect_all_ingress("x/a", false).expect("y/b", "x/a", true);
+    wait_for_matrix(&lab, &nodes, "x/a only from y/b", "80", &only_y_b);
+    // y/b relabelled on the API server: node-1's agent takes the new labels of node-2's pod (a new identity,
+    // the same on every node) and x/a no longer admits it; labelled back, it does again.
+    plane.kubectl_ok(&["label", "pod", "-n", "y", "b", "pod=renamed", "--overwrite"]);
+    wait_for_matrix(&lab, &nodes, "y/b relabelled", "80", &all().expect_all_ingress("x/a", false));
+    let identities: Vec<BTreeMap<Vec<String>, u64>> = nodes.iter().map(Node::pod_identities).collect();
+    assert!(
+        identities.iter().all(|i| *i == identities[0] && i.keys().any(|l| l.contains(&"k8s:pod=renamed".to_owned()))),
+        "every node numbers the new labels alike: {identities:?}"
     );
+    plane.kubectl_ok(&["label", "pod", "-n", "y", "b", "pod=b", "--overwrite"]);
+    wait_for_matrix(&lab, &nodes, "y/b labelled back", "80", &only_y_b);
     plane.kubectl_ok(&["delete", "networkpolicy", "-n", "x", "allow-y-b"]);
 
     // Egress of namespace y only to namespace z on TCP 80: decided on the node of each y pod.
@@ -529,12 +536,26 @@ fn netpol_cases_hold_with_the_pods_spread_over_three_nodes() {
             }],
         }),
     ));
-    wait_for_matrix(
-        &lab,
-        &nodes,
-        "y only out to z on 80",
-        &all().expect_peer("y/*", "*", false).expect_peer("y/*", "z/*", true),
-    );
+    let out_of_y_to_z = all().expect_peer("y/*", "*", false).expect_peer("y/*", "z/*", true);
+    wait_for_matrix(&lab, &nodes, "y only out to z on 80", "80", &out_of_y_to_z);
+    plane.kubectl_ok(&["delete", "networkpolicy", "-n", "y", "egress-to-z"]);
+
+    // The same by a named port: resolved on the destination pods, which for every y pod include pods of the
+    // other two nodes.
+    plane.apply(&policy(
+        "y",
+        "egress-to-z-named",
+        serde_json::json!({
+            "podSelector": {},
+            "policyTypes": ["Egress"],
+            "egress": [{
+                "to": [{"namespaceSelector": {"matchLabels": {"ns": "z"}}}],
+                "ports": [{"protocol": "TCP", "port": "serve-81-tcp"}],
+            }],
+        }),
+    ));
+    wait_for_matrix(&lab, &nodes, "y out to z by port name, on 81", "81", &out_of_y_to_z);
+    wait_for_matrix(&lab, &nodes, "y out to z by port name, on 80", "80", &all().expect_peer("y/*", "*", false));
 }
 
 /// The lab of several nodes itself: the nodes and the fabric are namespaces of the lab (never the machine's
