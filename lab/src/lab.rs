@@ -423,3 +423,44 @@ fn stop(pid: u32) -> Result<(), nix::Error> {
     }
     if is_alive(pid) { Err(nix::Error::ETIMEDOUT) } else { Ok(()) }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_node_routes_to_the_other_nodes_hosts_through_their_fabric_address() {
+        let topology = Topology::parse(
+            "namespaces: [{name: x}]\nnodes: [{name: n1}, {name: n2}]\n\
+             pods: [{namespace: x, name: a}, {namespace: x, name: b, node: n2}]\n",
+            "t.yaml",
+        )
+        .unwrap();
+        let state = plan::plan(&topology, "mn").unwrap();
+        let hosts: Vec<Host> = state
+            .pods
+            .iter()
+            .map(|p| Host {
+                netns: p.netns.clone(),
+                ifname: p.host_ifname.clone(),
+                ip: p.ip,
+                ipv6: p.ipv6,
+                node_netns: state.pod_node_netns(p).to_owned(),
+            })
+            .collect();
+        assert_eq!(
+            fabric_routes(&state, "fg-mn-n1", &hosts),
+            [
+                "addr add 10.199.0.1/32 dev fabric0",
+                "addr add fd00:10:199::1/128 dev fabric0 nodad",
+                "link set fabric0 up",
+                "route add 10.199.0.2/32 dev fabric0 scope link",
+                "route add fd00:10:199::2/128 dev fabric0",
+                "route add 10.200.0.11/32 via 10.199.0.2 dev fabric0",
+                "route add fd00:10:200::b/128 via fd00:10:199::2 dev fabric0",
+            ]
+        );
+        let one = plan::plan(&Topology::parse("namespaces: [{name: x}]\n", "t.yaml").unwrap(), "one").unwrap();
+        assert!(fabric_routes(&one, &one.node_netns, &[]).is_empty(), "a lab of one node has no fabric");
+    }
+}
