@@ -66,6 +66,8 @@ struct ClusterMode {
     attached: BTreeSet<String>,
     /// This node's pods without a host route (so no interface) at the last sync; reported once each.
     unmatched: BTreeSet<(String, String)>,
+    /// Their endpoint ids: listed as `waiting-for-interface`, nothing in the datapath.
+    waiting: BTreeSet<u16>,
 }
 
 fn policy_protocol(p: flowgate_lab::topology::Protocol) -> PolicyProtocol {
@@ -114,6 +116,7 @@ impl Controller {
             remote: Vec::new(),
             attached: BTreeSet::new(),
             unmatched: BTreeSet::new(),
+            waiting: BTreeSet::new(),
         });
     }
 
@@ -138,6 +141,7 @@ impl Controller {
         let mut endpoints = BTreeMap::new();
         let mut attach = Vec::new();
         let mut unmatched = BTreeSet::new();
+        let mut waiting = Vec::new();
         for pod in cluster.local_pods(&node) {
             let key = (pod.namespace.clone(), pod.name.clone());
             let Some((ip, interface)) = pod.ipv4.and_then(|ip| Some((ip, routes.get(&ip)?))) else {
@@ -151,6 +155,15 @@ impl Controller {
                     );
                 }
                 unmatched.insert(key);
+                waiting.push(NewEndpoint {
+                    namespace: pod.namespace.clone(),
+                    pod_name: pod.name.clone(),
+                    labels: pod.labels.clone(),
+                    ipv4: pod.ipv4.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+                    ipv6: pod.ipv6,
+                    interface: String::new(),
+                    ifindex: 0,
+                });
                 continue;
             };
             let endpoint = self.state.upsert_endpoint(
@@ -169,7 +182,7 @@ impl Controller {
                 .set_endpoint(endpoint.ifindex, datapath::endpoint_info(&endpoint))
                 .with_context(|| format!("registering endpoint {} ({})", endpoint.id, endpoint.pod_ref()))?;
             if !mode.attached.contains(&interface.name) {
-                attach.push((endpoint.id, interface.name.clone(), pod.pod_ref()));
+                attach.push((interface.name.clone(), pod.pod_ref()));
             }
             endpoints.insert(key, endpoint.id);
         }
@@ -195,28 +208,63 @@ impl Controller {
         mode.endpoints = endpoints;
         mode.state = Some(cluster);
         self.apply_policy().context("applying the policy of the cluster")?;
-        // Pods gone from this node: no longer endpoints. Their interface's entry is cleared, so whatever
-        // still passes there is not taken for theirs (the programs pass traffic of unknown interfaces).
+        // Pods gone from this node: no longer endpoints. The programs are detached from their interface
+        // (which usually goes with the pod, but need not) and its entry is cleared, so whatever still passes
+        // there is not taken for theirs.
         for id in gone {
             if let Some(endpoint) = self.state.remove_endpoint(id) {
-                info!("kubernetes: pod {} is gone from node {node}; endpoint {id} removed", endpoint.pod_ref());
-                // A pod of this sync may already use the same interface: its entry stays.
-                if self.state.endpoints().iter().any(|e| e.ifindex == endpoint.ifindex) {
+                // A pod of this sync may already use the same interface: its programs and entry stay.
+                if self.state.endpoints().iter().any(|e| e.ifindex == endpoint.ifindex && e.ifindex != 0) {
+                    info!("kubernetes: pod {} is gone from node {node}; endpoint {id} removed", endpoint.pod_ref());
                     continue;
+                }
+                let detached = self
+                    .datapath
+                    .detach_endpoint(&endpoint.interface)
+                    .with_context(|| format!("detaching from {} ({})", endpoint.interface, endpoint.pod_ref()))?;
+                if let Some(mode) = self.cluster.as_mut() {
+                    mode.attached.remove(&endpoint.interface);
                 }
                 self.datapath
                     .set_endpoint(endpoint.ifindex, flowgate_common::endpoint::EndpointInfo::default())
                     .with_context(|| format!("clearing endpoint {id} ({})", endpoint.pod_ref()))?;
+                info!(
+                    "kubernetes: pod {} is gone from node {node}; endpoint {id} removed{}",
+                    endpoint.pod_ref(),
+                    if detached { format!(", programs detached from {}", endpoint.interface) } else { String::new() }
+                );
             }
         }
-        for (id, interface, pod) in attach {
+        for (interface, pod) in attach {
             self.datapath
                 .attach_endpoint(&self.node_netns, &interface)
                 .with_context(|| format!("attaching to {pod} ({interface})"))?;
             if let Some(mode) = self.cluster.as_mut() {
                 mode.attached.insert(interface);
             }
+        }
+        // Every endpoint of this sync is registered, under the policy just applied and attached (now or
+        // before): ready. (Registering put each back to regenerating.)
+        let ready: Vec<u16> =
+            self.cluster.as_ref().map(|m| m.endpoints.values().copied().collect()).unwrap_or_default();
+        for id in ready {
             self.state.set_endpoint_state(id, EndpointState::Ready);
+        }
+        // This node's pods without an interface are listed, waiting for one; to policy they are peers (in
+        // the ipcache, as other nodes' pods), and nothing of theirs is in the datapath.
+        let mut waiting_ids = BTreeSet::new();
+        for new in waiting {
+            let namespace_labels = cluster_namespace_labels(self.cluster.as_ref(), &new.namespace);
+            let endpoint = self.state.upsert_endpoint(new, &namespace_labels);
+            self.state.set_endpoint_state(endpoint.id, EndpointState::WaitingForInterface);
+            waiting_ids.insert(endpoint.id);
+        }
+        if let Some(mode) = self.cluster.as_mut() {
+            let local: BTreeSet<u16> = mode.endpoints.values().copied().collect();
+            for id in mode.waiting.difference(&waiting_ids).filter(|id| !local.contains(id)) {
+                self.state.remove_endpoint(*id);
+            }
+            mode.waiting = waiting_ids;
         }
         Ok(())
     }
@@ -727,6 +775,11 @@ pub async fn follow_changes(controller: Arc<Mutex<Controller>>, interval: Durati
         })
         .await;
     }
+}
+
+/// A namespace's labels as the last synced cluster has them.
+fn cluster_namespace_labels(mode: Option<&ClusterMode>, namespace: &str) -> BTreeMap<String, String> {
+    mode.and_then(|m| m.state.as_ref()).map(|c| c.namespace_labels(namespace)).unwrap_or_default()
 }
 
 /// How often a sync is repeated while some of this node's pods have no interface yet.

@@ -5,10 +5,11 @@
 //! With a pin directory (the default for the agent: `/sys/fs/bpf/flowgate/<lab>`), maps and TCX links
 //! are pinned there. They outlive the agent, so enforcement goes on while it is down, and a restarted
 //! agent (also after kill -9) adopts the maps and swaps its programs into the existing links atomically
-//! (`bpf_link_update`): no packet passes unchecked during a restart.
+//! (`bpf_link_update`): no packet passes unchecked during a restart. An endpoint's programs are detached
+//! ([`Datapath::detach_endpoint`]) by closing the links the programs hold and unpinning the pinned ones.
 
 use std::{
-    collections::HashMap as StdHashMap,
+    collections::{BTreeMap, HashMap as StdHashMap},
     path::{Path, PathBuf},
     sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant},
@@ -23,7 +24,7 @@ use aya::{
     programs::{
         SchedClassifier, TcAttachType, TestRun as _, TestRunOptions, TestRunResult,
         links::{FdLink, PinnedLink},
-        tc::SchedClassifierLink,
+        tc::{SchedClassifierLink, SchedClassifierLinkId},
     },
 };
 use flowgate_common::{
@@ -203,8 +204,8 @@ fn ephemeral_pin_dir() -> PathBuf {
 pub struct Datapath {
     ebpf: Ebpf,
     options: DatapathOptions,
-    /// Pinned links, kept open while the agent runs.
-    pinned_links: Vec<PinnedLink>,
+    /// What keeps each interface's programs attached, by interface name.
+    links: BTreeMap<String, InterfaceLinks>,
     /// Policy generation the programs read.
     generation: u8,
     last_switch: Option<Instant>,
@@ -212,6 +213,15 @@ pub struct Datapath {
     capacities: Capacities,
     /// Policy revision the programs read (`Config::PolicyRevision`): bumped after every switch.
     revision: u64,
+}
+
+/// What keeps one interface's programs attached: dropped (closed, unpinned), they are detached.
+#[derive(Default)]
+struct InterfaceLinks {
+    /// Pinned links the agent holds open while it runs (with a pin directory).
+    pinned: Vec<PinnedLink>,
+    /// Links the programs hold (attached without a pin, or adopted from one): program name and link id.
+    owned: Vec<(&'static str, SchedClassifierLinkId)>,
 }
 
 const PROGRAMS: [(&str, TcAttachType); 2] =
@@ -254,7 +264,7 @@ impl Datapath {
         let mut datapath = Self {
             ebpf,
             options,
-            pinned_links: Vec::new(),
+            links: BTreeMap::new(),
             generation: 0,
             last_switch: None,
             capacities: Capacities::default(),
@@ -348,15 +358,19 @@ impl Datapath {
                 netns: netns_path.display().to_string(),
                 source: Box::new(source),
             };
+            let links = self.links.entry(interface.to_owned()).or_default();
             let Some(dir) = &pin_dir else {
-                netns::in_netns_at(netns_path, || program.attach(interface, attach_type))?.map_err(attach_error)?;
+                let id =
+                    netns::in_netns_at(netns_path, || program.attach(interface, attach_type))?.map_err(attach_error)?;
+                links.owned.push((name, id));
                 continue;
             };
             let link_path = dir.join("links").join(format!("{interface}_{name}"));
             if link_path.exists() {
                 match adopt(program, &link_path) {
-                    Ok(pinned) => {
-                        self.pinned_links.push(pinned);
+                    Ok((id, pinned)) => {
+                        links.owned.push((name, id));
+                        links.pinned.push(pinned);
                         continue;
                     }
                     Err(e) => {
@@ -385,9 +399,34 @@ impl Datapath {
                 path: link_path.clone(),
                 source: std::io::Error::other(error_chain(&e)),
             })?;
-            self.pinned_links.push(pinned);
+            links.pinned.push(pinned);
         }
         Ok(())
+    }
+
+    /// Detaches both programs from `interface` (a pod that is gone): the programs' links are closed and the
+    /// pinned ones unpinned, so the kernel drops them. Returns whether this datapath had attached there.
+    pub fn detach_endpoint(&mut self, interface: &str) -> Result<bool, DatapathError> {
+        let Some(links) = self.links.remove(interface) else {
+            return Ok(false);
+        };
+        for (name, id) in links.owned {
+            let program: &mut SchedClassifier = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(DatapathError::MissingProgram { name })?
+                .try_into()
+                .map_err(|source| DatapathError::Program { name, source })?;
+            program.detach(id).map_err(|source| DatapathError::Program { name, source })?;
+        }
+        for pinned in links.pinned {
+            pinned.unpin().map_err(|source| DatapathError::Pin {
+                what: format!("a link of {interface} (unpinning it to detach)"),
+                path: self.options.pin_dir.clone().unwrap_or_default().join("links"),
+                source,
+            })?;
+        }
+        Ok(true)
     }
 
     /// Writes (or replaces) the endpoints-map entry of a node-side interface.
@@ -681,13 +720,14 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// Swaps `program` into the link pinned at `path` (bpf_link_update) and keeps the pin.
-fn adopt(program: &mut SchedClassifier, path: &Path) -> Result<PinnedLink, String> {
+/// Swaps `program` into the link pinned at `path` (bpf_link_update) and keeps the pin; returns the
+/// program's id of the link and the agent's own handle on the pin.
+fn adopt(program: &mut SchedClassifier, path: &Path) -> Result<(SchedClassifierLinkId, PinnedLink), String> {
     let pinned = PinnedLink::from_pin(path).map_err(|e| error_chain(&e))?;
     let link = SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|e| error_chain(&e))?;
-    program.attach_to_link(link).map_err(|e| error_chain(&e))?;
+    let id = program.attach_to_link(link).map_err(|e| error_chain(&e))?;
     // The program now owns the link's fd; reopen the pin so the agent keeps its own handle too.
-    PinnedLink::from_pin(path).map_err(|e| error_chain(&e))
+    Ok((id, PinnedLink::from_pin(path).map_err(|e| error_chain(&e))?))
 }
 
 /// What the datapath's endpoints map holds for an endpoint.

@@ -115,7 +115,7 @@ struct Args {
     #[arg(long, value_enum, default_value_t = Aggregation::Medium)]
     monitor_aggregation: Aggregation,
     /// Where maps and TCX links are pinned so enforcement outlives the agent and a restarted agent
-    /// takes over (default: /sys/fs/bpf/flowgate/<lab>).
+    /// takes over (default: /sys/fs/bpf/flowgate/<lab>; on a lab of several nodes, <lab>/<node>).
     #[arg(long, value_name = "DIR", conflicts_with = "no_pin")]
     bpf_dir: Option<PathBuf>,
     /// Pin nothing: enforcement stops when the agent stops.
@@ -271,6 +271,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         _ => bail!("nothing to enforce for: pass --lab NAME, --lab-topology FILE or --kubernetes"),
     };
 
+    if !args.kubernetes && !lab.nodes.is_empty() {
+        bail!(
+            "lab {} has {} nodes: run one agent per node in Kubernetes mode (--kubernetes --node-name NODE)",
+            lab.name,
+            lab.nodes.len()
+        );
+    }
+    let node = args.node_name.clone().unwrap_or_else(node_name);
     let datapath = Datapath::load(DatapathOptions {
         events_buffer_bytes: args.events_buffer_bytes,
         events_kind: match args.events_buffer {
@@ -282,8 +290,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Aggregation::Low => aggregation::LOW,
             Aggregation::Medium => aggregation::MEDIUM,
         },
-        pin_dir: (!args.no_pin)
-            .then(|| args.bpf_dir.clone().unwrap_or_else(|| flowgate_lab::naming::bpf_pin_dir(&lab.name))),
+        pin_dir: (!args.no_pin).then(|| {
+            args.bpf_dir.clone().unwrap_or_else(|| {
+                // One agent per node of a lab with several: each has maps and links of its own.
+                let lab_dir = flowgate_lab::naming::bpf_pin_dir(&lab.name);
+                if lab.nodes.is_empty() { lab_dir } else { lab_dir.join(&node) }
+            })
+        }),
         capacities: Capacities {
             policy: args.policy_map_entries,
             ipcache: args.ipcache_entries,
@@ -317,7 +330,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     let engine = PolicyEngine::new(args.policies.clone(), args.policy_audit_mode);
     let mut controller = Controller::new(datapath, engine, Arc::clone(&state), lab.clone(), args.policies.clone());
-    let node = args.node_name.clone().unwrap_or_else(node_name);
     let kube_source = if args.kubernetes {
         let client = flowgate_agent::kubernetes::client::connect(args.kubeconfig.as_deref())
             .await
@@ -325,7 +337,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let node_netns = match (&args.node_netns, args.lab.is_some() || args.lab_topology.is_some()) {
             (Some(path), _) => Some(path.clone()),
             (None, false) => Some(PathBuf::from("/proc/self/ns/net")),
-            (None, true) => None,
+            (None, true) if lab.nodes.is_empty() => None,
+            // A lab of several nodes: this agent is the node of its name.
+            (None, true) => match lab.node(&node) {
+                Some(n) => Some(flowgate_lab::netns::netns_path(&n.netns)),
+                None => bail!(
+                    "lab {} has no node {node} (its nodes: {}); pass --node-name",
+                    lab.name,
+                    lab.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            },
         };
         controller.use_kubernetes(node.clone(), node_netns);
         info!("kubernetes mode, node {node}: enforcement unchanged until pods, namespaces and policies are listed");
@@ -490,6 +511,8 @@ fn kubernetes_node() -> LabState {
         ipv6_cidr: None,
         gateway6: None,
         node_netns: String::new(),
+        nodes: Vec::new(),
+        fabric_netns: None,
         namespaces: Vec::new(),
         pods: Vec::new(),
         externals: Vec::new(),

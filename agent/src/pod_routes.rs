@@ -48,8 +48,12 @@ pub fn host_routes(netns: &Path) -> Result<BTreeMap<Ipv4Addr, PodInterface>, Pod
     read.map_err(|source| PodRoutesError::Read { netns: netns.to_owned(), source })
 }
 
-/// The `/32` routes of a `/proc/net/route` table: (destination, interface). Addresses are printed as the
-/// kernel's network-order word in host byte order.
+/// `RTF_GATEWAY` of a route's flags: the destination is reached through a router, not on the interface.
+const RTF_GATEWAY: u32 = 0x2;
+
+/// The `/32` routes of a `/proc/net/route` table that end on their interface: (destination, interface).
+/// A host route through a gateway (a pod of another node, reached over the nodes' network) names no pod
+/// interface and is left out. Addresses are printed as the kernel's network-order word in host byte order.
 fn parse_host_routes(table: &str) -> Vec<(Ipv4Addr, String)> {
     let word = |hex: &str| u32::from_str_radix(hex, 16).ok();
     table
@@ -57,8 +61,10 @@ fn parse_host_routes(table: &str) -> Vec<(Ipv4Addr, String)> {
         .skip(1)
         .filter_map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            let (iface, destination, mask) = (fields.first()?, word(fields.get(1)?)?, word(fields.get(7)?)?);
-            (mask == u32::MAX).then(|| (Ipv4Addr::from(destination.to_ne_bytes()), (*iface).to_owned()))
+            let (iface, destination, flags, mask) =
+                (fields.first()?, word(fields.get(1)?)?, word(fields.get(3)?)?, word(fields.get(7)?)?);
+            (mask == u32::MAX && flags & RTF_GATEWAY == 0)
+                .then(|| (Ipv4Addr::from(destination.to_ne_bytes()), (*iface).to_owned()))
         })
         .collect()
 }
@@ -69,14 +75,19 @@ mod tests {
 
     #[test]
     fn host_routes_are_taken_and_others_left() {
+        // A pod's own veth route is taken; a subnet route and a route to another node's pod through that
+        // node are not.
         let word = |ip: Ipv4Addr| format!("{:08X}", u32::from_ne_bytes(ip.octets()));
         let table = format!(
             "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
              fg1a2b\t{}\t00000000\t0005\t0\t0\t0\tFFFFFFFF\t0\t0\t0\n\
-             eth0\t{}\t00000000\t0001\t0\t0\t0\t{}\t0\t0\t0\n",
+             eth0\t{}\t00000000\t0001\t0\t0\t0\t{}\t0\t0\t0\n\
+             fabric0\t{}\t{}\t0007\t0\t0\t0\tFFFFFFFF\t0\t0\t0\n",
             word(Ipv4Addr::new(10, 200, 0, 10)),
             word(Ipv4Addr::new(10, 200, 0, 0)),
             word(Ipv4Addr::new(255, 255, 255, 0)),
+            word(Ipv4Addr::new(10, 200, 0, 12)),
+            word(Ipv4Addr::new(10, 199, 0, 2)),
         );
         assert_eq!(parse_host_routes(&table), [(Ipv4Addr::new(10, 200, 0, 10), "fg1a2b".to_owned())]);
     }

@@ -1,8 +1,10 @@
 //! Bringing a lab up and down. `up` carries out a [`crate::plan`]: namespaces, veths created directly inside the
-//! node namespace, addresses, routes and sysctls only inside lab namespaces (the machine's own namespace is never
-//! touched), then the pods' server. `down` removes everything named `fg-<lab>-*`, with or without state.
+//! node namespace (each pod's node's, in a lab with several nodes, which a bridge in a fabric namespace links
+//! and whose routes lead to the other nodes' pods), addresses, routes and sysctls only inside lab namespaces
+//! (the machine's own namespace is never touched), then the pods' server. `down` removes everything named `fg-<lab>-*`, with or without state.
 
 use std::{
+    net::{Ipv4Addr, Ipv6Addr},
     path::Path,
     time::{Duration, Instant},
 };
@@ -16,7 +18,7 @@ use nix::{
 };
 
 use crate::{
-    naming::{self, POD_IFNAME},
+    naming::{self, FABRIC_BRIDGE, NODE_FABRIC_IFNAME, POD_IFNAME},
     netns::{self, NetnsError},
     plan,
     server::{self, PID_FILE, SERVE_ENV, ServerError},
@@ -140,38 +142,62 @@ fn build(mut state: LabState) -> Result<LabState, LabError> {
     let mut node_sysctls = COMMON.to_vec();
     node_sysctls.push(("net.ipv4.ip_forward", "1"));
     node_sysctls.push(("net.ipv6.conf.all.forwarding", "1"));
-    netns::sysctls(&state.node_netns, &node_sysctls)
-        .map_err(|source| netns_err(&lab, "configure the node namespace".to_owned(), source))?;
-    type Host = (String, String, std::net::Ipv4Addr, Option<std::net::Ipv6Addr>);
+    let node_namespaces: Vec<String> = if state.nodes.is_empty() {
+        vec![state.node_netns.clone()]
+    } else {
+        state.nodes.iter().map(|n| n.netns.clone()).collect()
+    };
+    for ns in &node_namespaces {
+        netns::sysctls(ns, &node_sysctls).map_err(|source| netns_err(&lab, format!("configure node {ns}"), source))?;
+    }
     let hosts: Vec<Host> = state
         .pods
         .iter()
-        .map(|p| (p.netns.clone(), p.host_ifname.clone(), p.ip, p.ipv6))
-        .chain(state.externals.iter().map(|e| (e.netns.clone(), e.host_ifname.clone(), e.ip, e.ipv6)))
+        .map(|p| Host {
+            netns: p.netns.clone(),
+            ifname: p.host_ifname.clone(),
+            ip: p.ip,
+            ipv6: p.ipv6,
+            node_netns: state.pod_node_netns(p).to_owned(),
+        })
+        .chain(state.externals.iter().map(|e| Host {
+            netns: e.netns.clone(),
+            ifname: e.host_ifname.clone(),
+            ip: e.ip,
+            ipv6: e.ipv6,
+            node_netns: state.node_netns.clone(),
+        }))
         .collect();
-    for (ns, _, _, _) in &hosts {
-        netns::sysctls(ns, &COMMON).map_err(|source| netns_err(&lab, format!("configure {ns}"), source))?;
+    for host in &hosts {
+        netns::sysctls(&host.netns, &COMMON)
+            .map_err(|source| netns_err(&lab, format!("configure {}", host.netns), source))?;
+    }
+    if let Some(fabric) = &state.fabric_netns {
+        wire_fabric(&state, fabric).map_err(|source| netns_err(&lab, format!("wire the fabric {fabric}"), source))?;
     }
 
     // The veths are created inside the node namespace with their pod end moved straight into the pod's
     // namespace: no link ever exists in the machine's own namespace.
     let (gateway, gateway6) = (state.gateway, state.gateway6);
-    let mut node = vec!["link set lo up".to_owned()];
-    for (ns, ifname, ip, ipv6) in &hosts {
-        node.push(format!("link add {ifname} type veth peer name {POD_IFNAME} netns {ns}"));
-        node.push(format!("addr add {gateway}/32 dev {ifname}"));
-        if let Some(gateway6) = gateway6 {
-            node.push(format!("addr add {gateway6}/128 dev {ifname} nodad"));
+    for node_ns in &node_namespaces {
+        let mut node = vec!["link set lo up".to_owned()];
+        for Host { netns: ns, ifname, ip, ipv6, .. } in hosts.iter().filter(|h| h.node_netns == *node_ns) {
+            node.push(format!("link add {ifname} type veth peer name {POD_IFNAME} netns {ns}"));
+            node.push(format!("addr add {gateway}/32 dev {ifname}"));
+            if let Some(gateway6) = gateway6 {
+                node.push(format!("addr add {gateway6}/128 dev {ifname} nodad"));
+            }
+            node.push(format!("link set {ifname} up"));
+            node.push(format!("route add {ip}/32 dev {ifname}"));
+            if let Some(ipv6) = ipv6 {
+                node.push(format!("route add {ipv6}/128 dev {ifname}"));
+            }
         }
-        node.push(format!("link set {ifname} up"));
-        node.push(format!("route add {ip}/32 dev {ifname}"));
-        if let Some(ipv6) = ipv6 {
-            node.push(format!("route add {ipv6}/128 dev {ifname}"));
-        }
+        node.extend(fabric_routes(&state, node_ns, &hosts));
+        netns::batch(node_ns, &node)
+            .map_err(|source| netns_err(&lab, format!("wire the node namespace {node_ns}"), source))?;
     }
-    netns::batch(&state.node_netns, &node)
-        .map_err(|source| netns_err(&lab, "wire the node namespace".to_owned(), source))?;
-    for (ns, _, ip, ipv6) in &hosts {
+    for Host { netns: ns, ip, ipv6, .. } in &hosts {
         let mut pod = vec![
             "link set lo up".to_owned(),
             format!("addr add {ip}/32 dev {POD_IFNAME}"),
@@ -187,9 +213,12 @@ fn build(mut state: LabState) -> Result<LabState, LabError> {
         netns::batch(ns, &pod).map_err(|source| netns_err(&lab, format!("wire {ns}"), source))?;
     }
 
-    let ifnames: Vec<String> = hosts.iter().map(|(_, ifname, _, _)| ifname.clone()).collect();
-    let indexes = netns::ifindexes(&state.node_netns, ifnames)
-        .map_err(|source| netns_err(&lab, "look up node-side interfaces".to_owned(), source))?;
+    let mut indexes = Vec::with_capacity(hosts.len());
+    for host in &hosts {
+        let index = netns::ifindexes(&host.node_netns, vec![host.ifname.clone()])
+            .map_err(|source| netns_err(&lab, "look up node-side interfaces".to_owned(), source))?;
+        indexes.extend(index);
+    }
     let (pod_idx, ext_idx) = indexes.split_at(state.pods.len());
     for (pod, &i) in state.pods.iter_mut().zip(pod_idx) {
         pod.host_ifindex = i;
@@ -203,6 +232,56 @@ fn build(mut state: LabState) -> Result<LabState, LabError> {
     state.server_pid = Some(server::start(&state, SERVER_READY_WITHIN)?);
     state::save(&state)?;
     Ok(state)
+}
+
+/// A pod or external as the wiring sees it: its namespace, its veth on its node, its addresses.
+struct Host {
+    netns: String,
+    ifname: String,
+    ip: Ipv4Addr,
+    ipv6: Option<Ipv6Addr>,
+    /// The namespace of the node its veth is on.
+    node_netns: String,
+}
+
+/// The nodes' network: a bridge in the fabric namespace with one veth to each node (its `fabric0`).
+fn wire_fabric(state: &LabState, fabric: &str) -> Result<(), NetnsError> {
+    let mut commands = vec![
+        "link set lo up".to_owned(),
+        format!("link add {FABRIC_BRIDGE} type bridge"),
+        format!("link set {FABRIC_BRIDGE} up"),
+    ];
+    for node in &state.nodes {
+        let port = naming::fabric_port_ifname(&node.name);
+        commands.push(format!("link add {port} type veth peer name {NODE_FABRIC_IFNAME} netns {}", node.netns));
+        commands.push(format!("link set {port} master {FABRIC_BRIDGE}"));
+        commands.push(format!("link set {port} up"));
+    }
+    netns::batch(fabric, &commands)
+}
+
+/// A node's side of the fabric: its addresses on `fabric0`, a route to each other node, and a route to every
+/// host of the other nodes through that node (as a routed CNI plugin programs it). Nothing for a one-node lab.
+fn fabric_routes(state: &LabState, node_ns: &str, hosts: &[Host]) -> Vec<String> {
+    let Some(me) = state.nodes.iter().find(|n| n.netns == node_ns) else {
+        return Vec::new();
+    };
+    let mut commands = vec![
+        format!("addr add {}/32 dev {NODE_FABRIC_IFNAME}", me.ip),
+        format!("addr add {}/128 dev {NODE_FABRIC_IFNAME} nodad", me.ipv6),
+        format!("link set {NODE_FABRIC_IFNAME} up"),
+    ];
+    for other in state.nodes.iter().filter(|n| n.netns != node_ns) {
+        commands.push(format!("route add {}/32 dev {NODE_FABRIC_IFNAME} scope link", other.ip));
+        commands.push(format!("route add {}/128 dev {NODE_FABRIC_IFNAME}", other.ipv6));
+        for host in hosts.iter().filter(|h| h.node_netns == other.netns) {
+            commands.push(format!("route add {}/32 via {} dev {NODE_FABRIC_IFNAME}", host.ip, other.ip));
+            if let Some(ipv6) = host.ipv6 {
+                commands.push(format!("route add {ipv6}/128 via {} dev {NODE_FABRIC_IFNAME}", other.ipv6));
+            }
+        }
+    }
+    commands
 }
 
 /// `up` of a name that exists: fine when it is the same lab and it is healthy.
@@ -343,4 +422,45 @@ fn stop(pid: u32) -> Result<(), nix::Error> {
         }
     }
     if is_alive(pid) { Err(nix::Error::ETIMEDOUT) } else { Ok(()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_node_routes_to_the_other_nodes_hosts_through_their_fabric_address() {
+        let topology = Topology::parse(
+            "namespaces: [{name: x}]\nnodes: [{name: n1}, {name: n2}]\n\
+             pods: [{namespace: x, name: a}, {namespace: x, name: b, node: n2}]\n",
+            "t.yaml",
+        )
+        .unwrap();
+        let state = plan::plan(&topology, "mn").unwrap();
+        let hosts: Vec<Host> = state
+            .pods
+            .iter()
+            .map(|p| Host {
+                netns: p.netns.clone(),
+                ifname: p.host_ifname.clone(),
+                ip: p.ip,
+                ipv6: p.ipv6,
+                node_netns: state.pod_node_netns(p).to_owned(),
+            })
+            .collect();
+        assert_eq!(
+            fabric_routes(&state, "fg-mn-n1", &hosts),
+            [
+                "addr add 10.199.0.1/32 dev fabric0",
+                "addr add fd00:10:199::1/128 dev fabric0 nodad",
+                "link set fabric0 up",
+                "route add 10.199.0.2/32 dev fabric0 scope link",
+                "route add fd00:10:199::2/128 dev fabric0",
+                "route add 10.200.0.11/32 via 10.199.0.2 dev fabric0",
+                "route add fd00:10:200::b/128 via fd00:10:199::2 dev fabric0",
+            ]
+        );
+        let one = plan::plan(&Topology::parse("namespaces: [{name: x}]\n", "t.yaml").unwrap(), "one").unwrap();
+        assert!(fabric_routes(&one, &one.node_netns, &[]).is_empty(), "a lab of one node has no fabric");
+    }
 }

@@ -12,6 +12,27 @@ pub fn node_netns(lab: &str) -> String {
     format!("{NETNS_PREFIX}{lab}-node")
 }
 
+/// The network namespace of node `node` of a lab with several nodes.
+pub fn node_netns_of(lab: &str, node: &str) -> String {
+    format!("{NETNS_PREFIX}{lab}-{node}")
+}
+
+/// The namespace that links the nodes of a lab with several (a bridge, as the nodes' network).
+pub fn fabric_netns(lab: &str) -> String {
+    format!("{NETNS_PREFIX}{lab}-fabric")
+}
+
+/// A node's interface on the fabric, inside the node's namespace.
+pub const NODE_FABRIC_IFNAME: &str = "fabric0";
+
+/// The bridge inside the fabric namespace.
+pub const FABRIC_BRIDGE: &str = "br0";
+
+/// The fabric-side end of a node's link: `node` + 8 hex digits of a stable hash of the node's name.
+pub fn fabric_port_ifname(node: &str) -> String {
+    format!("node{:08x}", fnv1a32(node.as_bytes()))
+}
+
 /// A pod's network namespace.
 pub fn pod_netns(lab: &str, namespace: &str, pod: &str) -> String {
     format!("{NETNS_PREFIX}{lab}-{namespace}-{pod}")
@@ -73,6 +94,9 @@ mod tests {
         assert_eq!(node_netns("netpol"), "fg-netpol-node");
         assert_eq!(pod_netns("netpol", "x", "a"), "fg-netpol-x-a");
         assert_eq!(external_netns("netpol", "outside"), "fg-netpol-ext-outside");
+        assert_eq!(node_netns_of("mn", "node-1"), "fg-mn-node-1");
+        assert_eq!(fabric_netns("mn"), "fg-mn-fabric");
+        assert!(fabric_port_ifname("node-1").len() <= MAX_IFNAME_LEN);
     }
 
     #[test]

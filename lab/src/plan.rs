@@ -8,7 +8,7 @@ use std::{
 
 use crate::{
     naming,
-    state::{ExternalState, LabState, NamespaceState, PodState, STATE_VERSION},
+    state::{ExternalState, LabState, NamespaceState, NodeState, PodState, STATE_VERSION},
     topology::{self, Problem, Topology},
 };
 
@@ -65,6 +65,20 @@ pub fn plan(topology: &Topology, lab: &str) -> Result<LabState, Problem> {
         }
     };
 
+    // Several nodes: each its own namespace and fabric address (`.1` the first); a pod without `node:` is on
+    // the first.
+    let nodes: Vec<NodeState> = (0u32..)
+        .zip(&topology.nodes)
+        .map(|(i, node)| {
+            let ip = topology.node_cidr.nth(i + 1);
+            NodeState {
+                name: node.name.clone(),
+                netns: naming::node_netns_of(lab, &node.name),
+                ip,
+                ipv6: topology.node_ipv6_cidr.counterpart(topology.node_cidr, ip),
+            }
+        })
+        .collect();
     let mut pods = Vec::with_capacity(topology.pods.len());
     for pod in &topology.pods {
         let owner = format!("pod {}/{}", pod.namespace, pod.name);
@@ -79,6 +93,7 @@ pub fn plan(topology: &Topology, lab: &str) -> Result<LabState, Problem> {
             netns: naming::pod_netns(lab, &pod.namespace, &pod.name),
             host_ifname: naming::pod_host_ifname(&pod.namespace, &pod.name),
             host_ifindex: 0,
+            node: pod.node.clone().or_else(|| nodes.first().map(|n| n.name.clone())),
         });
     }
     let mut externals = Vec::with_capacity(topology.externals.len());
@@ -103,7 +118,9 @@ pub fn plan(topology: &Topology, lab: &str) -> Result<LabState, Problem> {
         gateway: cidr.gateway(),
         ipv6_cidr: Some(ipv6_cidr),
         gateway6: Some(ipv6_cidr.gateway()),
-        node_netns: naming::node_netns(lab),
+        node_netns: nodes.first().map_or_else(|| naming::node_netns(lab), |n| n.netns.clone()),
+        fabric_netns: (!nodes.is_empty()).then(|| naming::fabric_netns(lab)),
+        nodes,
         namespaces: topology
             .namespaces
             .iter()
@@ -121,7 +138,18 @@ pub fn plan(topology: &Topology, lab: &str) -> Result<LabState, Problem> {
 /// Names are built from parts that may contain '-', so two hosts can end up with one namespace or (rarely)
 /// one interface name; say so instead of failing halfway through `up`.
 fn check_name_clashes(state: &LabState) -> Result<(), Problem> {
-    let hosts = std::iter::once(("the node".to_owned(), state.node_netns.clone(), String::new()))
+    let node_hosts: Vec<(String, String, String)> = if state.nodes.is_empty() {
+        vec![("the node".to_owned(), state.node_netns.clone(), String::new())]
+    } else {
+        state
+            .nodes
+            .iter()
+            .map(|n| (format!("node {}", n.name), n.netns.clone(), String::new()))
+            .chain(state.fabric_netns.clone().map(|ns| ("the fabric".to_owned(), ns, String::new())))
+            .collect()
+    };
+    let hosts = node_hosts
+        .into_iter()
         .chain(
             state
                 .pods
@@ -253,6 +281,45 @@ mod tests {
             err.to_string(),
             "pod x/y-z and pod x-y/z would get the same network namespace \"fg-lab-x-y-z\"; rename one of them"
         );
+    }
+
+    #[test]
+    fn several_nodes_get_namespaces_fabric_addresses_and_their_pods() {
+        let state = plan(
+            &topo(&format!(
+                "{NS}nodes:\n  - {{name: node-1}}\n  - {{name: node-2}}\n\
+                 pods:\n  - {{namespace: x, name: a}}\n  - {{namespace: x, name: b, node: node-2}}\n"
+            )),
+            "mn",
+        )
+        .unwrap();
+        let nodes: Vec<(&str, &str, String, String)> = state
+            .nodes
+            .iter()
+            .map(|n| (n.name.as_str(), n.netns.as_str(), n.ip.to_string(), n.ipv6.to_string()))
+            .collect();
+        assert_eq!(
+            nodes,
+            [
+                ("node-1", "fg-mn-node-1", "10.199.0.1".into(), "fd00:10:199::1".into()),
+                ("node-2", "fg-mn-node-2", "10.199.0.2".into(), "fd00:10:199::2".into()),
+            ]
+        );
+        assert_eq!(state.node_netns, "fg-mn-node-1", "externals and one-node tools use the first node");
+        assert_eq!(state.fabric_netns.as_deref(), Some("fg-mn-fabric"));
+        assert_eq!(state.pods[0].node.as_deref(), Some("node-1"), "no `node:` is the first node");
+        assert_eq!(state.pod_node_netns(&state.pods[1]), "fg-mn-node-2");
+        assert_eq!(state.netns_names()[..3], ["fg-mn-node-1", "fg-mn-node-2", "fg-mn-fabric"]);
+        let one = plan(&topo(&format!("{NS}pods:\n  - {{namespace: x, name: a}}\n")), "one").unwrap();
+        assert_eq!((one.nodes.len(), one.pods[0].node.clone(), one.fabric_netns), (0, None, None));
+    }
+
+    #[test]
+    fn a_node_named_like_a_pod_namespace_clash_is_reported() {
+        let err =
+            plan(&topo("namespaces:\n  - name: x\nnodes:\n  - {name: x-a}\npods:\n  - {namespace: x, name: a}\n"), "l")
+                .unwrap_err();
+        assert!(matches!(err, Problem::NameClash { .. }), "{err}");
     }
 
     #[test]

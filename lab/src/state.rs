@@ -62,7 +62,14 @@ pub struct LabState {
     pub ipv6_cidr: Option<Ipv6Cidr>,
     #[serde(default)]
     pub gateway6: Option<Ipv6Addr>,
+    /// The node namespace (of a lab with several nodes: the first node's, where externals are).
     pub node_netns: String,
+    /// The nodes of a lab with several (`nodes:` in the topology); empty for a lab that is one node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeState>,
+    /// The namespace whose bridge links the nodes, when there are several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fabric_netns: Option<String>,
     pub namespaces: Vec<NamespaceState>,
     pub pods: Vec<PodState>,
     #[serde(default)]
@@ -71,6 +78,17 @@ pub struct LabState {
     pub server_pid: Option<u32>,
     /// The topology file the lab was brought up from, if any.
     pub topology_path: Option<PathBuf>,
+}
+
+/// One node of a lab with several.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeState {
+    pub name: String,
+    /// Its network namespace: its pods' veths, its agent's attachments.
+    pub netns: String,
+    /// Its addresses on the fabric, through which the other nodes route to its pods.
+    pub ip: Ipv4Addr,
+    pub ipv6: Ipv6Addr,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,10 +109,13 @@ pub struct PodState {
     pub ipv6: Option<Ipv6Addr>,
     /// The pod's network namespace (`/run/netns/<netns>`).
     pub netns: String,
-    /// The node-side veth, inside `node_netns`.
+    /// The node-side veth, inside its node's namespace.
     pub host_ifname: String,
-    /// Its ifindex inside `node_netns`.
+    /// Its ifindex inside its node's namespace.
     pub host_ifindex: u32,
+    /// Its node in a lab with several (`None`: the lab's one node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -206,9 +227,25 @@ impl LabState {
         self.pods.iter().map(|p| PodRef::pod(&p.namespace, &p.name)).collect()
     }
 
-    /// Every network namespace of the lab: node first, then pods, then externals.
+    /// A node of a lab with several, by name.
+    pub fn node(&self, name: &str) -> Option<&NodeState> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The namespace of the node `pod` runs on: where its veth is.
+    pub fn pod_node_netns(&self, pod: &PodState) -> &str {
+        pod.node.as_deref().and_then(|n| self.node(n)).map_or(self.node_netns.as_str(), |n| n.netns.as_str())
+    }
+
+    /// Every network namespace of the lab: nodes (and the fabric) first, then pods, then externals.
     pub fn netns_names(&self) -> Vec<String> {
-        std::iter::once(self.node_netns.clone())
+        let nodes: Vec<String> = if self.nodes.is_empty() {
+            vec![self.node_netns.clone()]
+        } else {
+            self.nodes.iter().map(|n| n.netns.clone()).chain(self.fabric_netns.clone()).collect()
+        };
+        nodes
+            .into_iter()
             .chain(self.pods.iter().map(|p| p.netns.clone()))
             .chain(self.externals.iter().map(|e| e.netns.clone()))
             .collect()

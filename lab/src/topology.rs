@@ -83,6 +83,12 @@ pub enum Problem {
     DuplicateIp { owner: String, ip: Ipv4Addr, other: String },
     #[error("the lab range {cidr} has no free address left for {owner}")]
     RangeExhausted { owner: String, cidr: Cidr },
+    #[error("node {name:?} is declared twice")]
+    DuplicateNode { name: String },
+    #[error("pod {pod} is on node {node:?}, which is not declared under `nodes:`")]
+    UnknownNode { pod: String, node: String },
+    #[error("the node network {node_cidr} overlaps the lab range {cidr}; pick another `node_cidr`")]
+    NodeCidrOverlaps { node_cidr: Cidr, cidr: Cidr },
     #[error("{owner} and {other} would get the same {what} {name:?}; rename one of them")]
     NameClash { owner: String, other: String, what: &'static str, name: String },
 }
@@ -107,6 +113,24 @@ pub struct Topology {
     pub pods: Vec<PodSpec>,
     #[serde(default)]
     pub externals: Vec<ExternalSpec>,
+    /// Several nodes on one machine: each a network namespace of its own (its own agent, in Kubernetes mode),
+    /// routed to the others through a fabric namespace. Empty: the lab is one node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeSpec>,
+    /// The nodes' own addresses on the fabric (`.1` is the first node), apart from the pods' range.
+    #[serde(default = "default_node_cidr")]
+    pub node_cidr: Cidr,
+    /// The nodes' IPv6 addresses on the fabric: the counterparts of their IPv4 addresses.
+    #[serde(default = "default_node_ipv6_cidr")]
+    pub node_ipv6_cidr: Ipv6Cidr,
+}
+
+/// A node of a lab with several.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    /// The node's name: `spec.nodeName` of its pods, `--node-name` of its agent.
+    pub name: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,6 +153,9 @@ pub struct PodSpec {
     /// A fixed address; otherwise one is assigned in file order.
     #[serde(default)]
     pub ip: Option<Ipv4Addr>,
+    /// The node it runs on, one of `nodes:` (default: the first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// A host that is not a pod (no labels, not an endpoint), e.g. a client "outside" the cluster.
@@ -273,6 +300,14 @@ pub struct Ipv6Cidr {
 
 fn default_ipv6_cidr() -> Ipv6Cidr {
     Ipv6Cidr { network: Ipv6Addr::new(0xfd00, 0x10, 0x200, 0, 0, 0, 0, 0), prefix_len: 64 }
+}
+
+fn default_node_cidr() -> Cidr {
+    Cidr { network: Ipv4Addr::new(10, 199, 0, 0), prefix_len: 24 }
+}
+
+fn default_node_ipv6_cidr() -> Ipv6Cidr {
+    Ipv6Cidr { network: Ipv6Addr::new(0xfd00, 0x10, 0x199, 0, 0, 0, 0, 0), prefix_len: 64 }
 }
 
 impl Ipv6Cidr {
@@ -443,12 +478,27 @@ impl Topology {
                 return Err(Problem::DuplicateNamespace { name: ns.name.clone() });
             }
         }
+        let mut nodes = HashSet::new();
+        for node in &self.nodes {
+            check_dns("node name", &node.name)?;
+            if !nodes.insert(node.name.as_str()) {
+                return Err(Problem::DuplicateNode { name: node.name.clone() });
+            }
+        }
+        if !self.nodes.is_empty()
+            && (self.node_cidr.contains(self.cidr.network) || self.cidr.contains(self.node_cidr.network))
+        {
+            return Err(Problem::NodeCidrOverlaps { node_cidr: self.node_cidr, cidr: self.cidr });
+        }
         let mut pods = HashSet::new();
         for pod in &self.pods {
             let id = format!("{}/{}", pod.namespace, pod.name);
             check_dns("pod name", &pod.name)?;
             if !namespaces.contains(pod.namespace.as_str()) {
                 return Err(Problem::UnknownNamespace { pod: id, namespace: pod.namespace.clone() });
+            }
+            if let Some(node) = pod.node.as_deref().filter(|n| !nodes.contains(n)) {
+                return Err(Problem::UnknownNode { pod: id, node: node.to_owned() });
             }
             if !pods.insert((pod.namespace.as_str(), pod.name.as_str())) {
                 return Err(Problem::DuplicatePod { pod: id });
@@ -645,6 +695,23 @@ mod tests {
         let text = err.to_string();
         assert!(text.starts_with("topo.yaml:3:"), "{text}");
         assert!(text.contains("lables"), "{text}");
+    }
+
+    #[test]
+    fn nodes_are_declared_once_and_pods_name_declared_ones() {
+        let two = "nodes:\n  - {name: node-1}\n  - {name: node-2}\n";
+        let t =
+            Topology::parse(&format!("{BASE}{two}pods:\n  - {{namespace: x, name: a, node: node-2}}\n"), "t").unwrap();
+        assert_eq!(t.pods[0].node.as_deref(), Some("node-2"));
+        assert_eq!(t.node_cidr.to_string(), "10.199.0.0/24");
+        let p = problem(&format!("{BASE}{two}pods:\n  - {{namespace: x, name: a, node: node-3}}\n"));
+        assert_eq!(p, Problem::UnknownNode { pod: "x/a".into(), node: "node-3".into() });
+        let p = problem(&format!("{BASE}pods:\n  - {{namespace: x, name: a, node: node-1}}\n"));
+        assert!(matches!(p, Problem::UnknownNode { .. }), "a node without `nodes:`: {p}");
+        let p = problem("nodes:\n  - {name: n}\n  - {name: n}\n");
+        assert_eq!(p, Problem::DuplicateNode { name: "n".into() });
+        let p = problem("cidr: 10.0.0.0/8\nnodes:\n  - {name: n}\n");
+        assert!(matches!(p, Problem::NodeCidrOverlaps { .. }), "{p}");
     }
 
     #[test]

@@ -153,6 +153,7 @@ pub fn state(s: EndpointState) -> &'static str {
         EndpointState::Regenerating => "regenerating",
         EndpointState::Ready => "ready",
         EndpointState::Disconnecting => "disconnecting",
+        EndpointState::WaitingForInterface => "waiting-for-interface",
     }
 }
 

@@ -177,13 +177,19 @@ fn up(file: &std::path::Path, name: Option<String>, output: Output) -> anyhow::R
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&state)?),
         Output::Table => {
+            let nodes = if state.nodes.is_empty() {
+                format!("node namespace {}", state.node_netns)
+            } else {
+                let nodes: Vec<String> =
+                    state.nodes.iter().map(|n| format!("{} ({}, {})", n.name, n.netns, n.ip)).collect();
+                format!("{} nodes {}", nodes.len(), nodes.join(", "))
+            };
             println!(
-                "lab {} is up in {:.1}s: {} pods, {} externals, node namespace {}, gateway {}",
+                "lab {} is up in {:.1}s: {} pods, {} externals, {nodes}, gateway {}",
                 state.name,
                 started.elapsed().as_secs_f64(),
                 state.pods.len(),
                 state.externals.len(),
-                state.node_netns,
                 state.gateway
             );
             print!("{}", hosts_table(&state));
@@ -245,6 +251,10 @@ fn list(names_only: bool, output: Output) -> anyhow::Result<()> {
 
 fn hosts_table(state: &LabState) -> String {
     let mut rows = vec![["POD", "IP", "INTERFACE", "IFINDEX", "NETNS", "PORTS"].map(str::to_owned).to_vec()];
+    let several_nodes = !state.nodes.is_empty();
+    if several_nodes {
+        rows[0].push("NODE".to_owned());
+    }
     let ports = |ports: &[flowgate_lab::topology::ContainerPort]| {
         let list: Vec<String> = ports
             .iter()
@@ -264,6 +274,9 @@ fn hosts_table(state: &LabState) -> String {
             p.netns.clone(),
             ports(&p.ports),
         ]);
+        if several_nodes {
+            rows.last_mut().expect("just pushed").push(p.node.clone().unwrap_or_default());
+        }
     }
     for e in &state.externals {
         rows.push(vec![
@@ -274,6 +287,9 @@ fn hosts_table(state: &LabState) -> String {
             e.netns.clone(),
             ports(&e.ports),
         ]);
+        if let Some(first) = state.nodes.first() {
+            rows.last_mut().expect("just pushed").push(first.name.clone());
+        }
     }
     columns(&rows)
 }

@@ -32,6 +32,9 @@ pub enum EndpointState {
     Regenerating,
     Ready,
     Disconnecting,
+    /// A pod of this node whose node-side interface cannot be found (Kubernetes mode: no host route to its
+    /// address in the node's namespace); looked for again until it is. Since protocol 1.4.
+    WaitingForInterface,
 }
 
 /// One endpoint (a pod on this node).

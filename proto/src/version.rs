@@ -16,7 +16,8 @@ pub struct ProtocolVersion {
 /// `Status::conntrack`. 1.3: addresses in flows and conntrack entries are IPv4 or IPv6 (an IPv4 address
 /// is written as before, so a 1.2 client still reads IPv4 flows; an IPv6 one needs 1.3), endpoints gained
 /// `ipv6`, protocols `ICMPV6`. 1.4: `PolicyMaps` (the policy maps in effect and what they were compiled
-/// from, for `flowgate policy test` and `policy describe NS/NAME`).
+/// from, for `flowgate policy test` and `policy describe NS/NAME`), and the endpoint state
+/// `waiting-for-interface`.
 pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion { major: 1, minor: 4 };
 
 impl ProtocolVersion {

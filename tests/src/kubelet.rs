@@ -1,7 +1,8 @@
-//! The tests play the kubelet's part on the real API server: they create Pod objects bound to a node
-//! (`spec.nodeName`) and write the address through the status subresource, as a kubelet does once the pod's
-//! network is up. Namespaces come with their `default` ServiceAccount (no controller manager runs to make
-//! it, and the API server's ServiceAccount admission wants it).
+//! The tests play the kubelet's part on the real API server: they register Node objects (addresses through
+//! the status subresource), create Pod objects bound to a node (`spec.nodeName`) and write the address
+//! through the status subresource, as a kubelet does once the pod's network is up. Namespaces come with their
+//! `default` ServiceAccount (no controller manager runs to make it, and the API server's ServiceAccount
+//! admission wants it). [`register_lab`] does all of it for a lab, each pod on its lab node.
 
 use std::{
     collections::BTreeMap,
@@ -9,7 +10,7 @@ use std::{
     path::Path,
 };
 
-use flowgate_lab::state::PodState;
+use flowgate_lab::state::{LabState, NodeState, PodState};
 
 use crate::control_plane::ControlPlane;
 
@@ -111,5 +112,50 @@ pub fn lab_pod<'a>(pod: &'a PodState, node: &'a str) -> PodSpec<'a> {
         ports: pod.ports.iter().map(|p| (p.name.as_deref().unwrap_or_default(), p.port, p.protocol.as_str())).collect(),
         ip: pod.ip,
         ipv6: pod.ipv6,
+    }
+}
+
+/// Registers a lab node as a Node object, as its kubelet does: the object, then its addresses (the node's
+/// fabric addresses as InternalIPs, its name as Hostname) through the status subresource.
+pub fn register_node(plane: &ControlPlane, node: &NodeState) {
+    let object = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": node.name, "labels": {"kubernetes.io/hostname": node.name}},
+    });
+    plane.apply(&object.to_string());
+    let addresses = serde_json::json!({"status": {"addresses": [
+        {"type": "InternalIP", "address": node.ip.to_string()},
+        {"type": "InternalIP", "address": node.ipv6.to_string()},
+        {"type": "Hostname", "address": node.name},
+    ]}});
+    plane.kubectl_ok(&[
+        "patch",
+        "node",
+        &node.name,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &addresses.to_string(),
+    ]);
+}
+
+/// Registers a whole lab: its nodes (a lab of several), its namespaces with their labels, and every pod on
+/// its node with its addresses; the pods of a lab that is one node (they name none) are bound to `default_node`.
+pub fn register_lab(plane: &ControlPlane, lab: &LabState, default_node: &str) {
+    for node in &lab.nodes {
+        register_node(plane, node);
+    }
+    for ns in &lab.namespaces {
+        let labels: Vec<(&str, &str)> = ns
+            .labels
+            .iter()
+            .filter(|(k, _)| k.as_str() != flowgate_lab::topology::NAMESPACE_NAME_LABEL)
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        plane.apply(&namespace_manifest(&ns.name, &labels));
+    }
+    for pod in &lab.pods {
+        run_pod(plane, &lab_pod(pod, pod.node.as_deref().unwrap_or(default_node)));
     }
 }

@@ -1,7 +1,8 @@
 //! `flowgate-agent --kubernetes` on the real API server, enforcing on real traffic in a lab: the lab is the
 //! node (its pods' interfaces), the tests play the kubelet (Pod objects bound to `node-1` with the lab's
 //! addresses; the agent finds their interfaces by the node's host routes), policies and labels change through
-//! the API server only. A pod of another node gets an
+//! the API server only. A local pod without a route is listed as waiting for its interface; a deleted pod's
+//! programs are detached from its interface (asked of the kernel). A pod of another node gets an
 //! identity and an ipcache entry; every pod's identity number is the cluster's (a FlowgateIdentity object). After changes made while the agent's API server was down, with etcd
 //! compacted (`410 Gone`), the agent lists again and enforces exactly the new state.
 
@@ -92,6 +93,21 @@ fn wait_for_endpoints(
     }
 }
 
+/// How many TCX programs are attached to `interface` in `netns`: (ingress, egress), as the kernel answers.
+fn tcx_programs(netns: &str, interface: &str) -> (usize, usize) {
+    use aya::programs::{SchedClassifier, TcAttachType};
+    flowgate_lab::in_netns(netns, || {
+        let count = |attach_type| {
+            SchedClassifier::query_tcx(interface, attach_type)
+                .unwrap_or_else(|e| panic!("query the TCX programs of {interface} in {netns}: {e}"))
+                .1
+                .len()
+        };
+        (count(TcAttachType::Ingress), count(TcAttachType::Egress))
+    })
+    .expect("enter the node's namespace")
+}
+
 #[test]
 fn enforces_what_the_api_server_says_and_resyncs_after_gone() {
     flowgate_tests::require_root();
@@ -138,10 +154,18 @@ fn enforces_what_the_api_server_says_and_resyncs_after_gone() {
     let args = ["--kubernetes", "--kubeconfig", &kubeconfig, "--node-name", NODE];
     let agent = AgentGuard::start(&lab.name, &socket, &args);
     let socket_arg = socket.to_str().unwrap();
-    let endpoints = wait_for_endpoints(&agent, socket_arg, "every lab pod ready", |list| {
-        list.len() == lab.state.pods.len() && list.iter().all(|e| e["state"] == "ready")
+    let ready = |list: &[serde_json::Value]| list.iter().filter(|e| e["state"] == "ready").count();
+    let endpoints = wait_for_endpoints(&agent, socket_arg, "every lab pod ready, z/unrouted listed", |list| {
+        ready(list) == lab.state.pods.len() && list.len() == lab.state.pods.len() + 1
     });
     assert!(endpoints.iter().all(|e| e["namespace"] != "z" || e["pod_name"] != "elsewhere"));
+    // The local pod without an interface is listed with the state that says so, and has none.
+    let unrouted = endpoints.iter().find(|e| e["pod_name"] == "unrouted").expect("z/unrouted is listed");
+    assert_eq!(
+        (&unrouted["state"], &unrouted["interface"], &unrouted["ifindex"]),
+        (&serde_json::json!("waiting-for-interface"), &serde_json::json!(""), &serde_json::json!(0)),
+        "{unrouted}"
+    );
     assert!(
         agent.output().contains("pod z/unrouted on node node-1: no host route to 10.200.9.9"),
         "{}",
@@ -187,14 +211,21 @@ fn enforces_what_the_api_server_says_and_resyncs_after_gone() {
     let id_of = |list: &[serde_json::Value], ns: &str, name: &str| {
         list.iter().find(|e| e["namespace"] == ns && e["pod_name"] == name).map(|e| e["id"].clone())
     };
+    // Its programs are detached from its interface (which the lab keeps: a CNI may too), and attached again
+    // when it is back.
     let zc = id_of(&endpoints, "z", "c").expect("z/c is an endpoint");
+    let c = lab.state.pods.iter().find(|p| p.namespace == "z" && p.name == "c").unwrap();
+    assert_eq!(tcx_programs(&lab.state.node_netns, &c.host_ifname), (1, 1), "z/c's interface before");
     plane.kubectl_ok(&["delete", "pod", "-n", "z", "c", "--grace-period=0", "--force"]);
     wait_for_endpoints(&agent, socket_arg, "z/c removed", |list| {
-        list.len() == lab.state.pods.len() - 1 && id_of(list, "z", "c").is_none()
+        ready(list) == lab.state.pods.len() - 1 && id_of(list, "z", "c").is_none()
     });
-    let c = lab.state.pods.iter().find(|p| p.namespace == "z" && p.name == "c").unwrap();
+    assert_eq!(tcx_programs(&lab.state.node_netns, &c.host_ifname), (0, 0), "z/c's interface once it is gone");
     kubelet::run_pod(&plane, &kubelet::lab_pod(c, NODE));
-    wait_for_endpoints(&agent, socket_arg, "z/c back", |list| id_of(list, "z", "c") == Some(zc.clone()));
+    wait_for_endpoints(&agent, socket_arg, "z/c back", |list| {
+        list.iter().any(|e| e["id"] == zc && e["state"] == "ready")
+    });
+    assert_eq!(tcx_programs(&lab.state.node_netns, &c.host_ifname), (1, 1), "z/c's interface once it is back");
 
     // Changes while the agent's API server is down, history compacted: the agent lists again.
     plane.with_apiserver_elsewhere(|plane, elsewhere| {
