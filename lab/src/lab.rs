@@ -150,24 +150,7 @@ fn build(mut state: LabState) -> Result<LabState, LabError> {
     for ns in &node_namespaces {
         netns::sysctls(ns, &node_sysctls).map_err(|source| netns_err(&lab, format!("configure node {ns}"), source))?;
     }
-    let hosts: Vec<Host> = state
-        .pods
-        .iter()
-        .map(|p| Host {
-            netns: p.netns.clone(),
-            ifname: p.host_ifname.clone(),
-            ip: p.ip,
-            ipv6: p.ipv6,
-            node_netns: state.pod_node_netns(p).to_owned(),
-        })
-        .chain(state.externals.iter().map(|e| Host {
-            netns: e.netns.clone(),
-            ifname: e.host_ifname.clone(),
-            ip: e.ip,
-            ipv6: e.ipv6,
-            node_netns: state.node_netns.clone(),
-        }))
-        .collect();
+    let hosts = hosts(&state);
     for host in &hosts {
         netns::sysctls(&host.netns, &COMMON)
             .map_err(|source| netns_err(&lab, format!("configure {}", host.netns), source))?;
@@ -245,6 +228,28 @@ struct Host {
 }
 
 /// The nodes' network: a bridge in the fabric namespace with one veth to each node (its `fabric0`).
+/// The host side of every pod and external host: its namespace, node-side interface, addresses, node.
+fn hosts(state: &LabState) -> Vec<Host> {
+    state
+        .pods
+        .iter()
+        .map(|p| Host {
+            netns: p.netns.clone(),
+            ifname: p.host_ifname.clone(),
+            ip: p.ip,
+            ipv6: p.ipv6,
+            node_netns: state.pod_node_netns(p).to_owned(),
+        })
+        .chain(state.externals.iter().map(|e| Host {
+            netns: e.netns.clone(),
+            ifname: e.host_ifname.clone(),
+            ip: e.ip,
+            ipv6: e.ipv6,
+            node_netns: state.node_netns.clone(),
+        }))
+        .collect()
+}
+
 fn wire_fabric(state: &LabState, fabric: &str) -> Result<(), NetnsError> {
     let mut commands = vec![
         "link set lo up".to_owned(),
@@ -437,17 +442,7 @@ mod tests {
         )
         .unwrap();
         let state = plan::plan(&topology, "mn").unwrap();
-        let hosts: Vec<Host> = state
-            .pods
-            .iter()
-            .map(|p| Host {
-                netns: p.netns.clone(),
-                ifname: p.host_ifname.clone(),
-                ip: p.ip,
-                ipv6: p.ipv6,
-                node_netns: state.pod_node_netns(p).to_owned(),
-            })
-            .collect();
+        let hosts = hosts(&state);
         assert_eq!(
             fabric_routes(&state, "fg-mn-n1", &hosts),
             [
