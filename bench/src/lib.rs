@@ -6,3 +6,4 @@
 //! close it).
 
 pub mod report;
+pub mod traffic;
