@@ -116,6 +116,14 @@ pub fn install(enforcer: Enforcer, lab: &LabState, rules: &RuleSet) -> anyhow::R
 }
 
 impl Installed {
+    /// Why this enforcer will not enforce, once that is certain (so waiting longer would not help).
+    pub fn gave_up(&mut self, node_netns: &str) -> Option<String> {
+        match self {
+            Self::KubeNetworkPolicies(knp) => knp.gave_up(node_netns),
+            _ => None,
+        }
+    }
+
     /// The agent's output, for an error message.
     pub fn log(&self) -> String {
         match self {

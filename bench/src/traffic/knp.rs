@@ -26,7 +26,10 @@ use flowgate_tests::{
     kubelet::{lab_pod, namespace_manifest, run_pod},
 };
 
-use super::{enforcer::NodeRules, rules::RuleSet};
+use super::{
+    enforcer::{NodeRules, run_in},
+    rules::RuleSet,
+};
 
 /// Overrides where the binary is looked for (as in `scripts/build-kube-network-policies.sh`).
 pub const KNP_BIN_ENV: &str = "FLOWGATE_KNP_BIN";
@@ -157,10 +160,54 @@ pub struct KubeNetworkPolicies {
 }
 
 impl KubeNetworkPolicies {
-    /// Its log so far, and its exit status if it has exited.
+    /// Its log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Why it will not enforce, once that is certain: it exited, or its controller dropped the sync after its
+    /// retries (`"Dropping out of the queue"`); with the distinct error lines of its log and, when the kernel
+    /// refuses nftables' `queue` statement, that refusal.
+    pub fn gave_up(&mut self, node_netns: &str) -> Option<String> {
+        let log = self.log();
+        let why = match self.child.try_wait() {
+            Ok(Some(status)) => format!("kube-network-policies exited ({status})"),
+            _ if log.contains("Dropping out of the queue") => {
+                "kube-network-policies gave up syncing its nftables rules".to_owned()
+            }
+            _ => return None,
+        };
+        let mut errors: Vec<&str> = Vec::new();
+        // Without klog's time and pid prefix, so repeats of one message count once.
+        for line in log.lines().map(|l| l.split_once("] ").map_or(l, |(_, m)| m).trim()) {
+            let interesting = line.contains("error") || line.contains("netlink") || line.contains("panic");
+            if interesting && !errors.contains(&line) && errors.len() < 6 {
+                errors.push(line);
+            }
+        }
+        let kernel = match queue_support(node_netns) {
+            Ok(()) => "the kernel accepts nftables' queue statement".to_owned(),
+            Err(e) => format!("the kernel refuses nftables' queue statement, which it needs: {e}"),
+        };
+        Some(format!("{why}; {kernel}; its log: {}", errors.join(" | ")))
+    }
+}
+
+/// Whether `netns` takes an nftables rule with a `queue` statement (kube-network-policies sends every new
+/// connection's first packet to user space that way): `nft -f -` of a scratch table, deleted again.
+pub fn queue_support(netns: &str) -> anyhow::Result<()> {
+    const TABLE: &str = "flowgate_bench_queue_check";
+    let result = run_in(
+        netns,
+        "nft",
+        &["-f", "-"],
+        Some(&format!(
+            "table inet {TABLE} {{\n  chain c {{\n    type filter hook postrouting priority 0;\n    queue num 100 \
+             bypass\n  }}\n}}\n"
+        )),
+    );
+    let _ = run_in(netns, "nft", &["delete", "table", "inet", TABLE], None);
+    result
 }
 
 impl Drop for KubeNetworkPolicies {

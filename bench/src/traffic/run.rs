@@ -87,7 +87,7 @@ pub fn run(plan: &Plan, pods: &Pods<'_>, servers: &Servers, mut knp: Option<&mut
                     },
                     other => enforcer::install(other, pods.lab, &rules),
                 };
-                let installed = match installed {
+                let mut installed = match installed {
                     Ok(i) => i,
                     Err(e) => {
                         eprintln!("traffic: {} at {size} rules could not start: {e:#}", enforcer.name());
@@ -95,7 +95,7 @@ pub fn run(plan: &Plan, pods: &Pods<'_>, servers: &Servers, mut knp: Option<&mut
                         continue;
                     }
                 };
-                match wait_enforcing(enforcer, pods, servers, &installed) {
+                match wait_enforcing(enforcer, pods, servers, &mut installed) {
                     Ok(refused) => {
                         result.probes.entry(enforcer).or_insert(Ok(refused));
                     }
@@ -134,7 +134,7 @@ fn wait_enforcing(
     enforcer: Enforcer,
     pods: &Pods<'_>,
     servers: &Servers,
-    installed: &Installed,
+    installed: &mut Installed,
 ) -> anyhow::Result<bool> {
     let started = Instant::now();
     loop {
@@ -144,6 +144,9 @@ fn wait_enforcing(
             if enforcer == Enforcer::Baseline { probe.tcp_admitted && probe.udp_admitted } else { probe.refused() };
         if client && expected {
             return Ok(probe.refused());
+        }
+        if let Some(why) = installed.gave_up(&pods.lab.node_netns) {
+            anyhow::bail!("not enforcing after {:?} (probe from the intruder pod {probe:?}): {why}", started.elapsed());
         }
         if started.elapsed() > ENFORCING_WITHIN {
             let log = installed.log();
