@@ -30,10 +30,10 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_values_t = [10, 1000, 10_000])]
     sizes: Vec<usize>,
     /// Interleaved rounds per size.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     rounds: usize,
     /// Seconds per load, enforcer and round.
-    #[arg(long, default_value_t = 1.5)]
+    #[arg(long, default_value_t = 1.2)]
     seconds: f64,
     /// Which enforcers (the baseline is always measured): flowgate, iptables, iptables-conntrack, ipset,
     /// kube-network-policies.

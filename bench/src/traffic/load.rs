@@ -193,43 +193,88 @@ impl Load {
     }
 }
 
-/// Runs `load` from the client pod's namespace to the server for `duration` (plus a short warm-up that is
-/// not counted) and returns the rate. Fails when nothing got through (the enforcer refused the client).
+/// How many slices a window is cut into; the best one is the figure.
+pub const SLICES: u32 = 8;
+
+/// A load's rate over its whole window and over its best slice. The machine is shared: another process
+/// taking a core for a moment lowers the mean of whatever runs then, much less the best slice, which is what
+/// the figures use (every enforcer and the baseline alike).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Rate {
+    pub mean: f64,
+    pub best_slice: f64,
+}
+
+/// A window of `duration` cut into [`SLICES`] slices, fed with a cumulative count.
+struct Window {
+    started: Instant,
+    duration: Duration,
+    slice: Duration,
+    slice_started: Instant,
+    slice_count: u64,
+    best: f64,
+    count: u64,
+}
+
+impl Window {
+    fn start(duration: Duration) -> Self {
+        let now = Instant::now();
+        Self {
+            started: now,
+            duration,
+            slice: duration / SLICES,
+            slice_started: now,
+            slice_count: 0,
+            best: 0.0,
+            count: 0,
+        }
+    }
+
+    /// Takes the cumulative count; false once the window is over.
+    fn tick(&mut self, count: u64) -> bool {
+        let now = Instant::now();
+        let in_slice = now - self.slice_started;
+        if in_slice >= self.slice {
+            self.best = self.best.max((count - self.slice_count) as f64 / in_slice.as_secs_f64());
+            (self.slice_started, self.slice_count) = (now, count);
+        }
+        self.count = count;
+        now - self.started < self.duration && count < MAX_OPERATIONS
+    }
+
+    fn rate(&self) -> Rate {
+        Rate { mean: self.count as f64 / self.started.elapsed().as_secs_f64(), best_slice: self.best }
+    }
+}
+
+/// Runs `load` from the client pod's namespace to the server for `duration` (after a short warm-up that is
+/// not counted) and returns its rate. Fails when nothing got through (the enforcer refused the client).
 pub fn run(
     load: Load,
     client_netns: &str,
     servers: &Servers,
     server: Ipv4Addr,
     duration: Duration,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Rate> {
     let addr = SocketAddr::V4(SocketAddrV4::new(server, PORT));
     servers.echo.store(load == Load::RequestResponse, Ordering::Relaxed);
     let warm_up = (duration / 10).min(Duration::from_millis(200));
-    let (done, elapsed) = match load {
+    let rate = match load {
         Load::Connections => {
             netns::in_netns(client_netns, move || connections(addr, warm_up, duration))?.context("connections")?
         }
         Load::RequestResponse => netns::in_netns(client_netns, move || request_response(addr, warm_up, duration))?
             .context("request/response")?,
         Load::UdpPackets => {
-            let before = AtomicU64::new(0);
-            let sent = netns::in_netns(client_netns, || {
-                udp_packets(addr, warm_up, duration, || before.store(servers.udp_from_client(), Ordering::Relaxed))
-            })?
-            .context("UDP packets")?;
-            // Datagrams in flight arrive within a moment.
-            std::thread::sleep(Duration::from_millis(50));
-            let received = servers.udp_from_client() - before.load(Ordering::Relaxed);
-            anyhow::ensure!(received <= sent.0 + 1_000, "the server counted {received} datagrams of {} sent", sent.0);
-            (received, sent.1)
+            netns::in_netns(client_netns, || udp_packets(addr, warm_up, duration, || servers.udp_from_client()))?
+                .context("UDP packets")?
         }
     };
-    anyhow::ensure!(done > 0, "{} from {client_netns} to {addr}: nothing got through", load.name());
-    Ok(done as f64 / elapsed.as_secs_f64())
+    anyhow::ensure!(rate.mean > 0.0, "{} from {client_netns} to {addr}: nothing got through", load.name());
+    Ok(rate)
 }
 
-/// Connections completed and the time counted.
-fn connections(addr: SocketAddr, warm_up: Duration, duration: Duration) -> anyhow::Result<(u64, Duration)> {
+fn connections(addr: SocketAddr, warm_up: Duration, duration: Duration) -> anyhow::Result<Rate> {
     let one = || -> std::io::Result<()> {
         let mut stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
         let mut byte = [0u8; 1];
@@ -243,15 +288,15 @@ fn connections(addr: SocketAddr, warm_up: Duration, duration: Duration) -> anyho
     while Instant::now() < until {
         one().with_context(|| format!("warm-up connection to {addr}"))?;
     }
-    let (started, mut done) = (Instant::now(), 0u64);
-    while done < MAX_OPERATIONS && started.elapsed() < duration {
+    let (mut window, mut done) = (Window::start(duration), 0u64);
+    while window.tick(done) {
         one().with_context(|| format!("connection {} to {addr}", done + 1))?;
         done += 1;
     }
-    Ok((done, started.elapsed()))
+    Ok(window.rate())
 }
 
-fn request_response(addr: SocketAddr, warm_up: Duration, duration: Duration) -> anyhow::Result<(u64, Duration)> {
+fn request_response(addr: SocketAddr, warm_up: Duration, duration: Duration) -> anyhow::Result<Rate> {
     let mut stream =
         TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).with_context(|| format!("connecting to {addr}"))?;
     stream.set_nodelay(true)?;
@@ -265,28 +310,24 @@ fn request_response(addr: SocketAddr, warm_up: Duration, duration: Duration) -> 
     while Instant::now() < until {
         transact(&mut stream).context("warm-up transaction")?;
     }
-    let (started, mut done) = (Instant::now(), 0u64);
-    'outer: while done < MAX_OPERATIONS {
-        // The clock is read once per 64 transactions.
-        for _ in 0..64 {
+    let (mut window, mut done) = (Window::start(duration), 0u64);
+    // The clock is read once per 16 transactions.
+    while window.tick(done) {
+        for _ in 0..16 {
             transact(&mut stream).with_context(|| format!("transaction {} with {addr}", done + 1))?;
             done += 1;
         }
-        if started.elapsed() >= duration {
-            break 'outer;
-        }
     }
-    Ok((done, started.elapsed()))
+    Ok(window.rate())
 }
 
-/// Sends for `warm_up`, calls `mark` (the server's count at the start), then sends for `duration`. Returns
-/// datagrams sent after the mark and the time counted.
+/// Sends for `warm_up`, then for `duration`, counting what the server received (`received`, cumulative).
 fn udp_packets(
     addr: SocketAddr,
     warm_up: Duration,
     duration: Duration,
-    mark: impl FnOnce(),
-) -> anyhow::Result<(u64, Duration)> {
+    received: impl Fn() -> u64,
+) -> anyhow::Result<Rate> {
     let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).context("binding a UDP socket")?;
     socket.connect(addr).with_context(|| format!("connecting a UDP socket to {addr}"))?;
     let send = |socket: &UdpSocket| {
@@ -297,18 +338,14 @@ fn udp_packets(
     while Instant::now() < until {
         send(&socket);
     }
-    mark();
-    let (started, mut sent) = (Instant::now(), 0u64);
-    while sent < MAX_OPERATIONS {
-        for _ in 0..64 {
+    let before = received();
+    let mut window = Window::start(duration);
+    while window.tick(received() - before) {
+        for _ in 0..16 {
             send(&socket);
         }
-        sent += 64;
-        if started.elapsed() >= duration {
-            break;
-        }
     }
-    Ok((sent, started.elapsed()))
+    Ok(window.rate())
 }
 
 /// What the probe from a pod the policy does not admit saw.

@@ -110,14 +110,15 @@ pub fn run(plan: &Plan, pods: &Pods<'_>, servers: &Servers, mut knp: Option<&mut
                     let rate = load::run(load, &pods.client_netns, servers, pods.server, plan.duration)
                         .with_context(|| format!("{} under {} at {size} rules", load.name(), enforcer.name()))?;
                     println!(
-                        "  round {}, {size} rules, {:<30} {:<22} {:>12.0} {}",
+                        "  round {}, {size} rules, {:<30} {:<22} {:>9.0} {} (best slice; mean {:.0})",
                         round + 1,
                         enforcer.name(),
                         load.name(),
-                        rate,
-                        load.unit()
+                        rate.best_slice,
+                        load.unit(),
+                        rate.mean,
                     );
-                    rates.insert((enforcer, load), rate);
+                    rates.insert((enforcer, load), rate.best_slice);
                 }
                 drop(installed);
             }
@@ -210,7 +211,13 @@ fn figures(section: &mut Section, size: usize, plan: &Plan, result: &SizeResult)
     for load in Load::ALL {
         let base: Vec<f64> = rounds.iter().filter_map(|r| r.get(&(Enforcer::Baseline, load)).copied()).collect();
         if let Some(m) = median(base.clone()) {
-            let note = format!("median of {} rounds of {:?} each; {}", base.len(), plan.duration, spread(&base));
+            let note = format!(
+                "median over {} rounds of the best of {} slices of {:?}; {}",
+                base.len(),
+                load::SLICES,
+                plan.duration,
+                spread(&base)
+            );
             section.push(
                 Figure::new(format!("{}, {}, {rules}", Enforcer::Baseline.name(), load.name()), m, load.unit())
                     .note(note),
