@@ -90,6 +90,11 @@ impl Servers {
     fn udp_from_client(&self) -> u64 {
         self.counters.udp_from_client.load(Ordering::Relaxed)
     }
+
+    /// The client pod's address the counters are kept for.
+    pub fn client(&self) -> Ipv4Addr {
+        self.client
+    }
 }
 
 impl Drop for Servers {
@@ -397,11 +402,4 @@ pub fn client_admitted(client_netns: &str, servers: &Servers, server: Ipv4Addr) 
         std::thread::sleep(Duration::from_millis(5));
     }
     Ok(tcp && servers.udp_from_client() > before)
-}
-
-impl Servers {
-    /// The client pod's address the counters are kept for.
-    pub fn client(&self) -> Ipv4Addr {
-        self.client
-    }
 }

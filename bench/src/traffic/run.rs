@@ -9,7 +9,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::report::{Figure, Section, Target};
 use anyhow::Context as _;
 use flowgate_lab::LabState;
 
@@ -19,6 +18,7 @@ use super::{
     load::{self, Load, Servers},
     rules::RuleSet,
 };
+use crate::report::{Figure, Section, Target};
 
 /// How long an enforcer may take, once started, until the probe is refused and the client admitted.
 pub const ENFORCING_WITHIN: Duration = Duration::from_secs(60);
@@ -49,16 +49,17 @@ type Round = BTreeMap<(Enforcer, Load), f64>;
 #[derive(Default)]
 struct SizeResult {
     rounds: Vec<Round>,
-    /// Whether the probe was refused, per enforcer (the first round's probe), or why it could not run.
+    /// Whether the probe was refused, per enforcer (checked in every round before measuring; the first
+    /// round's outcome), or why the enforcer could not run.
     probes: BTreeMap<Enforcer, Result<bool, String>>,
     /// Time from starting the enforcer to enforcement, per enforcer, per round.
     enforcing_after: BTreeMap<Enforcer, Vec<Duration>>,
 }
 
-/// Runs the plan and returns the section's figures.
 /// kube-network-policies' cluster, or why it could not be set up.
 pub type KnpState = Result<KnpCluster, String>;
 
+/// Runs the plan and returns the section's figures.
 pub fn run(plan: &Plan, pods: &Pods<'_>, servers: &Servers, mut knp: Option<&mut KnpState>) -> anyhow::Result<Section> {
     let mut section = Section::new("traffic");
     for &size in &plan.sizes {
@@ -199,7 +200,8 @@ fn figures(section: &mut Section, size: usize, plan: &Plan, result: &SizeResult)
                     f.note("no enforcer: the probe must get through, which shows it can see a pass")
                 } else {
                     f.target(Target::at_least(1.0)).note(format!(
-                        "TCP connect and 10 UDP datagrams; enforcing {} ms after start",
+                        "TCP connect and 10 UDP datagrams, refused in every round before measuring; enforcing \
+                         {} ms after start in the first round (the probe included)",
                         after.as_millis()
                     ))
                 }
