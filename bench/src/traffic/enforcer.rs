@@ -116,6 +116,16 @@ pub fn install(enforcer: Enforcer, lab: &LabState, rules: &RuleSet) -> anyhow::R
 }
 
 impl Installed {
+    /// User plus system CPU time the enforcer's process has taken so far (none for rules in the kernel).
+    pub fn process_cpu(&self) -> Option<std::time::Duration> {
+        let pid = match self {
+            Self::Flowgate { agent, .. } => agent.pid(),
+            Self::KubeNetworkPolicies(knp) => knp.pid(),
+            Self::Nothing | Self::Netfilter(_) => return None,
+        };
+        process_cpu(pid)
+    }
+
     /// Why this enforcer will not enforce, once that is certain (so waiting longer would not help).
     pub fn gave_up(&mut self, node_netns: &str) -> Option<String> {
         match self {
@@ -199,4 +209,15 @@ pub fn run_in(netns_name: &str, program: &str, args: &[&str], stdin: Option<&str
         String::from_utf8_lossy(&output.stderr).trim()
     );
     Ok(())
+}
+
+/// User plus system CPU time of process `pid` (`/proc/PID/stat`, fields 14 and 15, in clock ticks).
+pub fn process_cpu(pid: u32) -> Option<std::time::Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid ...": fields after the last ')' start at field 3.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok().filter(|t| *t > 0)?;
+    Some(std::time::Duration::from_micros(ticks * 1_000_000 / per_second))
 }

@@ -160,6 +160,10 @@ pub struct KubeNetworkPolicies {
 }
 
 impl KubeNetworkPolicies {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Its log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

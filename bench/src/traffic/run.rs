@@ -54,6 +54,9 @@ struct SizeResult {
     probes: BTreeMap<Enforcer, Result<bool, String>>,
     /// Time from starting the enforcer to enforcement, per enforcer, per round.
     enforcing_after: BTreeMap<Enforcer, Vec<Duration>>,
+    /// CPU the enforcer's own process took while a load ran, per (enforcer, load), per round: (share of a
+    /// core, microseconds per operation).
+    process_cpu: BTreeMap<(Enforcer, Load), Vec<(f64, f64)>>,
 }
 
 /// kube-network-policies' cluster, or why it could not be set up.
@@ -108,8 +111,14 @@ pub fn run(plan: &Plan, pods: &Pods<'_>, servers: &Servers, mut knp: Option<&mut
                 }
                 result.enforcing_after.entry(enforcer).or_default().push(started.elapsed());
                 for load in Load::ALL {
+                    let (cpu_before, wall) = (installed.process_cpu(), Instant::now());
                     let rate = load::run(load, &pods.client_netns, servers, pods.server, plan.duration)
                         .with_context(|| format!("{} under {} at {size} rules", load.name(), enforcer.name()))?;
+                    if let (Some(before), Some(after)) = (cpu_before, installed.process_cpu()) {
+                        let (cpu, wall) = ((after - before).as_secs_f64(), wall.elapsed().as_secs_f64());
+                        let per_op_us = cpu / (rate.mean * wall) * 1e6;
+                        result.process_cpu.entry((enforcer, load)).or_default().push((cpu / wall, per_op_us));
+                    }
                     println!(
                         "  round {}, {size} rules, {:<30} {:<22} {:>9.0} {} (best slice; mean {:.0})",
                         round + 1,
@@ -240,6 +249,25 @@ fn figures(section: &mut Section, size: usize, plan: &Plan, result: &SizeResult)
                 f = f.target(Target::at_least(0.90));
             }
             section.push(f);
+        }
+        for &enforcer in &plan.enforcers {
+            let Some(samples) = result.process_cpu.get(&(enforcer, load)) else { continue };
+            let share = median(samples.iter().map(|s| s.0 * 100.0).collect()).unwrap_or_default();
+            let per_op = median(samples.iter().map(|s| s.1).collect()).unwrap_or_default();
+            section.push(
+                Figure::new(
+                    format!("{} process CPU during {}, {rules}", enforcer.name(), load.name()),
+                    share,
+                    "% of a core",
+                )
+                .note(format!(
+                    "user + system time of the enforcer's process (for flowgate: the agent reading, decoding and \
+                         enriching the kernel's records) while the load ran, median of {} rounds; about {per_op:.2} \
+                         us per {}",
+                    samples.len(),
+                    load.unit().trim_end_matches("/s").trim_end_matches('s')
+                )),
+            );
         }
         // flowgate against each alternative, within each round.
         for &other in plan.enforcers.iter().filter(|e| !matches!(e, Enforcer::Baseline | Enforcer::Flowgate)) {
