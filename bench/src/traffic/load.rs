@@ -30,6 +30,26 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
 /// Idle wake-up of the server threads, to notice the stop flag.
 const SERVER_TICK: Duration = Duration::from_millis(100);
 
+/// The CPU the client's threads run on, and the one the servers' threads run on (when there are two).
+/// Pinned, because a request/response pair on one core or across two differs by 3x here, and the
+/// scheduler's choice would otherwise decide the figure.
+const CLIENT_CPU: usize = 0;
+const SERVER_CPU: usize = 1;
+
+/// Pins the calling thread to `cpu`, if the machine has it.
+fn pin_to(cpu: usize) {
+    if std::thread::available_parallelism().map_or(1, std::num::NonZero::get) <= cpu {
+        return;
+    }
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET stays within it (cpu < the CPUs there are, far
+    // below CPU_SETSIZE); sched_setaffinity(0, ...) changes the calling thread only.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
 /// Counters the servers keep.
 #[derive(Debug, Default)]
 struct ServerCounters {
@@ -116,6 +136,7 @@ fn serve_tcp(
     echo: &AtomicBool,
     stop: &AtomicBool,
 ) {
+    pin_to(SERVER_CPU);
     let mut echoes: Vec<JoinHandle<()>> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         let Ok((stream, from)) = listener.accept() else {
@@ -140,6 +161,7 @@ fn serve_tcp(
 }
 
 fn echo_bytes(mut stream: TcpStream) {
+    pin_to(SERVER_CPU);
     let _ = stream.set_nodelay(true);
     // Bounded: a silent client is dropped after a while.
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
@@ -152,6 +174,7 @@ fn echo_bytes(mut stream: TcpStream) {
 }
 
 fn serve_udp(socket: &UdpSocket, client: Ipv4Addr, counters: &ServerCounters, stop: &AtomicBool) {
+    pin_to(SERVER_CPU);
     let mut buf = [0u8; 2048];
     while !stop.load(Ordering::Relaxed) {
         match socket.recv_from(&mut buf) {
@@ -280,6 +303,7 @@ pub fn run(
 }
 
 fn connections(addr: SocketAddr, warm_up: Duration, duration: Duration) -> anyhow::Result<Rate> {
+    pin_to(CLIENT_CPU);
     let one = || -> std::io::Result<()> {
         let mut stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
         let mut byte = [0u8; 1];
@@ -302,6 +326,7 @@ fn connections(addr: SocketAddr, warm_up: Duration, duration: Duration) -> anyho
 }
 
 fn request_response(addr: SocketAddr, warm_up: Duration, duration: Duration) -> anyhow::Result<Rate> {
+    pin_to(CLIENT_CPU);
     let mut stream =
         TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).with_context(|| format!("connecting to {addr}"))?;
     stream.set_nodelay(true)?;
@@ -333,6 +358,7 @@ fn udp_packets(
     duration: Duration,
     received: impl Fn() -> u64,
 ) -> anyhow::Result<Rate> {
+    pin_to(CLIENT_CPU);
     let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).context("binding a UDP socket")?;
     socket.connect(addr).with_context(|| format!("connecting a UDP socket to {addr}"))?;
     let send = |socket: &UdpSocket| {
