@@ -40,6 +40,7 @@ bench: setup
 	$(CARGO) run --release --locked -p flowgate-agent --bin flowgate-bench
 	$(CARGO) run --release --locked -p flowgate-cli --bin flowgate-tui-bench
 	$(CARGO) run --release --locked -p flowgate-benchmarks --bin flowgate-bench-datapath
+	$(CARGO) run --release --locked -p flowgate-benchmarks --bin flowgate-bench-traffic
 	$(CARGO) run --release --locked -p flowgate-benchmarks --bin flowgate-bench-report
 
 # Fuzzing (cargo-fuzz, libFuzzer, on the pinned nightly): each target for FUZZ_SECONDS. New inputs grow

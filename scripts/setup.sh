@@ -17,9 +17,10 @@ fi
 # procps (pgrep/pkill), util-linux (nsenter), psmisc for the tests and the demo. protobuf-compiler and
 # python3-protobuf: the JSON output is checked against Hubble's flow.proto. prometheus: the metrics test.
 # time (GNU time): the export test measures the exporter's peak memory with it. openssl: the Kubernetes tests'
-# CA and certificates. man-db: the install test formats every manual page with `man -l`.
+# CA and certificates. man-db: the install test formats every manual page with `man -l`. iptables, ipset and
+# nftables: the traffic benchmark enforces the same policies with them side by side with flowgate.
 PACKAGES=(llvm-22-dev iproute2 tmux procps util-linux psmisc ca-certificates curl pkg-config build-essential
-          protobuf-compiler python3-protobuf prometheus time openssl man-db)
+          protobuf-compiler python3-protobuf prometheus time openssl man-db iptables ipset nftables)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -84,3 +85,5 @@ getent group flowgate >/dev/null || groupadd --system flowgate
 # etcd, kube-apiserver and kubectl for the Kubernetes-mode tests, built from the Go modules pinned in
 # tools/k8s/go.mod into /var/cache/flowgate (about 11 minutes the first time on 2 cores; nothing after).
 bash "$(dirname "$0")/build-control-plane.sh"
+# kube-network-policies v0.8.0 for the traffic benchmark, from tools/knp/go.mod (about a minute the first time).
+bash "$(dirname "$0")/build-kube-network-policies.sh"

@@ -7,3 +7,4 @@
 
 pub mod datapath;
 pub mod report;
+pub mod traffic;

@@ -1,0 +1,122 @@
+//! `flowgate-bench-traffic`: section "traffic" of `make bench`. Brings up a lab of three pods (client, server,
+//! intruder), and measures new TCP connections, TCP request/response and UDP packets per second between client
+//! and server with no policy and under each enforcer at each size, interleaved; prints every measurement and
+//! the figures, and writes `bench/results.d/traffic.json`. Runs as root (namespaces, eBPF, netfilter).
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::Context as _;
+use clap::Parser;
+use flowgate_benchmarks::{
+    report,
+    traffic::{
+        TOPOLOGY,
+        enforcer::Enforcer,
+        knp::KnpCluster,
+        load::Servers,
+        rules,
+        run::{self, Plan, Pods},
+    },
+};
+use flowgate_tests::{LabGuard, TempDir};
+
+#[derive(Parser, Debug)]
+#[command(about = "flowgate side by side with iptables, ipset and kube-network-policies, on real traffic")]
+struct Args {
+    /// A smoke run: 10 rules, one round of 0.3 s per load (figures are not meaningful).
+    #[arg(long)]
+    quick: bool,
+    /// Rule set sizes (peers the policy admits, the client included).
+    #[arg(long, value_delimiter = ',', default_values_t = [10, 1000, 10_000])]
+    sizes: Vec<usize>,
+    /// Interleaved rounds per size.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Seconds per load, enforcer and round.
+    #[arg(long, default_value_t = 1.2)]
+    seconds: f64,
+    /// Which enforcers (the baseline is always measured): flowgate, iptables, iptables-conntrack, ipset,
+    /// kube-network-policies.
+    #[arg(long, value_delimiter = ',', default_values_t = ["flowgate".to_owned(), "iptables".to_owned(),
+        "iptables-conntrack".to_owned(), "ipset".to_owned(), "kube-network-policies".to_owned()])]
+    enforcers: Vec<String>,
+    /// Where `results.d/traffic.json` goes (default: bench/).
+    #[arg(long)]
+    results_dir: Option<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    flowgate_tests::require_root();
+    let mut enforcers = vec![Enforcer::Baseline];
+    for key in &args.enforcers {
+        let e = Enforcer::from_key(key).with_context(|| format!("unknown enforcer {key:?}"))?;
+        if !enforcers.contains(&e) {
+            enforcers.push(e);
+        }
+    }
+    let plan = if args.quick {
+        Plan { sizes: vec![10], rounds: 1, duration: Duration::from_millis(300), enforcers }
+    } else {
+        Plan {
+            sizes: args.sizes.clone(),
+            rounds: args.rounds,
+            duration: Duration::from_secs_f64(args.seconds),
+            enforcers,
+        }
+    };
+    println!(
+        "traffic: sizes {:?}, {} round(s), {:?} per load; enforcers: {}",
+        plan.sizes,
+        plan.rounds,
+        plan.duration,
+        plan.enforcers.iter().map(|e| e.name()).collect::<Vec<_>>().join(", ")
+    );
+
+    let topology = TempDir::new("bench-traffic");
+    let file = topology.path().join("lab.yaml");
+    std::fs::write(&file, TOPOLOGY).with_context(|| format!("writing {}", file.display()))?;
+    let lab = LabGuard::up("bt", &file);
+    let pod = |name: &str| {
+        lab.state
+            .pod(rules::NAMESPACE, name)
+            .with_context(|| format!("lab {} has no pod {}/{name}", lab.name, rules::NAMESPACE))
+    };
+    let (client, server, intruder) = (pod("client")?, pod("server")?, pod("intruder")?);
+    let pods = Pods {
+        lab: &lab.state,
+        client_netns: client.netns.clone(),
+        intruder_netns: intruder.netns.clone(),
+        client: client.ip,
+        server: server.ip,
+    };
+    let servers = Servers::start(&server.netns, client.ip)?;
+    let mut knp = plan.enforcers.contains(&Enforcer::KubeNetworkPolicies).then(|| start_knp(&lab.state));
+    let section = run::run(&plan, &pods, &servers, knp.as_mut())?;
+    drop(knp);
+    drop(servers);
+    let dir = args.results_dir.unwrap_or_else(report::results_dir);
+    let path = section.write(&dir)?;
+    println!("written: {}", path.display());
+    Ok(())
+}
+
+/// kube-network-policies' control plane and pods, or why they could not be set up (the control plane's helper
+/// panics with its logs on failure; that message is kept).
+fn start_knp(lab: &flowgate_lab::LabState) -> run::KnpState {
+    let started = std::time::Instant::now();
+    let result = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| KnpCluster::start(lab))) {
+        Ok(Ok(cluster)) => Ok(cluster),
+        Ok(Err(e)) => Err(format!("{e:#}")),
+        Err(panic) => Err(panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_else(|| "setting up its control plane panicked".to_owned())),
+    };
+    match &result {
+        Ok(_) => println!("traffic: kube-network-policies' API server and pods ready in {:?}", started.elapsed()),
+        Err(e) => eprintln!("traffic: kube-network-policies cannot run: {e}"),
+    }
+    result
+}

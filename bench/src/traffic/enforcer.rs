@@ -1,0 +1,223 @@
+//! The enforcers side by side, each put in place on the lab for one measurement and removed after it, so the
+//! next one starts from a clean node: nothing (the baseline), flowgate's agent, iptables rules (with and
+//! without the conntrack shortcut), iptables with ipset, and kube-network-policies ([`super::knp`]). Rules go
+//! into the lab's node namespace only (the machine's own namespace is never touched); removing them flushes
+//! that namespace's nftables ruleset (the iptables-nft backend's tables) and destroys its sets.
+
+use std::{
+    io::Write as _,
+    path::PathBuf,
+    process::{Command, Stdio},
+};
+
+use anyhow::Context as _;
+use flowgate_lab::{LabState, netns};
+use flowgate_tests::agent::{AgentGuard, SocketDir};
+
+use super::{knp::KubeNetworkPolicies, rules::RuleSet};
+
+/// Who enforces (or nobody).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Enforcer {
+    Baseline,
+    Flowgate,
+    /// One iptables rule per peer and protocol, every packet walks them.
+    Iptables,
+    /// The same, behind `-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`.
+    IptablesConntrack,
+    /// iptables with ipset, as kube-router and Calico's iptables mode write it (conntrack shortcut first).
+    Ipset,
+    KubeNetworkPolicies,
+}
+
+impl Enforcer {
+    pub const ALL: [Self; 6] = [
+        Self::Baseline,
+        Self::Flowgate,
+        Self::Iptables,
+        Self::IptablesConntrack,
+        Self::Ipset,
+        Self::KubeNetworkPolicies,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Baseline => "baseline (no policy)",
+            Self::Flowgate => "flowgate",
+            Self::Iptables => "iptables",
+            Self::IptablesConntrack => "iptables + conntrack shortcut",
+            Self::Ipset => "iptables + ipset",
+            Self::KubeNetworkPolicies => "kube-network-policies",
+        }
+    }
+
+    /// The name on the command line (`--enforcers`).
+    pub fn key(self) -> &'static str {
+        match self {
+            Self::Baseline => "baseline",
+            Self::Flowgate => "flowgate",
+            Self::Iptables => "iptables",
+            Self::IptablesConntrack => "iptables-conntrack",
+            Self::Ipset => "ipset",
+            Self::KubeNetworkPolicies => "kube-network-policies",
+        }
+    }
+
+    pub fn from_key(key: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.key() == key)
+    }
+}
+
+/// An enforcer in place; dropping it removes it.
+pub enum Installed {
+    Nothing,
+    Flowgate {
+        // Field order: the agent stops before its socket directory and policies go.
+        agent: AgentGuard,
+        _sockets: SocketDir,
+        _policies: PolicyDir,
+    },
+    Netfilter(NodeRules),
+    KubeNetworkPolicies(Box<KubeNetworkPolicies>),
+}
+
+/// Puts `enforcer` in place for `rules` on `lab`. kube-network-policies is started apart
+/// ([`KubeNetworkPolicies::start`]) and passed in here to be counted as installed.
+pub fn install(enforcer: Enforcer, lab: &LabState, rules: &RuleSet) -> anyhow::Result<Installed> {
+    match enforcer {
+        Enforcer::Baseline => Ok(Installed::Nothing),
+        Enforcer::Flowgate => {
+            let policies = PolicyDir::new(&format!("{}-{}", lab.name, rules.size))?;
+            let file = policies.0.join("bench.yaml");
+            std::fs::write(&file, rules.network_policy()).with_context(|| format!("writing {}", file.display()))?;
+            let sockets = SocketDir::new(&format!("bench-{}", lab.name));
+            let socket = sockets.socket("agent");
+            let dir = policies.0.to_str().context("policy directory path is not UTF-8")?.to_owned();
+            let agent = AgentGuard::start(&lab.name, &socket, &["--policies", &dir, "--no-pin"]);
+            Ok(Installed::Flowgate { agent, _sockets: sockets, _policies: policies })
+        }
+        Enforcer::Iptables | Enforcer::IptablesConntrack | Enforcer::Ipset => {
+            // Removal first: a half-installed set of rules is removed too.
+            let node = NodeRules::new(&lab.node_netns);
+            if enforcer == Enforcer::Ipset {
+                run_in(&node.netns, "ipset", &["restore"], Some(&rules.ipset_restore()))?;
+            }
+            let text = match enforcer {
+                Enforcer::Ipset => rules.iptables_ipset(),
+                other => rules.iptables_plain(other == Enforcer::IptablesConntrack),
+            };
+            run_in(&node.netns, "iptables-restore", &[], Some(&text))?;
+            Ok(Installed::Netfilter(node))
+        }
+        Enforcer::KubeNetworkPolicies => {
+            anyhow::bail!("kube-network-policies is started with KubeNetworkPolicies::start, not install")
+        }
+    }
+}
+
+impl Installed {
+    /// User plus system CPU time the enforcer's process has taken so far (none for rules in the kernel).
+    pub fn process_cpu(&self) -> Option<std::time::Duration> {
+        let pid = match self {
+            Self::Flowgate { agent, .. } => agent.pid(),
+            Self::KubeNetworkPolicies(knp) => knp.pid(),
+            Self::Nothing | Self::Netfilter(_) => return None,
+        };
+        process_cpu(pid)
+    }
+
+    /// Why this enforcer will not enforce, once that is certain (so waiting longer would not help).
+    pub fn gave_up(&mut self, node_netns: &str) -> Option<String> {
+        match self {
+            Self::KubeNetworkPolicies(knp) => knp.gave_up(node_netns),
+            _ => None,
+        }
+    }
+
+    /// The agent's output, for an error message.
+    pub fn log(&self) -> String {
+        match self {
+            Self::Flowgate { agent, .. } => agent.output(),
+            Self::KubeNetworkPolicies(knp) => knp.log(),
+            _ => String::new(),
+        }
+    }
+}
+
+/// The netfilter rules and sets in the node namespace, removed on drop.
+pub struct NodeRules {
+    netns: String,
+}
+
+impl NodeRules {
+    /// Whatever is put into `netns`'s netfilter from now on is removed when this is dropped.
+    pub fn new(netns: &str) -> Self {
+        Self { netns: netns.to_owned() }
+    }
+}
+
+impl Drop for NodeRules {
+    fn drop(&mut self) {
+        for (program, args) in [("nft", &["flush", "ruleset"][..]), ("ipset", &["destroy"][..])] {
+            if let Err(e) = run_in(&self.netns, program, args, None) {
+                eprintln!("traffic: removing the rules from {}: {e:#}", self.netns);
+            }
+        }
+    }
+}
+
+/// A temporary directory of policy files, removed on drop.
+pub struct PolicyDir(pub PathBuf);
+
+impl PolicyDir {
+    pub fn new(tag: &str) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("flowgate-bench-policies-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for PolicyDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs `program ARGS...` inside network namespace `netns_name` (spawned from a thread that entered it, so
+/// the process starts there), with `stdin` as its input; fails with its stderr.
+pub fn run_in(netns_name: &str, program: &str, args: &[&str], stdin: Option<&str>) -> anyhow::Result<()> {
+    let command = format!("{program} {}", args.join(" "));
+    let output = netns::in_netns(netns_name, || -> std::io::Result<std::process::Output> {
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            pipe.write_all(text.as_bytes())?;
+        }
+        child.wait_with_output()
+    })
+    .with_context(|| format!("entering {netns_name} to run `{command}`"))?
+    .with_context(|| format!("running `{command}` in {netns_name} (is it installed? scripts/setup.sh installs it)"))?;
+    anyhow::ensure!(
+        output.status.success(),
+        "`{command}` in {netns_name} failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(())
+}
+
+/// User plus system CPU time of process `pid` (`/proc/PID/stat`, fields 14 and 15, in clock ticks).
+pub fn process_cpu(pid: u32) -> Option<std::time::Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid ...": fields after the last ')' start at field 3.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok().filter(|t| *t > 0)?;
+    Some(std::time::Duration::from_micros(ticks * 1_000_000 / per_second))
+}

@@ -1,0 +1,329 @@
+//! The schedule and the figures: for each size, rounds in which every enforcer in turn is put in place,
+//! proven to refuse a pod the policy does not admit, measured under the three loads, and removed. The order
+//! of the enforcers rotates from round to round, and each figure is the median over rounds of a ratio taken
+//! within one round (enforcer / baseline, or flowgate / another enforcer), so drift on this shared machine
+//! cancels out.
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use flowgate_lab::LabState;
+
+use super::{
+    enforcer::{self, Enforcer, Installed},
+    knp::KnpCluster,
+    load::{self, Load, Servers},
+    rules::RuleSet,
+};
+use crate::report::{Figure, Section, Target};
+
+/// How long an enforcer may take, once started, until the probe is refused and the client admitted.
+pub const ENFORCING_WITHIN: Duration = Duration::from_secs(60);
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub sizes: Vec<usize>,
+    pub rounds: usize,
+    /// Per load and enforcer, per round.
+    pub duration: Duration,
+    pub enforcers: Vec<Enforcer>,
+}
+
+/// The pods of the benchmark's lab.
+pub struct Pods<'a> {
+    pub lab: &'a LabState,
+    pub client_netns: String,
+    pub intruder_netns: String,
+    pub client: std::net::Ipv4Addr,
+    pub server: std::net::Ipv4Addr,
+}
+
+/// Rates of one round: (enforcer, load) -> rate.
+type Round = BTreeMap<(Enforcer, Load), f64>;
+
+/// Everything measured at one size.
+#[derive(Default)]
+struct SizeResult {
+    rounds: Vec<Round>,
+    /// Whether the probe was refused, per enforcer (checked in every round before measuring; the first
+    /// round's outcome), or why the enforcer could not run.
+    probes: BTreeMap<Enforcer, Result<bool, String>>,
+    /// Time from starting the enforcer to enforcement, per enforcer, per round.
+    enforcing_after: BTreeMap<Enforcer, Vec<Duration>>,
+    /// CPU the enforcer's own process took while a load ran, per (enforcer, load), per round: (share of a
+    /// core, microseconds per operation).
+    process_cpu: BTreeMap<(Enforcer, Load), Vec<(f64, f64)>>,
+}
+
+/// kube-network-policies' cluster, or why it could not be set up.
+pub type KnpState = Result<KnpCluster, String>;
+
+/// Runs the plan and returns the section's figures.
+pub fn run(plan: &Plan, pods: &Pods<'_>, servers: &Servers, mut knp: Option<&mut KnpState>) -> anyhow::Result<Section> {
+    let mut section = Section::new("traffic");
+    for &size in &plan.sizes {
+        let rules = RuleSet::new(size, pods.client, pods.server);
+        if let Some(Ok(cluster)) = knp.as_deref_mut() {
+            cluster.apply_rules(&rules);
+        }
+        let mut result = SizeResult::default();
+        for round in 0..plan.rounds {
+            let mut order = plan.enforcers.clone();
+            let turn = round % order.len().max(1);
+            order.rotate_left(turn);
+            let mut rates = Round::new();
+            for &enforcer in &order {
+                if result.probes.get(&enforcer).is_some_and(Result::is_err) {
+                    continue; // It did not enforce in an earlier round: no figure would mean anything.
+                }
+                let started = Instant::now();
+                let installed = match enforcer {
+                    Enforcer::KubeNetworkPolicies => match knp.as_deref() {
+                        Some(Ok(cluster)) => {
+                            cluster.start_enforcer(pods.lab).map(|k| Installed::KubeNetworkPolicies(Box::new(k)))
+                        }
+                        Some(Err(why)) => Err(anyhow::anyhow!("{why}")),
+                        None => continue,
+                    },
+                    other => enforcer::install(other, pods.lab, &rules),
+                };
+                let mut installed = match installed {
+                    Ok(i) => i,
+                    Err(e) => {
+                        eprintln!("traffic: {} at {size} rules could not start: {e:#}", enforcer.name());
+                        result.probes.insert(enforcer, Err(format!("did not start: {e:#}")));
+                        continue;
+                    }
+                };
+                match wait_enforcing(enforcer, pods, servers, &mut installed) {
+                    Ok(refused) => {
+                        result.probes.entry(enforcer).or_insert(Ok(refused));
+                    }
+                    Err(e) => {
+                        eprintln!("traffic: {} at {size} rules: {e:#}", enforcer.name());
+                        result.probes.insert(enforcer, Err(format!("{e:#}")));
+                        continue;
+                    }
+                }
+                result.enforcing_after.entry(enforcer).or_default().push(started.elapsed());
+                for load in Load::ALL {
+                    let (cpu_before, wall) = (installed.process_cpu(), Instant::now());
+                    let rate = load::run(load, &pods.client_netns, servers, pods.server, plan.duration)
+                        .with_context(|| format!("{} under {} at {size} rules", load.name(), enforcer.name()))?;
+                    if let (Some(before), Some(after)) = (cpu_before, installed.process_cpu()) {
+                        let (cpu, wall) = ((after - before).as_secs_f64(), wall.elapsed().as_secs_f64());
+                        let per_op_us = cpu / (rate.mean * wall) * 1e6;
+                        result.process_cpu.entry((enforcer, load)).or_default().push((cpu / wall, per_op_us));
+                    }
+                    println!(
+                        "  round {}, {size} rules, {:<30} {:<22} {:>9.0} {} (best slice; mean {:.0})",
+                        round + 1,
+                        enforcer.name(),
+                        load.name(),
+                        rate.best_slice,
+                        load.unit(),
+                        rate.mean,
+                    );
+                    rates.insert((enforcer, load), rate.best_slice);
+                }
+                drop(installed);
+            }
+            result.rounds.push(rates);
+        }
+        figures(&mut section, size, plan, &result);
+    }
+    Ok(section)
+}
+
+/// Waits until the probe from the intruder pod is refused and the client admitted (for the baseline: until
+/// both are admitted, which shows the probe can see a pass). Returns whether the probe was refused.
+fn wait_enforcing(
+    enforcer: Enforcer,
+    pods: &Pods<'_>,
+    servers: &Servers,
+    installed: &mut Installed,
+) -> anyhow::Result<bool> {
+    let started = Instant::now();
+    loop {
+        let probe = load::probe(&pods.intruder_netns, servers, pods.server)?;
+        let client = load::client_admitted(&pods.client_netns, servers, pods.server)?;
+        let expected =
+            if enforcer == Enforcer::Baseline { probe.tcp_admitted && probe.udp_admitted } else { probe.refused() };
+        if client && expected {
+            return Ok(probe.refused());
+        }
+        if let Some(why) = installed.gave_up(&pods.lab.node_netns) {
+            anyhow::bail!("not enforcing after {:?} (probe from the intruder pod {probe:?}): {why}", started.elapsed());
+        }
+        if started.elapsed() > ENFORCING_WITHIN {
+            let log = installed.log();
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            anyhow::bail!(
+                "not enforcing after {ENFORCING_WITHIN:?}: probe from the intruder pod {probe:?}, client admitted: \
+                 {client}{}",
+                if tail.is_empty() {
+                    String::new()
+                } else {
+                    format!("; end of its log:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+                }
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    Some(if n % 2 == 1 { values[n / 2] } else { (values[n / 2 - 1] + values[n / 2]) / 2.0 })
+}
+
+/// `a / b` per round where both were measured.
+fn ratios(rounds: &[Round], a: (Enforcer, Load), b: (Enforcer, Load)) -> Vec<f64> {
+    rounds.iter().filter_map(|r| Some(r.get(&a)? / r.get(&b)?)).collect()
+}
+
+fn spread(values: &[f64]) -> String {
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{} rounds, {min:.3}-{max:.3}", values.len())
+}
+
+fn figures(section: &mut Section, size: usize, plan: &Plan, result: &SizeResult) {
+    let rounds = &result.rounds;
+    let rules = format!("{} rules", thousands(size));
+    for (&enforcer, probe) in &result.probes {
+        let name = format!("probe from a pod not admitted refused: {}, {rules}", enforcer.name());
+        let figure = match probe {
+            Ok(refused) => {
+                let f = Figure::new(name, f64::from(u8::from(*refused)), "1 = refused");
+                let after = result.enforcing_after.get(&enforcer).and_then(|d| d.first()).copied().unwrap_or_default();
+                if enforcer == Enforcer::Baseline {
+                    f.note("no enforcer: the probe must get through, which shows it can see a pass")
+                } else {
+                    f.target(Target::at_least(1.0)).note(format!(
+                        "TCP connect and 10 UDP datagrams, refused in every round before measuring; enforcing \
+                         {} ms after start in the first round (the probe included)",
+                        after.as_millis()
+                    ))
+                }
+            }
+            Err(why) => Figure::new(name, 0.0, "1 = refused").target(Target::at_least(1.0)).note(why.clone()),
+        };
+        section.push(figure);
+    }
+    for load in Load::ALL {
+        let base: Vec<f64> = rounds.iter().filter_map(|r| r.get(&(Enforcer::Baseline, load)).copied()).collect();
+        if let Some(m) = median(base.clone()) {
+            let note = format!(
+                "median over {} rounds of the best of {} slices of {:?}; {}",
+                base.len(),
+                load::SLICES,
+                plan.duration,
+                spread(&base)
+            );
+            section.push(
+                Figure::new(format!("{}, {}, {rules}", Enforcer::Baseline.name(), load.name()), m, load.unit())
+                    .note(note),
+            );
+        }
+        for &enforcer in plan.enforcers.iter().filter(|e| **e != Enforcer::Baseline) {
+            let r = ratios(rounds, (enforcer, load), (Enforcer::Baseline, load));
+            let Some(m) = median(r.clone()) else { continue };
+            let rates: Vec<f64> = rounds.iter().filter_map(|x| x.get(&(enforcer, load)).copied()).collect();
+            let mut f =
+                Figure::new(format!("{}, {}, {rules}", enforcer.name(), load.name()), m, "x baseline").note(format!(
+                    "median ratio to the baseline of the same round ({}); median {:.0} {}",
+                    spread(&r),
+                    median(rates).unwrap_or_default(),
+                    load.unit()
+                ));
+            if enforcer == Enforcer::Flowgate {
+                f = f.target(Target::at_least(0.90));
+            }
+            section.push(f);
+        }
+        for &enforcer in &plan.enforcers {
+            let Some(samples) = result.process_cpu.get(&(enforcer, load)) else { continue };
+            let share = median(samples.iter().map(|s| s.0 * 100.0).collect()).unwrap_or_default();
+            let per_op = median(samples.iter().map(|s| s.1).collect()).unwrap_or_default();
+            section.push(
+                Figure::new(
+                    format!("{} process CPU during {}, {rules}", enforcer.name(), load.name()),
+                    share,
+                    "% of a core",
+                )
+                .note(format!(
+                    "user + system time of the enforcer's process (for flowgate: the agent reading, decoding and \
+                         enriching the kernel's records) while the load ran, median of {} rounds; about {per_op:.2} \
+                         us per {}",
+                    samples.len(),
+                    load.unit().trim_end_matches("/s").trim_end_matches('s')
+                )),
+            );
+        }
+        // flowgate against each alternative, within each round.
+        for &other in plan.enforcers.iter().filter(|e| !matches!(e, Enforcer::Baseline | Enforcer::Flowgate)) {
+            let r = ratios(rounds, (Enforcer::Flowgate, load), (other, load));
+            let Some(m) = median(r.clone()) else { continue };
+            let target = match (other, load) {
+                (Enforcer::IptablesConntrack, Load::Connections) if size == 10_000 => Some(5.0),
+                (Enforcer::Iptables, Load::UdpPackets) if size == 10_000 => Some(30.0),
+                (Enforcer::Ipset | Enforcer::KubeNetworkPolicies, _) => Some(1.0),
+                _ => None,
+            };
+            let mut f = Figure::new(format!("flowgate / {}, {}, {rules}", other.name(), load.name()), m, "x")
+                .note(format!("median ratio within a round ({})", spread(&r)));
+            if let Some(t) = target {
+                f = f.target(Target::at_least(t));
+            }
+            section.push(f);
+        }
+    }
+}
+
+/// 10000 -> "10,000".
+pub fn thousands(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_and_thousands() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(vec![]), None);
+        assert_eq!(thousands(10), "10");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(10_000), "10,000");
+    }
+
+    #[test]
+    fn ratios_pair_rates_of_the_same_round_only() {
+        let mut a = Round::new();
+        a.insert((Enforcer::Flowgate, Load::Connections), 90.0);
+        a.insert((Enforcer::Baseline, Load::Connections), 100.0);
+        let mut b = Round::new();
+        b.insert((Enforcer::Baseline, Load::Connections), 50.0);
+        let r = ratios(&[a, b], (Enforcer::Flowgate, Load::Connections), (Enforcer::Baseline, Load::Connections));
+        assert_eq!(r, vec![0.9]);
+    }
+}

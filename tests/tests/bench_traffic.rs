@@ -1,0 +1,59 @@
+//! The traffic benchmark's smallest configuration (`flowgate-bench-traffic --quick`: 10 rules, one round of
+//! 0.3 s per load) on a real lab: the section file is written with the baseline's rates and every enforcer's
+//! rows, and every enforcer refused the probe from a pod its policy does not admit. No timing is asserted.
+
+use std::process::Command;
+
+use flowgate_tests::{TempDir, bin_dir, require_root};
+
+#[test]
+fn the_quick_run_writes_every_enforcers_rows() {
+    require_root();
+    let bin = bin_dir().join("flowgate-bench-traffic");
+    assert!(bin.is_file(), "{} not found: build it (`cargo build -p flowgate-benchmarks`)", bin.display());
+    let out_dir = TempDir::new("bench-traffic-quick");
+    let out = Command::new(&bin)
+        .args(["--quick", "--results-dir"])
+        .arg(out_dir.path())
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("run flowgate-bench-traffic");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "flowgate-bench-traffic --quick failed ({}):\n{stdout}\n{stderr}", out.status);
+
+    let path = out_dir.path().join("results.d").join("traffic.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let section: serde_json::Value = serde_json::from_str(&text).expect("the section is JSON");
+    assert_eq!(section["section"], "traffic");
+    let figures = section["figures"].as_array().expect("figures");
+    let named = |prefix: &str| -> Vec<&serde_json::Value> {
+        figures.iter().filter(|f| f["name"].as_str().is_some_and(|n| n.starts_with(prefix))).collect()
+    };
+    for load in ["new TCP connections", "TCP request/response", "UDP packets"] {
+        let baseline = named(&format!("baseline (no policy), {load}, 10 rules"));
+        assert_eq!(baseline.len(), 1, "baseline {load} in {text}");
+        assert!(baseline[0]["value"].as_f64().unwrap() > 0.0, "{text}");
+        for enforcer in ["flowgate", "iptables", "iptables + conntrack shortcut", "iptables + ipset"] {
+            let rows = named(&format!("{enforcer}, {load}, 10 rules"));
+            assert_eq!(rows.len(), 1, "{enforcer} {load} in {text}");
+            assert_eq!(rows[0]["unit"], "x baseline");
+            assert!(rows[0]["value"].as_f64().unwrap() > 0.0, "{text}");
+        }
+    }
+    for enforcer in ["flowgate", "iptables", "iptables + conntrack shortcut", "iptables + ipset"] {
+        let probe = named(&format!("probe from a pod not admitted refused: {enforcer}, 10 rules"));
+        assert_eq!(probe.len(), 1, "probe of {enforcer} in {text}");
+        assert_eq!(probe[0]["value"], 1.0, "{enforcer} admitted the intruder: {text}");
+    }
+    // The baseline's probe got through: the probe can see a pass.
+    let probe = named("probe from a pod not admitted refused: baseline");
+    assert_eq!(probe.len(), 1, "{text}");
+    assert_eq!(probe[0]["value"], 0.0, "{text}");
+    // kube-network-policies has a row either way: its probe, or why it could not enforce here.
+    let knp = named("probe from a pod not admitted refused: kube-network-policies, 10 rules");
+    assert_eq!(knp.len(), 1, "kube-network-policies in {text}");
+    assert!(!knp[0]["note"].as_str().unwrap_or_default().is_empty(), "{text}");
+    let netns = flowgate_lab::netns::list();
+    assert!(netns.iter().all(|ns| !ns.starts_with("fg-bt-")), "lab namespaces left: {netns:?}");
+}
