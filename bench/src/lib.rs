@@ -8,6 +8,7 @@
 pub mod events;
 pub mod events_agent;
 pub mod events_clients;
+pub mod footprint;
 pub mod latency;
 pub mod propagation;
 pub mod report;
