@@ -39,6 +39,10 @@ bench: setup
 	$(CARGO) build --workspace --exclude flowgate-ebpf --release --locked
 	$(CARGO) run --release --locked -p flowgate-agent --bin flowgate-bench
 	$(CARGO) run --release --locked -p flowgate-cli --bin flowgate-tui-bench
+	$(CARGO) run --release --locked -p flowgate-benchmarks --bin flowgate-bench-events
+	$(CARGO) run --release --locked -p flowgate-benchmarks --bin flowgate-bench-latency
+	$(CARGO) run --release --locked -p flowgate-benchmarks --bin flowgate-bench-propagation
+	$(CARGO) run --release --locked -p flowgate-benchmarks --bin flowgate-bench-footprint
 	$(CARGO) run --release --locked -p flowgate-benchmarks --bin flowgate-bench-report
 
 # Fuzzing (cargo-fuzz, libFuzzer, on the pinned nightly): each target for FUZZ_SECONDS. New inputs grow

@@ -21,3 +21,26 @@ pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
 }
+
+/// The command line every section binary takes: `--quick` (a short run, for the smoke test: the
+/// figures are not meaningful) and `--out DIR` (where `results.d/` is written; default `bench/`).
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub quick: bool,
+    pub out: std::path::PathBuf,
+}
+
+impl RunOptions {
+    pub fn from_args() -> anyhow::Result<Self> {
+        let mut options = Self { quick: false, out: report::results_dir() };
+        let mut args = std::env::args().skip(1);
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--quick" => options.quick = true,
+                "--out" => options.out = args.next().ok_or_else(|| anyhow::anyhow!("--out needs a directory"))?.into(),
+                other => anyhow::bail!("unknown argument {other:?}; expected --quick or --out DIR"),
+            }
+        }
+        Ok(options)
+    }
+}
