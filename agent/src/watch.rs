@@ -21,7 +21,15 @@ use std::{
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use tokio::io::{Interest, unix::AsyncFd};
 
-/// Fingerprint of a file or of the YAML files in a directory.
+/// Whether a directory entry is one the policy loader reads (`flowgate_policy::load_dir`): `*.yaml` or
+/// `*.yml`, not hidden. Editors' swap files, `.name.tmp` files written before a rename, and a
+/// ConfigMap's `..data` and `..<timestamp>` entries are not; a change to them alone is no change (a
+/// ConfigMap swap still changes what the visible `name.yaml -> ..data/name.yaml` links resolve to).
+fn is_policy_file_name(name: &str) -> bool {
+    (name.ends_with(".yaml") || name.ends_with(".yml")) && !name.starts_with('.')
+}
+
+/// Fingerprint of a file or of the policy files in a directory.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Fingerprint(Vec<(PathBuf, u64, Option<SystemTime>, u64)>);
 
@@ -35,7 +43,11 @@ impl Fingerprint {
         };
         if path.is_dir() {
             if let Ok(entries) = std::fs::read_dir(path) {
-                let mut paths: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
+                let mut paths: Vec<PathBuf> = entries
+                    .filter_map(Result::ok)
+                    .filter(|e| is_policy_file_name(&e.file_name().to_string_lossy()))
+                    .map(|e| e.path())
+                    .collect();
                 paths.sort();
                 for p in paths {
                     add(&p);
@@ -254,6 +266,9 @@ mod tests {
         let mut watched = Watched::new(dir.0.clone());
         let mut notifier = ChangeNotifier::new([dir.0.as_path()]).unwrap();
         assert!(quiet(&mut notifier).await, "nothing changed yet");
+        std::fs::write(dir.0.join(".a.yaml.tmp"), "x").unwrap();
+        assert!(notices(&mut notifier).await, "a new file was not noticed");
+        assert!(!watched.changed(), "a hidden temporary file is not a policy file");
         std::fs::write(dir.0.join("a.yaml"), "x").unwrap();
         assert!(notices(&mut notifier).await, "a new file was not noticed");
         assert!(watched.changed());

@@ -44,3 +44,18 @@ impl RunOptions {
         Ok(options)
     }
 }
+
+/// The 1-minute load average (`/proc/loadavg`): the machine is shared, and a figure taken with 20
+/// runnable tasks on 2 cores says more about the neighbours than about flowgate.
+pub fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0.0)
+}
+
+/// A figure with the load average at the end of a section, to read its other figures by.
+pub fn load_figure() -> report::Figure {
+    report::Figure::new("machine load average (1 min) when the section finished", load_average(), "tasks")
+        .note("runnable tasks on this machine's cores; above the core count, every figure here is slowed by neighbours")
+}

@@ -206,8 +206,9 @@ pub fn run(endpoints: usize, policies: usize, changes: usize) -> anyhow::Result<
             }
             std::thread::sleep(Duration::from_micros(50));
         }
-        // Let the agent settle (a burst of notices for one rename is one apply, or two).
-        std::thread::sleep(Duration::from_millis(20));
+        // One change at a time, as a person or a controller makes them: the next one comes after the
+        // datapath's generation grace (50 ms, during which a switched-away generation is not rewritten).
+        std::thread::sleep(Duration::from_millis(100));
     }
     follower.abort();
     runtime.shutdown_timeout(Duration::from_secs(2));

@@ -10,7 +10,8 @@ fn main() -> anyhow::Result<()> {
     let options = flowgate_benchmarks::RunOptions::from_args()?;
     let quick = options.quick;
     println!("footprint{}", if quick { " (quick)" } else { "" });
-    let section = footprint::measure(quick)?;
+    let mut section = footprint::measure(quick)?;
+    section.push(flowgate_benchmarks::load_figure());
     let path = section.write(&options.out)?;
     println!("written: {}", path.display());
     Ok(())

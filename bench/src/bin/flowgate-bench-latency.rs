@@ -8,7 +8,8 @@ fn main() -> anyhow::Result<()> {
     let options = flowgate_benchmarks::RunOptions::from_args()?;
     let quick = options.quick;
     println!("latency{}", if quick { " (quick)" } else { "" });
-    let section = latency::measure(quick)?;
+    let mut section = latency::measure(quick)?;
+    section.push(flowgate_benchmarks::load_figure());
     let path = section.write(&options.out)?;
     println!("written: {}", path.display());
     Ok(())

@@ -8,7 +8,8 @@ fn main() -> anyhow::Result<()> {
     let options = flowgate_benchmarks::RunOptions::from_args()?;
     let quick = options.quick;
     println!("policy propagation{}", if quick { " (quick)" } else { "" });
-    let section = propagation::measure(quick)?;
+    let mut section = propagation::measure(quick)?;
+    section.push(flowgate_benchmarks::load_figure());
     let path = section.write(&options.out)?;
     println!("written: {}", path.display());
     Ok(())
