@@ -267,10 +267,12 @@ pub fn tui(rate: u64, secs: u64) -> anyhow::Result<(f64, u64)> {
     let agent = BenchAgent::start(EventsBuffer::RingBuffer, &AgentOptions::default())?;
     let base = agent.state().hub().subscribers();
     let flowgate = sibling_binary("flowgate")?;
+    let dir = TempDir::new("tui")?;
+    let typescript = dir.0.join("typescript");
     let mut script = Command::new("script")
         .args(["-q", "-f", "-e", "-c"])
         .arg(format!("stty rows 50 cols 200; exec {} monitor", flowgate.display()))
-        .arg("/dev/null")
+        .arg(&typescript)
         .env(flowgate_proto::client::SOCKET_ENV, agent.socket())
         .env("TERM", "xterm-256color")
         .stdin(Stdio::piped())
@@ -292,13 +294,29 @@ pub fn tui(rate: u64, secs: u64) -> anyhow::Result<(f64, u64)> {
         stop_script(&mut script);
         return Err(e.context("the TUI did not subscribe"));
     }
-    let monitor_pid = agent.state().status().clients.iter().find(|c| c.subscribed).map(|c| c.pid);
-    let Some(pid) = monitor_pid.filter(|p| *p > 0) else {
+    // `script` runs the command in a child, which the shell turned into `flowgate` with exec.
+    let script_pid = script.id();
+    let children =
+        std::fs::read_to_string(format!("/proc/{script_pid}/task/{script_pid}/children")).unwrap_or_default();
+    let monitor_pid = children
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+        .find(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "flowgate"));
+    let Some(pid) = monitor_pid else {
         stop_script(&mut script);
-        bail!("the agent does not know the TUI's pid");
+        bail!("no `flowgate` process under script (pid {script_pid}); its children: {children:?}");
     };
     let stat = PathBuf::from(format!("/proc/{pid}/stat"));
-    let (c0, t0) = (cpu_seconds(&stat)?, Instant::now());
+    let c0 = match cpu_seconds(&stat) {
+        Ok(c) => c,
+        Err(e) => {
+            stop_script(&mut script);
+            let screen = std::fs::read(&typescript).unwrap_or_default();
+            let tail = String::from_utf8_lossy(&screen[screen.len().saturating_sub(2000)..]).into_owned();
+            return Err(e.context(format!("the TUI (pid {pid}) is gone; the end of its terminal:\n{tail}")));
+        }
+    };
+    let t0 = Instant::now();
     let produced = agent.produce_paced(rate, Duration::from_secs(secs), u32::try_from(rate / 10_000)?.max(1));
     let cores = (cpu_seconds(&stat)? - c0) / t0.elapsed().as_secs_f64();
     let sent = agent.state().status().clients.iter().find(|c| c.pid == pid).map_or(0, |c| c.events_sent);
