@@ -126,14 +126,40 @@ fn passes(controller: &Mutex<Controller>, port: u16) -> anyhow::Result<bool> {
     Ok(c.datapath().test_run(PROG_TO_ENDPOINT, &packet, 1).context("BPF_PROG_TEST_RUN")?.return_value != TC_ACT_SHOT)
 }
 
-/// Runs `changes` policy changes on a node of `endpoints` endpoints that already has `policies`
-/// policies (one file each; policy i selects pod i mod endpoints and admits pod i+1 on port 1000+i,
-/// so pod 0 is isolated).
-pub fn run(endpoints: usize, policies: usize, changes: usize) -> anyhow::Result<Propagation> {
+/// A node under the agent's controller, following its policy directory (and, with `labels`, its
+/// topology file), with the initial policy set in effect.
+struct Node {
+    runtime: tokio::runtime::Runtime,
+    controller: Arc<Mutex<Controller>>,
+    dir: TempDir,
+    initial_ms: f64,
+}
+
+/// The topology file of [`node`] with pod 1 carrying `extra` labels besides its own.
+fn topology_yaml(endpoints: usize, extra: &str) -> String {
+    let mut t = format!("name: bench\ncidr: 10.201.0.0/16\nnamespaces:\n  - name: {NAMESPACE}\npods:\n");
+    for i in 0..endpoints {
+        let more = if i == 1 { extra } else { "" };
+        t.push_str(&format!(
+            "  - {{namespace: {NAMESPACE}, name: {}, labels: {{app: {}{more}}}}}\n",
+            pod_name(i),
+            pod_name(i)
+        ));
+    }
+    t
+}
+
+/// Loads the programs, registers `endpoints` endpoints, starts the controller's follower and writes
+/// `policies` policies (one file each; policy i selects pod i mod endpoints and admits pod i+1 on port
+/// 1000+i, so pod 0 is isolated); returns once they decide packets. With `labels`, the node follows a
+/// topology file too, and `extra_policy` is written with the others.
+fn start_node(endpoints: usize, policies: usize, labels: bool, extra_policy: Option<&str>) -> anyhow::Result<Node> {
     if endpoints < 2 {
         bail!("the probe needs two endpoints");
     }
-    let dir = TempDir::new(&format!("policies-{endpoints}-{policies}"))?;
+    let dir = TempDir::new(&format!("policies-{endpoints}-{policies}-{labels}"))?;
+    let policy_dir = dir.0.join("policies");
+    std::fs::create_dir_all(&policy_dir)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -141,7 +167,12 @@ pub fn run(endpoints: usize, policies: usize, changes: usize) -> anyhow::Result<
         .context("starting the controller's runtime")?;
     let mut dp = Datapath::load(DatapathOptions::default()).context("loading the kernel programs (run as root)")?;
     let state = AgentState::new(AgentInfo::default(), Hub::new(HubConfig::default()));
-    let lab = node(endpoints);
+    let mut lab = node(endpoints);
+    if labels {
+        let path = dir.0.join("topology.yaml");
+        std::fs::write(&path, topology_yaml(endpoints, ""))?;
+        lab.topology_path = Some(path);
+    }
     for pod in &lab.pods {
         let ep = state.upsert_endpoint(
             NewEndpoint {
@@ -158,9 +189,10 @@ pub fn run(endpoints: usize, policies: usize, changes: usize) -> anyhow::Result<
         dp.set_endpoint(pod.host_ifindex, datapath::endpoint_info(&ep))
             .with_context(|| format!("registering endpoint {}", pod.name))?;
     }
-    let engine = PolicyEngine::new(Some(dir.0.clone()), false);
-    let controller = Arc::new(Mutex::new(Controller::new(dp, engine, Arc::clone(&state), lab, Some(dir.0.clone()))));
-    let follower = runtime.spawn(controller::follow_changes(Arc::clone(&controller), Duration::from_secs(3600)));
+    let engine = PolicyEngine::new(Some(policy_dir.clone()), false);
+    let controller =
+        Arc::new(Mutex::new(Controller::new(dp, engine, Arc::clone(&state), lab, Some(policy_dir.clone()))));
+    runtime.spawn(controller::follow_changes(Arc::clone(&controller), Duration::from_secs(3600)));
     // Let the notifier be set up before the first write.
     std::thread::sleep(Duration::from_millis(100));
     let started = Instant::now();
@@ -171,48 +203,98 @@ pub fn run(endpoints: usize, policies: usize, changes: usize) -> anyhow::Result<
             &pod_name((i + 1) % endpoints),
             1000 + (i % 20_000) as u16,
         );
-        std::fs::write(dir.0.join(format!("p-{i:05}.yaml")), yaml)?;
+        std::fs::write(policy_dir.join(format!("p-{i:05}.yaml")), yaml)?;
+    }
+    let expected = policies + usize::from(extra_policy.is_some());
+    if let Some(extra) = extra_policy {
+        std::fs::write(policy_dir.join("extra.yaml"), extra)?;
     }
     // The initial set is in once every policy is loaded and the probe port of policy 0 (pod 1 -> pod 0
     // on 1000) passes while another port is dropped (pod 0 is isolated).
     loop {
         let loaded = state.status().policy.loaded.len();
-        if loaded == policies && passes(&controller, 1000)? && !passes(&controller, 39_999)? {
+        if loaded == expected && passes(&controller, 1000)? && !passes(&controller, 38_999)? {
             break;
         }
         if started.elapsed() > Duration::from_secs(60) {
-            bail!("the initial {policies} policies were not in effect within 60 s ({loaded} loaded)");
+            bail!("the initial {expected} policies were not in effect within 60 s ({loaded} loaded)");
         }
         std::thread::sleep(Duration::from_millis(5));
     }
     let initial_ms = started.elapsed().as_secs_f64() * 1e3;
+    Ok(Node { runtime, controller, dir, initial_ms })
+}
+
+/// Waits until the probe on `port` gives `pass`; returns the milliseconds since `since`.
+fn wait_verdict(
+    controller: &Mutex<Controller>,
+    port: u16,
+    pass: bool,
+    since: Instant,
+    what: &str,
+) -> anyhow::Result<f64> {
+    loop {
+        if passes(controller, port)? == pass {
+            return Ok(since.elapsed().as_secs_f64() * 1e3);
+        }
+        if since.elapsed() > CHANGE_TIMEOUT {
+            bail!("{what} was not enforced within {CHANGE_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_micros(50));
+    }
+}
+
+/// Runs `changes` policy changes on a node of `endpoints` endpoints that already has `policies`
+/// policies.
+pub fn run(endpoints: usize, policies: usize, changes: usize) -> anyhow::Result<Propagation> {
+    let node = start_node(endpoints, policies, false, None)?;
+    let policy_dir = node.dir.0.join("policies");
     let mut samples_ms = Vec::with_capacity(changes);
     for k in 0..changes {
         let port = 40_000 + k as u16;
-        if passes(&controller, port)? {
+        if passes(&node.controller, port)? {
             bail!("port {port} passes before its policy was written: the probe would prove nothing");
         }
         let name = format!("probe-{k:04}.yaml");
         let yaml = policy_yaml(&format!("probe-{k}"), &pod_name(0), &pod_name(1), port);
         let written = Instant::now();
-        write_into_place(&dir.0, &name, &yaml)?;
-        loop {
-            if passes(&controller, port)? {
-                samples_ms.push(written.elapsed().as_secs_f64() * 1e3);
-                break;
-            }
-            if written.elapsed() > CHANGE_TIMEOUT {
-                bail!("{name} was not enforced within {CHANGE_TIMEOUT:?}");
-            }
-            std::thread::sleep(Duration::from_micros(50));
-        }
+        write_into_place(&policy_dir, &name, &yaml)?;
+        samples_ms.push(wait_verdict(&node.controller, port, true, written, &name)?);
         // One change at a time, as a person or a controller makes them: the next one comes after the
         // datapath's generation grace (50 ms, during which a switched-away generation is not rewritten).
         std::thread::sleep(Duration::from_millis(100));
     }
-    follower.abort();
-    runtime.shutdown_timeout(Duration::from_secs(2));
-    Ok(Propagation { samples_ms, initial_ms })
+    node.runtime.shutdown_timeout(Duration::from_secs(2));
+    Ok(Propagation { samples_ms, initial_ms: node.initial_ms })
+}
+
+/// Runs `changes` label changes of pod 1 on the node's topology file: a policy admits pods labelled
+/// `role: trusted` into pod 0 on ports 39000-39999; the label is added and removed in turn, and each
+/// round probes a fresh port (no conntrack entry), which must flip to pass when the label comes and to
+/// drop when it goes.
+pub fn run_label_changes(endpoints: usize, policies: usize, changes: usize) -> anyhow::Result<Propagation> {
+    let trusted = format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: trusted, namespace: {NAMESPACE}}}\n\
+         spec:\n  podSelector: {{matchLabels: {{app: {}}}}}\n  ingress:\n  - from: [{{podSelector: {{matchLabels: {{role: trusted}}}}}}]\n    ports: [{{port: 39000, endPort: 39999}}]\n",
+        pod_name(0)
+    );
+    let node = start_node(endpoints, policies, true, Some(&trusted))?;
+    let mut samples_ms = Vec::with_capacity(changes);
+    for k in 0..changes {
+        let port = 39_000 + k as u16;
+        let add = k % 2 == 0;
+        if passes(&node.controller, port)? == add {
+            bail!("port {port} already gives the verdict the label change should bring");
+        }
+        let text = topology_yaml(endpoints, if add { ", role: trusted" } else { "" });
+        let written = Instant::now();
+        write_into_place(&node.dir.0, "topology.yaml", &text)?;
+        let what = format!("{} role: trusted on pod 1", if add { "adding" } else { "removing" });
+        samples_ms.push(wait_verdict(&node.controller, port, add, written, &what)?);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    node.runtime.shutdown_timeout(Duration::from_secs(2));
+    Ok(Propagation { samples_ms, initial_ms: node.initial_ms })
 }
 
 /// The `q` quantile (0..1) of `samples`, nearest rank.
@@ -245,6 +327,17 @@ pub fn measure(quick: bool) -> anyhow::Result<Section> {
                 .target(Target::at_most(target))
                 .note(note),
         );
+    }
+    for (endpoints, policies, what) in [(9usize, 10usize, "small lab"), (500, 1_000, "at scale")] {
+        let p = run_label_changes(endpoints, policies, changes)?;
+        let name =
+            format!("pod label change to first packet decided, {what}: {policies} policies, {endpoints} endpoints");
+        let note = format!(
+            "{changes} changes of the topology file (renamed into place), adding and removing a label a policy \
+             selects; observed as above"
+        );
+        section.push(Figure::new(format!("{name}: p50"), quantile(&p.samples_ms, 0.5), "ms").note(note.clone()));
+        section.push(Figure::new(format!("{name}: p99"), quantile(&p.samples_ms, 0.99), "ms").note(note));
     }
     Ok(section)
 }
