@@ -160,8 +160,8 @@ pub fn measure(quick: bool) -> anyhow::Result<Section> {
     let mut section = Section::new("events");
     let repeats = if quick { 1 } else { 3 };
     // Quick runs (the smoke test, on debug builds) stay small so that even a debug client keeps up.
-    let records = if quick { 20_000 } else { 1_000_000 };
-    let (paced_rate, paced_secs) = if quick { (20_000, 1) } else { (1_000_000, 3) };
+    let records = if quick { 20_000 } else { 500_000 };
+    let (paced_rate, paced_secs) = if quick { (20_000, 1) } else { (1_000_000, 2) };
     let four = [ClientKind::MonitorJson, ClientKind::MonitorJson, ClientKind::Library, ClientKind::Library];
     let cases: Vec<(&[ClientKind], Production)> = vec![
         (&[ClientKind::Library], Production::FullSpeed { records }),
