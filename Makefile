@@ -41,6 +41,10 @@ bench: setup
 	$(CARGO) run --release --locked -p flowgate-cli --bin flowgate-tui-bench
 	$(CARGO) run --release --locked -p flowgate-benchmarks --bin flowgate-bench-datapath
 	$(CARGO) run --release --locked -p flowgate-benchmarks --bin flowgate-bench-traffic
+	$(CARGO) run --release --locked -p flowgate-benchmarks --bin flowgate-bench-events
+	$(CARGO) run --release --locked -p flowgate-benchmarks --bin flowgate-bench-latency
+	$(CARGO) run --release --locked -p flowgate-benchmarks --bin flowgate-bench-propagation
+	$(CARGO) run --release --locked -p flowgate-benchmarks --bin flowgate-bench-footprint
 	$(CARGO) run --release --locked -p flowgate-benchmarks --bin flowgate-bench-report
 
 # Fuzzing (cargo-fuzz, libFuzzer, on the pinned nightly): each target for FUZZ_SECONDS. New inputs grow

@@ -36,7 +36,7 @@ use crate::{
     kubernetes::{ClusterIdentities, ClusterState, KubeSource, identities::IdentityError},
     policy::PolicyEngine,
     state::{AgentState, RemotePod},
-    watch::Watched,
+    watch::{ChangeNotifier, Watched},
 };
 
 /// Mutable core of the agent, shared behind a mutex.
@@ -526,6 +526,11 @@ impl Controller {
         Ok(changed)
     }
 
+    /// The files and directories [`Self::tick`] follows (none in Kubernetes mode).
+    pub fn followed_paths(&self) -> Vec<PathBuf> {
+        self.topology.iter().chain(&self.policies).map(|w| w.path().to_owned()).collect()
+    }
+
     /// Checks the followed files and applies what changed. Errors are logged and reported in
     /// `status`; the last good state stays in effect.
     pub fn tick(&mut self) {
@@ -764,11 +769,55 @@ impl PolicyControl for SharedController {
     }
 }
 
-/// Follows the policy directory and the topology file.
-pub async fn follow_changes(controller: Arc<Mutex<Controller>>, interval: Duration) {
-    let mut ticker = tokio::time::interval(interval);
+/// How often the followed files are compared anyway while change notification is up: a safety net for
+/// file systems whose changes inotify does not report (NFS, FUSE). Cheap at this rate even for thousands
+/// of policy files.
+pub const RECHECK_WITH_NOTIFICATION: Duration = Duration::from_secs(30);
+
+/// Follows the policy directory and the topology file: a change is taken as soon as inotify reports it
+/// ([`ChangeNotifier`]), with a comparison every [`RECHECK_WITH_NOTIFICATION`] besides. Where inotify
+/// cannot be set up (limits exhausted), the files are polled every `poll_interval` instead, and the
+/// agent says so.
+pub async fn follow_changes(controller: Arc<Mutex<Controller>>, poll_interval: Duration) {
+    let paths = controller.lock().unwrap_or_else(std::sync::PoisonError::into_inner).followed_paths();
+    if paths.is_empty() {
+        return;
+    }
+    let mut notifier = match ChangeNotifier::new(paths.iter().map(PathBuf::as_path)) {
+        Ok(notifier) => {
+            info!(
+                "following {} by change notification (inotify on {}), re-checked every {}s",
+                paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+                notifier.dirs().iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+                RECHECK_WITH_NOTIFICATION.as_secs()
+            );
+            Some(notifier)
+        }
+        Err(e) => {
+            warn!(
+                "{}; polling the policy directory and the topology file every {} ms instead",
+                anyhow::Error::from(e).chain().map(ToString::to_string).collect::<Vec<_>>().join(": "),
+                poll_interval.as_millis()
+            );
+            None
+        }
+    };
+    let mut ticker = tokio::time::interval(if notifier.is_some() { RECHECK_WITH_NOTIFICATION } else { poll_interval });
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticker.tick().await;
+        match notifier.as_mut() {
+            Some(n) => tokio::select! {
+                changed = n.changed() => if let Err(e) = changed {
+                    warn!("{e}; polling every {} ms instead", poll_interval.as_millis());
+                    notifier = None;
+                    ticker = tokio::time::interval(poll_interval);
+                },
+                _ = ticker.tick() => {}
+            },
+            None => {
+                ticker.tick().await;
+            }
+        }
         let controller = Arc::clone(&controller);
         let _ = tokio::task::spawn_blocking(move || {
             controller.lock().unwrap_or_else(std::sync::PoisonError::into_inner).tick();

@@ -121,7 +121,8 @@ struct Args {
     /// Pin nothing: enforcement stops when the agent stops.
     #[arg(long)]
     no_pin: bool,
-    /// How often the policy directory and the topology file are checked for changes, in milliseconds.
+    /// How often the policy directory and the topology file are polled for changes, in milliseconds, where
+    /// change notification (inotify) cannot be set up; with it, changes are taken as they are written.
     #[arg(long, default_value_t = 250)]
     watch_interval_ms: u64,
     /// Append every policy verdict and drop to this JSON-lines file (Hubble-shaped flow JSON, as

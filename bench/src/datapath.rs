@@ -42,7 +42,10 @@ use flowgate_policy::{ClusterView, LoadedPolicy, NOT_AN_ENDPOINT, NamespaceInfo,
 use flowgate_proto::endpoint::NewEndpoint;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
-use crate::report::{Figure, Section, Target};
+use crate::{
+    median,
+    report::{Figure, Section, Target},
+};
 
 /// skb->ifindex under BPF_PROG_TEST_RUN: the loopback device of the caller's namespace.
 const TEST_RUN_IFINDEX: u32 = 1;
@@ -105,11 +108,6 @@ fn v6(ip: Ipv4Addr) -> Ipv6Addr {
 
 fn client_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::from(0x0aca_0000u32 + i as u32)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// A loaded datapath at one scale, and its events ring.

@@ -1,0 +1,402 @@
+//! Section "footprint": what the agent costs the node.
+//!
+//! - The real `flowgate-agent` process on a real lab of `endpoints` pods (network namespaces and veths):
+//!   start-up (spawn to its socket answering, every endpoint attached), resident memory and CPU idle,
+//!   kernel map memory (the `memlock` of every map fd in `/proc/<pid>/fdinfo`, reported apart), and
+//!   resident memory again once `policies` policies are in effect.
+//! - The agent's event path at 100k events/s (paced, one library client), in this process: CPU of the
+//!   agent's threads only (the producer's BPF_PROG_TEST_RUN time is the pods' cost, not the agent's).
+//! - The monitor's TUI, `flowgate monitor` under a pseudo-terminal (`script`), fed 100k events/s over
+//!   the socket: its process's CPU.
+
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use flowgate_proto::{
+    client::Client,
+    message::{Request, Response},
+};
+
+use crate::{
+    events_agent::{AGENT_THREAD, AgentOptions, BenchAgent, EventsBuffer, TempDir},
+    events_clients::{ClientKind, ClientProcess, sibling_binary, wait_subscribed},
+    report::{Figure, Section, Target},
+};
+
+pub const TARGET_RSS_MIB: f64 = 64.0;
+pub const TARGET_TUI_CORES: f64 = 0.5;
+pub const TARGET_STARTUP_S: f64 = 5.0;
+
+const LAB: &str = "fgbench-footprint";
+
+/// CPU seconds (user + system) of `/proc/<pid>` or `/proc/<pid>/task/<tid>` from its `stat`.
+fn cpu_seconds(stat_path: &Path) -> anyhow::Result<f64> {
+    let text = std::fs::read_to_string(stat_path).with_context(|| format!("reading {}", stat_path.display()))?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = text.rsplit_once(')').map(|(_, r)| r).context("no ) in stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok(ticks as f64 / hz)
+}
+
+/// Resident memory of `pid` in MiB (VmRSS).
+pub fn rss_mib(pid: u32) -> anyhow::Result<f64> {
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let kb: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS")?;
+    Ok(kb / 1024.0)
+}
+
+/// Kernel memory of the BPF maps `pid` holds open, in MiB: the `memlock` the kernel charges for each
+/// map fd (`/proc/<pid>/fdinfo`), each map counted once (by map id).
+pub fn map_memory_mib(pid: u32) -> anyhow::Result<f64> {
+    let dir = format!("/proc/{pid}/fdinfo");
+    let mut seen = std::collections::BTreeSet::new();
+    let mut bytes = 0u64;
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        let Ok(text) = std::fs::read_to_string(entry?.path()) else { continue };
+        if !text.contains("map_type:") {
+            continue;
+        }
+        let field =
+            |name: &str| text.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse::<u64>().ok());
+        if let (Some(id), Some(memlock)) = (field("map_id:"), field("memlock:"))
+            && seen.insert(id)
+        {
+            bytes += memlock;
+        }
+    }
+    Ok(bytes as f64 / f64::from(1u32 << 20))
+}
+
+/// CPU seconds of this process's threads whose name starts with [`AGENT_THREAD`].
+fn agent_threads_cpu() -> anyhow::Result<f64> {
+    let mut total = 0.0;
+    for entry in std::fs::read_dir("/proc/self/task")? {
+        let task = entry?.path();
+        let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        if comm.starts_with(AGENT_THREAD) {
+            total += cpu_seconds(&task.join("stat")).unwrap_or(0.0);
+        }
+    }
+    Ok(total)
+}
+
+/// Brings the footprint lab down on drop (also when the run fails half-way).
+struct LabGuard;
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        if let Err(e) = flowgate_lab::lab::down(LAB) {
+            eprintln!("bringing lab {LAB} down: {e}");
+        }
+    }
+}
+
+/// The agent process, stopped (SIGTERM, then SIGKILL) on drop.
+struct AgentProcess(Child);
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the pid of a child this process has not reaped yet.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn topology(endpoints: usize) -> String {
+    let mut t = format!("name: {LAB}\ncidr: 10.210.0.0/20\nnamespaces:\n  - name: fp\npods:\n");
+    for i in 0..endpoints {
+        let _ = writeln!(t, "  - {{namespace: fp, name: pod-{i}, labels: {{app: pod-{i}}}}}");
+    }
+    t
+}
+
+/// `policies` policies in one file: policy i selects pod i mod `endpoints` and admits pod i+1 on its
+/// own port.
+fn policies_yaml(endpoints: usize, policies: usize) -> String {
+    let mut y = String::new();
+    for i in 0..policies {
+        let _ = write!(
+            y,
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: p-{i}, namespace: fp}}\n\
+             spec:\n  podSelector: {{matchLabels: {{app: pod-{}}}}}\n  ingress:\n  - from: [{{podSelector: {{matchLabels: {{app: pod-{}}}}}}}]\n    ports: [{{port: {}}}]\n---\n",
+            i % endpoints,
+            (i + 1) % endpoints,
+            1000 + i % 20_000
+        );
+    }
+    y
+}
+
+async fn status(socket: &Path) -> anyhow::Result<flowgate_proto::message::Status> {
+    let mut client = Client::connect(socket, "flowgate-bench-footprint").await?;
+    match client.request(Request::Status).await? {
+        Response::Status(status) => Ok(*status),
+        other => bail!("expected a status, got {other:?}"),
+    }
+}
+
+/// Figures of the real agent on a lab of `endpoints` pods, then with `policies` policies.
+pub struct AgentFootprint {
+    pub startup: Duration,
+    pub rss_idle_mib: f64,
+    pub cpu_idle_cores: f64,
+    pub maps_mib: f64,
+    pub rss_with_policies_mib: f64,
+    pub maps_with_policies_mib: f64,
+    pub policy_load: Duration,
+}
+
+pub fn agent_process(endpoints: usize, policies: usize) -> anyhow::Result<AgentFootprint> {
+    let dir = TempDir::new("footprint")?;
+    let topology_path = dir.0.join("topology.yaml");
+    std::fs::write(&topology_path, topology(endpoints))?;
+    let policy_dir = dir.0.join("policies");
+    std::fs::create_dir_all(&policy_dir)?;
+    let topo = flowgate_lab::topology::Topology::load(&topology_path)?;
+    // A lab left by an interrupted run of this benchmark would make `up` refuse.
+    let _ = flowgate_lab::lab::down(LAB);
+    let lab_started = Instant::now();
+    flowgate_lab::lab::up(&topo, LAB, Some(&topology_path)).with_context(|| format!("bringing up lab {LAB}"))?;
+    let _lab = LabGuard;
+    println!("  (lab of {endpoints} pods up in {:.1} s)", lab_started.elapsed().as_secs_f64());
+    let socket = dir.0.join("agent.sock");
+    let log = std::fs::File::create(dir.0.join("agent.log"))?;
+    let started = Instant::now();
+    let child = Command::new(sibling_binary("flowgate-agent")?)
+        .args(["--lab", LAB, "--no-pin", "--verdict-log", "none", "--metrics-addr", "none", "--socket"])
+        .arg(&socket)
+        .arg("--policies")
+        .arg(&policy_dir)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::from(log.try_clone()?))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .context("starting flowgate-agent")?;
+    let agent = AgentProcess(child);
+    let pid = agent.0.id();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let startup = loop {
+        if let Ok(s) = runtime.block_on(status(&socket))
+            && s.endpoints == endpoints
+        {
+            break started.elapsed();
+        }
+        if started.elapsed() > Duration::from_secs(300) {
+            let log = std::fs::read_to_string(dir.0.join("agent.log")).unwrap_or_default();
+            bail!("the agent did not serve {endpoints} endpoints within 300 s; its log:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let stat = PathBuf::from(format!("/proc/{pid}/stat"));
+    let cpu0 = cpu_seconds(&stat)?;
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    let cpu_idle_cores = (cpu_seconds(&stat)? - cpu0) / t0.elapsed().as_secs_f64();
+    let rss_idle_mib = rss_mib(pid)?;
+    let maps_mib = map_memory_mib(pid)?;
+    let tmp = dir.0.join("policies.yaml.tmp");
+    std::fs::write(&tmp, policies_yaml(endpoints, policies))?;
+    let loading = Instant::now();
+    std::fs::rename(&tmp, policy_dir.join("policies.yaml"))?;
+    let policy_load = loop {
+        let s = runtime.block_on(status(&socket))?;
+        if s.policy.loaded.len() == policies && s.policy.errors.is_empty() {
+            break loading.elapsed();
+        }
+        if !s.policy.errors.is_empty() {
+            bail!("the agent refused the {policies} policies: {:?}", s.policy.errors);
+        }
+        if loading.elapsed() > Duration::from_secs(120) {
+            bail!("{policies} policies not in effect within 120 s ({} loaded)", s.policy.loaded.len());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    Ok(AgentFootprint {
+        startup,
+        rss_idle_mib,
+        cpu_idle_cores,
+        maps_mib,
+        rss_with_policies_mib: rss_mib(pid)?,
+        maps_with_policies_mib: map_memory_mib(pid)?,
+        policy_load,
+    })
+}
+
+/// The in-process agent's threads: CPU cores used idle and at `rate` events/s (one library client),
+/// and the process's resident memory at that rate.
+pub fn event_path(rate: u64, secs: u64) -> anyhow::Result<(f64, f64, f64)> {
+    let agent = BenchAgent::start(EventsBuffer::RingBuffer, &AgentOptions::default())?;
+    let base = agent.state().hub().subscribers();
+    let client = ClientProcess::start(ClientKind::Library, agent.socket(), false)?;
+    wait_subscribed(agent.state().hub(), base + 1)?;
+    let (c0, t0) = (agent_threads_cpu()?, Instant::now());
+    std::thread::sleep(Duration::from_secs(2));
+    let idle = (agent_threads_cpu()? - c0) / t0.elapsed().as_secs_f64();
+    let (c1, t1) = (agent_threads_cpu()?, Instant::now());
+    agent.produce_paced(rate, Duration::from_secs(secs), u32::try_from(rate / 10_000)?.max(1))?;
+    let loaded = (agent_threads_cpu()? - c1) / t1.elapsed().as_secs_f64();
+    let rss = rss_mib(std::process::id())?;
+    client.finish()?;
+    Ok((idle, loaded, rss))
+}
+
+/// `flowgate monitor` (TUI) under a pseudo-terminal of 200x50, fed `rate` events/s for `secs`: the
+/// cores its process used, the events the agent sent it, and the KiB it drew on its terminal.
+pub fn tui(rate: u64, secs: u64) -> anyhow::Result<(f64, u64, u64)> {
+    let agent = BenchAgent::start(EventsBuffer::RingBuffer, &AgentOptions::default())?;
+    let base = agent.state().hub().subscribers();
+    let flowgate = sibling_binary("flowgate")?;
+    let dir = TempDir::new("tui")?;
+    let typescript = dir.0.join("typescript");
+    let mut script = Command::new("script")
+        .args(["-q", "-f", "-e", "-c"])
+        .arg(format!("stty rows 50 cols 200; exec {} monitor", flowgate.display()))
+        .arg(&typescript)
+        .env(flowgate_proto::client::SOCKET_ENV, agent.socket())
+        .env("TERM", "xterm-256color")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting `script` (util-linux) for the TUI")?;
+    let stop_script = |script: &mut Child| {
+        // `q` quits the TUI; the kill is for a TUI that did not start.
+        if let Some(stdin) = script.stdin.as_mut() {
+            let _ = std::io::Write::write_all(stdin, b"q");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = script.kill();
+        let _ = script.wait();
+    };
+    // The TUI asks the terminal where its cursor is (`ESC [ 6 n`) while it sets up; `script` only
+    // relays, so the benchmark answers as a terminal would (row 1, column 1), until the TUI subscribed.
+    let answer_cursor_queries = |script: &mut Child| {
+        if let Some(stdin) = script.stdin.as_mut() {
+            let _ = std::io::Write::write_all(stdin, b"\x1b[1;1R");
+            let _ = std::io::Write::flush(stdin);
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while agent.state().hub().subscribers() < base + 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        answer_cursor_queries(&mut script);
+    }
+    let subscribed = wait_subscribed(agent.state().hub(), base + 1);
+    if let Err(e) = subscribed {
+        stop_script(&mut script);
+        return Err(e.context("the TUI did not subscribe"));
+    }
+    // `script` runs the command in a child, which the shell turned into `flowgate` with exec.
+    let script_pid = script.id();
+    let children =
+        std::fs::read_to_string(format!("/proc/{script_pid}/task/{script_pid}/children")).unwrap_or_default();
+    let monitor_pid = children
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+        .find(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "flowgate"));
+    let Some(pid) = monitor_pid else {
+        stop_script(&mut script);
+        bail!("no `flowgate` process under script (pid {script_pid}); its children: {children:?}");
+    };
+    let stat = PathBuf::from(format!("/proc/{pid}/stat"));
+    let c0 = match cpu_seconds(&stat) {
+        Ok(c) => c,
+        Err(e) => {
+            stop_script(&mut script);
+            let screen = std::fs::read(&typescript).unwrap_or_default();
+            let tail = String::from_utf8_lossy(&screen[screen.len().saturating_sub(2000)..]).into_owned();
+            return Err(e.context(format!("the TUI (pid {pid}) is gone; the end of its terminal:\n{tail}")));
+        }
+    };
+    let t0 = Instant::now();
+    let produced = agent.produce_paced(rate, Duration::from_secs(secs), u32::try_from(rate / 10_000)?.max(1));
+    let c1 = cpu_seconds(&stat);
+    let cores = match c1 {
+        Ok(c1) => (c1 - c0) / t0.elapsed().as_secs_f64(),
+        Err(e) => {
+            stop_script(&mut script);
+            let screen = std::fs::read(&typescript).unwrap_or_default();
+            let tail = String::from_utf8_lossy(&screen[screen.len().saturating_sub(3000)..]).into_owned();
+            return Err(e.context(format!(
+                "the TUI (pid {pid}) ended while fed {rate} events/s; the end of its terminal:\n{tail}"
+            )));
+        }
+    };
+    let sent = agent.state().status().clients.iter().find(|c| c.pid == pid).map_or(0, |c| c.events_sent);
+    let drawn = std::fs::metadata(&typescript).map_or(0, |m| m.len() / 1024);
+    stop_script(&mut script);
+    produced?;
+    Ok((cores, sent, drawn))
+}
+
+pub fn measure(quick: bool) -> anyhow::Result<Section> {
+    let mut section = Section::new("footprint");
+    let (endpoints, policies) = if quick { (20, 100) } else { (1_000, 10_000) };
+    let a = agent_process(endpoints, policies)?;
+    let lab = format!("flowgate-agent on a lab of {endpoints} pods");
+    let mut startup =
+        Figure::new(format!("{lab}: start-up (spawn to all endpoints served)"), a.startup.as_secs_f64(), "s")
+            .note(format!("{:.1} ms per endpoint", a.startup.as_secs_f64() * 1e3 / endpoints as f64));
+    if endpoints == 1_000 {
+        startup = startup.target(Target::at_most(TARGET_STARTUP_S));
+    }
+    section.push(startup);
+    section.push(Figure::new(format!("{lab}: resident memory, idle, no policy"), a.rss_idle_mib, "MiB"));
+    section.push(Figure::new(format!("{lab}: CPU idle"), a.cpu_idle_cores, "cores").note("over 3 s"));
+    section.push(Figure::new(format!("{lab}: kernel map memory (memlock), no policy"), a.maps_mib, "MiB"));
+    let mut rss =
+        Figure::new(format!("{lab}: resident memory with {policies} policies"), a.rss_with_policies_mib, "MiB").note(
+            format!(
+                "kernel maps apart: {:.1} MiB; the set took {:.2} s to load",
+                a.maps_with_policies_mib,
+                a.policy_load.as_secs_f64()
+            ),
+        );
+    if endpoints == 1_000 && policies == 10_000 {
+        rss = rss.target(Target::at_most(TARGET_RSS_MIB));
+    }
+    section.push(rss);
+    section.push(Figure::new(
+        format!("{lab}: kernel map memory with {policies} policies"),
+        a.maps_with_policies_mib,
+        "MiB",
+    ));
+
+    let secs = if quick { 1 } else { 5 };
+    let (idle, loaded, rss) = event_path(100_000, secs)?;
+    section.push(Figure::new("agent event path (reader, hub, socket) threads: CPU idle", idle, "cores"));
+    section.push(
+        Figure::new("agent event path threads: CPU at 100k events/s", loaded, "cores")
+            .note(format!("paced for {secs} s, one library client; the process's resident memory {rss:.1} MiB")),
+    );
+    // 5 s even in a quick run: a TUI that cannot set its terminal up gives up after about 2 s.
+    let secs = 5;
+    let (cores, sent, drawn) = tui(100_000, secs)?;
+    section.push(
+        Figure::new("flowgate monitor (TUI, 200x50 pty) fed 100k events/s: CPU", cores, "cores")
+            .target(Target::at_most(TARGET_TUI_CORES))
+            .note(format!("for {secs} s; the agent sent it {sent} events; it drew {drawn} KiB on its terminal")),
+    );
+    Ok(section)
+}
