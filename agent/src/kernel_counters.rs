@@ -1,6 +1,6 @@
 //! The kernel's counters, polled: copied into the agent state for `status` and the metrics, and the
-//! records the kernel could not write into the events buffer published to every subscriber as a loss,
-//! in order with the flows around it.
+//! records the kernel could not write into the events buffer published to every subscriber as a loss
+//! (for the perf event array, those whose lost-record notice has not come first).
 
 use std::{
     sync::{Arc, Mutex, atomic::Ordering},
@@ -17,12 +17,9 @@ use crate::{controller::Controller, state::AgentState};
 pub async fn poll(controller: Arc<Mutex<Controller>>, state: Arc<AgentState>) {
     let mut interval = tokio::time::interval(Duration::from_millis(100));
     // Pinned counters survive restarts: only losses from now on are news.
-    let mut last_lost = controller
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .counters()
-        .map(|c| c.get(Counter::RecordsLost))
-        .unwrap_or(0);
+    let initial = controller.lock().unwrap_or_else(std::sync::PoisonError::into_inner).counters().ok();
+    let mut last_lost = initial.as_ref().map_or(0, |c| c.get(Counter::RecordsLost));
+    let perf_full_before = initial.as_ref().map_or(0, |c| c.get(Counter::PerfBufferFull));
     let mut last_invalid = None;
     loop {
         interval.tick().await;
@@ -61,6 +58,13 @@ pub async fn poll(controller: Arc<Mutex<Controller>>, state: Arc<AgentState>) {
         if lost > last_lost {
             state.hub().publish_loss(LossSource::KernelBuffer, lost - last_lost);
             last_lost = lost;
+        }
+        // Records a full perf buffer refused: told here when their lost-record notice has not come (it
+        // comes only in front of the next record written on that CPU).
+        let perf_full = counters.get(Counter::PerfBufferFull).saturating_sub(perf_full_before);
+        let news = state.counters.perf_loss_known(perf_full);
+        if news > 0 {
+            state.hub().publish_loss(LossSource::KernelBuffer, news);
         }
     }
 }

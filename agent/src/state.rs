@@ -367,7 +367,7 @@ impl AgentState {
             counters: Counters {
                 records_read: self.counters.records_read.load(Ordering::Relaxed),
                 records_lost_kernel: self.counters.kernel_lost.load(Ordering::Relaxed)
-                    + self.counters.perf_lost.load(Ordering::Relaxed),
+                    + self.counters.perf_lost_published.load(Ordering::Relaxed),
                 decode_errors: self.counters.decode_errors.load(Ordering::Relaxed),
                 client_queue_losses: self.hub.queue_losses(),
                 packets: self.counters.packets.load(Ordering::Relaxed),

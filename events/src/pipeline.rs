@@ -33,10 +33,26 @@ pub struct PipelineCounters {
     pub kernel_lost: AtomicU64,
     /// Records the perf buffers reported lost (perf event array only).
     pub perf_lost: AtomicU64,
+    /// Records the kernel could not write into a perf buffer that subscribers have been told of, since
+    /// this agent started: from the buffers' lost-record notices or from the kernel's `PerfBufferFull`
+    /// counter, whichever told first (see [`PipelineCounters::perf_loss_known`]).
+    pub perf_lost_published: AtomicU64,
     /// The kernel's counters by name, as last read.
     pub kernel: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
     /// Last value read from the kernel's packet counters.
     pub packets: AtomicU64,
+}
+
+impl PipelineCounters {
+    /// Records lost to full perf buffers are known from two places: the buffer's lost-record notice, which
+    /// comes in order with the flows but only once the next record is written on that CPU (after the last
+    /// burst, never), and the kernel's counter, which the agent polls. Either source says how many are
+    /// lost in all, since this agent started; this returns how many of those subscribers have not been
+    /// told of yet (and counts them as told), so each is published once, by whichever comes first.
+    pub fn perf_loss_known(&self, total: u64) -> u64 {
+        let told = self.perf_lost_published.fetch_max(total, Ordering::Relaxed);
+        total.saturating_sub(told)
+    }
 }
 
 /// What the pipeline reads from its owner.
@@ -99,8 +115,12 @@ impl<C: PipelineContext> RecordSink for Pipeline<C> {
     fn on_lost(&mut self, count: u64) {
         // Flows decoded before the loss go out first, so the loss lands where the gap is.
         self.publish();
-        self.context.counters().perf_lost.fetch_add(count, Ordering::Relaxed);
-        self.context.hub().publish_loss(LossSource::KernelBuffer, count);
+        let counters = self.context.counters();
+        let noticed = counters.perf_lost.fetch_add(count, Ordering::Relaxed) + count;
+        let news = counters.perf_loss_known(noticed);
+        if news > 0 {
+            self.context.hub().publish_loss(LossSource::KernelBuffer, news);
+        }
     }
 
     /// End of a drained batch: publish, report decode errors, pick up endpoint changes.
