@@ -327,18 +327,7 @@ impl Controller {
     /// Registers every pod (identity from its labels) and writes its endpoints-map entry.
     fn register_endpoints(&mut self) -> anyhow::Result<()> {
         for pod in self.lab.pods.clone() {
-            let endpoint = self.state.upsert_endpoint(
-                NewEndpoint {
-                    namespace: pod.namespace.clone(),
-                    pod_name: pod.name.clone(),
-                    labels: pod.labels.clone(),
-                    ipv4: pod.ip,
-                    ipv6: pod.ipv6,
-                    interface: pod.host_ifname.clone(),
-                    ifindex: pod.host_ifindex,
-                },
-                &self.namespace_labels(&pod.namespace),
-            );
+            let endpoint = self.state.upsert_endpoint(lab_pod_endpoint(&pod), &self.namespace_labels(&pod.namespace));
             self.datapath
                 .set_endpoint(endpoint.ifindex, datapath::endpoint_info(&endpoint))
                 .with_context(|| format!("registering endpoint {} ({})", endpoint.id, endpoint.pod_ref()))?;
@@ -902,5 +891,18 @@ pub async fn follow_cluster(controller: Arc<Mutex<Controller>>, source: KubeSour
         } else {
             retry = true;
         }
+    }
+}
+
+/// The endpoint of a lab pod: its labels, addresses and node-side interface.
+pub fn lab_pod_endpoint(pod: &flowgate_lab::state::PodState) -> NewEndpoint {
+    NewEndpoint {
+        namespace: pod.namespace.clone(),
+        pod_name: pod.name.clone(),
+        labels: pod.labels.clone(),
+        ipv4: pod.ip,
+        ipv6: pod.ipv6,
+        interface: pod.host_ifname.clone(),
+        ifindex: pod.host_ifindex,
     }
 }

@@ -32,7 +32,6 @@ use flowgate_lab::{
     state::{LabState, NamespaceState, PodState},
     topology::Cidr,
 };
-use flowgate_proto::endpoint::NewEndpoint;
 
 use crate::{
     events_agent::TempDir,
@@ -177,18 +176,7 @@ fn start_node(endpoints: usize, policies: usize, labels: bool, extra_policy: Opt
         lab.topology_path = Some(path);
     }
     for pod in &lab.pods {
-        let ep = state.upsert_endpoint(
-            NewEndpoint {
-                namespace: pod.namespace.clone(),
-                pod_name: pod.name.clone(),
-                labels: pod.labels.clone(),
-                ipv4: pod.ip,
-                ipv6: pod.ipv6,
-                interface: pod.host_ifname.clone(),
-                ifindex: pod.host_ifindex,
-            },
-            &namespace_labels(),
-        );
+        let ep = state.upsert_endpoint(controller::lab_pod_endpoint(pod), &namespace_labels());
         dp.set_endpoint(pod.host_ifindex, datapath::endpoint_info(&ep))
             .with_context(|| format!("registering endpoint {}", pod.name))?;
     }
