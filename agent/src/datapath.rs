@@ -254,12 +254,7 @@ impl Datapath {
         }
         let mut ebpf = loaded.map_err(DatapathError::Load)?;
         for name in PROGRAMS.map(|(name, _)| name).into_iter().chain(TEST_ONLY_PROGRAMS) {
-            let program: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .ok_or(DatapathError::MissingProgram { name })?
-                .try_into()
-                .map_err(|source| DatapathError::Program { name, source })?;
-            program.load().map_err(|source| DatapathError::Program { name, source })?;
+            classifier(&mut ebpf, name)?.load().map_err(|source| DatapathError::Program { name, source })?;
         }
         let mut datapath = Self {
             ebpf,
@@ -346,12 +341,7 @@ impl Datapath {
     pub fn attach_endpoint(&mut self, netns_path: &Path, interface: &str) -> Result<(), DatapathError> {
         let pin_dir = self.options.pin_dir.clone();
         for (name, attach_type) in PROGRAMS {
-            let program: &mut SchedClassifier = self
-                .ebpf
-                .program_mut(name)
-                .ok_or(DatapathError::MissingProgram { name })?
-                .try_into()
-                .map_err(|source| DatapathError::Program { name, source })?;
+            let program = classifier(&mut self.ebpf, name)?;
             let attach_error = |source| DatapathError::Attach {
                 program: name,
                 interface: interface.to_owned(),
@@ -411,12 +401,7 @@ impl Datapath {
             return Ok(false);
         };
         for (name, id) in links.owned {
-            let program: &mut SchedClassifier = self
-                .ebpf
-                .program_mut(name)
-                .ok_or(DatapathError::MissingProgram { name })?
-                .try_into()
-                .map_err(|source| DatapathError::Program { name, source })?;
+            let program = classifier(&mut self.ebpf, name)?;
             program.detach(id).map_err(|source| DatapathError::Program { name, source })?;
         }
         for pinned in links.pinned {
@@ -728,6 +713,14 @@ fn adopt(program: &mut SchedClassifier, path: &Path) -> Result<(SchedClassifierL
     let id = program.attach_to_link(link).map_err(|e| error_chain(&e))?;
     // The program now owns the link's fd; reopen the pin so the agent keeps its own handle too.
     Ok((id, PinnedLink::from_pin(path).map_err(|e| error_chain(&e))?))
+}
+
+/// One of the object's TC programs, by name.
+fn classifier<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier, DatapathError> {
+    ebpf.program_mut(name)
+        .ok_or(DatapathError::MissingProgram { name })?
+        .try_into()
+        .map_err(|source| DatapathError::Program { name, source })
 }
 
 /// What the datapath's endpoints map holds for an endpoint.

@@ -11,9 +11,10 @@ use std::{
 };
 
 use anyhow::Context as _;
+use flowgate_tests::TempDir;
 
 use crate::{
-    events_agent::{AgentOptions, BenchAgent, EventsBuffer, TempDir},
+    events_agent::{AgentOptions, BenchAgent, EventsBuffer},
     events_clients::{ClientKind, ClientProcess, wait_accounted, wait_subscribed},
     median,
     report::{Figure, Section, Target},
@@ -114,7 +115,7 @@ pub fn run(buffer: EventsBuffer, kinds: &[ClientKind], production: Production) -
 /// The verdict log alone (no socket client): records per second written, and whether every line is
 /// a whole JSON object. Returns (records/s, lines that are not whole JSON, records written).
 pub fn verdict_log_run(records: u64) -> anyhow::Result<(f64, u64, u64)> {
-    let dir = TempDir::new("verdict-log")?;
+    let dir = TempDir::new("verdict-log");
     let path = dir.0.join("verdicts.jsonl");
     let agent = BenchAgent::start(EventsBuffer::RingBuffer, &AgentOptions { verdict_log: Some(path.clone()) })?;
     let stats = agent.verdict_log_stats().context("the verdict log did not start")?;

@@ -41,6 +41,7 @@ use flowgate_events::{
 };
 use flowgate_lab::{state::LabState, topology::Cidr};
 use flowgate_proto::endpoint::NewEndpoint;
+use flowgate_tests::TempDir;
 
 /// skb->ifindex under BPF_PROG_TEST_RUN: the loopback device of the caller's namespace.
 const TEST_RUN_IFINDEX: u32 = 1;
@@ -89,24 +90,6 @@ impl Offered {
     }
 }
 
-/// A temporary directory removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(what: &str) -> anyhow::Result<Self> {
-        let dir = std::env::temp_dir().join(format!("flowgate-bench-{what}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(Self(dir))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// The in-process agent. Dropping it stops the socket server and every task.
 pub struct BenchAgent {
     runtime: Option<tokio::runtime::Runtime>,
@@ -121,7 +104,7 @@ pub struct BenchAgent {
 }
 
 /// An empty node: nothing to attach to; the one endpoint is registered by hand on loopback.
-fn bare_node() -> LabState {
+pub fn bare_node() -> LabState {
     LabState {
         version: flowgate_lab::state::STATE_VERSION,
         name: "bench".to_owned(),
@@ -153,7 +136,7 @@ impl BenchAgent {
     /// Loads the programs with every packet traced (aggregation off), registers the endpoint, and starts
     /// the reader(s), the kernel-loss poller and the socket server (in a temporary directory).
     pub fn start(buffer: EventsBuffer, options: &AgentOptions) -> anyhow::Result<Self> {
-        let dir = TempDir::new("agent")?;
+        let dir = TempDir::new("agent");
         let socket = dir.0.join("flowgate.sock");
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

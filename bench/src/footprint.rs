@@ -21,9 +21,10 @@ use flowgate_proto::{
     client::Client,
     message::{Request, Response},
 };
+use flowgate_tests::TempDir;
 
 use crate::{
-    events_agent::{AGENT_THREAD, AgentOptions, BenchAgent, EventsBuffer, TempDir},
+    events_agent::{AGENT_THREAD, AgentOptions, BenchAgent, EventsBuffer},
     events_clients::{ClientKind, ClientProcess, sibling_binary, wait_subscribed},
     report::{Figure, Section, Target},
 };
@@ -166,7 +167,7 @@ pub struct AgentFootprint {
 }
 
 pub fn agent_process(endpoints: usize, policies: usize) -> anyhow::Result<AgentFootprint> {
-    let dir = TempDir::new("footprint")?;
+    let dir = TempDir::new("footprint");
     let topology_path = dir.0.join("topology.yaml");
     std::fs::write(&topology_path, topology(endpoints))?;
     let policy_dir = dir.0.join("policies");
@@ -267,7 +268,7 @@ pub fn tui(rate: u64, secs: u64) -> anyhow::Result<(f64, u64, u64)> {
     let agent = BenchAgent::start(EventsBuffer::RingBuffer, &AgentOptions::default())?;
     let base = agent.state().hub().subscribers();
     let flowgate = sibling_binary("flowgate")?;
-    let dir = TempDir::new("tui")?;
+    let dir = TempDir::new("tui");
     let typescript = dir.0.join("typescript");
     let mut script = Command::new("script")
         .args(["-q", "-f", "-e", "-c"])

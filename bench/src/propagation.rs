@@ -32,9 +32,10 @@ use flowgate_lab::{
     state::{LabState, NamespaceState, PodState},
     topology::Cidr,
 };
+use flowgate_tests::TempDir;
 
 use crate::{
-    events_agent::TempDir,
+    events_agent,
     report::{Figure, Section, Target},
 };
 
@@ -80,20 +81,10 @@ fn node(endpoints: usize) -> LabState {
         })
         .collect();
     LabState {
-        version: flowgate_lab::state::STATE_VERSION,
-        name: "bench".to_owned(),
         cidr: Cidr { network: Ipv4Addr::new(10, 201, 0, 0), prefix_len: 16 },
-        gateway: Ipv4Addr::UNSPECIFIED,
-        ipv6_cidr: None,
-        gateway6: None,
-        node_netns: String::new(),
-        nodes: Vec::new(),
-        fabric_netns: None,
         namespaces: vec![NamespaceState { name: NAMESPACE.into(), labels: namespace_labels() }],
         pods,
-        externals: Vec::new(),
-        server_pid: None,
-        topology_path: None,
+        ..events_agent::bare_node()
     }
 }
 
@@ -159,7 +150,7 @@ fn start_node(endpoints: usize, policies: usize, labels: bool, extra_policy: Opt
     if endpoints < 2 {
         bail!("the probe needs two endpoints");
     }
-    let dir = TempDir::new(&format!("policies-{endpoints}-{policies}-{labels}"))?;
+    let dir = TempDir::new(&format!("policies-{endpoints}-{policies}-{labels}"));
     let policy_dir = dir.0.join("policies");
     std::fs::create_dir_all(&policy_dir)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -10,13 +10,10 @@ use std::{
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
-/// Where the sections and the joined results live: `bench/` in the repository (this crate's folder), or
-/// `FLOWGATE_BENCH_DIR` when set (smoke tests write there, leaving the committed results alone).
+/// Where the sections and the joined results live by default: `bench/` in the repository (this crate's
+/// folder). Every section binary takes `--out DIR` instead (smoke tests write there).
 pub fn results_dir() -> PathBuf {
-    match std::env::var_os("FLOWGATE_BENCH_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf(),
-    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
 }
 
 /// Which way a target points.

@@ -10,7 +10,8 @@ fn a_quick_datapath_run_writes_every_row_of_its_section() {
     let dir = std::env::temp_dir().join(format!("flowgate-bench-datapath-{}", std::process::id()));
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_flowgate-bench-datapath"))
         .arg("--quick")
-        .env("FLOWGATE_BENCH_DIR", &dir)
+        .arg("--out")
+        .arg(&dir)
         .stdout(std::process::Stdio::null())
         .status()
         .expect("run flowgate-bench-datapath");

@@ -6,7 +6,7 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_F_CURRENT_CPU, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_perf_event_output},
+    helpers::{bpf_get_smp_processor_id, bpf_perf_event_output},
     macros::map,
     maps::PerCpuArray,
     programs::TcContext,
@@ -39,14 +39,6 @@ pub fn scratch<T>() -> Option<&'static mut T> {
     // are a valid value. Nothing else on this CPU uses the slot while the program runs (TC programs do not
     // nest on a CPU), and each use fills the fields it emits.
     Some(unsafe { &mut *slot.cast::<T>() })
-}
-
-/// Header for a record of `record_type` and `len` bytes, stamped now.
-#[allow(dead_code)]
-#[inline(always)]
-pub fn header(record_type: u8, len: u16) -> RecordHeader {
-    // SAFETY: a helper without arguments that only reads the monotonic clock.
-    header_at(record_type, len, unsafe { bpf_ktime_get_ns() })
 }
 
 /// Header for a record of `record_type` and `len` bytes, stamped `ktime_ns` (CLOCK_MONOTONIC).

@@ -13,7 +13,7 @@ fn the_quick_run_writes_every_enforcers_rows() {
     assert!(bin.is_file(), "{} not found: build it (`cargo build -p flowgate-benchmarks`)", bin.display());
     let out_dir = TempDir::new("bench-traffic-quick");
     let out = Command::new(&bin)
-        .args(["--quick", "--results-dir"])
+        .args(["--quick", "--out"])
         .arg(out_dir.path())
         .env("RUST_BACKTRACE", "0")
         .output()

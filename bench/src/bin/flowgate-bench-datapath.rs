@@ -1,15 +1,16 @@
-//! `flowgate-bench-datapath [--quick]`: the datapath per packet (see `flowgate_benchmarks::datapath`),
-//! printed and written to `bench/results.d/datapath.json`. `--quick`: a smoke run (few repeats, the
-//! smallest scales) whose figures mean nothing.
+//! `flowgate-bench-datapath [--quick] [--out DIR]`: the datapath per packet (see
+//! `flowgate_benchmarks::datapath`), printed and written to `bench/results.d/datapath.json` (or under
+//! `DIR`). `--quick`: a smoke run (few repeats, the smallest scales) whose figures mean nothing.
 
 use flowgate_benchmarks::{
+    RunOptions,
     datapath::{self, Effort, Scale},
-    report::{self, Section},
+    report::Section,
 };
 
 fn main() -> anyhow::Result<()> {
-    let quick = std::env::args().any(|a| a == "--quick");
-    let (effort, scales) = if quick {
+    let options = RunOptions::from_args()?;
+    let (effort, scales) = if options.quick {
         (
             Effort::QUICK,
             vec![Scale { clients: 1, ports: 1, endpoints: 10 }, Scale { clients: 10, ports: 10, endpoints: 10 }],
@@ -20,7 +21,7 @@ fn main() -> anyhow::Result<()> {
     println!("datapath per packet (BPF_PROG_TEST_RUN, kernel-timed ns per packet)");
     let mut section = Section::new("datapath");
     datapath::run(&mut section, effort, &scales)?;
-    let path = section.write(&report::results_dir())?;
+    let path = section.write(&options.out)?;
     println!("written: {}", path.display());
     Ok(())
 }

@@ -40,9 +40,9 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_values_t = ["flowgate".to_owned(), "iptables".to_owned(),
         "iptables-conntrack".to_owned(), "ipset".to_owned(), "kube-network-policies".to_owned()])]
     enforcers: Vec<String>,
-    /// Where `results.d/traffic.json` goes (default: bench/).
+    /// Where `results.d/traffic.json` goes (default: bench/), as every section's `--out`.
     #[arg(long)]
-    results_dir: Option<PathBuf>,
+    out: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -95,7 +95,7 @@ fn main() -> anyhow::Result<()> {
     let section = run::run(&plan, &pods, &servers, knp.as_mut())?;
     drop(knp);
     drop(servers);
-    let dir = args.results_dir.unwrap_or_else(report::results_dir);
+    let dir = args.out.unwrap_or_else(report::results_dir);
     let path = section.write(&dir)?;
     println!("written: {}", path.display());
     Ok(())
