@@ -26,24 +26,22 @@ pub fn median(mut values: Vec<f64>) -> f64 {
 
 /// The command line every section binary takes: `--quick` (a short run, for the smoke test: the
 /// figures are not meaningful) and `--out DIR` (where `results.d/` is written; default `bench/`).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, clap::Parser)]
+#[command(about = "A section of flowgate's benchmarks (`make bench` runs them all; see docs/benchmarks.md)")]
 pub struct RunOptions {
+    /// A short run for the smoke tests: the figures are not meaningful
+    #[arg(long)]
     pub quick: bool,
+    /// Where `results.d/<section>.json` is written
+    #[arg(long, default_value_os_t = report::results_dir())]
     pub out: std::path::PathBuf,
 }
 
 impl RunOptions {
+    /// The options of this process's command line; `--help` prints them and exits, a wrong argument
+    /// exits with clap's message.
     pub fn from_args() -> anyhow::Result<Self> {
-        let mut options = Self { quick: false, out: report::results_dir() };
-        let mut args = std::env::args().skip(1);
-        while let Some(arg) = args.next() {
-            match arg.as_str() {
-                "--quick" => options.quick = true,
-                "--out" => options.out = args.next().ok_or_else(|| anyhow::anyhow!("--out needs a directory"))?.into(),
-                other => anyhow::bail!("unknown argument {other:?}; expected --quick or --out DIR"),
-            }
-        }
-        Ok(options)
+        Ok(<Self as clap::Parser>::parse())
     }
 }
 

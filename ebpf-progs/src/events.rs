@@ -17,21 +17,25 @@ use flowgate_common::{
     record::version_of,
 };
 
-use crate::maps::{self, FG_EVENTS, FG_EVENTS_PERF};
+use crate::{
+    maps::{self, FG_EVENTS, FG_EVENTS_PERF},
+    plain::zero_in_place,
+};
 
 /// Bytes of the per-CPU record being built: the largest record fits.
 const SCRATCH_WORDS: usize = 16;
 
-/// Where records are built before they are written: the BPF stack (512 bytes for a whole call chain) has
-/// no room for 80-byte records on top of the parsers' and the policy lookup's frames. One per CPU; a
-/// program runs to its end on one CPU, and a record is written before the next one is built.
+/// Where records for the perf event array are built before they are written (the ring buffer's are built
+/// in their reserved slot): the BPF stack (512 bytes for a whole call chain) has no room for 80-byte
+/// records on top of the parsers' and the policy lookup's frames. One per CPU; a program runs to its end
+/// on one CPU, and a record is written before the next one is built.
 #[map]
 static FG_SCRATCH: PerCpuArray<[u64; SCRATCH_WORDS]> = PerCpuArray::with_max_entries(1, 0);
 
 /// This CPU's record scratch space as a `T` (a record type, at most 128 bytes, 8-byte aligned), to fill
-/// field by field and then [`emit`]. `None` only if the map lookup fails, which it cannot for index 0.
+/// field by field and then write out. `None` only if the map lookup fails, which it cannot for index 0.
 #[inline(always)]
-pub fn scratch<T>() -> Option<&'static mut T> {
+fn scratch<T>() -> Option<&'static mut T> {
     const { assert!(size_of::<T>() <= SCRATCH_WORDS * 8 && align_of::<T>() <= 8) };
     let slot = FG_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: `slot` is this CPU's preallocated, 8-byte aligned array element of 128 bytes, valid for the
@@ -71,35 +75,59 @@ fn wakeup_flag() -> u64 {
 /// agent counts, so this case is counted apart to keep the total exact.
 const ENOSPC: i64 = -28;
 
-/// Emits one record (a `#[repr(C)]` record struct starting with a [`RecordHeader`]).
+/// Writes one record (a `#[repr(C)]` record struct starting with a [`RecordHeader`], 8-byte aligned,
+/// whole words), built by `fill` where it goes: with the ring buffer, in the reserved slot itself (no
+/// copy); with the perf event array, in this CPU's scratch space, then copied out. `fill` gets a zeroed
+/// record and sets its fields. A record that cannot be written is counted as lost.
 #[inline(always)]
-pub fn emit<T>(ctx: &TcContext, record: &T) {
+pub fn emit_with<T: Copy + 'static>(ctx: &TcContext, fill: impl FnOnce(&mut T)) {
     let outcome = if maps::config(Config::EventsKind) == events_kind::PERF {
-        // Called directly: aya-ebpf's PerfEventArray::output discards the helper's return code,
-        // and a failed write must be counted.
-        // SAFETY: `ctx` is this program's own skb context; the map argument is the address of the perf
-        // event array's definition, which the loader relocates to the map (as PerfEventArray::output
-        // passes it); `record` is a live `&T` of exactly `size_of::<T>()` bytes that the helper only
-        // reads (the `*mut` is the binding's signature, nothing writes through it). The verifier checks
-        // the size against the pointed-to stack or map memory as well.
-        let ret = unsafe {
-            bpf_perf_event_output(
-                ctx.as_ptr(),
-                core::ptr::from_ref(&FG_EVENTS_PERF).cast_mut().cast(),
-                BPF_F_CURRENT_CPU,
-                core::ptr::from_ref(record).cast_mut().cast(),
-                size_of::<T>() as u64,
-            )
-        };
-        match ret {
-            0 => Counter::RecordsWritten,
-            ENOSPC => Counter::PerfBufferFull,
-            _ => Counter::RecordsLost,
-        }
-    } else if FG_EVENTS.output::<T>(record, wakeup_flag()).is_ok() {
-        Counter::RecordsWritten
+        let Some(record) = scratch::<T>() else { return };
+        // SAFETY: this CPU's scratch slot holds a whole, aligned `T` (see `scratch`).
+        unsafe { zero_in_place(core::ptr::from_mut(record)) };
+        fill(record);
+        perf_output(ctx, record)
     } else {
-        Counter::RecordsLost
+        match FG_EVENTS.reserve::<T>(0) {
+            Some(mut slot) => {
+                // SAFETY: the kernel reserved `size_of::<T>()` bytes, 8-byte aligned, for this program
+                // alone until it submits; zeroed, they are a valid `T` (plain data).
+                let record = unsafe {
+                    zero_in_place(slot.as_mut_ptr());
+                    slot.assume_init_mut()
+                };
+                fill(record);
+                slot.submit(wakeup_flag());
+                Counter::RecordsWritten
+            }
+            None => Counter::RecordsLost,
+        }
     };
     maps::count(outcome);
+}
+
+/// Writes `record` to the perf event array; what to count.
+#[inline(always)]
+fn perf_output<T>(ctx: &TcContext, record: &T) -> Counter {
+    // Called directly: aya-ebpf's PerfEventArray::output discards the helper's return code,
+    // and a failed write must be counted.
+    // SAFETY: `ctx` is this program's own skb context; the map argument is the address of the perf
+    // event array's definition, which the loader relocates to the map (as PerfEventArray::output
+    // passes it); `record` is a live `&T` of exactly `size_of::<T>()` bytes that the helper only
+    // reads (the `*mut` is the binding's signature, nothing writes through it). The verifier checks
+    // the size against the pointed-to stack or map memory as well.
+    let ret = unsafe {
+        bpf_perf_event_output(
+            ctx.as_ptr(),
+            core::ptr::from_ref(&FG_EVENTS_PERF).cast_mut().cast(),
+            BPF_F_CURRENT_CPU,
+            core::ptr::from_ref(record).cast_mut().cast(),
+            size_of::<T>() as u64,
+        )
+    };
+    match ret {
+        0 => Counter::RecordsWritten,
+        ENOSPC => Counter::PerfBufferFull,
+        _ => Counter::RecordsLost,
+    }
 }

@@ -13,6 +13,7 @@ mod events;
 mod fragments;
 mod maps;
 mod packet;
+mod plain;
 mod policy;
 mod revocation;
 
@@ -37,6 +38,7 @@ use flowgate_common::{
 };
 
 use packet::{Meta, fragment, kind};
+use plain::zero_in_place;
 
 #[classifier]
 pub fn from_endpoint(ctx: TcContext) -> i32 {
@@ -170,25 +172,6 @@ fn try_endpoint(ctx: &TcContext, point: u8) -> Result<i32, i32> {
     Ok(action)
 }
 
-/// Zeroes a plain-data value (`FlowTuple`, `Meta`: 8-byte aligned, whole words) where it lies, word by word
-/// with volatile stores. LLVM turns ordinary zeroing (or moving a zeroed value) into a call to a byte-by-byte
-/// `memset` subprogram here, dozens of instructions on every packet; volatile stores are never merged into
-/// one, and zeroing in place leaves nothing to move.
-///
-/// # Safety
-/// `place` must be valid for writes of a `T` and 8-byte aligned.
-#[inline(always)]
-unsafe fn zero_in_place<T: Copy>(place: *mut T) {
-    const { assert!(size_of::<T>() % 8 == 0 && align_of::<T>() == 8) };
-    let words = place.cast::<u64>();
-    let mut i = 0;
-    while i < size_of::<T>() / 8 {
-        // SAFETY: word `i` is inside the `T` at `place`, which the caller guarantees writable and aligned.
-        unsafe { words.add(i).write_volatile(0) };
-        i += 1;
-    }
-}
-
 /// Whether the ICMP error in the packet quotes a connection tracked at this endpoint.
 #[inline(never)]
 fn related(ctx: &TcContext, meta: &Meta, pkt: &Packet) -> bool {
@@ -239,9 +222,10 @@ fn drop_packet(ctx: &TcContext, pkt: &Packet, reason: u8, remote_identity: u32) 
 #[inline(never)]
 fn drop_at_revision(ctx: &TcContext, pkt: &Packet, reason: u8, remote_identity: u32, revision: u64) -> i32 {
     maps::count(Counter::Drops);
-    if let Some(drop) = events::scratch::<DropRecord>() {
+    events::emit_with(ctx, |drop: &mut DropRecord| {
         drop.header = events::header_at(record_type::DROP, DropRecord::LEN, pkt.now());
-        drop.flow = pkt.flow;
+        // SAFETY: the record's `flow` is writable record memory, apart from `pkt`.
+        unsafe { plain::copy(&raw mut drop.flow, &pkt.flow) };
         drop.endpoint_id = pkt.endpoint_id;
         drop.direction = pkt.dir;
         drop.reason = reason;
@@ -249,9 +233,7 @@ fn drop_at_revision(ctx: &TcContext, pkt: &Packet, reason: u8, remote_identity: 
         drop.ifindex = pkt.ifindex;
         drop.pkt_len = pkt.len;
         drop.revision = revision as u32;
-        drop._pad = 0;
-        events::emit(ctx, drop);
-    }
+    });
     TC_ACT_SHOT as i32
 }
 
@@ -336,16 +318,17 @@ fn connection(ctx: &TcContext, pkt: &Packet, level: u64) -> i32 {
 
 #[inline(never)]
 fn trace(ctx: &TcContext, pkt: &Packet, ct_state: u8, remote_identity: u32) {
-    let Some(record) = events::scratch::<TraceRecord>() else { return };
-    record.header = events::header_at(record_type::TRACE, TraceRecord::LEN, pkt.now());
-    record.flow = pkt.flow;
-    record.endpoint_id = pkt.endpoint_id;
-    record.observation_point = pkt.point;
-    record.ct_state = ct_state;
-    record.ifindex = pkt.ifindex;
-    record.pkt_len = pkt.len;
-    record.remote_identity = remote_identity;
-    events::emit(ctx, record);
+    events::emit_with(ctx, |record: &mut TraceRecord| {
+        record.header = events::header_at(record_type::TRACE, TraceRecord::LEN, pkt.now());
+        // SAFETY: the record's `flow` is writable record memory, apart from `pkt`.
+        unsafe { plain::copy(&raw mut record.flow, &pkt.flow) };
+        record.endpoint_id = pkt.endpoint_id;
+        record.observation_point = pkt.point;
+        record.ct_state = ct_state;
+        record.ifindex = pkt.ifindex;
+        record.pkt_len = pkt.len;
+        record.remote_identity = remote_identity;
+    });
 }
 
 /// A policy decision as its verdict record tells it.
@@ -366,20 +349,19 @@ impl Decision {
 
 #[inline(never)]
 fn verdict_record(ctx: &TcContext, pkt: &Packet, decision: &Decision) {
-    let Some(record) = events::scratch::<PolicyVerdictRecord>() else { return };
-    record.header = events::header_at(record_type::POLICY_VERDICT, PolicyVerdictRecord::LEN, pkt.now());
-    record.flow = pkt.flow;
-    record.endpoint_id = pkt.endpoint_id;
-    record.direction = pkt.dir;
-    record.verdict = decision.verdict;
-    record.match_type = decision.match_type;
-    record._pad = 0;
-    record._pad2 = 0;
-    record.remote_identity = decision.remote_identity;
-    record.rule_id = decision.rule_id;
-    record.ifindex = pkt.ifindex;
-    record.pkt_len = pkt.len;
-    events::emit(ctx, record);
+    events::emit_with(ctx, |record: &mut PolicyVerdictRecord| {
+        record.header = events::header_at(record_type::POLICY_VERDICT, PolicyVerdictRecord::LEN, pkt.now());
+        // SAFETY: the record's `flow` is writable record memory, apart from `pkt`.
+        unsafe { plain::copy(&raw mut record.flow, &pkt.flow) };
+        record.endpoint_id = pkt.endpoint_id;
+        record.direction = pkt.dir;
+        record.verdict = decision.verdict;
+        record.match_type = decision.match_type;
+        record.remote_identity = decision.remote_identity;
+        record.rule_id = decision.rule_id;
+        record.ifindex = pkt.ifindex;
+        record.pkt_len = pkt.len;
+    });
 }
 
 #[cfg(not(test))]

@@ -489,13 +489,24 @@ fn after_a_real_rst_the_same_ports_get_a_new_verdict() {
         tcp_exchange_then_rst((web.ip, 80), sport);
     })
     .expect("enter the client pod");
+    // Collected until both verdicts are in (on a loaded machine the first batch can take a while), then
+    // a little longer, so that a third (a duplicate) would be seen too.
+    let ours_of =
+        |flows: &[Arc<Flow>]| flows.iter().filter(|f| f.source_port == sport && f.destination_port == 80).count();
     let verdicts: Vec<Arc<Flow>> = rt.block_on(async {
         let mut out = Vec::new();
-        while let Ok(Some(Ok(batch))) = tokio::time::timeout(Duration::from_millis(700), events.next_batch()).await {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut settle = None;
+        loop {
+            let until = settle.unwrap_or(deadline).min(deadline);
+            let Ok(Some(Ok(batch))) = tokio::time::timeout_at(until, events.next_batch()).await else { break };
             out.extend(batch.into_iter().filter_map(|e| match e {
                 Event::Flow(f) => Some(f),
                 Event::Lost(_) => None,
             }));
+            if settle.is_none() && ours_of(&out) >= 2 {
+                settle = Some(tokio::time::Instant::now() + Duration::from_millis(500));
+            }
         }
         out
     });
