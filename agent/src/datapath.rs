@@ -35,9 +35,10 @@ use flowgate_common::{
     ip,
     names::{
         MAP_CONFIG, MAP_CONNTRACK, MAP_COUNTERS, MAP_ENDPOINTS, MAP_ENFORCEMENT, MAP_EVENTS_PERF, MAP_EVENTS_RINGBUF,
-        MAP_INVALID_SOURCE, MAP_IPCACHE, MAP_POLICY, PROG_FLOOR, PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT,
+        MAP_INVALID_SOURCE, MAP_IPCACHE, MAP_POLICY, MAP_POLICY_EXACT, PROG_FLOOR, PROG_FROM_ENDPOINT,
+        PROG_TO_ENDPOINT,
     },
-    policy::{IpcacheValue, PolicyKey, PolicyValue},
+    policy::{IpcacheValue, POLICY_PREFIX_FULL, PolicyKey, PolicyValue},
 };
 use log::{info, warn};
 
@@ -244,6 +245,7 @@ impl Datapath {
         loader.map_max_entries(MAP_CONNTRACK, options.conntrack_entries);
         for generation in 0..2 {
             loader.map_max_entries(MAP_POLICY[generation], options.capacities.policy);
+            loader.map_max_entries(MAP_POLICY_EXACT[generation], options.capacities.policy);
             loader.map_max_entries(MAP_IPCACHE[generation], options.capacities.ipcache);
             loader.map_max_entries(MAP_ENFORCEMENT[generation], options.capacities.enforcement);
         }
@@ -319,7 +321,11 @@ impl Datapath {
             Ok(smallest)
         };
         let asked = self.options.capacities;
-        let policy = max_entries(MAP_POLICY, asked.policy, "policy-map-entries")?;
+        let policy = max_entries(MAP_POLICY, asked.policy, "policy-map-entries")?.min(max_entries(
+            MAP_POLICY_EXACT,
+            asked.policy,
+            "policy-map-entries",
+        )?);
         let ipcache = max_entries(MAP_IPCACHE, asked.ipcache, "ipcache-entries")?;
         let enforcement = max_entries(MAP_ENFORCEMENT, asked.enforcement, "endpoint-entries")?;
         let name = MAP_CONNTRACK;
@@ -434,6 +440,28 @@ impl Datapath {
         let next = usize::from(1 - self.generation);
         let current = self.policy_values(self.generation)?;
 
+        // One peer, protocol and port: the exact map; shorter prefixes: the trie (see `maps::policy` in
+        // the programs, which looks in that order).
+        let carried = |prefix: u32, key: &PolicyKey, value: &PolicyValue| {
+            let mut value = *value;
+            if let Some(before) = current.get(&(prefix, *key)) {
+                value.packets = before.packets;
+                value.bytes = before.bytes;
+            }
+            value
+        };
+        let name = MAP_POLICY_EXACT[next];
+        let mut exact: HashMap<_, PolicyKey, PolicyValue> =
+            HashMap::try_from(self.ebpf.map_mut(name).ok_or(DatapathError::MissingMap { name })?)
+                .map_err(|source| DatapathError::Map { name, source })?;
+        let old: Vec<PolicyKey> = exact.keys().filter_map(Result::ok).collect();
+        for key in old {
+            exact.remove(&key).map_err(|source| DatapathError::Map { name, source })?;
+        }
+        for (prefix, key, value) in contents.policy.iter().filter(|(prefix, ..)| *prefix == POLICY_PREFIX_FULL) {
+            exact.insert(key, carried(*prefix, key, value), 0).map_err(|source| DatapathError::Map { name, source })?;
+        }
+
         let name = MAP_POLICY[next];
         let mut trie: LpmTrie<_, PolicyKey, PolicyValue> =
             LpmTrie::try_from(self.ebpf.map_mut(name).ok_or(DatapathError::MissingMap { name })?)
@@ -442,12 +470,8 @@ impl Datapath {
         for key in old {
             trie.remove(&key).map_err(|source| DatapathError::Map { name, source })?;
         }
-        for (prefix, key, value) in &contents.policy {
-            let mut value = *value;
-            if let Some(before) = current.get(&(*prefix, *key)) {
-                value.packets = before.packets;
-                value.bytes = before.bytes;
-            }
+        for (prefix, key, value) in contents.policy.iter().filter(|(prefix, ..)| *prefix != POLICY_PREFIX_FULL) {
+            let value = carried(*prefix, key, value);
             trie.insert(&Key::new(*prefix, *key), value, 0).map_err(|source| DatapathError::Map { name, source })?;
         }
 
@@ -556,16 +580,25 @@ impl Datapath {
         Ok((deleted, left))
     }
 
-    /// The entries of a policy generation with their counters, by (prefix length, key).
+    /// The entries of a policy generation with their counters, by (prefix length, key): its trie's and
+    /// its exact map's (whose entries have prefix `POLICY_PREFIX_FULL`).
     pub fn policy_values(&self, generation: u8) -> Result<StdHashMap<(u32, PolicyKey), PolicyValue>, DatapathError> {
+        let mut out = StdHashMap::new();
         let name = MAP_POLICY[usize::from(generation)];
         let trie: LpmTrie<_, PolicyKey, PolicyValue> =
             LpmTrie::try_from(self.ebpf.map(name).ok_or(DatapathError::MissingMap { name })?)
                 .map_err(|source| DatapathError::Map { name, source })?;
-        let mut out = StdHashMap::new();
         for item in trie.iter() {
             let (key, value) = item.map_err(|source| DatapathError::Map { name, source })?;
             out.insert((key.prefix_len(), key.data()), value);
+        }
+        let name = MAP_POLICY_EXACT[usize::from(generation)];
+        let exact: HashMap<_, PolicyKey, PolicyValue> =
+            HashMap::try_from(self.ebpf.map(name).ok_or(DatapathError::MissingMap { name })?)
+                .map_err(|source| DatapathError::Map { name, source })?;
+        for item in exact.iter() {
+            let (key, value) = item.map_err(|source| DatapathError::Map { name, source })?;
+            out.insert((POLICY_PREFIX_FULL, key), value);
         }
         Ok(out)
     }

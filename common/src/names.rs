@@ -26,8 +26,13 @@ pub const MAP_FRAGMENTS: &str = "FG_FRAGMENTS";
 /// Per-CPU array of `u64`, indexed by endpoint id: packets from the endpoint dropped for a source address
 /// that is not the endpoint's.
 pub const MAP_INVALID_SOURCE: &str = "FG_INVALID_SOURCE";
-/// Policy generations: LPM tries `PolicyKey` -> `PolicyValue`.
+/// Policy generations: LPM tries `PolicyKey` -> `PolicyValue`, with the entries of a port range, of a
+/// whole protocol or of a whole peer (prefixes shorter than `POLICY_PREFIX_FULL`).
 pub const MAP_POLICY: [&str; 2] = ["FG_POLICY_0", "FG_POLICY_1"];
+/// Policy generations, the entries of one peer, protocol and port (prefix `POLICY_PREFIX_FULL`, most
+/// of them): hash maps `PolicyKey` -> `PolicyValue`. A hash lookup costs the same at any size, where a
+/// trie lookup grows with the trie's depth; the programs look here first (see `ebpf-progs/src/maps.rs`).
+pub const MAP_POLICY_EXACT: [&str; 2] = ["FG_POLICY_EXACT_0", "FG_POLICY_EXACT_1"];
 /// ipcache generations: LPM tries IPv4 prefix -> `IpcacheValue`.
 pub const MAP_IPCACHE: [&str; 2] = ["FG_IPCACHE_0", "FG_IPCACHE_1"];
 /// Enforcement generations: hash maps endpoint id -> `enforcement` flags.

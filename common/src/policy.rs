@@ -95,6 +95,11 @@ pub mod enforcement {
     /// Would-be drops on ingress pass and are reported as audit.
     pub const INGRESS_AUDIT: u32 = 4;
     pub const EGRESS_AUDIT: u32 = 8;
+    /// The endpoint has policy entries shorter than one peer, protocol and port in this direction (port
+    /// ranges, whole protocols, whole peers), which are in the policy trie: without the flag the programs
+    /// look only in the exact map, a miss costing no trie walk.
+    pub const INGRESS_PREFIXES: u32 = 16;
+    pub const EGRESS_PREFIXES: u32 = 32;
 }
 
 /// Policy-verdict match types (`PolicyVerdictRecord::match_type`): flowgate's own numbering, which the

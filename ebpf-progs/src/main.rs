@@ -276,7 +276,7 @@ fn connection(ctx: &TcContext, pkt: &Packet, level: u64) -> i32 {
 
     let remote_addr = if dir == direction::EGRESS { &pkt.flow.daddr } else { &pkt.flow.saddr };
     let remote = policy::remote(generation, remote_addr);
-    match policy::decide(generation, endpoint_id, dir, remote, pkt.flow.protocol, pkt.flow.dport) {
+    match policy::decide(generation, flags, dir, remote, (endpoint_id, pkt.flow.protocol, pkt.flow.dport)) {
         Some(allowed) => {
             maps::count(Counter::PolicyAllowed);
             allowed.account(pkt.len);

@@ -5,6 +5,7 @@
 //! `flowgate_common::capacity`'s, which the agent reads too.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerfEventArray, RingBuf, lpm_trie::Key},
 };
@@ -48,6 +49,14 @@ pub static FG_CONFIG: Array<u64> = Array::pinned(Config::COUNT, 0);
 #[map]
 pub static FG_CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(MAX_CONNECTIONS, 0);
 
+/// A policy generation's entries for one peer, protocol and port (`names::MAP_POLICY_EXACT`). Not
+/// preallocated: the kernel charges only the entries there are.
+#[map]
+pub static FG_POLICY_EXACT_0: HashMap<PolicyKey, PolicyValue> = HashMap::pinned(MAX_POLICY_ENTRIES, BPF_F_NO_PREALLOC);
+#[map]
+pub static FG_POLICY_EXACT_1: HashMap<PolicyKey, PolicyValue> = HashMap::pinned(MAX_POLICY_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// A policy generation's shorter prefixes (`names::MAP_POLICY`).
 #[map]
 pub static FG_POLICY_0: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::pinned(MAX_POLICY_ENTRIES, 0);
 #[map]
@@ -121,9 +130,16 @@ pub fn ipcache(generation: u64, addr: &Addr) -> Option<IpcacheValue> {
     if generation == 0 { FG_IPCACHE_0.get(&key) } else { FG_IPCACHE_1.get(&key) }.copied()
 }
 
-/// The longest policy entry matching the key, as a pointer so its counters can be updated.
+/// The longest policy entry matching the key, as a pointer so its counters can be updated. An entry of
+/// the whole key (peer, protocol and port: the longest prefix there is) is in the exact map; only when
+/// there is none, and the endpoint has shorter prefixes in this direction (`prefixes`, see
+/// `enforcement::INGRESS_PREFIXES`), does the trie of port ranges, whole protocols and whole peers decide.
 #[inline(always)]
-pub fn policy(generation: u64, key: &PolicyKey) -> Option<*mut PolicyValue> {
+pub fn policy(generation: u64, key: &PolicyKey, prefixes: bool) -> Option<*mut PolicyValue> {
+    let exact = if generation == 0 { FG_POLICY_EXACT_0.get_ptr_mut(key) } else { FG_POLICY_EXACT_1.get_ptr_mut(key) };
+    if exact.is_some() || !prefixes {
+        return exact;
+    }
     let key = Key::new(POLICY_PREFIX_FULL, *key);
     let value = if generation == 0 { FG_POLICY_0.get(&key) } else { FG_POLICY_1.get(&key) };
     value.map(|v| core::ptr::from_ref(v).cast_mut())

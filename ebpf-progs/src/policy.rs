@@ -1,13 +1,14 @@
 //! The policy decision for a new connection at an endpoint: resolve the peer's identities through the
-//! ipcache, look the (endpoint, direction, identity, protocol, port) up in the policy trie for the peer's
+//! ipcache, look the (endpoint, direction, identity, protocol, port) up in the policy maps for the peer's
 //! identity, its CIDR identity and the wildcard identity, and pick the match in Cilium's precedence:
 //! L3-L4, then L4-only, then L3-only, then allow-all. Every lookup is a hash or LPM lookup, so the cost
-//! does not grow with the number of policies.
+//! does not grow with the number of policies (an entry for one port is found by hash; a trie holds only
+//! the shorter prefixes, and stays shallow).
 
 use flowgate_common::{
     identity,
     ip::Addr,
-    policy::{POLICY_FLAG_L4, PolicyKey, PolicyValue, match_type},
+    policy::{POLICY_FLAG_L4, PolicyKey, PolicyValue, direction, enforcement, match_type},
 };
 
 use crate::maps;
@@ -39,9 +40,9 @@ impl Allowed {
     /// Counts the connection's first packet on the entry that allowed it.
     #[inline(always)]
     pub fn account(&self, pkt_len: u32) {
-        // SAFETY: `entry` is the non-null, aligned address of the policy value a trie lookup returned
-        // in this run (see `maps::policy`); trie elements are freed only after an RCU grace period, so
-        // it stays valid until the program returns. Another CPU may count the same entry at once and
+        // SAFETY: `entry` is the non-null, aligned address of the policy value a lookup returned in this
+        // run (see `maps::policy`); elements of the trie and of the (not preallocated) hash map are freed
+        // only after an RCU grace period, so it stays valid until the program returns. Another CPU may count the same entry at once and
         // lose an increment, which counters tolerate; the agent only reads these fields in the active
         // generation (it carries them over by writing the inactive one).
         unsafe {
@@ -65,23 +66,30 @@ fn allowed(entry: *mut PolicyValue, match_type: u8) -> Allowed {
     Allowed { rule_id: unsafe { (*entry).rule_id }, match_type, entry }
 }
 
-/// Decides a new connection; `None` means no entry allows it.
+/// Decides a new connection at the endpoint with these enforcement flags, to `key` (endpoint id, protocol,
+/// port); `None` means no entry allows it. Each lookup is made only when the ones
+/// before it left the decision open: a connection allowed by an entry for its peer's own identity and
+/// port (the common case) costs one lookup.
 #[inline(always)]
-pub fn decide(generation: u64, endpoint_id: u16, dir: u8, remote: Remote, protocol: u8, port: u16) -> Option<Allowed> {
-    let by_identity = maps::policy(generation, &PolicyKey::new(endpoint_id, dir, remote.identity, protocol, port));
-    let by_cidr = if remote.cidr_identity != 0 && remote.cidr_identity != remote.identity {
-        maps::policy(generation, &PolicyKey::new(endpoint_id, dir, remote.cidr_identity, protocol, port))
-    } else {
-        None
-    };
-    let by_any = maps::policy(generation, &PolicyKey::new(endpoint_id, dir, identity::ANY, protocol, port));
-
+pub fn decide(generation: u64, endpoint_flags: u32, dir: u8, remote: Remote, key: (u16, u8, u16)) -> Option<Allowed> {
+    let (endpoint_id, protocol, port) = key;
+    let prefixes = endpoint_flags
+        & if dir == direction::INGRESS { enforcement::INGRESS_PREFIXES } else { enforcement::EGRESS_PREFIXES }
+        != 0;
+    let by_identity =
+        maps::policy(generation, &PolicyKey::new(endpoint_id, dir, remote.identity, protocol, port), prefixes);
     if let Some(e) = by_identity.filter(|e| is_l4(*e)) {
         return Some(allowed(e, match_type::L3_L4));
     }
+    let by_cidr = if remote.cidr_identity != 0 && remote.cidr_identity != remote.identity {
+        maps::policy(generation, &PolicyKey::new(endpoint_id, dir, remote.cidr_identity, protocol, port), prefixes)
+    } else {
+        None
+    };
     if let Some(e) = by_cidr.filter(|e| is_l4(*e)) {
         return Some(allowed(e, match_type::L3_L4));
     }
+    let by_any = maps::policy(generation, &PolicyKey::new(endpoint_id, dir, identity::ANY, protocol, port), prefixes);
     if let Some(e) = by_any.filter(|e| is_l4(*e)) {
         return Some(allowed(e, match_type::L4_ONLY));
     }

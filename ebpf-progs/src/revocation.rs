@@ -51,7 +51,7 @@ pub fn recheck(tracked: &Tracked, revision: u64) -> Recheck {
     }
     let remote_addr = if key.direction == direction::EGRESS { &key.daddr } else { &key.saddr };
     let remote = policy::remote(generation, remote_addr);
-    match policy::decide(generation, key.endpoint_id, key.direction, remote, key.protocol, key.dport) {
+    match policy::decide(generation, flags, key.direction, remote, (key.endpoint_id, key.protocol, key.dport)) {
         Some(allowed) => {
             entry.rule_id = allowed.rule_id;
             entry.flags = (entry.flags & keep) | ct_flag::ENFORCED;

@@ -14,8 +14,8 @@ use flowgate_common::{
     capacity::{MAX_ENDPOINTS, MAX_IPCACHE_ENTRIES, MAX_POLICY_ENTRIES},
     identity,
     policy::{
-        IpcacheValue, POLICY_FLAG_L4, POLICY_PREFIX_PEER, POLICY_PREFIX_PROTOCOL, PolicyKey, PolicyValue, direction,
-        enforcement,
+        IpcacheValue, POLICY_FLAG_L4, POLICY_PREFIX_FULL, POLICY_PREFIX_PEER, POLICY_PREFIX_PROTOCOL, PolicyKey,
+        PolicyValue, direction, enforcement,
     },
 };
 
@@ -241,6 +241,20 @@ pub fn realize(plan: &PolicyPlan, pods: &[(IpAddr, u32)], audit: &Audit, rules: 
             contents.enforcement.push((endpoint_id, flags));
         }
     }
+    // Which endpoints and directions have entries in the trie (see `enforcement::INGRESS_PREFIXES`).
+    let with_prefixes: BTreeSet<(u16, u8)> = entries
+        .keys()
+        .filter(|(prefix, _)| *prefix != POLICY_PREFIX_FULL)
+        .map(|(_, key)| (key.endpoint_id(), key.direction()))
+        .collect();
+    for (endpoint_id, flags) in &mut contents.enforcement {
+        if with_prefixes.contains(&(*endpoint_id, direction::INGRESS)) {
+            *flags |= enforcement::INGRESS_PREFIXES;
+        }
+        if with_prefixes.contains(&(*endpoint_id, direction::EGRESS)) {
+            *flags |= enforcement::EGRESS_PREFIXES;
+        }
+    }
     for ((prefix, key), by) in entries {
         let by: Vec<PolicyRef> = by.into_iter().collect();
         let flags = if prefix > POLICY_PREFIX_PEER { POLICY_FLAG_L4 } else { 0 };
@@ -296,6 +310,41 @@ mod tests {
             egress: DirectionPolicy::default(),
         };
         PolicyPlan { cidrs: Vec::new(), endpoints: BTreeMap::from([(1, ep)]) }
+    }
+
+    /// The programs walk an endpoint's trie only when its flags say there are shorter prefixes in that
+    /// direction; an entry a flag forgot would be unreachable, so every kind of shorter entry sets it.
+    #[test]
+    fn an_endpoint_is_flagged_for_the_trie_exactly_when_it_has_shorter_prefixes() {
+        use crate::Protocol::Tcp;
+        let flags_of = |entries: Vec<PolicyEntry>| {
+            let pods = [(std::net::Ipv4Addr::new(10, 200, 0, 1).into(), 256)];
+            let contents = realize(&plan_with(entries), &pods, &Audit::default(), &mut RuleTable::default());
+            assert_eq!(contents.enforcement.len(), 1);
+            contents.enforcement[0].1
+        };
+        let entry = |peer, protocol, ports| PolicyEntry {
+            peer,
+            protocol,
+            ports,
+            allowed_by: vec![PolicyRef::new("default", "p")],
+        };
+        let one_port = entry(PeerMatch::Identity(300), Some(Tcp), Some((80, 80)));
+        assert_eq!(flags_of(vec![one_port.clone()]), enforcement::INGRESS, "one port: the exact map alone");
+        assert_eq!(flags_of(Vec::new()), enforcement::INGRESS, "isolated, nothing allowed");
+        for shorter in [
+            entry(PeerMatch::Identity(300), Some(Tcp), Some((80, 81))),
+            entry(PeerMatch::Identity(300), Some(Tcp), None),
+            entry(PeerMatch::Identity(300), None, None),
+            entry(PeerMatch::Any, None, None),
+        ] {
+            let what = format!("{shorter:?}");
+            assert_eq!(
+                flags_of(vec![one_port.clone(), shorter]),
+                enforcement::INGRESS | enforcement::INGRESS_PREFIXES,
+                "{what}"
+            );
+        }
     }
 
     #[test]
