@@ -95,6 +95,10 @@ pub enum DatapathError {
     Netns(#[from] NetnsError),
 }
 
+/// Default of [`DatapathOptions::wakeup_interval`] in microseconds (`--events-wakeup-interval-us`): a
+/// quarter of the 1 ms latency bar, about 4,000 wake-ups a second under a steady stream.
+pub const DEFAULT_WAKEUP_INTERVAL_US: u64 = 250;
+
 /// Load-time settings.
 #[derive(Clone, Debug)]
 pub struct DatapathOptions {
@@ -102,6 +106,8 @@ pub struct DatapathOptions {
     pub events_buffer_bytes: u32,
     /// Unread bytes in the ring buffer above which the kernel wakes the reader.
     pub wakeup_bytes: u64,
+    /// Time after a wake-up when the next record wakes the reader anyway (zero: never by time).
+    pub wakeup_interval: Duration,
     /// `counters::events_kind`: ring buffer or perf event array.
     pub events_kind: u64,
     /// `counters::aggregation` level of trace records.
@@ -123,6 +129,7 @@ impl Default for DatapathOptions {
         Self {
             events_buffer_bytes: 8 << 20,
             wakeup_bytes: 256 << 10,
+            wakeup_interval: Duration::from_micros(DEFAULT_WAKEUP_INTERVAL_US),
             events_kind: events_kind::RINGBUF,
             aggregation: aggregation::MEDIUM,
             pin_dir: None,
@@ -282,6 +289,7 @@ impl Datapath {
         }
         let options = datapath.options.clone();
         datapath.set_config(Config::WakeupBytes, options.wakeup_bytes)?;
+        datapath.set_config(Config::WakeupIntervalNs, duration_ns(options.wakeup_interval))?;
         datapath.set_config(Config::EventsKind, options.events_kind)?;
         datapath.set_config(Config::Aggregation, options.aggregation)?;
         datapath.set_config(Config::KeepEstablished, u64::from(options.keep_established))?;

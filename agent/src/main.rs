@@ -61,6 +61,11 @@ struct Args {
     /// How often the reader drains the events buffer when the kernel has not woken it, in milliseconds.
     #[arg(long, default_value_t = 5)]
     drain_interval_ms: u64,
+    /// Ring buffer: a record wakes the reader when the last wake-up is this old (microseconds), so a
+    /// record waits about this long at most while a stream still wakes the reader in batches; 0: only
+    /// 256 KiB of unread records wake it (and the drain interval).
+    #[arg(long, default_value_t = flowgate_agent::datapath::DEFAULT_WAKEUP_INTERVAL_US)]
+    events_wakeup_interval_us: u64,
     /// Flows kept in memory for subscribers asking for the last N.
     #[arg(long, default_value_t = 4096)]
     history_size: usize,
@@ -282,6 +287,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let node = args.node_name.clone().unwrap_or_else(node_name);
     let datapath = Datapath::load(DatapathOptions {
         events_buffer_bytes: args.events_buffer_bytes,
+        wakeup_interval: Duration::from_micros(args.events_wakeup_interval_us),
         events_kind: match args.events_buffer {
             EventsBuffer::Ringbuf => events_kind::RINGBUF,
             EventsBuffer::Perf => events_kind::PERF,

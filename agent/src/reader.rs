@@ -1,6 +1,7 @@
-//! Drains the kernel's events buffer. With the ring buffer (default) the kernel only wakes us once
-//! enough data is waiting (batched wake-ups, see `ebpf-progs/src/events.rs`); a periodic tick drains
-//! whatever arrived below that threshold, so latency stays bounded by the tick when traffic is light.
+//! Drains the kernel's events buffer. With the ring buffer (default) the kernel wakes us in batches:
+//! when enough data is waiting, or when the last wake-up is older than the wake-up interval (see
+//! `ebpf-progs/src/events.rs`), so a lone record is read at once and a stream about once per interval;
+//! a periodic tick drains whatever is left anyway (a backstop, e.g. with the interval turned off).
 //! With the perf event array there is one buffer per CPU, each drained by its own task, and the
 //! kernel's lost-record notices are passed on as losses.
 

@@ -111,6 +111,9 @@ pub enum Config {
     CtLifetimeTcp = 6,
     CtLifetimeOther = 7,
     CtLifetimeClose = 8,
+    /// Nanoseconds after a ring-buffer wake-up when the next record wakes the reader again, however
+    /// little is waiting: bounds how long a record waits for the reader (0: only `WakeupBytes` wakes it).
+    WakeupIntervalNs = 9,
 }
 
 /// Trace aggregation levels (`Config::Aggregation`), as Cilium's monitor aggregation.

@@ -1,14 +1,15 @@
 //! Writing records into the events buffer chosen at agent start: the BPF ring buffer (default), with
-//! batched wake-ups (a record wakes the reader only when enough unread data has piled up; the reader's
-//! periodic drain collects the rest), or the perf event array. A record that cannot be written is
-//! counted as lost, never silently dropped.
+//! batched wake-ups (a record wakes the reader when enough unread data has piled up, or when the last
+//! wake-up is older than an interval, so a lone record is read at once and a stream wakes the reader
+//! about once per interval; the reader's periodic drain is only the backstop), or the perf event array.
+//! A record that cannot be written is counted as lost, never silently dropped.
 
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_F_CURRENT_CPU, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_get_smp_processor_id, bpf_perf_event_output},
     macros::map,
-    maps::PerCpuArray,
+    maps::{Array, PerCpuArray},
     programs::TcContext,
 };
 use flowgate_common::{
@@ -59,12 +60,28 @@ pub fn header_at(record_type: u8, len: u16, ktime_ns: u64) -> RecordHeader {
     }
 }
 
-/// Wake-up flag for the next ring-buffer record: wake the reader once `WakeupBytes` are waiting (or
-/// always, when the agent left the setting at 0).
+/// When a record last woke the reader (`bpf_ktime_get_ns`), for all CPUs together: the reader is one.
+/// Written without a lock: two CPUs racing both wake the reader, which costs one spare wake-up.
+#[map]
+static FG_WAKEUP: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Wake-up flag for a ring-buffer record stamped `ktime_ns`: wake the reader when the last wake-up is
+/// `WakeupIntervalNs` old or older (a setting of 0 turns this off), or once `WakeupBytes` are waiting,
+/// or always when the agent left `WakeupBytes` at 0.
 #[inline(always)]
-fn wakeup_flag() -> u64 {
+fn wakeup_flag(ktime_ns: u64) -> u64 {
     let threshold = maps::config(Config::WakeupBytes);
-    if threshold == 0 || FG_EVENTS.query(BPF_RB_AVAIL_DATA.into()) >= threshold {
+    let interval = maps::config(Config::WakeupIntervalNs);
+    let last = FG_WAKEUP.get_ptr_mut(0);
+    // SAFETY: index 0 of a one-element array map: valid, aligned memory for the program's run. Another
+    // CPU may write it at the same time; a torn read cannot happen for an aligned u64, and a stale one
+    // only moves one wake-up.
+    let due = interval != 0 && last.is_some_and(|last| ktime_ns.saturating_sub(unsafe { *last }) >= interval);
+    if due || threshold == 0 || FG_EVENTS.query(BPF_RB_AVAIL_DATA.into()) >= threshold {
+        if let Some(last) = last {
+            // SAFETY: as above.
+            unsafe { *last = ktime_ns };
+        }
         BPF_RB_FORCE_WAKEUP.into()
     } else {
         BPF_RB_NO_WAKEUP.into()
@@ -81,6 +98,7 @@ const ENOSPC: i64 = -28;
 /// record and sets its fields. A record that cannot be written is counted as lost.
 #[inline(always)]
 pub fn emit_with<T: Copy + 'static>(ctx: &TcContext, fill: impl FnOnce(&mut T)) {
+    const { assert!(size_of::<T>() >= size_of::<RecordHeader>()) };
     let outcome = if maps::config(Config::EventsKind) == events_kind::PERF {
         let Some(record) = scratch::<T>() else { return };
         // SAFETY: this CPU's scratch slot holds a whole, aligned `T` (see `scratch`).
@@ -97,7 +115,9 @@ pub fn emit_with<T: Copy + 'static>(ctx: &TcContext, fill: impl FnOnce(&mut T)) 
                     slot.assume_init_mut()
                 };
                 fill(record);
-                slot.submit(wakeup_flag());
+                // SAFETY: every record starts with its header (`#[repr(C)]`, checked to be large enough above).
+                let ktime_ns = unsafe { &*core::ptr::from_ref(record).cast::<RecordHeader>() }.ktime_ns;
+                slot.submit(wakeup_flag(ktime_ns));
                 Counter::RecordsWritten
             }
             None => Counter::RecordsLost,

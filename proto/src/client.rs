@@ -18,6 +18,7 @@ use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 use crate::{
     PROTOCOL_VERSION, ProtocolVersion,
     codec::{self, CodecError, MAX_FRAME_BYTES},
+    flow_batch::PeerTable,
     message::{ClientMessage, Event, Hello, Refusal, Request, Response, ServerMessage, Subscription},
 };
 
@@ -80,6 +81,8 @@ pub enum ClientError {
     Timeout { path: PathBuf, doing: &'static str, after: Duration },
     #[error("protocol error: {0}")]
     Codec(#[from] CodecError),
+    #[error("protocol error: {0}")]
+    FlowBatch(#[from] crate::flow_batch::FlowBatchError),
     #[error("protocol error: expected {expected} from the agent, got {got}")]
     Unexpected { expected: &'static str, got: String },
 }
@@ -101,7 +104,7 @@ fn kind(message: &ServerMessage) -> String {
         ServerMessage::Refused { .. } => "a refusal".into(),
         ServerMessage::Error { .. } => "an error".into(),
         ServerMessage::Response(r) => format!("a response ({})", response_kind(r)),
-        ServerMessage::Events(_) => "an events batch".into(),
+        ServerMessage::Events(_) | ServerMessage::FlowBatch(_) => "an events batch".into(),
     }
 }
 
@@ -250,13 +253,15 @@ impl Client {
     /// Subscribes to events; the connection then only carries event batches.
     pub async fn subscribe(mut self, subscription: Subscription) -> Result<EventStream, ClientError> {
         self.conn.send(&ClientMessage::Subscribe(subscription), "subscribing").await?;
-        Ok(EventStream { conn: self.conn, done: false })
+        Ok(EventStream { conn: self.conn, peers: PeerTable::default(), done: false })
     }
 }
 
 /// The batches of a subscription, in order.
 pub struct EventStream {
     conn: Connection,
+    /// The peers the agent defined on this connection (1.5 batches).
+    peers: PeerTable,
     done: bool,
 }
 
@@ -273,6 +278,7 @@ impl EventStream {
                 return None;
             }
             Ok(Some(ServerMessage::Events(events))) => Ok(events),
+            Ok(Some(ServerMessage::FlowBatch(batch))) => self.peers.expand(batch).map_err(ClientError::from),
             Ok(Some(ServerMessage::Error { message })) => Err(ClientError::Agent { message }),
             Ok(Some(ServerMessage::Refused { reason, message })) => {
                 Err(ClientError::Refused { path: self.conn.path.clone(), reason, message })

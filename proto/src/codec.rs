@@ -1,6 +1,6 @@
 //! Framing and encoding: each frame is a 4-byte big-endian length and a MessagePack body (structs as
-//! maps, so fields can be added without breaking older peers). Frames above [`MAX_FRAME_BYTES`] are
-//! refused by both sides.
+//! maps, so fields can be added without breaking older peers; the compact event batches of 1.5 as
+//! arrays, see [`crate::flow_batch`]). Frames above [`MAX_FRAME_BYTES`] are refused by both sides.
 
 use bytes::Bytes;
 use serde::{Serialize, de::DeserializeOwned};
@@ -40,6 +40,12 @@ pub fn framing() -> LengthDelimitedCodec {
 /// Encodes a message body (without the length prefix).
 pub fn encode<T: Serialize>(what: &'static str, message: &T) -> Result<Bytes, CodecError> {
     rmp_serde::to_vec_named(message).map(Bytes::from).map_err(|source| CodecError::Encode { what, source })
+}
+
+/// Encodes a message body with structs as arrays (no field names): only for messages whose structs are
+/// positional by contract, the [`crate::flow_batch::FlowBatch`] of 1.5. [`decode`] reads both forms.
+pub fn encode_compact<T: Serialize>(what: &'static str, message: &T) -> Result<Bytes, CodecError> {
+    rmp_serde::to_vec(message).map(Bytes::from).map_err(|source| CodecError::Encode { what, source })
 }
 
 /// Decodes a message body, nested at most [`MAX_DEPTH`] deep.

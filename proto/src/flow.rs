@@ -151,7 +151,7 @@ impl TcpFlags {
 }
 
 /// One side of a flow: a local endpoint, or a remote peer known only by address and identity.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Peer {
     /// Local endpoint id; 0 when the address is not an endpoint of this node.
     #[serde(default)]

@@ -9,6 +9,7 @@ pub mod client;
 pub mod codec;
 pub mod filter;
 pub mod flow;
+pub mod flow_batch;
 pub mod format;
 pub mod hubble;
 pub mod ip_wire;

@@ -113,6 +113,9 @@ pub enum ServerMessage {
     Response(Response),
     /// A batch of events for a subscription, in order.
     Events(Vec<Event>),
+    /// Since 1.5, to clients that said 1.5 or later: a batch of events for a subscription, in order,
+    /// with peers numbered per connection (encoded with structs as arrays).
+    FlowBatch(crate::flow_batch::FlowBatch),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -17,13 +17,23 @@ pub struct ProtocolVersion {
 /// is written as before, so a 1.2 client still reads IPv4 flows; an IPv6 one needs 1.3), endpoints gained
 /// `ipv6`, protocols `ICMPV6`. 1.4: `PolicyMaps` (the policy maps in effect and what they were compiled
 /// from, for `flowgate policy test` and `policy describe NS/NAME`), and the endpoint state
-/// `waiting-for-interface`.
-pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion { major: 1, minor: 4 };
+/// `waiting-for-interface`. 1.5: subscribers that say 1.5 or later get their events as
+/// `ServerMessage::FlowBatch` (peers sent once per connection, flows as arrays; see `flow_batch`), others
+/// as `ServerMessage::Events`.
+pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion { major: 1, minor: 5 };
+
+/// The first version that reads `ServerMessage::FlowBatch`.
+pub const FLOW_BATCH_SINCE: ProtocolVersion = ProtocolVersion { major: 1, minor: 5 };
 
 impl ProtocolVersion {
     /// Whether a peer speaking `other` can talk to us.
     pub fn compatible_with(self, other: ProtocolVersion) -> bool {
         self.major == other.major
+    }
+
+    /// Whether a peer speaking this version reads compact event batches (`ServerMessage::FlowBatch`).
+    pub fn reads_flow_batches(self) -> bool {
+        self.major == FLOW_BATCH_SINCE.major && self.minor >= FLOW_BATCH_SINCE.minor
     }
 }
 

@@ -110,6 +110,11 @@ impl FrameWriter {
         Ok(codec::encode("server", message)?)
     }
 
+    /// Encodes a message with structs as arrays (the compact batches of 1.5, see `flow_batch`).
+    pub fn encode_compact(message: &ServerMessage) -> Result<bytes::Bytes, FrameError> {
+        Ok(codec::encode_compact("server", message)?)
+    }
+
     /// Sends an encoded body as one frame.
     pub async fn send_body(&mut self, body: bytes::Bytes) -> Result<(), FrameError> {
         if body.len() > MAX_FRAME_BYTES {

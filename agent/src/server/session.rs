@@ -5,10 +5,12 @@
 
 use std::{sync::Arc, time::Duration};
 
+use bytes::Bytes;
 use flowgate_proto::{
     PROTOCOL_VERSION,
     codec::{self, MAX_FRAME_BYTES},
     filter::{FlowFilter, MAX_FILTER_VALUES},
+    flow_batch::{FlowBatch, PeerNumbers},
     message::{ClientMessage, Event, Hello, Refusal, ServerMessage, Subscription},
 };
 use log::{debug, info, warn};
@@ -51,7 +53,7 @@ enum End {
 pub(super) async fn run(stream: UnixStream, shared: Arc<Shared>, slot: Option<OwnedSemaphorePermit>) {
     let cred = stream.peer_cred().map(|c| PeerCred { uid: c.uid(), gid: c.gid(), pid: c.pid().unwrap_or(0) });
     let (read, write) = stream.into_split();
-    let mut session = Session { shared, reader: FrameReader::new(read), writer: FrameWriter::new(write) };
+    let mut session = Session { shared, reader: FrameReader::new(read), writer: FrameWriter::new(write), peers: None };
     let who = cred.as_ref().map_or_else(|_| "client".to_owned(), |c| format!("client uid {} pid {}", c.uid, c.pid));
     match session.serve(cred.map_err(|source| SessionError::PeerCred { source }), slot).await {
         Ok(End::Done) => debug!("{who}: session ended"),
@@ -76,6 +78,8 @@ struct Session {
     shared: Arc<Shared>,
     reader: FrameReader,
     writer: FrameWriter,
+    /// The numbers of the peers sent to this client, when it reads compact batches (1.5 or later).
+    peers: Option<PeerNumbers>,
 }
 
 impl Session {
@@ -122,6 +126,7 @@ impl Session {
             return self.refuse(Refusal::VersionMismatch, message).await;
         }
         guard.set_software(&hello.software);
+        self.peers = hello.protocol.reads_flow_batches().then(PeerNumbers::default);
         let ours = Hello { protocol: PROTOCOL_VERSION, software: self.shared.software.clone() };
         self.writer.send(&ServerMessage::Hello(ours)).await?;
 
@@ -240,46 +245,102 @@ impl Session {
         }
     }
 
-    /// Sends events in frames of at most [`EVENTS_PER_FRAME`] events and about [`FRAME_BUDGET_BYTES`].
+    /// Sends events in frames of at most [`EVENTS_PER_FRAME`] events and about [`FRAME_BUDGET_BYTES`]:
+    /// compact batches to a client that reads them, `Events` to an older one.
     async fn send_events(&mut self, events: Vec<Event>) -> Result<(), SessionError> {
-        for body in event_frames(events)? {
+        let bodies = match &mut self.peers {
+            Some(numbers) => flow_batch_frames(numbers, &events)?,
+            None => event_frames(events)?,
+        };
+        for body in bodies {
             self.writer.send_body(body).await?;
         }
         Ok(())
     }
 }
 
-/// Encodes `events` into frame bodies: cut by count, then halved until each fits the byte budget. An
-/// event that alone exceeds the frame cap cannot be sent and is left out (it cannot happen with flows).
-fn event_frames(events: Vec<Event>) -> Result<Vec<bytes::Bytes>, FrameError> {
+/// Encodes `events` into frame bodies for a client before 1.5: cut by count, then halved until each fits
+/// the byte budget.
+fn event_frames(events: Vec<Event>) -> Result<Vec<Bytes>, FrameError> {
     let mut bodies = Vec::new();
-    let mut pending: Vec<Vec<Event>> = Vec::new();
     let mut events = events;
     while !events.is_empty() {
         let rest = events.split_off(events.len().min(EVENTS_PER_FRAME));
-        pending.push(events);
+        cut_to_budget(events, &mut bodies, |chunk| {
+            let message = ServerMessage::Events(chunk);
+            let body = FrameWriter::encode(&message)?;
+            let ServerMessage::Events(chunk) = message else { unreachable!("built above as events") };
+            Ok((body, chunk))
+        })?;
         events = rest;
     }
-    pending.reverse();
-    while let Some(chunk) = pending.pop() {
-        let message = ServerMessage::Events(chunk);
-        let body = FrameWriter::encode(&message)?;
-        let ServerMessage::Events(mut chunk) = message else { unreachable!("built above as events") };
+    Ok(bodies)
+}
+
+/// Encodes `events` into compact batches (1.5), numbering their peers in `numbers`: cut by count; a batch
+/// over the byte budget (many new peers with long label lists, long policy lists) goes as its new peers
+/// first, then its events, each halved until it fits. Definitions always precede their use.
+fn flow_batch_frames(numbers: &mut PeerNumbers, events: &[Event]) -> Result<Vec<Bytes>, FrameError> {
+    let mut bodies = Vec::new();
+    for chunk in events.chunks(EVENTS_PER_FRAME) {
+        let batch = ServerMessage::FlowBatch(numbers.batch(chunk));
+        let body = FrameWriter::encode_compact(&batch)?;
         if body.len() <= FRAME_BUDGET_BYTES {
             bodies.push(body);
-        } else if chunk.len() == 1 {
+            continue;
+        }
+        let ServerMessage::FlowBatch(FlowBatch { reset, peers, events }) = batch else {
+            unreachable!("built above as a flow batch")
+        };
+        let part = |reset, peers, events| ServerMessage::FlowBatch(FlowBatch { reset, peers, events });
+        if reset {
+            bodies.push(FrameWriter::encode_compact(&part(true, Vec::new(), Vec::new()))?);
+        }
+        cut_to_budget(peers, &mut bodies, |peers| {
+            let message = part(false, peers, Vec::new());
+            let body = FrameWriter::encode_compact(&message)?;
+            let ServerMessage::FlowBatch(FlowBatch { peers, .. }) = message else { unreachable!("built above") };
+            Ok((body, peers))
+        })?;
+        cut_to_budget(events, &mut bodies, |events| {
+            let message = part(false, Vec::new(), events);
+            let body = FrameWriter::encode_compact(&message)?;
+            let ServerMessage::FlowBatch(FlowBatch { events, .. }) = message else { unreachable!("built above") };
+            Ok((body, events))
+        })?;
+    }
+    Ok(bodies)
+}
+
+/// Appends `items` to `bodies` as frames encoded by `encode` (which hands the items back), halving a
+/// part until it fits [`FRAME_BUDGET_BYTES`], in order. An item that alone exceeds the frame cap cannot
+/// be sent and is left out (it cannot happen with flows or peers).
+fn cut_to_budget<T>(
+    items: Vec<T>,
+    bodies: &mut Vec<Bytes>,
+    mut encode: impl FnMut(Vec<T>) -> Result<(Bytes, Vec<T>), FrameError>,
+) -> Result<(), FrameError> {
+    let mut pending = vec![items];
+    while let Some(part) = pending.pop() {
+        if part.is_empty() {
+            continue;
+        }
+        let (body, mut part) = encode(part)?;
+        if body.len() <= FRAME_BUDGET_BYTES {
+            bodies.push(body);
+        } else if part.len() == 1 {
             if body.len() <= MAX_FRAME_BYTES {
                 bodies.push(body);
             } else {
-                log::warn!("dropping an event of {} bytes: over the frame cap", body.len());
+                log::warn!("dropping an item of {} bytes from a frame: over the frame cap", body.len());
             }
         } else {
-            let second = chunk.split_off(chunk.len() / 2);
+            let second = part.split_off(part.len() / 2);
             pending.push(second);
-            pending.push(chunk);
+            pending.push(part);
         }
     }
-    Ok(bodies)
+    Ok(())
 }
 
 fn kind(message: &ClientMessage) -> &'static str {
@@ -297,7 +358,8 @@ fn seconds(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use flowgate_proto::{
-        flow::fixtures::flow_between,
+        flow::{Peer, fixtures::flow_between},
+        flow_batch::PeerTable,
         message::{LossSource, LostEvents},
     };
 
@@ -345,7 +407,35 @@ mod tests {
     }
 
     #[test]
+    fn compact_batches_over_the_byte_budget_send_peers_first_then_events_in_order() {
+        // 1024 flows from 1024 pods with 100 labels each: the new peers alone are over the budget.
+        let events: Vec<Event> = (0..1024u16)
+            .map(|i| {
+                let mut f = flow_between(i, 2, i);
+                let mut source = Peer::clone(&f.source);
+                source.labels = (0..100).map(|l| format!("label-{l}=some-value-{i}")).collect();
+                f.source = Arc::new(source);
+                Event::Flow(Arc::new(f))
+            })
+            .collect();
+        let mut numbers = PeerNumbers::default();
+        let bodies = flow_batch_frames(&mut numbers, &events).unwrap();
+        assert!(bodies.len() > 2, "cut into several frames");
+        assert!(bodies.iter().all(|b| b.len() <= FRAME_BUDGET_BYTES));
+        let mut table = PeerTable::default();
+        let got: Vec<Event> = bodies
+            .iter()
+            .flat_map(|b| match codec::decode("server", b).unwrap() {
+                ServerMessage::FlowBatch(batch) => table.expand(batch).unwrap(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(got, events);
+    }
+
+    #[test]
     fn nothing_to_send_is_no_frame() {
         assert!(event_frames(Vec::new()).unwrap().is_empty());
+        assert!(flow_batch_frames(&mut PeerNumbers::default(), &[]).unwrap().is_empty());
     }
 }

@@ -567,3 +567,38 @@ async fn wait_for(mut cond: impl FnMut() -> bool) {
     }
     panic!("condition not met within 2s");
 }
+
+/// Subscribes with a hello claiming `protocol`, over a raw socket, and returns the frames of the history
+/// (`last: 64`, no follow: the server closes after it).
+async fn history_frames_as(path: &Path, protocol: ProtocolVersion) -> Vec<ServerMessage> {
+    use flowgate_proto::ClientMessage;
+    let mut bytes = framed(&ClientMessage::Hello(Hello { protocol, software: "old or new".into() }));
+    bytes.extend(framed(&ClientMessage::Subscribe(Subscription { last: 64, follow: false, ..Default::default() })));
+    raw_exchange(path, &bytes).await
+}
+
+#[tokio::test]
+async fn a_1_4_client_gets_events_frames_and_a_1_5_client_compact_batches_of_the_same_events() {
+    let server = TestServer::start("compat", |_| {}).await;
+    let flows: Vec<_> = (0..40).map(|i| Arc::new(flow_between(1 + i % 2, 2, i))).collect();
+    server.state.hub().publish(&flows);
+    let expected: Vec<Event> = flows.iter().map(|f| Event::Flow(Arc::clone(f))).collect();
+
+    let old = history_frames_as(&server.sock(), ProtocolVersion { major: 1, minor: 4 }).await;
+    assert!(matches!(old[0], ServerMessage::Hello(_)));
+    let ServerMessage::Events(events) = &old[1] else { panic!("a 1.4 client gets Events: {:?}", old[1]) };
+    assert_eq!(events, &expected);
+
+    let new = history_frames_as(&server.sock(), ProtocolVersion { major: 1, minor: 5 }).await;
+    let ServerMessage::FlowBatch(batch) = &new[1] else { panic!("a 1.5 client gets a FlowBatch: {:?}", new[1]) };
+    assert_eq!(batch.peers.len(), 2, "each peer once: pods 1 and 2");
+    let events = flowgate_proto::flow_batch::PeerTable::default().expand(batch.clone()).unwrap();
+    assert_eq!(events, expected);
+
+    // And the client library (1.5) hands them out as events, as before.
+    let subscription = Subscription { last: 64, follow: false, ..Default::default() };
+    let mut stream = server.client().await.subscribe(subscription).await.unwrap();
+    let batch = stream.next_batch().await.unwrap().unwrap();
+    assert_eq!(batch, expected);
+    server.stop().await;
+}
