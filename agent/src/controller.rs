@@ -235,14 +235,16 @@ impl Controller {
                 );
             }
         }
-        for (interface, pod) in attach {
-            self.datapath
-                .attach_endpoint(&self.node_netns, &interface)
-                .with_context(|| format!("attaching to {pod} ({interface})"))?;
-            if let Some(mode) = self.cluster.as_mut() {
-                mode.attached.insert(interface);
-            }
+        let interfaces: Vec<&str> = attach.iter().map(|(interface, _)| interface.as_str()).collect();
+        let attached = self.datapath.attach_endpoints(&self.node_netns, &interfaces);
+        // Those attached before a failure stay attached (and are not attached twice on the retry).
+        if let Some(mode) = self.cluster.as_mut() {
+            mode.attached.extend(interfaces.iter().filter(|i| self.datapath.is_attached(i)).map(|i| (*i).to_owned()));
         }
+        attached.with_context(|| {
+            let pods: Vec<String> = attach.iter().map(|(interface, pod)| format!("{pod} ({interface})")).collect();
+            format!("attaching to {}", pods.join(", "))
+        })?;
         // Every endpoint of this sync is registered, under the policy just applied and attached (now or
         // before): ready. (Registering put each back to regenerating.)
         let ready: Vec<u16> =
@@ -325,11 +327,20 @@ impl Controller {
     }
 
     /// Registers every pod (identity from its labels) and writes its endpoints-map entry.
+    /// Entries that hold already (a re-registration after a label change that left an identity as it
+    /// was) are not written again.
     fn register_endpoints(&mut self) -> anyhow::Result<()> {
-        for pod in self.lab.pods.clone() {
-            let endpoint = self.state.upsert_endpoint(lab_pod_endpoint(&pod), &self.namespace_labels(&pod.namespace));
+        let before: BTreeMap<u16, (u32, flowgate_common::EndpointInfo)> =
+            self.state.endpoints().iter().map(|ep| (ep.id, (ep.ifindex, datapath::endpoint_info(ep)))).collect();
+        let pods: Vec<_> =
+            self.lab.pods.iter().map(|pod| (lab_pod_endpoint(pod), self.namespace_labels(&pod.namespace))).collect();
+        for endpoint in self.state.upsert_endpoints(pods) {
+            let info = datapath::endpoint_info(&endpoint);
+            if before.get(&endpoint.id) == Some(&(endpoint.ifindex, info)) {
+                continue;
+            }
             self.datapath
-                .set_endpoint(endpoint.ifindex, datapath::endpoint_info(&endpoint))
+                .set_endpoint(endpoint.ifindex, info)
                 .with_context(|| format!("registering endpoint {} ({})", endpoint.id, endpoint.pod_ref()))?;
         }
         Ok(())
@@ -340,11 +351,10 @@ impl Controller {
         self.register_endpoints()?;
         self.engine.reload();
         self.apply_policy().context("applying the initial policy")?;
-        for pod in self.lab.pods.clone() {
-            self.datapath
-                .attach_endpoint(&self.node_netns, &pod.host_ifname)
-                .with_context(|| format!("attaching to {}/{} ({})", pod.namespace, pod.name, pod.host_ifname))?;
-        }
+        let interfaces: Vec<&str> = self.lab.pods.iter().map(|pod| pod.host_ifname.as_str()).collect();
+        self.datapath.attach_endpoints(&self.node_netns, &interfaces).with_context(|| {
+            format!("attaching to the lab's {} pods in {}", interfaces.len(), self.node_netns.display())
+        })?;
         for ep in self.state.endpoints() {
             self.state.set_endpoint_state(ep.id, EndpointState::Ready);
         }
@@ -356,7 +366,9 @@ impl Controller {
         if let Some(mode) = &self.cluster {
             return self.kubernetes_view(mode);
         }
-        let endpoints = self.state.endpoints();
+        let registered = self.state.endpoints();
+        let endpoints: BTreeMap<(&str, &str), &flowgate_proto::endpoint::Endpoint> =
+            registered.iter().map(|ep| ((ep.namespace.as_str(), ep.pod_name.as_str()), ep)).collect();
         ClusterView {
             namespaces: self
                 .lab
@@ -369,7 +381,7 @@ impl Controller {
                 .pods
                 .iter()
                 .filter_map(|pod| {
-                    let ep = endpoints.iter().find(|e| e.namespace == pod.namespace && e.pod_name == pod.name)?;
+                    let ep = endpoints.get(&(pod.namespace.as_str(), pod.name.as_str()))?;
                     Some(PodInfo {
                         endpoint_id: ep.id,
                         namespace: pod.namespace.clone(),

@@ -22,6 +22,7 @@ pub mod kubernetes;
 pub mod metrics;
 pub mod pod_routes;
 pub mod policy;
+pub mod rcu;
 pub mod reader;
 pub mod server;
 pub mod state;
