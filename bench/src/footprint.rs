@@ -3,7 +3,8 @@
 //! - The real `flowgate-agent` process on a real lab of `endpoints` pods (network namespaces and veths):
 //!   start-up (spawn to its socket answering, every endpoint attached), resident memory and CPU idle,
 //!   kernel map memory (the `memlock` of every map fd in `/proc/<pid>/fdinfo`, reported apart), and
-//!   resident memory again once `policies` policies are in effect.
+//!   resident memory again once `policies` policies are in effect; then start-up again with
+//!   `--expedited-attach` (the agent stopped, the policies removed, the same lab).
 //! - The agent's event path at 100k events/s (paced, one library client), in this process: CPU of the
 //!   agent's threads only (the producer's BPF_PROG_TEST_RUN time is the pods' cost, not the agent's).
 //! - The monitor's TUI, `flowgate monitor` under a pseudo-terminal (`script`), fed 100k events/s over
