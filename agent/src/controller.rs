@@ -235,14 +235,16 @@ impl Controller {
                 );
             }
         }
-        for (interface, pod) in attach {
-            self.datapath
-                .attach_endpoint(&self.node_netns, &interface)
-                .with_context(|| format!("attaching to {pod} ({interface})"))?;
-            if let Some(mode) = self.cluster.as_mut() {
-                mode.attached.insert(interface);
-            }
+        let interfaces: Vec<&str> = attach.iter().map(|(interface, _)| interface.as_str()).collect();
+        let attached = self.datapath.attach_endpoints(&self.node_netns, &interfaces);
+        // Those attached before a failure stay attached (and are not attached twice on the retry).
+        if let Some(mode) = self.cluster.as_mut() {
+            mode.attached.extend(interfaces.iter().filter(|i| self.datapath.is_attached(i)).map(|i| (*i).to_owned()));
         }
+        attached.with_context(|| {
+            let pods: Vec<String> = attach.iter().map(|(interface, pod)| format!("{pod} ({interface})")).collect();
+            format!("attaching to {}", pods.join(", "))
+        })?;
         // Every endpoint of this sync is registered, under the policy just applied and attached (now or
         // before): ready. (Registering put each back to regenerating.)
         let ready: Vec<u16> =
@@ -325,11 +327,20 @@ impl Controller {
     }
 
     /// Registers every pod (identity from its labels) and writes its endpoints-map entry.
+    /// Entries that hold already (a re-registration after a label change that left an identity as it
+    /// was) are not written again.
     fn register_endpoints(&mut self) -> anyhow::Result<()> {
-        for pod in self.lab.pods.clone() {
-            let endpoint = self.state.upsert_endpoint(lab_pod_endpoint(&pod), &self.namespace_labels(&pod.namespace));
+        let before: BTreeMap<u16, (u32, flowgate_common::EndpointInfo)> =
+            self.state.endpoints().iter().map(|ep| (ep.id, (ep.ifindex, datapath::endpoint_info(ep)))).collect();
+        let pods: Vec<_> =
+            self.lab.pods.iter().map(|pod| (lab_pod_endpoint(pod), self.namespace_labels(&pod.namespace))).collect();
+        for endpoint in self.state.upsert_endpoints(pods) {
+            let info = datapath::endpoint_info(&endpoint);
+            if before.get(&endpoint.id) == Some(&(endpoint.ifindex, info)) {
+                continue;
+            }
             self.datapath
-                .set_endpoint(endpoint.ifindex, datapath::endpoint_info(&endpoint))
+                .set_endpoint(endpoint.ifindex, info)
                 .with_context(|| format!("registering endpoint {} ({})", endpoint.id, endpoint.pod_ref()))?;
         }
         Ok(())
@@ -340,11 +351,10 @@ impl Controller {
         self.register_endpoints()?;
         self.engine.reload();
         self.apply_policy().context("applying the initial policy")?;
-        for pod in self.lab.pods.clone() {
-            self.datapath
-                .attach_endpoint(&self.node_netns, &pod.host_ifname)
-                .with_context(|| format!("attaching to {}/{} ({})", pod.namespace, pod.name, pod.host_ifname))?;
-        }
+        let interfaces: Vec<&str> = self.lab.pods.iter().map(|pod| pod.host_ifname.as_str()).collect();
+        self.datapath.attach_endpoints(&self.node_netns, &interfaces).with_context(|| {
+            format!("attaching to the lab's {} pods in {}", interfaces.len(), self.node_netns.display())
+        })?;
         for ep in self.state.endpoints() {
             self.state.set_endpoint_state(ep.id, EndpointState::Ready);
         }
@@ -356,7 +366,9 @@ impl Controller {
         if let Some(mode) = &self.cluster {
             return self.kubernetes_view(mode);
         }
-        let endpoints = self.state.endpoints();
+        let registered = self.state.endpoints();
+        let endpoints: BTreeMap<(&str, &str), &flowgate_proto::endpoint::Endpoint> =
+            registered.iter().map(|ep| ((ep.namespace.as_str(), ep.pod_name.as_str()), ep)).collect();
         ClusterView {
             namespaces: self
                 .lab
@@ -369,7 +381,7 @@ impl Controller {
                 .pods
                 .iter()
                 .filter_map(|pod| {
-                    let ep = endpoints.iter().find(|e| e.namespace == pod.namespace && e.pod_name == pod.name)?;
+                    let ep = endpoints.get(&(pod.namespace.as_str(), pod.name.as_str()))?;
                     Some(PodInfo {
                         endpoint_id: ep.id,
                         namespace: pod.namespace.clone(),
@@ -521,8 +533,8 @@ impl Controller {
     }
 
     /// Checks the followed files and applies what changed. Errors are logged and reported in
-    /// `status`; the last good state stays in effect.
-    pub fn tick(&mut self) {
+    /// `status`; the last good state stays in effect. Returns whether a new generation was applied.
+    pub fn tick(&mut self) -> bool {
         let mut reapply = false;
         let topology_changed = self.topology.as_mut().is_some_and(Watched::changed);
         if let Some(path) = self.topology.as_ref().filter(|_| topology_changed).map(|w| w.path().to_owned()) {
@@ -549,9 +561,14 @@ impl Controller {
                 self.state.set_policy_status(status);
             }
         }
-        if reapply && let Err(e) = self.apply_policy() {
-            warn!("{e:#}");
+        if !reapply {
+            return false;
         }
+        if let Err(e) = self.apply_policy() {
+            warn!("{e:#}");
+            return false;
+        }
+        true
     }
 
     fn endpoint_config(&mut self, id: u16, audit: Option<bool>) -> Response {
@@ -809,9 +826,26 @@ pub async fn follow_changes(controller: Arc<Mutex<Controller>>, poll_interval: D
         }
         let controller = Arc::clone(&controller);
         let _ = tokio::task::spawn_blocking(move || {
-            controller.lock().unwrap_or_else(std::sync::PoisonError::into_inner).tick();
+            let applied = controller.lock().unwrap_or_else(std::sync::PoisonError::into_inner).tick();
+            if applied {
+                release_freed_memory();
+            }
         })
         .await;
+    }
+}
+
+/// Gives the memory freed by a policy change back to the system. Compiling a set of thousands of
+/// policies frees far more than it keeps (the parse trees of changed files, the previous plan and map
+/// contents); glibc keeps freed memory in its arenas (one per thread that allocated, and the blocking
+/// pool's threads come and go) until told otherwise, so without this the agent's resident memory stays
+/// at its high-water mark. Runs after the controller's lock is released: enforcement and requests do
+/// not wait for it.
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks the allocator's own free lists; no Rust object is touched.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -186,6 +186,11 @@ struct Args {
     /// by default their next packet is re-checked and dropped as revoked.
     #[arg(long)]
     keep_established: bool,
+    /// Expedite the kernel's RCU grace periods (`/sys/kernel/rcu_expedited`, node-wide) while attaching to
+    /// many endpoints at once, then put the setting back: each TCX attach waits for one grace period, so
+    /// 1,000 endpoints take about 28 s without it and well under a second with it.
+    #[arg(long)]
+    expedited_attach: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -316,6 +321,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             close: Duration::from_secs(args.ct_close_lifetime),
         },
         keep_established: args.keep_established,
+        expedited_attach: args.expedited_attach,
         ..DatapathOptions::default()
     })
     .context("loading the eBPF datapath")?;

@@ -239,6 +239,29 @@ impl AgentState {
         endpoint
     }
 
+    /// [`Self::upsert_endpoint`] for many pods at once: the pipeline's snapshot is rebuilt once, not once per
+    /// pod (a node of 500 pods re-registered on a label change rebuilt it 500 times).
+    pub fn upsert_endpoints(
+        &self,
+        pods: impl IntoIterator<Item = (NewEndpoint, BTreeMap<String, String>)>,
+    ) -> Vec<Endpoint> {
+        let mut eps = self.endpoints_write();
+        let endpoints = pods
+            .into_iter()
+            .map(|(new, namespace_labels)| {
+                let labels = security_labels(&new.namespace, &namespace_labels, &new.labels);
+                let identity = eps.identities.identity_for(&labels);
+                let id = eps.registry.upsert(new).id;
+                let endpoint = eps.registry.get_mut(id).expect("just inserted");
+                endpoint.identity = identity;
+                endpoint.state = EndpointState::Regenerating;
+                endpoint.clone()
+            })
+            .collect();
+        Self::rebuild_snapshot(&mut eps);
+        endpoints
+    }
+
     /// Replaces the pods known by address only (they get identities from their security labels, as
     /// endpoints do, so the same labels share one); returns each one's identity, in order.
     pub fn set_remote_pods(&self, pods: &[RemotePod]) -> Vec<u32> {

@@ -10,6 +10,7 @@
 //! shared with no other prefix, so the entry for its named port admits that address only.
 
 use std::{
+    borrow::Borrow,
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
@@ -100,8 +101,13 @@ pub fn policy_types(spec: &NetworkPolicySpec) -> (bool, bool) {
 
 /// Compiles `policies` (already validated; anything invalid left in them allows nothing) against
 /// `cluster`. CIDR identities come from `cidr_identities`, which keeps them stable across compilations.
+/// The policies may be owned or shared (`Arc<LoadedPolicy>`, as the agent keeps them).
 #[must_use]
-pub fn compile(policies: &[LoadedPolicy], cluster: &ClusterView, cidr_identities: &mut CidrIdentities) -> PolicyPlan {
+pub fn compile<P: Borrow<LoadedPolicy>>(
+    policies: &[P],
+    cluster: &ClusterView,
+    cidr_identities: &mut CidrIdentities,
+) -> PolicyPlan {
     let cidrs = collect_cidrs(policies, &cluster.pods, cidr_identities);
     let view = View::new(cluster, &cidrs);
     let mut builders: BTreeMap<u16, (&PodInfo, DirectionBuilder, DirectionBuilder)> = cluster
@@ -112,6 +118,7 @@ pub fn compile(policies: &[LoadedPolicy], cluster: &ClusterView, cidr_identities
         .collect();
 
     for loaded in policies {
+        let loaded = loaded.borrow();
         let policy_ref = loaded.policy_ref();
         let namespace = loaded.namespace();
         let default_spec = NetworkPolicySpec::default();
@@ -252,7 +259,11 @@ impl Block {
 /// Prefixes that exactly the same rules select (through any of their `ipBlock` peers) share a policy
 /// identity: every rule allows all of them or none, so the policy maps need one entry for all of them
 /// (a rule of 2000 /32 blocks is one identity, not 2000). Records still carry each prefix's own identity.
-fn collect_cidrs(policies: &[LoadedPolicy], pods: &[PodInfo], identities: &mut CidrIdentities) -> Vec<CidrEntry> {
+fn collect_cidrs<P: Borrow<LoadedPolicy>>(
+    policies: &[P],
+    pods: &[PodInfo],
+    identities: &mut CidrIdentities,
+) -> Vec<CidrEntry> {
     let mut prefixes = BTreeSet::from([IpPrefix::ANY_V4, IpPrefix::ANY_V6]);
     // Host prefixes of pods reached through an egress `ipBlock` on a named port they declare: each keeps an
     // identity of its own, so the named port's entry admits that address only.
@@ -260,7 +271,7 @@ fn collect_cidrs(policies: &[LoadedPolicy], pods: &[PodInfo], identities: &mut C
     // The blocks of each rule that has some, once per distinct set.
     let mut rules: BTreeSet<Vec<Block>> = BTreeSet::new();
     for loaded in policies {
-        let Some(spec) = &loaded.policy.spec else {
+        let Some(spec) = &loaded.borrow().policy.spec else {
             continue;
         };
         let peer_lists = spec

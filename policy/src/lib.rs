@@ -4,7 +4,7 @@
 //! the eBPF maps ([`realize`]), look connections up in those contents in the kernel's order ([`lookup`]) and
 //! answer what-if questions from them ([`what_if`], `flowgate policy test`).
 //!
-//! Pure: no network, no async, no aya; the only IO is [`source::load_dir`] reading files.
+//! Pure: no network, no async, no aya; the only IO is [`source::load_dir`] (and its cache) reading files.
 
 pub mod cidr;
 pub mod compile;
@@ -23,5 +23,5 @@ pub use plan::{
     Addr, CidrEntry, DirectionPolicy, DirectionVerdict, EndpointPolicy, MatchKind, PeerMatch, PolicyEntry, PolicyPlan,
     PolicyRef, Protocol, Verdict,
 };
-pub use source::{LoadedPolicy, SourceError, load_dir};
+pub use source::{LoadedPolicy, SourceCache, SourceError, load_dir};
 pub use validate::{FieldError, validate};

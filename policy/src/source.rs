@@ -7,7 +7,10 @@
 use std::{
     collections::BTreeMap,
     fmt, fs, io,
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
+    sync::Arc,
+    time::SystemTime,
 };
 
 use k8s_openapi::{Resource, api::networking::v1::NetworkPolicy};
@@ -134,34 +137,95 @@ fn default_namespace(policy: &mut NetworkPolicy) {
 /// Loads, parses and validates every policy file in `dir` (sorted by name). Either every policy, or every
 /// error found in every file (including two documents defining the same namespace/name).
 pub fn load_dir(dir: &Path) -> Result<Vec<LoadedPolicy>, Vec<SourceError>> {
-    let entries = fs::read_dir(dir).map_err(|source| vec![SourceError::ReadDir { dir: dir.to_owned(), source }])?;
-    let mut names = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|source| vec![SourceError::ReadDir { dir: dir.to_owned(), source }])?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let is_yaml = name.ends_with(".yaml") || name.ends_with(".yml");
-        // fs::metadata follows symlinks (ConfigMap mounts link each key into ..data/).
-        if is_yaml && !name.starts_with('.') && fs::metadata(entry.path()).is_ok_and(|m| m.is_file()) {
-            names.push(name);
-        }
-    }
-    names.sort();
+    let policies = SourceCache::default().load_dir(dir)?;
+    // A fresh cache holds no other reference, so nothing is copied.
+    Ok(policies.into_iter().map(|p| Arc::try_unwrap(p).unwrap_or_else(|shared| (*shared).clone())).collect())
+}
 
-    let mut policies = Vec::new();
-    let mut errors = Vec::new();
-    for name in names {
-        let file = dir.join(&name);
-        match fs::read_to_string(&file) {
-            Ok(text) => {
-                let (mut found, mut failed) = parse_str(&file, &text);
-                policies.append(&mut found);
-                errors.append(&mut failed);
-            }
-            Err(source) => errors.push(SourceError::ReadFile { file, source }),
+/// What identifies a file's contents without reading it: size, modification and change times, device and
+/// inode (a ConfigMap's `..data` swap or an editor's rename-into-place gives a new inode). The same fields
+/// (and the same limit: a rewrite in place within one timestamp tick, to the same size, is not seen) as
+/// the agent's change detection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileStamp {
+    len: u64,
+    modified: Option<SystemTime>,
+    changed: (i64, i64),
+    dev: u64,
+    ino: u64,
+}
+
+impl FileStamp {
+    fn of(metadata: &fs::Metadata) -> Self {
+        Self {
+            len: metadata.len(),
+            modified: metadata.modified().ok(),
+            changed: (metadata.ctime(), metadata.ctime_nsec()),
+            dev: metadata.dev(),
+            ino: metadata.ino(),
         }
     }
-    check_duplicates(&policies, &mut errors);
-    if errors.is_empty() { Ok(policies) } else { Err(errors) }
+}
+
+/// The policies of files that loaded without error, by file, with the stamp they were read at.
+/// [`SourceCache::load_dir`] reads and parses only the files whose stamp changed (and those that had
+/// errors), so a change to one file of a thousand costs one parse, not a thousand. The policies are
+/// shared (`Arc`) with whoever keeps the set, so the cache holds no second copy.
+#[derive(Debug, Default)]
+pub struct SourceCache {
+    files: BTreeMap<PathBuf, (FileStamp, Vec<Arc<LoadedPolicy>>)>,
+}
+
+impl SourceCache {
+    /// [`load_dir`], reusing the parse of every file that did not change since the last call.
+    pub fn load_dir(&mut self, dir: &Path) -> Result<Vec<Arc<LoadedPolicy>>, Vec<SourceError>> {
+        let entries = fs::read_dir(dir).map_err(|source| vec![SourceError::ReadDir { dir: dir.to_owned(), source }])?;
+        let mut files = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|source| vec![SourceError::ReadDir { dir: dir.to_owned(), source }])?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let is_yaml = name.ends_with(".yaml") || name.ends_with(".yml");
+            if !is_yaml || name.starts_with('.') {
+                continue;
+            }
+            // fs::metadata follows symlinks (ConfigMap mounts link each key into ..data/).
+            if let Ok(metadata) = fs::metadata(entry.path())
+                && metadata.is_file()
+            {
+                files.push((name, FileStamp::of(&metadata)));
+            }
+        }
+        files.sort_by(|a, b| a.0.cmp(&b.0));
+
+        let mut cached = std::mem::take(&mut self.files);
+        let mut policies = Vec::new();
+        let mut errors = Vec::new();
+        for (name, stamp) in files {
+            let file = dir.join(&name);
+            if let Some((was, found)) = cached.remove(&file)
+                && was == stamp
+            {
+                policies.extend(found.iter().cloned());
+                self.files.insert(file, (stamp, found));
+                continue;
+            }
+            match fs::read_to_string(&file) {
+                Ok(text) => {
+                    let (found, mut failed) = parse_str(&file, &text);
+                    let found: Vec<Arc<LoadedPolicy>> = found.into_iter().map(Arc::new).collect();
+                    policies.extend(found.iter().cloned());
+                    // A file with errors is read again next time (its errors are reported every time).
+                    if failed.is_empty() {
+                        self.files.insert(file, (stamp, found));
+                    }
+                    errors.append(&mut failed);
+                }
+                Err(source) => errors.push(SourceError::ReadFile { file, source }),
+            }
+        }
+        check_duplicates(&policies, &mut errors);
+        if errors.is_empty() { Ok(policies) } else { Err(errors) }
+    }
 }
 
 /// Parses and validates the documents of one file's text; `file` only labels results and errors.
@@ -285,7 +349,7 @@ fn split_location(error: &serde_yaml::Error) -> (Option<Location>, String) {
     (location, message)
 }
 
-fn check_duplicates(policies: &[LoadedPolicy], errors: &mut Vec<SourceError>) {
+fn check_duplicates(policies: &[Arc<LoadedPolicy>], errors: &mut Vec<SourceError>) {
     let mut first: BTreeMap<(&str, &str), &LoadedPolicy> = BTreeMap::new();
     for policy in policies {
         let key = (policy.namespace(), policy.name());
@@ -299,7 +363,7 @@ fn check_duplicates(policies: &[LoadedPolicy], errors: &mut Vec<SourceError>) {
                 first_document: original.document,
             });
         } else {
-            first.insert(key, policy);
+            first.insert(key, &**policy);
         }
     }
 }

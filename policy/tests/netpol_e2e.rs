@@ -5,7 +5,7 @@ mod common;
 
 use common::{Reachability, assert_reachability, model, plan, pod_ip, reachability};
 use flowgate_policy::{
-    Addr, CidrIdentities, ClusterView, PolicyPlan, Protocol,
+    Addr, CidrIdentities, ClusterView, LoadedPolicy, PolicyPlan, Protocol,
     Protocol::{Sctp, Tcp, Udp},
     compile,
 };
@@ -524,7 +524,7 @@ fn policies_stop_applying_once_deleted() {
     let enforced = compile(&deny, &cluster, &mut ids);
     let r = reachability(true).expect_peer("y/*", "x/*", false).expect_peer("z/*", "x/*", false);
     check(&enforced, &cluster, Tcp, 80, &r);
-    let deleted = compile(&[], &cluster, &mut ids);
+    let deleted = compile::<LoadedPolicy>(&[], &cluster, &mut ids);
     check(&deleted, &cluster, Tcp, 80, &reachability(true));
 }
 

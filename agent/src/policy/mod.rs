@@ -13,7 +13,7 @@ use std::{
 };
 
 use flowgate_common::policy::direction;
-use flowgate_policy::{CidrIdentities, ClusterView, LoadedPolicy, PolicyPlan, PolicyRef, compile};
+use flowgate_policy::{CidrIdentities, ClusterView, LoadedPolicy, PolicyPlan, PolicyRef, SourceCache, compile};
 use flowgate_proto::{
     flow::PolicyName,
     message::{MapFill, PolicyStatus},
@@ -52,17 +52,28 @@ struct Inputs {
     audited: std::collections::BTreeSet<u16>,
 }
 
+/// A policy set. The policies are shared between the source cache, the good set and the set in effect,
+/// so a policy is held once however many of them name it.
+pub type PolicySet = Vec<Arc<LoadedPolicy>>;
+
+/// Whether two sets hold the same policies, in the same order (shared ones compare by address first).
+fn same_set(a: &[Arc<LoadedPolicy>], b: &[Arc<LoadedPolicy>]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y) || x == y)
+}
+
 /// Policies in effect and what to do with the next change.
 pub struct PolicyEngine {
     dir: Option<PathBuf>,
+    /// The parsed files of `dir`: a change re-reads only the files that changed.
+    sources: SourceCache,
     /// The last set that loaded and validated without error: the one to apply next.
-    good: Vec<LoadedPolicy>,
+    good: PolicySet,
     /// The set in the datapath: `good`, or an older set when `good` did not fit the maps.
-    in_effect: Vec<LoadedPolicy>,
+    in_effect: PolicySet,
     /// What the generation in effect was compiled for: endpoints with their labels, and audit settings.
     in_effect_for: Option<Inputs>,
     /// Prepared and not yet applied: the set, its inputs, and the refusal of `good` if it is an older set.
-    pending: Option<(Vec<LoadedPolicy>, Inputs, Option<String>)>,
+    pending: Option<(PolicySet, Inputs, Option<String>)>,
     /// Errors of the latest read of the sources.
     load_errors: Vec<String>,
     /// Why the latest compiled set was not applied (it did not fit the maps); cleared when a set is applied.
@@ -81,6 +92,7 @@ impl PolicyEngine {
     pub fn new(dir: Option<PathBuf>, audit_all: bool) -> Self {
         Self {
             dir,
+            sources: SourceCache::default(),
             good: Vec::new(),
             in_effect: Vec::new(),
             in_effect_for: None,
@@ -101,10 +113,10 @@ impl PolicyEngine {
     /// the errors are reported in `status`. Returns whether the good set changed.
     pub fn reload(&mut self) -> bool {
         let Some(dir) = &self.dir else { return false };
-        match flowgate_policy::load_dir(dir) {
+        match self.sources.load_dir(dir) {
             Ok(policies) => {
                 self.load_errors.clear();
-                let changed = policies != self.good;
+                let changed = !same_set(&policies, &self.good);
                 self.good = policies;
                 changed
             }
@@ -120,7 +132,7 @@ impl PolicyEngine {
     /// the cluster has no atomic policy set) and reported in `status`. Returns whether the set changed.
     pub fn set_policies(&mut self, policies: Vec<LoadedPolicy>) -> bool {
         let mut errors = Vec::new();
-        let accepted: Vec<LoadedPolicy> = policies
+        let accepted: PolicySet = policies
             .into_iter()
             .filter(|p| {
                 let problems = flowgate_policy::validate(&p.policy);
@@ -129,9 +141,10 @@ impl PolicyEngine {
                 }
                 problems.is_empty()
             })
+            .map(Arc::new)
             .collect();
         self.load_errors = errors;
-        let changed = accepted != self.good;
+        let changed = !same_set(&accepted, &self.good);
         self.good = accepted;
         changed
     }
@@ -160,7 +173,7 @@ impl PolicyEngine {
             Err(refusal) => refusal,
         };
         self.refusal = Some(refusal.to_string());
-        if self.in_effect == good || self.in_effect_for.as_ref() == Some(&inputs) {
+        if same_set(&self.in_effect, &good) || self.in_effect_for.as_ref() == Some(&inputs) {
             return Err(refusal);
         }
         // The endpoints changed under the set in effect: compile it again for them.
@@ -180,7 +193,7 @@ impl PolicyEngine {
     /// Compiles `policies` for `cluster`, counts the result against the capacities, and realizes it if it fits.
     fn build(
         &mut self,
-        policies: &[LoadedPolicy],
+        policies: &[Arc<LoadedPolicy>],
         cluster: &ClusterView,
     ) -> Result<(MapContents, PolicySnapshot), CapacityError> {
         let plan = compile(policies, cluster, &mut self.cidr_identities);
@@ -247,7 +260,7 @@ impl PolicyEngine {
     }
 
     /// The set in effect and the cluster view it was compiled for (`None` before the first generation).
-    pub fn in_effect(&self) -> (&[LoadedPolicy], Option<&ClusterView>) {
+    pub fn in_effect(&self) -> (&[Arc<LoadedPolicy>], Option<&ClusterView>) {
         (&self.in_effect, self.in_effect_for.as_ref().map(|inputs| &inputs.cluster))
     }
 

@@ -215,3 +215,31 @@ fn load_dir_empty_directory_is_no_policies() {
     let dir = TempDir::new();
     assert_eq!(load_dir(&dir.0).unwrap(), Vec::new());
 }
+
+#[test]
+fn the_cache_parses_only_changed_files_and_sees_every_change() {
+    let dir = TempDir::new();
+    let named = |name: &str| GOOD.replace("name: good", &format!("name: {name}"));
+    dir.write("a.yaml", &named("a"));
+    dir.write("b.yaml", &named("b"));
+    let mut cache = SourceCache::default();
+    let first = cache.load_dir(&dir.0).expect("two good files");
+    assert_eq!(first.iter().map(|p| p.name()).collect::<Vec<_>>(), ["a", "b"]);
+
+    // b replaced (rename into place: a new inode, as editors and ConfigMap swaps do), a untouched.
+    fs::write(dir.0.join(".b.tmp"), named("b2")).unwrap();
+    fs::rename(dir.0.join(".b.tmp"), dir.0.join("b.yaml")).unwrap();
+    let second = cache.load_dir(&dir.0).expect("two good files");
+    assert!(Arc::ptr_eq(&first[0], &second[0]), "a.yaml was not parsed again");
+    assert_eq!(second[1].name(), "b2", "b.yaml was");
+
+    // An error is reported on every load (the file is read again), and a removed file is gone.
+    dir.write("c.yaml", "kind: Pod\n");
+    assert!(cache.load_dir(&dir.0).is_err());
+    assert!(cache.load_dir(&dir.0).is_err(), "the broken file is still read");
+    fs::remove_file(dir.0.join("c.yaml")).unwrap();
+    fs::remove_file(dir.0.join("a.yaml")).unwrap();
+    let third = cache.load_dir(&dir.0).expect("one good file");
+    assert_eq!(third.iter().map(|p| p.name()).collect::<Vec<_>>(), ["b2"]);
+    assert_eq!(load_dir(&dir.0).expect("the uncached loader agrees")[0], *third[0]);
+}
