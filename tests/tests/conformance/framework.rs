@@ -2,12 +2,12 @@
 //! (`test/e2e/network/netpol`): a [`Reachability`] truth table (the lab's) of what should connect, built from
 //! "all connected" or "all blocked" plus exceptions; a [`Conformance`] case that owns one lab (the
 //! x/y/z × a/b/c model of `examples/lab-netpol.yaml`) and one agent following a policy directory and
-//! the lab's topology file; and [`Conformance::validate`], which probes the full 9×9 matrix with real
-//! traffic through the real datapath and, on any difference, fails with both truth tables, the
-//! differences, and every manifest in effect. Every probe is also predicted by `flowgate policy test --all`,
-//! offline (from the policy maps the agent would realize for the files and topology, no traffic) and live
-//! (from the maps the agent's datapath holds, read back over its socket), and every cell of both
-//! predictions, the diagonal included, must equal the probe's.
+//! the lab's topology file (through the API server: one agent per node); and [`Conformance::validate`],
+//! which probes the full 9×9 matrix with real traffic through the real datapath and, on any difference,
+//! fails with both truth tables, the differences, and every manifest in effect. Every probe is also
+//! predicted by `flowgate policy test --all`, offline (from the policy maps the agent would realize for the
+//! files and topology, no traffic) and live (from the maps the agent's datapath holds, read back over its
+//! socket), and every cell of both predictions, the diagonal included, must equal the probe's.
 //!
 //! Policies are written atomically (staged outside the watched directory, then renamed in) and every
 //! change waits until the agent reports a new policy revision with exactly the expected policy names
@@ -18,11 +18,17 @@
 //! (`ignoreLoopback`); the tables print it as `-` (expected) and as observed.
 //!
 //! The same cases run through a real API server (`conformance_api.rs`, where the crate's
-//! `THROUGH_API_SERVER` is true): each case then also owns an etcd and kube-apiserver, the lab's namespaces
-//! and pods are registered on it (pods bound to the agent's node with the lab's addresses), the agent runs
-//! with `--kubernetes`, policies are created, replaced and deleted with `kubectl` (one object at a time, each
-//! waited for; a policy's namespace that the lab lacks is created first), labels are changed with
-//! `kubectl patch`, and "invalid" means what the API server itself refuses.
+//! `THROUGH_API_SERVER` is true) with the pods spread over three nodes ([`NODES`]: every `a` on node-1, `b`
+//! on node-2, `c` on node-3, so every namespace spans every node), one agent per node: each case then also
+//! owns an etcd and kube-apiserver, the lab's nodes, namespaces and pods are registered on it (each pod bound
+//! to its node with the lab's addresses), the agents run with `--kubernetes`, and policies are created,
+//! updated and deleted one object at a time, every other change through kube-rs (create, replace, delete)
+//! and the rest through `kubectl` (`apply`, `replace`, `delete`); pod labels are changed with `kubectl
+//! patch`, namespace labels through kube-rs, and "invalid" means what the API server itself refuses. Every
+//! change is waited for on every agent (a new revision with the expected policies; for a label change, first
+//! the new labels in each agent's view), the agents must number the pods alike, and the live prediction
+//! is each agent's for the pods it hosts: a connection is predicted to connect when the agent of the
+//! source's node lets it out and the agent of the destination's node lets it in.
 //!
 //! Set `FLOWGATE_CONFORMANCE_KEEP_GOING=1` to record mismatches and go on probing the remaining steps
 //! of a case (the test still fails at its end, with every mismatch), and
@@ -393,7 +399,7 @@ impl Conformance {
     /// Whether the next object change goes through kube-rs (every other one does; the rest through kubectl).
     fn next_through_kube_rs(&mut self) -> bool {
         self.server_changes += 1;
-        self.server_changes % 2 == 0
+        self.server_changes.is_multiple_of(2)
     }
 
     fn kube(&self) -> &KubeClient {
@@ -912,8 +918,8 @@ impl Conformance {
         let mut predicted = Reachability::unknown(pods.clone(), pods);
         for from in PODS {
             for to in PODS {
-                let deciding = self.agents.iter().zip(&tables).filter(|(a, _)| a.hosts(from) || a.hosts(to));
-                let connected = deciding.map(|(_, t)| t.get(from, to).expect("a pair of the model")).all(|c| c);
+                let mut deciding = self.agents.iter().zip(&tables).filter(|(a, _)| a.hosts(from) || a.hosts(to));
+                let connected = deciding.all(|(_, t)| t.get(from, to).expect("a pair of the model"));
                 predicted.set(from, to, connected);
             }
         }
