@@ -12,6 +12,7 @@ pub mod events_clients;
 pub mod footprint;
 pub mod latency;
 pub mod propagation;
+pub mod propagation_api;
 pub mod report;
 pub mod traffic;
 

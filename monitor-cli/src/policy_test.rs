@@ -45,7 +45,9 @@ pub struct TestArgs {
     /// Destination: NAMESPACE/POD, a lab external's name (offline), or an IP address.
     #[arg(long, value_name = "NS/POD|IP", requires = "from", conflicts_with = "all")]
     to: Option<String>,
-    /// Every pod to every pod (self included), as `flowgate lab probe --all` probes them.
+    /// Every pod to every pod (self included), as `flowgate lab probe --all` probes them. Live in Kubernetes
+    /// mode, pods of other nodes are in the table with only this node's part decided: a connection between
+    /// two of them shows as connected here (their nodes decide it).
     #[arg(long, required_unless_present = "from")]
     all: bool,
     /// Port number, or a container port name resolved on each destination.
@@ -237,12 +239,23 @@ fn live(socket: &SocketArg) -> anyhow::Result<Scenario> {
 }
 
 impl Scenario {
-    /// The pods, as hosts over `family`, in the cluster's order.
+    /// The pods that are endpoints of this node, as hosts over `family`, in the cluster's order.
     fn pods(&self, family: Family) -> anyhow::Result<Vec<Host>> {
+        self.hosts(family, false)
+    }
+
+    /// The hosts `--all` predicts for: this node's endpoints and, live in Kubernetes mode, the pods of the
+    /// other nodes too, whose directions this node does not decide (`not_an_endpoint`: their own node's
+    /// agent does), so that the node's part in every connection of the cluster is in the table.
+    fn all_pods(&self, family: Family) -> anyhow::Result<Vec<Host>> {
+        self.hosts(family, true)
+    }
+
+    fn hosts(&self, family: Family, other_nodes: bool) -> anyhow::Result<Vec<Host>> {
         self.cluster
             .pods
             .iter()
-            .filter(|p| p.endpoint_id != flowgate_policy::NOT_AN_ENDPOINT)
+            .filter(|p| other_nodes || p.endpoint_id != flowgate_policy::NOT_AN_ENDPOINT)
             .map(|p| {
                 let ip = match family {
                     Family::Ipv4 => IpAddr::V4(p.ip),
@@ -349,7 +362,7 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     let pairs: Vec<(Host, Host)> = match (&args.from, &args.to) {
         (Some(from), Some(to)) => vec![(scenario.host(from, family)?, scenario.host(to, family)?)],
         _ => {
-            let pods = scenario.pods(family)?;
+            let pods = scenario.all_pods(family)?;
             pods.iter().flat_map(|f| pods.iter().map(move |t| (f.clone(), t.clone()))).collect()
         }
     };

@@ -8,12 +8,8 @@
 //! node-1's agent runs as on a real node, given only the node's namespace (`--node-netns`); node-2's is
 //! given the lab and finds its node's namespace by its node name (`--lab`, pins of its own under the lab's).
 //!
-//! Conformance across nodes, a representative subset: the x/y/z × a/b/c model of the upstream e2e suite
-//! (`examples/lab-netpol.yaml`) spread over three nodes (every `a` on node-1, `b` on node-2, `c` on node-3, so
-//! every namespace spans every node), one agent each, and cases of `conformance.rs` whose full 9×9 truth
-//! table over IPv4 and IPv6 depends on verdicts of other nodes' agents: ingress isolation, an ingress peer
-//! of namespace AND pod selectors (and the peer relabelled on another node), egress to a namespace on one
-//! port, by number and by name. (`conformance_api.rs` runs every case through the API server on one node.)
+//! Conformance across nodes is `conformance_api.rs`: every case of `conformance.rs` with the x/y/z × a/b/c
+//! model spread over three nodes, one agent each, through the API server.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -23,7 +19,6 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use flowgate_lab::{Reachability, Topology, topology::NodeSpec};
 use flowgate_proto::{
     Flow,
     client::Client,
@@ -31,7 +26,7 @@ use flowgate_proto::{
     message::{Event, Subscription},
 };
 use flowgate_tests::{
-    LabGuard, TempDir,
+    LabGuard,
     agent::{AgentGuard, SocketDir, runtime},
     control_plane::ControlPlane,
     example, flowgate_ok, kubelet, probe_results,
@@ -380,182 +375,6 @@ fn cross_node_connections_are_enforced_and_seen_on_both_nodes_with_the_same_iden
         matches!(&allowed.policy, Some(PolicyAttribution::AllowedBy(names)) if names.iter().any(|p| p.name == "server-ingress")),
         "{allowed:?}"
     );
-}
-
-/// The pods of the netpol model, in the lab's order.
-const MODEL_PODS: [&str; 9] = ["x/a", "x/b", "x/c", "y/a", "y/b", "y/c", "z/a", "z/b", "z/c"];
-
-/// The netpol model with its pods spread over three nodes by name (`a` on node-1, `b` on node-2, `c` on
-/// node-3), written to `dir`.
-fn netpol_over_three_nodes(dir: &Path) -> std::path::PathBuf {
-    let mut topology = Topology::load(&example("lab-netpol.yaml")).expect("the netpol topology loads");
-    topology.nodes = PLACEMENT.map(|(node, _)| NodeSpec { name: node.to_owned() }).to_vec();
-    for pod in &mut topology.pods {
-        let (node, _) = PLACEMENT.iter().find(|(_, name)| *name == pod.name).expect("pods are named a, b, c");
-        pod.node = Some((*node).to_owned());
-    }
-    // JSON is YAML, and leaves no doubt that `y` is a name.
-    let path = dir.join("netpol-3-nodes.yaml");
-    std::fs::write(&path, serde_json::to_string_pretty(&topology).expect("the topology serializes")).expect("write it");
-    path
-}
-
-/// Which node runs the pods of each name.
-const PLACEMENT: [(&str, &str); 3] = [("node-1", "a"), ("node-2", "b"), ("node-3", "c")];
-
-/// Probes the 9×9 matrix on TCP `port` over IPv4 and IPv6 until it is `expected` off the diagonal (a pod
-/// probing itself never crosses the datapath); panics after a minute with both tables and the agents' logs.
-fn wait_for_matrix(lab: &LabGuard, nodes: &[Node], what: &str, port: &str, expected: &Reachability) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let mut wrong = Vec::new();
-        let mut observed = Vec::new();
-        for family in [&[][..], &["--ipv6"][..]] {
-            let mut args = vec!["--all", "--port", port];
-            args.extend_from_slice(family);
-            let (report, _) = lab.probe(&args);
-            let names: Vec<String> = MODEL_PODS.iter().map(|p| (*p).to_owned()).collect();
-            let mut table = Reachability::unknown(names.clone(), names);
-            for (from, to, connected) in probe_results(&report) {
-                table.set(&from, &to, connected);
-                if from != to && expected.get(&from, &to) != Some(connected) {
-                    wrong.push(format!("{from} -> {to} {family:?}: connected {connected}"));
-                }
-            }
-            observed.push(table.truth_table());
-        }
-        if wrong.is_empty() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: wrong {wrong:?}\nexpected:\n{}\nobserved (IPv4, IPv6):\n{}\n{}",
-            expected.truth_table(),
-            observed.join("\n"),
-            nodes.iter().map(|n| format!("{} agent log:\n{}", n.name, n.agent.output())).collect::<String>()
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
-
-/// A NetworkPolicy as JSON (kubectl reads it as is: no YAML 1.1 surprises with a namespace named `y`).
-fn policy(namespace: &str, name: &str, spec: serde_json::Value) -> String {
-    serde_json::json!({
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": spec,
-    })
-    .to_string()
-}
-
-#[test]
-fn netpol_cases_hold_with_the_pods_spread_over_three_nodes() {
-    flowgate_tests::require_root();
-    let dir = TempDir::new("mnode3");
-    let plane = ControlPlane::start("multinode3");
-    let lab = LabGuard::up("mnode3", &netpol_over_three_nodes(dir.path()));
-    assert_eq!(lab.state.nodes.len(), 3);
-    kubelet::register_lab(&plane, &lab.state, "node-1");
-    let sockets = SocketDir::new("mnode3");
-    let kubeconfig = plane.agent_kubeconfig().to_str().unwrap().to_owned();
-    let nodes: Vec<Node> = PLACEMENT
-        .into_iter()
-        .map(|(name, _)| {
-            let socket = sockets.socket(name);
-            let args = ["--lab", &lab.name, "--kubernetes", "--kubeconfig", &kubeconfig, "--node-name", name];
-            let agent = AgentGuard::start_with(&socket, &args);
-            Node { name, agent, socket: socket.to_str().unwrap().to_owned() }
-        })
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    for (node, (_, pod_name)) in nodes.iter().zip(PLACEMENT) {
-        loop {
-            let endpoints = node.endpoints();
-            let suffix = format!("/{pod_name}");
-            if endpoints.len() == 3
-                && endpoints.iter().all(|(pod, (_, _, state))| pod.ends_with(&suffix) && state == "ready")
-            {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{}: {endpoints:?}\n{}", node.name, node.agent.output());
-            std::thread::sleep(Duration::from_millis(300));
-        }
-    }
-    let identities: Vec<BTreeMap<Vec<String>, u64>> = nodes.iter().map(Node::pod_identities).collect();
-    assert_eq!(identities[0].len(), MODEL_PODS.len(), "{:?}", identities[0]);
-    assert!(identities.iter().all(|i| *i == identities[0]), "the three nodes number the pods alike: {identities:?}");
-
-    let all = || Reachability::uniform(&MODEL_PODS, true);
-    wait_for_matrix(&lab, &nodes, "no policy", "80", &all());
-
-    // Deny all ingress into x: every x pod is isolated by its own node's agent.
-    plane.apply(&policy("x", "deny-ingress", serde_json::json!({"podSelector": {}, "policyTypes": ["Ingress"]})));
-    wait_for_matrix(&lab, &nodes, "deny all ingress into x", "80", &all().expect_peer("*", "x/*", false));
-    plane.kubectl_ok(&["delete", "networkpolicy", "-n", "x", "deny-ingress"]);
-
-    // x/a accepts only pods b of namespace y (namespace AND pod selector in one peer): y/b runs on node-2,
-    // x/a on node-1.
-    plane.apply(&policy(
-        "x",
-        "allow-y-b",
-        serde_json::json!({
-            "podSelector": {"matchLabels": {"pod": "a"}},
-            "policyTypes": ["Ingress"],
-            "ingress": [{"from": [{
-                "namespaceSelector": {"matchLabels": {"ns": "y"}},
-                "podSelector": {"matchLabels": {"pod": "b"}},
-            }]}],
-        }),
-    ));
-    let only_y_b = all().expect_all_ingress("x/a", false).expect("y/b", "x/a", true);
-    wait_for_matrix(&lab, &nodes, "x/a only from y/b", "80", &only_y_b);
-    // y/b relabelled on the API server: node-1's agent takes the new labels of node-2's pod (a new identity,
-    // the same on every node) and x/a no longer admits it; labelled back, it does again.
-    plane.kubectl_ok(&["label", "pod", "-n", "y", "b", "pod=renamed", "--overwrite"]);
-    wait_for_matrix(&lab, &nodes, "y/b relabelled", "80", &all().expect_all_ingress("x/a", false));
-    let identities: Vec<BTreeMap<Vec<String>, u64>> = nodes.iter().map(Node::pod_identities).collect();
-    assert!(
-        identities.iter().all(|i| *i == identities[0] && i.keys().any(|l| l.contains(&"k8s:pod=renamed".to_owned()))),
-        "every node numbers the new labels alike: {identities:?}"
-    );
-    plane.kubectl_ok(&["label", "pod", "-n", "y", "b", "pod=b", "--overwrite"]);
-    wait_for_matrix(&lab, &nodes, "y/b labelled back", "80", &only_y_b);
-    plane.kubectl_ok(&["delete", "networkpolicy", "-n", "x", "allow-y-b"]);
-
-    // Egress of namespace y only to namespace z on TCP 80: decided on the node of each y pod.
-    plane.apply(&policy(
-        "y",
-        "egress-to-z",
-        serde_json::json!({
-            "podSelector": {},
-            "policyTypes": ["Egress"],
-            "egress": [{
-                "to": [{"namespaceSelector": {"matchLabels": {"ns": "z"}}}],
-                "ports": [{"protocol": "TCP", "port": 80}],
-            }],
-        }),
-    ));
-    let out_of_y_to_z = all().expect_peer("y/*", "*", false).expect_peer("y/*", "z/*", true);
-    wait_for_matrix(&lab, &nodes, "y only out to z on 80", "80", &out_of_y_to_z);
-    plane.kubectl_ok(&["delete", "networkpolicy", "-n", "y", "egress-to-z"]);
-
-    // The same by a named port: resolved on the destination pods, which for every y pod include pods of the
-    // other two nodes.
-    plane.apply(&policy(
-        "y",
-        "egress-to-z-named",
-        serde_json::json!({
-            "podSelector": {},
-            "policyTypes": ["Egress"],
-            "egress": [{
-                "to": [{"namespaceSelector": {"matchLabels": {"ns": "z"}}}],
-                "ports": [{"protocol": "TCP", "port": "serve-81-tcp"}],
-            }],
-        }),
-    ));
-    wait_for_matrix(&lab, &nodes, "y out to z by port name, on 81", "81", &out_of_y_to_z);
-    wait_for_matrix(&lab, &nodes, "y out to z by port name, on 80", "80", &all().expect_peer("y/*", "*", false));
 }
 
 /// The lab of several nodes itself: the nodes and the fabric are namespaces of the lab (never the machine's

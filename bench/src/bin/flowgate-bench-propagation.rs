@@ -1,14 +1,16 @@
-//! `flowgate-bench-propagation [--quick] [--out DIR]`: from a policy file written to the first packet it decides,
-//! on a small node and at 1,000 policies over 500 endpoints. Prints its rows and writes
+//! `flowgate-bench-propagation [--quick] [--out DIR]`: from a policy file written, and from a NetworkPolicy
+//! created through the API server, to the first packet it decides, on a small node and at 1,000 policies over
+//! 500 endpoints. Prints its rows and writes
 //! `bench/results.d/propagation.json`. Run as root (it loads the kernel programs).
 
-use flowgate_benchmarks::propagation;
+use flowgate_benchmarks::{propagation, propagation_api};
 
 fn main() -> anyhow::Result<()> {
     let options = flowgate_benchmarks::RunOptions::from_args()?;
     let quick = options.quick;
     println!("policy propagation{}", if quick { " (quick)" } else { "" });
     let mut section = propagation::measure(quick)?;
+    propagation_api::measure(quick, &mut section)?;
     section.push(flowgate_benchmarks::load_figure());
     let path = section.write(&options.out)?;
     println!("written: {}", path.display());

@@ -2,12 +2,12 @@
 //! (`test/e2e/network/netpol`): a [`Reachability`] truth table (the lab's) of what should connect, built from
 //! "all connected" or "all blocked" plus exceptions; a [`Conformance`] case that owns one lab (the
 //! x/y/z × a/b/c model of `examples/lab-netpol.yaml`) and one agent following a policy directory and
-//! the lab's topology file; and [`Conformance::validate`], which probes the full 9×9 matrix with real
-//! traffic through the real datapath and, on any difference, fails with both truth tables, the
-//! differences, and every manifest in effect. Every probe is also predicted by `flowgate policy test --all`,
-//! offline (from the policy maps the agent would realize for the files and topology, no traffic) and live
-//! (from the maps the agent's datapath holds, read back over its socket), and every cell of both
-//! predictions, the diagonal included, must equal the probe's.
+//! the lab's topology file (through the API server: one agent per node); and [`Conformance::validate`],
+//! which probes the full 9×9 matrix with real traffic through the real datapath and, on any difference,
+//! fails with both truth tables, the differences, and every manifest in effect. Every probe is also
+//! predicted by `flowgate policy test --all`, offline (from the policy maps the agent would realize for the
+//! files and topology, no traffic) and live (from the maps the agent's datapath holds, read back over its
+//! socket), and every cell of both predictions, the diagonal included, must equal the probe's.
 //!
 //! Policies are written atomically (staged outside the watched directory, then renamed in) and every
 //! change waits until the agent reports a new policy revision with exactly the expected policy names
@@ -18,11 +18,17 @@
 //! (`ignoreLoopback`); the tables print it as `-` (expected) and as observed.
 //!
 //! The same cases run through a real API server (`conformance_api.rs`, where the crate's
-//! `THROUGH_API_SERVER` is true): each case then also owns an etcd and kube-apiserver, the lab's namespaces
-//! and pods are registered on it (pods bound to the agent's node with the lab's addresses), the agent runs
-//! with `--kubernetes`, policies are created, replaced and deleted with `kubectl` (one object at a time, each
-//! waited for; a policy's namespace that the lab lacks is created first), labels are changed with
-//! `kubectl patch`, and "invalid" means what the API server itself refuses.
+//! `THROUGH_API_SERVER` is true) with the pods spread over three nodes ([`NODES`]: every `a` on node-1, `b`
+//! on node-2, `c` on node-3, so every namespace spans every node), one agent per node: each case then also
+//! owns an etcd and kube-apiserver, the lab's nodes, namespaces and pods are registered on it (each pod bound
+//! to its node with the lab's addresses), the agents run with `--kubernetes`, and policies are created,
+//! updated and deleted one object at a time, every other change through kube-rs (create, replace, delete)
+//! and the rest through `kubectl` (`apply`, `replace`, `delete`); pod labels are changed with `kubectl
+//! patch`, namespace labels through kube-rs, and "invalid" means what the API server itself refuses. Every
+//! change is waited for on every agent (a new revision with the expected policies; for a label change, first
+//! the new labels in each agent's view), the agents must number the pods alike, and the live prediction
+//! is each agent's for the pods it hosts: a connection is predicted to connect when the agent of the
+//! source's node lets it out and the agent of the destination's node lets it in.
 //!
 //! Set `FLOWGATE_CONFORMANCE_KEEP_GOING=1` to record mismatches and go on probing the remaining steps
 //! of a case (the test still fails at its end, with every mismatch), and
@@ -37,13 +43,19 @@ use std::{
 };
 
 pub use flowgate_lab::state::Family;
-use flowgate_lab::topology::Topology;
+use flowgate_lab::topology::{NodeSpec, Topology};
+use flowgate_proto::{
+    client::Client,
+    message::{PolicyMaps, Request, Response},
+};
 use flowgate_tests::{
     LabGuard,
-    agent::{AgentGuard, SocketDir},
+    agent::{AgentGuard, SocketDir, runtime},
     control_plane::ControlPlane,
     example, flowgate, flowgate_ok, kubelet, probe_results, require_root,
 };
+use k8s_openapi::api::{core::v1::Namespace, networking::v1::NetworkPolicy};
+use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::{Value, json};
 
 /// The pods of the model, in the lab's file order.
@@ -53,8 +65,6 @@ pub const PODS: [&str; 9] = ["x/a", "x/b", "x/c", "y/a", "y/b", "y/c", "z/a", "z
 pub const POLICY_WAIT: Duration = Duration::from_secs(10);
 /// How often the agent checks its policy directory and topology file (its default is 250 ms).
 const WATCH_INTERVAL_MS: &str = "50";
-/// The node the lab stands for when the cases run through the API server.
-const NODE: &str = "conformance-node";
 
 pub use flowgate_lab::topology::Protocol::{self, Tcp, Udp};
 
@@ -203,11 +213,16 @@ fn write_atomically(staging: &Path, path: &Path, text: &str) {
 /// One conformance case: a lab of the x/y/z model and an agent enforcing the policies the case writes.
 /// Dropping it stops the agent and brings the lab down (also when the test panics).
 pub struct Conformance {
-    // Field order is drop order: the agent stops before its lab goes down.
-    agent: AgentGuard,
+    // Field order is drop order: the agents stop before their lab goes down.
+    /// One agent (file source), or one per node (through the API server).
+    agents: Vec<NodeAgent>,
     lab: LabGuard,
-    /// The API server the policies and labels go through (`THROUGH_API_SERVER`); stops after the agent.
+    /// kube-rs on the API server, for the changes that do not go through `kubectl`.
+    kube: Option<KubeClient>,
+    /// The API server the policies and labels go through (`THROUGH_API_SERVER`); stops after the agents.
     plane: Option<ControlPlane>,
+    /// Object changes made on the API server so far: every other one goes through kube-rs.
+    server_changes: usize,
     /// What the API server holds: policy `namespace/name` -> spec.
     on_server: BTreeMap<String, Value>,
     /// Namespaces created on the API server for policies, beyond the lab's.
@@ -222,8 +237,6 @@ pub struct Conformance {
     files: BTreeMap<String, Vec<Policy>>,
     /// Files holding invalid manifests, as written.
     invalid: BTreeMap<String, String>,
-    /// The policy revision in effect.
-    revision: u64,
     /// Label changes made so far, for failure reports.
     relabels: Vec<String>,
     /// What the case did so far, for failure reports.
@@ -245,32 +258,50 @@ impl Conformance {
         for d in [&policies_dir, &staging] {
             std::fs::create_dir_all(d).expect("create a case directory");
         }
-        let topology_path = dir.0.join("topology.yaml");
-        std::fs::copy(example("lab-netpol.yaml"), &topology_path).expect("copy the netpol topology");
-        let topology = Topology::load(&topology_path).expect("the netpol topology loads");
+        let mut topology = Topology::load(&example("lab-netpol.yaml")).expect("the netpol topology loads");
+        if crate::THROUGH_API_SERVER {
+            spread_over_nodes(&mut topology);
+        }
+        // JSON is YAML (the lab and the agent read it with the same loader), and leaves no doubt that `y` is a name.
+        let topology_path = dir.0.join("topology.json");
+        let text = serde_json::to_string_pretty(&topology).expect("the topology serializes");
+        std::fs::write(&topology_path, text).expect("write the case's topology");
         let lab = LabGuard::up(tag, &topology_path);
         let pods: Vec<String> = lab.state.pods.iter().map(|p| format!("{}/{}", p.namespace, p.name)).collect();
         assert_eq!(pods, PODS, "the lab has the pods of the model, in order");
         let sockets = SocketDir::new(tag);
-        let socket = sockets.socket("agent");
-        let plane = crate::THROUGH_API_SERVER.then(|| register(tag, &topology, &lab));
-        let kubeconfig = plane.as_ref().map(|p| p.agent_kubeconfig().to_str().expect("utf-8 path").to_owned());
-        let agent = match &kubeconfig {
-            Some(kubeconfig) => AgentGuard::start(
+        let (plane, kube, agents) = if crate::THROUGH_API_SERVER {
+            let plane = ControlPlane::start(tag);
+            kubelet::register_lab(&plane, &lab.state, NODES[0].0);
+            let rt = runtime();
+            let client = rt.block_on(plane.admin_client());
+            let kubeconfig = plane.agent_kubeconfig().to_str().expect("utf-8 path").to_owned();
+            let agents = NODES
+                .iter()
+                .map(|&(node, pod_name)| {
+                    let socket = sockets.socket(node);
+                    let args = ["--lab", &lab.name, "--kubernetes", "--kubeconfig", &kubeconfig, "--node-name", node];
+                    let pods = PODS.iter().filter(|p| p.ends_with(&format!("/{pod_name}"))).map(|p| (*p).to_owned());
+                    NodeAgent::new(Some(node), AgentGuard::start_with(&socket, &args), pods.collect())
+                })
+                .collect();
+            (Some(plane), Some(KubeClient { client, rt }), agents)
+        } else {
+            let socket = sockets.socket("agent");
+            let policies = policies_dir.to_str().expect("utf-8 path");
+            let agent = AgentGuard::start(
                 &lab.name,
                 &socket,
-                &["--kubernetes", "--kubeconfig", kubeconfig, "--node-name", NODE, "--no-pin"],
-            ),
-            None => AgentGuard::start(
-                &lab.name,
-                &socket,
-                &["--policies", policies_dir.to_str().expect("utf-8 path"), "--watch-interval-ms", WATCH_INTERVAL_MS],
-            ),
+                &["--policies", policies, "--watch-interval-ms", WATCH_INTERVAL_MS],
+            );
+            (None, None, vec![NodeAgent::new(None, agent, PODS.iter().map(|p| (*p).to_owned()).collect())])
         };
         let mut case = Self {
-            agent,
+            agents,
             lab,
+            kube,
             plane,
+            server_changes: 0,
             on_server: BTreeMap::new(),
             extra_namespaces: std::collections::BTreeSet::new(),
             _sockets: sockets,
@@ -281,7 +312,6 @@ impl Conformance {
             topology,
             files: BTreeMap::new(),
             invalid: BTreeMap::new(),
-            revision: 0,
             relabels: Vec::new(),
             steps: Vec::new(),
             failures: Vec::new(),
@@ -291,33 +321,55 @@ impl Conformance {
         if case.plane.is_some() {
             case.wait_for_endpoints();
         }
-        let status = case.policy_status();
-        assert!(
-            status.loaded.is_empty() && status.errors.is_empty() && status.revision >= 1,
-            "a fresh agent with an empty policy directory: {status:?}"
-        );
-        case.revision = status.revision;
+        for agent in &mut case.agents {
+            let status = agent.policy_status();
+            assert!(
+                status.loaded.is_empty() && status.errors.is_empty() && status.revision >= 1,
+                "a fresh agent with no policy ({}): {status:?}",
+                agent.name()
+            );
+            agent.revision = status.revision;
+        }
         case
     }
 
-    /// Through the API server: waits until the agent has listed the cluster and every pod is a ready endpoint.
+    /// Through the API server: waits until every agent has listed the cluster and has exactly the pods of
+    /// its node as ready endpoints, and checks that all of them number the pods' label sets alike.
     fn wait_for_endpoints(&self) {
-        let socket = self.agent.socket.to_str().expect("utf-8 path");
         let started = Instant::now();
-        loop {
-            let out = flowgate(&["endpoint", "list", "--socket", socket, "-o", "json"]);
-            let list: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            let ready = list.as_array().map_or(0, |l| l.iter().filter(|e| e["state"] == "ready").count());
-            if ready == PODS.len() && self.policy_status().revision >= 1 {
-                return;
+        for agent in &self.agents {
+            loop {
+                let list = agent.endpoints();
+                let mut ready: Vec<String> = list
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|e| e["state"] == "ready")
+                    .map(|e| {
+                        format!("{}/{}", e["namespace"].as_str().unwrap_or(""), e["pod_name"].as_str().unwrap_or(""))
+                    })
+                    .collect();
+                ready.sort();
+                if ready == agent.pods && agent.policy_status().revision >= 1 {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "{} did not take its pods {:?} from the API server: {list}\n{}",
+                    agent.name(),
+                    agent.pods,
+                    tail(&agent.agent.output(), 30)
+                );
+                std::thread::sleep(Duration::from_millis(50));
             }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "the agent did not take the pods from the API server: {list}\n{}",
-                tail(&self.agent.output(), 30)
-            );
-            std::thread::sleep(Duration::from_millis(50));
         }
+        let identities: Vec<BTreeMap<String, u32>> = self
+            .agents
+            .iter()
+            .map(|a| a.policy_maps().pods.iter().map(|p| (format!("{}/{}", p.namespace, p.name), p.identity)).collect())
+            .collect();
+        assert_eq!(identities[0].len(), PODS.len(), "every agent knows every pod: {identities:?}");
+        assert!(identities.iter().all(|i| *i == identities[0]), "the nodes number the pods alike: {identities:?}");
     }
 
     fn plane(&self) -> &ControlPlane {
@@ -344,6 +396,45 @@ impl Conformance {
         }
     }
 
+    /// Whether the next object change goes through kube-rs (every other one does; the rest through kubectl).
+    fn next_through_kube_rs(&mut self) -> bool {
+        self.server_changes += 1;
+        self.server_changes.is_multiple_of(2)
+    }
+
+    fn kube(&self) -> &KubeClient {
+        self.kube.as_ref().expect("running through the API server")
+    }
+
+    /// Creates `policy` (POST) or replaces the whole object (GET for its resourceVersion, then PUT) with kube-rs.
+    fn kube_rs_put(&self, policy: &Policy, exists: bool) -> Result<&'static str, String> {
+        let KubeClient { client, rt } = self.kube();
+        let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), &policy.namespace);
+        let object: NetworkPolicy = serde_json::from_value(policy.manifest())
+            .map_err(|e| format!("{} as a NetworkPolicy: {e}", policy.key()))?;
+        rt.block_on(async {
+            if exists {
+                let mut current = api.get(&policy.name).await.map_err(|e| format!("kube-rs get: {e}"))?;
+                current.spec = object.spec;
+                api.replace(&policy.name, &PostParams::default(), &current)
+                    .await
+                    .map(|_| "kube-rs replace")
+                    .map_err(|e| format!("kube-rs replace: {e}"))
+            } else {
+                api.create(&PostParams::default(), &object)
+                    .await
+                    .map(|_| "kube-rs create")
+                    .map_err(|e| format!("kube-rs create: {e}"))
+            }
+        })
+    }
+
+    fn kube_rs_delete(&self, ns: &str, name: &str) -> Result<(), String> {
+        let KubeClient { client, rt } = self.kube();
+        let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), ns);
+        rt.block_on(api.delete(name, &DeleteParams::default())).map(|_| ()).map_err(|e| format!("kube-rs delete: {e}"))
+    }
+
     /// Through the API server: makes the server hold `wanted` (policy key -> policy) for the keys in `touched`,
     /// one object at a time, waiting after each change until the agent has it in effect.
     fn sync_server(&mut self, wanted: &BTreeMap<String, Policy>, touched: &[String], what: &str) {
@@ -351,19 +442,36 @@ impl Conformance {
             match wanted.get(key) {
                 Some(policy) if self.on_server.get(key) != Some(&policy.spec) => {
                     let manifest = policy.manifest().to_string();
-                    // A changed file holds the whole new object: replace it (PUT), as `kubectl apply` would
-                    // keep the `policyTypes` the server defaulted at creation when the new spec has none.
-                    let verb = if self.on_server.contains_key(key) { "replace" } else { "create" };
-                    if verb == "create" {
+                    let exists = self.on_server.contains_key(key);
+                    if !exists {
                         self.ensure_namespace(&policy.namespace);
                     }
-                    self.kubectl_ok(&[verb, "-f", "-"], Some(&manifest));
+                    // A changed file holds the whole new object: an update replaces it (PUT), as `kubectl
+                    // apply` would keep the `policyTypes` the server defaulted at creation when the new spec
+                    // has none.
+                    let how = match (self.next_through_kube_rs(), exists) {
+                        (true, _) => self.kube_rs_put(policy, exists),
+                        (false, false) => self.kubectl(&["apply", "-f", "-"], Some(&manifest)).map(|_| "kubectl apply"),
+                        (false, true) => {
+                            self.kubectl(&["replace", "-f", "-"], Some(&manifest)).map(|_| "kubectl replace")
+                        }
+                    };
+                    let how =
+                        how.unwrap_or_else(|e| panic!("writing {key} on the API server: {e}\n{}", self.context()));
+                    self.steps.push(format!("{key} {} through {how}", if exists { "updated" } else { "created" }));
                     self.on_server.insert(key.clone(), policy.spec.clone());
                 }
                 Some(_) => continue,
                 None if self.on_server.contains_key(key) => {
                     let (ns, name) = key.split_once('/').expect("namespace/name");
-                    self.kubectl_ok(&["delete", "networkpolicy", "-n", ns, name], None);
+                    let how = if self.next_through_kube_rs() {
+                        self.kube_rs_delete(ns, name).map(|()| "kube-rs")
+                    } else {
+                        self.kubectl(&["delete", "networkpolicy", "-n", ns, name], None).map(|_| "kubectl delete")
+                    };
+                    let how =
+                        how.unwrap_or_else(|e| panic!("deleting {key} on the API server: {e}\n{}", self.context()));
+                    self.steps.push(format!("{key} deleted through {how}"));
                     self.on_server.remove(key);
                 }
                 None => continue,
@@ -427,24 +535,16 @@ impl Conformance {
         }
     }
 
-    /// The agent's policy status now.
+    /// The policy status of the file source's agent now.
     pub fn policy_status(&self) -> PolicyStatus {
-        let socket = self.agent.socket.to_str().expect("utf-8 path");
-        let out = flowgate(&["status", "--socket", socket, "-o", "json"]);
-        assert!(out.status.success(), "flowgate status failed: {}", String::from_utf8_lossy(&out.stderr));
-        let v: Value = serde_json::from_slice(&out.stdout).expect("status -o json prints JSON");
-        let p = &v["policy"];
-        let strings = |v: &Value| -> Vec<String> {
-            v.as_array()
-                .unwrap_or_else(|| panic!("status policy: a list expected, got {v}"))
-                .iter()
-                .map(|s| s.as_str().expect("a string").to_owned())
-                .collect()
-        };
-        PolicyStatus {
-            revision: p["revision"].as_u64().expect("status has policy.revision"),
-            loaded: strings(&p["loaded"]),
-            errors: strings(&p["errors"]),
+        assert_eq!(self.agents.len(), 1, "the file source runs one agent");
+        self.agents[0].policy_status()
+    }
+
+    /// Takes every agent's revision in effect now as the one to count from.
+    fn mark_revisions(&mut self) {
+        for agent in &mut self.agents {
+            agent.revision = agent.policy_status().revision;
         }
     }
 
@@ -455,27 +555,22 @@ impl Conformance {
         names
     }
 
-    /// Waits until the agent reports a revision above the last one, no errors, and `expected_loaded`.
-    /// Through the API server: waits until the agent's endpoint `ns/name` carries `labels` (the change has
-    /// reached the agent), so that the revision waited for next is the one that follows it.
-    fn wait_for_endpoint_labels(&self, ns: &str, name: &str, labels: &BTreeMap<String, String>, what: &str) {
-        let socket = self.agent.socket.to_str().expect("utf-8 path");
+    /// Through the API server: waits until every agent's view of the cluster (the pods and namespaces its
+    /// policy maps were compiled from) satisfies `seen`: the change has reached each of them, so that the
+    /// revision waited for next is the one that follows it.
+    fn wait_for_view(&self, what: &str, seen: impl Fn(&PolicyMaps) -> bool) {
         let started = Instant::now();
-        loop {
-            let out = flowgate(&["endpoint", "list", "--socket", socket, "-o", "json"]);
-            let list: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            let seen = list.as_array().into_iter().flatten().find(|e| e["namespace"] == ns && e["pod_name"] == name);
-            let current: Option<BTreeMap<String, String>> =
-                seen.and_then(|e| serde_json::from_value(e["labels"].clone()).ok());
-            if current.as_ref() == Some(labels) {
-                return;
+        for agent in &self.agents {
+            while !seen(&agent.policy_maps()) {
+                assert!(
+                    started.elapsed() < POLICY_WAIT,
+                    "{what}: {} never saw the change\n{}\nagent log (tail):\n{}",
+                    agent.name(),
+                    self.context(),
+                    tail(&agent.agent.output(), 30)
+                );
+                std::thread::sleep(Duration::from_millis(25));
             }
-            assert!(
-                started.elapsed() < POLICY_WAIT,
-                "{what}: the agent's endpoint {ns}/{name} never showed the labels: {current:?}\n{}",
-                self.context()
-            );
-            std::thread::sleep(Duration::from_millis(25));
         }
     }
 
@@ -484,29 +579,55 @@ impl Conformance {
         self.wait_for_revision(expected, what);
     }
 
-    /// Waits until the agent reports a revision above the last one, no errors, and `expected` loaded.
+    /// Waits until every agent reports a revision above its last one, no errors, and `expected` loaded.
     fn wait_for_revision(&mut self, expected: Vec<String>, what: &str) {
         let started = Instant::now();
-        let mut last;
-        loop {
-            last = self.policy_status();
-            if last.revision > self.revision && last.errors.is_empty() && last.loaded == expected {
-                self.revision = last.revision;
-                self.steps.push(format!("{what} (revision {})", last.revision));
-                return;
+        let mut revisions = Vec::new();
+        for i in 0..self.agents.len() {
+            let agent = &self.agents[i];
+            let mut last;
+            loop {
+                last = agent.policy_status();
+                if last.revision > agent.revision && last.errors.is_empty() && last.loaded == expected {
+                    break;
+                }
+                if started.elapsed() > POLICY_WAIT {
+                    panic!(
+                        "{what}: {} did not put it in effect within {POLICY_WAIT:?}: wanted a revision above {} \
+                         with loaded {expected:?} and no errors, last status {last:#?}\n{}\nagent log (tail):\n{}",
+                        agent.name(),
+                        agent.revision,
+                        self.context(),
+                        tail(&agent.agent.output(), 30)
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(25));
             }
-            if started.elapsed() > POLICY_WAIT {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(25));
+            revisions.push(format!("{} {}", agent.name(), last.revision));
+            self.agents[i].revision = last.revision;
         }
-        panic!(
-            "{what}: the agent did not put it in effect within {POLICY_WAIT:?}: wanted a revision above {} with \
-             loaded {expected:?} and no errors, last status {last:#?}\n{}\nagent log (tail):\n{}",
-            self.revision,
-            self.context(),
-            tail(&self.agent.output(), 30)
-        );
+        self.steps.push(format!("{what} (revision {})", revisions.join(", ")));
+    }
+
+    /// Asserts that no agent's policy changed: the same revision and `expected_loaded` everywhere.
+    fn assert_unchanged(&self, what: &str) {
+        let expected = self.expected_loaded();
+        for agent in &self.agents {
+            let status = agent.policy_status();
+            assert_eq!(
+                (status.revision, &status.loaded),
+                (agent.revision, &expected),
+                "{what} changed the policy in effect at {}: {status:#?}\n{}",
+                agent.name(),
+                self.context()
+            );
+        }
+    }
+
+    /// The one agent of the file source.
+    fn file_agent(&mut self) -> &mut NodeAgent {
+        assert_eq!(self.agents.len(), 1, "the file source runs one agent");
+        &mut self.agents[0]
     }
 
     /// Creates or replaces policy file `file` (several documents separated by `---`) and waits until
@@ -551,19 +672,19 @@ impl Conformance {
             let Err(refusal) = self.kubectl(&["apply", "-f", "-"], Some(&Self::as_json(text))) else {
                 panic!("the API server took the invalid manifest {file}:\n{text}");
             };
-            let status = self.policy_status();
-            assert_eq!((status.revision, &status.loaded), (self.revision, &self.expected_loaded()));
+            self.assert_unchanged(&format!("the refused manifest {file}"));
             self.steps.push(format!("API server refused invalid {file}: {refusal}"));
             return vec![refusal];
         }
         write_atomically(&self.staging, &self.policies_dir.join(file), text);
         let expected = self.expected_loaded();
+        let revision = self.file_agent().revision;
         let started = Instant::now();
         loop {
             let status = self.policy_status();
             assert_eq!(
                 (status.revision, &status.loaded),
-                (self.revision, &expected),
+                (revision, &expected),
                 "an invalid manifest ({file}) changed the policy in effect: {status:#?}\n{}",
                 self.context()
             );
@@ -602,10 +723,11 @@ impl Conformance {
         let path = self.policies_dir.join(file);
         write_atomically(&self.staging, &path, text);
         let expected = self.expected_loaded();
+        let revision = self.file_agent().revision;
         let started = Instant::now();
         let outcome = loop {
             let status = self.policy_status();
-            if status.revision != self.revision || status.loaded != expected {
+            if status.revision != revision || status.loaded != expected {
                 break Err(format!("taken: {status:?}"));
             }
             if !status.errors.is_empty() {
@@ -621,10 +743,9 @@ impl Conformance {
         let started = Instant::now();
         loop {
             let status = self.policy_status();
-            let back =
-                status.errors.is_empty() && status.loaded == expected && (status.revision == self.revision || taken);
+            let back = status.errors.is_empty() && status.loaded == expected && (status.revision == revision || taken);
             if back {
-                self.revision = status.revision;
+                self.file_agent().revision = status.revision;
                 break;
             }
             assert!(
@@ -643,8 +764,7 @@ impl Conformance {
         assert!(self.invalid.remove(file).is_some(), "no invalid file {file}");
         if self.plane.is_some() {
             // Never on the server: nothing to remove, nothing may have changed.
-            let status = self.policy_status();
-            assert_eq!((status.revision, &status.loaded), (self.revision, &self.expected_loaded()));
+            self.assert_unchanged(&format!("removing the refused manifest {file}"));
             return;
         }
         std::fs::remove_file(self.policies_dir.join(file)).expect("remove a policy file");
@@ -654,7 +774,7 @@ impl Conformance {
             if status.errors.is_empty() {
                 assert_eq!(
                     (status.revision, &status.loaded),
-                    (self.revision, &self.expected_loaded()),
+                    (self.agents[0].revision, &self.expected_loaded()),
                     "removing an invalid manifest changed the policy in effect"
                 );
                 self.steps.push(format!("deleted invalid {file}"));
@@ -692,12 +812,15 @@ impl Conformance {
         if self.plane.is_some() {
             let labels = spec.labels.clone();
             let patch = json!([{"op": "replace", "path": "/metadata/labels", "value": labels}]).to_string();
-            // A revision the agent made after the last wait (a late event of an earlier step) is not this
-            // change's: count from the revision in effect now.
-            self.revision = self.policy_status().revision;
+            // A revision an agent made after the last wait (a late event of an earlier step) is not this
+            // change's: count from the revisions in effect now, once every agent has seen the new labels.
+            self.mark_revisions();
             self.kubectl_ok(&["patch", "pod", "-n", ns, name, "--type=json", "-p", &patch], None);
+            self.steps.push(format!("labels of pod {pod} patched through kubectl"));
             self.relabels.push(what.clone());
-            self.wait_for_endpoint_labels(ns, name, &labels, &what);
+            self.wait_for_view(&what, |maps| {
+                maps.pods.iter().any(|p| p.namespace == ns && p.name == name && p.labels == labels)
+            });
             return self.wait_for_new_revision(&what);
         }
         self.write_topology(what);
@@ -716,11 +839,22 @@ impl Conformance {
         let what = format!("labels of namespace {ns} set to {:?}", spec.labels);
         if self.plane.is_some() {
             let labels = Topology::namespace_labels(spec);
-            let patch = json!([{"op": "replace", "path": "/metadata/labels", "value": labels}]).to_string();
-            // As for pods: count from the revision in effect now.
-            self.revision = self.policy_status().revision;
-            self.kubectl_ok(&["patch", "namespace", ns, "--type=json", "-p", &patch], None);
+            // As for pods: count from the revisions in effect now. Namespaces are relabelled through kube-rs
+            // (the whole object replaced, as `kubectl replace` would).
+            self.mark_revisions();
+            let KubeClient { client, rt } = self.kube();
+            let api: Api<Namespace> = Api::all(client.clone());
+            let replaced = rt.block_on(async {
+                let mut object = api.get(ns).await?;
+                object.metadata.labels = Some(labels.clone());
+                api.replace(ns, &PostParams::default(), &object).await
+            });
+            if let Err(e) = replaced {
+                panic!("kube-rs: relabelling namespace {ns}: {e}\n{}", self.context());
+            }
+            self.steps.push(format!("labels of namespace {ns} replaced through kube-rs"));
             self.relabels.push(what.clone());
+            self.wait_for_view(&what, |maps| maps.namespaces.iter().any(|(n, l)| n == ns && *l == labels));
             return self.wait_for_new_revision(&what);
         }
         self.write_topology(what);
@@ -758,16 +892,38 @@ impl Conformance {
             std::fs::write(policies.join(file), text).expect("write a policy file for the prediction");
         }
         let topology = dir.join("topology.json");
-        let text = serde_json::to_string_pretty(&self.topology).expect("the topology serializes");
+        // The cluster as a whole: where a pod runs does not change what policy says about it.
+        let mut whole = self.topology.clone();
+        whole.nodes.clear();
+        for pod in &mut whole.pods {
+            pod.node = None;
+        }
+        let text = serde_json::to_string_pretty(&whole).expect("the topology serializes");
         std::fs::write(&topology, text).expect("write the prediction's topology");
         let (policies, topology) = (policies.to_str().expect("utf-8 path"), topology.to_str().expect("utf-8 path"));
         Self::policy_test_all(&["--policies", policies, "--topology", topology], port, protocol, family)
     }
 
-    /// What `flowgate policy test --all` predicts live, from the policy maps the agent's datapath holds now
-    /// (read back from the kernel over the socket).
+    /// What `flowgate policy test --all` predicts live, from the policy maps each agent's datapath holds now
+    /// (read back from the kernel over its socket). Each agent decides only for the pods it hosts: a
+    /// connection is predicted to connect when the agent of the source's node lets it out and the agent of
+    /// the destination's node lets it in (one agent when both are on its node).
     pub fn predict_live(&self, port: &str, protocol: Protocol, family: Family) -> Reachability {
-        Self::policy_test_all(&["--socket", self.agent.socket.to_str().expect("utf-8 path")], port, protocol, family)
+        let tables: Vec<Reachability> = self
+            .agents
+            .iter()
+            .map(|a| Self::policy_test_all(&["--socket", &a.socket], port, protocol, family))
+            .collect();
+        let pods: Vec<String> = PODS.iter().map(|p| (*p).to_owned()).collect();
+        let mut predicted = Reachability::unknown(pods.clone(), pods);
+        for from in PODS {
+            for to in PODS {
+                let mut deciding = self.agents.iter().zip(&tables).filter(|(a, _)| a.hosts(from) || a.hosts(to));
+                let connected = deciding.all(|(_, t)| t.get(from, to).expect("a pair of the model"));
+                predicted.set(from, to, connected);
+            }
+        }
+        predicted
     }
 
     /// `flowgate policy test --all SOURCE... --port PORT --protocol PROTOCOL [--ipv6] -o json` as a table.
@@ -894,6 +1050,9 @@ impl Conformance {
             let _ = writeln!(out, "  {s}");
         }
         let _ = writeln!(out, "(lab {}, case directory {})", self.lab.name, self.dir.0.display());
+        for agent in &self.agents {
+            let _ = writeln!(out, "({}: pods {}, revision {})", agent.name(), agent.pods.join(" "), agent.revision);
+        }
         out
     }
 }
@@ -915,18 +1074,88 @@ fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// Starts a control plane for case `tag` and registers the lab on it as the kubelet would: the topology's
-/// namespaces with their labels, and every lab pod bound to [`NODE`] with its labels, ports and address.
-fn register(tag: &str, topology: &Topology, lab: &LabGuard) -> ControlPlane {
-    let plane = ControlPlane::start(tag);
-    for ns in &topology.namespaces {
-        let labels: Vec<(&str, &str)> = ns.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        plane.apply(&kubelet::namespace_manifest(&ns.name, &labels));
+/// The nodes through the API server and the pods each runs, by name: every `a` on node-1, `b` on node-2,
+/// `c` on node-3, so every namespace spans every node and most connections cross two agents.
+const NODES: [(&str, &str); 3] = [("node-1", "a"), ("node-2", "b"), ("node-3", "c")];
+
+/// Spreads the model's pods over [`NODES`].
+fn spread_over_nodes(topology: &mut Topology) {
+    topology.nodes = NODES.map(|(node, _)| NodeSpec { name: node.to_owned() }).to_vec();
+    for pod in &mut topology.pods {
+        let (node, _) = NODES.iter().find(|(_, name)| *name == pod.name).expect("pods are named a, b, c");
+        pod.node = Some((*node).to_owned());
     }
-    for pod in &lab.state.pods {
-        kubelet::run_pod(&plane, &kubelet::lab_pod(pod, NODE));
+}
+
+/// One agent of a case and what it enforces for.
+struct NodeAgent {
+    /// The node it runs for (through the API server); `None` for the file source's one node.
+    node: Option<&'static str>,
+    agent: AgentGuard,
+    socket: String,
+    /// The pods it hosts, `ns/name`, sorted.
+    pods: Vec<String>,
+    /// The policy revision it has in effect, as last waited for.
+    revision: u64,
+}
+
+impl NodeAgent {
+    fn new(node: Option<&'static str>, agent: AgentGuard, mut pods: Vec<String>) -> Self {
+        pods.sort();
+        let socket = agent.socket.to_str().expect("utf-8 path").to_owned();
+        Self { node, agent, socket, pods, revision: 0 }
     }
-    plane
+
+    fn name(&self) -> String {
+        self.node.map_or_else(|| "the agent".to_owned(), |n| format!("the agent of {n}"))
+    }
+
+    fn hosts(&self, pod: &str) -> bool {
+        self.pods.iter().any(|p| p == pod)
+    }
+
+    /// `flowgate endpoint list -o json` of this agent.
+    fn endpoints(&self) -> Value {
+        let out = flowgate(&["endpoint", "list", "--socket", &self.socket, "-o", "json"]);
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    }
+
+    /// Its policy status now.
+    fn policy_status(&self) -> PolicyStatus {
+        let out = flowgate(&["status", "--socket", &self.socket, "-o", "json"]);
+        assert!(out.status.success(), "flowgate status failed: {}", String::from_utf8_lossy(&out.stderr));
+        let v: Value = serde_json::from_slice(&out.stdout).expect("status -o json prints JSON");
+        let p = &v["policy"];
+        let strings = |v: &Value| -> Vec<String> {
+            v.as_array()
+                .unwrap_or_else(|| panic!("status policy: a list expected, got {v}"))
+                .iter()
+                .map(|s| s.as_str().expect("a string").to_owned())
+                .collect()
+        };
+        PolicyStatus {
+            revision: p["revision"].as_u64().expect("status has policy.revision"),
+            loaded: strings(&p["loaded"]),
+            errors: strings(&p["errors"]),
+        }
+    }
+
+    /// What its policy maps were compiled from (pods, namespaces, policies), over its socket.
+    fn policy_maps(&self) -> Box<PolicyMaps> {
+        runtime().block_on(async {
+            let mut client = Client::connect(&self.socket, "conformance").await.expect("connect to the agent");
+            match client.request(Request::PolicyMaps).await.expect("a PolicyMaps request") {
+                Response::PolicyMaps(maps) => maps,
+                other => panic!("{}: PolicyMaps answered with {other:?}", self.name()),
+            }
+        })
+    }
+}
+
+/// kube-rs on the case's API server, with the runtime it runs on.
+struct KubeClient {
+    client: kube::Client,
+    rt: tokio::runtime::Runtime,
 }
 
 #[cfg(test)]
