@@ -11,7 +11,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -140,6 +140,7 @@ impl Controller {
         let routes = crate::pod_routes::host_routes(&self.node_netns)?;
         let mut endpoints = BTreeMap::new();
         let mut attach = Vec::new();
+        let mut local = Vec::new();
         let mut unmatched = BTreeSet::new();
         let mut waiting = Vec::new();
         for pod in cluster.local_pods(&node) {
@@ -166,7 +167,7 @@ impl Controller {
                 });
                 continue;
             };
-            let endpoint = self.state.upsert_endpoint(
+            local.push((
                 NewEndpoint {
                     namespace: pod.namespace.clone(),
                     pod_name: pod.name.clone(),
@@ -176,15 +177,24 @@ impl Controller {
                     interface: interface.name.clone(),
                     ifindex: interface.ifindex,
                 },
-                &cluster.namespace_labels(&pod.namespace),
-            );
-            self.datapath
-                .set_endpoint(endpoint.ifindex, datapath::endpoint_info(&endpoint))
-                .with_context(|| format!("registering endpoint {} ({})", endpoint.id, endpoint.pod_ref()))?;
+                cluster.namespace_labels(&pod.namespace),
+            ));
             if !mode.attached.contains(&interface.name) {
                 attach.push((interface.name.clone(), pod.pod_ref()));
             }
-            endpoints.insert(key, endpoint.id);
+        }
+        // Registered in one batch (the pipeline's snapshot is rebuilt once); an endpoint's map entry is
+        // written only when it changed.
+        let before: BTreeMap<u16, (u32, flowgate_common::EndpointInfo)> =
+            self.state.endpoints().iter().map(|ep| (ep.id, (ep.ifindex, datapath::endpoint_info(ep)))).collect();
+        for endpoint in self.state.upsert_endpoints(local) {
+            let info = datapath::endpoint_info(&endpoint);
+            if before.get(&endpoint.id) != Some(&(endpoint.ifindex, info)) {
+                self.datapath
+                    .set_endpoint(endpoint.ifindex, info)
+                    .with_context(|| format!("registering endpoint {} ({})", endpoint.id, endpoint.pod_ref()))?;
+            }
+            endpoints.insert((endpoint.namespace.clone(), endpoint.pod_name.clone()), endpoint.id);
         }
         mode.unmatched = unmatched;
         let remote: Vec<RemotePod> = cluster
@@ -409,7 +419,7 @@ impl Controller {
     /// that does not fit the maps is refused before anything is written: the generation in effect stays,
     /// `status` names the refusal, and this returns `Ok` (the agent is fine; the set is not).
     pub fn apply_policy(&mut self) -> anyhow::Result<()> {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let cluster = self.cluster_view();
         let (contents, snapshot) = match self.engine.prepare(&cluster) {
             Ok(prepared) => prepared,
@@ -857,6 +867,13 @@ fn cluster_namespace_labels(mode: Option<&ClusterMode>, namespace: &str) -> BTre
 /// How often a sync is repeated while some of this node's pods have no interface yet.
 const INTERFACE_RECHECK: Duration = Duration::from_secs(2);
 
+/// A stream of cluster changes is compiled at most `CLUSTER_SYNCS_PER_WINDOW` times per window (see
+/// `follow_cluster`).
+const CLUSTER_BATCH_WINDOW: Duration = Duration::from_millis(100);
+const CLUSTER_SYNCS_PER_WINDOW: usize = 3;
+/// How long a lone cluster change waits for the rest of its burst before it is compiled.
+const LONE_CHANGE_SETTLE: Duration = Duration::from_millis(2);
+
 /// Kubernetes mode: applies the cluster as the source holds it whenever it or the cluster's identities
 /// change (changes arriving together are taken at once), from the first full list on. Identity numbers
 /// for new label sets are allocated through the API server first.
@@ -865,6 +882,7 @@ pub async fn follow_cluster(controller: Arc<Mutex<Controller>>, source: KubeSour
     let mut identity_changes = identities.changes();
     let mut last: Option<(ClusterState, BTreeMap<Vec<String>, u32>)> = None;
     let mut retry = false;
+    let mut recent_syncs = std::collections::VecDeque::with_capacity(CLUSTER_SYNCS_PER_WINDOW);
     let mut recheck = tokio::time::interval(INTERFACE_RECHECK);
     loop {
         let mut force = false;
@@ -886,8 +904,22 @@ pub async fn follow_cluster(controller: Arc<Mutex<Controller>>, source: KubeSour
                 }
             }
         }
-        // Let a burst of events (a re-list, a kubectl apply of many objects) land before compiling.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // A change is compiled almost at once, after a short settle that lets the rest of a `kubectl apply`
+        // of several objects land; a stream of changes (a re-list, a controller rewriting many objects) is
+        // compiled at most `CLUSTER_SYNCS_PER_WINDOW` times per window, each time with everything that
+        // arrived meanwhile. (A few per window, not one: a change is often followed by an echo of its own,
+        // such as an identity the agent just allocated, and the next real change should not wait for it.)
+        let settle = match recent_syncs.front().map(|t: &Instant| t.elapsed()) {
+            Some(since) if recent_syncs.len() == CLUSTER_SYNCS_PER_WINDOW && since < CLUSTER_BATCH_WINDOW => {
+                CLUSTER_BATCH_WINDOW - since
+            }
+            _ => LONE_CHANGE_SETTLE,
+        };
+        tokio::time::sleep(settle).await;
+        if recent_syncs.len() == CLUSTER_SYNCS_PER_WINDOW {
+            recent_syncs.pop_front();
+        }
+        recent_syncs.push_back(Instant::now());
         changes.mark_unchanged();
         identity_changes.mark_unchanged();
         retry = false;

@@ -227,16 +227,7 @@ impl AgentState {
 
     /// Registers (or refreshes) a pod as an endpoint, with its identity from its security labels.
     pub fn upsert_endpoint(&self, new: NewEndpoint, namespace_labels: &BTreeMap<String, String>) -> Endpoint {
-        let mut eps = self.endpoints_write();
-        let labels = security_labels(&new.namespace, namespace_labels, &new.labels);
-        let identity = eps.identities.identity_for(&labels);
-        let id = eps.registry.upsert(new).id;
-        let endpoint = eps.registry.get_mut(id).expect("just inserted");
-        endpoint.identity = identity;
-        endpoint.state = EndpointState::Regenerating;
-        let endpoint = endpoint.clone();
-        Self::rebuild_snapshot(&mut eps);
-        endpoint
+        self.upsert_endpoints([(new, namespace_labels.clone())]).pop().expect("one endpoint in, one out")
     }
 
     /// [`Self::upsert_endpoint`] for many pods at once: the pipeline's snapshot is rebuilt once, not once per
