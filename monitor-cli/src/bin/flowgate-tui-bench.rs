@@ -1,6 +1,6 @@
 //! `flowgate-tui-bench`: what the monitor costs at 100k events per second, measured on this machine.
 //! Three stages of the monitor's path, each alone, medians of several runs:
-//! - decoding event batches from the socket's frames (MessagePack);
+//! - decoding event batches from the socket's frames (protocol 1.5's compact batches, MessagePack);
 //! - taking them into the TUI's bounded state (history ring, counters, rate window);
 //! - drawing a full 200x50 frame from the state with a full history (the TUI draws 20 frames a second).
 //!
@@ -13,6 +13,7 @@ use flowgate_proto::{
     codec,
     filter::FlowFilter,
     flow::fixtures::flow_between,
+    flow_batch::{PeerNumbers, PeerTable},
     message::{Event, ServerMessage},
 };
 use ratatui::{Terminal, backend::TestBackend};
@@ -39,21 +40,29 @@ fn main() -> anyhow::Result<()> {
     println!("flowgate-tui-bench (medians of {runs} runs; {batch_size} events per batch)\n");
     println!("{:<46} {:>16} {:>22}", "stage", "events/s", "core share at 100k/s");
 
-    // Decode: one frame of 1000 flows, decoded again and again.
-    let frame = codec::encode("events", &ServerMessage::Events(batch(batch_size, 0)))?;
+    // Decode: one frame of 1000 flows as protocol 1.5 sends it (a compact batch whose peers were defined
+    // by an earlier frame of the connection), decoded and expanded into events again and again.
+    let mut numbers = PeerNumbers::default();
+    let first = numbers.batch(&batch(batch_size, 0));
+    let frame =
+        codec::encode_compact("events", &ServerMessage::FlowBatch(numbers.batch(&batch(batch_size, batch_size))))?;
     let frame = bytes::BytesMut::from(&frame[..]);
+    let mut peers = PeerTable::default();
+    peers.expand(first)?;
     let mut rates = Vec::new();
     for _ in 0..runs {
         let started = Instant::now();
         let rounds = 100;
         for _ in 0..rounds {
-            let message: ServerMessage = codec::decode("events", &frame)?;
-            std::hint::black_box(message);
+            let ServerMessage::FlowBatch(compact) = codec::decode("events", &frame)? else {
+                anyhow::bail!("the frame is not a flow batch")
+            };
+            std::hint::black_box(peers.expand(compact)?);
         }
         rates.push((rounds * batch_size) as f64 / started.elapsed().as_secs_f64());
     }
     let decode = median(rates);
-    println!("{:<46} {:>16.0} {:>21.1}%", "decode frames (MessagePack)", decode, RATE / decode * 100.0);
+    println!("{:<46} {:>16.0} {:>21.1}%", "decode frames (compact batches, 1.5)", decode, RATE / decode * 100.0);
 
     // Ingest: a simulated second at 100k events/s, 100 batches 10 ms apart, into the bounded state.
     let mut rates = Vec::new();
