@@ -2,10 +2,15 @@
 # (readiness probe, `kubectl exec ... flowgate monitor`).
 #
 #   docker build -t flowgate/flowgate-agent:0.1.0 .
+#   make image        # the same with buildah, base images built locally (no daemon, no registry needed)
 #
 # Build stage: stable Rust for the workspace, the pinned nightly with rust-src for the eBPF crate, and
 # bpf-linker built against Debian's LLVM 22 (the nightly's LLVM major), as scripts/setup.sh sets up a machine.
-FROM rust:1.95-bookworm AS build
+# The base images, overridable: `make image` (scripts/build-image.sh) builds both locally where no registry
+# is reachable, and passes them here.
+ARG RUST_IMAGE=rust:1.95-bookworm
+ARG RUNTIME_IMAGE=debian:bookworm-slim
+FROM ${RUST_IMAGE} AS build
 ARG EBPF_TOOLCHAIN=nightly-2026-05-20
 ARG BPF_LINKER_VERSION=0.13.0
 RUN apt-get update \
@@ -20,7 +25,7 @@ RUN cargo build --release --locked -p flowgate-agent --bin flowgate-agent -p flo
     && mkdir -p /out && cp target/release/flowgate-agent target/release/flowgate /out/
 
 # Runtime stage: the two binaries on Debian slim; iproute2 for looking at the node from inside the pod.
-FROM debian:bookworm-slim AS runtime
+FROM ${RUNTIME_IMAGE} AS runtime
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates iproute2 \
     && rm -rf /var/lib/apt/lists/*

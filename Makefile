@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: setup build test lint demo bench fuzz clean-labs fmt clippy release install uninstall
+.PHONY: setup build test lint demo bench image fuzz clean-labs fmt clippy release install uninstall
 
 # Where `make install` puts things: PREFIX (default /usr/local), under DESTDIR when packaging.
 PREFIX ?= /usr/local
@@ -34,6 +34,11 @@ test: build lint
 
 demo: build
 	./target/debug/flowgate demo
+
+# The container image of deploy/daemonset.yaml, built with buildah from ./Dockerfile (about 15 minutes on 2
+# cores; base images made locally from Debian's archive and rustup, cached in /var/cache/flowgate/images).
+image:
+	bash scripts/build-image.sh
 
 bench: setup
 	$(CARGO) build --workspace --exclude flowgate-ebpf --release --locked
