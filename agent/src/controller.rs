@@ -183,17 +183,7 @@ impl Controller {
                 attach.push((interface.name.clone(), pod.pod_ref()));
             }
         }
-        // Registered in one batch (the pipeline's snapshot is rebuilt once); an endpoint's map entry is
-        // written only when it changed.
-        let before: BTreeMap<u16, (u32, flowgate_common::EndpointInfo)> =
-            self.state.endpoints().iter().map(|ep| (ep.id, (ep.ifindex, datapath::endpoint_info(ep)))).collect();
-        for endpoint in self.state.upsert_endpoints(local) {
-            let info = datapath::endpoint_info(&endpoint);
-            if before.get(&endpoint.id) != Some(&(endpoint.ifindex, info)) {
-                self.datapath
-                    .set_endpoint(endpoint.ifindex, info)
-                    .with_context(|| format!("registering endpoint {} ({})", endpoint.id, endpoint.pod_ref()))?;
-            }
+        for endpoint in register(&self.state, &mut self.datapath, local)? {
             endpoints.insert((endpoint.namespace.clone(), endpoint.pod_name.clone()), endpoint.id);
         }
         mode.unmatched = unmatched;
@@ -340,19 +330,9 @@ impl Controller {
     /// Entries that hold already (a re-registration after a label change that left an identity as it
     /// was) are not written again.
     fn register_endpoints(&mut self) -> anyhow::Result<()> {
-        let before: BTreeMap<u16, (u32, flowgate_common::EndpointInfo)> =
-            self.state.endpoints().iter().map(|ep| (ep.id, (ep.ifindex, datapath::endpoint_info(ep)))).collect();
         let pods: Vec<_> =
             self.lab.pods.iter().map(|pod| (lab_pod_endpoint(pod), self.namespace_labels(&pod.namespace))).collect();
-        for endpoint in self.state.upsert_endpoints(pods) {
-            let info = datapath::endpoint_info(&endpoint);
-            if before.get(&endpoint.id) == Some(&(endpoint.ifindex, info)) {
-                continue;
-            }
-            self.datapath
-                .set_endpoint(endpoint.ifindex, info)
-                .with_context(|| format!("registering endpoint {} ({})", endpoint.id, endpoint.pod_ref()))?;
-        }
+        register(&self.state, &mut self.datapath, pods)?;
         Ok(())
     }
 
@@ -958,6 +938,28 @@ pub async fn follow_cluster(controller: Arc<Mutex<Controller>>, source: KubeSour
             retry = true;
         }
     }
+}
+
+/// Registers pods as endpoints in one batch (the pipeline's peer snapshot is rebuilt once, not once per pod)
+/// and writes each one's endpoints-map entry, unless it holds already (a re-registration that left the
+/// identity and interface as they were). Returns the endpoints, in the pods' order.
+fn register(
+    state: &AgentState,
+    datapath: &mut Datapath,
+    pods: Vec<(NewEndpoint, BTreeMap<String, String>)>,
+) -> anyhow::Result<Vec<flowgate_proto::endpoint::Endpoint>> {
+    let before: BTreeMap<u16, (u32, flowgate_common::EndpointInfo)> =
+        state.endpoints().iter().map(|ep| (ep.id, (ep.ifindex, datapath::endpoint_info(ep)))).collect();
+    let endpoints = state.upsert_endpoints(pods);
+    for endpoint in &endpoints {
+        let info = datapath::endpoint_info(endpoint);
+        if before.get(&endpoint.id) != Some(&(endpoint.ifindex, info)) {
+            datapath
+                .set_endpoint(endpoint.ifindex, info)
+                .with_context(|| format!("registering endpoint {} ({})", endpoint.id, endpoint.pod_ref()))?;
+        }
+    }
+    Ok(endpoints)
 }
 
 /// The endpoint of a lab pod: its labels, addresses and node-side interface.

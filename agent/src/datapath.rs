@@ -728,22 +728,14 @@ impl Datapath {
         }
         contents.policy.sort_by_key(|(prefix, key, _)| (*key, *prefix));
 
-        let name = MAP_IPCACHE[generation];
-        let ipcache: LpmTrie<_, ip::Addr, IpcacheValue> =
-            LpmTrie::try_from(self.ebpf.map(name).ok_or(DatapathError::MissingMap { name })?)
-                .map_err(|source| DatapathError::Map { name, source })?;
-        for item in ipcache.iter() {
-            let (key, value) = item.map_err(|source| DatapathError::Map { name, source })?;
-            contents.ipcache.push((flowgate_policy::IpPrefix::from_key(key.data(), key.prefix_len()), value));
-        }
-
-        let name = MAP_ENFORCEMENT[generation];
-        let enforce: HashMap<_, u16, u32> =
-            HashMap::try_from(self.ebpf.map(name).ok_or(DatapathError::MissingMap { name })?)
-                .map_err(|source| DatapathError::Map { name, source })?;
-        for item in enforce.iter() {
-            contents.enforcement.push(item.map_err(|source| DatapathError::Map { name, source })?);
-        }
+        let held = self.read_generation(generation)?;
+        let mut ipcache: Vec<_> = held.ipcache.into_iter().collect();
+        ipcache.sort_unstable_by_key(|((addr, len), _)| (*addr, *len));
+        contents.ipcache = ipcache
+            .into_iter()
+            .map(|((addr, len), value)| (flowgate_policy::IpPrefix::from_key(addr, len), value))
+            .collect();
+        contents.enforcement = held.enforcement.into_iter().collect();
         contents.enforcement.sort_unstable();
         Ok(contents)
     }
