@@ -45,10 +45,27 @@ pub fn deploy_file(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("deploy").join(name)
 }
 
-/// A free TCP port on 127.0.0.1 (free when asked; the processes bind it right after).
+/// Ports handed out for the control planes' listeners: below the kernel's ephemeral range (32768-60999 by
+/// default). A port the kernel picks for port 0 comes from that range, and so does the source port of every
+/// outgoing connection: in the moment between asking and binding, a test's client (an agent's watch, a
+/// kubectl) could take it, and the API server then failed with "address already in use".
+const LISTEN_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A free TCP port on 127.0.0.1 in [`LISTEN_PORTS`] (free when asked; the processes bind it right after).
 fn free_port() -> u16 {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind a free loopback port");
-    listener.local_addr().expect("local address").port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let span = u32::from(LISTEN_PORTS.end - LISTEN_PORTS.start);
+    // Processes start at different offsets (tests of several binaries run one after another, and their
+    // control planes may linger a moment), then walk the range.
+    let start = std::process::id().wrapping_mul(2_654_435_761) % span;
+    for _ in 0..span {
+        let port = LISTEN_PORTS.start + ((start + NEXT.fetch_add(7, Ordering::Relaxed)) % span) as u16;
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {LISTEN_PORTS:?}");
 }
 
 /// Runs a set-up command that must succeed, panicking with its output.
