@@ -45,7 +45,10 @@ use log::{info, warn};
 use flowgate_lab::netns::{self, NetnsError};
 use flowgate_proto::endpoint::Endpoint;
 
-use crate::policy::realize::{Capacities, MapContents};
+use crate::{
+    map_batch,
+    policy::realize::{Capacities, MapContents},
+};
 
 /// How long a generation that was just switched away from stays untouched, so packets that read the
 /// old generation number finish with the old maps.
@@ -88,6 +91,12 @@ pub enum DatapathError {
     Pin {
         what: String,
         path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("map {name} (batch read or take)")]
+    MapBatch {
+        name: &'static str,
         #[source]
         source: std::io::Error,
     },
@@ -179,6 +188,11 @@ impl CtLifetimes {
     /// When an entry expires, as CLOCK_MONOTONIC nanoseconds.
     pub fn expires_ns(&self, key: &CtKey, entry: &CtEntry) -> u64 {
         entry.last_seen_ns.saturating_add(duration_ns(self.of(LifetimeClass::of(key.protocol, entry.flags))))
+    }
+
+    /// Whether an entry has outlived its lifetime at `now_ns` (CLOCK_MONOTONIC), as the programs judge it.
+    pub fn expired(&self, key: &CtKey, entry: &CtEntry, now_ns: u64) -> bool {
+        expired(entry.last_seen_ns, now_ns, duration_ns(self.of(LifetimeClass::of(key.protocol, entry.flags))))
     }
 }
 
@@ -639,60 +653,75 @@ impl Datapath {
         self.options.ct_lifetimes
     }
 
-    fn conntrack_map(&self) -> Result<HashMap<&MapData, CtKey, CtEntry>, DatapathError> {
+    fn conntrack_data(&self) -> Result<&MapData, DatapathError> {
         let name = MAP_CONNTRACK;
-        HashMap::try_from(self.ebpf.map(name).ok_or(DatapathError::MissingMap { name })?)
-            .map_err(|source| DatapathError::Map { name, source })
+        self.ebpf.map(name).and_then(sized_map).ok_or(DatapathError::MissingMap { name })
+    }
+
+    /// Calls `each` with every conntrack entry, read in batches (the kernel goes on changing them while
+    /// they are read: an entry added or deleted meanwhile may or may not be seen).
+    fn for_each_connection(&self, each: impl FnMut(&CtKey, &CtEntry)) -> Result<(), DatapathError> {
+        let name = MAP_CONNTRACK;
+        map_batch::for_each(self.conntrack_data()?, each).map_err(|e| DatapathError::MapBatch { name, source: e })
     }
 
     /// Every conntrack entry (a snapshot: the kernel goes on changing them while they are read).
     pub fn conntrack_entries(&self) -> Result<Vec<(CtKey, CtEntry)>, DatapathError> {
-        let map = self.conntrack_map()?;
-        // An entry deleted during the walk ends it early on some kernels; what was read is still a fair
-        // snapshot, so errors of single entries are skipped.
-        Ok(map.iter().filter_map(Result::ok).collect())
+        let mut entries = Vec::new();
+        self.for_each_connection(|key, entry| entries.push((*key, *entry)))?;
+        Ok(entries)
     }
 
     /// Conntrack's entry count and capacity.
     pub fn conntrack_fill(&self) -> Result<ConntrackFill, DatapathError> {
-        let map = self.conntrack_map()?;
-        Ok(ConntrackFill {
-            entries: map.keys().filter_map(Result::ok).count() as u64,
-            capacity: u64::from(MAX_CONNECTIONS),
-        })
+        let mut entries = 0;
+        self.for_each_connection(|_, _| entries += 1)?;
+        Ok(ConntrackFill { entries, capacity: u64::from(self.options.conntrack_entries) })
     }
 
     /// Deletes the conntrack entries that outlived their lifetime at `now_ns` (CLOCK_MONOTONIC); returns
-    /// how many were deleted and how many are left. The programs never resume an expired entry, so this
-    /// only frees room; an entry a packet renewed since the walk is read again and kept.
+    /// how many were deleted and how many are left (as the walk counted them). The programs never resume
+    /// an expired entry, so this only frees room.
     pub fn conntrack_gc(&mut self, now_ns: u64) -> Result<(u64, u64), DatapathError> {
+        let (walked, expired) = self.conntrack_expired(now_ns)?;
+        let deleted = self.conntrack_delete_expired(&expired, now_ns)?;
+        Ok((deleted, walked.saturating_sub(deleted)))
+    }
+
+    /// The collector's walk: how many entries the map holds, and the keys of those expired at `now_ns`.
+    pub fn conntrack_expired(&self, now_ns: u64) -> Result<(u64, Vec<CtKey>), DatapathError> {
         let lifetimes = self.options.ct_lifetimes;
-        let expired_keys: Vec<CtKey> = self
-            .conntrack_entries()?
-            .into_iter()
-            .filter(|(k, e)| {
-                let lifetime = duration_ns(lifetimes.of(LifetimeClass::of(k.protocol, e.flags)));
-                expired(e.last_seen_ns, now_ns, lifetime)
-            })
-            .map(|(k, _)| k)
-            .collect();
+        let mut walked = 0u64;
+        let mut keys = Vec::new();
+        self.for_each_connection(|key, entry| {
+            walked += 1;
+            if lifetimes.expired(key, entry, now_ns) {
+                keys.push(*key);
+            }
+        })?;
+        Ok((walked, keys))
+    }
+
+    /// The collector's deletion of `keys`, read as expired at `now_ns`; returns how many it deleted. Each
+    /// is taken out with the value it holds at that moment: if a packet replaced it since the walk (a new
+    /// connection on the same tuple, with its own verdict), that value is put back, unless yet another
+    /// packet already made one.
+    pub fn conntrack_delete_expired(&self, keys: &[CtKey], now_ns: u64) -> Result<u64, DatapathError> {
+        let lifetimes = self.options.ct_lifetimes;
         let name = MAP_CONNTRACK;
-        let mut map: HashMap<_, CtKey, CtEntry> =
-            HashMap::try_from(self.ebpf.map_mut(name).ok_or(DatapathError::MissingMap { name })?)
-                .map_err(|source| DatapathError::Map { name, source })?;
+        let data = self.conntrack_data()?;
+        let batch_error = |source| DatapathError::MapBatch { name, source };
         let mut deleted = 0;
-        for key in expired_keys {
-            // Read again just before deleting: a packet may have renewed (or recreated) it since the walk.
-            let still_expired = map.get(&key, 0).is_ok_and(|e| {
-                let lifetime = duration_ns(lifetimes.of(LifetimeClass::of(key.protocol, e.flags)));
-                expired(e.last_seen_ns, now_ns, lifetime)
-            });
-            if still_expired && map.remove(&key).is_ok() {
-                deleted += 1;
+        for key in keys {
+            match map_batch::take::<CtKey, CtEntry>(data, key).map_err(batch_error)? {
+                Some(entry) if lifetimes.expired(key, &entry, now_ns) => deleted += 1,
+                Some(renewed) => {
+                    map_batch::insert_new(data, key, &renewed).map_err(batch_error)?;
+                }
+                None => {}
             }
         }
-        let left = map.keys().filter_map(Result::ok).count() as u64;
-        Ok((deleted, left))
+        Ok(deleted)
     }
 
     /// The entries of a policy generation with their counters, by (prefix length, key): its trie's and

@@ -20,6 +20,7 @@ pub mod identity;
 pub mod instruments;
 pub mod kernel_counters;
 pub mod kubernetes;
+pub mod map_batch;
 pub mod metrics;
 pub mod pod_routes;
 pub mod policy;

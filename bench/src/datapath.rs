@@ -302,6 +302,42 @@ fn floor(effort: Effort) -> anyhow::Result<f64> {
     bench.repeated(PROG_FLOOR, &any, effort)
 }
 
+/// Connections in the conntrack map when its walk and collection are timed.
+pub const CONNTRACK_ENTRIES: usize = 100_000;
+/// Source ports per client in that fill (each client's connections differ by source port).
+const PORTS_PER_CLIENT: usize = 50_000;
+
+/// The agent's side of conntrack at a busy node, in ms: a walk of `entries` connections (what `status`
+/// and the collector read) and the collection of as many expired ones (walk, then each taken out), medians
+/// of `effort.runs`. The map is filled by the programs themselves, one allowed SYN per connection.
+fn conntrack(effort: Effort, entries: usize) -> anyhow::Result<(f64, f64)> {
+    let clients = entries.div_ceil(PORTS_PER_CLIENT);
+    let mut bench = Bench::load(Scale { clients, ports: 1, endpoints: 1 })?;
+    let (mut walks, mut collections) = (Vec::new(), Vec::new());
+    for _ in 0..effort.runs {
+        for i in 0..entries {
+            let sport = u16::try_from(1 + i % PORTS_PER_CLIENT).expect("fewer ports per client than u16 holds");
+            let syn = ipv4_packet(client_ip(i / PORTS_PER_CLIENT), SERVER, tcp(sport, FIRST_PORT, SYN));
+            bench.datapath.test_run(PROG_TO_ENDPOINT, &syn, 1)?;
+            if i % 10_000 == 0 {
+                bench.drain();
+            }
+        }
+        bench.drain();
+        let started = std::time::Instant::now();
+        let fill = bench.datapath.conntrack_fill()?;
+        walks.push(started.elapsed().as_secs_f64() * 1e3);
+        ensure!(fill.entries == entries as u64, "{} conntrack entries, not {entries}", fill.entries);
+        // An hour from now every one of them (unanswered SYNs) has expired.
+        let later = datapath::monotonic_now_ns() + 3_600_000_000_000;
+        let started = std::time::Instant::now();
+        let (deleted, left) = bench.datapath.conntrack_gc(later)?;
+        collections.push(started.elapsed().as_secs_f64() * 1e3);
+        ensure!((deleted, left) == (entries as u64, 0), "collected {deleted}, left {left}, of {entries}");
+    }
+    Ok((median(walks), median(collections)))
+}
+
 /// Runs the whole datapath section into `section`.
 pub fn run(section: &mut Section, effort: Effort, scales: &[Scale]) -> anyhow::Result<()> {
     let floor = floor(effort)?;
@@ -341,6 +377,18 @@ pub fn run(section: &mut Section, effort: Effort, scales: &[Scale]) -> anyhow::R
         );
         flat.entry(scale.endpoints).or_default().push((entries, f));
     }
+    let entries = if effort.repeat < Effort::FULL.repeat { CONNTRACK_ENTRIES / 10 } else { CONNTRACK_ENTRIES };
+    let (walk, collection) = conntrack(effort, entries)?;
+    let per_entry =
+        |ms: f64| format!("{:.2} µs per entry; batched reads (BPF_MAP_LOOKUP_BATCH)", ms * 1e3 / entries as f64);
+    section.push(
+        Figure::new(format!("agent: conntrack walk of {entries} entries (status, the collector's read)"), walk, "ms")
+            .note(per_entry(walk)),
+    );
+    section.push(
+        Figure::new(format!("agent: conntrack collection of {entries} expired entries"), collection, "ms")
+            .note(per_entry(collection) + ", then each taken out (BPF_MAP_LOOKUP_AND_DELETE_ELEM)"),
+    );
     for (endpoints, rows) in flat {
         let (Some((few, first)), Some((many, last))) = (rows.first(), rows.last()) else { continue };
         if few == many {

@@ -28,6 +28,8 @@ fn a_quick_datapath_run_writes_every_row_of_its_section() {
         "new allowed from a CIDR peer, IPv4, 101 entries, 10 endpoints",
         "later fragment, IPv4, 101 entries, 10 endpoints",
         "established, 101 / 2 entries, 10 endpoints",
+        "agent: conntrack walk of 10000 entries (status, the collector's read)",
+        "agent: conntrack collection of 10000 expired entries",
     ] {
         assert!(names.contains(&row), "no row {row:?} in {names:#?}");
     }

@@ -16,6 +16,7 @@ use aya::maps::{MapData, RingBuf};
 use flowgate_agent::{
     craft::{Transport, ipv4_packet},
     datapath::{self, CtLifetimes, Datapath, DatapathOptions},
+    map_batch,
     policy::PolicyEngine,
     state::AgentState,
 };
@@ -266,6 +267,45 @@ fn expired_entries_need_a_new_verdict_and_are_collected() {
     let (deleted, left) = f.datapath.conntrack_gc(datapath::monotonic_now_ns()).unwrap();
     assert_eq!((deleted, left), (1, 1));
     assert_eq!(f.datapath.conntrack_entries().unwrap()[0].0.protocol, flowgate_common::ip::protocol::TCP);
+}
+
+#[test]
+fn the_collector_reads_every_entry_in_batches_and_keeps_one_a_packet_renewed() {
+    let lifetimes = CtLifetimes {
+        tcp: Duration::from_secs(3600),
+        other: Duration::from_millis(300),
+        close: Duration::from_millis(300),
+    };
+    let mut f = fixture("batches", DatapathOptions { ct_lifetimes: lifetimes, ..DatapathOptions::default() });
+    // More connections than three batch calls read, so the walk resumes where each call ended.
+    let flows = 3 * map_batch::CHUNK + 7;
+    let first_port = 10_000u16;
+    for i in 0..flows {
+        let sport = first_port + u16::try_from(i).unwrap();
+        let packet = ipv4_packet(CLIENT, SERVER, Transport::Udp { sport, dport: 80 });
+        f.datapath.test_run(PROG_TO_ENDPOINT, &packet, 1).expect("BPF_PROG_TEST_RUN");
+        if i % 1000 == 0 {
+            while f.ring.next().is_some() {}
+        }
+    }
+    let entries = f.datapath.conntrack_entries().unwrap();
+    let ports: std::collections::BTreeSet<u16> = entries.iter().map(|(key, _)| key.sport).collect();
+    assert_eq!((entries.len(), ports.len()), (flows, flows), "every connection read once");
+    assert_eq!(f.datapath.conntrack_fill().unwrap().entries, flows as u64);
+
+    std::thread::sleep(Duration::from_millis(700));
+    let now = datapath::monotonic_now_ns();
+    let (walked, expired) = f.datapath.conntrack_expired(now).unwrap();
+    assert_eq!((walked, expired.len()), (flows as u64, flows));
+    // After the walk, a packet on one of the expired tuples opens a new connection with its own verdict:
+    // its new entry must survive the deletion of what the walk found.
+    let renewed = Transport::Udp { sport: first_port, dport: 80 };
+    assert_eq!(verdicts(&f.client_sends(renewed).1), vec![verdict::ALLOWED], "expired: a new verdict");
+    let deleted = f.datapath.conntrack_delete_expired(&expired, now).unwrap();
+    assert_eq!(deleted, flows as u64 - 1);
+    let left = f.datapath.conntrack_entries().unwrap();
+    assert_eq!(left.iter().map(|(key, _)| key.sport).collect::<Vec<_>>(), vec![first_port]);
+    assert_eq!(verdicts(&f.client_sends(renewed).1), NONE, "the renewed connection is still tracked");
 }
 
 /// The web pod's ingress allows DNS (UDP 53) from the client: the flow of the real-traffic tests.
