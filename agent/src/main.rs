@@ -445,20 +445,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let print_sub = print_events.then(|| hub.subscribe(&Default::default()));
     let readers = match source {
         EventsSource::Ring(ring) => {
-            vec![tokio::spawn(flowgate_agent::reader::run(ring, drain_interval, Pipeline::new(Arc::clone(&state))))]
+            vec![
+                flowgate_agent::reader::spawn(ring, drain_interval, Pipeline::new(Arc::clone(&state)))
+                    .context("starting the events reader")?,
+            ]
         }
         EventsSource::Perf(buffers) => buffers
             .into_iter()
             .map(|buffer| {
-                tokio::spawn(flowgate_agent::reader::run_perf(
-                    buffer,
-                    drain_interval,
-                    Pipeline::new(Arc::clone(&state)),
-                ))
+                flowgate_agent::reader::spawn_perf(buffer, drain_interval, Pipeline::new(Arc::clone(&state)))
+                    .context("starting a perf buffer reader")
             })
-            .collect(),
+            .collect::<anyhow::Result<_>>()?,
     };
-    let reader = futures::future::select_all(readers);
+    let mut readers: Vec<flowgate_agent::reader::Reader> = readers;
+    let reader = futures::future::select_all(readers.iter_mut().map(|r| Box::pin(r.ended())));
     let losses = tokio::spawn(kernel_counters::poll(Arc::clone(&controller), Arc::clone(&state)));
     let gc = tokio::spawn(conntrack::collect_garbage(
         Arc::clone(&controller),
@@ -487,7 +488,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     });
 
     tokio::select! {
-        (res, _, _) = reader => res.context("reader task")?.context("reading the events buffer")?,
+        (res, _, _) = reader => res.context("reading the events buffer")?,
         _ = sigint.recv() => info!("interrupted, shutting down"),
         _ = sigterm.recv() => info!("terminated, shutting down"),
     }

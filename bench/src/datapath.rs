@@ -362,7 +362,7 @@ pub fn run(section: &mut Section, effort: Effort, scales: &[Scale]) -> anyhow::R
                     .note(once.clone()),
             );
             section.push(
-                Figure::new(format!("new denied + drop record, {name}, {at}"), f.new_denied[family], "ns/packet")
+                Figure::new(format!("new denied + verdict record, {name}, {at}"), f.new_denied[family], "ns/packet")
                     .target(new)
                     .note(method.clone()),
             );

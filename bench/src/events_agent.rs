@@ -99,6 +99,8 @@ pub struct BenchAgent {
     socket: PathBuf,
     verdict_log: Option<VerdictLog>,
     stop_server: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The events readers (threads); dropped first, so they stop before the runtime and the buffer go.
+    readers: Vec<reader::Reader>,
     baseline: Offered,
     _dir: TempDir,
 }
@@ -215,11 +217,12 @@ impl BenchAgent {
         runtime.spawn(server::serve(listener, api, async move {
             let _ = stopped.await;
         }));
+        let mut readers = Vec::new();
         if let Some(ring) = ring {
-            runtime.spawn(reader::run(ring, DRAIN_INTERVAL, Pipeline::new(Arc::clone(&state))));
+            readers.push(reader::spawn(ring, DRAIN_INTERVAL, Pipeline::new(Arc::clone(&state)))?);
         }
         for buffer in perf.into_iter().flatten() {
-            runtime.spawn(reader::run_perf(buffer, DRAIN_INTERVAL, Pipeline::new(Arc::clone(&state))));
+            readers.push(reader::spawn_perf(buffer, DRAIN_INTERVAL, Pipeline::new(Arc::clone(&state)))?);
         }
         runtime.spawn(kernel_counters::poll(Arc::clone(&controller), Arc::clone(&state)));
         drop(_guard);
@@ -231,6 +234,7 @@ impl BenchAgent {
             socket,
             verdict_log,
             stop_server: Some(stop_server),
+            readers,
             baseline: Offered::default(),
             _dir: dir,
         };
@@ -319,6 +323,7 @@ impl BenchAgent {
 
 impl Drop for BenchAgent {
     fn drop(&mut self) {
+        self.readers.clear();
         if let Some(stop) = self.stop_server.take() {
             let _ = stop.send(());
         }

@@ -24,7 +24,7 @@ fn a_quick_datapath_run_writes_every_row_of_its_section() {
         "established, IPv4, 2 entries, 10 endpoints",
         "established, IPv6, 2 entries, 10 endpoints",
         "new allowed + verdict record, IPv4, 2 entries, 10 endpoints",
-        "new denied + drop record, IPv6, 101 entries, 10 endpoints",
+        "new denied + verdict record, IPv6, 101 entries, 10 endpoints",
         "new allowed from a CIDR peer, IPv4, 101 entries, 10 endpoints",
         "later fragment, IPv4, 101 entries, 10 endpoints",
         "established, 101 / 2 entries, 10 endpoints",

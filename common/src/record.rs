@@ -10,10 +10,18 @@ pub const RECORD_VERSION: u8 = 3;
 /// Layout version of drop records this build produces: 3 added `DropRecord::revision`, 4 the 128-bit
 /// addresses of record version 3. Older versions are refused.
 pub const DROP_RECORD_VERSION: u8 = 4;
+/// Layout version of policy-verdict records this build produces: 4 made one record stand for its
+/// packet's trace or drop as well ([`PolicyVerdictRecord::packet_event`]) and added its revision. Older
+/// versions are refused.
+pub const POLICY_VERDICT_RECORD_VERSION: u8 = 4;
 
 /// The layout version this build writes for a record type.
 pub const fn version_of(record_type: u8) -> u8 {
-    if record_type == record_type::DROP { DROP_RECORD_VERSION } else { RECORD_VERSION }
+    match record_type {
+        record_type::DROP => DROP_RECORD_VERSION,
+        record_type::POLICY_VERDICT => POLICY_VERDICT_RECORD_VERSION,
+        _ => RECORD_VERSION,
+    }
 }
 
 /// Record types (`RecordHeader::record_type`).
@@ -76,7 +84,7 @@ pub mod tcp_flags {
 pub struct RecordHeader {
     /// One of [`record_type`].
     pub record_type: u8,
-    /// Layout version of this record type, [`RECORD_VERSION`] for this build.
+    /// Layout version of this record type ([`version_of`] it for this build).
     pub version: u8,
     /// Total length of the record in bytes, header included.
     pub len: u16,
@@ -161,12 +169,71 @@ pub struct PolicyVerdictRecord {
     pub rule_id: u32,
     pub ifindex: u32,
     pub pkt_len: u32,
+    /// The policy revision (`Config::PolicyRevision`) the decision was taken under.
+    pub revision: u32,
+    pub _pad3: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<PolicyVerdictRecord>() == 80);
+const _: () = assert!(core::mem::size_of::<PolicyVerdictRecord>() == 88);
 
 impl PolicyVerdictRecord {
     pub const LEN: u16 = core::mem::size_of::<PolicyVerdictRecord>() as u16;
+    /// Events one record stands for (the decision and [`Self::packet_event`]), as the kernel counts
+    /// what it wrote or lost.
+    pub const EVENTS: u64 = 2;
+
+    /// What became of the decided packet, which this record stands for as well (the programs write one
+    /// record per decision, not two): for `ALLOWED` and `AUDIT`, its trace as a new connection at the
+    /// endpoint; for `DENIED`, its drop by policy. Both as the programs wrote them before version 4.
+    pub fn packet_event(&self) -> PacketEvent {
+        if self.verdict == crate::policy::verdict::DENIED {
+            PacketEvent::Drop(DropRecord {
+                header: RecordHeader {
+                    record_type: record_type::DROP,
+                    version: DROP_RECORD_VERSION,
+                    len: DropRecord::LEN,
+                    ..self.header
+                },
+                flow: self.flow,
+                endpoint_id: self.endpoint_id,
+                direction: self.direction,
+                reason: crate::drop_reason::POLICY_DENIED,
+                remote_identity: self.remote_identity,
+                ifindex: self.ifindex,
+                pkt_len: self.pkt_len,
+                revision: self.revision,
+                _pad: 0,
+            })
+        } else {
+            let observation_point = if self.direction == crate::policy::direction::EGRESS {
+                observation_point::FROM_ENDPOINT
+            } else {
+                observation_point::TO_ENDPOINT
+            };
+            PacketEvent::Trace(TraceRecord {
+                header: RecordHeader {
+                    record_type: record_type::TRACE,
+                    version: RECORD_VERSION,
+                    len: TraceRecord::LEN,
+                    ..self.header
+                },
+                flow: self.flow,
+                endpoint_id: self.endpoint_id,
+                observation_point,
+                ct_state: ct_state::NEW,
+                ifindex: self.ifindex,
+                pkt_len: self.pkt_len,
+                remote_identity: self.remote_identity,
+            })
+        }
+    }
+}
+
+/// The second event a policy-verdict record stands for ([`PolicyVerdictRecord::packet_event`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PacketEvent {
+    Trace(TraceRecord),
+    Drop(DropRecord),
 }
 
 /// A dropped packet (record type [`record_type::DROP`]).

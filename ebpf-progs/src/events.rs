@@ -95,9 +95,11 @@ const ENOSPC: i64 = -28;
 /// Writes one record (a `#[repr(C)]` record struct starting with a [`RecordHeader`], 8-byte aligned,
 /// whole words), built by `fill` where it goes: with the ring buffer, in the reserved slot itself (no
 /// copy); with the perf event array, in this CPU's scratch space, then copied out. `fill` gets a zeroed
-/// record and sets its fields. A record that cannot be written is counted as lost.
+/// record and sets its fields. The record stands for `events` events (see
+/// `PolicyVerdictRecord::packet_event`): the counters of events written and lost count them all, so what
+/// the kernel offered is what the agent delivers plus what it reports lost.
 #[inline(always)]
-pub fn emit_with<T: Copy + 'static>(ctx: &TcContext, fill: impl FnOnce(&mut T)) {
+pub fn emit_with<T: Copy + 'static>(ctx: &TcContext, events: u64, fill: impl FnOnce(&mut T)) {
     const { assert!(size_of::<T>() >= size_of::<RecordHeader>()) };
     let outcome = if maps::config(Config::EventsKind) == events_kind::PERF {
         let Some(record) = scratch::<T>() else { return };
@@ -123,7 +125,7 @@ pub fn emit_with<T: Copy + 'static>(ctx: &TcContext, fill: impl FnOnce(&mut T)) 
             None => Counter::RecordsLost,
         }
     };
-    maps::count(outcome);
+    maps::count_by(outcome, events);
 }
 
 /// Writes `record` to the perf event array; what to count.

@@ -1,8 +1,9 @@
 //! flowgate's TC programs. `from_endpoint` runs on the ingress hook of an endpoint's node-side veth
 //! (packets leaving the pod: the endpoint's egress), `to_endpoint` on its egress hook (packets entering
 //! the pod: its ingress). Each packet is matched against connection tracking; a packet that opens a
-//! connection in a direction where policy is enforced gets a policy decision, a policy-verdict record,
-//! and either passes (`TC_ACT_UNSPEC`, so later TCX programs still run) or is dropped with a drop record.
+//! connection in a direction where policy is enforced gets a policy decision and one policy-verdict record
+//! (which also stands for the packet's trace or drop), and either passes (`TC_ACT_UNSPEC`, so later TCX
+//! programs still run) or is dropped.
 //! Forwarded packets get trace records according to the aggregation level.
 #![no_std]
 #![no_main]
@@ -222,7 +223,7 @@ fn drop_packet(ctx: &TcContext, pkt: &Packet, reason: u8, remote_identity: u32) 
 #[inline(never)]
 fn drop_at_revision(ctx: &TcContext, pkt: &Packet, reason: u8, remote_identity: u32, revision: u64) -> i32 {
     maps::count(Counter::Drops);
-    events::emit_with(ctx, |drop: &mut DropRecord| {
+    events::emit_with(ctx, 1, |drop: &mut DropRecord| {
         drop.header = events::header_at(record_type::DROP, DropRecord::LEN, pkt.now());
         // SAFETY: the record's `flow` is writable record memory, apart from `pkt`.
         unsafe { plain::copy(&raw mut drop.flow, &pkt.flow) };
@@ -276,6 +277,8 @@ fn connection(ctx: &TcContext, pkt: &Packet, level: u64) -> i32 {
 
     let remote_addr = if dir == direction::EGRESS { &pkt.flow.daddr } else { &pkt.flow.saddr };
     let remote = policy::remote(generation, remote_addr);
+    // One record per decision: the verdict record stands for the packet's trace (allowed, audited) or
+    // drop (denied) as well, which the agent derives from it (`PolicyVerdictRecord::packet_event`).
     match policy::decide(generation, flags, dir, remote, (endpoint_id, pkt.flow.protocol, pkt.flow.dport)) {
         Some(allowed) => {
             maps::count(Counter::PolicyAllowed);
@@ -286,7 +289,7 @@ fn connection(ctx: &TcContext, pkt: &Packet, level: u64) -> i32 {
                 remote_identity: remote.identity,
                 rule_id: allowed.rule_id,
             };
-            verdict_record(ctx, pkt, &decision);
+            verdict_record(ctx, pkt, &decision, revision);
             conntrack::create(
                 &pkt.flow,
                 endpoint_id,
@@ -297,28 +300,27 @@ fn connection(ctx: &TcContext, pkt: &Packet, level: u64) -> i32 {
                 revision,
                 pkt.now(),
             );
-            trace(ctx, pkt, ct_state::NEW, remote.identity);
             TC_ACT_UNSPEC
         }
         None if audit => {
             maps::count(Counter::PolicyAudit);
-            verdict_record(ctx, pkt, &Decision::unmatched(verdict::AUDIT, remote.identity));
+            verdict_record(ctx, pkt, &Decision::unmatched(verdict::AUDIT, remote.identity), revision);
             let flags = ct_flag::ENFORCED | ct_flag::AUDIT;
             conntrack::create(&pkt.flow, endpoint_id, dir, pkt.len, 0, flags, revision, pkt.now());
-            trace(ctx, pkt, ct_state::NEW, remote.identity);
             TC_ACT_UNSPEC
         }
         None => {
             maps::count(Counter::PolicyDenied);
-            verdict_record(ctx, pkt, &Decision::unmatched(verdict::DENIED, remote.identity));
-            drop_at_revision(ctx, pkt, drop_reason::POLICY_DENIED, remote.identity, revision)
+            maps::count(Counter::Drops);
+            verdict_record(ctx, pkt, &Decision::unmatched(verdict::DENIED, remote.identity), revision);
+            TC_ACT_SHOT as i32
         }
     }
 }
 
 #[inline(never)]
 fn trace(ctx: &TcContext, pkt: &Packet, ct_state: u8, remote_identity: u32) {
-    events::emit_with(ctx, |record: &mut TraceRecord| {
+    events::emit_with(ctx, 1, |record: &mut TraceRecord| {
         record.header = events::header_at(record_type::TRACE, TraceRecord::LEN, pkt.now());
         // SAFETY: the record's `flow` is writable record memory, apart from `pkt`.
         unsafe { plain::copy(&raw mut record.flow, &pkt.flow) };
@@ -347,9 +349,10 @@ impl Decision {
     }
 }
 
+/// The record of a policy decision taken under `revision`, which also stands for what became of the packet.
 #[inline(never)]
-fn verdict_record(ctx: &TcContext, pkt: &Packet, decision: &Decision) {
-    events::emit_with(ctx, |record: &mut PolicyVerdictRecord| {
+fn verdict_record(ctx: &TcContext, pkt: &Packet, decision: &Decision, revision: u64) {
+    events::emit_with(ctx, PolicyVerdictRecord::EVENTS, |record: &mut PolicyVerdictRecord| {
         record.header = events::header_at(record_type::POLICY_VERDICT, PolicyVerdictRecord::LEN, pkt.now());
         // SAFETY: the record's `flow` is writable record memory, apart from `pkt`.
         unsafe { plain::copy(&raw mut record.flow, &pkt.flow) };
@@ -361,6 +364,7 @@ fn verdict_record(ctx: &TcContext, pkt: &Packet, decision: &Decision) {
         record.rule_id = decision.rule_id;
         record.ifindex = pkt.ifindex;
         record.pkt_len = pkt.len;
+        record.revision = revision as u32;
     });
 }
 

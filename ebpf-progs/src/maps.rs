@@ -75,12 +75,18 @@ pub static FG_ENFORCE_1: HashMap<u16, u32> = HashMap::pinned(MAX_ENDPOINTS, 0);
 /// Adds one to a per-CPU counter.
 #[inline(always)]
 pub fn count(counter: Counter) {
+    count_by(counter, 1);
+}
+
+/// Adds `n` to a counter.
+#[inline(always)]
+pub fn count_by(counter: Counter, n: u64) {
     if let Some(slot) = FG_COUNTERS.get_ptr_mut(counter.index()) {
         // SAFETY: `slot` is the non-null, aligned address of this CPU's copy of the counter, returned by
         // the lookup; the array is preallocated, so it stays valid. TC programs run with bottom halves
         // disabled, so no other program on this CPU writes this copy in the middle of the increment (the
         // agent only reads it).
-        unsafe { *slot += 1 };
+        unsafe { *slot += n };
     }
 }
 

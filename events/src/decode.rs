@@ -4,7 +4,7 @@
 
 use flowgate_common::{
     DropRecord, PolicyVerdictRecord, RecordHeader, TraceRecord,
-    record::{record_type, version_of},
+    record::{PacketEvent, record_type, version_of},
 };
 
 /// A record decoded from the events buffer.
@@ -57,11 +57,24 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
     })
 }
 
+/// The records a kernel record stands for, in order: itself, and after a policy-verdict record what
+/// became of its packet (its trace or its drop, see `PolicyVerdictRecord::packet_event`).
+pub fn expand(record: Record) -> impl Iterator<Item = Record> {
+    let packet = match &record {
+        Record::PolicyVerdict(verdict) => Some(match verdict.packet_event() {
+            PacketEvent::Trace(trace) => Record::Trace(trace),
+            PacketEvent::Drop(drop) => Record::Drop(drop),
+        }),
+        _ => None,
+    };
+    std::iter::once(record).chain(packet)
+}
+
 #[cfg(test)]
 mod tests {
     use flowgate_common::{
         FlowTuple, ip,
-        record::{DROP_RECORD_VERSION, RECORD_VERSION, observation_point},
+        record::{DROP_RECORD_VERSION, POLICY_VERDICT_RECORD_VERSION, RECORD_VERSION, observation_point},
     };
 
     use super::*;
@@ -129,9 +142,13 @@ mod tests {
     fn decodes_policy_verdict_and_drop_records() {
         let mut bytes = trace_bytes(RECORD_VERSION);
         bytes[0] = record_type::POLICY_VERDICT;
+        bytes[1] = POLICY_VERDICT_RECORD_VERSION;
         assert!(matches!(decode(&bytes), Err(DecodeError::Truncated { what: "policy-verdict record", .. })));
         bytes.resize(size_of::<PolicyVerdictRecord>(), 0);
         assert!(matches!(decode(&bytes), Ok(Record::PolicyVerdict(v)) if v.endpoint_id == 3));
+        // Version 3 stood for the decision alone, and the programs wrote the packet's trace or drop apart.
+        bytes[1] = 3;
+        assert!(matches!(decode(&bytes), Err(DecodeError::UnknownVersion { version: 3, supported: 4, .. })));
         bytes[0] = record_type::DROP;
         bytes[1] = DROP_RECORD_VERSION;
         assert!(matches!(decode(&bytes[..75]), Err(DecodeError::Truncated { what: "drop record", .. })));
@@ -156,6 +173,69 @@ mod tests {
         let mut bytes = trace_bytes(DROP_RECORD_VERSION + 1);
         bytes[0] = record_type::DROP;
         assert!(matches!(decode(&bytes), Err(DecodeError::UnknownVersion { supported: DROP_RECORD_VERSION, .. })));
+    }
+
+    fn verdict(verdict: u8, direction: u8) -> PolicyVerdictRecord {
+        let Ok(Record::Trace(t)) = decode(&trace_bytes(RECORD_VERSION)) else { panic!("not a trace") };
+        PolicyVerdictRecord {
+            header: RecordHeader {
+                record_type: record_type::POLICY_VERDICT,
+                version: POLICY_VERDICT_RECORD_VERSION,
+                len: PolicyVerdictRecord::LEN,
+                ..t.header
+            },
+            flow: t.flow,
+            endpoint_id: 3,
+            direction,
+            verdict,
+            remote_identity: 1234,
+            rule_id: 9,
+            ifindex: 5,
+            pkt_len: 60,
+            revision: 17,
+            ..PolicyVerdictRecord::default()
+        }
+    }
+
+    #[test]
+    fn a_verdict_stands_for_its_packets_trace_or_drop_as_well() {
+        use flowgate_common::{
+            drop_reason,
+            policy::{direction, verdict::*},
+            record::ct_state,
+        };
+        for (decided, dir, point) in [
+            (ALLOWED, direction::INGRESS, observation_point::TO_ENDPOINT),
+            (AUDIT, direction::EGRESS, observation_point::FROM_ENDPOINT),
+        ] {
+            let v = verdict(decided, dir);
+            let records: Vec<Record> = expand(Record::PolicyVerdict(v)).collect();
+            let [Record::PolicyVerdict(first), Record::Trace(t)] = records.as_slice() else { panic!("{records:?}") };
+            assert_eq!(*first, v);
+            assert_eq!(
+                (t.header.record_type, t.header.version, t.header.len),
+                (record_type::TRACE, RECORD_VERSION, 72)
+            );
+            assert_eq!((t.header.ktime_ns, t.header.cpu, t.flow), (v.header.ktime_ns, v.header.cpu, v.flow));
+            assert_eq!((t.endpoint_id, t.observation_point, t.ct_state), (3, point, ct_state::NEW));
+            assert_eq!((t.ifindex, t.pkt_len, t.remote_identity), (5, 60, 1234));
+        }
+        let v = verdict(DENIED, direction::INGRESS);
+        let records: Vec<Record> = expand(Record::PolicyVerdict(v)).collect();
+        let [Record::PolicyVerdict(_), Record::Drop(d)] = records.as_slice() else { panic!("{records:?}") };
+        assert_eq!(
+            (d.header.record_type, d.header.version, d.header.len),
+            (record_type::DROP, DROP_RECORD_VERSION, 80)
+        );
+        assert_eq!(
+            (d.header.ktime_ns, d.flow, d.endpoint_id, d.direction),
+            (v.header.ktime_ns, v.flow, 3, direction::INGRESS)
+        );
+        assert_eq!((d.reason, d.remote_identity, d.revision), (drop_reason::POLICY_DENIED, 1234, 17));
+        assert_eq!((d.ifindex, d.pkt_len), (5, 60));
+        // Every other record stands for itself.
+        let trace = decode(&trace_bytes(RECORD_VERSION)).unwrap();
+        assert_eq!(expand(trace).collect::<Vec<_>>(), vec![trace]);
     }
 
     #[test]

@@ -100,7 +100,9 @@ impl<C: PipelineContext> RecordSink for Pipeline<C> {
         self.context.counters().records_read.fetch_add(1, Ordering::Relaxed);
         match decode::decode(bytes) {
             Ok(record) => {
-                self.batch.push(Arc::new(self.enricher.enrich(&record, self.peers.as_ref(), self.policy.as_ref())));
+                for record in decode::expand(record) {
+                    self.batch.push(Arc::new(self.enricher.enrich(&record, self.peers.as_ref(), self.policy.as_ref())));
+                }
                 if self.batch.len() >= MAX_BATCH {
                     self.publish();
                 }

@@ -19,7 +19,7 @@ use flowgate_agent::{
 };
 use flowgate_events::{
     clock::KtimeClock,
-    decode::decode,
+    decode::{decode, expand},
     enrich::{Enricher, NoPolicy, PeerSnapshot},
     hub::{Hub, HubConfig},
 };
@@ -84,12 +84,16 @@ pub fn socket_frames(data: &[u8]) {
 }
 
 /// Bytes from the kernel's events buffer: decoded (a malformed record is an error, never a zeroed
-/// struct), enriched with no endpoints known, and rendered as a text line and as Hubble JSON.
+/// struct), expanded into the records it stands for, each enriched with no endpoints known and rendered
+/// as a text line and as Hubble JSON.
 pub fn kernel_record(data: &[u8]) {
     let Ok(record) = decode(data) else { return };
-    let flow = Enricher::new(KtimeClock::new()).enrich(&record, &PeerSnapshot::default(), &NoPolicy);
-    let _ = format::flow_line(&flow);
-    let _ = hubble::flow_json(&flow, "fuzz");
+    let enricher = Enricher::new(KtimeClock::new());
+    for record in expand(record) {
+        let flow = enricher.enrich(&record, &PeerSnapshot::default(), &NoPolicy);
+        let _ = format::flow_line(&flow);
+        let _ = hubble::flow_json(&flow, "fuzz");
+    }
 }
 
 /// A NetworkPolicy manifest: parsed and validated as the agent reads a policy file, then compiled

@@ -17,7 +17,7 @@ use flowgate_agent::{
     state::{AgentInfo, AgentState},
 };
 use flowgate_common::counters::aggregation;
-use flowgate_events::decode::{Record, decode};
+use flowgate_events::decode::{Record, decode, expand};
 use flowgate_events::hub::{Hub, HubConfig};
 use flowgate_policy::{ClusterView, ContainerPort, NamespaceInfo, PodInfo, Protocol as PolicyProtocol};
 use flowgate_proto::endpoint::{Endpoint, NewEndpoint};
@@ -141,7 +141,7 @@ impl Fixture {
         std::thread::sleep(Duration::from_millis(1));
         let mut records = Vec::new();
         while let Some(item) = self.ring.next() {
-            records.push(decode(&item).expect("a record the agent can decode"));
+            records.extend(expand(decode(&item).expect("a record the agent can decode")));
         }
         (result.return_value, records)
     }

@@ -28,7 +28,7 @@ use flowgate_common::{
     policy::verdict,
     record::tcp_flags::{ACK, FIN, RST, SYN},
 };
-use flowgate_events::decode::{Record, decode};
+use flowgate_events::decode::{Record, decode, expand};
 use flowgate_policy::ClusterView;
 use flowgate_proto::{
     client::Client,
@@ -105,7 +105,7 @@ impl Fixture {
         std::thread::sleep(Duration::from_millis(1));
         let mut records = Vec::new();
         while let Some(item) = self.ring.next() {
-            records.push(decode(&item).expect("a record the agent can decode"));
+            records.extend(expand(decode(&item).expect("a record the agent can decode")));
         }
         (result.return_value, records)
     }
@@ -525,6 +525,14 @@ fn after_a_real_rst_the_same_ports_get_a_new_verdict() {
     });
     let sport = 43_210;
     flowgate_lab::netns::in_netns(&client.netns, || {
+        // On one CPU: a thread that moves between the RST and the next SYN can have them queued on two
+        // CPUs' backlogs (softirqs deferred to ksoftirqd under load), and the SYN then overtakes the RST.
+        // SAFETY: a zeroed cpu_set_t is the empty set; CPU 0 exists; this changes the calling thread only.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(0, &mut set);
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+        }
         tcp_exchange_then_rst((web.ip, 80), sport);
         tcp_exchange_then_rst((web.ip, 80), sport);
     })

@@ -13,9 +13,9 @@ use flowgate_common::{
     ip::protocol,
     names::{PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT},
     policy::{match_type, verdict},
-    record::ct_state,
+    record::{ct_state, record_type},
 };
-use flowgate_events::decode::Record;
+use flowgate_events::decode::{Record, decode, expand};
 use flowgate_tests::test_run::{
     CLIENT, SERVER, TC_ACT_SHOT, TC_ACT_UNSPEC, drop_reasons, drops, fixture, fixture_full, fixture_with, trace_states,
     verdicts,
@@ -133,6 +133,42 @@ fn per_endpoint_audit_applies_to_that_endpoint_only() {
         f.run(PROG_TO_ENDPOINT, OUTSIDE, SERVER, Transport::Tcp { sport: 7004, dport: 80, flags: 0x02 });
     assert_eq!(ret, TC_ACT_UNSPEC, "the audited server lets it pass");
     assert_eq!(verdicts(&records), vec![(verdict::AUDIT, match_type::NONE, 80)]);
+}
+
+#[test]
+fn one_record_per_decision_stands_for_the_packets_trace_or_drop_and_counts_as_both() {
+    let mut f = fixture(SCTP_POLICY, "onerecord");
+    let allowed = Transport::SctpInit { sport: 7010, dport: 80 };
+    let denied = Transport::Tcp { sport: 7011, dport: 80, flags: 0x02 };
+    for (src, opening, decided, second) in
+        [(CLIENT, allowed, verdict::ALLOWED, record_type::TRACE), (OUTSIDE, denied, verdict::DENIED, record_type::DROP)]
+    {
+        while f.ring.next().is_some() {}
+        let before = f.datapath.counters().unwrap();
+        let syn = ipv4_packet(src, SERVER, opening);
+        f.datapath.test_run(PROG_TO_ENDPOINT, &syn, 1).expect("BPF_PROG_TEST_RUN");
+        let mut raw = Vec::new();
+        while let Some(item) = f.ring.next() {
+            raw.push(decode(&item).expect("a record the agent can decode"));
+        }
+        let [Record::PolicyVerdict(v)] = raw.as_slice() else { panic!("one record for the decision: {raw:?}") };
+        assert_eq!(v.verdict, decided);
+        let expanded: Vec<Record> = expand(raw[0]).collect();
+        let types: Vec<u8> = expanded.iter().map(record_type_of).collect();
+        assert_eq!(types, vec![record_type::POLICY_VERDICT, second], "{expanded:?}");
+        // The kernel counts the events a record stands for: offered = delivered + lost stays exact.
+        let after = f.datapath.counters().unwrap();
+        let written = after.get(Counter::RecordsWritten) - before.get(Counter::RecordsWritten);
+        assert_eq!(written, 2, "a verdict record counts as the two events it stands for");
+    }
+}
+
+fn record_type_of(record: &Record) -> u8 {
+    match record {
+        Record::Trace(t) => t.header.record_type,
+        Record::PolicyVerdict(v) => v.header.record_type,
+        Record::Drop(d) => d.header.record_type,
+    }
 }
 
 fn traces(records: &[Record]) -> usize {

@@ -134,6 +134,8 @@ fn write_seed_corpus() {
         rule_id: 3,
         ifindex: 10,
         pkt_len: 74,
+        revision: 3,
+        _pad3: 0,
     };
     write("kernel_record", "policy_verdict", &bytes_of(&verdict));
     let drop = DropRecord {
