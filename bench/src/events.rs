@@ -162,7 +162,10 @@ pub fn measure(quick: bool) -> anyhow::Result<Section> {
     let repeats = if quick { 1 } else { 3 };
     // Quick runs (the smoke test, on debug builds) stay small so that even a debug client keeps up.
     let records = if quick { 20_000 } else { 500_000 };
-    let (paced_rate, paced_secs) = if quick { (20_000, 1) } else { (1_000_000, 2) };
+    // Offered above the bar: delivered over the window from the first record to the last delivery can
+    // never reach the offered rate (the window includes the last record's way through), so 1M/s offered
+    // cannot show 1M/s delivered even when nothing is lost.
+    let (paced_rate, paced_secs) = if quick { (20_000, 1) } else { (1_200_000, 2) };
     let four = [ClientKind::MonitorJson, ClientKind::MonitorJson, ClientKind::Library, ClientKind::Library];
     let cases: Vec<(&[ClientKind], Production)> = vec![
         (&[ClientKind::Library], Production::FullSpeed { records }),
