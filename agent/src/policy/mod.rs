@@ -132,17 +132,21 @@ impl PolicyEngine {
     /// the cluster has no atomic policy set) and reported in `status`. Returns whether the set changed.
     pub fn set_policies(&mut self, policies: Vec<LoadedPolicy>) -> bool {
         let mut errors = Vec::new();
-        let accepted: PolicySet = policies
-            .into_iter()
-            .filter(|p| {
-                let problems = flowgate_policy::validate(&p.policy);
-                for problem in &problems {
-                    errors.push(format!("{}/{}: not realized: {problem}", p.namespace(), p.name()));
-                }
-                problems.is_empty()
-            })
-            .map(Arc::new)
-            .collect();
+        // Extended, not collected: `collect` would keep the allocation of `policies` (whole policies) for the
+        // pointers, in place, for as long as the set is held.
+        let mut accepted = PolicySet::with_capacity(policies.len());
+        accepted.extend(
+            policies
+                .into_iter()
+                .filter(|p| {
+                    let problems = flowgate_policy::validate(&p.policy);
+                    for problem in &problems {
+                        errors.push(format!("{}/{}: not realized: {problem}", p.namespace(), p.name()));
+                    }
+                    problems.is_empty()
+                })
+                .map(Arc::new),
+        );
         self.load_errors = errors;
         let changed = !same_set(&accepted, &self.good);
         self.good = accepted;
