@@ -7,6 +7,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::IpAddr,
+    sync::Arc,
 };
 
 use crate::{DirectionPolicy, IpPrefix, PeerMatch, PolicyEntry, PolicyPlan, PolicyRef};
@@ -20,27 +21,35 @@ use flowgate_common::{
 };
 
 /// Interns sets of policy names as small rule ids (never 0, never reused), so a record's rule id can be
-/// resolved after the policy changed again.
+/// resolved after the policy changed again. Each set is held once, shared by its id, its lookup and
+/// whoever keeps it for enrichment ([`RuleTable::shared`]): at 10,000 policies a copy of every set costs
+/// megabytes.
 #[derive(Debug, Default)]
 pub struct RuleTable {
-    ids: HashMap<Vec<PolicyRef>, u32>,
-    names: HashMap<u32, Vec<PolicyRef>>,
+    ids: HashMap<Arc<[PolicyRef]>, u32>,
+    /// The set of rule id `n` at index `n - 1`.
+    names: Vec<Arc<[PolicyRef]>>,
 }
 
 impl RuleTable {
     pub fn intern(&mut self, policies: &[PolicyRef]) -> u32 {
-        let names: Vec<PolicyRef> = policies.to_vec();
-        if let Some(id) = self.ids.get(&names) {
+        if let Some(id) = self.ids.get(policies) {
             return *id;
         }
-        let id = self.ids.len() as u32 + 1;
-        self.ids.insert(names.clone(), id);
-        self.names.insert(id, names);
+        let names: Arc<[PolicyRef]> = policies.into();
+        self.names.push(Arc::clone(&names));
+        let id = self.names.len() as u32;
+        self.ids.insert(names, id);
         id
     }
 
     pub fn names(&self, rule_id: u32) -> Option<&[PolicyRef]> {
-        self.names.get(&rule_id).map(Vec::as_slice)
+        self.shared(rule_id).map(|names| &**names)
+    }
+
+    /// The set of a rule id, shared with the table.
+    pub fn shared(&self, rule_id: u32) -> Option<&Arc<[PolicyRef]>> {
+        self.names.get(usize::try_from(rule_id).ok()?.checked_sub(1)?)
     }
 }
 
@@ -394,5 +403,6 @@ mod tests {
         assert_ne!(a, ab);
         assert!(a != 0 && ab != 0);
         assert_eq!(rules.names(ab).unwrap()[1].name, "b");
+        assert!(rules.names(0).is_none() && rules.names(ab + 1).is_none());
     }
 }

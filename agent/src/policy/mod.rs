@@ -29,14 +29,15 @@ fn name(p: &PolicyRef) -> PolicyName {
 /// What enrichment needs to name the policies behind a verdict; swapped whole on every change.
 #[derive(Debug, Default)]
 pub struct PolicySnapshot {
-    rules: HashMap<u32, Vec<PolicyName>>,
+    /// The rule ids of the generation, with their policies as the engine's rule table holds them (shared).
+    rules: HashMap<u32, Arc<[PolicyRef]>>,
     /// (endpoint id, `policy::direction`) -> policies selecting the endpoint for that direction.
     isolation: HashMap<(u16, u8), Vec<PolicyName>>,
 }
 
 impl PolicyLookup for PolicySnapshot {
     fn rule(&self, rule_id: u32) -> Vec<PolicyName> {
-        self.rules.get(&rule_id).cloned().unwrap_or_default()
+        self.rules.get(&rule_id).map(|names| names.iter().map(name).collect()).unwrap_or_default()
     }
 
     fn isolated_by(&self, endpoint_id: u16, direction: u8) -> Vec<PolicyName> {
@@ -85,6 +86,9 @@ pub struct PolicyEngine {
     rules: RuleTable,
     pub audit: Audit,
     plan: Option<PolicyPlan>,
+    /// Revision and audit mode of the generation in effect; its `loaded` stays empty: [`Self::status`] names
+    /// the set in effect when asked, so the 10,000 names of a large set are not held here besides the copy in
+    /// the agent's state that clients read.
     status: PolicyStatus,
 }
 
@@ -213,8 +217,8 @@ impl PolicyEngine {
         let contents = realize::realize(&plan, &pods, &self.audit, &mut self.rules);
         let mut snapshot = PolicySnapshot::default();
         for (_, _, value) in &contents.policy {
-            if let Some(names) = self.rules.names(value.rule_id) {
-                snapshot.rules.insert(value.rule_id, names.iter().map(name).collect());
+            if let Some(names) = self.rules.shared(value.rule_id) {
+                snapshot.rules.insert(value.rule_id, Arc::clone(names));
             }
         }
         for (&id, ep) in &plan.endpoints {
@@ -237,11 +241,6 @@ impl PolicyEngine {
             self.refusal = refusal;
         }
         self.status.revision += 1;
-        let mut loaded: Vec<String> =
-            self.in_effect.iter().map(|p| format!("{}/{}", p.namespace(), p.name())).collect();
-        loaded.sort();
-        loaded.dedup();
-        self.status.loaded = loaded;
         self.status.audit_mode = self.audit.all;
     }
 
@@ -249,6 +248,11 @@ impl PolicyEngine {
     /// effect are.
     pub fn status(&self) -> PolicyStatus {
         let mut status = self.status.clone();
+        let mut loaded: Vec<String> =
+            self.in_effect.iter().map(|p| format!("{}/{}", p.namespace(), p.name())).collect();
+        loaded.sort();
+        loaded.dedup();
+        status.loaded = loaded;
         status.errors = self.load_errors.iter().chain(&self.refusal).cloned().collect();
         let fill = |map: &str, entries: usize, capacity: u32| MapFill {
             map: map.to_owned(),
