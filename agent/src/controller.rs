@@ -19,6 +19,7 @@ use flowgate_common::{
     identity,
     policy::{POLICY_PREFIX_PEER, POLICY_PREFIX_PROTOCOL, direction},
 };
+use flowgate_events::enrich::PolicyLookup as _;
 use flowgate_lab::{state::LabState, topology::Topology};
 use flowgate_policy::{
     ClusterView, ContainerPort, NOT_AN_ENDPOINT, NamespaceInfo, PodInfo, Protocol as PolicyProtocol,
@@ -414,15 +415,14 @@ impl Controller {
         self.datapath.apply_policy(&contents).context("writing the policy maps")?;
         self.engine.applied();
         crate::instruments::instruments().policy_apply.observe(started.elapsed());
-        let plan = self.engine.plan().expect("prepared above");
-        for (id, ep) in &plan.endpoints {
-            let audited = self.engine.audit.all || self.engine.audit.endpoints.contains(id);
+        for (id, ingress, egress) in self.engine.enforced() {
+            let audited = self.engine.audit.all || self.engine.audit.endpoints.contains(&id);
             let mode = |enforced: bool| match (enforced, audited) {
                 (false, _) => Enforcement::Disabled,
                 (true, false) => Enforcement::Enabled,
                 (true, true) => Enforcement::Audit,
             };
-            self.state.set_enforcement(*id, mode(ep.ingress.enforced), mode(ep.egress.enforced));
+            self.state.set_enforcement(id, mode(ingress), mode(egress));
         }
         let status = self.engine.status();
         self.state.set_policy_status(status.clone());
@@ -590,26 +590,12 @@ impl Controller {
             Err(e) => return Response::NotFound { what: format!("the policy map ({e})"), known: Vec::new() },
         };
         let identity_labels = self.state.identity_labels();
-        let plan = self.engine.plan();
+        let snapshot = self.state.policy();
         let mut views = Vec::new();
         for ep in self.state.endpoints() {
             if endpoint.is_some_and(|id| id != ep.id) {
                 continue;
             }
-            let planned = plan.and_then(|p| p.endpoints.get(&ep.id));
-            let names = |f: fn(&flowgate_policy::EndpointPolicy) -> &flowgate_policy::DirectionPolicy| {
-                planned
-                    .map(|p| {
-                        f(p).selected_by
-                            .iter()
-                            .map(|r| flowgate_proto::flow::PolicyName {
-                                namespace: r.namespace.clone(),
-                                name: r.name.clone(),
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default()
-            };
             let mut entries: Vec<PolicyEntryView> = values
                 .iter()
                 .filter(|((_, key), _)| key.endpoint_id() == ep.id)
@@ -646,8 +632,8 @@ impl Controller {
                 pod: ep.pod_ref(),
                 ingress: ep.ingress_enforcement,
                 egress: ep.egress_enforcement,
-                ingress_selected_by: names(|p| &p.ingress),
-                egress_selected_by: names(|p| &p.egress),
+                ingress_selected_by: snapshot.isolated_by(ep.id, direction::INGRESS),
+                egress_selected_by: snapshot.isolated_by(ep.id, direction::EGRESS),
                 entries,
             });
         }
@@ -662,10 +648,6 @@ impl Controller {
         let contents = match self.datapath.policy_contents() {
             Ok(contents) => contents,
             Err(e) => return Response::NotFound { what: format!("the policy maps ({e})"), known: Vec::new() },
-        };
-        let name = |r: &flowgate_policy::PolicyRef| flowgate_proto::flow::PolicyName {
-            namespace: r.namespace.clone(),
-            name: r.name.clone(),
         };
         let mut maps = flowgate_proto::message::PolicyMaps {
             revision: self.datapath.revision(),
@@ -698,15 +680,7 @@ impl Controller {
                 cidr_identity: value.cidr_identity,
             });
         }
-        if let Some(plan) = self.engine.plan() {
-            for (&id, ep) in &plan.endpoints {
-                for (dir, policy) in [(direction::INGRESS, &ep.ingress), (direction::EGRESS, &ep.egress)] {
-                    if policy.enforced {
-                        maps.isolation.push((id, dir, policy.selected_by.iter().map(name).collect()));
-                    }
-                }
-            }
-        }
+        maps.isolation = self.state.policy().isolation();
         let (policies, cluster) = self.engine.in_effect();
         maps.policies = policies.iter().filter_map(|p| serde_yaml::to_string(&p.policy).ok()).collect();
         if let Some(cluster) = cluster {

@@ -212,7 +212,12 @@ impl SourceCache {
             match fs::read_to_string(&file) {
                 Ok(text) => {
                     let (found, mut failed) = parse_str(&file, &text);
-                    let found: Vec<Arc<LoadedPolicy>> = found.into_iter().map(Arc::new).collect();
+                    // Into a vector of their own size: `collect` would reuse the parsed vector's allocation
+                    // in place and keep all of it (520 bytes a policy) for the pointers (8 bytes a policy),
+                    // for as long as the file is cached: 8 MiB for a file of 10,000 policies.
+                    let mut shared = Vec::with_capacity(found.len());
+                    shared.extend(found.into_iter().map(Arc::new));
+                    let found = shared;
                     policies.extend(found.iter().cloned());
                     // A file with errors is read again next time (its errors are reported every time).
                     if failed.is_empty() {
