@@ -424,7 +424,7 @@ pub fn measure(quick: bool) -> anyhow::Result<Section> {
     section.push(Figure::new(format!("{lab}: resident memory, idle, no policy"), a.rss_idle_mib, "MiB"));
     section.push(Figure::new(format!("{lab}: CPU idle"), a.cpu_idle_cores, "cores").note("over 3 s"));
     section.push(Figure::new(format!("{lab}: kernel map memory (memlock), no policy"), a.maps_mib, "MiB"));
-    let mut rss =
+    let rss =
         Figure::new(format!("{lab}: resident memory with {policies} policies"), a.rss_with_policies_mib, "MiB").note(
             format!(
                 "kernel maps apart: {:.1} MiB, of which {:.1} MiB mapped into the agent count in this figure too \
@@ -434,10 +434,19 @@ pub fn measure(quick: bool) -> anyhow::Result<Section> {
                 a.policy_load.as_secs_f64()
             ),
         );
-    if endpoints == 1_000 && policies == 10_000 {
-        rss = rss.target(Target::at_most(TARGET_RSS_MIB));
-    }
     section.push(rss);
+    // The target counts the agent's own memory, maps reported apart: the ring buffer's pages mapped into
+    // the agent are kernel map memory (in the figure below), not the agent's.
+    let mut own = Figure::new(
+        format!("{lab}: resident memory with {policies} policies, kernel maps apart"),
+        a.rss_with_policies_mib - a.rss_mapped_maps_mib,
+        "MiB",
+    )
+    .note("the figure above less the BPF map memory mapped into the agent (the events ring buffer's pages)");
+    if endpoints == 1_000 && policies == 10_000 {
+        own = own.target(Target::at_most(TARGET_RSS_MIB));
+    }
+    section.push(own);
     section.push(Figure::new(
         format!("{lab}: kernel map memory with {policies} policies"),
         a.maps_with_policies_mib,
