@@ -227,6 +227,8 @@ pub fn run(endpoints: usize, policies: usize, changes: usize) -> anyhow::Result<
         std::thread::sleep(Duration::from_millis(5));
     }
     let initial_ms = started.elapsed().as_secs_f64() * 1e3;
+    // Past the generation grace of the initial set's switch, as between changes (see the file rows).
+    std::thread::sleep(Duration::from_millis(100));
 
     let api: Api<NetworkPolicy> = Api::namespaced(admin.clone(), NAMESPACE);
     let mut samples_ms = Vec::with_capacity(changes);
