@@ -151,10 +151,23 @@ fn watched_dir(path: &Path) -> PathBuf {
 }
 
 /// Wakes its owner when something changed in the directories of the followed paths. It only says that
-/// it is worth comparing [`Fingerprint`]s now; it never says what changed.
+/// it is worth comparing [`Fingerprint`]s now; it never says what changed. A change to a hidden entry
+/// alone (`.name.tmp` written before a rename into place, an editor's swap file) wakes no one: no
+/// fingerprint holds one, unless it is a followed file itself; a ConfigMap's `..data` entries do wake.
+/// So a rename into place costs one comparison, made once the file is in place.
 pub struct ChangeNotifier {
     fd: AsyncFd<InotifyFd>,
     dirs: Vec<PathBuf>,
+    /// The names of the followed paths that are files (a hidden one among them still wakes).
+    files: Vec<std::ffi::OsString>,
+}
+
+/// Whether an event on the entry `name` of a watched directory (`None`: the directory itself, or the
+/// queue overflowed) may change a fingerprint of `files` or of a followed directory.
+fn concerns(name: Option<&std::ffi::OsStr>, files: &[std::ffi::OsString]) -> bool {
+    let Some(name) = name else { return true };
+    let text = name.to_string_lossy();
+    !text.starts_with('.') || text.starts_with("..") || files.iter().any(|file| file == name)
 }
 
 impl std::fmt::Debug for ChangeNotifier {
@@ -168,6 +181,8 @@ impl ChangeNotifier {
     pub fn new<'a>(paths: impl IntoIterator<Item = &'a Path>) -> Result<Self, NotifyError> {
         let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
             .map_err(|source| NotifyError::Init { source })?;
+        let paths: Vec<&Path> = paths.into_iter().collect();
+        let files = paths.iter().filter(|p| !p.is_dir()).filter_map(|p| p.file_name()).map(ToOwned::to_owned).collect();
         let mut dirs: Vec<PathBuf> = paths.into_iter().map(watched_dir).collect();
         dirs.sort();
         dirs.dedup();
@@ -180,7 +195,7 @@ impl ChangeNotifier {
         // long as the registration lives and is closed only when both are dropped together.
         let fd = unsafe { AsyncFd::register_with_interest(InotifyFd(inotify), Interest::READABLE) }
             .map_err(|source| NotifyError::Register { source: source.into() })?;
-        Ok(Self { fd, dirs })
+        Ok(Self { fd, dirs, files })
     }
 
     /// The directories being watched.
@@ -188,17 +203,28 @@ impl ChangeNotifier {
         &self.dirs
     }
 
-    /// Waits until at least one change was reported, and takes every report queued by then (a burst of
-    /// writes wakes the owner once or a few times, not once per event).
+    /// Waits until at least one change that concerns the followed paths was reported, and takes every
+    /// report queued by then (a burst of writes wakes the owner once or a few times, not once per event).
     pub async fn changed(&mut self) -> Result<(), NotifyError> {
+        let files = &self.files;
+        let concern = |events: &[nix::sys::inotify::InotifyEvent]| {
+            events.iter().any(|event| concerns(event.name.as_deref(), files))
+        };
         loop {
             let mut guard = self.fd.readable_mut().await.map_err(|source| NotifyError::Register { source })?;
             match guard.get_inner().0.read_events() {
                 Ok(events) if !events.is_empty() => {
                     // Take what else is already queued, so that one burst is one wake-up.
-                    while matches!(guard.get_inner().0.read_events(), Ok(more) if !more.is_empty()) {}
+                    let mut concerned = concern(&events);
+                    while let Ok(more) = guard.get_inner().0.read_events()
+                        && !more.is_empty()
+                    {
+                        concerned |= concern(&more);
+                    }
                     guard.clear_ready();
-                    return Ok(());
+                    if concerned {
+                        return Ok(());
+                    }
                 }
                 Ok(_) | Err(nix::errno::Errno::EAGAIN) => guard.clear_ready(),
                 Err(source) => return Err(NotifyError::Read { source }),
@@ -267,8 +293,11 @@ mod tests {
         let mut notifier = ChangeNotifier::new([dir.0.as_path()]).unwrap();
         assert!(quiet(&mut notifier).await, "nothing changed yet");
         std::fs::write(dir.0.join(".a.yaml.tmp"), "x").unwrap();
-        assert!(notices(&mut notifier).await, "a new file was not noticed");
+        assert!(quiet(&mut notifier).await, "a hidden temporary file is not a policy file: no wake-up");
         assert!(!watched.changed(), "a hidden temporary file is not a policy file");
+        std::fs::rename(dir.0.join(".a.yaml.tmp"), dir.0.join("b.yaml")).unwrap();
+        assert!(notices(&mut notifier).await, "the rename into place was not noticed");
+        assert!(watched.changed());
         std::fs::write(dir.0.join("a.yaml"), "x").unwrap();
         assert!(notices(&mut notifier).await, "a new file was not noticed");
         assert!(watched.changed());
@@ -301,6 +330,13 @@ mod tests {
         let mut watched = Watched::new(file.clone());
         let mut notifier = ChangeNotifier::new([file.as_path()]).unwrap();
         assert_eq!(notifier.dirs(), std::slice::from_ref(&dir.0));
+        // A followed file may be hidden itself: its changes wake.
+        let hidden = dir.0.join(".hidden.yaml");
+        std::fs::write(&hidden, "a").unwrap();
+        let mut hidden_notifier = ChangeNotifier::new([hidden.as_path()]).unwrap();
+        assert!(quiet(&mut hidden_notifier).await);
+        std::fs::write(&hidden, "b").unwrap();
+        assert!(notices(&mut hidden_notifier).await, "a change of a hidden followed file was not noticed");
         // An editor writes a swap file next to it (noticed: same directory), then renames it over.
         std::fs::write(dir.0.join(".topology.yaml.swp"), "b").unwrap();
         assert!(quiet(&mut notifier).await);

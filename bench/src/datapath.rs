@@ -201,7 +201,7 @@ impl Bench {
         let policy: NetworkPolicy = serde_yaml::from_str(&policy_yaml(scale)).context("the bench policy")?;
         let mut engine = PolicyEngine::new(None, false);
         engine.set_capacities(Capacities { policy: 262_144, ..Capacities::default() });
-        engine.set_policies(vec![LoadedPolicy::new("bench-policy.yaml", 1, policy)]);
+        engine.set_policies(vec![std::sync::Arc::new(LoadedPolicy::new("bench-policy.yaml", 1, policy))]);
         let cluster =
             ClusterView { namespaces: vec![NamespaceInfo { name: NAMESPACE.into(), labels: ns_labels }], pods };
         let (contents, snapshot) = engine.prepare(&cluster)?;

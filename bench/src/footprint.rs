@@ -424,16 +424,14 @@ pub fn measure(quick: bool) -> anyhow::Result<Section> {
     section.push(Figure::new(format!("{lab}: resident memory, idle, no policy"), a.rss_idle_mib, "MiB"));
     section.push(Figure::new(format!("{lab}: CPU idle"), a.cpu_idle_cores, "cores").note("over 3 s"));
     section.push(Figure::new(format!("{lab}: kernel map memory (memlock), no policy"), a.maps_mib, "MiB"));
-    let rss =
-        Figure::new(format!("{lab}: resident memory with {policies} policies"), a.rss_with_policies_mib, "MiB").note(
-            format!(
-                "kernel maps apart: {:.1} MiB, of which {:.1} MiB mapped into the agent count in this figure too \
+    let rss = Figure::new(format!("{lab}: resident memory with {policies} policies"), a.rss_with_policies_mib, "MiB")
+        .note(format!(
+            "kernel maps apart: {:.1} MiB, of which {:.1} MiB mapped into the agent count in this figure too \
                  (the events ring buffer); the set took {:.2} s to load",
-                a.maps_with_policies_mib,
-                a.rss_mapped_maps_mib,
-                a.policy_load.as_secs_f64()
-            ),
-        );
+            a.maps_with_policies_mib,
+            a.rss_mapped_maps_mib,
+            a.policy_load.as_secs_f64()
+        ));
     section.push(rss);
     // The target counts the agent's own memory, maps reported apart: the ring buffer's pages mapped into
     // the agent are kernel map memory (in the figure below), not the agent's.

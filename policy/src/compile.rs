@@ -101,7 +101,8 @@ pub fn policy_types(spec: &NetworkPolicySpec) -> (bool, bool) {
 
 /// Compiles `policies` (already validated; anything invalid left in them allows nothing) against
 /// `cluster`. CIDR identities come from `cidr_identities`, which keeps them stable across compilations.
-/// The policies may be owned or shared (`Arc<LoadedPolicy>`, as the agent keeps them).
+/// The policies may be owned or shared (`Arc<LoadedPolicy>`, as the agent keeps them). [`PolicyCompiler`]
+/// gives the same plan, compiling again only the policies a change concerns.
 #[must_use]
 pub fn compile<P: Borrow<LoadedPolicy>>(
     policies: &[P],
@@ -110,89 +111,135 @@ pub fn compile<P: Borrow<LoadedPolicy>>(
 ) -> PolicyPlan {
     let cidrs = collect_cidrs(policies, &cluster.pods, cidr_identities);
     let view = View::new(cluster, &cidrs);
-    let mut builders: BTreeMap<u16, (&PodInfo, DirectionBuilder, DirectionBuilder)> = cluster
-        .pods
-        .iter()
-        .filter(|pod| pod.endpoint_id != NOT_AN_ENDPOINT)
-        .map(|pod| (pod.endpoint_id, (pod, DirectionBuilder::default(), DirectionBuilder::default())))
-        .collect();
+    let shares: Vec<PolicyShare> = policies.iter().map(|loaded| PolicyShare::compile(loaded.borrow(), &view)).collect();
+    let endpoints = plan_endpoints(&cluster.pods, &shares);
+    PolicyPlan { cidrs, endpoints }
+}
 
-    for loaded in policies {
-        let loaded = loaded.borrow();
-        let policy_ref = loaded.policy_ref();
+/// One policy's part of a plan, compiled against a cluster view: the endpoints it selects, whether it
+/// isolates their ingress and egress, and the entries it allows them. Egress entries, and ingress entries
+/// but those of named ports, are the same for every endpoint it selects: they are kept once.
+#[derive(Clone, Debug)]
+struct PolicyShare {
+    policy_ref: PolicyRef,
+    isolates_ingress: bool,
+    isolates_egress: bool,
+    /// The endpoints of the node it selects (its podSelector, in its namespace).
+    subjects: BTreeSet<u16>,
+    ingress: BTreeSet<EntryKey>,
+    /// Ingress entries of named ports, resolved against each selected endpoint (only those with some).
+    ingress_named: BTreeMap<u16, BTreeSet<EntryKey>>,
+    egress: BTreeSet<EntryKey>,
+}
+
+impl PolicyShare {
+    fn compile(loaded: &LoadedPolicy, view: &View<'_>) -> Self {
         let namespace = loaded.namespace();
         let default_spec = NetworkPolicySpec::default();
         let spec = loaded.policy.spec.as_ref().unwrap_or(&default_spec);
         let (isolates_ingress, isolates_egress) = policy_types(spec);
-        let selected = selected_pods(loaded, cluster);
+        let mut share = Self {
+            policy_ref: loaded.policy_ref(),
+            isolates_ingress,
+            isolates_egress,
+            subjects: BTreeSet::new(),
+            ingress: BTreeSet::new(),
+            ingress_named: BTreeMap::new(),
+            egress: BTreeSet::new(),
+        };
+        let selected: Vec<&PodInfo> =
+            selected_among(loaded, view.pods).into_iter().filter(|pod| pod.endpoint_id != NOT_AN_ENDPOINT).collect();
         if selected.is_empty() {
-            continue;
+            return share;
         }
-        let ingress_rules: Vec<Rule> = spec
-            .ingress
-            .iter()
-            .flatten()
-            .map(|rule| Rule::resolve(rule.from.as_deref(), rule.ports.as_deref(), namespace, &view))
-            .collect();
-        let egress_rules: Vec<Rule> = spec
-            .egress
-            .iter()
-            .flatten()
-            .map(|rule| Rule::resolve(rule.to.as_deref(), rule.ports.as_deref(), namespace, &view))
-            .collect();
+        share.subjects = selected.iter().map(|pod| pod.endpoint_id).collect();
+        if isolates_ingress {
+            for rule in spec.ingress.iter().flatten() {
+                let rule = Rule::resolve(rule.from.as_deref(), rule.ports.as_deref(), namespace, view);
+                rule.add_ingress_entries(&mut share.ingress);
+                for pod in &selected {
+                    let mut named = BTreeSet::new();
+                    rule.add_ingress_named_entries(pod, &mut named);
+                    if !named.is_empty() {
+                        share.ingress_named.entry(pod.endpoint_id).or_default().append(&mut named);
+                    }
+                }
+            }
+        }
+        if isolates_egress {
+            for rule in spec.egress.iter().flatten() {
+                Rule::resolve(rule.to.as_deref(), rule.ports.as_deref(), namespace, view)
+                    .add_egress_entries(view, &mut share.egress);
+            }
+        }
+        share
+    }
+}
 
-        for pod in selected {
-            let Some((_, ingress, egress)) = builders.get_mut(&pod.endpoint_id) else {
+/// Every endpoint of `pods` with what `shares` select and allow it.
+fn plan_endpoints<'s>(
+    pods: &[PodInfo],
+    shares: impl IntoIterator<Item = &'s PolicyShare>,
+) -> BTreeMap<u16, EndpointPolicy> {
+    let mut builders: BTreeMap<u16, (&PodInfo, DirectionBuilder, DirectionBuilder)> = pods
+        .iter()
+        .filter(|pod| pod.endpoint_id != NOT_AN_ENDPOINT)
+        .map(|pod| (pod.endpoint_id, (pod, DirectionBuilder::default(), DirectionBuilder::default())))
+        .collect();
+    for share in shares {
+        for id in &share.subjects {
+            let Some((_, ingress, egress)) = builders.get_mut(id) else {
                 continue;
             };
-            if isolates_ingress {
-                ingress.select(&policy_ref);
-                for rule in &ingress_rules {
-                    rule.add_ingress_entries(pod, &policy_ref, ingress);
+            if share.isolates_ingress {
+                ingress.select(&share.policy_ref);
+                for key in share.ingress.iter().chain(share.ingress_named.get(id).into_iter().flatten()) {
+                    ingress.allow(*key, &share.policy_ref);
                 }
             }
-            if isolates_egress {
-                egress.select(&policy_ref);
-                for rule in &egress_rules {
-                    rule.add_egress_entries(&view, &policy_ref, egress);
+            if share.isolates_egress {
+                egress.select(&share.policy_ref);
+                for key in &share.egress {
+                    egress.allow(*key, &share.policy_ref);
                 }
             }
         }
     }
-
-    PolicyPlan {
-        cidrs,
-        endpoints: builders
-            .into_iter()
-            .map(|(id, (pod, ingress, egress))| {
-                (
-                    id,
-                    EndpointPolicy {
-                        namespace: pod.namespace.clone(),
-                        pod: pod.name.clone(),
-                        identity: pod.identity,
-                        ip: pod.ip,
-                        ipv6: pod.ipv6,
-                        ingress: ingress.finish(),
-                        egress: egress.finish(),
-                    },
-                )
-            })
-            .collect(),
-    }
+    builders
+        .into_iter()
+        .map(|(id, (pod, ingress, egress))| {
+            (
+                id,
+                EndpointPolicy {
+                    namespace: pod.namespace.clone(),
+                    pod: pod.name.clone(),
+                    identity: pod.identity,
+                    ip: pod.ip,
+                    ipv6: pod.ipv6,
+                    ingress: ingress.finish(),
+                    egress: egress.finish(),
+                },
+            )
+        })
+        .collect()
 }
 
 /// The pods `loaded` selects (its podSelector, in its namespace): the subjects compilation gives its rules.
 /// A selector that does not parse selects nothing.
 #[must_use]
 pub fn selected_pods<'a>(loaded: &LoadedPolicy, cluster: &'a ClusterView) -> Vec<&'a PodInfo> {
+    selected_among(loaded, &cluster.pods)
+}
+
+/// The pods of `pods` that `loaded` selects, as [`selected_pods`].
+fn selected_among<'a>(loaded: &LoadedPolicy, pods: &'a [PodInfo]) -> Vec<&'a PodInfo> {
     let namespace = loaded.namespace();
     let everything = LabelSelector::default();
     let selector = loaded.policy.spec.as_ref().and_then(|s| s.pod_selector.as_ref()).unwrap_or(&everything);
     let Ok(pod_selector) = Selector::from_label_selector(selector) else {
         return Vec::new();
     };
-    cluster.pods.iter().filter(|pod| pod.namespace == namespace && pod_selector.matches(&pod.labels)).collect()
+    pods.iter().filter(|pod| pod.namespace == namespace && pod_selector.matches(&pod.labels)).collect()
 }
 
 /// The pods of `cluster` that a rule's `peers` (of a policy in `namespace`) select, as compilation resolves
@@ -312,6 +359,9 @@ fn collect_cidrs<P: Borrow<LoadedPolicy>>(
             }
             let blocks: Vec<Block> =
                 rule.to.iter().flatten().filter_map(|peer| peer.ip_block.as_ref()).filter_map(Block::parse).collect();
+            if blocks.is_empty() {
+                continue;
+            }
             for pod in pods {
                 let declares =
                     named.iter().any(|(protocol, name)| named_port_numbers(pod, *protocol, name).next().is_some());
@@ -530,35 +580,38 @@ impl<'a> Rule<'a> {
         matches
     }
 
-    /// Ingress: the destination is the selected pod, so named ports resolve against it.
-    fn add_ingress_entries(&self, destination: &PodInfo, policy: &PolicyRef, out: &mut DirectionBuilder) {
+    /// Ingress entries but those of named ports: the same for every selected pod.
+    fn add_ingress_entries(&self, out: &mut BTreeSet<EntryKey>) {
         let peers = self.peer_matches();
         for port in &self.ports {
-            let l4: Vec<L4> = match port {
-                Port::All => vec![(None, None)],
-                Port::Numeric(protocol, range) => vec![(Some(*protocol), *range)],
-                Port::Named(protocol, name) => {
-                    named_port_numbers(destination, *protocol, name).map(|n| (Some(*protocol), Some((n, n)))).collect()
-                }
-                Port::Nothing => Vec::new(),
+            let l4: L4 = match port {
+                Port::All => (None, None),
+                Port::Numeric(protocol, range) => (Some(*protocol), *range),
+                Port::Named(..) | Port::Nothing => continue,
             };
-            for (protocol, ports) in l4 {
-                for peer in &peers {
-                    out.allow((*peer, protocol, ports), policy);
-                }
+            out.extend(peers.iter().map(|peer| (*peer, l4.0, l4.1)));
+        }
+    }
+
+    /// Ingress entries of named ports: the destination is the selected pod, so they resolve against it.
+    fn add_ingress_named_entries(&self, destination: &PodInfo, out: &mut BTreeSet<EntryKey>) {
+        let mut peers = None;
+        for port in &self.ports {
+            let Port::Named(protocol, name) = port else { continue };
+            for number in named_port_numbers(destination, *protocol, name) {
+                let peers = peers.get_or_insert_with(|| self.peer_matches());
+                out.extend(peers.iter().map(|peer| (*peer, Some(*protocol), Some((number, number)))));
             }
         }
     }
 
     /// Egress: the destinations are the peers, so named ports resolve against each peer pod.
-    fn add_egress_entries(&self, view: &View<'_>, policy: &PolicyRef, out: &mut DirectionBuilder) {
+    fn add_egress_entries(&self, view: &View<'_>, out: &mut BTreeSet<EntryKey>) {
         let peers = self.peer_matches();
         for port in &self.ports {
             match port {
-                Port::All => peers.iter().for_each(|peer| out.allow((*peer, None, None), policy)),
-                Port::Numeric(protocol, range) => {
-                    peers.iter().for_each(|peer| out.allow((*peer, Some(*protocol), *range), policy));
-                }
+                Port::All => out.extend(peers.iter().map(|peer| (*peer, None, None))),
+                Port::Numeric(protocol, range) => out.extend(peers.iter().map(|peer| (*peer, Some(*protocol), *range))),
                 Port::Named(protocol, name) => {
                     for peer in &self.peers {
                         let pods: &[&PodInfo] = match peer {
@@ -572,10 +625,11 @@ impl<'a> Rule<'a> {
                                     for ip in pod_addresses(pod).filter(|ip| block.holds(*ip)) {
                                         let Some(host) = view.host_identity(ip) else { continue };
                                         for number in named_port_numbers(pod, *protocol, name) {
-                                            out.allow(
-                                                (PeerMatch::Identity(host), Some(*protocol), Some((number, number))),
-                                                policy,
-                                            );
+                                            out.insert((
+                                                PeerMatch::Identity(host),
+                                                Some(*protocol),
+                                                Some((number, number)),
+                                            ));
                                         }
                                     }
                                 }
@@ -584,10 +638,11 @@ impl<'a> Rule<'a> {
                         };
                         for pod in pods {
                             for number in named_port_numbers(pod, *protocol, name) {
-                                out.allow(
-                                    (PeerMatch::Identity(pod.identity), Some(*protocol), Some((number, number))),
-                                    policy,
-                                );
+                                out.insert((
+                                    PeerMatch::Identity(pod.identity),
+                                    Some(*protocol),
+                                    Some((number, number)),
+                                ));
                             }
                         }
                     }
@@ -634,5 +689,8 @@ impl DirectionBuilder {
     }
 }
 
+mod incremental;
 #[cfg(test)]
 mod tests;
+
+pub use incremental::PolicyCompiler;

@@ -18,7 +18,7 @@ pub mod validate;
 pub mod what_if;
 
 pub use cidr::{CidrIdentities, IpPrefix};
-pub use compile::{ClusterView, ContainerPort, NOT_AN_ENDPOINT, NamespaceInfo, PodInfo, compile};
+pub use compile::{ClusterView, ContainerPort, NOT_AN_ENDPOINT, NamespaceInfo, PodInfo, PolicyCompiler, compile};
 pub use plan::{
     Addr, CidrEntry, DirectionPolicy, DirectionVerdict, EndpointPolicy, MatchKind, PeerMatch, PolicyEntry, PolicyPlan,
     PolicyRef, Protocol, Verdict,

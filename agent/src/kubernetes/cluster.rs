@@ -5,6 +5,7 @@
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::Arc,
 };
 
 use flowgate_policy::{ContainerPort, LoadedPolicy, Protocol};
@@ -89,8 +90,10 @@ pub struct ClusterState {
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
     /// (namespace, name) -> pod.
     pub pods: BTreeMap<(String, String), PodRecord>,
-    /// Sorted by namespace and name.
-    pub policies: Vec<LoadedPolicy>,
+    /// Sorted by namespace and name. Shared: a policy the server did not change since the last state is
+    /// the same `Arc` in both ([`KubeSource::snapshot`](super::KubeSource::snapshot)), and the agent's policy
+    /// set holds it too.
+    pub policies: Vec<Arc<LoadedPolicy>>,
 }
 
 impl ClusterState {
@@ -98,6 +101,25 @@ impl ClusterState {
         namespaces: impl IntoIterator<Item = &'a Namespace>,
         pods: impl IntoIterator<Item = &'a Pod>,
         policies: impl IntoIterator<Item = &'a NetworkPolicy>,
+    ) -> Self {
+        Self::with_policies(namespaces, pods, policies.into_iter().map(|p| Arc::new(Self::policy_of(p))).collect())
+    }
+
+    /// The policy as the agent takes it from the server's object.
+    pub fn policy_of(policy: &NetworkPolicy) -> LoadedPolicy {
+        let shown = format!(
+            "kubernetes:networkpolicy/{}/{}",
+            policy.metadata.namespace.as_deref().unwrap_or_default(),
+            policy.metadata.name.as_deref().unwrap_or_default()
+        );
+        LoadedPolicy::new(shown, 1, strip_server_fields(policy))
+    }
+
+    /// [`Self::from_objects`] with the policies already taken ([`Self::policy_of`]).
+    pub fn with_policies<'a>(
+        namespaces: impl IntoIterator<Item = &'a Namespace>,
+        pods: impl IntoIterator<Item = &'a Pod>,
+        mut policies: Vec<Arc<LoadedPolicy>>,
     ) -> Self {
         let namespaces = namespaces
             .into_iter()
@@ -112,17 +134,6 @@ impl ClusterState {
             .into_iter()
             .filter_map(PodRecord::from_pod)
             .map(|p| ((p.namespace.clone(), p.name.clone()), p))
-            .collect();
-        let mut policies: Vec<LoadedPolicy> = policies
-            .into_iter()
-            .map(|p| {
-                let shown = format!(
-                    "kubernetes:networkpolicy/{}/{}",
-                    p.metadata.namespace.as_deref().unwrap_or_default(),
-                    p.metadata.name.as_deref().unwrap_or_default()
-                );
-                LoadedPolicy::new(shown, 1, strip_server_fields(p))
-            })
             .collect();
         policies.sort_by(|a, b| (a.namespace(), a.name()).cmp(&(b.namespace(), b.name())));
         Self { namespaces, pods, policies }

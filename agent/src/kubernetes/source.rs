@@ -5,14 +5,16 @@
 //! full list, [`KubeSource::snapshot`] has nothing: the agent keeps enforcing what it enforced before.
 
 use std::{
+    collections::HashMap,
     fmt::Debug,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
 
+use flowgate_policy::LoadedPolicy;
 use futures::StreamExt as _;
 use k8s_openapi::api::{core::v1::Namespace, core::v1::Pod, networking::v1::NetworkPolicy};
 use kube::{
@@ -105,6 +107,9 @@ pub struct KubeSource {
     changes: watch::Receiver<u64>,
     stats: Arc<SourceStats>,
     tasks: Vec<JoinHandle<()>>,
+    /// The policies of the last snapshot by resourceVersion (unique across the server's objects), so
+    /// the next one takes again only what changed and keeps the others' `Arc`s.
+    taken: Mutex<HashMap<String, Arc<LoadedPolicy>>>,
 }
 
 impl KubeSource {
@@ -141,7 +146,7 @@ impl KubeSource {
                 tx,
             )),
         ];
-        Self { namespaces, pods, policies, changes, stats, tasks }
+        Self { namespaces, pods, policies, changes, stats, tasks, taken: Mutex::default() }
     }
 
     pub fn stats(&self) -> &Arc<SourceStats> {
@@ -159,10 +164,31 @@ impl KubeSource {
             return None;
         }
         let (namespaces, pods, policies) = (self.namespaces.state(), self.pods.state(), self.policies.state());
-        Some(ClusterState::from_objects(
+        let mut taken = self.taken.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut next = HashMap::with_capacity(policies.len());
+        let policies = policies
+            .iter()
+            .map(|object| {
+                let meta = &object.metadata;
+                let Some(version) = &meta.resource_version else {
+                    return Arc::new(ClusterState::policy_of(object));
+                };
+                let loaded = taken
+                    .get(version)
+                    .filter(|p| {
+                        let kept = &p.policy.metadata;
+                        (&kept.uid, &kept.namespace, &kept.name) == (&meta.uid, &meta.namespace, &meta.name)
+                    })
+                    .map_or_else(|| Arc::new(ClusterState::policy_of(object)), Arc::clone);
+                next.insert(version.clone(), Arc::clone(&loaded));
+                loaded
+            })
+            .collect();
+        *taken = next;
+        Some(ClusterState::with_policies(
             namespaces.iter().map(AsRef::as_ref),
             pods.iter().map(AsRef::as_ref),
-            policies.iter().map(AsRef::as_ref),
+            policies,
         ))
     }
 

@@ -13,7 +13,7 @@ use std::{
 };
 
 use flowgate_common::policy::direction;
-use flowgate_policy::{CidrEntry, CidrIdentities, ClusterView, LoadedPolicy, PolicyRef, SourceCache, compile};
+use flowgate_policy::{CidrEntry, CidrIdentities, ClusterView, LoadedPolicy, PolicyCompiler, PolicyRef, SourceCache};
 use flowgate_proto::{
     flow::PolicyName,
     message::{MapFill, PolicyStatus},
@@ -107,6 +107,8 @@ pub struct PolicyEngine {
     /// Entries of the generation in effect.
     fill: Fill,
     cidr_identities: CidrIdentities,
+    /// Keeps each policy's compiled share: a change compiles the policies it concerns.
+    compiler: PolicyCompiler,
     rules: RuleTable,
     pub audit: Audit,
     plan: Option<RealizedPlan>,
@@ -130,6 +132,7 @@ impl PolicyEngine {
             capacities: Capacities::default(),
             fill: Fill::default(),
             cidr_identities: CidrIdentities::new(),
+            compiler: PolicyCompiler::default(),
             rules: RuleTable::default(),
             audit: Audit { all: audit_all, ..Audit::default() },
             plan: None,
@@ -158,23 +161,26 @@ impl PolicyEngine {
     /// Takes the policies the API server holds (Kubernetes mode): the server validated them already; one
     /// that this agent's validation still refuses is left out alone (the others are not held back, since
     /// the cluster has no atomic policy set) and reported in `status`. Returns whether the set changed.
-    pub fn set_policies(&mut self, policies: Vec<LoadedPolicy>) -> bool {
+    /// A policy that is (or equals) one of the good set is taken as it is, not validated again.
+    pub fn set_policies(&mut self, policies: Vec<Arc<LoadedPolicy>>) -> bool {
         let mut errors = Vec::new();
-        // Extended, not collected: `collect` would keep the allocation of `policies` (whole policies) for the
-        // pointers, in place, for as long as the set is held.
-        let mut accepted = PolicySet::with_capacity(policies.len());
-        accepted.extend(
-            policies
-                .into_iter()
-                .filter(|p| {
-                    let problems = flowgate_policy::validate(&p.policy);
-                    for problem in &problems {
-                        errors.push(format!("{}/{}: not realized: {problem}", p.namespace(), p.name()));
-                    }
-                    problems.is_empty()
-                })
-                .map(Arc::new),
-        );
+        let good: HashMap<(&str, &str), &Arc<LoadedPolicy>> =
+            self.good.iter().map(|p| ((p.namespace(), p.name()), p)).collect();
+        let accepted: PolicySet = policies
+            .into_iter()
+            .filter_map(|p| {
+                if let Some(same) =
+                    good.get(&(p.namespace(), p.name())).filter(|same| Arc::ptr_eq(same, &p) || ***same == p)
+                {
+                    return Some(Arc::clone(same));
+                }
+                let problems = flowgate_policy::validate(&p.policy);
+                for problem in &problems {
+                    errors.push(format!("{}/{}: not realized: {problem}", p.namespace(), p.name()));
+                }
+                problems.is_empty().then_some(p)
+            })
+            .collect();
         self.load_errors = errors;
         let changed = !same_set(&accepted, &self.good);
         self.good = accepted;
@@ -228,7 +234,9 @@ impl PolicyEngine {
         policies: &[Arc<LoadedPolicy>],
         cluster: &ClusterView,
     ) -> Result<(MapContents, PolicySnapshot), CapacityError> {
-        let plan = compile(policies, cluster, &mut self.cidr_identities);
+        let started = std::time::Instant::now();
+        let plan = self.compiler.compile(policies, cluster, &mut self.cidr_identities);
+        let compiled = started.elapsed();
         let pods: Vec<(IpAddr, u32)> = cluster
             .pods
             .iter()
@@ -254,6 +262,12 @@ impl PolicyEngine {
                 }
             }
         }
+        log::debug!(
+            "{} of {} policies compiled again in {compiled:?}; plan counted, realized and named in {:?}",
+            self.compiler.last_compiled(),
+            policies.len(),
+            started.elapsed() - compiled
+        );
         self.plan = Some(realized);
         self.fill = fill;
         Ok((contents, snapshot))

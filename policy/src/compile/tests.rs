@@ -1,4 +1,4 @@
-use std::{net::Ipv4Addr, path::Path};
+use std::{net::Ipv4Addr, path::Path, sync::Arc};
 
 use super::*;
 use crate::{
@@ -60,8 +60,68 @@ fn np(namespace: &str, name: &str, spec: &str) -> String {
     )
 }
 
+/// Compiles `yaml` for [`cluster`], checking first that [`PolicyCompiler`] gives the same plan whatever
+/// set and cluster it compiled before (see [`check_incremental`]).
 fn compile_yaml(yaml: &str) -> PolicyPlan {
+    check_incremental(&policies(yaml), &cluster());
     compile(&policies(yaml), &cluster(), &mut CidrIdentities::new())
+}
+
+/// Variants of `cluster`, each a change a kept share could miss: each pod gone, relabelled, with other
+/// ports and identity; each namespace relabelled, gone from the list; a pod of a new namespace.
+fn cluster_variants(cluster: &ClusterView) -> Vec<(String, ClusterView)> {
+    let mut variants = vec![("empty".to_owned(), ClusterView::default())];
+    for (i, pod) in cluster.pods.iter().enumerate() {
+        let mut gone = cluster.clone();
+        gone.pods.remove(i);
+        variants.push((format!("without {}", pod.name), gone));
+        let mut relabelled = cluster.clone();
+        relabelled.pods[i].labels = labels(&[("app", "other"), ("tier", "x")]);
+        variants.push((format!("{} relabelled", pod.name), relabelled));
+        let mut other = cluster.clone();
+        other.pods[i].ports.clear();
+        other.pods[i].identity += 7;
+        other.pods[i].ipv6 = Some("fd00::9".parse().unwrap());
+        variants.push((format!("{} without ports, other identity", pod.name), other));
+    }
+    for (i, namespace) in cluster.namespaces.iter().enumerate() {
+        let mut relabelled = cluster.clone();
+        relabelled.namespaces[i].labels = labels(&[("team", "red")]);
+        variants.push((format!("namespace {} relabelled", namespace.name), relabelled));
+        let mut gone = cluster.clone();
+        gone.namespaces.remove(i);
+        variants.push((format!("namespace {} unlisted", namespace.name), gone));
+    }
+    let mut newcomer = cluster.clone();
+    newcomer.pods.push(pod(60, "fresh", "newcomer", &[("app", "web")], 600));
+    variants.push(("a pod in a new namespace".to_owned(), newcomer));
+    variants
+}
+
+/// [`PolicyCompiler`] agrees with [`compile`] after every change between `policies` on `cluster` and a
+/// variant (a cluster variant, a policy left out), in both directions, with the same CIDR identities.
+fn check_incremental(policies: &[LoadedPolicy], cluster: &ClusterView) {
+    let policies: Vec<Arc<LoadedPolicy>> = policies.iter().cloned().map(Arc::new).collect();
+    let mut variants: Vec<(String, Vec<Arc<LoadedPolicy>>, ClusterView)> =
+        cluster_variants(cluster).into_iter().map(|(what, variant)| (what, policies.clone(), variant)).collect();
+    for (i, left_out) in policies.iter().enumerate() {
+        let mut fewer = policies.clone();
+        fewer.remove(i);
+        variants.push((format!("without policy {}", left_out.policy_ref()), fewer, cluster.clone()));
+    }
+    variants.push(("no policies".to_owned(), Vec::new(), cluster.clone()));
+    // The same policies again, as the API server sends them: equal, not the same `Arc`s.
+    let again: Vec<Arc<LoadedPolicy>> = policies.iter().map(|p| Arc::new((**p).clone())).collect();
+    for (what, variant_policies, variant) in variants {
+        let mut ids = CidrIdentities::new();
+        let mut compiler = PolicyCompiler::default();
+        let steps =
+            [(&variant_policies, &variant), (&policies, cluster), (&variant_policies, &variant), (&again, cluster)];
+        for (step, (set, on)) in steps.into_iter().enumerate() {
+            let got = compiler.compile(set, on, &mut ids);
+            assert_eq!(got, compile(set, on, &mut ids), "step {step} of: {what}, and back");
+        }
+    }
 }
 
 fn r(namespace: &str, name: &str) -> PolicyRef {
@@ -352,15 +412,13 @@ fn namespace_name_label_is_added_when_missing() {
 fn unlisted_namespace_of_a_pod_still_has_its_name_label() {
     let mut view = cluster();
     view.namespaces.clear();
-    let plan = compile(
-        &policies(&np(
-            "default",
-            "p",
-            "podSelector: {matchLabels: {app: db}}\ningress:\n- from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: other}}}]",
-        )),
-        &view,
-        &mut CidrIdentities::new(),
-    );
+    let set = policies(&np(
+        "default",
+        "p",
+        "podSelector: {matchLabels: {app: db}}\ningress:\n- from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: other}}}]",
+    ));
+    check_incremental(&set, &view);
+    let plan = compile(&set, &view, &mut CidrIdentities::new());
     assert_eq!(plan.endpoints[&3].ingress.entries[0].peer, PeerMatch::Identity(500));
 }
 
@@ -806,6 +864,7 @@ fn pods_of_other_nodes_are_peers_never_subjects() {
         "out",
         "podSelector: {matchLabels: {app: web}}\npolicyTypes: [Egress]\negress:\n  - to:\n      - podSelector: {matchLabels: {app: db}}\n    ports:\n      - port: pg",
     );
+    check_incremental(&policies(&yaml), &cluster);
     let plan = compile(&policies(&yaml), &cluster, &mut CidrIdentities::new());
     assert!(!plan.endpoints.contains_key(&NOT_AN_ENDPOINT), "the remote pod is not an endpoint here");
     assert!(plan.endpoints[&3].ingress.entries.contains(&entry(
@@ -821,4 +880,59 @@ fn pods_of_other_nodes_are_peers_never_subjects() {
         Some((5432, 5432)),
         &[r("default", "out")]
     )));
+}
+
+/// A change costs what it changes: one new policy among many compiles that policy alone; a pod's new label
+/// compiles the policies that select it, as a subject or a peer, and no other.
+#[test]
+fn the_compiler_compiles_again_only_what_a_change_concerns() {
+    let mut yaml = String::new();
+    for i in 0..50 {
+        yaml += &np(
+            "default",
+            &format!("db-{i}"),
+            &format!(
+                "podSelector: {{matchLabels: {{app: db}}}}\ningress:\n- from: [{{podSelector: {{matchLabels: {{app: api}}}}}}]\n  ports: [{{port: {}}}]",
+                1000 + i
+            ),
+        );
+    }
+    yaml += &np(
+        "other",
+        "from-blue",
+        "podSelector: {}\ningress:\n- from: [{namespaceSelector: {matchLabels: {team: blue}}}]",
+    );
+    let set: Vec<Arc<LoadedPolicy>> = policies(&yaml).into_iter().map(Arc::new).collect();
+    let mut ids = CidrIdentities::new();
+    let mut compiler = PolicyCompiler::default();
+    let mut view = cluster();
+    compiler.compile(&set, &view, &mut ids);
+    assert_eq!(compiler.last_compiled(), set.len());
+    compiler.compile(&set, &view, &mut ids);
+    assert_eq!(compiler.last_compiled(), 0, "nothing changed");
+    let equal: Vec<Arc<LoadedPolicy>> = set.iter().map(|p| Arc::new((**p).clone())).collect();
+    compiler.compile(&equal, &view, &mut ids);
+    assert_eq!(compiler.last_compiled(), 0, "equal policies are the same policies");
+
+    let mut more = set.clone();
+    more.extend(
+        policies(&np("default", "web", "podSelector: {matchLabels: {app: web}}\ningress: [{}]"))
+            .into_iter()
+            .map(Arc::new),
+    );
+    let plan = compiler.compile(&more, &view, &mut ids);
+    assert_eq!(compiler.last_compiled(), 1, "one new policy");
+    assert_eq!(plan, compile(&more, &view, &mut ids));
+
+    // web2 is selected by `web` only; api is every db-* policy's peer; client's namespace is team=blue.
+    view.pods[3].labels.insert("release".into(), "canary".into());
+    compiler.compile(&more, &view, &mut ids);
+    assert_eq!(compiler.last_compiled(), 1, "web2's label concerns the policy selecting web pods");
+    view.pods[1].labels.insert("release".into(), "canary".into());
+    compiler.compile(&more, &view, &mut ids);
+    assert_eq!(compiler.last_compiled(), 50, "api's label concerns the policies admitting api");
+    view.namespaces[1].labels.insert("team".into(), "red".into());
+    let plan = compiler.compile(&more, &view, &mut ids);
+    assert_eq!(compiler.last_compiled(), 1, "the namespace's label concerns the policy selecting team=blue");
+    assert_eq!(plan, compile(&more, &view, &mut ids));
 }
