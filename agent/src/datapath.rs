@@ -736,14 +736,14 @@ impl Datapath {
             let (key, value) = item.map_err(|source| DatapathError::Map { name, source })?;
             out.insert((key.prefix_len(), key.data()), value);
         }
+        // The exact map holds most entries: read in batches (every apply reads the active generation's
+        // counters to carry them over).
         let name = MAP_POLICY_EXACT[usize::from(generation)];
-        let exact: HashMap<_, PolicyKey, PolicyValue> =
-            HashMap::try_from(self.ebpf.map(name).ok_or(DatapathError::MissingMap { name })?)
-                .map_err(|source| DatapathError::Map { name, source })?;
-        for item in exact.iter() {
-            let (key, value) = item.map_err(|source| DatapathError::Map { name, source })?;
-            out.insert((POLICY_PREFIX_FULL, key), value);
-        }
+        let exact = self.ebpf.map(name).and_then(sized_map).ok_or(DatapathError::MissingMap { name })?;
+        map_batch::for_each(exact, |key: &PolicyKey, value: &PolicyValue| {
+            out.insert((POLICY_PREFIX_FULL, *key), *value);
+        })
+        .map_err(|source| DatapathError::MapBatch { name, source })?;
         Ok(out)
     }
 

@@ -9,6 +9,11 @@
 //! the kernel's wake-up woke the runtime's worker parked on its event loop, which woke another worker to
 //! look for more work; under a stream (thousands of wake-ups a second) that was a quarter of the agent's
 //! CPU, taken from the pods on the same cores.
+//!
+//! The thread runs under `SCHED_BATCH`: its wake-ups do not preempt the task running on the CPU (a pod's,
+//! say); it runs when that task blocks or its time slice ends, and otherwise with the same share of CPU
+//! as any other thread. Under a stream of new connections this halved the agent's CPU per connection
+//! and gave the pods' traffic back most of it (docs/benchmarks.md, "On real traffic").
 
 use std::{
     io,
@@ -117,6 +122,7 @@ fn spawn_thread<B: AsRawFd + Send + 'static>(
     let (report, ended) = oneshot::channel();
     let stopped = Arc::clone(&stop);
     let thread = std::thread::Builder::new().name(name.into()).spawn(move || {
+        yield_on_wakeup();
         let result = loop {
             if stopped.load(Ordering::Relaxed) {
                 break Ok(());
@@ -129,6 +135,16 @@ fn spawn_thread<B: AsRawFd + Send + 'static>(
         let _ = report.send(result);
     })?;
     Ok(Reader { stop, ended: Some(ended), thread: Some(thread) })
+}
+
+/// Puts the calling thread under `SCHED_BATCH` (see the module docs); a refusal is logged and changes
+/// nothing else.
+fn yield_on_wakeup() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: a valid sched_param for a non-real-time policy, read during the call; pid 0 is this thread.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } != 0 {
+        log::warn!("the events reader stays under the default scheduling policy: {}", io::Error::last_os_error());
+    }
 }
 
 /// Waits until `fd` is readable or `timeout` has passed.
