@@ -69,6 +69,11 @@ struct ClusterMode {
     unmatched: BTreeSet<(String, String)>,
     /// Their endpoint ids: listed as `waiting-for-interface`, nothing in the datapath.
     waiting: BTreeSet<u16>,
+    /// The identity numbers of the last sync.
+    identities: BTreeMap<Vec<String>, u32>,
+    /// Whether the last sync went through to the end (every pod registered, every interface attached,
+    /// none waiting for one): then a sync that changes nothing but policies need not do it again.
+    whole: bool,
 }
 
 fn policy_protocol(p: flowgate_lab::topology::Protocol) -> PolicyProtocol {
@@ -118,6 +123,8 @@ impl Controller {
             attached: BTreeSet::new(),
             unmatched: BTreeSet::new(),
             waiting: BTreeSet::new(),
+            identities: BTreeMap::new(),
+            whole: false,
         });
     }
 
@@ -135,6 +142,19 @@ impl Controller {
         let Some(mode) = self.cluster.as_mut() else {
             anyhow::bail!("sync_cluster outside Kubernetes mode");
         };
+        // Only policies changed since a whole sync: the pods, their interfaces, identities and the ipcache
+        // stay as they are; the policy is compiled and applied (a policy change through the API server
+        // does not wait for the node's routes and pods to be read again).
+        let policies_only = mode.whole
+            && mode.identities == *identities
+            && mode.state.as_ref().is_some_and(|s| s.pods == cluster.pods && s.namespaces == cluster.namespaces);
+        if policies_only {
+            self.engine.set_policies(cluster.policies.clone());
+            mode.state = Some(cluster);
+            return self.apply_policy().context("applying the policy of the cluster");
+        }
+        mode.whole = false;
+        mode.identities = identities.clone();
         let node = mode.node.clone();
         self.state.assign_identities(identities);
         self.engine.set_policies(cluster.policies.clone());
@@ -267,6 +287,7 @@ impl Controller {
             for id in mode.waiting.difference(&waiting_ids).filter(|id| !local.contains(id)) {
                 self.state.remove_endpoint(*id);
             }
+            mode.whole = waiting_ids.is_empty();
             mode.waiting = waiting_ids;
         }
         Ok(())
@@ -438,22 +459,22 @@ impl Controller {
         Ok(())
     }
 
-    /// Puts the datapath's revision, conntrack settings and fill into `status`.
+    /// Puts the datapath's revision and conntrack settings into `status`. The number of entries is the
+    /// garbage collector's to count (`conntrack::collect_garbage`, at each collection): counting here would
+    /// walk the whole map at every policy change, tens of milliseconds on a busy node, with the
+    /// controller's lock held.
     fn publish_conntrack_settings(&self) {
         let revision = self.datapath.revision();
         let lifetimes = self.datapath.ct_lifetimes();
         let keep = self.datapath.options().keep_established;
-        let fill = self.datapath.conntrack_fill().ok();
+        let capacity = u64::from(self.datapath.options().conntrack_entries);
         self.state.update_conntrack(|s| {
             s.revision = revision;
             s.keep_established = keep;
             s.lifetime_tcp_seconds = lifetimes.tcp.as_secs();
             s.lifetime_other_seconds = lifetimes.other.as_secs();
             s.lifetime_close_seconds = lifetimes.close.as_secs();
-            if let Some(fill) = fill {
-                s.entries = fill.entries;
-                s.capacity = fill.capacity;
-            }
+            s.capacity = capacity;
         });
     }
 

@@ -376,7 +376,9 @@ fn udp_flow_across_a_policy_change(tag: &str, keep_established: bool) {
     let sockets = SocketDir::new(tag);
     let socket = sockets.socket("agent");
     let policy_dir = policies.path().to_str().unwrap().to_owned();
-    let mut extra = vec!["--policies", policy_dir.as_str(), "--no-pin", "--watch-interval-ms", "100"];
+    // The collector counts the entries `status` shows: every second here.
+    let mut extra =
+        vec!["--policies", policy_dir.as_str(), "--no-pin", "--watch-interval-ms", "100", "--ct-gc-interval", "1"];
     if keep_established {
         extra.push("--keep-established");
     }
