@@ -124,12 +124,15 @@ struct PolicyShare {
     policy_ref: PolicyRef,
     isolates_ingress: bool,
     isolates_egress: bool,
+    // Kept as sorted slices, not sets: the per-policy compiler keeps a share for every policy, most of them
+    // a handful of entries, and a set's smallest node is several hundred bytes.
     /// The endpoints of the node it selects (its podSelector, in its namespace).
-    subjects: BTreeSet<u16>,
-    ingress: BTreeSet<EntryKey>,
-    /// Ingress entries of named ports, resolved against each selected endpoint (only those with some).
-    ingress_named: BTreeMap<u16, BTreeSet<EntryKey>>,
-    egress: BTreeSet<EntryKey>,
+    subjects: Box<[u16]>,
+    ingress: Box<[EntryKey]>,
+    /// Ingress entries of named ports, resolved against each selected endpoint (only those with some),
+    /// by endpoint id.
+    ingress_named: Box<[(u16, Box<[EntryKey]>)]>,
+    egress: Box<[EntryKey]>,
 }
 
 impl PolicyShare {
@@ -142,26 +145,27 @@ impl PolicyShare {
             policy_ref: loaded.policy_ref(),
             isolates_ingress,
             isolates_egress,
-            subjects: BTreeSet::new(),
-            ingress: BTreeSet::new(),
-            ingress_named: BTreeMap::new(),
-            egress: BTreeSet::new(),
+            subjects: Box::default(),
+            ingress: Box::default(),
+            ingress_named: Box::default(),
+            egress: Box::default(),
         };
         let selected: Vec<&PodInfo> =
             selected_among(loaded, view.pods).into_iter().filter(|pod| pod.endpoint_id != NOT_AN_ENDPOINT).collect();
         if selected.is_empty() {
             return share;
         }
-        share.subjects = selected.iter().map(|pod| pod.endpoint_id).collect();
+        share.subjects = selected.iter().map(|pod| pod.endpoint_id).collect::<BTreeSet<u16>>().into_iter().collect();
+        let (mut ingress, mut ingress_named, mut egress) = (BTreeSet::new(), BTreeMap::new(), BTreeSet::new());
         if isolates_ingress {
             for rule in spec.ingress.iter().flatten() {
                 let rule = Rule::resolve(rule.from.as_deref(), rule.ports.as_deref(), namespace, view);
-                rule.add_ingress_entries(&mut share.ingress);
+                rule.add_ingress_entries(&mut ingress);
                 for pod in &selected {
                     let mut named = BTreeSet::new();
                     rule.add_ingress_named_entries(pod, &mut named);
                     if !named.is_empty() {
-                        share.ingress_named.entry(pod.endpoint_id).or_default().append(&mut named);
+                        ingress_named.entry(pod.endpoint_id).or_insert_with(BTreeSet::new).append(&mut named);
                     }
                 }
             }
@@ -169,10 +173,18 @@ impl PolicyShare {
         if isolates_egress {
             for rule in spec.egress.iter().flatten() {
                 Rule::resolve(rule.to.as_deref(), rule.ports.as_deref(), namespace, view)
-                    .add_egress_entries(view, &mut share.egress);
+                    .add_egress_entries(view, &mut egress);
             }
         }
+        share.ingress = ingress.into_iter().collect();
+        share.ingress_named = ingress_named.into_iter().map(|(id, keys)| (id, keys.into_iter().collect())).collect();
+        share.egress = egress.into_iter().collect();
         share
+    }
+
+    /// The ingress entries of named ports resolved for endpoint `id`.
+    fn ingress_named(&self, id: u16) -> &[EntryKey] {
+        self.ingress_named.binary_search_by_key(&id, |(named, _)| *named).map_or(&[], |i| &self.ingress_named[i].1)
     }
 }
 
@@ -187,19 +199,19 @@ fn plan_endpoints<'s>(
         .map(|pod| (pod.endpoint_id, (pod, DirectionBuilder::default(), DirectionBuilder::default())))
         .collect();
     for share in shares {
-        for id in &share.subjects {
+        for id in share.subjects.iter() {
             let Some((_, ingress, egress)) = builders.get_mut(id) else {
                 continue;
             };
             if share.isolates_ingress {
                 ingress.select(&share.policy_ref);
-                for key in share.ingress.iter().chain(share.ingress_named.get(id).into_iter().flatten()) {
+                for key in share.ingress.iter().chain(share.ingress_named(*id)) {
                     ingress.allow(*key, &share.policy_ref);
                 }
             }
             if share.isolates_egress {
                 egress.select(&share.policy_ref);
-                for key in &share.egress {
+                for key in share.egress.iter() {
                     egress.allow(*key, &share.policy_ref);
                 }
             }

@@ -19,11 +19,15 @@ pub enum SelectorError {
     ValuesForbidden { key: String, operator: String },
 }
 
+/// Values of an `In` or `NotIn` requirement: sorted, each once. A slice, not a set: most hold one value,
+/// and an agent keeps a selector for every policy it compiles (a set's smallest node is about 300 bytes).
+type Values = Box<[String]>;
+
 /// One `matchExpressions` requirement (or one `matchLabels` pair, as `In` with a single value).
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Requirement {
-    In { key: String, values: BTreeSet<String> },
-    NotIn { key: String, values: BTreeSet<String> },
+    In { key: String, values: Values },
+    NotIn { key: String, values: Values },
     Exists { key: String },
     DoesNotExist { key: String },
 }
@@ -31,9 +35,9 @@ enum Requirement {
 impl Requirement {
     fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         match self {
-            Requirement::In { key, values } => labels.get(key).is_some_and(|v| values.contains(v)),
+            Requirement::In { key, values } => labels.get(key).is_some_and(|v| values.binary_search(v).is_ok()),
             // NotIn also matches objects that lack the key (labels.Selector semantics).
-            Requirement::NotIn { key, values } => labels.get(key).is_none_or(|v| !values.contains(v)),
+            Requirement::NotIn { key, values } => labels.get(key).is_none_or(|v| values.binary_search(v).is_err()),
             Requirement::Exists { key } => labels.contains_key(key),
             Requirement::DoesNotExist { key } => !labels.contains_key(key),
         }
@@ -58,11 +62,12 @@ impl Selector {
     pub fn from_label_selector(selector: &LabelSelector) -> Result<Self, SelectorError> {
         let mut requirements = Vec::new();
         for (key, value) in selector.match_labels.iter().flatten() {
-            requirements.push(Requirement::In { key: key.clone(), values: BTreeSet::from([value.clone()]) });
+            requirements.push(Requirement::In { key: key.clone(), values: Box::new([value.clone()]) });
         }
         for expression in selector.match_expressions.iter().flatten() {
             let key = expression.key.clone();
-            let values: BTreeSet<String> = expression.values.iter().flatten().cloned().collect();
+            let values: Values =
+                expression.values.iter().flatten().cloned().collect::<BTreeSet<String>>().into_iter().collect();
             let operator = expression.operator.as_str();
             let needs_values = matches!(operator, "In" | "NotIn");
             if needs_values && values.is_empty() {
