@@ -40,17 +40,19 @@ demo: build
 image:
 	bash scripts/build-image.sh
 
+# The binaries are run as the workspace build made them: `cargo run -p <one package>` resolves that package's
+# features apart and rebuilt much of the tree each time (about 4 of the run's 20 minutes).
 bench: setup
 	$(CARGO) build --workspace --exclude flowgate-ebpf --release --locked
-	$(CARGO) run --release --locked -p flowgate-agent --bin flowgate-bench
-	$(CARGO) run --release --locked -p flowgate-cli --bin flowgate-tui-bench
-	$(CARGO) run --release --locked -p flowgate-benchmarks --bin flowgate-bench-datapath
-	$(CARGO) run --release --locked -p flowgate-benchmarks --bin flowgate-bench-traffic
-	$(CARGO) run --release --locked -p flowgate-benchmarks --bin flowgate-bench-events
-	$(CARGO) run --release --locked -p flowgate-benchmarks --bin flowgate-bench-latency
-	$(CARGO) run --release --locked -p flowgate-benchmarks --bin flowgate-bench-propagation
-	$(CARGO) run --release --locked -p flowgate-benchmarks --bin flowgate-bench-footprint
-	$(CARGO) run --release --locked -p flowgate-benchmarks --bin flowgate-bench-report
+	./target/release/flowgate-bench
+	./target/release/flowgate-tui-bench
+	./target/release/flowgate-bench-datapath
+	./target/release/flowgate-bench-traffic
+	./target/release/flowgate-bench-events
+	./target/release/flowgate-bench-latency
+	./target/release/flowgate-bench-propagation
+	./target/release/flowgate-bench-footprint
+	./target/release/flowgate-bench-report
 
 # Fuzzing (cargo-fuzz, libFuzzer, on the pinned nightly): each target for FUZZ_SECONDS. New inputs grow
 # fuzz/corpus/<target>/; an input that crashes a target is copied to fuzz/regressions/<target>/ (which
