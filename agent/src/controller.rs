@@ -149,6 +149,10 @@ impl Controller {
             && mode.identities == *identities
             && mode.state.as_ref().is_some_and(|s| s.pods == cluster.pods && s.namespaces == cluster.namespaces);
         if policies_only {
+            info!(
+                "kubernetes: only policies changed ({} in the cluster); the node's pods stay as synced",
+                cluster.policies.len()
+            );
             self.engine.set_policies(cluster.policies.clone());
             mode.state = Some(cluster);
             return self.apply_policy().context("applying the policy of the cluster");

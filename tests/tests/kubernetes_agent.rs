@@ -295,4 +295,10 @@ fn enforces_without_a_lab_given_the_node_namespace() {
     }
     plane.apply(DENY_INTO_Y);
     wait_for_reachability(&lab, &agent, "only x/a into y", &[("x/a", "y/b", true), ("z/a", "y/a", false)]);
+    // Every pod had its interface: the policy was applied without the node's pods being synced again.
+    let log = agent.output();
+    assert!(log.contains("kubernetes: only policies changed"), "a policies-only sync:\n{log}");
+    // A label change after it is a whole sync again, and enforced.
+    plane.kubectl_ok(&["label", "pod", "-n", "x", "b", "pod=a", "--overwrite"]);
+    wait_for_reachability(&lab, &agent, "x/b relabelled", &[("x/b", "y/b", true), ("x/c", "y/b", false)]);
 }
