@@ -44,15 +44,15 @@ image:
 # features apart and rebuilt much of the tree each time (3.4 minutes of a 20-minute run).
 bench: setup
 	$(CARGO) build --workspace --exclude flowgate-ebpf --release --locked
-	./target/release/flowgate-bench
-	./target/release/flowgate-tui-bench
-	./target/release/flowgate-bench-datapath
-	./target/release/flowgate-bench-traffic
-	./target/release/flowgate-bench-events
-	./target/release/flowgate-bench-latency
-	./target/release/flowgate-bench-propagation
-	./target/release/flowgate-bench-footprint
-	./target/release/flowgate-bench-report
+	$(RELEASE)/flowgate-bench
+	$(RELEASE)/flowgate-tui-bench
+	$(RELEASE)/flowgate-bench-datapath
+	$(RELEASE)/flowgate-bench-traffic
+	$(RELEASE)/flowgate-bench-events
+	$(RELEASE)/flowgate-bench-latency
+	$(RELEASE)/flowgate-bench-propagation
+	$(RELEASE)/flowgate-bench-footprint
+	$(RELEASE)/flowgate-bench-report
 
 # Fuzzing (cargo-fuzz, libFuzzer, on the pinned nightly): each target for FUZZ_SECONDS. New inputs grow
 # fuzz/corpus/<target>/; an input that crashes a target is copied to fuzz/regressions/<target>/ (which
