@@ -1,12 +1,14 @@
 //! The kernel side as the agent sees it: loads the embedded eBPF object, attaches the TC programs to
-//! endpoints' node-side veths (TCX), writes the endpoints, config and policy maps, reads the kernel
-//! counters.
+//! endpoints' node-side veths (tc filters or TCX links, [`AttachMode`]), writes the endpoints, config and
+//! policy maps, reads the kernel counters.
 //!
 //! With a pin directory (the default for the agent: `/sys/fs/bpf/flowgate/<lab>`), maps and TCX links
-//! are pinned there. They outlive the agent, so enforcement goes on while it is down, and a restarted
-//! agent (also after kill -9) adopts the maps and swaps its programs into the existing links atomically
-//! (`bpf_link_update`): no packet passes unchecked during a restart. An endpoint's programs are detached
-//! ([`Datapath::detach_endpoint`]) by closing the links the programs hold and unpinning the pinned ones.
+//! are pinned there; tc filters stay on their interfaces by themselves. They outlive the agent, so
+//! enforcement goes on while it is down, and a restarted agent (also after kill -9) adopts the maps and
+//! swaps its programs into the existing filters or links atomically (a filter's program replaced in
+//! place, `bpf_link_update`): no packet passes unchecked during a restart. An endpoint's programs are
+//! detached ([`Datapath::detach_endpoint`]) by deleting its filters, or closing the links the programs
+//! hold and unpinning the pinned ones.
 
 use std::{
     collections::{BTreeMap, HashMap as StdHashMap},
@@ -131,9 +133,33 @@ pub struct DatapathOptions {
     pub ct_lifetimes: CtLifetimes,
     /// Connections stay allowed when the policy changes (no re-check of older revisions).
     pub keep_established: bool,
-    /// Expedite the kernel's RCU grace periods (node-wide) while attaching to many endpoints at once
-    /// ([`crate::rcu`]): start-up with 1,000 endpoints in well under a second instead of about 28 s.
+    /// How the programs are attached to an endpoint's interface.
+    pub attach_mode: AttachMode,
+    /// Expedite the kernel's RCU grace periods (node-wide) while attaching TCX links to many endpoints
+    /// at once ([`crate::rcu`]): start-up with 1,000 endpoints in well under a second instead of about 25 s.
     pub expedited_attach: bool,
+}
+
+/// How the programs are attached to an endpoint's node-side interface.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AttachMode {
+    /// A `cls_bpf` filter (direct action) on the interface's clsact qdisc ([`crate::tc_filter`]): no
+    /// grace period per attach, so 1,000 endpoints attach in well under a second.
+    #[default]
+    Tc,
+    /// A TCX link (`BPF_LINK_CREATE`), pinned with a pin directory: each attach waits for an RCU grace
+    /// period under the RTNL lock (7-23 ms here), see [`crate::rcu`].
+    Tcx,
+}
+
+impl AttachMode {
+    /// The name `--attach-mode` takes and status shows.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tc => "tc",
+            Self::Tcx => "tcx",
+        }
+    }
 }
 
 impl Default for DatapathOptions {
@@ -149,6 +175,7 @@ impl Default for DatapathOptions {
             conntrack_entries: MAX_CONNECTIONS,
             ct_lifetimes: CtLifetimes::default(),
             keep_established: false,
+            attach_mode: AttachMode::default(),
             expedited_attach: false,
         }
     }
@@ -254,9 +281,11 @@ struct WrittenGeneration {
     enforcement: StdHashMap<u16, u32>,
 }
 
-/// What keeps one interface's programs attached: dropped (closed, unpinned), they are detached.
-#[derive(Default)]
+/// What keeps one interface's programs attached: TCX links dropped (closed, unpinned) are detached; tc
+/// filters stay until deleted ([`Datapath::detach_endpoint`], or the drop of a datapath without pins).
 struct InterfaceLinks {
+    /// The network namespace of the interface (where its filters are deleted).
+    netns: PathBuf,
     /// Pinned links the agent holds open while it runs (with a pin directory).
     pinned: Vec<PinnedLink>,
     /// Links the programs hold (attached without a pin, or adopted from one): program name and link id.
@@ -394,20 +423,27 @@ impl Datapath {
     /// [`Self::attach_endpoint`] for many interfaces of one namespace, entered once for all of them. Each
     /// new TCX link waits for an RCU grace period in the kernel, under a lock that keeps attaches from
     /// overlapping; with [`DatapathOptions::expedited_attach`] the grace periods are expedited while this
-    /// runs ([`crate::rcu`]). Taking over pinned links waits for none.
+    /// runs ([`crate::rcu`]). Taking over pinned links waits for none, and tc filters wait for none.
     pub fn attach_endpoints(&mut self, netns_path: &Path, interfaces: &[&str]) -> Result<(), DatapathError> {
         if interfaces.is_empty() {
             return Ok(());
         }
         let started = Instant::now();
-        let expedited = (self.options.expedited_attach && interfaces.len() > 1)
+        let expedited = (self.options.expedited_attach
+            && self.options.attach_mode == AttachMode::Tcx
+            && interfaces.len() > 1)
             .then(|| crate::rcu::Expedited::begin(&format!("attaching to {} interfaces", interfaces.len())));
         netns::in_netns_at(netns_path, || {
             interfaces.iter().try_for_each(|interface| self.attach_here(netns_path, interface))
         })??;
         drop(expedited);
         if interfaces.len() > 1 {
-            info!("attached the programs to {} interfaces in {:.2?}", interfaces.len(), started.elapsed());
+            info!(
+                "attached the programs to {} interfaces in {:.2?} ({})",
+                interfaces.len(),
+                started.elapsed(),
+                self.options.attach_mode.name()
+            );
         }
         Ok(())
     }
@@ -419,8 +455,10 @@ impl Datapath {
 
     /// Attaches both programs to `interface` of the calling thread's network namespace (once: a program
     /// this datapath attached there already is left as it is, also after an attach that failed half-way).
+    /// What the other [`AttachMode`] left there (a previous agent's) goes once the programs are in place.
     fn attach_here(&mut self, netns_path: &Path, interface: &str) -> Result<(), DatapathError> {
         let pin_dir = self.options.pin_dir.clone();
+        let mode = self.options.attach_mode;
         for (name, attach_type) in PROGRAMS {
             if self.links.get(interface).is_some_and(|links| links.programs.contains(&name)) {
                 continue;
@@ -432,14 +470,29 @@ impl Datapath {
                 netns: netns_path.display().to_string(),
                 source: Box::new(source),
             };
-            let links = self.links.entry(interface.to_owned()).or_default();
-            let Some(dir) = &pin_dir else {
+            let links = self.links.entry(interface.to_owned()).or_insert_with(|| InterfaceLinks {
+                netns: netns_path.to_owned(),
+                pinned: Vec::new(),
+                owned: Vec::new(),
+                programs: Vec::new(),
+            });
+            let link_path = pin_dir.as_ref().map(|dir| dir.join("links").join(format!("{interface}_{name}")));
+            if mode == AttachMode::Tc {
+                crate::tc_filter::attach(program, interface, attach_type).map_err(attach_error)?;
+                links.programs.push(name);
+                if let Some(path) = link_path.filter(|path| path.exists()) {
+                    // A TCX link of an agent in the other mode: it ran before the filter; now it goes.
+                    info!("{}: replaced by a tc filter", path.display());
+                    let _ = std::fs::remove_file(&path);
+                }
+                continue;
+            }
+            let Some(link_path) = link_path else {
                 let id = program.attach(interface, attach_type).map_err(attach_error)?;
                 links.owned.push((name, id));
                 links.programs.push(name);
                 continue;
             };
-            let link_path = dir.join("links").join(format!("{interface}_{name}"));
             if link_path.exists() {
                 match adopt(program, &link_path) {
                     Ok((id, pinned)) => {
@@ -476,15 +529,31 @@ impl Datapath {
             links.pinned.push(pinned);
             links.programs.push(name);
         }
+        if mode == AttachMode::Tcx && pin_dir.is_some() {
+            // A tc filter of an agent in the other mode ran after the links; now they are in place, it goes.
+            for (name, attach_type) in PROGRAMS {
+                match crate::tc_filter::detach(interface, attach_type) {
+                    Ok(true) => info!("{interface}: the tc filter of {name} gave way to a TCX link"),
+                    Ok(false) => {}
+                    Err(e) => warn!("{interface}: cannot delete the tc filter of {name}: {}", error_chain(&e)),
+                }
+            }
+        }
         Ok(())
     }
 
-    /// Detaches both programs from `interface` (a pod that is gone): the programs' links are closed and the
-    /// pinned ones unpinned, so the kernel drops them. Returns whether this datapath had attached there.
+    /// Detaches both programs from `interface` (a pod that is gone): its tc filters are deleted, or the
+    /// programs' links are closed and the pinned ones unpinned, so the kernel drops them. Returns whether
+    /// this datapath had attached there.
     pub fn detach_endpoint(&mut self, interface: &str) -> Result<bool, DatapathError> {
         let Some(links) = self.links.remove(interface) else {
             return Ok(false);
         };
+        if self.options.attach_mode == AttachMode::Tc {
+            let (netns, names) = (links.netns, links.programs);
+            netns::in_netns_at(&netns, || delete_filters(interface, &names))??;
+            return Ok(true);
+        }
         for (name, id) in links.owned {
             let program = classifier(&mut self.ebpf, name)?;
             program.detach(id).map_err(|source| DatapathError::Program { name, source })?;
@@ -854,6 +923,29 @@ impl Datapath {
     }
 }
 
+
+/// Without a pin directory nothing outlives the datapath: TCX links close with their file descriptors,
+/// tc filters are deleted here (best effort: an interface that is gone took its filters with it).
+impl Drop for Datapath {
+    fn drop(&mut self) {
+        if self.options.pin_dir.is_some() || self.options.attach_mode != AttachMode::Tc {
+            return;
+        }
+        let mut by_netns: BTreeMap<PathBuf, Vec<(String, Vec<&'static str>)>> = BTreeMap::new();
+        for (interface, links) in std::mem::take(&mut self.links) {
+            by_netns.entry(links.netns).or_default().push((interface, links.programs));
+        }
+        for (netns, interfaces) in by_netns {
+            let deleted = netns::in_netns_at(&netns, || {
+                interfaces.iter().try_for_each(|(interface, names)| delete_filters(interface, names))
+            });
+            if let Err(e) = deleted.map_err(DatapathError::from).and_then(|r| r) {
+                warn!("deleting the tc filters in {}: {}", netns.display(), error_chain(&e));
+            }
+        }
+    }
+}
+
 /// The kernel map behind the kinds of map whose size the agent sets (tries and hash maps).
 fn sized_map(map: &Map) -> Option<&MapData> {
     match map {
@@ -872,6 +964,14 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// Deletes the tc filters of the programs `names` from `interface` of the calling thread's namespace.
+fn delete_filters(interface: &str, names: &[&'static str]) -> Result<(), DatapathError> {
+    for (name, attach_type) in PROGRAMS.into_iter().filter(|(name, _)| names.contains(name)) {
+        crate::tc_filter::detach(interface, attach_type).map_err(|source| DatapathError::Program { name, source })?;
+    }
+    Ok(())
 }
 
 /// Swaps `program` into the link pinned at `path` (bpf_link_update) and keeps the pin; returns the

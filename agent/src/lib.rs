@@ -28,5 +28,6 @@ pub mod rcu;
 pub mod reader;
 pub mod server;
 pub mod state;
+pub mod tc_filter;
 pub mod verdict_log;
 pub mod watch;

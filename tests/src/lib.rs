@@ -6,6 +6,7 @@
 //! on the machine does not show them; their network namespaces are the usual `fg-<lab>-*`.
 
 pub mod agent;
+pub mod attached;
 pub mod control_plane;
 pub mod fuzz;
 pub mod kubelet;

@@ -1,8 +1,10 @@
 //! Many endpoints attached in one go (`Datapath::attach_endpoints`, one entry into the node's namespace for
-//! all of them; with `--expedited-attach` under expedited RCU grace periods) all enforce, in both
-//! directions: every member pod's ingress program (`to_endpoint`) and egress program (`from_endpoint`) is
-//! checked on its own by a connection that only that program can deny. Then a second agent adopts the
-//! pinned links of all of them and they still enforce.
+//! all of them) all enforce, in both directions: every member pod's ingress program (`to_endpoint`) and
+//! egress program (`from_endpoint`) is checked on its own by a connection that only that program can deny.
+//! The first agent attaches TCX links under expedited RCU grace periods (`--attach-mode tcx
+//! --expedited-attach`); a second one, in the default mode, puts tc filters in their place (and drops the
+//! links), then a third adopts those filters; all of them still enforce, each interface with one program
+//! per direction.
 
 use std::{
     fmt::Write as _,
@@ -14,6 +16,7 @@ use flowgate_lab::state::PodState;
 use flowgate_tests::{
     LabGuard, TempDir,
     agent::{AgentGuard, SocketDir},
+    attached::{Attached, attached},
     require_root,
 };
 
@@ -102,7 +105,8 @@ fn every_endpoint_of_a_bulk_attach_enforces_and_is_adopted_after_a_restart() {
     let socket = sockets.socket("agent.sock");
     let args = ["--policies", policies.to_str().unwrap()];
 
-    let first = AgentGuard::start(&lab.name, &socket, &[args[0], args[1], "--expedited-attach"]);
+    let first =
+        AgentGuard::start(&lab.name, &socket, &[args[0], args[1], "--attach-mode", "tcx", "--expedited-attach"]);
     assert!(
         first.output().contains(&format!("attached the programs to {} interfaces", MEMBERS + 1)),
         "the lab's interfaces were attached in one go:\n{}",
@@ -110,10 +114,30 @@ fn every_endpoint_of_a_bulk_attach_enforces_and_is_adopted_after_a_restart() {
     );
     let failed = failures(&lab);
     assert!(failed.is_empty(), "after a bulk attach: {failed:#?}\n{}", first.output());
+    assert_attached(&lab, Attached::TCX, "TCX links");
     drop(first);
 
     let second = AgentGuard::start(&lab.name, &socket, &args);
     assert!(second.output().contains("adopted the pinned maps"), "{}", second.output());
+    assert!(
+        second.output().contains(&format!("attached the programs to {} interfaces", MEMBERS + 1)),
+        "{}",
+        second.output()
+    );
     let failed = failures(&lab);
-    assert!(failed.is_empty(), "after adopting the pinned links: {failed:#?}\n{}", second.output());
+    assert!(failed.is_empty(), "after tc filters took the links' place: {failed:#?}\n{}", second.output());
+    assert_attached(&lab, Attached::TC, "tc filters in place of the links");
+    drop(second);
+
+    let third = AgentGuard::start(&lab.name, &socket, &args);
+    let failed = failures(&lab);
+    assert!(failed.is_empty(), "after adopting the tc filters: {failed:#?}\n{}", third.output());
+    assert_attached(&lab, Attached::TC, "adopted tc filters");
+}
+
+/// Every pod's interface has `expected` attached.
+fn assert_attached(lab: &LabGuard, expected: Attached, what: &str) {
+    for pod in &lab.state.pods {
+        assert_eq!(attached(&lab.state.node_netns, &pod.host_ifname), expected, "{what}: {}", pod.name);
+    }
 }

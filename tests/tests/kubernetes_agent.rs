@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use flowgate_tests::{
     LabGuard,
     agent::{AgentGuard, SocketDir},
+    attached::{Attached, attached},
     control_plane::ControlPlane,
     example, flowgate_ok,
     kubelet::{self, PodSpec},
@@ -91,21 +92,6 @@ fn wait_for_endpoints(
         assert!(Instant::now() < deadline, "{what}: not seen in {list:?}\n{}", agent.output());
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-/// How many TCX programs are attached to `interface` in `netns`: (ingress, egress), as the kernel answers.
-fn tcx_programs(netns: &str, interface: &str) -> (usize, usize) {
-    use aya::programs::{SchedClassifier, TcAttachType};
-    flowgate_lab::in_netns(netns, || {
-        let count = |attach_type| {
-            SchedClassifier::query_tcx(interface, attach_type)
-                .unwrap_or_else(|e| panic!("query the TCX programs of {interface} in {netns}: {e}"))
-                .1
-                .len()
-        };
-        (count(TcAttachType::Ingress), count(TcAttachType::Egress))
-    })
-    .expect("enter the node's namespace")
 }
 
 #[test]
@@ -215,17 +201,17 @@ fn enforces_what_the_api_server_says_and_resyncs_after_gone() {
     // when it is back.
     let zc = id_of(&endpoints, "z", "c").expect("z/c is an endpoint");
     let c = lab.state.pods.iter().find(|p| p.namespace == "z" && p.name == "c").unwrap();
-    assert_eq!(tcx_programs(&lab.state.node_netns, &c.host_ifname), (1, 1), "z/c's interface before");
+    assert_eq!(attached(&lab.state.node_netns, &c.host_ifname), Attached::TC, "z/c's interface before");
     plane.kubectl_ok(&["delete", "pod", "-n", "z", "c", "--grace-period=0", "--force"]);
     wait_for_endpoints(&agent, socket_arg, "z/c removed", |list| {
         ready(list) == lab.state.pods.len() - 1 && id_of(list, "z", "c").is_none()
     });
-    assert_eq!(tcx_programs(&lab.state.node_netns, &c.host_ifname), (0, 0), "z/c's interface once it is gone");
+    assert_eq!(attached(&lab.state.node_netns, &c.host_ifname), Attached::NONE, "z/c's interface once it is gone");
     kubelet::run_pod(&plane, &kubelet::lab_pod(c, NODE));
     wait_for_endpoints(&agent, socket_arg, "z/c back", |list| {
         list.iter().any(|e| e["id"] == zc && e["state"] == "ready")
     });
-    assert_eq!(tcx_programs(&lab.state.node_netns, &c.host_ifname), (1, 1), "z/c's interface once it is back");
+    assert_eq!(attached(&lab.state.node_netns, &c.host_ifname), Attached::TC, "z/c's interface once it is back");
 
     // Changes while the agent's API server is down, history compacted: the agent lists again.
     plane.with_apiserver_elsewhere(|plane, elsewhere| {

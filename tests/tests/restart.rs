@@ -1,7 +1,10 @@
-//! A restarted agent keeps enforcement: maps and TCX links are pinned, so while the agent is gone
-//! (killed with SIGKILL) the programs go on enforcing, and the next agent adopts the maps and swaps its
-//! programs into the links atomically. Throughout, a denied connection stays denied and an allowed one
-//! (an established TCP connection, and new connections on the allowed path) keeps working.
+//! A restarted agent keeps enforcement: maps are pinned and the programs stay attached (tc filters stay on
+//! their interfaces, TCX links are pinned), so while the agent is gone (killed with SIGKILL) the programs go
+//! on enforcing, and the next agent adopts the maps and swaps its programs into the filters or links
+//! atomically, also when it attaches in the other mode (it attaches its own, then removes the others).
+//! Throughout, a denied connection stays denied and an allowed one (an established TCP connection, and new
+//! connections on the allowed path) keeps working; afterwards every interface has the new agent's programs
+//! once, in its mode, and nothing of the other.
 
 use std::{
     io::{Read, Write},
@@ -16,6 +19,7 @@ use std::{
 use flowgate_tests::{
     LabGuard, TempDir,
     agent::{AgentGuard, SocketDir},
+    attached::{Attached, attached},
     example, require_root,
 };
 
@@ -44,22 +48,67 @@ struct Tally {
     while_down: u64,
 }
 
+/// An attach mode: the agent's arguments for it, and what it attaches to an interface.
+#[derive(Clone, Copy, Debug)]
+enum Mode {
+    Tc,
+    Tcx,
+}
+
+impl Mode {
+    fn args(self) -> &'static [&'static str] {
+        match self {
+            Self::Tc => &[],
+            Self::Tcx => &["--attach-mode", "tcx"],
+        }
+    }
+
+    fn attached(self) -> Attached {
+        match self {
+            Self::Tc => Attached::TC,
+            Self::Tcx => Attached::TCX,
+        }
+    }
+}
+
 #[test]
 fn enforcement_holds_through_a_kill_9_restart() {
+    holds_through_a_kill_9_restart("restart", Mode::Tc, Mode::Tc);
+}
+
+#[test]
+fn enforcement_holds_through_a_kill_9_restart_with_tcx_links() {
+    holds_through_a_kill_9_restart("restart-tcx", Mode::Tcx, Mode::Tcx);
+}
+
+#[test]
+fn enforcement_holds_when_the_restarted_agent_moves_from_tcx_links_to_tc_filters() {
+    holds_through_a_kill_9_restart("restart-to-tc", Mode::Tcx, Mode::Tc);
+}
+
+#[test]
+fn enforcement_holds_when_the_restarted_agent_moves_from_tc_filters_to_tcx_links() {
+    holds_through_a_kill_9_restart("restart-to-tcx", Mode::Tc, Mode::Tcx);
+}
+
+fn holds_through_a_kill_9_restart(lab_name: &str, first_mode: Mode, second_mode: Mode) {
     require_root();
-    let lab = LabGuard::up("restart", &example("lab-netpol.yaml"));
+    let lab = LabGuard::up(lab_name, &example("lab-netpol.yaml"));
     let pod =
         |name: &str| lab.state.pods.iter().find(|p| format!("{}/{}", p.namespace, p.name) == name).unwrap().clone();
     let (xa, ya, yb, za) = (pod("x/a"), pod("y/a"), pod("y/b"), pod("z/a"));
     let target = SocketAddr::from((xa.ip, 80));
 
-    let policy_dir = TempDir::new("restart-policies");
+    let policy_dir = TempDir::new(&format!("{lab_name}-policies"));
     let policies = policy_dir.path();
     std::fs::write(policies.join("policy.yaml"), POLICY).unwrap();
-    let dir = SocketDir::new("restart");
+    let dir = SocketDir::new(lab_name);
     let socket = dir.socket("agent.sock");
-    let args = ["--policies", policies.to_str().unwrap()];
-    let first = AgentGuard::start(&lab.name, &socket, &args);
+    let args = |mode: Mode| [&["--policies", policies.to_str().unwrap()], mode.args()].concat();
+    let first = AgentGuard::start(&lab.name, &socket, &args(first_mode));
+    for pod in &lab.state.pods {
+        assert_eq!(attached(&lab.state.node_netns, &pod.host_ifname), first_mode.attached(), "{}", pod.name);
+    }
 
     // Sanity: the policy is in effect before the restart.
     assert!(connect_from(&za.netns, target, Duration::from_millis(500)).is_err(), "z/a -> x/a is denied");
@@ -110,7 +159,7 @@ fn enforcement_holds_through_a_kill_9_restart() {
     first.kill_hard();
     agent_down.store(true, Ordering::Relaxed);
     run_for(&mut established, Duration::from_secs(1));
-    let second = AgentGuard::start(&lab.name, &socket, &args);
+    let second = AgentGuard::start(&lab.name, &socket, &args(second_mode));
     agent_down.store(false, Ordering::Relaxed);
     assert!(
         second.output().contains("adopted the pinned maps"),
@@ -127,5 +176,9 @@ fn enforcement_holds_through_a_kill_9_restart() {
     assert!(denied.while_down > 0, "denied attempts were made while no agent ran: {denied:?}");
     assert_eq!(allowed.successes, allowed.attempts, "every new allowed connection worked: {allowed:?}");
     assert!(allowed.while_down > 0, "allowed attempts were made while no agent ran: {allowed:?}");
+    for pod in &lab.state.pods {
+        let what = format!("{}/{} after the restart", pod.namespace, pod.name);
+        assert_eq!(attached(&lab.state.node_netns, &pod.host_ifname), second_mode.attached(), "{what}");
+    }
     drop(second);
 }
