@@ -429,10 +429,9 @@ impl Datapath {
             return Ok(());
         }
         let started = Instant::now();
-        let expedited = (self.options.expedited_attach
-            && self.options.attach_mode == AttachMode::Tcx
-            && interfaces.len() > 1)
-            .then(|| crate::rcu::Expedited::begin(&format!("attaching to {} interfaces", interfaces.len())));
+        let expedited =
+            (self.options.expedited_attach && self.options.attach_mode == AttachMode::Tcx && interfaces.len() > 1)
+                .then(|| crate::rcu::Expedited::begin(&format!("attaching to {} interfaces", interfaces.len())));
         netns::in_netns_at(netns_path, || {
             interfaces.iter().try_for_each(|interface| self.attach_here(netns_path, interface))
         })??;
@@ -529,8 +528,9 @@ impl Datapath {
             links.pinned.push(pinned);
             links.programs.push(name);
         }
-        if mode == AttachMode::Tcx && pin_dir.is_some() {
-            // A tc filter of an agent in the other mode ran after the links; now they are in place, it goes.
+        if mode == AttachMode::Tcx {
+            // A tc filter of an agent in the other mode (or of one killed without pins, holding stale maps)
+            // ran after the links; now they are in place, it goes.
             for (name, attach_type) in PROGRAMS {
                 match crate::tc_filter::detach(interface, attach_type) {
                     Ok(true) => info!("{interface}: the tc filter of {name} gave way to a TCX link"),
@@ -922,7 +922,6 @@ impl Datapath {
         Ok(drops)
     }
 }
-
 
 /// Without a pin directory nothing outlives the datapath: TCX links close with their file descriptors,
 /// tc filters are deleted here (best effort: an interface that is gone took its filters with it).

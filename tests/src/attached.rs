@@ -39,7 +39,11 @@ pub fn attached(netns: &str, interface: &str) -> Attached {
             .args(["netns", "exec", netns, "tc", "-j", "filter", "show", "dev", interface, hook])
             .output()
             .expect("run tc");
-        assert!(out.status.success(), "tc filter show dev {interface} {hook}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "tc filter show dev {interface} {hook}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         // No qdisc: tc prints nothing at all.
         let text = String::from_utf8_lossy(&out.stdout);
         if text.trim().is_empty() {

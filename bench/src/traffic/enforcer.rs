@@ -1,5 +1,6 @@
 //! The enforcers side by side, each put in place on the lab for one measurement and removed after it, so the
-//! next one starts from a clean node: nothing (the baseline), flowgate's agent, iptables rules (with and
+//! next one starts from a clean node: nothing (the baseline), flowgate's agent (its default tc filters, and
+//! TCX links), iptables rules (with and
 //! without the conntrack shortcut), iptables with ipset, and kube-network-policies ([`super::knp`]). Rules go
 //! into the lab's node namespace only (the machine's own namespace is never touched); removing them flushes
 //! that namespace's nftables ruleset (the iptables-nft backend's tables) and destroys its sets.
@@ -20,7 +21,10 @@ use super::{knp::KubeNetworkPolicies, rules::RuleSet};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Enforcer {
     Baseline,
+    /// The agent as it runs by default: tc filters.
     Flowgate,
+    /// The agent attaching TCX links (`--attach-mode tcx`).
+    FlowgateTcx,
     /// One iptables rule per peer and protocol, every packet walks them.
     Iptables,
     /// The same, behind `-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`.
@@ -31,9 +35,10 @@ pub enum Enforcer {
 }
 
 impl Enforcer {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Baseline,
         Self::Flowgate,
+        Self::FlowgateTcx,
         Self::Iptables,
         Self::IptablesConntrack,
         Self::Ipset,
@@ -44,6 +49,7 @@ impl Enforcer {
         match self {
             Self::Baseline => "baseline (no policy)",
             Self::Flowgate => "flowgate",
+            Self::FlowgateTcx => "flowgate, TCX links",
             Self::Iptables => "iptables",
             Self::IptablesConntrack => "iptables + conntrack shortcut",
             Self::Ipset => "iptables + ipset",
@@ -56,6 +62,7 @@ impl Enforcer {
         match self {
             Self::Baseline => "baseline",
             Self::Flowgate => "flowgate",
+            Self::FlowgateTcx => "flowgate-tcx",
             Self::Iptables => "iptables",
             Self::IptablesConntrack => "iptables-conntrack",
             Self::Ipset => "ipset",
@@ -86,14 +93,18 @@ pub enum Installed {
 pub fn install(enforcer: Enforcer, lab: &LabState, rules: &RuleSet) -> anyhow::Result<Installed> {
     match enforcer {
         Enforcer::Baseline => Ok(Installed::Nothing),
-        Enforcer::Flowgate => {
+        Enforcer::Flowgate | Enforcer::FlowgateTcx => {
             let policies = PolicyDir::new(&format!("{}-{}", lab.name, rules.size))?;
             let file = policies.0.join("bench.yaml");
             std::fs::write(&file, rules.network_policy()).with_context(|| format!("writing {}", file.display()))?;
             let sockets = SocketDir::new(&format!("bench-{}", lab.name));
             let socket = sockets.socket("agent");
             let dir = policies.0.to_str().context("policy directory path is not UTF-8")?.to_owned();
-            let agent = AgentGuard::start(&lab.name, &socket, &["--policies", &dir, "--no-pin"]);
+            let mut args = vec!["--policies", dir.as_str(), "--no-pin"];
+            if enforcer == Enforcer::FlowgateTcx {
+                args.extend(["--attach-mode", "tcx"]);
+            }
+            let agent = AgentGuard::start(&lab.name, &socket, &args);
             Ok(Installed::Flowgate { agent, _sockets: sockets, _policies: policies })
         }
         Enforcer::Iptables | Enforcer::IptablesConntrack | Enforcer::Ipset => {
