@@ -5,8 +5,9 @@
 //! and maps, [`controller`] keeps endpoints and policy generations in step with them, [`reader`] drains
 //! the events buffer into the event path (crate `flowgate_events`: decode -> enrich -> hub). The
 //! consumers of that path live here too: [`server`] (the unix socket), [`verdict_log`] and [`metrics`].
-//! [`conntrack`] collects expired connection-tracking entries and shows the rest; [`rcu`] expedites the
-//! kernel's grace periods around a bulk attach when asked to (`--expedited-attach`).
+//! [`conntrack`] collects expired connection-tracking entries and shows the rest; [`tc_filter`] attaches the
+//! programs as tc filters (the default; TCX links otherwise); [`rcu`] expedites the kernel's grace periods
+//! around a bulk attach of TCX links when asked to (`--expedited-attach`).
 //! [`state`] holds endpoints (their ids handed out by [`endpoints`]), identities and counters; [`api`] answers
 //! the socket's requests from it.
 

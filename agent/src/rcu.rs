@@ -1,4 +1,5 @@
-//! Expedited RCU grace periods for a bulk attach (`--expedited-attach`).
+//! Expedited RCU grace periods for a bulk attach of TCX links (`--attach-mode tcx --expedited-attach`;
+//! the default attach mode, tc filters ([`crate::tc_filter`]), waits for no grace period).
 //!
 //! Every TCX attach (`BPF_LINK_CREATE`, kernel `tcx_link_attach`) swaps the interface's program array and
 //! waits for an RCU grace period (`synchronize_rcu`) while it holds the RTNL lock, so attaches cannot
