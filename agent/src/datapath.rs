@@ -568,6 +568,15 @@ impl Datapath {
         Ok(true)
     }
 
+    /// The endpoints-map entry of a node-side interface (`endpoint_id == 0`: no endpoint there).
+    pub fn endpoint(&self, ifindex: u32) -> Result<EndpointInfo, DatapathError> {
+        let name = MAP_ENDPOINTS;
+        let map: Array<_, EndpointInfo> =
+            Array::try_from(self.ebpf.map(name).ok_or(DatapathError::MissingMap { name })?)
+                .map_err(|source| DatapathError::Map { name, source })?;
+        map.get(&ifindex, 0).map_err(|source| DatapathError::Map { name, source })
+    }
+
     /// Writes (or replaces) the endpoints-map entry of a node-side interface.
     pub fn set_endpoint(&mut self, ifindex: u32, info: EndpointInfo) -> Result<(), DatapathError> {
         let name = MAP_ENDPOINTS;

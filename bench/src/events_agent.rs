@@ -298,27 +298,37 @@ impl BenchAgent {
         Ok(started.elapsed())
     }
 
-    /// Produces `rate` records per second for `duration`, `per_tick` packets at a time on a schedule
-    /// (no catch-up bursts beyond the schedule). Returns the records produced.
+    /// Produces `rate` records per second for `duration`, `per_tick` packets at a time ([`pace`]).
     pub fn produce_paced(&self, rate: u64, duration: Duration, per_tick: u32) -> anyhow::Result<u64> {
         let packet = syn();
-        let interval = Duration::from_secs_f64(f64::from(per_tick) / rate as f64);
-        let ticks = (duration.as_secs_f64() / interval.as_secs_f64()) as u64;
-        let started = Instant::now();
-        for n in 0..ticks {
-            let due = started + interval.mul_f64(n as f64);
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                if wait > Duration::from_micros(200) {
-                    std::thread::sleep(wait - Duration::from_micros(100));
-                }
-                while Instant::now() < due {
-                    std::hint::spin_loop();
-                }
-            }
-            self.run_program(&packet, per_tick)?;
-        }
-        Ok(ticks * u64::from(per_tick))
+        pace(rate, duration, per_tick, |n| self.run_program(&packet, n).map(drop))
     }
+}
+
+/// Calls `run(per_tick)` `rate / per_tick` times a second for `duration`, on a schedule (no catch-up bursts
+/// beyond it): `run` produces `per_tick` records. Returns the records produced.
+pub fn pace(
+    rate: u64,
+    duration: Duration,
+    per_tick: u32,
+    mut run: impl FnMut(u32) -> anyhow::Result<()>,
+) -> anyhow::Result<u64> {
+    let interval = Duration::from_secs_f64(f64::from(per_tick) / rate as f64);
+    let ticks = (duration.as_secs_f64() / interval.as_secs_f64()) as u64;
+    let started = Instant::now();
+    for n in 0..ticks {
+        let due = started + interval.mul_f64(n as f64);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            if wait > Duration::from_micros(200) {
+                std::thread::sleep(wait - Duration::from_micros(100));
+            }
+            while Instant::now() < due {
+                std::hint::spin_loop();
+            }
+        }
+        run(per_tick)?;
+    }
+    Ok(ticks * u64::from(per_tick))
 }
 
 impl Drop for BenchAgent {

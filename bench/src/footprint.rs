@@ -5,7 +5,10 @@
 //!   kernel map memory (the `memlock` of every map fd in `/proc/<pid>/fdinfo`, reported apart), and
 //!   resident memory again once `policies` policies are in effect; then start-up again with
 //!   `--attach-mode tcx`, and with `--attach-mode tcx --expedited-attach` (the agent stopped, the
-//!   policies removed, the same lab).
+//!   policies removed, the same lab). Last, the agent once more with the policies, its maps pinned and
+//!   every packet traced, fed 100k records/s by a copy of its programs that this process runs
+//!   (BPF_PROG_TEST_RUN) on the agent's own pinned maps, one library client reading: the real agent's
+//!   resident memory and CPU at that rate.
 //! - The agent's event path at 100k events/s (paced, one library client), in this process: CPU of the
 //!   agent's threads only (the producer's BPF_PROG_TEST_RUN time is the pods' cost, not the agent's).
 //! - The monitor's TUI, `flowgate monitor` under a pseudo-terminal (`script`), fed 100k events/s over
@@ -25,8 +28,15 @@ use flowgate_proto::{
 };
 use flowgate_tests::TempDir;
 
+use flowgate_agent::{
+    craft::{Transport, ipv4_packet},
+    datapath::{Datapath, DatapathOptions},
+};
+use flowgate_common::{counters::aggregation, names::PROG_FROM_ENDPOINT};
+use flowgate_lab::LabState;
+
 use crate::{
-    events_agent::{AGENT_THREAD, AgentOptions, BenchAgent, EventsBuffer},
+    events_agent::{AGENT_THREAD, AgentOptions, BenchAgent, EventsBuffer, pace},
     events_clients::{ClientKind, ClientProcess, sibling_binary, wait_subscribed},
     report::{Figure, Section, Target},
 };
@@ -52,13 +62,23 @@ fn cpu_seconds(stat_path: &Path) -> anyhow::Result<f64> {
 
 /// Resident memory of `pid` in MiB (VmRSS).
 pub fn rss_mib(pid: u32) -> anyhow::Result<f64> {
+    status_mib(pid, "VmRSS")
+}
+
+/// Peak resident memory of `pid` in MiB (VmHWM).
+fn peak_rss_mib(pid: u32) -> anyhow::Result<f64> {
+    status_mib(pid, "VmHWM")
+}
+
+/// A memory field (`VmRSS`, `VmHWM`, given in kB) of `/proc/<pid>/status`, in MiB.
+fn status_mib(pid: u32, field: &str) -> anyhow::Result<f64> {
     let path = format!("/proc/{pid}/status");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     let kb: f64 = text
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmRSS")?;
+        .with_context(|| format!("no {field} in {path}"))?;
     Ok(kb / 1024.0)
 }
 
@@ -184,14 +204,20 @@ fn start_agent(
     dir: &TempDir,
     policy_dir: &Path,
     endpoints: usize,
+    pins: Option<&Path>,
     extra: &[&str],
 ) -> anyhow::Result<(AgentProcess, Duration)> {
     let socket = dir.0.join("agent.sock");
     let log_path = dir.0.join("agent.log");
     let log = std::fs::File::create(&log_path)?;
     let started = Instant::now();
-    let child = Command::new(sibling_binary("flowgate-agent")?)
-        .args(["--lab", LAB, "--no-pin", "--verdict-log", "none", "--metrics-addr", "none", "--socket"])
+    let mut command = Command::new(sibling_binary("flowgate-agent")?);
+    match pins {
+        Some(pins) => command.arg("--bpf-dir").arg(pins),
+        None => command.arg("--no-pin"),
+    };
+    let child = command
+        .args(["--lab", LAB, "--verdict-log", "none", "--metrics-addr", "none", "--socket"])
         .arg(&socket)
         .arg("--policies")
         .arg(policy_dir)
@@ -231,9 +257,11 @@ pub struct AgentFootprint {
     pub startup_tcx: Duration,
     /// Start-up again, with `--attach-mode tcx --expedited-attach`.
     pub startup_expedited: Duration,
+    /// The agent with the policies, fed records.
+    pub under_events: AgentUnderEvents,
 }
 
-pub fn agent_process(endpoints: usize, policies: usize) -> anyhow::Result<AgentFootprint> {
+pub fn agent_process(endpoints: usize, policies: usize, events_secs: u64) -> anyhow::Result<AgentFootprint> {
     let dir = TempDir::new("footprint");
     let topology_path = dir.0.join("topology.yaml");
     std::fs::write(&topology_path, topology(endpoints))?;
@@ -243,12 +271,12 @@ pub fn agent_process(endpoints: usize, policies: usize) -> anyhow::Result<AgentF
     // A lab left by an interrupted run of this benchmark would make `up` refuse.
     let _ = flowgate_lab::lab::down(LAB);
     let lab_started = Instant::now();
-    flowgate_lab::lab::up(&topo, LAB, Some(&topology_path)).with_context(|| format!("bringing up lab {LAB}"))?;
+    let lab =
+        flowgate_lab::lab::up(&topo, LAB, Some(&topology_path)).with_context(|| format!("bringing up lab {LAB}"))?;
     let _lab = LabGuard;
     println!("  (lab of {endpoints} pods up in {:.1} s)", lab_started.elapsed().as_secs_f64());
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let (agent, startup) = start_agent(&runtime, &dir, &policy_dir, endpoints, &[])?;
-    let socket = dir.0.join("agent.sock");
+    let (agent, startup) = start_agent(&runtime, &dir, &policy_dir, endpoints, None, &[])?;
     let pid = agent.0.id();
     std::thread::sleep(Duration::from_secs(1));
     let stat = PathBuf::from(format!("/proc/{pid}/stat"));
@@ -258,23 +286,7 @@ pub fn agent_process(endpoints: usize, policies: usize) -> anyhow::Result<AgentF
     let cpu_idle_cores = (cpu_seconds(&stat)? - cpu0) / t0.elapsed().as_secs_f64();
     let rss_idle_mib = rss_mib(pid)?;
     let maps_mib = map_memory_mib(pid)?;
-    let tmp = dir.0.join("policies.yaml.tmp");
-    std::fs::write(&tmp, policies_yaml(endpoints, policies))?;
-    let loading = Instant::now();
-    std::fs::rename(&tmp, policy_dir.join("policies.yaml"))?;
-    let policy_load = loop {
-        let s = runtime.block_on(status(&socket))?;
-        if s.policy.loaded.len() == policies && s.policy.errors.is_empty() {
-            break loading.elapsed();
-        }
-        if !s.policy.errors.is_empty() {
-            bail!("the agent refused the {policies} policies: {:?}", s.policy.errors);
-        }
-        if loading.elapsed() > Duration::from_secs(120) {
-            bail!("{policies} policies not in effect within 120 s ({} loaded)", s.policy.loaded.len());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let policy_load = load_policies(&runtime, &dir, &policy_dir, endpoints, policies)?;
     std::thread::sleep(Duration::from_secs(1));
     let rss_with_policies_mib = rss_mib(pid)?;
     let rss_mapped_maps_mib = mapped_map_memory_mib(pid)?;
@@ -283,11 +295,12 @@ pub fn agent_process(endpoints: usize, policies: usize) -> anyhow::Result<AgentF
     // policy) attaching TCX links, and once more with the grace periods of those attaches expedited.
     drop(agent);
     std::fs::remove_file(policy_dir.join("policies.yaml"))?;
-    let (again, startup_tcx) = start_agent(&runtime, &dir, &policy_dir, endpoints, &["--attach-mode", "tcx"])?;
+    let (again, startup_tcx) = start_agent(&runtime, &dir, &policy_dir, endpoints, None, &["--attach-mode", "tcx"])?;
     drop(again);
-    let (again, startup_expedited) =
-        start_agent(&runtime, &dir, &policy_dir, endpoints, &["--attach-mode", "tcx", "--expedited-attach"])?;
+    let tcx_expedited = ["--attach-mode", "tcx", "--expedited-attach"];
+    let (again, startup_expedited) = start_agent(&runtime, &dir, &policy_dir, endpoints, None, &tcx_expedited)?;
     drop(again);
+    let under_events = agent_under_events(&runtime, &dir, &policy_dir, &lab, (endpoints, policies), events_secs)?;
     Ok(AgentFootprint {
         startup,
         rss_idle_mib,
@@ -299,6 +312,140 @@ pub fn agent_process(endpoints: usize, policies: usize) -> anyhow::Result<AgentF
         policy_load,
         startup_tcx,
         startup_expedited,
+        under_events,
+    })
+}
+
+/// Writes `policies` policies into the policy directory (renamed into place) and waits until the agent
+/// behind `dir`'s socket has them all in effect; returns how long that took.
+fn load_policies(
+    runtime: &tokio::runtime::Runtime,
+    dir: &TempDir,
+    policy_dir: &Path,
+    endpoints: usize,
+    policies: usize,
+) -> anyhow::Result<Duration> {
+    let socket = dir.0.join("agent.sock");
+    let tmp = dir.0.join("policies.yaml.tmp");
+    std::fs::write(&tmp, policies_yaml(endpoints, policies))?;
+    let loading = Instant::now();
+    std::fs::rename(&tmp, policy_dir.join("policies.yaml"))?;
+    loop {
+        let s = runtime.block_on(status(&socket))?;
+        if s.policy.loaded.len() == policies && s.policy.errors.is_empty() {
+            return Ok(loading.elapsed());
+        }
+        if !s.policy.errors.is_empty() {
+            bail!("the agent refused the {policies} policies: {:?}", s.policy.errors);
+        }
+        if loading.elapsed() > Duration::from_secs(120) {
+            bail!("{policies} policies not in effect within 120 s ({} loaded)", s.policy.loaded.len());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Records a second the real agent process is fed in [`agent_under_events`].
+pub const EVENTS_RATE: u64 = 100_000;
+/// The interface BPF_PROG_TEST_RUN gives its packets: loopback.
+const TEST_RUN_IFINDEX: u32 = 1;
+
+/// The real agent process at [`EVENTS_RATE`] records a second.
+pub struct AgentUnderEvents {
+    /// Resident memory before the records (policies in effect, the client connected), and after them.
+    pub rss_before_mib: f64,
+    pub rss_mib: f64,
+    /// Of `rss_mib`: BPF map memory mapped into the agent ([`mapped_map_memory_mib`]).
+    pub rss_mapped_maps_mib: f64,
+    /// Peak resident memory of the process (VmHWM) when the records were done.
+    pub peak_mib: f64,
+    /// CPU cores of the whole agent process while the records came.
+    pub cores: f64,
+    pub produced: u64,
+    pub delivered: u64,
+    pub lost: u64,
+}
+
+/// A directory on bpffs of this run's own, removed (with every pin in it) on drop.
+struct PinDir(PathBuf);
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Starts the agent with the policies, its maps pinned and every packet traced (`--monitor-aggregation
+/// none`), connects one library client, and feeds it [`EVENTS_RATE`] records a second for `secs`: this
+/// process loads
+/// the agent's programs on the agent's pinned maps (the same ring buffer, endpoints and conntrack maps),
+/// registers loopback as pod 0's interface in the endpoints map, and runs pod 0's egress program on a SYN
+/// to pod 1 with BPF_PROG_TEST_RUN, paced. The agent reads, decodes, enriches and sends each record as
+/// it would a pod's. Measures the agent process's resident memory and CPU.
+fn agent_under_events(
+    runtime: &tokio::runtime::Runtime,
+    dir: &TempDir,
+    policy_dir: &Path,
+    lab: &LabState,
+    (endpoints, policies): (usize, usize),
+    secs: u64,
+) -> anyhow::Result<AgentUnderEvents> {
+    let pins = PinDir(PathBuf::from(format!("/sys/fs/bpf/fgbench-footprint-{}", std::process::id())));
+    let _ = std::fs::remove_dir_all(&pins.0);
+    let (agent, _) =
+        start_agent(runtime, dir, policy_dir, endpoints, Some(&pins.0), &["--monitor-aggregation", "none"])?;
+    load_policies(runtime, dir, policy_dir, endpoints, policies)?;
+    let pid = agent.0.id();
+    let (from, to) = (&lab.pods[0], &lab.pods[1]);
+    let mut producer = Datapath::load(DatapathOptions {
+        pin_dir: Some(pins.0.clone()),
+        aggregation: aggregation::NONE,
+        ..DatapathOptions::default()
+    })
+    .context("loading the agent's programs on its pinned maps")?;
+    let info = producer.endpoint(from.host_ifindex).context("reading pod 0's endpoint entry")?;
+    if info.endpoint_id == 0 {
+        bail!("the agent has no endpoint on {} (ifindex {})", from.host_ifname, from.host_ifindex);
+    }
+    producer.set_endpoint(TEST_RUN_IFINDEX, info).context("registering loopback as pod 0's interface")?;
+    let packet = ipv4_packet(from.ip, to.ip, Transport::Tcp { sport: 40000, dport: 80, flags: 0x02 });
+    let client = ClientProcess::start(ClientKind::Library, &dir.0.join("agent.sock"), false)?;
+    // The client's subscription is in place once a first record reaches it.
+    let subscribed = Instant::now();
+    while client.flows() == 0 {
+        producer.test_run(PROG_FROM_ENDPOINT, &packet, 1).context("BPF_PROG_TEST_RUN")?;
+        if subscribed.elapsed() > Duration::from_secs(10) {
+            bail!("the agent's client received nothing within 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let before = client.flows() + client.lost();
+    std::thread::sleep(Duration::from_millis(500));
+    let rss_before_mib = rss_mib(pid)?;
+    let stat = PathBuf::from(format!("/proc/{pid}/stat"));
+    let (cpu0, t0) = (cpu_seconds(&stat)?, Instant::now());
+    let produced = pace(EVENTS_RATE, Duration::from_secs(secs), 10, |n| {
+        producer.test_run(PROG_FROM_ENDPOINT, &packet, n).map(drop).context("BPF_PROG_TEST_RUN")
+    })?;
+    let cores = (cpu_seconds(&stat)? - cpu0) / t0.elapsed().as_secs_f64();
+    let (rss, rss_mapped_maps_mib, peak_mib) = (rss_mib(pid)?, mapped_map_memory_mib(pid)?, peak_rss_mib(pid)?);
+    let drained = Instant::now();
+    while client.flows() + client.lost() - before < produced && drained.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (delivered, lost) = (client.flows(), client.lost());
+    client.finish()?;
+    drop(producer);
+    drop(agent);
+    Ok(AgentUnderEvents {
+        rss_before_mib,
+        rss_mib: rss,
+        rss_mapped_maps_mib,
+        peak_mib,
+        cores,
+        produced,
+        delivered: delivered.saturating_sub(before),
+        lost,
     })
 }
 
@@ -412,7 +559,8 @@ pub fn tui(rate: u64, secs: u64) -> anyhow::Result<(f64, u64, u64)> {
 pub fn measure(quick: bool) -> anyhow::Result<Section> {
     let mut section = Section::new("footprint");
     let (endpoints, policies) = if quick { (20, 100) } else { (1_000, 10_000) };
-    let a = agent_process(endpoints, policies)?;
+    let events_secs = if quick { 1 } else { 5 };
+    let a = agent_process(endpoints, policies, events_secs)?;
     let lab = format!("flowgate-agent on a lab of {endpoints} pods");
     let mut startup =
         Figure::new(format!("{lab}: start-up (spawn to all endpoints served)"), a.startup.as_secs_f64(), "s").note(
@@ -473,6 +621,24 @@ pub fn measure(quick: bool) -> anyhow::Result<Section> {
         a.maps_with_policies_mib,
         "MiB",
     ));
+    let e = &a.under_events;
+    let fed = format!(
+        "{policies} policies in effect, every packet traced (--monitor-aggregation none), one library client; \
+         {} records produced in {events_secs} s by the agent's programs run on its pinned maps \
+         (BPF_PROG_TEST_RUN, paced), {} delivered to the client, {} reported lost",
+        e.produced, e.delivered, e.lost
+    );
+    section.push(Figure::new(format!("{lab}: resident memory at 100k events/s"), e.rss_mib, "MiB").note(format!(
+        "{fed}; {:.1} MiB before the records, peak {:.1} MiB; kernel maps apart (the ring buffer's pages \
+             mapped into the agent): {:.1} MiB",
+        e.rss_before_mib,
+        e.peak_mib,
+        e.rss_mib - e.rss_mapped_maps_mib
+    )));
+    section.push(
+        Figure::new(format!("{lab}: CPU at 100k events/s"), e.cores, "cores")
+            .note(format!("the whole agent process (reader, decoder, enricher, hub, socket): {fed}")),
+    );
 
     let secs = if quick { 1 } else { 5 };
     let (idle, loaded, rss) = event_path(100_000, secs)?;

@@ -82,8 +82,9 @@ fn propagation_section_measures_policy_and_label_changes_at_both_sizes() {
     for size in ["10 policies, 9 endpoints", "1000 policies, 500 endpoints"] {
         for q in ["p50", "p99"] {
             let part = format!("{size}: {q}");
-            // A policy file written, a pod label changed, and a NetworkPolicy created through the API server.
-            assert_eq!(named(&figures, &part).len(), 3, "no {part} three times: {figures:#?}");
+            // A policy file written and a pod label changed in the topology file; a NetworkPolicy created and
+            // a pod label changed through the API server.
+            assert_eq!(named(&figures, &part).len(), 4, "no {part} four times: {figures:#?}");
         }
     }
 }
@@ -92,11 +93,25 @@ fn propagation_section_measures_policy_and_label_changes_at_both_sizes() {
 fn footprint_section_measures_agent_maps_and_tui_and_leaves_no_lab() {
     require_root();
     let figures = run_section("footprint");
-    for part in ["start-up", "resident memory, idle", "kernel map memory", "CPU at 100k events/s", "TUI"] {
+    for part in [
+        "start-up (spawn",
+        "start-up with --attach-mode tcx",
+        "resident memory, idle",
+        "kernel map memory",
+        "CPU at 100k events/s",
+        "resident memory at 100k events/s",
+        "TUI",
+    ] {
         assert!(!named(&figures, part).is_empty(), "no {part}: {figures:#?}");
     }
     let maps = named(&figures, "kernel map memory (memlock), no policy");
     assert!(maps[0]["value"].as_f64().is_some_and(|v| v > 0.0), "the agent's maps were not found: {}", maps[0]);
+    let fed = named(&figures, "resident memory at 100k events/s");
+    assert!(
+        fed[0]["note"].as_str().is_some_and(|n| !n.contains(" 0 delivered")),
+        "the real agent delivered nothing: {}",
+        fed[0]
+    );
     let tui = named(&figures, "TUI");
     assert!(
         tui[0]["note"].as_str().is_some_and(|n| !n.contains("sent it 0 events")),
