@@ -850,7 +850,8 @@ const INTERFACE_RECHECK: Duration = Duration::from_secs(2);
 /// `follow_cluster`).
 const CLUSTER_BATCH_WINDOW: Duration = Duration::from_millis(100);
 const CLUSTER_SYNCS_PER_WINDOW: usize = 3;
-/// How long a lone cluster change waits for the rest of its burst before it is compiled.
+/// How long a change that follows a recent sync waits for the rest of its burst before it is compiled (a
+/// change after a quiet window is compiled at once).
 const LONE_CHANGE_SETTLE: Duration = Duration::from_millis(2);
 
 /// Kubernetes mode: applies the cluster as the source holds it whenever it or the cluster's identities
@@ -883,15 +884,19 @@ pub async fn follow_cluster(controller: Arc<Mutex<Controller>>, source: KubeSour
                 }
             }
         }
-        // A change is compiled almost at once, after a short settle that lets the rest of a `kubectl apply`
-        // of several objects land; a stream of changes (a re-list, a controller rewriting many objects) is
-        // compiled at most `CLUSTER_SYNCS_PER_WINDOW` times per window, each time with everything that
-        // arrived meanwhile. (A few per window, not one: a change is often followed by an echo of its own,
-        // such as an identity the agent just allocated, and the next real change should not wait for it.)
+        // A change after a quiet window is compiled at once. One soon after a sync waits a short settle
+        // that lets the rest of its burst land (the other objects of a `kubectl apply`, which then make one
+        // compile more, not one per object); a stream of changes (a re-list, a controller rewriting many
+        // objects) is compiled at most `CLUSTER_SYNCS_PER_WINDOW` times per window, each time with
+        // everything that arrived meanwhile. (A few per window, not one: a change is often followed by an
+        // echo of its own, such as an identity the agent just allocated, and the next real change should
+        // not wait for it.)
+        let quiet = recent_syncs.back().is_none_or(|t: &Instant| t.elapsed() >= CLUSTER_BATCH_WINDOW);
         let settle = match recent_syncs.front().map(|t: &Instant| t.elapsed()) {
             Some(since) if recent_syncs.len() == CLUSTER_SYNCS_PER_WINDOW && since < CLUSTER_BATCH_WINDOW => {
                 CLUSTER_BATCH_WINDOW - since
             }
+            _ if quiet => Duration::ZERO,
             _ => LONE_CHANGE_SETTLE,
         };
         tokio::time::sleep(settle).await;

@@ -3,7 +3,8 @@
 //! from a pod's labels patched on the server (kube-rs `patch`: a label a policy selects, added and removed
 //! in turn) to the first packet decided the new way. The
 //! agent's own Kubernetes source follows the server (`controller::follow_cluster`: kube-rs watchers, the
-//! cluster's identities, a 2 ms settle, at most 3 compiles per 100 ms window) over
+//! cluster's identities; a change after a quiet 100 ms compiled at once, one soon after a sync after a 2 ms
+//! settle, at most 3 compiles per 100 ms window) over
 //! `endpoints` Pod objects bound to this node and `policies` NetworkPolicies; a probe runs the endpoint's
 //! ingress program (BPF_PROG_TEST_RUN) on a SYN the new policy allows, every 50 us, until the verdict
 //! flips from drop to pass. Each change is a new policy allowing a new port, so every round starts denied.
@@ -354,9 +355,9 @@ pub fn measure(quick: bool, section: &mut Section) -> anyhow::Result<()> {
         );
         let note = format!(
             "{changes} changes, each a kube-rs create of a new policy on a real kube-apiserver and etcd, the clock \
-             started before the call ({}); the agent's Kubernetes source compiles a change after a 2 ms settle, \
-             at most 3 times per 100 ms window; observed by BPF_PROG_TEST_RUN probes of the ingress program every \
-             50 us; initial list, identities and set applied in {:.0} ms",
+             started before the call ({}); the agent's Kubernetes source compiles a change at once after a quiet \
+             100 ms, at most 3 times per 100 ms window; observed by BPF_PROG_TEST_RUN probes of the ingress \
+             program every 50 us; initial list, identities and set applied in {:.0} ms",
             call_split(&p.create_ms, &p.samples_ms),
             p.initial_ms
         );
