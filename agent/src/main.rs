@@ -354,6 +354,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 },
                 size_bytes: u64::from(args.events_buffer_bytes),
             },
+            attach_mode: datapath.options().attach_mode.name().to_owned(),
         },
         Arc::clone(&hub),
     );

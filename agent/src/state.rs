@@ -37,6 +37,8 @@ pub struct AgentInfo {
     pub version: String,
     pub kernel: String,
     pub events_buffer: EventsBufferInfo,
+    /// `--attach-mode`: `tc` or `tcx`.
+    pub attach_mode: String,
 }
 
 #[derive(Default)]
@@ -375,6 +377,7 @@ impl AgentState {
             uptime_seconds: self.started.elapsed().as_secs_f64(),
             kernel: self.info.kernel.clone(),
             events_buffer: self.info.events_buffer.clone(),
+            attach_mode: self.info.attach_mode.clone(),
             endpoints: eps.registry.len(),
             identities: eps.identities.iter().count(),
             policy: self.policy_status.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),

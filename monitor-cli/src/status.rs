@@ -70,6 +70,16 @@ fn conntrack(ct: &ConntrackStatus) -> String {
     )
 }
 
+/// `tc (cls_bpf filters on clsact)`, `tcx (TCX links)`.
+fn attach_mode(mode: &str) -> String {
+    match mode {
+        "" => "unknown (agent older than protocol 1.5)".into(),
+        "tc" => "tc (cls_bpf filters on a clsact qdisc)".into(),
+        "tcx" => "tcx (TCX links)".into(),
+        other => other.into(),
+    }
+}
+
 /// The status as `Key:   value` lines, then a table of clients.
 pub fn render(status: &Status) -> String {
     let c = &status.counters;
@@ -85,6 +95,7 @@ pub fn render(status: &Status) -> String {
         ("Uptime", uptime(status.uptime_seconds)),
         ("Kernel", status.kernel.clone()),
         ("Events buffer", buffer),
+        ("Attach mode", attach_mode(&status.attach_mode)),
         ("Endpoints", status.endpoints.to_string()),
         ("Identities", status.identities.to_string()),
         ("Policy revision", status.policy.revision.to_string()),
@@ -177,6 +188,7 @@ mod tests {
             uptime_seconds: 65.0,
             kernel: "6.8.0-1".into(),
             events_buffer: EventsBufferInfo { kind: "ringbuf".into(), size_bytes: 8 << 20 },
+            attach_mode: "tc".into(),
             endpoints: 9,
             identities: 6,
             policy: flowgate_proto::message::PolicyStatus {
@@ -226,6 +238,7 @@ Protocol:          1.0
 Uptime:            1m05s
 Kernel:            6.8.0-1
 Events buffer:     ringbuf, 8.0 MiB
+Attach mode:       tc (cls_bpf filters on a clsact qdisc)
 Endpoints:         9
 Identities:        6
 Policy revision:   3

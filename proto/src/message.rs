@@ -205,6 +205,10 @@ pub struct Status {
     /// Since 1.2: connection tracking (zeros from an older agent).
     #[serde(default)]
     pub conntrack: ConntrackStatus,
+    /// How the programs are attached to the endpoints' interfaces: `tc` (cls_bpf filters on a clsact
+    /// qdisc) or `tcx` (TCX links); empty from an agent before 1.5 that did not say.
+    #[serde(default)]
+    pub attach_mode: String,
 }
 
 /// Connection tracking in `status`.

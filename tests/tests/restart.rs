@@ -20,7 +20,7 @@ use flowgate_tests::{
     LabGuard, TempDir,
     agent::{AgentGuard, SocketDir},
     attached::{Attached, attached},
-    example, require_root,
+    example, flowgate_ok, require_root,
 };
 
 const POLICY: &str = "
@@ -69,6 +69,22 @@ impl Mode {
             Self::Tcx => Attached::TCX,
         }
     }
+
+    /// What `flowgate status` calls it.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Tc => "tc",
+            Self::Tcx => "tcx",
+        }
+    }
+}
+
+/// The attach mode the agent behind `socket` reports (`flowgate status -o json`).
+fn reported_mode(socket: &std::path::Path) -> String {
+    let status: serde_json::Value =
+        serde_json::from_str(&flowgate_ok(&["status", "--socket", socket.to_str().unwrap(), "-o", "json"]))
+            .expect("status -o json");
+    status["attach_mode"].as_str().unwrap_or_default().to_owned()
 }
 
 #[test]
@@ -109,6 +125,7 @@ fn holds_through_a_kill_9_restart(lab_name: &str, first_mode: Mode, second_mode:
     for pod in &lab.state.pods {
         assert_eq!(attached(&lab.state.node_netns, &pod.host_ifname), first_mode.attached(), "{}", pod.name);
     }
+    assert_eq!(reported_mode(&socket), first_mode.name(), "the first agent's status");
 
     // Sanity: the policy is in effect before the restart.
     assert!(connect_from(&za.netns, target, Duration::from_millis(500)).is_err(), "z/a -> x/a is denied");
@@ -180,5 +197,6 @@ fn holds_through_a_kill_9_restart(lab_name: &str, first_mode: Mode, second_mode:
         let what = format!("{}/{} after the restart", pod.namespace, pod.name);
         assert_eq!(attached(&lab.state.node_netns, &pod.host_ifname), second_mode.attached(), "{what}");
     }
+    assert_eq!(reported_mode(&socket), second_mode.name(), "the second agent's status");
     drop(second);
 }
