@@ -12,7 +12,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # --- Debian packages -------------------------------------------------------------------------------
-# llvm-22-dev: bpf-linker links against it. iproute2: `ip netns` / veth for the lab. tmux: the monitor's
+# llvm-22-dev: bpf-linker links against it. iproute2: `ip netns` / veth for the lab, `tc` (tests count the tc filters). tmux: the monitor's
 # end-to-end test drives the TUI in it. prometheus: the metrics test scrapes a real agent with it.
 # procps (pgrep/pkill), util-linux (nsenter), psmisc for the tests and the demo. protobuf-compiler and
 # python3-protobuf: the JSON output is checked against Hubble's flow.proto. prometheus: the metrics test.
