@@ -12,8 +12,8 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # --- Debian packages -------------------------------------------------------------------------------
-# llvm-22-dev: bpf-linker links against it. iproute2: `ip netns` / veth for the lab, `tc` (tests count the tc filters). tmux: the monitor's
-# end-to-end test drives the TUI in it. prometheus: the metrics test scrapes a real agent with it.
+# llvm-22-dev: bpf-linker links against it. iproute2: `ip netns` / veth for the lab, and `tc` (tests count
+# the agent's tc filters). tmux: the monitor's end-to-end test drives the TUI in it. prometheus: the metrics test scrapes a real agent with it.
 # procps (pgrep/pkill), util-linux (nsenter), psmisc for the tests and the demo. protobuf-compiler and
 # python3-protobuf: the JSON output is checked against Hubble's flow.proto. prometheus: the metrics test.
 # time (GNU time): the export test measures the exporter's peak memory with it. openssl: the Kubernetes tests'

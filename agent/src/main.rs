@@ -190,19 +190,13 @@ struct Args {
     /// qdisc, as `tc filter add ... bpf da`) or `tcx` (a TCX link, pinned). A TCX attach waits for an RCU
     /// grace period under the kernel's RTNL lock: 1,000 endpoints take about 25 s to attach, against well
     /// under a second as filters. A restarted agent takes over what the other mode left.
-    #[arg(long, value_enum, default_value_t = AttachModeArg::Tc)]
-    attach_mode: AttachModeArg,
+    #[arg(long, value_enum, default_value_t = AttachMode::Tc)]
+    attach_mode: AttachMode,
     /// With `--attach-mode tcx`: expedite the kernel's RCU grace periods (`/sys/kernel/rcu_expedited`,
     /// node-wide) while attaching to many endpoints at once, then put the setting back: 1,000 endpoints
     /// take about 25 s without it and well under a second with it.
     #[arg(long)]
     expedited_attach: bool,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum AttachModeArg {
-    Tc,
-    Tcx,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -333,10 +327,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             close: Duration::from_secs(args.ct_close_lifetime),
         },
         keep_established: args.keep_established,
-        attach_mode: match args.attach_mode {
-            AttachModeArg::Tc => AttachMode::Tc,
-            AttachModeArg::Tcx => AttachMode::Tcx,
-        },
+        attach_mode: args.attach_mode,
         expedited_attach: args.expedited_attach,
         ..DatapathOptions::default()
     })

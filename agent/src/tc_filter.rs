@@ -24,15 +24,18 @@ pub const PRIORITY: u16 = 1;
 /// The filters' handle at [`PRIORITY`].
 pub const HANDLE: TcHandle = TcHandle::new(0, 0xf1);
 
-/// Puts `program` at flowgate's filter of `interface`'s `attach_type` hook: replaces the program of the
-/// filter there (a previous agent's) in one step, or adds the clsact qdisc (when missing) and the
-/// filter. The filter stays when `program` is dropped; [`detach`] deletes it.
-pub fn attach(program: &mut SchedClassifier, interface: &str, attach_type: TcAttachType) -> Result<(), ProgramError> {
-    if let Err(e) = tc::qdisc_add_clsact(interface)
-        && os_error(&e) != Some(libc::EEXIST)
-    {
-        return Err(e.into());
+/// Adds the clsact qdisc the filters hang on to `interface`, unless it has one.
+pub fn add_clsact(interface: &str) -> Result<(), ProgramError> {
+    match tc::qdisc_add_clsact(interface) {
+        Err(e) if os_error(&e) != Some(libc::EEXIST) => Err(e.into()),
+        _ => Ok(()),
     }
+}
+
+/// Puts `program` at flowgate's filter of `interface`'s `attach_type` hook (its clsact qdisc in place,
+/// [`add_clsact`]): replaces the program of the filter there (a previous agent's) in one step, or adds
+/// the filter. The filter stays when `program` is dropped; [`detach`] deletes it.
+pub fn attach(program: &mut SchedClassifier, interface: &str, attach_type: TcAttachType) -> Result<(), ProgramError> {
     let options = TcAttachOptions::Netlink(NlOptions { priority: PRIORITY, handle: HANDLE, classid: None });
     let id = match program.attach_with_options(interface, attach_type, options) {
         Ok(id) => id,

@@ -45,7 +45,7 @@ const TC_ACT_SHOT: u32 = 2;
 const TEST_RUN_IFINDEX: u32 = 1;
 const NAMESPACE: &str = "bench";
 /// How long one change may take before the run gives up on it.
-const CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// p99 bars of the issue: at 1,000 policies over 500 endpoints, and for one change on a small lab.
 pub const TARGET_LARGE_P99_MS: f64 = 50.0;
@@ -211,15 +211,14 @@ fn start_node(endpoints: usize, policies: usize, labels: bool, extra_policy: Opt
 }
 
 /// Waits until the probe on `port` gives `pass`; returns the milliseconds since `since`.
-fn wait_verdict(
-    controller: &Mutex<Controller>,
-    port: u16,
+pub fn wait_verdict(
+    mut passes: impl FnMut() -> anyhow::Result<bool>,
     pass: bool,
     since: Instant,
     what: &str,
 ) -> anyhow::Result<f64> {
     loop {
-        if passes(controller, port)? == pass {
+        if passes()? == pass {
             return Ok(since.elapsed().as_secs_f64() * 1e3);
         }
         if since.elapsed() > CHANGE_TIMEOUT {
@@ -244,7 +243,7 @@ pub fn run(endpoints: usize, policies: usize, changes: usize) -> anyhow::Result<
         let yaml = policy_yaml(&format!("probe-{k}"), &pod_name(0), &pod_name(1), port);
         let written = Instant::now();
         write_into_place(&policy_dir, &name, &yaml)?;
-        samples_ms.push(wait_verdict(&node.controller, port, true, written, &name)?);
+        samples_ms.push(wait_verdict(|| passes(&node.controller, port), true, written, &name)?);
         // One change at a time, as a person or a controller makes them: the next one comes after the
         // datapath's generation grace (50 ms, during which a switched-away generation is not rewritten).
         std::thread::sleep(Duration::from_millis(100));
@@ -275,7 +274,7 @@ pub fn run_label_changes(endpoints: usize, policies: usize, changes: usize) -> a
         let written = Instant::now();
         write_into_place(&node.dir.0, "topology.yaml", &text)?;
         let what = format!("{} role: trusted on pod 1", if add { "adding" } else { "removing" });
-        samples_ms.push(wait_verdict(&node.controller, port, add, written, &what)?);
+        samples_ms.push(wait_verdict(|| passes(&node.controller, port), add, written, &what)?);
         std::thread::sleep(Duration::from_millis(100));
     }
     node.runtime.shutdown_timeout(Duration::from_secs(2));

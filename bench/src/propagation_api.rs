@@ -39,7 +39,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 
 use crate::{
     events_agent,
-    propagation::{TARGET_LARGE_P99_MS, TARGET_SMALL_P99_MS, quantile},
+    propagation::{CHANGE_TIMEOUT, TARGET_LARGE_P99_MS, TARGET_SMALL_P99_MS, quantile, wait_verdict},
     report::{Figure, Section, Target},
 };
 
@@ -47,8 +47,6 @@ use crate::{
 const TC_ACT_SHOT: u32 = 2;
 const NAMESPACE: &str = "bench";
 const NODE: &str = "bench-node";
-/// How long one change may take before the run gives up on it.
-const CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Requests in flight while registering pods and policies.
 const IN_FLIGHT: usize = 32;
 
@@ -269,16 +267,7 @@ pub fn run(endpoints: usize, policies: usize, changes: usize) -> anyhow::Result<
             .block_on(api.create(&PostParams::default(), &object))
             .with_context(|| format!("creating policy probe-{k}"))?;
         create_ms.push(created.elapsed().as_secs_f64() * 1e3);
-        loop {
-            if passes(&controller, port)? {
-                samples_ms.push(created.elapsed().as_secs_f64() * 1e3);
-                break;
-            }
-            if created.elapsed() > CHANGE_TIMEOUT {
-                bail!("policy probe-{k} was not enforced within {CHANGE_TIMEOUT:?}");
-            }
-            std::thread::sleep(Duration::from_micros(50));
-        }
+        samples_ms.push(wait_verdict(|| passes(&controller, port), true, created, &format!("policy probe-{k}"))?);
         // One change at a time, as a person or a controller makes them (and past the datapath's 50 ms
         // generation grace, as the file rows).
         std::thread::sleep(Duration::from_millis(100));
@@ -309,17 +298,8 @@ pub fn run(endpoints: usize, policies: usize, changes: usize) -> anyhow::Result<
             .block_on(pods.patch(&pod_name(1), &PatchParams::default(), &Patch::Merge(&labels)))
             .with_context(|| format!("patching the labels of {}", pod_name(1)))?;
         patch_ms.push(patched.elapsed().as_secs_f64() * 1e3);
-        loop {
-            if passes(&controller, port)? == add {
-                label_ms.push(patched.elapsed().as_secs_f64() * 1e3);
-                break;
-            }
-            if patched.elapsed() > CHANGE_TIMEOUT {
-                let how = if add { "adding" } else { "removing" };
-                bail!("{how} role: trusted on {} was not enforced within {CHANGE_TIMEOUT:?}", pod_name(1));
-            }
-            std::thread::sleep(Duration::from_micros(50));
-        }
+        let what = format!("{} role: trusted on {}", if add { "adding" } else { "removing" }, pod_name(1));
+        label_ms.push(wait_verdict(|| passes(&controller, port), add, patched, &what)?);
         std::thread::sleep(Duration::from_millis(100));
     }
     runtime.shutdown_timeout(Duration::from_secs(2));
