@@ -201,3 +201,21 @@ impl Drop for AgentGuard {
         self.stop(Duration::from_secs(10));
     }
 }
+
+/// Waits until the agent at `socket` lists `n` subscribed clients (`status`), so no traffic is sent before
+/// they listen: a client's subscribe returns once its request is sent, before the agent has registered it.
+pub async fn wait_subscribed(socket: &Path, n: usize) {
+    use flowgate_proto::message::{Request, Response};
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut c = Client::connect(socket, "flowgate-tests").await.expect("connect for status");
+        let Response::Status(status) = c.request(Request::Status).await.expect("status") else {
+            panic!("the agent answered status with something else")
+        };
+        if status.clients.iter().filter(|c| c.subscribed).count() >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{n} subscriptions did not register within 10 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

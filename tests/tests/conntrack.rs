@@ -38,7 +38,7 @@ use flowgate_proto::{
 };
 use flowgate_tests::{
     LabGuard, TempDir,
-    agent::{AgentGuard, SocketDir, runtime},
+    agent::{AgentGuard, SocketDir, runtime, wait_subscribed},
     example, flowgate_ok, require_root,
     test_run::{CLIENT, SERVER, TC_ACT_SHOT, TC_ACT_UNSPEC, two_pods},
 };
@@ -390,7 +390,9 @@ fn udp_flow_across_a_policy_change(tag: &str, keep_established: bool) {
     let mut events = rt.block_on(async {
         let client = Client::connect(&socket, "conntrack-test").await.unwrap();
         let filter = FlowFilter { event_types: vec![EventType::Drop], ..Default::default() };
-        client.subscribe(Subscription { allow: vec![filter], ..Subscription::default() }).await.unwrap()
+        let events = client.subscribe(Subscription { allow: vec![filter], ..Subscription::default() }).await.unwrap();
+        wait_subscribed(&socket, 1).await;
+        events
     });
     let revision_before = conntrack_status(&socket).revision;
 
@@ -523,7 +525,9 @@ fn after_a_real_rst_the_same_ports_get_a_new_verdict() {
     let mut events = rt.block_on(async {
         let client = Client::connect(&socket, "conntrack-test").await.unwrap();
         let filter = FlowFilter { event_types: vec![EventType::PolicyVerdict], ..Default::default() };
-        client.subscribe(Subscription { allow: vec![filter], ..Subscription::default() }).await.unwrap()
+        let events = client.subscribe(Subscription { allow: vec![filter], ..Subscription::default() }).await.unwrap();
+        wait_subscribed(&socket, 1).await;
+        events
     });
     let sport = 43_210;
     flowgate_lab::netns::in_netns(&client.netns, || {

@@ -7,11 +7,11 @@ use std::{path::Path, time::Duration};
 
 use flowgate_proto::{
     client::{Client, EventStream},
-    message::{Event, Request, Response, Subscription},
+    message::{Event, Subscription},
 };
 use flowgate_tests::{
     LabGuard,
-    agent::{AgentGuard, SocketDir, runtime},
+    agent::{AgentGuard, SocketDir, runtime, wait_subscribed},
     example, flowgate_ok, require_root,
 };
 
@@ -21,16 +21,8 @@ const DRAIN_TICK_MS: &str = "60000";
 async fn subscribed(socket: &Path) -> EventStream {
     let client = Client::connect(socket, "wakeup-test").await.expect("connect");
     let stream = client.subscribe(Subscription::default()).await.expect("subscribe");
-    // Wait until the agent lists the subscription, so the packet is not sent before it listens.
-    for _ in 0..500 {
-        let mut c = Client::connect(socket, "wakeup-test").await.expect("connect");
-        let Response::Status(status) = c.request(Request::Status).await.expect("status") else { panic!() };
-        if status.clients.iter().any(|c| c.subscribed) {
-            return stream;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("the subscription did not register");
+    wait_subscribed(socket, 1).await;
+    stream
 }
 
 /// Starts an agent with `extra` flags, sends one UDP datagram between two pods, and returns how many

@@ -2,12 +2,7 @@
 //! different filters each get exactly their events (compared with an unfiltered subscriber), and a
 //! stalled subscriber is told what it lost while another misses nothing.
 
-use std::{
-    collections::BTreeSet,
-    path::Path,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeSet, path::Path, sync::Arc, time::Duration};
 
 use flowgate_proto::{
     Flow,
@@ -18,7 +13,7 @@ use flowgate_proto::{
 };
 use flowgate_tests::{
     LabGuard,
-    agent::{AgentGuard, SocketDir, runtime},
+    agent::{AgentGuard, SocketDir, runtime, wait_subscribed},
     example, flowgate_ok, require_root,
 };
 
@@ -33,15 +28,6 @@ async fn status(socket: &Path) -> Status {
 async fn subscribe(socket: &Path, allow: Vec<FlowFilter>) -> EventStream {
     let c = Client::connect(socket, "pipeline-test").await.expect("connect");
     c.subscribe(Subscription { allow, ..Subscription::default() }).await.expect("subscribe")
-}
-
-/// Waits until the agent lists `n` subscribed clients, so no traffic is sent before they listen.
-async fn wait_subscribed(socket: &Path, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while status(socket).await.clients.iter().filter(|c| c.subscribed).count() < n {
-        assert!(Instant::now() < deadline, "subscriptions did not register");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Reads until no batch arrives for `quiet`; returns flows and losses.
