@@ -37,12 +37,12 @@ use flowgate_common::{
     ip,
     names::{
         MAP_CONFIG, MAP_CONNTRACK, MAP_COUNTERS, MAP_ENDPOINTS, MAP_ENFORCEMENT, MAP_EVENTS_PERF, MAP_EVENTS_RINGBUF,
-        MAP_INVALID_SOURCE, MAP_IPCACHE, MAP_POLICY, MAP_POLICY_EXACT, PROG_FLOOR, PROG_FROM_ENDPOINT,
+        MAP_INVALID_SOURCE, MAP_IPCACHE, MAP_POLICY, MAP_POLICY_EXACT, PROG_CLOCK, PROG_FLOOR, PROG_FROM_ENDPOINT,
         PROG_TO_ENDPOINT,
     },
     policy::{IpcacheValue, POLICY_PREFIX_FULL, PolicyKey, PolicyValue},
 };
-use log::{info, warn};
+use log::{debug, info, warn};
 
 use flowgate_lab::netns::{self, NetnsError};
 use flowgate_proto::endpoint::Endpoint;
@@ -50,6 +50,7 @@ use flowgate_proto::endpoint::Endpoint;
 use crate::{
     map_batch,
     policy::realize::{Capacities, MapContents},
+    tick,
 };
 
 /// How long a generation that was just switched away from stays untouched, so packets that read the
@@ -273,6 +274,8 @@ pub struct Datapath {
     /// The policy entries (with counters) of the inactive generation as last read, when it was switched
     /// away from (`None`: read it from the kernel). Its counters move only during the generation grace.
     held_policy: [Option<StdHashMap<(u32, PolicyKey), PolicyValue>>; 2],
+    /// The kernel's tick as measured at load (`None`: not measured; see [`Datapath::use_tick`]).
+    tick: Option<tick::Tick>,
 }
 
 /// A generation's ipcache ((address, prefix length) -> value) and enforcement flags, as written.
@@ -297,8 +300,8 @@ struct InterfaceLinks {
 
 const PROGRAMS: [(&str, TcAttachType); 2] =
     [(PROG_FROM_ENDPOINT, TcAttachType::Ingress), (PROG_TO_ENDPOINT, TcAttachType::Egress)];
-/// Loaded too, never attached: see [`PROG_FLOOR`].
-const TEST_ONLY_PROGRAMS: [&str; 1] = [PROG_FLOOR];
+/// Loaded too, never attached: see [`PROG_FLOOR`] and [`PROG_CLOCK`].
+const TEST_ONLY_PROGRAMS: [&str; 2] = [PROG_FLOOR, PROG_CLOCK];
 
 impl Datapath {
     /// Loads the object into the kernel (programs verified, maps created); nothing is attached yet.
@@ -338,6 +341,7 @@ impl Datapath {
             revision: 0,
             written: [None, None],
             held_policy: [None, None],
+            tick: None,
         };
         datapath.capacities = datapath.created_capacities()?;
         if adopted {
@@ -361,7 +365,62 @@ impl Datapath {
         datapath.set_config(Config::CtLifetimeTcp, duration_ns(options.ct_lifetimes.tcp))?;
         datapath.set_config(Config::CtLifetimeOther, duration_ns(options.ct_lifetimes.other))?;
         datapath.set_config(Config::CtLifetimeClose, duration_ns(options.ct_lifetimes.close))?;
+        datapath.set_tick()?;
         Ok(datapath)
+    }
+
+    /// Measures the kernel's tick and gives it to the programs, or, when it cannot be measured, says why
+    /// and leaves them on `bpf_ktime_get_coarse_ns`.
+    fn set_tick(&mut self) -> Result<(), DatapathError> {
+        let tick = match tick::measure(|| self.clock_sample().map_err(|e| format!("{e:#}"))) {
+            Ok(tick) => {
+                debug!("kernel tick: {} Hz ({} ns)", tick.hz, tick.tick_ns);
+                Some(tick)
+            }
+            Err(e) => {
+                warn!("conntrack keeps reading bpf_ktime_get_coarse_ns on every packet: the kernel's tick: {e}");
+                None
+            }
+        };
+        self.use_tick(tick)
+    }
+
+    /// The tick conntrack's clock is read from (`Config::TickNs`); `None`: the programs call
+    /// `bpf_ktime_get_coarse_ns` instead, a few nanoseconds dearer a packet.
+    pub fn use_tick(&mut self, tick: Option<tick::Tick>) -> Result<(), DatapathError> {
+        let (tick_ns, offset_ns) = tick.map_or((0, 0), |t| (t.tick_ns, t.offset_ns));
+        // The programs read the tick, then the offset: with the tick off while the offset changes, one that
+        // reads a tick reads the offset that goes with it.
+        self.set_config(Config::TickNs, 0)?;
+        self.set_config(Config::TickOffsetNs, offset_ns)?;
+        self.set_config(Config::TickNs, tick_ns)?;
+        self.tick = tick;
+        Ok(())
+    }
+
+    /// The tick conntrack's clock is read from, if it was measured.
+    pub fn tick(&self) -> Option<tick::Tick> {
+        self.tick
+    }
+
+    /// One run of the `clock` program: jiffies and CLOCK_MONOTONIC, read together in the kernel.
+    pub fn clock_sample(&self) -> Result<tick::ClockSample, DatapathError> {
+        let name = PROG_CLOCK;
+        let program: &SchedClassifier = self
+            .ebpf
+            .program(name)
+            .ok_or(DatapathError::MissingProgram { name })?
+            .try_into()
+            .map_err(|source| DatapathError::Program { name, source })?;
+        // The smallest frame BPF_PROG_TEST_RUN takes for a TC program is an Ethernet header.
+        let frame = [0u8; 64];
+        let mut out = [0u8; 64];
+        let mut options = TestRunOptions::new();
+        options.data_in = Some(&frame);
+        options.data_out = Some(&mut out);
+        program.test_run(options).map_err(|source| DatapathError::Program { name, source })?;
+        let word = |at: usize| u64::from_ne_bytes(out[at..at + 8].try_into().expect("8 bytes"));
+        Ok(tick::ClockSample { jiffies: word(0), monotonic_ns: word(8) })
     }
 
     pub fn options(&self) -> &DatapathOptions {

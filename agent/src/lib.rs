@@ -7,7 +7,8 @@
 //! consumers of that path live here too: [`server`] (the unix socket), [`verdict_log`] and [`metrics`].
 //! [`conntrack`] collects expired connection-tracking entries and shows the rest; [`tc_filter`] attaches the
 //! programs as tc filters (the default; TCX links otherwise); [`rcu`] expedites the kernel's grace periods
-//! around a bulk attach of TCX links when asked to (`--expedited-attach`).
+//! around a bulk attach of TCX links when asked to (`--expedited-attach`); [`tick`] measures the kernel's
+//! tick, which conntrack's clock is read from.
 //! [`state`] holds endpoints (their ids handed out by [`endpoints`]), identities and counters; [`api`] answers
 //! the socket's requests from it.
 
@@ -30,5 +31,6 @@ pub mod reader;
 pub mod server;
 pub mod state;
 pub mod tc_filter;
+pub mod tick;
 pub mod verdict_log;
 pub mod watch;

@@ -114,6 +114,12 @@ pub enum Config {
     /// Nanoseconds after a ring-buffer wake-up when the next record wakes the reader again, however
     /// little is waiting: bounds how long a record waits for the reader (0: only `WakeupBytes` wakes it).
     WakeupIntervalNs = 9,
+    /// The kernel's tick in nanoseconds (1e9 / CONFIG_HZ), as the agent measured it (0: not measured), and
+    /// `TickOffsetNs`, CLOCK_MONOTONIC minus jiffies times the tick (two's complement). With both, the
+    /// programs tell conntrack's time (`CtEntry::last_seen_ns`) from jiffies, a load the verifier inlines,
+    /// instead of calling `bpf_ktime_get_coarse_ns` on every packet; without, they call it.
+    TickNs = 10,
+    TickOffsetNs = 11,
 }
 
 /// Trace aggregation levels (`Config::Aggregation`), as Cilium's monitor aggregation.

@@ -8,6 +8,9 @@ pub const PROG_TO_ENDPOINT: &str = "to_endpoint";
 /// TC program that only passes the packet on, never attached: the benchmarks' floor (what
 /// BPF_PROG_TEST_RUN costs by itself).
 pub const PROG_FLOOR: &str = "floor";
+/// TC program that writes jiffies and CLOCK_MONOTONIC into the packet, never attached: the agent runs it
+/// to measure the kernel's tick (`counters::Config::TickNs`).
+pub const PROG_CLOCK: &str = "clock";
 
 /// Hash map: node-side ifindex -> [`crate::EndpointInfo`].
 pub const MAP_ENDPOINTS: &str = "FG_ENDPOINTS";

@@ -4,11 +4,11 @@
 //! packet is a new connection and gets a verdict (the agent deletes what is left). So is a SYN on a closed
 //! TCP connection. An entry of an older policy revision is re-checked by `revocation`.
 
-use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
+use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns};
 use flowgate_common::{
     FlowTuple,
     conntrack::{CtEntry, CtKey, LifetimeClass, ct_flag, expired},
-    counters::aggregation,
+    counters::{Config, aggregation},
     ip::protocol,
     policy::direction,
     record::{ct_state, tcp_flags},
@@ -51,6 +51,22 @@ pub struct Tracked {
     pub revision: u32,
 }
 
+/// CLOCK_MONOTONIC to the kernel's tick: conntrack's clock (`CtEntry::last_seen_ns`), enough for idle
+/// lifetimes of seconds. Read from jiffies with the tick and offset the agent measured
+/// (`Config::TickNs`): a load the verifier inlines, where `bpf_ktime_get_coarse_ns` is a helper call, about
+/// 17 ns on every packet here (the established path's clock). Until the agent has measured them, the helper.
+#[inline(always)]
+fn coarse_now() -> u64 {
+    let tick_ns = maps::config(Config::TickNs);
+    if tick_ns == 0 {
+        // SAFETY: a helper without arguments that only reads a clock; callable from any program type.
+        return unsafe { bpf_ktime_get_coarse_ns() };
+    }
+    // SAFETY: as above (the verifier replaces the call with a load of `jiffies_64`).
+    let jiffies = unsafe { bpf_jiffies64() };
+    jiffies.wrapping_mul(tick_ns).wrapping_add(maps::config(Config::TickOffsetNs))
+}
+
 /// Looks the packet up as part of an existing connection and updates that connection.
 #[inline(always)]
 pub fn track(flow: &FlowTuple, endpoint_id: u16, dir: u8, pkt_len: u32, level: u64) -> Option<Tracked> {
@@ -75,9 +91,7 @@ pub fn track(flow: &FlowTuple, endpoint_id: u16, dir: u8, pkt_len: u32, level: u
     // RCU grace period). The same connection's packets on another CPU may update it concurrently and
     // lose an increment of these statistics, which is acceptable for counters.
     let entry = unsafe { &mut *ptr };
-    // Coarse time is enough for idle timeouts and cheaper on every packet.
-    // SAFETY: a helper without arguments that only reads a clock; callable from any program type.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = coarse_now();
     if expired(entry.last_seen_ns, now, maps::config(LifetimeClass::of(key.protocol, entry.flags).config())) {
         return None;
     }
@@ -128,8 +142,7 @@ pub fn create(
     revision: u64,
     now: u64,
 ) {
-    // SAFETY: as above, the coarse clock `track` compares `last_seen_ns` with.
-    let coarse = unsafe { bpf_ktime_get_coarse_ns() };
+    let coarse = coarse_now();
     // A TCP connection whose opening packet resets it is over at once: its entry lives the close lifetime,
     // and a SYN on its tuple is a new connection with its own verdict.
     let reset = flow.protocol == protocol::TCP && flow.tcp_flags & tcp_flags::RST != 0;

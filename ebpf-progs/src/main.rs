@@ -18,7 +18,7 @@ mod plain;
 mod policy;
 mod revocation;
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_ns};
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
     macros::classifier,
@@ -55,6 +55,25 @@ pub fn to_endpoint(ctx: TcContext) -> i32 {
 /// BPF_PROG_TEST_RUN itself, which every per-packet figure includes).
 #[classifier]
 pub fn floor(_ctx: TcContext) -> i32 {
+    TC_ACT_UNSPEC
+}
+
+/// Never attached: the agent runs it (BPF_PROG_TEST_RUN) to learn how jiffies map onto CLOCK_MONOTONIC
+/// (`Config::TickNs`). Writes jiffies and then CLOCK_MONOTONIC in nanoseconds, native-endian, over the first
+/// 16 bytes of the packet it is given.
+#[classifier]
+pub fn clock(ctx: TcContext) -> i32 {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + 16 <= end {
+        // SAFETY: helpers without arguments that only read clocks.
+        let (jiffies, now_ns) = unsafe { (bpf_jiffies64(), bpf_ktime_get_ns()) };
+        // SAFETY: `start + 16 <= data_end` was checked just above: the 16 bytes are the packet's own linear
+        // data, writable by a TC program (the verifier unclones the skb first).
+        unsafe {
+            (start as *mut [u8; 8]).write_unaligned(jiffies.to_ne_bytes());
+            ((start + 8) as *mut [u8; 8]).write_unaligned(now_ns.to_ne_bytes());
+        }
+    }
     TC_ACT_UNSPEC
 }
 

@@ -23,8 +23,9 @@ const ETH_P_ARP: u16 = 0x0806;
 const ETH_P_IPV6: u16 = 0x86dd;
 const IPV4_HLEN: usize = 20;
 const IPV6_HLEN: usize = 40;
-/// Bytes of L4 header the flow needs: ports (4) and, for TCP, up to the flags byte (14).
-const L4_BYTES: usize = 14;
+/// Bytes of a TCP header the flow needs: the ports, and up to the flags byte. Of the other headers it needs
+/// the first 8 (ports, or ICMP type, code and echo identifier).
+const TCP_BYTES: usize = 14;
 /// Headers are read at offsets below this (a bound the verifier can see).
 const MAX_HEADER_OFFSET: usize = 512;
 
@@ -247,13 +248,21 @@ fn parse_l4(ctx: &TcContext, flow: &mut FlowTuple, meta: &mut Meta, l4: usize, l
     if l4_len < need || l4 + need > ctx.len() as usize {
         return false;
     }
-    let Some(h) = read::<L4_BYTES>(ctx, l4).or_else(|| read::<8>(ctx, l4).map(widen)) else { return false };
+    if flow.protocol == protocol::TCP {
+        let Some(h) = read::<TCP_BYTES>(ctx, l4) else { return false };
+        flow.sport = u16::from_be_bytes([h[0], h[1]]);
+        flow.dport = u16::from_be_bytes([h[2], h[3]]);
+        flow.tcp_flags = h[13];
+        return true;
+    }
+    if need == 0 {
+        // A protocol whose header the flow does not use: nothing to read.
+        return true;
+    }
+    // Only the 8 bytes every other header has: a short datagram ends right after them, and asking for
+    // more would send each such packet through `bpf_skb_load_bytes` first, to fail.
+    let Some(h) = read::<8>(ctx, l4) else { return false };
     match flow.protocol {
-        protocol::TCP => {
-            flow.sport = u16::from_be_bytes([h[0], h[1]]);
-            flow.dport = u16::from_be_bytes([h[2], h[3]]);
-            flow.tcp_flags = h[13];
-        }
         protocol::UDP | protocol::SCTP => {
             flow.sport = u16::from_be_bytes([h[0], h[1]]);
             flow.dport = u16::from_be_bytes([h[2], h[3]]);
@@ -285,12 +294,6 @@ fn parse_l4(ctx: &TcContext, flow: &mut FlowTuple, meta: &mut Meta, l4: usize, l
         _ => {}
     }
     true
-}
-
-/// An 8-byte L4 header in the 14-byte buffer (a UDP or ICMP packet may end after 8 bytes).
-#[inline(always)]
-fn widen(h: [u8; 8]) -> [u8; L4_BYTES] {
-    [h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], 0, 0, 0, 0, 0, 0]
 }
 
 /// The tuple of the packet an ICMP error quotes (`meta.quoted_*`), in the terms connection tracking keys

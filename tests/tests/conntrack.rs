@@ -145,7 +145,7 @@ fn drops(records: &[Record]) -> Vec<(u8, u32)> {
 const NONE: Vec<u8> = Vec::new();
 const NO_DROPS: Vec<(u8, u32)> = Vec::new();
 
-const UDP: Transport = Transport::Udp { sport: 40000, dport: 80 };
+const UDP: Transport = Transport::Udp { sport: UDP_PORT, dport: 80 };
 const UDP_REPLY: Transport = Transport::Udp { sport: 80, dport: 40000 };
 
 fn tcp(flags: u8) -> Transport {
@@ -267,6 +267,43 @@ fn expired_entries_need_a_new_verdict_and_are_collected() {
     let (deleted, left) = f.datapath.conntrack_gc(datapath::monotonic_now_ns()).unwrap();
     assert_eq!((deleted, left), (1, 1));
     assert_eq!(f.datapath.conntrack_entries().unwrap()[0].0.protocol, flowgate_common::ip::protocol::TCP);
+}
+
+/// `last_seen_ns` of the entry of the client's UDP connection to the server.
+fn udp_last_seen(f: &Fixture) -> u64 {
+    let entries = f.datapath.conntrack_entries().unwrap();
+    let udp = entries.iter().find(|(key, _)| key.sport == UDP_PORT).expect("the UDP connection's entry");
+    udp.1.last_seen_ns
+}
+
+const UDP_PORT: u16 = 40000;
+
+#[test]
+fn conntrack_time_read_from_jiffies_is_the_monotonic_clock_to_the_tick() {
+    let mut f = fixture("tick", DatapathOptions::default());
+    let tick = f.datapath.tick().expect("the kernel's tick measured at load");
+    assert!([100, 250, 300, 1000].contains(&tick.hz), "{tick:?}");
+    // The programs' time for a packet is CLOCK_MONOTONIC to the tick: between the start of the tick before
+    // the packet (as the coarse clock) and the packet, with a little slack for the measurement's jitter.
+    let slack = tick.tick_ns + 1_000_000;
+    for pause in [0, 30, 120] {
+        std::thread::sleep(Duration::from_millis(pause));
+        let before = datapath::monotonic_now_ns();
+        f.client_sends(UDP);
+        let after = datapath::monotonic_now_ns();
+        let seen = udp_last_seen(&f);
+        assert!(
+            seen + slack >= before && seen <= after + 1_000_000,
+            "last seen {seen} for a packet between {before} and {after} ({tick:?})"
+        );
+    }
+    // Without a tick the programs fall back to the coarse clock, on the same time line.
+    f.datapath.use_tick(None).unwrap();
+    std::thread::sleep(Duration::from_millis(30));
+    let before = datapath::monotonic_now_ns();
+    f.client_sends(UDP);
+    let seen = udp_last_seen(&f);
+    assert!(seen + slack >= before && seen <= datapath::monotonic_now_ns(), "coarse clock: {seen} vs {before}");
 }
 
 #[test]

@@ -404,6 +404,25 @@ fn with_ip_options(frame: &[u8], options: &[u8]) -> Vec<u8> {
 }
 
 #[test]
+fn headers_are_read_to_their_own_length_and_no_further() {
+    let mut f = fixture(SERVER_DNS_ONLY, "short");
+    // A UDP datagram that ends with its 8-byte header (no data): decided by its port, like any other.
+    let empty = ipv4_frame(CLIENT, SERVER, protocol::UDP, &[0x13, 0x88, 0, 53, 0, 8, 0, 0], None);
+    let (ret, records) = f.run_frame(PROG_TO_ENDPOINT, &empty);
+    assert_eq!(ret, TC_ACT_UNSPEC);
+    assert_eq!(verdicts(&records), vec![(verdict::ALLOWED, match_type::L3_L4, 53)]);
+    let other_port = ipv4_frame(CLIENT, SERVER, protocol::UDP, &[0x13, 0x88, 0, 54, 0, 8, 0, 0], None);
+    let (ret, records) = f.run_frame(PROG_TO_ENDPOINT, &other_port);
+    assert_eq!((ret, drop_reasons(&records)), (TC_ACT_SHOT, vec![drop_reason::POLICY_DENIED]));
+    // A protocol whose header the flow does not read (GRE), 4 bytes long: not "cut short", but a new
+    // connection without ports that policy decides (denied: the server admits DNS only).
+    let gre = ipv4_frame(CLIENT, SERVER, 47, &[0, 0, 0x08, 0], None);
+    let (ret, records) = f.run_frame(PROG_TO_ENDPOINT, &gre);
+    assert_eq!((ret, drop_reasons(&records)), (TC_ACT_SHOT, vec![drop_reason::POLICY_DENIED]));
+    assert_eq!(f.datapath.counters().unwrap().get(Counter::TruncatedHeader), 0);
+}
+
+#[test]
 fn ipv4_options_move_the_l4_header_and_are_read_past() {
     let mut f = fixture(SERVER_DNS_ONLY, "options");
     // Router alert and NOPs: the UDP header starts 8 bytes later than usual.
