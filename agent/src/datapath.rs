@@ -403,15 +403,24 @@ impl Datapath {
         self.tick
     }
 
-    /// One run of the `clock` program: jiffies and CLOCK_MONOTONIC, read together in the kernel.
-    pub fn clock_sample(&self) -> Result<tick::ClockSample, DatapathError> {
-        let name = PROG_CLOCK;
-        let program: &SchedClassifier = self
-            .ebpf
+    /// A loaded program by name, to run.
+    fn loaded(&self, name: &'static str) -> Result<&SchedClassifier, DatapathError> {
+        self.ebpf
             .program(name)
             .ok_or(DatapathError::MissingProgram { name })?
             .try_into()
-            .map_err(|source| DatapathError::Program { name, source })?;
+            .map_err(|source| DatapathError::Program { name, source })
+    }
+
+    /// A loaded program by name: how a benchmark attaches a test-only one ([`PROG_FLOOR`]) itself.
+    pub fn program(&mut self, name: &'static str) -> Result<&mut SchedClassifier, DatapathError> {
+        classifier(&mut self.ebpf, name)
+    }
+
+    /// One run of the `clock` program: jiffies and CLOCK_MONOTONIC, read together in the kernel.
+    pub fn clock_sample(&self) -> Result<tick::ClockSample, DatapathError> {
+        let name = PROG_CLOCK;
+        let program = self.loaded(name)?;
         // The smallest frame BPF_PROG_TEST_RUN takes for a TC program is an Ethernet header.
         let frame = [0u8; 64];
         let mut out = [0u8; 64];
@@ -940,12 +949,7 @@ impl Datapath {
     /// Runs one of the programs on a crafted packet with BPF_PROG_TEST_RUN, `repeat` times. The
     /// result's `duration` is the kernel's average per run.
     pub fn test_run(&self, name: &'static str, packet: &[u8], repeat: u32) -> Result<TestRunResult, DatapathError> {
-        let program: &SchedClassifier = self
-            .ebpf
-            .program(name)
-            .ok_or(DatapathError::MissingProgram { name })?
-            .try_into()
-            .map_err(|source| DatapathError::Program { name, source })?;
+        let program = self.loaded(name)?;
         let mut options = TestRunOptions::new();
         options.data_in = Some(packet);
         options.repeat = repeat;

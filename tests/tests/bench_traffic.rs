@@ -1,6 +1,7 @@
 //! The traffic benchmark's smallest configuration (`flowgate-bench-traffic --quick`: 10 rules, one round of
 //! 0.3 s per load) on a real lab: the section file is written with the baseline's rates and every enforcer's
-//! rows, and every enforcer refused the probe from a pod its policy does not admit. No timing is asserted.
+//! rows, every enforcer refused the probe from a pod its policy does not admit, and none left a clsact qdisc
+//! behind for the next one. No timing is asserted.
 
 use std::process::Command;
 
@@ -34,9 +35,14 @@ fn the_quick_run_writes_every_enforcers_rows() {
         let baseline = named(&format!("baseline (no policy), {load}, 10 rules"));
         assert_eq!(baseline.len(), 1, "baseline {load} in {text}");
         assert!(baseline[0]["value"].as_f64().unwrap() > 0.0, "{text}");
-        for enforcer in
-            ["flowgate", "flowgate, TCX links", "iptables", "iptables + conntrack shortcut", "iptables + ipset"]
-        {
+        for enforcer in [
+            "tc hook floor (a program that only returns)",
+            "flowgate",
+            "flowgate, TCX links",
+            "iptables",
+            "iptables + conntrack shortcut",
+            "iptables + ipset",
+        ] {
             let rows = named(&format!("{enforcer}, {load}, 10 rules"));
             assert_eq!(rows.len(), 1, "{enforcer} {load} in {text}");
             assert_eq!(rows[0]["unit"], "x baseline");
@@ -49,10 +55,15 @@ fn the_quick_run_writes_every_enforcers_rows() {
         assert_eq!(probe.len(), 1, "probe of {enforcer} in {text}");
         assert_eq!(probe[0]["value"], 1.0, "{enforcer} admitted the intruder: {text}");
     }
-    // The baseline's probe got through: the probe can see a pass.
-    let probe = named("probe from a pod not admitted refused: baseline");
-    assert_eq!(probe.len(), 1, "{text}");
-    assert_eq!(probe[0]["value"], 0.0, "{text}");
+    // The baseline's probe got through: the probe can see a pass. So did the hook floor's, which enforces
+    // nothing.
+    for passes in ["baseline", "tc hook floor"] {
+        let probe = named(&format!("probe from a pod not admitted refused: {passes}"));
+        assert_eq!(probe.len(), 1, "{text}");
+        assert_eq!(probe[0]["value"], 0.0, "{text}");
+    }
+    // Each enforcer's qdiscs went with it: one left behind would slow the next measurement's packets.
+    assert!(!stderr.contains("clsact qdiscs left"), "{stderr}");
     // kube-network-policies has a row either way: its probe, or why it could not enforce here.
     let knp = named("probe from a pod not admitted refused: kube-network-policies, 10 rules");
     assert_eq!(knp.len(), 1, "kube-network-policies in {text}");

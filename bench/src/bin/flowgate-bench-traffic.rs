@@ -35,10 +35,10 @@ struct Args {
     /// Seconds per load, enforcer and round.
     #[arg(long, default_value_t = 1.2)]
     seconds: f64,
-    /// Which enforcers (the baseline is always measured): flowgate, flowgate-tcx, iptables,
+    /// Which enforcers (the baseline is always measured): hook-floor, flowgate, flowgate-tcx, iptables,
     /// iptables-conntrack, ipset, kube-network-policies.
-    #[arg(long, value_delimiter = ',', default_values_t = ["flowgate".to_owned(), "flowgate-tcx".to_owned(),
-        "iptables".to_owned(),
+    #[arg(long, value_delimiter = ',', default_values_t = ["hook-floor".to_owned(), "flowgate".to_owned(),
+        "flowgate-tcx".to_owned(), "iptables".to_owned(),
         "iptables-conntrack".to_owned(), "ipset".to_owned(), "kube-network-policies".to_owned()])]
     enforcers: Vec<String>,
     /// Where `results.d/traffic.json` goes (default: bench/), as every section's `--out`.

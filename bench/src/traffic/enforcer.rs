@@ -1,9 +1,12 @@
 //! The enforcers side by side, each put in place on the lab for one measurement and removed after it, so the
-//! next one starts from a clean node: nothing (the baseline), flowgate's agent (its default tc filters, and
-//! TCX links), iptables rules (with and
-//! without the conntrack shortcut), iptables with ipset, and kube-network-policies ([`super::knp`]). Rules go
-//! into the lab's node namespace only (the machine's own namespace is never touched); removing them flushes
-//! that namespace's nftables ruleset (the iptables-nft backend's tables) and destroys its sets.
+//! next one starts from a clean node: nothing (the baseline), the eBPF hook's floor (a program that only
+//! returns, as tc filters on every pod interface: what any tc enforcer pays before doing anything),
+//! flowgate's agent (its default tc filters, and TCX links), iptables rules (with and without the conntrack
+//! shortcut), iptables with ipset, and kube-network-policies ([`super::knp`]). Rules go into the lab's node
+//! namespace only (the machine's own namespace is never touched); removing them flushes that namespace's
+//! nftables ruleset (the iptables-nft backend's tables) and destroys its sets. The clsact qdiscs tc
+//! filters hang on are deleted too: an agent leaves its qdisc when it exits (as Cilium's does), and a qdisc
+//! left on a pod interface keeps the kernel's tc hook running for every packet of the next measurement.
 
 use std::{
     io::Write as _,
@@ -12,6 +15,12 @@ use std::{
 };
 
 use anyhow::Context as _;
+use aya::programs::TcAttachType;
+use flowgate_agent::{
+    datapath::{Datapath, DatapathOptions},
+    tc_filter,
+};
+use flowgate_common::names::PROG_FLOOR;
 use flowgate_lab::{LabState, netns};
 use flowgate_tests::agent::{AgentGuard, SocketDir};
 
@@ -21,6 +30,9 @@ use super::{knp::KubeNetworkPolicies, rules::RuleSet};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Enforcer {
     Baseline,
+    /// A program that only returns, as tc filters on both hooks of every pod interface (flowgate's
+    /// attach): the floor of any tc enforcer, and of flowgate's own cost the part that is not its work.
+    HookFloor,
     /// The agent as it runs by default: tc filters.
     Flowgate,
     /// The agent attaching TCX links (`--attach-mode tcx`).
@@ -35,8 +47,9 @@ pub enum Enforcer {
 }
 
 impl Enforcer {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Baseline,
+        Self::HookFloor,
         Self::Flowgate,
         Self::FlowgateTcx,
         Self::Iptables,
@@ -48,6 +61,7 @@ impl Enforcer {
     pub fn name(self) -> &'static str {
         match self {
             Self::Baseline => "baseline (no policy)",
+            Self::HookFloor => "tc hook floor (a program that only returns)",
             Self::Flowgate => "flowgate",
             Self::FlowgateTcx => "flowgate, TCX links",
             Self::Iptables => "iptables",
@@ -61,6 +75,7 @@ impl Enforcer {
     pub fn key(self) -> &'static str {
         match self {
             Self::Baseline => "baseline",
+            Self::HookFloor => "hook-floor",
             Self::Flowgate => "flowgate",
             Self::FlowgateTcx => "flowgate-tcx",
             Self::Iptables => "iptables",
@@ -78,9 +93,16 @@ impl Enforcer {
 /// An enforcer in place; dropping it removes it.
 pub enum Installed {
     Nothing,
+    HookFloor {
+        // Field order: the qdiscs (and the filters on them) go before the program.
+        _qdiscs: Clsact,
+        _datapath: Box<Datapath>,
+    },
     Flowgate {
-        // Field order: the agent stops before its socket directory and policies go.
+        // Field order: the agent stops (deleting its filters) before its qdiscs, socket directory and
+        // policies go.
         agent: AgentGuard,
+        _qdiscs: Clsact,
         _sockets: SocketDir,
         _policies: PolicyDir,
     },
@@ -93,6 +115,23 @@ pub enum Installed {
 pub fn install(enforcer: Enforcer, lab: &LabState, rules: &RuleSet) -> anyhow::Result<Installed> {
     match enforcer {
         Enforcer::Baseline => Ok(Installed::Nothing),
+        Enforcer::HookFloor => {
+            let qdiscs = Clsact::new(lab);
+            let mut datapath = Datapath::load(DatapathOptions::default()).context("loading the programs")?;
+            let floor = datapath.program(PROG_FLOOR)?;
+            netns::in_netns(&lab.node_netns, || -> anyhow::Result<()> {
+                for pod in &lab.pods {
+                    let interface = pod.host_ifname.as_str();
+                    tc_filter::add_clsact(interface).with_context(|| format!("a clsact qdisc on {interface}"))?;
+                    for hook in [TcAttachType::Ingress, TcAttachType::Egress] {
+                        tc_filter::attach(floor, interface, hook)
+                            .with_context(|| format!("the floor program on {interface} ({hook:?})"))?;
+                    }
+                }
+                Ok(())
+            })??;
+            Ok(Installed::HookFloor { _qdiscs: qdiscs, _datapath: Box::new(datapath) })
+        }
         Enforcer::Flowgate | Enforcer::FlowgateTcx => {
             let policies = PolicyDir::new(&format!("{}-{}", lab.name, rules.size))?;
             let file = policies.0.join("bench.yaml");
@@ -104,8 +143,9 @@ pub fn install(enforcer: Enforcer, lab: &LabState, rules: &RuleSet) -> anyhow::R
             if enforcer == Enforcer::FlowgateTcx {
                 args.extend(["--attach-mode", "tcx"]);
             }
+            let qdiscs = Clsact::new(lab);
             let agent = AgentGuard::start(&lab.name, &socket, &args);
-            Ok(Installed::Flowgate { agent, _sockets: sockets, _policies: policies })
+            Ok(Installed::Flowgate { agent, _qdiscs: qdiscs, _sockets: sockets, _policies: policies })
         }
         Enforcer::Iptables | Enforcer::IptablesConntrack | Enforcer::Ipset => {
             // Removal first: a half-installed set of rules is removed too.
@@ -132,7 +172,7 @@ impl Installed {
         let pid = match self {
             Self::Flowgate { agent, .. } => agent.pid(),
             Self::KubeNetworkPolicies(knp) => knp.pid(),
-            Self::Nothing | Self::Netfilter(_) => return None,
+            Self::Nothing | Self::HookFloor { .. } | Self::Netfilter(_) => return None,
         };
         process_cpu(pid)
     }
@@ -173,6 +213,38 @@ impl Drop for NodeRules {
             if let Err(e) = run_in(&self.netns, program, args, None) {
                 eprintln!("traffic: removing the rules from {}: {e:#}", self.netns);
             }
+        }
+    }
+}
+
+/// The clsact qdiscs on the lab's pod interfaces (with whatever filters are on them), deleted on drop.
+pub struct Clsact {
+    netns: String,
+    interfaces: Vec<String>,
+}
+
+impl Clsact {
+    /// Whatever clsact qdisc is on `lab`'s pod interfaces from now on is deleted when this is dropped.
+    pub fn new(lab: &LabState) -> Self {
+        Self { netns: lab.node_netns.clone(), interfaces: lab.pods.iter().map(|p| p.host_ifname.clone()).collect() }
+    }
+}
+
+impl Drop for Clsact {
+    fn drop(&mut self) {
+        // `tc -force -batch` goes on past an interface without one (an error for that line only).
+        let batch: String = self.interfaces.iter().map(|i| format!("qdisc del dev {i} clsact\n")).collect();
+        let _ = run_in(&self.netns, "tc", &["-force", "-batch", "-"], Some(&batch));
+        let left = netns::in_netns(&self.netns, || Command::new("tc").args(["qdisc", "show"]).output());
+        match left {
+            Ok(Ok(out)) => {
+                let text = String::from_utf8_lossy(&out.stdout);
+                let count = text.lines().filter(|l| l.contains("clsact")).count();
+                if count > 0 {
+                    eprintln!("traffic: {count} clsact qdiscs left in {} after deleting them", self.netns);
+                }
+            }
+            _ => eprintln!("traffic: could not list the qdiscs left in {}", self.netns),
         }
     }
 }
