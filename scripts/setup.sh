@@ -13,9 +13,10 @@ fi
 
 # --- Debian packages -------------------------------------------------------------------------------
 # llvm-22-dev: bpf-linker links against it. iproute2: `ip netns` / veth for the lab, and `tc` (tests count
-# the agent's tc filters). tmux: the monitor's end-to-end test drives the TUI in it. prometheus: the metrics test scrapes a real agent with it.
+# the agent's tc filters, the traffic benchmark's hook floor). tmux: the monitor's end-to-end test drives
+# the TUI in it. prometheus: the metrics test scrapes a real agent with it.
 # procps (pgrep/pkill), util-linux (nsenter), psmisc for the tests and the demo. protobuf-compiler and
-# python3-protobuf: the JSON output is checked against Hubble's flow.proto. prometheus: the metrics test.
+# python3-protobuf: the JSON output is checked against Hubble's flow.proto.
 # time (GNU time): the export test measures the exporter's peak memory with it. openssl: the Kubernetes tests'
 # CA and certificates. man-db: the install test formats every manual page with `man -l`. iptables, ipset and
 # nftables: the traffic benchmark enforces the same policies with them side by side with flowgate.

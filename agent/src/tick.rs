@@ -12,6 +12,8 @@
 
 use std::time::{Duration, Instant};
 
+use flowgate_common::conntrack::tick_time_ns;
+
 /// The values of CONFIG_HZ a kernel is built with.
 const KNOWN_HZ: [u64; 4] = [100, 250, 300, 1000];
 /// Ticks between the two samples the tick is measured over.
@@ -41,7 +43,7 @@ pub struct Tick {
 impl Tick {
     /// The time of `jiffies` on CLOCK_MONOTONIC, as the programs compute it.
     pub fn monotonic_ns(&self, jiffies: u64) -> u64 {
-        jiffies.wrapping_mul(self.tick_ns).wrapping_add(self.offset_ns)
+        tick_time_ns(jiffies, self.tick_ns, self.offset_ns)
     }
 }
 

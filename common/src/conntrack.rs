@@ -86,6 +86,13 @@ impl LifetimeClass {
     }
 }
 
+/// Conntrack's time of `jiffies` (CLOCK_MONOTONIC to the kernel's tick), with the tick and offset the agent
+/// measured (`counters::Config::TickNs`, `TickOffsetNs`): how the programs read their clock from jiffies.
+#[inline(always)]
+pub fn tick_time_ns(jiffies: u64, tick_ns: u64, offset_ns: u64) -> u64 {
+    jiffies.wrapping_mul(tick_ns).wrapping_add(offset_ns)
+}
+
 /// Whether an entry last seen at `last_seen_ns` has outlived `lifetime_ns` at `now_ns` (a lifetime of 0:
 /// never, e.g. a datapath whose agent did not set lifetimes).
 #[inline(always)]

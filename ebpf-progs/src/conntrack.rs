@@ -7,7 +7,7 @@
 use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns};
 use flowgate_common::{
     FlowTuple,
-    conntrack::{CtEntry, CtKey, LifetimeClass, ct_flag, expired},
+    conntrack::{CtEntry, CtKey, LifetimeClass, ct_flag, expired, tick_time_ns},
     counters::{Config, aggregation},
     ip::protocol,
     policy::direction,
@@ -64,7 +64,7 @@ fn coarse_now() -> u64 {
     }
     // SAFETY: as above (the verifier replaces the call with a load of `jiffies_64`).
     let jiffies = unsafe { bpf_jiffies64() };
-    jiffies.wrapping_mul(tick_ns).wrapping_add(maps::config(Config::TickOffsetNs))
+    tick_time_ns(jiffies, tick_ns, maps::config(Config::TickOffsetNs))
 }
 
 /// Looks the packet up as part of an existing connection and updates that connection.
