@@ -1,6 +1,7 @@
 //! The kernel's counters, polled: copied into the agent state for `status` and the metrics, and the
 //! records the kernel could not write into the events buffer published to every subscriber as a loss
-//! (for the perf event array, those whose lost-record notice has not come first).
+//! (for the perf event array, those whose lost-record notice has not come first); and losses held back
+//! by full subscriber queues flushed once there is room.
 
 use std::{
     sync::{Arc, Mutex, atomic::Ordering},
@@ -13,7 +14,8 @@ use log::warn;
 
 use crate::{controller::Controller, state::AgentState};
 
-/// Every 100 ms: kernel counters into the state, and new kernel-side losses to every subscriber.
+/// Every 100 ms: kernel counters into the state, new kernel-side losses to every subscriber, and losses
+/// held back by full subscriber queues to those that have room again.
 pub async fn poll(controller: Arc<Mutex<Controller>>, state: Arc<AgentState>) {
     let mut interval = tokio::time::interval(Duration::from_millis(100));
     // Pinned counters survive restarts: only losses from now on are news.
@@ -66,5 +68,8 @@ pub async fn poll(controller: Arc<Mutex<Controller>>, state: Arc<AgentState>) {
         if news > 0 {
             state.hub().publish_loss(LossSource::KernelBuffer, news);
         }
+        // Losses a full subscriber queue held back go out once it has room, even with no flow to carry
+        // them (the events reader sleeps while no records come).
+        state.hub().flush_losses();
     }
 }

@@ -58,7 +58,9 @@ struct Args {
     /// Pages of each per-CPU perf buffer (`--events-buffer perf`; a power of two).
     #[arg(long, default_value_t = flowgate_agent::reader::PERF_PAGES)]
     perf_pages: usize,
-    /// How often the reader drains the events buffer when the kernel has not woken it, in milliseconds.
+    /// How often the reader drains the events buffer when the kernel has not woken it, in milliseconds:
+    /// while records come (an idle reader waits for the kernel's wake-up), or always with the perf event
+    /// array or --events-wakeup-interval-us 0. At least the wake-up interval.
     #[arg(long, default_value_t = 5)]
     drain_interval_ms: u64,
     /// Ring buffer: a record wakes the reader when the last wake-up is this old (microseconds), so a
@@ -454,8 +456,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let readers = match source {
         EventsSource::Ring(ring) => {
             vec![
-                flowgate_agent::reader::spawn(ring, drain_interval, Pipeline::new(Arc::clone(&state)))
-                    .context("starting the events reader")?,
+                flowgate_agent::reader::spawn(
+                    ring,
+                    flowgate_agent::reader::Backstop::for_ring(
+                        drain_interval,
+                        Duration::from_micros(args.events_wakeup_interval_us),
+                    ),
+                    Pipeline::new(Arc::clone(&state)),
+                )
+                .context("starting the events reader")?,
             ]
         }
         EventsSource::Perf(buffers) => buffers

@@ -1,9 +1,12 @@
 //! Drains the kernel's events buffer, on a thread of its own. With the ring buffer (default) the kernel
 //! wakes us in batches: when enough data is waiting, or when the last wake-up is older than the wake-up
 //! interval (see `ebpf-progs/src/events.rs`), so a lone record is read at once and a stream about once
-//! per interval; a periodic tick drains whatever is left anyway (a backstop, e.g. with the interval
-//! turned off). With the perf event array there is one buffer per CPU, each drained by its own thread,
-//! and the kernel's lost-record notices are passed on as losses.
+//! per interval. What no wake-up announced (records written within an interval of the last wake-up) is
+//! picked up by a backstop drain ([`Backstop`]): after records, until a drain finds none an interval
+//! later; an idle node's reader then sleeps until the kernel wakes it. A reader that ticked while idle
+//! (every 5 ms) cost the pods' UDP traffic 12-15% on this 2-core machine (docs/benchmarks.md). With the
+//! wake-up interval turned off, and with the perf event array (one buffer per CPU, each drained by its
+//! own thread, the kernel's lost-record notices passed on as losses), the backstop ticks always.
 //!
 //! A thread rather than a task of the async runtime: a wake-up then costs one thread switch. As a task,
 //! the kernel's wake-up woke the runtime's worker parked on its event loop, which woke another worker to
@@ -17,13 +20,13 @@
 
 use std::{
     io,
-    os::fd::{AsRawFd, RawFd},
+    os::fd::{AsRawFd, FromRawFd as _, OwnedFd, RawFd},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
     thread::JoinHandle,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use aya::maps::{
@@ -33,9 +36,49 @@ use aya::maps::{
 use flowgate_events::RecordSink;
 use tokio::sync::oneshot;
 
-/// A reader thread. It stops within one drain tick once the handle is dropped.
+/// When the reader drains its buffer without being woken by the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backstop {
+    /// Every so often, records or not: for perf buffers, and for a ring buffer whose programs wake the
+    /// reader only once enough data is waiting (wake-up interval 0).
+    Periodic(Duration),
+    /// This long after a drain that found records, and again until a drain at least this long after the
+    /// last records finds none; then only when woken. Right for a ring buffer whose programs wake the
+    /// reader for any record written at least the wake-up interval after the last wake-up, provided this
+    /// is at least that interval: every record a wake-up did not announce was written within an interval
+    /// of one, so a drain an interval later finds it, and every record after that wakes the reader.
+    AfterRecords(Duration),
+}
+
+impl Backstop {
+    /// The backstop for a ring buffer whose programs wake the reader `wakeup_interval` apart (zero: only
+    /// when enough data is waiting), draining at least every `tick` while records come.
+    pub fn for_ring(tick: Duration, wakeup_interval: Duration) -> Self {
+        if wakeup_interval.is_zero() { Self::Periodic(tick) } else { Self::AfterRecords(tick.max(wakeup_interval)) }
+    }
+}
+
+/// How long the next wait may last under `backstop`, given when a drain last found records (`None`: not
+/// since the reader went idle) and now. `None`: until woken.
+fn next_wait(backstop: Backstop, last_records: Option<Instant>, now: Instant) -> Option<Duration> {
+    match backstop {
+        Backstop::Periodic(tick) => Some(tick),
+        Backstop::AfterRecords(tick) => last_records.map(|at| tick.saturating_sub(now.saturating_duration_since(at))),
+    }
+}
+
+/// After a drain at `now` that found `records`: when a drain last found records, or `None` once the
+/// reader may sleep until woken (a drain at least one backstop after the last records found none).
+fn after_drain(backstop: Backstop, last_records: Option<Instant>, records: usize, now: Instant) -> Option<Instant> {
+    let Backstop::AfterRecords(tick) = backstop else { return Some(now) };
+    if records > 0 { Some(now) } else { last_records.filter(|at| now.saturating_duration_since(*at) < tick) }
+}
+
+/// A reader thread. It stops at once when the handle is dropped.
 pub struct Reader {
     stop: Arc<AtomicBool>,
+    /// Written on drop, to wake a reader waiting without a time limit.
+    wake: OwnedFd,
     ended: Option<oneshot::Receiver<io::Result<()>>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -53,6 +96,10 @@ impl Reader {
 impl Drop for Reader {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a live buffer to our own eventfd; a failure (it cannot fail short of
+        // a counter overflow) would leave the thread to notice `stop` at its next wake-up.
+        unsafe { libc::write(self.wake.as_raw_fd(), one.as_ptr().cast(), one.len()) };
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -60,13 +107,16 @@ impl Drop for Reader {
 }
 
 /// Starts reading `ring` on a thread of its own: each record to the sink, each drained batch ended.
-pub fn spawn(ring: RingBuf<MapData>, tick: Duration, sink: impl RecordSink + Send + 'static) -> io::Result<Reader> {
+pub fn spawn(ring: RingBuf<MapData>, backstop: Backstop, sink: impl RecordSink + Send + 'static) -> io::Result<Reader> {
     let mut sink = sink;
-    spawn_thread("fg-events-ring", ring, tick, move |ring| {
+    spawn_thread("fg-events-ring", ring, backstop, move |ring| {
+        let mut records = 0;
         while let Some(item) = ring.next() {
             sink.on_record(&item);
+            records += 1;
         }
         sink.on_batch_end();
+        records
     })
 }
 
@@ -95,46 +145,69 @@ pub fn spawn_perf(
 ) -> io::Result<Reader> {
     let mut sink = sink;
     let mut joined = Vec::new();
-    spawn_thread("fg-events-perf", buffer, tick, move |buffer| {
+    spawn_thread("fg-events-perf", buffer, Backstop::Periodic(tick), move |buffer| {
+        let mut records = 0;
         buffer.for_each(|event| match event {
-            PerfEvent::Sample { head, tail: [] } => sink.on_record(head),
+            PerfEvent::Sample { head, tail: [] } => {
+                sink.on_record(head);
+                records += 1;
+            }
             PerfEvent::Sample { head, tail } => {
                 joined.clear();
                 joined.extend_from_slice(head);
                 joined.extend_from_slice(tail);
                 sink.on_record(&joined);
+                records += 1;
             }
             PerfEvent::Lost { count } => sink.on_lost(count),
         });
         sink.on_batch_end();
+        records
     })
 }
 
-/// Runs `drain` on `buffer` on a new thread whenever its fd is readable, and at least every `tick`, until
-/// the returned handle is dropped.
+/// Runs `drain` (which returns how many records it read) on `buffer` on a new thread whenever its fd is
+/// readable, and as `backstop` says, until the returned handle is dropped.
 fn spawn_thread<B: AsRawFd + Send + 'static>(
     name: &str,
     mut buffer: B,
-    tick: Duration,
-    mut drain: impl FnMut(&mut B) + Send + 'static,
+    backstop: Backstop,
+    mut drain: impl FnMut(&mut B) -> usize + Send + 'static,
 ) -> io::Result<Reader> {
+    // SAFETY: eventfd takes no pointers; a non-negative return is a new descriptor that we own.
+    let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if raw < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(e.kind(), format!("creating the {name} thread's wake-up eventfd: {e}")));
+    }
+    // SAFETY: `raw` is a valid descriptor nothing else owns.
+    let wake = unsafe { OwnedFd::from_raw_fd(raw) };
+    let woken = wake.as_raw_fd();
     let stop = Arc::new(AtomicBool::new(false));
     let (report, ended) = oneshot::channel();
     let stopped = Arc::clone(&stop);
     let thread = std::thread::Builder::new().name(name.into()).spawn(move || {
         yield_on_wakeup();
+        // Records may be waiting from before the reader started, announced to nobody: the first wait is
+        // bounded as after records.
+        let mut last_records = Some(Instant::now());
         let result = loop {
             if stopped.load(Ordering::Relaxed) {
                 break Ok(());
             }
-            if let Err(e) = wait_readable(buffer.as_raw_fd(), tick) {
+            if let Err(e) = wait_readable(buffer.as_raw_fd(), woken, next_wait(backstop, last_records, Instant::now()))
+            {
                 break Err(e);
             }
-            drain(&mut buffer);
+            if stopped.load(Ordering::Relaxed) {
+                break Ok(());
+            }
+            let records = drain(&mut buffer);
+            last_records = after_drain(backstop, last_records, records, Instant::now());
         };
         let _ = report.send(result);
     })?;
-    Ok(Reader { stop, ended: Some(ended), thread: Some(thread) })
+    Ok(Reader { stop, wake, ended: Some(ended), thread: Some(thread) })
 }
 
 /// Puts the calling thread under `SCHED_BATCH` (see the module docs); a refusal is logged and changes
@@ -147,18 +220,68 @@ fn yield_on_wakeup() {
     }
 }
 
-/// Waits until `fd` is readable or `timeout` has passed.
-fn wait_readable(fd: RawFd, timeout: Duration) -> io::Result<()> {
-    let mut poll_fd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-    let timeout = libc::timespec {
-        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
-        tv_nsec: timeout.subsec_nanos() as libc::c_long,
-    };
-    // SAFETY: one valid pollfd and a valid timespec, both alive across the call; no signal mask.
-    let ret = unsafe { libc::ppoll(&mut poll_fd, 1, &timeout, std::ptr::null()) };
+/// Waits until `fd` or `wake` is readable, or `timeout` (if any) has passed.
+fn wait_readable(fd: RawFd, wake: RawFd, timeout: Option<Duration>) -> io::Result<()> {
+    let mut poll_fds = [fd, wake].map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
+    let timeout = timeout.map(|t| libc::timespec {
+        tv_sec: libc::time_t::try_from(t.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_nsec: t.subsec_nanos() as libc::c_long,
+    });
+    let timeout_ptr = timeout.as_ref().map_or(std::ptr::null(), std::ptr::from_ref);
+    // SAFETY: two valid pollfds and a valid timespec (or null: no limit), alive across the call; no
+    // signal mask.
+    let ret = unsafe { libc::ppoll(poll_fds.as_mut_ptr(), 2, timeout_ptr, std::ptr::null()) };
     if ret >= 0 {
         return Ok(());
     }
     let e = io::Error::last_os_error();
     if e.kind() == io::ErrorKind::Interrupted { Ok(()) } else { Err(e) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TICK: Duration = Duration::from_millis(5);
+
+    #[test]
+    fn a_ring_with_wakeups_backs_them_up_for_at_least_an_interval() {
+        assert_eq!(Backstop::for_ring(TICK, Duration::from_micros(250)), Backstop::AfterRecords(TICK));
+        assert_eq!(
+            Backstop::for_ring(TICK, Duration::from_millis(20)),
+            Backstop::AfterRecords(Duration::from_millis(20))
+        );
+        assert_eq!(Backstop::for_ring(TICK, Duration::ZERO), Backstop::Periodic(TICK));
+    }
+
+    #[test]
+    fn after_records_the_reader_drains_again_until_a_quiet_backstop_then_sleeps() {
+        let backstop = Backstop::AfterRecords(TICK);
+        let t0 = Instant::now();
+        // Records found: the next wait ends a backstop later.
+        let last = after_drain(backstop, None, 3, t0);
+        assert_eq!(last, Some(t0));
+        assert_eq!(next_wait(backstop, last, t0), Some(TICK));
+        // Woken early (a wake-up for records already drained): no records, yet the backstop stands.
+        let early = t0 + Duration::from_millis(1);
+        let last = after_drain(backstop, last, 0, early);
+        assert_eq!(last, Some(t0));
+        assert_eq!(next_wait(backstop, last, early), Some(Duration::from_millis(4)));
+        // A drain a whole backstop after the last records finds none: sleep until woken.
+        let quiet = t0 + TICK;
+        let last = after_drain(backstop, last, 0, quiet);
+        assert_eq!(last, None);
+        assert_eq!(next_wait(backstop, last, quiet), None);
+        // Woken again: records, and the backstop starts over from this drain.
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!(after_drain(backstop, last, 1, later), Some(later));
+    }
+
+    #[test]
+    fn a_periodic_backstop_ticks_busy_or_idle() {
+        let backstop = Backstop::Periodic(TICK);
+        let now = Instant::now();
+        assert_eq!(next_wait(backstop, None, now), Some(TICK));
+        assert_eq!(next_wait(backstop, after_drain(backstop, None, 0, now), now), Some(TICK));
+    }
 }

@@ -49,7 +49,7 @@ const TEST_RUN_IFINDEX: u32 = 1;
 /// Name of the in-process agent's runtime threads (and the prefix of their `comm`).
 pub const AGENT_THREAD: &str = "fg-agent";
 
-/// The reader's tick: the agent's default (`--drain-interval-ms 5`).
+/// The reader's backstop tick: the agent's default (`--drain-interval-ms 5`).
 pub const DRAIN_INTERVAL: Duration = Duration::from_millis(5);
 
 /// Which kernel buffer carries the records.
@@ -219,7 +219,8 @@ impl BenchAgent {
         }));
         let mut readers = Vec::new();
         if let Some(ring) = ring {
-            readers.push(reader::spawn(ring, DRAIN_INTERVAL, Pipeline::new(Arc::clone(&state)))?);
+            let backstop = reader::Backstop::for_ring(DRAIN_INTERVAL, DatapathOptions::default().wakeup_interval);
+            readers.push(reader::spawn(ring, backstop, Pipeline::new(Arc::clone(&state)))?);
         }
         for buffer in perf.into_iter().flatten() {
             readers.push(reader::spawn_perf(buffer, DRAIN_INTERVAL, Pipeline::new(Arc::clone(&state)))?);

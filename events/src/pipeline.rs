@@ -3,7 +3,8 @@
 //! batches and the hub's lock is taken once per batch, not per record.
 //!
 //! What the pipeline needs from its owner (the agent's state, or a test) is the [`PipelineContext`]:
-//! the hub, the counters, and the current peer and policy snapshots, re-read once per batch.
+//! the hub, the counters, and the current peer and policy snapshots, re-read at the first record of each
+//! batch.
 
 use std::sync::{
     Arc,
@@ -74,6 +75,8 @@ pub struct Pipeline<C: PipelineContext> {
     enricher: Enricher,
     peers: Arc<PeerSnapshot>,
     policy: Arc<C::Policy>,
+    /// Whether `peers` and `policy` were read in this batch (the reader may have slept since the last).
+    fresh: bool,
     batch: Vec<Arc<Flow>>,
     decode_errors: u64,
 }
@@ -81,7 +84,15 @@ pub struct Pipeline<C: PipelineContext> {
 impl<C: PipelineContext> Pipeline<C> {
     pub fn new(context: Arc<C>) -> Self {
         let (peers, policy) = (context.peers(), context.policy());
-        Self { context, enricher: Enricher::new(KtimeClock::new()), peers, policy, batch: Vec::new(), decode_errors: 0 }
+        Self {
+            context,
+            enricher: Enricher::new(KtimeClock::new()),
+            peers,
+            policy,
+            fresh: true,
+            batch: Vec::new(),
+            decode_errors: 0,
+        }
     }
 
     fn publish(&mut self) {
@@ -97,6 +108,11 @@ impl<C: PipelineContext> Pipeline<C> {
 
 impl<C: PipelineContext> RecordSink for Pipeline<C> {
     fn on_record(&mut self, bytes: &[u8]) {
+        if !self.fresh {
+            self.peers = self.context.peers();
+            self.policy = self.context.policy();
+            self.fresh = true;
+        }
         self.context.counters().records_read.fetch_add(1, Ordering::Relaxed);
         match decode::decode(bytes) {
             Ok(record) => {
@@ -125,7 +141,7 @@ impl<C: PipelineContext> RecordSink for Pipeline<C> {
         }
     }
 
-    /// End of a drained batch: publish, report decode errors, pick up endpoint changes.
+    /// End of a drained batch: publish, report decode errors; the next batch reads endpoints and policy anew.
     fn on_batch_end(&mut self) {
         self.publish();
         if self.decode_errors > 0 {
@@ -133,7 +149,6 @@ impl<C: PipelineContext> RecordSink for Pipeline<C> {
             self.context.hub().publish_loss(LossSource::DecodeError, self.decode_errors);
             self.decode_errors = 0;
         }
-        self.peers = self.context.peers();
-        self.policy = self.context.policy();
+        self.fresh = false;
     }
 }
