@@ -59,6 +59,17 @@ pub fn lab_dir() -> PathBuf {
     std::env::temp_dir().join(LAB_DIR)
 }
 
+/// Traffic between two pods of `lab` (`flowgate lab traffic`): `count` packets or connections of
+/// `protocol` from pod `from` to pod `to` (`namespace/name`) on `port`, with `extra` flags (`--interval`,
+/// `--time-limit`, ...). It must succeed; returns its report.
+pub fn lab_traffic(lab: &str, from: &str, to: &str, port: &str, protocol: &str, count: &str, extra: &[&str]) -> String {
+    let mut args =
+        vec!["lab", "traffic", "--lab", lab, "--from", from, "--to", to, "--port", port, "--protocol", protocol];
+    args.extend(["--count", count]);
+    args.extend_from_slice(extra);
+    flowgate_ok(&args)
+}
+
 /// A file under the repository's `examples/`.
 pub fn example(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("examples").join(name)

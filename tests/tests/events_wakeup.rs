@@ -14,7 +14,7 @@ use flowgate_proto::{
 use flowgate_tests::{
     LabGuard,
     agent::{AgentGuard, SocketDir, runtime, wait_subscribed},
-    example, flowgate_ok, require_root,
+    example, lab_traffic, require_root,
 };
 
 /// The reader's drain tick in these tests: after the tick at start, the next is a minute away.
@@ -30,26 +30,7 @@ async fn subscribed(socket: &Path) -> EventStream {
 /// Sends one UDP datagram from x/a to y/b on `lab` (a new flow each time: a new source port).
 async fn one_datagram(lab: &str) {
     let name = lab.to_owned();
-    tokio::task::spawn_blocking(move || {
-        flowgate_ok(&[
-            "lab",
-            "traffic",
-            "--lab",
-            &name,
-            "--from",
-            "x/a",
-            "--to",
-            "y/b",
-            "--port",
-            "81",
-            "--protocol",
-            "UDP",
-            "--count",
-            "1",
-        ])
-    })
-    .await
-    .unwrap();
+    tokio::task::spawn_blocking(move || lab_traffic(&name, "x/a", "y/b", "81", "UDP", "1", &[])).await.unwrap();
 }
 
 /// Flows `stream` gets within `wait`.

@@ -13,7 +13,7 @@ use flowgate_proto::{
 use flowgate_tests::{
     LabGuard,
     agent::{AgentGuard, SocketDir, runtime},
-    example, flowgate_ok, require_root,
+    example, lab_traffic, require_root,
 };
 
 async fn status(socket: &Path) -> Status {
@@ -63,22 +63,7 @@ fn trailing_records_on_every_cpu(state: &flowgate_tests::LabState) {
 }
 
 fn burst(lab: &str) {
-    flowgate_ok(&[
-        "lab",
-        "traffic",
-        "--lab",
-        lab,
-        "--from",
-        "default/client",
-        "--to",
-        "default/web",
-        "--port",
-        "53",
-        "--protocol",
-        "UDP",
-        "--count",
-        "20000",
-    ]);
+    lab_traffic(lab, "default/client", "default/web", "53", "UDP", "20000", &[]);
 }
 
 fn kernel(s: &Status, name: &str) -> u64 {

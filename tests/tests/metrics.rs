@@ -20,7 +20,7 @@ use flowgate_proto::{client::Client, message::Subscription};
 use flowgate_tests::{
     DENY_INTO_Y, LabGuard, TempDir,
     agent::{AgentGuard, SocketDir, runtime},
-    example, flowgate_ok, free_port, require_root,
+    example, free_port, lab_traffic, require_root,
 };
 use serde_json::Value;
 
@@ -142,26 +142,7 @@ fn substitute(expr: &str, vars: &[(String, String)]) -> String {
 }
 
 fn traffic(lab: &str, from: &str, to: &str, port: &str, proto: &str, count: &str) {
-    flowgate_ok(&[
-        "lab",
-        "traffic",
-        "--lab",
-        lab,
-        "--from",
-        from,
-        "--to",
-        to,
-        "--port",
-        port,
-        "--protocol",
-        proto,
-        "--count",
-        count,
-        "--interval",
-        "1ms",
-        "--time-limit",
-        "5s",
-    ]);
+    lab_traffic(lab, from, to, port, proto, count, &["--interval", "1ms", "--time-limit", "5s"]);
 }
 
 #[test]

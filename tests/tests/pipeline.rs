@@ -14,7 +14,7 @@ use flowgate_proto::{
 use flowgate_tests::{
     LabGuard,
     agent::{AgentGuard, SocketDir, runtime, wait_subscribed},
-    example, flowgate_ok, require_root,
+    example, lab_traffic, require_root,
 };
 
 async fn status(socket: &Path) -> Status {
@@ -80,22 +80,7 @@ fn two_subscribers_with_different_filters_each_receive_exactly_their_events() {
         let name = lab.name.clone();
         tokio::task::spawn_blocking(move || {
             let traffic = |from: &str, to: &str, port: &str, proto: &str, count: &str| {
-                flowgate_ok(&[
-                    "lab",
-                    "traffic",
-                    "--lab",
-                    &name,
-                    "--from",
-                    from,
-                    "--to",
-                    to,
-                    "--port",
-                    port,
-                    "--protocol",
-                    proto,
-                    "--count",
-                    count,
-                ])
+                lab_traffic(&name, from, to, port, proto, count, &[])
             };
             traffic("x/a", "x/b", "80", "TCP", "5");
             traffic("y/b", "z/c", "81", "UDP", "20");
@@ -147,24 +132,7 @@ fn a_stalled_subscriber_is_told_its_loss_while_another_misses_nothing() {
         let reading = tokio::spawn(async move { collect(&mut reader, Duration::from_secs(2)).await });
         let name = lab.name.clone();
         tokio::task::spawn_blocking(move || {
-            flowgate_ok(&[
-                "lab",
-                "traffic",
-                "--lab",
-                &name,
-                "--from",
-                "x/a",
-                "--to",
-                "y/b",
-                "--port",
-                "80",
-                "--protocol",
-                "UDP",
-                "--count",
-                "10000",
-                "--interval",
-                "0.1ms",
-            ])
+            lab_traffic(&name, "x/a", "y/b", "80", "UDP", "10000", &["--interval", "0.1ms"])
         })
         .await
         .unwrap();
@@ -220,22 +188,7 @@ fn sixty_subscribers_with_large_filters_cost_the_others_nothing() {
         let before = status(&socket).await.counters.records_read;
         let name = lab.name.clone();
         let flood = tokio::task::spawn_blocking(move || {
-            flowgate_ok(&[
-                "lab",
-                "traffic",
-                "--lab",
-                &name,
-                "--from",
-                "default/client",
-                "--to",
-                "default/web",
-                "--port",
-                "53",
-                "--protocol",
-                "UDP",
-                "--count",
-                "5000",
-            ]);
+            lab_traffic(&name, "default/client", "default/web", "53", "UDP", "5000", &[]);
         });
         // `status` answers while the flood runs.
         let during = tokio::time::timeout(Duration::from_secs(5), status(&socket)).await;
