@@ -17,6 +17,16 @@ use tokio::sync::mpsc;
 
 use crate::history::History;
 
+/// How long a subscriber that does not need each batch the moment it is published (the verdict log, the
+/// metrics count) lets batches pile up after taking one. Under a stream the hub publishes a batch for
+/// each of the reader's drains, thousands a second; each would wake such a subscriber's thread, and on
+/// the machine the benchmarks run on a wake-up costs the pods' traffic far more than the work it wakes
+/// for (docs/benchmarks.md, "Subscribers that woke for every batch"). After a batch, such a subscriber
+/// waits this long before it looks again: at most one wake-up per interval under a stream, none when
+/// idle, and a lone batch still taken at once. A queue holds 65,536 events by default: 20 ms of 1M
+/// events/s fit in a third of it.
+pub const COALESCE: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Sizes of the hub's buffers.
 #[derive(Clone, Copy, Debug)]
 pub struct HubConfig {

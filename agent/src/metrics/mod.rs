@@ -16,6 +16,7 @@ use std::{
     },
 };
 
+use flowgate_events::hub;
 use flowgate_proto::message::{Event, Subscription};
 use log::info;
 
@@ -74,17 +75,27 @@ impl Metrics {
         self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Counts every flow the hub publishes, until the hub drops the subscription.
+    /// Counts every flow the hub publishes, until the hub drops the subscription. Under a stream it takes
+    /// what piled up once per `hub::COALESCE` rather than wake for each batch.
     pub async fn count_flows(self: Arc<Self>) {
         let mut sub = self.state.hub().subscribe(&Subscription::default());
         let Some(rx) = sub.rx.as_mut() else { return };
         while let Some(batch) = rx.recv().await {
-            let mut counts = self.counts();
-            for event in &batch {
-                if let Event::Flow(flow) = event {
-                    counts.count(flow);
+            {
+                let mut counts = self.counts();
+                let mut count = |batch: &[Event]| {
+                    for event in batch {
+                        if let Event::Flow(flow) = event {
+                            counts.count(flow);
+                        }
+                    }
+                };
+                count(&batch);
+                while let Ok(more) = rx.try_recv() {
+                    count(&more);
                 }
             }
+            tokio::time::sleep(hub::COALESCE).await;
         }
     }
 

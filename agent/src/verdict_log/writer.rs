@@ -1,5 +1,6 @@
 //! The verdict log's writer thread: takes batches from the log's hub subscription, applies the
-//! include/exclude filters, joins lines into few large writes, rotates between writes, and accounts for
+//! include/exclude filters, joins lines into few large writes (under a stream, what piled up in
+//! `hub::COALESCE`), rotates between writes, and accounts for
 //! every record that cannot be written (counted, and marked in the file with a `lost_events` line once
 //! the disk takes writes again). What a write does on disk is in [`super::file`].
 
@@ -8,10 +9,10 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use flowgate_events::hub::{LiveEvents, Subscriber};
+use flowgate_events::hub::{self, LiveEvents, Subscriber};
 use flowgate_proto::{
     filter::FilterSet,
     message::{Event, LossSource},
@@ -72,6 +73,7 @@ impl Writer {
             }
             match runtime.block_on(async { tokio::time::timeout(tick, rx.recv()).await }) {
                 Ok(Some(batch)) => {
+                    let woken = Instant::now();
                     self.take(batch);
                     // Join what else is queued into as few writes as possible.
                     while self.buf.len() < MAX_WRITE_BYTES {
@@ -81,6 +83,12 @@ impl Writer {
                         }
                     }
                     self.flush();
+                    // Let the next batches pile up rather than wake for each (see `hub::COALESCE`).
+                    if let Some(rest) = hub::COALESCE.checked_sub(woken.elapsed())
+                        && !stop.load(Ordering::Acquire)
+                    {
+                        std::thread::sleep(rest);
+                    }
                 }
                 Ok(None) => {
                     self.flush();

@@ -1,7 +1,7 @@
 //! The enforcers side by side, each put in place on the lab for one measurement and removed after it, so the
 //! next one starts from a clean node: nothing (the baseline), the eBPF hook's floor (a program that only
 //! returns, as tc filters on every pod interface: what any tc enforcer pays before doing anything),
-//! flowgate's agent (its default tc filters, and TCX links), iptables rules (with and without the conntrack
+//! flowgate's agent as it runs by default (tc filters, its verdict log and metrics on; and with TCX links), iptables rules (with and without the conntrack
 //! shortcut), iptables with ipset, and kube-network-policies ([`super::knp`]). Rules go into the lab's node
 //! namespace only (the machine's own namespace is never touched); removing them flushes that namespace's
 //! nftables ruleset (the iptables-nft backend's tables) and destroys its sets. The clsact qdiscs tc
@@ -22,7 +22,10 @@ use flowgate_agent::{
 };
 use flowgate_common::names::PROG_FLOOR;
 use flowgate_lab::{LabState, netns};
-use flowgate_tests::agent::{AgentGuard, SocketDir};
+use flowgate_tests::{
+    TempDir,
+    agent::{AgentGuard, SocketDir},
+};
 
 use super::{knp::KubeNetworkPolicies, rules::RuleSet};
 
@@ -99,11 +102,12 @@ pub enum Installed {
         _datapath: Box<Datapath>,
     },
     Flowgate {
-        // Field order: the agent stops (deleting its filters) before its qdiscs, socket directory and
-        // policies go.
+        // Field order: the agent stops (deleting its filters) before its qdiscs, socket directory,
+        // verdict log and policies go.
         agent: AgentGuard,
         _qdiscs: Clsact,
         _sockets: SocketDir,
+        _verdict_log: TempDir,
         _policies: PolicyDir,
     },
     Netfilter(NodeRules),
@@ -139,13 +143,26 @@ pub fn install(enforcer: Enforcer, lab: &LabState, rules: &RuleSet) -> anyhow::R
             let sockets = SocketDir::new(&format!("bench-{}", lab.name));
             let socket = sockets.socket("agent");
             let dir = policies.0.to_str().context("policy directory path is not UTF-8")?.to_owned();
-            let mut args = vec!["--policies", dir.as_str(), "--no-pin"];
+            // As the agent runs by default: its verdict log written and its metrics served (a counting
+            // subscriber), each in a place of its own rather than the machine's.
+            let verdict_log = TempDir::new(&format!("bench-verdicts-{}-{}", lab.name, rules.size));
+            let log_file = verdict_log.path().join("verdicts.jsonl");
+            let log_file = log_file.to_str().context("verdict log path is not UTF-8")?.to_owned();
+            let metrics = format!("127.0.0.1:{}", flowgate_tests::free_port());
+            let mut args = vec!["--policies", dir.as_str(), "--no-pin", "--verdict-log", &log_file];
+            args.extend(["--metrics-addr", &metrics]);
             if enforcer == Enforcer::FlowgateTcx {
                 args.extend(["--attach-mode", "tcx"]);
             }
             let qdiscs = Clsact::new(lab);
             let agent = AgentGuard::start(&lab.name, &socket, &args);
-            Ok(Installed::Flowgate { agent, _qdiscs: qdiscs, _sockets: sockets, _policies: policies })
+            Ok(Installed::Flowgate {
+                agent,
+                _qdiscs: qdiscs,
+                _sockets: sockets,
+                _verdict_log: verdict_log,
+                _policies: policies,
+            })
         }
         Enforcer::Iptables | Enforcer::IptablesConntrack | Enforcer::Ipset => {
             // Removal first: a half-installed set of rules is removed too.
