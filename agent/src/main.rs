@@ -418,7 +418,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 node_name: node.clone(),
                 reload_interval: Duration::from_secs(1),
             },
-            flowgate_proto::hubble::flow_json,
+            flowgate_proto::hubble::write_flow_json,
         ) {
             Ok(log) => Some(log),
             Err(e) => {

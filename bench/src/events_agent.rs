@@ -204,7 +204,7 @@ impl BenchAgent {
                         node_name: "bench".into(),
                         reload_interval: Duration::from_secs(1),
                     },
-                    flowgate_proto::hubble::flow_json,
+                    flowgate_proto::hubble::write_flow_json,
                 )
                 .with_context(|| format!("starting the verdict log {}", path.display()))?,
             ),

@@ -165,12 +165,8 @@ fn put(obj: &mut Map<String, Value>, key: &str, value: Value) {
     }
 }
 
-/// `flow.Endpoint`: `ID` (local endpoints only), `identity`, `namespace`, `labels`, `pod_name`.
-fn endpoint_json(peer: &Peer) -> Value {
-    let mut o = Map::new();
-    put(&mut o, "ID", json!(peer.endpoint_id));
-    put(&mut o, "identity", json!(peer.identity));
-    put(&mut o, "namespace", json!(peer.namespace));
+/// An endpoint's labels as Cilium writes them (with their source), the pod's namespace label included.
+fn endpoint_labels(peer: &Peer) -> Vec<String> {
     let mut labels: Vec<String> = peer.labels.iter().map(|l| cilium_label(l)).collect();
     if peer.is_pod() {
         let ns = format!("k8s:{}={}", Peer::NAMESPACE_LABEL, peer.namespace);
@@ -179,7 +175,16 @@ fn endpoint_json(peer: &Peer) -> Value {
             labels.sort();
         }
     }
-    put(&mut o, "labels", json!(labels));
+    labels
+}
+
+/// `flow.Endpoint`: `ID` (local endpoints only), `identity`, `namespace`, `labels`, `pod_name`.
+fn endpoint_json(peer: &Peer) -> Value {
+    let mut o = Map::new();
+    put(&mut o, "ID", json!(peer.endpoint_id));
+    put(&mut o, "identity", json!(peer.identity));
+    put(&mut o, "namespace", json!(peer.namespace));
+    put(&mut o, "labels", json!(endpoint_labels(peer)));
     put(&mut o, "pod_name", json!(peer.pod_name));
     Value::Object(o)
 }
@@ -254,19 +259,8 @@ pub fn flow_object(flow: &Flow, node_name: &str) -> Value {
         put(&mut o, "policy_match_type", json!(match_type_number(flow.match_type)));
     }
     if flow.event_type == EventType::Trace {
-        let point = match flow.traffic_direction {
-            TrafficDirection::Egress => "FROM_ENDPOINT",
-            _ => "TO_ENDPOINT",
-        };
-        o.insert("trace_observation_point".into(), json!(point));
-        let reason = match flow.ct_state {
-            Some(CtState::New) => "NEW",
-            Some(CtState::Established) => "ESTABLISHED",
-            Some(CtState::Reply) => "REPLY",
-            Some(CtState::Related) => "RELATED",
-            None => "",
-        };
-        put(&mut o, "trace_reason", json!(reason));
+        o.insert("trace_observation_point".into(), json!(trace_observation_point(flow)));
+        put(&mut o, "trace_reason", json!(trace_reason(flow)));
     }
     if flow.verdict == Verdict::Dropped {
         let code =
@@ -296,6 +290,226 @@ pub fn flow_object(flow: &Flow, node_name: &str) -> Value {
         put(&mut o, &format!("{prefix}_denied_by"), policies_json(names));
     }
     Value::Object(o)
+}
+
+/// [`flow_json`]'s line written straight into `out`: the same bytes as `serde_json::to_writer(out,
+/// &flow_json(flow, node_name))`, without building the value (a map per object, an allocation per field:
+/// most of the verdict log's cost per line). Keys go in the order `serde_json`'s map sorts them (bytes:
+/// upper case first); defaults are left out as [`put`] leaves them out. `tests::the_streamed_line_is_the_value_s_bytes`
+/// holds the two together.
+pub fn write_flow_json(out: &mut Vec<u8>, flow: &Flow, node_name: &str) {
+    let time = timestamp(flow.time_ns);
+    let mut line = JsonObject::open(out);
+    let f = line.key("flow");
+    let mut o = JsonObject::open(f);
+    {
+        let ip = o.key("IP");
+        let mut ip = JsonObject::open(ip);
+        ip.string("destination", &flow.destination_ip.to_string());
+        ip.string("ipVersion", if flow.source_ip.is_ipv6() { "IPv6" } else { "IPv4" });
+        ip.string("source", &flow.source_ip.to_string());
+        ip.close();
+    }
+    o.string("Summary", &summary(flow));
+    o.string("Type", "L3_L4");
+    write_endpoint(o.key("destination"), &flow.destination);
+    if flow.verdict == Verdict::Dropped {
+        let code =
+            if flow.drop_reason == 0 && flow.policy.is_some() { drop_reason::POLICY_DENIED } else { flow.drop_reason };
+        o.string("drop_reason_desc", drop_reason_name(code));
+    }
+    let (allowed, denied, names) = match &flow.policy {
+        Some(PolicyAttribution::AllowedBy(names)) => (true, false, names.as_slice()),
+        Some(PolicyAttribution::DefaultDeny { isolated_by }) => (false, true, isolated_by.as_slice()),
+        None => (false, false, &[][..]),
+    };
+    let ingress = flow.traffic_direction == TrafficDirection::Ingress;
+    let policies = |o: &mut JsonObject<'_>, prefix: &str| {
+        if allowed && !names.is_empty() {
+            write_policies(o.key(&format!("{prefix}_allowed_by")), names);
+        }
+        if denied && !names.is_empty() {
+            write_policies(o.key(&format!("{prefix}_denied_by")), names);
+        }
+    };
+    if !ingress {
+        policies(&mut o, "egress");
+    }
+    {
+        let (ty, sub_type) = event_type(flow);
+        let mut et = JsonObject::open(o.key("event_type"));
+        et.number_unless_zero("sub_type", i64::from(sub_type));
+        et.number_unless_zero("type", i64::from(ty));
+        et.close();
+    }
+    if ingress {
+        policies(&mut o, "ingress");
+    }
+    if flow.ifindex != 0 {
+        let mut interface = JsonObject::open(o.key("interface"));
+        interface.number_unless_zero("index", i64::from(flow.ifindex));
+        interface.close();
+    }
+    if let Some(reply) = flow.is_reply {
+        o.raw("is_reply", if reply { "true" } else { "false" });
+    }
+    if let Some(name) = flow.protocol.hubble_name() {
+        let mut l4 = JsonObject::open(o.key("l4"));
+        let mut body = JsonObject::open(l4.key(name));
+        if flow.protocol.is_icmp() {
+            body.number_unless_zero("code", i64::from(flow.icmp_code));
+            body.number_unless_zero("type", i64::from(flow.icmp_type));
+        } else {
+            body.number_unless_zero("destination_port", i64::from(flow.destination_port));
+            let mut flags = if flow.protocol == Protocol::Tcp { flow.tcp_flags.names() } else { Vec::new() };
+            if !flags.is_empty() {
+                flags.sort_unstable();
+                let mut set = JsonObject::open(body.key("flags"));
+                for flag in flags {
+                    set.raw(flag, "true");
+                }
+                set.close();
+            }
+            body.number_unless_zero("source_port", i64::from(flow.source_port));
+        }
+        body.close();
+        l4.close();
+    }
+    o.string_unless_empty("node_name", node_name);
+    if flow.event_type == EventType::PolicyVerdict {
+        o.number_unless_zero("policy_match_type", i64::from(match_type_number(flow.match_type)));
+    }
+    if flow.is_reply == Some(true) {
+        o.raw("reply", "true");
+    }
+    write_endpoint(o.key("source"), &flow.source);
+    o.string("time", &time);
+    if flow.event_type == EventType::Trace {
+        o.string("trace_observation_point", trace_observation_point(flow));
+        o.string_unless_empty("trace_reason", trace_reason(flow));
+    }
+    match flow.traffic_direction {
+        TrafficDirection::Ingress => o.string("traffic_direction", "INGRESS"),
+        TrafficDirection::Egress => o.string("traffic_direction", "EGRESS"),
+        TrafficDirection::Unknown => {}
+    }
+    o.string("verdict", verdict_name(flow.verdict));
+    o.close();
+    line.string_unless_empty("node_name", node_name);
+    line.string("time", &time);
+    line.close();
+}
+
+/// A JSON object being written into a buffer, key by key, in the order they are given.
+struct JsonObject<'a> {
+    out: &'a mut Vec<u8>,
+    first: bool,
+}
+
+impl<'a> JsonObject<'a> {
+    fn open(out: &'a mut Vec<u8>) -> Self {
+        out.push(b'{');
+        Self { out, first: true }
+    }
+
+    /// Writes `"key":` and returns the buffer for its value.
+    fn key(&mut self, key: &str) -> &mut Vec<u8> {
+        if !self.first {
+            self.out.push(b',');
+        }
+        self.first = false;
+        write_json_string(self.out, key);
+        self.out.push(b':');
+        self.out
+    }
+
+    fn raw(&mut self, key: &str, value: &str) {
+        self.key(key).extend_from_slice(value.as_bytes());
+    }
+
+    fn string(&mut self, key: &str, value: &str) {
+        write_json_string(self.key(key), value);
+    }
+
+    fn string_unless_empty(&mut self, key: &str, value: &str) {
+        if !value.is_empty() {
+            self.string(key, value);
+        }
+    }
+
+    fn number_unless_zero(&mut self, key: &str, value: i64) {
+        if value != 0 {
+            let out = self.key(key);
+            // Writing to a Vec cannot fail.
+            let _ = std::io::Write::write_fmt(out, format_args!("{value}"));
+        }
+    }
+
+    fn close(self) {
+        self.out.push(b'}');
+    }
+}
+
+/// `value` as a JSON string, escaped as `serde_json` escapes it.
+fn write_json_string(out: &mut Vec<u8>, value: &str) {
+    serde_json::to_writer(out, value).expect("a string serializes");
+}
+
+/// [`endpoint_json`] written straight into `out`.
+fn write_endpoint(out: &mut Vec<u8>, peer: &Peer) {
+    let mut o = JsonObject::open(out);
+    o.number_unless_zero("ID", i64::from(peer.endpoint_id));
+    o.number_unless_zero("identity", i64::from(peer.identity));
+    let labels = endpoint_labels(peer);
+    if !labels.is_empty() {
+        let out = o.key("labels");
+        out.push(b'[');
+        for (i, label) in labels.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_json_string(out, label);
+        }
+        out.push(b']');
+    }
+    o.string_unless_empty("namespace", &peer.namespace);
+    o.string_unless_empty("pod_name", &peer.pod_name);
+    o.close();
+}
+
+/// [`policies_json`] written straight into `out`.
+fn write_policies(out: &mut Vec<u8>, names: &[PolicyName]) {
+    out.push(b'[');
+    for (i, policy) in names.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let mut o = JsonObject::open(out);
+        o.string("kind", POLICY_KIND);
+        o.string_unless_empty("name", &policy.name);
+        o.string_unless_empty("namespace", &policy.namespace);
+        o.close();
+    }
+    out.push(b']');
+}
+
+/// `trace_observation_point` of a trace.
+fn trace_observation_point(flow: &Flow) -> &'static str {
+    match flow.traffic_direction {
+        TrafficDirection::Egress => "FROM_ENDPOINT",
+        _ => "TO_ENDPOINT",
+    }
+}
+
+/// `trace_reason` of a trace ("" when the flow has no conntrack state).
+fn trace_reason(flow: &Flow) -> &'static str {
+    match flow.ct_state {
+        Some(CtState::New) => "NEW",
+        Some(CtState::Established) => "ESTABLISHED",
+        Some(CtState::Reply) => "REPLY",
+        Some(CtState::Related) => "RELATED",
+        None => "",
+    }
 }
 
 /// One `GetFlowsResponse` with a flow: `{"flow":{...},"node_name":"...","time":"..."}`.
@@ -872,6 +1086,96 @@ pub mod fixtures {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every fixture, and each changed in every field that changes which keys a line has or how a value
+    /// is written (escapes included).
+    fn every_shape() -> Vec<Flow> {
+        let mut flows = Vec::new();
+        for (_, base) in fixtures::all() {
+            flows.push(base.clone());
+            for verdict in [Verdict::Forwarded, Verdict::Dropped, Verdict::Audit] {
+                for event_type in [EventType::Trace, EventType::Drop, EventType::PolicyVerdict, EventType::Agent] {
+                    for direction in [TrafficDirection::Ingress, TrafficDirection::Egress, TrafficDirection::Unknown] {
+                        let mut f = base.clone();
+                        (f.verdict, f.event_type, f.traffic_direction) = (verdict, event_type, direction);
+                        flows.push(f);
+                    }
+                }
+            }
+            for is_reply in [None, Some(false), Some(true)] {
+                for ifindex in [0, 7] {
+                    let mut f = base.clone();
+                    (f.is_reply, f.ifindex) = (is_reply, ifindex);
+                    flows.push(f);
+                }
+            }
+            for ct_state in [None, Some(CtState::New), Some(CtState::Related)] {
+                let mut f = base.clone();
+                (f.ct_state, f.event_type) = (ct_state, EventType::Trace);
+                flows.push(f);
+            }
+            for protocol in [Protocol::Tcp, Protocol::Udp, Protocol::Icmp, Protocol::Icmpv6, Protocol::Other(47)] {
+                for (sport, dport, flags, icmp) in [(0, 0, 0, (0, 0)), (40000, 80, 0x12, (8, 0)), (1, 0, 0x3f, (3, 4))]
+                {
+                    let mut f = base.clone();
+                    (f.protocol, f.source_port, f.destination_port, f.tcp_flags) =
+                        (protocol, sport, dport, TcpFlags(flags));
+                    (f.icmp_type, f.icmp_code) = icmp;
+                    flows.push(f);
+                }
+            }
+            for match_type in [None, Some(MatchType::L3Only), Some(MatchType::L3L4)] {
+                let mut f = base.clone();
+                (f.match_type, f.event_type) = (match_type, EventType::PolicyVerdict);
+                flows.push(f);
+            }
+            let odd = |name: &str| PolicyName { namespace: format!("ns\"{name}\u{1}"), name: format!("é{name}\n") };
+            for policy in [
+                None,
+                Some(PolicyAttribution::AllowedBy(vec![])),
+                Some(PolicyAttribution::AllowedBy(vec![
+                    odd("a"),
+                    PolicyName { namespace: String::new(), name: String::new() },
+                ])),
+                Some(PolicyAttribution::DefaultDeny { isolated_by: vec![odd("b")] }),
+            ] {
+                for direction in [TrafficDirection::Ingress, TrafficDirection::Egress] {
+                    let mut f = base.clone();
+                    (f.policy, f.traffic_direction) = (policy.clone(), direction);
+                    flows.push(f);
+                }
+            }
+            let mut f = base.clone();
+            f.source = Arc::new(Peer::default());
+            f.destination = Arc::new(Peer {
+                endpoint_id: 3,
+                identity: 0,
+                namespace: "q\"uote".into(),
+                labels: vec!["a=\u{7f}\t".into(), "reserved:world".into()],
+                pod_name: "p/\\".into(),
+            });
+            flows.push(f);
+        }
+        flows
+    }
+
+    #[test]
+    fn the_streamed_line_is_the_value_s_bytes() {
+        let flows = every_shape();
+        assert!(flows.len() > 500, "{} shapes", flows.len());
+        for (i, flow) in flows.iter().enumerate() {
+            for node in ["", "node-1", "n\"ode"] {
+                let expected = serde_json::to_vec(&flow_json(flow, node)).unwrap();
+                let mut streamed = b"before:".to_vec();
+                write_flow_json(&mut streamed, flow, node);
+                assert_eq!(
+                    String::from_utf8_lossy(&streamed["before:".len()..]),
+                    String::from_utf8_lossy(&expected),
+                    "shape {i}, node {node:?}: {flow:?}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn timestamps_use_as_few_fraction_digits_as_protobuf() {

@@ -46,9 +46,10 @@ const MAX_WRITE_BYTES: usize = 1 << 20;
 /// `OBSERVER_EVENTS_QUEUE`.
 pub const LOST_SOURCE_LOG: LossSource = LossSource::ClientQueue;
 
-/// Turns a flow into its Hubble-shaped JSON line (`{"flow":{..},"node_name":..,"time":..}`); the agent
-/// passes `flowgate_proto::hubble::flow_json`.
-pub type FlowEncoder = fn(&Flow, &str) -> serde_json::Value;
+/// Writes a flow's Hubble-shaped JSON line (`{"flow":{..},"node_name":..,"time":..}`, no newline) into
+/// the buffer; the agent passes `flowgate_proto::hubble::write_flow_json` (the bytes of `flow_json`'s
+/// value, written without building it).
+pub type FlowEncoder = fn(&mut Vec<u8>, &Flow, &str);
 
 #[derive(Clone, Debug)]
 pub struct VerdictLogOptions {
@@ -245,8 +246,9 @@ mod tests {
     use super::{config::Rotation, *};
     use flowgate_events::hub::HubConfig;
 
-    fn encode(flow: &Flow, node: &str) -> serde_json::Value {
-        json!({"flow": {"source_port": flow.source_port, "verdict": flow.verdict.hubble_name()}, "node_name": node})
+    fn encode(out: &mut Vec<u8>, flow: &Flow, node: &str) {
+        let value = json!({"flow": {"source_port": flow.source_port, "verdict": flow.verdict.hubble_name()}, "node_name": node});
+        serde_json::to_writer(out, &value).unwrap();
     }
 
     fn dir(tag: &str) -> PathBuf {

@@ -130,8 +130,7 @@ impl Writer {
                         continue;
                     }
                     self.line.clear();
-                    let value = (self.encoder)(&flow, &self.node);
-                    serde_json::to_writer(&mut self.line, &value).expect("a JSON value serializes");
+                    (self.encoder)(&mut self.line, &flow, &self.node);
                     self.line.push(b'\n');
                     self.push_line(1);
                 }
