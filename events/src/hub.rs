@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use crate::history::History;
 
 /// How long a subscriber that does not need each batch the moment it is published (the verdict log, the
-/// metrics count) lets batches pile up after taking one. Under a stream the hub publishes a batch for
+/// metrics count: [`LiveEvents::recv_paced`]) lets batches pile up after taking one. Under a stream the hub publishes a batch for
 /// each of the reader's drains, thousands a second; each would wake such a subscriber's thread, and on
 /// the machine the benchmarks run on a wake-up costs the pods' traffic far more than the work it wakes
 /// for (docs/benchmarks.md, "Subscribers that woke for every batch"). After a batch, such a subscriber
@@ -46,6 +46,8 @@ impl Default for HubConfig {
 pub struct LiveEvents {
     rx: mpsc::UnboundedReceiver<Vec<Event>>,
     queued: Arc<AtomicUsize>,
+    /// When [`LiveEvents::recv_paced`] last took a batch.
+    paced_at: Option<std::time::Instant>,
 }
 
 impl LiveEvents {
@@ -58,6 +60,18 @@ impl LiveEvents {
         let batch = self.rx.recv().await?;
         self.taken(&batch);
         Some(batch)
+    }
+
+    /// The next batch, at most one per [`COALESCE`]: under a stream it waits out the rest of the
+    /// interval since the last one it took (what piled up meanwhile is there for `try_recv`); after a
+    /// quiet spell it takes a lone batch at once.
+    pub async fn recv_paced(&mut self) -> Option<Vec<Event>> {
+        if let Some(rest) = self.paced_at.and_then(|at| COALESCE.checked_sub(at.elapsed())) {
+            tokio::time::sleep(rest).await;
+        }
+        let batch = self.recv().await;
+        self.paced_at = Some(std::time::Instant::now());
+        batch
     }
 
     /// A batch if one is queued.
@@ -208,7 +222,7 @@ impl Hub {
                 undelivered: Mutex::new(Vec::new()),
                 stats: Arc::clone(&stats),
             }));
-            LiveEvents { rx, queued }
+            LiveEvents { rx, queued, paced_at: None }
         });
         Subscriber { id, initial, rx, stats, hub: Arc::clone(self) }
     }
@@ -312,6 +326,27 @@ mod tests {
             out.extend(batch);
         }
         out
+    }
+
+    #[test]
+    fn a_paced_subscriber_takes_a_lone_batch_at_once_and_then_one_per_interval() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let hub = Hub::new(HubConfig::default());
+        let follow = Subscription { follow: true, ..Default::default() };
+        let mut sub = hub.subscribe(&follow);
+        let rx = sub.rx.as_mut().unwrap();
+        rt.block_on(async {
+            hub.publish(&flows(1, 1, 2));
+            let first = tokio::time::timeout(COALESCE / 2, rx.recv_paced()).await;
+            assert_eq!(first.expect("a lone batch is taken at once").unwrap().len(), 1);
+            let taken = std::time::Instant::now();
+            hub.publish(&flows(2, 1, 2));
+            hub.publish(&flows(3, 1, 2));
+            // The next one waits out the interval (a sleep never ends early), and what piled up is there.
+            assert_eq!(rx.recv_paced().await.unwrap().len(), 2);
+            assert!(taken.elapsed() >= COALESCE, "taken {:?} after the last", taken.elapsed());
+            assert_eq!(drain(rx).len(), 3);
+        });
     }
 
     #[test]

@@ -16,7 +16,6 @@ use std::{
     },
 };
 
-use flowgate_events::hub;
 use flowgate_proto::message::{Event, Subscription};
 use log::info;
 
@@ -75,27 +74,20 @@ impl Metrics {
         self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Counts every flow the hub publishes, until the hub drops the subscription. Under a stream it takes
-    /// what piled up once per `hub::COALESCE` rather than wake for each batch.
+    /// Counts every flow the hub publishes, until the hub drops the subscription. Paced: under a stream
+    /// it takes a batch once per `hub::COALESCE`, and with it what piled up, rather than wake for each.
     pub async fn count_flows(self: Arc<Self>) {
         let mut sub = self.state.hub().subscribe(&Subscription::default());
         let Some(rx) = sub.rx.as_mut() else { return };
-        while let Some(batch) = rx.recv().await {
-            {
-                let mut counts = self.counts();
-                let mut count = |batch: &[Event]| {
-                    for event in batch {
-                        if let Event::Flow(flow) = event {
-                            counts.count(flow);
-                        }
+        while let Some(batch) = rx.recv_paced().await {
+            let mut counts = self.counts();
+            for batch in std::iter::once(batch).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
+                for event in &batch {
+                    if let Event::Flow(flow) = event {
+                        counts.count(flow);
                     }
-                };
-                count(&batch);
-                while let Ok(more) = rx.try_recv() {
-                    count(&more);
                 }
             }
-            tokio::time::sleep(hub::COALESCE).await;
         }
     }
 

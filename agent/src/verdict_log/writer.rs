@@ -9,10 +9,10 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use flowgate_events::hub::{self, LiveEvents, Subscriber};
+use flowgate_events::hub::{LiveEvents, Subscriber};
 use flowgate_proto::{
     filter::FilterSet,
     message::{Event, LossSource},
@@ -71,9 +71,9 @@ impl Writer {
                 self.flush();
                 break;
             }
-            match runtime.block_on(async { tokio::time::timeout(tick, rx.recv()).await }) {
+            // Paced: under a stream, what piled up in `hub::COALESCE` rather than a wake-up per batch.
+            match runtime.block_on(async { tokio::time::timeout(tick, rx.recv_paced()).await }) {
                 Ok(Some(batch)) => {
-                    let woken = Instant::now();
                     self.take(batch);
                     // Join what else is queued into as few writes as possible.
                     while self.buf.len() < MAX_WRITE_BYTES {
@@ -83,12 +83,6 @@ impl Writer {
                         }
                     }
                     self.flush();
-                    // Let the next batches pile up rather than wake for each (see `hub::COALESCE`).
-                    if let Some(rest) = hub::COALESCE.checked_sub(woken.elapsed())
-                        && !stop.load(Ordering::Acquire)
-                    {
-                        std::thread::sleep(rest);
-                    }
                 }
                 Ok(None) => {
                     self.flush();
