@@ -1,6 +1,7 @@
 //! Section "footprint": what the agent costs the node.
 //!
-//! - The real `flowgate-agent` process on a real lab of `endpoints` pods (network namespaces and veths):
+//! - The real `flowgate-agent` process, as it runs by default (its verdict log written, its metrics served),
+//!   on a real lab of `endpoints` pods (network namespaces and veths):
 //!   start-up (spawn to its socket answering, every endpoint attached), resident memory and CPU idle,
 //!   kernel map memory (the `memlock` of every map fd in `/proc/<pid>/fdinfo`, reported apart), and
 //!   resident memory again once `policies` policies are in effect; then start-up again with
@@ -216,8 +217,13 @@ fn start_agent(
         Some(pins) => command.arg("--bpf-dir").arg(pins),
         None => command.arg("--no-pin"),
     };
+    // As the agent runs by default: its verdict log written (here, in the run's own directory) and its
+    // metrics served (on a free loopback port), two subscribers that hold memory and count every flow.
+    let metrics = format!("127.0.0.1:{}", flowgate_tests::free_port());
     let child = command
-        .args(["--lab", LAB, "--verdict-log", "none", "--metrics-addr", "none", "--socket"])
+        .args(["--lab", LAB, "--verdict-log"])
+        .arg(dir.0.join("verdicts.jsonl"))
+        .args(["--metrics-addr", &metrics, "--socket"])
         .arg(&socket)
         .arg("--policies")
         .arg(policy_dir)

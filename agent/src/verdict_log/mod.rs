@@ -47,8 +47,8 @@ const MAX_WRITE_BYTES: usize = 1 << 20;
 pub const LOST_SOURCE_LOG: LossSource = LossSource::ClientQueue;
 
 /// Writes a flow's Hubble-shaped JSON line (`{"flow":{..},"node_name":..,"time":..}`, no newline) into
-/// the buffer; the agent passes `flowgate_proto::hubble::write_flow_json` (the bytes of `flow_json`'s
-/// value, written without building it).
+/// the buffer; the agent passes `flowgate_proto::hubble::write_flow_json`, which `flowgate monitor -o json`
+/// prints too.
 pub type FlowEncoder = fn(&mut Vec<u8>, &Flow, &str);
 
 #[derive(Clone, Debug)]

@@ -43,7 +43,7 @@ impl LineFormat {
             (LineFormat::Text { verbose: true }, Event::Lost(lost)) => {
                 format!("{}: {}", hubble::timestamp(now_ns), format::lost_line(lost))
             }
-            (LineFormat::Json { node_name }, Event::Flow(flow)) => hubble::flow_json(flow, node_name).to_string(),
+            (LineFormat::Json { node_name }, Event::Flow(flow)) => hubble::flow_line(flow, node_name),
             (LineFormat::Json { node_name }, Event::Lost(lost)) => lost_line_json(lost, node_name, now_ns),
         }
     }
