@@ -3,7 +3,7 @@
 //! label-bounded families (per endpoint, per policy, per denied pair), each capped at a number of
 //! distinct label sets beyond which counts go to `other`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use flowgate_proto::{
     Flow,
@@ -84,7 +84,8 @@ pub struct FlowCounts {
     endpoint_seen: HashMap<u16, (String, String, String)>,
     /// `(policy, direction, action)`.
     pub policy_decisions: BTreeMap<(String, &'static str, &'static str), u64>,
-    policies_seen: usize,
+    /// The policies with labels of their own in `policy_decisions` (at most `caps.policies`).
+    policies_seen: HashSet<String>,
     /// `(source, destination)` of denied connections.
     pub denied_pairs: BTreeMap<(String, String), u64>,
     caps: Caps,
@@ -143,11 +144,12 @@ impl FlowCounts {
             names
         };
         for name in names {
-            let known = self.policy_decisions.keys().any(|(p, _, _)| *p == name);
-            let policy = if known || self.policies_seen < self.caps.policies {
-                if !known {
-                    self.policies_seen += 1;
-                }
+            // A set lookup, not a walk of the family: a node with hundreds of policies counts thousands of
+            // verdicts a second.
+            let policy = if self.policies_seen.contains(&name) {
+                name
+            } else if self.policies_seen.len() < self.caps.policies {
+                self.policies_seen.insert(name.clone());
                 name
             } else {
                 OTHER.to_owned()
@@ -221,5 +223,21 @@ mod tests {
         assert_eq!(c.endpoint_verdicts[&(OTHER.into(), String::new(), String::new(), "ingress", "dropped")], 7);
         assert_eq!(c.denied_pairs.len(), 5);
         assert_eq!(c.denied_pairs[&(OTHER.into(), OTHER.into())], 6);
+
+        // Policies: the first two keep their names, in every direction and action; the rest are `other`.
+        let mut c = FlowCounts::new(Caps { endpoints: 3, policies: 2, denied_pairs: 4 });
+        for (i, name) in ["a", "b", "c", "a", "d", "b"].into_iter().enumerate() {
+            let mut f = verdict(100, 1, if i % 2 == 0 { Verdict::Dropped } else { Verdict::Forwarded });
+            f.policy =
+                Some(PolicyAttribution::AllowedBy(vec![PolicyName { namespace: "ns".into(), name: name.into() }]));
+            c.count(&f);
+        }
+        let policies: std::collections::BTreeSet<_> = c.policy_decisions.keys().map(|k| k.0.clone()).collect();
+        assert_eq!(policies, ["ns/a", "ns/b", OTHER].into_iter().map(String::from).collect());
+        assert_eq!(c.policy_decisions[&("ns/a".into(), "ingress", "dropped")], 1);
+        assert_eq!(c.policy_decisions[&("ns/a".into(), "ingress", "forwarded")], 1);
+        assert_eq!(c.policy_decisions[&("ns/b".into(), "ingress", "forwarded")], 2);
+        assert_eq!(c.policy_decisions[&(OTHER.into(), "ingress", "dropped")], 2, "c and d");
+        assert_eq!(c.policy_decisions.len(), 4);
     }
 }
