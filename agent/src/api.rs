@@ -107,9 +107,9 @@ mod tests {
     fn requests_are_answered_from_the_state_and_the_log() {
         let state = AgentState::new(AgentInfo::default(), Hub::new(HubConfig::default()));
         let ns = BTreeMap::new();
-        let a = state.upsert_endpoint(pod("x", "a1", "a", 1), &ns);
-        let a2 = state.upsert_endpoint(pod("x", "a2", "a", 2), &ns);
-        state.upsert_endpoint(pod("x", "b", "b", 3), &ns);
+        let a = state.upsert_endpoint(pod("x", "a1", "a", 1), &ns).unwrap();
+        let a2 = state.upsert_endpoint(pod("x", "a2", "a", 2), &ns).unwrap();
+        state.upsert_endpoint(pod("x", "b", "b", 3), &ns).unwrap();
         let log = Arc::new(VerdictLogStats::default());
         log.records_written.store(7, Ordering::Relaxed);
         let api = Api::new(Arc::clone(&state), None, Some(log));

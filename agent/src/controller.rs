@@ -282,7 +282,8 @@ impl Controller {
         let mut waiting_ids = BTreeSet::new();
         for new in waiting {
             let namespace_labels = cluster_namespace_labels(self.cluster.as_ref(), &new.namespace);
-            let endpoint = self.state.upsert_endpoint(new, &namespace_labels);
+            let endpoint = self.state.upsert_endpoint(new, &namespace_labels)?;
+            forget_reused_ids(&self.state, &mut self.datapath)?;
             self.state.set_endpoint_state(endpoint.id, EndpointState::WaitingForInterface);
             waiting_ids.insert(endpoint.id);
         }
@@ -954,7 +955,8 @@ fn register(
 ) -> anyhow::Result<Vec<flowgate_proto::endpoint::Endpoint>> {
     let before: BTreeMap<u16, (u32, flowgate_common::EndpointInfo)> =
         state.endpoints().iter().map(|ep| (ep.id, (ep.ifindex, datapath::endpoint_info(ep)))).collect();
-    let endpoints = state.upsert_endpoints(pods);
+    let endpoints = state.upsert_endpoints(pods)?;
+    forget_reused_ids(state, datapath)?;
     for endpoint in &endpoints {
         let info = datapath::endpoint_info(endpoint);
         if before.get(&endpoint.id) != Some(&(endpoint.ifindex, info)) {
@@ -964,6 +966,25 @@ fn register(
         }
     }
     Ok(endpoints)
+}
+
+/// Makes the kernel forget what it kept under endpoint ids that went from a pod gone to a new pod
+/// (`EndpointRegistry::take_reused`), before the new pod's endpoint entry is written. Ids it could not clear
+/// are kept for the next registration.
+fn forget_reused_ids(state: &AgentState, datapath: &mut Datapath) -> anyhow::Result<()> {
+    let mut ids = state.take_reused_endpoint_ids().into_iter();
+    while let Some(id) = ids.next() {
+        match datapath.forget_endpoint(id) {
+            Ok(deleted) => {
+                info!("endpoint id {id} went to a new pod: {deleted} connections of its old pod forgotten");
+            }
+            Err(e) => {
+                state.return_reused_endpoint_ids(std::iter::once(id).chain(ids));
+                return Err(e).with_context(|| format!("clearing endpoint id {id} for its new pod"));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The endpoint of a lab pod: its labels, addresses and node-side interface.

@@ -20,7 +20,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
-        Array, HashMap, Map, MapData, PerCpuArray, PerfEventArray, RingBuf,
+        Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues, PerfEventArray, RingBuf,
         lpm_trie::{Key, LpmTrie},
     },
     programs::{
@@ -871,6 +871,38 @@ impl Datapath {
                 None => {}
             }
         }
+        Ok(deleted)
+    }
+
+    /// Makes the kernel forget what it keeps under an endpoint id, before the id goes to another pod
+    /// (`EndpointRegistry::take_reused`): the connections tracked for it (which would let the new pod's
+    /// packets pass as the old pod's established connections, without a verdict) and its count of
+    /// invalid-source drops. Returns the connections deleted. A packet of the id between the walk and the
+    /// deletion may lose a fresh entry: its next packet is decided again.
+    pub fn forget_endpoint(&mut self, endpoint_id: u16) -> Result<u64, DatapathError> {
+        let mut keys = Vec::new();
+        self.for_each_connection(|key, _| {
+            if key.endpoint_id == endpoint_id {
+                keys.push(*key);
+            }
+        })?;
+        let name = MAP_CONNTRACK;
+        let data = self.conntrack_data()?;
+        let mut deleted = 0;
+        for key in &keys {
+            let taken = map_batch::take::<CtKey, CtEntry>(data, key)
+                .map_err(|source| DatapathError::MapBatch { name, source })?;
+            deleted += u64::from(taken.is_some());
+        }
+        let name = MAP_INVALID_SOURCE;
+        let mut map: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf.map_mut(name).ok_or(DatapathError::MissingMap { name })?)
+                .map_err(|source| DatapathError::Map { name, source })?;
+        let index = u32::from(endpoint_id);
+        let cpus = map.get(&index, 0).map_err(|source| DatapathError::Map { name, source })?.len();
+        let zeroes = PerCpuValues::try_from(vec![0u64; cpus])
+            .map_err(|source| DatapathError::Map { name, source: source.into() })?;
+        map.set(index, zeroes, 0).map_err(|source| DatapathError::Map { name, source })?;
         Ok(deleted)
     }
 

@@ -26,7 +26,7 @@ use flowgate_events::{
 };
 
 use crate::{
-    endpoints::EndpointRegistry,
+    endpoints::{EndpointRegistry, NoEndpointIdLeft},
     identity::{IdentityAllocator, security_labels},
     policy::PolicySnapshot,
 };
@@ -228,27 +228,32 @@ impl AgentState {
     }
 
     /// Registers (or refreshes) a pod as an endpoint, with its identity from its security labels.
-    pub fn upsert_endpoint(&self, new: NewEndpoint, namespace_labels: &BTreeMap<String, String>) -> Endpoint {
-        self.upsert_endpoints([(new, namespace_labels.clone())]).pop().expect("one endpoint in, one out")
+    pub fn upsert_endpoint(
+        &self,
+        new: NewEndpoint,
+        namespace_labels: &BTreeMap<String, String>,
+    ) -> Result<Endpoint, NoEndpointIdLeft> {
+        Ok(self.upsert_endpoints([(new, namespace_labels.clone())])?.pop().expect("one endpoint in, one out"))
     }
 
     /// [`Self::upsert_endpoint`] for many pods at once: the pipeline's snapshot is rebuilt once, not once per
-    /// pod (a node of 500 pods re-registered on a label change rebuilt it 500 times).
+    /// pod (a node of 500 pods re-registered on a label change rebuilt it 500 times). A pod for which no id
+    /// is left stops the batch there (the ones before it stay registered).
     pub fn upsert_endpoints(
         &self,
         pods: impl IntoIterator<Item = (NewEndpoint, BTreeMap<String, String>)>,
-    ) -> Vec<Endpoint> {
+    ) -> Result<Vec<Endpoint>, NoEndpointIdLeft> {
         let mut eps = self.endpoints_write();
         let endpoints = pods
             .into_iter()
             .map(|(new, namespace_labels)| {
                 let labels = security_labels(&new.namespace, &namespace_labels, &new.labels);
                 let identity = eps.identities.identity_for(&labels);
-                let id = eps.registry.upsert(new).id;
+                let id = eps.registry.upsert(new)?.id;
                 let endpoint = eps.registry.get_mut(id).expect("just inserted");
                 endpoint.identity = identity;
                 endpoint.state = EndpointState::Regenerating;
-                endpoint.clone()
+                Ok(endpoint.clone())
             })
             .collect();
         Self::rebuild_snapshot(&mut eps);
@@ -283,6 +288,17 @@ impl AgentState {
         eps.remote = remote;
         Self::rebuild_snapshot(&mut eps);
         identities
+    }
+
+    /// Endpoint ids taken back from pods gone and given to new ones since the last call (see
+    /// [`EndpointRegistry::take_reused`]).
+    pub fn take_reused_endpoint_ids(&self) -> Vec<u16> {
+        self.endpoints_write().registry.take_reused()
+    }
+
+    /// Gives back reused ids whose kernel state could not be cleared (see [`EndpointRegistry::return_reused`]).
+    pub fn return_reused_endpoint_ids(&self, ids: impl IntoIterator<Item = u16>) {
+        self.endpoints_write().registry.return_reused(ids);
     }
 
     /// Removes an endpoint whose pod is gone (its id stays reserved for the same pod); returns it.
@@ -453,9 +469,9 @@ pub(crate) mod tests {
     fn endpoints_get_identities_and_requests_answer() {
         let s = state();
         let ns = BTreeMap::new();
-        let a = s.upsert_endpoint(pod("x", "a1", "a", 1), &ns);
-        let a2 = s.upsert_endpoint(pod("x", "a2", "a", 2), &ns);
-        let b = s.upsert_endpoint(pod("x", "b", "b", 3), &ns);
+        let a = s.upsert_endpoint(pod("x", "a1", "a", 1), &ns).unwrap();
+        let a2 = s.upsert_endpoint(pod("x", "a2", "a", 2), &ns).unwrap();
+        let b = s.upsert_endpoint(pod("x", "b", "b", 3), &ns).unwrap();
         assert_eq!(a.identity, a2.identity, "same labels, same identity");
         assert_ne!(a.identity, b.identity);
         assert_eq!(s.peers().by_ip[&Ipv4Addr::new(10, 0, 0, 3).into()].pod_name, "b");

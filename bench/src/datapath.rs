@@ -162,7 +162,7 @@ impl Bench {
                     ifindex,
                 },
                 &ns_labels,
-            );
+            )?;
             datapath.set_endpoint(ifindex, datapath::endpoint_info(&endpoint))?;
             pods.push(PodInfo {
                 endpoint_id: endpoint.id,

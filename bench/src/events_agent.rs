@@ -168,7 +168,7 @@ impl BenchAgent {
                 ifindex: TEST_RUN_IFINDEX,
             },
             &Default::default(),
-        );
+        )?;
         datapath
             .set_endpoint(TEST_RUN_IFINDEX, datapath::endpoint_info(&endpoint))
             .context("registering the endpoint")?;

@@ -167,7 +167,7 @@ fn start_node(endpoints: usize, policies: usize, labels: bool, extra_policy: Opt
         lab.topology_path = Some(path);
     }
     for pod in &lab.pods {
-        let ep = state.upsert_endpoint(controller::lab_pod_endpoint(pod), &namespace_labels());
+        let ep = state.upsert_endpoint(controller::lab_pod_endpoint(pod), &namespace_labels())?;
         dp.set_endpoint(pod.host_ifindex, datapath::endpoint_info(&ep))
             .with_context(|| format!("registering endpoint {}", pod.name))?;
     }

@@ -48,18 +48,20 @@ pub const TARGETS: [(&str, Target); 5] = [
 static API: LazyLock<Arc<Api>> = LazyLock::new(|| {
     let state = AgentState::new(AgentInfo::default(), Hub::new(HubConfig { history: 16, queue_events: 64 }));
     for (i, name) in ["a", "b"].into_iter().enumerate() {
-        state.upsert_endpoint(
-            NewEndpoint {
-                namespace: "x".into(),
-                pod_name: name.into(),
-                labels: [("pod".to_owned(), name.to_owned())].into(),
-                ipv4: Ipv4Addr::new(10, 0, 0, 10 + i as u8),
-                ipv6: None,
-                interface: format!("lxc{i}"),
-                ifindex: 10 + i as u32,
-            },
-            &BTreeMap::new(),
-        );
+        state
+            .upsert_endpoint(
+                NewEndpoint {
+                    namespace: "x".into(),
+                    pod_name: name.into(),
+                    labels: [("pod".to_owned(), name.to_owned())].into(),
+                    ipv4: Ipv4Addr::new(10, 0, 0, 10 + i as u8),
+                    ipv6: None,
+                    interface: format!("lxc{i}"),
+                    ifindex: 10 + i as u32,
+                },
+                &BTreeMap::new(),
+            )
+            .expect("an endpoint id");
     }
     Api::new(state, None, None)
 });

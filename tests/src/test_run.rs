@@ -50,7 +50,7 @@ pub fn two_pods(datapath: &mut Datapath, ports: &[ContainerPort]) -> (Arc<AgentS
             interface: format!("lxc-{name}"),
             ifindex,
         };
-        state.upsert_endpoint(new, &ns)
+        state.upsert_endpoint(new, &ns).expect("an endpoint id")
     };
     let client = pod("client", CLIENT, CLIENT6, 1000);
     let server = pod("server", SERVER, SERVER6, TEST_RUN_IFINDEX);

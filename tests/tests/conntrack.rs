@@ -40,7 +40,7 @@ use flowgate_tests::{
     LabGuard, TempDir,
     agent::{AgentGuard, SocketDir, runtime, wait_subscribed},
     example, flowgate_ok, require_root,
-    test_run::{CLIENT, SERVER, TC_ACT_SHOT, TC_ACT_UNSPEC, two_pods},
+    test_run::{CLIENT, SERVER, TC_ACT_SHOT, TC_ACT_UNSPEC, TEST_RUN_IFINDEX, two_pods},
 };
 
 /// The server's ingress allows UDP and TCP port 80 from the client.
@@ -212,6 +212,35 @@ fn a_connection_reset_by_its_opening_packet_is_closed_at_once() {
     let (ret, records) = f.client_sends(tcp(SYN));
     assert_eq!((ret, verdicts(&records)), (TC_ACT_UNSPEC, vec![verdict::ALLOWED]));
     assert_eq!(verdicts(&f.client_sends(tcp(SYN)).1), NONE, "a plain SYN opens a connection that stays");
+}
+
+/// An endpoint id goes to a new pod once the node has handed out every id (`EndpointRegistry`): what the
+/// kernel kept under it for the old pod goes first, or the new pod's packets would pass as the old pod's
+/// established connections, without a verdict.
+#[test]
+fn an_endpoint_id_given_to_a_new_pod_keeps_nothing_of_the_old_one() {
+    let mut f = fixture("forget", DatapathOptions::default());
+    let id_of = |f: &Fixture, pod: &str| f.state.endpoints().iter().find(|e| e.pod_name == pod).unwrap().clone();
+    let (server, client) = (id_of(&f, "server"), id_of(&f, "client"));
+    assert_eq!(verdicts(&f.client_sends(tcp(SYN)).1), vec![verdict::ALLOWED]);
+    assert_eq!(verdicts(&f.client_sends(tcp(ACK)).1), NONE, "established");
+    // Leaving with the client's address: an invalid source, counted for the server's id.
+    assert_eq!(f.run(PROG_FROM_ENDPOINT, CLIENT, SERVER, tcp(SYN)).0, TC_ACT_SHOT);
+    assert_eq!(f.datapath.invalid_source_drops([server.id]).unwrap().get(&server.id), Some(&1));
+    // A connection of another endpoint (the client's egress, on the same interface for the test).
+    f.datapath.set_endpoint(TEST_RUN_IFINDEX, datapath::endpoint_info(&client)).unwrap();
+    f.run(PROG_FROM_ENDPOINT, CLIENT, SERVER, Transport::Udp { sport: 5000, dport: 80 });
+    f.datapath.set_endpoint(TEST_RUN_IFINDEX, datapath::endpoint_info(&server)).unwrap();
+    let of = |f: &Fixture, id: u16| {
+        f.datapath.conntrack_entries().unwrap().iter().filter(|(k, _)| k.endpoint_id == id).count()
+    };
+    assert_eq!((of(&f, server.id), of(&f, client.id)), (1, 1));
+
+    assert_eq!(f.datapath.forget_endpoint(server.id).unwrap(), 1);
+    assert_eq!((of(&f, server.id), of(&f, client.id)), (0, 1), "only the id's connections go");
+    assert!(f.datapath.invalid_source_drops([server.id]).unwrap().is_empty(), "and its count");
+    let (ret, records) = f.client_sends(tcp(ACK));
+    assert_eq!((ret, verdicts(&records)), (TC_ACT_UNSPEC, vec![verdict::ALLOWED]), "a new connection, decided");
 }
 
 #[test]

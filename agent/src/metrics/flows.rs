@@ -119,14 +119,17 @@ impl FlowCounts {
         let local = if flow.traffic_direction == TrafficDirection::Ingress { &flow.destination } else { &flow.source };
         let endpoint_cap = self.caps.endpoints;
         let seen = self.endpoint_seen.len();
+        // An id that went to another pod (`EndpointRegistry::take_reused`) is a new label set.
+        let same_pod = |l: &(String, String, String)| l.1 == local.namespace && l.2 == local.pod_name;
         let labels = match self.endpoint_seen.get(&flow.endpoint_id) {
-            Some(l) => l.clone(),
-            None if seen < endpoint_cap => {
+            Some(l) if same_pod(l) => l.clone(),
+            // A reused id takes its old pod's slot: the cap bounds ids, not pods.
+            known if known.is_some() || seen < endpoint_cap => {
                 let l = (flow.endpoint_id.to_string(), local.namespace.clone(), local.pod_name.clone());
                 self.endpoint_seen.insert(flow.endpoint_id, l.clone());
                 l
             }
-            None => (OTHER.to_owned(), String::new(), String::new()),
+            _ => (OTHER.to_owned(), String::new(), String::new()),
         };
         *self.endpoint_verdicts.entry((labels.0, labels.1, labels.2, direction, action)).or_default() += 1;
 
@@ -171,6 +174,8 @@ impl FlowCounts {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use flowgate_proto::flow::{PolicyName, fixtures::flow_between};
 
     use super::*;
@@ -223,6 +228,15 @@ mod tests {
         assert_eq!(c.endpoint_verdicts[&(OTHER.into(), String::new(), String::new(), "ingress", "dropped")], 7);
         assert_eq!(c.denied_pairs.len(), 5);
         assert_eq!(c.denied_pairs[&(OTHER.into(), OTHER.into())], 6);
+
+        // An endpoint id that went to another pod counts under the new pod's name.
+        let mut c = FlowCounts::new(Caps::default());
+        c.count(&verdict(1, 2, Verdict::Dropped));
+        let mut reused = verdict(1, 2, Verdict::Dropped);
+        Arc::make_mut(&mut reused.destination).pod_name = "cron-28871".into();
+        c.count(&reused);
+        assert_eq!(c.endpoint_verdicts[&("2".into(), "default".into(), "pod-2".into(), "ingress", "dropped")], 1);
+        assert_eq!(c.endpoint_verdicts[&("2".into(), "default".into(), "cron-28871".into(), "ingress", "dropped")], 1);
 
         // Policies: the first two keep their names, in every direction and action; the rest are `other`.
         let mut c = FlowCounts::new(Caps { endpoints: 3, policies: 2, denied_pairs: 4 });

@@ -71,18 +71,20 @@ impl TestServer {
         let state = AgentState::new(AgentInfo::default(), Hub::new(HubConfig { history: 64, queue_events: 2048 }));
         let ns = BTreeMap::new();
         for (i, name) in ["a", "b"].into_iter().enumerate() {
-            let ep = state.upsert_endpoint(
-                NewEndpoint {
-                    namespace: "x".into(),
-                    pod_name: name.into(),
-                    labels: [("pod".to_owned(), name.to_owned())].into(),
-                    ipv4: Ipv4Addr::new(10, 0, 0, i as u8 + 1),
-                    ipv6: None,
-                    interface: format!("lxc{i}"),
-                    ifindex: i as u32 + 2,
-                },
-                &ns,
-            );
+            let ep = state
+                .upsert_endpoint(
+                    NewEndpoint {
+                        namespace: "x".into(),
+                        pod_name: name.into(),
+                        labels: [("pod".to_owned(), name.to_owned())].into(),
+                        ipv4: Ipv4Addr::new(10, 0, 0, i as u8 + 1),
+                        ipv6: None,
+                        interface: format!("lxc{i}"),
+                        ifindex: i as u32 + 2,
+                    },
+                    &ns,
+                )
+                .expect("an endpoint id");
             state.set_endpoint_state(ep.id, EndpointState::Ready);
         }
         let (stop, stopped) = oneshot::channel();
