@@ -20,7 +20,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
-        Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues, PerfEventArray, RingBuf,
+        Array, HashMap, Map, MapData, MapType, PerCpuArray, PerCpuValues, PerfEventArray, RingBuf,
         lpm_trie::{Key, LpmTrie},
     },
     programs::{
@@ -31,7 +31,7 @@ use aya::{
 };
 use flowgate_common::{
     Counter, EndpointInfo,
-    capacity::MAX_CONNECTIONS,
+    capacity::{MAX_CONNECTIONS, MAX_ENDPOINTS},
     conntrack::{CtEntry, CtKey, LifetimeClass, expired, lifetime},
     counters::{Config, aggregation, events_kind},
     ip,
@@ -66,6 +66,11 @@ pub enum DatapathError {
     Load(#[source] aya::EbpfError),
     #[error("map {name} is missing from the eBPF object")]
     MissingMap { name: &'static str },
+    #[error(
+        "the pinned map {name} is a {found} map, this agent's is a {wanted} map: it was created by an older \
+         flowgate; remove the pin directory's maps (the enforcement they hold goes with them) to start anew"
+    )]
+    IncompatiblePin { name: &'static str, found: String, wanted: &'static str },
     #[error("program {name} is missing from the eBPF object")]
     MissingProgram { name: &'static str },
     #[error("map {name}")]
@@ -282,6 +287,7 @@ pub struct Datapath {
 #[derive(Debug, Default)]
 struct WrittenGeneration {
     ipcache: StdHashMap<(ip::Addr, u32), IpcacheValue>,
+    /// Endpoint ids whose flags are not 0.
     enforcement: StdHashMap<u16, u32>,
 }
 
@@ -320,7 +326,6 @@ impl Datapath {
             loader.map_max_entries(MAP_POLICY[generation], options.capacities.policy);
             loader.map_max_entries(MAP_POLICY_EXACT[generation], options.capacities.policy);
             loader.map_max_entries(MAP_IPCACHE[generation], options.capacities.ipcache);
-            loader.map_max_entries(MAP_ENFORCEMENT[generation], options.capacities.enforcement);
         }
         let loaded = loader.default_map_pin_directory(&pin_dir).load(EBPF_OBJECT);
         if options.pin_dir.is_none() {
@@ -468,7 +473,17 @@ impl Datapath {
             "policy-map-entries",
         )?);
         let ipcache = max_entries(MAP_IPCACHE, asked.ipcache, "ipcache-entries")?;
-        let enforcement = max_entries(MAP_ENFORCEMENT, asked.enforcement, "endpoint-entries")?;
+        // An array with a slot per endpoint id, whatever was asked.
+        for name in MAP_ENFORCEMENT {
+            let Some(Map::Array(map)) = self.ebpf.map(name) else { return Err(DatapathError::MissingMap { name }) };
+            // A map adopted from a pin is whatever an older agent created: a hash map before session 11.
+            let kind =
+                map.info().and_then(|info| info.map_type()).map_err(|source| DatapathError::Map { name, source })?;
+            if kind != MapType::Array {
+                return Err(DatapathError::IncompatiblePin { name, found: format!("{kind:?}"), wanted: "Array" });
+            }
+        }
+        let enforcement = MAX_ENDPOINTS;
         let name = MAP_CONNTRACK;
         let conntrack = self.ebpf.map(name).and_then(sized_map).ok_or(DatapathError::MissingMap { name })?;
         let conntrack = conntrack.info().map_err(|source| DatapathError::Map { name, source })?;
@@ -740,15 +755,15 @@ impl Datapath {
         }
 
         let name = MAP_ENFORCEMENT[next];
-        let mut enforce: HashMap<_, u16, u32> =
-            HashMap::try_from(self.ebpf.map_mut(name).ok_or(DatapathError::MissingMap { name })?)
+        let mut enforce: Array<_, u32> =
+            Array::try_from(self.ebpf.map_mut(name).ok_or(DatapathError::MissingMap { name })?)
                 .map_err(|source| DatapathError::Map { name, source })?;
         for endpoint_id in held.enforcement.keys().filter(|k| !wanted.enforcement.contains_key(*k)) {
-            enforce.remove(endpoint_id).map_err(|source| DatapathError::Map { name, source })?;
+            enforce.set(u32::from(*endpoint_id), 0, 0).map_err(|source| DatapathError::Map { name, source })?;
         }
         for (endpoint_id, flags) in &wanted.enforcement {
             if held.enforcement.get(endpoint_id) != Some(flags) {
-                enforce.insert(endpoint_id, flags, 0).map_err(|source| DatapathError::Map { name, source })?;
+                enforce.set(u32::from(*endpoint_id), flags, 0).map_err(|source| DatapathError::Map { name, source })?;
             }
         }
         self.written[next] = Some(wanted);
@@ -783,12 +798,13 @@ impl Datapath {
             held.ipcache.insert((key.data(), key.prefix_len()), value);
         }
         let name = MAP_ENFORCEMENT[generation];
-        let enforce: HashMap<_, u16, u32> =
-            HashMap::try_from(self.ebpf.map(name).ok_or(DatapathError::MissingMap { name })?)
-                .map_err(|source| DatapathError::Map { name, source })?;
-        for item in enforce.iter() {
-            let (id, flags) = item.map_err(|source| DatapathError::Map { name, source })?;
-            held.enforcement.insert(id, flags);
+        let enforce: Array<_, u32> = Array::try_from(self.ebpf.map(name).ok_or(DatapathError::MissingMap { name })?)
+            .map_err(|source| DatapathError::Map { name, source })?;
+        for (id, flags) in enforce.iter().enumerate() {
+            let flags = flags.map_err(|source| DatapathError::Map { name, source })?;
+            if flags != 0 {
+                held.enforcement.insert(u16::try_from(id).expect("MAX_ENDPOINTS slots: ids fit u16"), flags);
+            }
         }
         Ok(held)
     }

@@ -166,9 +166,6 @@ struct Args {
     /// Entries of each ipcache map: pod addresses and ipBlock prefixes.
     #[arg(long, value_name = "N", default_value_t = capacity::MAX_IPCACHE_ENTRIES, value_parser = clap::value_parser!(u32).range(1..))]
     ipcache_entries: u32,
-    /// Entries of each enforcement map: endpoints that some policy selects.
-    #[arg(long, value_name = "N", default_value_t = capacity::MAX_ENDPOINTS, value_parser = clap::value_parser!(u32).range(1..))]
-    endpoint_entries: u32,
     /// Connections the conntrack map (LRU) tracks at once; the least recently used go first.
     #[arg(long, value_name = "N", default_value_t = capacity::MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..))]
     conntrack_entries: u32,
@@ -320,7 +317,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         capacities: Capacities {
             policy: args.policy_map_entries,
             ipcache: args.ipcache_entries,
-            enforcement: args.endpoint_entries,
+            ..Capacities::default()
         },
         conntrack_entries: args.conntrack_entries,
         ct_lifetimes: CtLifetimes {

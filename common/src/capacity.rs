@@ -1,13 +1,14 @@
 //! Default capacities of the datapath's maps (`max_entries`). The eBPF map definitions are sized from
-//! these; the agent's flags (`--policy-map-entries`, `--ipcache-entries`, `--endpoint-entries`,
-//! `--conntrack-entries`) default to them and resize the maps at load time, and the agent counts every
-//! plan against the sizes the kernel holds, so a set that does not fit is refused instead of failing
+//! these; the agent's flags (`--policy-map-entries`, `--ipcache-entries`, `--conntrack-entries`) default
+//! to them and resize the maps at load time, and the agent counts every plan against the sizes the kernel
+//! holds, so a set that does not fit is refused instead of failing
 //! half-way through an update. The counters and config arrays are sized by `Counter::COUNT` and
 //! `Config::COUNT`, next to their indices.
 
 /// Endpoints array: node-side interfaces with a smaller ifindex can be endpoints.
 pub const MAX_IFINDEX: u32 = 16384;
-/// Enforcement maps (per generation): endpoints with enforcement flags.
+/// Endpoint ids (0 is none) and the slots of the per-endpoint arrays indexed by them: the enforcement
+/// maps (per generation) and the invalid-source counts. Not resized.
 pub const MAX_ENDPOINTS: u32 = 4096;
 /// Policy tries (per generation): policy entries over all endpoints.
 pub const MAX_POLICY_ENTRIES: u32 = 65536;

@@ -86,6 +86,8 @@ pub fn port_prefixes(start: u16, end: u16) -> Vec<(u16, u32)> {
 pub struct Capacities {
     pub policy: u32,
     pub ipcache: u32,
+    /// The enforcement maps: arrays with a slot per endpoint id (`MAX_ENDPOINTS`), never resized; every
+    /// endpoint fits (the agent's ids stay below it).
     pub enforcement: u32,
 }
 
@@ -139,7 +141,6 @@ impl Fill {
         let checks = [
             ("policy", "policy-map-entries", self.policy, capacities.policy),
             ("ipcache", "ipcache-entries", self.ipcache, capacities.ipcache),
-            ("endpoint", "endpoint-entries", self.enforcement, capacities.enforcement),
         ];
         for (what, flag, needs, capacity) in checks {
             if needs > capacity as usize {

@@ -471,3 +471,53 @@ fn later_fragments_after_the_fragment_lifetime_find_nothing() {
     let (ret, records) = f.run_frame(PROG_TO_ENDPOINT, &later);
     assert_eq!((ret, drop_reasons(&records)), (TC_ACT_SHOT, vec![drop_reason::FRAGMENT_WITHOUT_FIRST]));
 }
+
+/// Creates a hash map (2-byte keys, 4-byte values) and pins it at `path`, as an agent before session 11
+/// made its enforcement maps: raw `bpf(2)` calls, since the loader only creates the object's own maps.
+fn pin_hash_map(path: &std::path::Path) {
+    use std::os::unix::ffi::OsStrExt as _;
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_MAP_TYPE_HASH: u32 = 1;
+    let mut attr = [0u32; 32];
+    attr[..4].copy_from_slice(&[BPF_MAP_TYPE_HASH, 2, 4, 4096]);
+    // SAFETY: `attr` is a zeroed `bpf_attr` of 128 bytes with the map-creation fields set; the kernel only
+    // reads it.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_CREATE, attr.as_mut_ptr(), size_of_val(&attr)) };
+    assert!(fd >= 0, "BPF_MAP_CREATE: {}", std::io::Error::last_os_error());
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let mut pin = [0u64; 16];
+    pin[0] = c_path.as_ptr() as u64;
+    pin[1] = fd as u64;
+    // SAFETY: `pin` is a zeroed `bpf_attr` with `pathname` (a NUL-terminated path that outlives the call)
+    // and `bpf_fd` set; the kernel only reads it.
+    let ret = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_PIN, pin.as_mut_ptr(), size_of_val(&pin)) };
+    assert_eq!(ret, 0, "BPF_OBJ_PIN {}: {}", path.display(), std::io::Error::last_os_error());
+    // SAFETY: `fd` is the descriptor the kernel returned above, closed once; the pin keeps the map.
+    unsafe { libc::close(fd as libc::c_int) };
+}
+
+/// The enforcement maps became arrays in session 11: a pin directory an older agent left holds hash maps
+/// under their names, which the loader would adopt as they are. The agent refuses them by name instead of
+/// writing array slots into a hash map.
+#[test]
+fn a_pinned_enforcement_map_of_an_older_agent_is_refused_by_name() {
+    flowgate_tests::require_root();
+    let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/fg-test-old-pin-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a pin directory on bpffs");
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(dir.clone());
+    pin_hash_map(&dir.join(flowgate_common::names::MAP_ENFORCEMENT[0]));
+    let loaded = flowgate_agent::datapath::Datapath::load(flowgate_agent::datapath::DatapathOptions {
+        pin_dir: Some(dir.clone()),
+        ..Default::default()
+    });
+    let error = loaded.err().expect("an old pin is refused").to_string();
+    assert!(error.contains("FG_ENFORCE_0") && error.contains("Hash") && error.contains("older flowgate"), "{error}");
+}
