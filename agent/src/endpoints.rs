@@ -17,8 +17,9 @@ use std::{
 use flowgate_common::capacity::MAX_ENDPOINTS;
 use flowgate_proto::endpoint::{Endpoint, EndpointState, Enforcement, NewEndpoint};
 
-/// The highest endpoint id: the datapath's per-endpoint arrays (`FG_INVALID_SOURCE`) hold `MAX_ENDPOINTS`
-/// slots, indexed by id (0 means none). Far more than the pods a node runs at once.
+/// The highest endpoint id: the datapath's per-endpoint arrays (the enforcement flags of each policy
+/// generation, `FG_INVALID_SOURCE`) hold `MAX_ENDPOINTS` slots, indexed by id (0 means none). Far more than
+/// the pods a node runs at once.
 pub const MAX_ENDPOINT_ID: u16 = (MAX_ENDPOINTS - 1) as u16;
 
 /// Every endpoint id belongs to a pod that is still registered.
