@@ -279,14 +279,20 @@ impl Controller {
         }
         // This node's pods without an interface are listed, waiting for one; to policy they are peers (in
         // the ipcache, as other nodes' pods), and nothing of theirs is in the datapath.
+        let waiting: Vec<_> = waiting
+            .into_iter()
+            .map(|new| {
+                let namespace_labels = cluster_namespace_labels(self.cluster.as_ref(), &new.namespace);
+                (new, namespace_labels)
+            })
+            .collect();
         let mut waiting_ids = BTreeSet::new();
-        for new in waiting {
-            let namespace_labels = cluster_namespace_labels(self.cluster.as_ref(), &new.namespace);
-            let endpoint = self.state.upsert_endpoint(new, &namespace_labels)?;
-            forget_reused_ids(&self.state, &mut self.datapath)?;
+        let registered = if waiting.is_empty() { Vec::new() } else { self.state.upsert_endpoints(waiting)? };
+        for endpoint in registered {
             self.state.set_endpoint_state(endpoint.id, EndpointState::WaitingForInterface);
             waiting_ids.insert(endpoint.id);
         }
+        forget_reused_ids(&self.state, &mut self.datapath)?;
         if let Some(mode) = self.cluster.as_mut() {
             let local: BTreeSet<u16> = mode.endpoints.values().copied().collect();
             for id in mode.waiting.difference(&waiting_ids).filter(|id| !local.contains(id)) {

@@ -217,13 +217,11 @@ fn start_agent(
         Some(pins) => command.arg("--bpf-dir").arg(pins),
         None => command.arg("--no-pin"),
     };
-    // As the agent runs by default: its verdict log written (here, in the run's own directory) and its
-    // metrics served (on a free loopback port), two subscribers that hold memory and count every flow.
-    let metrics = format!("127.0.0.1:{}", flowgate_tests::free_port());
+    // As the agent runs by default: two subscribers that hold memory and count every flow.
     let child = command
-        .args(["--lab", LAB, "--verdict-log"])
-        .arg(dir.0.join("verdicts.jsonl"))
-        .args(["--metrics-addr", &metrics, "--socket"])
+        .args(["--lab", LAB])
+        .args(crate::agent_default_outputs(&dir.0))
+        .arg("--socket")
         .arg(&socket)
         .arg("--policies")
         .arg(policy_dir)

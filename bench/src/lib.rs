@@ -60,3 +60,15 @@ pub fn load_figure() -> report::Figure {
     report::Figure::new("machine load average (1 min) when the section finished", load_average(), "tasks")
         .note("runnable tasks on this machine's cores; above the core count, every figure here is slowed by neighbours")
 }
+
+/// The arguments that start `flowgate-agent` with the outputs it has by default, each in a place of the run's
+/// own rather than the machine's: its verdict log written under `dir`, its metrics served on a free loopback
+/// port. (The tests' `AgentGuard` turns both off unless they are given.)
+pub fn agent_default_outputs(dir: &std::path::Path) -> Vec<String> {
+    vec![
+        "--verdict-log".to_owned(),
+        dir.join("verdicts.jsonl").display().to_string(),
+        "--metrics-addr".to_owned(),
+        format!("127.0.0.1:{}", flowgate_tests::free_port()),
+    ]
+}

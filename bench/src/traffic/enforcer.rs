@@ -144,13 +144,11 @@ pub fn install(enforcer: Enforcer, lab: &LabState, rules: &RuleSet) -> anyhow::R
             let socket = sockets.socket("agent");
             let dir = policies.0.to_str().context("policy directory path is not UTF-8")?.to_owned();
             // As the agent runs by default: its verdict log written and its metrics served (a counting
-            // subscriber), each in a place of its own rather than the machine's.
+            // subscriber).
             let verdict_log = TempDir::new(&format!("bench-verdicts-{}-{}", lab.name, rules.size));
-            let log_file = verdict_log.path().join("verdicts.jsonl");
-            let log_file = log_file.to_str().context("verdict log path is not UTF-8")?.to_owned();
-            let metrics = format!("127.0.0.1:{}", flowgate_tests::free_port());
-            let mut args = vec!["--policies", dir.as_str(), "--no-pin", "--verdict-log", &log_file];
-            args.extend(["--metrics-addr", &metrics]);
+            let outputs = crate::agent_default_outputs(verdict_log.path());
+            let mut args = vec!["--policies", dir.as_str(), "--no-pin"];
+            args.extend(outputs.iter().map(String::as_str));
             if enforcer == Enforcer::FlowgateTcx {
                 args.extend(["--attach-mode", "tcx"]);
             }
