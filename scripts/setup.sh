@@ -19,9 +19,10 @@ fi
 # python3-protobuf: the JSON output is checked against Hubble's flow.proto.
 # time (GNU time): the export test measures the exporter's peak memory with it. openssl: the Kubernetes tests'
 # CA and certificates. man-db: the install test formats every manual page with `man -l`. iptables, ipset and
-# nftables: the traffic benchmark enforces the same policies with them side by side with flowgate.
+# nftables: the traffic benchmark enforces the same policies with them side by side with flowgate. patch:
+# kube-network-policies is built with tools/knp/xt-queue.patch applied.
 PACKAGES=(llvm-22-dev iproute2 tmux procps util-linux psmisc ca-certificates curl pkg-config build-essential
-          protobuf-compiler python3-protobuf prometheus time openssl man-db iptables ipset nftables)
+          protobuf-compiler python3-protobuf prometheus time openssl man-db iptables ipset nftables patch)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

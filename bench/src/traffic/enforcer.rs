@@ -193,9 +193,9 @@ impl Installed {
     }
 
     /// Why this enforcer will not enforce, once that is certain (so waiting longer would not help).
-    pub fn gave_up(&mut self, node_netns: &str) -> Option<String> {
+    pub fn gave_up(&mut self) -> Option<String> {
         match self {
-            Self::KubeNetworkPolicies(knp) => knp.gave_up(node_netns),
+            Self::KubeNetworkPolicies(knp) => knp.gave_up(),
             _ => None,
         }
     }

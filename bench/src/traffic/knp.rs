@@ -6,6 +6,11 @@
 //! `/var/run/secrets/kubernetes.io/serviceaccount`, so it starts in a private mount namespace with a tmpfs
 //! on `/run` holding them; and the API server listens on the machine's loopback, which the node namespace
 //! cannot reach, so a small forwarder accepts on the node namespace's loopback and connects to it.
+//!
+//! The binary is built with `tools/knp/xt-queue.patch`: its nftables rules hand each new connection to user
+//! space through the xtables NFQUEUE target (nft_compat) instead of nftables' `queue` statement, which this
+//! machine's kernel lacks (no `CONFIG_NFT_QUEUE`). Same rules, same nfnetlink_queue, same queue number and
+//! bypass flag; see `scripts/build-kube-network-policies.sh`.
 
 use std::{
     net::{Ipv4Addr, Shutdown, TcpListener, TcpStream},
@@ -26,10 +31,7 @@ use flowgate_tests::{
     kubelet::{lab_pod, namespace_manifest, run_pod},
 };
 
-use super::{
-    enforcer::{NodeRules, run_in},
-    rules::RuleSet,
-};
+use super::{enforcer::NodeRules, rules::RuleSet};
 
 /// Overrides where the binary is looked for (as in `scripts/build-kube-network-policies.sh`).
 pub const KNP_BIN_ENV: &str = "FLOWGATE_KNP_BIN";
@@ -170,9 +172,8 @@ impl KubeNetworkPolicies {
     }
 
     /// Why it will not enforce, once that is certain: it exited, or its controller dropped the sync after its
-    /// retries (`"Dropping out of the queue"`); with the distinct error lines of its log and, when the kernel
-    /// refuses nftables' `queue` statement, that refusal.
-    pub fn gave_up(&mut self, node_netns: &str) -> Option<String> {
+    /// retries (`"Dropping out of the queue"`); with the distinct error lines of its log.
+    pub fn gave_up(&mut self) -> Option<String> {
         let log = self.log();
         let why = match self.child.try_wait() {
             Ok(Some(status)) => format!("kube-network-policies exited ({status})"),
@@ -189,29 +190,8 @@ impl KubeNetworkPolicies {
                 errors.push(line);
             }
         }
-        let kernel = match queue_support(node_netns) {
-            Ok(()) => "the kernel accepts nftables' queue statement".to_owned(),
-            Err(e) => format!("the kernel refuses nftables' queue statement, which it needs: {e}"),
-        };
-        Some(format!("{why}; {kernel}; its log: {}", errors.join(" | ")))
+        Some(format!("{why}; its log: {}", errors.join(" | ")))
     }
-}
-
-/// Whether `netns` takes an nftables rule with a `queue` statement (kube-network-policies sends every new
-/// connection's first packet to user space that way): `nft -f -` of a scratch table, deleted again.
-pub fn queue_support(netns: &str) -> anyhow::Result<()> {
-    const TABLE: &str = "flowgate_bench_queue_check";
-    let result = run_in(
-        netns,
-        "nft",
-        &["-f", "-"],
-        Some(&format!(
-            "table inet {TABLE} {{\n  chain c {{\n    type filter hook postrouting priority 0;\n    queue num 100 \
-             bypass\n  }}\n}}\n"
-        )),
-    );
-    let _ = run_in(netns, "nft", &["delete", "table", "inet", TABLE], None);
-    result
 }
 
 impl Drop for KubeNetworkPolicies {

@@ -159,7 +159,7 @@ fn wait_enforcing(
         if client && expected {
             return Ok(probe.refused());
         }
-        if let Some(why) = installed.gave_up(&pods.lab.node_netns) {
+        if let Some(why) = installed.gave_up() {
             anyhow::bail!("not enforcing after {:?} (probe from the intruder pod {probe:?}): {why}", started.elapsed());
         }
         if started.elapsed() > ENFORCING_WITHIN {
