@@ -13,6 +13,7 @@ pub mod footprint;
 pub mod latency;
 pub mod propagation;
 pub mod propagation_api;
+pub mod propagation_knp;
 pub mod report;
 pub mod traffic;
 

@@ -160,7 +160,7 @@ fn passes(controller: &Mutex<Controller>, port: u16) -> anyhow::Result<bool> {
 /// Registers the pods (bound to [`NODE`], addressed through the status subresource as the kubelet does)
 /// and the policies (policy i selects pod i mod endpoints and admits pod i+1 on port 1000+i, so pod 0 is
 /// isolated) on the server, `IN_FLIGHT` requests at a time.
-async fn register(client: &kube::Client, endpoints: usize, policies: usize) -> anyhow::Result<()> {
+pub(crate) async fn register(client: &kube::Client, endpoints: usize, policies: usize) -> anyhow::Result<()> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..endpoints {

@@ -76,7 +76,7 @@ fn latency_section_reports_percentiles_for_both_buffers_and_rates() {
 }
 
 #[test]
-fn propagation_section_measures_policy_and_label_changes_at_both_sizes() {
+fn propagation_section_measures_policy_and_label_changes_at_both_sizes_and_kube_network_policies_anchor() {
     require_root();
     let figures = run_section("propagation");
     for size in ["10 policies, 9 endpoints", "1000 policies, 500 endpoints"] {
@@ -84,9 +84,24 @@ fn propagation_section_measures_policy_and_label_changes_at_both_sizes() {
             let part = format!("{size}: {q}");
             // A policy file written and a pod label changed in the topology file; a NetworkPolicy created and
             // a pod label changed through the API server.
-            assert_eq!(named(&figures, &part).len(), 4, "no {part} four times: {figures:#?}");
+            let flowgate = named(&figures, &part).into_iter().filter(|f| !is_knp(f)).count();
+            assert_eq!(flowgate, 4, "no {part} four times: {figures:#?}");
         }
     }
+    // kube-network-policies' anchor, on real traffic: a NetworkPolicy created and a pod label changed through the
+    // API server, on the small lab and at scale.
+    for size in ["small lab: 3 pods", "1000 policies, 500 endpoints"] {
+        for q in ["p50", "p99"] {
+            let part = format!("{size}: {q}");
+            let knp: Vec<_> = named(&figures, &part).into_iter().filter(|f| is_knp(f)).collect();
+            assert_eq!(knp.len(), 2, "no kube-network-policies {part} twice: {figures:#?}");
+            assert!(knp.iter().all(|f| f["value"].as_f64().is_some_and(|v| v > 0.0)), "{knp:#?}");
+        }
+    }
+}
+
+fn is_knp(figure: &serde_json::Value) -> bool {
+    figure["name"].as_str().is_some_and(|n| n.starts_with("kube-network-policies:"))
 }
 
 #[test]

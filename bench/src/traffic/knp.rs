@@ -105,6 +105,11 @@ impl KnpCluster {
         Ok(Self { proxy, plane, credentials, bin })
     }
 
+    /// The control plane kube-network-policies follows.
+    pub fn plane(&self) -> &ControlPlane {
+        &self.plane
+    }
+
     /// Puts `rules`' NetworkPolicy in place of the previous one (server-side apply: the policy at 10,000
     /// peers is larger than the last-applied annotation may be).
     pub fn apply_rules(&mut self, rules: &RuleSet) {
