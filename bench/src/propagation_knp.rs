@@ -129,7 +129,10 @@ fn run(endpoints: usize, policies: usize, changes: usize) -> anyhow::Result<(Sam
     let knp = cluster.start_enforcer(&lab.state)?;
     let started = Instant::now();
     // In effect: the admitted port passes from the client, a port no policy admits is dropped.
-    while !(passes(&client.netns, server.ip, rules::PORT)? && !passes(&client.netns, server.ip, CREATED_PORTS)?) {
+    loop {
+        if passes(&client.netns, server.ip, rules::PORT)? && !passes(&client.netns, server.ip, CREATED_PORTS)? {
+            break;
+        }
         if started.elapsed() > Duration::from_secs(60) {
             bail!("kube-network-policies not enforcing within 60 s; its log:\n{}", knp.log());
         }
