@@ -37,10 +37,10 @@ use flowgate_common::{
     ip,
     names::{
         MAP_CONFIG, MAP_CONNTRACK, MAP_COUNTERS, MAP_ENDPOINTS, MAP_ENFORCEMENT, MAP_EVENTS_PERF, MAP_EVENTS_RINGBUF,
-        MAP_INVALID_SOURCE, MAP_IPCACHE, MAP_POLICY, MAP_POLICY_EXACT, PROG_CLOCK, PROG_FLOOR, PROG_FROM_ENDPOINT,
-        PROG_TO_ENDPOINT,
+        MAP_INVALID_SOURCE, MAP_IPCACHE, MAP_IPCACHE_HOST, MAP_POLICY, MAP_POLICY_EXACT, PROG_CLOCK, PROG_FLOOR,
+        PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT,
     },
-    policy::{IpcacheValue, POLICY_PREFIX_FULL, PolicyKey, PolicyValue},
+    policy::{IPCACHE_HOST_PREFIX, IpcacheValue, POLICY_PREFIX_FULL, PolicyKey, PolicyValue},
 };
 use log::{debug, info, warn};
 
@@ -286,7 +286,14 @@ pub struct Datapath {
 /// A generation's ipcache ((address, prefix length) -> value) and enforcement flags, as written.
 #[derive(Debug, Default)]
 struct WrittenGeneration {
+    /// Single addresses are in the host hash map, shorter prefixes in the trie (by length, so an entry never
+    /// moves).
     ipcache: StdHashMap<(ip::Addr, u32), IpcacheValue>,
+    /// Single addresses found in the trie, where an agent before the host hash map wrote every prefix (a
+    /// generation adopted from its pins; the programs find them there when the hash map has none): not in
+    /// `ipcache`, so writing the generation puts those wanted in the hash map; all are removed from the trie
+    /// then.
+    trie_hosts: Vec<(ip::Addr, IpcacheValue)>,
     /// Endpoint ids whose flags are not 0.
     enforcement: StdHashMap<u16, u32>,
 }
@@ -326,6 +333,7 @@ impl Datapath {
             loader.map_max_entries(MAP_POLICY[generation], options.capacities.policy);
             loader.map_max_entries(MAP_POLICY_EXACT[generation], options.capacities.policy);
             loader.map_max_entries(MAP_IPCACHE[generation], options.capacities.ipcache);
+            loader.map_max_entries(MAP_IPCACHE_HOST[generation], options.capacities.ipcache);
         }
         let loaded = loader.default_map_pin_directory(&pin_dir).load(EBPF_OBJECT);
         if options.pin_dir.is_none() {
@@ -472,7 +480,11 @@ impl Datapath {
             asked.policy,
             "policy-map-entries",
         )?);
-        let ipcache = max_entries(MAP_IPCACHE, asked.ipcache, "ipcache-entries")?;
+        let ipcache = max_entries(MAP_IPCACHE, asked.ipcache, "ipcache-entries")?.min(max_entries(
+            MAP_IPCACHE_HOST,
+            asked.ipcache,
+            "ipcache-entries",
+        )?);
         // An array with a slot per endpoint id, whatever was asked.
         for name in MAP_ENFORCEMENT {
             let Some(Map::Array(map)) = self.ebpf.map(name) else { return Err(DatapathError::MissingMap { name }) };
@@ -737,20 +749,37 @@ impl Datapath {
         };
         let wanted = WrittenGeneration {
             ipcache: contents.ipcache.iter().map(|(prefix, value)| (prefix.key(), *value)).collect(),
+            trie_hosts: Vec::new(),
             enforcement: contents.enforcement.iter().copied().collect(),
         };
+        // Single addresses: the hash map; shorter prefixes: the trie (see `maps::ipcache` in the programs,
+        // which looks in that order).
+        let is_host = |len: &u32| *len == IPCACHE_HOST_PREFIX;
+        let name = MAP_IPCACHE_HOST[next];
+        let mut hosts: HashMap<_, ip::Addr, IpcacheValue> =
+            HashMap::try_from(self.ebpf.map_mut(name).ok_or(DatapathError::MissingMap { name })?)
+                .map_err(|source| DatapathError::Map { name, source })?;
+        for (addr, _) in held.ipcache.keys().filter(|k| is_host(&k.1) && !wanted.ipcache.contains_key(*k)) {
+            hosts.remove(addr).map_err(|source| DatapathError::Map { name, source })?;
+        }
+        for ((addr, len), value) in wanted.ipcache.iter().filter(|(k, _)| is_host(&k.1)) {
+            if held.ipcache.get(&(*addr, *len)) != Some(value) {
+                hosts.insert(addr, value, 0).map_err(|source| DatapathError::Map { name, source })?;
+            }
+        }
         let name = MAP_IPCACHE[next];
-        let mut ipcache: LpmTrie<_, ip::Addr, IpcacheValue> =
+        let mut trie: LpmTrie<_, ip::Addr, IpcacheValue> =
             LpmTrie::try_from(self.ebpf.map_mut(name).ok_or(DatapathError::MissingMap { name })?)
                 .map_err(|source| DatapathError::Map { name, source })?;
-        for (addr, len) in held.ipcache.keys().filter(|k| !wanted.ipcache.contains_key(*k)) {
-            ipcache.remove(&Key::new(*len, *addr)).map_err(|source| DatapathError::Map { name, source })?;
+        for (addr, _) in &held.trie_hosts {
+            trie.remove(&Key::new(IPCACHE_HOST_PREFIX, *addr)).map_err(|source| DatapathError::Map { name, source })?;
         }
-        for ((addr, len), value) in &wanted.ipcache {
+        for (addr, len) in held.ipcache.keys().filter(|k| !is_host(&k.1) && !wanted.ipcache.contains_key(*k)) {
+            trie.remove(&Key::new(*len, *addr)).map_err(|source| DatapathError::Map { name, source })?;
+        }
+        for ((addr, len), value) in wanted.ipcache.iter().filter(|(k, _)| !is_host(&k.1)) {
             if held.ipcache.get(&(*addr, *len)) != Some(value) {
-                ipcache
-                    .insert(&Key::new(*len, *addr), *value, 0)
-                    .map_err(|source| DatapathError::Map { name, source })?;
+                trie.insert(&Key::new(*len, *addr), *value, 0).map_err(|source| DatapathError::Map { name, source })?;
             }
         }
 
@@ -789,13 +818,25 @@ impl Datapath {
     /// datapath has not written yet: adopted from a pin, or at start).
     fn read_generation(&self, generation: usize) -> Result<WrittenGeneration, DatapathError> {
         let mut held = WrittenGeneration::default();
+        let name = MAP_IPCACHE_HOST[generation];
+        let hosts: HashMap<_, ip::Addr, IpcacheValue> =
+            HashMap::try_from(self.ebpf.map(name).ok_or(DatapathError::MissingMap { name })?)
+                .map_err(|source| DatapathError::Map { name, source })?;
+        for item in hosts.iter() {
+            let (addr, value) = item.map_err(|source| DatapathError::Map { name, source })?;
+            held.ipcache.insert((addr, IPCACHE_HOST_PREFIX), value);
+        }
         let name = MAP_IPCACHE[generation];
-        let ipcache: LpmTrie<_, ip::Addr, IpcacheValue> =
+        let trie: LpmTrie<_, ip::Addr, IpcacheValue> =
             LpmTrie::try_from(self.ebpf.map(name).ok_or(DatapathError::MissingMap { name })?)
                 .map_err(|source| DatapathError::Map { name, source })?;
-        for item in ipcache.iter() {
+        for item in trie.iter() {
             let (key, value) = item.map_err(|source| DatapathError::Map { name, source })?;
-            held.ipcache.insert((key.data(), key.prefix_len()), value);
+            if key.prefix_len() == IPCACHE_HOST_PREFIX {
+                held.trie_hosts.push((key.data(), value));
+            } else {
+                held.ipcache.insert((key.data(), key.prefix_len()), value);
+            }
         }
         let name = MAP_ENFORCEMENT[generation];
         let enforce: Array<_, u32> = Array::try_from(self.ebpf.map(name).ok_or(DatapathError::MissingMap { name })?)
@@ -955,7 +996,11 @@ impl Datapath {
         }
         contents.policy.sort_by_key(|(prefix, key, _)| (*key, *prefix));
 
-        let held = self.read_generation(generation)?;
+        let mut held = self.read_generation(generation)?;
+        // What the programs read: an address's entry in the hash map, else in the trie.
+        for (addr, value) in held.trie_hosts {
+            held.ipcache.entry((addr, IPCACHE_HOST_PREFIX)).or_insert(value);
+        }
         let mut ipcache: Vec<_> = held.ipcache.into_iter().collect();
         ipcache.sort_unstable_by_key(|((addr, len), _)| (*addr, *len));
         contents.ipcache = ipcache

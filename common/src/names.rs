@@ -36,7 +36,11 @@ pub const MAP_POLICY: [&str; 2] = ["FG_POLICY_0", "FG_POLICY_1"];
 /// of them): hash maps `PolicyKey` -> `PolicyValue`. A hash lookup costs the same at any size, where a
 /// trie lookup grows with the trie's depth; the programs look here first (see `ebpf-progs/src/maps.rs`).
 pub const MAP_POLICY_EXACT: [&str; 2] = ["FG_POLICY_EXACT_0", "FG_POLICY_EXACT_1"];
-/// ipcache generations: LPM tries IPv4 prefix -> `IpcacheValue`.
+/// ipcache generations, the prefixes shorter than one address (ipBlocks, the world): LPM tries address
+/// (IPv4 mapped) -> `IpcacheValue`.
 pub const MAP_IPCACHE: [&str; 2] = ["FG_IPCACHE_0", "FG_IPCACHE_1"];
-/// Enforcement generations: hash maps endpoint id -> `enforcement` flags.
+/// ipcache generations, single addresses (`policy::IPCACHE_HOST_PREFIX`; every pod's): hash maps address ->
+/// `IpcacheValue`, looked in before the trie (see `ebpf-progs/src/maps.rs`).
+pub const MAP_IPCACHE_HOST: [&str; 2] = ["FG_IPCACHE_HOST_0", "FG_IPCACHE_HOST_1"];
+/// Enforcement generations: arrays indexed by endpoint id -> `enforcement` flags.
 pub const MAP_ENFORCEMENT: [&str; 2] = ["FG_ENFORCE_0", "FG_ENFORCE_1"];

@@ -76,6 +76,10 @@ pub struct PolicyValue {
 
 const _: () = assert!(core::mem::size_of::<PolicyValue>() == 24);
 
+/// The prefix length of a single address in the ipcache's key space (IPv4 mapped into IPv6: a /32 is a
+/// /128). Entries of this length are in the host hash map (`names::MAP_IPCACHE_HOST`), the rest in the trie.
+pub const IPCACHE_HOST_PREFIX: u32 = 128;
+
 /// Value of the ipcache: the identity of the longest matching prefix (a pod's own identity for its /32)
 /// and the identity of the longest matching CIDR prefix of any ipBlock (so ipBlock rules also apply
 /// to pod addresses).

@@ -19,7 +19,7 @@ use flowgate_common::{
     counters::Config,
     fragment::{FragmentKey, FragmentValue},
     ip::Addr,
-    policy::{IpcacheValue, POLICY_PREFIX_FULL, PolicyKey, PolicyValue},
+    policy::{IPCACHE_HOST_PREFIX, IpcacheValue, POLICY_PREFIX_FULL, PolicyKey, PolicyValue},
 };
 
 /// Indexed by the ifindex of the endpoint's node-side interface (an array lookup is inlined by the
@@ -62,6 +62,14 @@ pub static FG_POLICY_0: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::pinned(MAX_PO
 #[map]
 pub static FG_POLICY_1: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::pinned(MAX_POLICY_ENTRIES, 0);
 
+/// An ipcache generation's single addresses, pods' above all (`names::MAP_IPCACHE_HOST`): a hash lookup costs
+/// the same at any size, where the trie's grew from about 30 to 65 ns with 1,000 pods' addresses in it.
+#[map]
+pub static FG_IPCACHE_HOST_0: HashMap<Addr, IpcacheValue> = HashMap::pinned(MAX_IPCACHE_ENTRIES, BPF_F_NO_PREALLOC);
+#[map]
+pub static FG_IPCACHE_HOST_1: HashMap<Addr, IpcacheValue> = HashMap::pinned(MAX_IPCACHE_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// An ipcache generation's prefixes shorter than one address: ipBlocks and the world (`names::MAP_IPCACHE`).
 #[map]
 pub static FG_IPCACHE_0: LpmTrie<Addr, IpcacheValue> = LpmTrie::pinned(MAX_IPCACHE_ENTRIES, 0);
 #[map]
@@ -125,10 +133,16 @@ pub fn enforcement(generation: u64, endpoint_id: u16) -> u32 {
     if generation == 0 { FG_ENFORCE_0.get(index) } else { FG_ENFORCE_1.get(index) }.copied().unwrap_or(0)
 }
 
-/// Identities of an address (IPv4 mapped) in the active generation.
+/// Identities of an address (IPv4 mapped) in the active generation: its own entry (a single address is the
+/// longest prefix there is, so it is what the trie would answer), else the longest prefix in the trie.
 #[inline(always)]
 pub fn ipcache(generation: u64, addr: &Addr) -> Option<IpcacheValue> {
-    let key = Key::new(128, *addr);
+    // SAFETY: the value is copied out at once; the agent never writes the active generation.
+    let host = unsafe { if generation == 0 { FG_IPCACHE_HOST_0.get(addr) } else { FG_IPCACHE_HOST_1.get(addr) } };
+    if let Some(value) = host {
+        return Some(*value);
+    }
+    let key = Key::new(IPCACHE_HOST_PREFIX, *addr);
     if generation == 0 { FG_IPCACHE_0.get(&key) } else { FG_IPCACHE_1.get(&key) }.copied()
 }
 

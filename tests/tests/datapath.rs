@@ -521,3 +521,136 @@ fn a_pinned_enforcement_map_of_an_older_agent_is_refused_by_name() {
     let error = loaded.err().expect("an old pin is refused").to_string();
     assert!(error.contains("FG_ENFORCE_0") && error.contains("Hash") && error.contains("older flowgate"), "{error}");
 }
+
+/// A pin directory on bpffs, removed (with every pin in it) on drop.
+struct PinDir(std::path::PathBuf);
+
+impl PinDir {
+    fn new(tag: &str) -> Self {
+        let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/fg-test-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a pin directory on bpffs");
+        Self(dir)
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+const SERVER_FROM_CLIENT_80: &str = "
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: server-from-client, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: server}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: client}}}, {ipBlock: {cidr: 192.0.2.0/24, except: [192.0.2.7/32]}}]
+    ports: [{protocol: TCP, port: 80}]
+";
+
+/// The ipcache's single addresses and shorter prefixes of generation `generation` as pinned in `dir`:
+/// (host-map addresses, trie entries as (prefix length, address)).
+fn pinned_ipcache(dir: &std::path::Path, generation: usize) -> (Vec<[u8; 16]>, Vec<(u32, [u8; 16])>) {
+    use aya::maps::{HashMap, LpmTrie, Map, MapData};
+    use flowgate_common::{
+        names::{MAP_IPCACHE, MAP_IPCACHE_HOST},
+        policy::IpcacheValue,
+    };
+    let open = |name: &str| Map::from_map_data(MapData::from_pin(dir.join(name)).expect("a pinned map")).unwrap();
+    let hosts: HashMap<_, [u8; 16], IpcacheValue> = HashMap::try_from(open(MAP_IPCACHE_HOST[generation])).unwrap();
+    let trie: LpmTrie<_, [u8; 16], IpcacheValue> = LpmTrie::try_from(open(MAP_IPCACHE[generation])).unwrap();
+    let mut host_keys: Vec<_> = hosts.keys().map(Result::unwrap).collect();
+    host_keys.sort_unstable();
+    let mut trie_keys: Vec<_> = trie.keys().map(|k| k.map(|k| (k.prefix_len(), k.data())).unwrap()).collect();
+    trie_keys.sort_unstable();
+    (host_keys, trie_keys)
+}
+
+/// Moves every single address of both ipcache generations pinned in `dir` from the host map into the trie,
+/// where an agent before the host map wrote them.
+fn move_hosts_into_the_trie(dir: &std::path::Path) {
+    use aya::maps::{HashMap, LpmTrie, Map, MapData, lpm_trie::Key};
+    use flowgate_common::{
+        names::{MAP_IPCACHE, MAP_IPCACHE_HOST},
+        policy::{IPCACHE_HOST_PREFIX, IpcacheValue},
+    };
+    let open = |name: &str| Map::from_map_data(MapData::from_pin(dir.join(name)).expect("a pinned map")).unwrap();
+    for generation in 0..2 {
+        let mut hosts: HashMap<_, [u8; 16], IpcacheValue> =
+            HashMap::try_from(open(MAP_IPCACHE_HOST[generation])).unwrap();
+        let mut trie: LpmTrie<_, [u8; 16], IpcacheValue> = LpmTrie::try_from(open(MAP_IPCACHE[generation])).unwrap();
+        let entries: Vec<_> = hosts.iter().map(Result::unwrap).collect();
+        for (addr, value) in entries {
+            trie.insert(&Key::new(IPCACHE_HOST_PREFIX, addr), value, 0).unwrap();
+            hosts.remove(&addr).unwrap();
+        }
+    }
+}
+
+/// Pods' addresses are in a hash map before the ipcache trie since session 12 (a trie lookup grew with the
+/// pods in it). An older agent's pins hold them in the trie: the programs still find them there (the hash
+/// map has none), the agent reports them, and writing each generation moves them into the hash map. Probed
+/// throughout with the packets the ipcache decides: the client pod admitted; an ipBlock peer admitted; its
+/// `except` address and an address nothing selects refused.
+#[test]
+fn an_older_agents_ipcache_with_pod_addresses_in_the_trie_is_adopted_and_moved() {
+    use flowgate_agent::{
+        datapath::{Datapath, DatapathOptions},
+        policy::PolicyEngine,
+    };
+    use flowgate_common::policy::IPCACHE_HOST_PREFIX;
+    flowgate_tests::require_root();
+    let pins = PinDir::new("ipcache-hosts");
+    let policy_dir = flowgate_tests::TempDir::new("datapath-ipcache-hosts");
+    std::fs::write(policy_dir.path().join("policy.yaml"), SERVER_FROM_CLIENT_80).unwrap();
+    let options = || DatapathOptions { pin_dir: Some(pins.0.clone()), ..Default::default() };
+    let mut first = Datapath::load(options()).expect("load the datapath (root, BPF)");
+    let (_state, cluster) = flowgate_tests::test_run::two_pods(&mut first, &[]);
+    let mut engine = PolicyEngine::new(Some(policy_dir.path().to_owned()), false);
+    assert!(engine.reload(), "policy loads: {:?}", engine.status().errors);
+    let (contents, _) = engine.prepare(&cluster).expect("the policy fits");
+    first.apply_policy(&contents).expect("write the policy maps");
+    first.apply_policy(&contents).expect("write the other generation too");
+
+    let decides = |datapath: &mut Datapath, what: &str| {
+        let mut run = |src: Ipv4Addr, sport: u16| {
+            let packet = ipv4_packet(src, SERVER, Transport::Tcp { sport, dport: 80, flags: 0x02 });
+            datapath.test_run(PROG_TO_ENDPOINT, &packet, 1).expect("BPF_PROG_TEST_RUN").return_value
+        };
+        assert_eq!(run(CLIENT, 41_000), TC_ACT_UNSPEC, "{what}: the client pod is admitted");
+        assert_eq!(run(Ipv4Addr::new(192, 0, 2, 8), 41_001), TC_ACT_UNSPEC, "{what}: an ipBlock peer is admitted");
+        assert_eq!(run(OUTSIDE, 41_002), TC_ACT_SHOT, "{what}: the ipBlock's except address is refused");
+        assert_eq!(
+            run(Ipv4Addr::new(198, 51, 100, 1), 41_003),
+            TC_ACT_SHOT,
+            "{what}: an unselected address is refused"
+        );
+    };
+    decides(&mut first, "as written");
+    for generation in 0..2 {
+        let (hosts, trie) = pinned_ipcache(&pins.0, generation);
+        assert!(hosts.len() >= 2, "generation {generation}: the pods' addresses in the host map: {hosts:?}");
+        assert!(trie.iter().all(|(len, _)| *len < IPCACHE_HOST_PREFIX), "generation {generation}: {trie:?}");
+    }
+    drop(first);
+
+    move_hosts_into_the_trie(&pins.0);
+    let mut second = Datapath::load(options()).expect("adopt the pins");
+    decides(&mut second, "adopted with the addresses in the trie");
+    let reported = second.policy_contents().expect("the contents in effect").ipcache;
+    let client = flowgate_policy::IpPrefix::host(CLIENT.into());
+    assert!(reported.iter().any(|(prefix, _)| *prefix == client), "the client's address is reported: {reported:?}");
+
+    for written in 1..=2 {
+        second.apply_policy(&contents).expect("write a generation");
+        decides(&mut second, &format!("after writing {written} generation(s)"));
+    }
+    for generation in 0..2 {
+        let (hosts, trie) = pinned_ipcache(&pins.0, generation);
+        assert!(hosts.len() >= 2, "generation {generation}: the addresses moved into the host map: {hosts:?}");
+        assert!(trie.iter().all(|(len, _)| *len < IPCACHE_HOST_PREFIX), "generation {generation}: left: {trie:?}");
+    }
+}
