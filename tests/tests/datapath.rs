@@ -551,9 +551,14 @@ spec:
     ports: [{protocol: TCP, port: 80}]
 ";
 
-/// The ipcache's single addresses and shorter prefixes of generation `generation` as pinned in `dir`:
-/// (host-map addresses, trie entries as (prefix length, address)).
-fn pinned_ipcache(dir: &std::path::Path, generation: usize) -> (Vec<[u8; 16]>, Vec<(u32, [u8; 16])>) {
+/// An ipcache generation as pinned: the host map's addresses, the trie's (prefix length, address) entries.
+struct PinnedIpcache {
+    hosts: Vec<[u8; 16]>,
+    trie: Vec<(u32, [u8; 16])>,
+}
+
+/// The ipcache of generation `generation` as pinned in `dir`.
+fn pinned_ipcache(dir: &std::path::Path, generation: usize) -> PinnedIpcache {
     use aya::maps::{HashMap, LpmTrie, Map, MapData};
     use flowgate_common::{
         names::{MAP_IPCACHE, MAP_IPCACHE_HOST},
@@ -566,7 +571,7 @@ fn pinned_ipcache(dir: &std::path::Path, generation: usize) -> (Vec<[u8; 16]>, V
     host_keys.sort_unstable();
     let mut trie_keys: Vec<_> = trie.keys().map(|k| k.map(|k| (k.prefix_len(), k.data())).unwrap()).collect();
     trie_keys.sort_unstable();
-    (host_keys, trie_keys)
+    PinnedIpcache { hosts: host_keys, trie: trie_keys }
 }
 
 /// Moves every single address of both ipcache generations pinned in `dir` from the host map into the trie,
@@ -616,7 +621,7 @@ fn an_older_agents_ipcache_with_pod_addresses_in_the_trie_is_adopted_and_moved()
     first.apply_policy(&contents).expect("write the other generation too");
 
     let decides = |datapath: &mut Datapath, what: &str| {
-        let mut run = |src: Ipv4Addr, sport: u16| {
+        let run = |src: Ipv4Addr, sport: u16| {
             let packet = ipv4_packet(src, SERVER, Transport::Tcp { sport, dport: 80, flags: 0x02 });
             datapath.test_run(PROG_TO_ENDPOINT, &packet, 1).expect("BPF_PROG_TEST_RUN").return_value
         };
@@ -631,7 +636,7 @@ fn an_older_agents_ipcache_with_pod_addresses_in_the_trie_is_adopted_and_moved()
     };
     decides(&mut first, "as written");
     for generation in 0..2 {
-        let (hosts, trie) = pinned_ipcache(&pins.0, generation);
+        let PinnedIpcache { hosts, trie } = pinned_ipcache(&pins.0, generation);
         assert!(hosts.len() >= 2, "generation {generation}: the pods' addresses in the host map: {hosts:?}");
         assert!(trie.iter().all(|(len, _)| *len < IPCACHE_HOST_PREFIX), "generation {generation}: {trie:?}");
     }
@@ -649,7 +654,7 @@ fn an_older_agents_ipcache_with_pod_addresses_in_the_trie_is_adopted_and_moved()
         decides(&mut second, &format!("after writing {written} generation(s)"));
     }
     for generation in 0..2 {
-        let (hosts, trie) = pinned_ipcache(&pins.0, generation);
+        let PinnedIpcache { hosts, trie } = pinned_ipcache(&pins.0, generation);
         assert!(hosts.len() >= 2, "generation {generation}: the addresses moved into the host map: {hosts:?}");
         assert!(trie.iter().all(|(len, _)| *len < IPCACHE_HOST_PREFIX), "generation {generation}: left: {trie:?}");
     }
