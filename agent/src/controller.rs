@@ -953,8 +953,10 @@ pub async fn follow_cluster(controller: Arc<Mutex<Controller>>, source: KubeSour
 
 /// Registers pods as endpoints in one batch (the pipeline's peer snapshot is rebuilt once, not once per pod)
 /// and writes each one's endpoints-map entry, unless it holds already (a re-registration that left the
-/// identity and interface as they were). Returns the endpoints, in the pods' order.
-fn register(
+/// identity and interface as they were); an id taken back from a pod gone is cleared in the kernel first
+/// (`forget_reused_ids`). Returns the endpoints, in the pods' order. Lab and cluster syncs register the
+/// pods with an interface through here.
+pub fn register(
     state: &AgentState,
     datapath: &mut Datapath,
     pods: Vec<(NewEndpoint, BTreeMap<String, String>)>,

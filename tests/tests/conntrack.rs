@@ -642,3 +642,88 @@ fn after_a_real_rst_the_same_ports_get_a_new_verdict() {
         verdicts.iter().filter(|f| f.source_port == sport && f.destination_port == 80).collect();
     assert_eq!(ours.len(), 2, "one verdict per connection on the same 5-tuple, the second after an RST: {verdicts:#?}");
 }
+
+/// The controller's registration path end to end (`controller::register`, which every sync goes through): a
+/// node whose 4,095 endpoint ids are all handed out, and the server pod replaced by a new pod with its address
+/// and labels (a Deployment's pod replaced, its address handed out again), which takes the old pod's id. The kernel must forget the
+/// old pod's connections before the new pod's entry is written: the client's next packet on the old
+/// connection is a new connection with a verdict of its own, not the old pod's connection resumed.
+#[test]
+fn a_pod_registered_under_a_reused_id_starts_without_the_old_pods_connections() {
+    use std::collections::BTreeMap;
+
+    use flowgate_agent::{controller, endpoints::MAX_ENDPOINT_ID, state::AgentInfo};
+    use flowgate_events::hub::{Hub, HubConfig};
+    use flowgate_policy::{NamespaceInfo, PodInfo};
+    use flowgate_proto::endpoint::{Endpoint, NewEndpoint};
+
+    require_root();
+    let dir = TempDir::new("conntrack-reused-id");
+    std::fs::write(dir.path().join("policy.yaml"), ALLOW).unwrap();
+    let mut datapath = Datapath::load(DatapathOptions { aggregation: aggregation::MEDIUM, ..Default::default() })
+        .expect("load the datapath");
+    let state = AgentState::new(AgentInfo::default(), Hub::new(HubConfig::default()));
+    let ns: BTreeMap<String, String> = [("kubernetes.io/metadata.name".to_string(), "default".to_string())].into();
+    let pod = |name: &str, app: &str, ip: Ipv4Addr, ifindex: u32| {
+        let new = NewEndpoint {
+            namespace: "default".into(),
+            pod_name: name.into(),
+            labels: [("app".to_string(), app.to_string())].into(),
+            ipv4: ip,
+            ipv6: None,
+            interface: format!("lxc{ifindex}"),
+            ifindex,
+        };
+        (new, ns.clone())
+    };
+    let mut pods = vec![pod("client", "client", CLIENT, 1000), pod("server", "server", SERVER, TEST_RUN_IFINDEX)];
+    for i in 0..u32::from(MAX_ENDPOINT_ID) - 2 {
+        pods.push(pod(&format!("filler-{i}"), "filler", Ipv4Addr::from(0x0a64_0000 + i), 2000 + i));
+    }
+    let registered = controller::register(&state, &mut datapath, pods).expect("every endpoint id handed out");
+    assert_eq!(registered.len(), usize::from(MAX_ENDPOINT_ID));
+    let view = |endpoints: &[&Endpoint]| ClusterView {
+        namespaces: vec![NamespaceInfo { name: "default".into(), labels: ns.clone() }],
+        pods: endpoints
+            .iter()
+            .map(|ep| PodInfo {
+                endpoint_id: ep.id,
+                namespace: ep.namespace.clone(),
+                name: ep.pod_name.clone(),
+                labels: ep.labels.clone(),
+                ip: ep.ipv4,
+                ipv6: ep.ipv6,
+                identity: ep.identity,
+                ports: Vec::new(),
+            })
+            .collect(),
+    };
+    let (client, old) = (registered[0].clone(), registered[1].clone());
+    let ring = datapath.take_events().unwrap();
+    let engine = PolicyEngine::new(Some(dir.path().to_owned()), false);
+    let cluster = view(&[&client, &old]);
+    let mut f = Fixture { datapath, ring, engine, cluster, state, dir };
+    f.apply(ALLOW);
+    assert_eq!(verdicts(&f.client_sends(tcp(SYN)).1), vec![verdict::ALLOWED]);
+    assert_eq!(verdicts(&f.client_sends(tcp(ACK)).1), NONE, "established with the old pod");
+    let of = |f: &Fixture, id: u16| {
+        f.datapath.conntrack_entries().unwrap().iter().filter(|(k, _)| k.endpoint_id == id).count()
+    };
+    assert_eq!(of(&f, old.id), 1);
+
+    f.state.remove_endpoint(old.id).expect("the old pod was registered");
+    // A new pod (another name: a pod of the same name coming back is the same endpoint and keeps its id and
+    // connections, re-checked at the next policy revision) with the old pod's address and labels.
+    let replacement = pod("server-7f9c", "server", SERVER, TEST_RUN_IFINDEX);
+    let new = controller::register(&f.state, &mut f.datapath, vec![replacement])
+        .expect("the new pod takes the id the old one left");
+    assert_eq!(new[0].id, old.id, "the only id left is the old pod's");
+    assert_eq!(of(&f, old.id), 0, "the old pod's connections are forgotten when its id is handed out again");
+    // The sync compiles the same policy for the new cluster view.
+    f.cluster = view(&[&client, &new[0]]);
+    let (contents, snapshot) = f.engine.prepare(&f.cluster).expect("the policy fits the maps");
+    f.state.set_policy(Arc::new(snapshot), f.engine.cidr_labels());
+    f.datapath.apply_policy(&contents).expect("write the policy maps");
+    let (ret, records) = f.client_sends(tcp(ACK));
+    assert_eq!((ret, verdicts(&records)), (TC_ACT_UNSPEC, vec![verdict::ALLOWED]), "a new connection, decided");
+}
