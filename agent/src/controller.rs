@@ -25,7 +25,7 @@ use flowgate_policy::{
     ClusterView, ContainerPort, NOT_AN_ENDPOINT, NamespaceInfo, PodInfo, Protocol as PolicyProtocol,
 };
 use flowgate_proto::{
-    endpoint::{EndpointState, Enforcement, NewEndpoint},
+    endpoint::{Endpoint, EndpointState, Enforcement, NewEndpoint},
     flow::Protocol,
     message::{ConntrackEntry, EndpointPolicy, PolicyEntryView, PolicyStatus, Response},
 };
@@ -311,16 +311,7 @@ impl Controller {
         let ports = |key: &(String, String)| cluster.pods.get(key).map(|p| p.ports.clone()).unwrap_or_default();
         let local = mode.endpoints.iter().filter_map(|(key, id)| {
             let ep = endpoints.iter().find(|e| e.id == *id)?;
-            Some(PodInfo {
-                endpoint_id: ep.id,
-                namespace: ep.namespace.clone(),
-                name: ep.pod_name.clone(),
-                labels: ep.labels.clone(),
-                ip: ep.ipv4,
-                ipv6: ep.ipv6,
-                identity: ep.identity,
-                ports: ports(key),
-            })
+            Some(endpoint_pod_info(ep, ports(key)))
         });
         let remote = mode.remote.iter().map(|(pod, identity)| PodInfo {
             endpoint_id: NOT_AN_ENDPOINT,
@@ -390,7 +381,7 @@ impl Controller {
             return self.kubernetes_view(mode);
         }
         let registered = self.state.endpoints();
-        let endpoints: BTreeMap<(&str, &str), &flowgate_proto::endpoint::Endpoint> =
+        let endpoints: BTreeMap<(&str, &str), &Endpoint> =
             registered.iter().map(|ep| ((ep.namespace.as_str(), ep.pod_name.as_str()), ep)).collect();
         ClusterView {
             namespaces: self
@@ -948,6 +939,21 @@ pub async fn follow_cluster(controller: Arc<Mutex<Controller>>, source: KubeSour
         } else {
             retry = true;
         }
+    }
+}
+
+/// A registered endpoint as the policy engine sees it: a pod of the cluster view with its endpoint id,
+/// identity, labels and addresses as registered, and `ports` (its declared container ports).
+pub fn endpoint_pod_info(ep: &Endpoint, ports: Vec<ContainerPort>) -> PodInfo {
+    PodInfo {
+        endpoint_id: ep.id,
+        namespace: ep.namespace.clone(),
+        name: ep.pod_name.clone(),
+        labels: ep.labels.clone(),
+        ip: ep.ipv4,
+        ipv6: ep.ipv6,
+        identity: ep.identity,
+        ports,
     }
 }
 

@@ -11,6 +11,7 @@ use std::{
 
 use aya::maps::{MapData, RingBuf};
 use flowgate_agent::{
+    controller,
     craft::{Transport, ipv4_packet, ipv6_packet},
     datapath::{self, Datapath, DatapathOptions},
     policy::PolicyEngine,
@@ -19,7 +20,7 @@ use flowgate_agent::{
 use flowgate_common::counters::aggregation;
 use flowgate_events::decode::{Record, decode, expand};
 use flowgate_events::hub::{Hub, HubConfig};
-use flowgate_policy::{ClusterView, ContainerPort, NamespaceInfo, PodInfo, Protocol as PolicyProtocol};
+use flowgate_policy::{ClusterView, ContainerPort, NamespaceInfo, Protocol as PolicyProtocol};
 use flowgate_proto::endpoint::{Endpoint, NewEndpoint};
 
 use crate::{TempDir, require_root};
@@ -55,16 +56,7 @@ pub fn two_pods(datapath: &mut Datapath, ports: &[ContainerPort]) -> (Arc<AgentS
     let client = pod("client", CLIENT, CLIENT6, 1000);
     let server = pod("server", SERVER, SERVER6, TEST_RUN_IFINDEX);
     datapath.set_endpoint(TEST_RUN_IFINDEX, datapath::endpoint_info(&server)).expect("register the server");
-    let info = |ep: &Endpoint| PodInfo {
-        endpoint_id: ep.id,
-        namespace: ep.namespace.clone(),
-        name: ep.pod_name.clone(),
-        labels: ep.labels.clone(),
-        ip: ep.ipv4,
-        ipv6: ep.ipv6,
-        identity: ep.identity,
-        ports: ports.to_vec(),
-    };
+    let info = |ep: &Endpoint| controller::endpoint_pod_info(ep, ports.to_vec());
     let cluster = ClusterView {
         namespaces: vec![NamespaceInfo { name: "default".into(), labels: ns }],
         pods: vec![info(&client), info(&server)],

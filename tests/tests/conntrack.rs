@@ -654,7 +654,7 @@ fn a_pod_registered_under_a_reused_id_starts_without_the_old_pods_connections() 
 
     use flowgate_agent::{controller, endpoints::MAX_ENDPOINT_ID, state::AgentInfo};
     use flowgate_events::hub::{Hub, HubConfig};
-    use flowgate_policy::{NamespaceInfo, PodInfo};
+    use flowgate_policy::NamespaceInfo;
     use flowgate_proto::endpoint::{Endpoint, NewEndpoint};
 
     require_root();
@@ -684,19 +684,7 @@ fn a_pod_registered_under_a_reused_id_starts_without_the_old_pods_connections() 
     assert_eq!(registered.len(), usize::from(MAX_ENDPOINT_ID));
     let view = |endpoints: &[&Endpoint]| ClusterView {
         namespaces: vec![NamespaceInfo { name: "default".into(), labels: ns.clone() }],
-        pods: endpoints
-            .iter()
-            .map(|ep| PodInfo {
-                endpoint_id: ep.id,
-                namespace: ep.namespace.clone(),
-                name: ep.pod_name.clone(),
-                labels: ep.labels.clone(),
-                ip: ep.ipv4,
-                ipv6: ep.ipv6,
-                identity: ep.identity,
-                ports: Vec::new(),
-            })
-            .collect(),
+        pods: endpoints.iter().map(|ep| controller::endpoint_pod_info(ep, Vec::new())).collect(),
     };
     let (client, old) = (registered[0].clone(), registered[1].clone());
     let ring = datapath.take_events().unwrap();
