@@ -87,5 +87,6 @@ getent group flowgate >/dev/null || groupadd --system flowgate
 # etcd, kube-apiserver and kubectl for the Kubernetes-mode tests, built from the Go modules pinned in
 # tools/k8s/go.mod into /var/cache/flowgate (about 11 minutes the first time on 2 cores; nothing after).
 bash "$(dirname "$0")/build-control-plane.sh"
-# kube-network-policies v0.8.0 for the traffic benchmark, from tools/knp/go.mod (about a minute the first time).
+# kube-network-policies v0.8.0 for the traffic and propagation benchmarks, from tools/knp/go.mod with
+# tools/knp/xt-queue.patch (about a minute the first time).
 bash "$(dirname "$0")/build-kube-network-policies.sh"

@@ -289,11 +289,6 @@ struct WrittenGeneration {
     /// Single addresses are in the host hash map, shorter prefixes in the trie (by length, so an entry never
     /// moves).
     ipcache: StdHashMap<(ip::Addr, u32), IpcacheValue>,
-    /// Single addresses found in the trie, where an agent before the host hash map wrote every prefix (a
-    /// generation adopted from its pins; the programs find them there when the hash map has none): not in
-    /// `ipcache`, so writing the generation puts those wanted in the hash map; all are removed from the trie
-    /// then.
-    trie_hosts: Vec<(ip::Addr, IpcacheValue)>,
     /// Endpoint ids whose flags are not 0.
     enforcement: StdHashMap<u16, u32>,
 }
@@ -358,6 +353,7 @@ impl Datapath {
         };
         datapath.capacities = datapath.created_capacities()?;
         if adopted {
+            datapath.move_trie_hosts()?;
             // The programs of the previous agent read this generation; write the other one next.
             datapath.generation = (datapath.config(Config::ActiveGeneration)? & 1) as u8;
             // Revisions go on from the previous agent's, so its entries are re-checked against this one's policy.
@@ -380,6 +376,46 @@ impl Datapath {
         datapath.set_config(Config::CtLifetimeClose, duration_ns(options.ct_lifetimes.close))?;
         datapath.set_tick()?;
         Ok(datapath)
+    }
+
+    /// Moves the single addresses an agent before the ipcache's host map wrote into the trie (both
+    /// generations of adopted pins) into the host map. Safe under traffic, in the active generation too: each
+    /// address is in the hash map with the same value before it leaves the trie, and the programs look in the
+    /// hash map first.
+    fn move_trie_hosts(&mut self) -> Result<(), DatapathError> {
+        for generation in 0..2 {
+            let name = MAP_IPCACHE[generation];
+            let trie: LpmTrie<_, ip::Addr, IpcacheValue> =
+                LpmTrie::try_from(self.ebpf.map(name).ok_or(DatapathError::MissingMap { name })?)
+                    .map_err(|source| DatapathError::Map { name, source })?;
+            let mut hosts = Vec::new();
+            for item in trie.iter() {
+                let (key, value) = item.map_err(|source| DatapathError::Map { name, source })?;
+                if key.prefix_len() == IPCACHE_HOST_PREFIX {
+                    hosts.push((key.data(), value));
+                }
+            }
+            if hosts.is_empty() {
+                continue;
+            }
+            let name = MAP_IPCACHE_HOST[generation];
+            let mut map: HashMap<_, ip::Addr, IpcacheValue> =
+                HashMap::try_from(self.ebpf.map_mut(name).ok_or(DatapathError::MissingMap { name })?)
+                    .map_err(|source| DatapathError::Map { name, source })?;
+            for (addr, value) in &hosts {
+                map.insert(addr, value, 0).map_err(|source| DatapathError::Map { name, source })?;
+            }
+            let name = MAP_IPCACHE[generation];
+            let mut trie: LpmTrie<_, ip::Addr, IpcacheValue> =
+                LpmTrie::try_from(self.ebpf.map_mut(name).ok_or(DatapathError::MissingMap { name })?)
+                    .map_err(|source| DatapathError::Map { name, source })?;
+            for (addr, _) in &hosts {
+                trie.remove(&Key::new(IPCACHE_HOST_PREFIX, *addr))
+                    .map_err(|source| DatapathError::Map { name, source })?;
+            }
+            info!("moved {} addresses of ipcache generation {generation} from the trie into the host map", hosts.len());
+        }
+        Ok(())
     }
 
     /// Measures the kernel's tick and gives it to the programs, or, when it cannot be measured, says why
@@ -749,7 +785,6 @@ impl Datapath {
         };
         let wanted = WrittenGeneration {
             ipcache: contents.ipcache.iter().map(|(prefix, value)| (prefix.key(), *value)).collect(),
-            trie_hosts: Vec::new(),
             enforcement: contents.enforcement.iter().copied().collect(),
         };
         // Single addresses: the hash map; shorter prefixes: the trie (see `maps::ipcache` in the programs,
@@ -771,9 +806,6 @@ impl Datapath {
         let mut trie: LpmTrie<_, ip::Addr, IpcacheValue> =
             LpmTrie::try_from(self.ebpf.map_mut(name).ok_or(DatapathError::MissingMap { name })?)
                 .map_err(|source| DatapathError::Map { name, source })?;
-        for (addr, _) in &held.trie_hosts {
-            trie.remove(&Key::new(IPCACHE_HOST_PREFIX, *addr)).map_err(|source| DatapathError::Map { name, source })?;
-        }
         for (addr, len) in held.ipcache.keys().filter(|k| !is_host(&k.1) && !wanted.ipcache.contains_key(*k)) {
             trie.remove(&Key::new(*len, *addr)).map_err(|source| DatapathError::Map { name, source })?;
         }
@@ -832,11 +864,7 @@ impl Datapath {
                 .map_err(|source| DatapathError::Map { name, source })?;
         for item in trie.iter() {
             let (key, value) = item.map_err(|source| DatapathError::Map { name, source })?;
-            if key.prefix_len() == IPCACHE_HOST_PREFIX {
-                held.trie_hosts.push((key.data(), value));
-            } else {
-                held.ipcache.insert((key.data(), key.prefix_len()), value);
-            }
+            held.ipcache.insert((key.data(), key.prefix_len()), value);
         }
         let name = MAP_ENFORCEMENT[generation];
         let enforce: Array<_, u32> = Array::try_from(self.ebpf.map(name).ok_or(DatapathError::MissingMap { name })?)
@@ -996,11 +1024,7 @@ impl Datapath {
         }
         contents.policy.sort_by_key(|(prefix, key, _)| (*key, *prefix));
 
-        let mut held = self.read_generation(generation)?;
-        // What the programs read: an address's entry in the hash map, else in the trie.
-        for (addr, value) in held.trie_hosts {
-            held.ipcache.entry((addr, IPCACHE_HOST_PREFIX)).or_insert(value);
-        }
+        let held = self.read_generation(generation)?;
         let mut ipcache: Vec<_> = held.ipcache.into_iter().collect();
         ipcache.sort_unstable_by_key(|((addr, len), _)| (*addr, *len));
         contents.ipcache = ipcache

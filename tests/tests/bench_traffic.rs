@@ -8,6 +8,16 @@ use std::process::Command;
 
 use flowgate_tests::{TempDir, bin_dir, require_root};
 
+/// Every enforcer of the section (the rows' names): each must refuse the intruder before its figures count.
+const ENFORCERS: [&str; 6] = [
+    "flowgate",
+    "flowgate, TCX links",
+    "iptables",
+    "iptables + conntrack shortcut",
+    "iptables + ipset",
+    "kube-network-policies",
+];
+
 #[test]
 fn the_quick_run_writes_every_enforcers_rows() {
     require_root();
@@ -36,29 +46,14 @@ fn the_quick_run_writes_every_enforcers_rows() {
         let baseline = named(&format!("baseline (no policy), {load}, 10 rules"));
         assert_eq!(baseline.len(), 1, "baseline {load} in {text}");
         assert!(baseline[0]["value"].as_f64().unwrap() > 0.0, "{text}");
-        for enforcer in [
-            "tc hook floor (a program that only returns)",
-            "flowgate",
-            "flowgate, TCX links",
-            "iptables",
-            "iptables + conntrack shortcut",
-            "iptables + ipset",
-            "kube-network-policies",
-        ] {
+        for enforcer in std::iter::once("tc hook floor (a program that only returns)").chain(ENFORCERS) {
             let rows = named(&format!("{enforcer}, {load}, 10 rules"));
             assert_eq!(rows.len(), 1, "{enforcer} {load} in {text}");
             assert_eq!(rows[0]["unit"], "x baseline");
             assert!(rows[0]["value"].as_f64().unwrap() > 0.0, "{text}");
         }
     }
-    for enforcer in [
-        "flowgate",
-        "flowgate, TCX links",
-        "iptables",
-        "iptables + conntrack shortcut",
-        "iptables + ipset",
-        "kube-network-policies",
-    ] {
+    for enforcer in ENFORCERS {
         let probe = named(&format!("probe from a pod not admitted refused: {enforcer}, 10 rules"));
         assert_eq!(probe.len(), 1, "probe of {enforcer} in {text}");
         assert_eq!(probe[0]["value"], 1.0, "{enforcer} admitted the intruder: {text}");

@@ -503,16 +503,8 @@ fn pin_hash_map(path: &std::path::Path) {
 #[test]
 fn a_pinned_enforcement_map_of_an_older_agent_is_refused_by_name() {
     flowgate_tests::require_root();
-    let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/fg-test-old-pin-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("a pin directory on bpffs");
-    struct Cleanup(std::path::PathBuf);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _cleanup = Cleanup(dir.clone());
+    let pins = PinDir::new("old-pin");
+    let dir = pins.0.clone();
     pin_hash_map(&dir.join(flowgate_common::names::MAP_ENFORCEMENT[0]));
     let loaded = flowgate_agent::datapath::Datapath::load(flowgate_agent::datapath::DatapathOptions {
         pin_dir: Some(dir.clone()),
@@ -597,9 +589,9 @@ fn move_hosts_into_the_trie(dir: &std::path::Path) {
 
 /// Pods' addresses are in a hash map before the ipcache trie since session 12 (a trie lookup grew with the
 /// pods in it). An older agent's pins hold them in the trie: the programs still find them there (the hash
-/// map has none), the agent reports them, and writing each generation moves them into the hash map. Probed
-/// throughout with the packets the ipcache decides: the client pod admitted; an ipBlock peer admitted; its
-/// `except` address and an address nothing selects refused.
+/// map has none), and an agent that adopts the pins moves them into the hash map at once, then writes each
+/// generation as usual. Probed throughout with the packets the ipcache decides: the client pod admitted; an
+/// ipBlock peer admitted; its `except` address and an address nothing selects refused.
 #[test]
 fn an_older_agents_ipcache_with_pod_addresses_in_the_trie_is_adopted_and_moved() {
     use flowgate_agent::{
@@ -640,11 +632,17 @@ fn an_older_agents_ipcache_with_pod_addresses_in_the_trie_is_adopted_and_moved()
         assert!(hosts.len() >= 2, "generation {generation}: the pods' addresses in the host map: {hosts:?}");
         assert!(trie.iter().all(|(len, _)| *len < IPCACHE_HOST_PREFIX), "generation {generation}: {trie:?}");
     }
-    drop(first);
 
     move_hosts_into_the_trie(&pins.0);
+    decides(&mut first, "the addresses in the trie, as an older agent wrote them");
+    drop(first);
     let mut second = Datapath::load(options()).expect("adopt the pins");
-    decides(&mut second, "adopted with the addresses in the trie");
+    for generation in 0..2 {
+        let PinnedIpcache { hosts, trie } = pinned_ipcache(&pins.0, generation);
+        assert!(hosts.len() >= 2, "generation {generation}: moved into the host map on adoption: {hosts:?}");
+        assert!(trie.iter().all(|(len, _)| *len < IPCACHE_HOST_PREFIX), "generation {generation}: left: {trie:?}");
+    }
+    decides(&mut second, "adopted, the addresses moved");
     let reported = second.policy_contents().expect("the contents in effect").ipcache;
     let client = flowgate_policy::IpPrefix::host(CLIENT.into());
     assert!(reported.iter().any(|(prefix, _)| *prefix == client), "the client's address is reported: {reported:?}");
