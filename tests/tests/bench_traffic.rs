@@ -1,7 +1,8 @@
 //! The traffic benchmark's smallest configuration (`flowgate-bench-traffic --quick`: 10 rules, one round of
 //! 0.3 s per load) on a real lab: the section file is written with the baseline's rates and every enforcer's
 //! rows, every enforcer refused the probe from a pod its policy does not admit, and none left a clsact qdisc
-//! behind for the next one. kube-network-policies runs against a real API server (built by the set-up, with
+//! behind for the next one, and the programs' run time on the real loads was read for flowgate and the hook
+//! floor. kube-network-policies runs against a real API server (built by the set-up, with
 //! `tools/knp/xt-queue.patch`) and must enforce like the others. No timing is asserted.
 
 use std::process::Command;
@@ -64,6 +65,25 @@ fn the_quick_run_writes_every_enforcers_rows() {
         let probe = named(&format!("probe from a pod not admitted refused: {passes}"));
         assert_eq!(probe.len(), 1, "{text}");
         assert_eq!(probe[0]["value"], 0.0, "{text}");
+    }
+    // What flowgate's programs and the hook floor's took on the real loads, from the kernel's run-time
+    // statistics of the programs found on the pod interfaces (a pass after the rounds).
+    for (load, operation) in
+        [("new TCP connections", "connection"), ("TCP request/response", "transaction"), ("UDP packets", "packet")]
+    {
+        for (enforcer, programs) in [
+            ("flowgate", &["from_endpoint", "to_endpoint"][..]),
+            ("tc hook floor (a program that only returns)", &["floor"][..]),
+        ] {
+            let rows = named(&format!("programs' run time per {operation}: {enforcer}, {load}, 10 rules"));
+            assert_eq!(rows.len(), 1, "{enforcer}'s programs under {load} in {text}");
+            assert_eq!(rows[0]["unit"], format!("ns/{operation}"));
+            assert!(rows[0]["value"].as_f64().unwrap() > 0.0, "{text}");
+            let note = rows[0]["note"].as_str().unwrap();
+            for program in programs {
+                assert!(note.contains(&format!("{program}: ")), "{program} not in {note}");
+            }
+        }
     }
     // Each enforcer's qdiscs went with it: one left behind would slow the next measurement's packets.
     assert!(!stderr.contains("clsact qdiscs left"), "{stderr}");

@@ -9,6 +9,7 @@
 pub mod enforcer;
 pub mod knp;
 pub mod load;
+pub mod profile;
 pub mod rules;
 pub mod run;
 

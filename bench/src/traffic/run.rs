@@ -16,6 +16,7 @@ use super::{
     enforcer::{self, Enforcer, Installed},
     knp::KnpCluster,
     load::{self, Load, Servers},
+    profile::{self, LoadProfile},
     rules::RuleSet,
 };
 use crate::report::{Figure, Section, Target};
@@ -57,7 +58,14 @@ struct SizeResult {
     /// CPU the enforcer's own process took while a load ran, per (enforcer, load), per round: (share of a
     /// core, microseconds per operation).
     process_cpu: BTreeMap<(Enforcer, Load), Vec<(f64, f64)>>,
+    /// What the enforcer's programs took per load, read in a pass of their own after the rounds
+    /// ([`PROFILED`]), or why they could not be read.
+    profiles: BTreeMap<Enforcer, Result<Vec<LoadProfile>, String>>,
 }
+
+/// The enforcers whose programs' run time on real traffic is read after the rounds: flowgate, and the hook
+/// floor for what a program that only returns takes (the kernel's statistics' own cost among it).
+const PROFILED: [Enforcer; 2] = [Enforcer::Flowgate, Enforcer::HookFloor];
 
 /// kube-network-policies' cluster, or why it could not be set up.
 pub type KnpState = Result<KnpCluster, String>;
@@ -134,9 +142,42 @@ pub fn run(plan: &Plan, pods: &Pods<'_>, servers: &Servers, mut knp: Option<&mut
             }
             result.rounds.push(rates);
         }
+        for enforcer in PROFILED {
+            if plan.enforcers.contains(&enforcer) && result.probes.get(&enforcer).is_some_and(Result::is_ok) {
+                let profiles = profile_pass(enforcer, pods, servers, &rules, plan.duration);
+                if let Err(e) = &profiles {
+                    eprintln!("traffic: {}'s programs at {size} rules: {e}", enforcer.name());
+                }
+                result.profiles.insert(enforcer, profiles);
+            }
+        }
         figures(&mut section, size, plan, &result);
     }
     Ok(section)
+}
+
+/// Puts `enforcer` in place once more and reads what its programs take under each load
+/// ([`profile::profile_loads`]).
+fn profile_pass(
+    enforcer: Enforcer,
+    pods: &Pods<'_>,
+    servers: &Servers,
+    rules: &RuleSet,
+    duration: Duration,
+) -> Result<Vec<LoadProfile>, String> {
+    let mut installed = enforcer::install(enforcer, pods.lab, rules).map_err(|e| format!("did not start: {e:#}"))?;
+    wait_enforcing(enforcer, pods, servers, &mut installed).map_err(|e| format!("{e:#}"))?;
+    let profiles = profile::profile_loads(pods.lab, &pods.client_netns, servers, pods.server, duration)
+        .map_err(|e| format!("{e:#}"))?;
+    for p in &profiles {
+        let programs: Vec<String> = p
+            .programs
+            .iter()
+            .map(|(name, s)| format!("{name} {} runs, {:.0} ns each", s.runs, s.ns_per_run()))
+            .collect();
+        println!("  programs' run time, {:<30} {:<22} {}", enforcer.name(), p.load.name(), programs.join("; "));
+    }
+    Ok(profiles)
 }
 
 /// Waits until the probe from the intruder pod is refused and the client admitted (for the baseline: until
@@ -274,6 +315,9 @@ fn figures(section: &mut Section, size: usize, plan: &Plan, result: &SizeResult)
                 )),
             );
         }
+        for (&enforcer, profiles) in &result.profiles {
+            section.push(profile_figure(enforcer, load, &rules, profiles));
+        }
         // flowgate against each alternative, within each round.
         for &other in plan.enforcers.iter().filter(|e| !matches!(e, Enforcer::Baseline | Enforcer::Flowgate)) {
             let r = ratios(rounds, (Enforcer::Flowgate, load), (other, load));
@@ -292,6 +336,38 @@ fn figures(section: &mut Section, size: usize, plan: &Plan, result: &SizeResult)
             section.push(f);
         }
     }
+}
+
+/// What `enforcer`'s programs took per operation of `load`, from the pass after the rounds.
+fn profile_figure(enforcer: Enforcer, load: Load, rules: &str, profiles: &Result<Vec<LoadProfile>, String>) -> Figure {
+    let operation = load.unit().trim_end_matches("/s").trim_end_matches('s');
+    let name = format!("programs' run time per {operation}: {}, {}, {rules}", enforcer.name(), load.name());
+    let unit = format!("ns/{operation}");
+    let profile = match profiles {
+        Ok(profiles) => profiles.iter().find(|p| p.load == load),
+        Err(why) => return Figure::new(name, 0.0, unit).note(format!("not read: {why}")),
+    };
+    let Some(profile) = profile else { return Figure::new(name, 0.0, unit).note("not read: no such load") };
+    let operations = profile.operations().max(1.0);
+    let programs: Vec<String> = profile
+        .programs
+        .iter()
+        .map(|(program, s)| {
+            format!(
+                "{program}: {:.1} runs per {operation}, {:.0} ns per run",
+                s.runs as f64 / operations,
+                s.ns_per_run()
+            )
+        })
+        .collect();
+    Figure::new(name, profile.total().run_time_ns as f64 / operations, unit).note(format!(
+        "the kernel's BPF run-time statistics of the programs on the pod interfaces, one pass after the rounds \
+         ({:.0} {} over {:.1} s; the statistics' two clock reads per run are inside, and the pass is in no ratio): {}",
+        profile.rate,
+        load.unit(),
+        profile.wall.as_secs_f64(),
+        programs.join("; ")
+    ))
 }
 
 /// 10000 -> "10,000".
