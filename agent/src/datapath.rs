@@ -12,6 +12,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap as StdHashMap},
+    hash::Hash,
     path::{Path, PathBuf},
     sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant},
@@ -20,7 +21,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
-        Array, HashMap, Map, MapData, MapType, PerCpuArray, PerCpuValues, PerfEventArray, RingBuf,
+        Array, HashMap, Map, MapData, MapError, MapType, PerCpuArray, PerCpuValues, PerfEventArray, RingBuf,
         lpm_trie::{Key, LpmTrie},
     },
     programs::{
@@ -77,7 +78,7 @@ pub enum DatapathError {
     Map {
         name: &'static str,
         #[source]
-        source: aya::maps::MapError,
+        source: MapError,
     },
     #[error("program {name}")]
     Program {
@@ -293,6 +294,27 @@ struct WrittenGeneration {
     enforcement: StdHashMap<u16, u32>,
 }
 
+/// Writes `wanted` into a map that holds `held`, for the keys `belongs` picks (a generation's entries are
+/// split over a hash map and a trie by key), through `write` (`None`: remove the key): removes the keys that
+/// went first, then writes the new and the changed ones. An entry the same in both is not written, so a
+/// change to one policy of a thousand writes its own entries.
+fn write_difference<K: Eq + Hash, V: PartialEq + Copy>(
+    held: &StdHashMap<K, V>,
+    wanted: &StdHashMap<K, V>,
+    belongs: impl Fn(&K) -> bool,
+    mut write: impl FnMut(&K, Option<V>) -> Result<(), MapError>,
+) -> Result<(), MapError> {
+    for key in held.keys().filter(|k| belongs(k) && !wanted.contains_key(*k)) {
+        write(key, None)?;
+    }
+    for (key, value) in wanted.iter().filter(|(k, _)| belongs(k)) {
+        if held.get(key) != Some(value) {
+            write(key, Some(*value))?;
+        }
+    }
+    Ok(())
+}
+
 /// What keeps one interface's programs attached: TCX links dropped (closed, unpinned) are detached; tc
 /// filters stay until deleted ([`Datapath::detach_endpoint`], or the drop of a datapath without pins).
 struct InterfaceLinks {
@@ -385,9 +407,7 @@ impl Datapath {
     fn move_trie_hosts(&mut self) -> Result<(), DatapathError> {
         for generation in 0..2 {
             let name = MAP_IPCACHE[generation];
-            let trie: LpmTrie<_, ip::Addr, IpcacheValue> =
-                LpmTrie::try_from(self.ebpf.map(name).ok_or(DatapathError::MissingMap { name })?)
-                    .map_err(|source| DatapathError::Map { name, source })?;
+            let trie: LpmTrie<_, ip::Addr, IpcacheValue> = self.typed(name)?;
             let mut hosts = Vec::new();
             for item in trie.iter() {
                 let (key, value) = item.map_err(|source| DatapathError::Map { name, source })?;
@@ -399,16 +419,12 @@ impl Datapath {
                 continue;
             }
             let name = MAP_IPCACHE_HOST[generation];
-            let mut map: HashMap<_, ip::Addr, IpcacheValue> =
-                HashMap::try_from(self.ebpf.map_mut(name).ok_or(DatapathError::MissingMap { name })?)
-                    .map_err(|source| DatapathError::Map { name, source })?;
+            let mut map: HashMap<_, ip::Addr, IpcacheValue> = self.typed_mut(name)?;
             for (addr, value) in &hosts {
                 map.insert(addr, value, 0).map_err(|source| DatapathError::Map { name, source })?;
             }
             let name = MAP_IPCACHE[generation];
-            let mut trie: LpmTrie<_, ip::Addr, IpcacheValue> =
-                LpmTrie::try_from(self.ebpf.map_mut(name).ok_or(DatapathError::MissingMap { name })?)
-                    .map_err(|source| DatapathError::Map { name, source })?;
+            let mut trie: LpmTrie<_, ip::Addr, IpcacheValue> = self.typed_mut(name)?;
             for (addr, _) in &hosts {
                 trie.remove(&Key::new(IPCACHE_HOST_PREFIX, *addr))
                     .map_err(|source| DatapathError::Map { name, source })?;
@@ -706,18 +722,14 @@ impl Datapath {
     /// The endpoints-map entry of a node-side interface (`endpoint_id == 0`: no endpoint there).
     pub fn endpoint(&self, ifindex: u32) -> Result<EndpointInfo, DatapathError> {
         let name = MAP_ENDPOINTS;
-        let map: Array<_, EndpointInfo> =
-            Array::try_from(self.ebpf.map(name).ok_or(DatapathError::MissingMap { name })?)
-                .map_err(|source| DatapathError::Map { name, source })?;
+        let map: Array<_, EndpointInfo> = self.typed(name)?;
         map.get(&ifindex, 0).map_err(|source| DatapathError::Map { name, source })
     }
 
     /// Writes (or replaces) the endpoints-map entry of a node-side interface.
     pub fn set_endpoint(&mut self, ifindex: u32, info: EndpointInfo) -> Result<(), DatapathError> {
         let name = MAP_ENDPOINTS;
-        let mut map: Array<_, EndpointInfo> =
-            Array::try_from(self.ebpf.map_mut(name).ok_or(DatapathError::MissingMap { name })?)
-                .map_err(|source| DatapathError::Map { name, source })?;
+        let mut map: Array<_, EndpointInfo> = self.typed_mut(name)?;
         map.set(ifindex, info, 0).map_err(|source| DatapathError::Map { name, source })
     }
 
@@ -752,32 +764,26 @@ impl Datapath {
         }
         // One peer, protocol and port: the exact map; shorter prefixes: the trie (see `maps::policy` in
         // the programs, which looks in that order). An entry's prefix decides its map, so it never moves.
+        let is_exact = |(prefix, _): &(u32, PolicyKey)| *prefix == POLICY_PREFIX_FULL;
         let name = MAP_POLICY_EXACT[next];
-        let mut exact: HashMap<_, PolicyKey, PolicyValue> =
-            HashMap::try_from(self.ebpf.map_mut(name).ok_or(DatapathError::MissingMap { name })?)
-                .map_err(|source| DatapathError::Map { name, source })?;
-        let is_exact = |prefix: &u32| *prefix == POLICY_PREFIX_FULL;
-        for (_, key) in held.keys().filter(|k| is_exact(&k.0) && !wanted.contains_key(*k)) {
-            exact.remove(key).map_err(|source| DatapathError::Map { name, source })?;
-        }
-        for ((prefix, key), value) in wanted.iter().filter(|(k, _)| is_exact(&k.0)) {
-            if held.get(&(*prefix, *key)) != Some(value) {
-                exact.insert(key, *value, 0).map_err(|source| DatapathError::Map { name, source })?;
-            }
-        }
+        let mut exact: HashMap<_, PolicyKey, PolicyValue> = self.typed_mut(name)?;
+        write_difference(&held, &wanted, is_exact, |(_, key), value| match value {
+            Some(value) => exact.insert(key, value, 0),
+            None => exact.remove(key),
+        })
+        .map_err(|source| DatapathError::Map { name, source })?;
         let name = MAP_POLICY[next];
-        let mut trie: LpmTrie<_, PolicyKey, PolicyValue> =
-            LpmTrie::try_from(self.ebpf.map_mut(name).ok_or(DatapathError::MissingMap { name })?)
-                .map_err(|source| DatapathError::Map { name, source })?;
-        for (prefix, key) in held.keys().filter(|k| !is_exact(&k.0) && !wanted.contains_key(*k)) {
-            trie.remove(&Key::new(*prefix, *key)).map_err(|source| DatapathError::Map { name, source })?;
-        }
-        for ((prefix, key), value) in wanted.iter().filter(|(k, _)| !is_exact(&k.0)) {
-            if held.get(&(*prefix, *key)) != Some(value) {
-                trie.insert(&Key::new(*prefix, *key), *value, 0)
-                    .map_err(|source| DatapathError::Map { name, source })?;
-            }
-        }
+        let mut trie: LpmTrie<_, PolicyKey, PolicyValue> = self.typed_mut(name)?;
+        write_difference(
+            &held,
+            &wanted,
+            |k| !is_exact(k),
+            |(prefix, key), value| match value {
+                Some(value) => trie.insert(&Key::new(*prefix, *key), value, 0),
+                None => trie.remove(&Key::new(*prefix, *key)),
+            },
+        )
+        .map_err(|source| DatapathError::Map { name, source })?;
 
         let held = match self.written[next].take() {
             Some(held) => held,
@@ -789,44 +795,37 @@ impl Datapath {
         };
         // Single addresses: the hash map; shorter prefixes: the trie (see `maps::ipcache` in the programs,
         // which looks in that order).
-        let is_host = |len: &u32| *len == IPCACHE_HOST_PREFIX;
+        let is_host = |(_, len): &(ip::Addr, u32)| *len == IPCACHE_HOST_PREFIX;
         let name = MAP_IPCACHE_HOST[next];
-        let mut hosts: HashMap<_, ip::Addr, IpcacheValue> =
-            HashMap::try_from(self.ebpf.map_mut(name).ok_or(DatapathError::MissingMap { name })?)
-                .map_err(|source| DatapathError::Map { name, source })?;
-        for (addr, _) in held.ipcache.keys().filter(|k| is_host(&k.1) && !wanted.ipcache.contains_key(*k)) {
-            hosts.remove(addr).map_err(|source| DatapathError::Map { name, source })?;
-        }
-        for ((addr, len), value) in wanted.ipcache.iter().filter(|(k, _)| is_host(&k.1)) {
-            if held.ipcache.get(&(*addr, *len)) != Some(value) {
-                hosts.insert(addr, value, 0).map_err(|source| DatapathError::Map { name, source })?;
-            }
-        }
+        let mut hosts: HashMap<_, ip::Addr, IpcacheValue> = self.typed_mut(name)?;
+        write_difference(&held.ipcache, &wanted.ipcache, is_host, |(addr, _), value| match value {
+            Some(value) => hosts.insert(addr, value, 0),
+            None => hosts.remove(addr),
+        })
+        .map_err(|source| DatapathError::Map { name, source })?;
         let name = MAP_IPCACHE[next];
-        let mut trie: LpmTrie<_, ip::Addr, IpcacheValue> =
-            LpmTrie::try_from(self.ebpf.map_mut(name).ok_or(DatapathError::MissingMap { name })?)
-                .map_err(|source| DatapathError::Map { name, source })?;
-        for (addr, len) in held.ipcache.keys().filter(|k| !is_host(&k.1) && !wanted.ipcache.contains_key(*k)) {
-            trie.remove(&Key::new(*len, *addr)).map_err(|source| DatapathError::Map { name, source })?;
-        }
-        for ((addr, len), value) in wanted.ipcache.iter().filter(|(k, _)| !is_host(&k.1)) {
-            if held.ipcache.get(&(*addr, *len)) != Some(value) {
-                trie.insert(&Key::new(*len, *addr), *value, 0).map_err(|source| DatapathError::Map { name, source })?;
-            }
-        }
+        let mut trie: LpmTrie<_, ip::Addr, IpcacheValue> = self.typed_mut(name)?;
+        write_difference(
+            &held.ipcache,
+            &wanted.ipcache,
+            |k| !is_host(k),
+            |(addr, len), value| match value {
+                Some(value) => trie.insert(&Key::new(*len, *addr), value, 0),
+                None => trie.remove(&Key::new(*len, *addr)),
+            },
+        )
+        .map_err(|source| DatapathError::Map { name, source })?;
 
+        // An array's slots are never removed: an endpoint id that went is set to 0 (no policy selects it).
         let name = MAP_ENFORCEMENT[next];
-        let mut enforce: Array<_, u32> =
-            Array::try_from(self.ebpf.map_mut(name).ok_or(DatapathError::MissingMap { name })?)
-                .map_err(|source| DatapathError::Map { name, source })?;
-        for endpoint_id in held.enforcement.keys().filter(|k| !wanted.enforcement.contains_key(*k)) {
-            enforce.set(u32::from(*endpoint_id), 0, 0).map_err(|source| DatapathError::Map { name, source })?;
-        }
-        for (endpoint_id, flags) in &wanted.enforcement {
-            if held.enforcement.get(endpoint_id) != Some(flags) {
-                enforce.set(u32::from(*endpoint_id), flags, 0).map_err(|source| DatapathError::Map { name, source })?;
-            }
-        }
+        let mut enforce: Array<_, u32> = self.typed_mut(name)?;
+        write_difference(
+            &held.enforcement,
+            &wanted.enforcement,
+            |_| true,
+            |endpoint_id, flags| enforce.set(u32::from(*endpoint_id), flags.unwrap_or(0), 0),
+        )
+        .map_err(|source| DatapathError::Map { name, source })?;
         self.written[next] = Some(wanted);
         // The generation in effect until the switch below, as just read: what it holds when it is written
         // next, but for the counts of packets that still read it during the grace (they stay, as counted).
@@ -851,24 +850,19 @@ impl Datapath {
     fn read_generation(&self, generation: usize) -> Result<WrittenGeneration, DatapathError> {
         let mut held = WrittenGeneration::default();
         let name = MAP_IPCACHE_HOST[generation];
-        let hosts: HashMap<_, ip::Addr, IpcacheValue> =
-            HashMap::try_from(self.ebpf.map(name).ok_or(DatapathError::MissingMap { name })?)
-                .map_err(|source| DatapathError::Map { name, source })?;
+        let hosts: HashMap<_, ip::Addr, IpcacheValue> = self.typed(name)?;
         for item in hosts.iter() {
             let (addr, value) = item.map_err(|source| DatapathError::Map { name, source })?;
             held.ipcache.insert((addr, IPCACHE_HOST_PREFIX), value);
         }
         let name = MAP_IPCACHE[generation];
-        let trie: LpmTrie<_, ip::Addr, IpcacheValue> =
-            LpmTrie::try_from(self.ebpf.map(name).ok_or(DatapathError::MissingMap { name })?)
-                .map_err(|source| DatapathError::Map { name, source })?;
+        let trie: LpmTrie<_, ip::Addr, IpcacheValue> = self.typed(name)?;
         for item in trie.iter() {
             let (key, value) = item.map_err(|source| DatapathError::Map { name, source })?;
             held.ipcache.insert((key.data(), key.prefix_len()), value);
         }
         let name = MAP_ENFORCEMENT[generation];
-        let enforce: Array<_, u32> = Array::try_from(self.ebpf.map(name).ok_or(DatapathError::MissingMap { name })?)
-            .map_err(|source| DatapathError::Map { name, source })?;
+        let enforce: Array<_, u32> = self.typed(name)?;
         for (id, flags) in enforce.iter().enumerate() {
             let flags = flags.map_err(|source| DatapathError::Map { name, source })?;
             if flags != 0 {
@@ -886,6 +880,21 @@ impl Datapath {
     /// Conntrack idle lifetimes in effect.
     pub fn ct_lifetimes(&self) -> CtLifetimes {
         self.options.ct_lifetimes
+    }
+
+    /// Map `name` of the programs' object as the typed map `T`, to read.
+    fn typed<'a, T: TryFrom<&'a Map, Error = MapError>>(&'a self, name: &'static str) -> Result<T, DatapathError> {
+        let map = self.ebpf.map(name).ok_or(DatapathError::MissingMap { name })?;
+        T::try_from(map).map_err(|source| DatapathError::Map { name, source })
+    }
+
+    /// Map `name` of the programs' object as the typed map `T`, to write.
+    fn typed_mut<'a, T: TryFrom<&'a mut Map, Error = MapError>>(
+        &'a mut self,
+        name: &'static str,
+    ) -> Result<T, DatapathError> {
+        let map = self.ebpf.map_mut(name).ok_or(DatapathError::MissingMap { name })?;
+        T::try_from(map).map_err(|source| DatapathError::Map { name, source })
     }
 
     fn conntrack_data(&self) -> Result<&MapData, DatapathError> {
@@ -980,9 +989,7 @@ impl Datapath {
             deleted += u64::from(taken.is_some());
         }
         let name = MAP_INVALID_SOURCE;
-        let mut map: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(self.ebpf.map_mut(name).ok_or(DatapathError::MissingMap { name })?)
-                .map_err(|source| DatapathError::Map { name, source })?;
+        let mut map: PerCpuArray<_, u64> = self.typed_mut(name)?;
         let index = u32::from(endpoint_id);
         let cpus = map.get(&index, 0).map_err(|source| DatapathError::Map { name, source })?.len();
         let zeroes = PerCpuValues::try_from(vec![0u64; cpus])
@@ -996,9 +1003,7 @@ impl Datapath {
     pub fn policy_values(&self, generation: u8) -> Result<StdHashMap<(u32, PolicyKey), PolicyValue>, DatapathError> {
         let mut out = StdHashMap::new();
         let name = MAP_POLICY[usize::from(generation)];
-        let trie: LpmTrie<_, PolicyKey, PolicyValue> =
-            LpmTrie::try_from(self.ebpf.map(name).ok_or(DatapathError::MissingMap { name })?)
-                .map_err(|source| DatapathError::Map { name, source })?;
+        let trie: LpmTrie<_, PolicyKey, PolicyValue> = self.typed(name)?;
         for item in trie.iter() {
             let (key, value) = item.map_err(|source| DatapathError::Map { name, source })?;
             out.insert((key.prefix_len(), key.data()), value);
@@ -1043,16 +1048,13 @@ impl Datapath {
 
     fn config(&self, key: Config) -> Result<u64, DatapathError> {
         let name = MAP_CONFIG;
-        let map: Array<_, u64> = Array::try_from(self.ebpf.map(name).ok_or(DatapathError::MissingMap { name })?)
-            .map_err(|source| DatapathError::Map { name, source })?;
+        let map: Array<_, u64> = self.typed(name)?;
         map.get(&key.index(), 0).map_err(|source| DatapathError::Map { name, source })
     }
 
     fn set_config(&mut self, key: Config, value: u64) -> Result<(), DatapathError> {
         let name = MAP_CONFIG;
-        let mut map: Array<_, u64> =
-            Array::try_from(self.ebpf.map_mut(name).ok_or(DatapathError::MissingMap { name })?)
-                .map_err(|source| DatapathError::Map { name, source })?;
+        let mut map: Array<_, u64> = self.typed_mut(name)?;
         map.set(key.index(), value, 0).map_err(|source| DatapathError::Map { name, source })
     }
 
@@ -1083,9 +1085,7 @@ impl Datapath {
     /// Kernel counters summed across CPUs.
     pub fn counters(&self) -> Result<KernelCounters, DatapathError> {
         let name = MAP_COUNTERS;
-        let map: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(self.ebpf.map(name).ok_or(DatapathError::MissingMap { name })?)
-                .map_err(|source| DatapathError::Map { name, source })?;
+        let map: PerCpuArray<_, u64> = self.typed(name)?;
         let mut values = [0u64; Counter::COUNT as usize];
         for counter in Counter::ALL {
             let per_cpu = map.get(&counter.index(), 0).map_err(|source| DatapathError::Map { name, source })?;
@@ -1101,9 +1101,7 @@ impl Datapath {
         endpoint_ids: impl IntoIterator<Item = u16>,
     ) -> Result<std::collections::BTreeMap<u16, u64>, DatapathError> {
         let name = MAP_INVALID_SOURCE;
-        let map: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(self.ebpf.map(name).ok_or(DatapathError::MissingMap { name })?)
-                .map_err(|source| DatapathError::Map { name, source })?;
+        let map: PerCpuArray<_, u64> = self.typed(name)?;
         let mut drops = std::collections::BTreeMap::new();
         for id in endpoint_ids {
             let per_cpu = map.get(&u32::from(id), 0).map_err(|source| DatapathError::Map { name, source })?;
