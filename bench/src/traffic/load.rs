@@ -219,6 +219,15 @@ impl Load {
             Self::UdpPackets => "packets/s",
         }
     }
+
+    /// One operation of the load, as a per-operation figure names it.
+    pub fn operation(self) -> &'static str {
+        match self {
+            Self::Connections => "connection",
+            Self::RequestResponse => "transaction",
+            Self::UdpPackets => "packet",
+        }
+    }
 }
 
 /// How many slices a window is cut into; the best one is the figure.

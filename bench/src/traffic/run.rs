@@ -311,7 +311,7 @@ fn figures(section: &mut Section, size: usize, plan: &Plan, result: &SizeResult)
                          enriching the kernel's records) while the load ran, median of {} rounds; about {per_op:.2} \
                          us per {}",
                     samples.len(),
-                    load.unit().trim_end_matches("/s").trim_end_matches('s')
+                    load.operation()
                 )),
             );
         }
@@ -340,7 +340,7 @@ fn figures(section: &mut Section, size: usize, plan: &Plan, result: &SizeResult)
 
 /// What `enforcer`'s programs took per operation of `load`, from the pass after the rounds.
 fn profile_figure(enforcer: Enforcer, load: Load, rules: &str, profiles: &Result<Vec<LoadProfile>, String>) -> Figure {
-    let operation = load.unit().trim_end_matches("/s").trim_end_matches('s');
+    let operation = load.operation();
     let name = format!("programs' run time per {operation}: {}, {}, {rules}", enforcer.name(), load.name());
     let unit = format!("ns/{operation}");
     let profile = match profiles {
