@@ -230,11 +230,13 @@ pub fn measure(quick: bool, section: &mut Section) -> anyhow::Result<()> {
                 "kube-network-policies {} on a real kube-apiserver and etcd, enforcing for the traffic lab's 3 pods \
                  ({endpoints} more pods and {policies} more policies on the server); {changes} changes, {how}, the \
                  clock started before the call; observed by new TCP connections from the pod (a pass: the first \
-                 answered within 3 ms; a drop: confirmed by one unanswered for 50 ms, the clock stopped when it \
+                 answered within {} ms; a drop: confirmed by one unanswered for {} ms, the clock stopped when it \
                  was sent); the call itself: p50 {:.1} ms, max {:.1} ms; from its answer to \
                  the first packet decided: p50 {:.1} ms, p99 {:.1} ms; anchor: 310-333 ms in its own scalability \
                  reports",
                 crate::traffic::knp::KNP_VERSION,
+                PROBE_TIMEOUT.as_millis(),
+                DROP_CONFIRMED_AFTER.as_millis(),
                 quantile(&samples.call_ms, 0.5),
                 quantile(&samples.call_ms, 1.0),
                 quantile(&after, 0.5),

@@ -50,9 +50,9 @@ impl RunStats {
 #[derive(Clone, Debug)]
 pub struct LoadProfile {
     pub load: Load,
-    /// Operations per second over the whole load (warm-up included, as the programs' counts are).
+    /// Operations per second over the load's measured window (its warm-up ran at the same pace).
     pub rate: f64,
-    /// How long the load ran.
+    /// How long the load ran, warm-up included: the time the programs' counts cover.
     pub wall: Duration,
     /// Per program name: what its runs took, summed over the interfaces it is attached to.
     pub programs: BTreeMap<String, RunStats>,
@@ -68,7 +68,7 @@ impl LoadProfile {
         total
     }
 
-    /// Operations the load did, about: its rate over its time.
+    /// Operations the load did while the programs were counted, about: its rate over that time.
     pub fn operations(&self) -> f64 {
         self.rate * self.wall.as_secs_f64()
     }
