@@ -2,7 +2,7 @@
 //! records new connections, and decides which packets are worth a trace record under the configured
 //! aggregation level. An entry idle for longer than its lifetime (`LifetimeClass`) is not resumed: the
 //! packet is a new connection and gets a verdict (the agent deletes what is left). So is a SYN on a closed
-//! TCP connection. An entry of an older policy revision is re-checked by `revocation`.
+//! TCP connection, and a SYN without an ACK in a connection's reply direction. An entry of an older policy revision is re-checked by `revocation`.
 
 use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns};
 use flowgate_common::{
@@ -71,8 +71,14 @@ fn coarse_now() -> u64 {
 #[inline(always)]
 pub fn track(flow: &FlowTuple, endpoint_id: u16, dir: u8, pkt_len: u32, level: u64) -> Option<Tracked> {
     let forward = forward_key(flow, endpoint_id, dir);
+    let syn_only =
+        flow.protocol == protocol::TCP && flow.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
     let (ptr, state, key) = match FG_CONNTRACK.get_ptr_mut(&forward) {
         Some(e) => (e, ct_state::ESTABLISHED, forward),
+        // A SYN without an ACK opens a connection and answers none: never looked up as a reply (a lookup fewer
+        // for every new TCP connection). On a connection's ports the other way it is a new connection of its
+        // own, which policy decides in its direction (where a TCP simultaneous open would have passed).
+        None if syn_only => return None,
         None => {
             let reverse = CtKey {
                 saddr: flow.daddr,
@@ -95,8 +101,7 @@ pub fn track(flow: &FlowTuple, endpoint_id: u16, dir: u8, pkt_len: u32, level: u
     if expired(entry.last_seen_ns, now, maps::config(LifetimeClass::of(key.protocol, entry.flags).config())) {
         return None;
     }
-    let syn_only = flow.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
-    if flow.protocol == protocol::TCP && syn_only && entry.flags & (ct_flag::CLOSED | ct_flag::REVOKED) != 0 {
+    if syn_only && entry.flags & (ct_flag::CLOSED | ct_flag::REVOKED) != 0 {
         // A new connection on the tuple of a closed one: it needs its own verdict.
         return None;
     }

@@ -65,6 +65,19 @@ spec:
   policyTypes: [Ingress]
 ";
 
+/// The server's ingress allows the client on TCP port 80; its egress allows nothing.
+const ALLOW_IN_DENY_OUT: &str = "
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-client-only-in, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: server}}
+  policyTypes: [Ingress, Egress]
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: client}}}]
+    ports: [{protocol: TCP, port: 80}]
+";
+
 struct Fixture {
     datapath: Datapath,
     ring: RingBuf<MapData>,
@@ -270,6 +283,23 @@ fn a_syn_after_an_rst_or_a_fin_each_way_gets_a_new_verdict() {
     let (ret, records) = keep.client_sends(tcp(SYN));
     assert_eq!(ret, TC_ACT_SHOT);
     assert_eq!(verdicts(&records), vec![verdict::DENIED], "a new verdict, not a resumed connection");
+}
+
+#[test]
+fn a_syn_in_a_connections_reply_direction_is_a_new_connection_that_policy_decides() {
+    let mut f = fixture("reply-syn", DatapathOptions::default());
+    f.apply(ALLOW_IN_DENY_OUT);
+    assert_eq!(verdicts(&f.client_sends(tcp(SYN)).1), vec![verdict::ALLOWED], "the client connects in");
+    // The server sends a SYN on the connection's ports the other way: not a reply (a reply to a SYN carries an
+    // ACK) but a connection out of the server, which its egress denies. Looked up as a reply, it passed.
+    let (ret, records) = f.server_sends(tcp_reply(SYN));
+    assert_eq!((ret, verdicts(&records)), (TC_ACT_SHOT, vec![verdict::DENIED]));
+    // The connection's own replies pass as before, without a verdict.
+    let (ret, records) = f.server_sends(tcp_reply(SYN | ACK));
+    assert_eq!((ret, verdicts(&records)), (TC_ACT_UNSPEC, NONE), "the SYN-ACK is a reply");
+    assert_eq!(verdicts(&f.client_sends(tcp(ACK)).1), NONE, "established");
+    let (ret, records) = f.server_sends(tcp_reply(ACK));
+    assert_eq!((ret, verdicts(&records)), (TC_ACT_UNSPEC, NONE));
 }
 
 #[test]
@@ -514,8 +544,12 @@ fn udp_flow_across_a_policy_change(tag: &str, keep_established: bool) {
     assert_eq!(late, 0, "no echo later than 1 s after the new revision ({changed_at:?}): {echoes:?}");
     let revoked: Vec<&Arc<Flow>> = drops.iter().filter(|f| f.drop_reason == drop_reason::CONNECTION_REVOKED).collect();
     assert!(!revoked.is_empty(), "a drop record says the connection was revoked: {drops:#?}");
+    // A request is dropped on its way in; a reply already on its way back when the revision changed is
+    // dropped on its way out of the server (port 53 its source then).
     assert!(
-        revoked.iter().all(|f| f.policy_revision == Some(status.revision) && f.destination_port == 53),
+        revoked
+            .iter()
+            .all(|f| f.policy_revision == Some(status.revision) && (f.destination_port == 53 || f.source_port == 53)),
         "the drop names the revision that revoked it ({}): {revoked:#?}",
         status.revision
     );
