@@ -104,6 +104,11 @@ pub mod enforcement {
     /// look only in the exact map, a miss costing no trie walk.
     pub const INGRESS_PREFIXES: u32 = 16;
     pub const EGRESS_PREFIXES: u32 = 32;
+    /// The endpoint has no policy entry for any peer (`identity::ANY`) in this direction: the programs skip
+    /// that lookup, a miss saved for every connection no entry of its peer allows (denied ones above all).
+    /// Set when there is none, so flags written before it existed (an adopted map) mean "look".
+    pub const INGRESS_NO_ANY_PEER: u32 = 64;
+    pub const EGRESS_NO_ANY_PEER: u32 = 128;
 }
 
 /// Policy-verdict match types (`PolicyVerdictRecord::match_type`): flowgate's own numbering, which the

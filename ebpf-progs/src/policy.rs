@@ -69,13 +69,18 @@ fn allowed(entry: *mut PolicyValue, match_type: u8) -> Allowed {
 /// Decides a new connection at the endpoint with these enforcement flags, to `key` (endpoint id, protocol,
 /// port); `None` means no entry allows it. Each lookup is made only when the ones
 /// before it left the decision open: a connection allowed by an entry for its peer's own identity and
-/// port (the common case) costs one lookup.
+/// port (the common case) costs one lookup; the one for any peer only when the endpoint has such entries in
+/// this direction (`enforcement::INGRESS_NO_ANY_PEER` unset).
 #[inline(always)]
 pub fn decide(generation: u64, endpoint_flags: u32, dir: u8, remote: Remote, key: (u16, u8, u16)) -> Option<Allowed> {
     let (endpoint_id, protocol, port) = key;
-    let prefixes = endpoint_flags
-        & if dir == direction::INGRESS { enforcement::INGRESS_PREFIXES } else { enforcement::EGRESS_PREFIXES }
-        != 0;
+    let (prefixes_flag, no_any_peer_flag) = if dir == direction::INGRESS {
+        (enforcement::INGRESS_PREFIXES, enforcement::INGRESS_NO_ANY_PEER)
+    } else {
+        (enforcement::EGRESS_PREFIXES, enforcement::EGRESS_NO_ANY_PEER)
+    };
+    let prefixes = endpoint_flags & prefixes_flag != 0;
+    let no_any_peer = endpoint_flags & no_any_peer_flag != 0;
     let by_identity =
         maps::policy(generation, &PolicyKey::new(endpoint_id, dir, remote.identity, protocol, port), prefixes);
     if let Some(e) = by_identity.filter(|e| is_l4(*e)) {
@@ -88,6 +93,9 @@ pub fn decide(generation: u64, endpoint_flags: u32, dir: u8, remote: Remote, key
     };
     if let Some(e) = by_cidr.filter(|e| is_l4(*e)) {
         return Some(allowed(e, match_type::L3_L4));
+    }
+    if no_any_peer {
+        return by_identity.or(by_cidr).map(|e| allowed(e, match_type::L3_ONLY));
     }
     let by_any = maps::policy(generation, &PolicyKey::new(endpoint_id, dir, identity::ANY, protocol, port), prefixes);
     if let Some(e) = by_any.filter(|e| is_l4(*e)) {

@@ -261,12 +261,25 @@ pub fn realize(plan: &PolicyPlan, pods: &[(IpAddr, u32)], audit: &Audit, rules: 
         .filter(|(prefix, _)| *prefix != POLICY_PREFIX_FULL)
         .map(|(_, key)| (key.endpoint_id(), key.direction()))
         .collect();
+    // Which have an entry a lookup for any peer can find (see `enforcement::INGRESS_NO_ANY_PEER`): one for
+    // `identity::ANY`, or a prefix that stops before the identity (none is written; it would match too).
+    let with_any_peer: BTreeSet<(u16, u8)> = entries
+        .keys()
+        .filter(|(prefix, key)| key.identity() == identity::ANY || *prefix < POLICY_PREFIX_PEER)
+        .map(|(_, key)| (key.endpoint_id(), key.direction()))
+        .collect();
     for (endpoint_id, flags) in &mut contents.enforcement {
         if with_prefixes.contains(&(*endpoint_id, direction::INGRESS)) {
             *flags |= enforcement::INGRESS_PREFIXES;
         }
         if with_prefixes.contains(&(*endpoint_id, direction::EGRESS)) {
             *flags |= enforcement::EGRESS_PREFIXES;
+        }
+        if !with_any_peer.contains(&(*endpoint_id, direction::INGRESS)) {
+            *flags |= enforcement::INGRESS_NO_ANY_PEER;
+        }
+        if !with_any_peer.contains(&(*endpoint_id, direction::EGRESS)) {
+            *flags |= enforcement::EGRESS_NO_ANY_PEER;
         }
     }
     for ((prefix, key), by) in entries {
@@ -326,17 +339,53 @@ mod tests {
         PolicyPlan { cidrs: Vec::new(), endpoints: BTreeMap::from([(1, ep)]) }
     }
 
+    /// The enforcement flags of the one endpoint of `plan_with(entries)`, its egress flags apart.
+    fn ingress_flags(entries: Vec<PolicyEntry>) -> u32 {
+        let pods = [(std::net::Ipv4Addr::new(10, 200, 0, 1).into(), 256)];
+        let contents = realize(&plan_with(entries), &pods, &Audit::default(), &mut RuleTable::default());
+        assert_eq!(contents.enforcement.len(), 1);
+        contents.enforcement[0].1 & !enforcement::EGRESS_NO_ANY_PEER
+    }
+
+    /// The programs look for an entry of any peer only when the endpoint's flags do not say there is none in
+    /// that direction; an entry the flag hid would be unreachable, so every entry for any peer, of every
+    /// length, clears it.
+    #[test]
+    fn an_endpoint_is_flagged_without_entries_for_any_peer_exactly_when_it_has_none() {
+        use crate::Protocol::{Tcp, Udp};
+        let entry = |peer, protocol, ports| PolicyEntry {
+            peer,
+            protocol,
+            ports,
+            allowed_by: vec![PolicyRef::new("default", "p")],
+        };
+        let none = enforcement::INGRESS_NO_ANY_PEER;
+        let by_peer = [
+            entry(PeerMatch::Identity(300), Some(Tcp), Some((80, 80))),
+            entry(PeerMatch::Identity(300), Some(Udp), Some((1000, 2000))),
+            entry(PeerMatch::Identity(301), None, None),
+        ];
+        assert_eq!(ingress_flags(Vec::new()) & none, none, "isolated, nothing allowed");
+        assert_eq!(ingress_flags(by_peer.to_vec()) & none, none, "entries of peers' own identities only");
+        for any in [
+            entry(PeerMatch::Any, Some(Tcp), Some((80, 80))),
+            entry(PeerMatch::Any, Some(Tcp), Some((80, 81))),
+            entry(PeerMatch::Any, Some(Udp), None),
+            entry(PeerMatch::Any, None, None),
+        ] {
+            let what = format!("{any:?}");
+            let mut entries = by_peer.to_vec();
+            entries.push(any);
+            assert_eq!(ingress_flags(entries) & none, 0, "{what}");
+        }
+    }
+
     /// The programs walk an endpoint's trie only when its flags say there are shorter prefixes in that
     /// direction; an entry a flag forgot would be unreachable, so every kind of shorter entry sets it.
     #[test]
     fn an_endpoint_is_flagged_for_the_trie_exactly_when_it_has_shorter_prefixes() {
         use crate::Protocol::Tcp;
-        let flags_of = |entries: Vec<PolicyEntry>| {
-            let pods = [(std::net::Ipv4Addr::new(10, 200, 0, 1).into(), 256)];
-            let contents = realize(&plan_with(entries), &pods, &Audit::default(), &mut RuleTable::default());
-            assert_eq!(contents.enforcement.len(), 1);
-            contents.enforcement[0].1
-        };
+        let flags_of = |entries| ingress_flags(entries) & !enforcement::INGRESS_NO_ANY_PEER;
         let entry = |peer, protocol, ports| PolicyEntry {
             peer,
             protocol,

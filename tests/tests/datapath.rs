@@ -101,6 +101,50 @@ spec:
     }
 }
 
+/// The programs look for an entry of any peer only where the endpoint's flags do not say it has none in that
+/// direction (`enforcement::INGRESS_NO_ANY_PEER`): a flag wrongly set would hide these entries and deny what
+/// they allow, in either direction and whichever map holds them (one port: the exact map; a range: the trie).
+#[test]
+fn entries_for_any_peer_are_found_in_both_directions_and_a_peer_without_one_is_denied() {
+    let mut f = fixture(
+        "
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: server-any-peer, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: server}}
+  policyTypes: [Ingress, Egress]
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: client}}}]
+    ports: [{protocol: TCP, port: 80}]
+  - ports: [{protocol: TCP, port: 443}, {protocol: TCP, port: 8000, endPort: 8010}]
+  egress:
+  - ports: [{protocol: UDP, port: 53}]
+",
+        "any-peer",
+    );
+    let syn = |sport, dport| Transport::Tcp { sport, dport, flags: 0x02 };
+    let (ret, records) = f.run(PROG_TO_ENDPOINT, CLIENT, SERVER, syn(5000, 80));
+    assert_eq!((ret, verdicts(&records)), (TC_ACT_UNSPEC, vec![(verdict::ALLOWED, match_type::L3_L4, 80)]));
+    for (sport, dport) in [(5001, 443), (5002, 8005)] {
+        let (ret, records) = f.run(PROG_TO_ENDPOINT, OUTSIDE, SERVER, syn(sport, dport));
+        let expected = vec![(verdict::ALLOWED, match_type::L4_ONLY, dport)];
+        assert_eq!((ret, verdicts(&records)), (TC_ACT_UNSPEC, expected), "any peer on {dport}");
+    }
+    let (ret, records) = f.run(PROG_TO_ENDPOINT, OUTSIDE, SERVER, syn(5003, 80));
+    assert_eq!((ret, verdicts(&records)), (TC_ACT_SHOT, vec![(verdict::DENIED, match_type::NONE, 80)]));
+    let dns = Transport::Udp { sport: 5353, dport: 53 };
+    let (ret, records) = f.run(PROG_FROM_ENDPOINT, SERVER, OUTSIDE, dns);
+    assert_eq!((ret, verdicts(&records)), (TC_ACT_UNSPEC, vec![(verdict::ALLOWED, match_type::L4_ONLY, 53)]));
+    let (ret, records) = f.run(PROG_FROM_ENDPOINT, SERVER, OUTSIDE, syn(5004, 53));
+    assert_eq!((ret, verdicts(&records)), (TC_ACT_SHOT, vec![(verdict::DENIED, match_type::NONE, 53)]), "egress");
+
+    // Under a policy whose rules all name their peers, the same peer finds nothing on the ports it had.
+    let mut f = fixture(SCTP_POLICY, "no-any-peer");
+    let (ret, records) = f.run(PROG_TO_ENDPOINT, OUTSIDE, SERVER, Transport::SctpInit { sport: 5005, dport: 80 });
+    assert_eq!((ret, verdicts(&records)), (TC_ACT_SHOT, vec![(verdict::DENIED, match_type::NONE, 80)]));
+}
+
 #[test]
 fn audit_mode_lets_would_be_drops_pass_and_reports_them_as_audit() {
     let mut f = fixture_with(SCTP_POLICY, "audit", |engine| engine.audit.all = true);
