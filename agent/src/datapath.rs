@@ -122,7 +122,8 @@ pub const DEFAULT_WAKEUP_INTERVAL_US: u64 = 250;
 pub struct DatapathOptions {
     /// Size of the events ring buffer in bytes (a power of two, multiple of the page size).
     pub events_buffer_bytes: u32,
-    /// Unread bytes in the ring buffer above which the kernel wakes the reader.
+    /// Without a wake-up interval: unread bytes in the ring buffer above which the kernel wakes the reader
+    /// (0: every record wakes it).
     pub wakeup_bytes: u64,
     /// Time after a wake-up when the next record wakes the reader anyway (zero: never by time).
     pub wakeup_interval: Duration,

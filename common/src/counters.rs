@@ -92,8 +92,9 @@ impl Counter {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Config {
-    /// Bytes of unread data in the ring buffer above which a record wakes the reader; below it, records
-    /// are submitted without a wake-up and the reader's periodic drain picks them up (batching).
+    /// Without a wake-up interval (`WakeupIntervalNs` 0): bytes of unread data in the ring buffer above which
+    /// a record wakes the reader; below it, records are submitted without a wake-up and the reader's periodic
+    /// drain picks them up (batching). 0: every record wakes the reader.
     WakeupBytes = 0,
     /// Which policy generation (0 or 1) the programs read.
     ActiveGeneration = 1,

@@ -1,7 +1,8 @@
 //! Writing records into the events buffer chosen at agent start: the BPF ring buffer (default), with
-//! batched wake-ups (a record wakes the reader when enough unread data has piled up, or when the last
-//! wake-up is older than an interval, so a lone record is read at once and a stream wakes the reader
-//! about once per interval; the reader's periodic drain is only the backstop), or the perf event array.
+//! batched wake-ups (a record wakes the reader when the last wake-up is older than an interval, so a lone
+//! record is read at once and a stream wakes the reader about once per interval; without an interval, when
+//! enough unread data has piled up; the reader's periodic drain is only the backstop), or the perf event
+//! array.
 //! A record that cannot be written is counted as lost, never silently dropped.
 
 use aya_ebpf::{
@@ -66,7 +67,7 @@ pub fn header_at(record_type: u8, len: u16, ktime_ns: u64) -> RecordHeader {
 static FG_WAKEUP: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Wake-up flag for a ring-buffer record stamped `ktime_ns`: wake the reader when the last wake-up is
-/// `WakeupIntervalNs` old or older (a setting of 0 turns this off), or once `WakeupBytes` are waiting,
+/// `WakeupIntervalNs` old or older (a setting of 0 turns this off, and then once `WakeupBytes` are waiting),
 /// or always when the agent left `WakeupBytes` at 0.
 #[inline(always)]
 fn wakeup_flag(ktime_ns: u64) -> u64 {
@@ -77,7 +78,11 @@ fn wakeup_flag(ktime_ns: u64) -> u64 {
     // CPU may write it at the same time; a torn read cannot happen for an aligned u64, and a stale one
     // only moves one wake-up.
     let due = interval != 0 && last.is_some_and(|last| ktime_ns.saturating_sub(unsafe { *last }) >= interval);
-    if due || threshold == 0 || FG_EVENTS.query(BPF_RB_AVAIL_DATA.into()) >= threshold {
+    // With an interval the reader is woken at least that often (250 µs by default), while filling even the
+    // smallest ring's threshold takes milliseconds at the fastest the programs write: the unread bytes are
+    // asked for (a helper call on every record) only without one.
+    let piled_up = interval == 0 && FG_EVENTS.query(BPF_RB_AVAIL_DATA.into()) >= threshold;
+    if due || threshold == 0 || piled_up {
         if let Some(last) = last {
             // SAFETY: as above.
             unsafe { *last = ktime_ns };
