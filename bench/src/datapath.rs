@@ -13,9 +13,10 @@
 //!
 //! A packet repeated by BPF_PROG_TEST_RUN belongs to a connection after its first run, so new
 //! connections that policy allows are measured with a SYN that also resets: conntrack records it closed,
-//! and the next repeat is a new connection again, decided by policy and recorded (one conntrack lookup
-//! fewer than a real new connection, which also misses in the reply direction). Denied connections are
-//! never tracked, so their plain SYN repeats as a new connection.
+//! and the next repeat is a new connection again, decided by policy and recorded (one conntrack lookup, as
+//! a real opening SYN makes: a SYN is never looked up as a reply; its entry replaces the closed one, where a
+//! real connection's is new). Denied connections are never tracked, so their plain SYN repeats as a new
+//! connection.
 
 use std::{
     collections::BTreeMap,
@@ -273,7 +274,7 @@ fn measure(scale: Scale, effort: Effort) -> anyhow::Result<(ScaleFigures, usize)
         figures.established[family] = bench.repeated(PROG_TO_ENDPOINT, &ack, effort)?;
         // New and allowed, with its verdict record (and its trace record): a SYN that also resets closes
         // its connection at once, so every repeat is a new connection that policy decides and conntrack
-        // records (a real one also misses the reply-direction lookup this one skips).
+        // records.
         let reset_syn = packet(client, SERVER, ipv6, tcp(4003, FIRST_PORT, SYN | RST));
         figures.new_allowed[family] = bench.repeated(PROG_TO_ENDPOINT, &reset_syn, effort)?;
         // New and denied: a verdict record and a drop record; nothing is tracked, so every run decides.
