@@ -2,7 +2,8 @@
 //! records new connections, and decides which packets are worth a trace record under the configured
 //! aggregation level. An entry idle for longer than its lifetime (`LifetimeClass`) is not resumed: the
 //! packet is a new connection and gets a verdict (the agent deletes what is left). So is a SYN on a closed
-//! TCP connection, and a SYN without an ACK in a connection's reply direction. An entry of an older policy revision is re-checked by `revocation`.
+//! TCP connection, and a SYN without an ACK in a connection's reply direction. An entry of an older policy
+//! revision is re-checked by `revocation`.
 
 use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns};
 use flowgate_common::{

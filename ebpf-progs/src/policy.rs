@@ -94,6 +94,8 @@ pub fn decide(generation: u64, endpoint_flags: u32, dir: u8, remote: Remote, key
     if let Some(e) = by_cidr.filter(|e| is_l4(*e)) {
         return Some(allowed(e, match_type::L3_L4));
     }
+    // An early return, not a skipped lookup as a `None`: written that way, LLVM spilled a register never set
+    // on that path, which the verifier refuses (`R5 !read_ok`).
     if no_any_peer {
         return by_identity.or(by_cidr).map(|e| allowed(e, match_type::L3_ONLY));
     }
