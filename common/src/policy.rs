@@ -109,6 +109,16 @@ pub mod enforcement {
     /// Set when there is none, so flags written before it existed (an adopted map) mean "look".
     pub const INGRESS_NO_ANY_PEER: u32 = 64;
     pub const EGRESS_NO_ANY_PEER: u32 = 128;
+
+    /// The `*_PREFIXES` flag of a direction (`direction::INGRESS` or `direction::EGRESS`).
+    pub const fn prefixes(dir: u8) -> u32 {
+        if dir == super::direction::INGRESS { INGRESS_PREFIXES } else { EGRESS_PREFIXES }
+    }
+
+    /// The `*_NO_ANY_PEER` flag of a direction.
+    pub const fn no_any_peer(dir: u8) -> u32 {
+        if dir == super::direction::INGRESS { INGRESS_NO_ANY_PEER } else { EGRESS_NO_ANY_PEER }
+    }
 }
 
 /// Policy-verdict match types (`PolicyVerdictRecord::match_type`): flowgate's own numbering, which the

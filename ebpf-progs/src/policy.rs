@@ -8,7 +8,7 @@
 use flowgate_common::{
     identity,
     ip::Addr,
-    policy::{POLICY_FLAG_L4, PolicyKey, PolicyValue, direction, enforcement, match_type},
+    policy::{POLICY_FLAG_L4, PolicyKey, PolicyValue, enforcement, match_type},
 };
 
 use crate::maps;
@@ -74,13 +74,8 @@ fn allowed(entry: *mut PolicyValue, match_type: u8) -> Allowed {
 #[inline(always)]
 pub fn decide(generation: u64, endpoint_flags: u32, dir: u8, remote: Remote, key: (u16, u8, u16)) -> Option<Allowed> {
     let (endpoint_id, protocol, port) = key;
-    let (prefixes_flag, no_any_peer_flag) = if dir == direction::INGRESS {
-        (enforcement::INGRESS_PREFIXES, enforcement::INGRESS_NO_ANY_PEER)
-    } else {
-        (enforcement::EGRESS_PREFIXES, enforcement::EGRESS_NO_ANY_PEER)
-    };
-    let prefixes = endpoint_flags & prefixes_flag != 0;
-    let no_any_peer = endpoint_flags & no_any_peer_flag != 0;
+    let prefixes = endpoint_flags & enforcement::prefixes(dir) != 0;
+    let no_any_peer = endpoint_flags & enforcement::no_any_peer(dir) != 0;
     let by_identity =
         maps::policy(generation, &PolicyKey::new(endpoint_id, dir, remote.identity, protocol, port), prefixes);
     if let Some(e) = by_identity.filter(|e| is_l4(*e)) {

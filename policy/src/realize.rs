@@ -255,31 +255,27 @@ pub fn realize(plan: &PolicyPlan, pods: &[(IpAddr, u32)], audit: &Audit, rules: 
             contents.enforcement.push((endpoint_id, flags));
         }
     }
-    // Which endpoints and directions have entries in the trie (see `enforcement::INGRESS_PREFIXES`).
-    let with_prefixes: BTreeSet<(u16, u8)> = entries
-        .keys()
-        .filter(|(prefix, _)| *prefix != POLICY_PREFIX_FULL)
-        .map(|(_, key)| (key.endpoint_id(), key.direction()))
-        .collect();
-    // Which have an entry a lookup for any peer can find (see `enforcement::INGRESS_NO_ANY_PEER`): one for
+    // Which endpoints and directions have entries in the trie (see `enforcement::INGRESS_PREFIXES`), and which
+    // have an entry a lookup for any peer can find (see `enforcement::INGRESS_NO_ANY_PEER`): one for
     // `identity::ANY`, or a prefix that stops before the identity (none is written; it would match too).
-    let with_any_peer: BTreeSet<(u16, u8)> = entries
-        .keys()
-        .filter(|(prefix, key)| key.identity() == identity::ANY || *prefix < POLICY_PREFIX_PEER)
-        .map(|(_, key)| (key.endpoint_id(), key.direction()))
-        .collect();
+    let (mut with_prefixes, mut with_any_peer) = (BTreeSet::new(), BTreeSet::new());
+    for (prefix, key) in entries.keys() {
+        let at = (key.endpoint_id(), key.direction());
+        if *prefix != POLICY_PREFIX_FULL {
+            with_prefixes.insert(at);
+        }
+        if key.identity() == identity::ANY || *prefix < POLICY_PREFIX_PEER {
+            with_any_peer.insert(at);
+        }
+    }
     for (endpoint_id, flags) in &mut contents.enforcement {
-        if with_prefixes.contains(&(*endpoint_id, direction::INGRESS)) {
-            *flags |= enforcement::INGRESS_PREFIXES;
-        }
-        if with_prefixes.contains(&(*endpoint_id, direction::EGRESS)) {
-            *flags |= enforcement::EGRESS_PREFIXES;
-        }
-        if !with_any_peer.contains(&(*endpoint_id, direction::INGRESS)) {
-            *flags |= enforcement::INGRESS_NO_ANY_PEER;
-        }
-        if !with_any_peer.contains(&(*endpoint_id, direction::EGRESS)) {
-            *flags |= enforcement::EGRESS_NO_ANY_PEER;
+        for dir in [direction::INGRESS, direction::EGRESS] {
+            if with_prefixes.contains(&(*endpoint_id, dir)) {
+                *flags |= enforcement::prefixes(dir);
+            }
+            if !with_any_peer.contains(&(*endpoint_id, dir)) {
+                *flags |= enforcement::no_any_peer(dir);
+            }
         }
     }
     for ((prefix, key), by) in entries {
