@@ -11,6 +11,7 @@ pub mod events_agent;
 pub mod events_clients;
 pub mod footprint;
 pub mod latency;
+pub mod machine;
 pub mod propagation;
 pub mod propagation_api;
 pub mod propagation_knp;
@@ -45,21 +46,6 @@ impl RunOptions {
     pub fn from_args() -> anyhow::Result<Self> {
         Ok(<Self as clap::Parser>::parse())
     }
-}
-
-/// The 1-minute load average (`/proc/loadavg`): the machine is shared, and a figure taken with 20
-/// runnable tasks on 2 cores says more about the neighbours than about flowgate.
-pub fn load_average() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
-        .unwrap_or(0.0)
-}
-
-/// A figure with the load average at the end of a section, to read its other figures by.
-pub fn load_figure() -> report::Figure {
-    report::Figure::new("machine load average (1 min) when the section finished", load_average(), "tasks")
-        .note("runnable tasks on this machine's cores; above the core count, every figure here is slowed by neighbours")
 }
 
 /// The arguments that start `flowgate-agent` with the outputs it has by default, each in a place of the run's

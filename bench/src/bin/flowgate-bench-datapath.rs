@@ -9,6 +9,7 @@ use flowgate_benchmarks::{
 };
 
 fn main() -> anyhow::Result<()> {
+    let steal = flowgate_benchmarks::machine::StealMeter::start();
     let options = RunOptions::from_args()?;
     let (effort, scales) = if options.quick {
         (
@@ -21,6 +22,7 @@ fn main() -> anyhow::Result<()> {
     println!("datapath per packet (BPF_PROG_TEST_RUN, kernel-timed ns per packet)");
     let mut section = Section::new("datapath");
     datapath::run(&mut section, effort, &scales)?;
+    flowgate_benchmarks::machine::push_neighbours(&mut section, &steal);
     let path = section.write(&options.out)?;
     println!("written: {}", path.display());
     Ok(())

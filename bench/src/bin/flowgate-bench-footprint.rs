@@ -5,13 +5,14 @@
 use flowgate_benchmarks::footprint;
 
 fn main() -> anyhow::Result<()> {
+    let steal = flowgate_benchmarks::machine::StealMeter::start();
     // The lab's port server is this binary started again (flowgate_lab::lab::up spawns it).
     flowgate_lab::server::run_if_requested();
     let options = flowgate_benchmarks::RunOptions::from_args()?;
     let quick = options.quick;
     println!("footprint{}", if quick { " (quick)" } else { "" });
     let mut section = footprint::measure(quick)?;
-    section.push(flowgate_benchmarks::load_figure());
+    flowgate_benchmarks::machine::push_neighbours(&mut section, &steal);
     let path = section.write(&options.out)?;
     println!("written: {}", path.display());
     Ok(())

@@ -5,11 +5,12 @@
 use flowgate_benchmarks::latency;
 
 fn main() -> anyhow::Result<()> {
+    let steal = flowgate_benchmarks::machine::StealMeter::start();
     let options = flowgate_benchmarks::RunOptions::from_args()?;
     let quick = options.quick;
     println!("latency{}", if quick { " (quick)" } else { "" });
     let mut section = latency::measure(quick)?;
-    section.push(flowgate_benchmarks::load_figure());
+    flowgate_benchmarks::machine::push_neighbours(&mut section, &steal);
     let path = section.write(&options.out)?;
     println!("written: {}", path.display());
     Ok(())

@@ -6,13 +6,14 @@
 use flowgate_benchmarks::{propagation, propagation_api, propagation_knp};
 
 fn main() -> anyhow::Result<()> {
+    let steal = flowgate_benchmarks::machine::StealMeter::start();
     let options = flowgate_benchmarks::RunOptions::from_args()?;
     let quick = options.quick;
     println!("policy propagation{}", if quick { " (quick)" } else { "" });
     let mut section = propagation::measure(quick)?;
     propagation_api::measure(quick, &mut section)?;
     propagation_knp::measure(quick, &mut section)?;
-    section.push(flowgate_benchmarks::load_figure());
+    flowgate_benchmarks::machine::push_neighbours(&mut section, &steal);
     let path = section.write(&options.out)?;
     println!("written: {}", path.display());
     Ok(())

@@ -48,6 +48,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let steal = flowgate_benchmarks::machine::StealMeter::start();
     flowgate_tests::require_root();
     let mut enforcers = vec![Enforcer::Baseline];
     for key in &args.enforcers {
@@ -93,7 +94,8 @@ fn main() -> anyhow::Result<()> {
     };
     let servers = Servers::start(&server.netns, client.ip)?;
     let mut knp = plan.enforcers.contains(&Enforcer::KubeNetworkPolicies).then(|| start_knp(&lab.state));
-    let section = run::run(&plan, &pods, &servers, knp.as_mut())?;
+    let mut section = run::run(&plan, &pods, &servers, knp.as_mut())?;
+    flowgate_benchmarks::machine::push_neighbours(&mut section, &steal);
     drop(knp);
     drop(servers);
     let dir = args.out.unwrap_or_else(report::results_dir);

@@ -19,7 +19,10 @@ use super::{
     profile::{self, LoadProfile},
     rules::RuleSet,
 };
-use crate::report::{Figure, Section, Target};
+use crate::{
+    machine::StealMeter,
+    report::{Figure, Section, Target},
+};
 
 /// How long an enforcer may take, once started, until the probe is refused and the client admitted.
 pub const ENFORCING_WITHIN: Duration = Duration::from_secs(60);
@@ -58,6 +61,9 @@ struct SizeResult {
     /// CPU the enforcer's own process took while a load ran, per (enforcer, load), per round: (share of a
     /// core, microseconds per operation).
     process_cpu: BTreeMap<(Enforcer, Load), Vec<(f64, f64)>>,
+    /// The share of the machine's CPU time the host stole while each load ran, per (enforcer, load), per
+    /// round, in percent.
+    steal: BTreeMap<(Enforcer, Load), Vec<f64>>,
     /// What the enforcer's programs took per load, read in a pass of their own after the rounds
     /// ([`PROFILED`]), or why they could not be read.
     profiles: BTreeMap<Enforcer, Result<Vec<LoadProfile>, String>>,
@@ -119,23 +125,28 @@ pub fn run(plan: &Plan, pods: &Pods<'_>, servers: &Servers, mut knp: Option<&mut
                 }
                 result.enforcing_after.entry(enforcer).or_default().push(started.elapsed());
                 for load in Load::ALL {
-                    let (cpu_before, wall) = (installed.process_cpu(), Instant::now());
+                    let (cpu_before, wall, steal) = (installed.process_cpu(), Instant::now(), StealMeter::start());
                     let rate = load::run(load, &pods.client_netns, servers, pods.server, plan.duration)
                         .with_context(|| format!("{} under {} at {size} rules", load.name(), enforcer.name()))?;
+                    let stolen = steal.percent();
                     if let (Some(before), Some(after)) = (cpu_before, installed.process_cpu()) {
                         let (cpu, wall) = ((after - before).as_secs_f64(), wall.elapsed().as_secs_f64());
                         let per_op_us = cpu / (rate.mean * wall) * 1e6;
                         result.process_cpu.entry((enforcer, load)).or_default().push((cpu / wall, per_op_us));
                     }
                     println!(
-                        "  round {}, {size} rules, {:<30} {:<22} {:>9.0} {} (best slice; mean {:.0})",
+                        "  round {}, {size} rules, {:<30} {:<22} {:>9.0} {} (best slice; mean {:.0}; host steal {})",
                         round + 1,
                         enforcer.name(),
                         load.name(),
                         rate.best_slice,
                         load.unit(),
                         rate.mean,
+                        stolen.map_or_else(|| "unknown".to_owned(), |p| format!("{p:.1}%")),
                     );
+                    if let Some(p) = stolen {
+                        result.steal.entry((enforcer, load)).or_default().push(p);
+                    }
                     rates.insert((enforcer, load), rate.best_slice);
                 }
                 drop(installed);
@@ -265,6 +276,9 @@ fn figures(section: &mut Section, size: usize, plan: &Plan, result: &SizeResult)
         };
         section.push(figure);
     }
+    if let Some(figure) = steal_figure(&result.steal, &rules) {
+        section.push(figure);
+    }
     for load in Load::ALL {
         let base: Vec<f64> = rounds.iter().filter_map(|r| r.get(&(Enforcer::Baseline, load)).copied()).collect();
         if let Some(m) = median(base.clone()) {
@@ -338,6 +352,27 @@ fn figures(section: &mut Section, size: usize, plan: &Plan, result: &SizeResult)
     }
 }
 
+/// The host's steal while the loads ran at one size: the median over every measurement, the largest, and each
+/// enforcer's median (a ratio whose two sides met different steal is a ratio of the neighbours too).
+fn steal_figure(steal: &BTreeMap<(Enforcer, Load), Vec<f64>>, rules: &str) -> Option<Figure> {
+    let all: Vec<f64> = steal.values().flatten().copied().collect();
+    let median_all = median(all.clone())?;
+    let max = all.iter().copied().fold(0.0, f64::max);
+    let mut per_enforcer: BTreeMap<Enforcer, Vec<f64>> = BTreeMap::new();
+    for ((enforcer, _), values) in steal {
+        per_enforcer.entry(*enforcer).or_default().extend(values);
+    }
+    let each = per_enforcer
+        .into_iter()
+        .filter_map(|(e, v)| Some(format!("{} {:.1}", e.name(), median(v)?)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Some(Figure::new(format!("host steal while the loads ran, {rules}"), median_all, "% of CPU time").note(format!(
+        "median over {} measurements (enforcer, load, round), the largest {max:.1}%; per enforcer: {each}",
+        all.len()
+    )))
+}
+
 /// What `enforcer`'s programs took per operation of `load`, from the pass after the rounds.
 fn profile_figure(enforcer: Enforcer, load: Load, rules: &str, profiles: &Result<Vec<LoadProfile>, String>) -> Figure {
     let operation = load.operation();
@@ -406,5 +441,18 @@ mod tests {
         b.insert((Enforcer::Baseline, Load::Connections), 50.0);
         let r = ratios(&[a, b], (Enforcer::Flowgate, Load::Connections), (Enforcer::Baseline, Load::Connections));
         assert_eq!(r, vec![0.9]);
+    }
+
+    #[test]
+    fn steal_is_reported_over_every_measurement_and_per_enforcer() {
+        let mut steal = BTreeMap::new();
+        steal.insert((Enforcer::Baseline, Load::Connections), vec![1.0, 2.0]);
+        steal.insert((Enforcer::Baseline, Load::UdpPackets), vec![3.0]);
+        steal.insert((Enforcer::Flowgate, Load::Connections), vec![10.0, 20.0]);
+        let f = steal_figure(&steal, "10 rules").expect("a figure");
+        assert_eq!(f.value, 3.0, "the median of 1, 2, 3, 10, 20");
+        assert!(f.note.contains("largest 20.0%"), "{}", f.note);
+        assert!(f.note.contains("baseline (no policy) 2.0, flowgate 15.0"), "{}", f.note);
+        assert!(steal_figure(&BTreeMap::new(), "10 rules").is_none(), "no figure without a reading");
     }
 }
