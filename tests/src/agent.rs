@@ -8,7 +8,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use flowgate_proto::client::{Client, ClientError};
+use flowgate_proto::{
+    client::{Client, ClientError},
+    message::{Request, Response, Status},
+};
 
 use crate::{LAB_DIR_ENV, bin_dir, lab_dir};
 
@@ -100,6 +103,17 @@ pub fn read_log(log: &Path) -> String {
 /// Whether a client can connect and exchange hellos (the connection is closed again).
 pub fn hello(socket: &Path) -> Result<(), ClientError> {
     runtime().block_on(Client::connect(socket, "flowgate-tests")).map(drop)
+}
+
+/// The agent's answer to a status request (its counters among it), over its socket.
+pub fn status(socket: &Path) -> Result<Status, ClientError> {
+    runtime().block_on(async {
+        let mut client = Client::connect(socket, "flowgate-tests").await?;
+        match client.request(Request::Status).await? {
+            Response::Status(status) => Ok(*status),
+            other => Err(ClientError::Unexpected { expected: "a status", got: format!("{other:?}") }),
+        }
+    })
 }
 
 /// A single-threaded runtime for one client call.

@@ -85,6 +85,18 @@ fn the_quick_run_writes_every_enforcers_rows() {
             }
         }
     }
+    // What flowgate's agent read from the kernel per operation (its status counters around each load): every
+    // connection has at least its verdict record, and none was lost at this rate.
+    for enforcer in ["flowgate", "flowgate, TCX links"] {
+        let rows = named(&format!("kernel records per connection: {enforcer}, new TCP connections, 10 rules"));
+        assert_eq!(rows.len(), 1, "{enforcer}'s records in {text}");
+        assert!(rows[0]["value"].as_f64().unwrap() >= 1.0, "{text}");
+        assert!(rows[0]["note"].as_str().unwrap().ends_with(" 0 lost in the kernel over those rounds"), "{text}");
+    }
+    // What the neighbours took: the host's steal, per size and over the section.
+    for name in ["host steal while the loads ran, 10 rules", "host steal time while the section ran"] {
+        assert_eq!(named(name).len(), 1, "{name} in {text}");
+    }
     // Each enforcer's qdiscs went with it: one left behind would slow the next measurement's packets.
     assert!(!stderr.contains("clsact qdiscs left"), "{stderr}");
     let netns = flowgate_lab::netns::list();

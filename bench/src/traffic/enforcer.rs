@@ -192,6 +192,14 @@ impl Installed {
         process_cpu(pid)
     }
 
+    /// The kernel records flowgate's agent has read so far, and those it was told the kernel lost (its
+    /// status counters); `None` for every other enforcer, or when the agent does not answer.
+    pub fn kernel_records(&self) -> Option<KernelRecords> {
+        let Self::Flowgate { agent, .. } = self else { return None };
+        let counters = flowgate_tests::agent::status(&agent.socket).ok()?.counters;
+        Some(KernelRecords { read: counters.records_read, lost: counters.records_lost_kernel })
+    }
+
     /// Why this enforcer will not enforce, once that is certain (so waiting longer would not help).
     pub fn gave_up(&mut self) -> Option<String> {
         match self {
@@ -207,6 +215,20 @@ impl Installed {
             Self::KubeNetworkPolicies(knp) => knp.log(),
             _ => String::new(),
         }
+    }
+}
+
+/// Counts of flowgate's kernel records ([`Installed::kernel_records`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelRecords {
+    pub read: u64,
+    pub lost: u64,
+}
+
+impl KernelRecords {
+    /// What happened between `self` and `later`.
+    pub fn until(self, later: Self) -> Self {
+        Self { read: later.read.saturating_sub(self.read), lost: later.lost.saturating_sub(self.lost) }
     }
 }
 

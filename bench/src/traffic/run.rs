@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use flowgate_lab::LabState;
 
 use super::{
-    enforcer::{self, Enforcer, Installed},
+    enforcer::{self, Enforcer, Installed, KernelRecords},
     knp::KnpCluster,
     load::{self, Load, Servers},
     profile::{self, LoadProfile},
@@ -64,6 +64,9 @@ struct SizeResult {
     /// The share of the machine's CPU time the host stole while each load ran, per (enforcer, load), per
     /// round, in percent.
     steal: BTreeMap<(Enforcer, Load), Vec<f64>>,
+    /// flowgate's kernel records while each load ran, per (enforcer, load), per round: the counts and the
+    /// records read per operation.
+    records: BTreeMap<(Enforcer, Load), Vec<(KernelRecords, f64)>>,
     /// What the enforcer's programs took per load, read in a pass of their own after the rounds
     /// ([`PROFILED`]), or why they could not be read.
     profiles: BTreeMap<Enforcer, Result<Vec<LoadProfile>, String>>,
@@ -125,10 +128,12 @@ pub fn run(plan: &Plan, pods: &Pods<'_>, servers: &Servers, mut knp: Option<&mut
                 }
                 result.enforcing_after.entry(enforcer).or_default().push(started.elapsed());
                 for load in Load::ALL {
-                    let (cpu_before, wall, steal) = (installed.process_cpu(), Instant::now(), StealMeter::start());
+                    let (cpu_before, records_before) = (installed.process_cpu(), installed.kernel_records());
+                    let (wall, steal) = (Instant::now(), StealMeter::start());
                     let rate = load::run(load, &pods.client_netns, servers, pods.server, plan.duration)
                         .with_context(|| format!("{} under {} at {size} rules", load.name(), enforcer.name()))?;
                     let stolen = steal.percent();
+                    let records = records_before.zip(installed.kernel_records()).map(|(b, a)| b.until(a));
                     if let (Some(before), Some(after)) = (cpu_before, installed.process_cpu()) {
                         let (cpu, wall) = ((after - before).as_secs_f64(), wall.elapsed().as_secs_f64());
                         let per_op_us = cpu / (rate.mean * wall) * 1e6;
@@ -146,6 +151,11 @@ pub fn run(plan: &Plan, pods: &Pods<'_>, servers: &Servers, mut knp: Option<&mut
                     );
                     if let Some(p) = stolen {
                         result.steal.entry((enforcer, load)).or_default().push(p);
+                    }
+                    if let Some(r) = records {
+                        println!("    {} kernel records read, {} lost", r.read, r.lost);
+                        let per_op = r.read as f64 / (rate.mean * wall.elapsed().as_secs_f64());
+                        result.records.entry((enforcer, load)).or_default().push((r, per_op));
                     }
                     rates.insert((enforcer, load), rate.best_slice);
                 }
@@ -332,6 +342,11 @@ fn figures(section: &mut Section, size: usize, plan: &Plan, result: &SizeResult)
         for (&enforcer, profiles) in &result.profiles {
             section.push(profile_figure(enforcer, load, &rules, profiles));
         }
+        for &enforcer in &plan.enforcers {
+            if let Some(samples) = result.records.get(&(enforcer, load)) {
+                section.push(records_figure(enforcer, load, &rules, samples));
+            }
+        }
         // flowgate against each alternative, within each round.
         for &other in plan.enforcers.iter().filter(|e| !matches!(e, Enforcer::Baseline | Enforcer::Flowgate)) {
             let r = ratios(rounds, (Enforcer::Flowgate, load), (other, load));
@@ -371,6 +386,25 @@ fn steal_figure(steal: &BTreeMap<(Enforcer, Load), Vec<f64>>, rules: &str) -> Op
         "median over {} measurements (enforcer, load, round), the largest {max:.1}%; per enforcer: {each}",
         all.len()
     )))
+}
+
+/// flowgate's kernel records per operation of `load`, and whether any were lost (a lost record is work the
+/// agent did not do, which would flatter the rate).
+fn records_figure(enforcer: Enforcer, load: Load, rules: &str, samples: &[(KernelRecords, f64)]) -> Figure {
+    let operation = load.operation();
+    let per_op = median(samples.iter().map(|s| s.1).collect()).unwrap_or_default();
+    let read: u64 = samples.iter().map(|s| s.0.read).sum();
+    let lost: u64 = samples.iter().map(|s| s.0.lost).sum();
+    Figure::new(
+        format!("kernel records per {operation}: {}, {}, {rules}", enforcer.name(), load.name()),
+        per_op,
+        format!("records/{operation}"),
+    )
+    .note(format!(
+        "records the agent read while the load ran (its status counters before and after) over the {operation}s \
+         done, median of {} rounds; {read} read and {lost} lost in the kernel over those rounds",
+        samples.len()
+    ))
 }
 
 /// What `enforcer`'s programs took per operation of `load`, from the pass after the rounds.
