@@ -205,7 +205,10 @@ fn run(endpoints: usize, policies: usize, changes: usize) -> anyhow::Result<(Sam
         if outcome.is_none() && wait_for(&intruder.netns, server.ip, port, add, Instant::now())?.is_none() {
             // The next change starts from this one's verdict: without it, it would measure nothing.
             let what = if add { "adding" } else { "removing" };
-            bail!("{what} {TRUSTED_LABEL} on {}: port {port} without the new verdict after {CHANGE_TIMEOUT:?} twice", intruder.name);
+            bail!(
+                "{what} {TRUSTED_LABEL} on {}: port {port} without the new verdict after {CHANGE_TIMEOUT:?} twice",
+                intruder.name
+            );
         }
         labelled.push(outcome, call_ms);
         std::thread::sleep(Duration::from_millis(100));
