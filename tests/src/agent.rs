@@ -106,14 +106,17 @@ pub fn hello(socket: &Path) -> Result<(), ClientError> {
 }
 
 /// The agent's answer to a status request (its counters among it), over its socket.
+pub async fn request_status(socket: &Path) -> Result<Status, ClientError> {
+    let mut client = Client::connect(socket, "flowgate-tests").await?;
+    match client.request(Request::Status).await? {
+        Response::Status(status) => Ok(*status),
+        other => Err(ClientError::Unexpected { expected: "a status", got: format!("{other:?}") }),
+    }
+}
+
+/// [`request_status`] from outside a runtime.
 pub fn status(socket: &Path) -> Result<Status, ClientError> {
-    runtime().block_on(async {
-        let mut client = Client::connect(socket, "flowgate-tests").await?;
-        match client.request(Request::Status).await? {
-            Response::Status(status) => Ok(*status),
-            other => Err(ClientError::Unexpected { expected: "a status", got: format!("{other:?}") }),
-        }
-    })
+    runtime().block_on(request_status(socket))
 }
 
 /// A single-threaded runtime for one client call.

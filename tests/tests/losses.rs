@@ -8,18 +8,16 @@ use std::{path::Path, time::Duration};
 
 use flowgate_proto::{
     client::{Client, EventStream},
-    message::{Event, LossSource, Request, Response, Status, Subscription},
+    message::{Event, LossSource, Status, Subscription},
 };
 use flowgate_tests::{
     LabGuard,
-    agent::{AgentGuard, SocketDir, runtime},
+    agent::{self, AgentGuard, SocketDir, runtime},
     example, lab_traffic, require_root,
 };
 
 async fn status(socket: &Path) -> Status {
-    let mut c = Client::connect(socket, "losses-test").await.unwrap();
-    let Response::Status(s) = c.request(Request::Status).await.unwrap() else { panic!() };
-    *s
+    agent::request_status(socket).await.expect("the agent's status")
 }
 
 /// Reads until quiet; returns (flows, kernel-buffer losses told, other losses told).

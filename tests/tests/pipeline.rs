@@ -13,16 +13,12 @@ use flowgate_proto::{
 };
 use flowgate_tests::{
     LabGuard,
-    agent::{AgentGuard, SocketDir, runtime, wait_subscribed},
+    agent::{self, AgentGuard, SocketDir, runtime, wait_subscribed},
     example, lab_traffic, require_root,
 };
 
 async fn status(socket: &Path) -> Status {
-    let mut c = Client::connect(socket, "pipeline-test").await.expect("connect");
-    match c.request(Request::Status).await.expect("status") {
-        Response::Status(s) => *s,
-        other => panic!("unexpected {other:?}"),
-    }
+    agent::request_status(socket).await.expect("the agent's status")
 }
 
 async fn subscribe(socket: &Path, allow: Vec<FlowFilter>) -> EventStream {

@@ -137,11 +137,13 @@ pub fn run(plan: &Plan, pods: &Pods<'_>, servers: &Servers, mut knp: Option<&mut
                 result.enforcing_after.entry(enforcer).or_default().push(started.elapsed());
                 for load in Load::ALL {
                     let mut attempt = 0;
-                    let (rate, stolen, records, cpu_before, wall) = loop {
+                    let (rate, stolen, records, cpu_before, seconds) = loop {
                         let (cpu_before, records_before) = (installed.process_cpu(), installed.kernel_records());
                         let (wall, steal) = (Instant::now(), StealMeter::start());
                         let rate = load::run(load, &pods.client_netns, servers, pods.server, plan.duration)
                             .with_context(|| format!("{} under {} at {size} rules", load.name(), enforcer.name()))?;
+                        // The load's wall time, before the status calls below add theirs.
+                        let seconds = wall.elapsed().as_secs_f64();
                         let stolen = steal.percent();
                         let records = records_before.zip(installed.kernel_records()).map(|(b, a)| b.until(a));
                         if attempt < STOLEN_RETRIES && stolen.is_some_and(|p| p > STOLEN_PERCENT) {
@@ -156,12 +158,12 @@ pub fn run(plan: &Plan, pods: &Pods<'_>, servers: &Servers, mut knp: Option<&mut
                             );
                             continue;
                         }
-                        break (rate, stolen, records, cpu_before, wall);
+                        break (rate, stolen, records, cpu_before, seconds);
                     };
                     if let (Some(before), Some(after)) = (cpu_before, installed.process_cpu()) {
-                        let (cpu, wall) = ((after - before).as_secs_f64(), wall.elapsed().as_secs_f64());
-                        let per_op_us = cpu / (rate.mean * wall) * 1e6;
-                        result.process_cpu.entry((enforcer, load)).or_default().push((cpu / wall, per_op_us));
+                        let cpu = (after - before).as_secs_f64();
+                        let per_op_us = cpu / (rate.mean * seconds) * 1e6;
+                        result.process_cpu.entry((enforcer, load)).or_default().push((cpu / seconds, per_op_us));
                     }
                     println!(
                         "  round {}, {size} rules, {:<30} {:<22} {:>9.0} {} (best slice; mean {:.0}; host steal {})",
@@ -178,7 +180,7 @@ pub fn run(plan: &Plan, pods: &Pods<'_>, servers: &Servers, mut knp: Option<&mut
                     }
                     if let Some(r) = records {
                         println!("    {} kernel records read, {} lost", r.read, r.lost);
-                        let per_op = r.read as f64 / (rate.mean * wall.elapsed().as_secs_f64());
+                        let per_op = r.read as f64 / (rate.mean * seconds);
                         result.records.entry((enforcer, load)).or_default().push((r, per_op));
                     }
                     rates.insert((enforcer, load), rate.best_slice);
