@@ -1076,11 +1076,17 @@ impl Datapath {
         program.test_run(options).map_err(|source| DatapathError::Program { name, source })
     }
 
-    /// Takes the perf event array out of the object (for `--events-buffer perf`).
-    pub fn take_perf_events(&mut self) -> Result<PerfEventArray<MapData>, DatapathError> {
+    /// Takes the perf event array out of the object (for `--events-buffer perf`), for
+    /// [`crate::perf_buffer::open_all`] to put the per-CPU buffers into.
+    pub fn take_perf_events(&mut self) -> Result<MapData, DatapathError> {
         let name = MAP_EVENTS_PERF;
-        let map = self.ebpf.take_map(name).ok_or(DatapathError::MissingMap { name })?;
-        PerfEventArray::try_from(map).map_err(|source| DatapathError::Map { name, source })
+        match self.ebpf.take_map(name).ok_or(DatapathError::MissingMap { name })? {
+            Map::PerfEventArray(data) => Ok(data),
+            other => Err(DatapathError::Map {
+                name,
+                source: PerfEventArray::try_from(other).err().expect("only a perf event array converts to one"),
+            }),
+        }
     }
 
     /// Kernel counters summed across CPUs.

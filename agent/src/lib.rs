@@ -24,6 +24,7 @@ pub mod kernel_counters;
 pub mod kubernetes;
 pub mod map_batch;
 pub mod metrics;
+pub mod perf_buffer;
 pub mod pod_routes;
 pub mod policy;
 pub mod rcu;

@@ -56,7 +56,7 @@ struct Args {
     #[arg(long, default_value_t = 8 << 20)]
     events_buffer_bytes: u32,
     /// Pages of each per-CPU perf buffer (`--events-buffer perf`; a power of two).
-    #[arg(long, default_value_t = flowgate_agent::reader::PERF_PAGES)]
+    #[arg(long, default_value_t = flowgate_agent::perf_buffer::PERF_PAGES)]
     perf_pages: usize,
     /// How often the reader drains the events buffer when the kernel has not woken it, in milliseconds:
     /// while records come (an idle reader waits for the kernel's wake-up), or always with the perf event
@@ -214,7 +214,7 @@ enum Aggregation {
 /// The kernel's events buffer, opened and waiting for its readers.
 enum EventsSource {
     Ring(aya::maps::RingBuf<aya::maps::MapData>),
-    Perf(Vec<aya::maps::perf::PerfEventArrayBuffer<aya::maps::MapData>>),
+    Perf(Vec<flowgate_agent::perf_buffer::PerfBuffer>),
 }
 
 /// A lab this agent brought up and must take down again, whatever happens.
@@ -384,9 +384,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             EventsSource::Ring(controller.datapath().take_events().context("opening the events ring buffer")?)
         }
         EventsBuffer::Perf => {
-            let mut array = controller.datapath().take_perf_events().context("opening the perf event array")?;
+            let array = controller.datapath().take_perf_events().context("opening the perf event array")?;
             EventsSource::Perf(
-                flowgate_agent::reader::open_perf(&mut array, args.perf_pages)
+                flowgate_agent::perf_buffer::open_all(array, args.perf_pages)
                     .context("opening the per-CPU perf buffers")?,
             )
         }

@@ -6,7 +6,8 @@
 //! later; an idle node's reader then sleeps until the kernel wakes it. A reader that ticked while idle
 //! (every 5 ms) cost the pods' UDP traffic 12-15% on this 2-core machine (docs/benchmarks.md). With the
 //! wake-up interval turned off, and with the perf event array (one buffer per CPU, each drained by its
-//! own thread, the kernel's lost-record notices passed on as losses), the backstop ticks always.
+//! own thread, the kernel's lost-record notices passed on as losses; the kernel wakes it only once a page
+//! of records is waiting, [`crate::perf_buffer`]), the backstop ticks always.
 //!
 //! A thread rather than a task of the async runtime: a wake-up then costs one thread switch. As a task,
 //! the kernel's wake-up woke the runtime's worker parked on its event loop, which woke another worker to
@@ -29,11 +30,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{
-    MapData, PerfEventArray, RingBuf,
-    perf::{PerfEvent, PerfEventArrayBuffer},
-};
+use aya::maps::{MapData, RingBuf};
 use flowgate_events::RecordSink;
+
+use crate::perf_buffer::{PerfBuffer, PerfRecord};
 use tokio::sync::oneshot;
 
 /// When the reader drains its buffer without being woken by the kernel.
@@ -120,46 +120,21 @@ pub fn spawn(ring: RingBuf<MapData>, backstop: Backstop, sink: impl RecordSink +
     })
 }
 
-/// Pages of each per-CPU perf buffer (a power of two).
-pub const PERF_PAGES: usize = 256;
-
-/// Opens the perf buffer of every online CPU.
-pub fn open_perf(
-    array: &mut PerfEventArray<MapData>,
-    pages: usize,
-) -> std::io::Result<Vec<PerfEventArrayBuffer<MapData>>> {
-    let cpus = aya::util::online_cpus().map_err(|(what, e)| std::io::Error::new(e.kind(), format!("{what}: {e}")))?;
-    cpus.into_iter()
-        .map(|cpu| {
-            array.open(cpu, Some(pages)).map_err(|e| std::io::Error::other(format!("perf buffer of CPU {cpu}: {e}")))
-        })
-        .collect()
-}
-
 /// Starts reading one CPU's perf buffer on a thread of its own. Samples may be split at the buffer's end;
 /// they are put back together before the sink sees them.
-pub fn spawn_perf(
-    buffer: PerfEventArrayBuffer<MapData>,
-    tick: Duration,
-    sink: impl RecordSink + Send + 'static,
-) -> io::Result<Reader> {
+pub fn spawn_perf(buffer: PerfBuffer, tick: Duration, sink: impl RecordSink + Send + 'static) -> io::Result<Reader> {
     let mut sink = sink;
     let mut joined = Vec::new();
     spawn_thread("fg-events-perf", buffer, Backstop::Periodic(tick), move |buffer| {
-        let mut records = 0;
-        buffer.for_each(|event| match event {
-            PerfEvent::Sample { head, tail: [] } => {
-                sink.on_record(head);
-                records += 1;
-            }
-            PerfEvent::Sample { head, tail } => {
+        let records = buffer.drain(|record| match record {
+            PerfRecord::Sample { head, tail: [] } => sink.on_record(head),
+            PerfRecord::Sample { head, tail } => {
                 joined.clear();
                 joined.extend_from_slice(head);
                 joined.extend_from_slice(tail);
                 sink.on_record(&joined);
-                records += 1;
             }
-            PerfEvent::Lost { count } => sink.on_lost(count),
+            PerfRecord::Lost { count } => sink.on_lost(count),
         });
         sink.on_batch_end();
         records

@@ -20,7 +20,7 @@ use flowgate_agent::{
     controller::Controller,
     craft::{Transport, ipv4_packet},
     datapath::{self, Datapath, DatapathOptions},
-    kernel_counters,
+    kernel_counters, perf_buffer,
     policy::PolicyEngine,
     reader,
     server::{self, ServerConfig},
@@ -178,8 +178,11 @@ impl BenchAgent {
         };
         let perf = match buffer {
             EventsBuffer::PerfEventArray => {
-                let mut array = datapath.take_perf_events().context("opening the perf event array")?;
-                Some(reader::open_perf(&mut array, reader::PERF_PAGES).context("opening the per-CPU perf buffers")?)
+                let array = datapath.take_perf_events().context("opening the perf event array")?;
+                Some(
+                    perf_buffer::open_all(array, perf_buffer::PERF_PAGES)
+                        .context("opening the per-CPU perf buffers")?,
+                )
             }
             EventsBuffer::RingBuffer => None,
         };
