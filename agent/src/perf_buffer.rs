@@ -32,9 +32,9 @@ pub const PERF_PAGES: usize = 256;
 
 /// The watermark of a buffer of `size` bytes with `page_size` pages: a page (about 40 records), at most
 /// half the buffer. A stream then wakes the reader about once per 40 records on a CPU instead of for each
-/// one (at 1.2M records/s offered, 5-7x the records delivered; at 100k/s, p99 1.9 ms from the kernel to
-/// the client instead of 4.6), while a slow trickle waits for the periodic drain (p50 2.5 ms at 10k/s, where
-/// a wake-up per record gave 0.03 ms): docs/benchmarks.md, "Events end to end".
+/// one (at 1.2M records/s offered, 1.13M/s delivered instead of 134k/s; at 100k/s, p99 0.65-1.9 ms from the
+/// kernel to the client instead of 4.6-30), while a slow trickle waits for the periodic drain (p50 2.5 ms at
+/// 10k/s, where a wake-up per record gave 0.03-1 ms): docs/benchmarks.md, "Events end to end".
 pub fn wakeup_bytes(page_size: usize, size: usize) -> u32 {
     u32::try_from(page_size.min(size / 2)).unwrap_or(u32::MAX).max(1)
 }
