@@ -1,7 +1,9 @@
-//! Hash-map operations aya 0.14 does not offer, made with the `bpf(2)` system call: reading a whole map
+//! Map operations aya 0.14 does not offer, made with the `bpf(2)` system call: reading a whole map
 //! in batches (`BPF_MAP_LOOKUP_BATCH`, one call per [`CHUNK`] entries where aya's iterator makes two per
 //! entry), and taking an entry out while reading what it held (`BPF_MAP_LOOKUP_AND_DELETE_ELEM`), so a
-//! collector can delete what it read as stale without deleting what a packet wrote since. The conntrack
+//! collector can delete what it read as stale without deleting what a packet wrote since; and setting an
+//! entry of a map aya only opens through its own wrappers ([`set`], for the perf event array whose buffers
+//! `perf_buffer` opens). The conntrack
 //! map holds hundreds of thousands of entries at a busy node, and its garbage collector, `status` and
 //! `conntrack list` walk it: per-entry system calls made that walk the agent's largest cost per
 //! connection.
@@ -21,6 +23,8 @@ pub const CHUNK: usize = 4096;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+/// `BPF_ANY`: an update that inserts or replaces.
+const BPF_ANY: u64 = 0;
 /// `BPF_NOEXIST`: an update that only inserts where no entry is.
 const BPF_NOEXIST: u64 = 1;
 
@@ -144,4 +148,18 @@ pub fn insert_new<K: Pod, V: Pod>(map: &MapData, key: &K, value: &V) -> io::Resu
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
         Err(e) => Err(e),
     }
+}
+
+/// Sets `key` to `value` in `map`, inserting or replacing. Key and value types must be the map's own sizes.
+pub fn set<K: Pod, V: Pod>(map: &MapData, key: &K, value: &V) -> io::Result<()> {
+    let mut attr = ElemAttr {
+        map_fd: map.fd().as_fd().as_raw_fd() as u32,
+        key: core::ptr::from_ref(key) as u64,
+        value: core::ptr::from_ref(value) as u64,
+        flags: BPF_ANY,
+        ..ElemAttr::default()
+    };
+    // SAFETY: the element command's attributes: `key` and `value` are one key and one value of the map's
+    // types, alive across the call (the kernel only reads them).
+    unsafe { bpf(BPF_MAP_UPDATE_ELEM, &mut attr) }
 }

@@ -17,7 +17,7 @@
 
 use std::{
     io,
-    os::fd::{AsFd as _, AsRawFd, FromRawFd as _, OwnedFd, RawFd},
+    os::fd::{AsRawFd, FromRawFd as _, OwnedFd, RawFd},
     ptr::NonNull,
     sync::{
         Arc,
@@ -65,7 +65,6 @@ const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 1 << 3;
 const PERF_EVENT_IOC_ENABLE: libc::c_ulong = 0x2400;
 const PERF_RECORD_LOST: u32 = 2;
 const PERF_RECORD_SAMPLE: u32 = 9;
-const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 /// Where `data_head` and `data_tail` sit in the first (metadata) page: after its 1 KiB header.
 const DATA_HEAD_OFFSET: usize = 1024;
 const DATA_TAIL_OFFSET: usize = 1032;
@@ -99,9 +98,9 @@ pub struct PerfBuffer {
 unsafe impl Send for PerfBuffer {}
 
 impl PerfBuffer {
-    /// Opens `cpu`'s buffer of `pages` pages (a power of two) waking its reader every `wakeup_bytes`, and
+    /// Opens `cpu`'s buffer of `pages` pages (a power of two), waking its reader at [`wakeup_bytes`], and
     /// puts it into the perf event array `map`.
-    pub fn open(map: &Arc<MapData>, cpu: u32, pages: usize, wakeup_bytes: u32) -> io::Result<Self> {
+    pub fn open(map: &Arc<MapData>, cpu: u32, pages: usize) -> io::Result<Self> {
         let context =
             |what: &str, e: io::Error| io::Error::new(e.kind(), format!("perf buffer of CPU {cpu}: {what}: {e}"));
         if !pages.is_power_of_two() {
@@ -110,6 +109,9 @@ impl PerfBuffer {
                 format!("perf buffer of CPU {cpu}: {pages} pages is not a power of two"),
             ));
         }
+        // SAFETY: sysconf has no memory effects.
+        let page_size = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let size = page_size * pages;
         let attr = PerfEventAttr {
             kind: PERF_TYPE_SOFTWARE,
             size: size_of::<PerfEventAttr>() as u32,
@@ -117,7 +119,7 @@ impl PerfBuffer {
             sample_period: 1,
             sample_type: PERF_SAMPLE_RAW,
             flags: PERF_ATTR_FLAG_WATERMARK,
-            wakeup_watermark: wakeup_bytes.max(1),
+            wakeup_watermark: wakeup_bytes(page_size, size),
             ..Default::default()
         };
         // SAFETY: perf_event_open reads `attr` (valid for its declared size) and returns a new descriptor.
@@ -136,9 +138,6 @@ impl PerfBuffer {
         }
         // SAFETY: a new descriptor that nothing else owns.
         let event = unsafe { OwnedFd::from_raw_fd(raw as RawFd) };
-        // SAFETY: sysconf has no memory effects.
-        let page_size = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-        let size = page_size * pages;
         // SAFETY: maps the event's buffer (metadata page + data) shared, as perf_event_open(2) describes; the
         // mapping is unmapped in Drop, and nothing else refers to it.
         let mapped = unsafe {
@@ -166,38 +165,12 @@ impl PerfBuffer {
 
     /// Puts this buffer's descriptor into the perf event array at its CPU's index.
     fn insert_into(&self, map: &MapData) -> io::Result<()> {
-        #[repr(C)]
-        struct MapUpdate {
-            map_fd: u32,
-            _pad: u32,
-            key: u64,
-            value: u64,
-            flags: u64,
-        }
-        let key = self.cpu;
-        let value = self.event.as_raw_fd() as u32;
-        let update = MapUpdate {
-            map_fd: map.fd().as_fd().as_raw_fd() as u32,
-            _pad: 0,
-            key: (&raw const key) as u64,
-            value: (&raw const value) as u64,
-            flags: 0,
-        };
-        // SAFETY: BPF_MAP_UPDATE_ELEM reads `update` and the key and value it points to, all alive here.
-        let ret =
-            unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_UPDATE_ELEM, &raw const update, size_of::<MapUpdate>()) };
-        if ret < 0 {
-            let e = io::Error::last_os_error();
-            return Err(io::Error::new(
+        crate::map_batch::set(map, &self.cpu, &(self.event.as_raw_fd() as u32)).map_err(|e| {
+            io::Error::new(
                 e.kind(),
                 format!("perf buffer of CPU {}: putting it into the perf event array: {e}", self.cpu),
-            ));
-        }
-        Ok(())
-    }
-
-    pub fn cpu(&self) -> u32 {
-        self.cpu
+            )
+        })
     }
 
     fn data_head(&self) -> u64 {
@@ -294,9 +267,7 @@ impl Drop for PerfBuffer {
 pub fn open_all(map: MapData, pages: usize) -> io::Result<Vec<PerfBuffer>> {
     let cpus = aya::util::online_cpus().map_err(|(what, e)| io::Error::new(e.kind(), format!("{what}: {e}")))?;
     let map = Arc::new(map);
-    // SAFETY: sysconf has no memory effects.
-    let page_size = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-    cpus.into_iter().map(|cpu| PerfBuffer::open(&map, cpu, pages, wakeup_bytes(page_size, page_size * pages))).collect()
+    cpus.into_iter().map(|cpu| PerfBuffer::open(&map, cpu, pages)).collect()
 }
 
 #[cfg(test)]

@@ -32,9 +32,9 @@ use std::{
 
 use aya::maps::{MapData, RingBuf};
 use flowgate_events::RecordSink;
+use tokio::sync::oneshot;
 
 use crate::perf_buffer::{PerfBuffer, PerfRecord};
-use tokio::sync::oneshot;
 
 /// When the reader drains its buffer without being woken by the kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
