@@ -19,6 +19,7 @@ use crate::{
     PROTOCOL_VERSION, ProtocolVersion,
     codec::{self, CodecError, MAX_FRAME_BYTES},
     flow_batch::PeerTable,
+    flow_batch_wire,
     message::{ClientMessage, Event, Hello, Refusal, Request, Response, ServerMessage, Subscription},
 };
 
@@ -153,6 +154,10 @@ impl Connection {
                 source: io::Error::new(source.kind(), format!("{source} (the limit is {MAX_FRAME_BYTES} bytes)")),
             })?;
             if let Some(frame) = frame {
+                // Event batches, nearly every frame of a stream, by hand; anything else by serde.
+                if let Some(batch) = flow_batch_wire::read(&frame) {
+                    return Ok(Some(ServerMessage::FlowBatch(batch)));
+                }
                 return Ok(Some(codec::decode("server", &frame)?));
             }
             if self.buf.capacity() - self.buf.len() < 8 << 10 {

@@ -10,6 +10,7 @@ pub mod codec;
 pub mod filter;
 pub mod flow;
 pub mod flow_batch;
+pub mod flow_batch_wire;
 pub mod format;
 pub mod hubble;
 pub mod ip_wire;

@@ -4,6 +4,8 @@
 use bytes::{Buf as _, BytesMut};
 use flowgate_proto::{
     codec::{self, CodecError, MAX_FRAME_BYTES},
+    flow_batch::FlowBatch,
+    flow_batch_wire,
     message::ServerMessage,
 };
 use tokio::{
@@ -110,9 +112,13 @@ impl FrameWriter {
         Ok(codec::encode("server", message)?)
     }
 
-    /// Encodes a message with structs as arrays (the compact batches of 1.5, see `flow_batch`).
-    pub fn encode_compact(message: &ServerMessage) -> Result<bytes::Bytes, FrameError> {
-        Ok(codec::encode_compact("server", message)?)
+    /// Encodes a compact event batch (1.5, see `flow_batch`) as `ServerMessage::FlowBatch`'s frame body,
+    /// by hand (`flow_batch_wire`): the bytes serde would write, at a fraction of the cost per flow.
+    pub fn encode_batch(batch: &FlowBatch) -> Result<bytes::Bytes, FrameError> {
+        // About 80 bytes a flow.
+        let mut body = Vec::with_capacity(64 + 96 * batch.events.len());
+        flow_batch_wire::write(batch, &mut body)?;
+        Ok(body.into())
     }
 
     /// Sends an encoded body as one frame.

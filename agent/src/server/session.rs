@@ -283,30 +283,23 @@ fn event_frames(events: Vec<Event>) -> Result<Vec<Bytes>, FrameError> {
 fn flow_batch_frames(numbers: &mut PeerNumbers, events: &[Event]) -> Result<Vec<Bytes>, FrameError> {
     let mut bodies = Vec::new();
     for chunk in events.chunks(EVENTS_PER_FRAME) {
-        let batch = ServerMessage::FlowBatch(numbers.batch(chunk));
-        let body = FrameWriter::encode_compact(&batch)?;
+        let batch = numbers.batch(chunk);
+        let body = FrameWriter::encode_batch(&batch)?;
         if body.len() <= FRAME_BUDGET_BYTES {
             bodies.push(body);
             continue;
         }
-        let ServerMessage::FlowBatch(FlowBatch { reset, peers, events }) = batch else {
-            unreachable!("built above as a flow batch")
-        };
-        let part = |reset, peers, events| ServerMessage::FlowBatch(FlowBatch { reset, peers, events });
+        let FlowBatch { reset, peers, events } = batch;
         if reset {
-            bodies.push(FrameWriter::encode_compact(&part(true, Vec::new(), Vec::new()))?);
+            bodies.push(FrameWriter::encode_batch(&FlowBatch { reset: true, peers: Vec::new(), events: Vec::new() })?);
         }
         cut_to_budget(peers, &mut bodies, |peers| {
-            let message = part(false, peers, Vec::new());
-            let body = FrameWriter::encode_compact(&message)?;
-            let ServerMessage::FlowBatch(FlowBatch { peers, .. }) = message else { unreachable!("built above") };
-            Ok((body, peers))
+            let part = FlowBatch { reset: false, peers, events: Vec::new() };
+            Ok((FrameWriter::encode_batch(&part)?, part.peers))
         })?;
         cut_to_budget(events, &mut bodies, |events| {
-            let message = part(false, Vec::new(), events);
-            let body = FrameWriter::encode_compact(&message)?;
-            let ServerMessage::FlowBatch(FlowBatch { events, .. }) = message else { unreachable!("built above") };
-            Ok((body, events))
+            let part = FlowBatch { reset: false, peers: Vec::new(), events };
+            Ok((FrameWriter::encode_batch(&part)?, part.events))
         })?;
     }
     Ok(bodies)

@@ -17,9 +17,10 @@ impl FromStr for EventType {
     type Err = ValueError;
 
     fn from_str(s: &str) -> Result<Self, ValueError> {
-        let word: String = s.chars().filter(|c| !matches!(c, '-' | '_')).collect::<String>().to_ascii_lowercase();
-        let by_name = EventType::ALL.into_iter().find(|t| t.as_str().replace('-', "") == word);
-        let by_number = || match word.parse::<i32>().ok()? {
+        // Compared in place, without the separators: this also reads every flow off the wire, where
+        // the copies per flow showed.
+        let by_name = EventType::ALL.into_iter().find(|t| same_word(t.as_str(), s));
+        let by_number = || match s.parse::<i32>().ok()? {
             message_type::DROP => Some(EventType::Drop),
             message_type::DEBUG_CAPTURE => Some(EventType::Capture),
             message_type::TRACE => Some(EventType::Trace),
@@ -29,9 +30,17 @@ impl FromStr for EventType {
         };
         by_name
             .or_else(by_number)
-            .or_else(|| (word == "debugcapture").then_some(EventType::Capture))
+            .or_else(|| same_word("debug-capture", s).then_some(EventType::Capture))
             .ok_or_else(|| ValueError::EventType { value: s.to_owned() })
     }
+}
+
+/// Whether `a` and `b` spell the same word: letters compared in any case, `-` and `_` skipped.
+fn same_word(a: &str, b: &str) -> bool {
+    fn letters(s: &str) -> impl Iterator<Item = u8> + '_ {
+        s.bytes().filter(|c| !matches!(c, b'-' | b'_')).map(|c| c.to_ascii_lowercase())
+    }
+    letters(a).eq(letters(b))
 }
 
 impl<'de> Deserialize<'de> for EventType {
