@@ -38,8 +38,8 @@ use flowgate_common::{
     ip,
     names::{
         MAP_CONFIG, MAP_CONNTRACK, MAP_COUNTERS, MAP_ENDPOINTS, MAP_ENFORCEMENT, MAP_EVENTS_PERF, MAP_EVENTS_RINGBUF,
-        MAP_INVALID_SOURCE, MAP_IPCACHE, MAP_IPCACHE_HOST, MAP_POLICY, MAP_POLICY_EXACT, PROG_CLOCK, PROG_FLOOR,
-        PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT,
+        MAP_INVALID_SOURCE, MAP_IPCACHE, MAP_IPCACHE_HOST, MAP_POLICY, MAP_POLICY_EXACT, MAP_WAKEUP, PROG_CLOCK,
+        PROG_FLOOR, PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT,
     },
     policy::{IPCACHE_HOST_PREFIX, IpcacheValue, POLICY_PREFIX_FULL, PolicyKey, PolicyValue},
 };
@@ -1064,6 +1064,14 @@ impl Datapath {
         let name = MAP_EVENTS_RINGBUF;
         let map = self.ebpf.take_map(name).ok_or(DatapathError::MissingMap { name })?;
         RingBuf::try_from(map).map_err(|source| DatapathError::Map { name, source })
+    }
+
+    /// The ring buffer's last-wake-up map, for its reader to hold the programs' wake-ups off while it
+    /// polls a stream ([`crate::reader::WakeupHold`]). Taken out of the datapath, as the ring itself.
+    pub fn take_wakeup(&mut self) -> Result<Array<MapData, u64>, DatapathError> {
+        let name = MAP_WAKEUP;
+        let map = self.ebpf.take_map(name).ok_or(DatapathError::MissingMap { name })?;
+        Array::try_from(map).map_err(|source| DatapathError::Map { name, source })
     }
 
     /// Runs one of the programs on a crafted packet with BPF_PROG_TEST_RUN, `repeat` times. The

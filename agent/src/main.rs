@@ -213,7 +213,9 @@ enum Aggregation {
 
 /// The kernel's events buffer, opened and waiting for its readers.
 enum EventsSource {
-    Ring(aya::maps::RingBuf<aya::maps::MapData>),
+    /// The ring buffer, and its wake-ups to hold off while the reader polls a stream (with a wake-up
+    /// interval).
+    Ring(Box<(aya::maps::RingBuf<aya::maps::MapData>, Option<flowgate_agent::reader::WakeupHold>)>),
     Perf(Vec<flowgate_agent::perf_buffer::PerfBuffer>),
 }
 
@@ -381,7 +383,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // the start (verdict log, metrics, --print-events) is in place.
     let source = match args.events_buffer {
         EventsBuffer::Ringbuf => {
-            EventsSource::Ring(controller.datapath().take_events().context("opening the events ring buffer")?)
+            let ring = controller.datapath().take_events().context("opening the events ring buffer")?;
+            let interval = Duration::from_micros(args.events_wakeup_interval_us);
+            let hold = if interval.is_zero() {
+                None
+            } else {
+                let map = controller.datapath().take_wakeup().context("opening the ring buffer's wake-up map")?;
+                Some(flowgate_agent::reader::WakeupHold::new(map, interval))
+            };
+            EventsSource::Ring(Box::new((ring, hold)))
         }
         EventsBuffer::Perf => {
             let array = controller.datapath().take_perf_events().context("opening the perf event array")?;
@@ -452,6 +462,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let print_sub = print_events.then(|| hub.subscribe(&Default::default()));
     let readers = match source {
         EventsSource::Ring(ring) => {
+            let (ring, hold) = *ring;
             vec![
                 flowgate_agent::reader::spawn(
                     ring,
@@ -459,6 +470,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                         drain_interval,
                         Duration::from_micros(args.events_wakeup_interval_us),
                     ),
+                    hold,
                     Pipeline::new(Arc::clone(&state)),
                 )
                 .context("starting the events reader")?,

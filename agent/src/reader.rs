@@ -9,15 +9,24 @@
 //! own thread, the kernel's lost-record notices passed on as losses; the kernel wakes it only once a page
 //! of records is waiting, [`crate::perf_buffer`]), the backstop ticks always.
 //!
+//! While a stream lasts, the ring buffer's reader does not wait for the kernel at all ([`WakeupHold`]): it
+//! tells the programs not to wake it and drains every wake-up interval on its own timer, until a drain
+//! finds nothing; then it lets them wake it again. A wake-up from a program is an interrupt the CPU sends
+//! itself from inside the packet's processing (on a KVM guest, an exit to the hypervisor each), paid by
+//! the pod whose packet it was; the reader's timer fires on the reader's own CPU.
+//!
 //! A thread rather than a task of the async runtime: a wake-up then costs one thread switch. As a task,
 //! the kernel's wake-up woke the runtime's worker parked on its event loop, which woke another worker to
 //! look for more work; under a stream (thousands of wake-ups a second) that was a quarter of the agent's
 //! CPU, taken from the pods on the same cores.
 //!
-//! The thread runs under `SCHED_BATCH`: its wake-ups do not preempt the task running on the CPU (a pod's,
-//! say); it runs when that task blocks or its time slice ends, and otherwise with the same share of CPU
-//! as any other thread. Under a stream of new connections this halved the agent's CPU per connection
-//! and gave the pods' traffic back most of it (docs/benchmarks.md, "On real traffic").
+//! A reader the kernel wakes (the perf event array's; the ring buffer's without a wake-up interval) runs
+//! under `SCHED_BATCH`: its wake-ups do not preempt the task running on the CPU (a pod's, say); it runs
+//! when that task blocks or its time slice ends, and otherwise with the same share of CPU as any other
+//! thread. Under a stream of new connections this halved the agent's CPU per connection when every
+//! stream was announced by the kernel's wake-ups (docs/benchmarks.md, "On real traffic"). A ring reader
+//! that polls streams ([`WakeupHold`]) stays under the default policy: woken by its own timer under
+//! `SCHED_BATCH`, it waited for whatever held a busy CPU.
 
 use std::{
     io,
@@ -30,7 +39,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{MapData, RingBuf};
+use aya::maps::{Array, MapData, RingBuf};
 use flowgate_events::RecordSink;
 use tokio::sync::oneshot;
 
@@ -55,6 +64,68 @@ impl Backstop {
     /// when enough data is waiting), draining at least every `tick` while records come.
     pub fn for_ring(tick: Duration, wakeup_interval: Duration) -> Self {
         if wakeup_interval.is_zero() { Self::Periodic(tick) } else { Self::AfterRecords(tick.max(wakeup_interval)) }
+    }
+}
+
+/// What the reader writes as the programs' last wake-up while it polls: no clock reading is an interval
+/// after it, so no record wakes the reader (`ebpf-progs/src/events.rs`, `wakeup_flag`).
+const HELD: u64 = u64::MAX;
+
+/// The ring buffer's wake-ups held off while the reader polls a stream. After a drain that found records
+/// the reader writes [`HELD`] as the programs' last wake-up and drains again every `poll` (the wake-up
+/// interval) on its own; after a drain that found none it writes 0 (so the next record wakes it), drains
+/// once more for what came meanwhile, and goes back to waiting. A record whose program read [`HELD`] just
+/// before the release and was written just after that last drain wakes nobody: the backstop drain after
+/// records takes it (at most the backstop's tick later). Only for a wake-up interval above zero.
+pub struct WakeupHold {
+    last_wakeup: Array<MapData, u64>,
+    poll: Duration,
+    /// What the map holds as far as the reader knows (`None` until it first wrote it).
+    held: Option<bool>,
+}
+
+impl WakeupHold {
+    pub fn new(last_wakeup: Array<MapData, u64>, poll: Duration) -> Self {
+        Self { last_wakeup, poll, held: None }
+    }
+
+    /// Holds the wake-ups off or lets them through; a failed write changes nothing (it is logged), so the
+    /// reader keeps polling while the map may still say held.
+    fn set(&mut self, held: bool) {
+        if self.held == Some(held) {
+            return;
+        }
+        match self.last_wakeup.set(0, if held { HELD } else { 0 }, 0) {
+            Ok(()) => self.held = Some(held),
+            Err(e) => log::warn!(
+                "the events reader could not {} the ring buffer's wake-ups: {e}",
+                if held { "hold off" } else { "let through" }
+            ),
+        }
+    }
+
+    /// Whether the programs may be holding their wake-ups (the reader must poll).
+    fn holding(&self) -> bool {
+        self.held != Some(false)
+    }
+}
+
+/// What a reader with a [`WakeupHold`] does after a drain that found `records`, the wake-ups `held` or not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum HoldStep {
+    /// As it was: waiting for wake-ups, or polling a stream that goes on.
+    Keep,
+    /// A stream began: hold the wake-ups off and poll.
+    Hold,
+    /// The stream ended: let the wake-ups through, then drain once more.
+    Release,
+}
+
+fn hold_step(held: bool, records: usize) -> HoldStep {
+    match (held, records > 0) {
+        (false, true) => HoldStep::Hold,
+        (true, false) => HoldStep::Release,
+        _ => HoldStep::Keep,
     }
 }
 
@@ -106,10 +177,16 @@ impl Drop for Reader {
     }
 }
 
-/// Starts reading `ring` on a thread of its own: each record to the sink, each drained batch ended.
-pub fn spawn(ring: RingBuf<MapData>, backstop: Backstop, sink: impl RecordSink + Send + 'static) -> io::Result<Reader> {
+/// Starts reading `ring` on a thread of its own: each record to the sink, each drained batch ended; with
+/// `hold`, polling streams without the programs' wake-ups ([`WakeupHold`]).
+pub fn spawn(
+    ring: RingBuf<MapData>,
+    backstop: Backstop,
+    hold: Option<WakeupHold>,
+    sink: impl RecordSink + Send + 'static,
+) -> io::Result<Reader> {
     let mut sink = sink;
-    spawn_thread("fg-events-ring", ring, backstop, move |ring| {
+    spawn_thread("fg-events-ring", ring, backstop, hold, move |ring| {
         let mut records = 0;
         while let Some(item) = ring.next() {
             sink.on_record(&item);
@@ -125,7 +202,7 @@ pub fn spawn(ring: RingBuf<MapData>, backstop: Backstop, sink: impl RecordSink +
 pub fn spawn_perf(buffer: PerfBuffer, tick: Duration, sink: impl RecordSink + Send + 'static) -> io::Result<Reader> {
     let mut sink = sink;
     let mut joined = Vec::new();
-    spawn_thread("fg-events-perf", buffer, Backstop::Periodic(tick), move |buffer| {
+    spawn_thread("fg-events-perf", buffer, Backstop::Periodic(tick), None, move |buffer| {
         let records = buffer.drain(|record| match record {
             PerfRecord::Sample { head, tail: [] } => sink.on_record(head),
             PerfRecord::Sample { head, tail } => {
@@ -142,11 +219,13 @@ pub fn spawn_perf(buffer: PerfBuffer, tick: Duration, sink: impl RecordSink + Se
 }
 
 /// Runs `drain` (which returns how many records it read) on `buffer` on a new thread whenever its fd is
-/// readable, and as `backstop` says, until the returned handle is dropped.
+/// readable, and as `backstop` says (and `hold`, while it holds the wake-ups off), until the returned
+/// handle is dropped.
 fn spawn_thread<B: AsRawFd + Send + 'static>(
     name: &str,
     mut buffer: B,
     backstop: Backstop,
+    mut hold: Option<WakeupHold>,
     mut drain: impl FnMut(&mut B) -> usize + Send + 'static,
 ) -> io::Result<Reader> {
     // SAFETY: eventfd takes no pointers; a non-negative return is a new descriptor that we own.
@@ -162,22 +241,47 @@ fn spawn_thread<B: AsRawFd + Send + 'static>(
     let (report, ended) = oneshot::channel();
     let stopped = Arc::clone(&stop);
     let thread = std::thread::Builder::new().name(name.into()).spawn(move || {
-        yield_on_wakeup();
+        // A reader the kernel wakes yields to the task on its CPU; one that polls streams on its own timer
+        // does not: under SCHED_BATCH its timer's wake-ups waited for whatever ran on a busy CPU (p99 at
+        // 100k events/s 5.4 ms against 0.65 ms).
+        if hold.is_none() {
+            yield_on_wakeup();
+        }
         // Records may be waiting from before the reader started, announced to nobody: the first wait is
         // bounded as after records.
         let mut last_records = Some(Instant::now());
+        // A map an earlier reader left held would keep every wake-up off: start from "let through".
+        if let Some(hold) = hold.as_mut() {
+            hold.set(false);
+        }
         let result = loop {
             if stopped.load(Ordering::Relaxed) {
                 break Ok(());
             }
-            if let Err(e) = wait_readable(buffer.as_raw_fd(), woken, next_wait(backstop, last_records, Instant::now()))
-            {
+            let wait = match &hold {
+                Some(hold) if hold.holding() => Some(hold.poll),
+                _ => next_wait(backstop, last_records, Instant::now()),
+            };
+            if let Err(e) = wait_readable(buffer.as_raw_fd(), woken, wait) {
                 break Err(e);
             }
             if stopped.load(Ordering::Relaxed) {
                 break Ok(());
             }
-            let records = drain(&mut buffer);
+            let mut records = drain(&mut buffer);
+            if let Some(hold) = hold.as_mut() {
+                match hold_step(hold.holding(), records) {
+                    HoldStep::Keep => {}
+                    HoldStep::Hold => hold.set(true),
+                    HoldStep::Release => {
+                        hold.set(false);
+                        records = drain(&mut buffer);
+                        if records > 0 {
+                            hold.set(true);
+                        }
+                    }
+                }
+            }
             last_records = after_drain(backstop, last_records, records, Instant::now());
         };
         let _ = report.send(result);
@@ -250,6 +354,14 @@ mod tests {
         // Woken again: records, and the backstop starts over from this drain.
         let later = t0 + Duration::from_secs(60);
         assert_eq!(after_drain(backstop, last, 1, later), Some(later));
+    }
+
+    #[test]
+    fn a_stream_holds_the_wakeups_off_until_a_drain_finds_nothing() {
+        assert_eq!(hold_step(false, 0), HoldStep::Keep, "idle: wait for a wake-up");
+        assert_eq!(hold_step(false, 12), HoldStep::Hold, "records: a stream begins, poll it");
+        assert_eq!(hold_step(true, 40), HoldStep::Keep, "the stream goes on");
+        assert_eq!(hold_step(true, 0), HoldStep::Release, "it ended: be woken again");
     }
 
     #[test]

@@ -172,8 +172,15 @@ impl BenchAgent {
         datapath
             .set_endpoint(TEST_RUN_IFINDEX, datapath::endpoint_info(&endpoint))
             .context("registering the endpoint")?;
+        // As the agent runs it: the ring with its wake-ups held off while the reader polls a stream.
         let ring = match buffer {
-            EventsBuffer::RingBuffer => Some(datapath.take_events().context("opening the events ring buffer")?),
+            EventsBuffer::RingBuffer => Some((
+                datapath.take_events().context("opening the events ring buffer")?,
+                reader::WakeupHold::new(
+                    datapath.take_wakeup().context("opening the ring buffer's wake-up map")?,
+                    DatapathOptions::default().wakeup_interval,
+                ),
+            )),
             EventsBuffer::PerfEventArray => None,
         };
         let perf = match buffer {
@@ -221,9 +228,9 @@ impl BenchAgent {
             let _ = stopped.await;
         }));
         let mut readers = Vec::new();
-        if let Some(ring) = ring {
+        if let Some((ring, hold)) = ring {
             let backstop = reader::Backstop::for_ring(DRAIN_INTERVAL, DatapathOptions::default().wakeup_interval);
-            readers.push(reader::spawn(ring, backstop, Pipeline::new(Arc::clone(&state)))?);
+            readers.push(reader::spawn(ring, backstop, Some(hold), Pipeline::new(Arc::clone(&state)))?);
         }
         for buffer in perf.into_iter().flatten() {
             readers.push(reader::spawn_perf(buffer, DRAIN_INTERVAL, Pipeline::new(Arc::clone(&state)))?);

@@ -16,6 +16,9 @@ pub const PROG_CLOCK: &str = "clock";
 pub const MAP_ENDPOINTS: &str = "FG_ENDPOINTS";
 /// BPF ring buffer carrying event records to the agent.
 pub const MAP_EVENTS_RINGBUF: &str = "FG_EVENTS";
+/// Array of one `u64`: when a record last woke the ring buffer's reader (`bpf_ktime_get_ns`); the reader
+/// writes `u64::MAX` there while it polls a stream, so that no record wakes it (`agent/src/reader.rs`).
+pub const MAP_WAKEUP: &str = "FG_WAKEUP";
 /// Per-CPU array of `u64` counters indexed by [`crate::Counter`].
 pub const MAP_COUNTERS: &str = "FG_COUNTERS";
 /// Array of `u64` runtime settings indexed by [`crate::counters::Config`].

@@ -595,6 +595,51 @@ mod tests {
         assert_eq!(read(&renamed), None);
     }
 
+    /// Damaged frames: whatever the hand reader takes, serde reads the same from the same bytes (so
+    /// taking a frame by hand can never change what a client sees).
+    #[test]
+    fn what_the_hand_reader_takes_from_a_damaged_frame_serde_reads_the_same() {
+        let batch = PeerNumbers::default().batch(&every_shape()[..12]);
+        let mut good = Vec::new();
+        write(&batch, &mut good).unwrap();
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let (mut taken, mut left) = (0, 0);
+        for _ in 0..20_000 {
+            let mut bytes = good.clone();
+            for _ in 0..1 + next() % 3 {
+                let at = (next() % bytes.len() as u64) as usize;
+                match next() % 4 {
+                    0 => bytes[at] = next() as u8,
+                    1 => bytes[at] ^= 1 << (next() % 8),
+                    2 => bytes.truncate(at),
+                    _ => bytes.insert(at, next() as u8),
+                }
+                if bytes.is_empty() {
+                    bytes.push(0xc0);
+                }
+            }
+            match read(&bytes) {
+                Some(ours) => {
+                    taken += 1;
+                    let theirs = codec::decode::<ServerMessage>("server", &bytes);
+                    assert!(
+                        matches!(&theirs, Ok(ServerMessage::FlowBatch(b)) if *b == ours),
+                        "read by hand: {ours:?}\nby serde: {theirs:?}\nbytes: {bytes:02x?}"
+                    );
+                }
+                None => left += 1,
+            }
+        }
+        // Both kinds happen: changed values the reader takes, broken shapes it leaves.
+        assert!(taken > 1_000 && left > 1_000, "{taken} taken, {left} left to serde");
+    }
+
     #[test]
     fn counts_beyond_the_frame_and_deep_nesting_are_refused_without_allocating_them() {
         let mut body = Vec::new();

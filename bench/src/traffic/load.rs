@@ -404,21 +404,26 @@ impl ProbeOutcome {
 }
 
 /// From `netns` (a pod the policy does not admit): one TCP connection (refused if not established within
-/// [`PROBE_TIMEOUT`]) and 10 UDP datagrams (refused if none reaches the server).
+/// [`PROBE_TIMEOUT`]) and 10 UDP datagrams (refused if none reaches the server within [`PROBE_TIMEOUT`] of
+/// their sending). The datagrams go first, so their wait overlaps the connection's; an admitted one ends
+/// the wait at once.
 pub fn probe(netns_name: &str, servers: &Servers, server: Ipv4Addr) -> anyhow::Result<ProbeOutcome> {
     let addr = SocketAddr::V4(SocketAddrV4::new(server, PORT));
-    let udp_before = servers.counters.udp_from_others.load(Ordering::Relaxed);
-    let tcp_admitted = netns::in_netns(netns_name, move || -> anyhow::Result<bool> {
-        let tcp = TcpStream::connect_timeout(&addr, PROBE_TIMEOUT).is_ok();
+    let udp_count = || servers.counters.udp_from_others.load(Ordering::Relaxed);
+    let udp_before = udp_count();
+    let (tcp_admitted, sent) = netns::in_netns(netns_name, move || -> anyhow::Result<(bool, Instant)> {
         let udp = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).context("binding the probe's UDP socket")?;
         for _ in 0..10 {
             let _ = udp.send_to(b"probe", addr);
         }
-        Ok(tcp)
+        let sent = Instant::now();
+        Ok((TcpStream::connect_timeout(&addr, PROBE_TIMEOUT).is_ok(), sent))
     })??;
-    std::thread::sleep(PROBE_TIMEOUT);
-    let udp_admitted = servers.counters.udp_from_others.load(Ordering::Relaxed) > udp_before;
-    Ok(ProbeOutcome { tcp_admitted, udp_admitted })
+    let deadline = sent + PROBE_TIMEOUT;
+    while udp_count() == udp_before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(ProbeOutcome { tcp_admitted, udp_admitted: udp_count() > udp_before })
 }
 
 /// Whether the client itself gets through (one connection and one datagram), the probe's other half.
