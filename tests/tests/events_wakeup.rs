@@ -2,8 +2,9 @@
 //! wake-up interval), so it reaches a client long before the reader's drain tick; with the interval
 //! turned off the same lone record waits for the tick (below the 256 KiB threshold the kernel does not
 //! wake the reader), which shows the first test could fail. Records a wake-up did not announce (written
-//! within an interval of the last one) are drained by the backstop after records; and an idle reader
-//! does not wake at all.
+//! within an interval of the last one) are drained by the backstop after records; after records the reader,
+//! which held the wake-ups off while it polled, lets them through again; and an idle reader does not wake
+//! at all.
 
 use std::{path::Path, time::Duration};
 
@@ -79,6 +80,34 @@ fn a_lone_record_wakes_the_reader_without_waiting_for_the_drain_tick() {
     // Well within the minute the tick would take, with room for a loaded machine.
     let flows = flows_from_one_datagram("wake1", &[], Duration::from_secs(10));
     assert!(flows > 0, "the datagram's records reached the client before the drain tick");
+}
+
+/// The reader holds the programs' wake-ups off while it polls what a drain found, and lets them through
+/// once a drain finds nothing (`agent/src/reader.rs`, `WakeupHold`). A reader that left them held would
+/// leave a later lone record for the drain tick, a minute away.
+#[test]
+fn after_records_the_reader_lets_the_wakeups_through_again() {
+    require_root();
+    let lab = LabGuard::up("wake4", &example("lab-netpol.yaml"));
+    let dir = SocketDir::new("wake4");
+    let agent = AgentGuard::start(&lab.name, &dir.socket("agent.sock"), &["--drain-interval-ms", DRAIN_TICK_MS]);
+    runtime().block_on(async {
+        let mut stream = subscribed(&agent.socket).await;
+        for round in 0..3 {
+            one_datagram(&lab.name).await;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            let mut woke = false;
+            while let Ok(Some(batch)) = tokio::time::timeout_at(deadline, stream.next_batch()).await {
+                if batch.expect("a batch").iter().any(|e| matches!(e, Event::Flow(_))) {
+                    woke = true;
+                    break;
+                }
+            }
+            assert!(woke, "datagram {round}: its records woke the reader, long before the drain tick");
+            // The rest of this datagram's records, and the reader's empty poll that releases the hold.
+            flows_within(&mut stream, Duration::from_millis(500)).await;
+        }
+    });
 }
 
 #[test]
