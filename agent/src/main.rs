@@ -68,6 +68,12 @@ struct Args {
     /// 256 KiB of unread records wake it (and the drain interval).
     #[arg(long, default_value_t = flowgate_agent::datapath::DEFAULT_WAKEUP_INTERVAL_US)]
     events_wakeup_interval_us: u64,
+    /// Ring buffer: while records stream in, hold the programs' wake-ups off and drain every wake-up
+    /// interval on the reader's own timer, so no pod's packet carries a wake-up (on a VM, about half of
+    /// the programs' time per new connection); costs the events' latency tail and some agent CPU
+    /// (docs/benchmarks.md, "Session 17"). Needs a wake-up interval above 0.
+    #[arg(long)]
+    events_poll_streams: bool,
     /// Flows kept in memory for subscribers asking for the last N.
     #[arg(long, default_value_t = 4096)]
     history_size: usize,
@@ -385,7 +391,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         EventsBuffer::Ringbuf => {
             let ring = controller.datapath().take_events().context("opening the events ring buffer")?;
             let interval = Duration::from_micros(args.events_wakeup_interval_us);
-            let hold = if interval.is_zero() {
+            let hold = if interval.is_zero() || !args.events_poll_streams {
                 None
             } else {
                 let map = controller.datapath().take_wakeup().context("opening the ring buffer's wake-up map")?;

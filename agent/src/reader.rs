@@ -9,11 +9,13 @@
 //! own thread, the kernel's lost-record notices passed on as losses; the kernel wakes it only once a page
 //! of records is waiting, [`crate::perf_buffer`]), the backstop ticks always.
 //!
-//! While a stream lasts, the ring buffer's reader does not wait for the kernel at all ([`WakeupHold`]): it
-//! tells the programs not to wake it and drains every wake-up interval on its own timer, until a drain
-//! finds nothing; then it lets them wake it again. A wake-up from a program is an interrupt the CPU sends
+//! With `--events-poll-streams`, while a stream lasts the ring buffer's reader does not wait for the
+//! kernel at all ([`WakeupHold`]): it tells the programs not to wake it and drains every wake-up interval
+//! on its own timer, until a drain finds nothing; then it lets them wake it again. A wake-up from a program is an interrupt the CPU sends
 //! itself from inside the packet's processing (on a KVM guest, an exit to the hypervisor each), paid by
-//! the pod whose packet it was; the reader's timer fires on the reader's own CPU.
+//! the pod whose packet it was; the reader's timer fires on the reader's own CPU. Not the default: it
+//! halved the programs' time per new connection here, but the events' latency tail and the agent's CPU
+//! grew with it (docs/benchmarks.md, "Session 17").
 //!
 //! A thread rather than a task of the async runtime: a wake-up then costs one thread switch. As a task,
 //! the kernel's wake-up woke the runtime's worker parked on its event loop, which woke another worker to

@@ -172,15 +172,8 @@ impl BenchAgent {
         datapath
             .set_endpoint(TEST_RUN_IFINDEX, datapath::endpoint_info(&endpoint))
             .context("registering the endpoint")?;
-        // As the agent runs it: the ring with its wake-ups held off while the reader polls a stream.
         let ring = match buffer {
-            EventsBuffer::RingBuffer => Some((
-                datapath.take_events().context("opening the events ring buffer")?,
-                reader::WakeupHold::new(
-                    datapath.take_wakeup().context("opening the ring buffer's wake-up map")?,
-                    DatapathOptions::default().wakeup_interval,
-                ),
-            )),
+            EventsBuffer::RingBuffer => Some(datapath.take_events().context("opening the events ring buffer")?),
             EventsBuffer::PerfEventArray => None,
         };
         let perf = match buffer {
@@ -228,9 +221,10 @@ impl BenchAgent {
             let _ = stopped.await;
         }));
         let mut readers = Vec::new();
-        if let Some((ring, hold)) = ring {
+        if let Some(ring) = ring {
+            // As the agent runs by default: woken by the programs (no `--events-poll-streams`).
             let backstop = reader::Backstop::for_ring(DRAIN_INTERVAL, DatapathOptions::default().wakeup_interval);
-            readers.push(reader::spawn(ring, backstop, Some(hold), Pipeline::new(Arc::clone(&state)))?);
+            readers.push(reader::spawn(ring, backstop, None, Pipeline::new(Arc::clone(&state)))?);
         }
         for buffer in perf.into_iter().flatten() {
             readers.push(reader::spawn_perf(buffer, DRAIN_INTERVAL, Pipeline::new(Arc::clone(&state)))?);

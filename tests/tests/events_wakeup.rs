@@ -2,9 +2,9 @@
 //! wake-up interval), so it reaches a client long before the reader's drain tick; with the interval
 //! turned off the same lone record waits for the tick (below the 256 KiB threshold the kernel does not
 //! wake the reader), which shows the first test could fail. Records a wake-up did not announce (written
-//! within an interval of the last one) are drained by the backstop after records; after records the reader,
-//! which held the wake-ups off while it polled, lets them through again; and an idle reader does not wake
-//! at all.
+//! within an interval of the last one) are drained by the backstop after records; after records a reader
+//! that polls streams (`--events-poll-streams`) lets the wake-ups it held off through again; and an idle
+//! reader does not wake at all.
 
 use std::{path::Path, time::Duration};
 
@@ -82,15 +82,16 @@ fn a_lone_record_wakes_the_reader_without_waiting_for_the_drain_tick() {
     assert!(flows > 0, "the datagram's records reached the client before the drain tick");
 }
 
-/// The reader holds the programs' wake-ups off while it polls what a drain found, and lets them through
-/// once a drain finds nothing (`agent/src/reader.rs`, `WakeupHold`). A reader that left them held would
+/// With `--events-poll-streams` the reader holds the programs' wake-ups off while it polls what a drain
+/// found, and lets them through once a drain finds nothing (`agent/src/reader.rs`, `WakeupHold`). A reader that left them held would
 /// leave a later lone record for the drain tick, a minute away.
 #[test]
 fn after_records_the_reader_lets_the_wakeups_through_again() {
     require_root();
     let lab = LabGuard::up("wake4", &example("lab-netpol.yaml"));
     let dir = SocketDir::new("wake4");
-    let agent = AgentGuard::start(&lab.name, &dir.socket("agent.sock"), &["--drain-interval-ms", DRAIN_TICK_MS]);
+    let args = ["--drain-interval-ms", DRAIN_TICK_MS, "--events-poll-streams"];
+    let agent = AgentGuard::start(&lab.name, &dir.socket("agent.sock"), &args);
     runtime().block_on(async {
         let mut stream = subscribed(&agent.socket).await;
         for round in 0..3 {
