@@ -134,16 +134,7 @@ pub fn take<K: Pod, V: Pod + Default>(map: &MapData, key: &K) -> io::Result<Opti
 /// Inserts `key` with `value` into the hash map `map` unless the key has an entry already; returns
 /// whether it did. Key and value types must be the map's own sizes.
 pub fn insert_new<K: Pod, V: Pod>(map: &MapData, key: &K, value: &V) -> io::Result<bool> {
-    let mut attr = ElemAttr {
-        map_fd: map.fd().as_fd().as_raw_fd() as u32,
-        key: core::ptr::from_ref(key) as u64,
-        value: core::ptr::from_ref(value) as u64,
-        flags: BPF_NOEXIST,
-        ..ElemAttr::default()
-    };
-    // SAFETY: the element command's attributes: `key` and `value` are one key and one value of the map's
-    // types, alive across the call (the kernel only reads them).
-    match unsafe { bpf(BPF_MAP_UPDATE_ELEM, &mut attr) } {
+    match update(map, key, value, BPF_NOEXIST) {
         Ok(()) => Ok(true),
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
         Err(e) => Err(e),
@@ -152,11 +143,16 @@ pub fn insert_new<K: Pod, V: Pod>(map: &MapData, key: &K, value: &V) -> io::Resu
 
 /// Sets `key` to `value` in `map`, inserting or replacing. Key and value types must be the map's own sizes.
 pub fn set<K: Pod, V: Pod>(map: &MapData, key: &K, value: &V) -> io::Result<()> {
+    update(map, key, value, BPF_ANY)
+}
+
+/// `BPF_MAP_UPDATE_ELEM` of `key` and `value` with `flags` (`BPF_ANY`, `BPF_NOEXIST`).
+fn update<K: Pod, V: Pod>(map: &MapData, key: &K, value: &V, flags: u64) -> io::Result<()> {
     let mut attr = ElemAttr {
         map_fd: map.fd().as_fd().as_raw_fd() as u32,
         key: core::ptr::from_ref(key) as u64,
         value: core::ptr::from_ref(value) as u64,
-        flags: BPF_ANY,
+        flags,
         ..ElemAttr::default()
     };
     // SAFETY: the element command's attributes: `key` and `value` are one key and one value of the map's
