@@ -69,9 +69,10 @@ struct Args {
     #[arg(long, default_value_t = flowgate_agent::datapath::DEFAULT_WAKEUP_INTERVAL_US)]
     events_wakeup_interval_us: u64,
     /// Ring buffer: while records stream in, hold the programs' wake-ups off and drain every wake-up
-    /// interval on the reader's own timer, so no pod's packet carries a wake-up (on a VM, about half of
-    /// the programs' time per new connection); costs the events' latency tail and some agent CPU
-    /// (docs/benchmarks.md, "Session 17"). Needs a wake-up interval above 0.
+    /// interval on the reader's own timer, so no pod's packet carries a wake-up (on a VM, a third to a half of
+    /// the programs' time per new connection); records wait up to an interval more often, and the pods'
+    /// rate was not measurably higher (docs/benchmarks.md, "Sessions 17 and 18"). Needs a wake-up
+    /// interval above 0.
     #[arg(long)]
     events_poll_streams: bool,
     /// Flows kept in memory for subscribers asking for the last N.

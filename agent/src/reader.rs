@@ -11,11 +11,12 @@
 //!
 //! With `--events-poll-streams`, while a stream lasts the ring buffer's reader does not wait for the
 //! kernel at all ([`WakeupHold`]): it tells the programs not to wake it and drains every wake-up interval
-//! on its own timer, until a drain finds nothing; then it lets them wake it again. A wake-up from a program is an interrupt the CPU sends
-//! itself from inside the packet's processing (on a KVM guest, an exit to the hypervisor each), paid by
-//! the pod whose packet it was; the reader's timer fires on the reader's own CPU. Not the default: it
-//! halved the programs' time per new connection here, but the events' latency tail and the agent's CPU
-//! grew with it (docs/benchmarks.md, "Session 17").
+//! on its own timer (sleeping the whole interval, records or not), until a drain finds nothing; then it
+//! lets them wake it again. A wake-up from a program is an interrupt the CPU sends itself from inside the
+//! packet's processing (on a KVM guest, an exit to the hypervisor each), paid by the pod whose packet it
+//! was; the reader's timer fires on the reader's own CPU. Not the default: it takes a third to a half of the
+//! programs' time per new connection off here, but the pods' rate did not move with it, in any run
+//! (docs/benchmarks.md, "Sessions 17 and 18").
 //!
 //! A thread rather than a task of the async runtime: a wake-up then costs one thread switch. As a task,
 //! the kernel's wake-up woke the runtime's worker parked on its event loop, which woke another worker to
@@ -131,13 +132,28 @@ fn hold_step(held: bool, records: usize) -> HoldStep {
     }
 }
 
-/// How long the next wait may last under `backstop`, given when a drain last found records (`None`: not
-/// since the reader went idle) and now. `None`: until woken.
-fn next_wait(backstop: Backstop, last_records: Option<Instant>, now: Instant) -> Option<Duration> {
-    match backstop {
+/// The reader's next wait.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Wait {
+    /// Whether records in the buffer end it (the buffer's descriptor is readable as soon as one waits).
+    buffer: bool,
+    /// How long it may last at most (`None`: until woken).
+    timeout: Option<Duration>,
+}
+
+/// The next wait under `backstop`, given the poll interval while a [`WakeupHold`] holds the wake-ups off
+/// (`polling`), when a drain last found records (`None`: not since the reader went idle) and now. A
+/// polling reader sleeps the whole interval, records or not: were it woken by the first record, it would
+/// drain a stream record by record.
+fn next_wait(backstop: Backstop, polling: Option<Duration>, last_records: Option<Instant>, now: Instant) -> Wait {
+    if let Some(poll) = polling {
+        return Wait { buffer: false, timeout: Some(poll) };
+    }
+    let timeout = match backstop {
         Backstop::Periodic(tick) => Some(tick),
         Backstop::AfterRecords(tick) => last_records.map(|at| tick.saturating_sub(now.saturating_duration_since(at))),
-    }
+    };
+    Wait { buffer: true, timeout }
 }
 
 /// After a drain at `now` that found `records`: when a drain last found records, or `None` once the
@@ -260,11 +276,10 @@ fn spawn_thread<B: AsRawFd + Send + 'static>(
             if stopped.load(Ordering::Relaxed) {
                 break Ok(());
             }
-            let wait = match &hold {
-                Some(hold) if hold.holding() => Some(hold.poll),
-                _ => next_wait(backstop, last_records, Instant::now()),
-            };
-            if let Err(e) = wait_readable(buffer.as_raw_fd(), woken, wait) {
+            let polling = hold.as_ref().filter(|hold| hold.holding()).map(|hold| hold.poll);
+            let wait = next_wait(backstop, polling, last_records, Instant::now());
+            let fd = wait.buffer.then(|| buffer.as_raw_fd());
+            if let Err(e) = wait_readable(fd, woken, wait.timeout) {
                 break Err(e);
             }
             if stopped.load(Ordering::Relaxed) {
@@ -301,9 +316,10 @@ fn yield_on_wakeup() {
     }
 }
 
-/// Waits until `fd` or `wake` is readable, or `timeout` (if any) has passed.
-fn wait_readable(fd: RawFd, wake: RawFd, timeout: Option<Duration>) -> io::Result<()> {
-    let mut poll_fds = [fd, wake].map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
+/// Waits until `fd` (if any) or `wake` is readable, or `timeout` (if any) has passed.
+fn wait_readable(fd: Option<RawFd>, wake: RawFd, timeout: Option<Duration>) -> io::Result<()> {
+    // poll(2) skips an entry whose descriptor is negative.
+    let mut poll_fds = [fd.unwrap_or(-1), wake].map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
     let timeout = timeout.map(|t| libc::timespec {
         tv_sec: libc::time_t::try_from(t.as_secs()).unwrap_or(libc::time_t::MAX),
         tv_nsec: t.subsec_nanos() as libc::c_long,
@@ -325,6 +341,11 @@ mod tests {
 
     const TICK: Duration = Duration::from_millis(5);
 
+    /// A wait that records in the buffer end.
+    fn waiting(timeout: Option<Duration>) -> Wait {
+        Wait { buffer: true, timeout }
+    }
+
     #[test]
     fn a_ring_with_wakeups_backs_them_up_for_at_least_an_interval() {
         assert_eq!(Backstop::for_ring(TICK, Duration::from_micros(250)), Backstop::AfterRecords(TICK));
@@ -342,17 +363,17 @@ mod tests {
         // Records found: the next wait ends a backstop later.
         let last = after_drain(backstop, None, 3, t0);
         assert_eq!(last, Some(t0));
-        assert_eq!(next_wait(backstop, last, t0), Some(TICK));
+        assert_eq!(next_wait(backstop, None, last, t0), waiting(Some(TICK)));
         // Woken early (a wake-up for records already drained): no records, yet the backstop stands.
         let early = t0 + Duration::from_millis(1);
         let last = after_drain(backstop, last, 0, early);
         assert_eq!(last, Some(t0));
-        assert_eq!(next_wait(backstop, last, early), Some(Duration::from_millis(4)));
+        assert_eq!(next_wait(backstop, None, last, early), waiting(Some(Duration::from_millis(4))));
         // A drain a whole backstop after the last records finds none: sleep until woken.
         let quiet = t0 + TICK;
         let last = after_drain(backstop, last, 0, quiet);
         assert_eq!(last, None);
-        assert_eq!(next_wait(backstop, last, quiet), None);
+        assert_eq!(next_wait(backstop, None, last, quiet), waiting(None));
         // Woken again: records, and the backstop starts over from this drain.
         let later = t0 + Duration::from_secs(60);
         assert_eq!(after_drain(backstop, last, 1, later), Some(later));
@@ -367,10 +388,24 @@ mod tests {
     }
 
     #[test]
+    fn a_polling_reader_sleeps_the_whole_interval_records_or_not() {
+        let poll = Duration::from_micros(250);
+        let now = Instant::now();
+        for backstop in [Backstop::AfterRecords(TICK), Backstop::Periodic(TICK)] {
+            for last in [None, Some(now)] {
+                assert_eq!(next_wait(backstop, Some(poll), last, now), Wait { buffer: false, timeout: Some(poll) });
+            }
+        }
+        // Once the wake-ups are let through again, records end the wait.
+        let after = Backstop::AfterRecords(TICK);
+        assert_eq!(next_wait(after, None, None, now), waiting(None));
+    }
+
+    #[test]
     fn a_periodic_backstop_ticks_busy_or_idle() {
         let backstop = Backstop::Periodic(TICK);
         let now = Instant::now();
-        assert_eq!(next_wait(backstop, None, now), Some(TICK));
-        assert_eq!(next_wait(backstop, after_drain(backstop, None, 0, now), now), Some(TICK));
+        assert_eq!(next_wait(backstop, None, None, now), waiting(Some(TICK)));
+        assert_eq!(next_wait(backstop, None, after_drain(backstop, None, 0, now), now), waiting(Some(TICK)));
     }
 }

@@ -117,7 +117,10 @@ pub fn run(buffer: EventsBuffer, kinds: &[ClientKind], production: Production) -
 pub fn verdict_log_run(records: u64) -> anyhow::Result<(f64, u64, u64)> {
     let dir = TempDir::new("verdict-log");
     let path = dir.0.join("verdicts.jsonl");
-    let agent = BenchAgent::start(EventsBuffer::RingBuffer, &AgentOptions { verdict_log: Some(path.clone()) })?;
+    let agent = BenchAgent::start(
+        EventsBuffer::RingBuffer,
+        &AgentOptions { verdict_log: Some(path.clone()), ..AgentOptions::default() },
+    )?;
     let stats = agent.verdict_log_stats().context("the verdict log did not start")?;
     let started = Instant::now();
     agent.produce_full_speed(records, FULL_SPEED_CHUNK)?;

@@ -73,6 +73,9 @@ impl EventsBuffer {
 pub struct AgentOptions {
     /// Write the verdict log (traces included, so every record is a line) to this file.
     pub verdict_log: Option<PathBuf>,
+    /// Read the ring buffer as `--events-poll-streams` does: streams polled with the programs' wake-ups
+    /// held off.
+    pub poll_streams: bool,
 }
 
 /// Kernel records offered so far: everything the programs tried to write.
@@ -176,6 +179,13 @@ impl BenchAgent {
             EventsBuffer::RingBuffer => Some(datapath.take_events().context("opening the events ring buffer")?),
             EventsBuffer::PerfEventArray => None,
         };
+        let hold = match buffer {
+            EventsBuffer::RingBuffer if options.poll_streams => Some(reader::WakeupHold::new(
+                datapath.take_wakeup().context("opening the ring buffer's wake-up map")?,
+                DatapathOptions::default().wakeup_interval,
+            )),
+            _ => None,
+        };
         let perf = match buffer {
             EventsBuffer::PerfEventArray => {
                 let array = datapath.take_perf_events().context("opening the perf event array")?;
@@ -222,9 +232,8 @@ impl BenchAgent {
         }));
         let mut readers = Vec::new();
         if let Some(ring) = ring {
-            // As the agent runs by default: woken by the programs (no `--events-poll-streams`).
             let backstop = reader::Backstop::for_ring(DRAIN_INTERVAL, DatapathOptions::default().wakeup_interval);
-            readers.push(reader::spawn(ring, backstop, None, Pipeline::new(Arc::clone(&state)))?);
+            readers.push(reader::spawn(ring, backstop, hold, Pipeline::new(Arc::clone(&state)))?);
         }
         for buffer in perf.into_iter().flatten() {
             readers.push(reader::spawn_perf(buffer, DRAIN_INTERVAL, Pipeline::new(Arc::clone(&state)))?);

@@ -1,7 +1,8 @@
 //! Section "latency": from the kernel's timestamp of a record (`bpf_ktime_get_ns`, CLOCK_MONOTONIC) to
 //! its receipt by a client process on the agent's socket (the client library's
 //! `flowgate-bench-client --latency`, which reads the same clock), at a paced 10k and 100k records per
-//! second, with the agent's default buffer settings (batched wake-ups, 5 ms drain tick). Percentiles
+//! second, with the agent's default buffer settings (batched wake-ups, 5 ms drain tick), with the ring
+//! buffer's reader polling streams (`--events-poll-streams`), and with the perf event array. Percentiles
 //! come from an HDR histogram in the client, after a warm-up that is not counted.
 
 use std::time::Duration;
@@ -16,8 +17,13 @@ use crate::{
 pub const TARGET_P99_MS: f64 = 1.0;
 
 /// One paced run: the client's percentiles, and what it got versus what was offered.
-pub fn run(buffer: EventsBuffer, rate: u64, secs: f64) -> anyhow::Result<(LatencyReport, u64, u64, u64)> {
-    let agent = BenchAgent::start(buffer, &AgentOptions::default())?;
+pub fn run(
+    buffer: EventsBuffer,
+    poll_streams: bool,
+    rate: u64,
+    secs: f64,
+) -> anyhow::Result<(LatencyReport, u64, u64, u64)> {
+    let agent = BenchAgent::start(buffer, &AgentOptions { poll_streams, ..AgentOptions::default() })?;
     let base = agent.state().hub().subscribers();
     let client = ClientProcess::start(ClientKind::Library, agent.socket(), true)?;
     wait_subscribed(agent.state().hub(), base + 1)?;
@@ -42,10 +48,17 @@ pub fn run(buffer: EventsBuffer, rate: u64, secs: f64) -> anyhow::Result<(Latenc
 pub fn measure(quick: bool) -> anyhow::Result<Section> {
     let mut section = Section::new("latency");
     let secs = if quick { 1.0 } else { 5.0 };
-    for buffer in [EventsBuffer::RingBuffer, EventsBuffer::PerfEventArray] {
+    // The agent's default reader, the ring buffer's reader polling streams (`--events-poll-streams`), and
+    // the perf event array.
+    let readers = [
+        (EventsBuffer::RingBuffer, false, ""),
+        (EventsBuffer::RingBuffer, true, " polled (--events-poll-streams)"),
+        (EventsBuffer::PerfEventArray, false, ""),
+    ];
+    for (buffer, poll_streams, how) in readers {
         for rate in [10_000u64, 100_000] {
-            let (r, offered, flows, lost) = run(buffer, rate, secs)?;
-            let name = format!("{}, {}k events/s paced, kernel timestamp to client", buffer.name(), rate / 1000);
+            let (r, offered, flows, lost) = run(buffer, poll_streams, rate, secs)?;
+            let name = format!("{}{how}, {}k events/s paced, kernel timestamp to client", buffer.name(), rate / 1000);
             let note = format!(
                 "{} samples over {secs} s after a 0.5 s warm-up; offered {offered}, client got {flows} + {lost} lost",
                 r.count
