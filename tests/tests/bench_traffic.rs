@@ -19,6 +19,9 @@ const ENFORCERS: [&str; 6] = [
     "kube-network-policies",
 ];
 
+/// The same, as `--enforcers` keys (the hook floor first).
+const ALL_ENFORCERS: &str = "hook-floor,flowgate,flowgate-tcx,iptables,iptables-conntrack,ipset,kube-network-policies";
+
 #[test]
 fn the_quick_run_writes_every_enforcers_rows() {
     require_root();
@@ -26,7 +29,8 @@ fn the_quick_run_writes_every_enforcers_rows() {
     assert!(bin.is_file(), "{} not found: build it (`cargo build -p flowgate-benchmarks`)", bin.display());
     let out_dir = TempDir::new("bench-traffic-quick");
     let out = Command::new(&bin)
-        .args(["--quick", "--out"])
+        // Every enforcer the section has, flowgate as TCX links too (not in its default set).
+        .args(["--quick", "--enforcers", ALL_ENFORCERS, "--out"])
         .arg(out_dir.path())
         .env("RUST_BACKTRACE", "0")
         .output()
