@@ -149,15 +149,17 @@ impl BenchAgent {
             .enable_all()
             .build()
             .context("starting the agent's runtime")?;
-        let mut datapath = Datapath::load(DatapathOptions {
+        let datapath_options = DatapathOptions {
             aggregation: aggregation::NONE,
             events_kind: match buffer {
                 EventsBuffer::RingBuffer => events_kind::RINGBUF,
                 EventsBuffer::PerfEventArray => events_kind::PERF,
             },
             ..DatapathOptions::default()
-        })
-        .context("loading the kernel programs (run as root)")?;
+        };
+        // The programs' wake-up interval, which the ring buffer's reader backs up and polls at.
+        let wakeup_interval = datapath_options.wakeup_interval;
+        let mut datapath = Datapath::load(datapath_options).context("loading the kernel programs (run as root)")?;
         let hub = Hub::new(HubConfig::default());
         let state = AgentState::new(AgentInfo::default(), Arc::clone(&hub));
         let endpoint = state.upsert_endpoint(
@@ -182,7 +184,7 @@ impl BenchAgent {
         let hold = match buffer {
             EventsBuffer::RingBuffer if options.poll_streams => Some(reader::WakeupHold::new(
                 datapath.take_wakeup().context("opening the ring buffer's wake-up map")?,
-                DatapathOptions::default().wakeup_interval,
+                wakeup_interval,
             )),
             _ => None,
         };
@@ -232,7 +234,7 @@ impl BenchAgent {
         }));
         let mut readers = Vec::new();
         if let Some(ring) = ring {
-            let backstop = reader::Backstop::for_ring(DRAIN_INTERVAL, DatapathOptions::default().wakeup_interval);
+            let backstop = reader::Backstop::for_ring(DRAIN_INTERVAL, wakeup_interval);
             readers.push(reader::spawn(ring, backstop, hold, Pipeline::new(Arc::clone(&state)))?);
         }
         for buffer in perf.into_iter().flatten() {
