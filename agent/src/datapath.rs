@@ -131,6 +131,9 @@ pub struct DatapathOptions {
     pub events_kind: u64,
     /// `counters::aggregation` level of trace records.
     pub aggregation: u64,
+    /// Whether the programs write trace records at all (`--bpf-events-trace-enabled`); decision and drop
+    /// records are written either way.
+    pub traces: bool,
     /// Where maps and links are pinned (on bpffs); `None`: nothing outlives this process.
     pub pin_dir: Option<PathBuf>,
     /// Entries of each policy-generation map to create (maps adopted from a pin keep their own size).
@@ -179,6 +182,7 @@ impl Default for DatapathOptions {
             wakeup_interval: Duration::from_micros(DEFAULT_WAKEUP_INTERVAL_US),
             events_kind: events_kind::RINGBUF,
             aggregation: aggregation::MEDIUM,
+            traces: true,
             pin_dir: None,
             capacities: Capacities::default(),
             conntrack_entries: MAX_CONNECTIONS,
@@ -393,6 +397,7 @@ impl Datapath {
         datapath.set_config(Config::WakeupIntervalNs, duration_ns(options.wakeup_interval))?;
         datapath.set_config(Config::EventsKind, options.events_kind)?;
         datapath.set_config(Config::Aggregation, options.aggregation)?;
+        datapath.set_config(Config::TracesOff, u64::from(!options.traces))?;
         datapath.set_config(Config::KeepEstablished, u64::from(options.keep_established))?;
         datapath.set_config(Config::CtLifetimeTcp, duration_ns(options.ct_lifetimes.tcp))?;
         datapath.set_config(Config::CtLifetimeOther, duration_ns(options.ct_lifetimes.other))?;

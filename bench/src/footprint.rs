@@ -453,10 +453,10 @@ fn agent_under_events(
     })
 }
 
-/// The in-process agent's threads: CPU cores used idle and at `rate` events/s (one library client),
-/// and the process's resident memory at that rate.
-pub fn event_path(rate: u64, secs: u64) -> anyhow::Result<(f64, f64, f64)> {
-    let agent = BenchAgent::start(EventsBuffer::RingBuffer, &AgentOptions::default())?;
+/// The in-process agent's threads (its reader as `options` say): CPU cores used idle and at `rate` events/s
+/// (one library client), and the process's resident memory at that rate.
+pub fn event_path(rate: u64, secs: u64, options: &AgentOptions) -> anyhow::Result<(f64, f64, f64)> {
+    let agent = BenchAgent::start(EventsBuffer::RingBuffer, options)?;
     let base = agent.state().hub().subscribers();
     let client = ClientProcess::start(ClientKind::Library, agent.socket(), false)?;
     wait_subscribed(agent.state().hub(), base + 1)?;
@@ -645,11 +645,23 @@ pub fn measure(quick: bool) -> anyhow::Result<Section> {
     );
 
     let secs = if quick { 1 } else { 5 };
-    let (idle, loaded, rss) = event_path(100_000, secs)?;
+    let (idle, loaded, rss) = event_path(100_000, secs, &AgentOptions::default())?;
     section.push(Figure::new("agent event path (reader, hub, socket) threads: CPU idle", idle, "cores"));
     section.push(
         Figure::new("agent event path threads: CPU at 100k events/s", loaded, "cores")
             .note(format!("paced for {secs} s, one library client; the process's resident memory {rss:.1} MiB")),
+    );
+    // The reader that polls streams with the programs' wake-ups held off (`--events-poll-streams`, not the
+    // default): what it costs the agent at the same rate.
+    let polled = AgentOptions { poll_streams: true, ..AgentOptions::default() };
+    let (idle, loaded, _) = event_path(100_000, secs, &polled)?;
+    section.push(
+        Figure::new(
+            "agent event path threads, polling reader (--events-poll-streams): CPU at 100k events/s",
+            loaded,
+            "cores",
+        )
+        .note(format!("paced for {secs} s, one library client, as the row above; idle {idle:.3} cores")),
     );
     // 5 s even in a quick run: a TUI that cannot set its terminal up gives up after about 2 s.
     let secs = 5;

@@ -121,6 +121,11 @@ pub enum Config {
     /// instead of calling `bpf_ktime_get_coarse_ns` on every packet; without, they call it.
     TickNs = 10,
     TickOffsetNs = 11,
+    /// Non-zero: the programs write no trace records (`--bpf-events-trace-enabled=false`, as Cilium's flag of
+    /// that name). Records of decisions (policy verdicts, which also stand for their packet's trace or drop)
+    /// and drops are written as ever. 0, the default and what an older agent left: traces as the
+    /// aggregation level says.
+    TracesOff = 12,
 }
 
 /// Trace aggregation levels (`Config::Aggregation`), as Cilium's monitor aggregation.

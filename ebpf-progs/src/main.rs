@@ -337,8 +337,12 @@ fn connection(ctx: &TcContext, pkt: &Packet, level: u64) -> i32 {
     }
 }
 
+/// A trace record of a forwarded packet, unless the agent turned traces off (`Config::TracesOff`).
 #[inline(never)]
 fn trace(ctx: &TcContext, pkt: &Packet, ct_state: u8, remote_identity: u32) {
+    if maps::config(Config::TracesOff) != 0 {
+        return;
+    }
     events::emit_with(ctx, 1, |record: &mut TraceRecord| {
         record.header = events::header_at(record_type::TRACE, TraceRecord::LEN, pkt.now());
         // SAFETY: the record's `flow` is writable record memory, apart from `pkt`.

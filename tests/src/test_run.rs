@@ -82,12 +82,21 @@ pub fn fixture_with(policy_yaml: &str, tag: &str, tweak: impl FnOnce(&mut Policy
 }
 
 pub fn fixture_full(policy_yaml: &str, tag: &str, level: u64, tweak: impl FnOnce(&mut PolicyEngine)) -> Fixture {
+    fixture_options(policy_yaml, tag, DatapathOptions { aggregation: level, ..DatapathOptions::default() }, tweak)
+}
+
+/// The fixture, its programs loaded with `options`.
+pub fn fixture_options(
+    policy_yaml: &str,
+    tag: &str,
+    options: DatapathOptions,
+    tweak: impl FnOnce(&mut PolicyEngine),
+) -> Fixture {
     require_root();
     let dir = TempDir::new(&format!("datapath-{tag}"));
     std::fs::write(dir.path().join("policy.yaml"), policy_yaml).unwrap();
 
-    let mut datapath = Datapath::load(DatapathOptions { aggregation: level, ..DatapathOptions::default() })
-        .expect("load the datapath (root, BPF)");
+    let mut datapath = Datapath::load(options).expect("load the datapath (root, BPF)");
     let ports = [
         ContainerPort { name: Some("sctp-80".into()), port: 80, protocol: PolicyProtocol::Sctp },
         ContainerPort { name: Some("tcp-80".into()), port: 80, protocol: PolicyProtocol::Tcp },

@@ -3,16 +3,21 @@
 //! rows, every enforcer refused the probe from a pod its policy does not admit, and none left a clsact qdisc
 //! behind for the next one, and the programs' run time on the real loads was read for flowgate and the hook
 //! floor. kube-network-policies runs against a real API server (built by the set-up, with
-//! `tools/knp/xt-queue.patch`) and must enforce like the others. No timing is asserted.
+//! `tools/knp/xt-queue.patch`) and must enforce like the others. flowgate's variants that locate its cost run
+//! too: the stopped agent's records must have been refused in the kernel. No timing is asserted.
 
 use std::process::Command;
 
 use flowgate_tests::{TempDir, bin_dir, require_root};
 
 /// Every enforcer of the section (the rows' names): each must refuse the intruder before its figures count.
-const ENFORCERS: [&str; 6] = [
+const ENFORCERS: [&str; 10] = [
     "flowgate",
     "flowgate, TCX links",
+    "flowgate, polling reader",
+    "flowgate, no verdict log or metrics",
+    "flowgate, trace records off",
+    "flowgate, agent stopped",
     "iptables",
     "iptables + conntrack shortcut",
     "iptables + ipset",
@@ -20,7 +25,9 @@ const ENFORCERS: [&str; 6] = [
 ];
 
 /// The same, as `--enforcers` keys (the hook floor first).
-const ALL_ENFORCERS: &str = "hook-floor,flowgate,flowgate-tcx,iptables,iptables-conntrack,ipset,kube-network-policies";
+const ALL_ENFORCERS: &str = "hook-floor,flowgate,flowgate-tcx,flowgate-polled,flowgate-quiet,flowgate-no-traces,\
+                             flowgate-stopped,iptables,\
+                             iptables-conntrack,ipset,kube-network-policies";
 
 #[test]
 fn the_quick_run_writes_every_enforcers_rows() {
@@ -91,12 +98,29 @@ fn the_quick_run_writes_every_enforcers_rows() {
     }
     // What flowgate's agent read from the kernel per operation (its status counters around each load): every
     // connection has at least its verdict record, and none was lost at this rate.
-    for enforcer in ["flowgate", "flowgate, TCX links"] {
+    let records_per_connection = |enforcer: &str| {
         let rows = named(&format!("kernel records per connection: {enforcer}, new TCP connections, 10 rules"));
         assert_eq!(rows.len(), 1, "{enforcer}'s records in {text}");
-        assert!(rows[0]["value"].as_f64().unwrap() >= 1.0, "{text}");
         assert!(rows[0]["note"].as_str().unwrap().ends_with(" 0 lost in the kernel over those rounds"), "{text}");
+        rows[0]["value"].as_f64().unwrap()
+    };
+    for enforcer in
+        ["flowgate", "flowgate, TCX links", "flowgate, polling reader", "flowgate, no verdict log or metrics"]
+    {
+        let per_connection = records_per_connection(enforcer);
+        assert!(per_connection > 4.0, "{enforcer}: {per_connection} records per connection (about 8 with traces)");
     }
+    // With trace records off a connection has its decision's record only: a verdict at the server's ingress,
+    // the one direction the policy enforces (a few of the last connections' may still be on their way when
+    // the agent is asked, so a little under 1).
+    let without = records_per_connection("flowgate, trace records off");
+    assert!((0.5..1.5).contains(&without), "{without} records per connection with traces off");
+    // The stopped agent read nothing while the loads ran (it was not asked), and the programs' records were
+    // refused in the kernel: its ring was full.
+    assert!(named("kernel records per connection: flowgate, agent stopped").is_empty(), "{text}");
+    let refused = named("kernel records refused while the agent was stopped: flowgate, agent stopped, 10 rules");
+    assert_eq!(refused.len(), 1, "{text}");
+    assert!(refused[0]["value"].as_f64().unwrap() > 0.0, "no record was refused: the ring was not full: {text}");
     // What the neighbours took: the host's steal, per size and over the section.
     for name in ["host steal while the loads ran, 10 rules", "host steal time while the section ran"] {
         assert_eq!(named(name).len(), 1, "{name} in {text}");

@@ -122,6 +122,7 @@ fn footprint_section_measures_agent_maps_and_tui_and_leaves_no_lab() {
         "resident memory, idle",
         "kernel map memory",
         "CPU at 100k events/s",
+        "polling reader (--events-poll-streams): CPU at 100k events/s",
         "resident memory at 100k events/s",
         "TUI",
     ] {

@@ -5,7 +5,10 @@
 
 use std::net::Ipv4Addr;
 
-use flowgate_agent::craft::{Fragment, Transport, ethernet_frame, ipv4_frame, ipv4_packet, quote};
+use flowgate_agent::{
+    craft::{Fragment, Transport, ethernet_frame, ipv4_frame, ipv4_packet, quote},
+    datapath::DatapathOptions,
+};
 use flowgate_common::{
     Counter,
     counters::aggregation,
@@ -17,8 +20,8 @@ use flowgate_common::{
 };
 use flowgate_events::decode::{Record, decode, expand};
 use flowgate_tests::test_run::{
-    CLIENT, SERVER, TC_ACT_SHOT, TC_ACT_UNSPEC, drop_reasons, drops, fixture, fixture_full, fixture_with, trace_states,
-    verdicts,
+    CLIENT, Fixture, SERVER, TC_ACT_SHOT, TC_ACT_UNSPEC, drop_reasons, drops, fixture, fixture_full, fixture_options,
+    fixture_with, trace_states, verdicts,
 };
 
 const OUTSIDE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 7);
@@ -231,6 +234,12 @@ spec:
 /// (program, src, dst, sport, dport, flags) -> trace records written, for a sequence of packets.
 fn trace_counts(level: u64, tag: &str) -> Vec<usize> {
     let mut f = fixture_full(ALLOW_ALL, tag, level, |_| {});
+    trace_steps(&mut f)
+}
+
+/// The trace records each packet of one TCP connection's life (to the server, whose ingress is enforced)
+/// wrote.
+fn trace_steps(f: &mut Fixture) -> Vec<usize> {
     let tcp = |sport, dport, flags| Transport::Tcp { sport, dport, flags };
     let steps = [
         (PROG_TO_ENDPOINT, CLIENT, SERVER, tcp(8000, 80, 0x02)), // SYN: new connection
@@ -258,6 +267,43 @@ fn trace_aggregation_levels() {
         vec![1, 0, 1, 0, 0, 1, 1, 1],
         "low: medium plus every packet leaving the pod"
     );
+}
+
+/// `--bpf-events-trace-enabled=false`: no trace record at any aggregation level (every packet would be traced
+/// at `none`), while every decision keeps its record (which also stands for its packet's trace or drop, as
+/// ever) and a drop no decision took keeps its drop record.
+#[test]
+fn with_traces_off_only_decisions_and_drops_are_recorded() {
+    let options = || DatapathOptions { aggregation: aggregation::NONE, traces: false, ..DatapathOptions::default() };
+    let mut f = fixture_options(SERVER_DNS_ONLY, "notrace", options(), |_| {});
+    let tcp = |sport, dport, flags| Transport::Tcp { sport, dport, flags };
+    let dns = Transport::Udp { sport: 5000, dport: 53 };
+    let verdict_of = |records: &[Record]| verdicts(records).iter().map(|v| v.0).collect::<Vec<_>>();
+    // An admitted flow: its first datagram's verdict record (the verdict and the trace it stands for), then
+    // nothing for its reply or later datagrams.
+    let (ret, records) = f.run(PROG_TO_ENDPOINT, CLIENT, SERVER, dns);
+    assert_eq!((ret, verdict_of(&records), records.len()), (TC_ACT_UNSPEC, vec![verdict::ALLOWED], 2), "{records:?}");
+    for (program, src, dst, transport) in [
+        (PROG_FROM_ENDPOINT, SERVER, CLIENT, Transport::Udp { sport: 53, dport: 5000 }),
+        (PROG_TO_ENDPOINT, CLIENT, SERVER, dns),
+        // The server's own connection out (its egress is open, so no decision is taken): untraced.
+        (PROG_FROM_ENDPOINT, SERVER, OUTSIDE, tcp(9000, 443, 0x02)),
+    ] {
+        let (ret, records) = f.run(program, src, dst, transport);
+        assert_eq!(ret, TC_ACT_UNSPEC);
+        assert!(records.is_empty(), "no record for a packet no decision took: {records:?}");
+    }
+    // A denied connection: its verdict record, which stands for the drop, as ever.
+    let (ret, records) = f.run(PROG_TO_ENDPOINT, CLIENT, SERVER, tcp(8000, 80, 0x02));
+    assert_eq!((ret, verdict_of(&records), drops(&records)), (TC_ACT_SHOT, vec![verdict::DENIED], 1), "{records:?}");
+    // A drop no decision took (a spoofed source) keeps its drop record too.
+    let (ret, records) = f.run(PROG_FROM_ENDPOINT, CLIENT, OUTSIDE, dns);
+    assert_eq!((ret, drop_reasons(&records)), (TC_ACT_SHOT, vec![drop_reason::INVALID_SOURCE_IP]));
+
+    // The connection's life that writes a trace per packet at `none` (and the same with traces on, at the
+    // test above) now has only its opening packet's verdict, with the trace that record stands for.
+    let mut f = fixture_options(ALLOW_ALL, "notrace2", options(), |_| {});
+    assert_eq!(trace_steps(&mut f), vec![1, 0, 0, 0, 0, 0, 0, 0]);
 }
 
 /// The server takes UDP 53 from the client and nothing else; its egress is open.

@@ -38,7 +38,10 @@ struct Args {
     /// Which enforcers (the baseline is always measured): hook-floor, flowgate, flowgate-tcx, iptables,
     /// iptables-conntrack, ipset, kube-network-policies. flowgate-tcx (the same programs as TCX links) is
     /// not in the default set: it read as flowgate within the rounds' noise in every run from session 9 to
-    /// 17, and its turns took about a minute and a half of `make bench`.
+    /// 17, and its turns took about a minute and a half of `make bench`. Variants of flowgate that locate its
+    /// cost, never in the default set: flowgate-polled (its polling reader), flowgate-quiet (no verdict log
+    /// or metrics), flowgate-no-traces (`--bpf-events-trace-enabled=false`: decision records only),
+    /// flowgate-stopped (the agent stopped, its ring full: records refused in the kernel).
     #[arg(long, value_delimiter = ',', default_values_t = ["hook-floor".to_owned(), "flowgate".to_owned(),
         "iptables".to_owned(), "iptables-conntrack".to_owned(), "ipset".to_owned(),
         "kube-network-policies".to_owned()])]

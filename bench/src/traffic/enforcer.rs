@@ -12,6 +12,7 @@ use std::{
     io::Write as _,
     path::PathBuf,
     process::{Command, Stdio},
+    time::Duration,
 };
 
 use anyhow::Context as _;
@@ -40,6 +41,19 @@ pub enum Enforcer {
     Flowgate,
     /// The agent attaching TCX links (`--attach-mode tcx`).
     FlowgateTcx,
+    /// A variant, to locate flowgate's cost (not in the default set): the agent with its polling reader
+    /// (`--events-poll-streams`).
+    FlowgatePolled,
+    /// A variant: the agent without its verdict log and metrics (half its CPU on new connections).
+    FlowgateQuiet,
+    /// A variant: the agent with the programs' trace records off (`--bpf-events-trace-enabled=false`): a
+    /// connection's records are its decisions' only.
+    FlowgateNoTraces,
+    /// A variant: the agent stopped (SIGSTOP) once enforcing, and its ring buffer filled by
+    /// [`PREFILL`] of new connections: the programs enforce as ever, but every record they try to write
+    /// is refused in the kernel (counted lost), and nothing in user space runs. flowgate's cost without
+    /// its records being written or read.
+    FlowgateStopped,
     /// One iptables rule per peer and protocol, every packet walks them.
     Iptables,
     /// The same, behind `-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`.
@@ -50,11 +64,15 @@ pub enum Enforcer {
 }
 
 impl Enforcer {
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 12] = [
         Self::Baseline,
         Self::HookFloor,
         Self::Flowgate,
         Self::FlowgateTcx,
+        Self::FlowgatePolled,
+        Self::FlowgateQuiet,
+        Self::FlowgateNoTraces,
+        Self::FlowgateStopped,
         Self::Iptables,
         Self::IptablesConntrack,
         Self::Ipset,
@@ -67,6 +85,10 @@ impl Enforcer {
             Self::HookFloor => "tc hook floor (a program that only returns)",
             Self::Flowgate => "flowgate",
             Self::FlowgateTcx => "flowgate, TCX links",
+            Self::FlowgatePolled => "flowgate, polling reader",
+            Self::FlowgateQuiet => "flowgate, no verdict log or metrics",
+            Self::FlowgateNoTraces => "flowgate, trace records off",
+            Self::FlowgateStopped => "flowgate, agent stopped",
             Self::Iptables => "iptables",
             Self::IptablesConntrack => "iptables + conntrack shortcut",
             Self::Ipset => "iptables + ipset",
@@ -81,6 +103,10 @@ impl Enforcer {
             Self::HookFloor => "hook-floor",
             Self::Flowgate => "flowgate",
             Self::FlowgateTcx => "flowgate-tcx",
+            Self::FlowgatePolled => "flowgate-polled",
+            Self::FlowgateQuiet => "flowgate-quiet",
+            Self::FlowgateNoTraces => "flowgate-no-traces",
+            Self::FlowgateStopped => "flowgate-stopped",
             Self::Iptables => "iptables",
             Self::IptablesConntrack => "iptables-conntrack",
             Self::Ipset => "ipset",
@@ -91,7 +117,25 @@ impl Enforcer {
     pub fn from_key(key: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|e| e.key() == key)
     }
+
+    /// Whether this is flowgate's agent, as it runs by default or as one of the variants.
+    pub fn is_flowgate(self) -> bool {
+        matches!(
+            self,
+            Self::Flowgate
+                | Self::FlowgateTcx
+                | Self::FlowgatePolled
+                | Self::FlowgateQuiet
+                | Self::FlowgateNoTraces
+                | Self::FlowgateStopped
+        )
+    }
 }
+
+/// How long [`Enforcer::FlowgateStopped`] makes new connections after stopping the agent, before the loads:
+/// at the default aggregation a connection writes about 8 records (some 700 bytes), so the 4 MiB ring is
+/// full after some 6,000 connections, under a second of the load here.
+pub const PREFILL: Duration = Duration::from_secs(3);
 
 /// An enforcer in place; dropping it removes it.
 pub enum Installed {
@@ -102,8 +146,9 @@ pub enum Installed {
         _datapath: Box<Datapath>,
     },
     Flowgate {
-        // Field order: the agent stops (deleting its filters) before its qdiscs, socket directory,
-        // verdict log and policies go.
+        // Field order: a stopped agent is resumed before it is asked to stop; the agent stops (deleting its
+        // filters) before its qdiscs, socket directory, verdict log and policies go.
+        stopped: Option<Stopped>,
         agent: AgentGuard,
         _qdiscs: Clsact,
         _sockets: SocketDir,
@@ -136,7 +181,7 @@ pub fn install(enforcer: Enforcer, lab: &LabState, rules: &RuleSet) -> anyhow::R
             })??;
             Ok(Installed::HookFloor { _qdiscs: qdiscs, _datapath: Box::new(datapath) })
         }
-        Enforcer::Flowgate | Enforcer::FlowgateTcx => {
+        e if e.is_flowgate() => {
             let policies = PolicyDir::new(&format!("{}-{}", lab.name, rules.size))?;
             let file = policies.0.join("bench.yaml");
             std::fs::write(&file, rules.network_policy()).with_context(|| format!("writing {}", file.display()))?;
@@ -148,13 +193,19 @@ pub fn install(enforcer: Enforcer, lab: &LabState, rules: &RuleSet) -> anyhow::R
             let verdict_log = TempDir::new(&format!("bench-verdicts-{}-{}", lab.name, rules.size));
             let outputs = crate::agent_default_outputs(verdict_log.path());
             let mut args = vec!["--policies", dir.as_str(), "--no-pin"];
-            args.extend(outputs.iter().map(String::as_str));
-            if enforcer == Enforcer::FlowgateTcx {
-                args.extend(["--attach-mode", "tcx"]);
+            if enforcer != Enforcer::FlowgateQuiet {
+                args.extend(outputs.iter().map(String::as_str));
+            }
+            match enforcer {
+                Enforcer::FlowgateTcx => args.extend(["--attach-mode", "tcx"]),
+                Enforcer::FlowgatePolled => args.push("--events-poll-streams"),
+                Enforcer::FlowgateNoTraces => args.push("--bpf-events-trace-enabled=false"),
+                _ => {}
             }
             let qdiscs = Clsact::new(lab);
             let agent = AgentGuard::start(&lab.name, &socket, &args);
             Ok(Installed::Flowgate {
+                stopped: None,
                 agent,
                 _qdiscs: qdiscs,
                 _sockets: sockets,
@@ -178,7 +229,27 @@ pub fn install(enforcer: Enforcer, lab: &LabState, rules: &RuleSet) -> anyhow::R
         Enforcer::KubeNetworkPolicies => {
             anyhow::bail!("kube-network-policies is started with KubeNetworkPolicies::start, not install")
         }
+        e => anyhow::bail!("no way to install {}", e.name()),
     }
+}
+
+/// flowgate's agent held stopped (SIGSTOP); resumed (SIGCONT) on drop, so that it can be stopped for good.
+pub struct Stopped {
+    pid: u32,
+    /// Records the agent had read and been told were lost when it was stopped.
+    records_before: Option<KernelRecords>,
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        signal(self.pid, libc::SIGCONT);
+    }
+}
+
+fn signal(pid: u32, signal: libc::c_int) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
+    // SAFETY: kill takes no pointers; `pid` is the agent this run started and still owns (not yet reaped).
+    unsafe { libc::kill(pid, signal) == 0 }
 }
 
 impl Installed {
@@ -193,11 +264,42 @@ impl Installed {
     }
 
     /// The kernel records flowgate's agent has read so far, and those it was told the kernel lost (its
-    /// status counters); `None` for every other enforcer, or when the agent does not answer.
+    /// status counters); `None` for every other enforcer, while the agent is stopped, or when it does not
+    /// answer.
     pub fn kernel_records(&self) -> Option<KernelRecords> {
-        let Self::Flowgate { agent, .. } = self else { return None };
+        let Self::Flowgate { agent, stopped: None, .. } = self else { return None };
         let counters = flowgate_tests::agent::status(&agent.socket).ok()?.counters;
         Some(KernelRecords { read: counters.records_read, lost: counters.records_lost_kernel })
+    }
+
+    /// Stops flowgate's agent (SIGSTOP) and runs `prefill`, which is to fill its ring buffer, so that the
+    /// programs' records are refused from then on ([`Enforcer::FlowgateStopped`]).
+    pub fn stop_agent(&mut self, prefill: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
+        let records_before = self.kernel_records();
+        let Self::Flowgate { agent, stopped, .. } = self else { anyhow::bail!("only flowgate's agent stops") };
+        anyhow::ensure!(signal(agent.pid(), libc::SIGSTOP), "stopping the agent (pid {})", agent.pid());
+        *stopped = Some(Stopped { pid: agent.pid(), records_before });
+        prefill()
+    }
+
+    /// Resumes a stopped agent ([`Self::stop_agent`]) and returns what it read, and was told the kernel lost,
+    /// while it was stopped; `None` if it was not stopped or does not answer.
+    pub fn resume_agent(&mut self) -> Option<KernelRecords> {
+        let Self::Flowgate { stopped, .. } = self else { return None };
+        let before = stopped.take()?.records_before;
+        // Resumed, the agent drains what waits in the ring and hears of the lost records from the kernel's
+        // counters (read every 100 ms): wait until both are told and its counts stand still.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut last = None;
+        loop {
+            std::thread::sleep(Duration::from_millis(200));
+            let now = self.kernel_records();
+            let told = now.zip(before).is_some_and(|(n, b)| n.lost > b.lost);
+            if (told && now == last) || std::time::Instant::now() > deadline {
+                return before.zip(now).map(|(b, n)| b.until(n));
+            }
+            last = now;
+        }
     }
 
     /// Why this enforcer will not enforce, once that is certain (so waiting longer would not help).

@@ -75,6 +75,9 @@ struct SizeResult {
     /// flowgate's kernel records while each load ran, per (enforcer, load), per round: the counts and the
     /// records read per operation.
     records: BTreeMap<(Enforcer, Load), Vec<(KernelRecords, f64)>>,
+    /// What [`Enforcer::FlowgateStopped`]'s agent read, and was told the kernel lost, while it was stopped
+    /// (the prefill and the loads), per round.
+    refused: Vec<KernelRecords>,
     /// What the enforcer's programs took per load, read in a pass of their own after the rounds
     /// ([`PROFILED`]), or why they could not be read.
     profiles: BTreeMap<Enforcer, Result<Vec<LoadProfile>, String>>,
@@ -135,6 +138,14 @@ pub fn run(plan: &Plan, pods: &Pods<'_>, servers: &Servers, mut knp: Option<&mut
                     }
                 }
                 result.enforcing_after.entry(enforcer).or_default().push(started.elapsed());
+                if enforcer == Enforcer::FlowgateStopped {
+                    installed
+                        .stop_agent(|| {
+                            load::run(Load::Connections, &pods.client_netns, servers, pods.server, enforcer::PREFILL)
+                                .map(drop)
+                        })
+                        .with_context(|| format!("stopping the agent and filling its ring at {size} rules"))?;
+                }
                 for load in Load::ALL {
                     let mut attempt = 0;
                     let (rate, stolen, records, cpu_before, seconds) = loop {
@@ -184,6 +195,10 @@ pub fn run(plan: &Plan, pods: &Pods<'_>, servers: &Servers, mut knp: Option<&mut
                         result.records.entry((enforcer, load)).or_default().push((r, per_op));
                     }
                     rates.insert((enforcer, load), rate.best_slice);
+                }
+                if let Some(r) = installed.resume_agent() {
+                    println!("    while the agent was stopped: {} kernel records read, {} lost", r.read, r.lost);
+                    result.refused.push(r);
                 }
                 drop(installed);
             }
@@ -311,6 +326,27 @@ fn figures(section: &mut Section, size: usize, plan: &Plan, result: &SizeResult)
             Err(why) => Figure::new(name, 0.0, "1 = refused").target(Target::at_least(1.0)).note(why.clone()),
         };
         section.push(figure);
+    }
+    if !result.refused.is_empty() {
+        let read: u64 = result.refused.iter().map(|r| r.read).sum();
+        let lost: u64 = result.refused.iter().map(|r| r.lost).sum();
+        section.push(
+            Figure::new(
+                format!(
+                    "kernel records refused while the agent was stopped: {}, {rules}",
+                    Enforcer::FlowgateStopped.name()
+                ),
+                lost as f64,
+                "records",
+            )
+            .note(format!(
+                "over {} rounds, each a prefill of {:?} of new connections and the loads, the agent stopped \
+                 (SIGSTOP) throughout: {read} read by it once resumed (what filled the ring), {lost} refused in \
+                 the kernel (the ring full) and counted lost",
+                result.refused.len(),
+                enforcer::PREFILL
+            )),
+        );
     }
     if let Some(figure) = steal_figure(&result.steal, result.measured_again, &rules) {
         section.push(figure);
