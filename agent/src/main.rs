@@ -129,8 +129,8 @@ struct Args {
     #[arg(long, value_enum, default_value_t = Aggregation::Medium)]
     monitor_aggregation: Aggregation,
     /// Whether the programs write trace records (as Cilium's flag of that name): `=false` leaves the records
-    /// of policy decisions (each also the trace or drop of its packet) and of drops, and costs new connections
-    /// fewer records (about 2 instead of 8 at the default aggregation).
+    /// of policy decisions (each also the trace or drop of its packet) and of drops: a new connection writes
+    /// one record at each end that enforces, instead of about 8 at the default aggregation.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     bpf_events_trace_enabled: bool,
     /// Where maps and TCX links are pinned so enforcement outlives the agent and a restarted agent

@@ -4,20 +4,23 @@
 //! behind for the next one, and the programs' run time on the real loads was read for flowgate and the hook
 //! floor. kube-network-policies runs against a real API server (built by the set-up, with
 //! `tools/knp/xt-queue.patch`) and must enforce like the others. flowgate's variants that locate its cost run
-//! too: the stopped agent's records must have been refused in the kernel. No timing is asserted.
+//! too: the stopped agent's records must have been refused in the kernel, trace records off must leave one
+//! record per connection, and the custom variant must name its arguments. No timing is asserted.
 
 use std::process::Command;
 
 use flowgate_tests::{TempDir, bin_dir, require_root};
 
 /// Every enforcer of the section (the rows' names): each must refuse the intruder before its figures count.
-const ENFORCERS: [&str; 10] = [
+const ENFORCERS: [&str; 12] = [
     "flowgate",
     "flowgate, TCX links",
     "flowgate, polling reader",
     "flowgate, no verdict log or metrics",
     "flowgate, trace records off",
     "flowgate, agent stopped",
+    "flowgate, agent stopped, a bare reader draining",
+    "flowgate, custom arguments",
     "iptables",
     "iptables + conntrack shortcut",
     "iptables + ipset",
@@ -26,8 +29,8 @@ const ENFORCERS: [&str; 10] = [
 
 /// The same, as `--enforcers` keys (the hook floor first).
 const ALL_ENFORCERS: &str = "hook-floor,flowgate,flowgate-tcx,flowgate-polled,flowgate-quiet,flowgate-no-traces,\
-                             flowgate-stopped,iptables,\
-                             iptables-conntrack,ipset,kube-network-policies";
+                             flowgate-stopped,flowgate-bare-reader,flowgate-custom,iptables,iptables-conntrack,ipset,\
+                             kube-network-policies";
 
 #[test]
 fn the_quick_run_writes_every_enforcers_rows() {
@@ -37,7 +40,8 @@ fn the_quick_run_writes_every_enforcers_rows() {
     let out_dir = TempDir::new("bench-traffic-quick");
     let out = Command::new(&bin)
         // Every enforcer the section has, flowgate as TCX links too (not in its default set).
-        .args(["--quick", "--enforcers", ALL_ENFORCERS, "--out"])
+        .args(["--quick", "--enforcers", ALL_ENFORCERS, "--custom-agent-args", "--events-wakeup-interval-us 10000"])
+        .arg("--out")
         .arg(out_dir.path())
         .env("RUST_BACKTRACE", "0")
         .output()
@@ -115,6 +119,9 @@ fn the_quick_run_writes_every_enforcers_rows() {
     // the agent is asked, so a little under 1).
     let without = records_per_connection("flowgate, trace records off");
     assert!((0.5..1.5).contains(&without), "{without} records per connection with traces off");
+    // The custom variant ran the agent with the arguments given, and says so.
+    let custom = named("flowgate, custom arguments, new TCP connections, 10 rules");
+    assert!(custom[0]["note"].as_str().unwrap().ends_with("the agent with `--events-wakeup-interval-us 10000` added"));
     // The stopped agent read nothing while the loads ran (it was not asked), and the programs' records were
     // refused in the kernel: its ring was full.
     assert!(named("kernel records per connection: flowgate, agent stopped").is_empty(), "{text}");

@@ -11,7 +11,7 @@ use flowgate_benchmarks::{
     report,
     traffic::{
         TOPOLOGY,
-        enforcer::Enforcer,
+        enforcer::{self, Enforcer},
         knp::KnpCluster,
         load::Servers,
         rules,
@@ -41,11 +41,17 @@ struct Args {
     /// 17, and its turns took about a minute and a half of `make bench`. Variants of flowgate that locate its
     /// cost, never in the default set: flowgate-polled (its polling reader), flowgate-quiet (no verdict log
     /// or metrics), flowgate-no-traces (`--bpf-events-trace-enabled=false`: decision records only),
-    /// flowgate-stopped (the agent stopped, its ring full: records refused in the kernel).
+    /// flowgate-stopped (the agent stopped, its ring full: records refused in the kernel), flowgate-bare-reader
+    /// (the agent stopped, its ring drained by a reader that does nothing with the records), flowgate-custom
+    /// (the agent with `--custom-agent-args` added).
     #[arg(long, value_delimiter = ',', default_values_t = ["hook-floor".to_owned(), "flowgate".to_owned(),
         "iptables".to_owned(), "iptables-conntrack".to_owned(), "ipset".to_owned(),
         "kube-network-policies".to_owned()])]
     enforcers: Vec<String>,
+    /// Arguments the flowgate-custom enforcer adds to the agent's (split at whitespace), e.g.
+    /// "--events-wakeup-interval-us 10000"; its note in the results names them.
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    custom_agent_args: String,
     /// Where `results.d/traffic.json` goes (default: bench/), as every section's `--out`.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -53,6 +59,14 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    enforcer::set_custom_args(&args.custom_agent_args);
+    if args.enforcers.iter().any(|e| e == Enforcer::FlowgateCustom.key()) {
+        println!(
+            "traffic: {} is flowgate-agent with {:?} added",
+            Enforcer::FlowgateCustom.name(),
+            args.custom_agent_args
+        );
+    }
     let steal = flowgate_benchmarks::machine::StealMeter::start();
     flowgate_tests::require_root();
     let mut enforcers = vec![Enforcer::Baseline];

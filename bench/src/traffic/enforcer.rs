@@ -10,18 +10,26 @@
 
 use std::{
     io::Write as _,
+    os::fd::AsRawFd as _,
     path::PathBuf,
     process::{Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
 use anyhow::Context as _;
-use aya::programs::TcAttachType;
+use aya::{
+    maps::{Map, MapData, RingBuf},
+    programs::TcAttachType,
+};
 use flowgate_agent::{
     datapath::{Datapath, DatapathOptions},
     tc_filter,
 };
-use flowgate_common::names::PROG_FLOOR;
+use flowgate_common::names::{MAP_EVENTS_RINGBUF, PROG_FLOOR};
 use flowgate_lab::{LabState, netns};
 use flowgate_tests::{
     TempDir,
@@ -54,6 +62,14 @@ pub enum Enforcer {
     /// is refused in the kernel (counted lost), and nothing in user space runs. flowgate's cost without
     /// its records being written or read.
     FlowgateStopped,
+    /// A variant: the agent stopped once enforcing, and its ring buffer drained by a bare reader in this
+    /// process ([`BareReader`]: woken by the programs as the agent's reader is, it reads each record and
+    /// does nothing with it). Beside [`Self::FlowgateStopped`], it tells the records' cost in the kernel
+    /// and their reading from the agent's work on them (decoding, enriching, the verdict log, metrics).
+    FlowgateBareReader,
+    /// A variant: the agent with the arguments given to [`set_custom_args`] (`--custom-agent-args`) added to
+    /// its own, for whatever else is to be measured in the same rounds.
+    FlowgateCustom,
     /// One iptables rule per peer and protocol, every packet walks them.
     Iptables,
     /// The same, behind `-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`.
@@ -64,7 +80,7 @@ pub enum Enforcer {
 }
 
 impl Enforcer {
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 14] = [
         Self::Baseline,
         Self::HookFloor,
         Self::Flowgate,
@@ -73,6 +89,8 @@ impl Enforcer {
         Self::FlowgateQuiet,
         Self::FlowgateNoTraces,
         Self::FlowgateStopped,
+        Self::FlowgateBareReader,
+        Self::FlowgateCustom,
         Self::Iptables,
         Self::IptablesConntrack,
         Self::Ipset,
@@ -89,6 +107,8 @@ impl Enforcer {
             Self::FlowgateQuiet => "flowgate, no verdict log or metrics",
             Self::FlowgateNoTraces => "flowgate, trace records off",
             Self::FlowgateStopped => "flowgate, agent stopped",
+            Self::FlowgateBareReader => "flowgate, agent stopped, a bare reader draining",
+            Self::FlowgateCustom => "flowgate, custom arguments",
             Self::Iptables => "iptables",
             Self::IptablesConntrack => "iptables + conntrack shortcut",
             Self::Ipset => "iptables + ipset",
@@ -107,6 +127,8 @@ impl Enforcer {
             Self::FlowgateQuiet => "flowgate-quiet",
             Self::FlowgateNoTraces => "flowgate-no-traces",
             Self::FlowgateStopped => "flowgate-stopped",
+            Self::FlowgateBareReader => "flowgate-bare-reader",
+            Self::FlowgateCustom => "flowgate-custom",
             Self::Iptables => "iptables",
             Self::IptablesConntrack => "iptables-conntrack",
             Self::Ipset => "ipset",
@@ -128,8 +150,23 @@ impl Enforcer {
                 | Self::FlowgateQuiet
                 | Self::FlowgateNoTraces
                 | Self::FlowgateStopped
+                | Self::FlowgateBareReader
+                | Self::FlowgateCustom
         )
     }
+}
+
+/// The arguments [`Enforcer::FlowgateCustom`] adds to the agent's, set once from the command line.
+static CUSTOM_ARGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
+/// Sets [`Enforcer::FlowgateCustom`]'s extra agent arguments (split at whitespace); only the first call counts.
+pub fn set_custom_args(args: &str) {
+    let _ = CUSTOM_ARGS.set(args.split_whitespace().map(str::to_owned).collect());
+}
+
+/// [`Enforcer::FlowgateCustom`]'s extra agent arguments, as one string.
+pub fn custom_args() -> String {
+    CUSTOM_ARGS.get().map(|a| a.join(" ")).unwrap_or_default()
 }
 
 /// How long [`Enforcer::FlowgateStopped`] makes new connections after stopping the agent, before the loads:
@@ -148,7 +185,7 @@ pub enum Installed {
     Flowgate {
         // Field order: a stopped agent is resumed before it is asked to stop; the agent stops (deleting its
         // filters) before its qdiscs, socket directory, verdict log and policies go.
-        stopped: Option<Stopped>,
+        stopped: Option<Box<Stopped>>,
         agent: AgentGuard,
         _qdiscs: Clsact,
         _sockets: SocketDir,
@@ -193,13 +230,20 @@ pub fn install(enforcer: Enforcer, lab: &LabState, rules: &RuleSet) -> anyhow::R
             let verdict_log = TempDir::new(&format!("bench-verdicts-{}-{}", lab.name, rules.size));
             let outputs = crate::agent_default_outputs(verdict_log.path());
             let mut args = vec!["--policies", dir.as_str(), "--no-pin"];
+            let custom = if enforcer == Enforcer::FlowgateCustom { CUSTOM_ARGS.get() } else { None };
             if enforcer != Enforcer::FlowgateQuiet {
-                args.extend(outputs.iter().map(String::as_str));
+                // Each default output as a flag and its value; custom arguments that name the flag replace it.
+                for pair in outputs.chunks(2) {
+                    if !custom.is_some_and(|c| c.contains(&pair[0])) {
+                        args.extend(pair.iter().map(String::as_str));
+                    }
+                }
             }
             match enforcer {
                 Enforcer::FlowgateTcx => args.extend(["--attach-mode", "tcx"]),
                 Enforcer::FlowgatePolled => args.push("--events-poll-streams"),
                 Enforcer::FlowgateNoTraces => args.push("--bpf-events-trace-enabled=false"),
+                Enforcer::FlowgateCustom => args.extend(custom.into_iter().flatten().map(String::as_str)),
                 _ => {}
             }
             let qdiscs = Clsact::new(lab);
@@ -233,16 +277,72 @@ pub fn install(enforcer: Enforcer, lab: &LabState, rules: &RuleSet) -> anyhow::R
     }
 }
 
-/// flowgate's agent held stopped (SIGSTOP); resumed (SIGCONT) on drop, so that it can be stopped for good.
+/// flowgate's agent held stopped (SIGSTOP); on drop resumed (SIGCONT), so that it can be stopped for good, or
+/// killed when a bare reader took its ring over (its own reader's place in the ring is stale).
 pub struct Stopped {
     pid: u32,
     /// Records the agent had read and been told were lost when it was stopped.
     records_before: Option<KernelRecords>,
+    reader: Option<BareReader>,
+    /// Whether a bare reader read the agent's ring: then the agent is killed, not resumed.
+    bare: bool,
 }
 
 impl Drop for Stopped {
     fn drop(&mut self) {
-        signal(self.pid, libc::SIGCONT);
+        signal(self.pid, if self.bare { libc::SIGKILL } else { libc::SIGCONT });
+    }
+}
+
+/// A reader of flowgate's ring buffer that does nothing with the records: waits for the programs' wake-ups
+/// (or 100 ms) and drains what waits, on a thread of its own, until dropped. It takes the newest ring
+/// buffer named `names::MAP_EVENTS_RINGBUF` on the machine: the agent's, started last.
+pub struct BareReader {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl BareReader {
+    pub fn start() -> anyhow::Result<Self> {
+        let id = aya::maps::loaded_maps()
+            .filter_map(Result::ok)
+            .filter(|m| m.name_as_str() == Some(MAP_EVENTS_RINGBUF))
+            .map(|m| m.id())
+            .max()
+            .with_context(|| format!("no ring buffer named {MAP_EVENTS_RINGBUF} is loaded"))?;
+        let map = MapData::from_id(id).with_context(|| format!("opening ring buffer {id}"))?;
+        let mut ring = RingBuf::try_from(Map::RingBuf(map)).with_context(|| format!("mapping ring buffer {id}"))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let thread = std::thread::Builder::new().name("bare-reader".into()).spawn(move || {
+            let mut read = 0;
+            while !stopped.load(Ordering::Relaxed) {
+                let mut fd = libc::pollfd { fd: ring.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+                // SAFETY: one valid pollfd, for the ring buffer's descriptor that `ring` keeps open.
+                unsafe { libc::poll(&raw mut fd, 1, 100) };
+                while ring.next().is_some() {
+                    read += 1;
+                }
+            }
+            read
+        })?;
+        Ok(Self { stop, thread: Some(thread) })
+    }
+
+    /// Stops the reader; the records it read.
+    pub fn finish(mut self) -> u64 {
+        self.join()
+    }
+
+    fn join(&mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().map_or(0, |t| t.join().unwrap_or(0))
+    }
+}
+
+impl Drop for BareReader {
+    fn drop(&mut self) {
+        self.join();
     }
 }
 
@@ -275,18 +375,45 @@ impl Installed {
     /// Stops flowgate's agent (SIGSTOP) and runs `prefill`, which is to fill its ring buffer, so that the
     /// programs' records are refused from then on ([`Enforcer::FlowgateStopped`]).
     pub fn stop_agent(&mut self, prefill: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
+        self.stop_agent_with(false)?;
+        prefill()
+    }
+
+    /// Stops flowgate's agent (SIGSTOP) and drains its ring with a [`BareReader`] instead
+    /// ([`Enforcer::FlowgateBareReader`]); the agent is killed when this is removed.
+    pub fn stop_agent_for_bare_reader(&mut self) -> anyhow::Result<()> {
+        self.stop_agent_with(true)
+    }
+
+    fn stop_agent_with(&mut self, bare: bool) -> anyhow::Result<()> {
         let records_before = self.kernel_records();
         let Self::Flowgate { agent, stopped, .. } = self else { anyhow::bail!("only flowgate's agent stops") };
         anyhow::ensure!(signal(agent.pid(), libc::SIGSTOP), "stopping the agent (pid {})", agent.pid());
-        *stopped = Some(Stopped { pid: agent.pid(), records_before });
-        prefill()
+        // Whatever happens next, the agent is resumed or killed when this is removed.
+        let stopped = stopped.insert(Box::new(Stopped { pid: agent.pid(), records_before, reader: None, bare }));
+        if bare {
+            stopped.reader = Some(BareReader::start().context("starting a bare reader of the agent's ring")?);
+        }
+        Ok(())
+    }
+
+    /// Stops the [`BareReader`] reading in place of the stopped agent's reader; the records it read (`None`
+    /// without one).
+    pub fn finish_bare_reader(&mut self) -> Option<u64> {
+        let Self::Flowgate { stopped: Some(stopped), .. } = self else { return None };
+        stopped.reader.take().map(BareReader::finish)
     }
 
     /// Resumes a stopped agent ([`Self::stop_agent`]) and returns what it read, and was told the kernel lost,
     /// while it was stopped; `None` if it was not stopped or does not answer.
     pub fn resume_agent(&mut self) -> Option<KernelRecords> {
         let Self::Flowgate { stopped, .. } = self else { return None };
-        let before = stopped.take()?.records_before;
+        let stopped = stopped.take()?;
+        if stopped.bare {
+            return None; // Killed on drop, not resumed: nothing to ask it.
+        }
+        let before = stopped.records_before;
+        drop(stopped);
         // Resumed, the agent drains what waits in the ring and hears of the lost records from the kernel's
         // counters (read every 100 ms): wait until both are told and its counts stand still.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);

@@ -138,6 +138,11 @@ pub fn run(plan: &Plan, pods: &Pods<'_>, servers: &Servers, mut knp: Option<&mut
                     }
                 }
                 result.enforcing_after.entry(enforcer).or_default().push(started.elapsed());
+                if enforcer == Enforcer::FlowgateBareReader {
+                    installed
+                        .stop_agent_for_bare_reader()
+                        .with_context(|| format!("stopping the agent for a bare reader at {size} rules"))?;
+                }
                 if enforcer == Enforcer::FlowgateStopped {
                     installed
                         .stop_agent(|| {
@@ -195,6 +200,9 @@ pub fn run(plan: &Plan, pods: &Pods<'_>, servers: &Servers, mut knp: Option<&mut
                         result.records.entry((enforcer, load)).or_default().push((r, per_op));
                     }
                     rates.insert((enforcer, load), rate.best_slice);
+                }
+                if let Some(read) = installed.finish_bare_reader() {
+                    println!("    the bare reader read {read} records");
                 }
                 if let Some(r) = installed.resume_agent() {
                     println!("    while the agent was stopped: {} kernel records read, {} lost", r.read, r.lost);
@@ -379,6 +387,9 @@ fn figures(section: &mut Section, size: usize, plan: &Plan, result: &SizeResult)
                 ));
             if enforcer == Enforcer::Flowgate {
                 f = f.target(Target::at_least(0.90));
+            }
+            if enforcer == Enforcer::FlowgateCustom {
+                f.note.push_str(&format!("; the agent with `{}` added", enforcer::custom_args()));
             }
             section.push(f);
         }
