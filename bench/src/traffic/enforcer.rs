@@ -170,8 +170,8 @@ pub fn custom_args() -> String {
 }
 
 /// How long [`Enforcer::FlowgateStopped`] makes new connections after stopping the agent, before the loads:
-/// at the default aggregation a connection writes about 8 records (some 700 bytes), so the 4 MiB ring is
-/// full after some 6,000 connections, under a second of the load here.
+/// at the default aggregation a connection writes about 8 records (some 650 bytes), so the agent's 8 MiB ring
+/// is full after some 13,000 connections, under 2 s of the load here.
 pub const PREFILL: Duration = Duration::from_secs(3);
 
 /// An enforcer in place; dropping it removes it.
