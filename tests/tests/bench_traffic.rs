@@ -128,6 +128,10 @@ fn the_quick_run_writes_every_enforcers_rows() {
     let refused = named("kernel records refused while the agent was stopped: flowgate, agent stopped, 10 rules");
     assert_eq!(refused.len(), 1, "{text}");
     assert!(refused[0]["value"].as_f64().unwrap() > 0.0, "no record was refused: the ring was not full: {text}");
+    // The bare reader drained the agent's ring (not some other buffer, and not nothing).
+    let bare = named("kernel records the bare reader read: flowgate, agent stopped, a bare reader draining, 10 rules");
+    assert_eq!(bare.len(), 1, "{text}");
+    assert!(bare[0]["value"].as_f64().unwrap() > 0.0, "the bare reader read nothing: {text}");
     // What the neighbours took: the host's steal, per size and over the section.
     for name in ["host steal while the loads ran, 10 rules", "host steal time while the section ran"] {
         assert_eq!(named(name).len(), 1, "{name} in {text}");

@@ -10,12 +10,11 @@
 
 use std::{
     io::Write as _,
-    os::fd::AsRawFd as _,
     path::PathBuf,
     process::{Command, Stdio},
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -27,9 +26,10 @@ use aya::{
 };
 use flowgate_agent::{
     datapath::{Datapath, DatapathOptions},
-    tc_filter,
+    reader, tc_filter,
 };
 use flowgate_common::names::{MAP_EVENTS_RINGBUF, PROG_FLOOR};
+use flowgate_events::sink::RecordSink;
 use flowgate_lab::{LabState, netns};
 use flowgate_tests::{
     TempDir,
@@ -37,6 +37,7 @@ use flowgate_tests::{
 };
 
 use super::{knp::KubeNetworkPolicies, rules::RuleSet};
+use crate::events_agent::DRAIN_INTERVAL;
 
 /// Who enforces (or nobody).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -284,22 +285,34 @@ pub struct Stopped {
     /// Records the agent had read and been told were lost when it was stopped.
     records_before: Option<KernelRecords>,
     reader: Option<BareReader>,
-    /// Whether a bare reader read the agent's ring: then the agent is killed, not resumed.
-    bare: bool,
 }
 
 impl Drop for Stopped {
     fn drop(&mut self) {
-        signal(self.pid, if self.bare { libc::SIGKILL } else { libc::SIGCONT });
+        signal(self.pid, if self.reader.is_some() { libc::SIGKILL } else { libc::SIGCONT });
     }
 }
 
-/// A reader of flowgate's ring buffer that does nothing with the records: waits for the programs' wake-ups
-/// (or 100 ms) and drains what waits, on a thread of its own, until dropped. It takes the newest ring
-/// buffer named `names::MAP_EVENTS_RINGBUF` on the machine: the agent's, started last.
+/// The agent's own ring-buffer reader (`flowgate_agent::reader`, woken by the programs and backed up as the
+/// agent's is) with a sink that only counts the records: none is decoded, enriched or sent. It takes the
+/// newest ring buffer named `names::MAP_EVENTS_RINGBUF` on the machine: the agent's, started last. Stops
+/// when dropped.
 pub struct BareReader {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<u64>>,
+    _reader: reader::Reader,
+    read: Arc<AtomicU64>,
+}
+
+/// A sink that counts records and does nothing else.
+struct Counting(Arc<AtomicU64>);
+
+impl RecordSink for Counting {
+    fn on_record(&mut self, _bytes: &[u8]) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn on_batch_end(&mut self) {}
+
+    fn on_lost(&mut self, _count: u64) {}
 }
 
 impl BareReader {
@@ -311,38 +324,18 @@ impl BareReader {
             .max()
             .with_context(|| format!("no ring buffer named {MAP_EVENTS_RINGBUF} is loaded"))?;
         let map = MapData::from_id(id).with_context(|| format!("opening ring buffer {id}"))?;
-        let mut ring = RingBuf::try_from(Map::RingBuf(map)).with_context(|| format!("mapping ring buffer {id}"))?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = Arc::clone(&stop);
-        let thread = std::thread::Builder::new().name("bare-reader".into()).spawn(move || {
-            let mut read = 0;
-            while !stopped.load(Ordering::Relaxed) {
-                let mut fd = libc::pollfd { fd: ring.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-                // SAFETY: one valid pollfd, for the ring buffer's descriptor that `ring` keeps open.
-                unsafe { libc::poll(&raw mut fd, 1, 100) };
-                while ring.next().is_some() {
-                    read += 1;
-                }
-            }
-            read
-        })?;
-        Ok(Self { stop, thread: Some(thread) })
+        let ring = RingBuf::try_from(Map::RingBuf(map)).with_context(|| format!("mapping ring buffer {id}"))?;
+        let read = Arc::new(AtomicU64::new(0));
+        // As the agent's reader by default: its drain tick, the programs' default wake-up interval.
+        let backstop = reader::Backstop::for_ring(DRAIN_INTERVAL, DatapathOptions::default().wakeup_interval);
+        let reader = reader::spawn(ring, backstop, None, Counting(Arc::clone(&read)))
+            .context("starting the bare reader's thread")?;
+        Ok(Self { _reader: reader, read })
     }
 
-    /// Stops the reader; the records it read.
-    pub fn finish(mut self) -> u64 {
-        self.join()
-    }
-
-    fn join(&mut self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.take().map_or(0, |t| t.join().unwrap_or(0))
-    }
-}
-
-impl Drop for BareReader {
-    fn drop(&mut self) {
-        self.join();
+    /// The records read so far.
+    pub fn read(&self) -> u64 {
+        self.read.load(Ordering::Relaxed)
     }
 }
 
@@ -390,18 +383,18 @@ impl Installed {
         let Self::Flowgate { agent, stopped, .. } = self else { anyhow::bail!("only flowgate's agent stops") };
         anyhow::ensure!(signal(agent.pid(), libc::SIGSTOP), "stopping the agent (pid {})", agent.pid());
         // Whatever happens next, the agent is resumed or killed when this is removed.
-        let stopped = stopped.insert(Box::new(Stopped { pid: agent.pid(), records_before, reader: None, bare }));
+        let stopped = stopped.insert(Box::new(Stopped { pid: agent.pid(), records_before, reader: None }));
         if bare {
             stopped.reader = Some(BareReader::start().context("starting a bare reader of the agent's ring")?);
         }
         Ok(())
     }
 
-    /// Stops the [`BareReader`] reading in place of the stopped agent's reader; the records it read (`None`
+    /// The records the [`BareReader`] reading in place of the stopped agent's reader has read so far (`None`
     /// without one).
-    pub fn finish_bare_reader(&mut self) -> Option<u64> {
+    pub fn bare_reader_read(&self) -> Option<u64> {
         let Self::Flowgate { stopped: Some(stopped), .. } = self else { return None };
-        stopped.reader.take().map(BareReader::finish)
+        stopped.reader.as_ref().map(BareReader::read)
     }
 
     /// Resumes a stopped agent ([`Self::stop_agent`]) and returns what it read, and was told the kernel lost,
@@ -409,7 +402,7 @@ impl Installed {
     pub fn resume_agent(&mut self) -> Option<KernelRecords> {
         let Self::Flowgate { stopped, .. } = self else { return None };
         let stopped = stopped.take()?;
-        if stopped.bare {
+        if stopped.reader.is_some() {
             return None; // Killed on drop, not resumed: nothing to ask it.
         }
         let before = stopped.records_before;

@@ -78,6 +78,8 @@ struct SizeResult {
     /// What [`Enforcer::FlowgateStopped`]'s agent read, and was told the kernel lost, while it was stopped
     /// (the prefill and the loads), per round.
     refused: Vec<KernelRecords>,
+    /// What [`Enforcer::FlowgateBareReader`]'s reader read, per round.
+    bare_read: Vec<u64>,
     /// What the enforcer's programs took per load, read in a pass of their own after the rounds
     /// ([`PROFILED`]), or why they could not be read.
     profiles: BTreeMap<Enforcer, Result<Vec<LoadProfile>, String>>,
@@ -201,8 +203,9 @@ pub fn run(plan: &Plan, pods: &Pods<'_>, servers: &Servers, mut knp: Option<&mut
                     }
                     rates.insert((enforcer, load), rate.best_slice);
                 }
-                if let Some(read) = installed.finish_bare_reader() {
+                if let Some(read) = installed.bare_reader_read() {
                     println!("    the bare reader read {read} records");
+                    result.bare_read.push(read);
                 }
                 if let Some(r) = installed.resume_agent() {
                     println!("    while the agent was stopped: {} kernel records read, {} lost", r.read, r.lost);
@@ -355,6 +358,13 @@ fn figures(section: &mut Section, size: usize, plan: &Plan, result: &SizeResult)
                 enforcer::PREFILL
             )),
         );
+    }
+    if !result.bare_read.is_empty() {
+        let name = format!("kernel records the bare reader read: {}, {rules}", Enforcer::FlowgateBareReader.name());
+        section.push(Figure::new(name, result.bare_read.iter().sum::<u64>() as f64, "records").note(format!(
+            "over {} rounds: the agent's ring drained in its place while the loads ran",
+            result.bare_read.len()
+        )));
     }
     if let Some(figure) = steal_figure(&result.steal, result.measured_again, &rules) {
         section.push(figure);
