@@ -34,7 +34,7 @@ use log::{info, warn};
 use crate::{
     api::PolicyControl,
     datapath::{self, Datapath, DatapathError, KernelCounters},
-    kubernetes::{ClusterIdentities, ClusterState, KubeSource, identities::IdentityError},
+    kubernetes::{ClusterIdentities, ClusterState, KubeSource, PodRecord, identities::IdentityError},
     policy::PolicyEngine,
     state::{AgentState, RemotePod},
     watch::{ChangeNotifier, Watched},
@@ -71,6 +71,8 @@ struct ClusterMode {
     waiting: BTreeSet<u16>,
     /// The identity numbers of the last sync.
     identities: BTreeMap<Vec<String>, u32>,
+    /// The node's host routes as the last sync read them: pod address -> interface.
+    routes: BTreeMap<std::net::Ipv4Addr, crate::pod_routes::PodInterface>,
     /// Whether the last sync went through to the end (every pod registered, every interface attached,
     /// none waiting for one): then a sync that changes nothing but policies need not do it again.
     whole: bool,
@@ -125,6 +127,7 @@ impl Controller {
             waiting: BTreeSet::new(),
             identities: BTreeMap::new(),
             whole: false,
+            routes: BTreeMap::new(),
         });
     }
 
@@ -157,12 +160,20 @@ impl Controller {
             mode.state = Some(cluster);
             return self.apply_policy().context("applying the policy of the cluster");
         }
+        // Pods where they were at a sync that went through (only labels, ports or policies changed): their
+        // interfaces are the routes read then. A route the node's network changes under a pod whose object
+        // does not change is not seen by any sync (no event comes), so reading again here would only catch
+        // one by chance; at 500 pods the read is about 2 ms of each label change.
+        let routes_hold = mode.whole && mode.state.as_ref().is_some_and(|s| same_places(&s.pods, &cluster.pods));
         mode.whole = false;
         mode.identities = identities.clone();
         let node = mode.node.clone();
         self.state.assign_identities(identities);
         self.engine.set_policies(cluster.policies.clone());
-        let routes = crate::pod_routes::host_routes(&self.node_netns)?;
+        if !routes_hold {
+            mode.routes = crate::pod_routes::host_routes(&self.node_netns)?;
+        }
+        let routes = &mode.routes;
         let mut endpoints = BTreeMap::new();
         let mut attach = Vec::new();
         let mut local = Vec::new();
@@ -942,6 +953,16 @@ pub async fn follow_cluster(controller: Arc<Mutex<Controller>>, source: KubeSour
     }
 }
 
+/// Whether two syncs' pods are the same pods at the same places: the same names, each with the same IPv4
+/// address, node and host networking (labels, ports and the IPv6 address may differ: no route depends on
+/// them).
+fn same_places(before: &BTreeMap<(String, String), PodRecord>, now: &BTreeMap<(String, String), PodRecord>) -> bool {
+    before.len() == now.len()
+        && before.iter().zip(now).all(|((key, was), (now_key, is))| {
+            key == now_key && (was.ipv4, &was.node, was.host_network) == (is.ipv4, &is.node, is.host_network)
+        })
+}
+
 /// A registered endpoint as the policy engine sees it: a pod of the cluster view with its endpoint id,
 /// identity, labels and addresses as registered, and `ports` (its declared container ports).
 pub fn endpoint_pod_info(ep: &Endpoint, ports: Vec<ContainerPort>) -> PodInfo {
@@ -1011,5 +1032,61 @@ pub fn lab_pod_endpoint(pod: &flowgate_lab::state::PodState) -> NewEndpoint {
         ipv6: pod.ipv6,
         interface: pod.host_ifname.clone(),
         ifindex: pod.host_ifindex,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pods(records: &[(&str, [u8; 4], &str, bool)]) -> BTreeMap<(String, String), PodRecord> {
+        records
+            .iter()
+            .map(|&(name, ip, node, host_network)| {
+                let pod = PodRecord {
+                    namespace: "default".into(),
+                    name: name.into(),
+                    ipv4: Some(ip.into()),
+                    node: Some(node.into()),
+                    host_network,
+                    ..PodRecord::default()
+                };
+                (("default".to_owned(), name.to_owned()), pod)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pods_stay_in_place_through_label_and_port_changes_only() {
+        let before = pods(&[("a", [10, 0, 0, 1], "n1", false), ("b", [10, 0, 0, 2], "n1", false)]);
+        let mut relabelled = before.clone();
+        for pod in relabelled.values_mut() {
+            pod.labels.insert("role".into(), "trusted".into());
+            pod.ipv6 = Some("fd00::1".parse().unwrap());
+            pod.ports.push(flowgate_policy::ContainerPort {
+                name: Some("http".into()),
+                port: 80,
+                protocol: flowgate_policy::Protocol::Tcp,
+            });
+        }
+        assert!(same_places(&before, &relabelled));
+        // A new address, node, host networking, a pod more, fewer or renamed: the routes are read again.
+        for moved in [
+            pods(&[("a", [10, 0, 0, 1], "n1", false), ("b", [10, 0, 0, 3], "n1", false)]),
+            pods(&[("a", [10, 0, 0, 1], "n1", false), ("b", [10, 0, 0, 2], "n2", false)]),
+            pods(&[("a", [10, 0, 0, 1], "n1", false), ("b", [10, 0, 0, 2], "n1", true)]),
+            pods(&[
+                ("a", [10, 0, 0, 1], "n1", false),
+                ("b", [10, 0, 0, 2], "n1", false),
+                ("c", [10, 0, 0, 3], "n1", false),
+            ]),
+            pods(&[("a", [10, 0, 0, 1], "n1", false)]),
+            pods(&[("a", [10, 0, 0, 1], "n1", false), ("c", [10, 0, 0, 2], "n1", false)]),
+        ] {
+            assert!(!same_places(&before, &moved), "{moved:?}");
+        }
+        let mut unaddressed = before.clone();
+        unaddressed.values_mut().for_each(|pod| pod.ipv4 = None);
+        assert!(!same_places(&before, &unaddressed));
     }
 }
