@@ -80,8 +80,11 @@ impl InterfaceIndexes {
         // into the union of the `ifreq` it is given, which lives for the call; the descriptor is open.
         let done =
             unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&self.0), libc::SIOCGIFINDEX, &raw mut request) };
-        // SAFETY: on success the kernel wrote `ifru_ifindex`, the union member read here.
-        (done == 0).then(|| unsafe { request.ifr_ifru.ifru_ifindex }).and_then(|index| u32::try_from(index).ok())
+        if done != 0 {
+            return None;
+        }
+        // SAFETY: the call succeeded, so the kernel wrote `ifru_ifindex`, the union member read here.
+        u32::try_from(unsafe { request.ifr_ifru.ifru_ifindex }).ok()
     }
 }
 
