@@ -908,7 +908,12 @@ pub async fn follow_cluster(controller: Arc<Mutex<Controller>>, source: KubeSour
             _ if quiet => Duration::ZERO,
             _ => LONE_CHANGE_SETTLE,
         };
-        tokio::time::sleep(settle).await;
+        // No sleep at all after a quiet window: even a zero one waits for tokio's next millisecond tick, which
+        // was most of the agent's share of a lone change (a policy created on the small lab: from the API
+        // server's answer to the first packet decided, 1.7 -> 0.6 ms p50).
+        if !settle.is_zero() {
+            tokio::time::sleep(settle).await;
+        }
         if recent_syncs.len() == CLUSTER_SYNCS_PER_WINDOW {
             recent_syncs.pop_front();
         }
