@@ -6,7 +6,7 @@
 
 use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
 
-use flowgate_lab::netns::{NetnsError, in_netns_at};
+use flowgate_lab::netns::{InterfaceIndexes, NetnsError, in_netns_at};
 
 /// A pod's node-side interface.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,56 +36,17 @@ pub enum PodRoutesError {
 pub fn host_routes(netns: &Path) -> Result<BTreeMap<Ipv4Addr, PodInterface>, PodRoutesError> {
     let read = in_netns_at(netns, || {
         let table = std::fs::read_to_string("/proc/thread-self/net/route")?;
-        let indexes = InterfaceIndexes::open()?;
+        let indexes = InterfaceIndexes::open().map_err(std::io::Error::from)?;
         Ok(parse_host_routes(&table)
             .into_iter()
             .filter_map(|(ip, name)| {
-                let ifindex = indexes.of(&name)?;
+                let ifindex = indexes.of(&name).ok()?;
                 Some((ip, PodInterface { name, ifindex }))
             })
             .collect())
     })
     .map_err(|source| PodRoutesError::Netns { netns: netns.to_owned(), source })?;
     read.map_err(|source| PodRoutesError::Read { netns: netns.to_owned(), source })
-}
-
-/// Interface indexes of the calling thread's network namespace, asked of one socket (`SIOCGIFINDEX`).
-/// `if_nametoindex` opens, asks and closes a socket per name: at 500 pods 3-4 ms of every sync; a dump of
-/// every link (`if_nameindex`, netlink) took 9 ms, each link's message carrying all its attributes.
-struct InterfaceIndexes(std::os::fd::OwnedFd);
-
-impl InterfaceIndexes {
-    fn open() -> std::io::Result<Self> {
-        // SAFETY: plain socket(2) with constant arguments; the descriptor is owned below, or the error read.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: `fd` was just returned by socket(2), is open, and nothing else owns it.
-        Ok(Self(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }))
-    }
-
-    /// The index of the interface named `name`; `None` when there is none (gone since the routes were read)
-    /// or the name cannot be one (too long, or with a NUL).
-    fn of(&self, name: &str) -> Option<u32> {
-        // SAFETY: `ifreq` is plain old data, valid as all zeroes.
-        let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
-        if name.len() >= request.ifr_name.len() || name.as_bytes().contains(&0) {
-            return None;
-        }
-        for (slot, byte) in request.ifr_name.iter_mut().zip(name.as_bytes()) {
-            *slot = *byte as libc::c_char;
-        }
-        // SAFETY: SIOCGIFINDEX reads the NUL-terminated name (the zeroed tail ends it) and writes the index
-        // into the union of the `ifreq` it is given, which lives for the call; the descriptor is open.
-        let done =
-            unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&self.0), libc::SIOCGIFINDEX, &raw mut request) };
-        if done != 0 {
-            return None;
-        }
-        // SAFETY: the call succeeded, so the kernel wrote `ifru_ifindex`, the union member read here.
-        u32::try_from(unsafe { request.ifr_ifru.ifru_ifindex }).ok()
-    }
 }
 
 /// `RTF_GATEWAY` of a route's flags: the destination is reached through a router, not on the interface.
@@ -130,23 +91,6 @@ mod tests {
             word(Ipv4Addr::new(10, 199, 0, 2)),
         );
         assert_eq!(parse_host_routes(&table), [(Ipv4Addr::new(10, 200, 0, 10), "fg1a2b".to_owned())]);
-    }
-
-    #[test]
-    fn interface_indexes_are_the_kernels_and_no_name_is_guessed() {
-        // Every interface of the test's namespace: the one socket's answer is if_nametoindex's.
-        let indexes = InterfaceIndexes::open().unwrap();
-        let interfaces = nix::net::if_::if_nameindex().unwrap();
-        assert!(interfaces.iter().count() > 0, "a namespace has at least its loopback");
-        for interface in &interfaces {
-            let name = interface.name().to_str().unwrap();
-            assert_eq!(indexes.of(name), Some(interface.index()), "{name}");
-            assert_eq!(indexes.of(name), nix::net::if_::if_nametoindex(name).ok(), "{name}");
-        }
-        // A name with no interface, one longer than the kernel's 15 bytes, one with a NUL in it.
-        for name in ["fg-no-such-if", "fg-sixteen-bytes", "lo\0ther", ""] {
-            assert_eq!(indexes.of(name), None, "{name:?}");
-        }
     }
 
     #[test]

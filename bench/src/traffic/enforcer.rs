@@ -143,17 +143,29 @@ impl Enforcer {
 
     /// Whether this is flowgate's agent, as it runs by default or as one of the variants.
     pub fn is_flowgate(self) -> bool {
-        matches!(
-            self,
+        self.agent_flags().is_some()
+    }
+
+    /// For flowgate's agent and its variants, the flags the variant adds to the agent's command line (the
+    /// custom variant's come from [`set_custom_args`]); `None` for every other enforcer.
+    fn agent_flags(self) -> Option<&'static [&'static str]> {
+        match self {
             Self::Flowgate
-                | Self::FlowgateTcx
-                | Self::FlowgatePolled
-                | Self::FlowgateQuiet
-                | Self::FlowgateNoTraces
-                | Self::FlowgateStopped
-                | Self::FlowgateBareReader
-                | Self::FlowgateCustom
-        )
+            | Self::FlowgateQuiet
+            | Self::FlowgateStopped
+            | Self::FlowgateBareReader
+            | Self::FlowgateCustom => Some(&[]),
+            Self::FlowgateTcx => Some(&["--attach-mode", "tcx"]),
+            Self::FlowgatePolled => Some(&["--events-poll-streams"]),
+            Self::FlowgateNoTraces => Some(&["--bpf-events-trace-enabled=false"]),
+            // Exhaustive, so a new enforcer is placed here on purpose.
+            Self::Baseline
+            | Self::HookFloor
+            | Self::Iptables
+            | Self::IptablesConntrack
+            | Self::Ipset
+            | Self::KubeNetworkPolicies => None,
+        }
     }
 }
 
@@ -240,13 +252,8 @@ pub fn install(enforcer: Enforcer, lab: &LabState, rules: &RuleSet) -> anyhow::R
                     }
                 }
             }
-            match enforcer {
-                Enforcer::FlowgateTcx => args.extend(["--attach-mode", "tcx"]),
-                Enforcer::FlowgatePolled => args.push("--events-poll-streams"),
-                Enforcer::FlowgateNoTraces => args.push("--bpf-events-trace-enabled=false"),
-                Enforcer::FlowgateCustom => args.extend(custom.into_iter().flatten().map(String::as_str)),
-                _ => {}
-            }
+            args.extend(enforcer.agent_flags().unwrap_or_default());
+            args.extend(custom.into_iter().flatten().map(String::as_str));
             let qdiscs = Clsact::new(lab);
             let agent = AgentGuard::start(&lab.name, &socket, &args);
             Ok(Installed::Flowgate {
