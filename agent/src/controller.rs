@@ -165,8 +165,21 @@ impl Controller {
         // does not change is not seen by any sync (no event comes), so reading again here would only catch
         // one by chance; at 500 pods the read is about 2 ms of each label change.
         let routes_hold = mode.whole && mode.state.as_ref().is_some_and(|s| same_places(&s.pods, &cluster.pods));
+        // And with the namespaces' labels as they were and no label set renumbered, a pod the server did
+        // not change (the same record: `KubeSource::snapshot` keeps it) is registered as it was, with the
+        // same identity on the same interface: only the pods that changed are registered again.
+        let previous = mode.state.take();
+        let keep_unchanged = routes_hold
+            && previous.as_ref().is_some_and(|s| s.namespaces == cluster.namespaces)
+            && !renumbered(&mode.identities, identities);
+        let unchanged = |pod: &PodRecord, key: &(String, String)| {
+            keep_unchanged
+                && previous.as_ref().and_then(|s| s.pods.get(key)).is_some_and(|before| std::ptr::eq(&**before, pod))
+        };
         mode.whole = false;
-        mode.identities = identities.clone();
+        if mode.identities != *identities {
+            mode.identities = identities.clone();
+        }
         let node = mode.node.clone();
         self.state.assign_identities(identities);
         self.engine.set_policies(cluster.policies.clone());
@@ -181,6 +194,10 @@ impl Controller {
         let mut waiting = Vec::new();
         for pod in cluster.local_pods(&node) {
             let key = (pod.namespace.clone(), pod.name.clone());
+            if let Some(&id) = mode.endpoints.get(&key).filter(|_| unchanged(pod, &key)) {
+                endpoints.insert(key, id);
+                continue;
+            }
             let Some((ip, interface)) = pod.ipv4.and_then(|ip| Some((ip, routes.get(&ip)?))) else {
                 if !mode.unmatched.contains(&key) {
                     warn!(
@@ -318,12 +335,16 @@ impl Controller {
     /// The cluster view of Kubernetes mode: the server's namespaces, this node's endpoints, the other pods.
     fn kubernetes_view(&self, mode: &ClusterMode) -> ClusterView {
         let Some(cluster) = &mode.state else { return ClusterView::default() };
-        let endpoints = self.state.endpoints();
         let ports = |key: &(String, String)| cluster.pods.get(key).map(|p| p.ports.clone()).unwrap_or_default();
-        let local = mode.endpoints.iter().filter_map(|(key, id)| {
-            let ep = endpoints.iter().find(|e| e.id == *id)?;
-            Some(endpoint_pod_info(ep, ports(key)))
-        });
+        let keys: BTreeMap<u16, &(String, String)> = mode.endpoints.iter().map(|(key, id)| (*id, key)).collect();
+        let mut registered: BTreeMap<u16, PodInfo> = self
+            .state
+            .map_endpoints(|ep| Some((ep.id, endpoint_pod_info(ep, ports(keys.get(&ep.id)?)))))
+            .into_iter()
+            .flatten()
+            .collect();
+        // In the pods' order, as the cluster lists them.
+        let local = mode.endpoints.values().filter_map(|id| registered.remove(id));
         let remote = mode.remote.iter().map(|(pod, identity)| PodInfo {
             endpoint_id: NOT_AN_ENDPOINT,
             namespace: pod.namespace.clone(),
@@ -436,7 +457,7 @@ impl Controller {
     pub fn apply_policy(&mut self) -> anyhow::Result<()> {
         let started = Instant::now();
         let cluster = self.cluster_view();
-        let (contents, snapshot) = match self.engine.prepare(&cluster) {
+        let (contents, snapshot) = match self.engine.prepare(cluster) {
             Ok(prepared) => prepared,
             Err(refusal) => {
                 warn!("policy not applied: {refusal}");
@@ -958,10 +979,22 @@ pub async fn follow_cluster(controller: Arc<Mutex<Controller>>, source: KubeSour
     }
 }
 
+type ClusterPods = BTreeMap<(String, String), Arc<PodRecord>>;
+
+/// Whether a label set in both `before` and `now` has another number in `now` (one walk of the two sorted
+/// maps side by side).
+fn renumbered(before: &BTreeMap<Vec<String>, u32>, now: &BTreeMap<Vec<String>, u32>) -> bool {
+    let mut now = now.iter().peekable();
+    before.iter().any(|(labels, number)| {
+        while now.next_if(|(later, _)| *later < labels).is_some() {}
+        now.peek().is_some_and(|(same, other)| *same == labels && *other != number)
+    })
+}
+
 /// Whether two syncs' pods are the same pods at the same places: the same names, each with the same IPv4
 /// address, node and host networking (labels, ports and the IPv6 address may differ: no route depends on
 /// them).
-fn same_places(before: &BTreeMap<(String, String), PodRecord>, now: &BTreeMap<(String, String), PodRecord>) -> bool {
+fn same_places(before: &ClusterPods, now: &ClusterPods) -> bool {
     before.len() == now.len()
         && before.iter().zip(now).all(|((key, was), (now_key, is))| {
             key == now_key && (was.ipv4, &was.node, was.host_network) == (is.ipv4, &is.node, is.host_network)
@@ -994,7 +1027,7 @@ pub fn register(
     pods: Vec<(NewEndpoint, BTreeMap<String, String>)>,
 ) -> anyhow::Result<Vec<flowgate_proto::endpoint::Endpoint>> {
     let before: BTreeMap<u16, (u32, flowgate_common::EndpointInfo)> =
-        state.endpoints().iter().map(|ep| (ep.id, (ep.ifindex, datapath::endpoint_info(ep)))).collect();
+        state.map_endpoints(|ep| (ep.id, (ep.ifindex, datapath::endpoint_info(ep)))).into_iter().collect();
     let endpoints = state.upsert_endpoints(pods)?;
     forget_reused_ids(state, datapath)?;
     for endpoint in &endpoints {
@@ -1044,7 +1077,7 @@ pub fn lab_pod_endpoint(pod: &flowgate_lab::state::PodState) -> NewEndpoint {
 mod tests {
     use super::*;
 
-    fn pods(records: &[(&str, [u8; 4], &str, bool)]) -> BTreeMap<(String, String), PodRecord> {
+    fn pods(records: &[(&str, [u8; 4], &str, bool)]) -> ClusterPods {
         records
             .iter()
             .map(|&(name, ip, node, host_network)| {
@@ -1056,7 +1089,7 @@ mod tests {
                     host_network,
                     ..PodRecord::default()
                 };
-                (("default".to_owned(), name.to_owned()), pod)
+                (("default".to_owned(), name.to_owned()), Arc::new(pod))
             })
             .collect()
     }
@@ -1065,7 +1098,7 @@ mod tests {
     fn pods_stay_in_place_through_label_and_port_changes_only() {
         let before = pods(&[("a", [10, 0, 0, 1], "n1", false), ("b", [10, 0, 0, 2], "n1", false)]);
         let mut relabelled = before.clone();
-        for pod in relabelled.values_mut() {
+        for pod in relabelled.values_mut().map(Arc::make_mut) {
             pod.labels.insert("role".into(), "trusted".into());
             pod.ipv6 = Some("fd00::1".parse().unwrap());
             pod.ports.push(flowgate_policy::ContainerPort {
@@ -1091,7 +1124,27 @@ mod tests {
             assert!(!same_places(&before, &moved), "{moved:?}");
         }
         let mut unaddressed = before.clone();
-        unaddressed.values_mut().for_each(|pod| pod.ipv4 = None);
+        unaddressed.values_mut().map(Arc::make_mut).for_each(|pod| pod.ipv4 = None);
         assert!(!same_places(&before, &unaddressed));
+    }
+
+    #[test]
+    fn a_label_set_is_renumbered_only_when_both_have_it_with_other_numbers() {
+        let set = |pairs: &[(&str, u32)]| -> BTreeMap<Vec<String>, u32> {
+            pairs.iter().map(|(labels, n)| (labels.split(',').map(str::to_owned).collect(), *n)).collect()
+        };
+        let before = set(&[("a", 256), ("b", 257), ("c,d", 258)]);
+        assert!(!renumbered(&before, &before));
+        assert!(!renumbered(&before, &set(&[])));
+        // Sets come and go: none renumbered.
+        assert!(!renumbered(&before, &set(&[("a", 256), ("aa", 300), ("c,d", 258), ("z", 301)])));
+        assert!(!renumbered(&set(&[]), &before));
+        for now in [
+            set(&[("a", 259), ("b", 257), ("c,d", 258)]),
+            set(&[("b", 257), ("c,d", 260)]),
+            set(&[("a", 256), ("ab", 1), ("b", 999)]),
+        ] {
+            assert!(renumbered(&before, &now), "{now:?}");
+        }
     }
 }

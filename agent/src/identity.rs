@@ -53,7 +53,10 @@ impl IdentityAllocator {
     /// now on. Numbers handed out here before are not reused by [`Self::identity_for`].
     pub fn assign(&mut self, assigned: &BTreeMap<Vec<String>, u32>) {
         for (labels, id) in assigned {
-            self.by_labels.insert(labels.clone(), *id);
+            // Most are known already (every sync brings the node's whole set): no copy for those.
+            if self.by_labels.get(labels) != Some(id) {
+                self.by_labels.insert(labels.clone(), *id);
+            }
             self.next = self.next.max(id + 1);
         }
     }

@@ -149,8 +149,10 @@ impl AgentState {
     pub fn set_policy(&self, snapshot: Arc<PolicySnapshot>, cidr_labels: BTreeMap<u32, String>) {
         *self.policy.write().unwrap_or_else(std::sync::PoisonError::into_inner) = snapshot;
         let mut eps = self.endpoints_write();
-        eps.cidr_labels = cidr_labels;
-        Self::rebuild_snapshot(&mut eps);
+        if eps.cidr_labels != cidr_labels {
+            eps.cidr_labels = cidr_labels;
+            Self::rebuild_snapshot(&mut eps);
+        }
     }
 
     /// The policy names behind rule ids, for the pipeline.
@@ -320,16 +322,28 @@ impl AgentState {
         }
     }
 
+    /// The pipeline's peers from the endpoints, the remote pods and the CIDR identities. An endpoint's
+    /// peer that the last snapshot has as it is now is kept (its `Arc`), not made again: a sync re-registers
+    /// every pod of the node, and most are as they were.
     fn rebuild_snapshot(eps: &mut Endpoints) {
         let mut snapshot = PeerSnapshot::default();
         for ep in eps.registry.iter() {
-            let peer = Arc::new(Peer {
-                endpoint_id: ep.id,
-                identity: ep.identity,
-                namespace: ep.namespace.clone(),
-                pod_name: ep.pod_name.clone(),
-                labels: ep.label_list(),
+            let kept = eps.snapshot.by_id.get(&ep.id).filter(|peer| {
+                (peer.identity, &peer.namespace, &peer.pod_name) == (ep.identity, &ep.namespace, &ep.pod_name)
+                    && is_label_list(&peer.labels, &ep.labels)
             });
+            let peer = kept.map_or_else(
+                || {
+                    Arc::new(Peer {
+                        endpoint_id: ep.id,
+                        identity: ep.identity,
+                        namespace: ep.namespace.clone(),
+                        pod_name: ep.pod_name.clone(),
+                        labels: ep.label_list(),
+                    })
+                },
+                Arc::clone,
+            );
             snapshot.by_ip.insert(ep.ipv4.into(), Arc::clone(&peer));
             if let Some(ipv6) = ep.ipv6 {
                 snapshot.by_ip.insert(ipv6.into(), Arc::clone(&peer));
@@ -350,6 +364,12 @@ impl AgentState {
     /// The current endpoints as the pipeline sees them.
     pub fn peers(&self) -> Arc<PeerSnapshot> {
         Arc::clone(&self.endpoints_read().snapshot)
+    }
+
+    /// `f` of every endpoint, in id order, without copying the endpoints (their invalid-source counts are
+    /// not filled in: see [`Self::endpoints`]).
+    pub fn map_endpoints<T>(&self, f: impl FnMut(&Endpoint) -> T) -> Vec<T> {
+        self.endpoints_read().registry.iter().map(f).collect()
     }
 
     pub fn endpoints(&self) -> Vec<Endpoint> {
@@ -441,6 +461,18 @@ impl PipelineContext for AgentState {
     }
 }
 
+/// Whether `list` is `labels` as [`Endpoint::label_list`] writes them (`key=value`, in order), without
+/// writing them.
+fn is_label_list(list: &[String], labels: &BTreeMap<String, String>) -> bool {
+    list.len() == labels.len()
+        && list.iter().zip(labels).all(|(written, (key, value))| {
+            written.len() == key.len() + 1 + value.len()
+                && written.starts_with(key.as_str())
+                && written[key.len()..].starts_with('=')
+                && written.ends_with(value.as_str())
+        })
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use std::net::Ipv4Addr;
@@ -481,5 +513,43 @@ pub(crate) mod tests {
         assert_eq!(s.status().clients.len(), 1);
         drop(guard);
         assert!(s.status().clients.is_empty());
+    }
+
+    #[test]
+    fn the_peer_snapshot_follows_relabels_and_keeps_the_peers_that_did_not_change() {
+        let s = state();
+        let ns = BTreeMap::new();
+        s.upsert_endpoint(pod("x", "a", "a", 1), &ns).unwrap();
+        s.upsert_endpoint(pod("x", "b", "b", 2), &ns).unwrap();
+        let peer = |ip: u8| Arc::clone(&s.peers().by_ip[&Ipv4Addr::new(10, 0, 0, ip).into()]);
+        let (a, b) = (peer(1), peer(2));
+        let mut relabelled = pod("x", "b", "b", 2);
+        relabelled.labels.insert("role".into(), "trusted".into());
+        let b2 = s.upsert_endpoint(relabelled, &ns).unwrap();
+        assert!(Arc::ptr_eq(&peer(1), &a), "a unchanged: its peer kept");
+        assert_eq!(peer(2).labels, ["app=b", "role=trusted"]);
+        assert_eq!(peer(2).identity, b2.identity);
+        assert_ne!(b2.identity, b.identity, "new labels, new identity");
+        // Back to the old labels: the old identity and labels again, in a peer made anew.
+        let back = s.upsert_endpoint(pod("x", "b", "b", 2), &ns).unwrap();
+        assert_eq!((peer(2).identity, peer(2).labels.clone()), (b.identity, b.labels.clone()));
+        assert_eq!(back.identity, b.identity);
+        // Written labels are compared as written: `key=value` in order, nothing more or less.
+        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        };
+        let list = |items: &[&str]| -> Vec<String> { items.iter().map(|i| (*i).to_owned()).collect() };
+        assert!(is_label_list(&list(&["a=1", "b=2"]), &labels(&[("a", "1"), ("b", "2")])));
+        assert!(is_label_list(&[], &labels(&[])));
+        for (written, pairs) in [
+            (list(&["a=1"]), labels(&[("a", "1"), ("b", "2")])),
+            (list(&["a=1", "b=2"]), labels(&[("a", "1")])),
+            (list(&["a=12"]), labels(&[("a", "1")])),
+            (list(&["a:1"]), labels(&[("a", "1")])),
+            (list(&["ab=1"]), labels(&[("a", "b1")])),
+            (list(&["a=1"]), labels(&[("a", "2")])),
+        ] {
+            assert!(!is_label_list(&written, &pairs), "{written:?} against {pairs:?}");
+        }
     }
 }

@@ -205,7 +205,7 @@ impl Bench {
         engine.set_policies(vec![std::sync::Arc::new(LoadedPolicy::new("bench-policy.yaml", 1, policy))]);
         let cluster =
             ClusterView { namespaces: vec![NamespaceInfo { name: NAMESPACE.into(), labels: ns_labels }], pods };
-        let (contents, snapshot) = engine.prepare(&cluster)?;
+        let (contents, snapshot) = engine.prepare(cluster.clone())?;
         let policy_entries = contents.policy.len();
         state.set_policy(Arc::new(snapshot), engine.cidr_labels());
         datapath.apply_policy(&contents)?;

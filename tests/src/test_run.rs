@@ -105,7 +105,7 @@ pub fn fixture_options(
     let mut engine = PolicyEngine::new(Some(dir.path().to_owned()), false);
     assert!(engine.reload(), "policy loads: {:?}", engine.status().errors);
     tweak(&mut engine);
-    let (contents, snapshot) = engine.prepare(&cluster).expect("the test policies fit the maps");
+    let (contents, snapshot) = engine.prepare(cluster.clone()).expect("the test policies fit the maps");
     state.set_policy(Arc::new(snapshot), engine.cidr_labels());
     datapath.apply_policy(&contents).expect("write the policy maps");
     let ring = datapath.take_events().unwrap();

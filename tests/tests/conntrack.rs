@@ -106,7 +106,7 @@ impl Fixture {
     fn apply(&mut self, yaml: &str) {
         std::fs::write(self.dir.path().join("policy.yaml"), yaml).unwrap();
         assert!(self.engine.reload(), "policy loads: {:?}", self.engine.status().errors);
-        let (contents, snapshot) = self.engine.prepare(&self.cluster).expect("the policy fits the maps");
+        let (contents, snapshot) = self.engine.prepare(self.cluster.clone()).expect("the policy fits the maps");
         self.state.set_policy(Arc::new(snapshot), self.engine.cidr_labels());
         self.datapath.apply_policy(&contents).expect("write the policy maps");
     }
@@ -743,7 +743,7 @@ fn a_pod_registered_under_a_reused_id_starts_without_the_old_pods_connections() 
     assert_eq!(of(&f, old.id), 0, "the old pod's connections are forgotten when its id is handed out again");
     // The sync compiles the same policy for the new cluster view.
     f.cluster = view(&[&client, &new[0]]);
-    let (contents, snapshot) = f.engine.prepare(&f.cluster).expect("the policy fits the maps");
+    let (contents, snapshot) = f.engine.prepare(f.cluster.clone()).expect("the policy fits the maps");
     f.state.set_policy(Arc::new(snapshot), f.engine.cidr_labels());
     f.datapath.apply_policy(&contents).expect("write the policy maps");
     let (ret, records) = f.client_sends(tcp(ACK));

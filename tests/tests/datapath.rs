@@ -698,7 +698,7 @@ fn an_older_agents_ipcache_with_pod_addresses_in_the_trie_is_adopted_and_moved()
     let (_state, cluster) = flowgate_tests::test_run::two_pods(&mut first, &[]);
     let mut engine = PolicyEngine::new(Some(policy_dir.path().to_owned()), false);
     assert!(engine.reload(), "policy loads: {:?}", engine.status().errors);
-    let (contents, _) = engine.prepare(&cluster).expect("the policy fits");
+    let (contents, _) = engine.prepare(cluster.clone()).expect("the policy fits");
     first.apply_policy(&contents).expect("write the policy maps");
     first.apply_policy(&contents).expect("write the other generation too");
 

@@ -34,7 +34,7 @@ pub struct PodRecord {
 
 impl PodRecord {
     /// A pod that is done (Succeeded/Failed) no longer holds its address.
-    fn from_pod(pod: &Pod) -> Option<Self> {
+    pub(super) fn from_pod(pod: &Pod) -> Option<Self> {
         let namespace = pod.metadata.namespace.clone()?;
         let name = pod.metadata.name.clone()?;
         let status = pod.status.as_ref();
@@ -88,8 +88,9 @@ impl PodRecord {
 pub struct ClusterState {
     /// Namespace name -> labels (with `kubernetes.io/metadata.name`).
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
-    /// (namespace, name) -> pod.
-    pub pods: BTreeMap<(String, String), PodRecord>,
+    /// (namespace, name) -> pod. Shared as the policies are: a pod the server did not change since the
+    /// last state is the same `Arc` in both.
+    pub pods: BTreeMap<(String, String), Arc<PodRecord>>,
     /// Sorted by namespace and name. Shared: a policy the server did not change since the last state is
     /// the same `Arc` in both ([`KubeSource::snapshot`](super::KubeSource::snapshot)), and the agent's policy
     /// set holds it too.
@@ -102,7 +103,11 @@ impl ClusterState {
         pods: impl IntoIterator<Item = &'a Pod>,
         policies: impl IntoIterator<Item = &'a NetworkPolicy>,
     ) -> Self {
-        Self::with_policies(namespaces, pods, policies.into_iter().map(|p| Arc::new(Self::policy_of(p))).collect())
+        Self::with_taken(
+            namespaces,
+            pods.into_iter().filter_map(PodRecord::from_pod).map(Arc::new).collect(),
+            policies.into_iter().map(|p| Arc::new(Self::policy_of(p))).collect(),
+        )
     }
 
     /// The policy as the agent takes it from the server's object.
@@ -115,10 +120,11 @@ impl ClusterState {
         LoadedPolicy::new(shown, 1, strip_server_fields(policy))
     }
 
-    /// [`Self::from_objects`] with the policies already taken ([`Self::policy_of`]).
-    pub fn with_policies<'a>(
+    /// [`Self::from_objects`] with the pods and policies already taken ([`PodRecord::from_pod`],
+    /// [`Self::policy_of`]).
+    pub fn with_taken<'a>(
         namespaces: impl IntoIterator<Item = &'a Namespace>,
-        pods: impl IntoIterator<Item = &'a Pod>,
+        pods: Vec<Arc<PodRecord>>,
         mut policies: Vec<Arc<LoadedPolicy>>,
     ) -> Self {
         let namespaces = namespaces
@@ -130,18 +136,14 @@ impl ClusterState {
                 Some((name, labels))
             })
             .collect();
-        let pods = pods
-            .into_iter()
-            .filter_map(PodRecord::from_pod)
-            .map(|p| ((p.namespace.clone(), p.name.clone()), p))
-            .collect();
+        let pods = pods.into_iter().map(|p| ((p.namespace.clone(), p.name.clone()), p)).collect();
         policies.sort_by(|a, b| (a.namespace(), a.name()).cmp(&(b.namespace(), b.name())));
         Self { namespaces, pods, policies }
     }
 
     /// Pods with an IPv4 address that are not on the host's network: the ipcache's pod entries.
     pub fn addressed_pods(&self) -> impl Iterator<Item = &PodRecord> {
-        self.pods.values().filter(|p| p.ipv4.is_some() && !p.host_network)
+        self.pods.values().map(AsRef::as_ref).filter(|p| p.ipv4.is_some() && !p.host_network)
     }
 
     /// The addressed pods scheduled on `node`: this agent's endpoints.

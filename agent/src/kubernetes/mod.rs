@@ -9,6 +9,7 @@ pub mod client;
 pub mod cluster;
 pub mod identities;
 pub mod source;
+mod taken;
 
 pub use cluster::{ClusterState, PodRecord};
 pub use identities::{ClusterIdentities, FlowgateIdentity};

@@ -5,7 +5,6 @@
 //! full list, [`KubeSource::snapshot`] has nothing: the agent keeps enforcing what it enforced before.
 
 use std::{
-    collections::HashMap,
     fmt::Debug,
     sync::{
         Arc, Mutex,
@@ -25,7 +24,10 @@ use log::{info, warn};
 use serde::de::DeserializeOwned;
 use tokio::{sync::watch, task::JoinHandle};
 
-use super::cluster::ClusterState;
+use super::{
+    cluster::{ClusterState, PodRecord},
+    taken::Taken,
+};
 
 /// What one kind's reflector has been through.
 #[derive(Debug, Default)]
@@ -107,9 +109,15 @@ pub struct KubeSource {
     changes: watch::Receiver<u64>,
     stats: Arc<SourceStats>,
     tasks: Vec<JoinHandle<()>>,
-    /// The policies of the last snapshot by resourceVersion (unique across the server's objects), so
-    /// the next one takes again only what changed and keeps the others' `Arc`s.
-    taken: Mutex<HashMap<String, Arc<LoadedPolicy>>>,
+    /// The pods and policies of the last snapshot in the agent's form, so the next one takes again only
+    /// what changed and keeps the others' `Arc`s.
+    taken: Mutex<TakenObjects>,
+}
+
+#[derive(Default)]
+struct TakenObjects {
+    pods: Taken<Pod, PodRecord>,
+    policies: Taken<NetworkPolicy, LoadedPolicy>,
 }
 
 impl KubeSource {
@@ -165,31 +173,9 @@ impl KubeSource {
         }
         let (namespaces, pods, policies) = (self.namespaces.state(), self.pods.state(), self.policies.state());
         let mut taken = self.taken.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut next = HashMap::with_capacity(policies.len());
-        let policies = policies
-            .iter()
-            .map(|object| {
-                let meta = &object.metadata;
-                let Some(version) = &meta.resource_version else {
-                    return Arc::new(ClusterState::policy_of(object));
-                };
-                let loaded = taken
-                    .get(version)
-                    .filter(|p| {
-                        let kept = &p.policy.metadata;
-                        (&kept.uid, &kept.namespace, &kept.name) == (&meta.uid, &meta.namespace, &meta.name)
-                    })
-                    .map_or_else(|| Arc::new(ClusterState::policy_of(object)), Arc::clone);
-                next.insert(version.clone(), Arc::clone(&loaded));
-                loaded
-            })
-            .collect();
-        *taken = next;
-        Some(ClusterState::with_policies(
-            namespaces.iter().map(AsRef::as_ref),
-            pods.iter().map(AsRef::as_ref),
-            policies,
-        ))
+        let policies = taken.policies.take(&policies, |object| Some(ClusterState::policy_of(object)));
+        let pods = taken.pods.take(&pods, PodRecord::from_pod);
+        Some(ClusterState::with_taken(namespaces.iter().map(AsRef::as_ref), pods, policies))
     }
 
     /// Waits until every kind has been listed in full, or `timeout`; returns whether it was.

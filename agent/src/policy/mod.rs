@@ -72,7 +72,7 @@ struct RealizedPlan {
 /// What a generation is compiled for besides the policies.
 #[derive(Clone, Debug, PartialEq)]
 struct Inputs {
-    cluster: ClusterView,
+    cluster: Arc<ClusterView>,
     audit_all: bool,
     audited: std::collections::BTreeSet<u16>,
 }
@@ -163,6 +163,11 @@ impl PolicyEngine {
     /// the cluster has no atomic policy set) and reported in `status`. Returns whether the set changed.
     /// A policy that is (or equals) one of the good set is taken as it is, not validated again.
     pub fn set_policies(&mut self, policies: Vec<Arc<LoadedPolicy>>) -> bool {
+        // The good set itself (a sync where only pods changed): every policy was accepted, nothing to check.
+        if policies.len() == self.good.len() && policies.iter().zip(&self.good).all(|(p, good)| Arc::ptr_eq(p, good)) {
+            self.load_errors.clear();
+            return false;
+        }
         let mut errors = Vec::new();
         let good: HashMap<(&str, &str), &Arc<LoadedPolicy>> =
             self.good.iter().map(|p| ((p.namespace(), p.name()), p)).collect();
@@ -199,11 +204,12 @@ impl PolicyEngine {
     /// invalid manifest: `status` says so with both numbers) before anything is built or written. The set
     /// in effect stays; when the endpoints (or audit settings) changed since it was applied, it is what
     /// this prepares, compiled for them, with the refusal still reported. `Err` means nothing to write.
-    pub fn prepare(&mut self, cluster: &ClusterView) -> Result<(MapContents, PolicySnapshot), CapacityError> {
+    pub fn prepare(&mut self, cluster: ClusterView) -> Result<(MapContents, PolicySnapshot), CapacityError> {
+        let cluster = Arc::new(cluster);
         let inputs =
-            Inputs { cluster: cluster.clone(), audit_all: self.audit.all, audited: self.audit.endpoints.clone() };
+            Inputs { cluster: Arc::clone(&cluster), audit_all: self.audit.all, audited: self.audit.endpoints.clone() };
         let good = self.good.clone();
-        let refusal = match self.build(&good, cluster) {
+        let refusal = match self.build(&good, &cluster) {
             Ok(prepared) => {
                 self.pending = Some((good, inputs, None));
                 return Ok(prepared);
@@ -216,7 +222,7 @@ impl PolicyEngine {
         }
         // The endpoints changed under the set in effect: compile it again for them.
         let in_effect = self.in_effect.clone();
-        match self.build(&in_effect, cluster) {
+        match self.build(&in_effect, &cluster) {
             Ok(prepared) => {
                 self.pending = Some((in_effect, inputs, Some(refusal.to_string())));
                 Ok(prepared)
@@ -232,10 +238,10 @@ impl PolicyEngine {
     fn build(
         &mut self,
         policies: &[Arc<LoadedPolicy>],
-        cluster: &ClusterView,
+        cluster: &Arc<ClusterView>,
     ) -> Result<(MapContents, PolicySnapshot), CapacityError> {
         let started = std::time::Instant::now();
-        let plan = self.compiler.compile(policies, cluster, &mut self.cidr_identities);
+        let plan = self.compiler.compile_shared(policies, cluster, &mut self.cidr_identities);
         let compiled = started.elapsed();
         let pods: Vec<(IpAddr, u32)> = cluster
             .pods
@@ -309,7 +315,7 @@ impl PolicyEngine {
 
     /// The set in effect and the cluster view it was compiled for (`None` before the first generation).
     pub fn in_effect(&self) -> (&[Arc<LoadedPolicy>], Option<&ClusterView>) {
-        (&self.in_effect, self.in_effect_for.as_ref().map(|inputs| &inputs.cluster))
+        (&self.in_effect, self.in_effect_for.as_ref().map(|inputs| &*inputs.cluster))
     }
 
     /// Endpoint id -> (ingress enforced, egress enforced) in the plan in effect (nothing before the first).
@@ -430,7 +436,7 @@ mod tests {
         dir.write(&cidr_policy("wide", 2000, 1, false));
         let mut engine = PolicyEngine::new(Some(dir.0.clone()), false);
         assert!(engine.reload(), "{:?}", engine.status().errors);
-        let (contents, _) = engine.prepare(&cluster_of(3)).expect("fits 65,536 policy entries");
+        let (contents, _) = engine.prepare(cluster_of(3)).expect("fits 65,536 policy entries");
         // 3 endpoints x 3 protocols: the 2000 prefixes share one policy identity (the same block selects
         // each) and every usable port is the protocol alone. It was 2000 identities x 16 port prefixes of
         // 1-65535: 288,000 entries.
@@ -449,7 +455,7 @@ mod tests {
         // Each block in a rule of its own: nothing to share, but still one entry per protocol.
         dir.write(&cidr_policy("wide", 2000, 1, true));
         assert!(engine.reload());
-        let (contents, _) = engine.prepare(&cluster_of(3)).expect("fits 65,536 policy entries");
+        let (contents, _) = engine.prepare(cluster_of(3)).expect("fits 65,536 policy entries");
         assert_eq!(contents.policy.len(), 18_000);
     }
 
@@ -460,7 +466,7 @@ mod tests {
         let mut engine = PolicyEngine::new(Some(dir.0.clone()), false);
         assert!(engine.reload());
         let cluster = cluster_of(3);
-        let (good, _) = engine.prepare(&cluster).expect("one entry per endpoint fits");
+        let (good, _) = engine.prepare(cluster.clone()).expect("one entry per endpoint fits");
         engine.applied();
         assert_eq!(good.policy.len(), 3);
 
@@ -468,7 +474,7 @@ mod tests {
         // identities x 3 protocols x 15 = 270,000 entries.
         dir.write(&cidr_policy("wide", 2000, 2, true));
         assert!(engine.reload());
-        let refusal = engine.prepare(&cluster).map(|_| ()).expect_err("270,000 entries do not fit 65,536");
+        let refusal = engine.prepare(cluster.clone()).map(|_| ()).expect_err("270,000 entries do not fit 65,536");
         assert_eq!((refusal.needs, refusal.capacity), (270_000, 65_536));
         let status = engine.status();
         assert_eq!(
@@ -484,9 +490,9 @@ mod tests {
         assert_eq!(status.maps[0].entries, 3, "the fill of the generation in effect");
 
         // Nothing changed: refused again, nothing to write.
-        assert!(engine.prepare(&cluster).is_err());
+        assert!(engine.prepare(cluster.clone()).is_err());
         // A new endpoint: the set in effect is compiled for it, and the refusal is still reported.
-        let (grown, _) = engine.prepare(&cluster_of(4)).expect("the set in effect, for four endpoints");
+        let (grown, _) = engine.prepare(cluster_of(4)).expect("the set in effect, for four endpoints");
         assert_eq!(grown.policy.len(), 4);
         engine.applied();
         let status = engine.status();
@@ -497,7 +503,7 @@ mod tests {
         // Writing the good set back applies it and clears the refusal.
         dir.write(ALLOW_ONE);
         assert!(engine.reload());
-        assert!(engine.prepare(&cluster).is_ok());
+        assert!(engine.prepare(cluster.clone()).is_ok());
         engine.applied();
         assert!(engine.status().errors.is_empty());
     }
@@ -510,7 +516,7 @@ mod tests {
         engine.set_capacities(Capacities { policy: 64, ..Capacities::default() });
         assert!(engine.reload());
         // At start nothing is in effect yet: the empty set is, and the refusal is reported.
-        let (empty, _) = engine.prepare(&cluster_of(3)).expect("the (empty) set in effect");
+        let (empty, _) = engine.prepare(cluster_of(3)).expect("the (empty) set in effect");
         assert!(empty.policy.is_empty() && empty.enforcement.is_empty());
         engine.applied();
         let status = engine.status();
@@ -521,7 +527,7 @@ mod tests {
             status.errors
         );
         engine.set_capacities(Capacities { ipcache: 10, ..Capacities::default() });
-        let refusal = engine.prepare(&cluster_of(3)).map(|_| ()).expect_err("15 ipcache entries do not fit 10");
+        let refusal = engine.prepare(cluster_of(3)).map(|_| ()).expect_err("15 ipcache entries do not fit 10");
         assert_eq!((refusal.what, refusal.needs, refusal.capacity), ("ipcache", 15, 10));
     }
 }

@@ -35,7 +35,7 @@ pub struct PolicyCompiler {
     /// The shares of the last set, in its order.
     compiled: Vec<Compiled>,
     /// What the shares were resolved against.
-    cluster: ClusterView,
+    cluster: Arc<ClusterView>,
     namespace_labels: BTreeMap<String, Labels>,
     cidrs: Vec<CidrEntry>,
     /// How many policies the last call compiled (the others' shares were kept).
@@ -56,6 +56,16 @@ impl PolicyCompiler {
         &mut self,
         policies: &[Arc<LoadedPolicy>],
         cluster: &ClusterView,
+        cidr_identities: &mut CidrIdentities,
+    ) -> PolicyPlan {
+        self.compile_shared(policies, &Arc::new(cluster.clone()), cidr_identities)
+    }
+
+    /// [`Self::compile`] for a view the caller shares: kept for the next call without a copy.
+    pub fn compile_shared(
+        &mut self,
+        policies: &[Arc<LoadedPolicy>],
+        cluster: &Arc<ClusterView>,
         cidr_identities: &mut CidrIdentities,
     ) -> PolicyPlan {
         let cidrs = collect_cidrs(policies, &cluster.pods, cidr_identities);
@@ -113,7 +123,7 @@ impl PolicyCompiler {
         self.namespace_labels =
             view.namespace_labels.iter().map(|(name, labels)| ((*name).to_owned(), labels.clone())).collect();
         self.compiled = compiled;
-        self.cluster = cluster.clone();
+        self.cluster = Arc::clone(cluster);
         self.cidrs.clone_from(&cidrs);
         PolicyPlan { cidrs, endpoints }
     }
