@@ -34,7 +34,7 @@ use log::{info, warn};
 use crate::{
     api::PolicyControl,
     datapath::{self, Datapath, DatapathError, KernelCounters},
-    kubernetes::{ClusterIdentities, ClusterState, KubeSource, PodRecord, identities::IdentityError},
+    kubernetes::{ClusterIdentities, ClusterState, KubeSource, PodRecord, Pods, identities::IdentityError},
     policy::PolicyEngine,
     state::{AgentState, RemotePod},
     watch::{ChangeNotifier, Watched},
@@ -156,7 +156,7 @@ impl Controller {
                 "kubernetes: only policies changed ({} in the cluster); the node's pods stay as synced",
                 cluster.policies.len()
             );
-            self.engine.set_policies(cluster.policies.clone());
+            self.engine.set_policies(cluster.policies.to_vec());
             mode.state = Some(cluster);
             return self.apply_policy().context("applying the policy of the cluster");
         }
@@ -182,7 +182,7 @@ impl Controller {
         }
         let node = mode.node.clone();
         self.state.assign_identities(identities);
-        self.engine.set_policies(cluster.policies.clone());
+        self.engine.set_policies(cluster.policies.to_vec());
         if !routes_hold {
             mode.routes = crate::pod_routes::host_routes(&self.node_netns)?;
         }
@@ -979,8 +979,6 @@ pub async fn follow_cluster(controller: Arc<Mutex<Controller>>, source: KubeSour
     }
 }
 
-type ClusterPods = BTreeMap<(String, String), Arc<PodRecord>>;
-
 /// Whether a label set in both `before` and `now` has another number in `now` (one walk of the two sorted
 /// maps side by side).
 fn renumbered(before: &BTreeMap<Vec<String>, u32>, now: &BTreeMap<Vec<String>, u32>) -> bool {
@@ -994,7 +992,7 @@ fn renumbered(before: &BTreeMap<Vec<String>, u32>, now: &BTreeMap<Vec<String>, u
 /// Whether two syncs' pods are the same pods at the same places: the same names, each with the same IPv4
 /// address, node and host networking (labels, ports and the IPv6 address may differ: no route depends on
 /// them).
-fn same_places(before: &ClusterPods, now: &ClusterPods) -> bool {
+fn same_places(before: &Pods, now: &Pods) -> bool {
     before.len() == now.len()
         && before.iter().zip(now).all(|((key, was), (now_key, is))| {
             key == now_key && (was.ipv4, &was.node, was.host_network) == (is.ipv4, &is.node, is.host_network)
@@ -1077,7 +1075,7 @@ pub fn lab_pod_endpoint(pod: &flowgate_lab::state::PodState) -> NewEndpoint {
 mod tests {
     use super::*;
 
-    fn pods(records: &[(&str, [u8; 4], &str, bool)]) -> ClusterPods {
+    fn pods(records: &[(&str, [u8; 4], &str, bool)]) -> Pods {
         records
             .iter()
             .map(|&(name, ip, node, host_network)| {

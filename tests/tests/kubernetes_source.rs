@@ -5,7 +5,7 @@
 
 use std::{
     net::Ipv4Addr,
-    sync::atomic::Ordering,
+    sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
 
@@ -61,6 +61,10 @@ async fn wait_for(source: &KubeSource, what: &str, timeout: Duration, check: imp
     }
 }
 
+fn shop(name: &str) -> (String, String) {
+    ("shop".to_owned(), name.to_owned())
+}
+
 fn pod_names(state: &ClusterState) -> Vec<String> {
     state.pods.values().map(|p| p.pod_ref()).collect()
 }
@@ -89,9 +93,32 @@ async fn lists_follows_and_resyncs_after_gone_and_an_api_server_restart() {
     plane.kubectl_ok(&["label", "namespace", "shop", "team=shop-2", "--overwrite"]);
     kubelet::run_pod(&plane, &pod("frontend", "node-1", "frontend", [10, 1, 0, 12]));
     wait_for(&source, "live changes", Duration::from_secs(20), |s| {
-        s.namespace_labels("shop").get("team").map(String::as_str) == Some("shop-2") && s.pods.len() == 3
+        s.namespace_labels("shop").get("team").map(String::as_str) == Some("shop-2")
+            && s.pods.get(&shop("frontend")).is_some_and(|p| p.ipv4.is_some())
     })
     .await;
+
+    // A snapshot shares what did not change with the one before it: a kind unchanged is the same part, a
+    // pod unchanged the same record. A relabelled pod is taken again, and only it.
+    let before = source.snapshot().expect("synced");
+    let again = source.snapshot().expect("synced");
+    assert!(
+        Arc::ptr_eq(&before.namespaces, &again.namespaces)
+            && Arc::ptr_eq(&before.pods, &again.pods)
+            && Arc::ptr_eq(&before.policies, &again.policies),
+        "nothing changed between two snapshots: {}",
+        source.stats().summary()
+    );
+    plane.kubectl_ok(&["label", "pod", "-n", "shop", "frontend", "tier=web"]);
+    wait_for(&source, "a pod relabelled", Duration::from_secs(20), |s| {
+        s.pods[&shop("frontend")].labels.get("tier").map(String::as_str) == Some("web")
+    })
+    .await;
+    let after = source.snapshot().expect("synced");
+    assert!(Arc::ptr_eq(&before.namespaces, &after.namespaces) && Arc::ptr_eq(&before.policies, &after.policies));
+    assert!(Arc::ptr_eq(&before.pods[&shop("database")], &after.pods[&shop("database")]), "database not changed");
+    assert_eq!(before.pods[&shop("database")], after.pods[&shop("database")]);
+    assert!(!Arc::ptr_eq(&before.pods[&shop("frontend")], &after.pods[&shop("frontend")]));
     let lists_before = source.stats().pods.lists.load(Ordering::Relaxed);
 
     // Changes the source cannot see: its API server is down, another one (same etcd) takes them.

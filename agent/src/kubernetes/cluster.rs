@@ -82,19 +82,24 @@ impl PodRecord {
     }
 }
 
+/// Namespace name -> labels (with `kubernetes.io/metadata.name`).
+pub type Namespaces = BTreeMap<String, BTreeMap<String, String>>;
+
+/// (namespace, name) -> pod.
+pub type Pods = BTreeMap<(String, String), Arc<PodRecord>>;
+
 /// Everything the agent takes from the API server, keyed and sorted so two states compare equal exactly
 /// when they hold the same objects.
+///
+/// Shared from one state to the next ([`KubeSource::snapshot`](super::KubeSource::snapshot)): a kind the
+/// server did not change is the same `Arc` in both, and so is each pod and policy it did not change (the
+/// agent's policy set holds the policies too), so comparing two states costs what differs.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ClusterState {
-    /// Namespace name -> labels (with `kubernetes.io/metadata.name`).
-    pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
-    /// (namespace, name) -> pod. Shared as the policies are: a pod the server did not change since the
-    /// last state is the same `Arc` in both.
-    pub pods: BTreeMap<(String, String), Arc<PodRecord>>,
-    /// Sorted by namespace and name. Shared: a policy the server did not change since the last state is
-    /// the same `Arc` in both ([`KubeSource::snapshot`](super::KubeSource::snapshot)), and the agent's policy
-    /// set holds it too.
-    pub policies: Vec<Arc<LoadedPolicy>>,
+    pub namespaces: Arc<Namespaces>,
+    pub pods: Arc<Pods>,
+    /// Sorted by namespace and name.
+    pub policies: Arc<Vec<Arc<LoadedPolicy>>>,
 }
 
 impl ClusterState {
@@ -125,9 +130,18 @@ impl ClusterState {
     pub fn with_taken<'a>(
         namespaces: impl IntoIterator<Item = &'a Namespace>,
         pods: Vec<Arc<PodRecord>>,
-        mut policies: Vec<Arc<LoadedPolicy>>,
+        policies: Vec<Arc<LoadedPolicy>>,
     ) -> Self {
-        let namespaces = namespaces
+        Self {
+            namespaces: Arc::new(Self::namespaces_of(namespaces)),
+            pods: Arc::new(Self::pods_of(pods)),
+            policies: Arc::new(Self::sorted(policies)),
+        }
+    }
+
+    /// The namespaces' labels, each with its name label.
+    pub(super) fn namespaces_of<'a>(namespaces: impl IntoIterator<Item = &'a Namespace>) -> Namespaces {
+        namespaces
             .into_iter()
             .filter_map(|ns| {
                 let name = ns.metadata.name.clone()?;
@@ -135,10 +149,17 @@ impl ClusterState {
                 labels.insert(NAMESPACE_NAME_LABEL.to_owned(), name.clone());
                 Some((name, labels))
             })
-            .collect();
-        let pods = pods.into_iter().map(|p| ((p.namespace.clone(), p.name.clone()), p)).collect();
+            .collect()
+    }
+
+    pub(super) fn pods_of(pods: Vec<Arc<PodRecord>>) -> Pods {
+        pods.into_iter().map(|p| ((p.namespace.clone(), p.name.clone()), p)).collect()
+    }
+
+    /// Policies by namespace and name.
+    pub(super) fn sorted(mut policies: Vec<Arc<LoadedPolicy>>) -> Vec<Arc<LoadedPolicy>> {
         policies.sort_by(|a, b| (a.namespace(), a.name()).cmp(&(b.namespace(), b.name())));
-        Self { namespaces, pods, policies }
+        policies
     }
 
     /// Pods with an IPv4 address that are not on the host's network: the ipcache's pod entries.

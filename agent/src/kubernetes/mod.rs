@@ -11,6 +11,6 @@ pub mod identities;
 pub mod source;
 mod taken;
 
-pub use cluster::{ClusterState, PodRecord};
+pub use cluster::{ClusterState, Namespaces, PodRecord, Pods};
 pub use identities::{ClusterIdentities, FlowgateIdentity};
 pub use source::{KubeSource, SourceStats};

@@ -25,7 +25,7 @@ use serde::de::DeserializeOwned;
 use tokio::{sync::watch, task::JoinHandle};
 
 use super::{
-    cluster::{ClusterState, PodRecord},
+    cluster::{ClusterState, Namespaces, PodRecord, Pods},
     taken::Taken,
 };
 
@@ -51,12 +51,19 @@ impl KindStats {
     }
 
     pub(crate) fn mark_synced(&self) {
-        self.synced_lists.fetch_add(1, Ordering::Relaxed);
+        self.synced_lists.fetch_add(1, Ordering::Release);
         self.synced.store(true, Ordering::Release);
     }
 
     pub(crate) fn count_change(&self) {
-        self.changes.fetch_add(1, Ordering::Relaxed);
+        self.changes.fetch_add(1, Ordering::Release);
+    }
+
+    /// Changes and completed lists so far: a kind whose version is the same holds what it held (see
+    /// [`KubeSource::snapshot`]). Counted after the store took each (`Release`), read with `Acquire`: a
+    /// version read before the store was read is never newer than what the store gave.
+    fn version(&self) -> u64 {
+        self.changes.load(Ordering::Acquire) + self.synced_lists.load(Ordering::Acquire)
     }
 
     pub(crate) fn count_error(&self) {
@@ -109,15 +116,37 @@ pub struct KubeSource {
     changes: watch::Receiver<u64>,
     stats: Arc<SourceStats>,
     tasks: Vec<JoinHandle<()>>,
-    /// The pods and policies of the last snapshot in the agent's form, so the next one takes again only
-    /// what changed and keeps the others' `Arc`s.
+    /// The last snapshot's parts, so the next one takes again only what changed.
     taken: Mutex<TakenObjects>,
 }
 
+/// Each kind's part of the last snapshot with the kind's version it was taken at, and the pods and
+/// policies in the agent's form (each object taken once, [`Taken`]).
 #[derive(Default)]
 struct TakenObjects {
-    pods: Taken<Pod, PodRecord>,
-    policies: Taken<NetworkPolicy, LoadedPolicy>,
+    namespaces: Part<Namespaces>,
+    pods: Part<Pods>,
+    policies: Part<Vec<Arc<LoadedPolicy>>>,
+    pod_forms: Taken<Pod, PodRecord>,
+    policy_forms: Taken<NetworkPolicy, LoadedPolicy>,
+}
+
+/// One kind's part of a snapshot, and the kind's version ([`KindStats::version`]) read before it was taken.
+#[derive(Default)]
+struct Part<T> {
+    version: Option<u64>,
+    part: Arc<T>,
+}
+
+impl<T> Part<T> {
+    /// The part kept, if the kind is still at `version`; else `take`'s, kept for the next call.
+    fn at(&mut self, version: u64, take: impl FnOnce() -> T) -> Arc<T> {
+        if self.version != Some(version) {
+            self.part = Arc::new(take());
+            self.version = Some(version);
+        }
+        Arc::clone(&self.part)
+    }
 }
 
 impl KubeSource {
@@ -167,15 +196,29 @@ impl KubeSource {
     }
 
     /// The cluster as the reflectors hold it, once every kind has been listed in full; `None` before.
+    ///
+    /// A kind that did not change since the last snapshot (the same version: no change and no list came
+    /// since) is the last snapshot's part, not read again; in a kind that did, only the objects the store
+    /// replaced are taken again. A change the store took after its kind's version was read is not lost:
+    /// its count comes after, and with it a tick of [`Self::changes`].
     pub fn snapshot(&self) -> Option<ClusterState> {
         if !self.stats.is_synced() {
             return None;
         }
-        let (namespaces, pods, policies) = (self.namespaces.state(), self.pods.state(), self.policies.state());
         let mut taken = self.taken.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let policies = taken.policies.take(&policies, |object| Some(ClusterState::policy_of(object)));
-        let pods = taken.pods.take(&pods, PodRecord::from_pod);
-        Some(ClusterState::with_taken(namespaces.iter().map(AsRef::as_ref), pods, policies))
+        let TakenObjects { namespaces, pods, policies, pod_forms, policy_forms } = &mut *taken;
+        let namespaces = namespaces.at(self.stats.namespaces.version(), || {
+            ClusterState::namespaces_of(self.namespaces.state().iter().map(AsRef::as_ref))
+        });
+        let pods = pods.at(self.stats.pods.version(), || {
+            ClusterState::pods_of(pod_forms.take(&self.pods.state(), PodRecord::from_pod))
+        });
+        let policies = policies.at(self.stats.policies.version(), || {
+            ClusterState::sorted(
+                policy_forms.take(&self.policies.state(), |object| Some(ClusterState::policy_of(object))),
+            )
+        });
+        Some(ClusterState { namespaces, pods, policies })
     }
 
     /// Waits until every kind has been listed in full, or `timeout`; returns whether it was.
@@ -224,7 +267,8 @@ async fn reflect<K>(
             }
             Ok(watcher::Event::InitApply(_)) => {}
             Ok(watcher::Event::InitDone) => {
-                let lists = counts.synced_lists.fetch_add(1, Ordering::Relaxed) + 1;
+                // Release: after the store swapped the list in (see `KindStats::version`).
+                let lists = counts.synced_lists.fetch_add(1, Ordering::Release) + 1;
                 counts.synced.store(true, Ordering::Release);
                 if lists > 1 {
                     info!("kubernetes: {kind} listed again (list {lists}); state replaced by the new list");
@@ -232,7 +276,7 @@ async fn reflect<K>(
                 tick();
             }
             Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => {
-                counts.changes.fetch_add(1, Ordering::Relaxed);
+                counts.count_change();
                 tick();
             }
             Err(e) => {
