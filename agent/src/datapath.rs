@@ -54,8 +54,9 @@ use crate::{
     tick,
 };
 
-/// How long a generation that was just switched away from stays untouched, so packets that read the
-/// old generation number finish with the old maps.
+/// How long a generation that was just switched away from stays untouched where the kernel gives no grace
+/// period ([`crate::rcu::SwitchGrace`]), so packets that read the old generation number finish with the
+/// old maps.
 const GENERATION_GRACE: Duration = Duration::from_millis(50);
 
 /// The eBPF object built by build.rs from `ebpf-progs/`.
@@ -65,6 +66,8 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 pub enum DatapathError {
     #[error("loading the eBPF object")]
     Load(#[source] aya::EbpfError),
+    #[error("starting the thread that waits for grace periods after policy switches")]
+    GraceThread(#[source] std::io::Error),
     #[error("map {name} is missing from the eBPF object")]
     MissingMap { name: &'static str },
     #[error(
@@ -275,6 +278,9 @@ pub struct Datapath {
     /// Policy generation the programs read.
     generation: u8,
     last_switch: Option<Instant>,
+    /// A grace period after each switch, so the generation switched away from is rewritten only when no
+    /// program run still reads it.
+    grace: crate::rcu::SwitchGrace,
     /// `max_entries` of the policy-generation maps in the kernel.
     capacities: Capacities,
     /// Policy revision the programs read (`Config::PolicyRevision`): bumped after every switch.
@@ -372,6 +378,7 @@ impl Datapath {
             links: BTreeMap::new(),
             generation: 0,
             last_switch: None,
+            grace: crate::rcu::SwitchGrace::start().map_err(DatapathError::GraceThread)?,
             capacities: Capacities::default(),
             revision: 0,
             written: [None, None],
@@ -747,7 +754,11 @@ impl Datapath {
     /// others are inserted or removed. A change to one policy of a thousand writes its own entries, not all,
     /// and the inactive generation is not read back (what it holds is known from the last switch).
     pub fn apply_policy(&mut self, contents: &MapContents) -> Result<(), DatapathError> {
+        // The generation about to be rewritten was in effect until the last switch: a grace period since
+        // then (begun at the switch, usually over by now) ends every program run that read it. Where the
+        // kernel gives none, a time bound.
         if let Some(elapsed) = self.last_switch.map(|t| t.elapsed())
+            && !self.grace.wait()
             && elapsed < GENERATION_GRACE
         {
             std::thread::sleep(GENERATION_GRACE - elapsed);
@@ -840,6 +851,7 @@ impl Datapath {
         self.set_config(Config::ActiveGeneration, next as u64)?;
         self.generation = next as u8;
         self.last_switch = Some(Instant::now());
+        self.grace.switched();
         // After the switch: a packet that reads the new revision reads the new generation too (the programs
         // read the revision first), so no connection is stamped with a revision its policy is older than.
         // `REVISION_REVOKED` (u32::MAX) is never a revision: the kernel compares the low 32 bits.

@@ -128,7 +128,7 @@ pub fn config(key: Config) -> u64 {
 #[inline(always)]
 pub fn enforcement(generation: u64, endpoint_id: u16) -> u32 {
     // The maps of the active generation are not written: the agent rewrites only the inactive generation,
-    // and waits `GENERATION_GRACE` after a switch before rewriting the old one.
+    // and waits for a grace period after a switch (`rcu::SwitchGrace` in the agent) before rewriting the old one.
     let index = u32::from(endpoint_id);
     if generation == 0 { FG_ENFORCE_0.get(index) } else { FG_ENFORCE_1.get(index) }.copied().unwrap_or(0)
 }
