@@ -60,8 +60,9 @@ impl KindStats {
     }
 
     /// Changes and completed lists so far: a kind whose version is the same holds what it held (see
-    /// [`KubeSource::snapshot`]). Counted after the store took each (`Release`), read with `Acquire`: a
-    /// version read before the store was read is never newer than what the store gave.
+    /// [`KubeSource::snapshot`]). Counted after the store took each (`Release`; kube-runtime's `reflector`
+    /// applies an event to the store before it yields it to `reflect`), read with `Acquire`: a version read
+    /// before the store was read is never newer than what the store gave.
     fn version(&self) -> u64 {
         self.changes.load(Ordering::Acquire) + self.synced_lists.load(Ordering::Acquire)
     }
