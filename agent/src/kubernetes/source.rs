@@ -50,9 +50,12 @@ impl KindStats {
         self.synced.load(Ordering::Acquire)
     }
 
-    pub(crate) fn mark_synced(&self) {
-        self.synced_lists.fetch_add(1, Ordering::Release);
+    /// A full list completed and the store holds it (`Release`: see [`Self::version`]); returns how many
+    /// lists have completed.
+    pub(crate) fn mark_synced(&self) -> u64 {
+        let lists = self.synced_lists.fetch_add(1, Ordering::Release) + 1;
         self.synced.store(true, Ordering::Release);
+        lists
     }
 
     pub(crate) fn count_change(&self) {
@@ -268,9 +271,7 @@ async fn reflect<K>(
             }
             Ok(watcher::Event::InitApply(_)) => {}
             Ok(watcher::Event::InitDone) => {
-                // Release: after the store swapped the list in (see `KindStats::version`).
-                let lists = counts.synced_lists.fetch_add(1, Ordering::Release) + 1;
-                counts.synced.store(true, Ordering::Release);
+                let lists = counts.mark_synced();
                 if lists > 1 {
                     info!("kubernetes: {kind} listed again (list {lists}); state replaced by the new list");
                 }
