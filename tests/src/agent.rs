@@ -63,6 +63,11 @@ pub fn spawn_agent(lab: &str, socket: &Path, extra: &[&str], log: &Path) -> Chil
 
 /// `flowgate-agent --socket SOCKET ARGS...` (no lab unless `args` name one), its output going to `log`.
 pub fn spawn_agent_with(socket: &Path, extra: &[&str], log: &Path) -> Child {
+    spawn_binary(&agent_bin(), socket, extra, log)
+}
+
+/// `BINARY --socket SOCKET ARGS...`, where `binary` is a `flowgate-agent`, this build's or another's.
+fn spawn_binary(binary: &Path, socket: &Path, extra: &[&str], log: &Path) -> Child {
     let out = std::fs::File::create(log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
     let err = out.try_clone().expect("clone the log file");
     // Tests run agents side by side: none writes the machine's verdict log or takes the metrics port
@@ -73,7 +78,7 @@ pub fn spawn_agent_with(socket: &Path, extra: &[&str], log: &Path) -> Child {
             defaults.extend([flag, off]);
         }
     }
-    Command::new(agent_bin())
+    Command::new(binary)
         .arg("--socket")
         .arg(socket)
         .args(defaults)
@@ -85,7 +90,7 @@ pub fn spawn_agent_with(socket: &Path, extra: &[&str], log: &Path) -> Child {
         .stdout(out)
         .stderr(err)
         .spawn()
-        .expect("start flowgate-agent")
+        .unwrap_or_else(|e| panic!("start {}: {e}", binary.display()))
 }
 
 /// Where an [`AgentGuard`] on `socket` writes its output.
@@ -143,11 +148,32 @@ impl AgentGuard {
     /// Starts `flowgate-agent --socket SOCKET ARGS...` (no lab unless `args` name one) and waits until it
     /// answers a hello.
     pub fn start_with(socket: &Path, args: &[&str]) -> Self {
-        let log = log_path(socket);
-        let child = spawn_agent_with(socket, args, &log);
-        let mut guard = Self { child: Some(child), socket: socket.to_owned(), log };
+        Self::start_binary(&agent_bin(), socket, args)
+    }
+
+    /// As [`Self::start_with`], with another build's agent binary (the benchmarks' A/B of two builds).
+    pub fn start_binary(binary: &Path, socket: &Path, args: &[&str]) -> Self {
+        let mut guard = Self::spawn_binary(binary, socket, args);
         guard.wait_ready();
         guard
+    }
+
+    /// Starts agents side by side, each `flowgate-agent --socket SOCKET ARGS...`, and waits until every one
+    /// answers a hello: several agents load their programs at once rather than one after another.
+    pub fn start_all<'a>(agents: impl IntoIterator<Item = (&'a Path, Vec<&'a str>)>) -> Vec<Self> {
+        let mut guards: Vec<Self> =
+            agents.into_iter().map(|(socket, args)| Self::spawn_binary(&agent_bin(), socket, &args)).collect();
+        for guard in &mut guards {
+            guard.wait_ready();
+        }
+        guards
+    }
+
+    /// The process started, not yet waited for.
+    fn spawn_binary(binary: &Path, socket: &Path, args: &[&str]) -> Self {
+        let log = log_path(socket);
+        let child = spawn_binary(binary, socket, args, &log);
+        Self { child: Some(child), socket: socket.to_owned(), log }
     }
 
     /// The agent's output so far.

@@ -5,7 +5,7 @@
 //! floor. kube-network-policies runs against a real API server (built by the set-up, with
 //! `tools/knp/xt-queue.patch`) and must enforce like the others. flowgate's variants that locate its cost run
 //! too: the stopped agent's records must have been refused in the kernel, trace records off must leave one
-//! record per connection, and the custom variant must name its arguments. No timing is asserted.
+//! record per connection, and the custom variant must run the binary and arguments it is given and name them. No timing is asserted.
 
 use std::process::Command;
 
@@ -38,9 +38,24 @@ fn the_quick_run_writes_every_enforcers_rows() {
     let bin = bin_dir().join("flowgate-bench-traffic");
     assert!(bin.is_file(), "{} not found: build it (`cargo build -p flowgate-benchmarks`)", bin.display());
     let out_dir = TempDir::new("bench-traffic-quick");
+    // The custom variant runs "another build": a script that notes its arguments and runs this build's agent.
+    let other_build = out_dir.path().join("other-build-agent");
+    let invoked = out_dir.path().join("other-build-invoked");
+    std::fs::write(
+        &other_build,
+        format!(
+            "#!/bin/sh\necho \"$@\" >> '{}'\nexec '{}' \"$@\"\n",
+            invoked.display(),
+            flowgate_tests::agent::agent_bin().display()
+        ),
+    )
+    .expect("write the other build's agent");
+    std::fs::set_permissions(&other_build, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
     let out = Command::new(&bin)
         // Every enforcer the section has, flowgate as TCX links too (not in its default set).
         .args(["--quick", "--enforcers", ALL_ENFORCERS, "--custom-agent-args", "--events-wakeup-interval-us 10000"])
+        .arg("--custom-agent-bin")
+        .arg(&other_build)
         .arg("--out")
         .arg(out_dir.path())
         .env("RUST_BACKTRACE", "0")
@@ -119,9 +134,17 @@ fn the_quick_run_writes_every_enforcers_rows() {
     // the agent is asked, so a little under 1).
     let without = records_per_connection("flowgate, trace records off");
     assert!((0.5..1.5).contains(&without), "{without} records per connection with traces off");
-    // The custom variant ran the agent with the arguments given, and says so.
+    // The custom variant ran the other build's binary with the arguments given (on the lab, enforcing: its
+    // probe was refused above), and says so.
     let custom = named("flowgate, custom arguments, new TCP connections, 10 rules");
-    assert!(custom[0]["note"].as_str().unwrap().ends_with("the agent with `--events-wakeup-interval-us 10000` added"));
+    let note = custom[0]["note"].as_str().unwrap();
+    assert!(note.contains("; the agent with `--events-wakeup-interval-us 10000` added"), "{note}");
+    assert!(note.ends_with(&format!("; the agent binary {}", other_build.display())), "{note}");
+    let invocations = std::fs::read_to_string(&invoked).expect("the other build's agent never ran");
+    assert!(
+        invocations.lines().all(|l| l.contains("--lab") && l.contains("--events-wakeup-interval-us 10000")),
+        "{invocations}"
+    );
     // The stopped agent read nothing while the loads ran (it was not asked), and the programs' records were
     // refused in the kernel: its ring was full.
     assert!(named("kernel records per connection: flowgate, agent stopped").is_empty(), "{text}");

@@ -43,7 +43,7 @@ struct Args {
     /// or metrics), flowgate-no-traces (`--bpf-events-trace-enabled=false`: decision records only),
     /// flowgate-stopped (the agent stopped, its ring full: records refused in the kernel), flowgate-bare-reader
     /// (the agent stopped, its ring drained by a reader that does nothing with the records), flowgate-custom
-    /// (the agent with `--custom-agent-args` added).
+    /// (the agent with `--custom-agent-args` added, or another build's agent, `--custom-agent-bin`).
     #[arg(long, value_delimiter = ',', default_values_t = ["hook-floor".to_owned(), "flowgate".to_owned(),
         "iptables".to_owned(), "iptables-conntrack".to_owned(), "ipset".to_owned(),
         "kube-network-policies".to_owned()])]
@@ -52,6 +52,10 @@ struct Args {
     /// "--events-wakeup-interval-us 10000"; its note in the results names them.
     #[arg(long, default_value = "", allow_hyphen_values = true)]
     custom_agent_args: String,
+    /// The agent binary flowgate-custom runs in place of this build's: another build of flowgate (its
+    /// kernel programs are built into it) measured beside this one in the same interleaved rounds.
+    #[arg(long)]
+    custom_agent_bin: Option<PathBuf>,
     /// Where `results.d/traffic.json` goes (default: bench/), as every section's `--out`.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -60,10 +64,15 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     enforcer::set_custom_args(&args.custom_agent_args);
+    if let Some(binary) = &args.custom_agent_bin {
+        anyhow::ensure!(binary.is_file(), "--custom-agent-bin {}: no such file", binary.display());
+        enforcer::set_custom_binary(binary.clone());
+    }
     if args.enforcers.iter().any(|e| e == Enforcer::FlowgateCustom.key()) {
         println!(
-            "traffic: {} is flowgate-agent with {:?} added",
+            "traffic: {} is {} with {:?} added",
             Enforcer::FlowgateCustom.name(),
+            args.custom_agent_bin.as_deref().map_or("flowgate-agent".into(), |b| b.display().to_string()),
             args.custom_agent_args
         );
     }

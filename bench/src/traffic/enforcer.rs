@@ -69,7 +69,8 @@ pub enum Enforcer {
     /// and their reading from the agent's work on them (decoding, enriching, the verdict log, metrics).
     FlowgateBareReader,
     /// A variant: the agent with the arguments given to [`set_custom_args`] (`--custom-agent-args`) added to
-    /// its own, for whatever else is to be measured in the same rounds.
+    /// its own, or another build's agent ([`set_custom_binary`], `--custom-agent-bin`), for whatever else is
+    /// to be measured in the same rounds.
     FlowgateCustom,
     /// One iptables rule per peer and protocol, every packet walks them.
     Iptables,
@@ -172,14 +173,29 @@ impl Enforcer {
 /// The arguments [`Enforcer::FlowgateCustom`] adds to the agent's, set once from the command line.
 static CUSTOM_ARGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
 
+/// The agent binary [`Enforcer::FlowgateCustom`] runs in place of this build's, set once from the command
+/// line (`--custom-agent-bin`): two builds side by side in the same interleaved rounds.
+static CUSTOM_BINARY: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Sets the agent binary [`Enforcer::FlowgateCustom`] runs; only the first call counts.
+pub fn set_custom_binary(binary: std::path::PathBuf) {
+    let _ = CUSTOM_BINARY.set(binary);
+}
+
 /// Sets [`Enforcer::FlowgateCustom`]'s extra agent arguments (split at whitespace); only the first call counts.
 pub fn set_custom_args(args: &str) {
     let _ = CUSTOM_ARGS.set(args.split_whitespace().map(str::to_owned).collect());
 }
 
-/// [`Enforcer::FlowgateCustom`]'s extra agent arguments, as one string.
-pub fn custom_args() -> String {
-    CUSTOM_ARGS.get().map(|a| a.join(" ")).unwrap_or_default()
+/// What [`Enforcer::FlowgateCustom`] changes, for its figures' note: its extra agent arguments and the
+/// binary it runs, if another build's.
+pub fn custom_note() -> String {
+    let args = CUSTOM_ARGS.get().map(|a| a.join(" ")).unwrap_or_default();
+    let mut note = if args.is_empty() { String::new() } else { format!("; the agent with `{args}` added") };
+    if let Some(binary) = CUSTOM_BINARY.get() {
+        note.push_str(&format!("; the agent binary {}", binary.display()));
+    }
+    note
 }
 
 /// How long [`Enforcer::FlowgateStopped`] makes new connections after stopping the agent, before the loads:
@@ -255,7 +271,12 @@ pub fn install(enforcer: Enforcer, lab: &LabState, rules: &RuleSet) -> anyhow::R
             args.extend(enforcer.agent_flags().unwrap_or_default());
             args.extend(custom.into_iter().flatten().map(String::as_str));
             let qdiscs = Clsact::new(lab);
-            let agent = AgentGuard::start(&lab.name, &socket, &args);
+            let agent = match CUSTOM_BINARY.get().filter(|_| enforcer == Enforcer::FlowgateCustom) {
+                Some(binary) => {
+                    AgentGuard::start_binary(binary, &socket, &[&["--lab", lab.name.as_str()], &args[..]].concat())
+                }
+                None => AgentGuard::start(&lab.name, &socket, &args),
+            };
             Ok(Installed::Flowgate {
                 stopped: None,
                 agent,

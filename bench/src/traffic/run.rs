@@ -399,7 +399,7 @@ fn figures(section: &mut Section, size: usize, plan: &Plan, result: &SizeResult)
                 f = f.target(Target::at_least(0.90));
             }
             if enforcer == Enforcer::FlowgateCustom {
-                f.note.push_str(&format!("; the agent with `{}` added", enforcer::custom_args()));
+                f.note.push_str(&enforcer::custom_note());
             }
             section.push(f);
         }
