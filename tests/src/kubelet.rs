@@ -11,21 +11,30 @@ use std::{
 };
 
 use flowgate_lab::state::{LabState, NodeState, PodState};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
+use k8s_openapi::serde::de::DeserializeOwned;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::{Value, json};
 
 use crate::control_plane::ControlPlane;
 
 /// A namespace with labels and its `default` ServiceAccount, as a manifest (JSON documents: no YAML
 /// surprises with names like `y`).
 pub fn namespace_manifest(name: &str, labels: &[(&str, &str)]) -> String {
+    let (namespace, account) = namespace_objects(name, labels);
+    format!("{namespace}\n---\n{account}\n")
+}
+
+/// The Namespace object and its `default` ServiceAccount.
+fn namespace_objects(name: &str, labels: &[(&str, &str)]) -> (Value, Value) {
     let labels: BTreeMap<&str, &str> = labels.iter().copied().collect();
-    let namespace =
-        serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}});
-    let account = serde_json::json!({
+    let namespace = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}});
+    let account = json!({
         "apiVersion": "v1",
         "kind": "ServiceAccount",
         "metadata": {"name": "default", "namespace": name},
     });
-    format!("{namespace}\n---\n{account}\n")
+    (namespace, account)
 }
 
 /// A pod bound to `node`, with labels and ports `(name or "", port, protocol)`, as a manifest (no address yet).
@@ -36,15 +45,20 @@ pub fn pod_manifest(
     labels: &[(&str, &str)],
     ports: &[(&str, u16, &str)],
 ) -> String {
+    serde_json::to_string(&pod_object(namespace, name, node, labels, ports)).expect("pod as JSON")
+}
+
+/// The Pod object of [`pod_manifest`].
+fn pod_object(namespace: &str, name: &str, node: &str, labels: &[(&str, &str)], ports: &[(&str, u16, &str)]) -> Value {
     let labels: BTreeMap<&str, &str> = labels.iter().copied().collect();
-    let ports: Vec<serde_json::Value> = ports
+    let ports: Vec<Value> = ports
         .iter()
         .map(|(n, p, protocol)| match *n {
-            "" => serde_json::json!({"containerPort": p, "protocol": protocol}),
-            n => serde_json::json!({"name": n, "containerPort": p, "protocol": protocol}),
+            "" => json!({"containerPort": p, "protocol": protocol}),
+            n => json!({"name": n, "containerPort": p, "protocol": protocol}),
         })
         .collect();
-    let pod = serde_json::json!({
+    json!({
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name, "namespace": namespace, "labels": labels},
@@ -53,8 +67,15 @@ pub fn pod_manifest(
             "automountServiceAccountToken": false,
             "containers": [{"name": "main", "image": "flowgate.invalid/none", "ports": ports}],
         },
-    });
-    serde_json::to_string(&pod).expect("pod as JSON")
+    })
+}
+
+/// The kubelet's status patch of a running pod: `status.podIP`/`podIPs` (IPv4 first, then IPv6 on a
+/// dual-stack lab) and phase Running.
+fn pod_status(ip: Ipv4Addr, ipv6: Option<Ipv6Addr>) -> Value {
+    let mut ips = vec![json!({"ip": ip.to_string()})];
+    ips.extend(ipv6.map(|v6| json!({"ip": v6.to_string()})));
+    json!({"status": {"phase": "Running", "podIP": ip.to_string(), "podIPs": ips}})
 }
 
 /// Writes `status.podIP`/`podIPs` (IPv4 first, then IPv6 on a dual-stack lab) and phase Running through the
@@ -67,9 +88,7 @@ pub fn set_pod_ip(
     ip: Ipv4Addr,
     ipv6: Option<Ipv6Addr>,
 ) {
-    let mut ips = vec![serde_json::json!({"ip": ip.to_string()})];
-    ips.extend(ipv6.map(|v6| serde_json::json!({"ip": v6.to_string()})));
-    let patch = serde_json::json!({"status": {"phase": "Running", "podIP": ip.to_string(), "podIPs": ips}});
+    let patch = pod_status(ip, ipv6);
     plane.kubectl_at(
         kubeconfig,
         &["patch", "pod", name, "-n", namespace, "--subresource=status", "--type=merge", "-p", &patch.to_string()],
@@ -118,44 +137,79 @@ pub fn lab_pod<'a>(pod: &'a PodState, node: &'a str) -> PodSpec<'a> {
 /// Registers a lab node as a Node object, as its kubelet does: the object, then its addresses (the node's
 /// fabric addresses as InternalIPs, its name as Hostname) through the status subresource.
 pub fn register_node(plane: &ControlPlane, node: &NodeState) {
-    let object = serde_json::json!({
+    plane.apply(&node_object(node).to_string());
+    let status = node_status(node).to_string();
+    plane.kubectl_ok(&["patch", "node", &node.name, "--subresource=status", "--type=merge", "-p", &status]);
+}
+
+/// The Node object of a lab node.
+fn node_object(node: &NodeState) -> Value {
+    json!({
         "apiVersion": "v1",
         "kind": "Node",
         "metadata": {"name": node.name, "labels": {"kubernetes.io/hostname": node.name}},
-    });
-    plane.apply(&object.to_string());
-    let addresses = serde_json::json!({"status": {"addresses": [
+    })
+}
+
+/// The kubelet's status patch of a node: its addresses.
+fn node_status(node: &NodeState) -> Value {
+    json!({"status": {"addresses": [
         {"type": "InternalIP", "address": node.ip.to_string()},
         {"type": "InternalIP", "address": node.ipv6.to_string()},
         {"type": "Hostname", "address": node.name},
-    ]}});
-    plane.kubectl_ok(&[
-        "patch",
-        "node",
-        &node.name,
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        &addresses.to_string(),
-    ]);
+    ]}})
 }
 
 /// Registers a whole lab: its nodes (a lab of several), its namespaces with their labels, and every pod on
 /// its node with its addresses; the pods of a lab that is one node (they name none) are bound to `default_node`.
+/// The same objects and status patches as [`register_node`], [`namespace_manifest`] and [`run_pod`], through
+/// one kube-rs client: a `kubectl` per object cost a case of the conformance suite about 4 s.
 pub fn register_lab(plane: &ControlPlane, lab: &LabState, default_node: &str) {
-    for node in &lab.nodes {
-        register_node(plane, node);
+    crate::agent::runtime().block_on(async {
+        let client = plane.admin_client().await;
+        for node in &lab.nodes {
+            let nodes: Api<Node> = Api::all(client.clone());
+            apply(&nodes, &node.name, &node_object(node)).await;
+            patch_status(&nodes, &node.name, &node_status(node)).await;
+        }
+        for ns in &lab.namespaces {
+            let labels: Vec<(&str, &str)> = ns
+                .labels
+                .iter()
+                .filter(|(k, _)| k.as_str() != flowgate_lab::topology::NAMESPACE_NAME_LABEL)
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            let (namespace, account) = namespace_objects(&ns.name, &labels);
+            apply(&Api::<Namespace>::all(client.clone()), &ns.name, &namespace).await;
+            apply(&Api::<ServiceAccount>::namespaced(client.clone(), &ns.name), "default", &account).await;
+        }
+        for pod in &lab.pods {
+            let spec = lab_pod(pod, pod.node.as_deref().unwrap_or(default_node));
+            let pods: Api<Pod> = Api::namespaced(client.clone(), spec.namespace);
+            let object = pod_object(spec.namespace, spec.name, spec.node, &spec.labels, &spec.ports);
+            apply(&pods, spec.name, &object).await;
+            patch_status(&pods, spec.name, &pod_status(spec.ip, spec.ipv6)).await;
+        }
+    });
+}
+
+/// Creates or updates `object` by server-side apply, as the tests' field manager; panics saying which.
+async fn apply<K>(api: &Api<K>, name: &str, object: &Value)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let params = PatchParams::apply("flowgate-tests").force();
+    if let Err(e) = api.patch(name, &params, &Patch::Apply(object)).await {
+        panic!("applying {name} ({}): {e}\n{object}", K::kind(&()));
     }
-    for ns in &lab.namespaces {
-        let labels: Vec<(&str, &str)> = ns
-            .labels
-            .iter()
-            .filter(|(k, _)| k.as_str() != flowgate_lab::topology::NAMESPACE_NAME_LABEL)
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        plane.apply(&namespace_manifest(&ns.name, &labels));
-    }
-    for pod in &lab.pods {
-        run_pod(plane, &lab_pod(pod, pod.node.as_deref().unwrap_or(default_node)));
+}
+
+/// A merge patch of `name`'s status subresource, as the kubelet writes it; panics saying which.
+async fn patch_status<K>(api: &Api<K>, name: &str, status: &Value)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    if let Err(e) = api.patch_status(name, &PatchParams::default(), &Patch::Merge(status)).await {
+        panic!("patching the status of {name} ({}): {e}\n{status}", K::kind(&()));
     }
 }
