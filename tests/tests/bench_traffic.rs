@@ -96,13 +96,15 @@ fn the_quick_run_writes_every_enforcers_rows() {
         assert_eq!(probe.len(), 1, "{text}");
         assert_eq!(probe[0]["value"], 0.0, "{text}");
     }
-    // What flowgate's programs and the hook floor's took on the real loads, from the kernel's run-time
-    // statistics of the programs found on the pod interfaces (a pass after the rounds).
+    // What flowgate's programs (as the custom variant runs them too) and the hook floor's took on the real
+    // loads, from the kernel's run-time statistics of the programs found on the pod interfaces (a pass after
+    // the rounds).
     for (load, operation) in
         [("new TCP connections", "connection"), ("TCP request/response", "transaction"), ("UDP packets", "packet")]
     {
         for (enforcer, programs) in [
             ("flowgate", &["from_endpoint", "to_endpoint"][..]),
+            ("flowgate, custom arguments", &["from_endpoint", "to_endpoint"][..]),
             ("tc hook floor (a program that only returns)", &["floor"][..]),
         ] {
             let rows = named(&format!("programs' run time per {operation}: {enforcer}, {load}, 10 rules"));

@@ -85,9 +85,11 @@ struct SizeResult {
     profiles: BTreeMap<Enforcer, Result<Vec<LoadProfile>, String>>,
 }
 
-/// The enforcers whose programs' run time on real traffic is read after the rounds: flowgate, and the hook
-/// floor for what a program that only returns takes (the kernel's statistics' own cost among it).
-const PROFILED: [Enforcer; 2] = [Enforcer::Flowgate, Enforcer::HookFloor];
+/// The enforcers whose programs' run time on real traffic is read after the rounds: flowgate, the hook
+/// floor for what a program that only returns takes (the kernel's statistics' own cost among it), and the
+/// custom variant when it runs (another build's programs, or the agent with other settings, beside
+/// flowgate's).
+const PROFILED: [Enforcer; 3] = [Enforcer::Flowgate, Enforcer::HookFloor, Enforcer::FlowgateCustom];
 
 /// kube-network-policies' cluster, or why it could not be set up.
 pub type KnpState = Result<KnpCluster, String>;
