@@ -170,8 +170,7 @@ pub(crate) async fn register(client: &kube::Client, endpoints: usize, policies: 
         tasks.spawn(async move {
             let pod: Pod = serde_json::from_str(&manifest).context("a Pod")?;
             pods.create(&PostParams::default(), &pod).await.with_context(|| format!("creating pod {name}"))?;
-            let ip = pod_ip(i).to_string();
-            let status = serde_json::json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}});
+            let status = kubelet::pod_status(pod_ip(i), None);
             pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
                 .await
                 .with_context(|| format!("addressing pod {name}"))?;

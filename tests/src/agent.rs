@@ -140,20 +140,22 @@ pub struct AgentGuard {
 impl AgentGuard {
     /// Starts an agent on `lab` with its socket at `socket` and waits until it answers a hello.
     pub fn start(lab: &str, socket: &Path, extra: &[&str]) -> Self {
+        Self::start_binary(&agent_bin(), lab, socket, extra)
+    }
+
+    /// As [`Self::start`], with another build's agent binary (the benchmarks' A/B of two builds).
+    pub fn start_binary(binary: &Path, lab: &str, socket: &Path, extra: &[&str]) -> Self {
         let mut args = vec!["--lab", lab];
         args.extend_from_slice(extra);
-        Self::start_with(socket, &args)
+        let mut guard = Self::spawn_binary(binary, socket, &args);
+        guard.wait_ready();
+        guard
     }
 
     /// Starts `flowgate-agent --socket SOCKET ARGS...` (no lab unless `args` name one) and waits until it
     /// answers a hello.
     pub fn start_with(socket: &Path, args: &[&str]) -> Self {
-        Self::start_binary(&agent_bin(), socket, args)
-    }
-
-    /// As [`Self::start_with`], with another build's agent binary (the benchmarks' A/B of two builds).
-    pub fn start_binary(binary: &Path, socket: &Path, args: &[&str]) -> Self {
-        let mut guard = Self::spawn_binary(binary, socket, args);
+        let mut guard = Self::spawn_binary(&agent_bin(), socket, args);
         guard.wait_ready();
         guard
     }

@@ -72,7 +72,7 @@ fn pod_object(namespace: &str, name: &str, node: &str, labels: &[(&str, &str)], 
 
 /// The kubelet's status patch of a running pod: `status.podIP`/`podIPs` (IPv4 first, then IPv6 on a
 /// dual-stack lab) and phase Running.
-fn pod_status(ip: Ipv4Addr, ipv6: Option<Ipv6Addr>) -> Value {
+pub fn pod_status(ip: Ipv4Addr, ipv6: Option<Ipv6Addr>) -> Value {
     let mut ips = vec![json!({"ip": ip.to_string()})];
     ips.extend(ipv6.map(|v6| json!({"ip": v6.to_string()})));
     json!({"status": {"phase": "Running", "podIP": ip.to_string(), "podIPs": ips}})
@@ -134,14 +134,6 @@ pub fn lab_pod<'a>(pod: &'a PodState, node: &'a str) -> PodSpec<'a> {
     }
 }
 
-/// Registers a lab node as a Node object, as its kubelet does: the object, then its addresses (the node's
-/// fabric addresses as InternalIPs, its name as Hostname) through the status subresource.
-pub fn register_node(plane: &ControlPlane, node: &NodeState) {
-    plane.apply(&node_object(node).to_string());
-    let status = node_status(node).to_string();
-    plane.kubectl_ok(&["patch", "node", &node.name, "--subresource=status", "--type=merge", "-p", &status]);
-}
-
 /// The Node object of a lab node.
 fn node_object(node: &NodeState) -> Value {
     json!({
@@ -162,8 +154,9 @@ fn node_status(node: &NodeState) -> Value {
 
 /// Registers a whole lab: its nodes (a lab of several), its namespaces with their labels, and every pod on
 /// its node with its addresses; the pods of a lab that is one node (they name none) are bound to `default_node`.
-/// The same objects and status patches as [`register_node`], [`namespace_manifest`] and [`run_pod`], through
-/// one kube-rs client: a `kubectl` per object cost a case of the conformance suite about 4 s.
+/// Each node as its kubelet registers it (the object, then its addresses through the status subresource), the
+/// objects of [`namespace_manifest`] and [`run_pod`], through one kube-rs client: a `kubectl` per object cost
+/// a case of the conformance suite about 4 s.
 pub fn register_lab(plane: &ControlPlane, lab: &LabState, default_node: &str) {
     crate::agent::runtime().block_on(async {
         let client = plane.admin_client().await;

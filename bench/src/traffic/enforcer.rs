@@ -33,7 +33,7 @@ use flowgate_events::sink::RecordSink;
 use flowgate_lab::{LabState, netns};
 use flowgate_tests::{
     TempDir,
-    agent::{AgentGuard, SocketDir},
+    agent::{AgentGuard, SocketDir, agent_bin},
 };
 
 use super::{knp::KubeNetworkPolicies, rules::RuleSet};
@@ -271,12 +271,11 @@ pub fn install(enforcer: Enforcer, lab: &LabState, rules: &RuleSet) -> anyhow::R
             args.extend(enforcer.agent_flags().unwrap_or_default());
             args.extend(custom.into_iter().flatten().map(String::as_str));
             let qdiscs = Clsact::new(lab);
-            let agent = match CUSTOM_BINARY.get().filter(|_| enforcer == Enforcer::FlowgateCustom) {
-                Some(binary) => {
-                    AgentGuard::start_binary(binary, &socket, &[&["--lab", lab.name.as_str()], &args[..]].concat())
-                }
-                None => AgentGuard::start(&lab.name, &socket, &args),
+            let binary = match CUSTOM_BINARY.get() {
+                Some(other_build) if enforcer == Enforcer::FlowgateCustom => other_build.clone(),
+                _ => agent_bin(),
             };
+            let agent = AgentGuard::start_binary(&binary, &lab.name, &socket, &args);
             Ok(Installed::Flowgate {
                 stopped: None,
                 agent,

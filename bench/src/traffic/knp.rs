@@ -26,10 +26,7 @@ use std::{
 
 use anyhow::Context as _;
 use flowgate_lab::{LabState, netns};
-use flowgate_tests::{
-    control_plane::ControlPlane,
-    kubelet::{lab_pod, namespace_manifest, run_pod},
-};
+use flowgate_tests::{control_plane::ControlPlane, kubelet};
 
 use super::{enforcer::NodeRules, rules::RuleSet};
 
@@ -70,13 +67,7 @@ impl KnpCluster {
     pub fn start(lab: &LabState) -> anyhow::Result<Self> {
         let bin = knp_bin()?;
         let plane = ControlPlane::start("bench-knp");
-        for ns in &lab.namespaces {
-            let labels: Vec<(&str, &str)> = ns.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            plane.apply(&namespace_manifest(&ns.name, &labels));
-        }
-        for pod in &lab.pods {
-            run_pod(&plane, &lab_pod(pod, NODE));
-        }
+        kubelet::register_lab(&plane, lab, NODE);
         plane.kubectl_ok(&["create", "serviceaccount", SERVICE_ACCOUNT, "-n", "kube-system"]);
         // What its install.yaml grants: read pods, namespaces, nodes and network policies.
         plane.kubectl_ok(&[
